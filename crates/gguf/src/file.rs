@@ -195,6 +195,14 @@ impl GgufFile {
     }
 }
 
+/// The whole file's bytes (what tensor views borrow from); lets the file own shared byte ranges
+/// handed to backends without copying.
+impl AsRef<[u8]> for GgufFile {
+    fn as_ref(&self) -> &[u8] {
+        &self.storage
+    }
+}
+
 /// A type a metadata value can be read as through [`GgufFile::get_as`].
 pub trait FromMeta<'a>: Sized {
     /// How the expected type is named in errors.

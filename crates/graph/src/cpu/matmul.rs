@@ -1,0 +1,144 @@
+//! Row gathers and matrix products over weights of any supported type.
+//!
+//! A weight row is dequantized into a per-thread f32 scratch row and then dotted with every
+//! activation row, so each weight byte is read once per product whatever the batch size.
+
+use rayon::prelude::*;
+
+use super::{Arg, Data};
+use crate::graph::Node;
+
+type Res<T> = std::result::Result<T, String>;
+
+/// Output rows handled by one task.
+const ROWS_PER_TASK: usize = 16;
+
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent accumulators let the compiler vectorise without reassociation flags.
+    let mut acc = [0.0f32; 8];
+    let (ca, ra) = a.as_chunks::<8>();
+    let (cb, rb) = b.as_chunks::<8>();
+    for (x, y) in ca.iter().zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// Weight row `r` (of `k` elements) as f32: borrowed for f32 weights, else dequantized into
+/// `scratch`.
+fn weight_row<'a>(w: &'a Data, r: usize, k: usize, scratch: &'a mut [f32]) -> Res<&'a [f32]> {
+    match w {
+        Data::F32(v) => Ok(&v[r * k..(r + 1) * k]),
+        other => {
+            other.read_f32(r * k, scratch).map_err(|e| e.to_string())?;
+            Ok(scratch)
+        }
+    }
+}
+
+pub(crate) fn get_rows(table: &Arg<'_>, ids: &Arg<'_>, out: &mut Data) -> Res<()> {
+    let ts = table.node.shape();
+    let (k, n_rows) = (ts.ne(0), ts.ne(1));
+    let ids = ids.i32().map_err(|e| e.to_string())?;
+    let out = out.as_f32_mut().map_err(|e| e.to_string())?;
+    for (j, &id) in ids.iter().enumerate() {
+        let row = usize::try_from(id)
+            .ok()
+            .filter(|&r| r < n_rows)
+            .ok_or_else(|| format!("row id {id} at index {j} is outside 0..{n_rows}"))?;
+        table
+            .data
+            .read_f32(row * k, &mut out[j * k..(j + 1) * k])
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+pub(crate) fn matmul(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data) -> Res<()> {
+    let ws = w.node.shape();
+    let (k, n) = (ws.ne(0), ws.ne(1));
+    let xl = x.layout();
+    let m = xl.shape.n_rows();
+    let xs = x.f32().map_err(|e| e.to_string())?;
+    let rows: Vec<&[f32]> = (0..m)
+        .map(|r| &xs[xl.row_offset(r)..xl.row_offset(r) + k])
+        .collect();
+    let out = &mut out.as_f32_mut().map_err(|e| e.to_string())?[..node.shape().n_elems()];
+    let n_tasks = n.div_ceil(ROWS_PER_TASK);
+    let blocks: Vec<Res<Vec<f32>>> = (0..n_tasks)
+        .into_par_iter()
+        .map(|task| {
+            let r0 = task * ROWS_PER_TASK;
+            let r1 = (r0 + ROWS_PER_TASK).min(n);
+            let mut scratch = vec![0.0f32; k];
+            let mut block = vec![0.0f32; (r1 - r0) * m];
+            for r in r0..r1 {
+                let wr = weight_row(w.data, r, k, &mut scratch)?;
+                for (j, xr) in rows.iter().enumerate() {
+                    block[(r - r0) * m + j] = dot(wr, xr);
+                }
+            }
+            Ok(block)
+        })
+        .collect();
+    for (task, block) in blocks.into_iter().enumerate() {
+        let block = block?;
+        let r0 = task * ROWS_PER_TASK;
+        for (i, chunk) in block.chunks(m).enumerate() {
+            for (j, &v) in chunk.iter().enumerate() {
+                out[j * n + r0 + i] = v;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn matmul_id(
+    w: &Arg<'_>,
+    x: &Arg<'_>,
+    ids: &Arg<'_>,
+    node: &Node,
+    out: &mut Data,
+) -> Res<()> {
+    let ws = w.node.shape();
+    let (k, n, n_expert) = (ws.ne(0), ws.ne(1), ws.ne(2));
+    let xl = x.layout();
+    let x_slots = xl.shape.ne(1);
+    let xs = x.f32().map_err(|e| e.to_string())?;
+    let ids = ids.i32().map_err(|e| e.to_string())?;
+    let is = node.shape();
+    let (n_used, n_tok) = (is.ne(1), is.ne(2));
+    let out = &mut out.as_f32_mut().map_err(|e| e.to_string())?[..is.n_elems()];
+    let results: Vec<Res<Vec<f32>>> = (0..n_used * n_tok)
+        .into_par_iter()
+        .map(|pair| {
+            let (j, t) = (pair % n_used, pair / n_used);
+            let id = ids[j + t * n_used];
+            let e = usize::try_from(id)
+                .ok()
+                .filter(|&e| e < n_expert)
+                .ok_or_else(|| {
+                    format!("expert id {id} (slot {j}, token {t}) is outside 0..{n_expert}")
+                })?;
+            let xi = xl.row_offset(if x_slots == 1 { t } else { j + t * x_slots });
+            let xr = &xs[xi..xi + k];
+            let mut scratch = vec![0.0f32; k];
+            let mut col = vec![0.0f32; n];
+            for (r, c) in col.iter_mut().enumerate() {
+                *c = dot(weight_row(w.data, e * n + r, k, &mut scratch)?, xr);
+            }
+            Ok(col)
+        })
+        .collect();
+    for (pair, col) in results.into_iter().enumerate() {
+        out[pair * n..(pair + 1) * n].copy_from_slice(&col?);
+    }
+    Ok(())
+}
