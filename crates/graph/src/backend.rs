@@ -188,4 +188,40 @@ pub trait Backend: Send {
 
     /// Releases a loaded graph and its activation and input buffers.
     fn unload(&mut self, exe: ExecId) -> Result<()>;
+
+    /// Reads `node`'s value after a run: exactly its elements, in logical order, whatever
+    /// slot or view it lives in.
+    fn read_node(&self, exe: ExecId, graph: &Graph, node: NodeId) -> Result<TensorData> {
+        let layout = graph.node(node).layout;
+        let data = self.read(self.buffer_of(exe, node)?)?;
+        fn gather<T: Copy>(v: &[T], layout: &crate::shape::Layout) -> Vec<T> {
+            let d = layout.shape.dims();
+            let mut out = Vec::with_capacity(layout.shape.n_elems());
+            for i3 in 0..d[3] {
+                for i2 in 0..d[2] {
+                    for i1 in 0..d[1] {
+                        for i0 in 0..d[0] {
+                            out.push(v[layout.index([i0, i1, i2, i3])]);
+                        }
+                    }
+                }
+            }
+            out
+        }
+        if layout.span()
+            > match &data {
+                TensorData::F32(v) => v.len(),
+                TensorData::I32(v) => v.len(),
+            }
+        {
+            return Err(Error::Handle(format!(
+                "node #{} reaches past its buffer",
+                node.index()
+            )));
+        }
+        Ok(match data {
+            TensorData::F32(v) => TensorData::F32(gather(&v, &layout)),
+            TensorData::I32(v) => TensorData::I32(gather(&v, &layout)),
+        })
+    }
 }

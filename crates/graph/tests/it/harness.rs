@@ -190,7 +190,7 @@ impl Harness {
         cpu.run(exe)?;
         let outs = outputs
             .iter()
-            .map(|&o| cpu.read(cpu.buffer_of(exe, o)?))
+            .map(|&o| cpu.read_node(exe, &graph, o))
             .collect::<Result<Vec<_>>>()?;
         let states = state_buffers
             .iter()

@@ -1,0 +1,3 @@
+//! Model graph builders, one file per architecture.
+
+pub mod gemma4;

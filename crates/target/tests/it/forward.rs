@@ -1,0 +1,86 @@
+//! The forward pass against the transformers references: logits and every layer's hidden
+//! state on the f32/f16 fixtures, and the greedy continuation.
+
+use target::{LogitRows, TargetOptions};
+
+use crate::testing::{argmax, assert_close, load_cpu, Reference};
+
+const TARGETS: &[(&str, &str)] = &[
+    ("dense.gguf", "dense.ref.safetensors"),
+    ("e.gguf", "e.ref.safetensors"),
+    ("moe.gguf", "moe.ref.safetensors"),
+];
+
+#[test]
+fn logits_and_hidden_states_match_transformers() {
+    for &(model, reference) in TARGETS {
+        let r = Reference::open(reference);
+        let ids = r.tokens("input_ids");
+        let mut t = load_cpu(
+            model,
+            &TargetOptions {
+                n_ctx: 128,
+                max_batch: 64,
+                ..Default::default()
+            },
+        );
+        let n_layer = t.config().n_layer;
+        let h = t.config().n_embd;
+        let layers: Vec<usize> = (0..n_layer).collect();
+        let out = t.forward(&ids, LogitRows::All, &layers, true).unwrap();
+        let (_, hs) = r.f32("hidden_states");
+        let per = ids.len() * h;
+        assert_close(
+            &format!("{model} embedding"),
+            out.embedding.as_ref().unwrap(),
+            &hs[..per],
+            1e-6,
+        );
+        for (l, x) in &out.layers[..n_layer - 1] {
+            assert_close(
+                &format!("{model} layer {l}"),
+                x,
+                &hs[(l + 1) * per..(l + 2) * per],
+                1e-4,
+            );
+        }
+        let (_, prenorm) = r.f32("final_hidden_prenorm");
+        assert_close(
+            &format!("{model} final prenorm"),
+            &out.hidden_prenorm,
+            &prenorm,
+            1e-4,
+        );
+        let (_, fin) = r.f32("final_hidden");
+        assert_close(&format!("{model} final hidden"), &out.hidden, &fin, 1e-4);
+        let (_, logits) = r.f32("logits");
+        assert_close(&format!("{model} logits"), &out.logits, &logits, 1e-4);
+    }
+}
+
+#[test]
+fn greedy_continuation_matches_transformers() {
+    for &(model, reference) in TARGETS {
+        let r = Reference::open(reference);
+        let ids = r.tokens("input_ids");
+        let expected = r.tokens("greedy_tokens");
+        let mut t = load_cpu(
+            model,
+            &TargetOptions {
+                n_ctx: 128,
+                max_batch: 64,
+                ..Default::default()
+            },
+        );
+        let v = t.config().n_vocab;
+        let out = t.forward(&ids, LogitRows::Last, &[], false).unwrap();
+        let mut next = argmax(&out.logits[..v]);
+        let mut got = vec![next];
+        while got.len() < expected.len() {
+            let out = t.forward(&[next], LogitRows::Last, &[], false).unwrap();
+            next = argmax(&out.logits);
+            got.push(next);
+        }
+        assert_eq!(got, expected, "{model}");
+    }
+}

@@ -1,0 +1,4 @@
+//! Integration tests of the `target` crate against the golden fixtures.
+
+mod forward;
+mod testing;
