@@ -14,10 +14,22 @@ fn bench_decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu decode");
     group.throughput(Throughput::Elements(1));
     for name in ["dense.gguf", "dense.q8_0.gguf", "e.gguf", "moe.gguf"] {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(name);
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures")
+            .join(name);
         let file = Arc::new(gguf::GgufFile::open(&path).expect("fixture"));
-        let options = TargetOptions { n_ctx: 256, max_batch: 64, ..Default::default() };
-        let mut t = Target::load(file, Box::new(graph::CpuBackend::new()), &options, &mut |_, _| {}).unwrap();
+        let options = TargetOptions {
+            n_ctx: 256,
+            max_batch: 64,
+            ..Default::default()
+        };
+        let mut t = Target::load(
+            file,
+            Box::new(graph::CpuBackend::new()),
+            &options,
+            &mut |_, _| {},
+        )
+        .unwrap();
         let prompt: Vec<u32> = (0..36).map(|i| 20 + i * 7).collect();
         t.forward(&prompt, LogitRows::Last, &[], false).unwrap();
         let n = t.n_past();
