@@ -22,13 +22,19 @@
 
 pub mod config;
 mod error;
+pub mod generate;
 pub mod kv_cache;
 pub mod models;
+pub mod sampling;
 mod session;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::Gemma4Config;
 pub use error::{Error, Result};
+pub use generate::{generate, prefill, Generation, GenerationStats};
 pub use kv_cache::KvCache;
 pub use models::gemma4::{LogitRows, StepSpec};
+pub use sampling::{Sampler, SamplingParams};
 pub use session::{StepOutput, Target, TargetOptions};
+pub use tokenizer::{ChatMessage, Tokenizer};

@@ -5,3 +5,4 @@ mod forward;
 mod incremental;
 mod quantized;
 mod testing;
+mod tokenizer;
