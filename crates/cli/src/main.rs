@@ -5,7 +5,10 @@
 
 #![deny(unsafe_code)]
 
+mod generate;
 mod inspect;
+mod logits;
+mod model;
 
 use std::process::ExitCode;
 
@@ -15,6 +18,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "specula", version, about)]
 struct Cli {
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,12 +29,35 @@ struct Cli {
 enum Command {
     /// Print a GGUF file's architecture, key metadata and tensor summary.
     Inspect(inspect::InspectArgs),
+    /// Generate text from a prompt.
+    Generate(generate::GenerateArgs),
+    /// Write the logits and final hidden states of a token sequence to a safetensors file.
+    Logits(logits::LogitsArgs),
+}
+
+/// Logs go to stderr, never stdout (which carries only the command's output).
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Inspect(args) => inspect::run(&args),
+    init_logging(cli.verbose);
+    let result = match &cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Logits(args) => logits::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

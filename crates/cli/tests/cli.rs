@@ -79,3 +79,160 @@ fn unreadable_file_is_one_clear_line_and_nonzero_exit() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.gguf"));
 }
+
+fn reference_i32(name: &str) -> Vec<i64> {
+    let bytes = std::fs::read(fixture("dense.ref.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .map(|c| i32::from_le_bytes(*c) as i64)
+        .collect()
+}
+
+fn reference_f32(name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(fixture("dense.ref.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .map(|c| f32::from_le_bytes(*c))
+        .collect()
+}
+
+fn join(ids: &[i64]) -> String {
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn generate_json_greedy_matches_the_reference_continuation() {
+    let model = fixture("dense.gguf");
+    let prompt = join(&reference_i32("input_ids"));
+    let out = specula(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--tokens",
+        &prompt,
+        "-n",
+        "32",
+        "--ignore-eos",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    let tokens: Vec<i64> = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_i64().unwrap())
+        .collect();
+    assert_eq!(tokens, reference_i32("greedy_tokens"));
+    assert_eq!(v["stats"]["prompt_tokens"], 36);
+    assert_eq!(v["stats"]["generated_tokens"], 32);
+    assert!(v["stats"]["decode_tok_s"].as_f64().unwrap() > 0.0);
+    assert!(v["text"].is_string());
+}
+
+#[test]
+fn logits_file_matches_the_reference() {
+    let model = fixture("dense.gguf");
+    let dir = std::env::temp_dir().join(format!("specula-logits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("out.safetensors");
+    let ids = join(&reference_i32("input_ids"));
+    // --batch 16 forces three chunks.
+    let out = specula(&[
+        "logits",
+        "-m",
+        model.to_str().unwrap(),
+        "--tokens",
+        &ids,
+        "--batch",
+        "16",
+        "--out",
+        path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "logits prints nothing on stdout");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let logits = st.tensor("logits").unwrap();
+    assert_eq!(logits.shape(), [36, 1024]);
+    assert_eq!(st.tensor("hidden").unwrap().shape(), [36, 256]);
+    let got: Vec<f32> = logits
+        .data()
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .map(|c| f32::from_le_bytes(*c))
+        .collect();
+    let want = reference_f32("logits");
+    let num: f64 = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|b| f64::from(*b).powi(2)).sum();
+    assert!((num / den).sqrt() < 1e-4);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_generate_inputs_are_one_line_errors() {
+    use std::os::unix::ffi::OsStrExt;
+    let model = fixture("dense.gguf");
+    let m = model.to_str().unwrap();
+    let bad_utf8 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let out = Command::new(env!("CARGO_BIN_EXE_specula"))
+        .args(["generate", "-m", m, "-n", "2"])
+        .arg("--prompt")
+        .arg(bad_utf8)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--prompt is not valid UTF-8"), "{err}");
+    for (args, expected) in [
+        (
+            vec!["--tokens", "2,5000"],
+            "token id 5000 is outside the vocabulary of 1024 tokens",
+        ),
+        (
+            vec!["--tokens", "2,3", "--ctx", "4", "-n", "8"],
+            "context of 5 tokens exceeds the maximum of 4 positions",
+        ),
+        (
+            vec!["--tokens", "2", "--top-p", "0"],
+            "top-p 0 must be in (0, 1]",
+        ),
+    ] {
+        let mut all = vec!["generate", "-m", m, "--device", "cpu"];
+        all.extend(args);
+        let out = specula(&all);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
+}

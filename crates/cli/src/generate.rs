@@ -1,0 +1,130 @@
+//! `specula generate`: text generation, streamed to stdout or reported as one JSON object.
+
+use std::io::Write;
+
+use anyhow::{bail, Result};
+use serde_json::json;
+use target::{ChatMessage, Sampler, SamplingParams};
+
+use crate::model::{load, ModelArgs, PromptArgs};
+
+/// Arguments of `specula generate`.
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    input: PromptArgs,
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    n: usize,
+    /// Wrap the prompt in the model's chat template as one user turn.
+    #[arg(long)]
+    chat: bool,
+    /// Temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temp: f32,
+    /// Top-k (0: off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Top-p (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Min-p (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Repetition penalty (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep going after an end-of-generation token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print one JSON object (tokens, text, stats) instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let params = SamplingParams {
+        temperature: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repeat_penalty,
+        seed: args.seed,
+    };
+    if let Err(e) = params.validate() {
+        bail!("{e}");
+    }
+    let (_, tokenizer, mut target) = load(&args.model)?;
+    let prompt = match (&args.input.tokens, args.input.text()?) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) if args.chat => {
+            let msgs = [ChatMessage {
+                role: "user".into(),
+                content: text.to_string(),
+            }];
+            tokenizer.encode(&tokenizer.apply_chat_template(&msgs, true)?, false)?
+        }
+        (None, Some(text)) => tokenizer.encode(text, tokenizer.adds_bos())?,
+        (None, None) => unreachable!("clap requires --prompt or --tokens"),
+    };
+    let mut sampler = Sampler::new(params);
+    let mut out = std::io::stdout().lock();
+    let mut pending: Vec<u8> = Vec::new();
+    let stream = !args.json;
+    let ignore_eos = args.ignore_eos;
+    let is_stop = |id: u32| !ignore_eos && tokenizer.is_end_of_generation(id);
+    let result = target::generate(
+        &mut target,
+        &prompt,
+        &mut sampler,
+        args.n,
+        &is_stop,
+        &mut |id| {
+            if stream && !tokenizer.is_end_of_generation(id) {
+                pending.extend(tokenizer.token_bytes(id));
+                // Print the longest valid UTF-8 prefix; keep a partial character for later.
+                let valid = match std::str::from_utf8(&pending) {
+                    Ok(s) => s.len(),
+                    Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                    Err(_) => pending.len(),
+                };
+                out.write_all(String::from_utf8_lossy(&pending[..valid]).as_bytes())
+                    .and_then(|_| out.flush())
+                    .map_err(|e| target::Error::Input(format!("writing to stdout: {e}")))?;
+                pending.drain(..valid);
+            }
+            Ok(())
+        },
+    )?;
+    let text = tokenizer.decode(&result.tokens);
+    let s = &result.stats;
+    tracing::info!(
+        prompt_tokens = s.prompt_tokens,
+        generated = s.generated_tokens,
+        prefill_tok_s = s.prefill_tok_s(),
+        decode_tok_s = s.decode_tok_s(),
+        "done"
+    );
+    if args.json {
+        let v = json!({
+            "tokens": result.tokens,
+            "text": text,
+            "stats": {
+                "prompt_tokens": s.prompt_tokens,
+                "generated_tokens": s.generated_tokens,
+                "prefill_tok_s": s.prefill_tok_s(),
+                "decode_tok_s": s.decode_tok_s(),
+            }
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        out.write_all(String::from_utf8_lossy(&pending).as_bytes())?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
