@@ -3,6 +3,10 @@
 //! - `ci`: formatting check, clippy with warnings denied, and the workspace tests — what
 //!   `.ci/run` runs.
 //! - `fixtures`: checks that `fixtures/` holds unchanged copies of `../shared/fixtures`.
+//! - `gpu-test`: builds the GPU test binaries and `specula` in release mode into the git-ignored
+//!   `gpu-bundle/` with a `run.sh` that runs them all on the lent GPU machine (`REQUIRE_GPU=1`).
+//! - `kernels`: compiles every CUDA kernel with NVRTC for sm_80, sm_86, sm_89 and sm_90 and
+//!   prints registers, shared memory and spills (no GPU needed, only libnvrtc).
 
 #![deny(unsafe_code)]
 
@@ -17,8 +21,10 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("fixtures") => fixtures(),
+        Some("kernels") => compile_kernels(args.iter().any(|a| a == "--verbose")),
+        Some("gpu-test") => gpu_test(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|fixtures>");
+            eprintln!("usage: cargo xtask <ci|fixtures|kernels [--verbose]|gpu-test>");
             std::process::exit(2);
         }
     }
@@ -95,5 +101,106 @@ fn fixtures() -> Result<()> {
     if bad > 0 {
         bail!("{bad} fixture(s) missing or changed: copy them unchanged from ../shared/fixtures");
     }
+    Ok(())
+}
+
+fn compile_kernels(verbose: bool) -> Result<()> {
+    let (major, minor) = kernels::nvrtc::nvrtc_version().map_err(anyhow::Error::msg)?;
+    println!("NVRTC {major}.{minor}");
+    let source = kernels::source::full_source();
+    let names = kernels::source::all_kernel_names();
+    for arch in ["sm_80", "sm_86", "sm_89", "sm_90"] {
+        let compiled =
+            kernels::nvrtc::compile(&source, arch, false, true).map_err(anyhow::Error::msg)?;
+        let spills: Vec<&str> = compiled
+            .log
+            .lines()
+            .filter(|l| {
+                l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")
+            })
+            .collect();
+        println!(
+            "{arch}: {} kernels, cubin {} bytes, {} lines with spills",
+            names.len(),
+            compiled.image.len(),
+            spills.len()
+        );
+        if verbose {
+            println!("{}", compiled.log);
+        } else {
+            for l in spills {
+                println!("  {l}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Test binaries of these packages travel to the GPU machine.
+const GPU_TEST_PACKAGES: &[&str] = &["kernels"];
+
+fn gpu_test() -> Result<()> {
+    let root = repo_root();
+    let bundle = root.join("gpu-bundle");
+    std::fs::create_dir_all(&bundle)?;
+    let mut args = vec!["test", "--release", "--no-run", "--message-format=json"];
+    for p in GPU_TEST_PACKAGES {
+        args.extend(["-p", p]);
+    }
+    eprintln!("$ cargo {}", args.join(" "));
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(&args)
+        .current_dir(&root)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the GPU tests failed");
+    }
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // Only compiler-artifact lines of test targets carry an executable.
+        if !line.contains("\"reason\":\"compiler-artifact\"") || !line.contains("\"test\":true") {
+            continue;
+        }
+        if let Some(start) = line.find("\"executable\":\"") {
+            let rest = &line[start + 14..];
+            if let Some(end) = rest.find('"') {
+                tests.push(PathBuf::from(&rest[..end]));
+            }
+        }
+    }
+    cargo(&["build", "--release", "-p", "cli"])?;
+    let mut names = Vec::new();
+    for exe in tests
+        .iter()
+        .chain(std::iter::once(&root.join("target/release/specula")))
+    {
+        let name = exe
+            .file_name()
+            .expect("executables have names")
+            .to_string_lossy()
+            .into_owned();
+        let dest = bundle.join(&name);
+        std::fs::copy(exe, &dest)?;
+        let _ = Command::new("strip").arg(&dest).status();
+        names.push(name);
+    }
+    let mut script = String::from("#!/usr/bin/env bash\n# Runs every GPU test binary from the repository root; prints a table last.\nset -u\ncd \"$(dirname \"$0\")/..\"\nexport REQUIRE_GPU=1\nstatus=0\ntable=\"\"\n");
+    for name in names.iter().filter(|n| *n != "specula") {
+        script.push_str(&format!("if ./gpu-bundle/{name} --test-threads=1 --nocapture; then r=pass; else r=FAIL; status=1; fi\ntable=\"$table\\n{name}\\t$r\"\n"));
+    }
+    script.push_str("printf \"%b\\n\" \"$table\"\nexit $status\n");
+    let run = bundle.join("run.sh");
+    std::fs::write(&run, script)?;
+    let _ = Command::new("chmod").arg("+x").arg(&run).status();
+    let total: u64 = names
+        .iter()
+        .map(|n| {
+            std::fs::metadata(bundle.join(n))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum();
+    println!("gpu-bundle/: {} files, {:.1} MiB; run gpu-bundle/run.sh on the GPU machine (carry gpu-bundle)", names.len() + 1, total as f64 / (1 << 20) as f64);
     Ok(())
 }

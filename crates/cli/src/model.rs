@@ -95,9 +95,11 @@ fn file_label(path: &Path) -> String {
 
 fn backend(device: Device) -> Result<Box<dyn graph::Backend>> {
     match device {
-        Device::Auto | Device::Cpu => Ok(Box::new(graph::CpuBackend::new())),
-        Device::Cuda => {
-            bail!("--device cuda: this build has no CUDA backend yet; use --device cpu")
+        Device::Cpu => Ok(Box::new(graph::CpuBackend::new())),
+        Device::Auto if !kernels::cuda_available() => {
+            tracing::info!("no CUDA device or library found; running on the CPU");
+            Ok(Box::new(graph::CpuBackend::new()))
         }
+        Device::Auto | Device::Cuda => Ok(Box::new(kernels::CudaBackend::new(0)?)),
     }
 }

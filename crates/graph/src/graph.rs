@@ -15,6 +15,11 @@ impl NodeId {
     pub fn index(self) -> usize {
         self.0
     }
+
+    /// The id of the node at `index` of [`Graph::nodes`] (for backends walking a graph).
+    pub fn from_index(index: usize) -> NodeId {
+        NodeId(index)
+    }
 }
 
 /// One node: an op applied to earlier nodes, with its inferred dtype and layout.

@@ -1,0 +1,84 @@
+// Attention of one (head, query) per block over K/V rows addressed by absolute position.
+// Each warp takes every ATT_WARPS-th visible position with its own running softmax; the warps'
+// partial results are merged at the end. Head dims up to 512.
+
+#define ATT_WARPS 4
+#define ATT_MAX_D 512
+
+// mask_kind: 0 none / explicit, 1 causal, 2 sliding window.
+extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void* k, int k_dt, Layout4 lk,
+                                         const void* v, int v_dt, Layout4 lv, const int* q_pos,
+                                         const int* n_kv_ptr, const float* mask, float* out, int d, int d_v,
+                                         int n_head, int n_head_kv, int cap, float scale, int mask_kind,
+                                         int window, int ring, int* err) {
+    __shared__ float qs[ATT_MAX_D];
+    __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
+    __shared__ float wacc[ATT_WARPS][ATT_MAX_D];
+    int h = blockIdx.x, t = blockIdx.y;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = h / (n_head / n_head_kv);
+    const float* qr = q + lq.off + (i64)h * lq.s1 + (i64)t * lq.s2;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) qs[i] = qr[i];
+    __syncthreads();
+    float* o = out + ((i64)t * n_head + h) * d_v;
+    int n_kv = *n_kv_ptr;
+    if (n_kv < 0 || (!ring && n_kv > cap)) {
+        if (threadIdx.x == 0) report(err, ERR_N_KV);
+        for (int i = threadIdx.x; i < d_v; i += blockDim.x) o[i] = 0.0f;
+        return;
+    }
+    i64 qp = q_pos[t];
+    i64 lo = ring ? imax(0, (i64)n_kv - cap) : 0;
+    i64 hi = (i64)n_kv - 1;
+    if (mask_kind >= 1) hi = imin(hi, qp);
+    if (mask_kind == 2) lo = imax(lo, qp - window + 1);
+
+    float m = -INFINITY, l = 0.0f;
+    float acc[ATT_MAX_D / 32];
+#pragma unroll
+    for (int j = 0; j < ATT_MAX_D / 32; ++j) acc[j] = 0.0f;
+    for (i64 p = lo + warp; p <= hi; p += ATT_WARPS) {
+        i64 slot = ring ? p % cap : p;
+        i64 kr = lk.off + (i64)g * lk.s1 + slot * lk.s2;
+        float s = 0.0f;
+        for (int i = lane; i < d; i += 32) s += qs[i] * load_float(k, k_dt, kr + i);
+        s = warp_sum(s) * scale;
+        if (mask) s += mask[slot + (i64)t * cap];
+        if (s == -INFINITY) continue;
+        float mn = fmaxf(m, s);
+        float c = expf(m - mn), w = expf(s - mn);
+        l = l * c + w;
+        i64 vr = lv.off + (i64)g * lv.s1 + slot * lv.s2;
+#pragma unroll
+        for (int j = 0; j < ATT_MAX_D / 32; ++j) {
+            int i = lane + 32 * j;
+            if (i < d_v) acc[j] = acc[j] * c + w * load_float(v, v_dt, vr + i);
+        }
+        m = mn;
+    }
+    if (lane == 0) {
+        wm[warp] = m;
+        wl[warp] = l;
+    }
+#pragma unroll
+    for (int j = 0; j < ATT_MAX_D / 32; ++j) {
+        int i = lane + 32 * j;
+        if (i < d_v) wacc[warp][i] = acc[j];
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; ++w) mx = fmaxf(mx, wm[w]);
+    for (int i = threadIdx.x; i < d_v; i += blockDim.x) {
+        if (mx == -INFINITY) {
+            o[i] = 0.0f;
+            continue;
+        }
+        float num = 0.0f, den = 0.0f;
+        for (int w = 0; w < ATT_WARPS; ++w) {
+            float f = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - mx);
+            num += wacc[w][i] * f;
+            den += wl[w] * f;
+        }
+        o[i] = den > 0.0f ? num / den : 0.0f;
+    }
+}

@@ -1,0 +1,115 @@
+// Shared definitions for every kernel family. No toolkit headers: a machine with only the
+// driver and libnvrtc compiles these sources.
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+
+#define INFINITY __int_as_float(0x7f800000)
+
+__device__ __forceinline__ i64 imax(i64 a, i64 b) { return a > b ? a : b; }
+__device__ __forceinline__ i64 imin(i64 a, i64 b) { return a < b ? a : b; }
+
+// Element type codes, shared with the host (kernels::dtype_code).
+#define DT_F32 0
+#define DT_F16 1
+#define DT_BF16 30
+#define DT_Q4_0 2
+#define DT_Q4_1 3
+#define DT_Q5_0 6
+#define DT_Q5_1 7
+#define DT_Q8_0 8
+#define DT_Q2_K 10
+#define DT_Q3_K 11
+#define DT_Q4_K 12
+#define DT_Q5_K 13
+#define DT_Q6_K 14
+
+// Error codes written to the error word (first error wins).
+#define ERR_ROW_ID 1
+#define ERR_SLOT 2
+#define ERR_EXPERT_ID 3
+#define ERR_N_KV 4
+
+__device__ __forceinline__ void report(int* err, int code) { atomicCAS(err, 0, code); }
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+__device__ __forceinline__ float bf2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
+
+// Little-endian f16 at a 2-byte-aligned byte address.
+__device__ __forceinline__ float ldh(const u8* p) { return h2f(*(const u16*)p); }
+
+// Element i of a float tensor of dtype dt (F32, F16 or BF16).
+__device__ __forceinline__ float load_float(const void* p, int dt, i64 i) {
+    if (dt == DT_F32) return ((const float*)p)[i];
+    if (dt == DT_F16) return h2f(((const u16*)p)[i]);
+    return bf2f(((const u16*)p)[i]);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over a block of blockDim.x threads (a multiple of 32, at most 1024).
+__device__ float block_sum(float v) {
+    __shared__ float part[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    int n = blockDim.x >> 5;
+    v = lane < n ? part[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__device__ float block_max(float v) {
+    __shared__ float part[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    int n = blockDim.x >> 5;
+    v = lane < n ? part[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+// A 4-D strided layout (elements): index of logical element `i` of a dense order.
+struct Layout4 {
+    i64 d0, d1, d2, d3;
+    i64 s0, s1, s2, s3;
+    i64 off;
+};
+
+__device__ __forceinline__ i64 layout_index(const Layout4& l, i64 i) {
+    i64 i0 = i % l.d0; i /= l.d0;
+    i64 i1 = i % l.d1; i /= l.d1;
+    i64 i2 = i % l.d2; i64 i3 = i / l.d2;
+    return l.off + i0 * l.s0 + i1 * l.s1 + i2 * l.s2 + i3 * l.s3;
+}
+
+// Offset of row r (dims 1..3) of a layout.
+__device__ __forceinline__ i64 row_index(const Layout4& l, i64 r) {
+    i64 i1 = r % l.d1; r /= l.d1;
+    i64 i2 = r % l.d2; i64 i3 = r / l.d2;
+    return l.off + i1 * l.s1 + i2 * l.s2 + i3 * l.s3;
+}

@@ -1,0 +1,119 @@
+// Matrix products and row gathers over weights of any supported type.
+//
+// matmul: one warp per output row n; its lanes walk the row's 32-element chunks, dequantize each
+// once into registers and use it for every activation row of the group (up to MM_ROWS), so a
+// weight byte is read once for a decode step or a verify batch of up to MM_ROWS tokens.
+
+#define MM_ROWS 16
+#define MM_WARPS 4
+
+template <int DT>
+__device__ void matmul_body(const u8* w, const float* x, float* y, int k, int n, int m,
+                            i64 x_off, i64 x_row_stride) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * MM_WARPS + warp;
+    int m0 = blockIdx.y * MM_ROWS;
+    if (row >= n) return;
+    const u8* wr = w + (i64)row * row_bytes(DT, k);
+    float acc[MM_ROWS];
+#pragma unroll
+    for (int r = 0; r < MM_ROWS; ++r) acc[r] = 0.0f;
+    int n_chunks = k / 32;
+    for (int c = lane; c < n_chunks; c += 32) {
+        float v[32];
+        dq32<DT>(wr, c, v);
+#pragma unroll
+        for (int r = 0; r < MM_ROWS; ++r) {
+            if (m0 + r < m) {
+                const float* xr = x + x_off + (i64)(m0 + r) * x_row_stride + c * 32;
+                float s = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 32; ++j) s += v[j] * xr[j];
+                acc[r] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < MM_ROWS; ++r) {
+        float s = warp_sum(acc[r]);
+        if (lane == 0 && m0 + r < m) y[(i64)(m0 + r) * n + row] = s;
+    }
+}
+
+// Expert-indexed product: block (x, pair) computes MM_WARPS output rows of slot pair = j + t * n_used.
+template <int DT>
+__device__ void matmul_id_body(const u8* w, const float* x, const int* ids, float* y, int k, int n,
+                               int n_expert, int n_used, int x_slots, i64 x_off, i64 x_row_stride,
+                               int* err) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * MM_WARPS + warp;
+    int pair = blockIdx.y;
+    if (row >= n) return;
+    int e = ids[pair];
+    if (e < 0 || e >= n_expert) {
+        if (lane == 0) report(err, ERR_EXPERT_ID);
+        return;
+    }
+    int t = pair / n_used;
+    int xr_index = x_slots == 1 ? t : pair;
+    const float* xr = x + x_off + (i64)xr_index * x_row_stride;
+    const u8* wr = w + ((i64)e * n + row) * row_bytes(DT, k);
+    float acc = 0.0f;
+    for (int c = lane; c < k / 32; c += 32) {
+        float v[32];
+        dq32<DT>(wr, c, v);
+#pragma unroll
+        for (int j = 0; j < 32; ++j) acc += v[j] * xr[c * 32 + j];
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[(i64)pair * n + row] = acc;
+}
+
+// Row gather: one thread per 32-element chunk of an output row.
+template <int DT>
+__device__ void get_rows_body(const u8* table, const int* ids, float* y, int k, int n_rows, int n_ids,
+                              int* err) {
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    int chunks = k / 32;
+    if (idx >= (i64)chunks * n_ids) return;
+    int j = (int)(idx / chunks), c = (int)(idx % chunks);
+    int id = ids[j];
+    if (id < 0 || id >= n_rows) {
+        report(err, ERR_ROW_ID);
+        return;
+    }
+    float v[32];
+    dq32<DT>(table + (i64)id * row_bytes(DT, k), c, v);
+#pragma unroll
+    for (int l = 0; l < 32; ++l) y[(i64)j * k + c * 32 + l] = v[l];
+}
+
+#define WEIGHT_KERNELS(SUFFIX, DT)                                                                   \
+    extern "C" __global__ void matmul_##SUFFIX(const u8* w, const float* x, float* y, int k, int n,  \
+                                               int m, i64 x_off, i64 x_row_stride) {                 \
+        matmul_body<DT>(w, x, y, k, n, m, x_off, x_row_stride);                                     \
+    }                                                                                                \
+    extern "C" __global__ void matmul_id_##SUFFIX(const u8* w, const float* x, const int* ids,       \
+                                                  float* y, int k, int n, int n_expert, int n_used,  \
+                                                  int x_slots, i64 x_off, i64 x_row_stride,          \
+                                                  int* err) {                                        \
+        matmul_id_body<DT>(w, x, ids, y, k, n, n_expert, n_used, x_slots, x_off, x_row_stride, err); \
+    }                                                                                                \
+    extern "C" __global__ void get_rows_##SUFFIX(const u8* table, const int* ids, float* y, int k,   \
+                                                 int n_rows, int n_ids, int* err) {                  \
+        get_rows_body<DT>(table, ids, y, k, n_rows, n_ids, err);                                    \
+    }
+
+WEIGHT_KERNELS(f32, DT_F32)
+WEIGHT_KERNELS(f16, DT_F16)
+WEIGHT_KERNELS(bf16, DT_BF16)
+WEIGHT_KERNELS(q4_0, DT_Q4_0)
+WEIGHT_KERNELS(q4_1, DT_Q4_1)
+WEIGHT_KERNELS(q5_0, DT_Q5_0)
+WEIGHT_KERNELS(q5_1, DT_Q5_1)
+WEIGHT_KERNELS(q8_0, DT_Q8_0)
+WEIGHT_KERNELS(q2_k, DT_Q2_K)
+WEIGHT_KERNELS(q3_k, DT_Q3_K)
+WEIGHT_KERNELS(q4_k, DT_Q4_K)
+WEIGHT_KERNELS(q5_k, DT_Q5_K)
+WEIGHT_KERNELS(q6_k, DT_Q6_K)

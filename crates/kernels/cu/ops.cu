@@ -1,0 +1,203 @@
+// Element-wise ops, copies, norms, RoPE, softmax, row writes and selections.
+
+// out[i] = a[i] op b[bcast(i)], out dense; b may be an f16/bf16 weight.
+extern "C" __global__ void binary_f32(const float* a, Layout4 la, const void* b, int b_dt, Layout4 lb,
+                                      float* out, i64 n, int op) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float x = a[layout_index(la, i)];
+    float y = load_float(b, b_dt, layout_index(lb, i));
+    out[i] = op == 0 ? x + y : x * y;
+}
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float k = 0.7978845608028654f;
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+
+// op: 0 scale, 1 gelu, 2 silu, 3 softcap (param = scale or cap).
+extern "C" __global__ void unary_f32(const float* x, Layout4 lx, float* out, i64 n, int op, float param) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = x[layout_index(lx, i)];
+    float r;
+    switch (op) {
+        case 0: r = v * param; break;
+        case 1: r = gelu_tanh(v); break;
+        case 2: r = silu(v); break;
+        default: r = param * tanhf(v / param); break;
+    }
+    out[i] = r;
+}
+
+// op: 0 geglu, 1 swiglu.
+extern "C" __global__ void glu_f32(const float* g, Layout4 lg, const float* u, Layout4 lu, float* out, i64 n, int op) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float gv = g[layout_index(lg, i)];
+    float uv = u[layout_index(lu, i)];
+    out[i] = (op == 0 ? gelu_tanh(gv) : silu(gv)) * uv;
+}
+
+extern "C" __global__ void copy_f32(const float* x, Layout4 lx, float* out, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    out[i] = x[layout_index(lx, i)];
+}
+
+// Output dims d0..d3 (dense); elements with index[dim] < split come from a, the rest from b.
+extern "C" __global__ void concat_f32(const float* a, Layout4 la, const float* b, Layout4 lb, float* out,
+                                      i64 d0, i64 d1, i64 d2, i64 d3, int dim, i64 split) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    i64 n = d0 * d1 * d2 * d3;
+    if (i >= n) return;
+    i64 idx[4];
+    i64 r = i;
+    idx[0] = r % d0; r /= d0;
+    idx[1] = r % d1; r /= d1;
+    idx[2] = r % d2; idx[3] = r / d2;
+    if (idx[dim] < split) {
+        out[i] = a[la.off + idx[0] * la.s0 + idx[1] * la.s1 + idx[2] * la.s2 + idx[3] * la.s3];
+    } else {
+        idx[dim] -= split;
+        out[i] = b[lb.off + idx[0] * lb.s0 + idx[1] * lb.s1 + idx[2] * lb.s2 + idx[3] * lb.s3];
+    }
+}
+
+// One block per row; rows dense in dim 0.
+extern "C" __global__ void rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n, float eps) {
+    i64 r = blockIdx.x;
+    const float* xr = x + row_index(lx, r);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
+    s = block_sum(s);
+    float inv = rsqrtf(s / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i] * inv;
+        if (w_dt >= 0) v *= load_float(w, w_dt, i);
+        out[r * n + i] = v;
+    }
+}
+
+// x [n_dims, n_heads, t] (rows dense); one thread per (row, dim).
+extern "C" __global__ void rope_f32(const float* x, Layout4 lx, const int* pos, const float* ff, float* out,
+                                    int n_dims, int n_heads, int n_rows, int n_rot, float theta) {
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)n_rows * n_dims) return;
+    int r = (int)(idx / n_dims), i = (int)(idx % n_dims);
+    const float* xr = x + row_index(lx, r);
+    int half = n_rot / 2;
+    float v;
+    if (i >= n_rot) {
+        v = xr[i];
+    } else {
+        int p = i < half ? i : i - half;
+        float f = 1.0f / powf(theta, (float)(2 * p) / (float)n_rot);
+        if (ff) f /= ff[p];
+        float a = (float)pos[r / n_heads] * f;
+        float s, c;
+        sincosf(a, &s, &c);
+        float x0 = xr[p], x1 = xr[p + half];
+        v = i < half ? x0 * c - x1 * s : x0 * s + x1 * c;
+    }
+    out[(i64)r * n_dims + i] = v;
+}
+
+extern "C" __global__ void softmax_f32(const float* x, Layout4 lx, float* out, int n) {
+    i64 r = blockIdx.x;
+    const float* xr = x + row_index(lx, r);
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, xr[i]);
+    m = block_max(m);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += expf(xr[i] - m);
+    s = block_sum(s);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[r * n + i] = expf(xr[i] - m) / s;
+}
+
+// dst rows of `row` elements (f32 or f16); src rows dense in dim 0.
+extern "C" __global__ void write_rows(void* dst, int dst_dt, i64 dst_off, int dst_rows, const float* src, Layout4 ls,
+                                      const int* slots, int row, int n, int* err) {
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)n * row) return;
+    int i = (int)(idx / row), e = (int)(idx % row);
+    int s = slots[i];
+    if (s < 0 || s >= dst_rows) {
+        report(err, ERR_SLOT);
+        return;
+    }
+    float v = src[row_index(ls, i) + e];
+    i64 at = dst_off + (i64)s * row + e;
+    if (dst_dt == DT_F32) ((float*)dst)[at] = v;
+    else ((u16*)dst)[at] = f2h(v);
+}
+
+// One block per row: the first index of the maximum.
+extern "C" __global__ void argmax_f32(const float* x, Layout4 lx, int* out, int n) {
+    __shared__ float best_v[1024];
+    __shared__ int best_i[1024];
+    i64 r = blockIdx.x;
+    const float* xr = x + row_index(lx, r);
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i];
+        if (v > bv || (v == bv && i < bi)) { bv = v; bi = i; }
+    }
+    best_v[threadIdx.x] = bv;
+    best_i[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float ov = best_v[threadIdx.x + s];
+            int oi = best_i[threadIdx.x + s];
+            if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x])) {
+                best_v[threadIdx.x] = ov;
+                best_i[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[r] = best_i[0] == 0x7fffffff ? 0 : best_i[0];
+}
+
+// One thread per row: k passes of selection (k is small: MoE routing).
+extern "C" __global__ void top_k_f32(const float* x, Layout4 lx, int* out, int n, int k, i64 n_rows) {
+    i64 r = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n_rows) return;
+    const float* xr = x + row_index(lx, r);
+    for (int j = 0; j < k; ++j) {
+        int best = -1;
+        for (int i = 0; i < n; ++i) {
+            bool taken = false;
+            for (int q = 0; q < j; ++q) taken |= out[r * k + q] == i;
+            if (taken) continue;
+            if (best < 0 || xr[i] > xr[best]) best = i;
+        }
+        out[r * k + j] = best;
+    }
+}
+
+// One thread per token.
+extern "C" __global__ void moe_weights_f32(const float* probs, Layout4 lp, const int* ids, const void* scale, int scale_dt,
+                                           float* out, int n_expert, int k, int n_tok, int renormalize, int* err) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n_tok) return;
+    const float* pr = probs + row_index(lp, t);
+    float sum = 0.0f;
+    for (int j = 0; j < k; ++j) {
+        int e = ids[t * k + j];
+        if (e < 0 || e >= n_expert) {
+            report(err, ERR_EXPERT_ID);
+            return;
+        }
+        out[t * k + j] = pr[e];
+        sum += pr[e];
+    }
+    for (int j = 0; j < k; ++j) {
+        if (renormalize && sum > 0.0f) out[t * k + j] /= sum;
+        if (scale_dt >= 0) out[t * k + j] *= load_float(scale, scale_dt, ids[t * k + j]);
+    }
+}

@@ -1,0 +1,842 @@
+//! [`CudaBackend`]: the graph [`Backend`] on an NVIDIA GPU through the CUDA driver API.
+//!
+//! Buffers are raw device allocations behind [`BufferId`] handles (addresses stay fixed while
+//! a graph is loaded). Kernels come from one NVRTC-compiled module for the device's own
+//! architecture. Each op of a graph is one launch on the stream; run-time failures inside
+//! kernels (an out-of-range id or slot) set an error word that is checked after the run.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::{result as cu, sys, CudaContext, CudaFunction, CudaModule};
+use graph::{
+    AttnMask, Backend, BinaryOp, Bindings, BufferId, DType, ExecId, GluOp, Graph, HostBytes,
+    HostData, KvLayout, Layout, MemoryPlan, Node, NodeId, Op, Shape, Storage, TensorData, UnaryOp,
+};
+
+use crate::nvrtc;
+use crate::source;
+
+type Result<T> = graph::Result<T>;
+
+fn backend_err(message: impl Into<String>) -> graph::Error {
+    graph::Error::Backend {
+        backend: "cuda".into(),
+        message: message.into(),
+    }
+}
+
+fn driver_err(what: &str, e: cu::DriverError) -> graph::Error {
+    backend_err(format!("{what}: {e:?}"))
+}
+
+/// Whether a CUDA driver, libnvrtc and at least one device are present. Never panics (the
+/// driver bindings panic when a library is missing, so presence is checked first).
+pub fn cuda_available() -> bool {
+    #[allow(unsafe_code)]
+    // SAFETY: only tries to dlopen libcuda by its candidate names; no symbol is called.
+    let driver = unsafe { sys::is_culib_present() };
+    driver
+        && nvrtc::nvrtc_available()
+        && cu::init().is_ok()
+        && cu::device::get_count().map(|n| n > 0).unwrap_or(false)
+}
+
+struct DevBuf {
+    ptr: u64,
+    dtype: DType,
+    shape: Shape,
+}
+
+fn elem_bytes(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 | DType::I32 => 4,
+        DType::F16 | DType::BF16 => 2,
+        _ => 0,
+    }
+}
+
+fn byte_size(dtype: DType, shape: Shape) -> Result<usize> {
+    dtype
+        .bytes_for(shape.n_elems() as u64)
+        .map(|b| b as usize)
+        .ok_or_else(|| backend_err(format!("{dtype} {shape} is not a whole number of blocks")))
+}
+
+/// Kernel parameters, each in its own 8-byte-aligned heap cell so its address is stable.
+#[derive(Default)]
+struct Args {
+    cells: Vec<Vec<u64>>,
+}
+
+impl Args {
+    fn ptr(&mut self, p: u64) -> &mut Self {
+        self.cells.push(vec![p]);
+        self
+    }
+    fn i32(&mut self, v: i32) -> &mut Self {
+        self.cells.push(vec![v as u32 as u64]);
+        self
+    }
+    fn f32(&mut self, v: f32) -> &mut Self {
+        self.cells.push(vec![v.to_bits() as u64]);
+        self
+    }
+    fn i64(&mut self, v: i64) -> &mut Self {
+        self.cells.push(vec![v as u64]);
+        self
+    }
+    /// A `Layout4` by value: dims, strides, offset (nine i64).
+    fn layout(&mut self, l: &Layout) -> &mut Self {
+        let d = l.shape.dims();
+        let mut cell: Vec<u64> = d.iter().map(|&x| x as u64).collect();
+        cell.extend(l.strides.iter().map(|&x| x as u64));
+        cell.push(l.offset as u64);
+        self.cells.push(cell);
+        self
+    }
+}
+
+struct Exec {
+    graph: Graph,
+    node_buffer: Vec<BufferId>,
+    owned: Vec<BufferId>,
+}
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<String, CudaFunction>,
+    name: String,
+    buffers: Vec<Option<DevBuf>>,
+    execs: Vec<Option<Exec>>,
+    err_word: u64,
+}
+
+// SAFETY: the backend owns its device allocations (raw addresses) and the context; every use
+// goes through `&mut self` or `&self` on one thread at a time, and the CUDA context is bound to
+// the calling thread before each driver call.
+#[allow(unsafe_code)]
+unsafe impl Send for CudaBackend {}
+
+impl CudaBackend {
+    /// Opens device `ordinal`, compiles (or loads from the cache) the kernels for its exact
+    /// architecture, and loads every entry point.
+    pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        if !cuda_available() {
+            return Err(backend_err(
+                "no CUDA driver, libnvrtc or device found (run `specula doctor`)",
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the context", e))?;
+        #[allow(unsafe_code)]
+        // SAFETY: called right after creating the context, before any allocation (cudarc#555);
+        // this backend uses one stream and raw allocations, so no cross-stream tracking is needed.
+        unsafe {
+            ctx.disable_event_tracking()
+        };
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| driver_err("compute capability", e))?;
+        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+        let mut driver = 0;
+        #[allow(unsafe_code)]
+        // SAFETY: the driver library is loaded (checked by cuda_available); valid out-pointer.
+        unsafe { sys::cuDriverGetVersion(&mut driver) }
+            .result()
+            .map_err(|e| driver_err("driver version", e))?;
+        let cubin =
+            nvrtc::cubin_cached(&source::full_source(), arch, driver).map_err(backend_err)?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+            .map_err(|e| driver_err("loading the kernel module", e))?;
+        let mut funcs = HashMap::new();
+        for name in source::all_kernel_names() {
+            let f = module
+                .load_function(&name)
+                .map_err(|e| driver_err(&format!("kernel {name}"), e))?;
+            funcs.insert(name, f);
+        }
+        let dev_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        ctx.bind_to_thread()
+            .map_err(|e| driver_err("binding the context", e))?;
+        #[allow(unsafe_code)]
+        // SAFETY: the context is current; 4 bytes are allocated and freed in Drop.
+        let err_word = unsafe { cu::malloc_sync(4) }
+            .map_err(|e| driver_err("allocating the error word", e))?;
+        Ok(CudaBackend {
+            name: format!("cuda:{ordinal} ({dev_name}, {arch})"),
+            ctx,
+            _module: module,
+            funcs,
+            buffers: Vec::new(),
+            execs: Vec::new(),
+            err_word,
+        })
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_err("binding the context", e))
+    }
+
+    fn buf(&self, id: BufferId) -> Result<&DevBuf> {
+        self.buffers
+            .get(id.0)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| graph::Error::Handle(format!("cuda buffer #{} does not exist", id.0)))
+    }
+
+    fn insert(&mut self, b: DevBuf) -> BufferId {
+        self.buffers.push(Some(b));
+        BufferId(self.buffers.len() - 1)
+    }
+
+    fn malloc(&self, bytes: usize) -> Result<u64> {
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: the context is current; the allocation is owned by a DevBuf and freed once.
+        let ptr = unsafe { cu::malloc_sync(bytes.max(4)) }.map_err(|e| {
+            let (free, total) = cu::mem_get_info().unwrap_or((0, 0));
+            driver_err(
+                &format!("allocating {bytes} bytes ({free} of {total} bytes free)"),
+                e,
+            )
+        })?;
+        #[allow(unsafe_code)]
+        // SAFETY: `ptr` points at `bytes.max(4)` freshly allocated bytes.
+        unsafe { cu::memset_d8_sync(ptr, 0, bytes.max(4)) }
+            .map_err(|e| driver_err("zeroing", e))?;
+        Ok(ptr)
+    }
+
+    fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, args: &mut Args) -> Result<()> {
+        let f = self
+            .funcs
+            .get(name)
+            .ok_or_else(|| backend_err(format!("kernel {name} is not loaded")))?;
+        let mut params: Vec<*mut c_void> = args
+            .cells
+            .iter_mut()
+            .map(|c| c.as_mut_ptr() as *mut c_void)
+            .collect();
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: the parameter cells match the kernel's signature (built by the launchers
+        // below from validated nodes) and stay alive until the call returns; every pointer
+        // argument addresses a live allocation large enough for the node's layout.
+        unsafe {
+            cu::launch_kernel(
+                f.cu_function(),
+                grid,
+                (block, 1, 1),
+                0,
+                std::ptr::null_mut(),
+                &mut params,
+            )
+        }
+        .map_err(|e| driver_err(&format!("launching {name}"), e))
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        if self.bind().is_err() {
+            return;
+        }
+        for b in self.buffers.iter().flatten() {
+            #[allow(unsafe_code)]
+            // SAFETY: each DevBuf owns its allocation, freed exactly once here.
+            let _ = unsafe { cu::free_sync(b.ptr) };
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: allocated in `new`, freed once here.
+        let _ = unsafe { cu::free_sync(self.err_word) };
+    }
+}
+
+/// The dtype code of the kernels (the ggml type id).
+fn code(dtype: DType) -> i32 {
+    dtype.id() as i32
+}
+
+fn weight_suffix(dtype: DType) -> Result<&'static str> {
+    source::WEIGHT_SUFFIXES
+        .iter()
+        .find(|(t, _)| *t == dtype)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| backend_err(format!("no CUDA kernels for {dtype} weights")))
+}
+
+/// The element stride between consecutive rows if rows (dims 1..3) are uniformly spaced.
+fn uniform_row_stride(l: &Layout) -> Option<i64> {
+    let d = l.shape.dims();
+    let s = l.strides;
+    if !l.rows_contiguous() {
+        return None;
+    }
+    let base = if d[1] > 1 {
+        s[1]
+    } else if d[2] > 1 {
+        s[2]
+    } else {
+        s[3]
+    };
+    let ok1 = d[2] == 1 || d[1] == 1 || s[2] == s[1] * d[1];
+    let ok2 = d[3] == 1
+        || (d[1] * d[2] == 1)
+        || s[3] == (if d[2] > 1 { s[2] * d[2] } else { s[1] * d[1] });
+    (ok1 && ok2).then_some(base as i64)
+}
+
+fn grid1(n: usize, block: usize) -> (u32, u32, u32) {
+    (n.div_ceil(block) as u32, 1, 1)
+}
+
+impl CudaBackend {
+    /// Base address of `node`'s storage and its layout.
+    fn base(&self, exec: &Exec, node: NodeId) -> Result<u64> {
+        Ok(self.buf(exec.node_buffer[node.index()])?.ptr)
+    }
+
+    /// Address of a dense 1-D int array node's first element.
+    fn addr(&self, exec: &Exec, node: NodeId) -> Result<u64> {
+        let n = exec.graph.node(node);
+        Ok(self.base(exec, node)? + (n.layout.offset * elem_bytes(n.dtype).max(1)) as u64)
+    }
+
+    fn run_node(&self, exec: &Exec, id: NodeId, node: &Node) -> Result<()> {
+        let g = &exec.graph;
+        let inp = |k: usize| g.node(node.inputs[k]);
+        let out = self.base(exec, id)?;
+        let n_out = node.shape().n_elems();
+        let unsupported = |why: String| {
+            backend_err(format!(
+                "{} (node '{}'): {why}",
+                node.op.name(),
+                node.label(id)
+            ))
+        };
+        match &node.op {
+            Op::Input | Op::Weight | Op::State | Op::View | Op::Reshape | Op::Permute(_) => Ok(()),
+            Op::GetRows => {
+                let t = inp(0);
+                let (k, n_rows) = (t.shape().ne(0), t.shape().ne(1));
+                if k % 32 != 0 {
+                    return Err(unsupported(format!(
+                        "rows of {k} elements (needs a multiple of 32)"
+                    )));
+                }
+                let n_ids = inp(1).shape().n_elems();
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .ptr(self.addr(exec, node.inputs[1])?)
+                    .ptr(out);
+                a.i32(k as i32)
+                    .i32(n_rows as i32)
+                    .i32(n_ids as i32)
+                    .ptr(self.err_word);
+                self.launch(
+                    &format!("get_rows_{}", weight_suffix(t.dtype)?),
+                    grid1(k / 32 * n_ids, 128),
+                    128,
+                    &mut a,
+                )
+            }
+            Op::MatMul => {
+                let (w, x) = (inp(0), inp(1));
+                let (k, n) = (w.shape().ne(0), w.shape().ne(1));
+                if k % 32 != 0 {
+                    return Err(unsupported(format!(
+                        "rows of {k} elements (needs a multiple of 32)"
+                    )));
+                }
+                let stride = uniform_row_stride(&x.layout).ok_or_else(|| {
+                    unsupported("activation rows are not uniformly strided".into())
+                })?;
+                let m = x.shape().n_rows();
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .ptr(self.base(exec, node.inputs[1])?)
+                    .ptr(out);
+                a.i32(k as i32)
+                    .i32(n as i32)
+                    .i32(m as i32)
+                    .i64(x.layout.offset as i64)
+                    .i64(stride);
+                self.launch(
+                    &format!("matmul_{}", weight_suffix(w.dtype)?),
+                    (n.div_ceil(4) as u32, m.div_ceil(16) as u32, 1),
+                    128,
+                    &mut a,
+                )
+            }
+            Op::MatMulId => {
+                let (w, x, ids) = (inp(0), inp(1), inp(2));
+                let (k, n, n_expert) = (w.shape().ne(0), w.shape().ne(1), w.shape().ne(2));
+                if k % 32 != 0 {
+                    return Err(unsupported(format!(
+                        "rows of {k} elements (needs a multiple of 32)"
+                    )));
+                }
+                let stride = uniform_row_stride(&x.layout).ok_or_else(|| {
+                    unsupported("activation rows are not uniformly strided".into())
+                })?;
+                let (n_used, t) = (ids.shape().ne(0), ids.shape().ne(1));
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .ptr(self.base(exec, node.inputs[1])?)
+                    .ptr(self.addr(exec, node.inputs[2])?)
+                    .ptr(out);
+                a.i32(k as i32)
+                    .i32(n as i32)
+                    .i32(n_expert as i32)
+                    .i32(n_used as i32)
+                    .i32(x.shape().ne(1) as i32);
+                a.i64(x.layout.offset as i64).i64(stride).ptr(self.err_word);
+                self.launch(
+                    &format!("matmul_id_{}", weight_suffix(w.dtype)?),
+                    (n.div_ceil(4) as u32, (n_used * t) as u32, 1),
+                    128,
+                    &mut a,
+                )
+            }
+            Op::Binary(op) => {
+                let (x, y) = (inp(0), inp(1));
+                // b broadcast: output dims, zero strides where b has size 1.
+                let mut lb = y.layout;
+                for i in 0..4 {
+                    if y.shape().ne(i) == 1 {
+                        lb.strides[i] = 0;
+                    }
+                }
+                lb.shape = node.shape();
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&x.layout)
+                    .ptr(self.base(exec, node.inputs[1])?)
+                    .i32(code(y.dtype))
+                    .layout(&lb);
+                a.ptr(out)
+                    .i64(n_out as i64)
+                    .i32(if *op == BinaryOp::Add { 0 } else { 1 });
+                self.launch("binary_f32", grid1(n_out, 256), 256, &mut a)
+            }
+            Op::Unary(op) => {
+                let (k, p) = match op {
+                    UnaryOp::Scale(s) => (0, *s),
+                    UnaryOp::Gelu => (1, 0.0),
+                    UnaryOp::Silu => (2, 0.0),
+                    UnaryOp::Softcap(c) => (3, *c),
+                };
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&inp(0).layout)
+                    .ptr(out)
+                    .i64(n_out as i64)
+                    .i32(k)
+                    .f32(p);
+                self.launch("unary_f32", grid1(n_out, 256), 256, &mut a)
+            }
+            Op::Glu(op) => {
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&inp(0).layout)
+                    .ptr(self.base(exec, node.inputs[1])?)
+                    .layout(&inp(1).layout);
+                a.ptr(out)
+                    .i64(n_out as i64)
+                    .i32(if *op == GluOp::GeGlu { 0 } else { 1 });
+                self.launch("glu_f32", grid1(n_out, 256), 256, &mut a)
+            }
+            Op::Contiguous => {
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&inp(0).layout)
+                    .ptr(out)
+                    .i64(n_out as i64);
+                self.launch("copy_f32", grid1(n_out, 256), 256, &mut a)
+            }
+            Op::Concat { dim } => {
+                let d = node.shape().dims();
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&inp(0).layout)
+                    .ptr(self.base(exec, node.inputs[1])?)
+                    .layout(&inp(1).layout)
+                    .ptr(out);
+                for v in d {
+                    a.i64(v as i64);
+                }
+                a.i32(*dim as i32).i64(inp(0).shape().ne(*dim) as i64);
+                self.launch("concat_f32", grid1(n_out, 256), 256, &mut a)
+            }
+            Op::RmsNorm { eps } => {
+                let x = inp(0);
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?).layout(&x.layout);
+                match node.inputs.get(1) {
+                    Some(&w) => a.ptr(self.base(exec, w)?).i32(code(g.node(w).dtype)),
+                    None => a.ptr(0).i32(-1),
+                };
+                a.ptr(out).i32(x.shape().ne(0) as i32).f32(*eps);
+                self.launch(
+                    "rms_norm_f32",
+                    (x.shape().n_rows() as u32, 1, 1),
+                    256,
+                    &mut a,
+                )
+            }
+            Op::Rope(p) => {
+                let x = inp(0);
+                let d = x.shape().dims();
+                let ff = match node.inputs.get(2) {
+                    Some(&f) => self.base(exec, f)? + (g.node(f).layout.offset * 4) as u64,
+                    None => 0,
+                };
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&x.layout)
+                    .ptr(self.addr(exec, node.inputs[1])?)
+                    .ptr(ff)
+                    .ptr(out);
+                a.i32(d[0] as i32)
+                    .i32(d[1] as i32)
+                    .i32((d[1] * d[2]) as i32)
+                    .i32(p.n_rot as i32)
+                    .f32(p.theta);
+                self.launch("rope_f32", grid1(n_out, 256), 256, &mut a)
+            }
+            Op::Softmax => {
+                let x = inp(0);
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&x.layout)
+                    .ptr(out)
+                    .i32(x.shape().ne(0) as i32);
+                self.launch(
+                    "softmax_f32",
+                    (x.shape().n_rows() as u32, 1, 1),
+                    256,
+                    &mut a,
+                )
+            }
+            Op::Attention(p) => {
+                let (q, k, v) = (inp(0), inp(1), inp(2));
+                let (d, d_v) = (q.shape().ne(0), v.shape().ne(0));
+                if d > 512 || d_v > 512 {
+                    return Err(unsupported(format!("head dims {d}/{d_v} above 512")));
+                }
+                let mask = match node.inputs.get(5) {
+                    Some(&m) => self.base(exec, m)? + (g.node(m).layout.offset * 4) as u64,
+                    None => 0,
+                };
+                let (kind, window) = match p.mask {
+                    AttnMask::None | AttnMask::Explicit => (0, 0),
+                    AttnMask::Causal => (1, 0),
+                    AttnMask::SlidingWindow { window } => (2, window as i32),
+                };
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?).layout(&q.layout);
+                a.ptr(self.base(exec, node.inputs[1])?)
+                    .i32(code(k.dtype))
+                    .layout(&k.layout);
+                a.ptr(self.base(exec, node.inputs[2])?)
+                    .i32(code(v.dtype))
+                    .layout(&v.layout);
+                a.ptr(self.addr(exec, node.inputs[3])?)
+                    .ptr(self.addr(exec, node.inputs[4])?)
+                    .ptr(mask)
+                    .ptr(out);
+                a.i32(d as i32)
+                    .i32(d_v as i32)
+                    .i32(q.shape().ne(1) as i32)
+                    .i32(k.shape().ne(1) as i32)
+                    .i32(k.shape().ne(2) as i32);
+                a.f32(p.scale)
+                    .i32(kind)
+                    .i32(window)
+                    .i32(i32::from(p.kv_layout == KvLayout::Ring))
+                    .ptr(self.err_word);
+                self.launch(
+                    "attention_f32",
+                    (q.shape().ne(1) as u32, q.shape().ne(2) as u32, 1),
+                    128,
+                    &mut a,
+                )
+            }
+            Op::WriteRows => {
+                let src = inp(1);
+                let row = src.shape().ne(0);
+                let n = src.shape().n_rows();
+                let mut a = Args::default();
+                a.ptr(out)
+                    .i32(code(node.dtype))
+                    .i64(node.layout.offset as i64)
+                    .i32((n_out / row.max(1)) as i32);
+                a.ptr(self.base(exec, node.inputs[1])?)
+                    .layout(&src.layout)
+                    .ptr(self.addr(exec, node.inputs[2])?);
+                a.i32(row as i32).i32(n as i32).ptr(self.err_word);
+                self.launch("write_rows", grid1(row * n, 256), 256, &mut a)
+            }
+            Op::Argmax => {
+                let x = inp(0);
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&x.layout)
+                    .ptr(out)
+                    .i32(x.shape().ne(0) as i32);
+                self.launch("argmax_f32", (x.shape().n_rows() as u32, 1, 1), 256, &mut a)
+            }
+            Op::TopK(k) => {
+                let x = inp(0);
+                let rows = x.shape().n_rows();
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&x.layout)
+                    .ptr(out)
+                    .i32(x.shape().ne(0) as i32)
+                    .i32(*k as i32)
+                    .i64(rows as i64);
+                self.launch("top_k_f32", grid1(rows, 64), 64, &mut a)
+            }
+            Op::MoeWeights { renormalize } => {
+                let (probs, ids) = (inp(0), inp(1));
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&probs.layout)
+                    .ptr(self.addr(exec, node.inputs[1])?);
+                match node.inputs.get(2) {
+                    Some(&s) => a.ptr(self.base(exec, s)?).i32(code(g.node(s).dtype)),
+                    None => a.ptr(0).i32(-1),
+                };
+                let (k, t) = (ids.shape().ne(0), ids.shape().ne(1));
+                a.ptr(out)
+                    .i32(probs.shape().ne(0) as i32)
+                    .i32(k as i32)
+                    .i32(t as i32)
+                    .i32(i32::from(*renormalize))
+                    .ptr(self.err_word);
+                self.launch("moe_weights_f32", grid1(t, 64), 64, &mut a)
+            }
+        }
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn alloc(&mut self, dtype: DType, shape: Shape) -> Result<BufferId> {
+        let ptr = self.malloc(byte_size(dtype, shape)?)?;
+        Ok(self.insert(DevBuf { ptr, dtype, shape }))
+    }
+
+    fn upload(&mut self, dtype: DType, shape: Shape, data: HostBytes) -> Result<BufferId> {
+        let bytes = byte_size(dtype, shape)?;
+        if data.len() != bytes {
+            return Err(graph::Error::Handle(format!(
+                "upload of {dtype} {shape}: expected {bytes} bytes, got {}",
+                data.len()
+            )));
+        }
+        let ptr = self.malloc(bytes)?;
+        #[allow(unsafe_code)]
+        // SAFETY: `ptr` holds at least `bytes` bytes and `data` is exactly `bytes` long.
+        unsafe { cu::memcpy_htod_sync(ptr, data.as_slice()) }
+            .map_err(|e| driver_err("copying to the device", e))?;
+        Ok(self.insert(DevBuf { ptr, dtype, shape }))
+    }
+
+    fn write(&mut self, buffer: BufferId, offset: usize, data: HostData<'_>) -> Result<()> {
+        let b = self.buf(buffer)?;
+        let n = b.shape.n_elems();
+        if offset.checked_add(data.len()).is_none_or(|end| end > n) {
+            return Err(graph::Error::Handle(format!(
+                "write of {} elements at {offset} into a {n}-element buffer",
+                data.len()
+            )));
+        }
+        let bytes: Vec<u8> = match (b.dtype, data) {
+            (DType::F32, HostData::F32(v)) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            (DType::F16, HostData::F32(v)) => v
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
+            (DType::I32, HostData::I32(v)) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            (dt, _) => {
+                return Err(graph::Error::Handle(format!(
+                    "cannot write that data into a {dt} buffer"
+                )))
+            }
+        };
+        let at = b.ptr + (offset * elem_bytes(b.dtype)) as u64;
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: the range [offset, offset + len) was checked against the buffer's size.
+        unsafe { cu::memcpy_htod_sync(at, &bytes) }
+            .map_err(|e| driver_err("copying to the device", e))
+    }
+
+    fn read(&self, buffer: BufferId) -> Result<TensorData> {
+        let b = self.buf(buffer)?;
+        let mut bytes = vec![0u8; byte_size(b.dtype, b.shape)?];
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: the buffer holds exactly `bytes.len()` bytes; the copy is synchronous.
+        unsafe { cu::memcpy_dtoh_sync(&mut bytes, b.ptr) }
+            .map_err(|e| driver_err("copying from the device", e))?;
+        Ok(match b.dtype {
+            DType::I32 => TensorData::I32(
+                bytes
+                    .as_chunks::<4>()
+                    .0
+                    .iter()
+                    .map(|c| i32::from_le_bytes(*c))
+                    .collect(),
+            ),
+            dt => TensorData::F32(
+                gguf::quant::dequantize_to_vec(dt, &bytes)
+                    .map_err(|e| backend_err(e.to_string()))?,
+            ),
+        })
+    }
+
+    fn free(&mut self, buffer: BufferId) -> Result<()> {
+        let b = self.buf(buffer)?;
+        let ptr = b.ptr;
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: the buffer is removed from the table below, so it is freed once.
+        unsafe { cu::free_sync(ptr) }.map_err(|e| driver_err("freeing", e))?;
+        self.buffers[buffer.0] = None;
+        Ok(())
+    }
+
+    fn load(&mut self, graph: &Graph, bindings: &Bindings) -> Result<ExecId> {
+        let plan = MemoryPlan::new(graph);
+        let mut owned = Vec::new();
+        let mut slot_buffers = Vec::new();
+        for slot in &plan.slots {
+            let id = self.alloc(slot.dtype, Shape::new(&[slot.n_elems])?)?;
+            owned.push(id);
+            slot_buffers.push(id);
+        }
+        let mut node_buffer: Vec<BufferId> = Vec::with_capacity(graph.nodes().len());
+        for (i, node) in graph.nodes().iter().enumerate() {
+            let id = NodeId::from_index(i);
+            let buffer = match &plan.storage[i] {
+                Storage::Slot(k) => slot_buffers[*k],
+                Storage::Alias(root) => node_buffer[root.index()],
+                Storage::Leaf => match (bindings.get(id), &node.op) {
+                    (Some(b), _) => {
+                        let buf = self.buf(b)?;
+                        if buf.dtype != node.dtype || buf.shape != node.shape() {
+                            return Err(graph::Error::Binding {
+                                node: node.label(id),
+                                reason: format!(
+                                    "leaf is {} {}, buffer is {} {}",
+                                    node.dtype,
+                                    node.shape(),
+                                    buf.dtype,
+                                    buf.shape
+                                ),
+                            });
+                        }
+                        b
+                    }
+                    (None, Op::Input) => {
+                        let b = self.alloc(node.dtype, node.shape())?;
+                        owned.push(b);
+                        b
+                    }
+                    (None, _) => {
+                        return Err(graph::Error::Binding {
+                            node: node.label(id),
+                            reason: format!("{} leaf is not bound to a buffer", node.op.name()),
+                        })
+                    }
+                },
+            };
+            node_buffer.push(buffer);
+        }
+        self.execs.push(Some(Exec {
+            graph: graph.clone(),
+            node_buffer,
+            owned,
+        }));
+        Ok(ExecId(self.execs.len() - 1))
+    }
+
+    fn buffer_of(&self, exe: ExecId, node: NodeId) -> Result<BufferId> {
+        let exec = self
+            .execs
+            .get(exe.0)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
+            })?;
+        exec.node_buffer
+            .get(node.index())
+            .copied()
+            .ok_or(graph::Error::UnknownNode(node.index()))
+    }
+
+    fn run(&mut self, exe: ExecId) -> Result<()> {
+        let exec = self
+            .execs
+            .get(exe.0)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
+            })?;
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: the error word is a live 4-byte allocation.
+        unsafe { cu::memset_d8_sync(self.err_word, 0, 4) }
+            .map_err(|e| driver_err("clearing the error word", e))?;
+        for (i, node) in exec.graph.nodes().iter().enumerate() {
+            self.run_node(exec, NodeId::from_index(i), node)?;
+        }
+        cu::ctx::synchronize().map_err(|e| driver_err("running the graph", e))?;
+        let mut word = [0i32; 1];
+        #[allow(unsafe_code)]
+        // SAFETY: copies the 4-byte error word after the stream finished.
+        unsafe { cu::memcpy_dtoh_sync(&mut word, self.err_word) }
+            .map_err(|e| driver_err("reading the error word", e))?;
+        let reason = match word[0] {
+            0 => return Ok(()),
+            1 => "a row id is outside the table",
+            2 => "a slot is outside the state",
+            3 => "an expert id is outside the experts",
+            4 => "n_kv does not fit the K/V rows",
+            _ => "unknown kernel error",
+        };
+        Err(graph::Error::Runtime {
+            op: "cuda",
+            node: format!("executable #{}", exe.0),
+            reason: reason.into(),
+        })
+    }
+
+    fn unload(&mut self, exe: ExecId) -> Result<()> {
+        let exec = self
+            .execs
+            .get_mut(exe.0)
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
+            })?;
+        for b in exec.owned {
+            self.free(b)?;
+        }
+        Ok(())
+    }
+}

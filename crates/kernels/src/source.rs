@@ -1,0 +1,62 @@
+//! The CUDA C++ sources, embedded in the binary, and the list of every kernel entry point.
+
+/// Shared definitions (types, dtype codes, conversions, reductions, layouts).
+pub const COMMON: &str = include_str!("../cu/common.cuh");
+/// Per-type dequantization of 32-element chunks.
+pub const DEQUANT: &str = include_str!("../cu/dequant.cuh");
+/// Matmul, expert matmul and row gathers for every weight type.
+pub const MATMUL: &str = include_str!("../cu/matmul.cu");
+/// Element-wise ops, norms, RoPE, softmax, row writes, selections.
+pub const OPS: &str = include_str!("../cu/ops.cu");
+/// Attention.
+pub const ATTENTION: &str = include_str!("../cu/attention.cu");
+
+/// The whole translation unit compiled by NVRTC.
+pub fn full_source() -> String {
+    [COMMON, DEQUANT, MATMUL, OPS, ATTENTION].join("\n")
+}
+
+/// Weight types with matmul / matmul_id / get_rows kernels, by kernel suffix.
+pub const WEIGHT_SUFFIXES: &[(gguf::GgmlType, &str)] = &[
+    (gguf::GgmlType::F32, "f32"),
+    (gguf::GgmlType::F16, "f16"),
+    (gguf::GgmlType::BF16, "bf16"),
+    (gguf::GgmlType::Q4_0, "q4_0"),
+    (gguf::GgmlType::Q4_1, "q4_1"),
+    (gguf::GgmlType::Q5_0, "q5_0"),
+    (gguf::GgmlType::Q5_1, "q5_1"),
+    (gguf::GgmlType::Q8_0, "q8_0"),
+    (gguf::GgmlType::Q2_K, "q2_k"),
+    (gguf::GgmlType::Q3_K, "q3_k"),
+    (gguf::GgmlType::Q4_K, "q4_k"),
+    (gguf::GgmlType::Q5_K, "q5_k"),
+    (gguf::GgmlType::Q6_K, "q6_k"),
+];
+
+/// Kernels that do not depend on a weight type.
+pub const OTHER_KERNELS: &[&str] = &[
+    "binary_f32",
+    "unary_f32",
+    "glu_f32",
+    "copy_f32",
+    "concat_f32",
+    "rms_norm_f32",
+    "rope_f32",
+    "softmax_f32",
+    "write_rows",
+    "argmax_f32",
+    "top_k_f32",
+    "moe_weights_f32",
+    "attention_f32",
+];
+
+/// Every kernel entry point in the module.
+pub fn all_kernel_names() -> Vec<String> {
+    let mut names: Vec<String> = OTHER_KERNELS.iter().map(|s| s.to_string()).collect();
+    for (_, suffix) in WEIGHT_SUFFIXES {
+        for family in ["matmul", "matmul_id", "get_rows"] {
+            names.push(format!("{family}_{suffix}"));
+        }
+    }
+    names
+}

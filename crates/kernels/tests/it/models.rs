@@ -1,0 +1,71 @@
+//! The fixture models on CUDA against the CPU backend: logits within 1e-3 and identical greedy
+//! tokens.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use target::{LogitRows, Target, TargetOptions};
+
+fn load(name: &str, backend: Box<dyn graph::Backend>) -> Target {
+    // The path baked in at build time, or `fixtures/` under the working directory when the test
+    // binary was carried to another machine and runs from the repository root there.
+    let baked = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let dir = if baked.exists() {
+        baked
+    } else {
+        PathBuf::from("fixtures")
+    };
+    let path = dir.join(name);
+    let file = Arc::new(gguf::GgufFile::open(path).unwrap());
+    let options = TargetOptions {
+        n_ctx: 128,
+        max_batch: 16,
+        ..Default::default()
+    };
+    Target::load(file, backend, &options, &mut |_, _| {}).unwrap()
+}
+
+fn greedy(t: &mut Target, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
+    let v = t.config().n_vocab;
+    let mut all_logits = Vec::new();
+    for chunk in prompt.chunks(t.max_batch()) {
+        all_logits.extend(t.forward(chunk, LogitRows::All, &[], false).unwrap().logits);
+    }
+    let mut next = target::sampling::argmax(&all_logits[all_logits.len() - v..]);
+    let mut out = vec![next];
+    while out.len() < n {
+        next = target::sampling::argmax(
+            &t.forward(&[next], LogitRows::Last, &[], false)
+                .unwrap()
+                .logits,
+        );
+        out.push(next);
+    }
+    (all_logits, out)
+}
+
+#[test]
+fn fixture_models_match_the_cpu_backend() {
+    if crate::cuda().is_none() {
+        return;
+    }
+    let prompt: Vec<u32> = (0..36).map(|i| 2 + (i * 37) % 1000).collect();
+    for name in ["dense.gguf", "dense.q8_0.gguf", "e.gguf", "moe.gguf"] {
+        let cuda = crate::cuda().unwrap();
+        let (cpu_logits, cpu_tokens) = greedy(
+            &mut load(name, Box::new(graph::CpuBackend::new())),
+            &prompt,
+            32,
+        );
+        let (gpu_logits, gpu_tokens) = greedy(&mut load(name, Box::new(cuda)), &prompt, 32);
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (&a, &b) in gpu_logits.iter().zip(&cpu_logits) {
+            num += (f64::from(a) - f64::from(b)).powi(2);
+            den += f64::from(b).powi(2);
+        }
+        let err = (num / den).sqrt();
+        eprintln!("{name}: logits rel err {err:.2e}");
+        assert!(err <= 1e-3, "{name}: logits relative error {err:e} > 1e-3");
+        assert_eq!(gpu_tokens, cpu_tokens, "{name}: greedy tokens differ");
+    }
+}

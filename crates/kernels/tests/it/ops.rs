@@ -1,0 +1,544 @@
+//! Each op on CUDA against the CPU reference on random inputs (never zeros), with outputs
+//! poisoned with NaN before the run so an unwritten element fails the comparison.
+
+use graph::{
+    AttnMask, AttnParams, Backend, Bindings, CpuBackend, DType, GluOp, Graph, GraphBuilder,
+    HostBytes, HostData, KvLayout, NodeId, RopeParams, Shape, UnaryOp,
+};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn sym(&mut self) -> f32 {
+        let v = ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+        if v == 0.0 {
+            0.25
+        } else {
+            v
+        }
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.sym()).collect()
+    }
+}
+
+fn scale_fields(ty: DType) -> &'static [usize] {
+    match ty {
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => &[0],
+        DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+        DType::Q2_K => &[80, 82],
+        DType::Q3_K => &[108],
+        DType::Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+fn random_weight(rng: &mut Rng, ty: DType, n: usize) -> Vec<u8> {
+    match ty {
+        DType::F32 => rng.vec(n).iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => rng
+            .vec(n)
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        DType::BF16 => rng
+            .vec(n)
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        q => {
+            let bb = q.block_bytes() as usize;
+            let n_blocks = n / q.block_elems() as usize;
+            let mut bytes: Vec<u8> = (0..n_blocks * bb).map(|_| rng.next() as u8).collect();
+            for b in 0..n_blocks {
+                for &off in scale_fields(q) {
+                    bytes[b * bb + off..b * bb + off + 2]
+                        .copy_from_slice(&half::f16::from_f32(0.02 * rng.sym()).to_le_bytes());
+                }
+            }
+            bytes
+        }
+    }
+}
+
+enum Leaf {
+    F32(Vec<f32>),
+    I32(Vec<i32>),
+    Weight(DType, Vec<u8>),
+    State(DType, Vec<f32>),
+}
+
+/// A graph and the values of its leaves.
+struct Case {
+    g: GraphBuilder,
+    leaves: Vec<(NodeId, Leaf)>,
+}
+
+impl Case {
+    fn new() -> Case {
+        Case {
+            g: GraphBuilder::new(),
+            leaves: Vec::new(),
+        }
+    }
+    fn f32(&mut self, dims: &[usize], v: Vec<f32>) -> NodeId {
+        let id = self
+            .g
+            .input(
+                &format!("in{}", self.leaves.len()),
+                DType::F32,
+                Shape::new(dims).unwrap(),
+            )
+            .unwrap();
+        self.leaves.push((id, Leaf::F32(v)));
+        id
+    }
+    fn i32(&mut self, dims: &[usize], v: Vec<i32>) -> NodeId {
+        let id = self
+            .g
+            .input(
+                &format!("in{}", self.leaves.len()),
+                DType::I32,
+                Shape::new(dims).unwrap(),
+            )
+            .unwrap();
+        self.leaves.push((id, Leaf::I32(v)));
+        id
+    }
+    fn weight(&mut self, ty: DType, dims: &[usize], bytes: Vec<u8>) -> NodeId {
+        let id = self
+            .g
+            .weight(
+                &format!("w{}", self.leaves.len()),
+                ty,
+                Shape::new(dims).unwrap(),
+            )
+            .unwrap();
+        self.leaves.push((id, Leaf::Weight(ty, bytes)));
+        id
+    }
+    fn state(&mut self, ty: DType, dims: &[usize], v: Vec<f32>) -> NodeId {
+        let id = self
+            .g
+            .state(
+                &format!("s{}", self.leaves.len()),
+                ty,
+                Shape::new(dims).unwrap(),
+            )
+            .unwrap();
+        self.leaves.push((id, Leaf::State(ty, v)));
+        id
+    }
+}
+
+fn run_on(
+    backend: &mut dyn Backend,
+    graph: &Graph,
+    leaves: &[(NodeId, Leaf)],
+    outputs: &[NodeId],
+) -> Vec<Vec<f32>> {
+    let mut bindings = Bindings::new();
+    for (id, leaf) in leaves {
+        let shape = graph.node(*id).shape();
+        match leaf {
+            Leaf::Weight(ty, bytes) => {
+                bindings.bind(
+                    *id,
+                    backend
+                        .upload(*ty, shape, HostBytes::from_vec(bytes.clone()))
+                        .unwrap(),
+                );
+            }
+            Leaf::State(ty, v) => {
+                let b = backend.alloc(*ty, shape).unwrap();
+                backend.write(b, 0, HostData::F32(v)).unwrap();
+                bindings.bind(*id, b);
+            }
+            _ => {}
+        }
+    }
+    let exe = backend.load(graph, &bindings).unwrap();
+    for (id, leaf) in leaves {
+        let b = backend.buffer_of(exe, *id).unwrap();
+        match leaf {
+            Leaf::F32(v) => backend.write(b, 0, HostData::F32(v)).unwrap(),
+            Leaf::I32(v) => backend.write(b, 0, HostData::I32(v)).unwrap(),
+            _ => {}
+        }
+    }
+    // Poison every f32 output that is not a state with NaN.
+    for &o in outputs {
+        let node = graph.node(o);
+        if node.dtype == DType::F32
+            && !matches!(
+                graph.node(node.root).op,
+                graph::Op::State | graph::Op::Input
+            )
+        {
+            let b = backend.buffer_of(exe, o).unwrap();
+            let n = match backend.read(b).unwrap() {
+                graph::TensorData::F32(v) => v.len(),
+                graph::TensorData::I32(v) => v.len(),
+            };
+            backend
+                .write(b, 0, HostData::F32(&vec![f32::NAN; n]))
+                .unwrap();
+        }
+    }
+    backend.run(exe).unwrap();
+    outputs
+        .iter()
+        .map(|&o| match backend.read_node(exe, graph, o).unwrap() {
+            graph::TensorData::F32(v) => v,
+            graph::TensorData::I32(v) => v.into_iter().map(|x| x as f32).collect(),
+        })
+        .collect()
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (f64::from(x) - f64::from(y)).powi(2);
+        den += f64::from(y).powi(2);
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Runs the case on CPU and CUDA; every output within `tol` relative L2 error.
+fn check(name: &str, case: Case, outputs: &[NodeId], tol: f64) {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let graph = case.g.finish(outputs).unwrap();
+    let want = run_on(&mut CpuBackend::new(), &graph, &case.leaves, outputs);
+    let got = run_on(&mut cuda, &graph, &case.leaves, outputs);
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            g.iter().all(|v| !v.is_nan()),
+            "{name} output {k}: NaN (unwritten or invalid)"
+        );
+        let err = rel_err(g, w);
+        assert!(
+            err <= tol,
+            "{name} output {k}: relative error {err:e} > {tol:e}"
+        );
+        eprintln!("{name} output {k}: rel err {err:.2e}");
+    }
+}
+
+const WEIGHT_TYPES: &[DType] = &[
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
+
+#[test]
+fn matmul_and_get_rows_every_weight_type() {
+    let mut rng = Rng(1);
+    for &ty in WEIGHT_TYPES {
+        for (k, n, m) in [(512, 37, 1), (256, 70, 16), (768, 5, 21)] {
+            let mut c = Case::new();
+            let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+            let x = c.f32(&[k, m], rng.vec(k * m));
+            let y = c.g.matmul(w, x).unwrap();
+            let ids = c.i32(&[3], vec![4, 0, (n - 1) as i32]);
+            let r = c.g.get_rows(w, ids).unwrap();
+            check(
+                &format!("matmul/get_rows {ty} k{k} n{n} m{m}"),
+                c,
+                &[y, r],
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_strided_rows_and_matmul_id() {
+    let mut rng = Rng(2);
+    let (k, n, m) = (256, 9, 3);
+    let mut c = Case::new();
+    let w = c.weight(
+        DType::Q8_0,
+        &[k, n],
+        random_weight(&mut rng, DType::Q8_0, k * n),
+    );
+    let x = c.f32(&[k, 2 * m], rng.vec(2 * k * m));
+    let v =
+        c.g.view(
+            x,
+            Shape::new(&[k, m]).unwrap(),
+            [1, 2 * k, 2 * k * m, 2 * k * m],
+            k,
+        )
+        .unwrap();
+    let y = c.g.matmul(w, v).unwrap();
+    check("strided matmul", c, &[y], 1e-5);
+    for ty in [DType::F16, DType::Q4_K, DType::Q6_K] {
+        for x_slots in [1, 2] {
+            let (k, n, e, used, t) = (256, 12, 4, 2, 3);
+            let mut c = Case::new();
+            let w = c.weight(ty, &[k, n, e], random_weight(&mut rng, ty, k * n * e));
+            let x = c.f32(&[k, x_slots, t], rng.vec(k * x_slots * t));
+            let ids = c.i32(&[used, t], vec![3, 0, 1, 1, 2, 3]);
+            let y = c.g.matmul_id(w, x, ids).unwrap();
+            check(&format!("matmul_id {ty} x_slots {x_slots}"), c, &[y], 1e-5);
+        }
+    }
+}
+
+#[test]
+fn elementwise_norm_rope_softmax_concat() {
+    let mut rng = Rng(3);
+    let mut c = Case::new();
+    let a = c.f32(&[64, 3, 2], rng.vec(384));
+    let b = c.f32(&[64, 1, 2], rng.vec(128));
+    let wf16 = c.weight(DType::F16, &[64], random_weight(&mut rng, DType::F16, 64));
+    let add = c.g.add(a, b).unwrap();
+    let mul = c.g.mul(a, wf16).unwrap();
+    let mut outs = vec![add, mul];
+    for op in [
+        UnaryOp::Scale(0.3),
+        UnaryOp::Gelu,
+        UnaryOp::Silu,
+        UnaryOp::Softcap(0.7),
+    ] {
+        outs.push(c.g.unary(op, a).unwrap());
+    }
+    let up = c.f32(&[64, 3, 2], rng.vec(384));
+    outs.push(c.g.glu(GluOp::GeGlu, a, up).unwrap());
+    outs.push(c.g.glu(GluOp::SwiGlu, a, up).unwrap());
+    let p = c.g.permute(a, [1, 0, 2, 3]).unwrap();
+    outs.push(c.g.contiguous(p).unwrap());
+    outs.push(c.g.concat(a, b, 1).unwrap());
+    outs.push(c.g.rms_norm(a, None, 1e-6).unwrap());
+    outs.push(c.g.rms_norm(a, Some(wf16), 1e-6).unwrap());
+    outs.push(c.g.softmax(a).unwrap());
+    let pos = c.i32(&[2], vec![3, 1000]);
+    let ff = c.f32(
+        &[16],
+        (0..16).map(|i| if i < 4 { 1.0 } else { 1e30 }).collect(),
+    );
+    outs.push(
+        c.g.rope(
+            a,
+            pos,
+            RopeParams {
+                theta: 10000.0,
+                n_rot: 64,
+            },
+            None,
+        )
+        .unwrap(),
+    );
+    outs.push(
+        c.g.rope(
+            a,
+            pos,
+            RopeParams {
+                theta: 1e6,
+                n_rot: 32,
+            },
+            Some(ff),
+        )
+        .unwrap(),
+    );
+    check("elementwise, norms, rope, softmax, concat", c, &outs, 2e-6);
+}
+
+#[test]
+fn selection_moe_and_write_rows() {
+    let mut rng = Rng(4);
+    let mut c = Case::new();
+    let x = c.f32(&[300, 4], rng.vec(1200));
+    let am = c.g.argmax(x).unwrap();
+    let probs_in = c.f32(&[8, 5], rng.vec(40));
+    let probs = c.g.softmax(probs_in).unwrap();
+    let top = c.g.top_k(probs, 3).unwrap();
+    let scale = c.weight(DType::F32, &[8], random_weight(&mut rng, DType::F32, 8));
+    let w = c.g.moe_weights(probs, top, Some(scale), true).unwrap();
+    check("argmax, top_k, moe_weights", c, &[am, top, w], 1e-6);
+    for ty in [DType::F32, DType::F16] {
+        let mut c = Case::new();
+        let st = c.state(ty, &[16, 6], rng.vec(96));
+        let src = c.f32(&[16, 2], rng.vec(32));
+        let slots = c.i32(&[2], vec![5, 2]);
+        let wr = c.g.write_rows(st, src, slots).unwrap();
+        check(&format!("write_rows {ty}"), c, &[wr], 1e-7);
+    }
+}
+
+#[test]
+fn attention_gqa_ring_window_masks_f16() {
+    let mut rng = Rng(5);
+    let cases = [
+        (
+            256,
+            4,
+            2,
+            40,
+            20,
+            vec![17, 18, 19],
+            AttnMask::Causal,
+            KvLayout::Linear,
+            DType::F32,
+        ),
+        (
+            512,
+            4,
+            1,
+            40,
+            20,
+            vec![19],
+            AttnMask::Causal,
+            KvLayout::Linear,
+            DType::F32,
+        ),
+        (
+            32,
+            4,
+            2,
+            8,
+            30,
+            vec![27, 28, 29],
+            AttnMask::SlidingWindow { window: 5 },
+            KvLayout::Ring,
+            DType::F32,
+        ),
+        (
+            64,
+            6,
+            3,
+            24,
+            21,
+            vec![14, 20, 3],
+            AttnMask::None,
+            KvLayout::Linear,
+            DType::F16,
+        ),
+        (
+            64,
+            6,
+            3,
+            24,
+            21,
+            vec![14, 20, 3],
+            AttnMask::Explicit,
+            KvLayout::Linear,
+            DType::F32,
+        ),
+        (
+            256,
+            8,
+            2,
+            64,
+            64,
+            (48..64).collect(),
+            AttnMask::SlidingWindow { window: 32 },
+            KvLayout::Ring,
+            DType::F16,
+        ),
+    ];
+    for (d, nh, nkv, cap, n_kv, q_pos, mask, layout, kv_ty) in cases {
+        let t = q_pos.len();
+        let mut c = Case::new();
+        let q = c.f32(&[d, nh, t], rng.vec(d * nh * t));
+        let k = c.state(kv_ty, &[d, nkv, cap], rng.vec(d * nkv * cap));
+        let v = c.state(kv_ty, &[d, nkv, cap], rng.vec(d * nkv * cap));
+        let p = c.i32(&[t], q_pos.clone());
+        let n = c.i32(&[1], vec![n_kv]);
+        let m = (mask == AttnMask::Explicit).then(|| {
+            let vals: Vec<f32> = (0..cap * t)
+                .map(|i| {
+                    if i % 5 == 0 {
+                        f32::NEG_INFINITY
+                    } else {
+                        rng.sym()
+                    }
+                })
+                .collect();
+            c.f32(&[cap, t], vals)
+        });
+        let y =
+            c.g.attention(
+                q,
+                k,
+                v,
+                p,
+                n,
+                m,
+                AttnParams {
+                    scale: 0.125,
+                    mask,
+                    kv_layout: layout,
+                },
+            )
+            .unwrap();
+        check(
+            &format!("attention d{d} heads {nh}/{nkv} {mask:?} {layout:?} {kv_ty}"),
+            c,
+            &[y],
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn kernel_errors_are_reported() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut c = Case::new();
+    let mut rng = Rng(6);
+    let w = c.weight(
+        DType::Q8_0,
+        &[32, 4],
+        random_weight(&mut rng, DType::Q8_0, 128),
+    );
+    let ids = c.i32(&[2], vec![1, 4]);
+    let y = c.g.get_rows(w, ids).unwrap();
+    let graph = c.g.finish(&[y]).unwrap();
+    let mut bindings = Bindings::new();
+    let Leaf::Weight(ty, bytes) = &c.leaves[0].1 else {
+        unreachable!()
+    };
+    bindings.bind(
+        w,
+        cuda.upload(
+            *ty,
+            Shape::new(&[32, 4]).unwrap(),
+            HostBytes::from_vec(bytes.clone()),
+        )
+        .unwrap(),
+    );
+    let exe = cuda.load(&graph, &bindings).unwrap();
+    cuda.write(cuda.buffer_of(exe, ids).unwrap(), 0, HostData::I32(&[1, 4]))
+        .unwrap();
+    let err = cuda.run(exe).unwrap_err();
+    assert!(
+        err.to_string().contains("a row id is outside the table"),
+        "{err}"
+    );
+}
