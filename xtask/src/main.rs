@@ -139,54 +139,85 @@ fn compile_kernels(verbose: bool) -> Result<()> {
 /// Test binaries of these packages travel to the GPU machine.
 const GPU_TEST_PACKAGES: &[&str] = &["kernels"];
 
+/// Builds with `args` (JSON messages) and returns the executables of test or bench targets.
+fn built_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
+    eprintln!("$ cargo {}", args.join(" "));
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(repo_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    let mut exes = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if !line.contains("\"reason\":\"compiler-artifact\"") {
+            continue;
+        }
+        let is_test = line.contains("\"test\":true") || line.contains("\"kind\":[\"bench\"]");
+        if let (true, Some(start)) = (is_test, line.find("\"executable\":\"")) {
+            let rest = &line[start + 14..];
+            if let Some(end) = rest.find('"') {
+                exes.push(PathBuf::from(&rest[..end]));
+            }
+        }
+    }
+    Ok(exes)
+}
+
 fn gpu_test() -> Result<()> {
     let root = repo_root();
     let bundle = root.join("gpu-bundle");
+    if bundle.exists() {
+        std::fs::remove_dir_all(&bundle)?;
+    }
     std::fs::create_dir_all(&bundle)?;
     let mut args = vec!["test", "--release", "--no-run", "--message-format=json"];
     for p in GPU_TEST_PACKAGES {
         args.extend(["-p", p]);
     }
-    eprintln!("$ cargo {}", args.join(" "));
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(&args)
-        .current_dir(&root)
-        .stderr(std::process::Stdio::inherit())
-        .output()?;
-    if !out.status.success() {
-        bail!("building the GPU tests failed");
-    }
-    let mut tests = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        // Only compiler-artifact lines of test targets carry an executable.
-        if !line.contains("\"reason\":\"compiler-artifact\"") || !line.contains("\"test\":true") {
-            continue;
-        }
-        if let Some(start) = line.find("\"executable\":\"") {
-            let rest = &line[start + 14..];
-            if let Some(end) = rest.find('"') {
-                tests.push(PathBuf::from(&rest[..end]));
-            }
-        }
-    }
+    let mut tests = built_executables(&args)?;
+    let benches = built_executables(&[
+        "build",
+        "--release",
+        "--benches",
+        "-p",
+        "kernels",
+        "--message-format=json",
+    ])?;
     cargo(&["build", "--release", "-p", "cli"])?;
+    tests.retain(|t| {
+        !t.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("kernels-"))
+    });
     let mut names = Vec::new();
+    let mut bench_names = Vec::new();
+    let specula = root.join("target/release/specula");
     for exe in tests
         .iter()
-        .chain(std::iter::once(&root.join("target/release/specula")))
+        .chain(&benches)
+        .chain(std::iter::once(&specula))
     {
-        let name = exe
+        let mut name = exe
             .file_name()
             .expect("executables have names")
             .to_string_lossy()
             .into_owned();
+        if benches.contains(exe) {
+            name = format!("bench-{}", name.split('-').next().unwrap_or("gpu"));
+            bench_names.push(name.clone());
+        }
         let dest = bundle.join(&name);
         std::fs::copy(exe, &dest)?;
         let _ = Command::new("strip").arg(&dest).status();
         names.push(name);
     }
     let mut script = String::from("#!/usr/bin/env bash\n# Runs every GPU test binary from the repository root; prints a table last.\nset -u\ncd \"$(dirname \"$0\")/..\"\nexport REQUIRE_GPU=1\nstatus=0\ntable=\"\"\n");
-    for name in names.iter().filter(|n| *n != "specula") {
+    for name in names
+        .iter()
+        .filter(|n| *n != "specula" && !bench_names.contains(n))
+    {
         script.push_str(&format!("if ./gpu-bundle/{name} --test-threads=1 --nocapture; then r=pass; else r=FAIL; status=1; fi\ntable=\"$table\\n{name}\\t$r\"\n"));
     }
     script.push_str("printf \"%b\\n\" \"$table\"\nexit $status\n");

@@ -5,6 +5,7 @@
 
 #![deny(unsafe_code)]
 
+mod doctor;
 mod generate;
 mod inspect;
 mod logits;
@@ -33,6 +34,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Write the logits and final hidden states of a token sequence to a safetensors file.
     Logits(logits::LogitsArgs),
+    /// Check the GPU driver, devices and NVRTC, and say what is missing.
+    Doctor,
 }
 
 /// Logs go to stderr, never stdout (which carries only the command's output).
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
+        Command::Doctor => doctor::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

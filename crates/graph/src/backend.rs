@@ -189,6 +189,12 @@ pub trait Backend: Send {
     /// Releases a loaded graph and its activation and input buffers.
     fn unload(&mut self, exe: ExecId) -> Result<()>;
 
+    /// Free and total memory of the device in bytes, where the backend has a fixed pool (GPUs);
+    /// `None` for host memory.
+    fn memory_info(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     /// Reads `node`'s value after a run: exactly its elements, in logical order, whatever
     /// slot or view it lives in.
     fn read_node(&self, exe: ExecId, graph: &Graph, node: NodeId) -> Result<TensorData> {

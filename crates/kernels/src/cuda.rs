@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::driver::{result as cu, sys, CudaContext, CudaFunction, CudaModule};
+use cudarc::driver::{
+    result as cu, sys, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream,
+};
 use graph::{
     AttnMask, Backend, BinaryOp, Bindings, BufferId, DType, ExecId, GluOp, Graph, HostBytes,
     HostData, KvLayout, Layout, MemoryPlan, Node, NodeId, Op, Shape, Storage, TensorData, UnaryOp,
@@ -102,11 +104,17 @@ struct Exec {
     graph: Graph,
     node_buffer: Vec<BufferId>,
     owned: Vec<BufferId>,
+    /// Completed runs (the first runs eagerly and validates every launch).
+    runs: usize,
+    /// The captured launch sequence, replayed on later runs.
+    captured: Option<CudaGraph>,
 }
 
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    use_graphs: bool,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
     name: String,
@@ -160,6 +168,9 @@ impl CudaBackend {
             funcs.insert(name, f);
         }
         let dev_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| driver_err("creating a stream", e))?;
         ctx.bind_to_thread()
             .map_err(|e| driver_err("binding the context", e))?;
         #[allow(unsafe_code)]
@@ -169,12 +180,82 @@ impl CudaBackend {
         Ok(CudaBackend {
             name: format!("cuda:{ordinal} ({dev_name}, {arch})"),
             ctx,
+            stream,
+            use_graphs: true,
             _module: module,
             funcs,
             buffers: Vec::new(),
             execs: Vec::new(),
             err_word,
         })
+    }
+
+    /// Whether loaded graphs are captured as CUDA graphs after their first run and replayed
+    /// (on by default; off measures plain launches).
+    pub fn set_graph_replay(&mut self, enabled: bool) {
+        self.use_graphs = enabled;
+        for exec in self.execs.iter_mut().flatten() {
+            exec.captured = None;
+        }
+    }
+
+    /// Seconds per run of a loaded graph, averaged over `n` back-to-back runs with one
+    /// synchronisation at the end (after one eager and, with replay on, one capturing run).
+    pub fn time_runs(&mut self, exe: ExecId, n: usize) -> Result<f64> {
+        self.run(exe)?;
+        self.run(exe)?;
+        let exec = self
+            .execs
+            .get(exe.0)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
+            })?;
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            match &exec.captured {
+                Some(g) if self.use_graphs => g
+                    .launch()
+                    .map_err(|e| driver_err("replaying the graph", e))?,
+                _ => self.launch_all(exec)?,
+            }
+        }
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("synchronising", e))?;
+        Ok(start.elapsed().as_secs_f64() / n.max(1) as f64)
+    }
+
+    /// Device-to-device copy bandwidth in bytes per second (bytes read plus bytes written), over
+    /// `reps` copies of `bytes` bytes.
+    pub fn copy_bandwidth(&mut self, bytes: usize, reps: usize) -> Result<f64> {
+        let src = self.malloc(bytes)?;
+        let dst = self.malloc(bytes)?;
+        let copy = |s: &Self| -> Result<()> {
+            #[allow(unsafe_code)]
+            // SAFETY: both allocations hold `bytes` bytes and are freed after the copies finish.
+            unsafe { cu::memcpy_dtod_async(dst, src, bytes, s.stream.cu_stream()) }
+                .map_err(|e| driver_err("copying", e))
+        };
+        copy(self)?;
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("synchronising", e))?;
+        let start = std::time::Instant::now();
+        for _ in 0..reps {
+            copy(self)?;
+        }
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("synchronising", e))?;
+        let secs = start.elapsed().as_secs_f64();
+        #[allow(unsafe_code)]
+        // SAFETY: both were allocated above and the stream has finished with them.
+        unsafe {
+            let _ = cu::free_sync(src);
+            let _ = cu::free_sync(dst);
+        }
+        Ok(2.0 * (bytes * reps) as f64 / secs)
     }
 
     fn bind(&self) -> Result<()> {
@@ -246,6 +327,8 @@ impl CudaBackend {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
+        // Captured graphs go first: they reference the buffers freed below.
+        self.execs.clear();
         if self.bind().is_err() {
             return;
         }
@@ -629,9 +712,72 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    fn launch_all(&self, exec: &Exec) -> Result<()> {
+        for (i, node) in exec.graph.nodes().iter().enumerate() {
+            self.run_node(exec, NodeId::from_index(i), node)?;
+        }
+        Ok(())
+    }
+
+    fn run_exec(&self, exec: &mut Exec, exe: ExecId) -> Result<()> {
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: the error word is a live 4-byte allocation; no work is pending on the stream
+        // (every run ends with a synchronisation).
+        unsafe { cu::memset_d8_sync(self.err_word, 0, 4) }
+            .map_err(|e| driver_err("clearing the error word", e))?;
+        if self.use_graphs && exec.runs > 0 && exec.captured.is_none() {
+            // Record the launch sequence once; every address it uses stays fixed while loaded.
+            self.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(|e| driver_err("beginning graph capture", e))?;
+            let launched = self.launch_all(exec);
+            let captured = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+            launched?;
+            exec.captured = captured.map_err(|e| driver_err("instantiating the graph", e))?;
+        }
+        match &exec.captured {
+            Some(g) if self.use_graphs => g
+                .launch()
+                .map_err(|e| driver_err("replaying the graph", e))?,
+            _ => self.launch_all(exec)?,
+        }
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("running the graph", e))?;
+        exec.runs += 1;
+        let mut word = [0i32; 1];
+        #[allow(unsafe_code)]
+        // SAFETY: copies the 4-byte error word after the stream finished.
+        unsafe { cu::memcpy_dtoh_sync(&mut word, self.err_word) }
+            .map_err(|e| driver_err("reading the error word", e))?;
+        let reason = match word[0] {
+            0 => return Ok(()),
+            1 => "a row id is outside the table",
+            2 => "a slot is outside the state",
+            3 => "an expert id is outside the experts",
+            4 => "n_kv does not fit the K/V rows",
+            _ => "unknown kernel error",
+        };
+        Err(graph::Error::Runtime {
+            op: "cuda",
+            node: format!("executable #{}", exe.0),
+            reason: reason.into(),
+        })
+    }
+}
+
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    fn memory_info(&self) -> Option<(u64, u64)> {
+        self.bind().ok()?;
+        cu::mem_get_info()
+            .ok()
+            .map(|(free, total)| (free as u64, total as u64))
     }
 
     fn alloc(&mut self, dtype: DType, shape: Shape) -> Result<BufferId> {
@@ -771,6 +917,8 @@ impl Backend for CudaBackend {
             graph: graph.clone(),
             node_buffer,
             owned,
+            runs: 0,
+            captured: None,
         }));
         Ok(ExecId(self.execs.len() - 1))
     }
@@ -790,40 +938,16 @@ impl Backend for CudaBackend {
     }
 
     fn run(&mut self, exe: ExecId) -> Result<()> {
-        let exec = self
+        let mut exec = self
             .execs
-            .get(exe.0)
-            .and_then(Option::as_ref)
+            .get_mut(exe.0)
+            .and_then(Option::take)
             .ok_or_else(|| {
                 graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
             })?;
-        self.bind()?;
-        #[allow(unsafe_code)]
-        // SAFETY: the error word is a live 4-byte allocation.
-        unsafe { cu::memset_d8_sync(self.err_word, 0, 4) }
-            .map_err(|e| driver_err("clearing the error word", e))?;
-        for (i, node) in exec.graph.nodes().iter().enumerate() {
-            self.run_node(exec, NodeId::from_index(i), node)?;
-        }
-        cu::ctx::synchronize().map_err(|e| driver_err("running the graph", e))?;
-        let mut word = [0i32; 1];
-        #[allow(unsafe_code)]
-        // SAFETY: copies the 4-byte error word after the stream finished.
-        unsafe { cu::memcpy_dtoh_sync(&mut word, self.err_word) }
-            .map_err(|e| driver_err("reading the error word", e))?;
-        let reason = match word[0] {
-            0 => return Ok(()),
-            1 => "a row id is outside the table",
-            2 => "a slot is outside the state",
-            3 => "an expert id is outside the experts",
-            4 => "n_kv does not fit the K/V rows",
-            _ => "unknown kernel error",
-        };
-        Err(graph::Error::Runtime {
-            op: "cuda",
-            node: format!("executable #{}", exe.0),
-            reason: reason.into(),
-        })
+        let result = self.run_exec(&mut exec, exe);
+        self.execs[exe.0] = Some(exec);
+        result
     }
 
     fn unload(&mut self, exe: ExecId) -> Result<()> {
@@ -834,6 +958,7 @@ impl Backend for CudaBackend {
             .ok_or_else(|| {
                 graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
             })?;
+        drop(exec.captured);
         for b in exec.owned {
             self.free(b)?;
         }

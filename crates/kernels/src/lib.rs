@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod cuda;
+pub mod doctor;
 pub mod nvrtc;
 pub mod source;
 

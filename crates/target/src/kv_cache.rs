@@ -77,6 +77,23 @@ impl KvCache {
         })
     }
 
+    /// Bytes the cache of `config` takes for `n_ctx` positions and batches of `max_batch`.
+    pub fn planned_bytes(
+        config: &Gemma4Config,
+        n_ctx: usize,
+        max_batch: usize,
+        dtype: DType,
+    ) -> u64 {
+        let ring = (config.sliding_window + max_batch).min(n_ctx.max(1));
+        let elem = dtype.bytes_for(1).unwrap_or(4);
+        (0..config.first_kv_shared())
+            .map(|l| {
+                let rows = if config.is_sliding[l] { ring } else { n_ctx };
+                2 * (config.head_dim(l) * config.n_head_kv[l] * rows) as u64 * elem
+            })
+            .sum()
+    }
+
     /// Maximum number of positions.
     pub fn n_ctx(&self) -> usize {
         self.n_ctx

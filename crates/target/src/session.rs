@@ -11,7 +11,7 @@ use crate::config::Gemma4Config;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::models::gemma4::{build_step, LogitRows, StepGraph, StepSpec};
-use crate::weights::Weights;
+use crate::weights::{MemoryPlanInput, Weights};
 
 /// Options for loading a target.
 #[derive(Clone, Debug)]
@@ -76,8 +76,13 @@ impl Target {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Target> {
         let config = Gemma4Config::from_gguf(&file)?;
-        let weights = Weights::load(&file, &config, backend.as_mut(), progress)?;
         let n_ctx = options.n_ctx.min(config.n_ctx_train);
+        let plan = MemoryPlanInput {
+            n_ctx,
+            max_batch: options.max_batch,
+            kv_dtype: options.kv_dtype,
+        };
+        let weights = Weights::load(&file, &config, &plan, backend.as_mut(), progress)?;
         let cache = KvCache::new(
             &config,
             backend.as_mut(),

@@ -127,6 +127,17 @@ pub fn expected_tensors(config: &Gemma4Config) -> Vec<Expected> {
     out
 }
 
+/// What the device-memory check before uploading needs to know besides the weights.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryPlanInput {
+    /// Positions of the KV cache.
+    pub n_ctx: usize,
+    /// Largest batch.
+    pub max_batch: usize,
+    /// KV cache element type.
+    pub kv_dtype: DType,
+}
+
 /// The model's weights, uploaded to a backend.
 #[derive(Debug, Default)]
 pub struct Weights {
@@ -134,11 +145,14 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Checks every expected tensor (presence and shape) and uploads those present.
+    /// Checks every expected tensor (presence and shape), checks that weights, cache and a
+    /// workspace allowance fit the device's free memory (for backends that report it), and
+    /// uploads the tensors present.
     /// `progress(done_bytes, total_bytes)` is called after each tensor.
     pub fn load(
         file: &Arc<GgufFile>,
         config: &Gemma4Config,
+        plan: &MemoryPlanInput,
         backend: &mut dyn Backend,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Weights> {
@@ -183,6 +197,30 @@ impl Weights {
             }
         }
         let total: u64 = present.iter().map(|i| i.n_bytes()).sum();
+        if let Some((free, _)) = backend.memory_info() {
+            let kv = crate::kv_cache::KvCache::planned_bytes(
+                config,
+                plan.n_ctx,
+                plan.max_batch,
+                plan.kv_dtype,
+            );
+            // Activations and workspace: a fixed allowance on top of weights and cache.
+            let needed = total + kv + (256 << 20);
+            if needed > free {
+                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+                return Err(Error::Config {
+                    file: name,
+                    reason: format!(
+                        "the model does not fit: needs {:.2} GiB (weights {:.2} + KV cache {:.2} + 0.25 workspace), {} has {:.2} GiB free",
+                        gib(needed),
+                        gib(total),
+                        gib(kv),
+                        backend.name(),
+                        gib(free)
+                    ),
+                });
+            }
+        }
         let mut done = 0;
         let mut map = HashMap::new();
         let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = file.clone();

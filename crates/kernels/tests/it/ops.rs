@@ -542,3 +542,59 @@ fn kernel_errors_are_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn replayed_graphs_follow_new_inputs() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(7);
+    let (k, n) = (256, 33);
+    let mut g = GraphBuilder::new();
+    let w = g
+        .weight("w", DType::Q4_K, Shape::new(&[k, n]).unwrap())
+        .unwrap();
+    let x = g.input("x", DType::F32, Shape::new(&[k]).unwrap()).unwrap();
+    let y = g.matmul(w, x).unwrap();
+    let z = g.unary(UnaryOp::Gelu, y).unwrap();
+    let graph = g.finish(&[z]).unwrap();
+    let bytes = random_weight(&mut rng, DType::Q4_K, k * n);
+    let mut cpu = CpuBackend::new();
+    let (mut bc, mut bg) = (Bindings::new(), Bindings::new());
+    bc.bind(
+        w,
+        cpu.upload(
+            DType::Q4_K,
+            Shape::new(&[k, n]).unwrap(),
+            HostBytes::from_vec(bytes.clone()),
+        )
+        .unwrap(),
+    );
+    bg.bind(
+        w,
+        cuda.upload(
+            DType::Q4_K,
+            Shape::new(&[k, n]).unwrap(),
+            HostBytes::from_vec(bytes),
+        )
+        .unwrap(),
+    );
+    let (ec, eg) = (
+        cpu.load(&graph, &bc).unwrap(),
+        cuda.load(&graph, &bg).unwrap(),
+    );
+    // Run 1 is eager, run 2 captures, later runs replay the captured graph.
+    for run in 0..5 {
+        let xs = rng.vec(k);
+        cpu.write(cpu.buffer_of(ec, x).unwrap(), 0, HostData::F32(&xs))
+            .unwrap();
+        cuda.write(cuda.buffer_of(eg, x).unwrap(), 0, HostData::F32(&xs))
+            .unwrap();
+        cpu.run(ec).unwrap();
+        cuda.run(eg).unwrap();
+        let want = cpu.read_node(ec, &graph, z).unwrap().into_f32().unwrap();
+        let got = cuda.read_node(eg, &graph, z).unwrap().into_f32().unwrap();
+        let err = rel_err(&got, &want);
+        assert!(err < 1e-5, "run {run}: relative error {err:e}");
+    }
+}

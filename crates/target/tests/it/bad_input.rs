@@ -105,3 +105,63 @@ fn context_beyond_the_maximum() {
     let err = t.forward(&[2; 9], LogitRows::Last, &[], false).unwrap_err();
     assert_eq!(err.to_string(), "a step takes 1 to 8 tokens, got 9");
 }
+
+/// A CPU backend that claims to be a device with 1 MiB free.
+struct TinyDevice(graph::CpuBackend);
+
+impl graph::Backend for TinyDevice {
+    fn name(&self) -> String {
+        "tiny device".into()
+    }
+    fn alloc(&mut self, d: graph::DType, s: graph::Shape) -> graph::Result<graph::BufferId> {
+        self.0.alloc(d, s)
+    }
+    fn upload(
+        &mut self,
+        d: graph::DType,
+        s: graph::Shape,
+        b: graph::HostBytes,
+    ) -> graph::Result<graph::BufferId> {
+        self.0.upload(d, s, b)
+    }
+    fn write(&mut self, b: graph::BufferId, o: usize, d: graph::HostData<'_>) -> graph::Result<()> {
+        self.0.write(b, o, d)
+    }
+    fn read(&self, b: graph::BufferId) -> graph::Result<graph::TensorData> {
+        self.0.read(b)
+    }
+    fn free(&mut self, b: graph::BufferId) -> graph::Result<()> {
+        self.0.free(b)
+    }
+    fn load(&mut self, g: &graph::Graph, b: &graph::Bindings) -> graph::Result<graph::ExecId> {
+        self.0.load(g, b)
+    }
+    fn buffer_of(&self, e: graph::ExecId, n: graph::NodeId) -> graph::Result<graph::BufferId> {
+        self.0.buffer_of(e, n)
+    }
+    fn run(&mut self, e: graph::ExecId) -> graph::Result<()> {
+        self.0.run(e)
+    }
+    fn unload(&mut self, e: graph::ExecId) -> graph::Result<()> {
+        self.0.unload(e)
+    }
+    fn memory_info(&self) -> Option<(u64, u64)> {
+        Some((1 << 20, 1 << 20))
+    }
+}
+
+#[test]
+fn a_model_that_does_not_fit_fails_before_uploading() {
+    let file = Arc::new(GgufFile::open(fixture("dense.gguf")).unwrap());
+    let err = Target::load(
+        file,
+        Box::new(TinyDevice(graph::CpuBackend::new())),
+        &TargetOptions::default(),
+        &mut |_, _| {},
+    )
+    .err()
+    .unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("the model does not fit: needs"), "{msg}");
+    assert!(msg.contains("tiny device has 0.00 GiB free"), "{msg}");
+}

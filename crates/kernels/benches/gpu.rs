@@ -1,0 +1,140 @@
+//! GPU measurements in one run, printed as a table: device-to-device copy bandwidth (the
+//! ceiling), the Q4_K matmul of a 31B FFN-sized weight (5376 × 21504) at 1–16 activation rows
+//! as weight bytes per second and as a fraction of the copy bandwidth, and one decode step of
+//! the dense fixture model with and without CUDA graph replay. Skips without CUDA.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use graph::{Backend, Bindings, DType, GraphBuilder, HostBytes, HostData, Shape};
+use kernels::CudaBackend;
+use target::{LogitRows, Target, TargetOptions};
+
+fn q4_k_weight(k: usize, n: usize) -> Vec<u8> {
+    let n_blocks = k * n / 256;
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut bytes = vec![0u8; n_blocks * 144];
+    for b in bytes.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let x = state.to_le_bytes();
+        b.copy_from_slice(&x[..b.len()]);
+    }
+    for blk in bytes.chunks_mut(144) {
+        blk[0..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+        blk[2..4].copy_from_slice(&half::f16::from_f32(0.002).to_le_bytes());
+    }
+    bytes
+}
+
+fn decode_step_secs(backend: CudaBackend, steps: usize) -> f64 {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/dense.gguf");
+    let path = if path.exists() {
+        path
+    } else {
+        PathBuf::from("fixtures/dense.gguf")
+    };
+    let file = Arc::new(gguf::GgufFile::open(path).expect("dense fixture"));
+    let options = TargetOptions {
+        n_ctx: 256,
+        max_batch: 16,
+        ..Default::default()
+    };
+    let mut t = Target::load(file, Box::new(backend), &options, &mut |_, _| {}).expect("load");
+    let prompt: Vec<u32> = (0..36).map(|i| 20 + i * 7).collect();
+    for chunk in prompt.chunks(16) {
+        t.forward(chunk, LogitRows::Last, &[], false)
+            .expect("prefill");
+    }
+    let n = t.n_past();
+    for _ in 0..5 {
+        t.forward(&[42], LogitRows::Last, &[], false)
+            .expect("warm-up");
+        t.truncate(n).expect("truncate");
+    }
+    let start = Instant::now();
+    for _ in 0..steps {
+        t.forward(&[42], LogitRows::Last, &[], false).expect("step");
+        t.truncate(n).expect("truncate");
+    }
+    start.elapsed().as_secs_f64() / steps as f64
+}
+
+fn main() {
+    if !kernels::cuda_available() {
+        println!("skipped: no CUDA");
+        return;
+    }
+    let mut cuda = CudaBackend::new(0).expect("cuda backend");
+    let card = cuda.name();
+    let copy = cuda.copy_bandwidth(1 << 30, 20).expect("copy");
+    println!("device: {card}");
+    println!("{:<44} {:>12} {:>10}", "measurement", "value", "vs copy");
+    println!(
+        "{:<44} {:>9.0} GB/s {:>10}",
+        "device-to-device copy (read + write)",
+        copy / 1e9,
+        "1.00"
+    );
+
+    let (k, n) = (5376, 21504);
+    let bytes = q4_k_weight(k, n);
+    let w_bytes = bytes.len() as f64;
+    let wb = cuda
+        .upload(
+            DType::Q4_K,
+            Shape::new(&[k, n]).unwrap(),
+            HostBytes::from_vec(bytes),
+        )
+        .expect("upload");
+    let mut one_row = 0.0;
+    for m in [1usize, 2, 4, 8, 16] {
+        let mut g = GraphBuilder::new();
+        let w = g
+            .weight("w", DType::Q4_K, Shape::new(&[k, n]).unwrap())
+            .unwrap();
+        let x = g
+            .input("x", DType::F32, Shape::new(&[k, m]).unwrap())
+            .unwrap();
+        let y = g.matmul(w, x).unwrap();
+        let graph = g.finish(&[y]).unwrap();
+        let mut b = Bindings::new();
+        b.bind(w, wb);
+        let exe = cuda.load(&graph, &b).expect("load");
+        let xs: Vec<f32> = (0..k * m).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+        cuda.write(cuda.buffer_of(exe, x).unwrap(), 0, HostData::F32(&xs))
+            .unwrap();
+        let secs = cuda.time_runs(exe, 200).expect("time");
+        if m == 1 {
+            one_row = secs;
+        }
+        let rate = w_bytes / secs;
+        println!(
+            "{:<44} {:>9.0} GB/s {:>10.2}   t({m})/t(1) = {:.2}",
+            format!("Q4_K matmul 5376x21504, {m} row(s)"),
+            rate / 1e9,
+            rate / copy,
+            secs / one_row
+        );
+        cuda.unload(exe).unwrap();
+    }
+    drop(cuda);
+
+    let with_graphs = decode_step_secs(CudaBackend::new(0).expect("cuda"), 300);
+    let mut plain = CudaBackend::new(0).expect("cuda");
+    plain.set_graph_replay(false);
+    let without = decode_step_secs(plain, 300);
+    println!(
+        "{:<44} {:>9.1} us",
+        "dense fixture decode step, graph replay",
+        with_graphs * 1e6
+    );
+    println!(
+        "{:<44} {:>9.1} us   no-graph / graph = {:.2}",
+        "dense fixture decode step, plain launches",
+        without * 1e6,
+        without / with_graphs
+    );
+}
