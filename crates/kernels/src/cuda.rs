@@ -258,6 +258,54 @@ impl CudaBackend {
         Ok(2.0 * (bytes * reps) as f64 / secs)
     }
 
+    /// Copies host bytes to the device, ordered on the backend's stream, and waits.
+    fn htod(&self, dst: u64, bytes: &[u8]) -> Result<()> {
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: callers pass a destination with room for `bytes.len()` bytes; the host slice
+        // outlives the copy because the stream is synchronised before returning.
+        unsafe { cu::memcpy_htod_async(dst, bytes, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("copying to the device", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("copying to the device", e))
+    }
+
+    /// Copies device bytes to the host, ordered on the backend's stream, and waits.
+    fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: callers pass a source holding at least `dst.len()` bytes; `dst` outlives the
+        // copy because the stream is synchronised before returning.
+        unsafe { cu::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("copying from the device", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("copying from the device", e))
+    }
+
+    /// Sets `n` bytes at `ptr` to zero, ordered on the backend's stream, and waits.
+    fn zero(&self, ptr: u64, n: usize) -> Result<()> {
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: callers pass an allocation of at least `n` bytes.
+        unsafe { cu::memset_d8_async(ptr, 0, n, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("zeroing", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("zeroing", e))
+    }
+
+    /// Number of kernel nodes in `exe`'s captured CUDA graph, if one was captured.
+    pub fn captured_nodes(&self, exe: ExecId) -> Option<usize> {
+        let g = self.execs.get(exe.0)?.as_ref()?.captured.as_ref()?;
+        let mut n = 0usize;
+        #[allow(unsafe_code)]
+        // SAFETY: the graph is alive; a null node array asks only for the count.
+        let r = unsafe { sys::cuGraphGetNodes(g.cu_graph(), std::ptr::null_mut(), &mut n) };
+        r.result().ok().map(|()| n)
+    }
+
     fn bind(&self) -> Result<()> {
         self.ctx
             .bind_to_thread()
@@ -287,10 +335,7 @@ impl CudaBackend {
                 e,
             )
         })?;
-        #[allow(unsafe_code)]
-        // SAFETY: `ptr` points at `bytes.max(4)` freshly allocated bytes.
-        unsafe { cu::memset_d8_sync(ptr, 0, bytes.max(4)) }
-            .map_err(|e| driver_err("zeroing", e))?;
+        self.zero(ptr, bytes.max(4))?;
         Ok(ptr)
     }
 
@@ -317,7 +362,7 @@ impl CudaBackend {
                 grid,
                 (block, 1, 1),
                 0,
-                std::ptr::null_mut(),
+                self.stream.cu_stream(),
                 &mut params,
             )
         }
@@ -722,11 +767,7 @@ impl CudaBackend {
 
     fn run_exec(&self, exec: &mut Exec, exe: ExecId) -> Result<()> {
         self.bind()?;
-        #[allow(unsafe_code)]
-        // SAFETY: the error word is a live 4-byte allocation; no work is pending on the stream
-        // (every run ends with a synchronisation).
-        unsafe { cu::memset_d8_sync(self.err_word, 0, 4) }
-            .map_err(|e| driver_err("clearing the error word", e))?;
+        self.zero(self.err_word, 4)?;
         if self.use_graphs && exec.runs > 0 && exec.captured.is_none() {
             // Record the launch sequence once; every address it uses stays fixed while loaded.
             self.stream
@@ -747,12 +788,9 @@ impl CudaBackend {
             .synchronize()
             .map_err(|e| driver_err("running the graph", e))?;
         exec.runs += 1;
-        let mut word = [0i32; 1];
-        #[allow(unsafe_code)]
-        // SAFETY: copies the 4-byte error word after the stream finished.
-        unsafe { cu::memcpy_dtoh_sync(&mut word, self.err_word) }
-            .map_err(|e| driver_err("reading the error word", e))?;
-        let reason = match word[0] {
+        let mut word = [0u8; 4];
+        self.dtoh(&mut word, self.err_word)?;
+        let reason = match i32::from_le_bytes(word) {
             0 => return Ok(()),
             1 => "a row id is outside the table",
             2 => "a slot is outside the state",
@@ -794,10 +832,7 @@ impl Backend for CudaBackend {
             )));
         }
         let ptr = self.malloc(bytes)?;
-        #[allow(unsafe_code)]
-        // SAFETY: `ptr` holds at least `bytes` bytes and `data` is exactly `bytes` long.
-        unsafe { cu::memcpy_htod_sync(ptr, data.as_slice()) }
-            .map_err(|e| driver_err("copying to the device", e))?;
+        self.htod(ptr, data.as_slice())?;
         Ok(self.insert(DevBuf { ptr, dtype, shape }))
     }
 
@@ -824,21 +859,14 @@ impl Backend for CudaBackend {
             }
         };
         let at = b.ptr + (offset * elem_bytes(b.dtype)) as u64;
-        self.bind()?;
-        #[allow(unsafe_code)]
-        // SAFETY: the range [offset, offset + len) was checked against the buffer's size.
-        unsafe { cu::memcpy_htod_sync(at, &bytes) }
-            .map_err(|e| driver_err("copying to the device", e))
+        // The range [offset, offset + len) was checked against the buffer's size above.
+        self.htod(at, &bytes)
     }
 
     fn read(&self, buffer: BufferId) -> Result<TensorData> {
         let b = self.buf(buffer)?;
         let mut bytes = vec![0u8; byte_size(b.dtype, b.shape)?];
-        self.bind()?;
-        #[allow(unsafe_code)]
-        // SAFETY: the buffer holds exactly `bytes.len()` bytes; the copy is synchronous.
-        unsafe { cu::memcpy_dtoh_sync(&mut bytes, b.ptr) }
-            .map_err(|e| driver_err("copying from the device", e))?;
+        self.dtoh(&mut bytes, b.ptr)?;
         Ok(match b.dtype {
             DType::I32 => TensorData::I32(
                 bytes

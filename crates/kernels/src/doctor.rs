@@ -29,17 +29,16 @@ pub fn checks() -> Vec<Check> {
         v.map(|()| format!("supports CUDA {}.{}", version / 1000, (version % 1000) / 10))
             .map_err(|e| format!("{e:?}")),
     ));
-    let devices: Vec<(String, i32, i32, usize)> = match cu::init()
-        .and_then(|()| cu::device::get_count())
-    {
-        Ok(n) => (0..n)
-            .filter_map(|i| {
-                let dev = cu::device::get(i).ok()?;
-                let name = cu::device::get_name(dev).unwrap_or_default();
-                #[allow(unsafe_code)]
-                // SAFETY: `dev` is a valid device handle from get(); attribute queries only read.
-                let (major, minor, mem) = unsafe {
-                    (
+    let devices: Vec<(String, i32, i32, usize)> =
+        match cu::init().and_then(|()| cu::device::get_count()) {
+            Ok(n) => (0..n)
+                .filter_map(|i| {
+                    let dev = cu::device::get(i).ok()?;
+                    let name = cu::device::get_name(dev).unwrap_or_default();
+                    #[allow(unsafe_code)]
+                    // SAFETY: `dev` is a valid device handle from get(); attribute queries only read.
+                    let (major, minor, mem) = unsafe {
+                        (
                         cu::device::get_attribute(
                             dev,
                             sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
@@ -52,18 +51,18 @@ pub fn checks() -> Vec<Check> {
                         .unwrap_or(0),
                         cu::device::total_mem(dev).unwrap_or(0),
                     )
-                };
-                Some((name, major, minor, mem))
-            })
-            .collect(),
-        Err(e) => {
-            out.push((
-                "GPUs".into(),
-                Err(format!("the driver reports an error: {e:?}")),
-            ));
-            return out;
-        }
-    };
+                    };
+                    Some((name, major, minor, mem))
+                })
+                .collect(),
+            Err(e) => {
+                out.push((
+                    "GPUs".into(),
+                    Err(format!("the driver reports an error: {e:?}")),
+                ));
+                return out;
+            }
+        };
     if devices.is_empty() {
         out.push((
             "GPUs".into(),
