@@ -180,3 +180,85 @@ __device__ __forceinline__ i64 row_bytes(int dt, i64 k) {
         case DT_Q5_K: F<DT_Q5_K>(__VA_ARGS__); break; \
         case DT_Q6_K: F<DT_Q6_K>(__VA_ARGS__); break; \
     }
+
+// Element `l` (0..31) of 32-element chunk `c` of a weight row: the per-lane form of dq32, so
+// that the 32 lanes of a warp read one chunk's bytes (and the matching activations) together.
+template <int DT>
+__device__ __forceinline__ float dq1(const u8* row, int c, int l) {
+    if (DT == DT_F32) return ((const float*)row)[c * 32 + l];
+    if (DT == DT_F16) return h2f(((const u16*)row)[c * 32 + l]);
+    if (DT == DT_BF16) return bf2f(((const u16*)row)[c * 32 + l]);
+    if (DT == DT_Q4_0) {
+        const u8* b = row + c * 18;
+        u8 q = b[2 + (l & 15)];
+        int x = l < 16 ? (q & 0xF) : (q >> 4);
+        return ldh(b) * (float)(x - 8);
+    }
+    if (DT == DT_Q4_1) {
+        const u8* b = row + c * 20;
+        u8 q = b[4 + (l & 15)];
+        int x = l < 16 ? (q & 0xF) : (q >> 4);
+        return ldh(b) * (float)x + ldh(b + 2);
+    }
+    if (DT == DT_Q5_0) {
+        const u8* b = row + c * 22;
+        u32 qh = (u32)b[2] | ((u32)b[3] << 8) | ((u32)b[4] << 16) | ((u32)b[5] << 24);
+        u8 q = b[6 + (l & 15)];
+        int x = (l < 16 ? (q & 0xF) : (q >> 4)) | (((qh >> l) & 1) << 4);
+        return ldh(b) * (float)(x - 16);
+    }
+    if (DT == DT_Q5_1) {
+        const u8* b = row + c * 24;
+        u32 qh = (u32)b[4] | ((u32)b[5] << 8) | ((u32)b[6] << 16) | ((u32)b[7] << 24);
+        u8 q = b[8 + (l & 15)];
+        int x = (l < 16 ? (q & 0xF) : (q >> 4)) | (((qh >> l) & 1) << 4);
+        return ldh(b) * (float)x + ldh(b + 2);
+    }
+    if (DT == DT_Q8_0) {
+        const u8* b = row + c * 34;
+        return ldh(b) * (float)(signed char)b[2 + l];
+    }
+    if (DT == DT_Q2_K) {
+        const u8* b = row + (c >> 3) * 84;
+        int sub = c & 7, half = sub >> 2, sh = sub & 3, part = l >> 4;
+        u8 sc = b[half * 8 + sh * 2 + part];
+        u8 q = b[16 + half * 32 + l];
+        return ldh(b + 80) * (float)(sc & 0xF) * (float)((q >> (2 * sh)) & 3) - ldh(b + 82) * (float)(sc >> 4);
+    }
+    if (DT == DT_Q3_K) {
+        const u8* b = row + (c >> 3) * 110;
+        int sub = c & 7, half = sub >> 2, sh = sub & 3, part = l >> 4;
+        const u8* s = b + 96;
+        int i = half * 8 + sh * 2 + part;
+        int low = i < 8 ? (s[i] & 0xF) : (s[i - 8] >> 4);
+        int high = (s[8 + (i & 3)] >> (2 * (i >> 2))) & 3;
+        u8 q = b[32 + half * 32 + l];
+        int hb = (b[l] & (1 << (half * 4 + sh))) ? 0 : 4;
+        return ldh(b + 108) * (float)((low | (high << 4)) - 32) * (float)(((q >> (2 * sh)) & 3) - hb);
+    }
+    if (DT == DT_Q4_K) {
+        const u8* b = row + (c >> 3) * 144;
+        int j = c & 7;
+        int sc, m;
+        scale_min_k4(j, b + 4, &sc, &m);
+        u8 q = b[16 + (j >> 1) * 32 + l];
+        return ldh(b) * (float)sc * (float)((q >> ((j & 1) * 4)) & 0xF) - ldh(b + 2) * (float)m;
+    }
+    if (DT == DT_Q5_K) {
+        const u8* b = row + (c >> 3) * 176;
+        int j = c & 7;
+        int sc, m;
+        scale_min_k4(j, b + 4, &sc, &m);
+        u8 q = b[48 + (j >> 1) * 32 + l];
+        int x = ((q >> ((j & 1) * 4)) & 0xF) + ((b[16 + l] >> j) & 1) * 16;
+        return ldh(b) * (float)sc * (float)x - ldh(b + 2) * (float)m;
+    }
+    // DT_Q6_K
+    const u8* b = row + (c >> 3) * 210;
+    int sub = c & 7, half = sub >> 2, g = sub & 3;
+    u8 ql = b[half * 64 + (g & 1) * 32 + l];
+    u8 qh = b[128 + half * 32 + l];
+    int q = (int)(((ql >> ((g >> 1) * 4)) & 0xF) | (((qh >> (2 * g)) & 3) << 4)) - 32;
+    const signed char* sc = (const signed char*)(b + 192 + half * 8);
+    return ldh(b + 208) * (float)sc[l / 16 + 2 * g] * (float)q;
+}

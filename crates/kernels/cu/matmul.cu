@@ -7,36 +7,36 @@
 #define MM_ROWS 16
 #define MM_WARPS 4
 
-template <int DT>
+template <int DT, int R>
 __device__ void matmul_body(const u8* w, const float* x, float* y, int k, int n, int m,
                             i64 x_off, i64 x_row_stride) {
+    // Lane l takes element l of every 32-element chunk: a warp reads each chunk's weight bytes
+    // and each activation row's 32 floats as one coalesced access. R (the activation rows of
+    // this block, a compile-time bound) keeps the accumulators in registers with no work for
+    // absent rows.
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int row = blockIdx.x * MM_WARPS + warp;
-    int m0 = blockIdx.y * MM_ROWS;
+    int m0 = blockIdx.y * R;
     if (row >= n) return;
     const u8* wr = w + (i64)row * row_bytes(DT, k);
-    float acc[MM_ROWS];
+    const float* xb = x + x_off + (i64)m0 * x_row_stride + lane;
+    int rows = m - m0 < R ? m - m0 : R;
+    float acc[R];
 #pragma unroll
-    for (int r = 0; r < MM_ROWS; ++r) acc[r] = 0.0f;
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     int n_chunks = k / 32;
-    for (int c = lane; c < n_chunks; c += 32) {
-        float v[32];
-        dq32<DT>(wr, c, v);
+#pragma unroll 4
+    for (int c = 0; c < n_chunks; ++c) {
+        float v = dq1<DT>(wr, c, lane);
 #pragma unroll
-        for (int r = 0; r < MM_ROWS; ++r) {
-            if (m0 + r < m) {
-                const float* xr = x + x_off + (i64)(m0 + r) * x_row_stride + c * 32;
-                float s = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 32; ++j) s += v[j] * xr[j];
-                acc[r] += s;
-            }
+        for (int r = 0; r < R; ++r) {
+            if (r < rows) acc[r] += v * xb[(i64)r * x_row_stride + c * 32];
         }
     }
 #pragma unroll
-    for (int r = 0; r < MM_ROWS; ++r) {
+    for (int r = 0; r < R; ++r) {
         float s = warp_sum(acc[r]);
-        if (lane == 0 && m0 + r < m) y[(i64)(m0 + r) * n + row] = s;
+        if (lane == 0 && r < rows) y[(i64)(m0 + r) * n + row] = s;
     }
 }
 
@@ -89,9 +89,17 @@ __device__ void get_rows_body(const u8* table, const int* ids, float* y, int k, 
 }
 
 #define WEIGHT_KERNELS(SUFFIX, DT)                                                                   \
-    extern "C" __global__ void matmul_##SUFFIX(const u8* w, const float* x, float* y, int k, int n,  \
-                                               int m, i64 x_off, i64 x_row_stride) {                 \
-        matmul_body<DT>(w, x, y, k, n, m, x_off, x_row_stride);                                     \
+    extern "C" __global__ void matmul_##SUFFIX##_r1(const u8* w, const float* x, float* y, int k,   \
+                                                    int n, int m, i64 x_off, i64 x_row_stride) {    \
+        matmul_body<DT, 1>(w, x, y, k, n, m, x_off, x_row_stride);                                  \
+    }                                                                                                \
+    extern "C" __global__ void matmul_##SUFFIX##_r4(const u8* w, const float* x, float* y, int k,   \
+                                                    int n, int m, i64 x_off, i64 x_row_stride) {    \
+        matmul_body<DT, 4>(w, x, y, k, n, m, x_off, x_row_stride);                                  \
+    }                                                                                                \
+    extern "C" __global__ void matmul_##SUFFIX##_r16(const u8* w, const float* x, float* y, int k,  \
+                                                     int n, int m, i64 x_off, i64 x_row_stride) {   \
+        matmul_body<DT, 16>(w, x, y, k, n, m, x_off, x_row_stride);                                 \
     }                                                                                                \
     extern "C" __global__ void matmul_id_##SUFFIX(const u8* w, const float* x, const int* ids,       \
                                                   float* y, int k, int n, int n_expert, int n_used,  \

@@ -497,9 +497,14 @@ impl CudaBackend {
                     .i32(m as i32)
                     .i64(x.layout.offset as i64)
                     .i64(stride);
+                let tile = source::MATMUL_ROW_TILES
+                    .iter()
+                    .copied()
+                    .find(|&t| t >= m)
+                    .unwrap_or(16);
                 self.launch(
-                    &format!("matmul_{}", weight_suffix(w.dtype)?),
-                    (n.div_ceil(4) as u32, m.div_ceil(16) as u32, 1),
+                    &format!("matmul_{}_r{tile}", weight_suffix(w.dtype)?),
+                    (n.div_ceil(4) as u32, m.div_ceil(tile) as u32, 1),
                     128,
                     &mut a,
                 )

@@ -33,6 +33,10 @@ pub const WEIGHT_SUFFIXES: &[(gguf::GgmlType, &str)] = &[
     (gguf::GgmlType::Q6_K, "q6_k"),
 ];
 
+/// Activation-row tiles of the matmul kernels (`matmul_<type>_r<R>`): a product with `m` rows
+/// uses the smallest tile of at least `m` rows, or tiles of 16.
+pub const MATMUL_ROW_TILES: &[usize] = &[1, 4, 16];
+
 /// Kernels that do not depend on a weight type.
 pub const OTHER_KERNELS: &[&str] = &[
     "binary_f32",
@@ -54,8 +58,11 @@ pub const OTHER_KERNELS: &[&str] = &[
 pub fn all_kernel_names() -> Vec<String> {
     let mut names: Vec<String> = OTHER_KERNELS.iter().map(|s| s.to_string()).collect();
     for (_, suffix) in WEIGHT_SUFFIXES {
-        for family in ["matmul", "matmul_id", "get_rows"] {
+        for family in ["matmul_id", "get_rows"] {
             names.push(format!("{family}_{suffix}"));
+        }
+        for rows in MATMUL_ROW_TILES {
+            names.push(format!("matmul_{suffix}_r{rows}"));
         }
     }
     names
