@@ -125,3 +125,73 @@ WEIGHT_KERNELS(q3_k, DT_Q3_K)
 WEIGHT_KERNELS(q4_k, DT_Q4_K)
 WEIGHT_KERNELS(q5_k, DT_Q5_K)
 WEIGHT_KERNELS(q6_k, DT_Q6_K)
+
+// Q4_K fast path (rows of a multiple of 256, activations 16-byte aligned). Per iteration a warp
+// takes one 256-weight super-block: lane l decodes sub-block l / 4's scale and min once, loads 8
+// bytes of nibbles (8 weights) in one access and two float4 of each activation row.
+__device__ __forceinline__ int scale_byte(u32 s0, u32 s1, u32 s2, int i) {
+    u32 w = i < 4 ? s0 : (i < 8 ? s1 : s2);
+    return (int)((w >> (8 * (i & 3))) & 0xff);
+}
+
+template <int R>
+__device__ void matmul_q4_k_fast_body(const u8* w, const float* x, float* y, int k, int n, int m,
+                                      i64 x_off, i64 x_row_stride) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * MM_WARPS + warp;
+    int m0 = blockIdx.y * R;
+    if (row >= n) return;
+    int n_sb = k / 256;
+    const u8* wr = w + (i64)row * n_sb * 144;
+    int j = lane >> 2, o = (lane & 3) * 8, shift = (j & 1) * 4;
+    int rows = m - m0 < R ? m - m0 : R;
+    const float* xb = x + x_off + (i64)m0 * x_row_stride + j * 32 + o;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+#pragma unroll 2
+    for (int sb = 0; sb < n_sb; ++sb) {
+        const u8* b = wr + sb * 144;
+        u32 dd = *(const u32*)b;
+        u32 s0 = *(const u32*)(b + 4), s1 = *(const u32*)(b + 8), s2 = *(const u32*)(b + 12);
+        uint2 qq = *(const uint2*)(b + 16 + (j >> 1) * 32 + o);
+        int sc, mn;
+        if (j < 4) {
+            sc = scale_byte(s0, s1, s2, j) & 63;
+            mn = scale_byte(s0, s1, s2, j + 4) & 63;
+        } else {
+            sc = (scale_byte(s0, s1, s2, j + 4) & 0xF) | ((scale_byte(s0, s1, s2, j - 4) >> 6) << 4);
+            mn = (scale_byte(s0, s1, s2, j + 4) >> 4) | ((scale_byte(s0, s1, s2, j) >> 6) << 4);
+        }
+        float dl = h2f((u16)(dd & 0xffff)) * (float)sc;
+        float ml = h2f((u16)(dd >> 16)) * (float)mn;
+        float v[8];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            v[e] = dl * (float)((qq.x >> (8 * e + shift)) & 0xF) - ml;
+            v[4 + e] = dl * (float)((qq.y >> (8 * e + shift)) & 0xF) - ml;
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            if (r < rows) {
+                const float4* xr = (const float4*)(xb + (i64)r * x_row_stride + sb * 256);
+                float4 a = xr[0], c = xr[1];
+                acc[r] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * c.x + v[5] * c.y + v[6] * c.z + v[7] * c.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        float s = warp_sum(acc[r]);
+        if (lane == 0 && r < rows) y[(i64)(m0 + r) * n + row] = s;
+    }
+}
+
+#define Q4K_FAST(R)                                                                                  \
+    extern "C" __global__ void matmul_q4_k_fast_r##R(const u8* w, const float* x, float* y, int k,   \
+                                                     int n, int m, i64 x_off, i64 x_row_stride) {    \
+        matmul_q4_k_fast_body<R>(w, x, y, k, n, m, x_off, x_row_stride);                             \
+    }
+Q4K_FAST(1)
+Q4K_FAST(4)
+Q4K_FAST(16)

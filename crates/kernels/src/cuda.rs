@@ -502,8 +502,19 @@ impl CudaBackend {
                     .copied()
                     .find(|&t| t >= m)
                     .unwrap_or(16);
+                // Q4_K rows of whole super-blocks with 16-byte-aligned activations take the
+                // fast kernel.
+                let fast = w.dtype == DType::Q4_K
+                    && k % 256 == 0
+                    && x.layout.offset % 4 == 0
+                    && stride % 4 == 0;
+                let family = if fast {
+                    "q4_k_fast"
+                } else {
+                    weight_suffix(w.dtype)?
+                };
                 self.launch(
-                    &format!("matmul_{}_r{tile}", weight_suffix(w.dtype)?),
+                    &format!("matmul_{family}_r{tile}"),
                     (n.div_ceil(4) as u32, m.div_ceil(tile) as u32, 1),
                     128,
                     &mut a,

@@ -65,5 +65,8 @@ pub fn all_kernel_names() -> Vec<String> {
             names.push(format!("matmul_{suffix}_r{rows}"));
         }
     }
+    for rows in MATMUL_ROW_TILES {
+        names.push(format!("matmul_q4_k_fast_r{rows}"));
+    }
     names
 }

@@ -279,23 +279,27 @@ fn matmul_and_get_rows_every_weight_type() {
 fn matmul_strided_rows_and_matmul_id() {
     let mut rng = Rng(2);
     let (k, n, m) = (256, 9, 3);
-    let mut c = Case::new();
-    let w = c.weight(
-        DType::Q8_0,
-        &[k, n],
-        random_weight(&mut rng, DType::Q8_0, k * n),
-    );
-    let x = c.f32(&[k, 2 * m], rng.vec(2 * k * m));
-    let v =
-        c.g.view(
-            x,
-            Shape::new(&[k, m]).unwrap(),
-            [1, 2 * k, 2 * k * m, 2 * k * m],
-            k,
-        )
-        .unwrap();
-    let y = c.g.matmul(w, v).unwrap();
-    check("strided matmul", c, &[y], 1e-5);
+    // Q4_K with an aligned view takes the fast kernel, with an offset of 1 the generic one.
+    for (ty, offset) in [(DType::Q8_0, k), (DType::Q4_K, k), (DType::Q4_K, 1)] {
+        let mut c = Case::new();
+        let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+        let x = c.f32(&[k, 2 * m], rng.vec(2 * k * m));
+        let v =
+            c.g.view(
+                x,
+                Shape::new(&[k, m]).unwrap(),
+                [1, 2 * k, 2 * k * m, 2 * k * m],
+                offset,
+            )
+            .unwrap();
+        let y = c.g.matmul(w, v).unwrap();
+        check(
+            &format!("strided matmul {ty} offset {offset}"),
+            c,
+            &[y],
+            1e-5,
+        );
+    }
     for ty in [DType::F16, DType::Q4_K, DType::Q6_K] {
         for x_slots in [1, 2] {
             let (k, n, e, used, t) = (256, 12, 4, 2, 3);
