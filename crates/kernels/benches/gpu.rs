@@ -136,6 +136,33 @@ fn main() {
         );
         cuda.unload(exe).unwrap();
     }
+    for m in [64usize, 512] {
+        let mut g = GraphBuilder::new();
+        let w = g
+            .weight("w", DType::Q4_K, Shape::new(&[k, n]).unwrap())
+            .unwrap();
+        let x = g
+            .input("x", DType::F32, Shape::new(&[k, m]).unwrap())
+            .unwrap();
+        let y = g.matmul(w, x).unwrap();
+        let graph = g.finish(&[y]).unwrap();
+        let mut b = Bindings::new();
+        b.bind(w, wb);
+        let exe = cuda.load(&graph, &b).expect("load");
+        let xs: Vec<f32> = (0..k * m).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+        cuda.write(cuda.buffer_of(exe, x).unwrap(), 0, HostData::F32(&xs))
+            .unwrap();
+        let secs = cuda.time_runs(exe, 20).expect("time");
+        let tflops = 2.0 * (k * n * m) as f64 / secs / 1e12;
+        println!(
+            "{:<44} {:>9.1} us   {:.1} TFLOP/s, {:.0} tok/s for this matmul",
+            format!("Q4_K tensor-core matmul, {m} rows"),
+            secs * 1e6,
+            tflops,
+            m as f64 / secs
+        );
+        cuda.unload(exe).unwrap();
+    }
     drop(cuda);
 
     let with_graphs = decode_step_secs(CudaBackend::new(0).expect("cuda"), 300);

@@ -10,11 +10,11 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
                                          const void* v, int v_dt, Layout4 lv, const int* q_pos,
                                          const int* n_kv_ptr, const float* mask, float* out, int d, int d_v,
                                          int n_head, int n_head_kv, int cap, float scale, int mask_kind,
-                                         int window, int ring, int* err) {
+                                         int window, int ring, int* err, int n_split, float* partial) {
     __shared__ float qs[ATT_MAX_D];
     __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
     __shared__ float wacc[ATT_WARPS][ATT_MAX_D];
-    int h = blockIdx.x, t = blockIdx.y;
+    int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int g = h / (n_head / n_head_kv);
     const float* qr = q + lq.off + (i64)h * lq.s1 + (i64)t * lq.s2;
@@ -32,6 +32,13 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
     i64 hi = (i64)n_kv - 1;
     if (mask_kind >= 1) hi = imin(hi, qp);
     if (mask_kind == 2) lo = imax(lo, qp - window + 1);
+    // Split-K: this block takes its share of the visible positions.
+    if (n_split > 1 && hi >= lo) {
+        i64 per = (hi - lo + n_split) / n_split;
+        i64 start = lo + per * split;
+        hi = imin(hi, start + per - 1);
+        lo = start;
+    }
 
     float m = -INFINITY, l = 0.0f;
     float acc[ATT_MAX_D / 32];
@@ -68,9 +75,18 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
     __syncthreads();
     float mx = -INFINITY;
     for (int w = 0; w < ATT_WARPS; ++w) mx = fmaxf(mx, wm[w]);
+    // With splits, store (max, sum, unnormalised output) for attention_combine_f32.
+    float* part = n_split > 1 ? partial + (((i64)t * n_head + h) * n_split + split) * (d_v + 2) : 0;
+    if (part && threadIdx.x == 0) {
+        float den = 0.0f;
+        for (int w = 0; w < ATT_WARPS; ++w) den += wm[w] == -INFINITY ? 0.0f : wl[w] * expf(wm[w] - mx);
+        part[0] = mx;
+        part[1] = mx == -INFINITY ? 0.0f : den;
+    }
     for (int i = threadIdx.x; i < d_v; i += blockDim.x) {
         if (mx == -INFINITY) {
-            o[i] = 0.0f;
+            if (part) part[2 + i] = 0.0f;
+            else o[i] = 0.0f;
             continue;
         }
         float num = 0.0f, den = 0.0f;
@@ -78,6 +94,31 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
             float f = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - mx);
             num += wacc[w][i] * f;
             den += wl[w] * f;
+        }
+        if (part) part[2 + i] = num;
+        else o[i] = den > 0.0f ? num / den : 0.0f;
+    }
+}
+
+// Merges the splits of attention_f32: one block per (head, query).
+extern "C" __global__ void attention_combine_f32(const float* partial, float* out, int d_v, int n_head, int n_split) {
+    int h = blockIdx.x, t = blockIdx.y;
+    const float* p = partial + ((i64)t * n_head + h) * n_split * (d_v + 2);
+    float mx = -INFINITY;
+    for (int s = 0; s < n_split; ++s) mx = fmaxf(mx, p[s * (d_v + 2)]);
+    float* o = out + ((i64)t * n_head + h) * d_v;
+    for (int i = threadIdx.x; i < d_v; i += blockDim.x) {
+        if (mx == -INFINITY) {
+            o[i] = 0.0f;
+            continue;
+        }
+        float num = 0.0f, den = 0.0f;
+        for (int s = 0; s < n_split; ++s) {
+            const float* ps = p + s * (d_v + 2);
+            if (ps[0] == -INFINITY) continue;
+            float f = expf(ps[0] - mx);
+            num += ps[2 + i] * f;
+            den += ps[1] * f;
         }
         o[i] = den > 0.0f ? num / den : 0.0f;
     }

@@ -195,3 +195,131 @@ __device__ void matmul_q4_k_fast_body(const u8* w, const float* x, float* y, int
 Q4K_FAST(1)
 Q4K_FAST(4)
 Q4K_FAST(16)
+
+// Prefill path (more than 16 activation rows): tensor cores. A block computes a 64 (weight rows)
+// x 64 (activation rows) tile: each 32-wide k step dequantizes the weight tile and converts the
+// activations in shared memory, then four warps issue mma.sync m16n8k16 (f16 inputs, f32
+// accumulation), each warp a 32 x 32 sub-tile. Every value is split into two f16 halves
+// (v = hi + lo) and the product taken as hi·hi + hi·lo + lo·hi, which keeps f32-level accuracy
+// (the mma units have ample headroom for three products).
+#define TC_BN 64
+#define TC_BM 64
+#define TC_BK 32
+#define TC_PAD 8
+
+__device__ __forceinline__ u32 pack_h2(u16 lo, u16 hi) { return (u32)lo | ((u32)hi << 16); }
+
+__device__ __forceinline__ void mma_16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <int DT>
+__device__ void matmul_tc_body(const u8* w, const float* x, float* y, int k, int n, int m, i64 x_off,
+                               i64 x_row_stride) {
+    __shared__ u16 ws[TC_BN][TC_BK + TC_PAD];
+    __shared__ u16 wl[TC_BN][TC_BK + TC_PAD];
+    __shared__ u16 xs[TC_BM][TC_BK + TC_PAD];
+    __shared__ u16 xl[TC_BM][TC_BK + TC_PAD];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, t = lane & 3;
+    int n0 = blockIdx.x * TC_BN, m0 = blockIdx.y * TC_BM;
+    int wn = (warp & 1) * 32, wm = (warp >> 1) * 32;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+    i64 rb = row_bytes(DT, k);
+    for (int k0 = 0; k0 < k; k0 += TC_BK) {
+        // Weight tile: threads 0..63 dequantize one row's 32-element chunk each.
+        if (threadIdx.x < TC_BN) {
+            int r = threadIdx.x;
+            float v[32];
+            if (n0 + r < n) {
+                dq32<DT>(w + (i64)(n0 + r) * rb, k0 / 32, v);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 32; ++e) v[e] = 0.0f;
+            }
+#pragma unroll
+            for (int e = 0; e < 32; ++e) {
+                u16 hi = f2h(v[e]);
+                ws[r][e] = hi;
+                wl[r][e] = f2h(v[e] - h2f(hi));
+            }
+        }
+        // Activation tile: 64 x 32 floats, 16 per thread.
+        for (int idx = threadIdx.x; idx < TC_BM * TC_BK; idx += blockDim.x) {
+            int r = idx / TC_BK, e = idx % TC_BK;
+            float v = m0 + r < m ? x[x_off + (i64)(m0 + r) * x_row_stride + k0 + e] : 0.0f;
+            u16 hi = f2h(v);
+            xs[r][e] = hi;
+            xl[r][e] = f2h(v - h2f(hi));
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TC_BK; kk += 16) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                int ar = wn + i * 16;
+                int c0 = kk + 2 * t, c1 = kk + 2 * t + 8;
+                u32 a0 = pack_h2(ws[ar + g][c0], ws[ar + g][c0 + 1]);
+                u32 a1 = pack_h2(ws[ar + g + 8][c0], ws[ar + g + 8][c0 + 1]);
+                u32 a2 = pack_h2(ws[ar + g][c1], ws[ar + g][c1 + 1]);
+                u32 a3 = pack_h2(ws[ar + g + 8][c1], ws[ar + g + 8][c1 + 1]);
+                u32 l0 = pack_h2(wl[ar + g][c0], wl[ar + g][c0 + 1]);
+                u32 l1 = pack_h2(wl[ar + g + 8][c0], wl[ar + g + 8][c0 + 1]);
+                u32 l2 = pack_h2(wl[ar + g][c1], wl[ar + g][c1 + 1]);
+                u32 l3 = pack_h2(wl[ar + g + 8][c1], wl[ar + g + 8][c1 + 1]);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    int bc = wm + j * 8 + g;
+                    u32 b0 = pack_h2(xs[bc][c0], xs[bc][c0 + 1]);
+                    u32 b1 = pack_h2(xs[bc][c1], xs[bc][c1 + 1]);
+                    u32 m0_ = pack_h2(xl[bc][c0], xl[bc][c0 + 1]);
+                    u32 m1_ = pack_h2(xl[bc][c1], xl[bc][c1 + 1]);
+                    mma_16816(acc[i][j], l0, l1, l2, l3, b0, b1);
+                    mma_16816(acc[i][j], a0, a1, a2, a3, m0_, m1_);
+                    mma_16816(acc[i][j], a0, a1, a2, a3, b0, b1);
+                }
+            }
+        }
+        __syncthreads();
+    }
+    // acc[i][j]: rows (weight) wn + 16i + g (+8), columns (activation) wm + 8j + 2t (+1).
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int nr = n0 + wn + i * 16 + g + (e >= 2 ? 8 : 0);
+                int mc = m0 + wm + j * 8 + 2 * t + (e & 1);
+                if (nr < n && mc < m) y[(i64)mc * n + nr] = acc[i][j][e];
+            }
+}
+
+#define TC_KERNEL(SUFFIX, DT)                                                                        \
+    extern "C" __global__ void matmul_tc_##SUFFIX(const u8* w, const float* x, float* y, int k, int n, \
+                                                  int m, i64 x_off, i64 x_row_stride) {              \
+        matmul_tc_body<DT>(w, x, y, k, n, m, x_off, x_row_stride);                                  \
+    }
+TC_KERNEL(f32, DT_F32)
+TC_KERNEL(f16, DT_F16)
+TC_KERNEL(bf16, DT_BF16)
+TC_KERNEL(q4_0, DT_Q4_0)
+TC_KERNEL(q4_1, DT_Q4_1)
+TC_KERNEL(q5_0, DT_Q5_0)
+TC_KERNEL(q5_1, DT_Q5_1)
+TC_KERNEL(q8_0, DT_Q8_0)
+TC_KERNEL(q2_k, DT_Q2_K)
+TC_KERNEL(q3_k, DT_Q3_K)
+TC_KERNEL(q4_k, DT_Q4_K)
+TC_KERNEL(q5_k, DT_Q5_K)
+TC_KERNEL(q6_k, DT_Q6_K)

@@ -108,6 +108,15 @@ struct Exec {
     runs: usize,
     /// The captured launch sequence, replayed on later runs.
     captured: Option<CudaGraph>,
+    /// Split-K scratch of attention nodes: (buffer, number of splits).
+    attn_scratch: HashMap<usize, (BufferId, usize)>,
+}
+
+/// Number of blocks a single-query attention is split into: enough (head, query, split) blocks
+/// to fill the GPU, at least 512 K/V rows per split, at most 32 splits.
+fn attention_splits(n_head: usize, n_tok: usize, cap: usize) -> usize {
+    let fill = 264usize.div_ceil((n_head * n_tok).max(1));
+    fill.min(cap / 512).clamp(1, 32)
 }
 
 /// The CUDA backend on one device.
@@ -115,6 +124,7 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     use_graphs: bool,
+    tensor_cores: bool,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
     name: String,
@@ -182,6 +192,7 @@ impl CudaBackend {
             ctx,
             stream,
             use_graphs: true,
+            tensor_cores: major >= 8,
             _module: module,
             funcs,
             buffers: Vec::new(),
@@ -508,6 +519,14 @@ impl CudaBackend {
                     && k % 256 == 0
                     && x.layout.offset % 4 == 0
                     && stride % 4 == 0;
+                if m > source::TENSOR_CORE_MIN_ROWS && self.tensor_cores {
+                    return self.launch(
+                        &format!("matmul_tc_{}", weight_suffix(w.dtype)?),
+                        (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1),
+                        128,
+                        &mut a,
+                    );
+                }
                 let family = if fast {
                     "q4_k_fast"
                 } else {
@@ -707,12 +726,33 @@ impl CudaBackend {
                     .i32(window)
                     .i32(i32::from(p.kv_layout == KvLayout::Ring))
                     .ptr(self.err_word);
+                let (n_head, n_tok) = (q.shape().ne(1), q.shape().ne(2));
+                let (n_split, scratch) = match exec.attn_scratch.get(&id.index()) {
+                    Some(&(b, n)) => (n, self.buf(b)?.ptr),
+                    None => (1, 0),
+                };
+                a.i32(n_split as i32).ptr(scratch);
                 self.launch(
                     "attention_f32",
-                    (q.shape().ne(1) as u32, q.shape().ne(2) as u32, 1),
+                    (n_head as u32, n_tok as u32, n_split as u32),
                     128,
                     &mut a,
-                )
+                )?;
+                if n_split > 1 {
+                    let mut c = Args::default();
+                    c.ptr(scratch)
+                        .ptr(out)
+                        .i32(d_v as i32)
+                        .i32(n_head as i32)
+                        .i32(n_split as i32);
+                    self.launch(
+                        "attention_combine_f32",
+                        (n_head as u32, n_tok as u32, 1),
+                        128,
+                        &mut c,
+                    )?;
+                }
+                Ok(())
             }
             Op::WriteRows => {
                 let src = inp(1);
@@ -919,6 +959,21 @@ impl Backend for CudaBackend {
             owned.push(id);
             slot_buffers.push(id);
         }
+        let mut attn_scratch = HashMap::new();
+        for (i, node) in graph.nodes().iter().enumerate() {
+            if let Op::Attention(_) = node.op {
+                let q = graph.node(node.inputs[0]).shape();
+                let k = graph.node(node.inputs[1]).shape();
+                let d_v = graph.node(node.inputs[2]).shape().ne(0);
+                let n_split = attention_splits(q.ne(1), q.ne(2), k.ne(2));
+                if n_split > 1 {
+                    let elems = q.ne(1) * q.ne(2) * n_split * (d_v + 2);
+                    let b = self.alloc(DType::F32, Shape::new(&[elems])?)?;
+                    owned.push(b);
+                    attn_scratch.insert(i, (b, n_split));
+                }
+            }
+        }
         let mut node_buffer: Vec<BufferId> = Vec::with_capacity(graph.nodes().len());
         for (i, node) in graph.nodes().iter().enumerate() {
             let id = NodeId::from_index(i);
@@ -963,6 +1018,7 @@ impl Backend for CudaBackend {
             owned,
             runs: 0,
             captured: None,
+            attn_scratch,
         }));
         Ok(ExecId(self.execs.len() - 1))
     }

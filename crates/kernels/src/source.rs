@@ -33,6 +33,9 @@ pub const WEIGHT_SUFFIXES: &[(gguf::GgmlType, &str)] = &[
     (gguf::GgmlType::Q6_K, "q6_k"),
 ];
 
+/// Products with more activation rows than this use the tensor-core kernels (`matmul_tc_<type>`).
+pub const TENSOR_CORE_MIN_ROWS: usize = 16;
+
 /// Activation-row tiles of the matmul kernels (`matmul_<type>_r<R>`): a product with `m` rows
 /// uses the smallest tile of at least `m` rows, or tiles of 16.
 pub const MATMUL_ROW_TILES: &[usize] = &[1, 4, 16];
@@ -52,13 +55,14 @@ pub const OTHER_KERNELS: &[&str] = &[
     "top_k_f32",
     "moe_weights_f32",
     "attention_f32",
+    "attention_combine_f32",
 ];
 
 /// Every kernel entry point in the module.
 pub fn all_kernel_names() -> Vec<String> {
     let mut names: Vec<String> = OTHER_KERNELS.iter().map(|s| s.to_string()).collect();
     for (_, suffix) in WEIGHT_SUFFIXES {
-        for family in ["matmul_id", "get_rows"] {
+        for family in ["matmul_id", "get_rows", "matmul_tc"] {
             names.push(format!("{family}_{suffix}"));
         }
         for rows in MATMUL_ROW_TILES {

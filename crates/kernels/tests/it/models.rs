@@ -7,6 +7,10 @@ use std::sync::Arc;
 use target::{LogitRows, Target, TargetOptions};
 
 fn load(name: &str, backend: Box<dyn graph::Backend>) -> Target {
+    load_with(name, backend, 16)
+}
+
+fn load_with(name: &str, backend: Box<dyn graph::Backend>, max_batch: usize) -> Target {
     // The path baked in at build time, or `fixtures/` under the working directory when the test
     // binary was carried to another machine and runs from the repository root there.
     let baked = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
@@ -19,7 +23,7 @@ fn load(name: &str, backend: Box<dyn graph::Backend>) -> Target {
     let file = Arc::new(gguf::GgufFile::open(path).unwrap());
     let options = TargetOptions {
         n_ctx: 128,
-        max_batch: 16,
+        max_batch,
         ..Default::default()
     };
     Target::load(file, backend, &options, &mut |_, _| {}).unwrap()
@@ -65,6 +69,37 @@ fn fixture_models_match_the_cpu_backend() {
         }
         let err = (num / den).sqrt();
         eprintln!("{name}: logits rel err {err:.2e}");
+        assert!(err <= 1e-3, "{name}: logits relative error {err:e} > 1e-3");
+        assert_eq!(gpu_tokens, cpu_tokens, "{name}: greedy tokens differ");
+    }
+}
+
+#[test]
+fn tensor_core_prefill_matches_the_cpu_backend() {
+    if crate::cuda().is_none() {
+        return;
+    }
+    // One 36-token prefill chunk takes the tensor-core matmuls.
+    let prompt: Vec<u32> = (0..36).map(|i| 2 + (i * 37) % 1000).collect();
+    for name in ["dense.gguf", "moe.gguf"] {
+        let cuda = crate::cuda().unwrap();
+        let (cpu_logits, cpu_tokens) = greedy(
+            &mut load_with(name, Box::new(graph::CpuBackend::new()), 64),
+            &prompt,
+            16,
+        );
+        let (gpu_logits, gpu_tokens) =
+            greedy(&mut load_with(name, Box::new(cuda), 64), &prompt, 16);
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (&a, &b) in gpu_logits.iter().zip(&cpu_logits) {
+            num += (f64::from(a) - f64::from(b)).powi(2);
+            den += f64::from(b).powi(2);
+        }
+        let err = (num / den).sqrt();
+        eprintln!(
+            "{name}: tensor-core prefill logits rel err {err:.2e}; greedy equal: {}",
+            gpu_tokens == cpu_tokens
+        );
         assert!(err <= 1e-3, "{name}: logits relative error {err:e} > 1e-3");
         assert_eq!(gpu_tokens, cpu_tokens, "{name}: greedy tokens differ");
     }
