@@ -51,24 +51,25 @@ pub struct Generation {
     pub stats: GenerationStats,
 }
 
-/// Runs `tokens` through the target in chunks of at most `max_batch`; returns the last
-/// chunk's output with the last row's logits.
-pub fn prefill(target: &mut Target, tokens: &[u32]) -> Result<StepOutput> {
+/// Runs every chunk of `tokens` (chunks of at most `max_batch`) but the last, without logits;
+/// returns the last chunk, still to be run.
+pub fn prefill_all_but_last<'a>(target: &mut Target, tokens: &'a [u32]) -> Result<&'a [u32]> {
     if tokens.is_empty() {
         return Err(Error::Input("the prompt is empty".into()));
     }
     let chunk = target.max_batch();
-    let n_chunks = tokens.len().div_ceil(chunk);
-    let mut last = StepOutput::default();
-    for (i, part) in tokens.chunks(chunk).enumerate() {
-        let rows = if i + 1 == n_chunks {
-            LogitRows::Last
-        } else {
-            LogitRows::None
-        };
-        last = target.forward(part, rows, &[], false)?;
+    let last_start = (tokens.len() - 1) / chunk * chunk;
+    for part in tokens[..last_start].chunks(chunk) {
+        target.forward(part, LogitRows::None, &[], false)?;
     }
-    Ok(last)
+    Ok(&tokens[last_start..])
+}
+
+/// Runs `tokens` through the target in chunks of at most `max_batch`; returns the last
+/// chunk's output with the last row's logits.
+pub fn prefill(target: &mut Target, tokens: &[u32]) -> Result<StepOutput> {
+    let last = prefill_all_but_last(target, tokens)?;
+    target.forward(last, LogitRows::Last, &[], false)
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, stopping after a token for which
@@ -90,19 +91,30 @@ pub fn generate(
     if max_new_tokens == 0 {
         return Ok(Generation { tokens, stats });
     }
+    // Greedy without a repetition penalty needs only the argmax, computed on the device.
+    let device_argmax = sampler.params().is_greedy() && sampler.params().repetition_penalty == 1.0;
     let t0 = Instant::now();
-    let mut logits = prefill(target, prompt)?.logits;
+    let mut next = if device_argmax {
+        let last = prefill_all_but_last(target, prompt)?;
+        target.forward_argmax(last, LogitRows::Last)?[0]
+    } else {
+        sampler.sample(&prefill(target, prompt)?.logits, &history)
+    };
     stats.prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     loop {
-        let next = sampler.sample(&logits, &history);
         tokens.push(next);
         history.push(next);
         on_token(next)?;
         if tokens.len() >= max_new_tokens || is_stop(next) {
             break;
         }
-        logits = target.forward(&[next], LogitRows::Last, &[], false)?.logits;
+        next = if device_argmax {
+            target.forward_argmax(&[next], LogitRows::Last)?[0]
+        } else {
+            let logits = target.forward(&[next], LogitRows::Last, &[], false)?.logits;
+            sampler.sample(&logits, &history)
+        };
         stats.decode_steps += 1;
     }
     stats.decode_secs = t1.elapsed().as_secs_f64();

@@ -135,14 +135,9 @@ impl Target {
         self.cache.truncate(n)
     }
 
-    /// Runs `tokens` at positions `n_past..n_past + len`, writing their K/V and committing them.
-    pub fn forward(
-        &mut self,
-        tokens: &[u32],
-        logits: LogitRows,
-        capture_layers: &[usize],
-        capture_embedding: bool,
-    ) -> Result<StepOutput> {
+    /// Checks `tokens` and `spec`, loads the step graph on first use, writes the inputs, runs
+    /// the step and commits the positions.
+    fn run_step(&mut self, tokens: &[u32], spec: &StepSpec) -> Result<()> {
         let t = tokens.len();
         if t == 0 || t > self.max_batch {
             return Err(Error::Input(format!(
@@ -159,7 +154,11 @@ impl Target {
                 self.config.n_vocab
             )));
         }
-        if let Some(&bad) = capture_layers.iter().find(|&&l| l >= self.config.n_layer) {
+        if let Some(&bad) = spec
+            .capture_layers
+            .iter()
+            .find(|&&l| l >= self.config.n_layer)
+        {
             return Err(Error::Input(format!(
                 "layer {bad} does not exist ({} layers)",
                 self.config.n_layer
@@ -167,14 +166,8 @@ impl Target {
         }
         let start = self.cache.n_past();
         let (slots_swa, slots_full) = self.cache.slots(start, t)?;
-        let spec = StepSpec {
-            n_tokens: t,
-            logits,
-            capture_layers: capture_layers.to_vec(),
-            capture_embedding,
-        };
-        if !self.steps.contains_key(&spec) {
-            let step = build_step(&self.config, &self.weights, &self.cache, &spec)?;
+        if !self.steps.contains_key(spec) {
+            let step = build_step(&self.config, &self.weights, &self.cache, spec)?;
             let exe = self.backend.load(&step.graph, &step.bindings)?;
             let mut buffers = HashMap::new();
             for node in [
@@ -189,7 +182,7 @@ impl Target {
             self.steps
                 .insert(spec.clone(), Loaded { step, exe, buffers });
         }
-        let loaded = &self.steps[&spec];
+        let loaded = &self.steps[spec];
         let ids: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
         let pos: Vec<i32> = (start..start + t).map(|p| p as i32).collect();
         let n_kv = [(start + t) as i32];
@@ -206,22 +199,76 @@ impl Target {
         }
         self.backend.run(loaded.exe)?;
         self.cache.advance(t);
-        let read = |node: NodeId| -> Result<Vec<f32>> {
-            Ok(self
-                .backend
-                .read_node(loaded.exe, &s.graph, node)?
-                .into_f32()?)
+        Ok(())
+    }
+
+    fn read(&self, spec: &StepSpec, node: NodeId) -> Result<Vec<f32>> {
+        let loaded = &self.steps[spec];
+        Ok(self
+            .backend
+            .read_node(loaded.exe, &loaded.step.graph, node)?
+            .into_f32()?)
+    }
+
+    /// Runs `tokens` at positions `n_past..n_past + len`, writing their K/V and committing them,
+    /// and returns logits, hidden states and the captured layers.
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        logits: LogitRows,
+        capture_layers: &[usize],
+        capture_embedding: bool,
+    ) -> Result<StepOutput> {
+        let spec = StepSpec {
+            n_tokens: tokens.len(),
+            logits,
+            capture_layers: capture_layers.to_vec(),
+            capture_embedding,
+            argmax: false,
         };
+        self.run_step(tokens, &spec)?;
+        let s = &self.steps[&spec].step;
+        let (logit_node, hidden, prenorm, embedding) =
+            (s.logits, s.hidden, s.hidden_prenorm, s.embedding);
+        let layer_nodes = s.layers.clone();
         Ok(StepOutput {
-            logits: s.logits.map(read).transpose()?.unwrap_or_default(),
-            hidden: read(s.hidden)?,
-            hidden_prenorm: read(s.hidden_prenorm)?,
-            layers: s
-                .layers
+            logits: logit_node
+                .map(|n| self.read(&spec, n))
+                .transpose()?
+                .unwrap_or_default(),
+            hidden: self.read(&spec, hidden)?,
+            hidden_prenorm: self.read(&spec, prenorm)?,
+            layers: layer_nodes
                 .iter()
-                .map(|&(l, id)| Ok((l, read(id)?)))
+                .map(|&(l, id)| Ok((l, self.read(&spec, id)?)))
                 .collect::<Result<_>>()?,
-            embedding: s.embedding.map(read).transpose()?,
+            embedding: embedding.map(|n| self.read(&spec, n)).transpose()?,
         })
+    }
+
+    /// Like [`Target::forward`] but returns only the argmax token of each logit row, computed
+    /// on the device: on a GPU only token ids cross to the host.
+    pub fn forward_argmax(&mut self, tokens: &[u32], rows: LogitRows) -> Result<Vec<u32>> {
+        if rows == LogitRows::None {
+            return Err(Error::Input("forward_argmax needs logit rows".into()));
+        }
+        let spec = StepSpec {
+            n_tokens: tokens.len(),
+            logits: rows,
+            capture_layers: Vec::new(),
+            capture_embedding: false,
+            argmax: true,
+        };
+        self.run_step(tokens, &spec)?;
+        let loaded = &self.steps[&spec];
+        let node = loaded
+            .step
+            .argmax
+            .ok_or_else(|| Error::Input("the step has no argmax output".into()))?;
+        let ids = self
+            .backend
+            .read_node(loaded.exe, &loaded.step.graph, node)?
+            .into_i32()?;
+        Ok(ids.into_iter().map(|i| i as u32).collect())
     }
 }

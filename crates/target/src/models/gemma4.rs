@@ -42,6 +42,8 @@ pub struct StepSpec {
     pub capture_layers: Vec<usize>,
     /// Whether to return the scaled embeddings (the input of layer 0).
     pub capture_embedding: bool,
+    /// Whether to compute the argmax of each logit row on the device.
+    pub argmax: bool,
 }
 
 /// A built step graph with the ids of its inputs and outputs.
@@ -71,6 +73,8 @@ pub struct StepGraph {
     pub layers: Vec<(usize, NodeId)>,
     /// Scaled embeddings, if captured.
     pub embedding: Option<NodeId>,
+    /// Argmax token of each logit row, I32, if asked for.
+    pub argmax: Option<NodeId>,
 }
 
 struct Ctx<'a> {
@@ -374,8 +378,13 @@ pub fn build_step(
             })
         }
     };
+    let argmax = match (spec.argmax, logits) {
+        (true, Some(lg)) => Some(c.g.argmax(lg)?),
+        _ => None,
+    };
     let mut outputs = vec![hidden, hidden_prenorm];
     outputs.extend(logits);
+    outputs.extend(argmax);
     outputs.extend(captured.iter().map(|&(_, id)| id));
     outputs.extend(embedding);
     let graph = c.g.finish(&outputs)?;
@@ -392,5 +401,6 @@ pub fn build_step(
         hidden_prenorm,
         layers: captured,
         embedding,
+        argmax,
     })
 }

@@ -84,3 +84,26 @@ fn greedy_continuation_matches_transformers() {
         assert_eq!(got, expected, "{model}");
     }
 }
+
+#[test]
+fn device_argmax_equals_the_argmax_of_the_logits() {
+    let r = Reference::open("dense.ref.safetensors");
+    let ids = r.tokens("input_ids");
+    let opts = TargetOptions {
+        n_ctx: 128,
+        max_batch: 64,
+        ..Default::default()
+    };
+    let mut a = load_cpu("dense.gguf", &opts);
+    let mut b = load_cpu("dense.gguf", &opts);
+    let v = a.config().n_vocab;
+    let logits = a.forward(&ids, LogitRows::All, &[], false).unwrap().logits;
+    let expected: Vec<u32> = logits.chunks(v).map(argmax).collect();
+    assert_eq!(b.forward_argmax(&ids, LogitRows::All).unwrap(), expected);
+    assert_eq!(
+        b.forward_argmax(&[7], LogitRows::Last).unwrap(),
+        [argmax(
+            &a.forward(&[7], LogitRows::Last, &[], false).unwrap().logits
+        )]
+    );
+}
