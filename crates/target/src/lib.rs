@@ -27,6 +27,7 @@ pub mod kv_cache;
 pub mod models;
 pub mod sampling;
 mod session;
+pub mod speculative;
 pub mod tokenizer;
 pub mod weights;
 
@@ -37,4 +38,8 @@ pub use kv_cache::KvCache;
 pub use models::gemma4::{LogitRows, StepSpec};
 pub use sampling::{Sampler, SamplingParams};
 pub use session::{StepOutput, Target, TargetOptions};
+pub use speculative::{
+    generate_speculative, Draft, DraftRequest, ExternalDrafter, Round, SpeculativeGeneration,
+    Verified,
+};
 pub use tokenizer::{ChatMessage, Tokenizer};

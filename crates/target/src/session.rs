@@ -120,6 +120,12 @@ impl Target {
         self.backend.as_mut()
     }
 
+    /// An uploaded weight of the target, by GGUF tensor name (drafters share the target's
+    /// embedding and head this way).
+    pub fn weight(&self, name: &str) -> Option<crate::weights::WeightRef> {
+        self.weights.get(name).copied()
+    }
+
     /// Largest batch one step takes.
     pub fn max_batch(&self) -> usize {
         self.max_batch

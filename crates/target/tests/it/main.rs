@@ -4,5 +4,6 @@ mod bad_input;
 mod forward;
 mod incremental;
 mod quantized;
+mod speculative;
 mod testing;
 mod tokenizer;
