@@ -45,6 +45,26 @@ pub struct GenerateArgs {
     /// Print one JSON object (tokens, text, stats) instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Speculative decoding with this drafter.
+    #[arg(long, value_enum, default_value = "none")]
+    drafter: DrafterKind,
+    /// The drafter's GGUF (the MTP assistant).
+    #[arg(long)]
+    drafter_model: Option<std::path::PathBuf>,
+    /// Tokens drafted per round.
+    #[arg(long, default_value_t = 4)]
+    gamma: usize,
+}
+
+/// Which drafter proposes tokens.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrafterKind {
+    /// Plain decoding.
+    None,
+    /// The Gemma 4 MTP assistant (`--drafter-model`).
+    Mtp,
+    /// Prompt lookup.
+    Ngram,
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
@@ -73,34 +93,70 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --prompt or --tokens"),
     };
     let mut sampler = Sampler::new(params);
+    let mut drafter: Option<Box<dyn target::ExternalDrafter>> = match args.drafter {
+        DrafterKind::None => None,
+        DrafterKind::Ngram => Some(Box::new(drafter_ngram::NgramDrafter::new(4, 1, 16))),
+        DrafterKind::Mtp => {
+            let path = args.drafter_model.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("--drafter mtp needs --drafter-model ASSISTANT.gguf")
+            })?;
+            let file = std::sync::Arc::new(gguf::GgufFile::open(path)?);
+            Some(Box::new(drafter_mtp::MtpDrafter::load(file, &mut target)?))
+        }
+    };
     let mut out = std::io::stdout().lock();
     let mut pending: Vec<u8> = Vec::new();
     let stream = !args.json;
     let ignore_eos = args.ignore_eos;
     let is_stop = |id: u32| !ignore_eos && tokenizer.is_end_of_generation(id);
-    let result = target::generate(
-        &mut target,
-        &prompt,
-        &mut sampler,
-        args.n,
-        &is_stop,
-        &mut |id| {
-            if stream && !tokenizer.is_end_of_generation(id) {
-                pending.extend(tokenizer.token_bytes(id));
-                // Print the longest valid UTF-8 prefix; keep a partial character for later.
-                let valid = match std::str::from_utf8(&pending) {
-                    Ok(s) => s.len(),
-                    Err(e) if e.error_len().is_none() => e.valid_up_to(),
-                    Err(_) => pending.len(),
-                };
-                out.write_all(String::from_utf8_lossy(&pending[..valid]).as_bytes())
-                    .and_then(|_| out.flush())
-                    .map_err(|e| target::Error::Input(format!("writing to stdout: {e}")))?;
-                pending.drain(..valid);
-            }
-            Ok(())
-        },
-    )?;
+    let mut on_token = |id: u32| -> target::Result<()> {
+        if stream && !tokenizer.is_end_of_generation(id) {
+            pending.extend(tokenizer.token_bytes(id));
+            // Print the longest valid UTF-8 prefix; keep a partial character for later.
+            let valid = match std::str::from_utf8(&pending) {
+                Ok(s) => s.len(),
+                Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                Err(_) => pending.len(),
+            };
+            out.write_all(String::from_utf8_lossy(&pending[..valid]).as_bytes())
+                .and_then(|_| out.flush())
+                .map_err(|e| target::Error::Input(format!("writing to stdout: {e}")))?;
+            pending.drain(..valid);
+        }
+        Ok(())
+    };
+    let (result, spec) = match drafter.as_deref_mut() {
+        None => (
+            target::generate(
+                &mut target,
+                &prompt,
+                &mut sampler,
+                args.n,
+                &is_stop,
+                &mut on_token,
+            )?,
+            None,
+        ),
+        Some(d) => {
+            let r = target::generate_speculative(
+                &mut target,
+                d,
+                &prompt,
+                &mut sampler,
+                args.n,
+                args.gamma,
+                &is_stop,
+                &mut on_token,
+            )?;
+            let g = target::Generation {
+                tokens: r.tokens.clone(),
+                stats: r.stats.clone(),
+            };
+            (g, Some(r))
+        }
+    };
+    // The streaming closure's borrow of stdout ends here.
+    let mut out = std::io::stdout().lock();
     let text = tokenizer.decode(&result.tokens);
     let s = &result.stats;
     tracing::info!(
@@ -111,16 +167,35 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         "done"
     );
     if args.json {
-        let v = json!({
+        let mut v = json!({
             "tokens": result.tokens,
             "text": text,
             "stats": {
                 "prompt_tokens": s.prompt_tokens,
                 "generated_tokens": s.generated_tokens,
                 "prefill_tok_s": s.prefill_tok_s(),
-                "decode_tok_s": s.decode_tok_s(),
+                "decode_tok_s": s.generated_tokens.saturating_sub(1) as f64 / s.decode_secs.max(1e-12),
             }
         });
+        if let Some(spec) = &spec {
+            v["rounds"] = spec
+                .rounds
+                .iter()
+                .map(|r| json!({"drafted": r.drafted, "accepted": r.accepted}))
+                .collect();
+            let stats = &mut v["stats"];
+            stats["rounds"] = spec.rounds.len().into();
+            stats["drafted"] = spec
+                .rounds
+                .iter()
+                .map(|r| r.drafted.len())
+                .sum::<usize>()
+                .into();
+            stats["accepted"] = spec.rounds.iter().map(|r| r.accepted).sum::<usize>().into();
+            stats["acceptance_length"] = spec.acceptance_length().into();
+            stats["per_position_acceptance"] = spec.per_position_acceptance().into();
+            stats["verify_passes"] = s.decode_steps.into();
+        }
         writeln!(out, "{v}")?;
     } else {
         out.write_all(String::from_utf8_lossy(&pending).as_bytes())?;

@@ -236,3 +236,105 @@ fn bad_generate_inputs_are_one_line_errors() {
         assert!(err.contains(expected), "{err}");
     }
 }
+
+#[test]
+fn speculative_generate_reports_rounds_and_matches_plain_greedy() {
+    let model = fixture("dense.gguf");
+    let prompt = join(&reference_i32("input_ids"));
+    for (drafter, extra) in [
+        ("mtp", Some(fixture("assistant_tuned.gguf"))),
+        ("ngram", None),
+    ] {
+        let mut args = vec![
+            "generate",
+            "-m",
+            model.to_str().unwrap(),
+            "--tokens",
+            &prompt,
+            "-n",
+            "32",
+            "--ignore-eos",
+            "--json",
+            "--drafter",
+            drafter,
+            "--gamma",
+            "4",
+        ];
+        let path;
+        if let Some(p) = extra {
+            path = p;
+            args.extend(["--drafter-model", path.to_str().unwrap()]);
+        }
+        let out = specula(&args);
+        assert!(
+            out.status.success(),
+            "{drafter}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let tokens: Vec<i64> = v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_i64().unwrap())
+            .collect();
+        assert_eq!(tokens, reference_i32("greedy_tokens"), "{drafter}");
+        let stats = &v["stats"];
+        for key in [
+            "rounds",
+            "drafted",
+            "accepted",
+            "acceptance_length",
+            "per_position_acceptance",
+            "decode_tok_s",
+        ] {
+            assert!(!stats[key].is_null(), "{drafter}: stats.{key} missing");
+        }
+        let rounds = v["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len() as u64, stats["rounds"].as_u64().unwrap());
+        assert!(rounds
+            .iter()
+            .all(|r| r["accepted"].as_u64().unwrap()
+                <= r["drafted"].as_array().unwrap().len() as u64));
+    }
+}
+
+#[test]
+fn bad_drafter_inputs_are_one_line_errors() {
+    let model = fixture("dense.gguf");
+    let m = model.to_str().unwrap();
+    let not_assistant = fixture("dflash.gguf");
+    for (args, expected) in [
+        (
+            vec!["--drafter", "mtp"],
+            "--drafter mtp needs --drafter-model",
+        ),
+        (
+            vec![
+                "--drafter",
+                "mtp",
+                "--drafter-model",
+                not_assistant.to_str().unwrap(),
+            ],
+            "not a Gemma 4 MTP assistant",
+        ),
+        (
+            vec!["--drafter", "ngram", "--gamma", "0"],
+            "gamma 0 is outside 1..=16",
+        ),
+        (
+            vec!["--drafter", "ngram", "--gamma", "80"],
+            "gamma 80 is outside 1..=16",
+        ),
+    ] {
+        let mut all = vec![
+            "generate", "-m", m, "--device", "cpu", "--tokens", "2,3", "-n", "4",
+        ];
+        all.extend(args);
+        let out = specula(&all);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
+}

@@ -69,11 +69,12 @@ fn sampled_speculative_decoding_runs_and_is_seeded() {
     let (a, b) = (run(), run());
     assert_eq!(a.tokens, b.tokens, "same seed, same output");
     assert_eq!(a.tokens.len(), 24);
-    // The first token, then each round's accepted drafts and bonus; the last round may be cut.
-    let total: usize = 1 + a.rounds.iter().map(|r| r.accepted + 1).sum::<usize>();
-    let last = a.rounds.last().map_or(0, |r| r.accepted + 1);
+    // The first token comes from prefill; each round commits its accepted drafts and bonus,
+    // plain steps (no drafts) one token, so rounds account for at most the other 23.
+    let committed: usize = a.rounds.iter().map(|r| r.accepted + 1).sum();
     assert!(
-        total >= 24 && total - last < 24,
-        "{total} tokens committed, last round {last}"
+        !a.rounds.is_empty() && committed <= 23,
+        "{committed} tokens from {} rounds",
+        a.rounds.len()
     );
 }

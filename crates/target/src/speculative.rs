@@ -268,9 +268,10 @@ pub fn generate_speculative(
     loop {
         let position = target.n_past();
         let remaining_ctx = target.cache().n_ctx().saturating_sub(position + 1);
+        // Draft no more than can still be emitted besides this round's own target token.
         let g = gamma
             .min(remaining_ctx)
-            .min(max_new_tokens - out.tokens.len());
+            .min(max_new_tokens - out.tokens.len() - 1);
         let request = DraftRequest {
             history: &history,
             position,
@@ -330,10 +331,13 @@ pub fn generate_speculative(
                 outputs: &verify,
             },
         )?;
-        out.rounds.push(Round {
-            drafted: drafts.clone(),
-            accepted: acceptance.accepted,
-        });
+        // A verify with no drafts is a plain decoding step, not a round.
+        if !drafts.is_empty() {
+            out.rounds.push(Round {
+                drafted: drafts.clone(),
+                accepted: acceptance.accepted,
+            });
+        }
         let mut done = false;
         for &tok in drafts[..acceptance.accepted]
             .iter()
