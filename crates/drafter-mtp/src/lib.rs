@@ -35,7 +35,7 @@ use graph::{BufferId, DType, ExecId, HostBytes, HostData, Shape};
 use target::{Draft, DraftRequest, ExternalDrafter, Sampler, StepOutput, Target, Verified};
 
 pub use config::{donor_layers, AssistantConfig, Layout};
-pub use step::{build_step_graph, StepGraph};
+pub use step::{build_step_graph, expected_tensors, StepGraph};
 
 /// Errors of loading or running the assistant.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use crate::Tensor;
 
 /// Every assistant tensor with its shape (ggml order). `layer_output_scale` and `rope_freqs`
 /// may be absent.
-pub(crate) fn expected_tensors(c: &AssistantConfig) -> Vec<(String, Vec<usize>)> {
+pub fn expected_tensors(c: &AssistantConfig) -> Vec<(String, Vec<usize>)> {
     let (h, hb) = (c.n_embd, c.n_backbone);
     let mut out = vec![
         ("token_embd.weight".to_string(), vec![h, c.n_vocab]),

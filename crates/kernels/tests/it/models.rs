@@ -104,3 +104,54 @@ fn tensor_core_prefill_matches_the_cpu_backend() {
         assert_eq!(gpu_tokens, cpu_tokens, "{name}: greedy tokens differ");
     }
 }
+
+#[test]
+fn speculative_decoding_on_cuda_matches_the_cpu() {
+    if crate::cuda().is_none() {
+        return;
+    }
+    let prompt: Vec<u32> = (0..36).map(|i| 2 + (i * 37) % 1000).collect();
+    let baked = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let dir = if baked.exists() {
+        baked
+    } else {
+        PathBuf::from("fixtures")
+    };
+    let run = |backend: Box<dyn graph::Backend>| {
+        let mut t = load_with("dense.gguf", backend, 8);
+        let file = Arc::new(gguf::GgufFile::open(dir.join("assistant_tuned.gguf")).unwrap());
+        let mut d = drafter_mtp::MtpDrafter::load(file, &mut t).unwrap();
+        let mut s = target::Sampler::new(target::SamplingParams::default());
+        target::generate_speculative(
+            &mut t,
+            &mut d,
+            &prompt,
+            &mut s,
+            32,
+            4,
+            &|_| false,
+            &mut |_| Ok(()),
+        )
+        .unwrap()
+    };
+    let cpu = run(Box::new(graph::CpuBackend::new()));
+    let gpu = run(Box::new(crate::cuda().unwrap()));
+    eprintln!(
+        "mtp on cuda: acceptance length {:.2} (cpu {:.2})",
+        gpu.acceptance_length(),
+        cpu.acceptance_length()
+    );
+    assert_eq!(
+        gpu.tokens, cpu.tokens,
+        "speculative tokens differ between CUDA and CPU"
+    );
+    let (_, plain) = greedy(
+        &mut load("dense.gguf", Box::new(graph::CpuBackend::new())),
+        &prompt,
+        32,
+    );
+    assert_eq!(
+        gpu.tokens, plain,
+        "speculative output differs from plain greedy"
+    );
+}
