@@ -60,6 +60,23 @@ pub struct AssistantConfig {
     pub n_vocab: usize,
     /// Soft-capping of the assistant's logits (`None` when absent or 0).
     pub final_logit_softcap: Option<f32>,
+    /// The centroid ("ordered embeddings") head, when the file has one.
+    pub centroids: Option<CentroidHead>,
+}
+
+/// The centroid head of E2B/E4B-style assistants: the top `top_k` of `n_centroids` centroid
+/// scores select `top_k · vocab / n_centroids` candidate tokens (through `token_ordering`); only
+/// they keep their logits, every other token gets the smallest selected logit minus one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CentroidHead {
+    /// Tensor name of the centroid matrix `[n_embd, n_centroids]`.
+    pub centroids: String,
+    /// Tensor name of the token ordering `[vocab]` (I32).
+    pub ordering: String,
+    /// Number of centroids.
+    pub n_centroids: usize,
+    /// Centroids kept per token.
+    pub top_k: usize,
 }
 
 fn name(file: &GgufFile) -> String {
@@ -144,6 +161,8 @@ impl AssistantConfig {
             }
         };
         let embd = file.require_tensor("token_embd.weight")?;
+        let n_vocab = embd.shape().get(1).copied().unwrap_or(0) as usize;
+        let centroids = centroid_head(file, layout, prefix, n_embd, n_vocab).map_err(&bad)?;
         Ok(AssistantConfig {
             layout,
             n_layer,
@@ -159,9 +178,10 @@ impl AssistantConfig {
             rope_theta_swa: f32_or("rope.freq_base_swa", 1e4)?,
             n_rot_full: opt("rope.dimension_count")?.unwrap_or(head_dim_full),
             n_rot_swa: opt("rope.dimension_count_swa")?.unwrap_or(head_dim_swa),
-            n_vocab: embd.shape().get(1).copied().unwrap_or(0) as usize,
-            final_logit_softcap: None
-                .filter(|_: &f32| f32_or("final_logit_softcapping", 0.0).is_ok()),
+            n_vocab,
+            // transformers' assistant head has no soft-cap (the key in the file is the target's).
+            final_logit_softcap: None,
+            centroids,
         })
     }
 
@@ -173,6 +193,54 @@ impl AssistantConfig {
             self.head_dim_full
         }
     }
+}
+
+/// The centroid head's tensors and sizes, if the file has them (lucebox: `mtp.centroids`,
+/// `mtp.token_ordering`; llama.cpp forks: `masked_embd_centroids`, `masked_embd_ordering`).
+fn centroid_head(
+    file: &GgufFile,
+    layout: Layout,
+    prefix: &str,
+    n_embd: usize,
+    n_vocab: usize,
+) -> Result<Option<CentroidHead>, String> {
+    let names = match layout {
+        Layout::Lucebox => ("mtp.centroids.weight", "mtp.token_ordering.weight"),
+        Layout::LlamaCpp => (
+            "masked_embd_centroids.weight",
+            "masked_embd_ordering.weight",
+        ),
+    };
+    let (Some(c), Some(o)) = (file.tensor(names.0), file.tensor(names.1)) else {
+        return Ok(None);
+    };
+    let n_centroids = c.shape().get(1).copied().unwrap_or(0) as usize;
+    if c.shape().first().copied() != Some(n_embd as u64)
+        || n_centroids == 0
+        || !n_vocab.is_multiple_of(n_centroids)
+    {
+        return Err(format!(
+            "{} has shape {:?}: expected [{n_embd}, n] with n dividing the vocabulary {n_vocab}",
+            names.0,
+            c.shape()
+        ));
+    }
+    if o.n_elems() != n_vocab as u64 || o.ggml_type() != gguf::GgmlType::I32 {
+        return Err(format!("{} must hold {n_vocab} I32 token ids", names.1));
+    }
+    let top_k = [
+        format!("{prefix}.centroid_top_k"),
+        format!("{prefix}.centroid_intermediate_top_k"),
+    ]
+    .iter()
+    .find_map(|k| file.get(k).and_then(|v| v.as_u64()))
+    .unwrap_or(32) as usize;
+    Ok(Some(CentroidHead {
+        centroids: names.0.into(),
+        ordering: names.1.into(),
+        n_centroids,
+        top_k: top_k.clamp(1, n_centroids),
+    }))
 }
 
 /// For each assistant layer, the target layer whose K/V it reads: the last target layer of the

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use graph::{BufferId, DType, ExecId, HostBytes, HostData, Shape};
 use target::{Draft, DraftRequest, ExternalDrafter, Sampler, StepOutput, Target, Verified};
 
-pub use config::{donor_layers, AssistantConfig, Layout};
+pub use config::{donor_layers, AssistantConfig, CentroidHead, Layout};
 pub use step::{build_step_graph, expected_tensors, StepGraph};
 
 /// Errors of loading or running the assistant.
@@ -91,6 +91,8 @@ struct Loaded {
 /// The MTP drafter, loaded on its target's backend.
 pub struct MtpDrafter {
     config: AssistantConfig,
+    /// The centroid head's token ordering, when the assistant has one.
+    ordering: Option<Vec<u32>>,
     donors: Vec<usize>,
     tensors: HashMap<String, Tensor>,
     loaded: Option<Loaded>,
@@ -174,8 +176,29 @@ impl MtpDrafter {
                 },
             );
         }
+        let ordering = match &config.centroids {
+            Some(head) => {
+                let info = file.require_tensor(&head.ordering)?;
+                let bytes = file.tensor_data(info)?;
+                let ids: Vec<u32> = bytes
+                    .as_chunks::<4>()
+                    .0
+                    .iter()
+                    .map(|c| i32::from_le_bytes(*c) as u32)
+                    .collect();
+                if ids.iter().any(|&i| i as usize >= config.n_vocab) {
+                    return Err(bad(format!(
+                        "{} holds token ids outside the vocabulary",
+                        head.ordering
+                    )));
+                }
+                Some(ids)
+            }
+            None => None,
+        };
         Ok(MtpDrafter {
             config,
+            ordering,
             donors,
             tensors,
             loaded: None,
@@ -235,11 +258,46 @@ impl MtpDrafter {
         let h_next = backend
             .read_node(loaded.exe, &s.graph, s.h_next)?
             .into_f32()?;
-        let arg = backend
-            .read_node(loaded.exe, &s.graph, s.argmax)?
-            .into_i32()?;
-        Ok((logits, h_next, arg[0] as u32))
+        let (Some(head), Some(ordering), Some(node)) =
+            (&self.config.centroids, &self.ordering, s.centroid_scores)
+        else {
+            let arg = backend
+                .read_node(loaded.exe, &s.graph, s.argmax)?
+                .into_i32()?;
+            return Ok((logits, h_next, arg[0] as u32));
+        };
+        let scores = backend.read_node(loaded.exe, &s.graph, node)?.into_f32()?;
+        let masked = centroid_logits(&logits, &scores, ordering, head.top_k);
+        let arg = target::sampling::argmax(&masked);
+        Ok((masked, h_next, arg))
     }
+}
+
+/// The centroid head: keeps the logits of the tokens owned by the `top_k` highest-scoring
+/// centroids (each centroid owns `vocab / n_centroids` consecutive entries of `ordering`) and
+/// sets every other logit to the smallest kept logit minus one.
+pub fn centroid_logits(dense: &[f32], scores: &[f32], ordering: &[u32], top_k: usize) -> Vec<f32> {
+    let per = ordering.len() / scores.len().max(1);
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut keep = vec![false; dense.len()];
+    for &c in order.iter().take(top_k) {
+        for &id in &ordering[c * per..(c + 1) * per] {
+            keep[id as usize] = true;
+        }
+    }
+    let floor = dense
+        .iter()
+        .zip(&keep)
+        .filter(|(_, &k)| k)
+        .map(|(&v, _)| v)
+        .fold(f32::INFINITY, f32::min)
+        - 1.0;
+    dense
+        .iter()
+        .zip(&keep)
+        .map(|(&v, &k)| if k { v } else { floor })
+        .collect()
 }
 
 impl ExternalDrafter for MtpDrafter {

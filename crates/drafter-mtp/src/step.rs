@@ -40,6 +40,9 @@ pub fn expected_tensors(c: &AssistantConfig) -> Vec<(String, Vec<usize>)> {
             (b("layer_output_scale.weight"), vec![1]),
         ]);
     }
+    if let Some(head) = &c.centroids {
+        out.push((head.centroids.clone(), vec![h, head.n_centroids]));
+    }
     out
 }
 
@@ -64,6 +67,8 @@ pub struct StepGraph {
     pub h_next: NodeId,
     /// Argmax of the logits, I32 `[1]`.
     pub argmax: NodeId,
+    /// Centroid scores `[n_centroids, 1]`, for assistants with a centroid head.
+    pub centroid_scores: Option<NodeId>,
 }
 
 /// Builds the assistant's one-step graph over `target`'s embedding and donor caches.
@@ -219,7 +224,16 @@ pub fn build_step_graph(
     let post_w = req(w(&mut g, &mut bindings, &post)?, &post)?;
     let h_next = g.matmul(post_w, hn)?;
     let argmax = g.argmax(logits)?;
-    let graph = g.finish(&[logits, h_next, argmax])?;
+    let centroid_scores = match &c.centroids {
+        Some(head) => {
+            let cw = req(w(&mut g, &mut bindings, &head.centroids)?, &head.centroids)?;
+            Some(g.matmul(cw, hn)?)
+        }
+        None => None,
+    };
+    let mut outputs = vec![logits, h_next, argmax];
+    outputs.extend(centroid_scores);
+    let graph = g.finish(&outputs)?;
     Ok(StepGraph {
         graph,
         bindings,
@@ -230,5 +244,6 @@ pub fn build_step_graph(
         logits,
         h_next,
         argmax,
+        centroid_scores,
     })
 }

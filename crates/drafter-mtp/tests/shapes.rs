@@ -167,6 +167,7 @@ fn configs(
         n_rot_swa: hd_swa,
         n_vocab: vocab,
         final_logit_softcap: None,
+        centroids: None,
     };
     (t, a)
 }
