@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::generate::{prefill_all_but_last, GenerationStats};
+use crate::generate::GenerationStats;
 use crate::models::gemma4::LogitRows;
 use crate::sampling::{argmax, Sampler};
 use crate::session::{StepOutput, Target};
@@ -65,6 +65,11 @@ pub trait ExternalDrafter {
     /// Target layers whose outputs the drafter needs for every committed row.
     fn required_layers(&self) -> Vec<usize> {
         Vec::new()
+    }
+
+    /// Sees the outputs (hidden rows, captured layers) of every prefill chunk, in order.
+    fn prefill_chunk(&mut self, _target: &mut Target, _outputs: &StepOutput) -> Result<()> {
+        Ok(())
     }
 
     /// Called once after the prompt is prefilled; `prefill` holds the outputs of the last
@@ -242,10 +247,23 @@ pub fn generate_speculative(
     }
     let greedy = sampler.params().is_greedy();
     let t0 = Instant::now();
-    // Prefill: every chunk but the last without logits, then the last with logits and captures.
+    // Prefill in chunks, each with the drafter's captures; logits for the last row only.
     let mut history = prompt.to_vec();
-    let last = prefill_all_but_last(target, prompt)?;
-    let prefill = target.forward(last, LogitRows::Last, &layers, false)?;
+    if prompt.is_empty() {
+        return Err(Error::Input("the prompt is empty".into()));
+    }
+    let chunk = target.max_batch();
+    let n_chunks = prompt.len().div_ceil(chunk);
+    let mut prefill = StepOutput::default();
+    for (i, part) in prompt.chunks(chunk).enumerate() {
+        let rows = if i + 1 == n_chunks {
+            LogitRows::Last
+        } else {
+            LogitRows::None
+        };
+        prefill = target.forward(part, rows, &layers, false)?;
+        drafter.prefill_chunk(target, &prefill)?;
+    }
     let v = target.config().n_vocab;
     let h = target.config().n_embd;
     let first_logits = &prefill.logits[prefill.logits.len() - v..];
