@@ -29,6 +29,20 @@ fn sha256(path: &std::path::Path) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// Every file below `dir`, recursively (the copied `hf/` checkpoint folders included).
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("list {}: {e}", dir.display())) {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 #[test]
 fn fixtures_are_unchanged_copies_of_shared() {
     let shared = repo_root().join("../shared/fixtures");
@@ -37,20 +51,23 @@ fn fixtures_are_unchanged_copies_of_shared() {
         return;
     }
     let mut compared = 0;
-    for entry in std::fs::read_dir(repo_root().join("fixtures")).expect("list fixtures/") {
-        let path = entry.expect("dir entry").path();
-        let name = path.file_name().expect("file name").to_owned();
-        let original = shared.join(&name);
+    let root = repo_root().join("fixtures");
+    for path in files_under(&root) {
+        let rel = path
+            .strip_prefix(&root)
+            .expect("under fixtures/")
+            .to_owned();
+        let original = shared.join(&rel);
         assert!(
             original.exists(),
             "fixtures/{} has no original in ../shared/fixtures",
-            name.to_string_lossy()
+            rel.display()
         );
         assert_eq!(
             sha256(&path),
             sha256(&original),
             "fixtures/{} differs from ../shared/fixtures",
-            name.to_string_lossy()
+            rel.display()
         );
         compared += 1;
     }
