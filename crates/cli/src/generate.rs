@@ -48,12 +48,18 @@ pub struct GenerateArgs {
     /// Speculative decoding with this drafter.
     #[arg(long, value_enum, default_value = "none")]
     drafter: DrafterKind,
-    /// The drafter's GGUF (the MTP assistant).
+    /// The drafter: the MTP assistant GGUF, or a DFlash GGUF or z-lab checkpoint folder.
     #[arg(long)]
     drafter_model: Option<std::path::PathBuf>,
-    /// Tokens drafted per round.
-    #[arg(long, default_value_t = 4)]
-    gamma: usize,
+    /// Tokens drafted per round [default: 4; DFlash: block size − 1].
+    #[arg(long)]
+    gamma: Option<usize>,
+    /// DFlash block size (at most the trained one) [default: the trained size].
+    #[arg(long)]
+    block: Option<usize>,
+    /// DFlash: grow and shrink the block with the recent acceptance.
+    #[arg(long)]
+    adaptive_block: bool,
 }
 
 /// Which drafter proposes tokens.
@@ -65,6 +71,8 @@ pub enum DrafterKind {
     Mtp,
     /// Prompt lookup.
     Ngram,
+    /// The DFlash block-diffusion drafter (`--drafter-model`, `--block`).
+    Dflash,
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
@@ -103,7 +111,18 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             let file = std::sync::Arc::new(gguf::GgufFile::open(path)?);
             Some(Box::new(drafter_mtp::MtpDrafter::load(file, &mut target)?))
         }
+        DrafterKind::Dflash => {
+            let path = args.drafter_model.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("--drafter dflash needs --drafter-model DFLASH.gguf or a z-lab checkpoint folder")
+            })?;
+            let mut d = drafter_dflash::DflashDrafter::open(path, &mut target, args.block)?;
+            d.set_adaptive(args.adaptive_block);
+            Some(Box::new(d))
+        }
     };
+    if args.drafter != DrafterKind::Dflash && (args.block.is_some() || args.adaptive_block) {
+        bail!("--block and --adaptive-block apply to --drafter dflash only");
+    }
     let mut out = std::io::stdout().lock();
     let mut pending: Vec<u8> = Vec::new();
     let stream = !args.json;
@@ -138,13 +157,18 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             None,
         ),
         Some(d) => {
+            let gamma = match (args.gamma, args.drafter) {
+                (Some(g), _) => g,
+                (None, DrafterKind::Dflash) => d.max_gamma(),
+                (None, _) => d.max_gamma().min(4),
+            };
             let r = target::generate_speculative(
                 &mut target,
                 d,
                 &prompt,
                 &mut sampler,
                 args.n,
-                args.gamma,
+                gamma,
                 &is_stop,
                 &mut on_token,
             )?;

@@ -244,6 +244,8 @@ fn speculative_generate_reports_rounds_and_matches_plain_greedy() {
     for (drafter, extra) in [
         ("mtp", Some(fixture("assistant_tuned.gguf"))),
         ("ngram", None),
+        ("dflash", Some(fixture("dflash_tuned.gguf"))),
+        ("dflash", Some(fixture("hf/dflash"))),
     ] {
         let mut args = vec![
             "generate",
@@ -304,6 +306,7 @@ fn bad_drafter_inputs_are_one_line_errors() {
     let model = fixture("dense.gguf");
     let m = model.to_str().unwrap();
     let not_assistant = fixture("dflash.gguf");
+    let assistant = fixture("assistant.gguf");
     for (args, expected) in [
         (
             vec!["--drafter", "mtp"],
@@ -317,6 +320,41 @@ fn bad_drafter_inputs_are_one_line_errors() {
                 not_assistant.to_str().unwrap(),
             ],
             "not a Gemma 4 MTP assistant",
+        ),
+        (
+            vec!["--drafter", "dflash"],
+            "--drafter dflash needs --drafter-model",
+        ),
+        (
+            vec![
+                "--drafter",
+                "dflash",
+                "--drafter-model",
+                assistant.to_str().unwrap(),
+            ],
+            "not a DFlash drafter",
+        ),
+        (
+            vec![
+                "--drafter",
+                "dflash",
+                "--drafter-model",
+                not_assistant.to_str().unwrap(),
+                "--block",
+                "9",
+            ],
+            "block size 9 must be in 2..=8",
+        ),
+        (
+            vec![
+                "--drafter",
+                "mtp",
+                "--drafter-model",
+                assistant.to_str().unwrap(),
+                "--block",
+                "4",
+            ],
+            "apply to --drafter dflash only",
         ),
         (
             vec!["--drafter", "ngram", "--gamma", "0"],

@@ -155,3 +155,72 @@ fn speculative_decoding_on_cuda_matches_the_cpu() {
         "speculative output differs from plain greedy"
     );
 }
+
+#[test]
+fn dflash_speculative_decoding_on_cuda_matches_the_cpu() {
+    if crate::cuda().is_none() {
+        return;
+    }
+    let baked = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let dir = if baked.exists() {
+        baked
+    } else {
+        PathBuf::from("fixtures")
+    };
+    let bytes = std::fs::read(dir.join("dflash_tuned.ref.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |name: &str| -> Vec<u32> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|c| i32::from_le_bytes(*c) as u32)
+            .collect()
+    };
+    let prompt = ints("prompt_ids");
+    let expected = ints("spec_output");
+    let run = |backend: Box<dyn graph::Backend>| {
+        let mut t = load_with("dense.gguf", backend, 16);
+        let mut d =
+            drafter_dflash::DflashDrafter::open(&dir.join("dflash_tuned.gguf"), &mut t, None)
+                .unwrap();
+        let mut s = target::Sampler::new(target::SamplingParams::default());
+        target::generate_speculative(
+            &mut t,
+            &mut d,
+            &prompt,
+            &mut s,
+            expected.len(),
+            7,
+            &|_| false,
+            &mut |_| Ok(()),
+        )
+        .unwrap()
+    };
+    let cpu = run(Box::new(graph::CpuBackend::new()));
+    let gpu = run(Box::new(crate::cuda().unwrap()));
+    let counts = |g: &target::SpeculativeGeneration| -> Vec<usize> {
+        g.rounds.iter().map(|r| r.accepted).collect()
+    };
+    eprintln!(
+        "dflash on cuda: acceptance length {:.2} (cpu {:.2}), accepted per round {:?}",
+        gpu.acceptance_length(),
+        cpu.acceptance_length(),
+        counts(&gpu)
+    );
+    assert_eq!(
+        gpu.tokens, expected,
+        "dflash on cuda: output differs from the reference"
+    );
+    assert_eq!(
+        gpu.tokens, cpu.tokens,
+        "dflash: tokens differ between CUDA and CPU"
+    );
+    assert_eq!(
+        counts(&gpu),
+        counts(&cpu),
+        "dflash: accepted counts differ between CUDA and CPU"
+    );
+}

@@ -1,0 +1,696 @@
+//! The DFlash block-diffusion drafter (z-lab, arXiv 2602.06036).
+//!
+//! DFlash drafts a whole block in one forward pass: the block input is the target's embedding of
+//! `[last token, mask × (B − 1)]` times an embedding scale; a few Qwen3-style layers attend, with
+//! queries from the block only, to keys and values of `[context; block]`, where the context is
+//! the target's own hidden features (the outputs of chosen target layers, concatenated, through
+//! `fc` and a norm); the final norm feeds the target's tied head and soft-cap, and rows 1..B give
+//! B − 1 drafts.
+//!
+//! Context K/V are computed once per committed position (prefix-direct) into the drafter's own
+//! states and appended as tokens are accepted; the block's K/V are written after them and simply
+//! not counted afterwards. Sliding layers are causal within their window, the full layer is
+//! bidirectional.
+//!
+//! ```no_run
+//! # fn demo(target: &mut target::Target, prompt: &[u32]) -> Result<(), Box<dyn std::error::Error>> {
+//! let mut drafter = drafter_dflash::DflashDrafter::open("gemma-4-31B-it-DFlash.gguf".as_ref(), target, None)?;
+//! let mut sampler = target::Sampler::new(target::SamplingParams::default());
+//! let out = target::generate_speculative(target, &mut drafter, prompt, &mut sampler, 256, 15, &|_| false, &mut |_| Ok(()))?;
+//! println!("{:.2} tokens per verify", out.acceptance_length());
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod source;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use graph::{
+    AttnMask, AttnParams, Bindings, BufferId, DType, ExecId, GluOp, Graph, GraphBuilder, HostData,
+    KvLayout, NodeId, RopeParams, Shape,
+};
+use target::{Draft, DraftRequest, ExternalDrafter, Sampler, StepOutput, Target, Verified};
+
+pub use source::{Declared, RawTensor, Source};
+
+/// The drafter's hyper-parameters, checked against its tensors and the target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DflashConfig {
+    /// Layers.
+    pub n_layer: usize,
+    /// Width (= the target's).
+    pub n_embd: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads.
+    pub n_head_kv: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// RoPE base.
+    pub rope_theta: f32,
+    /// Trained block size.
+    pub block_size: usize,
+    /// Block embedding scale.
+    pub embedding_scale: f32,
+    /// Logit soft-cap.
+    pub softcap: Option<f32>,
+    /// Target layers whose outputs form the context features.
+    pub target_layers: Vec<usize>,
+    /// The mask token.
+    pub mask_token: u32,
+    /// Sliding (causal, windowed) or full (bidirectional) per layer.
+    pub is_sliding: Vec<bool>,
+    /// Window of the sliding layers.
+    pub sliding_window: usize,
+}
+
+type Res<T> = target::Result<T>;
+
+fn err(name: &str, reason: impl Into<String>) -> target::Error {
+    target::Error::Input(format!("{name}: {}", reason.into()))
+}
+
+struct Loaded {
+    graph: Graph,
+    exe: ExecId,
+    inputs: Vec<(NodeId, BufferId)>,
+    logits: Option<NodeId>,
+    hidden: Option<NodeId>,
+}
+
+/// The DFlash drafter, loaded on its target's backend.
+pub struct DflashDrafter {
+    config: DflashConfig,
+    tensors: HashMap<String, (BufferId, DType, Shape)>,
+    kv: Vec<(BufferId, BufferId)>,
+    kv_rows: usize,
+    ctx_len: usize,
+    block: usize,
+    adaptive: bool,
+    mean_accepted: f64,
+    ctx_graphs: HashMap<usize, Loaded>,
+    block_graphs: HashMap<usize, Loaded>,
+    sampler: Option<Sampler>,
+    /// The last block's outputs: logits rows and final hidden rows (for tests and sampling).
+    last_logits: Vec<f32>,
+    last_hidden: Vec<f32>,
+}
+
+impl DflashDrafter {
+    /// Opens a GGUF drafter or a z-lab checkpoint folder for `target`; `block` overrides the
+    /// block size (at most the trained one).
+    pub fn open(path: &Path, target: &mut Target, block: Option<usize>) -> Res<DflashDrafter> {
+        let src = Source::open(path).map_err(target::Error::Input)?;
+        Self::load(src, target, block)
+    }
+
+    /// Loads a drafter source for `target`: derives sizes from the tensors, checks them against
+    /// the target (hidden width, layer ids, block size), uploads the weights and allocates the
+    /// context K/V states.
+    pub fn load(src: Source, target: &mut Target, block: Option<usize>) -> Res<DflashDrafter> {
+        let name = src.name.clone();
+        let d = &src.declared;
+        let tc = target.config().clone();
+        let t = |n: &str| {
+            src.tensors
+                .get(n)
+                .ok_or_else(|| err(&name, format!("required tensor '{n}' is missing")))
+        };
+        let fc = t("fc.weight")?;
+        let n_embd = fc.shape.get(1).copied().unwrap_or(0);
+        if n_embd != tc.n_embd {
+            return Err(err(&name, format!("drafter width {n_embd} differs from the target's {} (a drafter for another target)", tc.n_embd)));
+        }
+        let n_capture = fc.shape[0] / n_embd.max(1);
+        if n_capture * n_embd != fc.shape[0] || n_capture != d.target_layers.len() {
+            return Err(err(
+                &name,
+                format!(
+                    "fc.weight {:?} does not match {} target layers of width {n_embd}",
+                    fc.shape,
+                    d.target_layers.len()
+                ),
+            ));
+        }
+        if let Some(v) = d.n_vocab.filter(|&v| v != tc.n_vocab) {
+            return Err(err(&name, format!("drafter vocabulary of {v} tokens differs from the target's {} (a drafter for another target)", tc.n_vocab)));
+        }
+        if let Some(&bad) = d.target_layers.iter().find(|&&l| l >= tc.n_layer) {
+            return Err(err(
+                &name,
+                format!(
+                    "target layer id {bad} is out of range: the target has {} layers",
+                    tc.n_layer
+                ),
+            ));
+        }
+        let head_dim = t("blk.0.attn_q_norm.weight")?.shape[0];
+        let n_head = t("blk.0.attn_q.weight")?.shape[1] / head_dim.max(1);
+        let n_head_kv = t("blk.0.attn_k.weight")?.shape[1] / head_dim.max(1);
+        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(err(
+                &name,
+                format!("{n_head} query heads over {n_head_kv} kv heads of dim {head_dim}"),
+            ));
+        }
+        let mask_token = d
+            .mask_token
+            .ok_or_else(|| err(&name, "no mask token id (tokenizer.ggml.mask_token_id)"))?;
+        if mask_token as usize >= tc.n_vocab {
+            return Err(err(
+                &name,
+                format!("mask token {mask_token} is outside the target's vocabulary"),
+            ));
+        }
+        let mut is_sliding = d.is_sliding.clone();
+        is_sliding.resize(d.n_layer, false);
+        let config = DflashConfig {
+            n_layer: d.n_layer,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            eps: d.eps,
+            rope_theta: d.rope_theta,
+            block_size: d.block_size,
+            embedding_scale: d.embedding_scale,
+            softcap: d.softcap,
+            target_layers: d.target_layers.clone(),
+            mask_token,
+            is_sliding,
+            sliding_window: d.sliding_window,
+        };
+        let block = block.unwrap_or(config.block_size);
+        if block < 2 || block > config.block_size {
+            return Err(err(
+                &name,
+                format!(
+                    "block size {block} must be in 2..={} (the trained size)",
+                    config.block_size
+                ),
+            ));
+        }
+        let mut names = vec![
+            "fc.weight".to_string(),
+            "enc.output_norm.weight".into(),
+            "output_norm.weight".into(),
+        ];
+        for l in 0..config.n_layer {
+            for s in [
+                "attn_norm",
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "attn_q_norm",
+                "attn_k_norm",
+                "ffn_norm",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+            ] {
+                names.push(format!("blk.{l}.{s}.weight"));
+            }
+        }
+        let mut tensors = HashMap::new();
+        for n in names {
+            let raw = t(&n)?;
+            let shape = Shape::new(&raw.shape)?;
+            let buffer = target
+                .backend_mut()
+                .upload(raw.dtype, shape, raw.bytes.clone())?;
+            tensors.insert(n, (buffer, raw.dtype, shape));
+        }
+        let kv_rows = target.cache().n_ctx() + config.block_size;
+        let row = config.head_dim * config.n_head_kv;
+        let mut kv = Vec::with_capacity(config.n_layer);
+        for _ in 0..config.n_layer {
+            let k = target
+                .backend_mut()
+                .alloc(DType::F32, Shape::new(&[row, kv_rows])?)?;
+            let v = target
+                .backend_mut()
+                .alloc(DType::F32, Shape::new(&[row, kv_rows])?)?;
+            kv.push((k, v));
+        }
+        Ok(DflashDrafter {
+            config,
+            tensors,
+            kv,
+            kv_rows,
+            ctx_len: 0,
+            block,
+            adaptive: false,
+            mean_accepted: 0.0,
+            ctx_graphs: HashMap::new(),
+            block_graphs: HashMap::new(),
+            sampler: None,
+            last_logits: Vec::new(),
+            last_hidden: Vec::new(),
+        })
+    }
+
+    /// The drafter's hyper-parameters.
+    pub fn config(&self) -> &DflashConfig {
+        &self.config
+    }
+
+    /// Adaptive block size: grows the block while drafts are accepted, shrinks it when they
+    /// are not (between 2 and the configured size).
+    pub fn set_adaptive(&mut self, adaptive: bool) {
+        self.adaptive = adaptive;
+    }
+
+    /// The block size the next round will use.
+    pub fn current_block(&self) -> usize {
+        if !self.adaptive {
+            return self.block;
+        }
+        ((self.mean_accepted * 2.0).ceil() as usize + 2).clamp(2, self.block)
+    }
+
+    /// Context positions whose K/V the drafter holds.
+    pub fn context_len(&self) -> usize {
+        self.ctx_len
+    }
+
+    /// Logits rows (`[rows][vocab]`, soft-capped) and final hidden rows of the last block.
+    pub fn last_block(&self) -> (&[f32], &[f32]) {
+        (&self.last_logits, &self.last_hidden)
+    }
+
+    fn w(
+        &self,
+        g: &mut GraphBuilder,
+        b: &mut Bindings,
+        cache: &mut HashMap<String, NodeId>,
+        name: &str,
+    ) -> Res<NodeId> {
+        if let Some(&id) = cache.get(name) {
+            return Ok(id);
+        }
+        let &(buf, dt, shape) = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| target::Error::Input(format!("tensor '{name}' not loaded")))?;
+        let id = g.weight(name, dt, shape)?;
+        b.bind(id, buf);
+        cache.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    fn states(&self, g: &mut GraphBuilder, b: &mut Bindings, l: usize) -> Res<(NodeId, NodeId)> {
+        let row = self.config.head_dim * self.config.n_head_kv;
+        let shape = Shape::new(&[row, self.kv_rows])?;
+        let k = g.state(&format!("dflash.{l}.k"), DType::F32, shape)?;
+        let v = g.state(&format!("dflash.{l}.v"), DType::F32, shape)?;
+        b.bind(k, self.kv[l].0);
+        b.bind(v, self.kv[l].1);
+        Ok((k, v))
+    }
+
+    /// K (normed, rotated) and V of `x` (`[H, n]`) for layer `l`, written at `slots`; returns the
+    /// written states viewed as `[hd, n_kv, rows]`.
+    #[allow(clippy::too_many_arguments)]
+    fn write_kv(
+        &self,
+        g: &mut GraphBuilder,
+        b: &mut Bindings,
+        w: &mut HashMap<String, NodeId>,
+        l: usize,
+        x: NodeId,
+        n: usize,
+        pos: NodeId,
+        slots: NodeId,
+    ) -> Res<(NodeId, NodeId)> {
+        let c = &self.config;
+        let (hd, nkv) = (c.head_dim, c.n_head_kv);
+        let wk = self.w(g, b, w, &format!("blk.{l}.attn_k.weight"))?;
+        let wv = self.w(g, b, w, &format!("blk.{l}.attn_v.weight"))?;
+        let kn = self.w(g, b, w, &format!("blk.{l}.attn_k_norm.weight"))?;
+        let k = g.matmul(wk, x)?;
+        let k = g.reshape(k, Shape::new(&[hd, nkv, n])?)?;
+        let k = g.rms_norm(k, Some(kn), c.eps)?;
+        let k = g.rope(
+            k,
+            pos,
+            RopeParams {
+                theta: c.rope_theta,
+                n_rot: hd,
+            },
+            None,
+        )?;
+        let v = g.matmul(wv, x)?;
+        let (ks, vs) = self.states(g, b, l)?;
+        let k = g.reshape(k, Shape::new(&[hd * nkv, n])?)?;
+        let kw = g.write_rows(ks, k, slots)?;
+        let vw = g.write_rows(vs, v, slots)?;
+        Ok((
+            g.reshape(kw, Shape::new(&[hd, nkv, self.kv_rows])?)?,
+            g.reshape(vw, Shape::new(&[hd, nkv, self.kv_rows])?)?,
+        ))
+    }
+
+    /// The graph appending `n` context rows: features `[n_capture · H, n]` → fc → norm → K/V.
+    fn build_ctx(&self, n: usize) -> Res<(Graph, Bindings, Vec<NodeId>)> {
+        let c = &self.config;
+        let mut g = GraphBuilder::new();
+        let mut b = Bindings::new();
+        let mut w = HashMap::new();
+        let feats = g.input(
+            "features",
+            DType::F32,
+            Shape::new(&[c.n_embd * c.target_layers.len(), n])?,
+        )?;
+        let pos = g.input("positions", DType::I32, Shape::new(&[n])?)?;
+        let fc = self.w(&mut g, &mut b, &mut w, "fc.weight")?;
+        let hn = self.w(&mut g, &mut b, &mut w, "enc.output_norm.weight")?;
+        let x = g.matmul(fc, feats)?;
+        let x = g.rms_norm(x, Some(hn), c.eps)?;
+        let mut outs = Vec::new();
+        for l in 0..c.n_layer {
+            let (k, v) = self.write_kv(&mut g, &mut b, &mut w, l, x, n, pos, pos)?;
+            outs.extend([k, v]);
+        }
+        Ok((g.finish(&outs)?, b, vec![feats, pos]))
+    }
+
+    /// The block graph for `n` tokens at positions `ctx_len..ctx_len + n`.
+    fn build_block(
+        &self,
+        target: &Target,
+        n: usize,
+    ) -> Res<(Graph, Bindings, Vec<NodeId>, NodeId, NodeId)> {
+        let c = &self.config;
+        let mut g = GraphBuilder::new();
+        let mut b = Bindings::new();
+        let mut w = HashMap::new();
+        let tokens = g.input("tokens", DType::I32, Shape::new(&[n])?)?;
+        let pos = g.input("positions", DType::I32, Shape::new(&[n])?)?;
+        let n_kv = g.input("n_kv", DType::I32, Shape::new(&[1])?)?;
+        let embd = target
+            .weight("token_embd.weight")
+            .ok_or_else(|| target::Error::Input("the target has no token_embd.weight".into()))?;
+        let e = g.weight("target.token_embd.weight", embd.dtype, embd.shape)?;
+        b.bind(e, embd.buffer);
+        let head = match target.weight("output.weight") {
+            Some(o) => {
+                let id = g.weight("target.output.weight", o.dtype, o.shape)?;
+                b.bind(id, o.buffer);
+                id
+            }
+            None => e,
+        };
+        let x = g.get_rows(e, tokens)?;
+        let mut h = g.scale(x, c.embedding_scale)?;
+        let (hd, nh) = (c.head_dim, c.n_head);
+        for l in 0..c.n_layer {
+            let an = self.w(&mut g, &mut b, &mut w, &format!("blk.{l}.attn_norm.weight"))?;
+            let wq = self.w(&mut g, &mut b, &mut w, &format!("blk.{l}.attn_q.weight"))?;
+            let qn = self.w(
+                &mut g,
+                &mut b,
+                &mut w,
+                &format!("blk.{l}.attn_q_norm.weight"),
+            )?;
+            let wo = self.w(
+                &mut g,
+                &mut b,
+                &mut w,
+                &format!("blk.{l}.attn_output.weight"),
+            )?;
+            let fnorm = self.w(&mut g, &mut b, &mut w, &format!("blk.{l}.ffn_norm.weight"))?;
+            let gate = self.w(&mut g, &mut b, &mut w, &format!("blk.{l}.ffn_gate.weight"))?;
+            let up = self.w(&mut g, &mut b, &mut w, &format!("blk.{l}.ffn_up.weight"))?;
+            let down = self.w(&mut g, &mut b, &mut w, &format!("blk.{l}.ffn_down.weight"))?;
+            let xn = g.rms_norm(h, Some(an), c.eps)?;
+            let q = g.matmul(wq, xn)?;
+            let q = g.reshape(q, Shape::new(&[hd, nh, n])?)?;
+            let q = g.rms_norm(q, Some(qn), c.eps)?;
+            let q = g.rope(
+                q,
+                pos,
+                RopeParams {
+                    theta: c.rope_theta,
+                    n_rot: hd,
+                },
+                None,
+            )?;
+            let (k, v) = self.write_kv(&mut g, &mut b, &mut w, l, xn, n, pos, pos)?;
+            let mask = if c.is_sliding[l] {
+                AttnMask::SlidingWindow {
+                    window: c.sliding_window.max(1),
+                }
+            } else {
+                AttnMask::None
+            };
+            let params = AttnParams {
+                scale: 1.0 / (hd as f32).sqrt(),
+                mask,
+                kv_layout: KvLayout::Linear,
+            };
+            let a = g.attention(q, k, v, pos, n_kv, None, params)?;
+            let a = g.reshape(a, Shape::new(&[hd * nh, n])?)?;
+            let o = g.matmul(wo, a)?;
+            h = g.add(h, o)?;
+            let m_in = g.rms_norm(h, Some(fnorm), c.eps)?;
+            let gt = g.matmul(gate, m_in)?;
+            let u = g.matmul(up, m_in)?;
+            let act = g.glu(GluOp::SwiGlu, gt, u)?;
+            let m = g.matmul(down, act)?;
+            h = g.add(h, m)?;
+        }
+        let on = self.w(&mut g, &mut b, &mut w, "output_norm.weight")?;
+        let hidden = g.rms_norm(h, Some(on), c.eps)?;
+        let logits = g.matmul(head, hidden)?;
+        let logits = match c.softcap {
+            Some(cap) => g.softcap(logits, cap)?,
+            None => logits,
+        };
+        Ok((
+            g.finish(&[logits, hidden])?,
+            b,
+            vec![tokens, pos, n_kv],
+            logits,
+            hidden,
+        ))
+    }
+
+    /// Appends context features for positions `ctx_len..ctx_len + rows`, taken from the target's
+    /// captured layer outputs (`layers[i]` = `[rows][H]` for `target_layers[i]`).
+    pub fn append_context(
+        &mut self,
+        target: &mut Target,
+        outputs: &StepOutput,
+        rows: usize,
+    ) -> Res<()> {
+        let c = self.config.clone();
+        let h = c.n_embd;
+        let mut feats = vec![0.0f32; rows * h * c.target_layers.len()];
+        for (i, &l) in c.target_layers.iter().enumerate() {
+            let (_, data) = outputs
+                .layers
+                .iter()
+                .find(|(id, _)| *id == l)
+                .ok_or_else(|| {
+                    target::Error::Input(format!("the target did not capture layer {l}"))
+                })?;
+            for r in 0..rows {
+                feats[r * h * c.target_layers.len() + i * h..][..h]
+                    .copy_from_slice(&data[r * h..(r + 1) * h]);
+            }
+        }
+        for start in (0..rows).step_by(target.max_batch()) {
+            let n = (rows - start).min(target.max_batch());
+            if !self.ctx_graphs.contains_key(&n) {
+                let (graph, bindings, inputs) = self.build_ctx(n)?;
+                let backend = target.backend_mut();
+                let exe = backend.load(&graph, &bindings)?;
+                let inputs = inputs
+                    .into_iter()
+                    .map(|id| Ok((id, backend.buffer_of(exe, id)?)))
+                    .collect::<Res<_>>()?;
+                self.ctx_graphs.insert(
+                    n,
+                    Loaded {
+                        graph,
+                        exe,
+                        inputs,
+                        logits: None,
+                        hidden: None,
+                    },
+                );
+            }
+            let loaded = &self.ctx_graphs[&n];
+            let per = h * c.target_layers.len();
+            let pos: Vec<i32> = (self.ctx_len..self.ctx_len + n).map(|p| p as i32).collect();
+            if self.ctx_len + n > self.kv_rows {
+                return Err(target::Error::Input(format!(
+                    "context of {} positions exceeds the drafter's {}",
+                    self.ctx_len + n,
+                    self.kv_rows
+                )));
+            }
+            let backend = target.backend_mut();
+            backend.write(
+                loaded.inputs[0].1,
+                0,
+                HostData::F32(&feats[start * per..(start + n) * per]),
+            )?;
+            backend.write(loaded.inputs[1].1, 0, HostData::I32(&pos))?;
+            backend.run(loaded.exe)?;
+            self.ctx_len += n;
+        }
+        Ok(())
+    }
+
+    /// Runs the block `[anchor, mask × (n − 1)]` at positions `ctx_len..`; returns the argmax of
+    /// rows 1..n (the drafts). The logits and hidden rows stay available via `last_block`.
+    pub fn run_block(&mut self, target: &mut Target, anchor: u32, n: usize) -> Res<Vec<u32>> {
+        if !self.block_graphs.contains_key(&n) {
+            let (graph, bindings, inputs, logits, hidden) = self.build_block(target, n)?;
+            let backend = target.backend_mut();
+            let exe = backend.load(&graph, &bindings)?;
+            let inputs = inputs
+                .into_iter()
+                .map(|id| Ok((id, backend.buffer_of(exe, id)?)))
+                .collect::<Res<_>>()?;
+            self.block_graphs.insert(
+                n,
+                Loaded {
+                    graph,
+                    exe,
+                    inputs,
+                    logits: Some(logits),
+                    hidden: Some(hidden),
+                },
+            );
+        }
+        if self.ctx_len + n > self.kv_rows {
+            return Err(target::Error::Input(format!(
+                "block at {} exceeds the drafter's {} positions",
+                self.ctx_len, self.kv_rows
+            )));
+        }
+        let loaded = &self.block_graphs[&n];
+        let mut tokens = vec![self.config.mask_token as i32; n];
+        tokens[0] = anchor as i32;
+        let pos: Vec<i32> = (self.ctx_len..self.ctx_len + n).map(|p| p as i32).collect();
+        let backend = target.backend_mut();
+        backend.write(loaded.inputs[0].1, 0, HostData::I32(&tokens))?;
+        backend.write(loaded.inputs[1].1, 0, HostData::I32(&pos))?;
+        backend.write(
+            loaded.inputs[2].1,
+            0,
+            HostData::I32(&[(self.ctx_len + n) as i32]),
+        )?;
+        backend.run(loaded.exe)?;
+        let logits = backend
+            .read_node(
+                loaded.exe,
+                &loaded.graph,
+                loaded.logits.expect("block graphs have logits"),
+            )?
+            .into_f32()?;
+        let hidden = backend
+            .read_node(
+                loaded.exe,
+                &loaded.graph,
+                loaded.hidden.expect("block graphs have hidden"),
+            )?
+            .into_f32()?;
+        let v = logits.len() / n;
+        let drafts = logits
+            .chunks(v)
+            .skip(1)
+            .map(target::sampling::argmax)
+            .collect();
+        self.last_logits = logits;
+        self.last_hidden = hidden;
+        Ok(drafts)
+    }
+}
+
+impl ExternalDrafter for DflashDrafter {
+    fn name(&self) -> &str {
+        "dflash"
+    }
+
+    fn max_gamma(&self) -> usize {
+        self.block - 1
+    }
+
+    fn required_layers(&self) -> Vec<usize> {
+        self.config.target_layers.clone()
+    }
+
+    fn prefill_chunk(&mut self, target: &mut Target, outputs: &StepOutput) -> Res<()> {
+        let rows = outputs.hidden.len() / self.config.n_embd;
+        self.append_context(target, outputs, rows)
+    }
+
+    fn begin(&mut self, _target: &mut Target, _prompt: &[u32], _prefill: &StepOutput) -> Res<()> {
+        Ok(())
+    }
+
+    fn draft(
+        &mut self,
+        target: &mut Target,
+        request: &DraftRequest<'_>,
+        sampler: &Sampler,
+    ) -> Res<Draft> {
+        if self.ctx_len != request.position {
+            return Err(target::Error::Input(format!(
+                "drafter context holds {} positions, the target {}",
+                self.ctx_len, request.position
+            )));
+        }
+        // The whole block runs even when fewer drafts are wanted: its attention is
+        // bidirectional, so a shorter block would change the drafts it was trained to make.
+        let n = self.current_block();
+        let keep = request.gamma.min(n - 1);
+        let anchor = *request
+            .history
+            .last()
+            .ok_or_else(|| target::Error::Input("empty history".into()))?;
+        let mut tokens = self.run_block(target, anchor, n)?;
+        tokens.truncate(keep);
+        if sampler.params().is_greedy() {
+            return Ok(Draft {
+                tokens,
+                probs: None,
+            });
+        }
+        if self.sampler.is_none() {
+            let mut p = sampler.params().clone();
+            p.seed ^= 0x4446_4C41_5348;
+            self.sampler = Some(Sampler::new(p));
+        }
+        let s = self.sampler.as_mut().expect("set above");
+        let v = self.last_logits.len() / n;
+        let mut probs = Vec::new();
+        let mut history = request.history.to_vec();
+        for (i, row) in self.last_logits.chunks(v).skip(1).take(keep).enumerate() {
+            let q = s.distribution(row, &history);
+            tokens[i] = s.draw(&q);
+            history.push(tokens[i]);
+            probs.push(q);
+        }
+        Ok(Draft {
+            tokens,
+            probs: Some(probs),
+        })
+    }
+
+    fn accept(&mut self, target: &mut Target, verified: &Verified<'_>) -> Res<()> {
+        self.mean_accepted = 0.7 * self.mean_accepted + 0.3 * verified.accepted as f64;
+        // Context features of the committed rows: cur and the accepted drafts.
+        self.append_context(target, verified.outputs, verified.accepted + 1)
+    }
+}
