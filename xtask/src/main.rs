@@ -10,6 +10,9 @@
 
 #![deny(unsafe_code)]
 
+mod bench;
+mod synth;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,8 +26,10 @@ fn main() -> Result<()> {
         Some("fixtures") => fixtures(),
         Some("kernels") => compile_kernels(args.iter().any(|a| a == "--verbose")),
         Some("gpu-test") => gpu_test(),
+        Some("synth") => synth::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|fixtures|kernels [--verbose]|gpu-test>");
+            eprintln!("usage: cargo xtask <ci|fixtures|kernels [--verbose]|gpu-test|bench [--models DIR] [--out DIR]|synth --model M [--quant Q] [--drafter D] --out DIR>");
             std::process::exit(2);
         }
     }

@@ -141,6 +141,22 @@ impl Target {
         self.cache.truncate(n)
     }
 
+    /// For benchmarks only: counts `n` more positions as committed without computing them, so
+    /// a step can be timed at a context depth without prefilling it. Their K/V rows keep
+    /// whatever the cache held; attention cost depends on the number of rows, not their values.
+    /// Output after this is meaningless.
+    pub fn assume_positions_for_bench(&mut self, n: usize) -> Result<()> {
+        let total = self.cache.n_past() + n;
+        if total > self.cache.n_ctx() {
+            return Err(Error::Input(format!(
+                "context of {total} positions exceeds the maximum of {}",
+                self.cache.n_ctx()
+            )));
+        }
+        self.cache.advance(n);
+        Ok(())
+    }
+
     /// Checks `tokens` and `spec`, loads the step graph on first use, writes the inputs, runs
     /// the step and commits the positions.
     fn run_step(&mut self, tokens: &[u32], spec: &StepSpec) -> Result<()> {

@@ -1,0 +1,382 @@
+//! `cargo xtask bench`: real-size speed on the GPU, in one run.
+//!
+//! Built here, run on the GPU machine from the carried binary (`gpu-bundle/xtask bench`). It
+//! synthesizes the real-size files it needs (`synth.rs`) unless they exist, then measures: the
+//! device's copy bandwidth (the ceiling); for the 31B Q4_K_M target decode tok/s at depths 0, 4K
+//! and 32K, t(k)/t(1) of verify batches at depth 4K, prefill tok/s at 512 and 4096 tokens, one
+//! MTP draft step and one DFlash block draft against a decode step; the 26B-A4B decode tok/s.
+//! Every figure is a median over repeats after warm-up. Writes
+//! `bench/results/<date>-<card>.json`, `.md` and `.svg`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use graph::DType;
+use kernels::CudaBackend;
+use serde_json::{json, Value};
+use target::{
+    DraftRequest, ExternalDrafter, LogitRows, Sampler, SamplingParams, Target, TargetOptions,
+};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median seconds of `f` over `reps` runs after `warm` warm-up runs.
+fn time(warm: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warm {
+        f()?;
+    }
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(v))
+}
+
+fn load(path: &Path, n_ctx: usize, max_batch: usize) -> Result<Target> {
+    let file = Arc::new(gguf::GgufFile::open(path)?);
+    let backend = CudaBackend::new(0)?;
+    let options = TargetOptions {
+        n_ctx,
+        max_batch,
+        kv_dtype: DType::F16,
+    };
+    let t0 = Instant::now();
+    let t = Target::load(file, Box::new(backend), &options, &mut |_, _| {})?;
+    eprintln!(
+        "loaded {} in {:.1} s",
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(t)
+}
+
+/// Seconds of one greedy decode step at depth `depth` (positions assumed, not prefilled).
+fn decode_step(t: &mut Target, depth: usize) -> Result<f64> {
+    t.truncate(0)?;
+    t.assume_positions_for_bench(depth)?;
+    time(3, 15, || {
+        t.forward_argmax(&[1000], LogitRows::Last)?;
+        t.truncate(depth)?;
+        Ok(())
+    })
+}
+
+/// Bytes of every weight one decode step reads (all tensors but the token embedding, which is
+/// gathered one row at a time, counted once more as the tied output head).
+fn weight_bytes(path: &Path) -> Result<u64> {
+    let file = gguf::GgufFile::open(path)?;
+    let mut total = 0;
+    for t in file.tensors() {
+        total += t.n_bytes();
+    }
+    Ok(total)
+}
+
+fn card() -> (String, String) {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name,driver_version", "--format=csv,noheader"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let s = String::from_utf8_lossy(&o.stdout);
+            let line = s.lines().next().unwrap_or("");
+            let (name, driver) = line.split_once(',').unwrap_or((line, ""));
+            (name.trim().to_string(), driver.trim().to_string())
+        }
+        _ => ("unknown".into(), "unknown".into()),
+    }
+}
+
+/// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe]`.
+pub fn run(args: &[String]) -> Result<()> {
+    let mut models = PathBuf::from("/tmp/specula-synth");
+    let mut out_dir = PathBuf::from("bench/results");
+    let mut commit = String::from("unknown");
+    let mut moe = true;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--models" => models = PathBuf::from(value()?),
+            "--out" => out_dir = PathBuf::from(value()?),
+            "--commit" => commit = value()?.clone(),
+            "--skip-moe" => moe = false,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if !kernels::cuda_available() {
+        bail!("no CUDA device: `cargo xtask bench` runs on the GPU machine");
+    }
+    std::fs::create_dir_all(&models)?;
+    let file = |name: &str, q: &str| models.join(format!("{name}.{q}.gguf"));
+    for (name, q) in [
+        ("gemma4-31b", "q4_k_m"),
+        ("gemma4-31b-assistant", "q8_0"),
+        ("gemma4-31b-dflash", "q8_0"),
+    ]
+    .into_iter()
+    .chain(moe.then_some(("gemma4-26b-a4b", "q4_k_m")))
+    {
+        let path = file(name, q);
+        if !path.exists() {
+            let t0 = Instant::now();
+            let bytes = crate::synth::write_model(name, crate::synth::Quant::Native, &path)?;
+            eprintln!(
+                "synthesized {} ({:.2} GiB, {:.2} GB/s)",
+                path.display(),
+                bytes as f64 / (1u64 << 30) as f64,
+                bytes as f64 / t0.elapsed().as_secs_f64() / 1e9
+            );
+        }
+    }
+    let (card, driver) = card();
+    let mut r = serde_json::Map::new();
+    r.insert("card".into(), json!(card));
+    r.insert("driver".into(), json!(driver));
+    r.insert("commit".into(), json!(commit));
+    r.insert(
+        "model".into(),
+        json!("gemma4-31b Q4_K_M (synthetic, real shapes)"),
+    );
+    r.insert("kv_dtype".into(), json!("f16"));
+
+    let copy = CudaBackend::new(0)?.copy_bandwidth(1 << 30, 20)?;
+    r.insert("copy_bandwidth_gbs".into(), json!(copy / 1e9));
+    eprintln!("copy bandwidth {:.0} GB/s", copy / 1e9);
+
+    let target_path = file("gemma4-31b", "q4_k_m");
+    let bytes = weight_bytes(&target_path)?;
+    let mut t = load(&target_path, 32768 + 64, 512)?;
+    let mut decode = BTreeMap::new();
+    let mut step0 = 0.0;
+    for depth in [0usize, 4096, 32768] {
+        let s = decode_step(&mut t, depth)?;
+        if depth == 0 {
+            step0 = s;
+        }
+        eprintln!(
+            "decode at depth {depth}: {:.2} ms ({:.1} tok/s)",
+            s * 1e3,
+            1.0 / s
+        );
+        decode.insert(depth.to_string(), 1.0 / s);
+    }
+    r.insert("decode_tok_s".into(), json!(decode));
+    // Bytes a step reads: every tensor (the tied head reads the embedding matrix whole; the
+    // embedding gather reads one row, not counted).
+    let bw = bytes as f64 / step0;
+    r.insert("weight_bytes".into(), json!(bytes));
+    r.insert("decode_bw_fraction".into(), json!(bw / copy));
+    eprintln!(
+        "decode depth 0: {:.0} GB/s = {:.3} of copy",
+        bw / 1e9,
+        bw / copy
+    );
+
+    let mut verify = BTreeMap::new();
+    let mut t1 = 0.0;
+    for k in 1..=16usize {
+        t.truncate(0)?;
+        t.assume_positions_for_bench(4096)?;
+        let tokens: Vec<u32> = (0..k as u32).map(|i| 1000 + i).collect();
+        let s = time(2, 9, || {
+            t.forward_argmax(&tokens, LogitRows::All)?;
+            t.truncate(4096)?;
+            Ok(())
+        })?;
+        if k == 1 {
+            t1 = s;
+        }
+        verify.insert(k.to_string(), s / t1);
+        eprintln!("verify k={k}: {:.2} ms, t(k)/t(1) {:.2}", s * 1e3, s / t1);
+    }
+    r.insert("verify_ratio".into(), json!(verify));
+
+    let mut prefill = BTreeMap::new();
+    for n in [512usize, 4096] {
+        let prompt: Vec<u32> = (0..n as u32).map(|i| 1000 + (i * 7919) % 200_000).collect();
+        let s = time(1, 3, || {
+            t.truncate(0)?;
+            for chunk in prompt.chunks(512) {
+                t.forward(chunk, LogitRows::Last, &[], false)?;
+            }
+            Ok(())
+        })?;
+        eprintln!("prefill {n}: {:.0} tok/s", n as f64 / s);
+        prefill.insert(n.to_string(), n as f64 / s);
+    }
+    r.insert("prefill_tok_s".into(), json!(prefill));
+
+    // Drafters, against the decode step at the same short context.
+    let prompt: Vec<u32> = (0..64u32).map(|i| 1000 + i * 31).collect();
+    let sampler = Sampler::new(SamplingParams::default());
+    let drafter_fraction =
+        |d: &mut dyn ExternalDrafter, gamma: usize, t: &mut Target| -> Result<(f64, f64)> {
+            t.truncate(0)?;
+            let layers = d.required_layers();
+            let out = t.forward(&prompt, LogitRows::Last, &layers, false)?;
+            d.prefill_chunk(t, &out)?;
+            d.begin(t, &prompt, &out)?;
+            let h = t.config().n_embd;
+            let last_hidden = out.hidden[out.hidden.len() - h..].to_vec();
+            let mut history = prompt.clone();
+            history.push(1234);
+            let request = DraftRequest {
+                history: &history,
+                position: t.n_past(),
+                last_hidden: &last_hidden,
+                gamma,
+            };
+            let draft = time(3, 15, || {
+                d.draft(t, &request, &sampler)?;
+                Ok(())
+            })?;
+            let n = t.n_past();
+            let step = time(3, 15, || {
+                t.forward_argmax(&[1234], LogitRows::Last)?;
+                t.truncate(n)?;
+                Ok(())
+            })?;
+            Ok((draft, step))
+        };
+    let assistant = Arc::new(gguf::GgufFile::open(file("gemma4-31b-assistant", "q8_0"))?);
+    let mut mtp = drafter_mtp::MtpDrafter::load(assistant, &mut t)?;
+    let (d, s) = drafter_fraction(&mut mtp, 1, &mut t)?;
+    eprintln!(
+        "mtp draft step {:.2} ms vs decode {:.2} ms: {:.3}",
+        d * 1e3,
+        s * 1e3,
+        d / s
+    );
+    r.insert("mtp_draft_fraction".into(), json!(d / s));
+    drop(mtp);
+    let mut dflash =
+        drafter_dflash::DflashDrafter::open(&file("gemma4-31b-dflash", "q8_0"), &mut t, None)?;
+    let gamma = dflash.max_gamma();
+    let (d, s) = drafter_fraction(&mut dflash, gamma, &mut t)?;
+    eprintln!(
+        "dflash block draft (B = {}) {:.2} ms vs decode {:.2} ms: {:.3}",
+        gamma + 1,
+        d * 1e3,
+        s * 1e3,
+        d / s
+    );
+    r.insert("dflash_draft_fraction".into(), json!(d / s));
+    drop(dflash);
+    drop(t);
+
+    if moe {
+        let mut m = load(&file("gemma4-26b-a4b", "q4_k_m"), 4096, 16)?;
+        let s = decode_step(&mut m, 0)?;
+        eprintln!(
+            "26B-A4B decode at depth 0: {:.2} ms ({:.1} tok/s)",
+            s * 1e3,
+            1.0 / s
+        );
+        r.insert("moe_decode_tok_s".into(), json!(1.0 / s));
+    }
+
+    write_results(&out_dir, Value::Object(r))
+}
+
+fn write_results(dir: &Path, v: Value) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let card = v["card"].as_str().unwrap_or("card").replace(' ', "-");
+    let date = std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "undated".into());
+    let stem = dir.join(format!("{date}-{card}"));
+    std::fs::write(
+        stem.with_extension("json"),
+        serde_json::to_string_pretty(&v)?,
+    )?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let mut md = format!(
+        "# {} — {} (driver {}, commit {})\n\n| figure | value |\n|---|---|\n",
+        v["model"].as_str().unwrap_or(""),
+        v["card"].as_str().unwrap_or(""),
+        v["driver"].as_str().unwrap_or(""),
+        v["commit"].as_str().unwrap_or("")
+    );
+    md += &format!("| copy bandwidth | {:.0} GB/s |\n", f("copy_bandwidth_gbs"));
+    for (d, x) in v["decode_tok_s"].as_object().into_iter().flatten() {
+        md += &format!(
+            "| decode tok/s at depth {d} | {:.1} |\n",
+            x.as_f64().unwrap_or(0.0)
+        );
+    }
+    md += &format!(
+        "| decode bandwidth / copy (depth 0) | {:.3} |\n",
+        f("decode_bw_fraction")
+    );
+    for (n, x) in v["prefill_tok_s"].as_object().into_iter().flatten() {
+        md += &format!(
+            "| prefill tok/s at {n} | {:.0} |\n",
+            x.as_f64().unwrap_or(0.0)
+        );
+    }
+    md += &format!(
+        "| t(16)/t(1) at depth 4K | {:.2} |\n| MTP draft / decode step | {:.3} |\n| DFlash block / decode step | {:.3} |\n| 26B-A4B decode tok/s | {:.1} |\n",
+        v["verify_ratio"]["16"].as_f64().unwrap_or(f64::NAN),
+        f("mtp_draft_fraction"),
+        f("dflash_draft_fraction"),
+        f("moe_decode_tok_s")
+    );
+    std::fs::write(stem.with_extension("md"), md)?;
+    std::fs::write(stem.with_extension("svg"), svg(&v))?;
+    eprintln!("wrote {}.{{json,md,svg}}", stem.display());
+    Ok(())
+}
+
+/// Two small line plots: t(k)/t(1) against k, decode tok/s against depth.
+fn svg(v: &Value) -> String {
+    let series = |key: &str| -> Vec<(f64, f64)> {
+        let mut s: Vec<(f64, f64)> = v[key]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, x)| Some((k.parse().ok()?, x.as_f64()?)))
+            .collect();
+        s.sort_by(|a, b| a.0.total_cmp(&b.0));
+        s
+    };
+    let plot = |x0: f64, title: &str, pts: &[(f64, f64)], xlabel: &str| -> String {
+        let (w, h) = (360.0, 220.0);
+        let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max);
+        let ymax = pts.iter().map(|p| p.1).fold(1e-9, f64::max) * 1.1;
+        let px = |x: f64| x0 + 40.0 + x / xmax * (w - 60.0);
+        let py = |y: f64| 30.0 + (1.0 - y / ymax) * (h - 60.0);
+        let line: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        let mut s = format!(
+            "<text x=\"{:.0}\" y=\"18\" font-size=\"13\">{title}</text><line x1=\"{:.0}\" y1=\"{:.0}\" x2=\"{:.0}\" y2=\"{:.0}\" stroke=\"black\"/><line x1=\"{:.0}\" y1=\"30\" x2=\"{:.0}\" y2=\"{:.0}\" stroke=\"black\"/><polyline fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\" points=\"{}\"/>",
+            x0 + 40.0, px(0.0), py(0.0), px(xmax), py(0.0), px(0.0), px(0.0), py(0.0), line.join(" ")
+        );
+        for &(x, y) in pts {
+            s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"steelblue\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\">{y:.2}</text>", px(x), py(y), px(x) + 3.0, py(y) - 5.0);
+        }
+        s += &format!(
+            "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\">{xlabel} (max {xmax})</text>",
+            x0 + 150.0,
+            h - 8.0
+        );
+        s
+    };
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"760\" height=\"230\" font-family=\"sans-serif\">{}{}</svg>\n",
+        plot(0.0, "verify t(k)/t(1), depth 4K", &series("verify_ratio"), "k"),
+        plot(390.0, "decode tok/s vs context depth", &series("decode_tok_s"), "depth")
+    )
+}
