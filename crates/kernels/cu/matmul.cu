@@ -93,9 +93,17 @@ __device__ void get_rows_body(const u8* table, const int* ids, float* y, int k, 
                                                     int n, int m, i64 x_off, i64 x_row_stride) {    \
         matmul_body<DT, 1>(w, x, y, k, n, m, x_off, x_row_stride);                                  \
     }                                                                                                \
+    extern "C" __global__ void matmul_##SUFFIX##_r2(const u8* w, const float* x, float* y, int k,   \
+                                                    int n, int m, i64 x_off, i64 x_row_stride) {    \
+        matmul_body<DT, 2>(w, x, y, k, n, m, x_off, x_row_stride);                                  \
+    }                                                                                                \
     extern "C" __global__ void matmul_##SUFFIX##_r4(const u8* w, const float* x, float* y, int k,   \
                                                     int n, int m, i64 x_off, i64 x_row_stride) {    \
         matmul_body<DT, 4>(w, x, y, k, n, m, x_off, x_row_stride);                                  \
+    }                                                                                                \
+    extern "C" __global__ void matmul_##SUFFIX##_r8(const u8* w, const float* x, float* y, int k,   \
+                                                    int n, int m, i64 x_off, i64 x_row_stride) {    \
+        matmul_body<DT, 8>(w, x, y, k, n, m, x_off, x_row_stride);                                  \
     }                                                                                                \
     extern "C" __global__ void matmul_##SUFFIX##_r16(const u8* w, const float* x, float* y, int k,  \
                                                      int n, int m, i64 x_off, i64 x_row_stride) {   \
@@ -134,67 +142,84 @@ __device__ __forceinline__ int scale_byte(u32 s0, u32 s1, u32 s2, int i) {
     return (int)((w >> (8 * (i & 3))) & 0xff);
 }
 
-template <int R>
+template <int R, int NR>
 __device__ void matmul_q4_k_fast_body(const u8* w, const float* x, float* y, int k, int n, int m,
                                       i64 x_off, i64 x_row_stride) {
+    // A warp computes NR consecutive output rows, so each activation float4 it loads (from L1)
+    // serves NR weight rows: with R activation rows the activation traffic, not the weight
+    // bytes, otherwise bounds the kernel.
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row = blockIdx.x * MM_WARPS + warp;
+    int row0 = (blockIdx.x * MM_WARPS + warp) * NR;
     int m0 = blockIdx.y * R;
-    if (row >= n) return;
+    if (row0 >= n) return;
     int n_sb = k / 256;
-    const u8* wr = w + (i64)row * n_sb * 144;
     int j = lane >> 2, o = (lane & 3) * 8, shift = (j & 1) * 4;
     int rows = m - m0 < R ? m - m0 : R;
     const float* xb = x + x_off + (i64)m0 * x_row_stride + j * 32 + o;
-    float acc[R];
+    float acc[NR][R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    for (int i = 0; i < NR; ++i)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[i][r] = 0.0f;
 #pragma unroll 2
     for (int sb = 0; sb < n_sb; ++sb) {
-        const u8* b = wr + sb * 144;
-        u32 dd = *(const u32*)b;
-        u32 s0 = *(const u32*)(b + 4), s1 = *(const u32*)(b + 8), s2 = *(const u32*)(b + 12);
-        uint2 qq = *(const uint2*)(b + 16 + (j >> 1) * 32 + o);
-        int sc, mn;
-        if (j < 4) {
-            sc = scale_byte(s0, s1, s2, j) & 63;
-            mn = scale_byte(s0, s1, s2, j + 4) & 63;
-        } else {
-            sc = (scale_byte(s0, s1, s2, j + 4) & 0xF) | ((scale_byte(s0, s1, s2, j - 4) >> 6) << 4);
-            mn = (scale_byte(s0, s1, s2, j + 4) >> 4) | ((scale_byte(s0, s1, s2, j) >> 6) << 4);
-        }
-        float dl = h2f((u16)(dd & 0xffff)) * (float)sc;
-        float ml = h2f((u16)(dd >> 16)) * (float)mn;
-        float v[8];
+        float v[NR][8];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            v[e] = dl * (float)((qq.x >> (8 * e + shift)) & 0xF) - ml;
-            v[4 + e] = dl * (float)((qq.y >> (8 * e + shift)) & 0xF) - ml;
+        for (int i = 0; i < NR; ++i) {
+            int row = row0 + i < n ? row0 + i : n - 1;
+            const u8* b = w + ((i64)row * n_sb + sb) * 144;
+            u32 dd = *(const u32*)b;
+            u32 s0 = *(const u32*)(b + 4), s1 = *(const u32*)(b + 8), s2 = *(const u32*)(b + 12);
+            uint2 qq = *(const uint2*)(b + 16 + (j >> 1) * 32 + o);
+            int sc, mn;
+            if (j < 4) {
+                sc = scale_byte(s0, s1, s2, j) & 63;
+                mn = scale_byte(s0, s1, s2, j + 4) & 63;
+            } else {
+                sc = (scale_byte(s0, s1, s2, j + 4) & 0xF) | ((scale_byte(s0, s1, s2, j - 4) >> 6) << 4);
+                mn = (scale_byte(s0, s1, s2, j + 4) >> 4) | ((scale_byte(s0, s1, s2, j) >> 6) << 4);
+            }
+            float dl = h2f((u16)(dd & 0xffff)) * (float)sc;
+            float ml = h2f((u16)(dd >> 16)) * (float)mn;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                v[i][e] = dl * (float)((qq.x >> (8 * e + shift)) & 0xF) - ml;
+                v[i][4 + e] = dl * (float)((qq.y >> (8 * e + shift)) & 0xF) - ml;
+            }
         }
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             if (r < rows) {
                 const float4* xr = (const float4*)(xb + (i64)r * x_row_stride + sb * 256);
                 float4 a = xr[0], c = xr[1];
-                acc[r] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * c.x + v[5] * c.y + v[6] * c.z + v[7] * c.w;
+#pragma unroll
+                for (int i = 0; i < NR; ++i)
+                    acc[i][r] += v[i][0] * a.x + v[i][1] * a.y + v[i][2] * a.z + v[i][3] * a.w +
+                                 v[i][4] * c.x + v[i][5] * c.y + v[i][6] * c.z + v[i][7] * c.w;
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        float s = warp_sum(acc[r]);
-        if (lane == 0 && r < rows) y[(i64)(m0 + r) * n + row] = s;
-    }
+    for (int i = 0; i < NR; ++i)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float s = warp_sum(acc[i][r]);
+            if (lane == 0 && r < rows && row0 + i < n) y[(i64)(m0 + r) * n + row0 + i] = s;
+        }
 }
 
-#define Q4K_FAST(R)                                                                                  \
+// Output rows per warp of matmul_q4_k_fast_r<R> (the host mirrors this in
+// `source::q4_k_fast_rows_per_warp`).
+#define Q4K_FAST(R, NR)                                                                              \
     extern "C" __global__ void matmul_q4_k_fast_r##R(const u8* w, const float* x, float* y, int k,   \
                                                      int n, int m, i64 x_off, i64 x_row_stride) {    \
-        matmul_q4_k_fast_body<R>(w, x, y, k, n, m, x_off, x_row_stride);                             \
+        matmul_q4_k_fast_body<R, NR>(w, x, y, k, n, m, x_off, x_row_stride);                         \
     }
-Q4K_FAST(1)
-Q4K_FAST(4)
-Q4K_FAST(16)
+Q4K_FAST(1, 2)
+Q4K_FAST(2, 2)
+Q4K_FAST(4, 4)
+Q4K_FAST(8, 4)
+Q4K_FAST(16, 4)
 
 // Prefill path (more than 16 activation rows): tensor cores. A block computes a 64 (weight rows)
 // x 64 (activation rows) tile: each 32-wide k step dequantizes the weight tile and converts the

@@ -532,9 +532,14 @@ impl CudaBackend {
                 } else {
                     weight_suffix(w.dtype)?
                 };
+                let per_warp = if fast {
+                    source::q4_k_fast_rows_per_warp(tile)
+                } else {
+                    1
+                };
                 self.launch(
                     &format!("matmul_{family}_r{tile}"),
-                    (n.div_ceil(4) as u32, m.div_ceil(tile) as u32, 1),
+                    (n.div_ceil(4 * per_warp) as u32, m.div_ceil(tile) as u32, 1),
                     128,
                     &mut a,
                 )

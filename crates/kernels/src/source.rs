@@ -38,7 +38,13 @@ pub const TENSOR_CORE_MIN_ROWS: usize = 16;
 
 /// Activation-row tiles of the matmul kernels (`matmul_<type>_r<R>`): a product with `m` rows
 /// uses the smallest tile of at least `m` rows, or tiles of 16.
-pub const MATMUL_ROW_TILES: &[usize] = &[1, 4, 16];
+pub const MATMUL_ROW_TILES: &[usize] = &[1, 2, 4, 8, 16];
+
+/// Output rows one warp computes in `matmul_q4_k_fast_r<tile>` (as `Q4K_FAST` in matmul.cu):
+/// more rows per warp reuse each activation load when several activation rows are multiplied.
+pub fn q4_k_fast_rows_per_warp(tile: usize) -> usize {
+    tile.clamp(2, 4)
+}
 
 /// Kernels that do not depend on a weight type.
 pub const OTHER_KERNELS: &[&str] = &[

@@ -260,7 +260,16 @@ fn matmul_and_get_rows_every_weight_type() {
     for &ty in WEIGHT_TYPES {
         // Up to 16 rows: the f32 vector kernels; more: the tensor-core kernels (split-f16 products,
         // f32-level accuracy).
-        for (k, n, m) in [(512, 37, 1), (256, 70, 16), (768, 5, 21), (512, 130, 100)] {
+        for (k, n, m) in [
+            (512, 37, 1),
+            (256, 41, 2),
+            (512, 9, 3),
+            (256, 33, 5),
+            (768, 12, 8),
+            (256, 70, 16),
+            (768, 5, 21),
+            (512, 130, 100),
+        ] {
             let mut c = Case::new();
             let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
             let x = c.f32(&[k, m], rng.vec(k * m));
