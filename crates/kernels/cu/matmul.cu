@@ -215,7 +215,7 @@ __device__ void matmul_q4_k_fast_body(const u8* w, const float* x, float* y, int
                                                      int n, int m, i64 x_off, i64 x_row_stride) {    \
         matmul_q4_k_fast_body<R, NR>(w, x, y, k, n, m, x_off, x_row_stride);                         \
     }
-Q4K_FAST(1, 2)
+Q4K_FAST(1, 1)
 Q4K_FAST(2, 2)
 Q4K_FAST(4, 4)
 Q4K_FAST(8, 4)

@@ -43,7 +43,8 @@ pub const MATMUL_ROW_TILES: &[usize] = &[1, 2, 4, 8, 16];
 /// Output rows one warp computes in `matmul_q4_k_fast_r<tile>` (as `Q4K_FAST` in matmul.cu):
 /// more rows per warp reuse each activation load when several activation rows are multiplied.
 pub fn q4_k_fast_rows_per_warp(tile: usize) -> usize {
-    tile.clamp(2, 4)
+    // One row for decode: two rows per warp measured 7 % slower there (bench/NOTES.md).
+    tile.min(4)
 }
 
 /// Kernels that do not depend on a weight type.
