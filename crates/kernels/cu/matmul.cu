@@ -221,6 +221,86 @@ Q4K_FAST(4, 4)
 Q4K_FAST(8, 4)
 Q4K_FAST(16, 4)
 
+// Q6_K fast path (rows of a multiple of 256, activations 16-byte aligned), same shape as the
+// Q4_K one. Super-block: ql[128] low nibbles, qh[64] high bit pairs, 16 int8 scales, f16 d last
+// (210 bytes, so only 2-byte alignment). Lane t takes half h = t / 16 of the super-block and, in
+// it, 4 consecutive positions l0..l0+3 of one of the two 32-byte ql runs (p): 4 weights from the
+// low nibbles (offset 32p) and 4 from the high nibbles (offset 64 + 32p).
+__device__ __forceinline__ u32 load_u32_2(const u8* p) {
+    return (u32)(*(const u16*)p) | ((u32)(*(const u16*)(p + 2)) << 16);
+}
+
+template <int R, int NR>
+__device__ void matmul_q6_k_fast_body(const u8* w, const float* x, float* y, int k, int n, int m,
+                                      i64 x_off, i64 x_row_stride) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row0 = (blockIdx.x * MM_WARPS + warp) * NR;
+    int m0 = blockIdx.y * R;
+    if (row0 >= n) return;
+    int n_sb = k / 256;
+    int h = lane >> 4, p = (lane >> 3) & 1, l0 = (lane & 7) * 4;
+    int is = l0 / 16;
+    int sc_lo = 8 * h + is + 2 * p, sc_hi = sc_lo + 4;
+    int sh_lo = 2 * p, sh_hi = 4 + 2 * p;
+    int rows = m - m0 < R ? m - m0 : R;
+    const float* xb = x + x_off + (i64)m0 * x_row_stride + 128 * h + 32 * p + l0;
+    float acc[NR][R];
+#pragma unroll
+    for (int i = 0; i < NR; ++i)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[i][r] = 0.0f;
+#pragma unroll 2
+    for (int sb = 0; sb < n_sb; ++sb) {
+        float v[NR][8];
+#pragma unroll
+        for (int i = 0; i < NR; ++i) {
+            int row = row0 + i < n ? row0 + i : n - 1;
+            const u8* b = w + ((i64)row * n_sb + sb) * 210;
+            u32 ql = load_u32_2(b + 64 * h + 32 * p + l0);
+            u32 qh = load_u32_2(b + 128 + 32 * h + l0);
+            float d = h2f(*(const u16*)(b + 208));
+            float dlo = d * (float)(signed char)b[192 + sc_lo];
+            float dhi = d * (float)(signed char)b[192 + sc_hi];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int qlo = (int)(((ql >> (8 * e)) & 0xF) | (((qh >> (8 * e + sh_lo)) & 3) << 4)) - 32;
+                int qhi = (int)(((ql >> (8 * e + 4)) & 0xF) | (((qh >> (8 * e + sh_hi)) & 3) << 4)) - 32;
+                v[i][e] = dlo * (float)qlo;
+                v[i][4 + e] = dhi * (float)qhi;
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            if (r < rows) {
+                const float* xr = xb + (i64)r * x_row_stride + sb * 256;
+                float4 a = *(const float4*)xr, c = *(const float4*)(xr + 64);
+#pragma unroll
+                for (int i = 0; i < NR; ++i)
+                    acc[i][r] += v[i][0] * a.x + v[i][1] * a.y + v[i][2] * a.z + v[i][3] * a.w +
+                                 v[i][4] * c.x + v[i][5] * c.y + v[i][6] * c.z + v[i][7] * c.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NR; ++i)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float s = warp_sum(acc[i][r]);
+            if (lane == 0 && r < rows && row0 + i < n) y[(i64)(m0 + r) * n + row0 + i] = s;
+        }
+}
+
+#define Q6K_FAST(R, NR)                                                                              \
+    extern "C" __global__ void matmul_q6_k_fast_r##R(const u8* w, const float* x, float* y, int k,   \
+                                                     int n, int m, i64 x_off, i64 x_row_stride) {    \
+        matmul_q6_k_fast_body<R, NR>(w, x, y, k, n, m, x_off, x_row_stride);                         \
+    }
+Q6K_FAST(1, 1)
+Q6K_FAST(2, 2)
+Q6K_FAST(4, 4)
+Q6K_FAST(8, 4)
+Q6K_FAST(16, 4)
+
 // Prefill path (more than 16 activation rows): tensor cores. A block computes a 64 (weight rows)
 // x 64 (activation rows) tile: each 32-wide k step dequantizes the weight tile and converts the
 // activations in shared memory, then four warps issue mma.sync m16n8k16 (f16 inputs, f32
