@@ -331,6 +331,9 @@ struct RandomBlocks {
     scales: &'static [usize],
     /// How F32 values are drawn.
     f32_kind: F32Kind,
+    /// Range of the f16 scales: chosen per type so that weights stay below ~0.2 in magnitude,
+    /// like trained ones (scale × largest sub-scale × largest quant).
+    d_range: (f32, f32),
 }
 
 #[derive(Clone, Copy)]
@@ -352,6 +355,14 @@ impl RandomBlocks {
             GgmlType::Q6_K => &[208],
             other => bail!("{name}: synthesizing {} is not supported", other.name()),
         };
+        let d_range = match ty {
+            GgmlType::Q2_K => (2e-3, 4e-3),
+            GgmlType::Q3_K => (5e-4, 1.5e-3),
+            GgmlType::Q4_K | GgmlType::Q5_K => (5e-5, 1.5e-4),
+            GgmlType::Q6_K => (5e-6, 2e-5),
+            GgmlType::Q8_0 => (2e-4, 6e-4),
+            _ => (2e-3, 6e-3),
+        };
         let f32_kind =
             if name.contains("norm") || name.contains("scale") || name.contains("rope_freqs") {
                 F32Kind::One
@@ -371,6 +382,7 @@ impl RandomBlocks {
             pos: 0,
             scales,
             f32_kind,
+            d_range,
         })
     }
 
@@ -421,7 +433,10 @@ impl RandomBlocks {
                 }
                 for block in chunks.chunks_mut(self.block_bytes) {
                     for &off in self.scales {
-                        let d = half::f16::from_f32(0.0005 + 0.0015 * self.unit()).to_bits();
+                        let d = {
+                            let (lo, hi) = self.d_range;
+                            half::f16::from_f32(lo + (hi - lo) * self.unit()).to_bits()
+                        };
                         block[off..off + 2].copy_from_slice(&d.to_le_bytes());
                     }
                 }
@@ -496,4 +511,119 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(model: &str) -> Vec<(String, Value)> {
+        let layout = layout(model).unwrap();
+        let tensors = tensor_rows(layout.tensors).unwrap();
+        metadata(&layout, &tensors, Quant::Native).unwrap()
+    }
+
+    fn get<'a>(m: &'a [(String, Value)], key: &str) -> &'a Value {
+        &m.iter().find(|(k, _)| k == key).unwrap().1
+    }
+
+    #[test]
+    fn summarised_arrays_are_rebuilt_from_the_tensor_shapes() {
+        let m = meta("gemma4-31b");
+        // The 31B pattern: five sliding layers (16 KV heads of 256) then one full (4 of 512).
+        let Value::Array(Array::Bool(sliding)) = get(&m, "gemma4.attention.sliding_window_pattern")
+        else {
+            panic!()
+        };
+        assert_eq!(sliding.len(), 60);
+        assert!(sliding.iter().enumerate().all(|(l, &s)| s == (l % 6 != 5)));
+        let Value::Array(Array::I32(kv)) = get(&m, "gemma4.attention.head_count_kv") else {
+            panic!()
+        };
+        assert!(kv
+            .iter()
+            .enumerate()
+            .all(|(l, &h)| h == if l % 6 == 5 { 4 } else { 16 }));
+        // Inline arrays of the drafters are read as written.
+        let d = meta("gemma4-31b-dflash");
+        let Value::Array(Array::I32(ids)) = get(&d, "dflash.target_layers") else {
+            panic!()
+        };
+        assert_eq!(ids, &[2, 13, 24, 36, 47, 58]);
+        // --quant changes the declared file type.
+        let layout = layout("gemma4-31b").unwrap();
+        let tensors = tensor_rows(layout.tensors).unwrap();
+        let q8 = metadata(&layout, &tensors, Quant::Q8_0).unwrap();
+        assert!(matches!(get(&q8, "general.file_type"), Value::U32(7)));
+        assert!(layout_error_names_the_model());
+    }
+
+    fn layout_error_names_the_model() -> bool {
+        layout("gemma4-e4b")
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("'gemma4-e4b'")
+    }
+
+    #[test]
+    fn vocabulary_has_specials_bytes_and_valid_merges() {
+        let v = vocabulary(262_144);
+        assert_eq!(v.len(), 262_144);
+        assert_eq!(
+            (v[1].as_str(), v[2].as_str(), v[4].as_str(), v[106].as_str()),
+            ("<eos>", "<bos>", "<mask>", "<turn|>")
+        );
+        let set: std::collections::HashSet<&str> = v.iter().map(String::as_str).collect();
+        assert_eq!(set.len(), v.len(), "tokens are unique");
+        assert!((0..256).all(|b| set.contains(format!("<0x{b:02X}>").as_str())));
+        let merges = merges(81);
+        assert_eq!(merges.len(), 81);
+        for m in &merges {
+            let (a, b) = m.split_once(' ').unwrap();
+            assert!(
+                set.contains(a) && set.contains(b) && set.contains(format!("{a}{b}").as_str()),
+                "{m}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_blocks_dequantize_to_finite_small_values() {
+        use std::io::Read;
+        for ty in [
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
+            GgmlType::Q5_K,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::F32,
+        ] {
+            let elems = ty.block_elems() * 64;
+            let mut src = RandomBlocks::new("blk.0.ffn_up.weight", ty, elems).unwrap();
+            let mut bytes = Vec::new();
+            src.read_to_end(&mut bytes).unwrap();
+            assert_eq!(
+                bytes.len() as u64,
+                elems / ty.block_elems() * ty.block_bytes(),
+                "{}",
+                ty.name()
+            );
+            let vals = gguf::quant::dequantize_to_vec(ty, &bytes).unwrap();
+            let max = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(vals.iter().all(|v| v.is_finite()), "{}", ty.name());
+            assert!(max > 0.01 && max < 0.5, "{}: max |w| {max}", ty.name());
+        }
+        // Norm weights sit around 1.
+        let mut src = RandomBlocks::new("blk.0.attn_norm.weight", GgmlType::F32, 5376).unwrap();
+        let mut bytes = Vec::new();
+        src.read_to_end(&mut bytes).unwrap();
+        let v = gguf::quant::dequantize_to_vec(GgmlType::F32, &bytes).unwrap();
+        assert!(v.iter().all(|&x| (0.9..=1.1).contains(&x)));
+    }
 }
