@@ -82,6 +82,7 @@ struct Loaded {
     inputs: Vec<(NodeId, BufferId)>,
     logits: Option<NodeId>,
     hidden: Option<NodeId>,
+    argmax: Option<NodeId>,
 }
 
 /// The DFlash drafter, loaded on its target's backend.
@@ -280,7 +281,8 @@ impl DflashDrafter {
         self.ctx_len
     }
 
-    /// Logits rows (`[rows][vocab]`, soft-capped) and final hidden rows of the last block.
+    /// Logits rows (`[rows][vocab]`, soft-capped) and final hidden rows of the last `run_block`
+    /// call or sampled draft (greedy drafting leaves them on the device).
     pub fn last_block(&self) -> (&[f32], &[f32]) {
         (&self.last_logits, &self.last_hidden)
     }
@@ -386,7 +388,7 @@ impl DflashDrafter {
         &self,
         target: &Target,
         n: usize,
-    ) -> Res<(Graph, Bindings, Vec<NodeId>, NodeId, NodeId)> {
+    ) -> Res<(Graph, Bindings, Vec<NodeId>, [NodeId; 3])> {
         let c = &self.config;
         let mut g = GraphBuilder::new();
         let mut b = Bindings::new();
@@ -473,12 +475,12 @@ impl DflashDrafter {
             Some(cap) => g.softcap(logits, cap)?,
             None => logits,
         };
+        let ids = g.argmax(logits)?;
         Ok((
-            g.finish(&[logits, hidden])?,
+            g.finish(&[logits, hidden, ids])?,
             b,
             vec![tokens, pos, n_kv],
-            logits,
-            hidden,
+            [logits, hidden, ids],
         ))
     }
 
@@ -524,6 +526,7 @@ impl DflashDrafter {
                         inputs,
                         logits: None,
                         hidden: None,
+                        argmax: None,
                     },
                 );
             }
@@ -553,8 +556,21 @@ impl DflashDrafter {
     /// Runs the block `[anchor, mask × (n − 1)]` at positions `ctx_len..`; returns the argmax of
     /// rows 1..n (the drafts). The logits and hidden rows stay available via `last_block`.
     pub fn run_block(&mut self, target: &mut Target, anchor: u32, n: usize) -> Res<Vec<u32>> {
+        self.run_block_inner(target, anchor, n, true)
+    }
+
+    /// Runs the block; the drafts come from the device's argmax, and the logits and hidden rows
+    /// (`[n][vocab]`, `[n][H]`) cross to the host only when `outputs` is set.
+    fn run_block_inner(
+        &mut self,
+        target: &mut Target,
+        anchor: u32,
+        n: usize,
+        outputs: bool,
+    ) -> Res<Vec<u32>> {
         if !self.block_graphs.contains_key(&n) {
-            let (graph, bindings, inputs, logits, hidden) = self.build_block(target, n)?;
+            let (graph, bindings, inputs, [logits, hidden, argmax]) =
+                self.build_block(target, n)?;
             let backend = target.backend_mut();
             let exe = backend.load(&graph, &bindings)?;
             let inputs = inputs
@@ -569,6 +585,7 @@ impl DflashDrafter {
                     inputs,
                     logits: Some(logits),
                     hidden: Some(hidden),
+                    argmax: Some(argmax),
                 },
             );
         }
@@ -591,29 +608,20 @@ impl DflashDrafter {
             HostData::I32(&[(self.ctx_len + n) as i32]),
         )?;
         backend.run(loaded.exe)?;
-        let logits = backend
-            .read_node(
-                loaded.exe,
-                &loaded.graph,
-                loaded.logits.expect("block graphs have logits"),
-            )?
-            .into_f32()?;
-        let hidden = backend
-            .read_node(
-                loaded.exe,
-                &loaded.graph,
-                loaded.hidden.expect("block graphs have hidden"),
-            )?
-            .into_f32()?;
-        let v = logits.len() / n;
-        let drafts = logits
-            .chunks(v)
-            .skip(1)
-            .map(target::sampling::argmax)
-            .collect();
-        self.last_logits = logits;
-        self.last_hidden = hidden;
-        Ok(drafts)
+        let node =
+            |id: Option<NodeId>| id.expect("block graphs have logits, hidden and argmax outputs");
+        let ids = backend
+            .read_node(loaded.exe, &loaded.graph, node(loaded.argmax))?
+            .into_i32()?;
+        if outputs {
+            self.last_logits = backend
+                .read_node(loaded.exe, &loaded.graph, node(loaded.logits))?
+                .into_f32()?;
+            self.last_hidden = backend
+                .read_node(loaded.exe, &loaded.graph, node(loaded.hidden))?
+                .into_f32()?;
+        }
+        Ok(ids.into_iter().skip(1).map(|t| t as u32).collect())
     }
 }
 
@@ -659,9 +667,10 @@ impl ExternalDrafter for DflashDrafter {
             .history
             .last()
             .ok_or_else(|| target::Error::Input("empty history".into()))?;
-        let mut tokens = self.run_block(target, anchor, n)?;
+        let greedy = sampler.params().is_greedy();
+        let mut tokens = self.run_block_inner(target, anchor, n, !greedy)?;
         tokens.truncate(keep);
-        if sampler.params().is_greedy() {
+        if greedy {
             return Ok(Draft {
                 tokens,
                 probs: None,

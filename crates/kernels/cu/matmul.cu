@@ -301,6 +301,72 @@ Q6K_FAST(4, 4)
 Q6K_FAST(8, 4)
 Q6K_FAST(16, 4)
 
+// Q8_0 fast path (rows of a multiple of 256, activations 16-byte aligned): a warp takes 8
+// blocks (256 weights) per iteration; lane t reads 8 int8 of block t / 4 (four 2-byte loads,
+// blocks are 34 bytes) and that block's f16 scale.
+template <int R, int NR>
+__device__ void matmul_q8_0_fast_body(const u8* w, const float* x, float* y, int k, int n, int m,
+                                      i64 x_off, i64 x_row_stride) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row0 = (blockIdx.x * MM_WARPS + warp) * NR;
+    int m0 = blockIdx.y * R;
+    if (row0 >= n) return;
+    int n_blocks = k / 32, n_groups = k / 256;
+    int blk = lane >> 2, q = (lane & 3) * 8;
+    int rows = m - m0 < R ? m - m0 : R;
+    const float* xb = x + x_off + (i64)m0 * x_row_stride + blk * 32 + q;
+    float acc[NR][R];
+#pragma unroll
+    for (int i = 0; i < NR; ++i)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[i][r] = 0.0f;
+#pragma unroll 2
+    for (int gi = 0; gi < n_groups; ++gi) {
+        float v[NR][8];
+#pragma unroll
+        for (int i = 0; i < NR; ++i) {
+            int row = row0 + i < n ? row0 + i : n - 1;
+            const u8* b = w + ((i64)row * n_blocks + gi * 8 + blk) * 34;
+            float d = h2f(*(const u16*)b);
+            u32 lo = load_u32_2(b + 2 + q), hi = load_u32_2(b + 6 + q);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                v[i][e] = d * (float)(signed char)((lo >> (8 * e)) & 0xff);
+                v[i][4 + e] = d * (float)(signed char)((hi >> (8 * e)) & 0xff);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            if (r < rows) {
+                const float4* xr = (const float4*)(xb + (i64)r * x_row_stride + gi * 256);
+                float4 a = xr[0], c = xr[1];
+#pragma unroll
+                for (int i = 0; i < NR; ++i)
+                    acc[i][r] += v[i][0] * a.x + v[i][1] * a.y + v[i][2] * a.z + v[i][3] * a.w +
+                                 v[i][4] * c.x + v[i][5] * c.y + v[i][6] * c.z + v[i][7] * c.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NR; ++i)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float s = warp_sum(acc[i][r]);
+            if (lane == 0 && r < rows && row0 + i < n) y[(i64)(m0 + r) * n + row0 + i] = s;
+        }
+}
+
+#define Q80_FAST(R, NR)                                                                              \
+    extern "C" __global__ void matmul_q8_0_fast_r##R(const u8* w, const float* x, float* y, int k,   \
+                                                     int n, int m, i64 x_off, i64 x_row_stride) {    \
+        matmul_q8_0_fast_body<R, NR>(w, x, y, k, n, m, x_off, x_row_stride);                         \
+    }
+Q80_FAST(1, 1)
+Q80_FAST(2, 2)
+Q80_FAST(4, 4)
+Q80_FAST(8, 4)
+Q80_FAST(16, 4)
+
 // Prefill path (more than 16 activation rows): tensor cores. A block computes a 64 (weight rows)
 // x 64 (activation rows) tile: each 32-wide k step dequantizes the weight tile and converts the
 // activations in shared memory, then four warps issue mma.sync m16n8k16 (f16 inputs, f32

@@ -513,9 +513,9 @@ impl CudaBackend {
                     .copied()
                     .find(|&t| t >= m)
                     .unwrap_or(16);
-                // Q4_K and Q6_K rows of whole super-blocks with 16-byte-aligned activations
-                // take the fast kernels.
-                let fast = matches!(w.dtype, DType::Q4_K | DType::Q6_K)
+                // Q4_K, Q6_K and Q8_0 rows of whole 256-weight groups with 16-byte-aligned
+                // activations take the fast kernels.
+                let fast = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0)
                     && k % 256 == 0
                     && x.layout.offset % 4 == 0
                     && stride % 4 == 0;
@@ -528,10 +528,10 @@ impl CudaBackend {
                     );
                 }
                 let family = if fast {
-                    if w.dtype == DType::Q4_K {
-                        "q4_k_fast"
-                    } else {
-                        "q6_k_fast"
+                    match w.dtype {
+                        DType::Q4_K => "q4_k_fast",
+                        DType::Q6_K => "q6_k_fast",
+                        _ => "q8_0_fast",
                     }
                 } else {
                     weight_suffix(w.dtype)?

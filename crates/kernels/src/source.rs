@@ -40,8 +40,8 @@ pub const TENSOR_CORE_MIN_ROWS: usize = 16;
 /// uses the smallest tile of at least `m` rows, or tiles of 16.
 pub const MATMUL_ROW_TILES: &[usize] = &[1, 2, 4, 8, 16];
 
-/// Output rows one warp computes in `matmul_q4_k_fast_r<tile>` and `matmul_q6_k_fast_r<tile>`
-/// (as `Q4K_FAST` / `Q6K_FAST` in matmul.cu):
+/// Output rows one warp computes in `matmul_{q4_k,q6_k,q8_0}_fast_r<tile>` (as `Q4K_FAST`,
+/// `Q6K_FAST`, `Q80_FAST` in matmul.cu):
 /// more rows per warp reuse each activation load when several activation rows are multiplied.
 pub fn q4_k_fast_rows_per_warp(tile: usize) -> usize {
     // One row for decode: two rows per warp measured 7 % slower there (bench/NOTES.md).
@@ -80,6 +80,7 @@ pub fn all_kernel_names() -> Vec<String> {
     for rows in MATMUL_ROW_TILES {
         names.push(format!("matmul_q4_k_fast_r{rows}"));
         names.push(format!("matmul_q6_k_fast_r{rows}"));
+        names.push(format!("matmul_q8_0_fast_r{rows}"));
     }
     names
 }
