@@ -219,7 +219,7 @@ Q4K_FAST(1, 1)
 Q4K_FAST(2, 2)
 Q4K_FAST(4, 4)
 Q4K_FAST(8, 4)
-Q4K_FAST(16, 4)
+Q4K_FAST(16, 2)
 
 // Q6_K fast path (rows of a multiple of 256, activations 16-byte aligned), same shape as the
 // Q4_K one. Super-block: ql[128] low nibbles, qh[64] high bit pairs, 16 int8 scales, f16 d last
@@ -299,7 +299,7 @@ Q6K_FAST(1, 1)
 Q6K_FAST(2, 2)
 Q6K_FAST(4, 4)
 Q6K_FAST(8, 4)
-Q6K_FAST(16, 4)
+Q6K_FAST(16, 2)
 
 // Q8_0 fast path (rows of a multiple of 256, activations 16-byte aligned): a warp takes 8
 // blocks (256 weights) per iteration; lane t reads 8 int8 of block t / 4 (four 2-byte loads,
@@ -365,7 +365,7 @@ Q80_FAST(1, 1)
 Q80_FAST(2, 2)
 Q80_FAST(4, 4)
 Q80_FAST(8, 4)
-Q80_FAST(16, 4)
+Q80_FAST(16, 2)
 
 // Prefill path (more than 16 activation rows): tensor cores. A block computes a 64 (weight rows)
 // x 64 (activation rows) tile: each 32-wide k step dequantizes the weight tile and converts the

@@ -119,12 +119,25 @@ fn attention_splits(n_head: usize, n_tok: usize, cap: usize) -> usize {
     fill.min(cap / 512).clamp(1, 32)
 }
 
+/// `SPECULA_MAX_ROW_TILE` (1, 2, 4, 8 or 16; default 16): caps the activation-row tile of the
+/// vector matmul kernels, so batches above it run as several tiles (a tuning knob for
+/// `cargo xtask bench`). Any other value is ignored.
+fn max_row_tile_from_env() -> usize {
+    std::env::var("SPECULA_MAX_ROW_TILE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|t| source::MATMUL_ROW_TILES.contains(t))
+        .unwrap_or(16)
+}
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     use_graphs: bool,
     tensor_cores: bool,
+    /// Largest activation-row tile of the vector matmul kernels (16, or lower for tuning).
+    max_row_tile: usize,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
     name: String,
@@ -193,6 +206,7 @@ impl CudaBackend {
             stream,
             use_graphs: true,
             tensor_cores: major >= 8,
+            max_row_tile: max_row_tile_from_env(),
             _module: module,
             funcs,
             buffers: Vec::new(),
@@ -511,8 +525,9 @@ impl CudaBackend {
                 let tile = source::MATMUL_ROW_TILES
                     .iter()
                     .copied()
+                    .filter(|&t| t <= self.max_row_tile)
                     .find(|&t| t >= m)
-                    .unwrap_or(16);
+                    .unwrap_or(self.max_row_tile);
                 // Q4_K, Q6_K and Q8_0 rows of whole 256-weight groups with 16-byte-aligned
                 // activations take the fast kernels.
                 let fast = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0)

@@ -44,8 +44,13 @@ pub const MATMUL_ROW_TILES: &[usize] = &[1, 2, 4, 8, 16];
 /// `Q6K_FAST`, `Q80_FAST` in matmul.cu):
 /// more rows per warp reuse each activation load when several activation rows are multiplied.
 pub fn q4_k_fast_rows_per_warp(tile: usize) -> usize {
-    // One row for decode: two rows per warp measured 7 % slower there (bench/NOTES.md).
-    tile.min(4)
+    // One row for decode: two rows per warp measured 7 % slower there; two for the 16-row tile,
+    // whose 4 × 16 accumulators cost occupancy (bench/NOTES.md).
+    match tile {
+        1 => 1,
+        16 => 2,
+        t => t.min(4),
+    }
 }
 
 /// Kernels that do not depend on a weight type.
