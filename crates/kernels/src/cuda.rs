@@ -119,15 +119,17 @@ fn attention_splits(n_head: usize, n_tok: usize, cap: usize) -> usize {
     fill.min(cap / 512).clamp(1, 32)
 }
 
-/// `SPECULA_MAX_ROW_TILE` (1, 2, 4, 8 or 16; default 16): caps the activation-row tile of the
+/// `SPECULA_MAX_ROW_TILE` (1, 2, 4, 8 or 16; default 8): caps the activation-row tile of the
 /// vector matmul kernels, so batches above it run as several tiles (a tuning knob for
-/// `cargo xtask bench`). Any other value is ignored.
+/// `cargo xtask bench`). Any other value is ignored. On the H100 a 16-token verify of the 31B
+/// took 177 ms as two 8-row tiles and 191 ms (4 output rows per warp) or 210 ms (2 rows per
+/// warp) as one 16-row tile (bench/NOTES.md).
 fn max_row_tile_from_env() -> usize {
     std::env::var("SPECULA_MAX_ROW_TILE")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|t| source::MATMUL_ROW_TILES.contains(t))
-        .unwrap_or(16)
+        .unwrap_or(8)
 }
 
 /// The CUDA backend on one device.
