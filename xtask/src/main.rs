@@ -191,7 +191,7 @@ fn gpu_test() -> Result<()> {
         "kernels",
         "--message-format=json",
     ])?;
-    cargo(&["build", "--release", "-p", "cli"])?;
+    cargo(&["build", "--release", "-p", "cli", "-p", "xtask"])?;
     tests.retain(|t| {
         !t.file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("kernels-"))
@@ -199,11 +199,9 @@ fn gpu_test() -> Result<()> {
     let mut names = Vec::new();
     let mut bench_names = Vec::new();
     let specula = root.join("target/release/specula");
-    for exe in tests
-        .iter()
-        .chain(&benches)
-        .chain(std::iter::once(&specula))
-    {
+    // The release xtask runs `bench` there: `gpu-bundle/xtask bench --out $OUT/results`.
+    let xtask = root.join("target/release/xtask");
+    for exe in tests.iter().chain(&benches).chain([&specula, &xtask]) {
         let mut name = exe
             .file_name()
             .expect("executables have names")
@@ -221,7 +219,7 @@ fn gpu_test() -> Result<()> {
     let mut script = String::from("#!/usr/bin/env bash\n# Runs every GPU test binary from the repository root; prints a table last.\nset -u\ncd \"$(dirname \"$0\")/..\"\nexport REQUIRE_GPU=1\nstatus=0\ntable=\"\"\n");
     for name in names
         .iter()
-        .filter(|n| *n != "specula" && !bench_names.contains(n))
+        .filter(|n| *n != "specula" && *n != "xtask" && !bench_names.contains(n))
     {
         script.push_str(&format!("if ./gpu-bundle/{name} --test-threads=1 --nocapture; then r=pass; else r=FAIL; status=1; fi\ntable=\"$table\\n{name}\\t$r\"\n"));
     }
@@ -237,6 +235,6 @@ fn gpu_test() -> Result<()> {
                 .unwrap_or(0)
         })
         .sum();
-    println!("gpu-bundle/: {} files, {:.1} MiB; run gpu-bundle/run.sh on the GPU machine (carry gpu-bundle)", names.len() + 1, total as f64 / (1 << 20) as f64);
+    println!("gpu-bundle/: {} files, {:.1} MiB; run gpu-bundle/run.sh (tests) and gpu-bundle/xtask bench (real-size figures) on the GPU machine (carry gpu-bundle)", names.len() + 1, total as f64 / (1 << 20) as f64);
     Ok(())
 }
