@@ -382,3 +382,50 @@ fn svg(v: &Value) -> String {
         plot(390.0, "decode tok/s vs context depth", &series("decode_tok_s"), "depth")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_written_as_json_markdown_and_svg() {
+        let dir = std::env::temp_dir().join(format!("specula-bench-test-{}", std::process::id()));
+        let v = json!({
+            "card": "Test Card", "driver": "1.0", "commit": "abc", "model": "m",
+            "copy_bandwidth_gbs": 3000.0, "decode_bw_fraction": 0.27,
+            "decode_tok_s": {"0": 44.0, "4096": 28.0, "32768": 16.0},
+            "verify_ratio": {"1": 1.0, "2": 1.2, "16": 5.0},
+            "prefill_tok_s": {"512": 220.0, "4096": 190.0},
+            "mtp_draft_fraction": 0.07, "dflash_draft_fraction": 0.55
+        });
+        write_results(&dir, v.clone()).unwrap();
+        let file = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "json"))
+            .unwrap();
+        let back: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(back, v);
+        assert!(file
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with("-Test-Card.json"));
+        let md = std::fs::read_to_string(file.with_extension("md")).unwrap();
+        assert!(md.contains("| t(16)/t(1) at depth 4K | 5.00 |"), "{md}");
+        assert!(
+            md.contains("| 26B-A4B decode tok/s | not measured |"),
+            "{md}"
+        );
+        let svg = std::fs::read_to_string(file.with_extension("svg")).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains(">5.00<") && svg.contains(">44.00<"), "{svg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn median_is_the_middle_value() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![5.0]), 5.0);
+    }
+}

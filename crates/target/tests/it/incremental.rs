@@ -100,3 +100,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn assumed_positions_count_as_committed_within_the_context() {
+    let options = TargetOptions {
+        n_ctx: 64,
+        max_batch: 8,
+        ..Default::default()
+    };
+    let mut t = load_cpu("dense.gguf", &options);
+    t.forward(&[2, 10, 11], LogitRows::Last, &[], false)
+        .unwrap();
+    t.assume_positions_for_bench(40).unwrap();
+    assert_eq!(t.n_past(), 43);
+    // A step after them runs at position 43 and commits one more.
+    t.forward(&[12], LogitRows::Last, &[], false).unwrap();
+    assert_eq!(t.n_past(), 44);
+    let err = t.assume_positions_for_bench(21).unwrap_err().to_string();
+    assert!(
+        err.contains("65 positions exceeds the maximum of 64"),
+        "{err}"
+    );
+    assert_eq!(t.n_past(), 44, "a refused call changes nothing");
+    t.truncate(3).unwrap();
+    assert_eq!(t.n_past(), 3);
+}
