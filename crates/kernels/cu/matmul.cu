@@ -134,146 +134,127 @@ WEIGHT_KERNELS(q4_k, DT_Q4_K)
 WEIGHT_KERNELS(q5_k, DT_Q5_K)
 WEIGHT_KERNELS(q6_k, DT_Q6_K)
 
-// Q4_K fast path (rows of a multiple of 256, activations 16-byte aligned). Per iteration a warp
-// takes one 256-weight super-block: lane l decodes sub-block l / 4's scale and min once, loads 8
-// bytes of nibbles (8 weights) in one access and two float4 of each activation row.
+// Fast paths for Q4_K, Q6_K and Q8_0 (rows of a multiple of 256, activations 16-byte aligned).
+// A warp walks its rows 256 weights (one group) per iteration; each lane decodes 8 weights of
+// the group with wide loads, unpacking scales once, and dots them with two float4 of every
+// activation row, at offsets x_first(lane) and x_first(lane) + X_SECOND within the group. A warp
+// computes NR consecutive output rows, so each activation load serves NR weight rows. A decoder
+// gives the group's byte size, the two activation offsets and `decode`.
+
 __device__ __forceinline__ int scale_byte(u32 s0, u32 s1, u32 s2, int i) {
     u32 w = i < 4 ? s0 : (i < 8 ? s1 : s2);
     return (int)((w >> (8 * (i & 3))) & 0xff);
 }
 
-template <int R, int NR>
-__device__ void matmul_q4_k_fast_body(const u8* w, const float* x, float* y, int k, int n, int m,
-                                      i64 x_off, i64 x_row_stride) {
-    // A warp computes NR consecutive output rows, so each activation float4 it loads (from L1)
-    // serves NR weight rows: with R activation rows the activation traffic, not the weight
-    // bytes, otherwise bounds the kernel.
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row0 = (blockIdx.x * MM_WARPS + warp) * NR;
-    int m0 = blockIdx.y * R;
-    if (row0 >= n) return;
-    int n_sb = k / 256;
-    int j = lane >> 2, o = (lane & 3) * 8, shift = (j & 1) * 4;
-    int rows = m - m0 < R ? m - m0 : R;
-    const float* xb = x + x_off + (i64)m0 * x_row_stride + j * 32 + o;
-    float acc[NR][R];
-#pragma unroll
-    for (int i = 0; i < NR; ++i)
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[i][r] = 0.0f;
-#pragma unroll 2
-    for (int sb = 0; sb < n_sb; ++sb) {
-        float v[NR][8];
-#pragma unroll
-        for (int i = 0; i < NR; ++i) {
-            int row = row0 + i < n ? row0 + i : n - 1;
-            const u8* b = w + ((i64)row * n_sb + sb) * 144;
-            u32 dd = *(const u32*)b;
-            u32 s0 = *(const u32*)(b + 4), s1 = *(const u32*)(b + 8), s2 = *(const u32*)(b + 12);
-            uint2 qq = *(const uint2*)(b + 16 + (j >> 1) * 32 + o);
-            int sc, mn;
-            if (j < 4) {
-                sc = scale_byte(s0, s1, s2, j) & 63;
-                mn = scale_byte(s0, s1, s2, j + 4) & 63;
-            } else {
-                sc = (scale_byte(s0, s1, s2, j + 4) & 0xF) | ((scale_byte(s0, s1, s2, j - 4) >> 6) << 4);
-                mn = (scale_byte(s0, s1, s2, j + 4) >> 4) | ((scale_byte(s0, s1, s2, j) >> 6) << 4);
-            }
-            float dl = h2f((u16)(dd & 0xffff)) * (float)sc;
-            float ml = h2f((u16)(dd >> 16)) * (float)mn;
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                v[i][e] = dl * (float)((qq.x >> (8 * e + shift)) & 0xF) - ml;
-                v[i][4 + e] = dl * (float)((qq.y >> (8 * e + shift)) & 0xF) - ml;
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            if (r < rows) {
-                const float4* xr = (const float4*)(xb + (i64)r * x_row_stride + sb * 256);
-                float4 a = xr[0], c = xr[1];
-#pragma unroll
-                for (int i = 0; i < NR; ++i)
-                    acc[i][r] += v[i][0] * a.x + v[i][1] * a.y + v[i][2] * a.z + v[i][3] * a.w +
-                                 v[i][4] * c.x + v[i][5] * c.y + v[i][6] * c.z + v[i][7] * c.w;
-            }
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < NR; ++i)
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            float s = warp_sum(acc[i][r]);
-            if (lane == 0 && r < rows && row0 + i < n) y[(i64)(m0 + r) * n + row0 + i] = s;
-        }
-}
-
-// Output rows per warp of matmul_q4_k_fast_r<R> (the host mirrors this in
-// `source::q4_k_fast_rows_per_warp`).
-#define Q4K_FAST(R, NR)                                                                              \
-    extern "C" __global__ void matmul_q4_k_fast_r##R(const u8* w, const float* x, float* y, int k,   \
-                                                     int n, int m, i64 x_off, i64 x_row_stride) {    \
-        matmul_q4_k_fast_body<R, NR>(w, x, y, k, n, m, x_off, x_row_stride);                         \
-    }
-Q4K_FAST(1, 1)
-Q4K_FAST(2, 2)
-Q4K_FAST(4, 4)
-Q4K_FAST(8, 4)
-Q4K_FAST(16, 2)
-
-// Q6_K fast path (rows of a multiple of 256, activations 16-byte aligned), same shape as the
-// Q4_K one. Super-block: ql[128] low nibbles, qh[64] high bit pairs, 16 int8 scales, f16 d last
-// (210 bytes, so only 2-byte alignment). Lane t takes half h = t / 16 of the super-block and, in
-// it, 4 consecutive positions l0..l0+3 of one of the two 32-byte ql runs (p): 4 weights from the
-// low nibbles (offset 32p) and 4 from the high nibbles (offset 64 + 32p).
+// Four bytes from a 2-byte-aligned address (Q6_K and Q8_0 blocks have odd multiples of 2 bytes).
 __device__ __forceinline__ u32 load_u32_2(const u8* p) {
     return (u32)(*(const u16*)p) | ((u32)(*(const u16*)(p + 2)) << 16);
 }
 
-template <int R, int NR>
-__device__ void matmul_q6_k_fast_body(const u8* w, const float* x, float* y, int k, int n, int m,
-                                      i64 x_off, i64 x_row_stride) {
+// Q4_K super-block (144 bytes): lane l decodes sub-block l / 4's scale and min and 8 nibbles
+// (one 8-byte load): weights 8l..8l+7.
+struct Q4KFast {
+    static constexpr int GROUP_BYTES = 144;
+    static constexpr int X_SECOND = 4;
+    static __device__ __forceinline__ int x_first(int lane) { return lane * 8; }
+    static __device__ __forceinline__ void decode(const u8* b, int lane, float* v) {
+        int j = lane >> 2, o = (lane & 3) * 8, shift = (j & 1) * 4;
+        u32 dd = *(const u32*)b;
+        u32 s0 = *(const u32*)(b + 4), s1 = *(const u32*)(b + 8), s2 = *(const u32*)(b + 12);
+        uint2 qq = *(const uint2*)(b + 16 + (j >> 1) * 32 + o);
+        int sc, mn;
+        if (j < 4) {
+            sc = scale_byte(s0, s1, s2, j) & 63;
+            mn = scale_byte(s0, s1, s2, j + 4) & 63;
+        } else {
+            sc = (scale_byte(s0, s1, s2, j + 4) & 0xF) | ((scale_byte(s0, s1, s2, j - 4) >> 6) << 4);
+            mn = (scale_byte(s0, s1, s2, j + 4) >> 4) | ((scale_byte(s0, s1, s2, j) >> 6) << 4);
+        }
+        float dl = h2f((u16)(dd & 0xffff)) * (float)sc;
+        float ml = h2f((u16)(dd >> 16)) * (float)mn;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            v[e] = dl * (float)((qq.x >> (8 * e + shift)) & 0xF) - ml;
+            v[4 + e] = dl * (float)((qq.y >> (8 * e + shift)) & 0xF) - ml;
+        }
+    }
+};
+
+// Q6_K super-block (210 bytes): ql[128] low nibbles, qh[64] high bit pairs, 16 int8 scales, f16
+// d last. Lane t takes half h = t / 16 and, in it, positions l0..l0+3 of ql run p: 4 weights
+// from the low nibbles (offset 128h + 32p + l0) and 4 from the high nibbles (64 further).
+struct Q6KFast {
+    static constexpr int GROUP_BYTES = 210;
+    static constexpr int X_SECOND = 64;
+    static __device__ __forceinline__ int x_first(int lane) {
+        return 128 * (lane >> 4) + 32 * ((lane >> 3) & 1) + (lane & 7) * 4;
+    }
+    static __device__ __forceinline__ void decode(const u8* b, int lane, float* v) {
+        int h = lane >> 4, p = (lane >> 3) & 1, l0 = (lane & 7) * 4;
+        int sc_lo = 8 * h + l0 / 16 + 2 * p, sc_hi = sc_lo + 4;
+        int sh_lo = 2 * p, sh_hi = 4 + 2 * p;
+        u32 ql = load_u32_2(b + 64 * h + 32 * p + l0);
+        u32 qh = load_u32_2(b + 128 + 32 * h + l0);
+        float d = h2f(*(const u16*)(b + 208));
+        float dlo = d * (float)(signed char)b[192 + sc_lo];
+        float dhi = d * (float)(signed char)b[192 + sc_hi];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            int qlo = (int)(((ql >> (8 * e)) & 0xF) | (((qh >> (8 * e + sh_lo)) & 3) << 4)) - 32;
+            int qhi = (int)(((ql >> (8 * e + 4)) & 0xF) | (((qh >> (8 * e + sh_hi)) & 3) << 4)) - 32;
+            v[e] = dlo * (float)qlo;
+            v[4 + e] = dhi * (float)qhi;
+        }
+    }
+};
+
+// Q8_0, 8 blocks of 34 bytes per group: lane t reads 8 int8 of block t / 4 (four 2-byte loads)
+// and that block's f16 scale: weights 8t..8t+7.
+struct Q80Fast {
+    static constexpr int GROUP_BYTES = 8 * 34;
+    static constexpr int X_SECOND = 4;
+    static __device__ __forceinline__ int x_first(int lane) { return lane * 8; }
+    static __device__ __forceinline__ void decode(const u8* g, int lane, float* v) {
+        const u8* b = g + (lane >> 2) * 34;
+        int q = (lane & 3) * 8;
+        float d = h2f(*(const u16*)b);
+        u32 lo = load_u32_2(b + 2 + q), hi = load_u32_2(b + 6 + q);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            v[e] = d * (float)(signed char)((lo >> (8 * e)) & 0xff);
+            v[4 + e] = d * (float)(signed char)((hi >> (8 * e)) & 0xff);
+        }
+    }
+};
+
+template <class D, int R, int NR>
+__device__ void matmul_fast_body(const u8* w, const float* x, float* y, int k, int n, int m,
+                                 i64 x_off, i64 x_row_stride) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int row0 = (blockIdx.x * MM_WARPS + warp) * NR;
     int m0 = blockIdx.y * R;
     if (row0 >= n) return;
-    int n_sb = k / 256;
-    int h = lane >> 4, p = (lane >> 3) & 1, l0 = (lane & 7) * 4;
-    int is = l0 / 16;
-    int sc_lo = 8 * h + is + 2 * p, sc_hi = sc_lo + 4;
-    int sh_lo = 2 * p, sh_hi = 4 + 2 * p;
+    int n_groups = k / 256;
     int rows = m - m0 < R ? m - m0 : R;
-    const float* xb = x + x_off + (i64)m0 * x_row_stride + 128 * h + 32 * p + l0;
+    const float* xb = x + x_off + (i64)m0 * x_row_stride + D::x_first(lane);
     float acc[NR][R];
 #pragma unroll
     for (int i = 0; i < NR; ++i)
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[i][r] = 0.0f;
 #pragma unroll 2
-    for (int sb = 0; sb < n_sb; ++sb) {
+    for (int g = 0; g < n_groups; ++g) {
         float v[NR][8];
 #pragma unroll
         for (int i = 0; i < NR; ++i) {
             int row = row0 + i < n ? row0 + i : n - 1;
-            const u8* b = w + ((i64)row * n_sb + sb) * 210;
-            u32 ql = load_u32_2(b + 64 * h + 32 * p + l0);
-            u32 qh = load_u32_2(b + 128 + 32 * h + l0);
-            float d = h2f(*(const u16*)(b + 208));
-            float dlo = d * (float)(signed char)b[192 + sc_lo];
-            float dhi = d * (float)(signed char)b[192 + sc_hi];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                int qlo = (int)(((ql >> (8 * e)) & 0xF) | (((qh >> (8 * e + sh_lo)) & 3) << 4)) - 32;
-                int qhi = (int)(((ql >> (8 * e + 4)) & 0xF) | (((qh >> (8 * e + sh_hi)) & 3) << 4)) - 32;
-                v[i][e] = dlo * (float)qlo;
-                v[i][4 + e] = dhi * (float)qhi;
-            }
+            D::decode(w + ((i64)row * n_groups + g) * D::GROUP_BYTES, lane, v[i]);
         }
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             if (r < rows) {
-                const float* xr = xb + (i64)r * x_row_stride + sb * 256;
-                float4 a = *(const float4*)xr, c = *(const float4*)(xr + 64);
+                const float* xr = xb + (i64)r * x_row_stride + g * 256;
+                float4 a = *(const float4*)xr, c = *(const float4*)(xr + D::X_SECOND);
 #pragma unroll
                 for (int i = 0; i < NR; ++i)
                     acc[i][r] += v[i][0] * a.x + v[i][1] * a.y + v[i][2] * a.z + v[i][3] * a.w +
@@ -290,82 +271,23 @@ __device__ void matmul_q6_k_fast_body(const u8* w, const float* x, float* y, int
         }
 }
 
-#define Q6K_FAST(R, NR)                                                                              \
-    extern "C" __global__ void matmul_q6_k_fast_r##R(const u8* w, const float* x, float* y, int k,   \
-                                                     int n, int m, i64 x_off, i64 x_row_stride) {    \
-        matmul_q6_k_fast_body<R, NR>(w, x, y, k, n, m, x_off, x_row_stride);                         \
+// matmul_<type>_fast_r<R> with NR output rows per warp (the host mirrors NR in
+// `source::fast_rows_per_warp`).
+#define FAST_KERNEL(SUFFIX, D, R, NR)                                                                \
+    extern "C" __global__ void matmul_##SUFFIX##_fast_r##R(const u8* w, const float* x, float* y,   \
+                                                           int k, int n, int m, i64 x_off,          \
+                                                           i64 x_row_stride) {                      \
+        matmul_fast_body<D, R, NR>(w, x, y, k, n, m, x_off, x_row_stride);                           \
     }
-Q6K_FAST(1, 1)
-Q6K_FAST(2, 2)
-Q6K_FAST(4, 4)
-Q6K_FAST(8, 4)
-Q6K_FAST(16, 2)
-
-// Q8_0 fast path (rows of a multiple of 256, activations 16-byte aligned): a warp takes 8
-// blocks (256 weights) per iteration; lane t reads 8 int8 of block t / 4 (four 2-byte loads,
-// blocks are 34 bytes) and that block's f16 scale.
-template <int R, int NR>
-__device__ void matmul_q8_0_fast_body(const u8* w, const float* x, float* y, int k, int n, int m,
-                                      i64 x_off, i64 x_row_stride) {
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row0 = (blockIdx.x * MM_WARPS + warp) * NR;
-    int m0 = blockIdx.y * R;
-    if (row0 >= n) return;
-    int n_blocks = k / 32, n_groups = k / 256;
-    int blk = lane >> 2, q = (lane & 3) * 8;
-    int rows = m - m0 < R ? m - m0 : R;
-    const float* xb = x + x_off + (i64)m0 * x_row_stride + blk * 32 + q;
-    float acc[NR][R];
-#pragma unroll
-    for (int i = 0; i < NR; ++i)
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[i][r] = 0.0f;
-#pragma unroll 2
-    for (int gi = 0; gi < n_groups; ++gi) {
-        float v[NR][8];
-#pragma unroll
-        for (int i = 0; i < NR; ++i) {
-            int row = row0 + i < n ? row0 + i : n - 1;
-            const u8* b = w + ((i64)row * n_blocks + gi * 8 + blk) * 34;
-            float d = h2f(*(const u16*)b);
-            u32 lo = load_u32_2(b + 2 + q), hi = load_u32_2(b + 6 + q);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                v[i][e] = d * (float)(signed char)((lo >> (8 * e)) & 0xff);
-                v[i][4 + e] = d * (float)(signed char)((hi >> (8 * e)) & 0xff);
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            if (r < rows) {
-                const float4* xr = (const float4*)(xb + (i64)r * x_row_stride + gi * 256);
-                float4 a = xr[0], c = xr[1];
-#pragma unroll
-                for (int i = 0; i < NR; ++i)
-                    acc[i][r] += v[i][0] * a.x + v[i][1] * a.y + v[i][2] * a.z + v[i][3] * a.w +
-                                 v[i][4] * c.x + v[i][5] * c.y + v[i][6] * c.z + v[i][7] * c.w;
-            }
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < NR; ++i)
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            float s = warp_sum(acc[i][r]);
-            if (lane == 0 && r < rows && row0 + i < n) y[(i64)(m0 + r) * n + row0 + i] = s;
-        }
-}
-
-#define Q80_FAST(R, NR)                                                                              \
-    extern "C" __global__ void matmul_q8_0_fast_r##R(const u8* w, const float* x, float* y, int k,   \
-                                                     int n, int m, i64 x_off, i64 x_row_stride) {    \
-        matmul_q8_0_fast_body<R, NR>(w, x, y, k, n, m, x_off, x_row_stride);                         \
-    }
-Q80_FAST(1, 1)
-Q80_FAST(2, 2)
-Q80_FAST(4, 4)
-Q80_FAST(8, 4)
-Q80_FAST(16, 2)
+#define FAST_KERNELS(SUFFIX, D)                                                                      \
+    FAST_KERNEL(SUFFIX, D, 1, 1)                                                                     \
+    FAST_KERNEL(SUFFIX, D, 2, 2)                                                                     \
+    FAST_KERNEL(SUFFIX, D, 4, 4)                                                                     \
+    FAST_KERNEL(SUFFIX, D, 8, 4)                                                                     \
+    FAST_KERNEL(SUFFIX, D, 16, 2)
+FAST_KERNELS(q4_k, Q4KFast)
+FAST_KERNELS(q6_k, Q6KFast)
+FAST_KERNELS(q8_0, Q80Fast)
 
 // Prefill path (more than 16 activation rows): tensor cores. A block computes a 64 (weight rows)
 // x 64 (activation rows) tile: each 32-wide k step dequantizes the weight tile and converts the

@@ -43,7 +43,7 @@ pub const MATMUL_ROW_TILES: &[usize] = &[1, 2, 4, 8, 16];
 /// Output rows one warp computes in `matmul_{q4_k,q6_k,q8_0}_fast_r<tile>` (as `Q4K_FAST`,
 /// `Q6K_FAST`, `Q80_FAST` in matmul.cu):
 /// more rows per warp reuse each activation load when several activation rows are multiplied.
-pub fn q4_k_fast_rows_per_warp(tile: usize) -> usize {
+pub fn fast_rows_per_warp(tile: usize) -> usize {
     // One row for decode: two rows per warp measured 7 % slower there; two for the 16-row tile,
     // whose 4 × 16 accumulators cost occupancy (bench/NOTES.md).
     match tile {
