@@ -240,12 +240,7 @@ impl CudaBackend {
             })?;
         let start = std::time::Instant::now();
         for _ in 0..n {
-            match &exec.captured {
-                Some(g) if self.use_graphs => g
-                    .launch()
-                    .map_err(|e| driver_err("replaying the graph", e))?,
-                _ => self.launch_all(exec)?,
-            }
+            self.replay_or_launch(exec)?;
         }
         self.stream
             .synchronize()
@@ -554,7 +549,7 @@ impl CudaBackend {
                     weight_suffix(w.dtype)?
                 };
                 let per_warp = if fast {
-                    source::q4_k_fast_rows_per_warp(tile)
+                    source::fast_rows_per_warp(tile)
                 } else {
                     1
                 };
@@ -840,6 +835,17 @@ impl CudaBackend {
 }
 
 impl CudaBackend {
+    /// Replays the captured CUDA graph when there is one (and replay is on), else launches every
+    /// op; does not synchronise.
+    fn replay_or_launch(&self, exec: &Exec) -> Result<()> {
+        match &exec.captured {
+            Some(g) if self.use_graphs => {
+                g.launch().map_err(|e| driver_err("replaying the graph", e))
+            }
+            _ => self.launch_all(exec),
+        }
+    }
+
     fn launch_all(&self, exec: &Exec) -> Result<()> {
         for (i, node) in exec.graph.nodes().iter().enumerate() {
             self.run_node(exec, NodeId::from_index(i), node)?;
@@ -860,12 +866,7 @@ impl CudaBackend {
             launched?;
             exec.captured = captured.map_err(|e| driver_err("instantiating the graph", e))?;
         }
-        match &exec.captured {
-            Some(g) if self.use_graphs => g
-                .launch()
-                .map_err(|e| driver_err("replaying the graph", e))?,
-            _ => self.launch_all(exec)?,
-        }
+        self.replay_or_launch(exec)?;
         self.stream
             .synchronize()
             .map_err(|e| driver_err("running the graph", e))?;
