@@ -76,13 +76,32 @@ fn err(name: &str, reason: impl Into<String>) -> target::Error {
     target::Error::Input(format!("{name}: {}", reason.into()))
 }
 
+/// A graph as built: the graph, its weight bindings, its input nodes and its output nodes.
+type Built = (Graph, Bindings, Vec<NodeId>, Vec<NodeId>);
+
+/// A built graph loaded on the target's backend, with its input buffers.
 struct Loaded {
     graph: Graph,
     exe: ExecId,
-    inputs: Vec<(NodeId, BufferId)>,
-    logits: Option<NodeId>,
-    hidden: Option<NodeId>,
-    argmax: Option<NodeId>,
+    inputs: Vec<BufferId>,
+    outputs: Vec<NodeId>,
+}
+
+impl Loaded {
+    fn new(target: &mut Target, (graph, bindings, inputs, outputs): Built) -> Res<Loaded> {
+        let backend = target.backend_mut();
+        let exe = backend.load(&graph, &bindings)?;
+        let inputs = inputs
+            .into_iter()
+            .map(|id| Ok(backend.buffer_of(exe, id)?))
+            .collect::<Res<_>>()?;
+        Ok(Loaded {
+            graph,
+            exe,
+            inputs,
+            outputs,
+        })
+    }
 }
 
 /// The DFlash drafter, loaded on its target's backend.
@@ -317,6 +336,27 @@ impl DflashDrafter {
         Ok((k, v))
     }
 
+    /// A projection `[heads · hd, n]` as `[hd, heads, n]`, RMS-normed per head with `norm` and
+    /// rotated at `pos` (the q and k paths).
+    fn heads_norm_rope(
+        &self,
+        g: &mut GraphBuilder,
+        x: NodeId,
+        heads: usize,
+        n: usize,
+        norm: NodeId,
+        pos: NodeId,
+    ) -> Res<NodeId> {
+        let c = &self.config;
+        let x = g.reshape(x, Shape::new(&[c.head_dim, heads, n])?)?;
+        let x = g.rms_norm(x, Some(norm), c.eps)?;
+        let rope = RopeParams {
+            theta: c.rope_theta,
+            n_rot: c.head_dim,
+        };
+        Ok(g.rope(x, pos, rope, None)?)
+    }
+
     /// K (normed, rotated) and V of `x` (`[H, n]`) for layer `l`, written at `slots`; returns the
     /// written states viewed as `[hd, n_kv, rows]`.
     #[allow(clippy::too_many_arguments)]
@@ -337,17 +377,7 @@ impl DflashDrafter {
         let wv = self.w(g, b, w, &format!("blk.{l}.attn_v.weight"))?;
         let kn = self.w(g, b, w, &format!("blk.{l}.attn_k_norm.weight"))?;
         let k = g.matmul(wk, x)?;
-        let k = g.reshape(k, Shape::new(&[hd, nkv, n])?)?;
-        let k = g.rms_norm(k, Some(kn), c.eps)?;
-        let k = g.rope(
-            k,
-            pos,
-            RopeParams {
-                theta: c.rope_theta,
-                n_rot: hd,
-            },
-            None,
-        )?;
+        let k = self.heads_norm_rope(g, k, nkv, n, kn, pos)?;
         let v = g.matmul(wv, x)?;
         let (ks, vs) = self.states(g, b, l)?;
         let k = g.reshape(k, Shape::new(&[hd * nkv, n])?)?;
@@ -360,7 +390,7 @@ impl DflashDrafter {
     }
 
     /// The graph appending `n` context rows: features `[n_capture · H, n]` → fc → norm → K/V.
-    fn build_ctx(&self, n: usize) -> Res<(Graph, Bindings, Vec<NodeId>)> {
+    fn build_ctx(&self, n: usize) -> Res<Built> {
         let c = &self.config;
         let mut g = GraphBuilder::new();
         let mut b = Bindings::new();
@@ -380,15 +410,11 @@ impl DflashDrafter {
             let (k, v) = self.write_kv(&mut g, &mut b, &mut w, l, x, n, pos, pos)?;
             outs.extend([k, v]);
         }
-        Ok((g.finish(&outs)?, b, vec![feats, pos]))
+        Ok((g.finish(&outs)?, b, vec![feats, pos], Vec::new()))
     }
 
     /// The block graph for `n` tokens at positions `ctx_len..ctx_len + n`.
-    fn build_block(
-        &self,
-        target: &Target,
-        n: usize,
-    ) -> Res<(Graph, Bindings, Vec<NodeId>, [NodeId; 3])> {
+    fn build_block(&self, target: &Target, n: usize) -> Res<Built> {
         let c = &self.config;
         let mut g = GraphBuilder::new();
         let mut b = Bindings::new();
@@ -433,17 +459,7 @@ impl DflashDrafter {
             let down = self.w(&mut g, &mut b, &mut w, &format!("blk.{l}.ffn_down.weight"))?;
             let xn = g.rms_norm(h, Some(an), c.eps)?;
             let q = g.matmul(wq, xn)?;
-            let q = g.reshape(q, Shape::new(&[hd, nh, n])?)?;
-            let q = g.rms_norm(q, Some(qn), c.eps)?;
-            let q = g.rope(
-                q,
-                pos,
-                RopeParams {
-                    theta: c.rope_theta,
-                    n_rot: hd,
-                },
-                None,
-            )?;
+            let q = self.heads_norm_rope(&mut g, q, nh, n, qn, pos)?;
             let (k, v) = self.write_kv(&mut g, &mut b, &mut w, l, xn, n, pos, pos)?;
             let mask = if c.is_sliding[l] {
                 AttnMask::SlidingWindow {
@@ -476,12 +492,9 @@ impl DflashDrafter {
             None => logits,
         };
         let ids = g.argmax(logits)?;
-        Ok((
-            g.finish(&[logits, hidden, ids])?,
-            b,
-            vec![tokens, pos, n_kv],
-            [logits, hidden, ids],
-        ))
+        // Outputs in the order `run_block_inner` reads them.
+        let outputs = vec![logits, hidden, ids];
+        Ok((g.finish(&outputs)?, b, vec![tokens, pos, n_kv], outputs))
     }
 
     /// Appends context features for positions `ctx_len..ctx_len + rows`, taken from the target's
@@ -511,24 +524,8 @@ impl DflashDrafter {
         for start in (0..rows).step_by(target.max_batch()) {
             let n = (rows - start).min(target.max_batch());
             if !self.ctx_graphs.contains_key(&n) {
-                let (graph, bindings, inputs) = self.build_ctx(n)?;
-                let backend = target.backend_mut();
-                let exe = backend.load(&graph, &bindings)?;
-                let inputs = inputs
-                    .into_iter()
-                    .map(|id| Ok((id, backend.buffer_of(exe, id)?)))
-                    .collect::<Res<_>>()?;
-                self.ctx_graphs.insert(
-                    n,
-                    Loaded {
-                        graph,
-                        exe,
-                        inputs,
-                        logits: None,
-                        hidden: None,
-                        argmax: None,
-                    },
-                );
+                let built = self.build_ctx(n)?;
+                self.ctx_graphs.insert(n, Loaded::new(target, built)?);
             }
             let loaded = &self.ctx_graphs[&n];
             let per = h * c.target_layers.len();
@@ -542,11 +539,11 @@ impl DflashDrafter {
             }
             let backend = target.backend_mut();
             backend.write(
-                loaded.inputs[0].1,
+                loaded.inputs[0],
                 0,
                 HostData::F32(&feats[start * per..(start + n) * per]),
             )?;
-            backend.write(loaded.inputs[1].1, 0, HostData::I32(&pos))?;
+            backend.write(loaded.inputs[1], 0, HostData::I32(&pos))?;
             backend.run(loaded.exe)?;
             self.ctx_len += n;
         }
@@ -569,25 +566,8 @@ impl DflashDrafter {
         outputs: bool,
     ) -> Res<Vec<u32>> {
         if !self.block_graphs.contains_key(&n) {
-            let (graph, bindings, inputs, [logits, hidden, argmax]) =
-                self.build_block(target, n)?;
-            let backend = target.backend_mut();
-            let exe = backend.load(&graph, &bindings)?;
-            let inputs = inputs
-                .into_iter()
-                .map(|id| Ok((id, backend.buffer_of(exe, id)?)))
-                .collect::<Res<_>>()?;
-            self.block_graphs.insert(
-                n,
-                Loaded {
-                    graph,
-                    exe,
-                    inputs,
-                    logits: Some(logits),
-                    hidden: Some(hidden),
-                    argmax: Some(argmax),
-                },
-            );
+            let built = self.build_block(target, n)?;
+            self.block_graphs.insert(n, Loaded::new(target, built)?);
         }
         if self.ctx_len + n > self.kv_rows {
             return Err(target::Error::Input(format!(
@@ -600,25 +580,26 @@ impl DflashDrafter {
         tokens[0] = anchor as i32;
         let pos: Vec<i32> = (self.ctx_len..self.ctx_len + n).map(|p| p as i32).collect();
         let backend = target.backend_mut();
-        backend.write(loaded.inputs[0].1, 0, HostData::I32(&tokens))?;
-        backend.write(loaded.inputs[1].1, 0, HostData::I32(&pos))?;
+        backend.write(loaded.inputs[0], 0, HostData::I32(&tokens))?;
+        backend.write(loaded.inputs[1], 0, HostData::I32(&pos))?;
         backend.write(
-            loaded.inputs[2].1,
+            loaded.inputs[2],
             0,
             HostData::I32(&[(self.ctx_len + n) as i32]),
         )?;
         backend.run(loaded.exe)?;
-        let node =
-            |id: Option<NodeId>| id.expect("block graphs have logits, hidden and argmax outputs");
+        let [logits, hidden, argmax] = loaded.outputs[..] else {
+            unreachable!("block graphs have three outputs")
+        };
         let ids = backend
-            .read_node(loaded.exe, &loaded.graph, node(loaded.argmax))?
+            .read_node(loaded.exe, &loaded.graph, argmax)?
             .into_i32()?;
         if outputs {
             self.last_logits = backend
-                .read_node(loaded.exe, &loaded.graph, node(loaded.logits))?
+                .read_node(loaded.exe, &loaded.graph, logits)?
                 .into_f32()?;
             self.last_hidden = backend
-                .read_node(loaded.exe, &loaded.graph, node(loaded.hidden))?
+                .read_node(loaded.exe, &loaded.graph, hidden)?
                 .into_f32()?;
         }
         Ok(ids.into_iter().skip(1).map(|t| t as u32).collect())

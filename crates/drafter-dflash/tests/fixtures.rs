@@ -3,66 +3,14 @@
 //! `dflash_tuned` (drafts and accepted counts), output identical to plain greedy, the z-lab
 //! safetensors folder loading to the same drafter, and clear errors on bad input.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod common;
 
+use common::{fixture, rel_err, Ref};
 use drafter_dflash::{DflashDrafter, Source};
-use safetensors::SafeTensors;
-use target::{
-    generate, generate_speculative, LogitRows, Sampler, SamplingParams, Target, TargetOptions,
-};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
-struct Ref(Vec<u8>);
-
-impl Ref {
-    fn open(name: &str) -> Ref {
-        Ref(std::fs::read(fixture(name)).unwrap())
-    }
-    fn raw(&self, name: &str) -> Vec<[u8; 4]> {
-        let st = SafeTensors::deserialize(&self.0).unwrap();
-        st.tensor(name).unwrap().data().as_chunks::<4>().0.to_vec()
-    }
-    fn f32(&self, name: &str) -> Vec<f32> {
-        self.raw(name).into_iter().map(f32::from_le_bytes).collect()
-    }
-    fn u32(&self, name: &str) -> Vec<u32> {
-        self.raw(name)
-            .into_iter()
-            .map(|c| i32::from_le_bytes(c) as u32)
-            .collect()
-    }
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    let (mut n, mut d) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        n += (f64::from(x) - f64::from(y)).powi(2);
-        d += f64::from(y).powi(2);
-    }
-    (n / d).sqrt()
-}
+use target::{generate, generate_speculative, LogitRows, Sampler, SamplingParams, Target};
 
 fn target(max_batch: usize) -> Target {
-    let file = Arc::new(gguf::GgufFile::open(fixture("dense.gguf")).unwrap());
-    let options = TargetOptions {
-        n_ctx: 128,
-        max_batch,
-        ..Default::default()
-    };
-    Target::load(
-        file,
-        Box::new(graph::CpuBackend::new()),
-        &options,
-        &mut |_, _| {},
-    )
-    .unwrap()
+    common::target(128, max_batch)
 }
 
 /// Prefills the prompt with the drafter's captures, feeds the context to the drafter, checks

@@ -2,33 +2,15 @@
 //! the adaptive block, greedy speculative decoding with the DFlash drafter emits exactly the
 //! tokens of plain greedy decoding.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod common;
 
+use common::{fixture, Ref};
 use drafter_dflash::DflashDrafter;
 use proptest::prelude::*;
-use target::{generate, generate_speculative, Sampler, SamplingParams, Target, TargetOptions};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
+use target::{generate, generate_speculative, Sampler, SamplingParams, Target};
 
 fn target(max_batch: usize) -> Target {
-    let file = Arc::new(gguf::GgufFile::open(fixture("dense.gguf")).unwrap());
-    let options = TargetOptions {
-        n_ctx: 96,
-        max_batch,
-        ..Default::default()
-    };
-    Target::load(
-        file,
-        Box::new(graph::CpuBackend::new()),
-        &options,
-        &mut |_, _| {},
-    )
-    .unwrap()
+    common::target(96, max_batch)
 }
 
 proptest! {
@@ -62,17 +44,7 @@ proptest! {
 /// every block size.
 #[test]
 fn partial_acceptance_is_lossless_at_every_block_size() {
-    let st_bytes = std::fs::read(fixture("dflash_tuned.ref.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
-    let prompt: Vec<u32> = st
-        .tensor("prompt_ids")
-        .unwrap()
-        .data()
-        .as_chunks::<4>()
-        .0
-        .iter()
-        .map(|c| i32::from_le_bytes(*c) as u32)
-        .collect();
+    let prompt = Ref::open("dflash_tuned.ref.safetensors").u32("prompt_ids");
     let mut plain = target(16);
     let g = generate(
         &mut plain,
