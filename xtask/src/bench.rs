@@ -69,8 +69,8 @@ fn decode_step(t: &mut Target, depth: usize) -> Result<f64> {
     })
 }
 
-/// Bytes of every weight one decode step reads (all tensors but the token embedding, which is
-/// gathered one row at a time, counted once more as the tied output head).
+/// Bytes one decode step reads from weights: every tensor once (the tied output head reads the
+/// whole `token_embd`; its one-row embedding gather is not counted again).
 fn weight_bytes(path: &Path) -> Result<u64> {
     let file = gguf::GgufFile::open(path)?;
     let mut total = 0;
@@ -170,8 +170,6 @@ pub fn run(args: &[String]) -> Result<()> {
         decode.insert(depth.to_string(), 1.0 / s);
     }
     r.insert("decode_tok_s".into(), json!(decode));
-    // Bytes a step reads: every tensor (the tied head reads the embedding matrix whole; the
-    // embedding gather reads one row, not counted).
     let bw = bytes as f64 / step0;
     r.insert("weight_bytes".into(), json!(bytes));
     r.insert("decode_bw_fraction".into(), json!(bw / copy));
