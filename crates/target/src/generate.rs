@@ -68,8 +68,32 @@ pub fn prefill_all_but_last<'a>(target: &mut Target, tokens: &'a [u32]) -> Resul
 /// Runs `tokens` through the target in chunks of at most `max_batch`; returns the last
 /// chunk's output with the last row's logits.
 pub fn prefill(target: &mut Target, tokens: &[u32]) -> Result<StepOutput> {
-    let last = prefill_all_but_last(target, tokens)?;
-    target.forward(last, LogitRows::Last, &[], false)
+    prefill_with(target, tokens, &[], &mut |_, _| Ok(()))
+}
+
+/// Like [`prefill`], capturing the outputs of `layers` in every chunk and handing each chunk's
+/// outputs to `on_chunk` (a drafter that reads the target's hidden features needs every row).
+pub fn prefill_with(
+    target: &mut Target,
+    tokens: &[u32],
+    layers: &[usize],
+    on_chunk: &mut dyn FnMut(&mut Target, &StepOutput) -> Result<()>,
+) -> Result<StepOutput> {
+    if tokens.is_empty() {
+        return Err(Error::Input("the prompt is empty".into()));
+    }
+    let n_chunks = tokens.len().div_ceil(target.max_batch());
+    let mut out = StepOutput::default();
+    for (i, part) in tokens.chunks(target.max_batch()).enumerate() {
+        let rows = if i + 1 == n_chunks {
+            LogitRows::Last
+        } else {
+            LogitRows::None
+        };
+        out = target.forward(part, rows, layers, false)?;
+        on_chunk(target, &out)?;
+    }
+    Ok(out)
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, stopping after a token for which

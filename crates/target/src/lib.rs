@@ -33,7 +33,9 @@ pub mod weights;
 
 pub use config::Gemma4Config;
 pub use error::{Error, Result};
-pub use generate::{generate, prefill, prefill_all_but_last, Generation, GenerationStats};
+pub use generate::{
+    generate, prefill, prefill_all_but_last, prefill_with, Generation, GenerationStats,
+};
 pub use kv_cache::KvCache;
 pub use models::gemma4::{LogitRows, StepSpec};
 pub use sampling::{Sampler, SamplingParams};

@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::generate::GenerationStats;
+use crate::generate::{prefill_with, GenerationStats};
 use crate::models::gemma4::LogitRows;
 use crate::sampling::{argmax, Sampler};
 use crate::session::{StepOutput, Target};
@@ -249,21 +249,9 @@ pub fn generate_speculative(
     let t0 = Instant::now();
     // Prefill in chunks, each with the drafter's captures; logits for the last row only.
     let mut history = prompt.to_vec();
-    if prompt.is_empty() {
-        return Err(Error::Input("the prompt is empty".into()));
-    }
-    let chunk = target.max_batch();
-    let n_chunks = prompt.len().div_ceil(chunk);
-    let mut prefill = StepOutput::default();
-    for (i, part) in prompt.chunks(chunk).enumerate() {
-        let rows = if i + 1 == n_chunks {
-            LogitRows::Last
-        } else {
-            LogitRows::None
-        };
-        prefill = target.forward(part, rows, &layers, false)?;
-        drafter.prefill_chunk(target, &prefill)?;
-    }
+    let prefill = prefill_with(target, prompt, &layers, &mut |t, out| {
+        drafter.prefill_chunk(t, out)
+    })?;
     let v = target.config().n_vocab;
     let h = target.config().n_embd;
     let first_logits = &prefill.logits[prefill.logits.len() - v..];
