@@ -1,5 +1,5 @@
 //! GPU measurements in one run, printed as a table: device-to-device copy bandwidth (the
-//! ceiling), the Q4_K matmul of a 31B FFN-sized weight (5376 × 21504) at 1–16 activation rows
+//! ceiling), the Q4_K matmuls of the 31B's FFN shapes (5376 × 21504 and 21504 × 5376) at 1–16 activation rows
 //! as weight bytes per second and as a fraction of the copy bandwidth, and one decode step of
 //! the dense fixture model with and without CUDA graph replay. Skips without CUDA.
 
@@ -79,89 +79,91 @@ fn main() {
         "1.00"
     );
 
-    let (k, n) = (5376, 21504);
-    let bytes = q4_k_weight(k, n);
-    let w_bytes = bytes.len() as f64;
-    let wb = cuda
-        .upload(
-            DType::Q4_K,
-            Shape::new(&[k, n]).unwrap(),
-            HostBytes::from_vec(bytes),
-        )
-        .expect("upload");
-    let mut one_row = 0.0;
-    for m in [1usize, 2, 4, 8, 16] {
-        let mut g = GraphBuilder::new();
-        let w = g
-            .weight("w", DType::Q4_K, Shape::new(&[k, n]).unwrap())
-            .unwrap();
-        let x = g
-            .input("x", DType::F32, Shape::new(&[k, m]).unwrap())
-            .unwrap();
-        let y = g.matmul(w, x).unwrap();
-        let graph = g.finish(&[y]).unwrap();
-        let mut b = Bindings::new();
-        b.bind(w, wb);
-        let exe = cuda.load(&graph, &b).expect("load");
-        let xs: Vec<f32> = (0..k * m).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
-        cuda.write(cuda.buffer_of(exe, x).unwrap(), 0, HostData::F32(&xs))
-            .unwrap();
-        let secs = cuda.time_runs(exe, 200).expect("time");
-        let nodes = cuda.captured_nodes(exe);
-        let replayed = cuda.read_node(exe, &graph, y).unwrap().into_f32().unwrap();
-        cuda.set_graph_replay(false);
-        cuda.run(exe).unwrap();
-        let eager = cuda.read_node(exe, &graph, y).unwrap().into_f32().unwrap();
-        let plain_secs = cuda.time_runs(exe, 50).expect("time");
-        cuda.set_graph_replay(true);
-        assert_eq!(replayed, eager, "graph replay and plain launches disagree");
-        assert!(
-            eager.iter().any(|&v| v != 0.0),
-            "matmul output is all zeros"
-        );
-        println!(
-            "  (captured graph nodes: {nodes:?}; plain launches: {:.1} us per run)",
-            plain_secs * 1e6
-        );
-        if m == 1 {
-            one_row = secs;
+    // The FFN gate/up shape and the FFN down shape of the 31B.
+    for (k, n) in [(5376, 21504), (21504, 5376)] {
+        let bytes = q4_k_weight(k, n);
+        let w_bytes = bytes.len() as f64;
+        let wb = cuda
+            .upload(
+                DType::Q4_K,
+                Shape::new(&[k, n]).unwrap(),
+                HostBytes::from_vec(bytes),
+            )
+            .expect("upload");
+        let mut one_row = 0.0;
+        for m in [1usize, 2, 4, 8, 16] {
+            let mut g = GraphBuilder::new();
+            let w = g
+                .weight("w", DType::Q4_K, Shape::new(&[k, n]).unwrap())
+                .unwrap();
+            let x = g
+                .input("x", DType::F32, Shape::new(&[k, m]).unwrap())
+                .unwrap();
+            let y = g.matmul(w, x).unwrap();
+            let graph = g.finish(&[y]).unwrap();
+            let mut b = Bindings::new();
+            b.bind(w, wb);
+            let exe = cuda.load(&graph, &b).expect("load");
+            let xs: Vec<f32> = (0..k * m).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+            cuda.write(cuda.buffer_of(exe, x).unwrap(), 0, HostData::F32(&xs))
+                .unwrap();
+            let secs = cuda.time_runs(exe, 200).expect("time");
+            let nodes = cuda.captured_nodes(exe);
+            let replayed = cuda.read_node(exe, &graph, y).unwrap().into_f32().unwrap();
+            cuda.set_graph_replay(false);
+            cuda.run(exe).unwrap();
+            let eager = cuda.read_node(exe, &graph, y).unwrap().into_f32().unwrap();
+            let plain_secs = cuda.time_runs(exe, 50).expect("time");
+            cuda.set_graph_replay(true);
+            assert_eq!(replayed, eager, "graph replay and plain launches disagree");
+            assert!(
+                eager.iter().any(|&v| v != 0.0),
+                "matmul output is all zeros"
+            );
+            println!(
+                "  (captured graph nodes: {nodes:?}; plain launches: {:.1} us per run)",
+                plain_secs * 1e6
+            );
+            if m == 1 {
+                one_row = secs;
+            }
+            let rate = w_bytes / secs;
+            println!(
+                "{:<44} {:>9.0} GB/s {:>10.2}   t({m})/t(1) = {:.2}",
+                format!("Q4_K matmul {k}x{n}, {m} row(s)"),
+                rate / 1e9,
+                rate / copy,
+                secs / one_row
+            );
+            cuda.unload(exe).unwrap();
         }
-        let rate = w_bytes / secs;
-        println!(
-            "{:<44} {:>9.0} GB/s {:>10.2}   t({m})/t(1) = {:.2}",
-            format!("Q4_K matmul 5376x21504, {m} row(s)"),
-            rate / 1e9,
-            rate / copy,
-            secs / one_row
-        );
-        cuda.unload(exe).unwrap();
-    }
-    for m in [64usize, 512] {
-        let mut g = GraphBuilder::new();
-        let w = g
-            .weight("w", DType::Q4_K, Shape::new(&[k, n]).unwrap())
-            .unwrap();
-        let x = g
-            .input("x", DType::F32, Shape::new(&[k, m]).unwrap())
-            .unwrap();
-        let y = g.matmul(w, x).unwrap();
-        let graph = g.finish(&[y]).unwrap();
-        let mut b = Bindings::new();
-        b.bind(w, wb);
-        let exe = cuda.load(&graph, &b).expect("load");
-        let xs: Vec<f32> = (0..k * m).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
-        cuda.write(cuda.buffer_of(exe, x).unwrap(), 0, HostData::F32(&xs))
-            .unwrap();
-        let secs = cuda.time_runs(exe, 20).expect("time");
-        let tflops = 2.0 * (k * n * m) as f64 / secs / 1e12;
-        println!(
-            "{:<44} {:>9.1} us   {:.1} TFLOP/s, {:.0} tok/s for this matmul",
-            format!("Q4_K tensor-core matmul, {m} rows"),
-            secs * 1e6,
-            tflops,
-            m as f64 / secs
-        );
-        cuda.unload(exe).unwrap();
+        for m in [64usize, 512] {
+            let mut g = GraphBuilder::new();
+            let w = g
+                .weight("w", DType::Q4_K, Shape::new(&[k, n]).unwrap())
+                .unwrap();
+            let x = g
+                .input("x", DType::F32, Shape::new(&[k, m]).unwrap())
+                .unwrap();
+            let y = g.matmul(w, x).unwrap();
+            let graph = g.finish(&[y]).unwrap();
+            let mut b = Bindings::new();
+            b.bind(w, wb);
+            let exe = cuda.load(&graph, &b).expect("load");
+            let xs: Vec<f32> = (0..k * m).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+            cuda.write(cuda.buffer_of(exe, x).unwrap(), 0, HostData::F32(&xs))
+                .unwrap();
+            let secs = cuda.time_runs(exe, 20).expect("time");
+            let tflops = 2.0 * (k * n * m) as f64 / secs / 1e12;
+            println!(
+                "{:<44} {:>9.1} us   {:.1} TFLOP/s, {:.0} tok/s for this matmul",
+                format!("Q4_K tensor-core matmul, {m} rows"),
+                secs * 1e6,
+                tflops,
+                m as f64 / secs
+            );
+            cuda.unload(exe).unwrap();
+        }
     }
     drop(cuda);
 

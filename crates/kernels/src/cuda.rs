@@ -132,6 +132,13 @@ fn max_row_tile_from_env() -> usize {
         .unwrap_or(8)
 }
 
+/// Whether the tensor-core matrix-vector kernels run products of up to 16 activation rows
+/// (`SPECULA_MMA=0` turns them off, leaving the f32 vector kernels: an A/B knob for
+/// `cargo xtask bench`).
+fn mma_matvec_from_env() -> bool {
+    std::env::var("SPECULA_MMA").map_or(true, |v| v != "0")
+}
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
@@ -140,6 +147,10 @@ pub struct CudaBackend {
     tensor_cores: bool,
     /// Largest activation-row tile of the vector matmul kernels (16, or lower for tuning).
     max_row_tile: usize,
+    /// Q4_K/Q6_K/Q8_0 products of up to 16 rows take the tensor-core `_mma_` kernels.
+    mma_matvec: bool,
+    /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
+    mma_mt: Option<usize>,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
     name: String,
@@ -209,6 +220,11 @@ impl CudaBackend {
             use_graphs: true,
             tensor_cores: major >= 8,
             max_row_tile: max_row_tile_from_env(),
+            mma_matvec: major >= 8 && mma_matvec_from_env(),
+            mma_mt: std::env::var("SPECULA_MMA_MT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|mt| [1, 2].contains(mt)),
             _module: module,
             funcs,
             buffers: Vec::new(),
@@ -539,6 +555,16 @@ impl CudaBackend {
                         &mut a,
                     );
                 }
+                if fast && self.mma_matvec && m <= source::MMA_MAX_ROWS {
+                    let (mt, nt) = source::mma_tile(n, m);
+                    let mt = self.mma_mt.unwrap_or(mt);
+                    return self.launch(
+                        &format!("matmul_{}_mma_m{mt}n{nt}", weight_suffix(w.dtype)?),
+                        (n.div_ceil(16 * mt) as u32, m.div_ceil(8 * nt) as u32, 1),
+                        256,
+                        &mut a,
+                    );
+                }
                 let family = if fast {
                     match w.dtype {
                         DType::Q4_K => "q4_k_fast",
@@ -669,10 +695,13 @@ impl CudaBackend {
                     None => a.ptr(0).i32(-1),
                 };
                 a.ptr(out).i32(x.shape().ne(0) as i32).f32(*eps);
+                // One block per row; wide rows (the 5376-wide hidden state of a decode step is a
+                // single row) get 1024 threads so the row is read in few dependent rounds.
+                let threads = if x.shape().ne(0) >= 2048 { 1024 } else { 256 };
                 self.launch(
                     "rms_norm_f32",
                     (x.shape().n_rows() as u32, 1, 1),
-                    256,
+                    threads,
                     &mut a,
                 )
             }
@@ -797,7 +826,15 @@ impl CudaBackend {
                     .layout(&x.layout)
                     .ptr(out)
                     .i32(x.shape().ne(0) as i32);
-                self.launch("argmax_f32", (x.shape().n_rows() as u32, 1, 1), 256, &mut a)
+                // One block per row; a vocabulary-wide row gets 1024 threads (ties resolve to the
+                // lowest index whatever the thread count).
+                let threads = if x.shape().ne(0) >= 8192 { 1024 } else { 256 };
+                self.launch(
+                    "argmax_f32",
+                    (x.shape().n_rows() as u32, 1, 1),
+                    threads,
+                    &mut a,
+                )
             }
             Op::TopK(k) => {
                 let x = inp(0);

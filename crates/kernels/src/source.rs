@@ -6,6 +6,8 @@ pub const COMMON: &str = include_str!("../cu/common.cuh");
 pub const DEQUANT: &str = include_str!("../cu/dequant.cuh");
 /// Matmul, expert matmul and row gathers for every weight type.
 pub const MATMUL: &str = include_str!("../cu/matmul.cu");
+/// Tensor-core products of Q4_K, Q6_K and Q8_0 weights with up to 16 activation rows.
+pub const MATVEC_MMA: &str = include_str!("../cu/matvec_mma.cu");
 /// Element-wise ops, norms, RoPE, softmax, row writes, selections.
 pub const OPS: &str = include_str!("../cu/ops.cu");
 /// Attention.
@@ -13,7 +15,7 @@ pub const ATTENTION: &str = include_str!("../cu/attention.cu");
 
 /// The whole translation unit compiled by NVRTC.
 pub fn full_source() -> String {
-    [COMMON, DEQUANT, MATMUL, OPS, ATTENTION].join("\n")
+    [COMMON, DEQUANT, MATMUL, MATVEC_MMA, OPS, ATTENTION].join("\n")
 }
 
 /// Weight types with matmul / matmul_id / get_rows kernels, by kernel suffix.
@@ -53,6 +55,29 @@ pub fn fast_rows_per_warp(tile: usize) -> usize {
     }
 }
 
+/// Weight types with tensor-core matrix-vector kernels (`matmul_<suffix>_mma_m<MT>n<NT>`, rows
+/// of a multiple of 256 weights, 16-byte-aligned activations).
+pub const MMA_SUFFIXES: &[(gguf::GgmlType, &str)] = &[
+    (gguf::GgmlType::Q4_K, "q4_k"),
+    (gguf::GgmlType::Q6_K, "q6_k"),
+    (gguf::GgmlType::Q8_0, "q8_0"),
+];
+
+/// Most activation rows one launch of the `_mma_` kernels takes (`NT` = 2 tiles of 8).
+pub const MMA_MAX_ROWS: usize = 16;
+
+/// The `_mma_` kernel's tile shape for `n` output rows and `m` activation rows: `(MT, NT)`, 16-row
+/// weight tiles per warp and 8-row activation tiles per block. Two weight tiles per warp halve
+/// the activation loads per weight byte (what limits 9–16 rows) but need ~170 registers, one
+/// block per SM; at up to 8 rows one tile per warp is faster where the grid is large
+/// (n ≥ 8192: 0.40 vs 0.36 of copy on the H100 for 5376 × 21504) and slower where it is not
+/// (0.28 vs 0.32 for 21504 × 5376; bench/NOTES.md).
+pub fn mma_tile(n: usize, m: usize) -> (usize, usize) {
+    let nt = if m <= 8 { 1 } else { 2 };
+    let mt = if nt == 2 || n < 8192 { 2 } else { 1 };
+    (mt, nt)
+}
+
 /// Kernels that do not depend on a weight type.
 pub const OTHER_KERNELS: &[&str] = &[
     "binary_f32",
@@ -80,6 +105,11 @@ pub fn all_kernel_names() -> Vec<String> {
         }
         for rows in MATMUL_ROW_TILES {
             names.push(format!("matmul_{suffix}_r{rows}"));
+        }
+    }
+    for (_, suffix) in MMA_SUFFIXES {
+        for (mt, nt) in [(1, 1), (1, 2), (2, 1), (2, 2)] {
+            names.push(format!("matmul_{suffix}_mma_m{mt}n{nt}"));
         }
     }
     for rows in MATMUL_ROW_TILES {
