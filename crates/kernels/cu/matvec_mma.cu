@@ -211,12 +211,13 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const float* x
     }
 }
 
-// A warp's share of a Q4_K product: groups warp, warp + MMV_WARPS, ...; the next group's weights
+// A warp's share of a Q4_K product: groups first, first + stride, ...; the next group's weights
 // are loaded before the current one is multiplied, so a warp keeps loads in flight.
 template <int MT, int NT>
 __device__ __forceinline__ void q4k_rows(const u8* w, const float* x, float (&acc)[MT][NT][4], int row0,
-                                         int n, int n_groups, int m0, int m, i64 x_off, i64 x_stride) {
-    int warp = threadIdx.x >> 5, t = threadIdx.x & 3, g = (threadIdx.x & 31) >> 2;
+                                         int n, int n_groups, int first, int stride, int m0, int m,
+                                         i64 x_off, i64 x_stride) {
+    int t = threadIdx.x & 3, g = (threadIdx.x & 31) >> 2;
     int rows[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
@@ -225,12 +226,12 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const float* x, float (&ac
         rows[mt][1] = rb < n ? rb : n - 1;
     }
     Q4KTile cur[MT], nxt[MT];
-    int grp = warp;
+    int grp = first;
     if (grp >= n_groups) return;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) q4k_load(cur[mt], w, rows[mt][0], rows[mt][1], n_groups, grp, t);
-    for (; grp < n_groups; grp += MMV_WARPS) {
-        int next = grp + MMV_WARPS;
+    for (; grp < n_groups; grp += stride) {
+        int next = grp + stride;
         if (next < n_groups) {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) q4k_load(nxt[mt], w, rows[mt][0], rows[mt][1], n_groups, next, t);
@@ -384,13 +385,18 @@ __device__ __forceinline__ void q80_group(const u8* w, const float* x, float (&a
     }
 }
 
-// One block: MT·16 weight rows × NT·8 activation rows; warps split the groups, then add.
+// One block: MMV_WARPS / kw warp rows, each MT·16 weight rows, × NT·8 activation rows. The kw
+// warps of a warp row split the groups (warp j takes groups j, j + kw, ...) and their partial
+// sums are added in a fixed order; kw (1, 2, 4 or 8) depends only on k, so short rows (a 1024-
+// wide drafter layer has 4 groups) keep every warp busy without changing any row's arithmetic
+// across batch sizes.
 template <int DT, int MT, int NT>
 __device__ void matvec_mma_body(const u8* w, const float* x, float* y, int k, int n, int m, i64 x_off,
-                                i64 x_stride) {
+                                i64 x_stride, int kw) {
     __shared__ float red[MMV_WARPS][MT * NT * 4][32];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row0 = blockIdx.x * MT * 16, m0 = blockIdx.y * NT * 8;
+    int warp_rows = MMV_WARPS / kw, wr = warp / kw, wk = warp % kw;
+    int row0 = (blockIdx.x * warp_rows + wr) * MT * 16, m0 = blockIdx.y * NT * 8;
     int n_groups = k / 256;
     float acc[MT][NT][4];
 #pragma unroll
@@ -399,10 +405,12 @@ __device__ void matvec_mma_body(const u8* w, const float* x, float* y, int k, in
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
-    if (DT == DT_Q4_K) q4k_rows<MT, NT>(w, x, acc, row0, n, n_groups, m0, m, x_off, x_stride);
-    for (int grp = warp; DT != DT_Q4_K && grp < n_groups; grp += MMV_WARPS) {
-        if (DT == DT_Q6_K) q6k_group<MT, NT>(w, x, acc, row0, n, n_groups, grp, m0, m, x_off, x_stride);
-        if (DT == DT_Q8_0) q80_group<MT, NT>(w, x, acc, row0, n, n_groups, grp, m0, m, x_off, x_stride);
+    if (row0 < n) {
+        if (DT == DT_Q4_K) q4k_rows<MT, NT>(w, x, acc, row0, n, n_groups, wk, kw, m0, m, x_off, x_stride);
+        for (int grp = wk; DT != DT_Q4_K && grp < n_groups; grp += kw) {
+            if (DT == DT_Q6_K) q6k_group<MT, NT>(w, x, acc, row0, n, n_groups, grp, m0, m, x_off, x_stride);
+            if (DT == DT_Q8_0) q80_group<MT, NT>(w, x, acc, row0, n, n_groups, grp, m0, m, x_off, x_stride);
+        }
     }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -411,24 +419,24 @@ __device__ void matvec_mma_body(const u8* w, const float* x, float* y, int k, in
 #pragma unroll
             for (int e = 0; e < 4; ++e) red[warp][(mt * NT + nt) * 4 + e][lane] = acc[mt][nt][e];
     __syncthreads();
-    for (int idx = threadIdx.x; idx < MT * NT * 4 * 32; idx += blockDim.x) {
-        int i = idx >> 5, l = idx & 31;
+    for (int idx = threadIdx.x; idx < warp_rows * MT * NT * 4 * 32; idx += blockDim.x) {
+        int l = idx & 31, i = (idx >> 5) % (MT * NT * 4), r = (idx >> 5) / (MT * NT * 4);
         float s = 0.0f;
-#pragma unroll
-        for (int v = 0; v < MMV_WARPS; ++v) s += red[v][i][l];
+        for (int v = 0; v < kw; ++v) s += red[r * kw + v][i][l];
         int e = i & 3, nt = (i >> 2) % NT, mt = (i >> 2) / NT;
-        int row = row0 + mt * 16 + (l >> 2) + (e >= 2 ? 8 : 0);
+        int row = (blockIdx.x * warp_rows + r) * MT * 16 + mt * 16 + (l >> 2) + (e >= 2 ? 8 : 0);
         int tok = m0 + nt * 8 + 2 * (l & 3) + (e & 1);
         if (row < n && tok < m) y[(i64)tok * n + row] = s;
     }
 }
 
-// matmul_<type>_mma_m<MT>n<NT>: blocks of MMV_WARPS warps, grid (⌈n / 16·MT⌉, ⌈m / 8·NT⌉).
+// matmul_<type>_mma_m<MT>n<NT>: blocks of MMV_WARPS warps, grid (⌈n / (16·MT·MMV_WARPS / kw)⌉,
+// ⌈m / 8·NT⌉).
 #define MMV_KERNEL(SUFFIX, DT, MT, NT)                                                                 \
     extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32)                                       \
         matmul_##SUFFIX##_mma_m##MT##n##NT(const u8* w, const float* x, float* y, int k, int n, int m, \
-                                           i64 x_off, i64 x_stride) {                                  \
-        matvec_mma_body<DT, MT, NT>(w, x, y, k, n, m, x_off, x_stride);                               \
+                                           i64 x_off, i64 x_stride, int kw) {                          \
+        matvec_mma_body<DT, MT, NT>(w, x, y, k, n, m, x_off, x_stride, kw);                           \
     }
 #define MMV_KERNELS(SUFFIX, DT)      \
     MMV_KERNEL(SUFFIX, DT, 1, 1)     \

@@ -558,9 +558,15 @@ impl CudaBackend {
                 if fast && self.mma_matvec && m <= source::MMA_MAX_ROWS {
                     let (mt, nt) = source::mma_tile(n, m);
                     let mt = self.mma_mt.unwrap_or(mt);
+                    let kw = source::mma_k_warps(k);
+                    a.i32(kw as i32);
                     return self.launch(
                         &format!("matmul_{}_mma_m{mt}n{nt}", weight_suffix(w.dtype)?),
-                        (n.div_ceil(16 * mt) as u32, m.div_ceil(8 * nt) as u32, 1),
+                        (
+                            n.div_ceil(16 * mt * (8 / kw)) as u32,
+                            m.div_ceil(8 * nt) as u32,
+                            1,
+                        ),
                         256,
                         &mut a,
                     );

@@ -78,6 +78,14 @@ pub fn mma_tile(n: usize, m: usize) -> (usize, usize) {
     (mt, nt)
 }
 
+/// Warps of an `_mma_` block that split one row's 256-weight groups (the rest take further
+/// weight rows): 8, or fewer for rows of fewer than 8 groups, so no warp idles. A function of `k`
+/// only, so a row's summation order never depends on the batch.
+pub fn mma_k_warps(k: usize) -> usize {
+    let groups = k / 256;
+    [8, 4, 2].into_iter().find(|&w| groups >= w).unwrap_or(1)
+}
+
 /// Kernels that do not depend on a weight type.
 pub const OTHER_KERNELS: &[&str] = &[
     "binary_f32",

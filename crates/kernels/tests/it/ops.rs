@@ -289,8 +289,8 @@ fn matmul_and_get_rows_every_weight_type() {
 
 /// The tensor-core matrix-vector kernels (Q4_K, Q6_K, Q8_0; up to 16 rows): within 1e-5 of the
 /// CPU, and every activation row's output bit-identical whatever the batch around it, so a
-/// speculative verify row equals the decode step's value. n = 8200 takes two weight tiles per
-/// warp and a partial last tile; n = 100 one tile per warp.
+/// speculative verify row equals the decode step's value. k = 256, 768, 1024, 2048 split each row
+/// over 1, 2, 4 and 8 warps; n = 8200 takes two weight tiles per warp and a partial last tile.
 #[test]
 fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
     let Some(mut cuda) = crate::cuda() else {
@@ -298,7 +298,7 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
     };
     let mut rng = Rng(7);
     for ty in [DType::Q4_K, DType::Q6_K, DType::Q8_0] {
-        for (k, n) in [(768, 100), (512, 8200)] {
+        for (k, n) in [(256, 40), (768, 100), (1024, 8200), (2048, 300)] {
             let wbytes = random_weight(&mut rng, ty, k * n);
             let x16 = rng.vec(k * 16);
             let mut full: Vec<f32> = Vec::new();
