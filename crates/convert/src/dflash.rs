@@ -80,7 +80,8 @@ pub(crate) fn plan(
         .ok_or_else(|| config.error("key 'dflash_config.target_layer_ids' is missing"))?;
     if let Some(&bad) = ids.iter().find(|&&id| id >= target_layers) {
         return Err(config.error(format!(
-            "dflash_config.target_layer_ids holds {bad}, but the target has {target_layers} layers"
+            "dflash_config.target_layer_ids holds {bad}, past the target's last layer {}",
+            target_layers - 1
         )));
     }
 

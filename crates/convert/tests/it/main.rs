@@ -2,5 +2,7 @@
 
 mod bad_input;
 mod fixtures;
+mod loads;
+mod other_layouts;
 mod quantized;
 mod testing;

@@ -126,3 +126,14 @@ fn short(v: &Value) -> String {
         s
     }
 }
+
+/// ‖out − ref‖ / ‖ref‖.
+pub fn rel_err(out: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(out.len(), reference.len(), "length mismatch");
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&o, &r) in out.iter().zip(reference) {
+        num += (f64::from(o) - f64::from(r)).powi(2);
+        den += f64::from(r).powi(2);
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
