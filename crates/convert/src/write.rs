@@ -96,7 +96,8 @@ pub(crate) fn write_plan(
             }
             TensorSource::Checkpoint { index, n_elems } => {
                 let src = &ck.tensors()[*index];
-                let mut reader = TensorReader::new(ck, src, t, *n_elems);
+                let mut on_chunk = |bytes: u64| progress(done + bytes, total);
+                let mut reader = TensorReader::new(ck, src, t, *n_elems, &mut on_chunk);
                 let result = data.write_tensor_from(&t.name, &mut reader);
                 if let Some(e) = reader.failure.take() {
                     return Err(e);
@@ -170,6 +171,9 @@ pub(crate) fn encode(ty: GgmlType, values: &[f32]) -> std::result::Result<Vec<u8
 
 /// A checkpoint tensor's bytes in the output type, produced chunk by chunk as the writer reads.
 struct TensorReader<'a> {
+    /// Called with the bytes of this tensor produced so far.
+    on_chunk: &'a mut dyn FnMut(u64),
+    produced: u64,
     ck: &'a Checkpoint,
     src: &'a SourceTensor,
     ty: GgmlType,
@@ -182,8 +186,16 @@ struct TensorReader<'a> {
 }
 
 impl<'a> TensorReader<'a> {
-    fn new(ck: &'a Checkpoint, src: &'a SourceTensor, t: &PlannedTensor, n_elems: u64) -> Self {
+    fn new(
+        ck: &'a Checkpoint,
+        src: &'a SourceTensor,
+        t: &PlannedTensor,
+        n_elems: u64,
+        on_chunk: &'a mut dyn FnMut(u64),
+    ) -> Self {
         TensorReader {
+            on_chunk,
+            produced: 0,
             ck,
             src,
             ty: t.ggml_type,
@@ -221,6 +233,8 @@ impl<'a> TensorReader<'a> {
         };
         self.pos = 0;
         self.next += count;
+        (self.on_chunk)(self.produced);
+        self.produced += self.buf.len() as u64;
         Ok(())
     }
 }
