@@ -1,6 +1,7 @@
 //! Integration tests of the `convert` crate, through its public API only.
 
 mod bad_input;
+mod checkpoints;
 mod fixtures;
 mod loads;
 mod other_layouts;
