@@ -39,6 +39,7 @@ mod checkpoint;
 mod dflash;
 mod error;
 mod gemma4;
+mod gemma4_names;
 mod general;
 mod hparams;
 mod kv;

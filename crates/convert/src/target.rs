@@ -11,7 +11,8 @@ use target::Gemma4Config;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
-use crate::gemma4::{map_text_tensor, text_tensor_origin, Gemma4Text};
+use crate::gemma4::Gemma4Text;
+use crate::gemma4_names::{map_text_tensor, text_tensor_origin};
 use crate::hparams::HParams;
 use crate::mapping::{check_tensors, map_tensors, Expect};
 use crate::plan::{Plan, PlannedTensor, TensorSource};
