@@ -5,6 +5,7 @@
 //! at a time, so a 60 GB checkpoint never has to fit in memory. Every offset and size in a
 //! header is checked against the file's length before anything is read.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -212,10 +213,8 @@ impl Checkpoint {
         let Some(map) = index.get("weight_map").and_then(Value::as_object) else {
             return Err(Error::invalid(&path, "no 'weight_map' object"));
         };
-        if let Some(missing) = map
-            .keys()
-            .find(|name| !self.tensors.iter().any(|t| &t.name == *name))
-        {
+        let stored: HashSet<&str> = self.tensors.iter().map(|t| t.name.as_str()).collect();
+        if let Some(missing) = map.keys().find(|name| !stored.contains(name.as_str())) {
             return Err(Error::invalid(
                 &path,
                 format!("tensor '{missing}' is listed but no shard holds it"),

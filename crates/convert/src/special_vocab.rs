@@ -74,7 +74,8 @@ impl SpecialVocab {
             ..SpecialVocab::default()
         };
         let mut types: Vec<&str> = vec!["bos", "eos", "unk", "sep", "pad", "cls", "mask"];
-        let mut config = files.config.clone();
+        // An empty tokenizer_config.json counts as none, as in gguf-py.
+        let mut config = files.config.clone().filter(|c| !c.is_empty());
         out.read_post_processor(files, &mut config, &mut types);
         if let Some(config) = &config {
             out.templates = chat_template(&files.dir, config)?;
