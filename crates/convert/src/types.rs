@@ -299,6 +299,59 @@ mod tests {
         );
     }
 
+    /// The real-size layouts in `xtask/shapes/` were written by a generator outside the project
+    /// that imitates llama.cpp's Q4_K_M rule (and loaded by llama.cpp); the mix must give every
+    /// tensor the type those files have.
+    #[test]
+    fn q4_k_m_mix_matches_the_real_size_layouts() {
+        use crate::kv::Kv;
+        use crate::plan::TensorSource;
+        let shapes = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/shapes");
+        for (file, n_layer, n_expert) in [
+            ("gemma4-31b.q4_k_m.tsv", 60, 0),
+            ("gemma4-26b-a4b.q4_k_m.tsv", 30, 128),
+        ] {
+            let text = std::fs::read_to_string(shapes.join(file)).unwrap();
+            let rows: Vec<(String, GgmlType, Vec<u64>)> = text
+                .lines()
+                .skip(1)
+                .map(|line| {
+                    let cols: Vec<&str> = line.split('\t').collect();
+                    let shape = cols[2].split(',').map(|d| d.parse().unwrap()).collect();
+                    (
+                        cols[0].to_string(),
+                        GgmlType::from_name(cols[1]).unwrap(),
+                        shape,
+                    )
+                })
+                .collect();
+            let mut plan = Plan {
+                arch: "gemma4",
+                model_kv: Kv::new(),
+                tokenizer_kv: Kv::new(),
+                tensors: rows
+                    .iter()
+                    .map(|(name, _, shape)| {
+                        PlannedTensor::new(
+                            name.clone(),
+                            shape.clone(),
+                            TensorSource::Values(Vec::new()),
+                        )
+                    })
+                    .collect(),
+                n_expert,
+                n_layer,
+            };
+            assign_types(&mut plan, OutType::Q4KM).unwrap();
+            let mut n_q6_k = 0;
+            for ((name, want, _), t) in rows.iter().zip(&plan.tensors) {
+                assert_eq!(t.ggml_type, *want, "{file}: {name}");
+                n_q6_k += usize::from(*want == GgmlType::Q6_K);
+            }
+            assert!(n_q6_k > 10, "{file}: {n_q6_k} Q6_K tensors");
+        }
+    }
+
     #[test]
     fn out_type_names_round_trip() {
         for t in OutType::ALL {
