@@ -124,7 +124,7 @@ impl Gemma4Text {
                 "key 'num_kv_shared_layers' = {n_kv_shared} exceeds the {n_layer} layers"
             )));
         }
-        Ok(Gemma4Text {
+        let text = Gemma4Text {
             n_layer,
             n_ctx: hp.opt_usize("max_position_embeddings")?.unwrap_or(131_072),
             n_embd: hp.usize("hidden_size")?,
@@ -159,7 +159,52 @@ impl Gemma4Text {
             n_ff_expert: hp.opt_usize("moe_intermediate_size")?,
             moe: hp.opt_bool("enable_moe_block")?.unwrap_or(false),
             vocab_size: hp.usize("vocab_size")?,
-        })
+        };
+        text.check(hp)?;
+        Ok(text)
+    }
+
+    /// Sizes a Gemma 4 model cannot have (checked here so that they fail before writing).
+    fn check(&self, hp: &HParams) -> Result<()> {
+        let kv_heads = [
+            ("num_key_value_heads", Some(self.n_head_kv)),
+            ("full layers' key/value heads", self.n_head_kv_full),
+        ];
+        for (what, kv) in kv_heads {
+            if let Some(kv) = kv {
+                if kv == 0 || self.n_head == 0 || !self.n_head.is_multiple_of(kv) {
+                    return Err(hp.error(format!(
+                        "num_attention_heads {} is not a positive multiple of {what} {kv}",
+                        self.n_head
+                    )));
+                }
+            }
+        }
+        for (what, dim) in [
+            ("head_dim", self.head_dim),
+            ("the full layers' head_dim", self.head_dim_full),
+        ] {
+            if dim == 0 || !dim.is_multiple_of(2) {
+                return Err(hp.error(format!("{what} {dim} is not a positive even number")));
+            }
+        }
+        if self.sliding_window == 0 {
+            return Err(hp.error("key 'sliding_window' is 0"));
+        }
+        if self.moe {
+            for (key, value) in [
+                ("num_experts", self.n_expert),
+                ("top_k_experts", self.n_expert_used),
+                ("moe_intermediate_size", self.n_ff_expert),
+            ] {
+                if value.is_none_or(|v| v == 0) {
+                    return Err(hp.error(format!(
+                        "enable_moe_block is set but key '{key}' is missing or 0"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// First layer that reuses another layer's K/V.

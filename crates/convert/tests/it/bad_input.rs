@@ -263,3 +263,19 @@ fn unwritable_output_leaves_nothing_behind() {
     assert_eq!(left, ["out.gguf"], "only the pre-existing folder remains");
     assert!(s.out_dir.join("out.gguf").is_dir());
 }
+
+#[test]
+fn impossible_sizes_fail_before_writing() {
+    let s = scratch("hf/dense");
+    s.edit_config(|c| c["num_key_value_heads"] = serde_json::json!(3));
+    assert_mentions(
+        &s.fails(),
+        &[
+            "config.json",
+            "num_attention_heads 4 is not a positive multiple of num_key_value_heads 3",
+        ],
+    );
+    let s = scratch("hf/dense");
+    s.edit_config(|c| c["enable_moe_block"] = serde_json::json!(true));
+    assert_mentions(&s.fails(), &["config.json", "key 'num_experts' is missing"]);
+}
