@@ -279,3 +279,39 @@ fn impossible_sizes_fail_before_writing() {
     s.edit_config(|c| c["enable_moe_block"] = serde_json::json!(true));
     assert_mentions(&s.fails(), &["config.json", "key 'num_experts' is missing"]);
 }
+
+#[test]
+fn hostile_safetensors_headers() {
+    let header = |json: &str, len: u64, data: usize| {
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.extend_from_slice(json.as_bytes());
+        bytes.extend(std::iter::repeat_n(0u8, data));
+        bytes
+    };
+    let exact = |json: &str, data: usize| header(json, json.len() as u64, data);
+    let cases: [(Vec<u8>, &str); 6] = [
+        (vec![1, 2, 3], "too short for a safetensors header"),
+        (header("{}", u64::MAX, 0), "does not fit the file"),
+        (header("{nope", 5, 0), "header is not valid JSON"),
+        (header("[1]", 3, 0), "header is not a JSON object"),
+        (
+            exact(
+                r#"{"w":{"dtype":"F32","shape":[4,4],"data_offsets":[0,60]}}"#,
+                64,
+            ),
+            "60 bytes for shape [4, 4] of F32",
+        ),
+        (
+            exact(
+                r#"{"w":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,8]}}"#,
+                8,
+            ),
+            "bytes for shape",
+        ),
+    ];
+    for (bytes, expected) in cases {
+        let s = scratch("hf/dense");
+        std::fs::write(s.input.join("model.safetensors"), &bytes).unwrap();
+        assert_mentions(&s.fails(), &["model.safetensors", expected]);
+    }
+}
