@@ -67,11 +67,12 @@ pub(crate) fn write_plan(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(".specula-convert-")
-        .suffix(".gguf.tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(&dir, e))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".specula-convert-").suffix(".gguf.tmp");
+    // A model file is not a secret: the usual 0o666 less the umask, not a temp file's 0o600.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let tmp = builder.tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
     let file = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
 
     let mut writer = GgufWriter::new(file);

@@ -48,3 +48,20 @@ fn dflash_reproduces_the_converters_gguf() {
     let c = reproduces("hf/dflash", Some(&fixture("hf/dense")), "dflash.gguf");
     assert!(c.n_tensors > 20, "{c:?}");
 }
+
+/// The output gets the permissions any new file gets (0o666 less the umask), not the owner-only
+/// mode of the temporary file it was written as.
+#[cfg(unix)]
+#[test]
+fn output_has_ordinary_file_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let out = convert_to_temp(
+        &fixture("hf/dflash"),
+        OutType::Q8_0,
+        Some(&fixture("hf/dense")),
+    );
+    let plain = out.path.with_file_name("plain");
+    std::fs::write(&plain, b"").unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out.path), mode(&plain));
+}
