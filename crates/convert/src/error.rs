@@ -43,10 +43,11 @@ pub enum Error {
         #[source]
         source: Box<gguf::Error>,
     },
-    /// The written file does not load with specula's own loader (a converter bug).
+    /// The written file does not load with specula's own loader (a converter bug); nothing is
+    /// left at the output path.
     #[error("{}: the converted file does not load: {reason}", path.display())]
     Verify {
-        /// The converted (temporary) file.
+        /// The output path.
         path: PathBuf,
         /// The loader's complaint.
         reason: String,

@@ -19,7 +19,7 @@ use crate::plan::{Plan, PlannedTensor, TensorSource};
 /// Elements converted per read of the checkpoint.
 const CHUNK_ELEMS: u64 = 1 << 22;
 
-/// Rows quantized per parallel task.
+/// Elements (whole rows) quantized per parallel task.
 const TASK_ELEMS: usize = 1 << 16;
 
 /// `general.quantization_version` (ggml's current block layouts).
@@ -113,7 +113,7 @@ pub(crate) fn write_plan(
     file.sync_all().map_err(|e| Error::io(out, e))?;
     drop(file);
 
-    verify(tmp.path(), plan.arch)?;
+    verify(tmp.path(), out, plan.arch)?;
     let n_bytes = std::fs::metadata(tmp.path())
         .map_err(|e| Error::io(tmp.path(), e))?
         .len();
@@ -133,10 +133,11 @@ pub(crate) fn write_plan(
     })
 }
 
-/// Opens the written file with specula's loader for its architecture.
-fn verify(path: &Path, arch: &str) -> Result<()> {
+/// Opens the written file at `path` (to become `out`) with specula's loader for its
+/// architecture.
+fn verify(path: &Path, out: &Path, arch: &str) -> Result<()> {
     let fail = |reason: String| Error::Verify {
-        path: path.to_path_buf(),
+        path: out.to_path_buf(),
         reason,
     };
     let file = GgufFile::open(path).map_err(|e| fail(e.to_string()))?;
