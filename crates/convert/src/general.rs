@@ -3,9 +3,10 @@
 //! `_name_or_path` (when it is a hub id, not a path) and then the folder's name; the size label
 //! otherwise comes from the parameter count (`2.1M`, `4x1.6M` for mixtures of experts).
 //!
+//! Sampling defaults come from `generation_config.json` (`general.sampling.*`).
+//!
 //! Not carried over: what gguf-py reads from a model card (`README.md`: license, tags,
-//! languages, base models), from `generation_config.json` (sampling defaults) or from a
-//! metadata override file.
+//! languages, base models) or from a metadata override file.
 
 use gguf::Value;
 
@@ -85,9 +86,55 @@ struct IdComponents {
     size_label: Option<String>,
 }
 
-/// The `general.*` keys gguf-py writes before the model's own: `general.type`, the name and
-/// what the name implies, then the size label.
-pub(crate) fn general_kv(name_or_path: Option<&str>, folder: &str, params: ParamCount) -> Kv {
+/// `generation_config.json` keys and the `general.sampling.*` key each sets: integer or not.
+const SAMPLING_KEYS: [(&str, &str, bool); 12] = [
+    ("sequence", "sequence", false),
+    ("top_k", "top_k", true),
+    ("top_p", "top_p", false),
+    ("min_p", "min_p", false),
+    ("xtc_probability", "xtc_probability", false),
+    ("xtc_threshold", "xtc_threshold", false),
+    ("temperature", "temp", false),
+    ("penalty_last_n", "penalty_last_n", true),
+    ("penalty_repeat", "penalty_repeat", false),
+    ("mirostat", "mirostat", true),
+    ("mirostat_tau", "mirostat_tau", false),
+    ("mirostat_eta", "mirostat_eta", false),
+];
+
+/// The sampling defaults a `generation_config.json` states (values of the wrong type are
+/// skipped).
+fn sampling_kv(generation: &serde_json::Value) -> Kv {
+    let mut kv = Kv::new();
+    for (from, to, integer) in SAMPLING_KEYS {
+        let key = format!("general.sampling.{to}");
+        match generation.get(from) {
+            Some(serde_json::Value::String(s)) if from == "sequence" => kv.set_str(key, s),
+            Some(v) if integer => {
+                if let Some(n) = v.as_i64().and_then(|n| i32::try_from(n).ok()) {
+                    kv.set(key, Value::I32(n));
+                }
+            }
+            Some(v) if from != "sequence" => {
+                if let Some(x) = v.as_f64() {
+                    kv.set_f32(key, x);
+                }
+            }
+            _ => {}
+        }
+    }
+    kv
+}
+
+/// The `general.*` keys gguf-py writes before the model's own: `general.type`, the sampling
+/// defaults of `generation_config.json` (when given), the name and what the name implies, then
+/// the size label.
+pub(crate) fn general_kv(
+    name_or_path: Option<&str>,
+    folder: &str,
+    params: ParamCount,
+    generation: Option<&serde_json::Value>,
+) -> Kv {
     let total = params.total as i64;
     let mut found = IdComponents::default();
     let sources = name_or_path
@@ -110,6 +157,9 @@ pub(crate) fn general_kv(name_or_path: Option<&str>, folder: &str, params: Param
     }
     let mut kv = Kv::new();
     kv.set_str("general.type", "model");
+    if let Some(generation) = generation {
+        kv.extend(sampling_kv(generation));
+    }
     kv.set_str("general.name", found.full_name.as_deref().unwrap_or(folder));
     for (key, value) in [
         ("general.version", &found.version),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::general::{general_kv, ParamCount};
-use crate::hparams::HParams;
+use crate::hparams::{read_json_if_present, HParams};
 use crate::types::{assign_types, OutType};
 use crate::write::{write_plan, Summary};
 
@@ -73,7 +73,16 @@ pub fn convert(options: &ConvertOptions, progress: &mut dyn FnMut(u64, u64)) -> 
     };
     assign_types(&mut plan, options.out_type).map_err(|r| Error::invalid(dir, r))?;
     let params = ParamCount::of(&plan.tensors);
-    let general = general_kv(config.opt_str("_name_or_path")?, &folder_name(dir), params);
+    // gguf-py ignores a generation_config.json it cannot read.
+    let generation = read_json_if_present(&dir.join("generation_config.json"))
+        .ok()
+        .flatten();
+    let general = general_kv(
+        config.opt_str("_name_or_path")?,
+        &folder_name(dir),
+        params,
+        generation.as_ref(),
+    );
     write_plan(plan, general, &ck, &options.output, progress)
 }
 

@@ -163,3 +163,54 @@ fn conditional_generation_layout_gives_the_same_file() {
     let out = convert_to_temp(&dir, OutType::F32, None);
     assert_same_gguf(&out.path, &fixture("dense.gguf"));
 }
+
+#[test]
+fn generation_config_sampling_defaults_become_general_sampling_keys() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = dense_folder(root.path());
+    std::fs::copy(
+        fixture("hf/dense/model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let generation = serde_json::json!({
+        "bos_token_id": 2, "do_sample": true, "top_k": 64, "top_p": 0.95, "temperature": 1.0,
+    });
+    std::fs::write(dir.join("generation_config.json"), generation.to_string()).unwrap();
+    let out = convert_to_temp(&dir, OutType::F32, None);
+    let ours = GgufFile::open(&out.path).unwrap();
+    let keys: Vec<&str> = ours.metadata().map(|(k, _)| k).collect();
+    assert_eq!(
+        &keys[..6],
+        [
+            "general.architecture",
+            "general.type",
+            "general.sampling.top_k",
+            "general.sampling.top_p",
+            "general.sampling.temp",
+            "general.name"
+        ]
+    );
+    assert_eq!(
+        ours.get("general.sampling.top_k").map(|v| v.to_value()),
+        Some(gguf::Value::I32(64))
+    );
+    assert_eq!(
+        ours.get("general.sampling.top_p").map(|v| v.to_value()),
+        Some(gguf::Value::F32(0.95))
+    );
+    assert_eq!(
+        ours.get("general.sampling.temp").map(|v| v.to_value()),
+        Some(gguf::Value::F32(1.0))
+    );
+    // Everything else is dense.gguf's.
+    let reference = GgufFile::open(fixture("dense.gguf")).unwrap();
+    for (key, value) in reference.metadata() {
+        assert_eq!(
+            ours.get(key).map(|v| v.to_value()),
+            Some(value.to_value()),
+            "{key}"
+        );
+    }
+    assert_eq!(ours.metadata_len(), reference.metadata_len() + 3);
+}
