@@ -5,6 +5,7 @@
 
 #![deny(unsafe_code)]
 
+mod convert;
 mod doctor;
 mod generate;
 mod inspect;
@@ -34,6 +35,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Write the logits and final hidden states of a token sequence to a safetensors file.
     Logits(logits::LogitsArgs),
+    /// Convert a transformers checkpoint folder (Gemma 4 target, MTP assistant, DFlash
+    /// drafter) to GGUF in llama.cpp's layout.
+    Convert(convert::ConvertArgs),
     /// Check the GPU driver, devices and NVRTC, and say what is missing.
     Doctor,
 }
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Doctor => doctor::run(),
     };
     match result {

@@ -376,3 +376,88 @@ fn bad_drafter_inputs_are_one_line_errors() {
         assert!(err.contains(expected), "{err}");
     }
 }
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn convert_reproduces_the_converters_files() {
+    let dir = scratch("convert_reproduces");
+    let target = dir.join("dense.gguf");
+    let out = specula(&[
+        "convert",
+        fixture("hf/dense").to_str().unwrap(),
+        "--out",
+        target.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("gemma4, 86 tensors") && text.contains("40 metadata keys"),
+        "{text}"
+    );
+    assert!(std::fs::read(&target).unwrap() == std::fs::read(fixture("dense.gguf")).unwrap());
+
+    let drafter = dir.join("dflash.q8_0.gguf");
+    let out = specula(&[
+        "convert",
+        fixture("hf/dflash").to_str().unwrap(),
+        "--target-dir",
+        fixture("hf/dense").to_str().unwrap(),
+        "--type",
+        "q8_0",
+        "-o",
+        drafter.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = gguf::GgufFile::open(&drafter).unwrap();
+    assert_eq!(file.architecture().unwrap(), "dflash");
+    assert_eq!(file.get_as::<u32>("general.file_type").unwrap(), 7);
+    let fc = file.require_tensor("fc.weight").unwrap();
+    assert_eq!(fc.ggml_type(), gguf::GgmlType::Q8_0);
+}
+
+#[test]
+fn convert_bad_input_is_one_line_and_writes_nothing() {
+    let dir = scratch("convert_bad_input");
+    let target = dir.join("out.gguf");
+    // A DFlash drafter without its target's folder.
+    let out = specula(&[
+        "convert",
+        fixture("hf/dflash").to_str().unwrap(),
+        "--out",
+        target.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("specula: error: ") && err.contains("--target-dir"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    // An unknown type.
+    let out = specula(&[
+        "convert",
+        fixture("hf/dense").to_str().unwrap(),
+        "--out",
+        target.to_str().unwrap(),
+        "--type",
+        "q3_k",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown type 'q3_k'"));
+}

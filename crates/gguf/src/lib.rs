@@ -7,7 +7,7 @@
 //! - [`GgufWriter`] streams a GGUF v3 file: metadata and tensor infos first, then each tensor's
 //!   data in order.
 //! - [`quant`] dequantizes F32/F16/BF16 and the Q4_0…Q8_0 and Q2_K…Q6_K blocks to f32, and
-//!   quantizes f32 to Q8_0, Q4_K and Q6_K.
+//!   quantizes f32 to Q8_0, Q5_0, Q4_K and Q6_K.
 //!
 //! Design decision: every size, count and offset read from a file is checked (with overflow-
 //! checked arithmetic) before anything is sliced or allocated, so a hostile file produces an

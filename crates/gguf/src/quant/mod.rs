@@ -1,5 +1,5 @@
 //! Dequantization of ggml blocks to f32, and quantization from f32 for the types a Q4_K_M file
-//! mixes (Q8_0, Q4_K, Q6_K).
+//! mixes (Q8_0, Q4_K, Q6_K, and Q5_0 where a row is not a multiple of 256).
 //!
 //! One file per block type; each states its block layout. Layouts follow ggml's
 //! `ggml-common.h` exactly (Q4_K keeps `d, dmin` first, Q6_K keeps `d` last).
@@ -39,7 +39,12 @@ pub const DEQUANTIZE_TYPES: &[GgmlType] = &[
 ];
 
 /// The types [`quantize`] produces.
-pub const QUANTIZE_TYPES: &[GgmlType] = &[GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
+pub const QUANTIZE_TYPES: &[GgmlType] = &[
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+    GgmlType::Q5_0,
+];
 
 /// Reads the little-endian f16 at `bytes[i..i + 2]` as f32.
 #[inline]
@@ -109,6 +114,7 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Res<Vec<u8>> {
         GgmlType::Q8_0 => quantize_blocks(src, q8_0::quantize_block),
         GgmlType::Q4_K => quantize_blocks(src, q4_k::quantize_block),
         GgmlType::Q6_K => quantize_blocks(src, q6_k::quantize_block),
+        GgmlType::Q5_0 => quantize_blocks(src, q5_0::quantize_block),
         _ => return Err(ErrorKind::Unsupported { op: "quantize", ty }),
     })
 }

@@ -1,5 +1,5 @@
 //! Dequantization against gguf-py's on random blocks (`tests/data/quant_golden.gguf`, written
-//! by gguf-py's own writer), Q8_0 quantization bit-exact against ggml's reference rule, and
+//! by gguf-py's own writer), Q8_0 and Q5_0 quantization bit-exact against ggml's reference rule, and
 //! blocks built and decoded by hand.
 
 use gguf::{quant, GgmlType, GgufFile};
@@ -42,6 +42,28 @@ fn q8_0_quantize_is_bit_exact_with_ggml_reference() {
         .tensor_data(file.require_tensor("Q8_0.quantized").unwrap())
         .unwrap();
     assert_eq!(quant::quantize(GgmlType::Q8_0, &source).unwrap(), expected);
+}
+
+#[test]
+fn q5_0_quantize_is_bit_exact_with_ggml_reference() {
+    let file = GgufFile::open(test_data("quant_golden.gguf")).unwrap();
+    let source = file.tensor_f32("Q5_0.source").unwrap();
+    let expected = file
+        .tensor_data(file.require_tensor("Q5_0.quantized").unwrap())
+        .unwrap();
+    let ours = quant::quantize(GgmlType::Q5_0, &source).unwrap();
+    let differing = ours
+        .chunks(22)
+        .zip(expected.chunks(22))
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        differing,
+        0,
+        "{differing} of {} Q5_0 blocks differ",
+        ours.len() / 22
+    );
+    assert_eq!(ours.len(), expected.len());
 }
 
 #[test]

@@ -7,6 +7,9 @@
 //!   of the coarsest possible sub-block: 6-bit scales and mins cost at most a fraction of it).
 //! - Q6_K: `|x − x̂| ≤ max|x| / 32` over the 256-weight block (one step of the coarsest
 //!   sub-block).
+//! - Q5_0: `|x − x̂| ≤ (1 + 1/128)·d` with `d = max|x| / 16` over the 32-weight block: half a
+//!   step, except for weights of the sign opposite to the extreme beyond 15.5 steps, which clip
+//!   to level 31 (15 steps); plus the f16 rounding of `d` over up to 16 steps.
 //!
 //! And on Gaussian data, the relative RMS error ‖x − x̂‖/‖x‖ stays below 0.6 % (Q8_0: the
 //! expected max of 32 normals is about 2.4σ, so σ_err ≈ 2.4/127/√12 ≈ 0.55 %),
@@ -65,6 +68,10 @@ fn q4_k_bound(x: &[f32]) -> f32 {
     (hi - lo) / 15.0
 }
 
+fn q5_0_bound(x: &[f32]) -> f32 {
+    (1.0 + 1.0 / 128.0) * x.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 16.0
+}
+
 fn q6_k_bound(x: &[f32]) -> f32 {
     x.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 32.0
 }
@@ -82,6 +89,12 @@ proptest! {
     fn q4_k_within_bound(x in spread_values(2)) {
         let y = round_trip(GgmlType::Q4_K, &x);
         check_bound(GgmlType::Q4_K, &x, &y, 256, q4_k_bound);
+    }
+
+    #[test]
+    fn q5_0_within_bound(x in spread_values(2)) {
+        let y = round_trip(GgmlType::Q5_0, &x);
+        check_bound(GgmlType::Q5_0, &x, &y, 32, q5_0_bound);
     }
 
     #[test]
@@ -108,7 +121,7 @@ fn gaussian_relative_rms_error() {
 
 #[test]
 fn zeros_and_constants_round_trip_exactly() {
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+    for &ty in quant::QUANTIZE_TYPES {
         let zeros = vec![0.0f32; 512];
         assert_eq!(round_trip(ty, &zeros), zeros, "{ty}");
     }

@@ -1,0 +1,9 @@
+//! Integration tests of the `convert` crate, through its public API only.
+
+mod bad_input;
+mod checkpoints;
+mod fixtures;
+mod loads;
+mod other_layouts;
+mod quantized;
+mod testing;
