@@ -10,6 +10,7 @@
 
 #![deny(unsafe_code)]
 
+mod accept;
 mod bench;
 mod synth;
 
@@ -28,8 +29,9 @@ fn main() -> Result<()> {
         Some("gpu-test") => gpu_test(),
         Some("synth") => synth::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("accept") => accept::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|fixtures|kernels [--verbose]|gpu-test|bench [--models DIR] [--out DIR]|synth --model M [--quant Q] [--drafter D] --out DIR>");
+            eprintln!("usage: cargo xtask <ci|fixtures|kernels [--verbose]|gpu-test|bench [--models DIR] [--out DIR]|accept [--device cpu|cuda] [--limit K]|synth --model M [--quant Q] [--drafter D] --out DIR>");
             std::process::exit(2);
         }
     }

@@ -45,12 +45,16 @@ pub struct GenerateArgs {
     /// Print one JSON object (tokens, text, stats) instead of streaming text.
     #[arg(long)]
     json: bool,
-    /// Speculative decoding with this drafter.
-    #[arg(long, value_enum, default_value = "none")]
-    drafter: DrafterKind,
-    /// The drafter: the MTP assistant GGUF, or a DFlash GGUF or z-lab checkpoint folder.
+    /// Speculative decoding with this drafter [default: mtp with the bundled model, else none].
+    #[arg(long, value_enum)]
+    drafter: Option<DrafterKind>,
+    /// The drafter: the MTP assistant GGUF, or a DFlash GGUF or z-lab checkpoint folder
+    /// [default with the bundled model: its own assistant or DFlash drafter].
     #[arg(long)]
     drafter_model: Option<std::path::PathBuf>,
+    /// After the streamed text, print the run's statistics (speed, acceptance).
+    #[arg(long)]
+    stats: bool,
     /// Tokens drafted per round [default: 4; DFlash: block size − 1].
     #[arg(long)]
     gamma: Option<usize>,
@@ -101,26 +105,40 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --prompt or --tokens"),
     };
     let mut sampler = Sampler::new(params);
-    let mut drafter: Option<Box<dyn target::ExternalDrafter>> = match args.drafter {
+    let bundled = args.model.model.is_none();
+    let kind = args.drafter.unwrap_or(if bundled {
+        DrafterKind::Mtp
+    } else {
+        DrafterKind::None
+    });
+    // With the bundled target, its own drafters are the defaults.
+    let drafter_path = |bundled_name: &str| -> Result<Option<std::path::PathBuf>> {
+        match (&args.drafter_model, bundled) {
+            (Some(p), _) => Ok(Some(p.clone())),
+            (None, true) => Ok(Some(crate::assets::file(bundled_name)?)),
+            (None, false) => Ok(None),
+        }
+    };
+    let mut drafter: Option<Box<dyn target::ExternalDrafter>> = match kind {
         DrafterKind::None => None,
         DrafterKind::Ngram => Some(Box::new(drafter_ngram::NgramDrafter::new(4, 1, 16))),
         DrafterKind::Mtp => {
-            let path = args.drafter_model.as_ref().ok_or_else(|| {
+            let path = drafter_path(crate::assets::ASSISTANT)?.ok_or_else(|| {
                 anyhow::anyhow!("--drafter mtp needs --drafter-model ASSISTANT.gguf")
             })?;
             let file = std::sync::Arc::new(gguf::GgufFile::open(path)?);
             Some(Box::new(drafter_mtp::MtpDrafter::load(file, &mut target)?))
         }
         DrafterKind::Dflash => {
-            let path = args.drafter_model.as_ref().ok_or_else(|| {
+            let path = drafter_path(crate::assets::DFLASH)?.ok_or_else(|| {
                 anyhow::anyhow!("--drafter dflash needs --drafter-model DFLASH.gguf or a z-lab checkpoint folder")
             })?;
-            let mut d = drafter_dflash::DflashDrafter::open(path, &mut target, args.block)?;
+            let mut d = drafter_dflash::DflashDrafter::open(&path, &mut target, args.block)?;
             d.set_adaptive(args.adaptive_block);
             Some(Box::new(d))
         }
     };
-    if args.drafter != DrafterKind::Dflash && (args.block.is_some() || args.adaptive_block) {
+    if kind != DrafterKind::Dflash && (args.block.is_some() || args.adaptive_block) {
         bail!("--block and --adaptive-block apply to --drafter dflash only");
     }
     let mut out = std::io::stdout().lock();
@@ -157,7 +175,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             None,
         ),
         Some(d) => {
-            let gamma = match (args.gamma, args.drafter) {
+            let gamma = match (args.gamma, kind) {
                 (Some(g), _) => g,
                 (None, DrafterKind::Dflash) => d.max_gamma(),
                 (None, _) => d.max_gamma().min(4),
@@ -224,6 +242,40 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     } else {
         out.write_all(String::from_utf8_lossy(&pending).as_bytes())?;
         writeln!(out)?;
+        if args.stats {
+            writeln!(out, "{}", stats_summary(&result.stats, spec.as_ref(), kind))?;
+        }
     }
     Ok(())
+}
+
+/// A few human-readable lines: tokens, speeds and, for speculative runs, acceptance.
+fn stats_summary(
+    s: &target::GenerationStats,
+    spec: Option<&target::SpeculativeGeneration>,
+    kind: DrafterKind,
+) -> String {
+    let mut text = format!(
+        "---\nprompt {} tokens, generated {} tokens; prefill {:.0} tok/s, decode {:.1} tok/s",
+        s.prompt_tokens,
+        s.generated_tokens,
+        s.prefill_tok_s(),
+        s.generated_tokens.saturating_sub(1) as f64 / s.decode_secs.max(1e-12),
+    );
+    if let Some(spec) = spec {
+        let drafted: usize = spec.rounds.iter().map(|r| r.drafted.len()).sum();
+        let accepted: usize = spec.rounds.iter().map(|r| r.accepted).sum();
+        let per_position: Vec<String> = spec
+            .per_position_acceptance()
+            .iter()
+            .map(|a| format!("{a:.2}"))
+            .collect();
+        text.push_str(&format!(
+            "\ndrafter {kind:?}: {} verify rounds, {accepted}/{drafted} drafts accepted, {:.2} tokens per verify; per position [{}]",
+            spec.rounds.len(),
+            spec.acceptance_length(),
+            per_position.join(", ")
+        ));
+    }
+    text
 }

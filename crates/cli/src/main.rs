@@ -5,6 +5,7 @@
 
 #![deny(unsafe_code)]
 
+mod assets;
 mod convert;
 mod doctor;
 mod generate;
@@ -16,7 +17,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Fast lossless Gemma 4 inference with speculative decoding.
+/// Fast lossless Gemma 4 inference with speculative decoding. With no command: generate Python
+/// with the bundled small model and its MTP assistant, and print the speculative statistics.
 #[derive(Parser, Debug)]
 #[command(name = "specula", version, about)]
 struct Cli {
@@ -24,8 +26,11 @@ struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
+
+/// The prompt of the main job (`specula` with no command): the bundled model writes Python.
+const MAIN_JOB_PROMPT: &str = "def parse_args(argv):\n    \"\"\"";
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -59,9 +64,26 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.command.is_none() {
+        // The main job: the bundled model with its MTP assistant, text then statistics.
+        let verbose = cli.verbose;
+        cli = Cli::parse_from([
+            "specula",
+            "generate",
+            "--prompt",
+            MAIN_JOB_PROMPT,
+            "-n",
+            "160",
+            "--stats",
+        ]);
+        cli.verbose = verbose;
+    }
     init_logging(cli.verbose);
-    let result = match &cli.command {
+    let Some(command) = &cli.command else {
+        unreachable!("the main job sets a command")
+    };
+    let result = match command {
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),

@@ -21,9 +21,9 @@ pub enum Device {
 /// Options shared by the commands that load a target.
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
-    /// The Gemma 4 target GGUF.
+    /// The Gemma 4 target GGUF [default: the bundled Python-code model in `assets/`].
     #[arg(long, short = 'm')]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
@@ -63,16 +63,20 @@ impl PromptArgs {
 /// Opens the file, loads the tokenizer and the target on the chosen device, showing a
 /// progress bar on a terminal.
 pub fn load(args: &ModelArgs) -> Result<(Arc<gguf::GgufFile>, Tokenizer, Target)> {
-    let file = Arc::new(gguf::GgufFile::open(&args.model)?);
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => crate::assets::file(crate::assets::TARGET)?,
+    };
+    let file = Arc::new(gguf::GgufFile::open(&path)?);
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let backend = backend(args.device)?;
-    tracing::info!(model = %args.model.display(), backend = %backend.name(), "loading");
+    tracing::info!(model = %path.display(), backend = %backend.name(), "loading");
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("loading {msg} [{bar:32}] {bytes}/{total_bytes}")
             .expect("the progress template is valid")
             .progress_chars("=> "),
     );
-    bar.set_message(file_label(&args.model));
+    bar.set_message(file_label(&path));
     let options = TargetOptions {
         n_ctx: args.ctx,
         max_batch: args.batch,

@@ -461,3 +461,63 @@ fn convert_bad_input_is_one_line_and_writes_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown type 'q3_k'"));
 }
+
+/// With no `--model`, `generate` (and `specula` with no command, the main job) uses the bundled
+/// trio and drafts with its MTP assistant; here `SPECULA_ASSETS` points at a folder holding the
+/// fixture trio under the bundled names. A missing bundled file is one clear line.
+#[test]
+fn no_model_means_the_bundled_trio_with_mtp() {
+    let dir = std::env::temp_dir().join(format!("specula-assets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = Command::new(env!("CARGO_BIN_EXE_specula"))
+        .env("SPECULA_ASSETS", &dir)
+        .args(["generate", "--tokens", "2,5", "-n", "4"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("specula-py-target.q8_0.gguf") && err.lines().count() == 1,
+        "{err}"
+    );
+    for (src, name) in [
+        ("dense.gguf", "specula-py-target.q8_0.gguf"),
+        ("assistant_tuned.gguf", "specula-py-assistant.q8_0.gguf"),
+        ("dflash_tuned.gguf", "specula-py-dflash.q8_0.gguf"),
+    ] {
+        std::fs::copy(fixture(src), dir.join(name)).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_specula"))
+        .env("SPECULA_ASSETS", &dir)
+        .args([
+            "generate", "--tokens", "2,5,9", "-n", "12", "--json", "--device", "cpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["stats"]["acceptance_length"].as_f64().unwrap() >= 1.0);
+    assert_eq!(
+        v["stats"]["per_position_acceptance"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    let main_job = Command::new(env!("CARGO_BIN_EXE_specula"))
+        .env("SPECULA_ASSETS", &dir)
+        .output()
+        .unwrap();
+    assert!(
+        main_job.status.success(),
+        "{}",
+        String::from_utf8_lossy(&main_job.stderr)
+    );
+    let text = String::from_utf8_lossy(&main_job.stdout);
+    assert!(text.contains("tokens per verify"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

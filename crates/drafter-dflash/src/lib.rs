@@ -621,6 +621,22 @@ impl ExternalDrafter for DflashDrafter {
 
     fn prefill_chunk(&mut self, target: &mut Target, outputs: &StepOutput) -> Res<()> {
         let rows = outputs.hidden.len() / self.config.n_embd;
+        // The chunk covers the target's last `rows` positions. A new prompt after the target
+        // was truncated starts below the drafter's context: the context is cut there too (its
+        // rows are rewritten), as the target's KV cache is.
+        let start = target.n_past().checked_sub(rows).ok_or_else(|| {
+            target::Error::Input(format!(
+                "a prefill chunk of {rows} rows but the target holds {} positions",
+                target.n_past()
+            ))
+        })?;
+        if start > self.ctx_len {
+            return Err(target::Error::Input(format!(
+                "drafter context holds {} positions, the prefill chunk starts at {start}",
+                self.ctx_len
+            )));
+        }
+        self.ctx_len = start;
         self.append_context(target, outputs, rows)
     }
 

@@ -81,3 +81,44 @@ fn partial_acceptance_is_lossless_at_every_block_size() {
         }
     }
 }
+
+/// One target and drafter serve several prompts in turn (the target truncated to 0 between
+/// them): each run equals plain greedy decoding of its own prompt, and the drafter's context
+/// restarts with the new prompt instead of refusing it.
+#[test]
+fn a_drafter_serves_prompts_one_after_another() {
+    let reference = Ref::open("dflash_tuned.ref.safetensors").u32("prompt_ids");
+    let prompts: Vec<Vec<u32>> = vec![
+        reference.clone(),
+        vec![7, 300, 301, 9],
+        reference[..reference.len() / 2].to_vec(),
+    ];
+    let mut t = target(8);
+    let mut d = DflashDrafter::open(&fixture("dflash_tuned.gguf"), &mut t, Some(6)).unwrap();
+    for (i, prompt) in prompts.iter().enumerate() {
+        t.truncate(0).unwrap();
+        let spec = generate_speculative(
+            &mut t,
+            &mut d,
+            prompt,
+            &mut Sampler::new(SamplingParams::default()),
+            24,
+            5,
+            &|_| false,
+            &mut |_| Ok(()),
+        )
+        .unwrap();
+        let mut plain = target(8);
+        let g = generate(
+            &mut plain,
+            prompt,
+            &mut Sampler::new(SamplingParams::default()),
+            24,
+            &|_| false,
+            &mut |_| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(spec.tokens, g.tokens, "prompt {i}");
+        assert_eq!(d.context_len(), prompt.len() + 24 - 1, "prompt {i}");
+    }
+}
