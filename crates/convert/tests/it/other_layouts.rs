@@ -9,74 +9,8 @@
 use std::path::Path;
 
 use convert::OutType;
-use gguf::{quant, GgufFile};
-use safetensors::tensor::{Dtype, TensorView};
 
-use crate::testing::{assert_same_gguf, convert_to_temp, fixture};
-
-/// Per-layer names, llama.cpp → transformers.
-const LAYER: &[(&str, &str)] = &[
-    ("attn_norm.weight", "input_layernorm.weight"),
-    ("layer_output_scale.weight", "layer_scalar"),
-    ("ffn_down.weight", "mlp.down_proj.weight"),
-    ("ffn_gate.weight", "mlp.gate_proj.weight"),
-    ("ffn_up.weight", "mlp.up_proj.weight"),
-    (
-        "post_attention_norm.weight",
-        "post_attention_layernorm.weight",
-    ),
-    ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
-    ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
-    (
-        "post_ffw_norm_1.weight",
-        "post_feedforward_layernorm_1.weight",
-    ),
-    (
-        "post_ffw_norm_2.weight",
-        "post_feedforward_layernorm_2.weight",
-    ),
-    (
-        "pre_ffw_norm_2.weight",
-        "pre_feedforward_layernorm_2.weight",
-    ),
-    ("attn_q.weight", "self_attn.q_proj.weight"),
-    ("attn_k.weight", "self_attn.k_proj.weight"),
-    ("attn_v.weight", "self_attn.v_proj.weight"),
-    ("attn_output.weight", "self_attn.o_proj.weight"),
-    ("attn_q_norm.weight", "self_attn.q_norm.weight"),
-    ("attn_k_norm.weight", "self_attn.k_norm.weight"),
-    ("inp_gate.weight", "per_layer_input_gate.weight"),
-    ("proj.weight", "per_layer_projection.weight"),
-    ("post_norm.weight", "post_per_layer_input_norm.weight"),
-    ("ffn_gate_up_exps.weight", "experts.gate_up_proj"),
-    ("ffn_down_exps.weight", "experts.down_proj"),
-    ("ffn_gate_inp.weight", "router.proj.weight"),
-    ("ffn_gate_inp.scale", "router.scale"),
-    ("ffn_down_exps.scale", "router.per_expert_scale"),
-];
-
-/// The transformers name of a GGUF tensor (`None` for the generated `rope_freqs`).
-fn hf_name(gguf: &str) -> Option<String> {
-    let whole = match gguf {
-        "rope_freqs.weight" => return None,
-        "token_embd.weight" => "model.embed_tokens.weight",
-        "per_layer_token_embd.weight" => "model.embed_tokens_per_layer.weight",
-        "per_layer_model_proj.weight" => "model.per_layer_model_projection.weight",
-        "per_layer_proj_norm.weight" => "model.per_layer_projection_norm.weight",
-        "output_norm.weight" => "model.norm.weight",
-        "nextn.pre_projection.weight" => "pre_projection.weight",
-        "nextn.post_projection.weight" => "post_projection.weight",
-        other => {
-            let (layer, suffix) = other.strip_prefix("blk.").unwrap().split_once('.').unwrap();
-            let (_, hf) = LAYER
-                .iter()
-                .find(|(g, _)| *g == suffix)
-                .unwrap_or_else(|| panic!("{other}"));
-            return Some(format!("model.layers.{layer}.{hf}"));
-        }
-    };
-    Some(whole.to_string())
-}
+use crate::testing::{assert_same_gguf, convert_to_temp, fixture, write_weights_from_gguf};
 
 /// Writes a checkpoint folder for fixture `name` into `dir/name`.
 fn rebuild(name: &str, architecture: &str, dir: &Path) -> std::path::PathBuf {
@@ -100,27 +34,10 @@ fn rebuild(name: &str, architecture: &str, dir: &Path) -> std::path::PathBuf {
     ] {
         std::fs::copy(fixture("hf/dense").join(file), folder.join(file)).unwrap();
     }
-    let gguf = GgufFile::open(fixture(&format!("{name}.gguf"))).unwrap();
-    let mut tensors = Vec::new();
-    for t in gguf.tensors() {
-        let Some(hf) = hf_name(t.name()) else {
-            continue;
-        };
-        let values = quant::dequantize_to_vec(t.ggml_type(), gguf.tensor_data(t).unwrap()).unwrap();
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let shape: Vec<usize> = t.shape().iter().rev().map(|&d| d as usize).collect();
-        tensors.push((hf, shape, bytes));
-    }
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &folder.join("model.safetensors")).unwrap();
+    write_weights_from_gguf(
+        &fixture(&format!("{name}.gguf")),
+        &folder.join("model.safetensors"),
+    );
     folder
 }
 
