@@ -11,10 +11,15 @@ use graph::{Backend, Bindings, DType, GraphBuilder, HostBytes, HostData, Shape};
 use kernels::CudaBackend;
 use target::{LogitRows, Target, TargetOptions};
 
-fn q4_k_weight(k: usize, n: usize) -> Vec<u8> {
+/// Random Q4_K or Q6_K blocks with small f16 scales (d, and dmin for Q4_K).
+fn weight(ty: DType, k: usize, n: usize) -> Vec<u8> {
+    let (block, scales): (usize, &[usize]) = match ty {
+        DType::Q4_K => (144, &[0, 2]),
+        _ => (210, &[208]),
+    };
     let n_blocks = k * n / 256;
     let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut bytes = vec![0u8; n_blocks * 144];
+    let mut bytes = vec![0u8; n_blocks * block];
     for b in bytes.chunks_mut(8) {
         state ^= state << 13;
         state ^= state >> 7;
@@ -22,9 +27,11 @@ fn q4_k_weight(k: usize, n: usize) -> Vec<u8> {
         let x = state.to_le_bytes();
         b.copy_from_slice(&x[..b.len()]);
     }
-    for blk in bytes.chunks_mut(144) {
-        blk[0..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-        blk[2..4].copy_from_slice(&half::f16::from_f32(0.002).to_le_bytes());
+    for blk in bytes.chunks_mut(block) {
+        for (i, &off) in scales.iter().enumerate() {
+            let v = if i == 0 { 0.01 } else { 0.002 };
+            blk[off..off + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
     }
     bytes
 }
@@ -79,23 +86,22 @@ fn main() {
         "1.00"
     );
 
-    // The FFN gate/up shape and the FFN down shape of the 31B.
-    for (k, n) in [(5376, 21504), (21504, 5376)] {
-        let bytes = q4_k_weight(k, n);
+    // The FFN gate/up shape and the FFN down shape of the 31B (its down matrices are Q4_K or
+    // Q6_K).
+    for (ty, k, n) in [
+        (DType::Q4_K, 5376, 21504),
+        (DType::Q4_K, 21504, 5376),
+        (DType::Q6_K, 21504, 5376),
+    ] {
+        let bytes = weight(ty, k, n);
         let w_bytes = bytes.len() as f64;
         let wb = cuda
-            .upload(
-                DType::Q4_K,
-                Shape::new(&[k, n]).unwrap(),
-                HostBytes::from_vec(bytes),
-            )
+            .upload(ty, Shape::new(&[k, n]).unwrap(), HostBytes::from_vec(bytes))
             .expect("upload");
         let mut one_row = 0.0;
-        for m in [1usize, 2, 4, 8, 16] {
+        for m in [1usize, 2, 4, 8, 9, 16] {
             let mut g = GraphBuilder::new();
-            let w = g
-                .weight("w", DType::Q4_K, Shape::new(&[k, n]).unwrap())
-                .unwrap();
+            let w = g.weight("w", ty, Shape::new(&[k, n]).unwrap()).unwrap();
             let x = g
                 .input("x", DType::F32, Shape::new(&[k, m]).unwrap())
                 .unwrap();
@@ -130,18 +136,19 @@ fn main() {
             let rate = w_bytes / secs;
             println!(
                 "{:<44} {:>9.0} GB/s {:>10.2}   t({m})/t(1) = {:.2}",
-                format!("Q4_K matmul {k}x{n}, {m} row(s)"),
+                format!("{ty} matmul {k}x{n}, {m} row(s)"),
                 rate / 1e9,
                 rate / copy,
                 secs / one_row
             );
             cuda.unload(exe).unwrap();
         }
-        for m in [64usize, 512] {
+        for m in [64usize, 512]
+            .into_iter()
+            .filter(|_| ty == DType::Q4_K && n > k)
+        {
             let mut g = GraphBuilder::new();
-            let w = g
-                .weight("w", DType::Q4_K, Shape::new(&[k, n]).unwrap())
-                .unwrap();
+            let w = g.weight("w", ty, Shape::new(&[k, n]).unwrap()).unwrap();
             let x = g
                 .input("x", DType::F32, Shape::new(&[k, m]).unwrap())
                 .unwrap();
@@ -157,7 +164,7 @@ fn main() {
             let tflops = 2.0 * (k * n * m) as f64 / secs / 1e12;
             println!(
                 "{:<44} {:>9.1} us   {:.1} TFLOP/s, {:.0} tok/s for this matmul",
-                format!("Q4_K tensor-core matmul, {m} rows"),
+                format!("{ty} tensor-core matmul, {m} rows"),
                 secs * 1e6,
                 tflops,
                 m as f64 / secs

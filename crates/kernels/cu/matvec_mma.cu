@@ -225,20 +225,29 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const float* x, float (&ac
         rows[mt][0] = ra < n ? ra : n - 1;
         rows[mt][1] = rb < n ? rb : n - 1;
     }
-    Q4KTile cur[MT], nxt[MT];
+    // One activation tile: the next group's weights load during this one's products. Two tiles
+    // need the registers for their activations, so the next group loads after.
+    constexpr bool prefetch = NT == 1;
+    Q4KTile cur[MT];
     int grp = first;
     if (grp >= n_groups) return;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) q4k_load(cur[mt], w, rows[mt][0], rows[mt][1], n_groups, grp, t);
     for (; grp < n_groups; grp += stride) {
         int next = grp + stride;
-        if (next < n_groups) {
+        Q4KTile nxt[MT];
+        if (prefetch && next < n_groups) {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) q4k_load(nxt[mt], w, rows[mt][0], rows[mt][1], n_groups, next, t);
         }
         q4k_group<MT, NT>(cur, x, acc, grp, m0, m, x_off, x_stride);
+        if (prefetch) {
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) cur[mt] = nxt[mt];
+            for (int mt = 0; mt < MT; ++mt) cur[mt] = nxt[mt];
+        } else if (next < n_groups) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) q4k_load(cur[mt], w, rows[mt][0], rows[mt][1], n_groups, next, t);
+        }
     }
 }
 
@@ -432,17 +441,19 @@ __device__ void matvec_mma_body(const u8* w, const float* x, float* y, int k, in
 
 // matmul_<type>_mma_m<MT>n<NT>: blocks of MMV_WARPS warps, grid (⌈n / (16·MT·MMV_WARPS / kw)⌉,
 // ⌈m / 8·NT⌉).
-#define MMV_KERNEL(SUFFIX, DT, MT, NT)                                                                 \
-    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32)                                       \
+#define MMV_KERNEL(SUFFIX, DT, MT, NT, MIN_BLOCKS)                                                     \
+    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, MIN_BLOCKS)                           \
         matmul_##SUFFIX##_mma_m##MT##n##NT(const u8* w, const float* x, float* y, int k, int n, int m, \
                                            i64 x_off, i64 x_stride, int kw) {                          \
         matvec_mma_body<DT, MT, NT>(w, x, y, k, n, m, x_off, x_stride, kw);                           \
     }
-#define MMV_KERNELS(SUFFIX, DT)      \
-    MMV_KERNEL(SUFFIX, DT, 1, 1)     \
-    MMV_KERNEL(SUFFIX, DT, 1, 2)     \
-    MMV_KERNEL(SUFFIX, DT, 2, 1)     \
-    MMV_KERNEL(SUFFIX, DT, 2, 2)
-MMV_KERNELS(q4_k, DT_Q4_K)
-MMV_KERNELS(q6_k, DT_Q6_K)
-MMV_KERNELS(q8_0, DT_Q8_0)
+// Two blocks per SM (at most 128 registers) where that costs at most a few spilled bytes; the
+// Q4_K kernels with two weight tiles per warp keep their registers (one block per SM).
+#define MMV_KERNELS(SUFFIX, DT, MIN_BLOCKS_M2) \
+    MMV_KERNEL(SUFFIX, DT, 1, 1, 2)           \
+    MMV_KERNEL(SUFFIX, DT, 1, 2, 2)           \
+    MMV_KERNEL(SUFFIX, DT, 2, 1, MIN_BLOCKS_M2) \
+    MMV_KERNEL(SUFFIX, DT, 2, 2, MIN_BLOCKS_M2)
+MMV_KERNELS(q4_k, DT_Q4_K, 1)
+MMV_KERNELS(q6_k, DT_Q6_K, 2)
+MMV_KERNELS(q8_0, DT_Q8_0, 2)

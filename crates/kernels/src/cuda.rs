@@ -556,7 +556,7 @@ impl CudaBackend {
                     );
                 }
                 if fast && self.mma_matvec && m <= source::MMA_MAX_ROWS {
-                    let (mt, nt) = source::mma_tile(n, m);
+                    let (mt, nt) = source::mma_tile(m);
                     let mt = self.mma_mt.unwrap_or(mt);
                     let kw = source::mma_k_warps(k);
                     a.i32(kw as i32);

@@ -66,16 +66,18 @@ pub const MMA_SUFFIXES: &[(gguf::GgmlType, &str)] = &[
 /// Most activation rows one launch of the `_mma_` kernels takes (`NT` = 2 tiles of 8).
 pub const MMA_MAX_ROWS: usize = 16;
 
-/// The `_mma_` kernel's tile shape for `n` output rows and `m` activation rows: `(MT, NT)`, 16-row
-/// weight tiles per warp and 8-row activation tiles per block. Two weight tiles per warp halve
-/// the activation loads per weight byte (what limits 9–16 rows) but need ~170 registers, one
-/// block per SM; at up to 8 rows one tile per warp is faster where the grid is large
-/// (n ≥ 8192: 0.40 vs 0.36 of copy on the H100 for 5376 × 21504) and slower where it is not
-/// (0.28 vs 0.32 for 21504 × 5376; bench/NOTES.md).
-pub fn mma_tile(n: usize, m: usize) -> (usize, usize) {
-    let nt = if m <= 8 { 1 } else { 2 };
-    let mt = if nt == 2 || n < 8192 { 2 } else { 1 };
-    (mt, nt)
+/// The `_mma_` kernel's tile shape for `m` activation rows: `(MT, NT)`, 16-row weight tiles per
+/// warp and 8-row activation tiles per block. Up to 8 rows, one weight tile per warp (at most 128
+/// registers, two blocks per SM): on the H200 0.31 / 0.28 / 0.33 of copy at one row for the 31B's
+/// Q4_K gate/up, Q4_K down and Q6_K down, against 0.25 / 0.23 / 0.26 with two tiles. At 9–16
+/// rows two weight tiles per warp share each activation load: a 16-row Q4_K gate/up product
+/// takes 1.33× a one-row one, against 1.83× with one tile (bench/NOTES.md).
+pub fn mma_tile(m: usize) -> (usize, usize) {
+    if m <= 8 {
+        (1, 1)
+    } else {
+        (2, 2)
+    }
 }
 
 /// Warps of an `_mma_` block that split one row's 256-weight groups (the rest take further
