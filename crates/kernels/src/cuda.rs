@@ -112,9 +112,17 @@ struct Exec {
     attn_scratch: HashMap<usize, (BufferId, usize)>,
 }
 
-/// Number of blocks a single-query attention is split into: enough (head, query, split) blocks
-/// to fill the GPU, at least 512 K/V rows per split, at most 32 splits.
+/// Number of blocks each (head, query) of an attention is split into over the K/V positions.
+/// Up to 16 queries (decode steps and verify batches) it depends on the cache capacity only (one
+/// split per 256 rows, at most 32), so a query's arithmetic is the same whatever batch it is in
+/// and a verify row equals the decode step; each block walks its positions one per warp, so
+/// short splits also keep enough blocks in flight (a 9-query verify at depth 4K ran one block
+/// per (head, query) before). Longer batches (prefill chunks) split only to fill the GPU, at
+/// least 512 rows per split.
 fn attention_splits(n_head: usize, n_tok: usize, cap: usize) -> usize {
+    if n_tok <= 16 {
+        return (cap / 256).clamp(1, 32);
+    }
     let fill = 264usize.div_ceil((n_head * n_tok).max(1));
     fill.min(cap / 512).clamp(1, 32)
 }
