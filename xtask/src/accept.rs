@@ -1,7 +1,8 @@
 //! `cargo xtask accept`: true acceptance and end-to-end speed of the bundled trio.
 //!
-//! For every held-out prompt (`assets/heldout-prompts.jsonl`: one `{"tokens": [...]}` per line,
-//! written by `tools/train`), greedy decoding runs three times on separately loaded targets:
+//! For every held-out prompt (`assets/heldout-prompts.jsonl`: one `{"text": "..."}` (tokenized
+//! with the target's tokenizer and BOS rule) or `{"tokens": [...]}` per line; written by
+//! `tools/train/heldout_prompts.py` from the held-out stdlib files), greedy decoding runs three times on separately loaded targets:
 //! plain, with the MTP assistant (γ = 4) and with the DFlash drafter (block 16). Both
 //! speculative outputs must equal the plain one token for token (an error otherwise). Reports
 //! acceptance length (tokens committed per verify), per-position acceptance and decode tok/s
@@ -19,7 +20,7 @@ use serde_json::{json, Value};
 use target::{Round, Sampler, SamplingParams, SpeculativeGeneration, Target, TargetOptions};
 
 /// File names of the bundled trio (as `crates/cli/src/assets.rs`).
-const TARGET: &str = "specula-py-target.q8_0.gguf";
+const TARGET: &str = "specula-py-target.q4_k_m.gguf";
 const ASSISTANT: &str = "specula-py-assistant.q8_0.gguf";
 const DFLASH: &str = "specula-py-dflash.q8_0.gguf";
 
@@ -74,24 +75,28 @@ fn parse(args: &[String]) -> Result<Options> {
     Ok(o)
 }
 
-/// The prompts of a JSONL file: `{"tokens": [ids]}` per line.
-fn read_prompts(path: &Path) -> Result<Vec<Vec<u32>>> {
+/// The prompts of a JSONL file: `{"text": "..."}` or `{"tokens": [ids]}` per line.
+fn read_prompts(path: &Path, tokenizer: &target::Tokenizer) -> Result<Vec<Vec<u32>>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            let v: Value = serde_json::from_str(l)
-                .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+            let at = || format!("{}:{}", path.display(), i + 1);
+            let v: Value =
+                serde_json::from_str(l).with_context(|| format!("{}: not JSON", at()))?;
+            if let Some(t) = v["text"].as_str() {
+                return Ok(tokenizer.encode(t, tokenizer.adds_bos())?);
+            }
             v["tokens"]
                 .as_array()
-                .with_context(|| format!("{}:{}: no \"tokens\" array", path.display(), i + 1))?
+                .with_context(|| format!("{}: neither \"text\" nor \"tokens\"", at()))?
                 .iter()
                 .map(|t| {
                     t.as_u64()
                         .and_then(|t| u32::try_from(t).ok())
-                        .with_context(|| format!("{}:{}: bad token id {t}", path.display(), i + 1))
+                        .with_context(|| format!("{}: bad token id {t}", at()))
                 })
                 .collect()
         })
@@ -161,7 +166,8 @@ impl Tally {
 
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
-    let prompts: Vec<Vec<u32>> = read_prompts(&o.prompts)?
+    let tokenizer = target::Tokenizer::from_gguf(&gguf::GgufFile::open(o.assets.join(TARGET))?)?;
+    let prompts: Vec<Vec<u32>> = read_prompts(&o.prompts, &tokenizer)?
         .into_iter()
         .take(o.limit)
         .collect();

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 /// File name of the bundled target in `assets/`.
-pub const TARGET: &str = "specula-py-target.q8_0.gguf";
+pub const TARGET: &str = "specula-py-target.q4_k_m.gguf";
 /// File name of the bundled MTP assistant in `assets/`.
 pub const ASSISTANT: &str = "specula-py-assistant.q8_0.gguf";
 /// File name of the bundled DFlash drafter in `assets/`.

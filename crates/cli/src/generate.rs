@@ -55,6 +55,9 @@ pub struct GenerateArgs {
     /// After the streamed text, print the run's statistics (speed, acceptance).
     #[arg(long)]
     stats: bool,
+    /// Print the prompt text before the generated text (streamed output only).
+    #[arg(long)]
+    echo: bool,
     /// Tokens drafted per round [default: 4; DFlash: block size − 1].
     #[arg(long)]
     gamma: Option<usize>,
@@ -144,6 +147,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let mut pending: Vec<u8> = Vec::new();
     let stream = !args.json;
+    if stream && args.echo {
+        if let Some(text) = args.input.text()? {
+            out.write_all(text.as_bytes())?;
+        }
+    }
     let ignore_eos = args.ignore_eos;
     let is_stop = |id: u32| !ignore_eos && tokenizer.is_end_of_generation(id);
     let mut on_token = |id: u32| -> target::Result<()> {

@@ -30,7 +30,8 @@ struct Cli {
 }
 
 /// The prompt of the main job (`specula` with no command): the bundled model writes Python.
-const MAIN_JOB_PROMPT: &str = "def parse_args(argv):\n    \"\"\"";
+const MAIN_JOB_PROMPT: &str =
+    "class Queue:\n    \"\"\"A FIFO queue.\"\"\"\n\n    def __init__(self, maxsize=0):";
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -76,6 +77,7 @@ fn main() -> ExitCode {
             "-n",
             "160",
             "--stats",
+            "--echo",
         ]);
         cli.verbose = verbose;
     }

@@ -480,11 +480,11 @@ fn no_model_means_the_bundled_trio_with_mtp() {
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(
-        err.contains("specula-py-target.q8_0.gguf") && err.lines().count() == 1,
+        err.contains("specula-py-target.q4_k_m.gguf") && err.lines().count() == 1,
         "{err}"
     );
     for (src, name) in [
-        ("dense.gguf", "specula-py-target.q8_0.gguf"),
+        ("dense.gguf", "specula-py-target.q4_k_m.gguf"),
         ("assistant_tuned.gguf", "specula-py-assistant.q8_0.gguf"),
         ("dflash_tuned.gguf", "specula-py-dflash.q8_0.gguf"),
     ] {
@@ -523,4 +523,50 @@ fn no_model_means_the_bundled_trio_with_mtp() {
     let text = String::from_utf8_lossy(&main_job.stdout);
     assert!(text.contains("tokens per verify"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The bundled trio itself (`assets/`): the main job prints Python and its statistics, and the
+/// MTP and DFlash runs give exactly the plain greedy tokens, with real acceptance (the trained
+/// assistant is accepted for well over one token per verify on this prompt).
+#[test]
+fn the_bundled_trio_runs_losslessly() {
+    let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "generate",
+            "--prompt",
+            "def read_config(path):\n    with open(path) as f:",
+            "-n",
+            "48",
+            "--json",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_specula"))
+            .env("SPECULA_ASSETS", &assets)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let plain = run(&["--drafter", "none"]);
+    let mtp = run(&[]);
+    let dflash = run(&["--drafter", "dflash"]);
+    assert_eq!(mtp["tokens"], plain["tokens"]);
+    assert_eq!(dflash["tokens"], plain["tokens"]);
+    let mtp_len = mtp["stats"]["acceptance_length"].as_f64().unwrap();
+    assert!(mtp_len > 1.5, "MTP acceptance length {mtp_len}");
+    assert!(plain["text"].as_str().unwrap().contains('\n'));
+
+    let main_job = Command::new(env!("CARGO_BIN_EXE_specula"))
+        .env("SPECULA_ASSETS", &assets)
+        .args(["--verbose"])
+        .output()
+        .unwrap();
+    assert!(main_job.status.success());
+    let text = String::from_utf8_lossy(&main_job.stdout);
+    assert!(text.starts_with("class Queue:"), "{text}");
+    assert!(text.contains("drafter Mtp:") && text.contains("tokens per verify"), "{text}");
 }
