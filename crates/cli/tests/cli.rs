@@ -548,7 +548,11 @@ fn the_bundled_trio_runs_losslessly() {
             .args(&args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let plain = run(&["--drafter", "none"]);
@@ -568,5 +572,8 @@ fn the_bundled_trio_runs_losslessly() {
     assert!(main_job.status.success());
     let text = String::from_utf8_lossy(&main_job.stdout);
     assert!(text.starts_with("class Queue:"), "{text}");
-    assert!(text.contains("drafter Mtp:") && text.contains("tokens per verify"), "{text}");
+    assert!(
+        text.contains("drafter Mtp:") && text.contains("tokens per verify"),
+        "{text}"
+    );
 }
