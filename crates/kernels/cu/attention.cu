@@ -123,3 +123,135 @@ extern "C" __global__ void attention_combine_f32(const float* partial, float* ou
         o[i] = den > 0.0f ? num / den : 0.0f;
     }
 }
+
+// attention_f32 for f16 K/V rows of d = d_v = 32·E (256 or 512) with 16-byte-aligned rows: lane l
+// owns dims E·l .. E·l + E − 1, loads them with 16-byte loads, and a warp works on two positions
+// per iteration so two dot/shuffle/exp chains are in flight. Same arguments, splits and partial
+// layout as attention_f32 (k_dt and v_dt are F16 by the host's choice).
+__device__ __forceinline__ void load_h8(const u16* p, float* out) {
+    uint4 v = *(const uint4*)p;
+    u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        out[2 * i] = h2f((u16)(w[i] & 0xffff));
+        out[2 * i + 1] = h2f((u16)(w[i] >> 16));
+    }
+}
+
+template <int E>
+__device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k, Layout4 lk, const u16* v,
+                                        Layout4 lv, const int* q_pos, const int* n_kv_ptr, const float* mask,
+                                        float* out, int d_v, int n_head, int n_head_kv, int cap, float scale,
+                                        int mask_kind, int window, int ring, int* err, int n_split,
+                                        float* partial) {
+    __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
+    __shared__ float wacc[ATT_WARPS][ATT_MAX_D];
+    int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = h / (n_head / n_head_kv);
+    const float* qr = q + lq.off + (i64)h * lq.s1 + (i64)t * lq.s2 + lane * E;
+    float qv[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) qv[e] = qr[e];
+    float* o = out + ((i64)t * n_head + h) * d_v;
+    int n_kv = *n_kv_ptr;
+    if (n_kv < 0 || (!ring && n_kv > cap)) {
+        if (threadIdx.x == 0) report(err, ERR_N_KV);
+        for (int i = threadIdx.x; i < d_v; i += blockDim.x) o[i] = 0.0f;
+        return;
+    }
+    i64 qp = q_pos[t];
+    i64 lo = ring ? imax(0, (i64)n_kv - cap) : 0;
+    i64 hi = (i64)n_kv - 1;
+    if (mask_kind >= 1) hi = imin(hi, qp);
+    if (mask_kind == 2) lo = imax(lo, qp - window + 1);
+    if (n_split > 1 && hi >= lo) {
+        i64 per = (hi - lo + n_split) / n_split;
+        i64 start = lo + per * split;
+        hi = imin(hi, start + per - 1);
+        lo = start;
+    }
+    float m = -INFINITY, l = 0.0f, acc[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[e] = 0.0f;
+    i64 kbase = lk.off + (i64)g * lk.s1 + lane * E, vbase = lv.off + (i64)g * lv.s1 + lane * E;
+    for (i64 p = lo + warp; p <= hi; p += 2 * ATT_WARPS) {
+        i64 pp[2] = {p, p + ATT_WARPS <= hi ? p + ATT_WARPS : p};
+        float kv[2][E], vv[2][E], s[2];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            i64 slot = ring ? pp[j] % cap : pp[j];
+#pragma unroll
+            for (int c = 0; c < E; c += 8) {
+                load_h8(k + kbase + slot * lk.s2 + c, kv[j] + c);
+                load_h8(v + vbase + slot * lv.s2 + c, vv[j] + c);
+            }
+            float d = 0.0f;
+#pragma unroll
+            for (int e = 0; e < E; ++e) d += qv[e] * kv[j][e];
+            s[j] = d;
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            s[j] = warp_sum(s[j]) * scale;
+            i64 slot = ring ? pp[j] % cap : pp[j];
+            if (mask) s[j] += mask[slot + (i64)t * cap];
+        }
+        if (pp[1] == pp[0]) s[1] = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            if (s[j] == -INFINITY) continue;
+            float mn = fmaxf(m, s[j]);
+            float c = expf(m - mn), w = expf(s[j] - mn);
+            l = l * c + w;
+#pragma unroll
+            for (int e = 0; e < E; ++e) acc[e] = acc[e] * c + w * vv[j][e];
+            m = mn;
+        }
+    }
+    if (lane == 0) {
+        wm[warp] = m;
+        wl[warp] = l;
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) wacc[warp][lane * E + e] = acc[e];
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; ++w) mx = fmaxf(mx, wm[w]);
+    float* part = n_split > 1 ? partial + (((i64)t * n_head + h) * n_split + split) * (d_v + 2) : 0;
+    if (part && threadIdx.x == 0) {
+        float den = 0.0f;
+        for (int w = 0; w < ATT_WARPS; ++w) den += wm[w] == -INFINITY ? 0.0f : wl[w] * expf(wm[w] - mx);
+        part[0] = mx;
+        part[1] = mx == -INFINITY ? 0.0f : den;
+    }
+    for (int i = threadIdx.x; i < d_v; i += blockDim.x) {
+        if (mx == -INFINITY) {
+            if (part) part[2 + i] = 0.0f;
+            else o[i] = 0.0f;
+            continue;
+        }
+        float num = 0.0f, den = 0.0f;
+        for (int w = 0; w < ATT_WARPS; ++w) {
+            float f = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - mx);
+            num += wacc[w][i] * f;
+            den += wl[w] * f;
+        }
+        if (part) part[2 + i] = num;
+        else o[i] = den > 0.0f ? num / den : 0.0f;
+    }
+}
+
+#define ATTENTION_WIDE(E)                                                                                    \
+    extern "C" __global__ void attention_f16_e##E(const float* q, Layout4 lq, const void* k, int k_dt,     \
+                                                  Layout4 lk, const void* v, int v_dt, Layout4 lv,          \
+                                                  const int* q_pos, const int* n_kv_ptr, const float* mask, \
+                                                  float* out, int d, int d_v, int n_head, int n_head_kv,    \
+                                                  int cap, float scale, int mask_kind, int window, int ring, \
+                                                  int* err, int n_split, float* partial) {                  \
+        attention_f16_wide_body<E>(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask, out,  \
+                                   d_v, n_head, n_head_kv, cap, scale, mask_kind, window, ring, err, n_split, \
+                                   partial);                                                                  \
+    }
+ATTENTION_WIDE(8)
+ATTENTION_WIDE(16)

@@ -157,6 +157,9 @@ pub struct CudaBackend {
     max_row_tile: usize,
     /// Q4_K/Q6_K/Q8_0 products of up to 16 rows take the tensor-core `_mma_` kernels.
     mma_matvec: bool,
+    /// f16 K/V attention of head dim 256/512 takes the wide kernel (`SPECULA_WIDE_ATTENTION=0`:
+    /// the generic one, an A/B knob).
+    wide_attention: bool,
     /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
     mma_mt: Option<usize>,
     _module: Arc<CudaModule>,
@@ -229,6 +232,7 @@ impl CudaBackend {
             tensor_cores: major >= 8,
             max_row_tile: max_row_tile_from_env(),
             mma_matvec: major >= 8 && mma_matvec_from_env(),
+            wide_attention: std::env::var("SPECULA_WIDE_ATTENTION").map_or(true, |v| v != "0"),
             mma_mt: std::env::var("SPECULA_MMA_MT")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -796,8 +800,26 @@ impl CudaBackend {
                     None => (1, 0),
                 };
                 a.i32(n_split as i32).ptr(scratch);
+                // f16 K/V rows of 256 or 512 with 16-byte-aligned starts: the wide kernel.
+                let aligned = |l: &graph::Layout| {
+                    l.offset.is_multiple_of(8)
+                        && l.strides[1].is_multiple_of(8)
+                        && l.strides[2].is_multiple_of(8)
+                };
+                let wide = k.dtype == DType::F16
+                    && v.dtype == DType::F16
+                    && d == d_v
+                    && (d == 256 || d == 512)
+                    && aligned(&k.layout)
+                    && aligned(&v.layout)
+                    && self.wide_attention;
+                let kernel = match (wide, d) {
+                    (true, 256) => "attention_f16_e8",
+                    (true, _) => "attention_f16_e16",
+                    _ => "attention_f32",
+                };
                 self.launch(
-                    "attention_f32",
+                    kernel,
                     (n_head as u32, n_tok as u32, n_split as u32),
                     128,
                     &mut a,

@@ -103,6 +103,8 @@ pub const OTHER_KERNELS: &[&str] = &[
     "top_k_f32",
     "moe_weights_f32",
     "attention_f32",
+    "attention_f16_e8",
+    "attention_f16_e16",
     "attention_combine_f32",
 ];
 

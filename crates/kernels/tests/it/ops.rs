@@ -519,6 +519,29 @@ fn attention_gqa_ring_window_masks_f16() {
             KvLayout::Ring,
             DType::F16,
         ),
+        // f16 rows of 256 and 512 (the wide kernel), long enough for many splits.
+        (
+            256,
+            8,
+            2,
+            4096,
+            3001,
+            vec![2990, 2995, 3000],
+            AttnMask::Causal,
+            KvLayout::Linear,
+            DType::F16,
+        ),
+        (
+            512,
+            8,
+            1,
+            2048,
+            1203,
+            (1190..1203).collect(),
+            AttnMask::Explicit,
+            KvLayout::Linear,
+            DType::F16,
+        ),
         // Long K/V: split-K blocks and the combine kernel.
         (
             128,
