@@ -13,9 +13,9 @@ use crate::error::Result;
 use crate::gemma4::Gemma4Text;
 use crate::gemma4_names::{map_text_tensor, text_tensor_origin};
 use crate::hparams::HParams;
-use crate::mapping::{check_tensors, map_tensors, Expect, Mapped};
-use crate::plan::{Plan, PlannedTensor, TensorSource};
-use crate::tokenizer::TokenizerFiles;
+use crate::mapping::{check_tensors, Expect, Mapped};
+use crate::plan::Plan;
+use crate::target::{gemma4_tensors, Gemma4Tensors};
 use crate::types::OutType;
 
 /// The GGUF architecture.
@@ -26,25 +26,11 @@ pub(crate) fn plan(ck: &Checkpoint, config: &HParams, out: OutType) -> Result<Pl
     let merged = config.with_text_config();
     let text = Gemma4Text::parse(&merged)?;
     let n_backbone = merged.usize("backbone_hidden_size")?;
-    let tokenizer = TokenizerFiles::load(ck.dir())?;
-    let tokenizer_kv = tokenizer.gemma4_kv()?;
-    let rows = tokenizer.embedding_rows()?;
-    let mut tensors = vec![PlannedTensor::new(
-        "rope_freqs.weight",
-        vec![(text.head_dim_full / 2) as u64],
-        TensorSource::Values(text.rope_freqs()),
-    )];
-    tensors.extend(map_tensors(
-        ck,
-        map_assistant_tensor,
-        "Gemma 4 assistant",
-        Some(rows),
-    )?);
-    let n_vocab = tensors
-        .iter()
-        .find(|t| t.name == "token_embd.weight")
-        .and_then(|t| t.shape.get(1))
-        .map_or(text.vocab_size, |&v| v as usize);
+    let Gemma4Tensors {
+        tokenizer_kv,
+        tensors,
+        n_vocab,
+    } = gemma4_tensors(ck, &text, map_assistant_tensor, "Gemma 4 assistant")?;
     let expected: Vec<Expect> =
         drafter_mtp::expected_tensors(&runtime_config(&text, n_backbone, n_vocab))
             .into_iter()

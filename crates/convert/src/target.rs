@@ -14,7 +14,8 @@ use crate::error::Result;
 use crate::gemma4::Gemma4Text;
 use crate::gemma4_names::{map_text_tensor, text_tensor_origin};
 use crate::hparams::HParams;
-use crate::mapping::{check_tensors, map_tensors, Expect};
+use crate::kv::Kv;
+use crate::mapping::{check_tensors, map_tensors, Expect, Mapped};
 use crate::plan::{Plan, PlannedTensor, TensorSource};
 use crate::tokenizer::TokenizerFiles;
 use crate::types::OutType;
@@ -25,25 +26,11 @@ pub(crate) const ARCH: &str = "gemma4";
 /// Plans the conversion of a Gemma 4 target checkpoint.
 pub(crate) fn plan(ck: &Checkpoint, config: &HParams, out: OutType) -> Result<Plan> {
     let text = Gemma4Text::parse(&config.with_text_config())?;
-    let tokenizer = TokenizerFiles::load(ck.dir())?;
-    let tokenizer_kv = tokenizer.gemma4_kv()?;
-    let rows = tokenizer.embedding_rows()?;
-    let mut tensors = vec![PlannedTensor::new(
-        "rope_freqs.weight",
-        vec![(text.head_dim_full / 2) as u64],
-        TensorSource::Values(text.rope_freqs()),
-    )];
-    tensors.extend(map_tensors(
-        ck,
-        map_text_tensor,
-        "Gemma 4 text model",
-        Some(rows),
-    )?);
-    let n_vocab = tensors
-        .iter()
-        .find(|t| t.name == "token_embd.weight")
-        .and_then(|t| t.shape.get(1))
-        .map_or(text.vocab_size, |&v| v as usize);
+    let Gemma4Tensors {
+        tokenizer_kv,
+        tensors,
+        n_vocab,
+    } = gemma4_tensors(ck, &text, map_text_tensor, "Gemma 4 text model")?;
     let expected: Vec<Expect> = target::weights::expected_tensors(&runtime_config(&text, n_vocab))
         .into_iter()
         .map(|e| Expect::new(e.name, &e.shape, e.required))
@@ -66,6 +53,44 @@ pub(crate) fn plan(ck: &Checkpoint, config: &HParams, out: OutType) -> Result<Pl
             0
         },
         n_layer: text.n_layer,
+    })
+}
+
+/// What a Gemma 4 target and its MTP assistant share: the tokenizer's keys, the generated
+/// `rope_freqs` (first), the checkpoint's tensors named by `map` (the embedding cut to the
+/// tokenizer's rows) and the vocabulary size the embedding gives.
+pub(crate) struct Gemma4Tensors {
+    pub tokenizer_kv: Kv,
+    pub tensors: Vec<PlannedTensor>,
+    pub n_vocab: usize,
+}
+
+/// Builds [`Gemma4Tensors`] for a checkpoint whose text config is `text`; `what` names the model
+/// in errors.
+pub(crate) fn gemma4_tensors(
+    ck: &Checkpoint,
+    text: &Gemma4Text,
+    map: impl Fn(&str) -> Mapped,
+    what: &str,
+) -> Result<Gemma4Tensors> {
+    let tokenizer = TokenizerFiles::load(ck.dir())?;
+    let tokenizer_kv = tokenizer.gemma4_kv()?;
+    let rows = tokenizer.embedding_rows()?;
+    let mut tensors = vec![PlannedTensor::new(
+        "rope_freqs.weight",
+        vec![(text.head_dim_full / 2) as u64],
+        TensorSource::Values(text.rope_freqs()),
+    )];
+    tensors.extend(map_tensors(ck, map, what, Some(rows))?);
+    let n_vocab = tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .and_then(|t| t.shape.get(1))
+        .map_or(text.vocab_size, |&v| v as usize);
+    Ok(Gemma4Tensors {
+        tokenizer_kv,
+        tensors,
+        n_vocab,
     })
 }
 
