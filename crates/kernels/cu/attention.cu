@@ -5,6 +5,63 @@
 #define ATT_WARPS 4
 #define ATT_MAX_D 512
 
+// The visible positions lo..hi of query t for this block's split (split-K: each block takes its
+// share). Returns false, with the output zeroed and the error reported, when n_kv is impossible.
+__device__ __forceinline__ bool attention_range(const int* q_pos, const int* n_kv_ptr, int t, int split,
+                                                int n_split, int cap, int mask_kind, int window, int ring,
+                                                float* o, int d_v, int* err, i64& lo, i64& hi) {
+    int n_kv = *n_kv_ptr;
+    if (n_kv < 0 || (!ring && n_kv > cap)) {
+        if (threadIdx.x == 0) report(err, ERR_N_KV);
+        for (int i = threadIdx.x; i < d_v; i += blockDim.x) o[i] = 0.0f;
+        return false;
+    }
+    i64 qp = q_pos[t];
+    lo = ring ? imax(0, (i64)n_kv - cap) : 0;
+    hi = (i64)n_kv - 1;
+    if (mask_kind >= 1) hi = imin(hi, qp);
+    if (mask_kind == 2) lo = imax(lo, qp - window + 1);
+    if (n_split > 1 && hi >= lo) {
+        i64 per = (hi - lo + n_split) / n_split;
+        i64 start = lo + per * split;
+        hi = imin(hi, start + per - 1);
+        lo = start;
+    }
+    return true;
+}
+
+// Merges the warps' running softmaxes (max wm, sum wl, unnormalised output wacc, in shared
+// memory after a barrier) into the output row o, or with splits stores the block's (max, sum,
+// unnormalised output) for attention_combine_f32.
+__device__ __forceinline__ void attention_merge_warps(const float* wm, const float* wl,
+                                                      const float (*wacc)[ATT_MAX_D], float* o, float* partial,
+                                                      int t, int h, int n_head, int split, int n_split, int d_v) {
+    float mx = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; ++w) mx = fmaxf(mx, wm[w]);
+    float* part = n_split > 1 ? partial + (((i64)t * n_head + h) * n_split + split) * (d_v + 2) : 0;
+    if (part && threadIdx.x == 0) {
+        float den = 0.0f;
+        for (int w = 0; w < ATT_WARPS; ++w) den += wm[w] == -INFINITY ? 0.0f : wl[w] * expf(wm[w] - mx);
+        part[0] = mx;
+        part[1] = mx == -INFINITY ? 0.0f : den;
+    }
+    for (int i = threadIdx.x; i < d_v; i += blockDim.x) {
+        if (mx == -INFINITY) {
+            if (part) part[2 + i] = 0.0f;
+            else o[i] = 0.0f;
+            continue;
+        }
+        float num = 0.0f, den = 0.0f;
+        for (int w = 0; w < ATT_WARPS; ++w) {
+            float f = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - mx);
+            num += wacc[w][i] * f;
+            den += wl[w] * f;
+        }
+        if (part) part[2 + i] = num;
+        else o[i] = den > 0.0f ? num / den : 0.0f;
+    }
+}
+
 // mask_kind: 0 none / explicit, 1 causal, 2 sliding window.
 extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void* k, int k_dt, Layout4 lk,
                                          const void* v, int v_dt, Layout4 lv, const int* q_pos,
@@ -21,24 +78,9 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
     for (int i = threadIdx.x; i < d; i += blockDim.x) qs[i] = qr[i];
     __syncthreads();
     float* o = out + ((i64)t * n_head + h) * d_v;
-    int n_kv = *n_kv_ptr;
-    if (n_kv < 0 || (!ring && n_kv > cap)) {
-        if (threadIdx.x == 0) report(err, ERR_N_KV);
-        for (int i = threadIdx.x; i < d_v; i += blockDim.x) o[i] = 0.0f;
+    i64 lo, hi;
+    if (!attention_range(q_pos, n_kv_ptr, t, split, n_split, cap, mask_kind, window, ring, o, d_v, err, lo, hi))
         return;
-    }
-    i64 qp = q_pos[t];
-    i64 lo = ring ? imax(0, (i64)n_kv - cap) : 0;
-    i64 hi = (i64)n_kv - 1;
-    if (mask_kind >= 1) hi = imin(hi, qp);
-    if (mask_kind == 2) lo = imax(lo, qp - window + 1);
-    // Split-K: this block takes its share of the visible positions.
-    if (n_split > 1 && hi >= lo) {
-        i64 per = (hi - lo + n_split) / n_split;
-        i64 start = lo + per * split;
-        hi = imin(hi, start + per - 1);
-        lo = start;
-    }
 
     float m = -INFINITY, l = 0.0f;
     float acc[ATT_MAX_D / 32];
@@ -73,31 +115,7 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
         if (i < d_v) wacc[warp][i] = acc[j];
     }
     __syncthreads();
-    float mx = -INFINITY;
-    for (int w = 0; w < ATT_WARPS; ++w) mx = fmaxf(mx, wm[w]);
-    // With splits, store (max, sum, unnormalised output) for attention_combine_f32.
-    float* part = n_split > 1 ? partial + (((i64)t * n_head + h) * n_split + split) * (d_v + 2) : 0;
-    if (part && threadIdx.x == 0) {
-        float den = 0.0f;
-        for (int w = 0; w < ATT_WARPS; ++w) den += wm[w] == -INFINITY ? 0.0f : wl[w] * expf(wm[w] - mx);
-        part[0] = mx;
-        part[1] = mx == -INFINITY ? 0.0f : den;
-    }
-    for (int i = threadIdx.x; i < d_v; i += blockDim.x) {
-        if (mx == -INFINITY) {
-            if (part) part[2 + i] = 0.0f;
-            else o[i] = 0.0f;
-            continue;
-        }
-        float num = 0.0f, den = 0.0f;
-        for (int w = 0; w < ATT_WARPS; ++w) {
-            float f = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - mx);
-            num += wacc[w][i] * f;
-            den += wl[w] * f;
-        }
-        if (part) part[2 + i] = num;
-        else o[i] = den > 0.0f ? num / den : 0.0f;
-    }
+    attention_merge_warps(wm, wl, wacc, o, partial, t, h, n_head, split, n_split, d_v);
 }
 
 // Merges the splits of attention_f32: one block per (head, query).
@@ -154,23 +172,9 @@ __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k
 #pragma unroll
     for (int e = 0; e < E; ++e) qv[e] = qr[e];
     float* o = out + ((i64)t * n_head + h) * d_v;
-    int n_kv = *n_kv_ptr;
-    if (n_kv < 0 || (!ring && n_kv > cap)) {
-        if (threadIdx.x == 0) report(err, ERR_N_KV);
-        for (int i = threadIdx.x; i < d_v; i += blockDim.x) o[i] = 0.0f;
+    i64 lo, hi;
+    if (!attention_range(q_pos, n_kv_ptr, t, split, n_split, cap, mask_kind, window, ring, o, d_v, err, lo, hi))
         return;
-    }
-    i64 qp = q_pos[t];
-    i64 lo = ring ? imax(0, (i64)n_kv - cap) : 0;
-    i64 hi = (i64)n_kv - 1;
-    if (mask_kind >= 1) hi = imin(hi, qp);
-    if (mask_kind == 2) lo = imax(lo, qp - window + 1);
-    if (n_split > 1 && hi >= lo) {
-        i64 per = (hi - lo + n_split) / n_split;
-        i64 start = lo + per * split;
-        hi = imin(hi, start + per - 1);
-        lo = start;
-    }
     float m = -INFINITY, l = 0.0f, acc[E];
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[e] = 0.0f;
@@ -216,30 +220,7 @@ __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k
 #pragma unroll
     for (int e = 0; e < E; ++e) wacc[warp][lane * E + e] = acc[e];
     __syncthreads();
-    float mx = -INFINITY;
-    for (int w = 0; w < ATT_WARPS; ++w) mx = fmaxf(mx, wm[w]);
-    float* part = n_split > 1 ? partial + (((i64)t * n_head + h) * n_split + split) * (d_v + 2) : 0;
-    if (part && threadIdx.x == 0) {
-        float den = 0.0f;
-        for (int w = 0; w < ATT_WARPS; ++w) den += wm[w] == -INFINITY ? 0.0f : wl[w] * expf(wm[w] - mx);
-        part[0] = mx;
-        part[1] = mx == -INFINITY ? 0.0f : den;
-    }
-    for (int i = threadIdx.x; i < d_v; i += blockDim.x) {
-        if (mx == -INFINITY) {
-            if (part) part[2 + i] = 0.0f;
-            else o[i] = 0.0f;
-            continue;
-        }
-        float num = 0.0f, den = 0.0f;
-        for (int w = 0; w < ATT_WARPS; ++w) {
-            float f = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - mx);
-            num += wacc[w][i] * f;
-            den += wl[w] * f;
-        }
-        if (part) part[2 + i] = num;
-        else o[i] = den > 0.0f ? num / den : 0.0f;
-    }
+    attention_merge_warps(wm, wl, wacc, o, partial, t, h, n_head, split, n_split, d_v);
 }
 
 #define ATTENTION_WIDE(E)                                                                                    \

@@ -80,6 +80,34 @@ __device__ __forceinline__ float4 load_x4(const float* p, bool valid) {
 // f16x2 of (1024 + q) for the nibbles at bits 0..3 and 16..19 of v.
 __device__ __forceinline__ u32 nibbles_h2(u32 v) { return (v & 0x000F000Fu) | 0x64006400u; }
 
+// Lane (g, t)'s activation row for each 8-row tile nt (row m0 + 8·nt + g), at element `col` of
+// the row; rows past m are marked invalid (their loads read zeros) and point at row m0.
+template <int NT>
+__device__ __forceinline__ void activation_rows(const float* x, i64 x_off, i64 x_stride, int m0, int m, int col,
+                                                const float* (&xr)[NT], bool (&valid)[NT]) {
+    int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        int tok = m0 + nt * 8 + g;
+        valid[nt] = tok < m;
+        xr[nt] = x + x_off + (i64)(valid[nt] ? tok : m0) * x_stride + col;
+    }
+}
+
+// The group `grp` (of `group_bytes`) of weight rows g and g + 8 of each 16-row tile, rows past n
+// clamped to the last one (their results are not written).
+template <int MT>
+__device__ __forceinline__ void weight_groups(const u8* w, int row0, int n, int n_groups, int grp, int group_bytes,
+                                              const u8* (&b)[MT][2]) {
+    int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        int ra = row0 + mt * 16 + g, rb = ra + 8;
+        b[mt][0] = w + ((i64)(ra < n ? ra : n - 1) * n_groups + grp) * group_bytes;
+        b[mt][1] = w + ((i64)(rb < n ? rb : n - 1) * n_groups + grp) * group_bytes;
+    }
+}
+
 // ---- Q4_K: 144-byte groups (f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 nibble bytes).
 // Sub-block s (32 weights) lives in the low (s even) or high (s odd) nibbles of bytes
 // 32 (s / 2) .. +31 of the nibble area. Lane t loads bytes 8t..8t+7 of each 32-byte run: weights 8t..8t+3 (.x) and
@@ -128,12 +156,7 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const float* x
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const float* xr[NT];
     bool valid[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-        int tok = m0 + nt * 8 + g;
-        valid[nt] = tok < m;
-        xr[nt] = x + x_off + (i64)(valid[nt] ? tok : m0) * x_stride + grp * 256 + 8 * t;
-    }
+    activation_rows<NT>(x, x_off, x_stride, m0, m, grp * 256 + 8 * t, xr, valid);
     u32 sc[MT][2][2], mn[MT][2][2];  // [mt][row g / g + 8][sub-blocks 0..3 / 4..7]
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -262,20 +285,10 @@ __device__ __forceinline__ void q6k_group(const u8* w, const float* x, float (&a
                                           i64 x_stride) {
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u8* b[MT][2];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-        int ra = row0 + mt * 16 + g, rb = ra + 8;
-        b[mt][0] = w + ((i64)(ra < n ? ra : n - 1) * n_groups + grp) * 210;
-        b[mt][1] = w + ((i64)(rb < n ? rb : n - 1) * n_groups + grp) * 210;
-    }
+    weight_groups<MT>(w, row0, n, n_groups, grp, 210, b);
     const float* xr[NT];
     bool valid[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-        int tok = m0 + nt * 8 + g;
-        valid[nt] = tok < m;
-        xr[nt] = x + x_off + (i64)(valid[nt] ? tok : m0) * x_stride + grp * 256 + 4 * t;
-    }
+    activation_rows<NT>(x, x_off, x_stride, m0, m, grp * 256 + 4 * t, xr, valid);
     float dd[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -337,20 +350,10 @@ __device__ __forceinline__ void q80_group(const u8* w, const float* x, float (&a
                                           i64 x_stride) {
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const u8* b[MT][2];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-        int ra = row0 + mt * 16 + g, rb = ra + 8;
-        b[mt][0] = w + ((i64)(ra < n ? ra : n - 1) * n_groups + grp) * 272;
-        b[mt][1] = w + ((i64)(rb < n ? rb : n - 1) * n_groups + grp) * 272;
-    }
+    weight_groups<MT>(w, row0, n, n_groups, grp, 272, b);
     const float* xr[NT];
     bool valid[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-        int tok = m0 + nt * 8 + g;
-        valid[nt] = tok < m;
-        xr[nt] = x + x_off + (i64)(valid[nt] ? tok : m0) * x_stride + grp * 256 + 8 * t;
-    }
+    activation_rows<NT>(x, x_off, x_stride, m0, m, grp * 256 + 8 * t, xr, valid);
     const u32 offset = 0x64806480u;  // f16x2 (1152, 1152): 1024 + 128
 #pragma unroll
     for (int blk = 0; blk < 8; ++blk) {
