@@ -465,6 +465,15 @@ fn convert_bad_input_is_one_line_and_writes_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown type 'q3_k'"));
 }
 
+/// Runs `specula args` with `SPECULA_ASSETS` set to `dir` (the bundled-model folder).
+fn with_assets(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_specula"))
+        .env("SPECULA_ASSETS", dir)
+        .args(args)
+        .output()
+        .expect("run specula")
+}
+
 /// With no `--model`, `generate` (and `specula` with no command, the main job) uses the bundled
 /// trio and drafts with its MTP assistant; here `SPECULA_ASSETS` points at a folder holding the
 /// fixture trio under the bundled names. A missing bundled file is one clear line.
@@ -472,11 +481,7 @@ fn convert_bad_input_is_one_line_and_writes_nothing() {
 fn no_model_means_the_bundled_trio_with_mtp() {
     let dir = std::env::temp_dir().join(format!("specula-assets-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let missing = Command::new(env!("CARGO_BIN_EXE_specula"))
-        .env("SPECULA_ASSETS", &dir)
-        .args(["generate", "--tokens", "2,5", "-n", "4"])
-        .output()
-        .unwrap();
+    let missing = with_assets(&dir, &["generate", "--tokens", "2,5", "-n", "4"]);
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(
@@ -490,13 +495,12 @@ fn no_model_means_the_bundled_trio_with_mtp() {
     ] {
         std::fs::copy(fixture(src), dir.join(name)).unwrap();
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_specula"))
-        .env("SPECULA_ASSETS", &dir)
-        .args([
+    let out = with_assets(
+        &dir,
+        &[
             "generate", "--tokens", "2,5,9", "-n", "12", "--json", "--device", "cpu",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -511,10 +515,7 @@ fn no_model_means_the_bundled_trio_with_mtp() {
             .len(),
         4
     );
-    let main_job = Command::new(env!("CARGO_BIN_EXE_specula"))
-        .env("SPECULA_ASSETS", &dir)
-        .output()
-        .unwrap();
+    let main_job = with_assets(&dir, &[]);
     assert!(
         main_job.status.success(),
         "{}",
@@ -543,11 +544,7 @@ fn the_bundled_trio_runs_losslessly() {
             "cpu",
         ];
         args.extend_from_slice(extra);
-        let out = Command::new(env!("CARGO_BIN_EXE_specula"))
-            .env("SPECULA_ASSETS", &assets)
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = with_assets(&assets, &args);
         assert!(
             out.status.success(),
             "{}",
@@ -564,11 +561,7 @@ fn the_bundled_trio_runs_losslessly() {
     assert!(mtp_len > 1.5, "MTP acceptance length {mtp_len}");
     assert!(plain["text"].as_str().unwrap().contains('\n'));
 
-    let main_job = Command::new(env!("CARGO_BIN_EXE_specula"))
-        .env("SPECULA_ASSETS", &assets)
-        .args(["--verbose"])
-        .output()
-        .unwrap();
+    let main_job = with_assets(&assets, &["--verbose"]);
     assert!(main_job.status.success());
     let text = String::from_utf8_lossy(&main_job.stdout);
     assert!(text.starts_with("class Queue:"), "{text}");
