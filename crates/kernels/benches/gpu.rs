@@ -1,7 +1,8 @@
 //! GPU measurements in one run, printed as a table: device-to-device copy bandwidth (the
-//! ceiling), the Q4_K matmuls of the 31B's FFN shapes (5376 × 21504 and 21504 × 5376) at 1–16 activation rows
-//! as weight bytes per second and as a fraction of the copy bandwidth, and one decode step of
-//! the dense fixture model with and without CUDA graph replay. Skips without CUDA.
+//! ceiling), the Q4_K/Q6_K matmuls of the 31B's FFN shapes (5376 × 21504 and 21504 × 5376) at
+//! 1–16 activation rows and the MTP assistant's Q8_0 shapes at one row, as weight bytes per
+//! second and as a fraction of the copy bandwidth, and one decode step of the dense fixture
+//! model with and without CUDA graph replay. Skips without CUDA.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,13 +12,14 @@ use graph::{Backend, Bindings, DType, GraphBuilder, HostBytes, HostData, Shape};
 use kernels::CudaBackend;
 use target::{LogitRows, Target, TargetOptions};
 
-/// Random Q4_K or Q6_K blocks with small f16 scales (d, and dmin for Q4_K).
+/// Random Q4_K, Q6_K or Q8_0 blocks with small f16 scales (d, and dmin for Q4_K).
 fn weight(ty: DType, k: usize, n: usize) -> Vec<u8> {
-    let (block, scales): (usize, &[usize]) = match ty {
-        DType::Q4_K => (144, &[0, 2]),
-        _ => (210, &[208]),
+    let (block, elems, scales): (usize, usize, &[usize]) = match ty {
+        DType::Q4_K => (144, 256, &[0, 2]),
+        DType::Q8_0 => (34, 32, &[0]),
+        _ => (210, 256, &[208]),
     };
-    let n_blocks = k * n / 256;
+    let n_blocks = k * n / elems;
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut bytes = vec![0u8; n_blocks * block];
     for b in bytes.chunks_mut(8) {
@@ -87,11 +89,16 @@ fn main() {
     );
 
     // The FFN gate/up shape and the FFN down shape of the 31B (its down matrices are Q4_K or
-    // Q6_K).
-    for (ty, k, n) in [
-        (DType::Q4_K, 5376, 21504),
-        (DType::Q4_K, 21504, 5376),
-        (DType::Q6_K, 21504, 5376),
+    // Q6_K), then the 31B MTP assistant's Q8_0 shapes at one row: q/gate/up, output/down and
+    // its 262,144-row head.
+    let verify_rows: &[usize] = &[1, 2, 4, 8, 9, 16];
+    for (ty, k, n, rows) in [
+        (DType::Q4_K, 5376, 21504, verify_rows),
+        (DType::Q4_K, 21504, 5376, verify_rows),
+        (DType::Q6_K, 21504, 5376, verify_rows),
+        (DType::Q8_0, 1024, 8192, &[1][..]),
+        (DType::Q8_0, 8192, 1024, &[1][..]),
+        (DType::Q8_0, 1024, 262144, &[1][..]),
     ] {
         let bytes = weight(ty, k, n);
         let w_bytes = bytes.len() as f64;
@@ -99,7 +106,7 @@ fn main() {
             .upload(ty, Shape::new(&[k, n]).unwrap(), HostBytes::from_vec(bytes))
             .expect("upload");
         let mut one_row = 0.0;
-        for m in [1usize, 2, 4, 8, 9, 16] {
+        for &m in rows {
             let mut g = GraphBuilder::new();
             let w = g.weight("w", ty, Shape::new(&[k, n]).unwrap()).unwrap();
             let x = g

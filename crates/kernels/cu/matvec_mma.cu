@@ -18,6 +18,11 @@
 // (lane / 4, lane % 4) supplies, for weight rows g and g + 8, four consecutive weights e..e+3
 // that its own 32-bit load holds, paired (e, e+2) and (e+1, e+3) as nibble/byte unpacking yields
 // them, and the same four activations of activation row g.
+//
+// The activations arrive prepared by `mmv_prepare_x` (once per input, however many products
+// read it): every 4-element chunk as the four f16x2 words of its B fragments, and the Q4_K
+// per-lane sub-block sums. Every warp of every block used to split the same activations itself,
+// about 30 instructions per 8 activations, as much as unpacking the warp's weights.
 
 #define MMV_WARPS 8
 
@@ -73,25 +78,95 @@ __device__ __forceinline__ void mma_split(float* c, u32 a0, u32 a1, u32 a2, u32 
     mma_16816(c, a0, a1, a2, a3, x.l0, x.l1);
 }
 
-__device__ __forceinline__ float4 load_x4(const float* p, bool valid) {
-    return valid ? *(const float4*)p : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+// Prepared activations (`mmv_prepare_x`): row r's chunk c (elements 4c..4c+3) at
+// xs[r·k/4 + c] as {hi (e, e+2), hi (e+1, e+3), lo (e, e+2), lo (e+1, e+3)}; after the m rows of
+// chunks, each row's k/8 Q4_K sub-block sums (f32), ordered (group, lane t, sub-block s).
+__device__ __forceinline__ XFrag load_xf(const uint4* p) {
+    uint4 v = *p;
+    XFrag f;
+    f.h0 = v.x;
+    f.h1 = v.y;
+    f.l0 = v.z;
+    f.l1 = v.w;
+    return f;
+}
+
+// Splits m rows of k activations (k a multiple of 256; rows x_stride apart from x_off, 16-byte
+// aligned) into the prepared layout above. One thread per 8 activations: two chunks and the sum
+// of the 8 (lane t's share of a Q4_K sub-block), added in the order the Q4_K product expects.
+extern "C" __global__ void mmv_prepare_x(const float* x, i64 x_off, i64 x_stride, int k, int m, uint4* xs) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    int per_row = k / 8;
+    if (i >= (i64)m * per_row) return;
+    int r = (int)(i / per_row), c = (int)(i % per_row);
+    const float* p = x + x_off + (i64)r * x_stride + 8 * c;
+    float4 v0 = *(const float4*)p, v1 = *(const float4*)(p + 4);
+    XFrag f0 = split_x(v0), f1 = split_x(v1);
+    uint4* row = xs + (i64)r * (k / 4);
+    row[2 * c] = make_uint4(f0.h0, f0.h1, f0.l0, f0.l1);
+    row[2 * c + 1] = make_uint4(f1.h0, f1.h1, f1.l0, f1.l1);
+    float* parts = (float*)(xs + (i64)m * (k / 4)) + (i64)r * per_row;
+    int grp = c / 32, w = c % 32;  // w = 4 s + t: sub-block s, lane t
+    parts[grp * 32 + (w & 3) * 8 + (w >> 2)] =
+        __fadd_rn(__fadd_rn(__fadd_rn(v0.x, v0.y), __fadd_rn(v0.z, v0.w)),
+                  __fadd_rn(__fadd_rn(v1.x, v1.y), __fadd_rn(v1.z, v1.w)));
+}
+
+// (v & mask) | magic in one LOP3 (the compiler otherwise spends two on two immediates).
+template <u32 MASK, u32 MAGIC>
+__device__ __forceinline__ u32 and_or(u32 v) {
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(v), "n"(MASK), "n"(MAGIC));
+    return r;
 }
 
 // f16x2 of (1024 + q) for the nibbles at bits 0..3 and 16..19 of v.
-__device__ __forceinline__ u32 nibbles_h2(u32 v) { return (v & 0x000F000Fu) | 0x64006400u; }
+__device__ __forceinline__ u32 nibbles_h2(u32 v) { return and_or<0x000F000Fu, 0x64006400u>(v); }
 
-// Lane (g, t)'s activation row for each 8-row tile nt (row m0 + 8·nt + g), at element `col` of
-// the row; rows past m are marked invalid (their loads read zeros) and point at row m0.
+// f16x2 of (64 + q) for the nibbles at bits 4..7 and 20..23 of v (64's f16 exponent makes bit 4
+// the units bit), so high nibbles need no shift.
+__device__ __forceinline__ u32 high_nibbles_h2(u32 v) { return and_or<0x00F000F0u, 0x54005400u>(v); }
+
+// A product's activations: prepared by `mmv_prepare_x` (PREP), or the f32 rows themselves
+// (x_off, x_stride), split here by every warp that reads them, which for a small product costs
+// less than the extra launch. Both give the same fragments and sums bit for bit.
+template <bool PREP>
+struct Acts {
+    const void* p;
+    i64 off, stride;
+    int k, m;
+
+    // Elements 4c..4c+3 of row tok as B fragments.
+    __device__ __forceinline__ XFrag chunk(int tok, int c) const {
+        if (PREP) return load_xf((const uint4*)p + (i64)tok * (k / 4) + c);
+        return split_x(*(const float4*)((const float*)p + off + (i64)tok * stride + 4 * c));
+    }
+
+    // Lane t's sums of its 8 activations of Q4_K sub-blocks 4h..4h+3 of group grp.
+    __device__ __forceinline__ float4 sums(int tok, int grp, int t, int h) const {
+        if (PREP)
+            return *(const float4*)((const float*)((const uint4*)p + (i64)m * (k / 4)) + (i64)tok * (k / 8) +
+                                    grp * 32 + 8 * t + 4 * h);
+        float r[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const float* q = (const float*)p + off + (i64)tok * stride + grp * 256 + 32 * (4 * h + j) + 8 * t;
+            float4 v0 = *(const float4*)q, v1 = *(const float4*)(q + 4);
+            r[j] = __fadd_rn(__fadd_rn(__fadd_rn(v0.x, v0.y), __fadd_rn(v0.z, v0.w)),
+                             __fadd_rn(__fadd_rn(v1.x, v1.y), __fadd_rn(v1.z, v1.w)));
+        }
+        return make_float4(r[0], r[1], r[2], r[3]);
+    }
+};
+
+// Lane (g, t)'s activation row for each 8-row tile nt: row m0 + 8·nt + g, or row m0 past m. An
+// mma's output columns are independent dot products, so a column fed another row's activations
+// only makes an output that is never written: no predicate, no zeroing.
 template <int NT>
-__device__ __forceinline__ void activation_rows(const float* x, i64 x_off, i64 x_stride, int m0, int m, int col,
-                                                const float* (&xr)[NT], bool (&valid)[NT]) {
+__device__ __forceinline__ void activation_rows(int m0, int m, int (&tok)[NT]) {
     int g = (threadIdx.x & 31) >> 2;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-        int tok = m0 + nt * 8 + g;
-        valid[nt] = tok < m;
-        xr[nt] = x + x_off + (i64)(valid[nt] ? tok : m0) * x_stride + col;
-    }
+    for (int nt = 0; nt < NT; ++nt) tok[nt] = m0 + nt * 8 + g < m ? m0 + nt * 8 + g : m0;
 }
 
 // The group `grp` (of `group_bytes`) of weight rows g and g + 8 of each 16-row tile, rows past n
@@ -150,67 +225,82 @@ __device__ __forceinline__ u32 bytes_h2(u32 v, int i, int j) {
     return hsub2(r, 0x64006400u);
 }
 
-template <int MT, int NT>
-__device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const float* x, float (&acc)[MT][NT][4],
-                                          int grp, int m0, int m, i64 x_off, i64 x_stride) {
-    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const float* xr[NT];
-    bool valid[NT];
-    activation_rows<NT>(x, x_off, x_stride, m0, m, grp * 256 + 8 * t, xr, valid);
+// c[j] = 0 for the four accumulators of one mma.
+__device__ __forceinline__ void zero4(float* c) { c[0] = c[1] = c[2] = c[3] = 0.0f; }
+
+template <int MT, int NT, bool PREP>
+__device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PREP>& A, float (&acc)[MT][NT][4],
+                                          int grp, int m0, int m) {
+    int t = threadIdx.x & 3;
+    int tok[NT];
+    activation_rows<NT>(m0, m, tok);
     u32 sc[MT][2][2], mn[MT][2][2];  // [mt][row g / g + 8][sub-blocks 0..3 / 4..7]
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int r = 0; r < 2; ++r) q4k_unpack(T[mt].s[r], sc[mt][r], mn[mt][r]);
-    float tsc[MT][NT][4], tmn[MT][NT][4];
+    // Four independent accumulator chains per tile (hi/lo activations × the two mma of a
+    // sub-block), added in a fixed order at the end: one chain of 32 dependent mma per group
+    // left the warps waiting on mma latency.
+    float c[MT][NT][4][4], tmn[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
+        for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) tsc[mt][nt][e] = tmn[mt][nt][e] = 0.0f;
-    float part[NT][8];
+            for (int j = 0; j < 4; ++j) zero4(c[mt][nt][j]);
+            zero4(tmn[mt][nt]);
+        }
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
         XFrag f[NT][2];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-            float4 v0 = load_x4(xr[nt] + 32 * s, valid[nt]), v1 = load_x4(xr[nt] + 32 * s + 4, valid[nt]);
-            part[nt][s] = __fadd_rn(__fadd_rn(__fadd_rn(v0.x, v0.y), __fadd_rn(v0.z, v0.w)),
-                                    __fadd_rn(__fadd_rn(v1.x, v1.y), __fadd_rn(v1.z, v1.w)));
-            f[nt][0] = split_x(v0);
-            f[nt][1] = split_x(v1);
+            f[nt][0] = A.chunk(tok[nt], grp * 64 + 8 * s + 2 * t);
+            f[nt][1] = A.chunk(tok[nt], grp * 64 + 8 * s + 2 * t + 1);
         }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             u32 a[2][2][2];  // [row g / g + 8][half .x/.y][pair (e, e+2) / (e+1, e+3)]
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
+                // Even sub-blocks: low nibbles as 1024 + q; odd: high nibbles as 64 + q. One fma
+                // with the scale and −offset·scale gives sc·q exactly.
                 u32 scale = bytes_h2(sc[mt][r][s >> 2], s & 3, s & 3);
-                u32 bias = hmul2(scale, 0xE400E400u);  // −1024·sc
-                int shift = (s & 1) * 4;
-                u32 wx = T[mt].q[r][s >> 1].x >> shift, wy = T[mt].q[r][s >> 1].y >> shift;
-                a[r][0][0] = hfma2(nibbles_h2(wx), scale, bias);
-                a[r][0][1] = hfma2(nibbles_h2(wx >> 8), scale, bias);
-                a[r][1][0] = hfma2(nibbles_h2(wy), scale, bias);
-                a[r][1][1] = hfma2(nibbles_h2(wy >> 8), scale, bias);
+                u32 bias = hmul2(scale, (s & 1) ? 0xD400D400u : 0xE400E400u);  // −64·sc / −1024·sc
+                u32 wx = T[mt].q[r][s >> 1].x, wy = T[mt].q[r][s >> 1].y;
+                if (s & 1) {
+                    a[r][0][0] = hfma2(high_nibbles_h2(wx), scale, bias);
+                    a[r][0][1] = hfma2(high_nibbles_h2(wx >> 8), scale, bias);
+                    a[r][1][0] = hfma2(high_nibbles_h2(wy), scale, bias);
+                    a[r][1][1] = hfma2(high_nibbles_h2(wy >> 8), scale, bias);
+                } else {
+                    a[r][0][0] = hfma2(nibbles_h2(wx), scale, bias);
+                    a[r][0][1] = hfma2(nibbles_h2(wx >> 8), scale, bias);
+                    a[r][1][0] = hfma2(nibbles_h2(wy), scale, bias);
+                    a[r][1][1] = hfma2(nibbles_h2(wy >> 8), scale, bias);
+                }
             }
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                mma_split(tsc[mt][nt], a[0][0][0], a[1][0][0], a[0][0][1], a[1][0][1], f[nt][0]);
-                mma_split(tsc[mt][nt], a[0][1][0], a[1][1][0], a[0][1][1], a[1][1][1], f[nt][1]);
-            }
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    mma_16816(c[mt][nt][2 * hf], a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
+                              f[nt][hf].h0, f[nt][hf].h1);
+                    mma_16816(c[mt][nt][2 * hf + 1], a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
+                              f[nt][hf].l0, f[nt][hf].l1);
+                }
         }
     }
     // Mins: k = (sub-block s, lane t); slots (2t, 2t+1, 2t+8, 2t+9) hold s = 4h + (0, 2, 1, 3),
-    // the order split_x pairs (v.x, v.z) and (v.y, v.w) in.
+    // the order split_x pairs (v.x, v.z) and (v.y, v.w) in. B = the lane's sums of its 8
+    // activations of sub-blocks 4h..4h+3 (prepared).
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         XFrag p[NT];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
-            p[nt] = split_x(make_float4(part[nt][4 * h], part[nt][4 * h + 1], part[nt][4 * h + 2],
-                                        part[nt][4 * h + 3]));
+            p[nt] = split_x(A.sums(tok[nt], grp, t, h));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             u32 a0 = bytes_h2(mn[mt][0][h], 0, 2), a1 = bytes_h2(mn[mt][1][h], 0, 2);
@@ -228,18 +318,20 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const float* x
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 float d = e < 2 ? d0 : d1, dm = e < 2 ? m0_ : m1_;
-                acc[mt][nt][e] = __fmaf_rn(d, tsc[mt][nt][e], __fmaf_rn(-dm, tmn[mt][nt][e], acc[mt][nt][e]));
+                const float(&cc)[4][4] = c[mt][nt];
+                float tsc = __fadd_rn(__fadd_rn(cc[0][e], cc[1][e]), __fadd_rn(cc[2][e], cc[3][e]));
+                acc[mt][nt][e] = __fmaf_rn(d, tsc, __fmaf_rn(-dm, tmn[mt][nt][e], acc[mt][nt][e]));
             }
         }
     }
 }
 
 // A warp's share of a Q4_K product: groups first, first + stride, ...; the next group's weights
-// are loaded before the current one is multiplied, so a warp keeps loads in flight.
-template <int MT, int NT>
-__device__ __forceinline__ void q4k_rows(const u8* w, const float* x, float (&acc)[MT][NT][4], int row0,
-                                         int n, int n_groups, int first, int stride, int m0, int m,
-                                         i64 x_off, i64 x_stride) {
+// load into the other of two tiles while the current one is multiplied (one activation tile;
+// two need the registers for their activations, so the next group loads after).
+template <int MT, int NT, bool PREP>
+__device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
+                                         int n, int n_groups, int first, int stride, int m0, int m) {
     int t = threadIdx.x & 3, g = (threadIdx.x & 31) >> 2;
     int rows[MT][2];
 #pragma unroll
@@ -248,30 +340,34 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const float* x, float (&ac
         rows[mt][0] = ra < n ? ra : n - 1;
         rows[mt][1] = rb < n ? rb : n - 1;
     }
-    // One activation tile: the next group's weights load during this one's products. Two tiles
-    // need the registers for their activations, so the next group loads after.
-    constexpr bool prefetch = NT == 1;
-    Q4KTile cur[MT];
-    int grp = first;
-    if (grp >= n_groups) return;
+    auto load = [&](Q4KTile(&T)[MT], int grp) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) q4k_load(cur[mt], w, rows[mt][0], rows[mt][1], n_groups, grp, t);
-    for (; grp < n_groups; grp += stride) {
-        int next = grp + stride;
-        Q4KTile nxt[MT];
-        if (prefetch && next < n_groups) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) q4k_load(nxt[mt], w, rows[mt][0], rows[mt][1], n_groups, next, t);
+        for (int mt = 0; mt < MT; ++mt) q4k_load(T[mt], w, rows[mt][0], rows[mt][1], n_groups, grp, t);
+    };
+    if (first >= n_groups) return;
+    if (NT == 1) {
+        Q4KTile a[MT], b[MT];
+        load(a, first);
+        for (int grp = first; grp < n_groups; grp += 2 * stride) {
+            int g1 = grp + stride, g2 = g1 + stride;
+            if (g1 < n_groups) load(b, g1);
+            q4k_group<MT, NT, PREP>(a, A, acc, grp, m0, m);
+            if (g1 >= n_groups) break;
+            if (g2 < n_groups) load(a, g2);
+            q4k_group<MT, NT, PREP>(b, A, acc, g1, m0, m);
         }
-        q4k_group<MT, NT>(cur, x, acc, grp, m0, m, x_off, x_stride);
-        if (prefetch) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) cur[mt] = nxt[mt];
-        } else if (next < n_groups) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) q4k_load(cur[mt], w, rows[mt][0], rows[mt][1], n_groups, next, t);
+    } else {
+        Q4KTile cur[MT];
+        for (int grp = first; grp < n_groups; grp += stride) {
+            load(cur, grp);
+            q4k_group<MT, NT, PREP>(cur, A, acc, grp, m0, m);
         }
     }
+}
+
+// A 32-bit word at p: one load where p is 4-byte aligned, else two 2-byte loads.
+__device__ __forceinline__ u32 load_u32_a(const u8* p, bool aligned) {
+    return aligned ? *(const u32*)p : load_u32_2(p);
 }
 
 // ---- Q6_K: 210-byte groups (ql[128], qh[64], int8 scales[16], f16 d). Weight i of half h
@@ -279,21 +375,28 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const float* x, float (&ac
 // (nibble p / 2), high 2 bits from qh[32h + l] (bits 2p, 2p + 1); sub-block (16 weights) i / 16.
 // One mma covers one sub-block: lane t takes l = 16·lb + 4t .. +3. A = q − 32 (exact); the
 // sub-block's d·scale multiplies the f32 partial sum.
-template <int MT, int NT>
-__device__ __forceinline__ void q6k_group(const u8* w, const float* x, float (&acc)[MT][NT][4], int row0,
-                                          int n, int n_groups, int grp, int m0, int m, i64 x_off,
-                                          i64 x_stride) {
-    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+template <int MT, int NT, bool PREP>
+__device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
+                                          int n, int n_groups, int grp, int m0, int m) {
+    int t = threadIdx.x & 3;
     const u8* b[MT][2];
     weight_groups<MT>(w, row0, n, n_groups, grp, 210, b);
-    const float* xr[NT];
-    bool valid[NT];
-    activation_rows<NT>(x, x_off, x_stride, m0, m, grp * 256 + 4 * t, xr, valid);
+    int tok[NT];
+    activation_rows<NT>(m0, m, tok);
+    // 210-byte groups start 2- or 4-byte aligned; a 4-aligned one (every other group when a row
+    // has an even number of them) is read in 4-byte words, halving its loads.
+    bool al[MT][2];
     float dd[MT][2];
+    u32 scales[MT][2][4];  // the 16 int8 sub-block scales, four per word
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) dd[mt][r] = h2f(*(const u16*)(b[mt][r] + 208));
+        for (int r = 0; r < 2; ++r) {
+            al[mt][r] = ((size_t)b[mt][r] & 3) == 0;
+            dd[mt][r] = h2f(*(const u16*)(b[mt][r] + 208));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) scales[mt][r][j] = load_u32_a(b[mt][r] + 192 + 4 * j, al[mt][r]);
+        }
     const u32 offset = 0x64206420u;  // f16x2 (1056, 1056): 1024 + 32
 #pragma unroll
     for (int h = 0; h < 2; ++h)
@@ -305,9 +408,9 @@ __device__ __forceinline__ void q6k_group(const u8* w, const float* x, float (&a
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
                     const u8* bb = b[mt][r];
-                    ql[mt][r][0] = load_u32_2(bb + 64 * h + 16 * lb + 4 * t);
-                    ql[mt][r][1] = load_u32_2(bb + 64 * h + 32 + 16 * lb + 4 * t);
-                    qh[mt][r] = load_u32_2(bb + 128 + 32 * h + 16 * lb + 4 * t);
+                    ql[mt][r][0] = load_u32_a(bb + 64 * h + 16 * lb + 4 * t, al[mt][r]);
+                    ql[mt][r][1] = load_u32_a(bb + 64 * h + 32 + 16 * lb + 4 * t, al[mt][r]);
+                    qh[mt][r] = load_u32_a(bb + 128 + 32 * h + 16 * lb + 4 * t, al[mt][r]);
                 }
 #pragma unroll
             for (int p = 0; p < 4; ++p) {
@@ -315,7 +418,7 @@ __device__ __forceinline__ void q6k_group(const u8* w, const float* x, float (&a
                 XFrag f[NT];
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt)
-                    f[nt] = split_x(load_x4(xr[nt] + 128 * h + 32 * p + 16 * lb, valid[nt]));
+                    f[nt] = A.chunk(tok[nt], grp * 64 + 32 * h + 8 * p + 4 * lb + t);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
                     u32 a[2][2];
@@ -328,8 +431,8 @@ __device__ __forceinline__ void q6k_group(const u8* w, const float* x, float (&a
                         a[r][0] = hsub2(q0, offset);
                         a[r][1] = hsub2(q1, offset);
                     }
-                    float s0 = dd[mt][0] * (float)(signed char)b[mt][0][192 + sb];
-                    float s1 = dd[mt][1] * (float)(signed char)b[mt][1][192 + sb];
+                    float s0 = dd[mt][0] * (float)(signed char)(scales[mt][0][sb >> 2] >> (8 * (sb & 3)));
+                    float s1 = dd[mt][1] * (float)(signed char)(scales[mt][1][sb >> 2] >> (8 * (sb & 3)));
 #pragma unroll
                     for (int nt = 0; nt < NT; ++nt) {
                         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -344,18 +447,17 @@ __device__ __forceinline__ void q6k_group(const u8* w, const float* x, float (&a
 
 // ---- Q8_0: a group is 8 blocks of 34 bytes (f16 d, 32 int8). Lane t takes weights 8t..8t+3 and
 // 8t+4..8t+7 of each block (one mma each); A = q (exact); d multiplies the block's f32 sum.
-template <int MT, int NT>
-__device__ __forceinline__ void q80_group(const u8* w, const float* x, float (&acc)[MT][NT][4], int row0,
-                                          int n, int n_groups, int grp, int m0, int m, i64 x_off,
-                                          i64 x_stride) {
-    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+template <int MT, int NT, bool PREP>
+__device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
+                                          int n, int n_groups, int grp, int m0, int m) {
+    int t = threadIdx.x & 3;
     const u8* b[MT][2];
     weight_groups<MT>(w, row0, n, n_groups, grp, 272, b);
-    const float* xr[NT];
-    bool valid[NT];
-    activation_rows<NT>(x, x_off, x_stride, m0, m, grp * 256 + 8 * t, xr, valid);
+    int tok[NT];
+    activation_rows<NT>(m0, m, tok);
     const u32 offset = 0x64806480u;  // f16x2 (1152, 1152): 1024 + 128
-#pragma unroll
+    // Four blocks' loads in flight at a time: all eight spill at the 128-register cap.
+#pragma unroll 4
     for (int blk = 0; blk < 8; ++blk) {
         u32 q[MT][2][2];
         float d[MT][2];
@@ -371,8 +473,8 @@ __device__ __forceinline__ void q80_group(const u8* w, const float* x, float (&a
         XFrag f[NT][2];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-            f[nt][0] = split_x(load_x4(xr[nt] + 32 * blk, valid[nt]));
-            f[nt][1] = split_x(load_x4(xr[nt] + 32 * blk + 4, valid[nt]));
+            f[nt][0] = A.chunk(tok[nt], grp * 64 + 8 * blk + 2 * t);
+            f[nt][1] = A.chunk(tok[nt], grp * 64 + 8 * blk + 2 * t + 1);
         }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
@@ -402,14 +504,18 @@ __device__ __forceinline__ void q80_group(const u8* w, const float* x, float (&a
 // sums are added in a fixed order; kw (1, 2, 4 or 8) depends only on k, so short rows (a 1024-
 // wide drafter layer has 4 groups) keep every warp busy without changing any row's arithmetic
 // across batch sizes.
-template <int DT, int MT, int NT>
-__device__ void matvec_mma_body(const u8* w, const float* x, float* y, int k, int n, int m, i64 x_off,
-                                i64 x_stride, int kw) {
+template <int DT, int MT, int NT, bool PREP>
+__device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw) {
     __shared__ float red[MMV_WARPS][MT * NT * 4][32];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int warp_rows = MMV_WARPS / kw, wr = warp / kw, wk = warp % kw;
     int row0 = (blockIdx.x * warp_rows + wr) * MT * 16, m0 = blockIdx.y * NT * 8;
     int n_groups = k / 256;
+    // Long rows also split their groups over gridDim.z blocks (warp j of block z takes groups
+    // j + kw·z, then every kw·gridDim.z-th), each writing its partial sums to plane z of y for
+    // `mmv_sum_splits`; the split count depends only on k.
+    int first = wk + kw * (int)blockIdx.z, stride = kw * (int)gridDim.z;
+    y += (i64)blockIdx.z * m * n;
     float acc[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -418,10 +524,10 @@ __device__ void matvec_mma_body(const u8* w, const float* x, float* y, int k, in
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
     if (row0 < n) {
-        if (DT == DT_Q4_K) q4k_rows<MT, NT>(w, x, acc, row0, n, n_groups, wk, kw, m0, m, x_off, x_stride);
-        for (int grp = wk; DT != DT_Q4_K && grp < n_groups; grp += kw) {
-            if (DT == DT_Q6_K) q6k_group<MT, NT>(w, x, acc, row0, n, n_groups, grp, m0, m, x_off, x_stride);
-            if (DT == DT_Q8_0) q80_group<MT, NT>(w, x, acc, row0, n, n_groups, grp, m0, m, x_off, x_stride);
+        if (DT == DT_Q4_K) q4k_rows<MT, NT, PREP>(w, A, acc, row0, n, n_groups, first, stride, m0, m);
+        for (int grp = first; DT != DT_Q4_K && grp < n_groups; grp += stride) {
+            if (DT == DT_Q6_K) q6k_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
+            if (DT == DT_Q8_0) q80_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
         }
     }
 #pragma unroll
@@ -442,21 +548,35 @@ __device__ void matvec_mma_body(const u8* w, const float* x, float* y, int k, in
     }
 }
 
-// matmul_<type>_mma_m<MT>n<NT>: blocks of MMV_WARPS warps, grid (⌈n / (16·MT·MMV_WARPS / kw)⌉,
-// ⌈m / 8·NT⌉).
-#define MMV_KERNEL(SUFFIX, DT, MT, NT, MIN_BLOCKS)                                                     \
-    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, MIN_BLOCKS)                           \
-        matmul_##SUFFIX##_mma_m##MT##n##NT(const u8* w, const float* x, float* y, int k, int n, int m, \
-                                           i64 x_off, i64 x_stride, int kw) {                          \
-        matvec_mma_body<DT, MT, NT>(w, x, y, k, n, m, x_off, x_stride, kw);                           \
+// y[i] = the sum of its `splits` partial planes (n_out elements each), in plane order.
+extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out, int splits) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_out) return;
+    float s = part[i];
+    for (int z = 1; z < splits; ++z) s += part[(i64)z * n_out + i];
+    y[i] = s;
+}
+
+// matmul_<type>_mma_m<MT>n<NT> (prepared activations x, see `mmv_prepare_x`) and
+// matmul_<type>_mma_m<MT>n<NT>_x (f32 activation rows x_stride apart from x_off): blocks of
+// MMV_WARPS warps, grid (⌈n / (16·MT·MMV_WARPS / kw)⌉, ⌈m / 8·NT⌉, splits); with splits > 1, y
+// holds `splits` planes of m·n partial sums.
+#define MMV_KERNEL(SUFFIX, DT, MT, NT, MIN_BLOCKS, PREP, TAIL)                                           \
+    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, MIN_BLOCKS)                             \
+        matmul_##SUFFIX##_mma_m##MT##n##NT##TAIL(const u8* w, const void* x, float* y, int k, int n, int m, \
+                                                 int kw, i64 x_off, i64 x_stride) {                       \
+        matvec_mma_body<DT, MT, NT, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw);      \
     }
 // Two blocks per SM (at most 128 registers) where that costs at most a few spilled bytes; the
 // Q4_K kernels with two weight tiles per warp keep their registers (one block per SM).
-#define MMV_KERNELS(SUFFIX, DT, MIN_BLOCKS_M2) \
-    MMV_KERNEL(SUFFIX, DT, 1, 1, 2)           \
-    MMV_KERNEL(SUFFIX, DT, 1, 2, 2)           \
-    MMV_KERNEL(SUFFIX, DT, 2, 1, MIN_BLOCKS_M2) \
-    MMV_KERNEL(SUFFIX, DT, 2, 2, MIN_BLOCKS_M2)
+#define MMV_KERNELS_P(SUFFIX, DT, MIN_BLOCKS_M2, PREP, TAIL)  \
+    MMV_KERNEL(SUFFIX, DT, 1, 1, 2, PREP, TAIL)               \
+    MMV_KERNEL(SUFFIX, DT, 1, 2, 2, PREP, TAIL)               \
+    MMV_KERNEL(SUFFIX, DT, 2, 1, MIN_BLOCKS_M2, PREP, TAIL)   \
+    MMV_KERNEL(SUFFIX, DT, 2, 2, MIN_BLOCKS_M2, PREP, TAIL)
+#define MMV_KERNELS(SUFFIX, DT, MIN_BLOCKS_M2)          \
+    MMV_KERNELS_P(SUFFIX, DT, MIN_BLOCKS_M2, true, )    \
+    MMV_KERNELS_P(SUFFIX, DT, MIN_BLOCKS_M2, false, _x)
 MMV_KERNELS(q4_k, DT_Q4_K, 1)
 MMV_KERNELS(q6_k, DT_Q6_K, 2)
 MMV_KERNELS(q8_0, DT_Q8_0, 2)

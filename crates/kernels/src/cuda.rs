@@ -5,7 +5,7 @@
 //! architecture. Each op of a graph is one launch on the stream; run-time failures inside
 //! kernels (an out-of-range id or slot) set an error word that is checked after the run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -110,6 +110,35 @@ struct Exec {
     captured: Option<CudaGraph>,
     /// Split-K scratch of attention nodes: (buffer, number of splits).
     attn_scratch: HashMap<usize, (BufferId, usize)>,
+    /// Prepared activations of the `_mma_` products (`mmv_prepare_x`), sized for the largest.
+    mma_scratch: Option<BufferId>,
+    /// Partial sums of `_mma_` products split over blocks along k, sized for the largest.
+    mma_partials: Option<BufferId>,
+    /// `_mma_` product nodes whose activations the previous such product already prepared (the
+    /// q/k/v projections of one normed row, FFN gate and up).
+    mma_prepared: HashSet<usize>,
+    /// The backend's `mma_prepare` override when this graph was loaded.
+    mma_prepare: Option<bool>,
+}
+
+/// The activations of a product that the tensor-core `_mma_` kernels take: two prepared products
+/// with the same `MmaInput` read the same prepared activations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct MmaInput {
+    x: NodeId,
+    offset: i64,
+    stride: i64,
+    k: usize,
+    m: usize,
+    /// Whether the product reads prepared activations (`source::mma_prepares`).
+    prepared: bool,
+}
+
+impl MmaInput {
+    /// Bytes of the prepared layout: 4 per activation (hi and lo f16) and 4 per 8 (Q4_K sums).
+    fn prepared_bytes(&self) -> usize {
+        self.m * self.k * 4 + self.m * self.k / 2
+    }
 }
 
 /// Number of blocks each (head, query) of an attention is split into over the K/V positions.
@@ -162,6 +191,10 @@ pub struct CudaBackend {
     wide_attention: bool,
     /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
     mma_mt: Option<usize>,
+    /// Forces every `_mma_` product to prepare its activations (`Some(true)`) or to split them in
+    /// place (`Some(false)`) instead of `source::mma_prepares` (tests and A/B runs;
+    /// `SPECULA_MMA_PREPARE=0|1`).
+    mma_prepare: Option<bool>,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
     name: String,
@@ -237,6 +270,11 @@ impl CudaBackend {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|mt| [1, 2].contains(mt)),
+            mma_prepare: match std::env::var("SPECULA_MMA_PREPARE").as_deref() {
+                Ok("0") => Some(false),
+                Ok("1") => Some(true),
+                _ => None,
+            },
             _module: module,
             funcs,
             buffers: Vec::new(),
@@ -252,6 +290,13 @@ impl CudaBackend {
         for exec in self.execs.iter_mut().flatten() {
             exec.captured = None;
         }
+    }
+
+    /// Forces the tensor-core products loaded from now on to read activations prepared once per
+    /// input (`Some(true)`) or to split them in every warp (`Some(false)`); `None` restores the
+    /// size rule. The results are the same bits either way (tested).
+    pub fn set_mma_prepare(&mut self, mode: Option<bool>) {
+        self.mma_prepare = mode;
     }
 
     /// Seconds per run of a loaded graph, averaged over `n` back-to-back runs with one
@@ -477,6 +522,30 @@ fn grid1(n: usize, block: usize) -> (u32, u32, u32) {
 }
 
 impl CudaBackend {
+    /// The activations of matmul `node` if the tensor-core `_mma_` kernels take it: Q4_K, Q6_K
+    /// or Q8_0 rows of whole 256-weight groups, at most 16 activation rows, 16-byte aligned.
+    fn mma_input(&self, g: &Graph, node: &Node, force: Option<bool>) -> Option<MmaInput> {
+        if !matches!(node.op, Op::MatMul) || !self.mma_matvec {
+            return None;
+        }
+        let (w, x) = (g.node(node.inputs[0]), g.node(node.inputs[1]));
+        let k = w.shape().ne(0);
+        let stride = uniform_row_stride(&x.layout)?;
+        let m = x.shape().n_rows();
+        let aligned = x.layout.offset % 4 == 0 && stride % 4 == 0;
+        let typed = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0);
+        let fits =
+            m <= source::MMA_MAX_ROWS && !(m > source::TENSOR_CORE_MIN_ROWS && self.tensor_cores);
+        (typed && k % 256 == 0 && aligned && fits).then_some(MmaInput {
+            x: node.inputs[1],
+            offset: x.layout.offset as i64,
+            stride,
+            k,
+            m,
+            prepared: force.unwrap_or_else(|| source::mma_prepares(k, w.shape().ne(1))),
+        })
+    }
+
     /// Base address of `node`'s storage and its layout.
     fn base(&self, exec: &Exec, node: NodeId) -> Result<u64> {
         Ok(self.buf(exec.node_buffer[node.index()])?.ptr)
@@ -567,21 +636,64 @@ impl CudaBackend {
                         &mut a,
                     );
                 }
-                if fast && self.mma_matvec && m <= source::MMA_MAX_ROWS {
+                if let Some(mi) = self.mma_input(g, node, exec.mma_prepare) {
+                    let x_base = self.base(exec, node.inputs[1])?;
+                    let xs = match exec.mma_scratch {
+                        Some(b) if mi.prepared => self.buf(b)?.ptr,
+                        None if mi.prepared => {
+                            return Err(backend_err("no scratch for prepared activations"))
+                        }
+                        _ => x_base,
+                    };
+                    if mi.prepared && !exec.mma_prepared.contains(&id.index()) {
+                        let mut p = Args::default();
+                        p.ptr(x_base)
+                            .i64(mi.offset)
+                            .i64(mi.stride)
+                            .i32(k as i32)
+                            .i32(m as i32)
+                            .ptr(xs);
+                        self.launch("mmv_prepare_x", grid1(m * k / 8, 256), 256, &mut p)?;
+                    }
                     let (mt, nt) = source::mma_tile(m);
                     let mt = self.mma_mt.unwrap_or(mt);
                     let kw = source::mma_k_warps(k);
-                    a.i32(kw as i32);
-                    return self.launch(
-                        &format!("matmul_{}_mma_m{mt}n{nt}", weight_suffix(w.dtype)?),
+                    let splits = source::mma_k_splits(k);
+                    let dst = if splits > 1 {
+                        let part = exec
+                            .mma_partials
+                            .ok_or_else(|| backend_err("no scratch for split partial sums"))?;
+                        self.buf(part)?.ptr
+                    } else {
+                        out
+                    };
+                    let mut a = Args::default();
+                    a.ptr(self.base(exec, node.inputs[0])?)
+                        .ptr(xs)
+                        .ptr(dst)
+                        .i32(k as i32)
+                        .i32(n as i32)
+                        .i32(m as i32)
+                        .i32(kw as i32)
+                        .i64(mi.offset)
+                        .i64(mi.stride);
+                    let tail = if mi.prepared { "" } else { "_x" };
+                    self.launch(
+                        &format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
                         (
                             n.div_ceil(16 * mt * (8 / kw)) as u32,
                             m.div_ceil(8 * nt) as u32,
-                            1,
+                            splits as u32,
                         ),
                         256,
                         &mut a,
-                    );
+                    )?;
+                    if splits > 1 {
+                        let mut r = Args::default();
+                        r.ptr(dst).ptr(out).i32((m * n) as i32).i32(splits as i32);
+                        self.launch("mmv_sum_splits", grid1(m * n, 256), 256, &mut r)?;
+                    }
+                    return Ok(());
                 }
                 let family = if fast {
                     match w.dtype {
@@ -1074,6 +1186,45 @@ impl Backend for CudaBackend {
                 }
             }
         }
+        // One scratch for the `_mma_` products' prepared activations; a product whose input the
+        // previous one prepared skips the preparation (nothing in between writes in place).
+        let mut mma_bytes = 0;
+        let mut partial_elems = 0;
+        let mut mma_prepared = HashSet::new();
+        let mut last: Option<MmaInput> = None;
+        for (i, node) in graph.nodes().iter().enumerate() {
+            if matches!(node.op, Op::WriteRows) {
+                last = None;
+            }
+            if let Some(mi) = self.mma_input(graph, node, self.mma_prepare) {
+                let splits = source::mma_k_splits(mi.k);
+                if splits > 1 {
+                    let n = graph.node(node.inputs[0]).shape().ne(1);
+                    partial_elems = partial_elems.max(splits * mi.m * n);
+                }
+                if mi.prepared {
+                    mma_bytes = mma_bytes.max(mi.prepared_bytes());
+                    if last == Some(mi) {
+                        mma_prepared.insert(i);
+                    }
+                    last = Some(mi);
+                }
+            }
+        }
+        let mma_scratch = if mma_bytes > 0 {
+            let b = self.alloc(DType::F32, Shape::new(&[mma_bytes / 4])?)?;
+            owned.push(b);
+            Some(b)
+        } else {
+            None
+        };
+        let mma_partials = if partial_elems > 0 {
+            let b = self.alloc(DType::F32, Shape::new(&[partial_elems])?)?;
+            owned.push(b);
+            Some(b)
+        } else {
+            None
+        };
         let mut node_buffer: Vec<BufferId> = Vec::with_capacity(graph.nodes().len());
         for (i, node) in graph.nodes().iter().enumerate() {
             let id = NodeId::from_index(i);
@@ -1119,6 +1270,10 @@ impl Backend for CudaBackend {
             runs: 0,
             captured: None,
             attn_scratch,
+            mma_scratch,
+            mma_partials,
+            mma_prepared,
+            mma_prepare: self.mma_prepare,
         }));
         Ok(ExecId(self.execs.len() - 1))
     }

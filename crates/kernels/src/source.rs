@@ -88,6 +88,27 @@ pub fn mma_k_warps(k: usize) -> usize {
     [8, 4, 2].into_iter().find(|&w| groups >= w).unwrap_or(1)
 }
 
+/// Blocks that split one row's 256-weight groups in the `_mma_` kernels (each block's warps split
+/// its share again, see [`mma_k_warps`]): long rows (the 31B's 21,504-wide FFN down and 8,192-wide
+/// attention output) would otherwise run in 336 blocks, 1.27 waves of an H200's 264 block slots,
+/// the second wave a quarter full. A function of `k` only, like the summation order it sets.
+pub fn mma_k_splits(k: usize) -> usize {
+    match k / 256 {
+        g if g >= 64 => 4,
+        g if g >= 32 => 2,
+        _ => 1,
+    }
+}
+
+/// Whether an `_mma_` product of `n` rows of `k` weights reads activations prepared once by
+/// `mmv_prepare_x` (an extra launch, ~3 µs) rather than splitting them in every warp that reads
+/// them: when its n/16 row tiles split more than 2^21 activations between them. The 31B's
+/// projections (n/16 · k ≥ 2.7 M) and the drafters' 262,144-row head prepare; the assistant's
+/// 1024/8192-wide layers (0.5 M) split in place. Both give identical bits, so the choice is free.
+pub fn mma_prepares(k: usize, n: usize) -> bool {
+    n / 16 * k >= 1 << 21
+}
+
 /// Kernels that do not depend on a weight type.
 pub const OTHER_KERNELS: &[&str] = &[
     "binary_f32",
@@ -106,6 +127,8 @@ pub const OTHER_KERNELS: &[&str] = &[
     "attention_f16_e8",
     "attention_f16_e16",
     "attention_combine_f32",
+    "mmv_prepare_x",
+    "mmv_sum_splits",
 ];
 
 /// Every kernel entry point in the module.
@@ -122,6 +145,7 @@ pub fn all_kernel_names() -> Vec<String> {
     for (_, suffix) in MMA_SUFFIXES {
         for (mt, nt) in [(1, 1), (1, 2), (2, 1), (2, 2)] {
             names.push(format!("matmul_{suffix}_mma_m{mt}n{nt}"));
+            names.push(format!("matmul_{suffix}_mma_m{mt}n{nt}_x"));
         }
     }
     for rows in MATMUL_ROW_TILES {

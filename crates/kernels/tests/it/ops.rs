@@ -289,8 +289,10 @@ fn matmul_and_get_rows_every_weight_type() {
 
 /// The tensor-core matrix-vector kernels (Q4_K, Q6_K, Q8_0; up to 16 rows): within 1e-5 of the
 /// CPU, and every activation row's output bit-identical whatever the batch around it, so a
-/// speculative verify row equals the decode step's value. k = 256, 768, 1024, 2048 split each row
-/// over 1, 2, 4 and 8 warps; n = 8200 takes two weight tiles per warp and a partial last tile.
+/// speculative verify row equals the decode step's value; and the same bits whether the
+/// activations were prepared once (`mmv_prepare_x`) or split by every warp. k = 256, 768, 1024,
+/// 2048 split each row over 1, 2, 4 and 8 warps, k = 8192 and 16384 also over 2 and 4 blocks;
+/// n = 8200 takes two weight tiles per warp and a partial last tile.
 #[test]
 fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
     let Some(mut cuda) = crate::cuda() else {
@@ -298,7 +300,14 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
     };
     let mut rng = Rng(7);
     for ty in [DType::Q4_K, DType::Q6_K, DType::Q8_0] {
-        for (k, n) in [(256, 40), (768, 100), (1024, 8200), (2048, 300)] {
+        for (k, n) in [
+            (256, 40),
+            (768, 100),
+            (1024, 8200),
+            (2048, 300),
+            (8192, 72),
+            (16384, 40),
+        ] {
             let wbytes = random_weight(&mut rng, ty, k * n);
             let x16 = rng.vec(k * 16);
             let mut full: Vec<f32> = Vec::new();
@@ -308,24 +317,87 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
                 let x = c.f32(&[k, m], x16[..k * m].to_vec());
                 let y = c.g.matmul(w, x).unwrap();
                 let graph = c.g.finish(&[y]).unwrap();
-                let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
                 let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
-                let err = rel_err(&got, &want);
-                assert!(err <= 1e-5, "{ty} k{k} n{n} m{m}: relative error {err:e}");
+                let mut by_mode = Vec::new();
+                for prepare in [true, false] {
+                    cuda.set_mma_prepare(Some(prepare));
+                    let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+                    let err = rel_err(&got, &want);
+                    assert!(
+                        err <= 1e-5,
+                        "{ty} k{k} n{n} m{m} prepared {prepare}: relative error {err:e}"
+                    );
+                    by_mode.push(got);
+                }
+                cuda.set_mma_prepare(None);
+                let same_bits =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same_bits(&by_mode[0], &by_mode[1]),
+                    "{ty} k{k} n{n} m{m}: prepared and in-place activations differ"
+                );
+                let got = by_mode.remove(0);
+                eprintln!(
+                    "mma {ty} k{k} n{n} m{m}: rel err {:.2e}",
+                    rel_err(&got, &want)
+                );
                 if m == 16 {
                     full = got;
                 } else {
-                    let same = got
-                        .iter()
-                        .zip(&full[..n * m])
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(
-                        same,
+                        same_bits(&got, &full[..n * m]),
                         "{ty} k{k} n{n}: rows of a {m}-row batch differ from a 16-row one"
                     );
                 }
-                eprintln!("mma {ty} k{k} n{n} m{m}: rel err {err:.2e}");
             }
+        }
+    }
+}
+
+/// Products that read one activation input share its prepared (hi/lo f16) form: an input
+/// prepared for one weight type must serve the others, a product of another input in between
+/// must not leave its activations behind for the next product of the first, and a product of a
+/// product's output (another width) prepares afresh. Preparation is forced on: at these sizes
+/// the size rule would split in place.
+#[test]
+fn mma_products_share_prepared_activations() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    cuda.set_mma_prepare(Some(true));
+    let mut rng = Rng(11);
+    let k = 512;
+    for m in [1, 5, 12] {
+        let mut c = Case::new();
+        let x = c.f32(&[k, m], rng.vec(k * m));
+        let x2 = c.f32(&[k, m], rng.vec(k * m));
+        let mut outs = Vec::new();
+        for (ty, input, n) in [
+            (DType::Q4_K, x, 48),
+            (DType::Q6_K, x, 32),
+            (DType::Q8_0, x, 256),
+            (DType::Q4_K, x2, 48),
+            (DType::Q6_K, x, 64),
+        ] {
+            let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+            outs.push(c.g.matmul(w, input).unwrap());
+        }
+        let w = c.weight(
+            DType::Q4_K,
+            &[256, 40],
+            random_weight(&mut rng, DType::Q4_K, 256 * 40),
+        );
+        outs.push(c.g.matmul(w, outs[2]).unwrap());
+        let graph = c.g.finish(&outs).unwrap();
+        let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &outs);
+        let got = run_on(&mut cuda, &graph, &c.leaves, &outs);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let err = rel_err(g, w);
+            assert!(
+                err <= 1e-5,
+                "shared prepared activations m{m} output {i}: {err:e}"
+            );
+            eprintln!("shared prepared activations m{m} output {i}: rel err {err:.2e}");
         }
     }
 }
