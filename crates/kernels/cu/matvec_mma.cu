@@ -509,7 +509,10 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
     __shared__ float red[MMV_WARPS][MT * NT * 4][32];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int warp_rows = MMV_WARPS / kw, wr = warp / kw, wk = warp % kw;
-    int row0 = (blockIdx.x * warp_rows + wr) * MT * 16, m0 = blockIdx.y * NT * 8;
+    // Activation tiles along x, weight tiles along y: the blocks of one weight tile run back to
+    // back, so a many-row product (a prefill chunk) reads each weight once from DRAM and again
+    // from L2.
+    int row0 = (blockIdx.y * warp_rows + wr) * MT * 16, m0 = blockIdx.x * NT * 8;
     int n_groups = k / 256;
     // Long rows also split their groups over gridDim.z blocks (warp j of block z takes groups
     // j + kw·z, then every kw·gridDim.z-th), each writing its partial sums to plane z of y for
@@ -542,7 +545,7 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
         float s = 0.0f;
         for (int v = 0; v < kw; ++v) s += red[r * kw + v][i][l];
         int e = i & 3, nt = (i >> 2) % NT, mt = (i >> 2) / NT;
-        int row = (blockIdx.x * warp_rows + r) * MT * 16 + mt * 16 + (l >> 2) + (e >= 2 ? 8 : 0);
+        int row = (blockIdx.y * warp_rows + r) * MT * 16 + mt * 16 + (l >> 2) + (e >= 2 ? 8 : 0);
         int tok = m0 + nt * 8 + 2 * (l & 3) + (e & 1);
         if (row < n && tok < m) y[(i64)tok * n + row] = s;
     }
@@ -559,7 +562,7 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
 
 // matmul_<type>_mma_m<MT>n<NT> (prepared activations x, see `mmv_prepare_x`) and
 // matmul_<type>_mma_m<MT>n<NT>_x (f32 activation rows x_stride apart from x_off): blocks of
-// MMV_WARPS warps, grid (⌈n / (16·MT·MMV_WARPS / kw)⌉, ⌈m / 8·NT⌉, splits); with splits > 1, y
+// MMV_WARPS warps, grid (⌈m / 8·NT⌉, ⌈n / (16·MT·MMV_WARPS / kw)⌉, splits); with splits > 1, y
 // holds `splits` planes of m·n partial sums.
 #define MMV_KERNEL(SUFFIX, DT, MT, NT, MIN_BLOCKS, PREP, TAIL)                                           \
     extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, MIN_BLOCKS)                             \

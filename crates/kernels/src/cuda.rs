@@ -191,6 +191,9 @@ pub struct CudaBackend {
     wide_attention: bool,
     /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
     mma_mt: Option<usize>,
+    /// Products of more than 16 activation rows (prefill) also take the `_mma_` kernels, 16 rows
+    /// per block (`SPECULA_MMA_PREFILL=0`: the tiled `matmul_tc_` kernels, an A/B knob).
+    mma_prefill: bool,
     /// Forces every `_mma_` product to prepare its activations (`Some(true)`) or to split them in
     /// place (`Some(false)`) instead of `source::mma_prepares` (tests and A/B runs;
     /// `SPECULA_MMA_PREPARE=0|1`).
@@ -270,6 +273,7 @@ impl CudaBackend {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|mt| [1, 2].contains(mt)),
+            mma_prefill: std::env::var("SPECULA_MMA_PREFILL").map_or(true, |v| v != "0"),
             mma_prepare: match std::env::var("SPECULA_MMA_PREPARE").as_deref() {
                 Ok("0") => Some(false),
                 Ok("1") => Some(true),
@@ -523,7 +527,8 @@ fn grid1(n: usize, block: usize) -> (u32, u32, u32) {
 
 impl CudaBackend {
     /// The activations of matmul `node` if the tensor-core `_mma_` kernels take it: Q4_K, Q6_K
-    /// or Q8_0 rows of whole 256-weight groups, at most 16 activation rows, 16-byte aligned.
+    /// or Q8_0 rows of whole 256-weight groups, 16-byte aligned; more than 16 activation rows
+    /// (prefill) only while `mma_prefill` is on.
     fn mma_input(&self, g: &Graph, node: &Node, force: Option<bool>) -> Option<MmaInput> {
         if !matches!(node.op, Op::MatMul) || !self.mma_matvec {
             return None;
@@ -534,8 +539,7 @@ impl CudaBackend {
         let m = x.shape().n_rows();
         let aligned = x.layout.offset % 4 == 0 && stride % 4 == 0;
         let typed = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0);
-        let fits =
-            m <= source::MMA_MAX_ROWS && !(m > source::TENSOR_CORE_MIN_ROWS && self.tensor_cores);
+        let fits = m <= source::MMA_MAX_ROWS || self.mma_prefill;
         (typed && k % 256 == 0 && aligned && fits).then_some(MmaInput {
             x: node.inputs[1],
             offset: x.layout.offset as i64,
@@ -628,14 +632,6 @@ impl CudaBackend {
                     && k % 256 == 0
                     && x.layout.offset % 4 == 0
                     && stride % 4 == 0;
-                if m > source::TENSOR_CORE_MIN_ROWS && self.tensor_cores {
-                    return self.launch(
-                        &format!("matmul_tc_{}", weight_suffix(w.dtype)?),
-                        (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1),
-                        128,
-                        &mut a,
-                    );
-                }
                 if let Some(mi) = self.mma_input(g, node, exec.mma_prepare) {
                     let x_base = self.base(exec, node.inputs[1])?;
                     let xs = match exec.mma_scratch {
@@ -681,8 +677,8 @@ impl CudaBackend {
                     self.launch(
                         &format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
                         (
-                            n.div_ceil(16 * mt * (8 / kw)) as u32,
                             m.div_ceil(8 * nt) as u32,
+                            n.div_ceil(16 * mt * (8 / kw)) as u32,
                             splits as u32,
                         ),
                         256,
@@ -694,6 +690,14 @@ impl CudaBackend {
                         self.launch("mmv_sum_splits", grid1(m * n, 256), 256, &mut r)?;
                     }
                     return Ok(());
+                }
+                if m > source::TENSOR_CORE_MIN_ROWS && self.tensor_cores {
+                    return self.launch(
+                        &format!("matmul_tc_{}", weight_suffix(w.dtype)?),
+                        (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1),
+                        128,
+                        &mut a,
+                    );
                 }
                 let family = if fast {
                     match w.dtype {

@@ -63,7 +63,8 @@ pub const MMA_SUFFIXES: &[(gguf::GgmlType, &str)] = &[
     (gguf::GgmlType::Q8_0, "q8_0"),
 ];
 
-/// Most activation rows one launch of the `_mma_` kernels takes (`NT` = 2 tiles of 8).
+/// Most activation rows one block of the `_mma_` kernels takes (`NT` = 2 tiles of 8); longer
+/// products (prefill) run ⌈m / 16⌉ blocks per weight tile.
 pub const MMA_MAX_ROWS: usize = 16;
 
 /// The `_mma_` kernel's tile shape for `m` activation rows: `(MT, NT)`, 16-row weight tiles per
