@@ -1,11 +1,11 @@
-// Tensor-core products of Q4_K, Q6_K and Q8_0 weights with 1..8·NT activation rows: the decode
-// step and speculative verify batches.
+// Tensor-core products of Q4_K, Q6_K and Q8_0 weights with any number of activation rows, 8·NT
+// per block: the decode step, speculative verify batches and (blocks of 16 rows) prefill chunks.
 //
-// A warp owns MT tiles of 16 weight rows; the MMV_WARPS warps of a block split the rows'
-// 256-weight groups between them (warp w takes groups w, w + MMV_WARPS, ...) and their partial
-// sums are added in a fixed order at the end. No output element's arithmetic depends on the
-// other activation rows of the batch, so a verify row equals the decode step's value bit for
-// bit.
+// A warp owns MT tiles of 16 weight rows; the kw warps of a block that share them split the
+// rows' 256-weight groups (warp j takes groups j, j + kw, ...), long rows also over gridDim.z
+// blocks, and the partial sums are added in a fixed order that depends on k only. No output
+// element's arithmetic depends on the other activation rows of the batch, so a verify row equals
+// the decode step's value bit for bit.
 //
 // mma.sync m16n8k16 (f16 inputs, f32 accumulation). A holds integer-valued weights (the quant,
 // times the sub-block scale where that stays exact in f16); the remaining scales are applied in
@@ -19,10 +19,11 @@
 // that its own 32-bit load holds, paired (e, e+2) and (e+1, e+3) as nibble/byte unpacking yields
 // them, and the same four activations of activation row g.
 //
-// The activations arrive prepared by `mmv_prepare_x` (once per input, however many products
-// read it): every 4-element chunk as the four f16x2 words of its B fragments, and the Q4_K
-// per-lane sub-block sums. Every warp of every block used to split the same activations itself,
-// about 30 instructions per 8 activations, as much as unpacking the warp's weights.
+// Large products read activations prepared by `mmv_prepare_x` (once per input, however many
+// products read it): every 4-element chunk as the four f16x2 words of its B fragments, and the
+// Q4_K per-lane sub-block sums; splitting them in every warp of every block cost about 30
+// instructions per 8 activations, as much as unpacking the warp's weights. Small products (the
+// `_x` kernels) still split in place, which costs less than the extra launch; same bits.
 
 #define MMV_WARPS 8
 

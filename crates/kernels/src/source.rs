@@ -72,7 +72,9 @@ pub const MMA_MAX_ROWS: usize = 16;
 /// registers, two blocks per SM): on the H200 0.31 / 0.28 / 0.33 of copy at one row for the 31B's
 /// Q4_K gate/up, Q4_K down and Q6_K down, against 0.25 / 0.23 / 0.26 with two tiles. At 9–16
 /// rows two weight tiles per warp share each activation load: a 16-row Q4_K gate/up product
-/// takes 1.33× a one-row one, against 1.83× with one tile (bench/NOTES.md).
+/// took 1.33× a one-row one, against 1.83× with one tile; with prepared activations the two are
+/// within ±7 % of each other shape by shape (bench/NOTES.md). More than 16 rows repeat (2, 2)
+/// blocks along the rows.
 pub fn mma_tile(m: usize) -> (usize, usize) {
     if m <= 8 {
         (1, 1)
