@@ -95,22 +95,26 @@ __device__ __forceinline__ XFrag load_xf(const uint4* p) {
 // Splits m rows of k activations (k a multiple of 256; rows x_stride apart from x_off, 16-byte
 // aligned) into the prepared layout above. One thread per 8 activations: two chunks and the sum
 // of the 8 (lane t's share of a Q4_K sub-block), added in the order the Q4_K product expects.
+// Writes activations 8c..8c+7 (v0, v1) of row r of an m-row, k-wide input in the prepared layout.
+__device__ __forceinline__ void prepare_chunk8(uint4* xs, int k, int m, int r, int c, float4 v0, float4 v1) {
+    XFrag f0 = split_x(v0), f1 = split_x(v1);
+    uint4* row = xs + (i64)r * (k / 4);
+    row[2 * c] = make_uint4(f0.h0, f0.h1, f0.l0, f0.l1);
+    row[2 * c + 1] = make_uint4(f1.h0, f1.h1, f1.l0, f1.l1);
+    float* parts = (float*)(xs + (i64)m * (k / 4)) + (i64)r * (k / 8);
+    int grp = c / 32, w = c % 32;  // w = 4 s + t: sub-block s, lane t
+    parts[grp * 32 + (w & 3) * 8 + (w >> 2)] =
+        __fadd_rn(__fadd_rn(__fadd_rn(v0.x, v0.y), __fadd_rn(v0.z, v0.w)),
+                  __fadd_rn(__fadd_rn(v1.x, v1.y), __fadd_rn(v1.z, v1.w)));
+}
+
 extern "C" __global__ void mmv_prepare_x(const float* x, i64 x_off, i64 x_stride, int k, int m, uint4* xs) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     int per_row = k / 8;
     if (i >= (i64)m * per_row) return;
     int r = (int)(i / per_row), c = (int)(i % per_row);
     const float* p = x + x_off + (i64)r * x_stride + 8 * c;
-    float4 v0 = *(const float4*)p, v1 = *(const float4*)(p + 4);
-    XFrag f0 = split_x(v0), f1 = split_x(v1);
-    uint4* row = xs + (i64)r * (k / 4);
-    row[2 * c] = make_uint4(f0.h0, f0.h1, f0.l0, f0.l1);
-    row[2 * c + 1] = make_uint4(f1.h0, f1.h1, f1.l0, f1.l1);
-    float* parts = (float*)(xs + (i64)m * (k / 4)) + (i64)r * per_row;
-    int grp = c / 32, w = c % 32;  // w = 4 s + t: sub-block s, lane t
-    parts[grp * 32 + (w & 3) * 8 + (w >> 2)] =
-        __fadd_rn(__fadd_rn(__fadd_rn(v0.x, v0.y), __fadd_rn(v0.z, v0.w)),
-                  __fadd_rn(__fadd_rn(v1.x, v1.y), __fadd_rn(v1.z, v1.w)));
+    prepare_chunk8(xs, k, m, r, c, *(const float4*)p, *(const float4*)(p + 4));
 }
 
 // (v & mask) | magic in one LOP3 (the compiler otherwise spends two on two immediates).

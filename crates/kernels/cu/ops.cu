@@ -67,7 +67,10 @@ extern "C" __global__ void concat_f32(const float* a, Layout4 la, const float* b
 }
 
 // One block per row; rows dense in dim 0.
-extern "C" __global__ void rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n, float eps) {
+// With xs, the block also writes its normed row in the prepared layout of the `_mma_` products
+// that read it (`mmv_prepare_x`, one launch fewer; n a multiple of 256, gridDim.x rows).
+extern "C" __global__ void rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n,
+                                        float eps, uint4* xs) {
     i64 r = blockIdx.x;
     const float* xr = x + row_index(lx, r);
     float s = 0.0f;
@@ -81,6 +84,12 @@ extern "C" __global__ void rms_norm_f32(const float* x, Layout4 lx, const void* 
         float v = xr[i] * inv;
         if (w_dt >= 0) v *= load_float(w, w_dt, i);
         out[r * n + i] = v;
+    }
+    if (!xs) return;
+    __syncthreads();  // the row's outputs, written by every thread, are visible to the block
+    for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
+        const float* o = out + r * n + 8 * c;
+        prepare_chunk8(xs, n, gridDim.x, (int)r, c, *(const float4*)o, *(const float4*)(o + 4));
     }
 }
 

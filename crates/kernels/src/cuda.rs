@@ -117,6 +117,9 @@ struct Exec {
     /// `_mma_` product nodes whose activations the previous such product already prepared (the
     /// q/k/v projections of one normed row, FFN gate and up).
     mma_prepared: HashSet<usize>,
+    /// RMSNorm nodes that also write their output in the prepared layout (for the `_mma_`
+    /// products after them, listed in `mma_prepared`).
+    norm_prepares: HashSet<usize>,
     /// The backend's `mma_prepare` override when this graph was loaded.
     mma_prepare: Option<bool>,
 }
@@ -500,6 +503,17 @@ fn weight_suffix(dtype: DType) -> Result<&'static str> {
         .ok_or_else(|| backend_err(format!("no CUDA kernels for {dtype} weights")))
 }
 
+/// The RMSNorm node whose whole, dense output a prepared product reads (the norm kernel can then
+/// write the prepared form itself).
+fn fusable_norm(graph: &Graph, mi: &MmaInput) -> Option<usize> {
+    let x = graph.node(mi.x);
+    let whole = mi.offset == 0
+        && mi.stride == mi.k as i64
+        && x.shape().ne(0) == mi.k
+        && x.shape().n_rows() == mi.m;
+    (matches!(x.op, Op::RmsNorm { .. }) && whole).then_some(mi.x.index())
+}
+
 /// The element stride between consecutive rows if rows (dims 1..3) are uniformly spaced.
 fn uniform_row_stride(l: &Layout) -> Option<i64> {
     let d = l.shape.dims();
@@ -828,7 +842,11 @@ impl CudaBackend {
                     Some(&w) => a.ptr(self.base(exec, w)?).i32(code(g.node(w).dtype)),
                     None => a.ptr(0).i32(-1),
                 };
-                a.ptr(out).i32(x.shape().ne(0) as i32).f32(*eps);
+                let xs = match exec.mma_scratch {
+                    Some(b) if exec.norm_prepares.contains(&id.index()) => self.buf(b)?.ptr,
+                    _ => 0,
+                };
+                a.ptr(out).i32(x.shape().ne(0) as i32).f32(*eps).ptr(xs);
                 // One block per row; wide rows (the 5376-wide hidden state of a decode step is a
                 // single row) get 1024 threads so the row is read in few dependent rounds.
                 let threads = if x.shape().ne(0) >= 2048 { 1024 } else { 256 };
@@ -1196,6 +1214,10 @@ impl Backend for CudaBackend {
         let mut partial_elems = 0;
         let mut mma_prepared = HashSet::new();
         let mut last: Option<MmaInput> = None;
+        // A product whose input is an RMSNorm's whole output has the norm kernel write the
+        // prepared form (one launch fewer), unless another prepared product runs in between.
+        let mut norm_prepares = HashSet::new();
+        let mut last_product: Option<usize> = None;
         for (i, node) in graph.nodes().iter().enumerate() {
             if matches!(node.op, Op::WriteRows) {
                 last = None;
@@ -1210,8 +1232,14 @@ impl Backend for CudaBackend {
                     mma_bytes = mma_bytes.max(mi.prepared_bytes());
                     if last == Some(mi) {
                         mma_prepared.insert(i);
+                    } else if let Some(j) = fusable_norm(graph, &mi) {
+                        if last_product.is_none_or(|p| p < j) {
+                            norm_prepares.insert(j);
+                            mma_prepared.insert(i);
+                        }
                     }
                     last = Some(mi);
+                    last_product = Some(i);
                 }
             }
         }
@@ -1277,6 +1305,7 @@ impl Backend for CudaBackend {
             mma_scratch,
             mma_partials,
             mma_prepared,
+            norm_prepares,
             mma_prepare: self.mma_prepare,
         }));
         Ok(ExecId(self.execs.len() - 1))

@@ -359,8 +359,9 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
 /// Products that read one activation input share its prepared (hi/lo f16) form: an input
 /// prepared for one weight type must serve the others, a product of another input in between
 /// must not leave its activations behind for the next product of the first, and a product of a
-/// product's output (another width) prepares afresh. Preparation is forced on: at these sizes
-/// the size rule would split in place.
+/// product's output (another width) prepares afresh. An RMSNorm output is prepared by the norm
+/// kernel itself, unless a product of another input runs between the norm and its readers.
+/// Preparation is forced on: at these sizes the size rule would split in place.
 #[test]
 fn mma_products_share_prepared_activations() {
     let Some(mut cuda) = crate::cuda() else {
@@ -390,6 +391,20 @@ fn mma_products_share_prepared_activations() {
             random_weight(&mut rng, DType::Q4_K, 256 * 40),
         );
         outs.push(c.g.matmul(w, outs[2]).unwrap());
+        // Normed rows: read by two products right away (the norm prepares them), and a second
+        // norm whose reader comes after a product of x (it must prepare afresh).
+        let wn = c.f32(&[k], rng.vec(k));
+        let h = c.g.rms_norm(x2, Some(wn), 1e-6).unwrap();
+        let h2 = c.g.rms_norm(x, None, 1e-6).unwrap();
+        for (ty, input, n) in [
+            (DType::Q4_K, h, 48),
+            (DType::Q6_K, h, 32),
+            (DType::Q8_0, x, 64),
+            (DType::Q4_K, h2, 40),
+        ] {
+            let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+            outs.push(c.g.matmul(w, input).unwrap());
+        }
         let graph = c.g.finish(&outs).unwrap();
         let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &outs);
         let got = run_on(&mut cuda, &graph, &c.leaves, &outs);
