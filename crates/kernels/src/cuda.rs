@@ -114,8 +114,10 @@ struct Exec {
     mma_scratch: Option<BufferId>,
     /// Partial sums of `_mma_` products split over blocks along k, sized for the largest.
     mma_partials: Option<BufferId>,
-    /// `_mma_` product nodes whose activations the previous such product already prepared (the
-    /// q/k/v projections of one normed row, FFN gate and up).
+    /// `_mma_` product nodes that read prepared activations from `mma_scratch`.
+    mma_reads: HashSet<usize>,
+    /// Of those, the ones whose activations are already there (prepared by the previous product
+    /// of the same input, e.g. q for k and v, or by the RMSNorm that produced them).
     mma_prepared: HashSet<usize>,
     /// RMSNorm nodes that also write their output in the prepared layout (for the `_mma_`
     /// products after them, listed in `mma_prepared`).
@@ -124,8 +126,8 @@ struct Exec {
     mma_prepare: Option<bool>,
 }
 
-/// The activations of a product that the tensor-core `_mma_` kernels take: two prepared products
-/// with the same `MmaInput` read the same prepared activations.
+/// The activations of a product that the tensor-core `_mma_` kernels take: products with the
+/// same input (`same_input`) can read the same prepared activations.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct MmaInput {
     x: NodeId,
@@ -133,11 +135,18 @@ struct MmaInput {
     stride: i64,
     k: usize,
     m: usize,
-    /// Whether the product reads prepared activations (`source::mma_prepares`).
+    /// Whether the product prepares its activations when they are not there already
+    /// (`source::mma_prepares`, or the backend's override).
     prepared: bool,
 }
 
 impl MmaInput {
+    /// Whether `other` reads the same activation rows.
+    fn same_input(&self, other: &MmaInput) -> bool {
+        (self.x, self.offset, self.stride, self.k, self.m)
+            == (other.x, other.offset, other.stride, other.k, other.m)
+    }
+
     /// Bytes of the prepared layout: 4 per activation (hi and lo f16) and 4 per 8 (Q4_K sums).
     fn prepared_bytes(&self) -> usize {
         self.m * self.k * 4 + self.m * self.k / 2
@@ -646,7 +655,8 @@ impl CudaBackend {
                     && k % 256 == 0
                     && x.layout.offset % 4 == 0
                     && stride % 4 == 0;
-                if let Some(mi) = self.mma_input(g, node, exec.mma_prepare) {
+                if let Some(mut mi) = self.mma_input(g, node, exec.mma_prepare) {
+                    mi.prepared = exec.mma_reads.contains(&id.index());
                     let x_base = self.base(exec, node.inputs[1])?;
                     let xs = match exec.mma_scratch {
                         Some(b) if mi.prepared => self.buf(b)?.ptr,
@@ -1209,9 +1219,11 @@ impl Backend for CudaBackend {
             }
         }
         // One scratch for the `_mma_` products' prepared activations; a product whose input the
-        // previous one prepared skips the preparation (nothing in between writes in place).
+        // previous prepared one read reads them too, without preparing again (nothing in between
+        // writes in place), even where the size rule alone would split in place (k and v after q).
         let mut mma_bytes = 0;
         let mut partial_elems = 0;
+        let mut mma_reads = HashSet::new();
         let mut mma_prepared = HashSet::new();
         let mut last: Option<MmaInput> = None;
         // A product whose input is an RMSNorm's whole output has the norm kernel write the
@@ -1228,11 +1240,14 @@ impl Backend for CudaBackend {
                     let n = graph.node(node.inputs[0]).shape().ne(1);
                     partial_elems = partial_elems.max(splits * mi.m * n);
                 }
-                if mi.prepared {
+                if last.is_some_and(|l| l.same_input(&mi)) {
+                    mma_reads.insert(i);
+                    mma_prepared.insert(i);
+                    last_product = Some(i);
+                } else if mi.prepared {
                     mma_bytes = mma_bytes.max(mi.prepared_bytes());
-                    if last == Some(mi) {
-                        mma_prepared.insert(i);
-                    } else if let Some(j) = fusable_norm(graph, &mi) {
+                    mma_reads.insert(i);
+                    if let Some(j) = fusable_norm(graph, &mi) {
                         if last_product.is_none_or(|p| p < j) {
                             norm_prepares.insert(j);
                             mma_prepared.insert(i);
@@ -1304,6 +1319,7 @@ impl Backend for CudaBackend {
             attn_scratch,
             mma_scratch,
             mma_partials,
+            mma_reads,
             mma_prepared,
             norm_prepares,
             mma_prepare: self.mma_prepare,

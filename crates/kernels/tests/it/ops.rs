@@ -419,6 +419,40 @@ fn mma_products_share_prepared_activations() {
     }
 }
 
+/// With the size rule (no override), a small product of an input that a large product just
+/// prepared reads the prepared form too (k and v after q), with the same bits as splitting in
+/// place.
+#[test]
+fn small_products_reuse_a_large_products_preparation() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(17);
+    let (k, m) = (2048, 3);
+    let mut c = Case::new();
+    let x = c.f32(&[k, m], rng.vec(k * m));
+    let mut outs = Vec::new();
+    // 16384 rows: 1024 tiles × 2048 activations, above the rule's 2^21; then 64 rows, below.
+    for (ty, n) in [(DType::Q4_K, 16384), (DType::Q6_K, 64), (DType::Q8_0, 96)] {
+        let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+        outs.push(c.g.matmul(w, x).unwrap());
+    }
+    let graph = c.g.finish(&outs).unwrap();
+    let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &outs);
+    let by_rule = run_on(&mut cuda, &graph, &c.leaves, &outs);
+    cuda.set_mma_prepare(Some(false));
+    let in_place = run_on(&mut cuda, &graph, &c.leaves, &outs);
+    cuda.set_mma_prepare(None);
+    for (i, ((g, p), w)) in by_rule.iter().zip(&in_place).zip(&want).enumerate() {
+        let err = rel_err(g, w);
+        assert!(err <= 1e-5, "output {i}: relative error {err:e}");
+        assert!(
+            g.iter().zip(p).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "output {i}: prepared and in-place bits differ"
+        );
+    }
+}
+
 /// Products of rows split over several blocks (k = 8192: 2, k = 16384: 4) one after another in
 /// one graph, run three times (the later runs replay the captured CUDA graph): each split
 /// tile's arrival counter must be back at zero for the next product and the next run.
