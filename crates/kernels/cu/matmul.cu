@@ -289,7 +289,8 @@ FAST_KERNELS(q4_k, Q4KFast)
 FAST_KERNELS(q6_k, Q6KFast)
 FAST_KERNELS(q8_0, Q80Fast)
 
-// Prefill path (more than 16 activation rows): tensor cores. A block computes a 64 (weight rows)
+// Prefill path (more than 16 activation rows) for the types matvec_mma.cu does not take (and for
+// all with SPECULA_MMA_PREFILL=0): tensor cores. A block computes a 64 (weight rows)
 // x 64 (activation rows) tile: each 32-wide k step dequantizes the weight tile and converts the
 // activations in shared memory, then four warps issue mma.sync m16n8k16 (f16 inputs, f32
 // accumulation), each warp a 32 x 32 sub-tile. Every value is split into two f16 halves

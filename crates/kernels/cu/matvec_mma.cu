@@ -19,11 +19,12 @@
 // that its own 32-bit load holds, paired (e, e+2) and (e+1, e+3) as nibble/byte unpacking yields
 // them, and the same four activations of activation row g.
 //
-// Large products read activations prepared by `mmv_prepare_x` (once per input, however many
-// products read it): every 4-element chunk as the four f16x2 words of its B fragments, and the
-// Q4_K per-lane sub-block sums; splitting them in every warp of every block cost about 30
-// instructions per 8 activations, as much as unpacking the warp's weights. Small products (the
-// `_x` kernels) still split in place, which costs less than the extra launch; same bits.
+// Large products read activations prepared once per input by `mmv_prepare_x`, or by the RMSNorm
+// kernel that produced them: every 4-element chunk as the four f16x2 words of its B fragments,
+// and the Q4_K per-lane sub-block sums; splitting them in every warp of every block cost about 30
+// instructions per 8 activations, as much as unpacking the warp's weights. Any product of an
+// input that is already prepared reads it (k and v after q). Other small products (the `_x`
+// kernels) split in place, which costs less than an extra launch; same bits either way.
 
 #define MMV_WARPS 8
 
@@ -92,10 +93,9 @@ __device__ __forceinline__ XFrag load_xf(const uint4* p) {
     return f;
 }
 
-// Splits m rows of k activations (k a multiple of 256; rows x_stride apart from x_off, 16-byte
-// aligned) into the prepared layout above. One thread per 8 activations: two chunks and the sum
-// of the 8 (lane t's share of a Q4_K sub-block), added in the order the Q4_K product expects.
-// Writes activations 8c..8c+7 (v0, v1) of row r of an m-row, k-wide input in the prepared layout.
+// Writes activations 8c..8c+7 (v0, v1) of row r of an m-row, k-wide input in the prepared layout:
+// two chunks and the sum of the 8 (lane t's share of a Q4_K sub-block), added in the order the
+// Q4_K product expects.
 __device__ __forceinline__ void prepare_chunk8(uint4* xs, int k, int m, int r, int c, float4 v0, float4 v1) {
     XFrag f0 = split_x(v0), f1 = split_x(v1);
     uint4* row = xs + (i64)r * (k / 4);
@@ -108,6 +108,8 @@ __device__ __forceinline__ void prepare_chunk8(uint4* xs, int k, int m, int r, i
                   __fadd_rn(__fadd_rn(v1.x, v1.y), __fadd_rn(v1.z, v1.w)));
 }
 
+// Splits m rows of k activations (k a multiple of 256; rows x_stride apart from x_off, 16-byte
+// aligned) into the prepared layout above, one thread per 8 activations.
 extern "C" __global__ void mmv_prepare_x(const float* x, i64 x_off, i64 x_stride, int k, int m, uint4* xs) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     int per_row = k / 8;

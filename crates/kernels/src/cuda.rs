@@ -181,9 +181,9 @@ fn max_row_tile_from_env() -> usize {
         .unwrap_or(8)
 }
 
-/// Whether the tensor-core matrix-vector kernels run products of up to 16 activation rows
-/// (`SPECULA_MMA=0` turns them off, leaving the f32 vector kernels: an A/B knob for
-/// `cargo xtask bench`).
+/// Whether the tensor-core matrix-vector kernels run Q4_K/Q6_K/Q8_0 products (up to 16 activation
+/// rows, and prefill chunks while `mma_prefill` is on; `SPECULA_MMA=0` turns them off, leaving
+/// the f32 vector and tiled kernels: an A/B knob for `cargo xtask bench`).
 fn mma_matvec_from_env() -> bool {
     std::env::var("SPECULA_MMA").map_or(true, |v| v != "0")
 }
@@ -196,7 +196,8 @@ pub struct CudaBackend {
     tensor_cores: bool,
     /// Largest activation-row tile of the vector matmul kernels (16, or lower for tuning).
     max_row_tile: usize,
-    /// Q4_K/Q6_K/Q8_0 products of up to 16 rows take the tensor-core `_mma_` kernels.
+    /// Q4_K/Q6_K/Q8_0 products take the tensor-core `_mma_` kernels (up to 16 rows, and more
+    /// while `mma_prefill` is on).
     mma_matvec: bool,
     /// f16 K/V attention of head dim 256/512 takes the wide kernel (`SPECULA_WIDE_ATTENTION=0`:
     /// the generic one, an A/B knob).
@@ -563,7 +564,11 @@ impl CudaBackend {
         let aligned = x.layout.offset % 4 == 0 && stride % 4 == 0;
         let typed = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0);
         let fits = m <= source::MMA_MAX_ROWS || self.mma_prefill;
-        (typed && k % 256 == 0 && aligned && fits).then_some(MmaInput {
+        // Weight tiles run along grid y (at most 65,535 blocks): about a million rows.
+        let (mt, _) = source::mma_tile(m);
+        let rows_per_block = 16 * self.mma_mt.unwrap_or(mt) * (8 / source::mma_k_warps(k));
+        let n_blocks_ok = w.shape().ne(1).div_ceil(rows_per_block) <= 65_535;
+        (typed && k % 256 == 0 && aligned && fits && n_blocks_ok).then_some(MmaInput {
             x: node.inputs[1],
             offset: x.layout.offset as i64,
             stride,

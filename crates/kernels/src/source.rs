@@ -6,7 +6,7 @@ pub const COMMON: &str = include_str!("../cu/common.cuh");
 pub const DEQUANT: &str = include_str!("../cu/dequant.cuh");
 /// Matmul, expert matmul and row gathers for every weight type.
 pub const MATMUL: &str = include_str!("../cu/matmul.cu");
-/// Tensor-core products of Q4_K, Q6_K and Q8_0 weights with up to 16 activation rows.
+/// Tensor-core products of Q4_K, Q6_K and Q8_0 weights with any number of activation rows.
 pub const MATVEC_MMA: &str = include_str!("../cu/matvec_mma.cu");
 /// Element-wise ops, norms, RoPE, softmax, row writes, selections.
 pub const OPS: &str = include_str!("../cu/ops.cu");
@@ -35,7 +35,9 @@ pub const WEIGHT_SUFFIXES: &[(gguf::GgmlType, &str)] = &[
     (gguf::GgmlType::Q6_K, "q6_k"),
 ];
 
-/// Products with more activation rows than this use the tensor-core kernels (`matmul_tc_<type>`).
+/// Products with more activation rows than this use the tiled tensor-core kernels
+/// (`matmul_tc_<type>`), except those the `_mma_` kernels take (Q4_K, Q6_K, Q8_0 rows of whole
+/// 256-weight groups, unless `SPECULA_MMA_PREFILL=0`).
 pub const TENSOR_CORE_MIN_ROWS: usize = 16;
 
 /// Activation-row tiles of the matmul kernels (`matmul_<type>_r<R>`): a product with `m` rows

@@ -287,13 +287,13 @@ fn matmul_and_get_rows_every_weight_type() {
     }
 }
 
-/// The tensor-core matrix-vector kernels (Q4_K, Q6_K, Q8_0; up to 16 rows): within 1e-5 of the
-/// CPU, and every activation row's output bit-identical whatever the batch around it, so a
-/// speculative verify row equals the decode step's value; and the same bits whether the
-/// activations were prepared once (`mmv_prepare_x`) or split by every warp. k = 256, 768, 1024,
-/// 2048 split each row over 1, 2, 4 and 8 warps, k = 8192 and 16384 also over 2 and 4 blocks;
-/// n = 8200 takes two weight tiles per warp and a partial last tile; 40 rows (a prefill chunk)
-/// run three 16-row blocks per weight tile.
+/// The tensor-core matrix-vector kernels (Q4_K, Q6_K, Q8_0; 1–16 rows and a 40-row prefill
+/// chunk): within 1e-5 of the CPU, and every activation row's output bit-identical whatever the
+/// batch around it (rows 0..16 of every batch against the 16-row one), so a speculative verify
+/// row equals the decode step's value; and the same bits whether the activations were prepared
+/// once (`mmv_prepare_x`) or split by every warp. k = 256, 768, 1024, 2048 split each row over
+/// 1, 2, 4 and 8 warps, k = 8192 and 16384 also over 2 and 4 blocks; n = 8200 takes two weight
+/// tiles per warp and a partial last tile; 40 rows run three 16-row blocks per weight tile.
 #[test]
 fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
     let Some(mut cuda) = crate::cuda() else {
