@@ -5,7 +5,7 @@
 //! architecture. Each op of a graph is one launch on the stream; run-time failures inside
 //! kernels (an out-of-range id or slot) set an error word that is checked after the run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use graph::{
     HostData, KvLayout, Layout, MemoryPlan, Node, NodeId, Op, Shape, Storage, TensorData, UnaryOp,
 };
 
+use crate::mma_plan::{self, uniform_row_stride, MmaConfig, MmaPlan};
 use crate::nvrtc;
 use crate::source;
 
@@ -114,43 +115,11 @@ struct Exec {
     mma_scratch: Option<BufferId>,
     /// Partial sums of `_mma_` products split over blocks along k, sized for the largest.
     mma_partials: Option<BufferId>,
-    /// `_mma_` product nodes that read prepared activations from `mma_scratch`.
-    mma_reads: HashSet<usize>,
-    /// Of those, the ones whose activations are already there (prepared by the previous product
-    /// of the same input, e.g. q for k and v, or by the RMSNorm that produced them).
-    mma_prepared: HashSet<usize>,
-    /// RMSNorm nodes that also write their output in the prepared layout (for the `_mma_`
-    /// products after them, listed in `mma_prepared`).
-    norm_prepares: HashSet<usize>,
-    /// The backend's `mma_prepare` override when this graph was loaded.
-    mma_prepare: Option<bool>,
-}
-
-/// The activations of a product that the tensor-core `_mma_` kernels take: products with the
-/// same input (`same_input`) can read the same prepared activations.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct MmaInput {
-    x: NodeId,
-    offset: i64,
-    stride: i64,
-    k: usize,
-    m: usize,
-    /// Whether the product prepares its activations when they are not there already
-    /// (`source::mma_prepares`, or the backend's override).
-    prepared: bool,
-}
-
-impl MmaInput {
-    /// Whether `other` reads the same activation rows.
-    fn same_input(&self, other: &MmaInput) -> bool {
-        (self.x, self.offset, self.stride, self.k, self.m)
-            == (other.x, other.offset, other.stride, other.k, other.m)
-    }
-
-    /// Bytes of the prepared layout: 4 per activation (hi and lo f16) and 4 per 8 (Q4_K sums).
-    fn prepared_bytes(&self) -> usize {
-        self.m * self.k * 4 + self.m * self.k / 2
-    }
+    /// Which `_mma_` products read prepared activations, which find them ready, which RMSNorm
+    /// nodes write them (`mma_plan::plan`, with the settings at load time).
+    mma: MmaPlan,
+    /// The `_mma_` settings at load time.
+    mma_config: MmaConfig,
 }
 
 /// Number of blocks each (head, query) of an attention is split into over the K/V positions.
@@ -513,69 +482,19 @@ fn weight_suffix(dtype: DType) -> Result<&'static str> {
         .ok_or_else(|| backend_err(format!("no CUDA kernels for {dtype} weights")))
 }
 
-/// The RMSNorm node whose whole, dense output a prepared product reads (the norm kernel can then
-/// write the prepared form itself).
-fn fusable_norm(graph: &Graph, mi: &MmaInput) -> Option<usize> {
-    let x = graph.node(mi.x);
-    let whole = mi.offset == 0
-        && mi.stride == mi.k as i64
-        && x.shape().ne(0) == mi.k
-        && x.shape().n_rows() == mi.m;
-    (matches!(x.op, Op::RmsNorm { .. }) && whole).then_some(mi.x.index())
-}
-
-/// The element stride between consecutive rows if rows (dims 1..3) are uniformly spaced.
-fn uniform_row_stride(l: &Layout) -> Option<i64> {
-    let d = l.shape.dims();
-    let s = l.strides;
-    if !l.rows_contiguous() {
-        return None;
-    }
-    let base = if d[1] > 1 {
-        s[1]
-    } else if d[2] > 1 {
-        s[2]
-    } else {
-        s[3]
-    };
-    let ok1 = d[2] == 1 || d[1] == 1 || s[2] == s[1] * d[1];
-    let ok2 = d[3] == 1
-        || (d[1] * d[2] == 1)
-        || s[3] == (if d[2] > 1 { s[2] * d[2] } else { s[1] * d[1] });
-    (ok1 && ok2).then_some(base as i64)
-}
-
 fn grid1(n: usize, block: usize) -> (u32, u32, u32) {
     (n.div_ceil(block) as u32, 1, 1)
 }
 
 impl CudaBackend {
-    /// The activations of matmul `node` if the tensor-core `_mma_` kernels take it: Q4_K, Q6_K
-    /// or Q8_0 rows of whole 256-weight groups, 16-byte aligned; more than 16 activation rows
-    /// (prefill) only while `mma_prefill` is on.
-    fn mma_input(&self, g: &Graph, node: &Node, force: Option<bool>) -> Option<MmaInput> {
-        if !matches!(node.op, Op::MatMul) || !self.mma_matvec {
-            return None;
+    /// The `_mma_` route settings now.
+    fn mma_config(&self) -> MmaConfig {
+        MmaConfig {
+            enabled: self.mma_matvec,
+            prefill: self.mma_prefill,
+            mt: self.mma_mt,
+            force_prepare: self.mma_prepare,
         }
-        let (w, x) = (g.node(node.inputs[0]), g.node(node.inputs[1]));
-        let k = w.shape().ne(0);
-        let stride = uniform_row_stride(&x.layout)?;
-        let m = x.shape().n_rows();
-        let aligned = x.layout.offset % 4 == 0 && stride % 4 == 0;
-        let typed = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0);
-        let fits = m <= source::MMA_MAX_ROWS || self.mma_prefill;
-        // Weight tiles run along grid y (at most 65,535 blocks): about a million rows.
-        let (mt, _) = source::mma_tile(m);
-        let rows_per_block = 16 * self.mma_mt.unwrap_or(mt) * (8 / source::mma_k_warps(k));
-        let n_blocks_ok = w.shape().ne(1).div_ceil(rows_per_block) <= 65_535;
-        (typed && k % 256 == 0 && aligned && fits && n_blocks_ok).then_some(MmaInput {
-            x: node.inputs[1],
-            offset: x.layout.offset as i64,
-            stride,
-            k,
-            m,
-            prepared: force.unwrap_or_else(|| source::mma_prepares(k, w.shape().ne(1))),
-        })
     }
 
     /// Base address of `node`'s storage and its layout.
@@ -660,17 +579,17 @@ impl CudaBackend {
                     && k % 256 == 0
                     && x.layout.offset % 4 == 0
                     && stride % 4 == 0;
-                if let Some(mut mi) = self.mma_input(g, node, exec.mma_prepare) {
-                    mi.prepared = exec.mma_reads.contains(&id.index());
+                if let Some(mi) = mma_plan::mma_input(&exec.mma_config, g, node) {
+                    let reads_prepared = exec.mma.reads.contains(&id.index());
                     let x_base = self.base(exec, node.inputs[1])?;
                     let xs = match exec.mma_scratch {
-                        Some(b) if mi.prepared => self.buf(b)?.ptr,
-                        None if mi.prepared => {
+                        Some(b) if reads_prepared => self.buf(b)?.ptr,
+                        None if reads_prepared => {
                             return Err(backend_err("no scratch for prepared activations"))
                         }
                         _ => x_base,
                     };
-                    if mi.prepared && !exec.mma_prepared.contains(&id.index()) {
+                    if reads_prepared && !exec.mma.ready.contains(&id.index()) {
                         let mut p = Args::default();
                         p.ptr(x_base)
                             .i64(mi.offset)
@@ -702,7 +621,7 @@ impl CudaBackend {
                         .i32(kw as i32)
                         .i64(mi.offset)
                         .i64(mi.stride);
-                    let tail = if mi.prepared { "" } else { "_x" };
+                    let tail = if reads_prepared { "" } else { "_x" };
                     self.launch(
                         &format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
                         (
@@ -858,7 +777,7 @@ impl CudaBackend {
                     None => a.ptr(0).i32(-1),
                 };
                 let xs = match exec.mma_scratch {
-                    Some(b) if exec.norm_prepares.contains(&id.index()) => self.buf(b)?.ptr,
+                    Some(b) if exec.mma.norms.contains(&id.index()) => self.buf(b)?.ptr,
                     _ => 0,
                 };
                 a.ptr(out).i32(x.shape().ne(0) as i32).f32(*eps).ptr(xs);
@@ -1223,55 +1142,17 @@ impl Backend for CudaBackend {
                 }
             }
         }
-        // One scratch for the `_mma_` products' prepared activations; a product whose input the
-        // previous prepared one read reads them too, without preparing again (nothing in between
-        // writes in place), even where the size rule alone would split in place (k and v after q).
-        let mut mma_bytes = 0;
-        let mut partial_elems = 0;
-        let mut mma_reads = HashSet::new();
-        let mut mma_prepared = HashSet::new();
-        let mut last: Option<MmaInput> = None;
-        // A product whose input is an RMSNorm's whole output has the norm kernel write the
-        // prepared form (one launch fewer), unless another prepared product runs in between.
-        let mut norm_prepares = HashSet::new();
-        let mut last_product: Option<usize> = None;
-        for (i, node) in graph.nodes().iter().enumerate() {
-            if matches!(node.op, Op::WriteRows) {
-                last = None;
-            }
-            if let Some(mi) = self.mma_input(graph, node, self.mma_prepare) {
-                let splits = source::mma_k_splits(mi.k);
-                if splits > 1 {
-                    let n = graph.node(node.inputs[0]).shape().ne(1);
-                    partial_elems = partial_elems.max(splits * mi.m * n);
-                }
-                if last.is_some_and(|l| l.same_input(&mi)) {
-                    mma_reads.insert(i);
-                    mma_prepared.insert(i);
-                    last_product = Some(i);
-                } else if mi.prepared {
-                    mma_bytes = mma_bytes.max(mi.prepared_bytes());
-                    mma_reads.insert(i);
-                    if let Some(j) = fusable_norm(graph, &mi) {
-                        if last_product.is_none_or(|p| p < j) {
-                            norm_prepares.insert(j);
-                            mma_prepared.insert(i);
-                        }
-                    }
-                    last = Some(mi);
-                    last_product = Some(i);
-                }
-            }
-        }
-        let mma_scratch = if mma_bytes > 0 {
-            let b = self.alloc(DType::F32, Shape::new(&[mma_bytes / 4])?)?;
+        let mma_config = self.mma_config();
+        let mma = mma_plan::plan(&mma_config, graph);
+        let mma_scratch = if mma.scratch_bytes > 0 {
+            let b = self.alloc(DType::F32, Shape::new(&[mma.scratch_bytes / 4])?)?;
             owned.push(b);
             Some(b)
         } else {
             None
         };
-        let mma_partials = if partial_elems > 0 {
-            let b = self.alloc(DType::F32, Shape::new(&[partial_elems])?)?;
+        let mma_partials = if mma.partial_elems > 0 {
+            let b = self.alloc(DType::F32, Shape::new(&[mma.partial_elems])?)?;
             owned.push(b);
             Some(b)
         } else {
@@ -1324,10 +1205,8 @@ impl Backend for CudaBackend {
             attn_scratch,
             mma_scratch,
             mma_partials,
-            mma_reads,
-            mma_prepared,
-            norm_prepares,
-            mma_prepare: self.mma_prepare,
+            mma,
+            mma_config,
         }));
         Ok(ExecId(self.execs.len() - 1))
     }

@@ -24,6 +24,7 @@
 
 mod cuda;
 pub mod doctor;
+mod mma_plan;
 pub mod nvrtc;
 pub mod source;
 

@@ -1,0 +1,281 @@
+//! Which matrix products the tensor-core `_mma_` kernels take, and, per loaded graph, who
+//! prepares their activations: `mmv_prepare_x` before a product, the RMSNorm kernel that produced
+//! them, or nobody because the previous product of the same input already did (q, then k and v).
+//! Pure functions of the graph and the backend's settings, so the plan is tested without a GPU.
+
+use std::collections::HashSet;
+
+use graph::{DType, Graph, Layout, Node, NodeId, Op};
+
+use crate::source;
+
+/// The backend's settings that decide the `_mma_` route.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MmaConfig {
+    /// The `_mma_` kernels are on (compute capability ≥ 8.0 and `SPECULA_MMA` not 0).
+    pub enabled: bool,
+    /// Products of more than 16 activation rows take them too (`SPECULA_MMA_PREFILL`).
+    pub prefill: bool,
+    /// Forced weight tiles per warp (`SPECULA_MMA_MT`).
+    pub mt: Option<usize>,
+    /// Forces every product to prepare (`Some(true)`) or to split in place (`Some(false)`).
+    pub force_prepare: Option<bool>,
+}
+
+/// The activations of a product that the `_mma_` kernels take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MmaInput {
+    /// The activation node.
+    pub x: NodeId,
+    /// Element offset of the first row in the node's storage.
+    pub offset: i64,
+    /// Elements between consecutive rows.
+    pub stride: i64,
+    /// Row width (weights per output row).
+    pub k: usize,
+    /// Activation rows.
+    pub m: usize,
+    /// Whether the product prepares its activations when they are not there already
+    /// (`source::mma_prepares`, or the override).
+    pub prepared: bool,
+}
+
+impl MmaInput {
+    /// Whether `other` reads the same activation rows.
+    pub fn same_input(&self, other: &MmaInput) -> bool {
+        (self.x, self.offset, self.stride, self.k, self.m)
+            == (other.x, other.offset, other.stride, other.k, other.m)
+    }
+
+    /// Bytes of the prepared layout: 4 per activation (hi and lo f16) and 4 per 8 (Q4_K sums).
+    pub fn prepared_bytes(&self) -> usize {
+        self.m * self.k * 4 + self.m * self.k / 2
+    }
+}
+
+/// The activations of matmul `node` if the `_mma_` kernels take it: Q4_K, Q6_K or Q8_0 rows of
+/// whole 256-weight groups, 16-byte aligned; more than 16 activation rows (prefill) only with
+/// `cfg.prefill`; at most 65,535 blocks of weight rows (grid y).
+pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaInput> {
+    if !matches!(node.op, Op::MatMul) || !cfg.enabled {
+        return None;
+    }
+    let (w, x) = (g.node(node.inputs[0]), g.node(node.inputs[1]));
+    let (k, n) = (w.shape().ne(0), w.shape().ne(1));
+    let stride = uniform_row_stride(&x.layout)?;
+    let m = x.shape().n_rows();
+    let aligned = x.layout.offset % 4 == 0 && stride % 4 == 0;
+    let typed = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0);
+    let fits = m <= source::MMA_MAX_ROWS || cfg.prefill;
+    let (mt, _) = source::mma_tile(m);
+    let rows_per_block = 16 * cfg.mt.unwrap_or(mt) * (8 / source::mma_k_warps(k));
+    let grid_ok = n.div_ceil(rows_per_block) <= 65_535;
+    (typed && k % 256 == 0 && aligned && fits && grid_ok).then_some(MmaInput {
+        x: node.inputs[1],
+        offset: x.layout.offset as i64,
+        stride,
+        k,
+        m,
+        prepared: cfg
+            .force_prepare
+            .unwrap_or_else(|| source::mma_prepares(k, n)),
+    })
+}
+
+/// The element stride between consecutive rows if rows (dims 1..3) are uniformly spaced.
+pub(crate) fn uniform_row_stride(l: &Layout) -> Option<i64> {
+    let d = l.shape.dims();
+    let s = l.strides;
+    if !l.rows_contiguous() {
+        return None;
+    }
+    let base = if d[1] > 1 {
+        s[1]
+    } else if d[2] > 1 {
+        s[2]
+    } else {
+        s[3]
+    };
+    let ok1 = d[2] == 1 || d[1] == 1 || s[2] == s[1] * d[1];
+    let ok2 = d[3] == 1
+        || (d[1] * d[2] == 1)
+        || s[3] == (if d[2] > 1 { s[2] * d[2] } else { s[1] * d[1] });
+    (ok1 && ok2).then_some(base as i64)
+}
+
+/// The RMSNorm node whose whole, dense output a product reads (the norm kernel can then write the
+/// prepared form itself).
+fn fusable_norm(graph: &Graph, mi: &MmaInput) -> Option<usize> {
+    let x = graph.node(mi.x);
+    let whole = mi.offset == 0
+        && mi.stride == mi.k as i64
+        && x.shape().ne(0) == mi.k
+        && x.shape().n_rows() == mi.m;
+    (matches!(x.op, Op::RmsNorm { .. }) && whole).then_some(mi.x.index())
+}
+
+/// The `_mma_` plan of one loaded graph (node indices).
+#[derive(Debug, Default)]
+pub(crate) struct MmaPlan {
+    /// Products that read prepared activations from the scratch.
+    pub reads: HashSet<usize>,
+    /// Of those, the ones whose activations are already there when they run.
+    pub ready: HashSet<usize>,
+    /// RMSNorm nodes that also write their output in the prepared layout.
+    pub norms: HashSet<usize>,
+    /// Bytes of the prepared-activation scratch (the largest prepared input).
+    pub scratch_bytes: usize,
+    /// f32 elements of the split-K partial sums (the largest split product).
+    pub partial_elems: usize,
+}
+
+/// Plans a graph's `_mma_` products in node order. One scratch holds one prepared input at a
+/// time: a product of the input the last preparing product read reads it too, without preparing
+/// (nothing in between writes in place but WriteRows, which ends the sharing), even where the
+/// size rule alone would split in place; a preparing product whose input is an RMSNorm's whole
+/// output has the norm write it, unless a scratch reader runs between the norm and the product.
+pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
+    let mut p = MmaPlan::default();
+    let mut last: Option<MmaInput> = None;
+    let mut last_reader: Option<usize> = None;
+    for (i, node) in graph.nodes().iter().enumerate() {
+        if matches!(node.op, Op::WriteRows) {
+            last = None;
+        }
+        let Some(mi) = mma_input(cfg, graph, node) else {
+            continue;
+        };
+        let splits = source::mma_k_splits(mi.k);
+        if splits > 1 {
+            let n = graph.node(node.inputs[0]).shape().ne(1);
+            p.partial_elems = p.partial_elems.max(splits * mi.m * n);
+        }
+        if last.is_some_and(|l| l.same_input(&mi)) {
+            p.reads.insert(i);
+            p.ready.insert(i);
+            last_reader = Some(i);
+        } else if mi.prepared {
+            p.scratch_bytes = p.scratch_bytes.max(mi.prepared_bytes());
+            p.reads.insert(i);
+            if let Some(j) = fusable_norm(graph, &mi) {
+                if last_reader.is_none_or(|r| r < j) {
+                    p.norms.insert(j);
+                    p.ready.insert(i);
+                }
+            }
+            last = Some(mi);
+            last_reader = Some(i);
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use graph::{GraphBuilder, Shape};
+
+    fn cfg(force_prepare: Option<bool>) -> MmaConfig {
+        MmaConfig {
+            enabled: true,
+            prefill: true,
+            mt: None,
+            force_prepare,
+        }
+    }
+
+    fn weight(g: &mut GraphBuilder, name: &str, ty: DType, k: usize, n: usize) -> NodeId {
+        g.weight(name, ty, Shape::new(&[k, n]).unwrap()).unwrap()
+    }
+
+    /// A layer's shape: norm → q (large) → k, v (small); the norm prepares, k and v reuse.
+    #[test]
+    fn norm_prepares_and_small_products_reuse() {
+        let mut g = GraphBuilder::new();
+        let x = g
+            .input("x", DType::F32, Shape::new(&[4096, 1]).unwrap())
+            .unwrap();
+        let wn = g
+            .input("wn", DType::F32, Shape::new(&[4096]).unwrap())
+            .unwrap();
+        let h = g.rms_norm(x, Some(wn), 1e-6).unwrap();
+        let wq = weight(&mut g, "q", DType::Q4_K, 4096, 8192);
+        let wk = weight(&mut g, "k", DType::Q6_K, 4096, 1024);
+        let wv = weight(&mut g, "v", DType::Q8_0, 4096, 1024);
+        let q = g.matmul(wq, h).unwrap();
+        let k = g.matmul(wk, h).unwrap();
+        let v = g.matmul(wv, h).unwrap();
+        let graph = g.finish(&[q, k, v]).unwrap();
+        let p = plan(&cfg(None), &graph);
+        let (hi, qi, ki, vi) = (h.index(), q.index(), k.index(), v.index());
+        assert!(source::mma_prepares(4096, 8192) && !source::mma_prepares(4096, 1024));
+        assert_eq!(p.norms, HashSet::from([hi]));
+        assert_eq!(p.reads, HashSet::from([qi, ki, vi]));
+        assert_eq!(p.ready, HashSet::from([qi, ki, vi]));
+        assert_eq!(p.scratch_bytes, 4096 * 4 + 4096 / 2);
+        // Forced in place: nothing prepares, nothing reads the scratch.
+        let p = plan(&cfg(Some(false)), &graph);
+        assert!(p.reads.is_empty() && p.norms.is_empty() && p.scratch_bytes == 0);
+    }
+
+    /// A product of another input between a norm and its reader: the norm must not prepare (the
+    /// other product's preparation would overwrite it), the reader prepares itself; and a
+    /// WriteRows ends the sharing of a prepared input.
+    #[test]
+    fn interleaved_inputs_and_write_rows_prepare_afresh() {
+        let mut g = GraphBuilder::new();
+        let x = g
+            .input("x", DType::F32, Shape::new(&[512, 3]).unwrap())
+            .unwrap();
+        let y = g
+            .input("y", DType::F32, Shape::new(&[512, 3]).unwrap())
+            .unwrap();
+        let h = g.rms_norm(x, None, 1e-6).unwrap();
+        let w1 = weight(&mut g, "w1", DType::Q4_K, 512, 256);
+        let w2 = weight(&mut g, "w2", DType::Q4_K, 512, 256);
+        let w3 = weight(&mut g, "w3", DType::Q4_K, 512, 256);
+        let a = g.matmul(w1, y).unwrap();
+        let b = g.matmul(w2, h).unwrap();
+        let state = g
+            .state("s", DType::F32, Shape::new(&[256, 8]).unwrap())
+            .unwrap();
+        let slots = g
+            .input("slots", DType::I32, Shape::new(&[3]).unwrap())
+            .unwrap();
+        let written = g.write_rows(state, b, slots).unwrap();
+        let c = g.matmul(w3, h).unwrap();
+        let graph = g.finish(&[a, written, c]).unwrap();
+        let p = plan(&cfg(Some(true)), &graph);
+        let (ai, bi, ci) = (a.index(), b.index(), c.index());
+        assert!(
+            p.norms.is_empty(),
+            "a product of y runs between the norm and its reader"
+        );
+        assert_eq!(p.reads, HashSet::from([ai, bi, ci]));
+        assert!(p.ready.is_empty(), "{:?}", p.ready);
+    }
+
+    /// Split-K scratch follows the largest split product; unaligned or unsupported inputs stay
+    /// off the route.
+    #[test]
+    fn split_scratch_and_route_limits() {
+        let mut g = GraphBuilder::new();
+        let x = g
+            .input("x", DType::F32, Shape::new(&[16384, 5]).unwrap())
+            .unwrap();
+        let w = weight(&mut g, "w", DType::Q4_K, 16384, 100);
+        let wf = weight(&mut g, "wf", DType::F16, 16384, 100);
+        let y = g.matmul(w, x).unwrap();
+        let yf = g.matmul(wf, x).unwrap();
+        let graph = g.finish(&[y, yf]).unwrap();
+        let c = cfg(None);
+        assert_eq!(source::mma_k_splits(16384), 4);
+        assert_eq!(plan(&c, &graph).partial_elems, 4 * 5 * 100);
+        assert!(mma_input(&c, &graph, graph.node(yf)).is_none());
+        let off = MmaConfig {
+            prefill: false,
+            ..c
+        };
+        assert!(mma_input(&off, &graph, graph.node(y)).is_some());
+    }
+}
