@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use graph::{Backend, Bindings, DType, GraphBuilder, HostBytes, HostData, Shape};
+use graph::{
+    Backend, Bindings, BufferId, DType, ExecId, Graph, GraphBuilder, HostBytes, HostData, NodeId,
+    Shape,
+};
 use kernels::CudaBackend;
 use target::{LogitRows, Target, TargetOptions};
 
@@ -36,6 +39,32 @@ fn weight(ty: DType, k: usize, n: usize) -> Vec<u8> {
         }
     }
     bytes
+}
+
+/// Loads `y = w · x` for the uploaded weight `wb` ([k, n] of `ty`) and `m` activation rows, with
+/// the rows filled: the graph, its output node and the executable.
+fn load_product(
+    cuda: &mut CudaBackend,
+    ty: DType,
+    wb: BufferId,
+    k: usize,
+    n: usize,
+    m: usize,
+) -> (Graph, NodeId, ExecId) {
+    let mut g = GraphBuilder::new();
+    let w = g.weight("w", ty, Shape::new(&[k, n]).unwrap()).unwrap();
+    let x = g
+        .input("x", DType::F32, Shape::new(&[k, m]).unwrap())
+        .unwrap();
+    let y = g.matmul(w, x).unwrap();
+    let graph = g.finish(&[y]).unwrap();
+    let mut b = Bindings::new();
+    b.bind(w, wb);
+    let exe = cuda.load(&graph, &b).expect("load");
+    let xs: Vec<f32> = (0..k * m).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+    cuda.write(cuda.buffer_of(exe, x).unwrap(), 0, HostData::F32(&xs))
+        .unwrap();
+    (graph, y, exe)
 }
 
 fn decode_step_secs(backend: CudaBackend, steps: usize) -> f64 {
@@ -107,19 +136,7 @@ fn main() {
             .expect("upload");
         let mut one_row = 0.0;
         for &m in rows {
-            let mut g = GraphBuilder::new();
-            let w = g.weight("w", ty, Shape::new(&[k, n]).unwrap()).unwrap();
-            let x = g
-                .input("x", DType::F32, Shape::new(&[k, m]).unwrap())
-                .unwrap();
-            let y = g.matmul(w, x).unwrap();
-            let graph = g.finish(&[y]).unwrap();
-            let mut b = Bindings::new();
-            b.bind(w, wb);
-            let exe = cuda.load(&graph, &b).expect("load");
-            let xs: Vec<f32> = (0..k * m).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
-            cuda.write(cuda.buffer_of(exe, x).unwrap(), 0, HostData::F32(&xs))
-                .unwrap();
+            let (graph, y, exe) = load_product(&mut cuda, ty, wb, k, n, m);
             let secs = cuda.time_runs(exe, 200).expect("time");
             let nodes = cuda.captured_nodes(exe);
             let replayed = cuda.read_node(exe, &graph, y).unwrap().into_f32().unwrap();
@@ -154,19 +171,7 @@ fn main() {
             .into_iter()
             .filter(|_| ty == DType::Q4_K && n > k)
         {
-            let mut g = GraphBuilder::new();
-            let w = g.weight("w", ty, Shape::new(&[k, n]).unwrap()).unwrap();
-            let x = g
-                .input("x", DType::F32, Shape::new(&[k, m]).unwrap())
-                .unwrap();
-            let y = g.matmul(w, x).unwrap();
-            let graph = g.finish(&[y]).unwrap();
-            let mut b = Bindings::new();
-            b.bind(w, wb);
-            let exe = cuda.load(&graph, &b).expect("load");
-            let xs: Vec<f32> = (0..k * m).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
-            cuda.write(cuda.buffer_of(exe, x).unwrap(), 0, HostData::F32(&xs))
-                .unwrap();
+            let (_, _, exe) = load_product(&mut cuda, ty, wb, k, n, m);
             let secs = cuda.time_runs(exe, 20).expect("time");
             let tflops = 2.0 * (k * n * m) as f64 / secs / 1e12;
             println!(
