@@ -16,15 +16,20 @@ fn specula(args: &[&str]) -> std::process::Output {
         .expect("run specula")
 }
 
-#[test]
-fn inspect_json_describes_the_file() {
-    let path = fixture("dense.q8_0.gguf");
-    let out = specula(&["inspect", "--json", path.to_str().unwrap()]);
+/// Fails with the run's stderr unless it succeeded.
+fn assert_ok(out: &std::process::Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn inspect_json_describes_the_file() {
+    let path = fixture("dense.q8_0.gguf");
+    let out = specula(&["inspect", "--json", path.to_str().unwrap()]);
+    assert_ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     assert_eq!(v["version"], 3);
     assert_eq!(v["alignment"], 32);
@@ -130,11 +135,7 @@ fn generate_json_greedy_matches_the_reference_continuation() {
         "--ignore-eos",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
     let tokens: Vec<i64> = v["tokens"]
@@ -169,11 +170,7 @@ fn logits_file_matches_the_reference() {
         "--out",
         path.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(out.stdout.is_empty(), "logits prints nothing on stdout");
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -398,11 +395,7 @@ fn convert_reproduces_the_converters_files() {
         "--out",
         drafter.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("dflash, 25 tensors"), "{text}");
     assert!(std::fs::read(&drafter).unwrap() == std::fs::read(fixture("dflash.gguf")).unwrap());
@@ -418,11 +411,7 @@ fn convert_reproduces_the_converters_files() {
         "-o",
         quantized.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let file = gguf::GgufFile::open(&quantized).unwrap();
     assert_eq!(file.architecture().unwrap(), "dflash");
     assert_eq!(file.get_as::<u32>("general.file_type").unwrap(), 7);
@@ -501,11 +490,7 @@ fn no_model_means_the_bundled_trio_with_mtp() {
             "generate", "--tokens", "2,5,9", "-n", "12", "--json", "--device", "cpu",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["stats"]["acceptance_length"].as_f64().unwrap() >= 1.0);
     assert_eq!(
@@ -545,11 +530,7 @@ fn the_bundled_trio_runs_losslessly() {
         ];
         args.extend_from_slice(extra);
         let out = with_assets(&assets, &args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out);
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let plain = run(&["--drafter", "none"]);
