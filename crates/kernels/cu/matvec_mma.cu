@@ -93,6 +93,12 @@ __device__ __forceinline__ XFrag load_xf(const uint4* p) {
     return f;
 }
 
+// The sum of 8 activations in the fixed order both preparation paths use (the Q4_K mins' B).
+__device__ __forceinline__ float sum8(float4 v0, float4 v1) {
+    return __fadd_rn(__fadd_rn(__fadd_rn(v0.x, v0.y), __fadd_rn(v0.z, v0.w)),
+                     __fadd_rn(__fadd_rn(v1.x, v1.y), __fadd_rn(v1.z, v1.w)));
+}
+
 // Writes activations 8c..8c+7 (v0, v1) of row r of an m-row, k-wide input in the prepared layout:
 // two chunks and the sum of the 8 (lane t's share of a Q4_K sub-block), added in the order the
 // Q4_K product expects.
@@ -103,9 +109,7 @@ __device__ __forceinline__ void prepare_chunk8(uint4* xs, int k, int m, int r, i
     row[2 * c + 1] = make_uint4(f1.h0, f1.h1, f1.l0, f1.l1);
     float* parts = (float*)(xs + (i64)m * (k / 4)) + (i64)r * (k / 8);
     int grp = c / 32, w = c % 32;  // w = 4 s + t: sub-block s, lane t
-    parts[grp * 32 + (w & 3) * 8 + (w >> 2)] =
-        __fadd_rn(__fadd_rn(__fadd_rn(v0.x, v0.y), __fadd_rn(v0.z, v0.w)),
-                  __fadd_rn(__fadd_rn(v1.x, v1.y), __fadd_rn(v1.z, v1.w)));
+    parts[grp * 32 + (w & 3) * 8 + (w >> 2)] = sum8(v0, v1);
 }
 
 // Splits m rows of k activations (k a multiple of 256; rows x_stride apart from x_off, 16-byte
@@ -158,9 +162,7 @@ struct Acts {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const float* q = (const float*)p + off + (i64)tok * stride + grp * 256 + 32 * (4 * h + j) + 8 * t;
-            float4 v0 = *(const float4*)q, v1 = *(const float4*)(q + 4);
-            r[j] = __fadd_rn(__fadd_rn(__fadd_rn(v0.x, v0.y), __fadd_rn(v0.z, v0.w)),
-                             __fadd_rn(__fadd_rn(v1.x, v1.y), __fadd_rn(v1.z, v1.w)));
+            r[j] = sum8(*(const float4*)q, *(const float4*)(q + 4));
         }
         return make_float4(r[0], r[1], r[2], r[3]);
     }

@@ -217,6 +217,11 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Runs the case on CPU and CUDA; every output within `tol` relative L2 error.
+/// Whether two outputs are equal bit for bit.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 fn check(name: &str, case: Case, outputs: &[NodeId], tol: f64) {
     let Some(mut cuda) = crate::cuda() else {
         return;
@@ -331,8 +336,6 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
                     by_mode.push(got);
                 }
                 cuda.set_mma_prepare(None);
-                let same_bits =
-                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
                 assert!(
                     same_bits(&by_mode[0], &by_mode[1]),
                     "{ty} k{k} n{n} m{m}: prepared and in-place activations differ"
@@ -447,15 +450,15 @@ fn small_products_reuse_a_large_products_preparation() {
         let err = rel_err(g, w);
         assert!(err <= 1e-5, "output {i}: relative error {err:e}");
         assert!(
-            g.iter().zip(p).all(|(a, b)| a.to_bits() == b.to_bits()),
+            same_bits(g, p),
             "output {i}: prepared and in-place bits differ"
         );
     }
 }
 
 /// Products of rows split over several blocks (k = 8192: 2, k = 16384: 4) one after another in
-/// one graph, run three times (the later runs replay the captured CUDA graph): each split
-/// tile's arrival counter must be back at zero for the next product and the next run.
+/// one graph, run three times (the later runs replay the captured CUDA graph): the partial-sum
+/// scratch they share must serve each product and each run afresh.
 #[test]
 fn mma_split_products_repeat_exactly() {
     let Some(mut cuda) = crate::cuda() else {
