@@ -17,7 +17,7 @@ use graph::{
     HostData, KvLayout, Layout, MemoryPlan, Node, NodeId, Op, Shape, Storage, TensorData, UnaryOp,
 };
 
-use crate::mma_plan::{self, uniform_row_stride, MmaConfig, MmaPlan};
+use crate::mma_plan::{self, uniform_row_stride, MmaConfig, MmaInput, MmaPlan};
 use crate::nvrtc;
 use crate::source;
 
@@ -115,11 +115,9 @@ struct Exec {
     mma_scratch: Option<BufferId>,
     /// Partial sums of `_mma_` products split over blocks along k, sized for the largest.
     mma_partials: Option<BufferId>,
-    /// Which `_mma_` products read prepared activations, which find them ready, which RMSNorm
-    /// nodes write them (`mma_plan::plan`, with the settings at load time).
+    /// The products the `_mma_` kernels take, which read prepared activations, which find them
+    /// ready, which RMSNorm nodes write them (`mma_plan::plan`, with the settings at load time).
     mma: MmaPlan,
-    /// The `_mma_` settings at load time.
-    mma_config: MmaConfig,
 }
 
 /// Number of blocks each (head, query) of an attention is split into over the K/V positions.
@@ -487,6 +485,77 @@ fn grid1(n: usize, block: usize) -> (u32, u32, u32) {
 }
 
 impl CudaBackend {
+    /// Launches matmul `node` on the tensor-core `_mma_` kernels: the activation preparation
+    /// when the plan says this product prepares, the product, and the split sums.
+    fn launch_mma(
+        &self,
+        exec: &Exec,
+        id: NodeId,
+        node: &Node,
+        mi: &MmaInput,
+        out: u64,
+    ) -> Result<()> {
+        let w = exec.graph.node(node.inputs[0]);
+        let (k, n, m) = (mi.k, w.shape().ne(1), mi.m);
+        let reads_prepared = exec.mma.reads.contains(&id.index());
+        let x_base = self.base(exec, node.inputs[1])?;
+        let xs = match exec.mma_scratch {
+            Some(b) if reads_prepared => self.buf(b)?.ptr,
+            None if reads_prepared => {
+                return Err(backend_err("no scratch for prepared activations"))
+            }
+            _ => x_base,
+        };
+        if reads_prepared && !exec.mma.ready.contains(&id.index()) {
+            let mut p = Args::default();
+            p.ptr(x_base)
+                .i64(mi.offset)
+                .i64(mi.stride)
+                .i32(k as i32)
+                .i32(m as i32)
+                .ptr(xs);
+            self.launch("mmv_prepare_x", grid1(m * k / 8, 256), 256, &mut p)?;
+        }
+        let (mt, nt) = mi.tile;
+        let kw = source::mma_k_warps(k);
+        let splits = source::mma_k_splits(k);
+        let dst = if splits > 1 {
+            let part = exec
+                .mma_partials
+                .ok_or_else(|| backend_err("no scratch for split partial sums"))?;
+            self.buf(part)?.ptr
+        } else {
+            out
+        };
+        let mut a = Args::default();
+        a.ptr(self.base(exec, node.inputs[0])?)
+            .ptr(xs)
+            .ptr(dst)
+            .i32(k as i32)
+            .i32(n as i32)
+            .i32(m as i32)
+            .i32(kw as i32)
+            .i64(mi.offset)
+            .i64(mi.stride);
+        let tail = if reads_prepared { "" } else { "_x" };
+        self.launch(
+            &format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
+            (
+                m.div_ceil(8 * nt) as u32,
+                n.div_ceil(16 * mt * (8 / kw)) as u32,
+                splits as u32,
+            ),
+            256,
+            &mut a,
+        )?;
+        if splits > 1 {
+            let mut r = Args::default();
+            r.ptr(dst).ptr(out).i32((m * n) as i32).i32(splits as i32);
+            self.launch("mmv_sum_splits", grid1(m * n, 256), 256, &mut r)?;
+        }
+        Ok(())
+    }
+
     /// The `_mma_` route settings now.
     fn mma_config(&self) -> MmaConfig {
         MmaConfig {
@@ -547,6 +616,9 @@ impl CudaBackend {
                 )
             }
             Op::MatMul => {
+                if let Some(mi) = exec.mma.products.get(&id.index()) {
+                    return self.launch_mma(exec, id, node, mi, out);
+                }
                 let (w, x) = (inp(0), inp(1));
                 let (k, n) = (w.shape().ne(0), w.shape().ne(1));
                 if k % 32 != 0 {
@@ -579,66 +651,6 @@ impl CudaBackend {
                     && k % 256 == 0
                     && x.layout.offset % 4 == 0
                     && stride % 4 == 0;
-                if let Some(mi) = mma_plan::mma_input(&exec.mma_config, g, node) {
-                    let reads_prepared = exec.mma.reads.contains(&id.index());
-                    let x_base = self.base(exec, node.inputs[1])?;
-                    let xs = match exec.mma_scratch {
-                        Some(b) if reads_prepared => self.buf(b)?.ptr,
-                        None if reads_prepared => {
-                            return Err(backend_err("no scratch for prepared activations"))
-                        }
-                        _ => x_base,
-                    };
-                    if reads_prepared && !exec.mma.ready.contains(&id.index()) {
-                        let mut p = Args::default();
-                        p.ptr(x_base)
-                            .i64(mi.offset)
-                            .i64(mi.stride)
-                            .i32(k as i32)
-                            .i32(m as i32)
-                            .ptr(xs);
-                        self.launch("mmv_prepare_x", grid1(m * k / 8, 256), 256, &mut p)?;
-                    }
-                    let (mt, nt) = source::mma_tile(m);
-                    let mt = self.mma_mt.unwrap_or(mt);
-                    let kw = source::mma_k_warps(k);
-                    let splits = source::mma_k_splits(k);
-                    let dst = if splits > 1 {
-                        let part = exec
-                            .mma_partials
-                            .ok_or_else(|| backend_err("no scratch for split partial sums"))?;
-                        self.buf(part)?.ptr
-                    } else {
-                        out
-                    };
-                    let mut a = Args::default();
-                    a.ptr(self.base(exec, node.inputs[0])?)
-                        .ptr(xs)
-                        .ptr(dst)
-                        .i32(k as i32)
-                        .i32(n as i32)
-                        .i32(m as i32)
-                        .i32(kw as i32)
-                        .i64(mi.offset)
-                        .i64(mi.stride);
-                    let tail = if reads_prepared { "" } else { "_x" };
-                    self.launch(
-                        &format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
-                        (
-                            m.div_ceil(8 * nt) as u32,
-                            n.div_ceil(16 * mt * (8 / kw)) as u32,
-                            splits as u32,
-                        ),
-                        256,
-                        &mut a,
-                    )?;
-                    if splits > 1 {
-                        let mut r = Args::default();
-                        r.ptr(dst).ptr(out).i32((m * n) as i32).i32(splits as i32);
-                        self.launch("mmv_sum_splits", grid1(m * n, 256), 256, &mut r)?;
-                    }
-                    return Ok(());
-                }
                 if m > source::TENSOR_CORE_MIN_ROWS && self.tensor_cores {
                     return self.launch(
                         &format!("matmul_tc_{}", weight_suffix(w.dtype)?),
@@ -1142,8 +1154,7 @@ impl Backend for CudaBackend {
                 }
             }
         }
-        let mma_config = self.mma_config();
-        let mma = mma_plan::plan(&mma_config, graph);
+        let mma = mma_plan::plan(&self.mma_config(), graph);
         let mma_scratch = if mma.scratch_bytes > 0 {
             let b = self.alloc(DType::F32, Shape::new(&[mma.scratch_bytes / 4])?)?;
             owned.push(b);
@@ -1206,7 +1217,6 @@ impl Backend for CudaBackend {
             mma_scratch,
             mma_partials,
             mma,
-            mma_config,
         }));
         Ok(ExecId(self.execs.len() - 1))
     }

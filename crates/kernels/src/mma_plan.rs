@@ -3,7 +3,7 @@
 //! them, or nobody because the previous product of the same input already did (q, then k and v).
 //! Pure functions of the graph and the backend's settings, so the plan is tested without a GPU.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use graph::{DType, Graph, Layout, Node, NodeId, Op};
 
@@ -35,6 +35,8 @@ pub(crate) struct MmaInput {
     pub k: usize,
     /// Activation rows.
     pub m: usize,
+    /// The kernel's (weight tiles per warp, activation tiles per block) for `m` rows.
+    pub tile: (usize, usize),
     /// Whether the product prepares its activations when they are not there already
     /// (`source::mma_prepares`, or the override).
     pub prepared: bool,
@@ -67,8 +69,9 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
     let aligned = x.layout.offset % 4 == 0 && stride % 4 == 0;
     let typed = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0);
     let fits = m <= source::MMA_MAX_ROWS || cfg.prefill;
-    let (mt, _) = source::mma_tile(m);
-    let rows_per_block = 16 * cfg.mt.unwrap_or(mt) * (8 / source::mma_k_warps(k));
+    let (mt, nt) = source::mma_tile(m);
+    let mt = cfg.mt.unwrap_or(mt);
+    let rows_per_block = 16 * mt * (8 / source::mma_k_warps(k));
     let grid_ok = n.div_ceil(rows_per_block) <= 65_535;
     (typed && k % 256 == 0 && aligned && fits && grid_ok).then_some(MmaInput {
         x: node.inputs[1],
@@ -76,6 +79,7 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
         stride,
         k,
         m,
+        tile: (mt, nt),
         prepared: cfg
             .force_prepare
             .unwrap_or_else(|| source::mma_prepares(k, n)),
@@ -117,6 +121,8 @@ fn fusable_norm(graph: &Graph, mi: &MmaInput) -> Option<usize> {
 /// The `_mma_` plan of one loaded graph (node indices).
 #[derive(Debug, Default)]
 pub(crate) struct MmaPlan {
+    /// Every product the `_mma_` kernels take, with its activations.
+    pub products: HashMap<usize, MmaInput>,
     /// Products that read prepared activations from the scratch.
     pub reads: HashSet<usize>,
     /// Of those, the ones whose activations are already there when they run.
@@ -145,6 +151,7 @@ pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
         let Some(mi) = mma_input(cfg, graph, node) else {
             continue;
         };
+        p.products.insert(i, mi);
         let splits = source::mma_k_splits(mi.k);
         if splits > 1 {
             let n = graph.node(node.inputs[0]).shape().ne(1);
@@ -207,6 +214,7 @@ mod tests {
         let v = g.matmul(wv, h).unwrap();
         let graph = g.finish(&[q, k, v]).unwrap();
         let p = plan(&cfg(None), &graph);
+        assert_eq!(p.products.len(), 3);
         let (hi, qi, ki, vi) = (h.index(), q.index(), k.index(), v.index());
         assert!(source::mma_prepares(4096, 8192) && !source::mma_prepares(4096, 1024));
         assert_eq!(p.norms, HashSet::from([hi]));
