@@ -427,7 +427,7 @@ def main():
     t.add_argument("--anchors", type=int, default=64, help="blocks per sequence per step")
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--raw-frac", type=float, default=0.5)
-    t.add_argument("--steps", type=int, default=8000)
+    t.add_argument("--steps", type=int, default=4000)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--wd", type=float, default=0.01)
     t.add_argument("--warmup", type=int, default=100)

@@ -14,21 +14,25 @@
 #                 16 MiB each); reassemble with: cat train-bundle.tar.gz.part-* | tar xz
 # --fixtures DIR  shared/fixtures: also check the drafter modules against the fixture references
 #                 (default: ../shared/fixtures or shared/fixtures relative to the repo, if present)
-# --deadline S    wall-clock budget of the whole run in seconds (default 570; 0 = none, the smoke
+# --deadline S    wall-clock budget of the whole run in seconds (default 540; 0 = none, the smoke
 #                 default): the target's and the drafters' training budgets shrink to fit it
+# --dflash-seconds S  DFlash's training budget (default 160, as the assistant's)
+# --dflash-steps N    DFlash's planned steps (default 4000)
 # Environment: PYTHON (default python3), SEED (default 1234).
 set -euo pipefail
 
-usage() { sed -n '2,20p' "$0"; exit 2; }
+usage() { sed -n '2,22p' "$0"; exit 2; }
 [[ $# -ge 1 ]] || usage
 OUT=$1; shift
-SMOKE=0; PACK=""; FIXTURES=""; DEADLINE=""
+SMOKE=0; PACK=""; FIXTURES=""; DEADLINE=""; DFLASH_SECS=""; DFLASH_STEPS=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --smoke) SMOKE=1 ;;
     --pack) PACK=$2; shift ;;
     --fixtures) FIXTURES=$2; shift ;;
     --deadline) DEADLINE=$2; shift ;;
+    --dflash-seconds) DFLASH_SECS=$2; shift ;;
+    --dflash-steps) DFLASH_STEPS=$2; shift ;;
     *) usage ;;
   esac
   shift
@@ -89,8 +93,8 @@ if [[ $SMOKE == 1 ]]; then
   default_secs() { echo 60; }
   DEADLINE=${DEADLINE:-0}
 else
-  default_secs() { case $1 in target) echo 150 ;; drafter) echo 160 ;; dflash) echo 340 ;; esac; }
-  DEADLINE=${DEADLINE:-570}
+  default_secs() { case $1 in target) echo 150 ;; drafter) echo 160 ;; esac; }
+  DEADLINE=${DEADLINE:-540}
 fi
 
 declare -A T   # wall milliseconds per stage
@@ -153,11 +157,10 @@ TARGET_ARGS+=(--max-seconds "$(budget "$(default_secs target)" 310)")
 stage target $PY target.py train --work "$WORK" --out "$HF/target" --curves "$CURVES" --seed "$SEED" "${TARGET_ARGS[@]}"
 stage gen $PY target.py gen --work "$WORK" --target "$HF/target" --seed "$SEED" "${GEN_ARGS[@]}"
 
-# reserve: load + fp32 eval + save ~45 s, pack ~20 s. DFlash gets the longer budget: its held-out
-# acceptance was still climbing when a 160 s budget ended (3.02 -> 3.24 over the last 600 steps), and
-# it has the GPU to itself once the assistant is done.
+# reserve: load + fp32 eval + save ~45 s, pack ~20 s
 ASSIST_ARGS+=(--max-seconds "$(budget "$(default_secs drafter)" 65)")
-DFLASH_ARGS+=(--max-seconds "$(budget "$(default_secs dflash)" 65)")
+DFLASH_ARGS+=(--max-seconds "$(budget "${DFLASH_SECS:-$(default_secs drafter)}" 65)")
+[[ -n $DFLASH_STEPS ]] && DFLASH_ARGS+=(--steps "$DFLASH_STEPS")
 A_CMD=($PY assistant.py train --work "$WORK" --target "$HF/target" --out "$HF/assistant" --curves "$CURVES"
        --seed "$SEED" "${ASSIST_ARGS[@]}")
 D_CMD=($PY dflash.py train --work "$WORK" --target "$HF/target" --out "$HF/dflash" --curves "$CURVES"
