@@ -192,22 +192,6 @@ __device__ __forceinline__ void weight_groups(const u8* w, int row0, int n, int 
     }
 }
 
-// Asks L2 to fetch group `grp` (of `group_bytes`) of the warp's weight rows ahead of its loads:
-// lane (g, t) touches rows g and g + 8 of each tile at four points 1/3 of a group apart, so every
-// 128-byte line of a row's group is requested. No registers, no effect on any result.
-template <int MT>
-__device__ __forceinline__ void prefetch_groups(const u8* w, int row0, int n, int n_groups, int grp,
-                                                int group_bytes) {
-    if (grp >= n_groups) return;
-    const u8* b[MT][2];
-    weight_groups<MT>(w, row0, n, n_groups, grp, group_bytes, b);
-    int t = threadIdx.x & 3, at = t == 3 ? group_bytes - 1 : t * (group_bytes / 3);
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) asm volatile("prefetch.global.L2 [%0];" ::"l"(b[mt][r] + at));
-}
-
 // ---- Q4_K: 144-byte groups (f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 nibble bytes).
 // Sub-block s (32 weights) lives in the low (s even) or high (s odd) nibbles of bytes
 // 32 (s / 2) .. +31 of the nibble area. Lane t loads bytes 8t..8t+7 of each 32-byte run: weights 8t..8t+3 (.x) and
@@ -356,8 +340,7 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PRE
 // two need the registers for their activations, so the next group loads after).
 template <int MT, int NT, bool PREP>
 __device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
-                                         int n, int n_groups, int first, int stride, int m0, int m,
-                                         int prefetch) {
+                                         int n, int n_groups, int first, int stride, int m0, int m) {
     int t = threadIdx.x & 3, g = (threadIdx.x & 31) >> 2;
     int rows[MT][2];
 #pragma unroll
@@ -376,10 +359,6 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float
         load(a, first);
         for (int grp = first; grp < n_groups; grp += 2 * stride) {
             int g1 = grp + stride, g2 = g1 + stride;
-            if (prefetch > 0) {
-                prefetch_groups<MT>(w, row0, n, n_groups, grp + prefetch * stride, 144);
-                prefetch_groups<MT>(w, row0, n, n_groups, g1 + prefetch * stride, 144);
-            }
             if (g1 < n_groups) load(b, g1);
             q4k_group<MT, NT, PREP>(a, A, acc, grp, m0, m);
             if (g1 >= n_groups) break;
@@ -389,62 +368,9 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float
     } else {
         Q4KTile cur[MT];
         for (int grp = first; grp < n_groups; grp += stride) {
-            if (prefetch > 0) prefetch_groups<MT>(w, row0, n, n_groups, grp + prefetch * stride, 144);
             load(cur, grp);
             q4k_group<MT, NT, PREP>(cur, A, acc, grp, m0, m);
         }
-    }
-}
-
-// ---- Q4_K at up to 8 rows, weights staged through shared memory (experiment, SPECULA_MMA_ASYNC).
-// The register double buffer of q4k_rows holds one group ahead per warp and costs ~48 registers,
-// which caps a block at two per SM; here each warp copies its next group's 16 rows × 144 bytes
-// into a shared-memory stage with cp.async (no registers held while in flight), waits for the
-// current stage and reads it with the same q4k_load, so the arithmetic (and every result bit) is
-// q4k_rows's; three blocks fit per SM.
-#define Q4K_STAGES 2
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-    u32 dst = (u32)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem));
-}
-
-template <bool PREP>
-__device__ __forceinline__ void q4k_rows_async(const u8* w, const Acts<PREP>& A, float (&acc)[1][1][4], int row0,
-                                               int n, int n_groups, int first, int stride, int m0, int m) {
-    __shared__ __align__(16) u8 stage[MMV_WARPS][Q4K_STAGES][16 * 144];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    // Copies group grp of the warp's 16 rows (rows past n repeat the last) into stage st: 144
-    // 16-byte pieces, nine per row, four or five per lane.
-    auto issue = [&](int st, int grp) {
-#pragma unroll
-        for (int i = 0; i < 5; ++i) {
-            int c = lane + 32 * i;
-            if (c < 144) {
-                int r = c / 9, piece = c % 9;
-                int row = row0 + r < n ? row0 + r : n - 1;
-                cp_async16(&stage[warp][st][r * 144 + 16 * piece],
-                           w + ((i64)row * n_groups + grp) * 144 + 16 * piece);
-            }
-        }
-        asm volatile("cp.async.commit_group;");
-    };
-    if (first >= n_groups) return;
-    issue(0, first);
-    int j = 0;
-    for (int grp = first; grp < n_groups; grp += stride, ++j) {
-        int next = grp + stride;
-        if (next < n_groups) {
-            issue((j + 1) % Q4K_STAGES, next);
-        } else {
-            asm volatile("cp.async.commit_group;");
-        }
-        asm volatile("cp.async.wait_group 1;");
-        __syncwarp();
-        Q4KTile T[1];
-        q4k_load(T[0], stage[warp][j % Q4K_STAGES], g, g + 8, 1, 0, t);
-        q4k_group<1, 1, PREP>(T, A, acc, grp, m0, m);
-        __syncwarp();  // every lane has read this stage before it is refilled
     }
 }
 
@@ -587,9 +513,8 @@ __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, floa
 // sums are added in a fixed order; kw (1, 2, 4 or 8) depends only on k, so short rows (a 1024-
 // wide drafter layer has 4 groups) keep every warp busy without changing any row's arithmetic
 // across batch sizes.
-template <int DT, int MT, int NT, bool PREP, bool ASYNC = false>
-__device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw,
-                                int prefetch) {
+template <int DT, int MT, int NT, bool PREP>
+__device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw) {
     __shared__ float red[MMV_WARPS][MT * NT * 4][32];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int warp_rows = MMV_WARPS / kw, wr = warp / kw, wk = warp % kw;
@@ -611,13 +536,8 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
     if (row0 < n) {
-        if (DT == DT_Q4_K && ASYNC)
-            q4k_rows_async<PREP>(w, A, (float(&)[1][1][4])acc, row0, n, n_groups, first, stride, m0, m);
-        if (DT == DT_Q4_K && !ASYNC)
-            q4k_rows<MT, NT, PREP>(w, A, acc, row0, n, n_groups, first, stride, m0, m, prefetch);
+        if (DT == DT_Q4_K) q4k_rows<MT, NT, PREP>(w, A, acc, row0, n, n_groups, first, stride, m0, m);
         for (int grp = first; DT != DT_Q4_K && grp < n_groups; grp += stride) {
-            if (prefetch > 0)
-                prefetch_groups<MT>(w, row0, n, n_groups, grp + prefetch * stride, DT == DT_Q6_K ? 210 : 272);
             if (DT == DT_Q6_K) q6k_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
             if (DT == DT_Q8_0) q80_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
         }
@@ -656,9 +576,8 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
 #define MMV_KERNEL(SUFFIX, DT, MT, NT, MIN_BLOCKS, PREP, TAIL)                                           \
     extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, MIN_BLOCKS)                             \
         matmul_##SUFFIX##_mma_m##MT##n##NT##TAIL(const u8* w, const void* x, float* y, int k, int n, int m, \
-                                                 int kw, i64 x_off, i64 x_stride, int prefetch) {         \
-        matvec_mma_body<DT, MT, NT, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw,       \
-                                          prefetch);                                                      \
+                                                 int kw, i64 x_off, i64 x_stride) {                       \
+        matvec_mma_body<DT, MT, NT, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw);      \
     }
 // Two blocks per SM (at most 128 registers) where that costs at most a few spilled bytes; the
 // Q4_K kernels with two weight tiles per warp keep their registers (one block per SM).
@@ -673,11 +592,3 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
 MMV_KERNELS(q4_k, DT_Q4_K, 1)
 MMV_KERNELS(q6_k, DT_Q6_K, 2)
 MMV_KERNELS(q8_0, DT_Q8_0, 2)
-
-// The shared-memory-staged Q4_K kernel (prepared activations, up to 8 rows): same arguments and
-// grid as matmul_q4_k_mma_m1n1; three blocks per SM.
-extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 3)
-    matmul_q4_k_mma_m1n1_async(const u8* w, const void* x, float* y, int k, int n, int m, int kw, i64 x_off,
-                               i64 x_stride, int prefetch) {
-    matvec_mma_body<DT_Q4_K, 1, 1, true, true>(w, Acts<true>{x, x_off, x_stride, k, m}, y, k, n, m, kw, prefetch);
-}

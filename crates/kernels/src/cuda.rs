@@ -174,12 +174,6 @@ pub struct CudaBackend {
     /// Products of more than 16 activation rows (prefill) also take the `_mma_` kernels, 16 rows
     /// per block (`SPECULA_MMA_PREFILL=0`: the tiled `matmul_tc_` kernels, an A/B knob).
     mma_prefill: bool,
-    /// Groups ahead (in a warp's own stride) that the `_mma_` kernels ask L2 to fetch, 0 for none
-    /// (`SPECULA_MMA_PREFETCH`, 0–8; an experiment, off by default until measured).
-    mma_prefetch: usize,
-    /// Q4_K products of up to 8 prepared rows take the shared-memory-staged kernel
-    /// (`SPECULA_MMA_ASYNC=1`; an experiment, off by default until measured).
-    mma_async: bool,
     /// Forces every `_mma_` product to prepare its activations (`Some(true)`) or to split them in
     /// place (`Some(false)`) instead of `source::mma_prepares` (tests and A/B runs;
     /// `SPECULA_MMA_PREPARE=0|1`).
@@ -260,12 +254,6 @@ impl CudaBackend {
                 .and_then(|v| v.parse().ok())
                 .filter(|mt| [1, 2].contains(mt)),
             mma_prefill: std::env::var("SPECULA_MMA_PREFILL").map_or(true, |v| v != "0"),
-            mma_prefetch: std::env::var("SPECULA_MMA_PREFETCH")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|d| *d <= 8)
-                .unwrap_or(0),
-            mma_async: std::env::var("SPECULA_MMA_ASYNC").is_ok_and(|v| v == "1"),
             mma_prepare: match std::env::var("SPECULA_MMA_PREPARE").as_deref() {
                 Ok("0") => Some(false),
                 Ok("1") => Some(true),
@@ -286,12 +274,6 @@ impl CudaBackend {
         for exec in self.execs.iter_mut().flatten() {
             exec.captured = None;
         }
-    }
-
-    /// Sends Q4_K products of up to 8 prepared rows to the shared-memory-staged kernel (an
-    /// experiment; the same bits, tested).
-    pub fn set_mma_async(&mut self, on: bool) {
-        self.mma_async = on;
     }
 
     /// Forces the tensor-core products loaded from now on to read activations prepared once per
@@ -554,15 +536,8 @@ impl CudaBackend {
             .i32(m as i32)
             .i32(kw as i32)
             .i64(mi.offset)
-            .i64(mi.stride)
-            .i32(self.mma_prefetch as i32);
+            .i64(mi.stride);
         let tail = if reads_prepared { "" } else { "_x" };
-        let tail =
-            if self.mma_async && reads_prepared && w.dtype == DType::Q4_K && (mt, nt) == (1, 1) {
-                "_async"
-            } else {
-                tail
-            };
         self.launch(
             &format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
             (

@@ -134,7 +134,6 @@ pub const OTHER_KERNELS: &[&str] = &[
     "attention_combine_f32",
     "mmv_prepare_x",
     "mmv_sum_splits",
-    "matmul_q4_k_mma_m1n1_async",
 ];
 
 /// Every kernel entry point in the module.
