@@ -68,6 +68,7 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
                                          const int* n_kv_ptr, const float* mask, float* out, int d, int d_v,
                                          int n_head, int n_head_kv, int cap, float scale, int mask_kind,
                                          int window, int ring, int* err, int n_split, float* partial) {
+    pdl_entry();
     __shared__ float qs[ATT_MAX_D];
     __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
     __shared__ float wacc[ATT_WARPS][ATT_MAX_D];
@@ -120,6 +121,7 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
 
 // Merges the splits of attention_f32: one block per (head, query).
 extern "C" __global__ void attention_combine_f32(const float* partial, float* out, int d_v, int n_head, int n_split) {
+    pdl_entry();
     int h = blockIdx.x, t = blockIdx.y;
     const float* p = partial + ((i64)t * n_head + h) * n_split * (d_v + 2);
     float mx = -INFINITY;
@@ -230,6 +232,7 @@ __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k
                                                   float* out, int d, int d_v, int n_head, int n_head_kv,    \
                                                   int cap, float scale, int mask_kind, int window, int ring, \
                                                   int* err, int n_split, float* partial) {                  \
+        pdl_entry();                                                                                        \
         attention_f16_wide_body<E>(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask, out,  \
                                    d_v, n_head, n_head_kv, cap, scale, mask_kind, window, ring, err, n_split, \
                                    partial);                                                                  \

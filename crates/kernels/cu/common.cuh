@@ -34,6 +34,19 @@ __device__ __forceinline__ i64 imin(i64 a, i64 b) { return a < b ? a : b; }
 
 __device__ __forceinline__ void report(int* err, int code) { atomicCAS(err, 0, code); }
 
+// Programmatic dependent launch (sm_90 and later). Every kernel begins with this: it lets the
+// next kernel of the stream start launching its blocks onto free SM slots, then waits until the
+// kernel before it has finished and its writes are visible. So no kernel reads or writes global
+// memory before its predecessor is done, exactly as with plain stream order, but the launch and
+// block scheduling of each kernel overlap its predecessor's tail. Without the launch attribute
+// (older cards, SPECULA_PDL=0) both instructions return at once.
+__device__ __forceinline__ void pdl_entry() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));

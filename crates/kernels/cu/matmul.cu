@@ -91,32 +91,39 @@ __device__ void get_rows_body(const u8* table, const int* ids, float* y, int k, 
 #define WEIGHT_KERNELS(SUFFIX, DT)                                                                   \
     extern "C" __global__ void matmul_##SUFFIX##_r1(const u8* w, const float* x, float* y, int k,   \
                                                     int n, int m, i64 x_off, i64 x_row_stride) {    \
+        pdl_entry();                                                                                \
         matmul_body<DT, 1>(w, x, y, k, n, m, x_off, x_row_stride);                                  \
     }                                                                                                \
     extern "C" __global__ void matmul_##SUFFIX##_r2(const u8* w, const float* x, float* y, int k,   \
                                                     int n, int m, i64 x_off, i64 x_row_stride) {    \
+        pdl_entry();                                                                                \
         matmul_body<DT, 2>(w, x, y, k, n, m, x_off, x_row_stride);                                  \
     }                                                                                                \
     extern "C" __global__ void matmul_##SUFFIX##_r4(const u8* w, const float* x, float* y, int k,   \
                                                     int n, int m, i64 x_off, i64 x_row_stride) {    \
+        pdl_entry();                                                                                \
         matmul_body<DT, 4>(w, x, y, k, n, m, x_off, x_row_stride);                                  \
     }                                                                                                \
     extern "C" __global__ void matmul_##SUFFIX##_r8(const u8* w, const float* x, float* y, int k,   \
                                                     int n, int m, i64 x_off, i64 x_row_stride) {    \
+        pdl_entry();                                                                                \
         matmul_body<DT, 8>(w, x, y, k, n, m, x_off, x_row_stride);                                  \
     }                                                                                                \
     extern "C" __global__ void matmul_##SUFFIX##_r16(const u8* w, const float* x, float* y, int k,  \
                                                      int n, int m, i64 x_off, i64 x_row_stride) {   \
+        pdl_entry();                                                                                \
         matmul_body<DT, 16>(w, x, y, k, n, m, x_off, x_row_stride);                                 \
     }                                                                                                \
     extern "C" __global__ void matmul_id_##SUFFIX(const u8* w, const float* x, const int* ids,       \
                                                   float* y, int k, int n, int n_expert, int n_used,  \
                                                   int x_slots, i64 x_off, i64 x_row_stride,          \
                                                   int* err) {                                        \
+        pdl_entry();                                                                                 \
         matmul_id_body<DT>(w, x, ids, y, k, n, n_expert, n_used, x_slots, x_off, x_row_stride, err); \
     }                                                                                                \
     extern "C" __global__ void get_rows_##SUFFIX(const u8* table, const int* ids, float* y, int k,   \
                                                  int n_rows, int n_ids, int* err) {                  \
+        pdl_entry();                                                                                 \
         get_rows_body<DT>(table, ids, y, k, n_rows, n_ids, err);                                    \
     }
 
@@ -277,6 +284,7 @@ __device__ void matmul_fast_body(const u8* w, const float* x, float* y, int k, i
     extern "C" __global__ void matmul_##SUFFIX##_fast_r##R(const u8* w, const float* x, float* y,   \
                                                            int k, int n, int m, i64 x_off,          \
                                                            i64 x_row_stride) {                      \
+        pdl_entry();                                                                                \
         matmul_fast_body<D, R, NR>(w, x, y, k, n, m, x_off, x_row_stride);                           \
     }
 #define FAST_KERNELS(SUFFIX, D)                                                                      \
@@ -402,6 +410,7 @@ __device__ void matmul_tc_body(const u8* w, const float* x, float* y, int k, int
 #define TC_KERNEL(SUFFIX, DT)                                                                        \
     extern "C" __global__ void matmul_tc_##SUFFIX(const u8* w, const float* x, float* y, int k, int n, \
                                                   int m, i64 x_off, i64 x_row_stride) {              \
+        pdl_entry();                                                                                 \
         matmul_tc_body<DT>(w, x, y, k, n, m, x_off, x_row_stride);                                  \
     }
 TC_KERNEL(f32, DT_F32)

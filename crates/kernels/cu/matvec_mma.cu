@@ -115,6 +115,7 @@ __device__ __forceinline__ void prepare_chunk8(uint4* xs, int k, int m, int r, i
 // Splits m rows of k activations (k a multiple of 256; rows x_stride apart from x_off, 16-byte
 // aligned) into the prepared layout above, one thread per 8 activations.
 extern "C" __global__ void mmv_prepare_x(const float* x, i64 x_off, i64 x_stride, int k, int m, uint4* xs) {
+    pdl_entry();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     int per_row = k / 8;
     if (i >= (i64)m * per_row) return;
@@ -562,6 +563,7 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
 
 // y[i] = the sum of its `splits` partial planes (n_out elements each), in plane order.
 extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out, int splits) {
+    pdl_entry();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n_out) return;
     float s = part[i];
@@ -577,6 +579,7 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
     extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, MIN_BLOCKS)                             \
         matmul_##SUFFIX##_mma_m##MT##n##NT##TAIL(const u8* w, const void* x, float* y, int k, int n, int m, \
                                                  int kw, i64 x_off, i64 x_stride) {                       \
+        pdl_entry();                                                                                      \
         matvec_mma_body<DT, MT, NT, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw);      \
     }
 // Two blocks per SM (at most 128 registers) where that costs at most a few spilled bytes; the

@@ -3,6 +3,7 @@
 // out[i] = a[i] op b[bcast(i)], out dense; b may be an f16/bf16 weight.
 extern "C" __global__ void binary_f32(const float* a, Layout4 la, const void* b, int b_dt, Layout4 lb,
                                       float* out, i64 n, int op) {
+    pdl_entry();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float x = a[layout_index(la, i)];
@@ -19,6 +20,7 @@ __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
 // op: 0 scale, 1 gelu, 2 silu, 3 softcap (param = scale or cap).
 extern "C" __global__ void unary_f32(const float* x, Layout4 lx, float* out, i64 n, int op, float param) {
+    pdl_entry();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float v = x[layout_index(lx, i)];
@@ -34,6 +36,7 @@ extern "C" __global__ void unary_f32(const float* x, Layout4 lx, float* out, i64
 
 // op: 0 geglu, 1 swiglu.
 extern "C" __global__ void glu_f32(const float* g, Layout4 lg, const float* u, Layout4 lu, float* out, i64 n, int op) {
+    pdl_entry();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float gv = g[layout_index(lg, i)];
@@ -42,6 +45,7 @@ extern "C" __global__ void glu_f32(const float* g, Layout4 lg, const float* u, L
 }
 
 extern "C" __global__ void copy_f32(const float* x, Layout4 lx, float* out, i64 n) {
+    pdl_entry();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     out[i] = x[layout_index(lx, i)];
@@ -50,6 +54,7 @@ extern "C" __global__ void copy_f32(const float* x, Layout4 lx, float* out, i64 
 // Output dims d0..d3 (dense); elements with index[dim] < split come from a, the rest from b.
 extern "C" __global__ void concat_f32(const float* a, Layout4 la, const float* b, Layout4 lb, float* out,
                                       i64 d0, i64 d1, i64 d2, i64 d3, int dim, i64 split) {
+    pdl_entry();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     i64 n = d0 * d1 * d2 * d3;
     if (i >= n) return;
@@ -71,6 +76,7 @@ extern "C" __global__ void concat_f32(const float* a, Layout4 la, const float* b
 // that read it (`mmv_prepare_x`, one launch fewer; n a multiple of 256, gridDim.x rows).
 extern "C" __global__ void rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n,
                                         float eps, uint4* xs) {
+    pdl_entry();
     i64 r = blockIdx.x;
     const float* xr = x + row_index(lx, r);
     float s = 0.0f;
@@ -96,6 +102,7 @@ extern "C" __global__ void rms_norm_f32(const float* x, Layout4 lx, const void* 
 // x [n_dims, n_heads, t] (rows dense); one thread per (row, dim).
 extern "C" __global__ void rope_f32(const float* x, Layout4 lx, const int* pos, const float* ff, float* out,
                                     int n_dims, int n_heads, int n_rows, int n_rot, float theta) {
+    pdl_entry();
     i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (i64)n_rows * n_dims) return;
     int r = (int)(idx / n_dims), i = (int)(idx % n_dims);
@@ -118,6 +125,7 @@ extern "C" __global__ void rope_f32(const float* x, Layout4 lx, const int* pos, 
 }
 
 extern "C" __global__ void softmax_f32(const float* x, Layout4 lx, float* out, int n) {
+    pdl_entry();
     i64 r = blockIdx.x;
     const float* xr = x + row_index(lx, r);
     float m = -INFINITY;
@@ -132,6 +140,7 @@ extern "C" __global__ void softmax_f32(const float* x, Layout4 lx, float* out, i
 // dst rows of `row` elements (f32 or f16); src rows dense in dim 0.
 extern "C" __global__ void write_rows(void* dst, int dst_dt, i64 dst_off, int dst_rows, const float* src, Layout4 ls,
                                       const int* slots, int row, int n, int* err) {
+    pdl_entry();
     i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (i64)n * row) return;
     int i = (int)(idx / row), e = (int)(idx % row);
@@ -148,6 +157,7 @@ extern "C" __global__ void write_rows(void* dst, int dst_dt, i64 dst_off, int ds
 
 // One block per row: the first index of the maximum.
 extern "C" __global__ void argmax_f32(const float* x, Layout4 lx, int* out, int n) {
+    pdl_entry();
     __shared__ float best_v[1024];
     __shared__ int best_i[1024];
     i64 r = blockIdx.x;
@@ -178,6 +188,7 @@ extern "C" __global__ void argmax_f32(const float* x, Layout4 lx, int* out, int 
 
 // One thread per row: k passes of selection (k is small: MoE routing).
 extern "C" __global__ void top_k_f32(const float* x, Layout4 lx, int* out, int n, int k, i64 n_rows) {
+    pdl_entry();
     i64 r = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= n_rows) return;
     const float* xr = x + row_index(lx, r);
@@ -196,6 +207,7 @@ extern "C" __global__ void top_k_f32(const float* x, Layout4 lx, int* out, int n
 // One thread per token.
 extern "C" __global__ void moe_weights_f32(const float* probs, Layout4 lp, const int* ids, const void* scale, int scale_dt,
                                            float* out, int n_expert, int k, int n_tok, int renormalize, int* err) {
+    pdl_entry();
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n_tok) return;
     const float* pr = probs + row_index(lp, t);

@@ -178,6 +178,10 @@ pub struct CudaBackend {
     /// place (`Some(false)`) instead of `source::mma_prepares` (tests and A/B runs;
     /// `SPECULA_MMA_PREPARE=0|1`).
     mma_prepare: Option<bool>,
+    /// Kernels launch with programmatic stream serialization (sm_90 and later, unless
+    /// `SPECULA_PDL=0`): each one's launch overlaps the tail of the kernel before it, which every
+    /// kernel waits for on entry (`pdl_entry` in common.cuh) before touching memory.
+    pdl: bool,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
     name: String,
@@ -259,6 +263,7 @@ impl CudaBackend {
                 Ok("1") => Some(true),
                 _ => None,
             },
+            pdl: major >= 9 && std::env::var("SPECULA_PDL").map_or(true, |v| v != "0"),
             _module: module,
             funcs,
             buffers: Vec::new(),
@@ -431,6 +436,9 @@ impl CudaBackend {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
+        if self.pdl {
+            return self.launch_pdl(name, f.cu_function(), grid, block, &mut params);
+        }
         #[allow(unsafe_code)]
         // SAFETY: the parameter cells match the kernel's signature (built by the launchers
         // below from validated nodes) and stay alive until the call returns; every pointer
@@ -446,6 +454,44 @@ impl CudaBackend {
             )
         }
         .map_err(|e| driver_err(&format!("launching {name}"), e))
+    }
+
+    /// Launches with the programmatic-stream-serialization attribute: the kernel may start
+    /// launching before the previous kernel in the stream (or captured graph) has finished; its
+    /// `pdl_entry` waits for that kernel's completion before any memory access.
+    fn launch_pdl(
+        &self,
+        name: &str,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: as for `launch`: the parameter cells match the kernel's signature and outlive
+        // the call; `config` and its one attribute live on this frame for the whole call.
+        unsafe { sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()) }
+            .result()
+            .map_err(|e| driver_err(&format!("launching {name}"), e))
     }
 }
 

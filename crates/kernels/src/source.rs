@@ -160,3 +160,33 @@ pub fn all_kernel_names() -> Vec<String> {
     }
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kernels launch with programmatic dependent launch on sm_90+, so each must wait for its
+    /// predecessor (`pdl_entry()`) before its first memory access: the first statement of every
+    /// entry point's body, macro-generated ones included.
+    #[test]
+    fn every_kernel_waits_for_its_predecessor_first() {
+        let src = full_source();
+        let mut entries = 0;
+        for (at, _) in src.match_indices("extern \"C\" __global__") {
+            let body = at + src[at..].find('{').expect("a kernel body");
+            let first = src[body + 1..]
+                .trim_start_matches(|c: char| c.is_whitespace() || c == '\\')
+                .split(';')
+                .next()
+                .unwrap_or("");
+            let head = &src[at..body];
+            assert_eq!(
+                first, "pdl_entry()",
+                "{head} does not start with pdl_entry()"
+            );
+            entries += 1;
+        }
+        // 27 definitions (most expand per weight type) behind the 160-odd entry points.
+        assert!(entries >= 27, "found {entries} kernel definitions");
+    }
+}
