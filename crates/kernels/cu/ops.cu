@@ -74,11 +74,79 @@ extern "C" __global__ void concat_f32(const float* a, Layout4 la, const float* b
 // One block per row; rows dense in dim 0.
 // With xs, the block also writes its normed row in the prepared layout of the `_mma_` products
 // that read it (`mmv_prepare_x`, one launch fewer; n a multiple of 256, gridDim.x rows).
-extern "C" __global__ void rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n,
-                                        float eps, uint4* xs) {
+// Rows of up to RN_CHUNKS · blockDim.x chunks of 8 (n a multiple of 8, 16-byte-aligned rows)
+// stay in registers: the row and its weights are loaded in one round, and the normed row and its
+// prepared form are written from registers. A decode step's 5376-wide row is one block, so the
+// kernel is a chain of memory latencies; this path has two (loads, stores) where the general one
+// below has four (loads, weight loads and stores, re-reads for xs, xs stores).
+#define RN_CHUNKS 2
+
+__device__ __forceinline__ float4 rn_weight4(const void* w, int w_dt, i64 i) {
+    return make_float4(load_float(w, w_dt, i), load_float(w, w_dt, i + 1), load_float(w, w_dt, i + 2),
+                       load_float(w, w_dt, i + 3));
+}
+
+__device__ __forceinline__ float4 rn_scale4(float4 v, float inv, float4 wv) {
+    return make_float4(v.x * inv * wv.x, v.y * inv * wv.y, v.z * inv * wv.z, v.w * inv * wv.w);
+}
+
+__device__ __forceinline__ float rn_sq4(float4 v) { return v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
+
+// With res (dense rows of n) the output is res + norm(x) · w, and with scale (one element,
+// scale_dt >= 0) that sum times scale: the post-norm, residual add and layer scale of a Gemma 4
+// layer in one launch (`fuse_plan`), with the separate ops' arithmetic in their order.
+__device__ __forceinline__ float rn_tail(float v, const float* res, i64 i, float sc, bool has_sc) {
+    if (res) v = res[i] + v;
+    return has_sc ? v * sc : v;
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n, float eps, uint4* xs,
+                 const float* res, const void* scale, int scale_dt) {
     pdl_entry();
     i64 r = blockIdx.x;
     const float* xr = x + row_index(lx, r);
+    float* orow = out + r * n;
+    int nc = n / 8;
+    bool has_sc = scale_dt >= 0;
+    float sc = has_sc ? load_float(scale, scale_dt, 0) : 1.0f;
+    if (n % 8 == 0 && nc <= RN_CHUNKS * (int)blockDim.x && ((size_t)xr & 15) == 0 && ((size_t)orow & 15) == 0) {
+        float4 v[RN_CHUNKS][2], wv[RN_CHUNKS][2];
+        float s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < RN_CHUNKS; ++j) {
+            int c = threadIdx.x + j * blockDim.x;
+            if (c < nc) {
+                v[j][0] = ((const float4*)xr)[2 * c];
+                v[j][1] = ((const float4*)xr)[2 * c + 1];
+                wv[j][0] = w_dt >= 0 ? rn_weight4(w, w_dt, 8 * c) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+                wv[j][1] = w_dt >= 0 ? rn_weight4(w, w_dt, 8 * c + 4) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < RN_CHUNKS; ++j)
+            if (threadIdx.x + j * blockDim.x < nc) s += rn_sq4(v[j][0]) + rn_sq4(v[j][1]);
+        s = block_sum(s);
+        float inv = rsqrtf(s / (float)n + eps);
+#pragma unroll
+        for (int j = 0; j < RN_CHUNKS; ++j) {
+            int c = threadIdx.x + j * blockDim.x;
+            if (c < nc) {
+                float4 o0 = rn_scale4(v[j][0], inv, wv[j][0]), o1 = rn_scale4(v[j][1], inv, wv[j][1]);
+                if (res || has_sc) {
+                    const float* rr = res ? res + r * n + 8 * c : nullptr;
+                    o0 = make_float4(rn_tail(o0.x, rr, 0, sc, has_sc), rn_tail(o0.y, rr, 1, sc, has_sc),
+                                     rn_tail(o0.z, rr, 2, sc, has_sc), rn_tail(o0.w, rr, 3, sc, has_sc));
+                    o1 = make_float4(rn_tail(o1.x, rr, 4, sc, has_sc), rn_tail(o1.y, rr, 5, sc, has_sc),
+                                     rn_tail(o1.z, rr, 6, sc, has_sc), rn_tail(o1.w, rr, 7, sc, has_sc));
+                }
+                ((float4*)orow)[2 * c] = o0;
+                ((float4*)orow)[2 * c + 1] = o1;
+                if (xs) prepare_chunk8(xs, n, gridDim.x, (int)r, c, o0, o1);
+            }
+        }
+        return;
+    }
     float s = 0.0f;
     // Unrolled so a thread's loads are in flight together (a 5376-wide row is one block).
 #pragma unroll 4
@@ -89,6 +157,7 @@ extern "C" __global__ void rms_norm_f32(const float* x, Layout4 lx, const void* 
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         float v = xr[i] * inv;
         if (w_dt >= 0) v *= load_float(w, w_dt, i);
+        v = rn_tail(v, res, r * n + i, sc, has_sc);
         out[r * n + i] = v;
     }
     if (!xs) return;

@@ -17,6 +17,7 @@ use graph::{
     HostData, KvLayout, Layout, MemoryPlan, Node, NodeId, Op, Shape, Storage, TensorData, UnaryOp,
 };
 
+use crate::fuse_plan::{self, FusePlan, NormTail};
 use crate::mma_plan::{self, uniform_row_stride, MmaConfig, MmaInput, MmaPlan};
 use crate::nvrtc;
 use crate::source;
@@ -118,6 +119,9 @@ struct Exec {
     /// The products the `_mma_` kernels take, which read prepared activations, which find them
     /// ready, which RMSNorm nodes write them (`mma_plan::plan`, with the settings at load time).
     mma: MmaPlan,
+    /// Post-norm tails launched as one kernel, and the nodes folded into them
+    /// (`fuse_plan::plan`).
+    fuse: FusePlan,
 }
 
 /// Number of blocks each (head, query) of an attention is split into over the K/V positions.
@@ -182,6 +186,9 @@ pub struct CudaBackend {
     /// `SPECULA_PDL=0`): each one's launch overlaps the tail of the kernel before it, which every
     /// kernel waits for on entry (`pdl_entry` in common.cuh) before touching memory.
     pdl: bool,
+    /// Post-norm, residual add and layer scale run as one launch (`fuse_plan`; `SPECULA_FUSE=0`
+    /// launches them one by one, an A/B knob).
+    fuse_tails: bool,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
     name: String,
@@ -263,6 +270,7 @@ impl CudaBackend {
                 Ok("1") => Some(true),
                 _ => None,
             },
+            fuse_tails: std::env::var("SPECULA_FUSE").map_or(true, |v| v != "0"),
             pdl: major >= 9 && std::env::var("SPECULA_PDL").map_or(true, |v| v != "0"),
             _module: module,
             funcs,
@@ -602,6 +610,58 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Launches RMSNorm node `norm` writing `out` (and the prepared layout at `xs` if not 0), or,
+    /// with `tail`, the fused post-norm tail: `(residual + norm) · scale` into `out`.
+    fn launch_norm(
+        &self,
+        exec: &Exec,
+        norm: NodeId,
+        out: u64,
+        xs: u64,
+        tail: Option<&NormTail>,
+    ) -> Result<()> {
+        let g = &exec.graph;
+        let node = g.node(norm);
+        let Op::RmsNorm { eps } = node.op else {
+            return Err(backend_err(format!(
+                "node '{}' is not an RMSNorm",
+                node.label(norm)
+            )));
+        };
+        let x = g.node(node.inputs[0]);
+        let mut a = Args::default();
+        a.ptr(self.base(exec, node.inputs[0])?).layout(&x.layout);
+        match node.inputs.get(1) {
+            Some(&w) => a.ptr(self.base(exec, w)?).i32(code(g.node(w).dtype)),
+            None => a.ptr(0).i32(-1),
+        };
+        a.ptr(out).i32(x.shape().ne(0) as i32).f32(eps).ptr(xs);
+        match tail {
+            Some(t) => {
+                let r = g.node(t.residual);
+                a.ptr(self.base(exec, t.residual)? + (r.layout.offset * 4) as u64);
+                match t.scale {
+                    Some(s) => a
+                        .ptr(self.base(exec, s)? + (g.node(s).layout.offset * 4) as u64)
+                        .i32(code(g.node(s).dtype)),
+                    None => a.ptr(0).ptr(0).i32(-1),
+                };
+            }
+            None => {
+                a.ptr(0).ptr(0).i32(-1);
+            }
+        }
+        // One block per row; wide rows (the 5376-wide hidden state of a decode step is a
+        // single row) get 1024 threads so the row is read in few dependent rounds.
+        let threads = if x.shape().ne(0) >= 2048 { 1024 } else { 256 };
+        self.launch(
+            "rms_norm_f32",
+            (x.shape().n_rows() as u32, 1, 1),
+            threads,
+            &mut a,
+        )
+    }
+
     /// The `_mma_` route settings now.
     fn mma_config(&self) -> MmaConfig {
         MmaConfig {
@@ -628,6 +688,12 @@ impl CudaBackend {
         let inp = |k: usize| g.node(node.inputs[k]);
         let out = self.base(exec, id)?;
         let n_out = node.shape().n_elems();
+        if exec.fuse.skip.contains(&id.index()) {
+            return Ok(());
+        }
+        if let Some(tail) = exec.fuse.tails.get(&id.index()) {
+            return self.launch_norm(exec, tail.norm, out, 0, Some(tail));
+        }
         let unsupported = |why: String| {
             backend_err(format!(
                 "{} (node '{}'): {why}",
@@ -826,28 +892,12 @@ impl CudaBackend {
                 a.i32(*dim as i32).i64(inp(0).shape().ne(*dim) as i64);
                 self.launch("concat_f32", grid1(n_out, 256), 256, &mut a)
             }
-            Op::RmsNorm { eps } => {
-                let x = inp(0);
-                let mut a = Args::default();
-                a.ptr(self.base(exec, node.inputs[0])?).layout(&x.layout);
-                match node.inputs.get(1) {
-                    Some(&w) => a.ptr(self.base(exec, w)?).i32(code(g.node(w).dtype)),
-                    None => a.ptr(0).i32(-1),
-                };
+            Op::RmsNorm { .. } => {
                 let xs = match exec.mma_scratch {
                     Some(b) if exec.mma.norms.contains(&id.index()) => self.buf(b)?.ptr,
                     _ => 0,
                 };
-                a.ptr(out).i32(x.shape().ne(0) as i32).f32(*eps).ptr(xs);
-                // One block per row; wide rows (the 5376-wide hidden state of a decode step is a
-                // single row) get 1024 threads so the row is read in few dependent rounds.
-                let threads = if x.shape().ne(0) >= 2048 { 1024 } else { 256 };
-                self.launch(
-                    "rms_norm_f32",
-                    (x.shape().n_rows() as u32, 1, 1),
-                    threads,
-                    &mut a,
-                )
+                self.launch_norm(exec, id, out, xs, None)
             }
             Op::Rope(p) => {
                 let x = inp(0);
@@ -1201,6 +1251,11 @@ impl Backend for CudaBackend {
             }
         }
         let mma = mma_plan::plan(&self.mma_config(), graph);
+        let fuse = if self.fuse_tails {
+            fuse_plan::plan(graph, &mma.norms)
+        } else {
+            FusePlan::default()
+        };
         let mma_scratch = if mma.scratch_bytes > 0 {
             let b = self.alloc(DType::F32, Shape::new(&[mma.scratch_bytes / 4])?)?;
             owned.push(b);
@@ -1263,6 +1318,7 @@ impl Backend for CudaBackend {
             mma_scratch,
             mma_partials,
             mma,
+            fuse,
         }));
         Ok(ExecId(self.execs.len() - 1))
     }

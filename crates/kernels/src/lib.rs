@@ -24,6 +24,7 @@
 
 mod cuda;
 pub mod doctor;
+mod fuse_plan;
 mod mma_plan;
 pub mod nvrtc;
 pub mod source;

@@ -613,6 +613,68 @@ fn elementwise_norm_rope_softmax_concat() {
     check("elementwise, norms, rope, softmax, concat", c, &outs, 2e-6);
 }
 
+/// RMSNorm rows of up to 2 · 1024 chunks of 8 stay in registers (the decode step's 5376-wide
+/// row, 16384 at the limit); wider or odd rows, and rows not 16-byte aligned (a view starting one
+/// element in), take the general path. Both against the CPU, with and without weights.
+#[test]
+fn rms_norm_register_and_general_rows() {
+    let mut rng = Rng(31);
+    for (n, rows, offset) in [
+        (64, 3, 0),
+        (5376, 1, 0),
+        (5376, 4, 0),
+        (16384, 2, 0),
+        (16392, 2, 0),
+        (100, 3, 0),
+        (5376, 2, 1),
+    ] {
+        let mut c = Case::new();
+        let total = n * rows + offset;
+        let base = c.f32(&[total], rng.vec(total));
+        let x =
+            c.g.view(
+                base,
+                Shape::new(&[n, rows]).unwrap(),
+                [1, n, n * rows, n * rows],
+                offset,
+            )
+            .unwrap();
+        let wf = c.weight(DType::F32, &[n], random_weight(&mut rng, DType::F32, n));
+        let wh = c.weight(DType::F16, &[n], random_weight(&mut rng, DType::F16, n));
+        let outs = [
+            c.g.rms_norm(x, None, 1e-6).unwrap(),
+            c.g.rms_norm(x, Some(wf), 1e-6).unwrap(),
+            c.g.rms_norm(x, Some(wh), 1e-6).unwrap(),
+        ];
+        check(
+            &format!("rms_norm n{n} rows{rows} offset{offset}"),
+            c,
+            &outs,
+            2e-6,
+        );
+    }
+    // A layer's tail, which the backend launches as one fused norm: (residual + norm(o) · w) · s,
+    // also without the scale, and with the residual read by a later node.
+    for (n, rows) in [(64, 3), (5376, 1), (5376, 4), (100, 2)] {
+        let mut c = Case::new();
+        let res = c.f32(&[n, rows], rng.vec(n * rows));
+        let o = c.f32(&[n, rows], rng.vec(n * rows));
+        let w = c.weight(DType::F32, &[n], random_weight(&mut rng, DType::F32, n));
+        let s = c.weight(DType::F32, &[1], vec![0x00, 0x00, 0xc0, 0x3f]); // 1.5
+        let normed = c.g.rms_norm(o, Some(w), 1e-6).unwrap();
+        let sum = c.g.add(res, normed).unwrap();
+        let scaled = c.g.mul(sum, s).unwrap();
+        let normed2 = c.g.rms_norm(scaled, Some(w), 1e-6).unwrap();
+        let sum2 = c.g.add(res, normed2).unwrap();
+        check(
+            &format!("norm tail n{n} rows{rows}"),
+            c,
+            &[scaled, sum2],
+            2e-6,
+        );
+    }
+}
+
 #[test]
 fn selection_moe_and_write_rows() {
     let mut rng = Rng(4);

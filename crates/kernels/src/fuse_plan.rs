@@ -1,0 +1,194 @@
+//! Launches the CUDA backend folds together: a layer's post-norm, its residual add and the layer
+//! scale after it (`x = (residual + rms_norm(o) · w) · s` in Gemma 4) run as one `rms_norm_f32`
+//! launch at the last of those nodes, the others are skipped. A pure function of the graph, so
+//! the plan is tested without a GPU; the fused kernel does the separate ops' arithmetic in their
+//! order, so results are the same bits.
+
+use std::collections::{HashMap, HashSet};
+
+use graph::{BinaryOp, DType, Graph, Node, NodeId, Op};
+
+use crate::mma_plan::uniform_row_stride;
+
+/// One fused post-norm tail, launched at the node it is keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NormTail {
+    /// The RMSNorm node (skipped): its input, weight and eps drive the kernel.
+    pub norm: NodeId,
+    /// The residual added to the norm's output (dense rows of the same shape).
+    pub residual: NodeId,
+    /// The one-element scale the sum is multiplied by, if the Mul after the Add is folded too.
+    pub scale: Option<NodeId>,
+}
+
+/// The fusions of one loaded graph (node indices).
+#[derive(Debug, Default)]
+pub(crate) struct FusePlan {
+    /// Nodes whose launch is folded into a later node's.
+    pub skip: HashSet<usize>,
+    /// Nodes that launch a fused post-norm tail instead of their own op.
+    pub tails: HashMap<usize, NormTail>,
+}
+
+/// Finds `Add(residual, RmsNorm(x))` where the norm immediately precedes the Add and has no
+/// other reader (nor is an output, nor writes prepared activations: `keep`), the residual is
+/// dense F32 rows of the same shape; and folds a following `Mul(sum, s)` by a one-element scale
+/// when the Add has no other reader. Adjacency (only leaves between) means no other node runs
+/// between the folded ones, so no buffer the fused launch reads can have been reused in between.
+pub(crate) fn plan(graph: &Graph, keep: &HashSet<usize>) -> FusePlan {
+    let nodes = graph.nodes();
+    let mut readers = vec![0usize; nodes.len()];
+    for node in nodes {
+        for &i in &node.inputs {
+            readers[i.index()] += 1;
+        }
+    }
+    for &o in graph.outputs() {
+        readers[o.index()] += 1;
+    }
+    // Leaves (inputs, weights, states) launch nothing and write nothing while a graph runs, so
+    // they may sit between folded nodes (a weight is often created right before its first use).
+    let launches = |k: &usize| !matches!(nodes[*k].op, Op::Input | Op::Weight | Op::State);
+    let mut p = FusePlan::default();
+    for (i, node) in nodes.iter().enumerate() {
+        if !matches!(node.op, Op::Binary(BinaryOp::Add)) {
+            continue;
+        }
+        let Some(j) = (0..i).rev().find(launches) else {
+            continue;
+        };
+        let Some(pos) = node.inputs.iter().position(|x| x.index() == j) else {
+            continue;
+        };
+        let residual = node.inputs[1 - pos];
+        let norm = &nodes[j];
+        let single = |k: usize| readers[k] == 1;
+        if !matches!(norm.op, Op::RmsNorm { .. })
+            || !single(j)
+            || keep.contains(&j)
+            || residual.index() == j
+            || !dense_rows_like(graph.node(residual), node)
+            || norm.shape() != node.shape()
+        {
+            continue;
+        }
+        let mut tail = NormTail {
+            norm: NodeId::from_index(j),
+            residual,
+            scale: None,
+        };
+        let mut at = i;
+        if let Some(next_i) = (i + 1..nodes.len()).find(launches) {
+            let next = &nodes[next_i];
+            if matches!(next.op, Op::Binary(BinaryOp::Mul)) && single(i) {
+                if let Some(q) = next.inputs.iter().position(|x| x.index() == i) {
+                    let s = next.inputs[1 - q];
+                    let sn = graph.node(s);
+                    let scalar = sn.shape().n_elems() == 1
+                        && matches!(sn.dtype, DType::F32 | DType::F16 | DType::BF16)
+                        && next.shape() == node.shape();
+                    if scalar {
+                        p.skip.insert(i);
+                        tail.scale = Some(s);
+                        at = next_i;
+                    }
+                }
+            }
+        }
+        p.skip.insert(j);
+        p.tails.insert(at, tail);
+    }
+    p
+}
+
+/// Whether `x` is F32 with the shape of `like`, rows of `ne0` elements back to back from a
+/// 16-byte-aligned offset.
+fn dense_rows_like(x: &Node, like: &Node) -> bool {
+    let n = like.shape().ne(0) as i64;
+    x.dtype == DType::F32
+        && x.shape() == like.shape()
+        && x.layout.offset.is_multiple_of(4)
+        && (x.shape().n_rows() == 1 || uniform_row_stride(&x.layout) == Some(n))
+        && x.layout.strides[0] == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use graph::{GraphBuilder, Shape};
+
+    fn input(g: &mut GraphBuilder, name: &str, dims: &[usize]) -> NodeId {
+        g.input(name, DType::F32, Shape::new(dims).unwrap())
+            .unwrap()
+    }
+
+    /// Gemma 4's layer tail: post-norm, residual add, layer scale → one launch at the Mul.
+    #[test]
+    fn post_norm_add_and_scale_fold_into_one_launch() {
+        let mut g = GraphBuilder::new();
+        let res = input(&mut g, "res", &[64, 2]);
+        let o = input(&mut g, "o", &[64, 2]);
+        let w = g
+            .weight("w", DType::F32, Shape::new(&[64]).unwrap())
+            .unwrap();
+        let n = g.rms_norm(o, Some(w), 1e-6).unwrap();
+        let sum = g.add(res, n).unwrap();
+        // Created between the Add and the Mul, as the model graph does.
+        let s = g
+            .weight("s", DType::F32, Shape::new(&[1]).unwrap())
+            .unwrap();
+        let out = g.mul(sum, s).unwrap();
+        let graph = g.finish(&[out]).unwrap();
+        let p = plan(&graph, &HashSet::new());
+        assert_eq!(
+            p.skip,
+            HashSet::from([n.index(), sum.index()]),
+            "norm and add are skipped"
+        );
+        assert_eq!(
+            p.tails.get(&out.index()),
+            Some(&NormTail {
+                norm: n,
+                residual: res,
+                scale: Some(s)
+            })
+        );
+    }
+
+    /// No fold where the norm or the sum has another reader, is an output, writes prepared
+    /// activations, or the residual broadcasts; the Add alone folds when its sum is read twice.
+    #[test]
+    fn folds_only_private_adjacent_dense_nodes() {
+        let mut g = GraphBuilder::new();
+        let res = input(&mut g, "res", &[64, 2]);
+        let bias = input(&mut g, "bias", &[64, 1]);
+        let o = input(&mut g, "o", &[64, 2]);
+        let s = g
+            .weight("s", DType::F32, Shape::new(&[1]).unwrap())
+            .unwrap();
+        // 1: the norm is read twice.
+        let n1 = g.rms_norm(o, None, 1e-6).unwrap();
+        let a1 = g.add(res, n1).unwrap();
+        let twice = g.add(a1, n1).unwrap();
+        // 2: a broadcast residual.
+        let n2 = g.rms_norm(twice, None, 1e-6).unwrap();
+        let a2 = g.add(n2, bias).unwrap();
+        // 3: foldable norm + add, but the sum is read twice (the Mul is not folded).
+        let n3 = g.rms_norm(a2, None, 1e-6).unwrap();
+        let a3 = g.add(res, n3).unwrap();
+        let m3 = g.mul(a3, s).unwrap();
+        let both = g.add(m3, a3).unwrap();
+        // 4: a norm kept for prepared activations.
+        let n4 = g.rms_norm(both, None, 1e-6).unwrap();
+        let a4 = g.add(res, n4).unwrap();
+        let graph = g.finish(&[a4]).unwrap();
+        let p = plan(&graph, &HashSet::from([n4.index()]));
+        assert_eq!(p.skip, HashSet::from([n3.index()]));
+        assert_eq!(
+            p.tails.keys().copied().collect::<Vec<_>>(),
+            vec![a3.index()],
+            "only the third add launches a fused tail"
+        );
+        assert_eq!(p.tails[&a3.index()].scale, None);
+    }
+}
