@@ -644,7 +644,7 @@ impl CudaBackend {
                     Some(s) => a
                         .ptr(self.base(exec, s)? + (g.node(s).layout.offset * 4) as u64)
                         .i32(code(g.node(s).dtype)),
-                    None => a.ptr(0).ptr(0).i32(-1),
+                    None => a.ptr(0).i32(-1),
                 };
             }
             None => {
