@@ -100,10 +100,33 @@ __device__ __forceinline__ float rn_tail(float v, const float* res, i64 i, float
     return has_sc ? v * sc : v;
 }
 
+// RoPE of element i of a normed row held in `row` (rope_f32's arithmetic exactly; p = position).
+__device__ __forceinline__ float rope_at(const float* row, int i, int n_rot, float theta, const float* ff, int p) {
+    int half = n_rot / 2;
+    if (i >= n_rot) return row[i];
+    int j = i < half ? i : i - half;
+    float f = 1.0f / powf(theta, (float)(2 * j) / (float)n_rot);
+    if (ff) f /= ff[j];
+    float a = (float)p * f;
+    float s, c;
+    sincosf(a, &s, &c);
+    float x0 = row[j], x1 = row[j + half];
+    return i < half ? x0 * c - x1 * s : x0 * s + x1 * c;
+}
+
+// Rows a fused norm + RoPE holds in shared memory (a head: 256 or 512 in Gemma 4).
+#define RN_ROPE_MAX 1024
+
+// With pos (rows of n ≤ RN_ROPE_MAX, n_heads rows per token), the normed row is rotated
+// (rope_f32 with n_rot, theta, ff) before it is written: a head's q/k norm and its RoPE in one
+// launch (`fuse_plan`), the same bits as the two kernels.
 extern "C" __global__ void __launch_bounds__(1024)
     rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n, float eps, uint4* xs,
-                 const float* res, const void* scale, int scale_dt) {
+                 const float* res, const void* scale, int scale_dt, const int* pos, const float* ff, int n_heads,
+                 int n_rot, float theta) {
     pdl_entry();
+    __shared__ float rowbuf[RN_ROPE_MAX];
+    bool rope = pos != nullptr;
     i64 r = blockIdx.x;
     const float* xr = x + row_index(lx, r);
     float* orow = out + r * n;
@@ -140,11 +163,20 @@ extern "C" __global__ void __launch_bounds__(1024)
                     o1 = make_float4(rn_tail(o1.x, rr, 4, sc, has_sc), rn_tail(o1.y, rr, 5, sc, has_sc),
                                      rn_tail(o1.z, rr, 6, sc, has_sc), rn_tail(o1.w, rr, 7, sc, has_sc));
                 }
+                if (rope) {
+                    *(float4*)&rowbuf[8 * c] = o0;
+                    *(float4*)&rowbuf[8 * c + 4] = o1;
+                    continue;
+                }
                 ((float4*)orow)[2 * c] = o0;
                 ((float4*)orow)[2 * c + 1] = o1;
                 if (xs) prepare_chunk8(xs, n, gridDim.x, (int)r, c, o0, o1);
             }
         }
+        if (!rope) return;
+        __syncthreads();
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            orow[i] = rope_at(rowbuf, i, n_rot, theta, ff, pos[r / n_heads]);
         return;
     }
     float s = 0.0f;
@@ -158,7 +190,16 @@ extern "C" __global__ void __launch_bounds__(1024)
         float v = xr[i] * inv;
         if (w_dt >= 0) v *= load_float(w, w_dt, i);
         v = rn_tail(v, res, r * n + i, sc, has_sc);
-        out[r * n + i] = v;
+        if (rope)
+            rowbuf[i] = v;
+        else
+            out[r * n + i] = v;
+    }
+    if (rope) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            orow[i] = rope_at(rowbuf, i, n_rot, theta, ff, pos[r / n_heads]);
+        return;
     }
     if (!xs) return;
     __syncthreads();  // the row's outputs, written by every thread, are visible to the block
@@ -176,21 +217,7 @@ extern "C" __global__ void rope_f32(const float* x, Layout4 lx, const int* pos, 
     if (idx >= (i64)n_rows * n_dims) return;
     int r = (int)(idx / n_dims), i = (int)(idx % n_dims);
     const float* xr = x + row_index(lx, r);
-    int half = n_rot / 2;
-    float v;
-    if (i >= n_rot) {
-        v = xr[i];
-    } else {
-        int p = i < half ? i : i - half;
-        float f = 1.0f / powf(theta, (float)(2 * p) / (float)n_rot);
-        if (ff) f /= ff[p];
-        float a = (float)pos[r / n_heads] * f;
-        float s, c;
-        sincosf(a, &s, &c);
-        float x0 = xr[p], x1 = xr[p + half];
-        v = i < half ? x0 * c - x1 * s : x0 * s + x1 * c;
-    }
-    out[(i64)r * n_dims + i] = v;
+    out[(i64)r * n_dims + i] = rope_at(xr, i, n_rot, theta, ff, pos[r / n_heads]);
 }
 
 extern "C" __global__ void softmax_f32(const float* x, Layout4 lx, float* out, int n) {

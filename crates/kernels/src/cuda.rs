@@ -17,7 +17,7 @@ use graph::{
     HostData, KvLayout, Layout, MemoryPlan, Node, NodeId, Op, Shape, Storage, TensorData, UnaryOp,
 };
 
-use crate::fuse_plan::{self, FusePlan, NormTail};
+use crate::fuse_plan::{self, FusePlan, Fused};
 use crate::mma_plan::{self, uniform_row_stride, MmaConfig, MmaInput, MmaPlan};
 use crate::nvrtc;
 use crate::source;
@@ -618,8 +618,48 @@ impl CudaBackend {
         norm: NodeId,
         out: u64,
         xs: u64,
-        tail: Option<&NormTail>,
+        tail: Option<fuse_plan::NormTail>,
     ) -> Result<()> {
+        let mut a = self.norm_args(exec, norm, out, xs, tail)?;
+        a.ptr(0).ptr(0).i32(0).i32(0).f32(0.0);
+        self.launch_norm_args(exec, norm, &mut a)
+    }
+
+    /// Launches the RMSNorm node `norm` fused with the RoPE node `rope` that reads it: the rotated
+    /// rows go to `out` (the RoPE node's output).
+    fn launch_norm_rope(&self, exec: &Exec, norm: NodeId, rope: NodeId, out: u64) -> Result<()> {
+        let g = &exec.graph;
+        let node = g.node(rope);
+        let Op::Rope(p) = node.op else {
+            return Err(backend_err(format!(
+                "node '{}' is not a RoPE",
+                node.label(rope)
+            )));
+        };
+        let d = g.node(node.inputs[0]).shape().dims();
+        let ff = match node.inputs.get(2) {
+            Some(&f) => self.base(exec, f)? + (g.node(f).layout.offset * 4) as u64,
+            None => 0,
+        };
+        let mut a = self.norm_args(exec, norm, out, 0, None)?;
+        a.ptr(self.addr(exec, node.inputs[1])?)
+            .ptr(ff)
+            .i32(d[1] as i32)
+            .i32(p.n_rot as i32)
+            .f32(p.theta);
+        self.launch_norm_args(exec, norm, &mut a)
+    }
+
+    /// The arguments of `rms_norm_f32` up to its RoPE ones: RMSNorm node `norm` writing `out`,
+    /// the prepared layout at `xs` (0 for none) and the fused tail, if any.
+    fn norm_args(
+        &self,
+        exec: &Exec,
+        norm: NodeId,
+        out: u64,
+        xs: u64,
+        tail: Option<fuse_plan::NormTail>,
+    ) -> Result<Args> {
         let g = &exec.graph;
         let node = g.node(norm);
         let Op::RmsNorm { eps } = node.op else {
@@ -651,6 +691,12 @@ impl CudaBackend {
                 a.ptr(0).ptr(0).i32(-1);
             }
         }
+        Ok(a)
+    }
+
+    /// Launches `rms_norm_f32` for RMSNorm node `norm` with its complete arguments.
+    fn launch_norm_args(&self, exec: &Exec, norm: NodeId, a: &mut Args) -> Result<()> {
+        let x = exec.graph.node(exec.graph.node(norm).inputs[0]);
         // One block per row; wide rows (the 5376-wide hidden state of a decode step is a
         // single row) get 1024 threads so the row is read in few dependent rounds.
         let threads = if x.shape().ne(0) >= 2048 { 1024 } else { 256 };
@@ -658,7 +704,7 @@ impl CudaBackend {
             "rms_norm_f32",
             (x.shape().n_rows() as u32, 1, 1),
             threads,
-            &mut a,
+            a,
         )
     }
 
@@ -691,8 +737,10 @@ impl CudaBackend {
         if exec.fuse.skip.contains(&id.index()) {
             return Ok(());
         }
-        if let Some(tail) = exec.fuse.tails.get(&id.index()) {
-            return self.launch_norm(exec, tail.norm, out, 0, Some(tail));
+        match exec.fuse.fused.get(&id.index()) {
+            Some(Fused::Tail(t)) => return self.launch_norm(exec, t.norm, out, 0, Some(*t)),
+            Some(Fused::Rope { norm }) => return self.launch_norm_rope(exec, *norm, id, out),
+            None => {}
         }
         let unsupported = |why: String| {
             backend_err(format!(

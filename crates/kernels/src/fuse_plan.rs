@@ -1,6 +1,7 @@
 //! Launches the CUDA backend folds together: a layer's post-norm, its residual add and the layer
-//! scale after it (`x = (residual + rms_norm(o) · w) · s` in Gemma 4) run as one `rms_norm_f32`
-//! launch at the last of those nodes, the others are skipped. A pure function of the graph, so
+//! scale after it (`x = (residual + rms_norm(o) · w) · s` in Gemma 4), and a head's q or k norm
+//! and its RoPE, each run as one `rms_norm_f32` launch at the last of those nodes; the others are
+//! skipped. A pure function of the graph, so
 //! the plan is tested without a GPU; the fused kernel does the separate ops' arithmetic in their
 //! order, so results are the same bits.
 
@@ -21,13 +22,28 @@ pub(crate) struct NormTail {
     pub scale: Option<NodeId>,
 }
 
+/// A fused launch of `rms_norm_f32`, run at the node it is keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fused {
+    /// A post-norm tail: `(residual + norm) · scale`.
+    Tail(NormTail),
+    /// A head norm (skipped RMSNorm node `norm`) and the RoPE node it is keyed by.
+    Rope {
+        /// The RMSNorm node.
+        norm: NodeId,
+    },
+}
+
+/// Longest rows the fused norm + RoPE holds (`RN_ROPE_MAX` in ops.cu).
+pub(crate) const ROPE_ROW_MAX: usize = 1024;
+
 /// The fusions of one loaded graph (node indices).
 #[derive(Debug, Default)]
 pub(crate) struct FusePlan {
     /// Nodes whose launch is folded into a later node's.
     pub skip: HashSet<usize>,
-    /// Nodes that launch a fused post-norm tail instead of their own op.
-    pub tails: HashMap<usize, NormTail>,
+    /// Nodes that launch a fused norm instead of their own op.
+    pub fused: HashMap<usize, Fused>,
 }
 
 /// Finds `Add(residual, RmsNorm(x))` where the norm immediately precedes the Add and has no
@@ -50,7 +66,29 @@ pub(crate) fn plan(graph: &Graph, keep: &HashSet<usize>) -> FusePlan {
     // they may sit between folded nodes (a weight is often created right before its first use).
     let launches = |k: &usize| !matches!(nodes[*k].op, Op::Input | Op::Weight | Op::State);
     let mut p = FusePlan::default();
+    let single = |k: usize| readers[k] == 1;
     for (i, node) in nodes.iter().enumerate() {
+        if matches!(node.op, Op::Rope(_)) {
+            // A head norm right before its RoPE: `Rope(RmsNorm(x))`, the norm read by nothing else.
+            let j = node.inputs[0].index();
+            let norm = &nodes[j];
+            let adjacent = (0..i).rev().find(launches) == Some(j);
+            if adjacent
+                && matches!(norm.op, Op::RmsNorm { .. })
+                && single(j)
+                && !keep.contains(&j)
+                && norm.shape().ne(0) <= ROPE_ROW_MAX
+            {
+                p.skip.insert(j);
+                p.fused.insert(
+                    i,
+                    Fused::Rope {
+                        norm: NodeId::from_index(j),
+                    },
+                );
+            }
+            continue;
+        }
         if !matches!(node.op, Op::Binary(BinaryOp::Add)) {
             continue;
         }
@@ -62,7 +100,6 @@ pub(crate) fn plan(graph: &Graph, keep: &HashSet<usize>) -> FusePlan {
         };
         let residual = node.inputs[1 - pos];
         let norm = &nodes[j];
-        let single = |k: usize| readers[k] == 1;
         if !matches!(norm.op, Op::RmsNorm { .. })
             || !single(j)
             || keep.contains(&j)
@@ -96,7 +133,7 @@ pub(crate) fn plan(graph: &Graph, keep: &HashSet<usize>) -> FusePlan {
             }
         }
         p.skip.insert(j);
-        p.tails.insert(at, tail);
+        p.fused.insert(at, Fused::Tail(tail));
     }
     p
 }
@@ -146,12 +183,12 @@ mod tests {
             "norm and add are skipped"
         );
         assert_eq!(
-            p.tails.get(&out.index()),
-            Some(&NormTail {
+            p.fused.get(&out.index()),
+            Some(&Fused::Tail(NormTail {
                 norm: n,
                 residual: res,
                 scale: Some(s)
-            })
+            }))
         );
     }
 
@@ -185,10 +222,36 @@ mod tests {
         let p = plan(&graph, &HashSet::from([n4.index()]));
         assert_eq!(p.skip, HashSet::from([n3.index()]));
         assert_eq!(
-            p.tails.keys().copied().collect::<Vec<_>>(),
+            p.fused.keys().copied().collect::<Vec<_>>(),
             vec![a3.index()],
             "only the third add launches a fused tail"
         );
-        assert_eq!(p.tails[&a3.index()].scale, None);
+        assert!(matches!(p.fused[&a3.index()], Fused::Tail(t) if t.scale.is_none()));
+    }
+
+    /// A head norm folds into the RoPE right after it, unless something else reads the norm.
+    #[test]
+    fn head_norm_folds_into_its_rope() {
+        let mut g = GraphBuilder::new();
+        let q = input(&mut g, "q", &[256, 4, 2]);
+        let pos = g
+            .input("pos", DType::I32, Shape::new(&[2]).unwrap())
+            .unwrap();
+        let w = g
+            .weight("w", DType::F32, Shape::new(&[256]).unwrap())
+            .unwrap();
+        let params = graph::RopeParams {
+            theta: 1e4,
+            n_rot: 256,
+        };
+        let qn = g.rms_norm(q, Some(w), 1e-6).unwrap();
+        let qr = g.rope(qn, pos, params, None).unwrap();
+        let kn = g.rms_norm(q, Some(w), 1e-6).unwrap();
+        let kr = g.rope(kn, pos, params, None).unwrap();
+        let graph = g.finish(&[qr, kr, kn]).unwrap();
+        let p = plan(&graph, &HashSet::new());
+        assert_eq!(p.skip, HashSet::from([qn.index()]));
+        assert_eq!(p.fused.get(&qr.index()), Some(&Fused::Rope { norm: qn }));
+        assert!(!p.fused.contains_key(&kr.index()), "kn is also an output");
     }
 }

@@ -673,6 +673,33 @@ fn rms_norm_register_and_general_rows() {
             2e-6,
         );
     }
+    // A head's norm and its RoPE, which the backend launches as one fused norm: full and partial
+    // rotation, with and without frequency factors, one and three tokens.
+    for (hd, heads, t, n_rot, with_ff) in [
+        (256, 4, 1, 256, false),
+        (512, 2, 3, 128, true),
+        (100, 3, 2, 64, false),
+    ] {
+        let mut c = Case::new();
+        let q = c.f32(&[hd, heads, t], rng.vec(hd * heads * t));
+        let w = c.weight(DType::F32, &[hd], random_weight(&mut rng, DType::F32, hd));
+        let pos = c.i32(&[t], (0..t as i32).map(|i| 7 + 1000 * i).collect());
+        let ff = with_ff.then(|| {
+            c.f32(
+                &[n_rot / 2],
+                (0..n_rot / 2).map(|i| 1.0 + i as f32 / 8.0).collect(),
+            )
+        });
+        let normed = c.g.rms_norm(q, Some(w), 1e-6).unwrap();
+        let params = RopeParams { theta: 1e4, n_rot };
+        let rotated = c.g.rope(normed, pos, params, ff).unwrap();
+        check(
+            &format!("norm + rope hd{hd} heads{heads} t{t} n_rot{n_rot}"),
+            c,
+            &[rotated],
+            2e-6,
+        );
+    }
 }
 
 #[test]
