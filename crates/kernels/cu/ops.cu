@@ -90,11 +90,23 @@ __device__ __forceinline__ float4 rn_scale4(float4 v, float inv, float4 wv) {
     return make_float4(v.x * inv * wv.x, v.y * inv * wv.y, v.z * inv * wv.z, v.w * inv * wv.w);
 }
 
+__device__ __forceinline__ float4 add4(float4 a, float4 b) {
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
+// Element i of a row whose split product's planes are summed on the fly (plane order).
+__device__ __forceinline__ float rn_x(const float* xr, i64 i, int planes, i64 plane_stride) {
+    float v = xr[i];
+    for (int q = 1; q < planes; ++q) v += xr[i + q * plane_stride];
+    return v;
+}
+
 __device__ __forceinline__ float rn_sq4(float4 v) { return v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
 
 // With res (dense rows of n) the output is res + norm(x) · w, and with scale (one element,
 // scale_dt >= 0) that sum times scale: the post-norm, residual add and layer scale of a Gemma 4
-// layer in one launch (`fuse_plan`), with the separate ops' arithmetic in their order.
+// layer in one launch (`fuse_plan`), with the separate ops' arithmetic in their order. With
+// planes > 1, x is a split product's partial planes (plane_stride apart), summed here.
 __device__ __forceinline__ float rn_tail(float v, const float* res, i64 i, float sc, bool has_sc) {
     if (res) v = res[i] + v;
     return has_sc ? v * sc : v;
@@ -122,8 +134,8 @@ __device__ __forceinline__ float rope_at(const float* row, int i, int n_rot, flo
 // launch (`fuse_plan`), the same bits as the two kernels.
 extern "C" __global__ void __launch_bounds__(1024)
     rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n, float eps, uint4* xs,
-                 const float* res, const void* scale, int scale_dt, const int* pos, const float* ff, int n_heads,
-                 int n_rot, float theta) {
+                 const float* res, const void* scale, int scale_dt, int planes, i64 plane_stride, const int* pos,
+                 const float* ff, int n_heads, int n_rot, float theta) {
     pdl_entry();
     __shared__ float rowbuf[RN_ROPE_MAX];
     bool rope = pos != nullptr;
@@ -133,7 +145,8 @@ extern "C" __global__ void __launch_bounds__(1024)
     int nc = n / 8;
     bool has_sc = scale_dt >= 0;
     float sc = has_sc ? load_float(scale, scale_dt, 0) : 1.0f;
-    if (n % 8 == 0 && nc <= RN_CHUNKS * (int)blockDim.x && ((size_t)xr & 15) == 0 && ((size_t)orow & 15) == 0) {
+    bool aligned = ((size_t)xr & 15) == 0 && ((size_t)orow & 15) == 0 && (planes == 1 || plane_stride % 4 == 0);
+    if (n % 8 == 0 && nc <= RN_CHUNKS * (int)blockDim.x && aligned) {
         float4 v[RN_CHUNKS][2], wv[RN_CHUNKS][2];
         float s = 0.0f;
 #pragma unroll
@@ -142,6 +155,12 @@ extern "C" __global__ void __launch_bounds__(1024)
             if (c < nc) {
                 v[j][0] = ((const float4*)xr)[2 * c];
                 v[j][1] = ((const float4*)xr)[2 * c + 1];
+                // A split product's planes, added in plane order as mmv_sum_splits does.
+                for (int q = 1; q < planes; ++q) {
+                    const float4* pq = (const float4*)(xr + q * plane_stride);
+                    v[j][0] = add4(v[j][0], pq[2 * c]);
+                    v[j][1] = add4(v[j][1], pq[2 * c + 1]);
+                }
                 wv[j][0] = w_dt >= 0 ? rn_weight4(w, w_dt, 8 * c) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
                 wv[j][1] = w_dt >= 0 ? rn_weight4(w, w_dt, 8 * c + 4) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
             }
@@ -182,12 +201,15 @@ extern "C" __global__ void __launch_bounds__(1024)
     float s = 0.0f;
     // Unrolled so a thread's loads are in flight together (a 5376-wide row is one block).
 #pragma unroll 4
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float xi = rn_x(xr, i, planes, plane_stride);
+        s += xi * xi;
+    }
     s = block_sum(s);
     float inv = rsqrtf(s / (float)n + eps);
 #pragma unroll 4
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = xr[i] * inv;
+        float v = rn_x(xr, i, planes, plane_stride) * inv;
         if (w_dt >= 0) v *= load_float(w, w_dt, i);
         v = rn_tail(v, res, r * n + i, sc, has_sc);
         if (rope)

@@ -296,6 +296,12 @@ impl CudaBackend {
         self.mma_prepare = mode;
     }
 
+    /// Whether graphs loaded from now on launch fused norms (`fuse_plan`; on by default,
+    /// `SPECULA_FUSE=0` turns it off). The results are the same bits either way (tested).
+    pub fn set_fusion(&mut self, on: bool) {
+        self.fuse_tails = on;
+    }
+
     /// Seconds per run of a loaded graph, averaged over `n` back-to-back runs with one
     /// synchronisation at the end (after one eager and, with replay on, one capturing run).
     pub fn time_runs(&mut self, exe: ExecId, n: usize) -> Result<f64> {
@@ -602,7 +608,7 @@ impl CudaBackend {
             256,
             &mut a,
         )?;
-        if splits > 1 {
+        if splits > 1 && !exec.fuse.unsummed.contains(&id.index()) {
             let mut r = Args::default();
             r.ptr(dst).ptr(out).i32((m * n) as i32).i32(splits as i32);
             self.launch("mmv_sum_splits", grid1(m * n, 256), 256, &mut r)?;
@@ -651,7 +657,8 @@ impl CudaBackend {
     }
 
     /// The arguments of `rms_norm_f32` up to its RoPE ones: RMSNorm node `norm` writing `out`,
-    /// the prepared layout at `xs` (0 for none) and the fused tail, if any.
+    /// the prepared layout at `xs` (0 for none) and the fused tail, if any (with the split planes
+    /// of its input).
     fn norm_args(
         &self,
         exec: &Exec,
@@ -669,8 +676,18 @@ impl CudaBackend {
             )));
         };
         let x = g.node(node.inputs[0]);
+        let planes = tail.map_or(1, |t| t.planes);
+        let x_ptr = if planes > 1 {
+            // The split product's partial planes, left unsummed for this launch.
+            let part = exec
+                .mma_partials
+                .ok_or_else(|| backend_err("no scratch for split partial sums"))?;
+            self.buf(part)?.ptr
+        } else {
+            self.base(exec, node.inputs[0])?
+        };
         let mut a = Args::default();
-        a.ptr(self.base(exec, node.inputs[0])?).layout(&x.layout);
+        a.ptr(x_ptr).layout(&x.layout);
         match node.inputs.get(1) {
             Some(&w) => a.ptr(self.base(exec, w)?).i32(code(g.node(w).dtype)),
             None => a.ptr(0).i32(-1),
@@ -691,6 +708,7 @@ impl CudaBackend {
                 a.ptr(0).ptr(0).i32(-1);
             }
         }
+        a.i32(planes as i32).i64(x.shape().n_elems() as i64);
         Ok(a)
     }
 
@@ -1300,7 +1318,13 @@ impl Backend for CudaBackend {
         }
         let mma = mma_plan::plan(&self.mma_config(), graph);
         let fuse = if self.fuse_tails {
-            fuse_plan::plan(graph, &mma.norms)
+            let splits = mma
+                .products
+                .iter()
+                .map(|(&i, mi)| (i, source::mma_k_splits(mi.k)))
+                .filter(|&(_, s)| s > 1)
+                .collect();
+            fuse_plan::plan(graph, &mma.norms, &splits)
         } else {
             FusePlan::default()
         };

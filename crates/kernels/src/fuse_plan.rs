@@ -20,6 +20,10 @@ pub(crate) struct NormTail {
     pub residual: NodeId,
     /// The one-element scale the sum is multiplied by, if the Mul after the Add is folded too.
     pub scale: Option<NodeId>,
+    /// Split-K planes of the norm's input: when the norm's input is a split `_mma_` product run
+    /// right before it, the kernel sums its partial planes (in plane order, as `mmv_sum_splits`)
+    /// instead of reading the summed output, and the product skips its sum launch. 1 otherwise.
+    pub planes: usize,
 }
 
 /// A fused launch of `rms_norm_f32`, run at the node it is keyed by.
@@ -44,6 +48,8 @@ pub(crate) struct FusePlan {
     pub skip: HashSet<usize>,
     /// Nodes that launch a fused norm instead of their own op.
     pub fused: HashMap<usize, Fused>,
+    /// Split `_mma_` products whose partial planes a fused tail sums (no `mmv_sum_splits`).
+    pub unsummed: HashSet<usize>,
 }
 
 /// Finds `Add(residual, RmsNorm(x))` where the norm immediately precedes the Add and has no
@@ -51,7 +57,14 @@ pub(crate) struct FusePlan {
 /// dense F32 rows of the same shape; and folds a following `Mul(sum, s)` by a one-element scale
 /// when the Add has no other reader. Adjacency (only leaves between) means no other node runs
 /// between the folded ones, so no buffer the fused launch reads can have been reused in between.
-pub(crate) fn plan(graph: &Graph, keep: &HashSet<usize>) -> FusePlan {
+///
+/// `splits` maps the split `_mma_` products to their number of planes: a tail whose norm reads
+/// one, run right before the norm and read by nothing else, sums the planes itself.
+pub(crate) fn plan(
+    graph: &Graph,
+    keep: &HashSet<usize>,
+    splits: &HashMap<usize, usize>,
+) -> FusePlan {
     let nodes = graph.nodes();
     let mut readers = vec![0usize; nodes.len()];
     for node in nodes {
@@ -113,7 +126,15 @@ pub(crate) fn plan(graph: &Graph, keep: &HashSet<usize>) -> FusePlan {
             norm: NodeId::from_index(j),
             residual,
             scale: None,
+            planes: 1,
         };
+        let x = norm.inputs[0].index();
+        if let Some(&planes) = splits.get(&x) {
+            if single(x) && (0..j).rev().find(launches) == Some(x) {
+                tail.planes = planes;
+                p.unsummed.insert(x);
+            }
+        }
         let mut at = i;
         if let Some(next_i) = (i + 1..nodes.len()).find(launches) {
             let next = &nodes[next_i];
@@ -176,7 +197,7 @@ mod tests {
             .unwrap();
         let out = g.mul(sum, s).unwrap();
         let graph = g.finish(&[out]).unwrap();
-        let p = plan(&graph, &HashSet::new());
+        let p = plan(&graph, &HashSet::new(), &HashMap::new());
         assert_eq!(
             p.skip,
             HashSet::from([n.index(), sum.index()]),
@@ -187,7 +208,8 @@ mod tests {
             Some(&Fused::Tail(NormTail {
                 norm: n,
                 residual: res,
-                scale: Some(s)
+                scale: Some(s),
+                planes: 1,
             }))
         );
     }
@@ -219,7 +241,7 @@ mod tests {
         let n4 = g.rms_norm(both, None, 1e-6).unwrap();
         let a4 = g.add(res, n4).unwrap();
         let graph = g.finish(&[a4]).unwrap();
-        let p = plan(&graph, &HashSet::from([n4.index()]));
+        let p = plan(&graph, &HashSet::from([n4.index()]), &HashMap::new());
         assert_eq!(p.skip, HashSet::from([n3.index()]));
         assert_eq!(
             p.fused.keys().copied().collect::<Vec<_>>(),
@@ -249,9 +271,36 @@ mod tests {
         let kn = g.rms_norm(q, Some(w), 1e-6).unwrap();
         let kr = g.rope(kn, pos, params, None).unwrap();
         let graph = g.finish(&[qr, kr, kn]).unwrap();
-        let p = plan(&graph, &HashSet::new());
+        let p = plan(&graph, &HashSet::new(), &HashMap::new());
         assert_eq!(p.skip, HashSet::from([qn.index()]));
         assert_eq!(p.fused.get(&qr.index()), Some(&Fused::Rope { norm: qn }));
         assert!(!p.fused.contains_key(&kr.index()), "kn is also an output");
+    }
+
+    /// A tail whose norm reads a split product run right before it sums the product's planes.
+    #[test]
+    fn a_tail_sums_the_split_planes_of_its_product() {
+        let mut g = GraphBuilder::new();
+        let res = input(&mut g, "res", &[64, 1]);
+        let a = input(&mut g, "a", &[8192, 1]);
+        let wo = g
+            .weight("wo", DType::Q4_K, Shape::new(&[8192, 64]).unwrap())
+            .unwrap();
+        let w = g
+            .weight("w", DType::F32, Shape::new(&[64]).unwrap())
+            .unwrap();
+        let o = g.matmul(wo, a).unwrap();
+        let n = g.rms_norm(o, Some(w), 1e-6).unwrap();
+        let sum = g.add(res, n).unwrap();
+        let o2 = g.matmul(wo, a).unwrap();
+        let other = g.add(o2, res).unwrap(); // o2 is read twice: its planes are summed
+        let n2 = g.rms_norm(o2, Some(w), 1e-6).unwrap();
+        let sum2 = g.add(other, n2).unwrap();
+        let graph = g.finish(&[sum, sum2]).unwrap();
+        let splits = HashMap::from([(o.index(), 2), (o2.index(), 2)]);
+        let p = plan(&graph, &HashSet::new(), &splits);
+        assert_eq!(p.unsummed, HashSet::from([o.index()]));
+        assert!(matches!(p.fused[&sum.index()], Fused::Tail(t) if t.planes == 2));
+        assert!(matches!(p.fused[&sum2.index()], Fused::Tail(t) if t.planes == 1));
     }
 }

@@ -702,6 +702,68 @@ fn rms_norm_register_and_general_rows() {
     }
 }
 
+/// The fused norms (post-norm tails, split-product planes summed by the tail, head norm + RoPE)
+/// give the same bits as the separate kernels, and match the CPU.
+#[test]
+fn fused_norms_equal_the_separate_kernels() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(32);
+    // k 8192 and 21504: products split over 2 and 4 blocks (mma_k_splits).
+    for (k, ty) in [
+        (8192, DType::Q4_K),
+        (21504, DType::Q6_K),
+        (2048, DType::Q4_K),
+    ] {
+        let n = 5376;
+        let mut c = Case::new();
+        let a = c.f32(&[k, 1], rng.vec(k));
+        let res = c.f32(&[n, 1], rng.vec(n));
+        let wo = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+        let w = c.weight(DType::F32, &[n], random_weight(&mut rng, DType::F32, n));
+        let s = c.weight(DType::F32, &[1], vec![0x00, 0x00, 0xc0, 0x3f]); // 1.5
+        let o = c.g.matmul(wo, a).unwrap();
+        let normed = c.g.rms_norm(o, Some(w), 1e-6).unwrap();
+        let sum = c.g.add(res, normed).unwrap();
+        let scaled = c.g.mul(sum, s).unwrap();
+        let q = c.f32(&[256, 8, 1], rng.vec(2048));
+        let pos = c.i32(&[1], vec![4321]);
+        let qn = c.g.rms_norm(q, Some(w), 1e-6).unwrap();
+        let qr =
+            c.g.rope(
+                qn,
+                pos,
+                RopeParams {
+                    theta: 1e4,
+                    n_rot: 256,
+                },
+                None,
+            )
+            .unwrap();
+        let outs = [scaled, qr];
+        let graph = c.g.finish(&outs).unwrap();
+        let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &outs);
+        let fused = run_on(&mut cuda, &graph, &c.leaves, &outs);
+        cuda.set_fusion(false);
+        let separate = run_on(&mut cuda, &graph, &c.leaves, &outs);
+        cuda.set_fusion(true);
+        for i in 0..outs.len() {
+            let same = fused[i]
+                .iter()
+                .zip(&separate[i])
+                .all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "{ty} k{k} output {i}: fused and separate kernels differ"
+            );
+            let err = rel_err(&fused[i], &want[i]);
+            assert!(err <= 1e-5, "{ty} k{k} output {i}: rel err {err:e}");
+            eprintln!("fused norms {ty} k{k} output {i}: rel err {err:.2e}, same bits as separate");
+        }
+    }
+}
+
 #[test]
 fn selection_moe_and_write_rows() {
     let mut rng = Rng(4);
