@@ -129,16 +129,49 @@ __device__ __forceinline__ float rope_at(const float* row, int i, int n_rot, flo
 // Rows a fused norm + RoPE holds in shared memory (a head: 256 or 512 in Gemma 4).
 #define RN_ROPE_MAX 1024
 
+// The end of a staged fused norm: row r (normed, in `row`) rotated if `rope`, then written to
+// `orow`, or with dst to its cache row instead (write_rows's semantics: token r / n_heads goes to
+// slot slots[token], head r % n_heads within it; out-of-range slots are reported, not written).
+__device__ __forceinline__ void rn_epilogue(const float* row, float* orow, i64 r, int n, bool rope, int n_heads,
+                                            int n_rot, float theta, const int* pos, const float* ff, void* dst,
+                                            int dst_dt, i64 dst_off, int dst_rows, const int* slots, int* err) {
+    __syncthreads();  // the staged row is complete
+    int s = 0;
+    if (dst) {
+        s = slots[r / n_heads];
+        if (s < 0 || s >= dst_rows) {
+            if (threadIdx.x == 0) report(err, ERR_SLOT);
+            return;
+        }
+    }
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = rope ? rope_at(row, i, n_rot, theta, ff, pos[r / n_heads]) : row[i];
+        if (!dst) {
+            orow[i] = v;
+            continue;
+        }
+        i64 at = dst_off + (i64)s * n * n_heads + (r % n_heads) * n + i;
+        if (dst_dt == DT_F32)
+            ((float*)dst)[at] = v;
+        else
+            ((u16*)dst)[at] = f2h(v);
+    }
+}
+
 // With pos (rows of n ≤ RN_ROPE_MAX, n_heads rows per token), the normed row is rotated
 // (rope_f32 with n_rot, theta, ff) before it is written: a head's q/k norm and its RoPE in one
-// launch (`fuse_plan`), the same bits as the two kernels.
+// launch (`fuse_plan`), the same bits as the two kernels. With dst the rows go to a K or V cache
+// (write_rows with dst_off, dst_rows, slots, err) instead of out.
 extern "C" __global__ void __launch_bounds__(1024)
     rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n, float eps, uint4* xs,
                  const float* res, const void* scale, int scale_dt, int planes, i64 plane_stride, const int* pos,
-                 const float* ff, int n_heads, int n_rot, float theta) {
+                 const float* ff, int n_heads, int n_rot, float theta, void* dst, int dst_dt, i64 dst_off,
+                 int dst_rows, const int* slots, int* err) {
     pdl_entry();
     __shared__ float rowbuf[RN_ROPE_MAX];
     bool rope = pos != nullptr;
+    // Rotated or cache-bound rows (n <= RN_ROPE_MAX) are staged in shared memory first.
+    bool staged = rope || dst != nullptr;
     i64 r = blockIdx.x;
     const float* xr = x + row_index(lx, r);
     float* orow = out + r * n;
@@ -182,7 +215,7 @@ extern "C" __global__ void __launch_bounds__(1024)
                     o1 = make_float4(rn_tail(o1.x, rr, 4, sc, has_sc), rn_tail(o1.y, rr, 5, sc, has_sc),
                                      rn_tail(o1.z, rr, 6, sc, has_sc), rn_tail(o1.w, rr, 7, sc, has_sc));
                 }
-                if (rope) {
+                if (staged) {
                     *(float4*)&rowbuf[8 * c] = o0;
                     *(float4*)&rowbuf[8 * c + 4] = o1;
                     continue;
@@ -192,10 +225,8 @@ extern "C" __global__ void __launch_bounds__(1024)
                 if (xs) prepare_chunk8(xs, n, gridDim.x, (int)r, c, o0, o1);
             }
         }
-        if (!rope) return;
-        __syncthreads();
-        for (int i = threadIdx.x; i < n; i += blockDim.x)
-            orow[i] = rope_at(rowbuf, i, n_rot, theta, ff, pos[r / n_heads]);
+        if (staged) rn_epilogue(rowbuf, orow, r, n, rope, n_heads, n_rot, theta, pos, ff, dst, dst_dt, dst_off, dst_rows,
+                                slots, err);
         return;
     }
     float s = 0.0f;
@@ -212,15 +243,14 @@ extern "C" __global__ void __launch_bounds__(1024)
         float v = rn_x(xr, i, planes, plane_stride) * inv;
         if (w_dt >= 0) v *= load_float(w, w_dt, i);
         v = rn_tail(v, res, r * n + i, sc, has_sc);
-        if (rope)
+        if (staged)
             rowbuf[i] = v;
         else
             out[r * n + i] = v;
     }
-    if (rope) {
-        __syncthreads();
-        for (int i = threadIdx.x; i < n; i += blockDim.x)
-            orow[i] = rope_at(rowbuf, i, n_rot, theta, ff, pos[r / n_heads]);
+    if (staged) {
+        rn_epilogue(rowbuf, orow, r, n, rope, n_heads, n_rot, theta, pos, ff, dst, dst_dt, dst_off, dst_rows, slots,
+                    err);
         return;
     }
     if (!xs) return;

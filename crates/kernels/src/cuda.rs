@@ -628,12 +628,39 @@ impl CudaBackend {
     ) -> Result<()> {
         let mut a = self.norm_args(exec, norm, out, xs, tail)?;
         a.ptr(0).ptr(0).i32(0).i32(0).f32(0.0);
+        self.cache_write_args(exec, None, &mut a)?;
         self.launch_norm_args(exec, norm, &mut a)
     }
 
+    /// The cache-write arguments of `rms_norm_f32`: the WriteRows node `write` whose store the
+    /// launch does (its state, type, offset, rows, slots and the error word), or none.
+    fn cache_write_args(&self, exec: &Exec, write: Option<NodeId>, a: &mut Args) -> Result<()> {
+        let Some(w) = write else {
+            a.ptr(0).i32(0).i64(0).i32(0).ptr(0).ptr(0);
+            return Ok(());
+        };
+        let g = &exec.graph;
+        let node = g.node(w);
+        let row = g.node(node.inputs[1]).shape().ne(0).max(1);
+        a.ptr(self.base(exec, w)?)
+            .i32(code(node.dtype))
+            .i64(node.layout.offset as i64)
+            .i32((node.shape().n_elems() / row) as i32)
+            .ptr(self.addr(exec, node.inputs[2])?)
+            .ptr(self.err_word);
+        Ok(())
+    }
+
     /// Launches the RMSNorm node `norm` fused with the RoPE node `rope` that reads it: the rotated
-    /// rows go to `out` (the RoPE node's output).
-    fn launch_norm_rope(&self, exec: &Exec, norm: NodeId, rope: NodeId, out: u64) -> Result<()> {
+    /// rows go to `out` (the RoPE node's output), or into a cache for the WriteRows node `write`.
+    fn launch_norm_rope(
+        &self,
+        exec: &Exec,
+        norm: NodeId,
+        rope: NodeId,
+        out: u64,
+        write: Option<NodeId>,
+    ) -> Result<()> {
         let g = &exec.graph;
         let node = g.node(rope);
         let Op::Rope(p) = node.op else {
@@ -653,6 +680,7 @@ impl CudaBackend {
             .i32(d[1] as i32)
             .i32(p.n_rot as i32)
             .f32(p.theta);
+        self.cache_write_args(exec, write, &mut a)?;
         self.launch_norm_args(exec, norm, &mut a)
     }
 
@@ -757,7 +785,16 @@ impl CudaBackend {
         }
         match exec.fuse.fused.get(&id.index()) {
             Some(Fused::Tail(t)) => return self.launch_norm(exec, t.norm, out, 0, Some(*t)),
-            Some(Fused::Rope { norm }) => return self.launch_norm_rope(exec, *norm, id, out),
+            Some(Fused::Rope { norm, write }) => {
+                return self.launch_norm_rope(exec, *norm, id, out, *write)
+            }
+            Some(Fused::NormWrite { write }) => {
+                let mut a = self.norm_args(exec, id, out, 0, None)?;
+                let heads = node.shape().ne(1);
+                a.ptr(0).ptr(0).i32(heads as i32).i32(0).f32(0.0);
+                self.cache_write_args(exec, Some(*write), &mut a)?;
+                return self.launch_norm_args(exec, id, &mut a);
+            }
             None => {}
         }
         let unsupported = |why: String| {

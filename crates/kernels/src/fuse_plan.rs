@@ -35,6 +35,14 @@ pub(crate) enum Fused {
     Rope {
         /// The RMSNorm node.
         norm: NodeId,
+        /// The WriteRows node (skipped) that stores the result in a cache, if folded in too.
+        write: Option<NodeId>,
+    },
+    /// An RMSNorm node (the key) whose rows go straight into a cache: the WriteRows node `write`
+    /// (skipped) that stored them.
+    NormWrite {
+        /// The WriteRows node.
+        write: NodeId,
     },
 }
 
@@ -97,6 +105,7 @@ pub(crate) fn plan(
                     i,
                     Fused::Rope {
                         norm: NodeId::from_index(j),
+                        write: None,
                     },
                 );
             }
@@ -156,7 +165,52 @@ pub(crate) fn plan(
         p.skip.insert(j);
         p.fused.insert(at, Fused::Tail(tail));
     }
+    fold_cache_writes(graph, &readers, keep, &mut p);
     p
+}
+
+/// Folds `WriteRows(state, Reshape(k), slots)` into the launch that produces `k` — a fused head
+/// norm + RoPE, or a plain RMSNorm of head rows (V) — so the rows go straight into the cache. The
+/// write then happens at `k`'s position, earlier than the WriteRows node: allowed only when no
+/// node in between touches the state, and `k` and its reshape have no other reader.
+fn fold_cache_writes(graph: &Graph, readers: &[usize], keep: &HashSet<usize>, p: &mut FusePlan) {
+    let nodes = graph.nodes();
+    for (i, node) in nodes.iter().enumerate() {
+        if !matches!(node.op, Op::WriteRows) || !matches!(node.dtype, DType::F32 | DType::F16) {
+            continue;
+        }
+        let (state, src) = (node.inputs[0], node.inputs[1]);
+        let reshape = &nodes[src.index()];
+        if !matches!(reshape.op, Op::Reshape) || readers[src.index()] != 1 {
+            continue;
+        }
+        let k = reshape.inputs[0].index();
+        if readers[k] != 1 || p.skip.contains(&k) || keep.contains(&k) {
+            continue;
+        }
+        // Declaring the state (a leaf) is no access; any op reading it or a view of it is.
+        let touches = |n: &Node| {
+            !matches!(n.op, Op::Input | Op::Weight | Op::State)
+                && (n.root == state || n.inputs.iter().any(|x| graph.node(*x).root == state))
+        };
+        let untouched = !nodes[k + 1..i].iter().any(touches);
+        if !untouched || nodes[k].shape().ne(0) > ROPE_ROW_MAX {
+            continue;
+        }
+        let write = NodeId::from_index(i);
+        let folded = match p.fused.get(&k) {
+            Some(Fused::Rope { norm, write: None }) => Some(Fused::Rope {
+                norm: *norm,
+                write: Some(write),
+            }),
+            None if matches!(nodes[k].op, Op::RmsNorm { .. }) => Some(Fused::NormWrite { write }),
+            _ => None,
+        };
+        if let Some(f) = folded {
+            p.fused.insert(k, f);
+            p.skip.insert(i);
+        }
+    }
 }
 
 /// Whether `x` is F32 with the shape of `like`, rows of `ne0` elements back to back from a
@@ -273,7 +327,13 @@ mod tests {
         let graph = g.finish(&[qr, kr, kn]).unwrap();
         let p = plan(&graph, &HashSet::new(), &HashMap::new());
         assert_eq!(p.skip, HashSet::from([qn.index()]));
-        assert_eq!(p.fused.get(&qr.index()), Some(&Fused::Rope { norm: qn }));
+        assert_eq!(
+            p.fused.get(&qr.index()),
+            Some(&Fused::Rope {
+                norm: qn,
+                write: None
+            })
+        );
         assert!(!p.fused.contains_key(&kr.index()), "kn is also an output");
     }
 
@@ -302,5 +362,62 @@ mod tests {
         assert_eq!(p.unsummed, HashSet::from([o.index()]));
         assert!(matches!(p.fused[&sum.index()], Fused::Tail(t) if t.planes == 2));
         assert!(matches!(p.fused[&sum2.index()], Fused::Tail(t) if t.planes == 1));
+    }
+
+    /// K (norm + RoPE) and V (norm) rows written to caches fold into their producers; a write
+    /// with a reader of its state in between does not.
+    #[test]
+    fn cache_writes_fold_into_their_producers() {
+        let mut g = GraphBuilder::new();
+        let k_raw = input(&mut g, "k", &[256, 2, 1]);
+        let pos = g
+            .input("pos", DType::I32, Shape::new(&[1]).unwrap())
+            .unwrap();
+        let slots = g
+            .input("slots", DType::I32, Shape::new(&[1]).unwrap())
+            .unwrap();
+        let w = g
+            .weight("w", DType::F32, Shape::new(&[256]).unwrap())
+            .unwrap();
+        let params = graph::RopeParams {
+            theta: 1e4,
+            n_rot: 256,
+        };
+        let kn = g.rms_norm(k_raw, Some(w), 1e-6).unwrap();
+        let k = g.rope(kn, pos, params, None).unwrap();
+        let v = g.rms_norm(k_raw, None, 1e-6).unwrap();
+        let ks = g
+            .state("k_cache", DType::F16, Shape::new(&[512, 8]).unwrap())
+            .unwrap();
+        let vs = g
+            .state("v_cache", DType::F32, Shape::new(&[512, 8]).unwrap())
+            .unwrap();
+        let k_rows = g.reshape(k, Shape::new(&[512, 1]).unwrap()).unwrap();
+        let v_rows = g.reshape(v, Shape::new(&[512, 1]).unwrap()).unwrap();
+        let kw = g.write_rows(ks, k_rows, slots).unwrap();
+        let vw = g.write_rows(vs, v_rows, slots).unwrap();
+        // A third norm whose write has a reader of the state before it.
+        let u = g.rms_norm(k_raw, None, 1e-6).unwrap();
+        let peek = g.add(vw, vw).unwrap();
+        let u_rows = g.reshape(u, Shape::new(&[512, 1]).unwrap()).unwrap();
+        let uw = g.write_rows(vs, u_rows, slots).unwrap();
+        let graph = g.finish(&[kw, peek, uw]).unwrap();
+        let p = plan(&graph, &HashSet::new(), &HashMap::new());
+        assert_eq!(
+            p.fused.get(&k.index()),
+            Some(&Fused::Rope {
+                norm: kn,
+                write: Some(kw)
+            })
+        );
+        assert_eq!(
+            p.fused.get(&v.index()),
+            Some(&Fused::NormWrite { write: vw })
+        );
+        assert!(
+            !p.fused.contains_key(&u.index()),
+            "the state is read in between"
+        );
+        assert_eq!(p.skip, HashSet::from([kn.index(), kw.index(), vw.index()]));
     }
 }

@@ -767,6 +767,89 @@ fn fused_norms_equal_the_separate_kernels() {
     }
 }
 
+/// K (head norm + RoPE) and V (head norm) rows written to f16 and f32 caches, which the backend
+/// stores from the fused norm itself: the same bits as the separate kernels, the CPU's values,
+/// and an out-of-range slot is still reported.
+#[test]
+fn fused_cache_writes_equal_the_separate_kernels() {
+    let mut cuda = crate::cuda();
+    let mut rng = Rng(33);
+    for (cache_ty, hd, heads, t) in [(DType::F16, 256, 2, 1), (DType::F32, 512, 1, 3)] {
+        let mut c = Case::new();
+        let k_raw = c.f32(&[hd, heads, t], rng.vec(hd * heads * t));
+        let w = c.weight(DType::F32, &[hd], random_weight(&mut rng, DType::F32, hd));
+        let pos = c.i32(&[t], (0..t as i32).map(|i| 40 + i).collect());
+        let slots = c.i32(&[t], (0..t as i32).map(|i| 5 - i).collect());
+        let kn = c.g.rms_norm(k_raw, Some(w), 1e-6).unwrap();
+        let params = RopeParams {
+            theta: 1e4,
+            n_rot: hd,
+        };
+        let k = c.g.rope(kn, pos, params, None).unwrap();
+        let v = c.g.rms_norm(k_raw, None, 1e-6).unwrap();
+        let row = hd * heads;
+        let ks = c.state(cache_ty, &[row, 6], rng.vec(row * 6));
+        let vs = c.state(cache_ty, &[row, 6], rng.vec(row * 6));
+        let k_rows = c.g.reshape(k, Shape::new(&[row, t]).unwrap()).unwrap();
+        let v_rows = c.g.reshape(v, Shape::new(&[row, t]).unwrap()).unwrap();
+        let kw = c.g.write_rows(ks, k_rows, slots).unwrap();
+        let vw = c.g.write_rows(vs, v_rows, slots).unwrap();
+        let outs = [kw, vw];
+        let graph = c.g.finish(&outs).unwrap();
+        let Some(cuda) = cuda.as_mut() else {
+            continue;
+        };
+        let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &outs);
+        let fused = run_on(cuda, &graph, &c.leaves, &outs);
+        cuda.set_fusion(false);
+        let separate = run_on(cuda, &graph, &c.leaves, &outs);
+        cuda.set_fusion(true);
+        for i in 0..outs.len() {
+            let same = fused[i]
+                .iter()
+                .zip(&separate[i])
+                .all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "{cache_ty} hd{hd} cache {i}: fused and separate writes differ"
+            );
+            let err = rel_err(&fused[i], &want[i]);
+            assert!(err <= 2e-3, "{cache_ty} hd{hd} cache {i}: rel err {err:e}");
+            eprintln!(
+                "fused cache write {cache_ty} hd{hd} cache {i}: rel err {err:.2e}, same bits"
+            );
+        }
+        // A slot past the cache is reported by the fused write as by write_rows.
+        let mut bindings = Bindings::new();
+        for (id, leaf) in &c.leaves {
+            let shape = graph.node(*id).shape();
+            let b = match leaf {
+                Leaf::Weight(ty, bytes) => cuda
+                    .upload(*ty, shape, HostBytes::from_vec(bytes.clone()))
+                    .unwrap(),
+                Leaf::State(ty, _) => cuda.alloc(*ty, shape).unwrap(),
+                _ => continue,
+            };
+            bindings.bind(*id, b);
+        }
+        let exe = cuda.load(&graph, &bindings).unwrap();
+        let bad_slots = vec![9; t]; // the caches have 6 rows
+        for (id, leaf) in &c.leaves {
+            let data = match leaf {
+                Leaf::I32(_) if *id == slots => HostData::I32(&bad_slots),
+                Leaf::I32(v) => HostData::I32(v),
+                Leaf::F32(v) => HostData::F32(v),
+                _ => continue,
+            };
+            cuda.write(cuda.buffer_of(exe, *id).unwrap(), 0, data)
+                .unwrap();
+        }
+        let err = cuda.run(exe).unwrap_err();
+        assert!(err.to_string().contains("slot"), "{err}");
+        cuda.unload(exe).unwrap();
+    }
+}
+
 #[test]
 fn selection_moe_and_write_rows() {
     let mut rng = Rng(4);
