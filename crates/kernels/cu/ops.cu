@@ -106,7 +106,9 @@ __device__ __forceinline__ float rn_sq4(float4 v) { return v.x * v.x + v.y * v.y
 // With res (dense rows of n) the output is res + norm(x) · w, and with scale (one element,
 // scale_dt >= 0) that sum times scale: the post-norm, residual add and layer scale of a Gemma 4
 // layer in one launch (`fuse_plan`), with the separate ops' arithmetic in their order. With
-// planes > 1, x is a split product's partial planes (plane_stride apart), summed here.
+// planes > 1, x is a split product's partial planes (plane_stride apart), summed here. With out2
+// the next RMSNorm of the written row (weight w2, eps2; the next layer's attention norm or the
+// FFN norm) follows in the same launch, and xs then holds its prepared layout.
 __device__ __forceinline__ float rn_tail(float v, const float* res, i64 i, float sc, bool has_sc) {
     if (res) v = res[i] + v;
     return has_sc ? v * sc : v;
@@ -164,7 +166,8 @@ __device__ __forceinline__ void rn_epilogue(const float* row, float* orow, i64 r
 // (write_rows with dst_off, dst_rows, slots, err) instead of out.
 extern "C" __global__ void __launch_bounds__(1024)
     rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n, float eps, uint4* xs,
-                 const float* res, const void* scale, int scale_dt, int planes, i64 plane_stride, const int* pos,
+                 const float* res, const void* scale, int scale_dt, int planes, i64 plane_stride, float* out2,
+                 const void* w2, int w2_dt, float eps2, const int* pos,
                  const float* ff, int n_heads, int n_rot, float theta, void* dst, int dst_dt, i64 dst_off,
                  int dst_rows, const int* slots, int* err) {
     pdl_entry();
@@ -222,11 +225,38 @@ extern "C" __global__ void __launch_bounds__(1024)
                 }
                 ((float4*)orow)[2 * c] = o0;
                 ((float4*)orow)[2 * c + 1] = o1;
-                if (xs) prepare_chunk8(xs, n, gridDim.x, (int)r, c, o0, o1);
+                if (out2) {
+                    v[j][0] = o0;
+                    v[j][1] = o1;
+                } else if (xs) {
+                    prepare_chunk8(xs, n, gridDim.x, (int)r, c, o0, o1);
+                }
             }
         }
         if (staged) rn_epilogue(rowbuf, orow, r, n, rope, n_heads, n_rot, theta, pos, ff, dst, dst_dt, dst_off, dst_rows,
                                 slots, err);
+        if (!out2) return;
+        // The next norm of the row just written (its sum over the same chunks in the same order
+        // as its own launch would take them), with the prepared layout at xs.
+        float s2 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < RN_CHUNKS; ++j)
+            if (threadIdx.x + j * blockDim.x < nc) s2 += rn_sq4(v[j][0]) + rn_sq4(v[j][1]);
+        s2 = block_sum(s2);
+        float inv2 = rsqrtf(s2 / (float)n + eps2);
+        float* orow2 = out2 + r * n;
+#pragma unroll
+        for (int j = 0; j < RN_CHUNKS; ++j) {
+            int c = threadIdx.x + j * blockDim.x;
+            if (c < nc) {
+                float4 one = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+                float4 z0 = rn_scale4(v[j][0], inv2, w2_dt >= 0 ? rn_weight4(w2, w2_dt, 8 * c) : one);
+                float4 z1 = rn_scale4(v[j][1], inv2, w2_dt >= 0 ? rn_weight4(w2, w2_dt, 8 * c + 4) : one);
+                ((float4*)orow2)[2 * c] = z0;
+                ((float4*)orow2)[2 * c + 1] = z1;
+                if (xs) prepare_chunk8(xs, n, gridDim.x, (int)r, c, z0, z1);
+            }
+        }
         return;
     }
     float s = 0.0f;
@@ -253,10 +283,25 @@ extern "C" __global__ void __launch_bounds__(1024)
                     err);
         return;
     }
-    if (!xs) return;
     __syncthreads();  // the row's outputs, written by every thread, are visible to the block
+    if (out2) {
+        // The next norm of the row just written, as its own launch's general path computes it.
+        float s2 = 0.0f;
+#pragma unroll 4
+        for (int i = threadIdx.x; i < n; i += blockDim.x) s2 += orow[i] * orow[i];
+        s2 = block_sum(s2);
+        float inv2 = rsqrtf(s2 / (float)n + eps2);
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            float z = orow[i] * inv2;
+            if (w2_dt >= 0) z *= load_float(w2, w2_dt, i);
+            out2[r * n + i] = z;
+        }
+        __syncthreads();
+        orow = out2 + r * n;  // the prepared layout below is the next norm's
+    }
+    if (!xs) return;
     for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
-        const float* o = out + r * n + 8 * c;
+        const float* o = orow + 8 * c;
         prepare_chunk8(xs, n, gridDim.x, (int)r, c, *(const float4*)o, *(const float4*)(o + 4));
     }
 }

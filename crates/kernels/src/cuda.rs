@@ -737,6 +737,26 @@ impl CudaBackend {
             }
         }
         a.i32(planes as i32).i64(x.shape().n_elems() as i64);
+        match tail.and_then(|t| t.next) {
+            Some(n2) => {
+                let nn = g.node(n2);
+                let Op::RmsNorm { eps: eps2 } = nn.op else {
+                    return Err(backend_err(format!(
+                        "node '{}' is not an RMSNorm",
+                        nn.label(n2)
+                    )));
+                };
+                a.ptr(self.base(exec, n2)?);
+                match nn.inputs.get(1) {
+                    Some(&w) => a.ptr(self.base(exec, w)?).i32(code(g.node(w).dtype)),
+                    None => a.ptr(0).i32(-1),
+                };
+                a.f32(eps2);
+            }
+            None => {
+                a.ptr(0).ptr(0).i32(-1).f32(0.0);
+            }
+        }
         Ok(a)
     }
 
@@ -784,7 +804,14 @@ impl CudaBackend {
             return Ok(());
         }
         match exec.fuse.fused.get(&id.index()) {
-            Some(Fused::Tail(t)) => return self.launch_norm(exec, t.norm, out, 0, Some(*t)),
+            Some(Fused::Tail(t)) => {
+                // The next norm's prepared activations, if its products read them.
+                let xs = match (t.next, exec.mma_scratch) {
+                    (Some(n2), Some(b)) if exec.mma.norms.contains(&n2.index()) => self.buf(b)?.ptr,
+                    _ => 0,
+                };
+                return self.launch_norm(exec, t.norm, out, xs, Some(*t));
+            }
             Some(Fused::Rope { norm, write }) => {
                 return self.launch_norm_rope(exec, *norm, id, out, *write)
             }

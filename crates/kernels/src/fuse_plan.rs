@@ -1,7 +1,7 @@
 //! Launches the CUDA backend folds together: a layer's post-norm, its residual add and the layer
-//! scale after it (`x = (residual + rms_norm(o) · w) · s` in Gemma 4), and a head's q or k norm
-//! and its RoPE, each run as one `rms_norm_f32` launch at the last of those nodes; the others are
-//! skipped. A pure function of the graph, so
+//! scale after it (`x = (residual + rms_norm(o) · w) · s` in Gemma 4) and the norm of `x` that
+//! follows; a head's q or k norm, its RoPE and its cache write; each run as one `rms_norm_f32`
+//! launch; the other nodes are skipped. A pure function of the graph, so
 //! the plan is tested without a GPU; the fused kernel does the separate ops' arithmetic in their
 //! order, so results are the same bits.
 
@@ -24,6 +24,9 @@ pub(crate) struct NormTail {
     /// right before it, the kernel sums its partial planes (in plane order, as `mmv_sum_splits`)
     /// instead of reading the summed output, and the product skips its sum launch. 1 otherwise.
     pub planes: usize,
+    /// The RMSNorm node (skipped) that normalizes this tail's output next, when it runs right
+    /// after it: the next layer's attention norm or the FFN norm, done by the same launch.
+    pub next: Option<NodeId>,
 }
 
 /// A fused launch of `rms_norm_f32`, run at the node it is keyed by.
@@ -136,6 +139,7 @@ pub(crate) fn plan(
             residual,
             scale: None,
             planes: 1,
+            next: None,
         };
         let x = norm.inputs[0].index();
         if let Some(&planes) = splits.get(&x) {
@@ -160,6 +164,16 @@ pub(crate) fn plan(
                         at = next_i;
                     }
                 }
+            }
+        }
+        if let Some(n2) = (at + 1..nodes.len()).find(launches) {
+            let next = &nodes[n2];
+            if matches!(next.op, Op::RmsNorm { .. })
+                && next.inputs[0].index() == at
+                && next.shape() == nodes[at].shape()
+            {
+                tail.next = Some(NodeId::from_index(n2));
+                p.skip.insert(n2);
             }
         }
         p.skip.insert(j);
@@ -250,12 +264,14 @@ mod tests {
             .weight("s", DType::F32, Shape::new(&[1]).unwrap())
             .unwrap();
         let out = g.mul(sum, s).unwrap();
-        let graph = g.finish(&[out]).unwrap();
+        // The next layer's attention norm of the new residual stream.
+        let next = g.rms_norm(out, Some(w), 1e-6).unwrap();
+        let graph = g.finish(&[out, next]).unwrap();
         let p = plan(&graph, &HashSet::new(), &HashMap::new());
         assert_eq!(
             p.skip,
-            HashSet::from([n.index(), sum.index()]),
-            "norm and add are skipped"
+            HashSet::from([n.index(), sum.index(), next.index()]),
+            "the norms and the add are skipped"
         );
         assert_eq!(
             p.fused.get(&out.index()),
@@ -264,6 +280,7 @@ mod tests {
                 residual: res,
                 scale: Some(s),
                 planes: 1,
+                next: Some(next),
             }))
         );
     }

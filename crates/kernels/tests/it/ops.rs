@@ -702,8 +702,9 @@ fn rms_norm_register_and_general_rows() {
     }
 }
 
-/// The fused norms (post-norm tails, split-product planes summed by the tail, head norm + RoPE)
-/// give the same bits as the separate kernels, and match the CPU.
+/// The fused norms (post-norm tails, split-product planes summed by the tail, the next norm and
+/// its prepared activations, head norm + RoPE) give the same bits as the separate kernels, and
+/// match the CPU.
 #[test]
 fn fused_norms_equal_the_separate_kernels() {
     // The graphs are built (and checked) everywhere; the GPU runs only where there is one.
@@ -726,6 +727,15 @@ fn fused_norms_equal_the_separate_kernels() {
         let normed = c.g.rms_norm(o, Some(w), 1e-6).unwrap();
         let sum = c.g.add(res, normed).unwrap();
         let scaled = c.g.mul(sum, s).unwrap();
+        // The next layer's attention norm, whose products read prepared activations (8192 rows
+        // of 5376: above the size rule), done by the tail's launch.
+        let next = c.g.rms_norm(scaled, Some(w), 1e-6).unwrap();
+        let wq4 = c.weight(
+            DType::Q4_K,
+            &[n, 8192],
+            random_weight(&mut rng, DType::Q4_K, n * 8192),
+        );
+        let proj = c.g.matmul(wq4, next).unwrap();
         let q = c.f32(&[256, 8, 1], rng.vec(2048));
         let pos = c.i32(&[1], vec![4321]);
         let wq = c.weight(DType::F32, &[256], random_weight(&mut rng, DType::F32, 256));
@@ -741,7 +751,7 @@ fn fused_norms_equal_the_separate_kernels() {
                 None,
             )
             .unwrap();
-        let outs = [scaled, qr];
+        let outs = [scaled, qr, next, proj];
         let graph = c.g.finish(&outs).unwrap();
         let Some(cuda) = cuda.as_mut() else {
             continue;
