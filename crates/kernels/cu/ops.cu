@@ -109,9 +109,10 @@ __device__ __forceinline__ float rn_sq4(float4 v) { return v.x * v.x + v.y * v.y
 // planes > 1, x is a split product's partial planes (plane_stride apart), summed here. With out2
 // the next RMSNorm of the written row (weight w2, eps2; the next layer's attention norm or the
 // FFN norm) follows in the same launch, and xs then holds its prepared layout.
+// Rounded separately (no FMA with the norm's product), as the separate add and mul kernels do.
 __device__ __forceinline__ float rn_tail(float v, const float* res, i64 i, float sc, bool has_sc) {
-    if (res) v = res[i] + v;
-    return has_sc ? v * sc : v;
+    if (res) v = __fadd_rn(res[i], v);
+    return has_sc ? __fmul_rn(v, sc) : v;
 }
 
 // RoPE of element i of a normed row held in `row` (rope_f32's arithmetic exactly; p = position).
@@ -171,7 +172,7 @@ extern "C" __global__ void __launch_bounds__(1024)
                  const float* ff, int n_heads, int n_rot, float theta, void* dst, int dst_dt, i64 dst_off,
                  int dst_rows, const int* slots, int* err) {
     pdl_entry();
-    __shared__ float rowbuf[RN_ROPE_MAX];
+    __shared__ __align__(16) float rowbuf[RN_ROPE_MAX];
     bool rope = pos != nullptr;
     // Rotated or cache-bound rows (n <= RN_ROPE_MAX) are staged in shared memory first.
     bool staged = rope || dst != nullptr;
@@ -285,19 +286,30 @@ extern "C" __global__ void __launch_bounds__(1024)
     }
     __syncthreads();  // the row's outputs, written by every thread, are visible to the block
     if (out2) {
-        // The next norm of the row just written, as its own launch's general path computes it.
+        // The next norm of the row just written, summed in the order its own launch would use:
+        // by chunks of 8 where that launch takes the register path, else element by element.
         float s2 = 0.0f;
+        float* orow2 = out2 + r * n;
+        bool chunked = n % 8 == 0 && nc <= RN_CHUNKS * (int)blockDim.x && ((size_t)orow & 15) == 0 &&
+                       ((size_t)orow2 & 15) == 0;
+        if (chunked) {
+            for (int j = 0; j < RN_CHUNKS; ++j) {
+                int c = threadIdx.x + j * blockDim.x;
+                if (c < nc) s2 += rn_sq4(((const float4*)orow)[2 * c]) + rn_sq4(((const float4*)orow)[2 * c + 1]);
+            }
+        } else {
 #pragma unroll 4
-        for (int i = threadIdx.x; i < n; i += blockDim.x) s2 += orow[i] * orow[i];
+            for (int i = threadIdx.x; i < n; i += blockDim.x) s2 += orow[i] * orow[i];
+        }
         s2 = block_sum(s2);
         float inv2 = rsqrtf(s2 / (float)n + eps2);
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
             float z = orow[i] * inv2;
             if (w2_dt >= 0) z *= load_float(w2, w2_dt, i);
-            out2[r * n + i] = z;
+            orow2[i] = z;
         }
         __syncthreads();
-        orow = out2 + r * n;  // the prepared layout below is the next norm's
+        orow = orow2;  // the prepared layout below is the next norm's
     }
     if (!xs) return;
     for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {

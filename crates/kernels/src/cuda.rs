@@ -296,6 +296,17 @@ impl CudaBackend {
         self.mma_prepare = mode;
     }
 
+    /// Launches a loaded graph saves by fusion (nodes folded into another node's launch, split
+    /// sums done by the norm that reads them), for tests that must know a fusion happened.
+    pub fn folded_launches(&self, exe: ExecId) -> Result<usize> {
+        let exec = self
+            .execs
+            .get(exe.0)
+            .and_then(|e| e.as_ref())
+            .ok_or_else(|| backend_err(format!("no loaded graph {}", exe.0)))?;
+        Ok(exec.fuse.skip.len() + exec.fuse.unsummed.len())
+    }
+
     /// Whether graphs loaded from now on launch fused norms (`fuse_plan`; on by default,
     /// `SPECULA_FUSE=0` turns it off). The results are the same bits either way (tested).
     pub fn set_fusion(&mut self, on: bool) {
@@ -723,12 +734,9 @@ impl CudaBackend {
         a.ptr(out).i32(x.shape().ne(0) as i32).f32(eps).ptr(xs);
         match tail {
             Some(t) => {
-                let r = g.node(t.residual);
-                a.ptr(self.base(exec, t.residual)? + (r.layout.offset * 4) as u64);
+                a.ptr(self.addr(exec, t.residual)?);
                 match t.scale {
-                    Some(s) => a
-                        .ptr(self.base(exec, s)? + (g.node(s).layout.offset * 4) as u64)
-                        .i32(code(g.node(s).dtype)),
+                    Some(s) => a.ptr(self.addr(exec, s)?).i32(code(g.node(s).dtype)),
                     None => a.ptr(0).i32(-1),
                 };
             }

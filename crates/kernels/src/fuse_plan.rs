@@ -102,6 +102,7 @@ pub(crate) fn plan(
                 && single(j)
                 && !keep.contains(&j)
                 && norm.shape().ne(0) <= ROPE_ROW_MAX
+                && dense(graph.node(norm.inputs[0]))
             {
                 p.skip.insert(j);
                 p.fused.insert(
@@ -130,6 +131,7 @@ pub(crate) fn plan(
             || keep.contains(&j)
             || residual.index() == j
             || !dense_rows_like(graph.node(residual), node)
+            || !dense(graph.node(norm.inputs[0]))
             || norm.shape() != node.shape()
         {
             continue;
@@ -193,22 +195,29 @@ fn fold_cache_writes(graph: &Graph, readers: &[usize], keep: &HashSet<usize>, p:
         if !matches!(node.op, Op::WriteRows) || !matches!(node.dtype, DType::F32 | DType::F16) {
             continue;
         }
-        let (state, src) = (node.inputs[0], node.inputs[1]);
+        let (src, slots) = (node.inputs[1], node.inputs[2]);
+        // The cache's storage: the destination may itself be a view of the state.
+        let state = graph.node(node.inputs[0]).root;
         let reshape = &nodes[src.index()];
         if !matches!(reshape.op, Op::Reshape) || readers[src.index()] != 1 {
             continue;
         }
         let k = reshape.inputs[0].index();
-        if readers[k] != 1 || p.skip.contains(&k) || keep.contains(&k) {
+        if readers[k] != 1 || p.skip.contains(&k) || keep.contains(&k) || slots.index() > k {
             continue;
         }
+        // The kernel writes head rows of n, n_heads of them per token and one slot per token:
+        // the reshape must put one token's heads in one cache row ([n, heads, t] → [n·heads, t]).
+        let d = nodes[k].shape().dims();
+        let rows_are_tokens =
+            reshape.shape().ne(0) == d[0] * d[1] && reshape.shape().n_rows() == d[2] * d[3];
         // Declaring the state (a leaf) is no access; any op reading it or a view of it is.
         let touches = |n: &Node| {
             !matches!(n.op, Op::Input | Op::Weight | Op::State)
                 && (n.root == state || n.inputs.iter().any(|x| graph.node(*x).root == state))
         };
         let untouched = !nodes[k + 1..i].iter().any(touches);
-        if !untouched || nodes[k].shape().ne(0) > ROPE_ROW_MAX {
+        if !rows_are_tokens || !untouched || d[0] > ROPE_ROW_MAX || !dense(&nodes[k]) {
             continue;
         }
         let write = NodeId::from_index(i);
@@ -227,15 +236,20 @@ fn fold_cache_writes(graph: &Graph, readers: &[usize], keep: &HashSet<usize>, p:
     }
 }
 
-/// Whether `x` is F32 with the shape of `like`, rows of `ne0` elements back to back from a
-/// 16-byte-aligned offset.
+/// Whether `x` is F32 with the shape of `like` and dense (see [`dense`]).
 fn dense_rows_like(x: &Node, like: &Node) -> bool {
-    let n = like.shape().ne(0) as i64;
-    x.dtype == DType::F32
-        && x.shape() == like.shape()
-        && x.layout.offset.is_multiple_of(4)
-        && (x.shape().n_rows() == 1 || uniform_row_stride(&x.layout) == Some(n))
+    x.dtype == DType::F32 && x.shape() == like.shape() && dense(x)
+}
+
+/// Whether `x`'s rows of `ne0` elements lie back to back from the start of its storage. A fused
+/// launch's output may reuse the buffer of a norm input or residual that dies at the folded
+/// nodes; with both dense from offset 0, each block then reads and writes the same row, which
+/// the kernel does in that order.
+fn dense(x: &Node) -> bool {
+    let n = x.shape().ne(0) as i64;
+    x.layout.offset == 0
         && x.layout.strides[0] == 1
+        && (x.shape().n_rows() == 1 || uniform_row_stride(&x.layout) == Some(n))
 }
 
 #[cfg(test)]
@@ -370,10 +384,10 @@ mod tests {
         let n = g.rms_norm(o, Some(w), 1e-6).unwrap();
         let sum = g.add(res, n).unwrap();
         let o2 = g.matmul(wo, a).unwrap();
-        let other = g.add(o2, res).unwrap(); // o2 is read twice: its planes are summed
         let n2 = g.rms_norm(o2, Some(w), 1e-6).unwrap();
-        let sum2 = g.add(other, n2).unwrap();
-        let graph = g.finish(&[sum, sum2]).unwrap();
+        let sum2 = g.add(sum, n2).unwrap();
+        let later = g.add(o2, res).unwrap(); // o2 is read twice: its planes are summed first
+        let graph = g.finish(&[sum2, later]).unwrap();
         let splits = HashMap::from([(o.index(), 2), (o2.index(), 2)]);
         let p = plan(&graph, &HashSet::new(), &splits);
         assert_eq!(p.unsummed, HashSet::from([o.index()]));

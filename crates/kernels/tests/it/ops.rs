@@ -702,6 +702,27 @@ fn rms_norm_register_and_general_rows() {
     }
 }
 
+/// Device buffers for a case's weights and states (inputs are the loaded graph's own).
+fn bind_leaves(
+    cuda: &mut kernels::CudaBackend,
+    graph: &Graph,
+    leaves: &[(NodeId, Leaf)],
+) -> Bindings {
+    let mut bindings = Bindings::new();
+    for (id, leaf) in leaves {
+        let shape = graph.node(*id).shape();
+        let b = match leaf {
+            Leaf::Weight(ty, bytes) => cuda
+                .upload(*ty, shape, HostBytes::from_vec(bytes.clone()))
+                .unwrap(),
+            Leaf::State(ty, _) => cuda.alloc(*ty, shape).unwrap(),
+            _ => continue,
+        };
+        bindings.bind(*id, b);
+    }
+    bindings
+}
+
 /// The fused norms (post-norm tails, split-product planes summed by the tail, the next norm and
 /// its prepared activations, head norm + RoPE) give the same bits as the separate kernels, and
 /// match the CPU.
@@ -756,6 +777,17 @@ fn fused_norms_equal_the_separate_kernels() {
         let Some(cuda) = cuda.as_mut() else {
             continue;
         };
+        // Folded: the tail's norm and add, the next norm, the q norm; and the split sum where
+        // k splits (8192 and 21504).
+        let bindings = bind_leaves(cuda, &graph, &c.leaves);
+        let exe = cuda.load(&graph, &bindings).unwrap();
+        let expected = if k >= 8192 { 5 } else { 4 };
+        assert_eq!(
+            cuda.folded_launches(exe).unwrap(),
+            expected,
+            "{ty} k{k}: folds"
+        );
+        cuda.unload(exe).unwrap();
         let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &outs);
         let fused = run_on(cuda, &graph, &c.leaves, &outs);
         cuda.set_fusion(false);
@@ -830,19 +862,13 @@ fn fused_cache_writes_equal_the_separate_kernels() {
             );
         }
         // A slot past the cache is reported by the fused write as by write_rows.
-        let mut bindings = Bindings::new();
-        for (id, leaf) in &c.leaves {
-            let shape = graph.node(*id).shape();
-            let b = match leaf {
-                Leaf::Weight(ty, bytes) => cuda
-                    .upload(*ty, shape, HostBytes::from_vec(bytes.clone()))
-                    .unwrap(),
-                Leaf::State(ty, _) => cuda.alloc(*ty, shape).unwrap(),
-                _ => continue,
-            };
-            bindings.bind(*id, b);
-        }
+        let bindings = bind_leaves(cuda, &graph, &c.leaves);
         let exe = cuda.load(&graph, &bindings).unwrap();
+        assert_eq!(
+            cuda.folded_launches(exe).unwrap(),
+            3,
+            "K's norm and both cache writes fold into other launches"
+        );
         let bad_slots = vec![9; t]; // the caches have 6 rows
         for (id, leaf) in &c.leaves {
             let data = match leaf {
