@@ -63,6 +63,27 @@ pub(crate) struct FusePlan {
     pub unsummed: HashSet<usize>,
 }
 
+/// Launches the CUDA backend would fold away in `graph` with its default settings (mma products
+/// on, `SPECULA_FUSE` not 0): skipped nodes plus split sums done by the norm reading them. A pure
+/// function, so CI checks without a GPU that a model's step graph keeps its fusions.
+pub fn planned_folds(graph: &Graph) -> usize {
+    let cfg = crate::mma_plan::MmaConfig {
+        enabled: true,
+        prefill: true,
+        mt: None,
+        force_prepare: None,
+    };
+    let mma = crate::mma_plan::plan(&cfg, graph);
+    let splits = mma
+        .products
+        .iter()
+        .map(|(&i, mi)| (i, crate::source::mma_k_splits(mi.k)))
+        .filter(|&(_, s)| s > 1)
+        .collect();
+    let p = plan(graph, &mma.norms, &splits);
+    p.skip.len() + p.unsummed.len()
+}
+
 /// Finds `Add(residual, RmsNorm(x))` where the norm immediately precedes the Add and has no
 /// other reader (nor is an output, nor writes prepared activations: `keep`), the residual is
 /// dense F32 rows of the same shape; and folds a following `Mul(sum, s)` by a one-element scale

@@ -25,6 +25,7 @@
 mod cuda;
 pub mod doctor;
 mod fuse_plan;
+pub use fuse_plan::planned_folds;
 mod mma_plan;
 pub mod nvrtc;
 pub mod source;

@@ -1,5 +1,5 @@
 //! The fixture models on CUDA against the CPU backend: logits within 1e-3 and identical greedy
-//! tokens.
+//! tokens; and (on any machine) the launch fusions planned for the Gemma 4 step graph.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -223,4 +223,48 @@ fn dflash_speculative_decoding_on_cuda_matches_the_cpu() {
         counts(&cpu),
         "dflash: accepted counts differ between CUDA and CPU"
     );
+}
+
+/// The fusions still find their patterns in the real Gemma 4 step graph (checked on any machine:
+/// the plan is a pure function of the graph), so a change to the model graph that breaks one
+/// fails here rather than only slowing the GPU.
+#[test]
+fn fusions_find_their_patterns_in_the_gemma4_step_graph() {
+    let baked = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let dir = if baked.exists() {
+        baked
+    } else {
+        PathBuf::from("fixtures")
+    };
+    let file = Arc::new(gguf::GgufFile::open(dir.join("dense.gguf")).unwrap());
+    let config = target::Gemma4Config::from_gguf(&file).unwrap();
+    let mut cpu = graph::CpuBackend::new();
+    let plan = target::weights::MemoryPlanInput {
+        n_ctx: 64,
+        max_batch: 4,
+        kv_dtype: graph::DType::F16,
+    };
+    let weights =
+        target::weights::Weights::load(&file, &config, &plan, &mut cpu, &mut |_, _| {}).unwrap();
+    let cache = target::KvCache::new(&config, &mut cpu, 64, 4, graph::DType::F16).unwrap();
+    for n_tokens in [1, 4] {
+        let spec = target::StepSpec {
+            n_tokens,
+            logits: LogitRows::Last,
+            capture_layers: Vec::new(),
+            capture_embedding: false,
+            argmax: true,
+        };
+        let step = target::models::gemma4::build_step(&config, &weights, &cache, &spec).unwrap();
+        let folds = kernels::planned_folds(&step.graph);
+        let kv_layers = (0..config.n_layer)
+            .filter(|&l| cache.layer(l).is_some())
+            .count();
+        // Per layer: the q norm, both post-norms, the FFN norm, the next layer's attention norm
+        // (the output norm after the last), the FFN tail's add (into the layer scale); per layer
+        // owning a cache: the k norm and the two cache writes.
+        let expected = 6 * config.n_layer + 3 * kv_layers;
+        eprintln!("{n_tokens} token(s): {folds} launches fold away ({expected} expected)");
+        assert_eq!(folds, expected, "{n_tokens} token(s)");
+    }
 }
