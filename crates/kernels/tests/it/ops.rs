@@ -138,32 +138,35 @@ impl Case {
     }
 }
 
+/// Buffers for a case's weights and states (with their values); inputs are the loaded graph's
+/// own.
+fn bind_leaves(backend: &mut dyn Backend, graph: &Graph, leaves: &[(NodeId, Leaf)]) -> Bindings {
+    let mut bindings = Bindings::new();
+    for (id, leaf) in leaves {
+        let shape = graph.node(*id).shape();
+        let b = match leaf {
+            Leaf::Weight(ty, bytes) => backend
+                .upload(*ty, shape, HostBytes::from_vec(bytes.clone()))
+                .unwrap(),
+            Leaf::State(ty, v) => {
+                let b = backend.alloc(*ty, shape).unwrap();
+                backend.write(b, 0, HostData::F32(v)).unwrap();
+                b
+            }
+            _ => continue,
+        };
+        bindings.bind(*id, b);
+    }
+    bindings
+}
+
 fn run_on(
     backend: &mut dyn Backend,
     graph: &Graph,
     leaves: &[(NodeId, Leaf)],
     outputs: &[NodeId],
 ) -> Vec<Vec<f32>> {
-    let mut bindings = Bindings::new();
-    for (id, leaf) in leaves {
-        let shape = graph.node(*id).shape();
-        match leaf {
-            Leaf::Weight(ty, bytes) => {
-                bindings.bind(
-                    *id,
-                    backend
-                        .upload(*ty, shape, HostBytes::from_vec(bytes.clone()))
-                        .unwrap(),
-                );
-            }
-            Leaf::State(ty, v) => {
-                let b = backend.alloc(*ty, shape).unwrap();
-                backend.write(b, 0, HostData::F32(v)).unwrap();
-                bindings.bind(*id, b);
-            }
-            _ => {}
-        }
-    }
+    let bindings = bind_leaves(backend, graph, leaves);
     let exe = backend.load(graph, &bindings).unwrap();
     for (id, leaf) in leaves {
         let b = backend.buffer_of(exe, *id).unwrap();
@@ -702,25 +705,30 @@ fn rms_norm_register_and_general_rows() {
     }
 }
 
-/// Device buffers for a case's weights and states (inputs are the loaded graph's own).
-fn bind_leaves(
+/// Runs `graph` with fused launches and with separate kernels: every output must have the same
+/// bits both ways and be within `tol` of the CPU's.
+fn fused_matches_separate(
     cuda: &mut kernels::CudaBackend,
+    name: &str,
     graph: &Graph,
     leaves: &[(NodeId, Leaf)],
-) -> Bindings {
-    let mut bindings = Bindings::new();
-    for (id, leaf) in leaves {
-        let shape = graph.node(*id).shape();
-        let b = match leaf {
-            Leaf::Weight(ty, bytes) => cuda
-                .upload(*ty, shape, HostBytes::from_vec(bytes.clone()))
-                .unwrap(),
-            Leaf::State(ty, _) => cuda.alloc(*ty, shape).unwrap(),
-            _ => continue,
-        };
-        bindings.bind(*id, b);
+    outs: &[NodeId],
+    tol: f64,
+) {
+    let want = run_on(&mut CpuBackend::new(), graph, leaves, outs);
+    let fused = run_on(cuda, graph, leaves, outs);
+    cuda.set_fusion(false);
+    let separate = run_on(cuda, graph, leaves, outs);
+    cuda.set_fusion(true);
+    for (i, (f, s)) in fused.iter().zip(&separate).enumerate() {
+        assert!(
+            same_bits(f, s),
+            "{name} output {i}: fused and separate kernels differ"
+        );
+        let err = rel_err(f, &want[i]);
+        assert!(err <= tol, "{name} output {i}: rel err {err:e}");
+        eprintln!("fused {name} output {i}: rel err {err:.2e}, same bits as separate");
     }
-    bindings
 }
 
 /// The fused norms (post-norm tails, split-product planes summed by the tail, the next norm and
@@ -788,24 +796,7 @@ fn fused_norms_equal_the_separate_kernels() {
             "{ty} k{k}: folds"
         );
         cuda.unload(exe).unwrap();
-        let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &outs);
-        let fused = run_on(cuda, &graph, &c.leaves, &outs);
-        cuda.set_fusion(false);
-        let separate = run_on(cuda, &graph, &c.leaves, &outs);
-        cuda.set_fusion(true);
-        for i in 0..outs.len() {
-            let same = fused[i]
-                .iter()
-                .zip(&separate[i])
-                .all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(
-                same,
-                "{ty} k{k} output {i}: fused and separate kernels differ"
-            );
-            let err = rel_err(&fused[i], &want[i]);
-            assert!(err <= 1e-5, "{ty} k{k} output {i}: rel err {err:e}");
-            eprintln!("fused norms {ty} k{k} output {i}: rel err {err:.2e}, same bits as separate");
-        }
+        fused_matches_separate(cuda, &format!("{ty} k{k}"), &graph, &c.leaves, &outs, 1e-5);
     }
 }
 
@@ -841,26 +832,8 @@ fn fused_cache_writes_equal_the_separate_kernels() {
         let Some(cuda) = cuda.as_mut() else {
             continue;
         };
-        let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &outs);
-        let fused = run_on(cuda, &graph, &c.leaves, &outs);
-        cuda.set_fusion(false);
-        let separate = run_on(cuda, &graph, &c.leaves, &outs);
-        cuda.set_fusion(true);
-        for i in 0..outs.len() {
-            let same = fused[i]
-                .iter()
-                .zip(&separate[i])
-                .all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(
-                same,
-                "{cache_ty} hd{hd} cache {i}: fused and separate writes differ"
-            );
-            let err = rel_err(&fused[i], &want[i]);
-            assert!(err <= 2e-3, "{cache_ty} hd{hd} cache {i}: rel err {err:e}");
-            eprintln!(
-                "fused cache write {cache_ty} hd{hd} cache {i}: rel err {err:.2e}, same bits"
-            );
-        }
+        let name = format!("cache {cache_ty} hd{hd}");
+        fused_matches_separate(cuda, &name, &graph, &c.leaves, &outs, 2e-3);
         // A slot past the cache is reported by the fused write as by write_rows.
         let bindings = bind_leaves(cuda, &graph, &c.leaves);
         let exe = cuda.load(&graph, &bindings).unwrap();
@@ -1106,19 +1079,7 @@ fn kernel_errors_are_reported() {
     let ids = c.i32(&[2], vec![1, 4]);
     let y = c.g.get_rows(w, ids).unwrap();
     let graph = c.g.finish(&[y]).unwrap();
-    let mut bindings = Bindings::new();
-    let Leaf::Weight(ty, bytes) = &c.leaves[0].1 else {
-        unreachable!()
-    };
-    bindings.bind(
-        w,
-        cuda.upload(
-            *ty,
-            Shape::new(&[32, 4]).unwrap(),
-            HostBytes::from_vec(bytes.clone()),
-        )
-        .unwrap(),
-    );
+    let bindings = bind_leaves(&mut cuda, &graph, &c.leaves);
     let exe = cuda.load(&graph, &bindings).unwrap();
     cuda.write(cuda.buffer_of(exe, ids).unwrap(), 0, HostData::I32(&[1, 4]))
         .unwrap();
