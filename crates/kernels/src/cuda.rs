@@ -591,10 +591,7 @@ impl CudaBackend {
         let kw = source::mma_k_warps(k);
         let splits = source::mma_k_splits(k);
         let dst = if splits > 1 {
-            let part = exec
-                .mma_partials
-                .ok_or_else(|| backend_err("no scratch for split partial sums"))?;
-            self.buf(part)?.ptr
+            self.partials_ptr(exec)?
         } else {
             out
         };
@@ -682,7 +679,7 @@ impl CudaBackend {
         };
         let d = g.node(node.inputs[0]).shape().dims();
         let ff = match node.inputs.get(2) {
-            Some(&f) => self.base(exec, f)? + (g.node(f).layout.offset * 4) as u64,
+            Some(&f) => self.addr(exec, f)?,
             None => 0,
         };
         let mut a = self.norm_args(exec, norm, out, 0, None)?;
@@ -708,29 +705,17 @@ impl CudaBackend {
     ) -> Result<Args> {
         let g = &exec.graph;
         let node = g.node(norm);
-        let Op::RmsNorm { eps } = node.op else {
-            return Err(backend_err(format!(
-                "node '{}' is not an RMSNorm",
-                node.label(norm)
-            )));
-        };
         let x = g.node(node.inputs[0]);
         let planes = tail.map_or(1, |t| t.planes);
         let x_ptr = if planes > 1 {
             // The split product's partial planes, left unsummed for this launch.
-            let part = exec
-                .mma_partials
-                .ok_or_else(|| backend_err("no scratch for split partial sums"))?;
-            self.buf(part)?.ptr
+            self.partials_ptr(exec)?
         } else {
             self.base(exec, node.inputs[0])?
         };
         let mut a = Args::default();
         a.ptr(x_ptr).layout(&x.layout);
-        match node.inputs.get(1) {
-            Some(&w) => a.ptr(self.base(exec, w)?).i32(code(g.node(w).dtype)),
-            None => a.ptr(0).i32(-1),
-        };
+        let eps = self.norm_weight_args(exec, norm, &mut a)?;
         a.ptr(out).i32(x.shape().ne(0) as i32).f32(eps).ptr(xs);
         match tail {
             Some(t) => {
@@ -747,18 +732,8 @@ impl CudaBackend {
         a.i32(planes as i32).i64(x.shape().n_elems() as i64);
         match tail.and_then(|t| t.next) {
             Some(n2) => {
-                let nn = g.node(n2);
-                let Op::RmsNorm { eps: eps2 } = nn.op else {
-                    return Err(backend_err(format!(
-                        "node '{}' is not an RMSNorm",
-                        nn.label(n2)
-                    )));
-                };
                 a.ptr(self.base(exec, n2)?);
-                match nn.inputs.get(1) {
-                    Some(&w) => a.ptr(self.base(exec, w)?).i32(code(g.node(w).dtype)),
-                    None => a.ptr(0).i32(-1),
-                };
+                let eps2 = self.norm_weight_args(exec, n2, &mut a)?;
                 a.f32(eps2);
             }
             None => {
@@ -766,6 +741,31 @@ impl CudaBackend {
             }
         }
         Ok(a)
+    }
+
+    /// Pushes RMSNorm node `norm`'s weight (pointer and type code, or none) and returns its eps.
+    fn norm_weight_args(&self, exec: &Exec, norm: NodeId, a: &mut Args) -> Result<f32> {
+        let g = &exec.graph;
+        let node = g.node(norm);
+        let Op::RmsNorm { eps } = node.op else {
+            return Err(backend_err(format!(
+                "node '{}' is not an RMSNorm",
+                node.label(norm)
+            )));
+        };
+        match node.inputs.get(1) {
+            Some(&w) => a.ptr(self.base(exec, w)?).i32(code(g.node(w).dtype)),
+            None => a.ptr(0).i32(-1),
+        };
+        Ok(eps)
+    }
+
+    /// The split-K partial-sum scratch of the `_mma_` products.
+    fn partials_ptr(&self, exec: &Exec) -> Result<u64> {
+        let part = exec
+            .mma_partials
+            .ok_or_else(|| backend_err("no scratch for split partial sums"))?;
+        Ok(self.buf(part)?.ptr)
     }
 
     /// Launches `rms_norm_f32` for RMSNorm node `norm` with its complete arguments.
@@ -1041,7 +1041,7 @@ impl CudaBackend {
                 let x = inp(0);
                 let d = x.shape().dims();
                 let ff = match node.inputs.get(2) {
-                    Some(&f) => self.base(exec, f)? + (g.node(f).layout.offset * 4) as u64,
+                    Some(&f) => self.addr(exec, f)?,
                     None => 0,
                 };
                 let mut a = Args::default();
@@ -1390,13 +1390,7 @@ impl Backend for CudaBackend {
         }
         let mma = mma_plan::plan(&self.mma_config(), graph);
         let fuse = if self.fuse_tails {
-            let splits = mma
-                .products
-                .iter()
-                .map(|(&i, mi)| (i, source::mma_k_splits(mi.k)))
-                .filter(|&(_, s)| s > 1)
-                .collect();
-            fuse_plan::plan(graph, &mma.norms, &splits)
+            fuse_plan::plan_for(graph, &mma)
         } else {
             FusePlan::default()
         };

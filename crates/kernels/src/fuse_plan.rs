@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use graph::{BinaryOp, DType, Graph, Node, NodeId, Op};
 
-use crate::mma_plan::uniform_row_stride;
+use crate::mma_plan::{uniform_row_stride, MmaPlan};
 
 /// One fused post-norm tail, launched at the node it is keyed by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,15 +73,20 @@ pub fn planned_folds(graph: &Graph) -> usize {
         mt: None,
         force_prepare: None,
     };
-    let mma = crate::mma_plan::plan(&cfg, graph);
+    let p = plan_for(graph, &crate::mma_plan::plan(&cfg, graph));
+    p.skip.len() + p.unsummed.len()
+}
+
+/// [`plan`] for a graph whose `_mma_` products are planned by `mma`: its preparing norms are
+/// kept, its split products may leave their planes to a tail.
+pub(crate) fn plan_for(graph: &Graph, mma: &MmaPlan) -> FusePlan {
     let splits = mma
         .products
         .iter()
         .map(|(&i, mi)| (i, crate::source::mma_k_splits(mi.k)))
         .filter(|&(_, s)| s > 1)
         .collect();
-    let p = plan(graph, &mma.norms, &splits);
-    p.skip.len() + p.unsummed.len()
+    plan(graph, &mma.norms, &splits)
 }
 
 /// Finds `Add(residual, RmsNorm(x))` where the norm immediately precedes the Add and has no
