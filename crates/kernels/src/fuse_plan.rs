@@ -281,28 +281,20 @@ fn dense(x: &Node) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_graph::{input, state, weight};
     use graph::{GraphBuilder, Shape};
-
-    fn input(g: &mut GraphBuilder, name: &str, dims: &[usize]) -> NodeId {
-        g.input(name, DType::F32, Shape::new(dims).unwrap())
-            .unwrap()
-    }
 
     /// Gemma 4's layer tail: post-norm, residual add, layer scale → one launch at the Mul.
     #[test]
     fn post_norm_add_and_scale_fold_into_one_launch() {
         let mut g = GraphBuilder::new();
-        let res = input(&mut g, "res", &[64, 2]);
-        let o = input(&mut g, "o", &[64, 2]);
-        let w = g
-            .weight("w", DType::F32, Shape::new(&[64]).unwrap())
-            .unwrap();
+        let res = input(&mut g, "res", DType::F32, &[64, 2]);
+        let o = input(&mut g, "o", DType::F32, &[64, 2]);
+        let w = weight(&mut g, "w", DType::F32, &[64]);
         let n = g.rms_norm(o, Some(w), 1e-6).unwrap();
         let sum = g.add(res, n).unwrap();
         // Created between the Add and the Mul, as the model graph does.
-        let s = g
-            .weight("s", DType::F32, Shape::new(&[1]).unwrap())
-            .unwrap();
+        let s = weight(&mut g, "s", DType::F32, &[1]);
         let out = g.mul(sum, s).unwrap();
         // The next layer's attention norm of the new residual stream.
         let next = g.rms_norm(out, Some(w), 1e-6).unwrap();
@@ -330,12 +322,10 @@ mod tests {
     #[test]
     fn folds_only_private_adjacent_dense_nodes() {
         let mut g = GraphBuilder::new();
-        let res = input(&mut g, "res", &[64, 2]);
-        let bias = input(&mut g, "bias", &[64, 1]);
-        let o = input(&mut g, "o", &[64, 2]);
-        let s = g
-            .weight("s", DType::F32, Shape::new(&[1]).unwrap())
-            .unwrap();
+        let res = input(&mut g, "res", DType::F32, &[64, 2]);
+        let bias = input(&mut g, "bias", DType::F32, &[64, 1]);
+        let o = input(&mut g, "o", DType::F32, &[64, 2]);
+        let s = weight(&mut g, "s", DType::F32, &[1]);
         // 1: the norm is read twice.
         let n1 = g.rms_norm(o, None, 1e-6).unwrap();
         let a1 = g.add(res, n1).unwrap();
@@ -366,13 +356,9 @@ mod tests {
     #[test]
     fn head_norm_folds_into_its_rope() {
         let mut g = GraphBuilder::new();
-        let q = input(&mut g, "q", &[256, 4, 2]);
-        let pos = g
-            .input("pos", DType::I32, Shape::new(&[2]).unwrap())
-            .unwrap();
-        let w = g
-            .weight("w", DType::F32, Shape::new(&[256]).unwrap())
-            .unwrap();
+        let q = input(&mut g, "q", DType::F32, &[256, 4, 2]);
+        let pos = input(&mut g, "pos", DType::I32, &[2]);
+        let w = weight(&mut g, "w", DType::F32, &[256]);
         let params = graph::RopeParams {
             theta: 1e4,
             n_rot: 256,
@@ -398,14 +384,10 @@ mod tests {
     #[test]
     fn a_tail_sums_the_split_planes_of_its_product() {
         let mut g = GraphBuilder::new();
-        let res = input(&mut g, "res", &[64, 1]);
-        let a = input(&mut g, "a", &[8192, 1]);
-        let wo = g
-            .weight("wo", DType::Q4_K, Shape::new(&[8192, 64]).unwrap())
-            .unwrap();
-        let w = g
-            .weight("w", DType::F32, Shape::new(&[64]).unwrap())
-            .unwrap();
+        let res = input(&mut g, "res", DType::F32, &[64, 1]);
+        let a = input(&mut g, "a", DType::F32, &[8192, 1]);
+        let wo = weight(&mut g, "wo", DType::Q4_K, &[8192, 64]);
+        let w = weight(&mut g, "w", DType::F32, &[64]);
         let o = g.matmul(wo, a).unwrap();
         let n = g.rms_norm(o, Some(w), 1e-6).unwrap();
         let sum = g.add(res, n).unwrap();
@@ -426,16 +408,10 @@ mod tests {
     #[test]
     fn cache_writes_fold_into_their_producers() {
         let mut g = GraphBuilder::new();
-        let k_raw = input(&mut g, "k", &[256, 2, 1]);
-        let pos = g
-            .input("pos", DType::I32, Shape::new(&[1]).unwrap())
-            .unwrap();
-        let slots = g
-            .input("slots", DType::I32, Shape::new(&[1]).unwrap())
-            .unwrap();
-        let w = g
-            .weight("w", DType::F32, Shape::new(&[256]).unwrap())
-            .unwrap();
+        let k_raw = input(&mut g, "k", DType::F32, &[256, 2, 1]);
+        let pos = input(&mut g, "pos", DType::I32, &[1]);
+        let slots = input(&mut g, "slots", DType::I32, &[1]);
+        let w = weight(&mut g, "w", DType::F32, &[256]);
         let params = graph::RopeParams {
             theta: 1e4,
             n_rot: 256,
@@ -443,12 +419,8 @@ mod tests {
         let kn = g.rms_norm(k_raw, Some(w), 1e-6).unwrap();
         let k = g.rope(kn, pos, params, None).unwrap();
         let v = g.rms_norm(k_raw, None, 1e-6).unwrap();
-        let ks = g
-            .state("k_cache", DType::F16, Shape::new(&[512, 8]).unwrap())
-            .unwrap();
-        let vs = g
-            .state("v_cache", DType::F32, Shape::new(&[512, 8]).unwrap())
-            .unwrap();
+        let ks = state(&mut g, "k_cache", DType::F16, &[512, 8]);
+        let vs = state(&mut g, "v_cache", DType::F32, &[512, 8]);
         let k_rows = g.reshape(k, Shape::new(&[512, 1]).unwrap()).unwrap();
         let v_rows = g.reshape(v, Shape::new(&[512, 1]).unwrap()).unwrap();
         let kw = g.write_rows(ks, k_rows, slots).unwrap();

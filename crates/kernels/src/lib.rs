@@ -29,6 +29,8 @@ pub use fuse_plan::planned_folds;
 mod mma_plan;
 pub mod nvrtc;
 pub mod source;
+#[cfg(test)]
+mod test_graph;
 
 pub use cuda::{cuda_available, CudaBackend};
 

@@ -180,7 +180,8 @@ pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use graph::{GraphBuilder, Shape};
+    use crate::test_graph::{input, state, weight};
+    use graph::GraphBuilder;
 
     fn cfg(force_prepare: Option<bool>) -> MmaConfig {
         MmaConfig {
@@ -191,24 +192,16 @@ mod tests {
         }
     }
 
-    fn weight(g: &mut GraphBuilder, name: &str, ty: DType, k: usize, n: usize) -> NodeId {
-        g.weight(name, ty, Shape::new(&[k, n]).unwrap()).unwrap()
-    }
-
     /// A layer's shape: norm → q (large) → k, v (small); the norm prepares, k and v reuse.
     #[test]
     fn norm_prepares_and_small_products_reuse() {
         let mut g = GraphBuilder::new();
-        let x = g
-            .input("x", DType::F32, Shape::new(&[4096, 1]).unwrap())
-            .unwrap();
-        let wn = g
-            .input("wn", DType::F32, Shape::new(&[4096]).unwrap())
-            .unwrap();
+        let x = input(&mut g, "x", DType::F32, &[4096, 1]);
+        let wn = input(&mut g, "wn", DType::F32, &[4096]);
         let h = g.rms_norm(x, Some(wn), 1e-6).unwrap();
-        let wq = weight(&mut g, "q", DType::Q4_K, 4096, 8192);
-        let wk = weight(&mut g, "k", DType::Q6_K, 4096, 1024);
-        let wv = weight(&mut g, "v", DType::Q8_0, 4096, 1024);
+        let wq = weight(&mut g, "q", DType::Q4_K, &[4096, 8192]);
+        let wk = weight(&mut g, "k", DType::Q6_K, &[4096, 1024]);
+        let wv = weight(&mut g, "v", DType::Q8_0, &[4096, 1024]);
         let q = g.matmul(wq, h).unwrap();
         let k = g.matmul(wk, h).unwrap();
         let v = g.matmul(wv, h).unwrap();
@@ -232,24 +225,16 @@ mod tests {
     #[test]
     fn interleaved_inputs_and_write_rows_prepare_afresh() {
         let mut g = GraphBuilder::new();
-        let x = g
-            .input("x", DType::F32, Shape::new(&[512, 3]).unwrap())
-            .unwrap();
-        let y = g
-            .input("y", DType::F32, Shape::new(&[512, 3]).unwrap())
-            .unwrap();
+        let x = input(&mut g, "x", DType::F32, &[512, 3]);
+        let y = input(&mut g, "y", DType::F32, &[512, 3]);
         let h = g.rms_norm(x, None, 1e-6).unwrap();
-        let w1 = weight(&mut g, "w1", DType::Q4_K, 512, 256);
-        let w2 = weight(&mut g, "w2", DType::Q4_K, 512, 256);
-        let w3 = weight(&mut g, "w3", DType::Q4_K, 512, 256);
+        let w1 = weight(&mut g, "w1", DType::Q4_K, &[512, 256]);
+        let w2 = weight(&mut g, "w2", DType::Q4_K, &[512, 256]);
+        let w3 = weight(&mut g, "w3", DType::Q4_K, &[512, 256]);
         let a = g.matmul(w1, y).unwrap();
         let b = g.matmul(w2, h).unwrap();
-        let state = g
-            .state("s", DType::F32, Shape::new(&[256, 8]).unwrap())
-            .unwrap();
-        let slots = g
-            .input("slots", DType::I32, Shape::new(&[3]).unwrap())
-            .unwrap();
+        let state = state(&mut g, "s", DType::F32, &[256, 8]);
+        let slots = input(&mut g, "slots", DType::I32, &[3]);
         let written = g.write_rows(state, b, slots).unwrap();
         let c = g.matmul(w3, h).unwrap();
         let graph = g.finish(&[a, written, c]).unwrap();
@@ -268,11 +253,9 @@ mod tests {
     #[test]
     fn split_scratch_and_route_limits() {
         let mut g = GraphBuilder::new();
-        let x = g
-            .input("x", DType::F32, Shape::new(&[16384, 5]).unwrap())
-            .unwrap();
-        let w = weight(&mut g, "w", DType::Q4_K, 16384, 100);
-        let wf = weight(&mut g, "wf", DType::F16, 16384, 100);
+        let x = input(&mut g, "x", DType::F32, &[16384, 5]);
+        let w = weight(&mut g, "w", DType::Q4_K, &[16384, 100]);
+        let wf = weight(&mut g, "wf", DType::F16, &[16384, 100]);
         let y = g.matmul(w, x).unwrap();
         let yf = g.matmul(wf, x).unwrap();
         let graph = g.finish(&[y, yf]).unwrap();
