@@ -116,6 +116,8 @@ pub(crate) fn plan(
     // they may sit between folded nodes (a weight is often created right before its first use).
     let launches = |k: &usize| !matches!(nodes[*k].op, Op::Input | Op::Weight | Op::State);
     let mut p = FusePlan::default();
+    // Norms taken as a tail's `next`, and that tail's key.
+    let mut next_of: HashMap<usize, usize> = HashMap::new();
     let single = |k: usize| readers[k] == 1;
     for (i, node) in nodes.iter().enumerate() {
         if matches!(node.op, Op::Rope(_)) {
@@ -162,6 +164,14 @@ pub(crate) fn plan(
         {
             continue;
         }
+        // A norm an earlier tail already does as its `next` (the MoE FFN: the post-norm of the
+        // summed expert outputs follows their tail) is this tail's own: the earlier tail leaves
+        // it, so it is computed once.
+        if let Some(prev) = next_of.remove(&j) {
+            if let Some(Fused::Tail(t)) = p.fused.get_mut(&prev) {
+                t.next = None;
+            }
+        }
         let mut tail = NormTail {
             norm: NodeId::from_index(j),
             residual,
@@ -202,6 +212,7 @@ pub(crate) fn plan(
             {
                 tail.next = Some(NodeId::from_index(n2));
                 p.skip.insert(n2);
+                next_of.insert(n2, at);
             }
         }
         p.skip.insert(j);
@@ -448,5 +459,24 @@ mod tests {
             "the state is read in between"
         );
         assert_eq!(p.skip, HashSet::from([kn.index(), kw.index(), vw.index()]));
+    }
+
+    /// A norm that is both the next norm of one tail and the norm of the following tail (the MoE
+    /// FFN's shape) is done once, by the second.
+    #[test]
+    fn a_norm_is_done_once_when_two_tails_could_take_it() {
+        let mut g = GraphBuilder::new();
+        let r1 = input(&mut g, "r1", DType::F32, &[64, 1]);
+        let r2 = input(&mut g, "r2", DType::F32, &[64, 1]);
+        let x = input(&mut g, "x", DType::F32, &[64, 1]);
+        let na = g.rms_norm(x, None, 1e-6).unwrap();
+        let t1 = g.add(r1, na).unwrap();
+        let nb = g.rms_norm(t1, None, 1e-6).unwrap();
+        let t2 = g.add(r2, nb).unwrap();
+        let graph = g.finish(&[t2]).unwrap();
+        let p = plan(&graph, &HashSet::new(), &HashMap::new());
+        assert_eq!(p.skip, HashSet::from([na.index(), nb.index()]));
+        assert!(matches!(p.fused[&t1.index()], Fused::Tail(t) if t.norm == na && t.next.is_none()));
+        assert!(matches!(p.fused[&t2.index()], Fused::Tail(t) if t.norm == nb && t.next.is_none()));
     }
 }
