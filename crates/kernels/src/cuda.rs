@@ -186,9 +186,9 @@ pub struct CudaBackend {
     /// `SPECULA_PDL=0`): each one's launch overlaps the tail of the kernel before it, which every
     /// kernel waits for on entry (`pdl_entry` in common.cuh) before touching memory.
     pdl: bool,
-    /// Post-norm, residual add and layer scale run as one launch (`fuse_plan`; `SPECULA_FUSE=0`
-    /// launches them one by one, an A/B knob).
-    fuse_tails: bool,
+    /// Graphs are loaded with the launches `fuse_plan` folds together (`SPECULA_FUSE=0`
+    /// launches every node on its own, an A/B knob).
+    fusion: bool,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
     name: String,
@@ -270,7 +270,7 @@ impl CudaBackend {
                 Ok("1") => Some(true),
                 _ => None,
             },
-            fuse_tails: std::env::var("SPECULA_FUSE").map_or(true, |v| v != "0"),
+            fusion: std::env::var("SPECULA_FUSE").map_or(true, |v| v != "0"),
             pdl: major >= 9 && std::env::var("SPECULA_PDL").map_or(true, |v| v != "0"),
             _module: module,
             funcs,
@@ -310,7 +310,7 @@ impl CudaBackend {
     /// Whether graphs loaded from now on launch fused norms (`fuse_plan`; on by default,
     /// `SPECULA_FUSE=0` turns it off). The results are the same bits either way (tested).
     pub fn set_fusion(&mut self, on: bool) {
-        self.fuse_tails = on;
+        self.fusion = on;
     }
 
     /// Seconds per run of a loaded graph, averaged over `n` back-to-back runs with one
@@ -1389,7 +1389,7 @@ impl Backend for CudaBackend {
             }
         }
         let mma = mma_plan::plan(&self.mma_config(), graph);
-        let fuse = if self.fuse_tails {
+        let fuse = if self.fusion {
             fuse_plan::plan_for(graph, &mma)
         } else {
             FusePlan::default()
