@@ -71,12 +71,12 @@ extern "C" __global__ void concat_f32(const float* a, Layout4 la, const float* b
     }
 }
 
-// One block per row; rows dense in dim 0.
-// With xs, the block also writes its normed row in the prepared layout of the `_mma_` products
-// that read it (`mmv_prepare_x`, one launch fewer; n a multiple of 256, gridDim.x rows).
-// Rows of up to RN_CHUNKS · blockDim.x chunks of 8 (n a multiple of 8, 16-byte-aligned rows)
-// stay in registers: the row and its weights are loaded in one round, and the normed row and its
-// prepared form are written from registers. A decode step's 5376-wide row is one block, so the
+// RMSNorm, one block per row (rows dense in dim 0). With xs, the block also writes its normed row
+// in the prepared layout of the `_mma_` products that read it (`mmv_prepare_x`'s layout, one
+// launch fewer; n a multiple of 256, gridDim.x rows). Rows of up to RN_CHUNKS · blockDim.x
+// chunks of 8 (n a multiple of 8, 16-byte-aligned rows) stay in registers: the row and its
+// weights are loaded in one round, and the normed row and its prepared form are written from
+// registers. A decode step's 5376-wide row is one block, so the
 // kernel is a chain of memory latencies; this path has two (loads, stores) where the general one
 // below has four (loads, weight loads and stores, re-reads for xs, xs stores).
 #define RN_CHUNKS 2
@@ -103,12 +103,6 @@ __device__ __forceinline__ float rn_x(const float* xr, i64 i, int planes, i64 pl
 
 __device__ __forceinline__ float rn_sq4(float4 v) { return v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
 
-// With res (dense rows of n) the output is res + norm(x) · w, and with scale (one element,
-// scale_dt >= 0) that sum times scale: the post-norm, residual add and layer scale of a Gemma 4
-// layer in one launch (`fuse_plan`), with the separate ops' arithmetic in their order. With
-// planes > 1, x is a split product's partial planes (plane_stride apart), summed here. With out2
-// the next RMSNorm of the written row (weight w2, eps2; the next layer's attention norm or the
-// FFN norm) follows in the same launch, and xs then holds its prepared layout.
 // Rounded separately (no FMA with the norm's product), as the separate add and mul kernels do.
 __device__ __forceinline__ float rn_tail(float v, const float* res, i64 i, float sc, bool has_sc) {
     if (res) v = __fadd_rn(res[i], v);
@@ -161,10 +155,18 @@ __device__ __forceinline__ void rn_epilogue(const float* row, float* orow, i64 r
     }
 }
 
-// With pos (rows of n ≤ RN_ROPE_MAX, n_heads rows per token), the normed row is rotated
-// (rope_f32 with n_rot, theta, ff) before it is written: a head's q/k norm and its RoPE in one
-// launch (`fuse_plan`), the same bits as the two kernels. With dst the rows go to a K or V cache
-// (write_rows with dst_off, dst_rows, slots, err) instead of out.
+// RMSNorm of each row into out, times w if w_dt >= 0; with xs also in the prepared layout. The
+// fused launches of `fuse_plan`, each with the separate kernels'
+// arithmetic in their order (the same bits):
+// - res (dense rows of n): out = res + norm(x) · w, times scale if scale_dt >= 0 (one element):
+//   a Gemma 4 layer's post-norm, residual add and layer scale;
+// - planes > 1: x is a split product's partial planes (plane_stride apart), summed here;
+// - out2: the next RMSNorm of the written row (w2, eps2; the FFN norm, the next layer's attention
+//   norm or the output norm) follows, and xs then holds its prepared layout;
+// - pos (rows of n ≤ RN_ROPE_MAX, n_heads rows per token): the normed row is rotated (rope_f32
+//   with n_rot, theta, ff) before it is written: a head's q/k norm and its RoPE;
+// - dst: the rows go to a K or V cache (write_rows with dst_off, dst_rows, slots, err) instead
+//   of out.
 extern "C" __global__ void __launch_bounds__(1024)
     rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n, float eps, uint4* xs,
                  const float* res, const void* scale, int scale_dt, int planes, i64 plane_stride, float* out2,
