@@ -461,37 +461,8 @@ impl CudaBackend {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        if self.pdl {
-            return self.launch_pdl(name, f.cu_function(), grid, block, &mut params);
-        }
-        #[allow(unsafe_code)]
-        // SAFETY: the parameter cells match the kernel's signature (built by the launchers
-        // below from validated nodes) and stay alive until the call returns; every pointer
-        // argument addresses a live allocation large enough for the node's layout.
-        unsafe {
-            cu::launch_kernel(
-                f.cu_function(),
-                grid,
-                (block, 1, 1),
-                0,
-                self.stream.cu_stream(),
-                &mut params,
-            )
-        }
-        .map_err(|e| driver_err(&format!("launching {name}"), e))
-    }
-
-    /// Launches with the programmatic-stream-serialization attribute: the kernel may start
-    /// launching before the previous kernel in the stream (or captured graph) has finished; its
-    /// `pdl_entry` waits for that kernel's completion before any memory access.
-    fn launch_pdl(
-        &self,
-        name: &str,
-        f: sys::CUfunction,
-        grid: (u32, u32, u32),
-        block: u32,
-        params: &mut [*mut c_void],
-    ) -> Result<()> {
+        // Programmatic stream serialization lets the launch overlap the previous kernel's tail;
+        // every kernel's `pdl_entry` waits for that kernel's completion before any memory access.
         let mut attr = sys::CUlaunchAttribute {
             id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
             pad: [0; 4],
@@ -509,14 +480,23 @@ impl CudaBackend {
             sharedMemBytes: 0,
             hStream: self.stream.cu_stream(),
             attrs: &mut attr,
-            numAttrs: 1,
+            numAttrs: u32::from(self.pdl),
         };
         #[allow(unsafe_code)]
-        // SAFETY: as for `launch`: the parameter cells match the kernel's signature and outlive
-        // the call; `config` and its one attribute live on this frame for the whole call.
-        unsafe { sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()) }
-            .result()
-            .map_err(|e| driver_err(&format!("launching {name}"), e))
+        // SAFETY: the parameter cells match the kernel's signature (built by the launchers
+        // below from validated nodes) and stay alive until the call returns; every pointer
+        // argument addresses a live allocation large enough for the node's layout; `config`
+        // and its attribute live on this frame for the whole call.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(|e| driver_err(&format!("launching {name}"), e))
     }
 }
 
