@@ -5,6 +5,22 @@
 #define ATT_WARPS 4
 #define ATT_MAX_D 512
 
+// The positions lo..hi a query at absolute position qp sees in split `split` of n_split (empty
+// when hi < lo), given n_kv cached positions (checked by the caller).
+__device__ __forceinline__ void visible_range(i64 qp, int n_kv, int split, int n_split, int cap, int mask_kind,
+                                              int window, int ring, i64& lo, i64& hi) {
+    lo = ring ? imax(0, (i64)n_kv - cap) : 0;
+    hi = (i64)n_kv - 1;
+    if (mask_kind >= 1) hi = imin(hi, qp);
+    if (mask_kind == 2) lo = imax(lo, qp - window + 1);
+    if (n_split > 1 && hi >= lo) {
+        i64 per = (hi - lo + n_split) / n_split;
+        i64 start = lo + per * split;
+        hi = imin(hi, start + per - 1);
+        lo = start;
+    }
+}
+
 // The visible positions lo..hi of query t for this block's split (split-K: each block takes its
 // share). Returns false, with the output zeroed and the error reported, when n_kv is impossible.
 __device__ __forceinline__ bool attention_range(const int* q_pos, const int* n_kv_ptr, int t, int split,
@@ -16,17 +32,7 @@ __device__ __forceinline__ bool attention_range(const int* q_pos, const int* n_k
         for (int i = threadIdx.x; i < d_v; i += blockDim.x) o[i] = 0.0f;
         return false;
     }
-    i64 qp = q_pos[t];
-    lo = ring ? imax(0, (i64)n_kv - cap) : 0;
-    hi = (i64)n_kv - 1;
-    if (mask_kind >= 1) hi = imin(hi, qp);
-    if (mask_kind == 2) lo = imax(lo, qp - window + 1);
-    if (n_split > 1 && hi >= lo) {
-        i64 per = (hi - lo + n_split) / n_split;
-        i64 start = lo + per * split;
-        hi = imin(hi, start + per - 1);
-        lo = start;
-    }
+    visible_range(q_pos[t], n_kv, split, n_split, cap, mask_kind, window, ring, lo, hi);
     return true;
 }
 
@@ -239,3 +245,169 @@ __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k
     }
 ATTENTION_WIDE(8)
 ATTENTION_WIDE(16)
+
+// Attention of many queries (prefill chunks) for f16 K/V rows of D = d = d_v (256 or 512),
+// 16-byte aligned: one block per (head, 16 consecutive queries, split). Each tile of 32 K/V
+// positions is loaded into shared memory once and read by all 16 queries, instead of once per
+// (head, query) block as in attention_f32 / attention_f16_e*. Warp w owns queries 2w and 2w + 1:
+// in the score phase lane l takes position l of the tile for both, so the online softmax of a
+// tile is two warp reductions; in the P·V phase lane l owns dims 8l + 256c. Same arguments,
+// visible ranges, splits and partial layout as attention_f32. Dynamic shared memory:
+// attention_mq_smem(D) bytes.
+#define MQ_ROWS 16
+#define MQ_POS 32
+#define MQ_THREADS 256
+
+template <int D>
+__device__ void attention_mq_body(const float* q, Layout4 lq, const u16* k, Layout4 lk, const u16* v, Layout4 lv,
+                                  const int* q_pos, const int* n_kv_ptr, const float* mask, float* out,
+                                  int n_tok, int n_head, int n_head_kv, int cap, float scale, int mask_kind,
+                                  int window, int ring, int* err, int n_split, float* partial) {
+    constexpr int KS = D + 8;  // halves per shared K/V row: the pad makes 16-byte reads conflict-free
+    constexpr int C = D / 256; // 8-dim chunks per lane in the P·V phase
+    extern __shared__ __align__(16) unsigned char mq_smem[];
+    u16* ks = (u16*)mq_smem;
+    u16* vs = ks + MQ_POS * KS;
+    float* qs = (float*)(vs + MQ_POS * KS);
+    int h = blockIdx.x, t0 = blockIdx.y * MQ_ROWS, split = blockIdx.z;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = h / (n_head / n_head_kv);
+    int n_kv = *n_kv_ptr;
+    if (n_kv < 0 || (!ring && n_kv > cap)) {
+        if (threadIdx.x == 0) report(err, ERR_N_KV);
+        for (int i = threadIdx.x; i < MQ_ROWS * D; i += MQ_THREADS) {
+            int t = t0 + i / D;
+            if (t < n_tok) out[((i64)t * n_head + h) * D + i % D] = 0.0f;
+        }
+        return;
+    }
+    // Visible range of each of this warp's two queries, and the block's union.
+    i64 rlo[2], rhi[2], blo = 0x7fffffffffffffffLL, bhi = -1;
+    for (int r = 0; r < MQ_ROWS; ++r) {
+        int t = t0 + r;
+        i64 lo = 1, hi = 0;
+        if (t < n_tok) visible_range(q_pos[t], n_kv, split, n_split, cap, mask_kind, window, ring, lo, hi);
+        if (hi >= lo) {
+            blo = imin(blo, lo);
+            bhi = imax(bhi, hi);
+        }
+        if (r == 2 * warp) rlo[0] = lo, rhi[0] = hi;
+        if (r == 2 * warp + 1) rlo[1] = lo, rhi[1] = hi;
+    }
+    for (int i = threadIdx.x; i < MQ_ROWS * D; i += MQ_THREADS) {
+        int t = t0 + i / D;
+        qs[i] = t < n_tok ? q[lq.off + (i64)h * lq.s1 + (i64)t * lq.s2 + i % D] : 0.0f;
+    }
+    i64 kbase = lk.off + (i64)g * lk.s1, vbase = lv.off + (i64)g * lv.s1;
+    const float* q0 = qs + (2 * warp) * D;
+    const float* q1 = q0 + D;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, acc[2][C][8];
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int c = 0; c < C; ++c)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[j][c][e] = 0.0f;
+    for (i64 p0 = blo; p0 <= bhi; p0 += MQ_POS) {
+        __syncthreads();  // the previous tile is consumed (and, the first time, qs is written)
+        for (int i = threadIdx.x; i < MQ_POS * (D / 8); i += MQ_THREADS) {
+            int pr = i / (D / 8), c8 = (i % (D / 8)) * 8;
+            i64 p = p0 + pr;
+            uint4 kx = make_uint4(0, 0, 0, 0), vx = kx;
+            if (p <= bhi) {
+                i64 slot = ring ? p % cap : p;
+                kx = *(const uint4*)(k + kbase + slot * lk.s2 + c8);
+                vx = *(const uint4*)(v + vbase + slot * lv.s2 + c8);
+            }
+            *(uint4*)(ks + pr * KS + c8) = kx;
+            *(uint4*)(vs + pr * KS + c8) = vx;
+        }
+        __syncthreads();
+        // Scores of position p0 + lane for the warp's two queries.
+        float s[2] = {0.0f, 0.0f};
+        const u16* kr = ks + lane * KS;
+#pragma unroll 4
+        for (int d = 0; d < D; d += 8) {
+            float kf[8];
+            load_h8(kr + d, kf);
+            float4 a0 = *(const float4*)(q0 + d), a1 = *(const float4*)(q0 + d + 4);
+            float4 b0 = *(const float4*)(q1 + d), b1 = *(const float4*)(q1 + d + 4);
+            s[0] += a0.x * kf[0] + a0.y * kf[1] + a0.z * kf[2] + a0.w * kf[3] + a1.x * kf[4] + a1.y * kf[5] +
+                    a1.z * kf[6] + a1.w * kf[7];
+            s[1] += b0.x * kf[0] + b0.y * kf[1] + b0.z * kf[2] + b0.w * kf[3] + b1.x * kf[4] + b1.y * kf[5] +
+                    b1.z * kf[6] + b1.w * kf[7];
+        }
+        i64 p = p0 + lane;
+        float w[2];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            float sj = -INFINITY;
+            if (p >= rlo[j] && p <= rhi[j]) {
+                sj = s[j] * scale;
+                if (mask) sj += mask[(ring ? p % cap : p) + (i64)(t0 + 2 * warp + j) * cap];
+            }
+            float mn = fmaxf(m[j], warp_max(sj));
+            float c = m[j] == -INFINITY ? 0.0f : expf(m[j] - mn);
+            w[j] = sj == -INFINITY ? 0.0f : expf(sj - mn);
+            l[j] = l[j] * c + warp_sum(w[j]);
+            m[j] = mn;
+#pragma unroll
+            for (int cc = 0; cc < C; ++cc)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[j][cc][e] *= c;
+        }
+        // P·V: lane owns dims 8·lane + 256·c.
+#pragma unroll 4
+        for (int pp = 0; pp < MQ_POS; ++pp) {
+            float w0 = __shfl_sync(0xffffffffu, w[0], pp), w1 = __shfl_sync(0xffffffffu, w[1], pp);
+#pragma unroll
+            for (int c = 0; c < C; ++c) {
+                float vf[8];
+                load_h8(vs + pp * KS + c * 256 + lane * 8, vf);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    acc[0][c][e] += w0 * vf[e];
+                    acc[1][c][e] += w1 * vf[e];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+        int t = t0 + 2 * warp + j;
+        if (t >= n_tok) continue;
+        bool empty = m[j] == -INFINITY;
+        if (n_split > 1) {
+            float* part = partial + (((i64)t * n_head + h) * n_split + split) * (D + 2);
+            if (lane == 0) {
+                part[0] = m[j];
+                part[1] = empty ? 0.0f : l[j];
+            }
+#pragma unroll
+            for (int c = 0; c < C; ++c)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) part[2 + c * 256 + lane * 8 + e] = empty ? 0.0f : acc[j][c][e];
+        } else {
+            float* o = out + ((i64)t * n_head + h) * D;
+            float inv = !empty && l[j] > 0.0f ? 1.0f / l[j] : 0.0f;
+#pragma unroll
+            for (int c = 0; c < C; ++c)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) o[c * 256 + lane * 8 + e] = acc[j][c][e] * inv;
+        }
+    }
+}
+
+#define ATTENTION_MQ(D)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(MQ_THREADS)                                                  \
+        attention_mq_d##D(const float* q, Layout4 lq, const void* k, int k_dt, Layout4 lk, const void* v,     \
+                          int v_dt, Layout4 lv, const int* q_pos, const int* n_kv_ptr, const float* mask,     \
+                          float* out, int d, int d_v, int n_head, int n_head_kv, int cap, float scale,        \
+                          int mask_kind, int window, int ring, int* err, int n_split, float* partial) {       \
+        pdl_entry();                                                                                          \
+        attention_mq_body<D>(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask, out,         \
+                             (int)lq.d2, n_head, n_head_kv, cap, scale, mask_kind, window, ring, err, n_split, \
+                             partial);                                                                        \
+    }
+ATTENTION_MQ(256)
+ATTENTION_MQ(512)

@@ -17,6 +17,9 @@ use graph::{
     HostData, KvLayout, Layout, MemoryPlan, Node, NodeId, Op, Shape, Storage, TensorData, UnaryOp,
 };
 
+use crate::attention_plan::{
+    self, attention_splits, AttentionConfig, AttentionKernel, AttentionShape,
+};
 use crate::fuse_plan::{self, FusePlan, Fused};
 use crate::mma_plan::{self, uniform_row_stride, MmaConfig, MmaInput, MmaPlan};
 use crate::nvrtc;
@@ -124,21 +127,6 @@ struct Exec {
     fuse: FusePlan,
 }
 
-/// Number of blocks each (head, query) of an attention is split into over the K/V positions.
-/// Up to 16 queries (decode steps and verify batches) it depends on the cache capacity only (one
-/// split per 256 rows, at most 32), so a query's arithmetic is the same whatever batch it is in
-/// and a verify row equals the decode step; each block walks its positions one per warp, so
-/// short splits also keep enough blocks in flight (a 9-query verify at depth 4K ran one block
-/// per (head, query) before). Longer batches (prefill chunks) split only to fill the GPU, at
-/// least 512 rows per split.
-fn attention_splits(n_head: usize, n_tok: usize, cap: usize) -> usize {
-    if n_tok <= 16 {
-        return (cap / 256).clamp(1, 32);
-    }
-    let fill = 264usize.div_ceil((n_head * n_tok).max(1));
-    fill.min(cap / 512).clamp(1, 32)
-}
-
 /// `SPECULA_MAX_ROW_TILE` (1, 2, 4, 8 or 16; default 8): caps the activation-row tile of the
 /// vector matmul kernels, so batches above it run as several tiles (a tuning knob for
 /// `cargo xtask bench`). Any other value is ignored. On the H100 a 16-token verify of the 31B
@@ -173,6 +161,11 @@ pub struct CudaBackend {
     /// f16 K/V attention of head dim 256/512 takes the wide kernel (`SPECULA_WIDE_ATTENTION=0`:
     /// the generic one, an A/B knob).
     wide_attention: bool,
+    /// Attention of more than 16 queries (prefill chunks) over f16 K/V rows of 256/512 takes the
+    /// multi-query kernel (`SPECULA_MQ_ATTENTION=0`: the per-query kernels, an A/B knob).
+    mq_attention: bool,
+    /// The device's opt-in shared memory per block (bytes), for the multi-query attention.
+    max_smem: usize,
     /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
     mma_mt: Option<usize>,
     /// Products of more than 16 activation rows (prefill) also take the `_mma_` kernels, 16 rows
@@ -241,6 +234,25 @@ impl CudaBackend {
                 .map_err(|e| driver_err(&format!("kernel {name}"), e))?;
             funcs.insert(name, f);
         }
+        let max_smem = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(|e| driver_err("shared memory per block", e))?
+            .max(0) as usize;
+        // The multi-query attention kernels take more than the default 48 KB of dynamic shared
+        // memory; where the device cannot give it, `attention_plan::choose` never picks them.
+        for d in [256, 512] {
+            let bytes = attention_plan::mq_smem_bytes(d);
+            let name = AttentionKernel::MultiQuery { d }.name();
+            if let (Some(f), true) = (funcs.get(name), bytes <= max_smem) {
+                f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+                .map_err(|e| driver_err(&format!("shared memory of {name}"), e))?;
+            }
+        }
         let dev_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let stream = ctx
             .new_stream()
@@ -260,6 +272,8 @@ impl CudaBackend {
             max_row_tile: max_row_tile_from_env(),
             mma_matvec: major >= 8 && mma_matvec_from_env(),
             wide_attention: std::env::var("SPECULA_WIDE_ATTENTION").map_or(true, |v| v != "0"),
+            mq_attention: std::env::var("SPECULA_MQ_ATTENTION").map_or(true, |v| v != "0"),
+            max_smem,
             mma_mt: std::env::var("SPECULA_MMA_MT")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -311,6 +325,58 @@ impl CudaBackend {
     /// `SPECULA_FUSE=0` turns it off). The results are the same bits either way (tested).
     pub fn set_fusion(&mut self, on: bool) {
         self.fusion = on;
+    }
+
+    /// The settings that route attention nodes (`attention_plan::choose`).
+    fn attention_config(&self) -> AttentionConfig {
+        AttentionConfig {
+            wide: self.wide_attention,
+            multi_query: self.mq_attention,
+            max_smem: self.max_smem,
+        }
+    }
+
+    /// Whether attention of more than 16 queries over f16 K/V rows of 256/512 runs on the
+    /// multi-query kernel (on by default, `SPECULA_MQ_ATTENTION=0` turns it off); takes effect
+    /// at the next launch.
+    pub fn set_multi_query_attention(&mut self, on: bool) {
+        self.mq_attention = on;
+    }
+
+    /// Attention nodes of a loaded graph that run on the multi-query kernel, for tests that must
+    /// know it ran.
+    pub fn multi_query_attentions(&self, exe: ExecId) -> Result<usize> {
+        let exec = self
+            .execs
+            .get(exe.0)
+            .and_then(|e| e.as_ref())
+            .ok_or_else(|| backend_err(format!("no loaded graph {}", exe.0)))?;
+        let g = &exec.graph;
+        let cfg = self.attention_config();
+        Ok(g.nodes()
+            .iter()
+            .filter(|node| matches!(node.op, Op::Attention(_)))
+            .filter(|node| {
+                let (q, k, v) = (
+                    g.node(node.inputs[0]),
+                    g.node(node.inputs[1]),
+                    g.node(node.inputs[2]),
+                );
+                let shape = AttentionShape {
+                    k_dtype: k.dtype,
+                    v_dtype: v.dtype,
+                    k_layout: &k.layout,
+                    v_layout: &v.layout,
+                    d: q.shape().ne(0),
+                    d_v: v.shape().ne(0),
+                    n_tok: q.shape().ne(2),
+                };
+                matches!(
+                    attention_plan::choose(&cfg, &shape),
+                    AttentionKernel::MultiQuery { .. }
+                )
+            })
+            .count())
     }
 
     /// Seconds per run of a loaded graph, averaged over `n` back-to-back runs with one
@@ -449,6 +515,19 @@ impl CudaBackend {
     }
 
     fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, args: &mut Args) -> Result<()> {
+        self.launch_smem(name, grid, block, 0, args)
+    }
+
+    /// [`Self::launch`] with `smem` bytes of dynamic shared memory (the function's maximum was
+    /// raised at load where it exceeds 48 KB).
+    fn launch_smem(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &mut Args,
+    ) -> Result<()> {
         let f = self
             .funcs
             .get(name)
@@ -477,7 +556,7 @@ impl CudaBackend {
             blockDimX: block,
             blockDimY: 1,
             blockDimZ: 1,
-            sharedMemBytes: 0,
+            sharedMemBytes: smem,
             hStream: self.stream.cu_stream(),
             attrs: &mut attr,
             numAttrs: u32::from(self.pdl),
@@ -1094,28 +1173,27 @@ impl CudaBackend {
                     None => (1, 0),
                 };
                 a.i32(n_split as i32).ptr(scratch);
-                // f16 K/V rows of 256 or 512 with 16-byte-aligned starts: the wide kernel.
-                let aligned = |l: &graph::Layout| {
-                    l.offset.is_multiple_of(8)
-                        && l.strides[1].is_multiple_of(8)
-                        && l.strides[2].is_multiple_of(8)
-                };
-                let wide = k.dtype == DType::F16
-                    && v.dtype == DType::F16
-                    && d == d_v
-                    && (d == 256 || d == 512)
-                    && aligned(&k.layout)
-                    && aligned(&v.layout)
-                    && self.wide_attention;
-                let kernel = match (wide, d) {
-                    (true, 256) => "attention_f16_e8",
-                    (true, _) => "attention_f16_e16",
-                    _ => "attention_f32",
-                };
-                self.launch(
-                    kernel,
-                    (n_head as u32, n_tok as u32, n_split as u32),
-                    128,
+                let route = attention_plan::choose(
+                    &self.attention_config(),
+                    &AttentionShape {
+                        k_dtype: k.dtype,
+                        v_dtype: v.dtype,
+                        k_layout: &k.layout,
+                        v_layout: &v.layout,
+                        d,
+                        d_v,
+                        n_tok,
+                    },
+                );
+                self.launch_smem(
+                    route.name(),
+                    (
+                        n_head as u32,
+                        route.query_blocks(n_tok) as u32,
+                        n_split as u32,
+                    ),
+                    route.threads(),
+                    route.smem_bytes() as u32,
                     &mut a,
                 )?;
                 if n_split > 1 {

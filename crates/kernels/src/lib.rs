@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+mod attention_plan;
 mod cuda;
 pub mod doctor;
 mod fuse_plan;

@@ -1,0 +1,243 @@
+//! Which attention kernel an attention node runs on, with how many split-K blocks per query and
+//! how much dynamic shared memory. Pure functions of the node's shapes, types and layouts and of
+//! the backend's settings, so the routing is tested without a GPU.
+//!
+//! - `attention_f32`: any K/V type and head dim up to 512, one block per (head, query, split).
+//! - `attention_f16_e8` / `_e16`: f16 K/V rows of 256 / 512 with 16-byte-aligned rows, same grid,
+//!   16-byte loads (decode steps and verify batches).
+//! - `attention_mq_d256` / `_d512`: the same rows for more than [`MQ_MIN_QUERIES`] queries
+//!   (prefill chunks): one block per (head, [`MQ_ROWS`] queries, split) sharing each K/V tile.
+//!
+//! Up to 16 queries the kernel and the split count depend on the cache capacity and the row
+//! layout only, never on the batch: a verify row must give a decode step's bits.
+
+use graph::{DType, Layout};
+
+/// Queries one `attention_mq_*` block takes (`MQ_ROWS` in attention.cu).
+pub(crate) const MQ_ROWS: usize = 16;
+/// K/V positions per shared-memory tile of `attention_mq_*` (`MQ_POS` in attention.cu).
+const MQ_POS: usize = 32;
+/// Threads per `attention_mq_*` block (`MQ_THREADS` in attention.cu).
+const MQ_THREADS: u32 = 256;
+/// Batches of more queries than this take the multi-query kernel; up to it the per-query
+/// kernels keep a verify row's arithmetic equal to a decode step's.
+pub(crate) const MQ_MIN_QUERIES: usize = 16;
+
+/// An attention kernel and its launch shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AttentionKernel {
+    /// `attention_f32`.
+    Generic,
+    /// `attention_f16_e8` (head dim 256) or `attention_f16_e16` (512).
+    Wide { d: usize },
+    /// `attention_mq_d256` or `attention_mq_d512`.
+    MultiQuery { d: usize },
+}
+
+impl AttentionKernel {
+    /// The entry point's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKernel::Generic => "attention_f32",
+            AttentionKernel::Wide { d: 256 } => "attention_f16_e8",
+            AttentionKernel::Wide { .. } => "attention_f16_e16",
+            AttentionKernel::MultiQuery { d: 256 } => "attention_mq_d256",
+            AttentionKernel::MultiQuery { .. } => "attention_mq_d512",
+        }
+    }
+
+    /// Threads per block.
+    pub fn threads(self) -> u32 {
+        match self {
+            AttentionKernel::MultiQuery { .. } => MQ_THREADS,
+            _ => 128,
+        }
+    }
+
+    /// Blocks along the query axis for `n_tok` queries.
+    pub fn query_blocks(self, n_tok: usize) -> usize {
+        match self {
+            AttentionKernel::MultiQuery { .. } => n_tok.div_ceil(MQ_ROWS),
+            _ => n_tok,
+        }
+    }
+
+    /// Dynamic shared memory per block in bytes.
+    pub fn smem_bytes(self) -> usize {
+        match self {
+            AttentionKernel::MultiQuery { d } => mq_smem_bytes(d),
+            _ => 0,
+        }
+    }
+}
+
+/// Dynamic shared memory of `attention_mq_d<d>`: the K and V tiles (f16 rows padded by 8) and
+/// the block's queries (f32).
+pub(crate) fn mq_smem_bytes(d: usize) -> usize {
+    2 * MQ_POS * (d + 8) * 2 + MQ_ROWS * d * 4
+}
+
+/// The backend's settings that decide the route.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttentionConfig {
+    /// f16 rows of 256/512 take the wide kernels (`SPECULA_WIDE_ATTENTION=0` turns them off).
+    pub wide: bool,
+    /// Long batches take the multi-query kernels (`SPECULA_MQ_ATTENTION=0` turns them off).
+    pub multi_query: bool,
+    /// The device's opt-in shared memory per block (bytes).
+    pub max_smem: usize,
+}
+
+/// What the route depends on: K/V types and layouts, head dims, and the number of queries.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttentionShape<'a> {
+    /// K and V element types.
+    pub k_dtype: DType,
+    /// V element type.
+    pub v_dtype: DType,
+    /// K and V layouts.
+    pub k_layout: &'a Layout,
+    /// V layout.
+    pub v_layout: &'a Layout,
+    /// Head dim of Q/K.
+    pub d: usize,
+    /// Head dim of V.
+    pub d_v: usize,
+    /// Queries in the batch.
+    pub n_tok: usize,
+}
+
+/// The kernel an attention of `shape` runs on.
+pub(crate) fn choose(cfg: &AttentionConfig, shape: &AttentionShape) -> AttentionKernel {
+    // 16-byte-aligned rows of f16: offsets and strides in whole 8-element groups.
+    let aligned = |l: &Layout| {
+        l.offset.is_multiple_of(8)
+            && l.strides[1].is_multiple_of(8)
+            && l.strides[2].is_multiple_of(8)
+    };
+    let f16_rows = shape.k_dtype == DType::F16
+        && shape.v_dtype == DType::F16
+        && shape.d == shape.d_v
+        && (shape.d == 256 || shape.d == 512)
+        && aligned(shape.k_layout)
+        && aligned(shape.v_layout);
+    if !f16_rows {
+        return AttentionKernel::Generic;
+    }
+    let d = shape.d;
+    if cfg.multi_query && shape.n_tok > MQ_MIN_QUERIES && mq_smem_bytes(d) <= cfg.max_smem {
+        AttentionKernel::MultiQuery { d }
+    } else if cfg.wide {
+        AttentionKernel::Wide { d }
+    } else {
+        AttentionKernel::Generic
+    }
+}
+
+/// Number of blocks each (head, query) of an attention is split into over the K/V positions.
+/// Up to 16 queries (decode steps and verify batches) it depends on the cache capacity only (one
+/// split per 256 rows, at most 32), so a query's arithmetic is the same whatever batch it is in
+/// and a verify row equals the decode step; each block walks its positions one per warp, so
+/// short splits also keep enough blocks in flight (a 9-query verify at depth 4K ran one block
+/// per (head, query) before). Longer batches (prefill chunks) split only to fill the GPU (264
+/// blocks, counting one block per 16 queries as the multi-query kernel runs them), at least 512
+/// rows per split.
+pub(crate) fn attention_splits(n_head: usize, n_tok: usize, cap: usize) -> usize {
+    if n_tok <= MQ_MIN_QUERIES {
+        return (cap / 256).clamp(1, 32);
+    }
+    let blocks = n_head * n_tok.div_ceil(MQ_ROWS);
+    let fill = 264usize.div_ceil(blocks.max(1));
+    fill.min(cap / 512).clamp(1, 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use graph::Shape;
+
+    fn layout(d: usize, heads: usize, rows: usize) -> Layout {
+        Layout::contiguous(Shape::new(&[d, heads, rows]).unwrap())
+    }
+
+    fn cfg() -> AttentionConfig {
+        AttentionConfig {
+            wide: true,
+            multi_query: true,
+            max_smem: 227 * 1024,
+        }
+    }
+
+    fn shape<'a>(l: &'a Layout, dtype: DType, d: usize, n_tok: usize) -> AttentionShape<'a> {
+        AttentionShape {
+            k_dtype: dtype,
+            v_dtype: dtype,
+            k_layout: l,
+            v_layout: l,
+            d,
+            d_v: d,
+            n_tok,
+        }
+    }
+
+    #[test]
+    fn batches_up_to_16_queries_keep_the_decode_kernel() {
+        let l = layout(256, 16, 4096);
+        for n_tok in 1..=16 {
+            assert_eq!(
+                choose(&cfg(), &shape(&l, DType::F16, 256, n_tok)),
+                AttentionKernel::Wide { d: 256 }
+            );
+            assert_eq!(attention_splits(32, n_tok, 4096), 16);
+        }
+        assert_eq!(
+            choose(&cfg(), &shape(&l, DType::F16, 256, 17)),
+            AttentionKernel::MultiQuery { d: 256 }
+        );
+    }
+
+    #[test]
+    fn the_multi_query_kernel_needs_f16_rows_and_shared_memory() {
+        let l = layout(512, 4, 4096);
+        assert_eq!(
+            choose(&cfg(), &shape(&l, DType::F16, 512, 512)),
+            AttentionKernel::MultiQuery { d: 512 }
+        );
+        assert_eq!(
+            choose(&cfg(), &shape(&l, DType::F32, 512, 512)),
+            AttentionKernel::Generic
+        );
+        let small = AttentionConfig {
+            max_smem: mq_smem_bytes(512) - 1,
+            ..cfg()
+        };
+        assert_eq!(
+            choose(&small, &shape(&l, DType::F16, 512, 512)),
+            AttentionKernel::Wide { d: 512 }
+        );
+        let l128 = layout(128, 4, 4096);
+        assert_eq!(
+            choose(&cfg(), &shape(&l128, DType::F16, 128, 512)),
+            AttentionKernel::Generic
+        );
+        let mut odd = layout(256, 4, 4096);
+        odd.offset = 4;
+        assert_eq!(
+            choose(&cfg(), &shape(&odd, DType::F16, 256, 512)),
+            AttentionKernel::Generic
+        );
+        // Shared memory fits an sm_86 block (99 KB) at the largest head dim.
+        assert!(mq_smem_bytes(512) <= 99 * 1024);
+    }
+
+    #[test]
+    fn prefill_splits_fill_the_gpu_by_multi_query_blocks() {
+        // 32 heads × 32 blocks of 16 queries: no split.
+        assert_eq!(attention_splits(32, 512, 4096), 1);
+        // 32 heads × 4 blocks: 3 splits where the cache allows.
+        assert_eq!(attention_splits(32, 64, 4096), 3);
+        assert_eq!(attention_splits(32, 64, 1024), 2);
+        assert_eq!(attention_splits(2, 20, 4096), 8);
+        assert_eq!(attention_splits(2, 20, 100), 1);
+    }
+}
