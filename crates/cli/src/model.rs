@@ -30,9 +30,22 @@ pub struct ModelArgs {
     /// Context length to allocate (positions).
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
-    /// Largest batch per step (prefill chunk).
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
+    /// Largest batch per step (prefill chunk) [default: 512 on CUDA, 64 on the CPU].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Element type of the KV cache [default: f16 on CUDA, as llama.cpp; f32 on the CPU].
+    #[arg(long, value_enum)]
+    pub kv_type: Option<KvType>,
+}
+
+/// Element type of the KV cache.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvType {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats: half the cache memory and traffic; the CUDA attention kernels for long
+    /// batches and wide heads read it.
+    F16,
 }
 
 /// The input of a command: text or token ids.
@@ -69,7 +82,7 @@ pub fn load(args: &ModelArgs) -> Result<(Arc<gguf::GgufFile>, Tokenizer, Target)
     };
     let file = Arc::new(gguf::GgufFile::open(&path)?);
     let tokenizer = Tokenizer::from_gguf(&file)?;
-    let backend = backend(args.device)?;
+    let (backend, on_gpu) = backend(args.device)?;
     tracing::info!(model = %path.display(), backend = %backend.name(), "loading");
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("loading {msg} [{bar:32}] {bytes}/{total_bytes}")
@@ -79,8 +92,15 @@ pub fn load(args: &ModelArgs) -> Result<(Arc<gguf::GgufFile>, Tokenizer, Target)
     bar.set_message(file_label(&path));
     let options = TargetOptions {
         n_ctx: args.ctx,
-        max_batch: args.batch,
-        ..Default::default()
+        // Long prefill chunks keep the GPU's products on tensor-core tiles; the CPU gains
+        // nothing from them.
+        max_batch: args.batch.unwrap_or(if on_gpu { 512 } else { 64 }),
+        kv_dtype: match args.kv_type {
+            Some(KvType::F32) => graph::DType::F32,
+            Some(KvType::F16) => graph::DType::F16,
+            None if on_gpu => graph::DType::F16,
+            None => graph::DType::F32,
+        },
     };
     let target = Target::load(file.clone(), backend, &options, &mut |done, total| {
         bar.set_length(total);
@@ -97,13 +117,14 @@ fn file_label(path: &Path) -> String {
     )
 }
 
-fn backend(device: Device) -> Result<Box<dyn graph::Backend>> {
+/// The backend for `device`, and whether it is a GPU.
+fn backend(device: Device) -> Result<(Box<dyn graph::Backend>, bool)> {
     match device {
-        Device::Cpu => Ok(Box::new(graph::CpuBackend::new())),
+        Device::Cpu => Ok((Box::new(graph::CpuBackend::new()), false)),
         Device::Auto if !kernels::cuda_available() => {
             tracing::info!("no CUDA device or library found; running on the CPU");
-            Ok(Box::new(graph::CpuBackend::new()))
+            Ok((Box::new(graph::CpuBackend::new()), false))
         }
-        Device::Auto | Device::Cuda => Ok(Box::new(kernels::CudaBackend::new(0)?)),
+        Device::Auto | Device::Cuda => Ok((Box::new(kernels::CudaBackend::new(0)?), true)),
     }
 }

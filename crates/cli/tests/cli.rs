@@ -151,25 +151,18 @@ fn generate_json_greedy_matches_the_reference_continuation() {
     assert!(v["text"].is_string());
 }
 
-#[test]
-fn logits_file_matches_the_reference() {
+/// Runs `specula logits` on the dense fixture's reference prompt with `extra` arguments; returns
+/// the relative L2 error of the logits against the transformers reference.
+fn logits_error(tag: &str, extra: &[&str]) -> f64 {
     let model = fixture("dense.gguf");
-    let dir = std::env::temp_dir().join(format!("specula-logits-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("specula-logits-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("out.safetensors");
     let ids = join(&reference_i32("input_ids"));
-    // --batch 16 forces three chunks.
-    let out = specula(&[
-        "logits",
-        "-m",
-        model.to_str().unwrap(),
-        "--tokens",
-        &ids,
-        "--batch",
-        "16",
-        "--out",
-        path.to_str().unwrap(),
-    ]);
+    let mut args = vec!["logits", "-m", model.to_str().unwrap(), "--tokens", &ids];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--out", path.to_str().unwrap()]);
+    let out = specula(&args);
     assert_ok(&out);
     assert!(out.stdout.is_empty(), "logits prints nothing on stdout");
     let bytes = std::fs::read(&path).unwrap();
@@ -191,8 +184,27 @@ fn logits_file_matches_the_reference() {
         .map(|(a, b)| f64::from(a - b).powi(2))
         .sum();
     let den: f64 = want.iter().map(|b| f64::from(*b).powi(2)).sum();
-    assert!((num / den).sqrt() < 1e-4);
     std::fs::remove_dir_all(&dir).ok();
+    (num / den).sqrt()
+}
+
+#[test]
+fn logits_file_matches_the_reference() {
+    // --batch 16 forces three chunks.
+    let err = logits_error("f32", &["--batch", "16"]);
+    assert!(err < 1e-4, "logits rel err {err:e}");
+}
+
+#[test]
+fn an_f16_kv_cache_stays_near_the_reference() {
+    // Keys and values rounded to f16 (2^-11 relative) on the CPU backend: the logits move by
+    // about that much, not more.
+    let err = logits_error(
+        "f16",
+        &["--device", "cpu", "--kv-type", "f16", "--batch", "16"],
+    );
+    eprintln!("f16 KV cache: logits rel err {err:.2e}");
+    assert!(err < 5e-3, "logits rel err {err:e}");
 }
 
 #[test]
