@@ -308,13 +308,16 @@ __device__ void attention_mq_body(const float* q, Layout4 lq, const u16* k, Layo
         for (int c = 0; c < C; ++c)
 #pragma unroll
             for (int e = 0; e < 8; ++e) acc[j][c][e] = 0.0f;
-    for (i64 p0 = blo; p0 <= bhi; p0 += MQ_POS) {
+    // Tiles start at multiples of MQ_POS, so a query's tiles, lanes and online-softmax steps do
+    // not depend on the other queries of its block (tiles it cannot see change nothing): a
+    // verify row gets the decode step's bits.
+    for (i64 p0 = blo / MQ_POS * MQ_POS; p0 <= bhi; p0 += MQ_POS) {
         __syncthreads();  // the previous tile is consumed (and, the first time, qs is written)
         for (int i = threadIdx.x; i < MQ_POS * (D / 8); i += MQ_THREADS) {
             int pr = i / (D / 8), c8 = (i % (D / 8)) * 8;
             i64 p = p0 + pr;
             uint4 kx = make_uint4(0, 0, 0, 0), vx = kx;
-            if (p <= bhi) {
+            if (p >= blo && p <= bhi) {
                 i64 slot = ring ? p % cap : p;
                 kx = *(const uint4*)(k + kbase + slot * lk.s2 + c8);
                 vx = *(const uint4*)(v + vbase + slot * lv.s2 + c8);

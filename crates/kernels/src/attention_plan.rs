@@ -77,13 +77,38 @@ pub(crate) fn mq_smem_bytes(d: usize) -> usize {
     2 * MQ_POS * (d + 8) * 2 + MQ_ROWS * d * 4
 }
 
+/// Which batches take the multi-query attention kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MultiQueryAttention {
+    /// None (`SPECULA_MQ_ATTENTION=0`): the per-query kernels everywhere.
+    Off,
+    /// Batches of more than 16 queries (prefill chunks); decode steps and verify batches keep
+    /// the per-query kernels (the default).
+    LongBatches,
+    /// Every batch, decode steps included (`SPECULA_MQ_ATTENTION=all`): a query's arithmetic
+    /// does not depend on its batch in this kernel either, so verify rows keep the decode
+    /// step's bits.
+    Every,
+}
+
+impl MultiQueryAttention {
+    /// The setting of `SPECULA_MQ_ATTENTION` (`0`, `all`, or anything else for the default).
+    pub fn from_env() -> MultiQueryAttention {
+        match std::env::var("SPECULA_MQ_ATTENTION").as_deref() {
+            Ok("0") => MultiQueryAttention::Off,
+            Ok("all") => MultiQueryAttention::Every,
+            _ => MultiQueryAttention::LongBatches,
+        }
+    }
+}
+
 /// The backend's settings that decide the route.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct AttentionConfig {
     /// f16 rows of 256/512 take the wide kernels (`SPECULA_WIDE_ATTENTION=0` turns them off).
     pub wide: bool,
-    /// Long batches take the multi-query kernels (`SPECULA_MQ_ATTENTION=0` turns them off).
-    pub multi_query: bool,
+    /// Which batches take the multi-query kernels.
+    pub multi_query: MultiQueryAttention,
     /// The device's opt-in shared memory per block (bytes).
     pub max_smem: usize,
 }
@@ -125,7 +150,12 @@ pub(crate) fn choose(cfg: &AttentionConfig, shape: &AttentionShape) -> Attention
         return AttentionKernel::Generic;
     }
     let d = shape.d;
-    if cfg.multi_query && shape.n_tok > MQ_MIN_QUERIES && mq_smem_bytes(d) <= cfg.max_smem {
+    let batch = match cfg.multi_query {
+        MultiQueryAttention::Off => false,
+        MultiQueryAttention::LongBatches => shape.n_tok > MQ_MIN_QUERIES,
+        MultiQueryAttention::Every => true,
+    };
+    if batch && mq_smem_bytes(d) <= cfg.max_smem {
         AttentionKernel::MultiQuery { d }
     } else if cfg.wide {
         AttentionKernel::Wide { d }
@@ -163,7 +193,7 @@ mod tests {
     fn cfg() -> AttentionConfig {
         AttentionConfig {
             wide: true,
-            multi_query: true,
+            multi_query: MultiQueryAttention::LongBatches,
             max_smem: 227 * 1024,
         }
     }
@@ -194,6 +224,30 @@ mod tests {
             choose(&cfg(), &shape(&l, DType::F16, 256, 17)),
             AttentionKernel::MultiQuery { d: 256 }
         );
+    }
+
+    #[test]
+    fn every_batch_or_none_on_request() {
+        let l = layout(256, 16, 4096);
+        for (mode, one, long) in [
+            (
+                MultiQueryAttention::Off,
+                AttentionKernel::Wide { d: 256 },
+                AttentionKernel::Wide { d: 256 },
+            ),
+            (
+                MultiQueryAttention::Every,
+                AttentionKernel::MultiQuery { d: 256 },
+                AttentionKernel::MultiQuery { d: 256 },
+            ),
+        ] {
+            let c = AttentionConfig {
+                multi_query: mode,
+                ..cfg()
+            };
+            assert_eq!(choose(&c, &shape(&l, DType::F16, 256, 1)), one);
+            assert_eq!(choose(&c, &shape(&l, DType::F16, 256, 512)), long);
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use graph::{
 };
 
 use crate::attention_plan::{
-    self, attention_splits, AttentionConfig, AttentionKernel, AttentionShape,
+    self, attention_splits, AttentionConfig, AttentionKernel, AttentionShape, MultiQueryAttention,
 };
 use crate::fuse_plan::{self, FusePlan, Fused};
 use crate::mma_plan::{self, uniform_row_stride, MmaConfig, MmaInput, MmaPlan};
@@ -161,9 +161,9 @@ pub struct CudaBackend {
     /// f16 K/V attention of head dim 256/512 takes the wide kernel (`SPECULA_WIDE_ATTENTION=0`:
     /// the generic one, an A/B knob).
     wide_attention: bool,
-    /// Attention of more than 16 queries (prefill chunks) over f16 K/V rows of 256/512 takes the
-    /// multi-query kernel (`SPECULA_MQ_ATTENTION=0`: the per-query kernels, an A/B knob).
-    mq_attention: bool,
+    /// Which batches' attention over f16 K/V rows of 256/512 takes the multi-query kernel (by
+    /// default those of more than 16 queries; `SPECULA_MQ_ATTENTION=0|all`, A/B knobs).
+    mq_attention: MultiQueryAttention,
     /// The device's opt-in shared memory per block (bytes), for the multi-query attention.
     max_smem: usize,
     /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
@@ -272,7 +272,7 @@ impl CudaBackend {
             max_row_tile: max_row_tile_from_env(),
             mma_matvec: major >= 8 && mma_matvec_from_env(),
             wide_attention: std::env::var("SPECULA_WIDE_ATTENTION").map_or(true, |v| v != "0"),
-            mq_attention: std::env::var("SPECULA_MQ_ATTENTION").map_or(true, |v| v != "0"),
+            mq_attention: MultiQueryAttention::from_env(),
             max_smem,
             mma_mt: std::env::var("SPECULA_MMA_MT")
                 .ok()
@@ -336,11 +336,10 @@ impl CudaBackend {
         }
     }
 
-    /// Whether attention of more than 16 queries over f16 K/V rows of 256/512 runs on the
-    /// multi-query kernel (on by default, `SPECULA_MQ_ATTENTION=0` turns it off); takes effect
-    /// at the next launch.
-    pub fn set_multi_query_attention(&mut self, on: bool) {
-        self.mq_attention = on;
+    /// Which batches' attention over f16 K/V rows of 256/512 runs on the multi-query kernel;
+    /// takes effect at the next launch.
+    pub fn set_multi_query_attention(&mut self, mode: MultiQueryAttention) {
+        self.mq_attention = mode;
     }
 
     /// Attention nodes of a loaded graph that run on the multi-query kernel, for tests that must

@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod attention_plan;
+pub use attention_plan::MultiQueryAttention;
 mod cuda;
 pub mod doctor;
 mod fuse_plan;

@@ -5,6 +5,7 @@ use graph::{
     AttnMask, AttnParams, Backend, Bindings, CpuBackend, DType, GluOp, Graph, GraphBuilder,
     HostBytes, HostData, KvLayout, NodeId, RopeParams, Shape, UnaryOp,
 };
+use kernels::MultiQueryAttention;
 
 struct Rng(u64);
 
@@ -1196,9 +1197,9 @@ fn multi_query_attention_matches_the_cpu() {
         );
         let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]);
         let multi = run_on(&mut cuda, &graph, &c.leaves, &[y]);
-        cuda.set_multi_query_attention(false);
+        cuda.set_multi_query_attention(MultiQueryAttention::Off);
         let per_query = run_on(&mut cuda, &graph, &c.leaves, &[y]);
-        cuda.set_multi_query_attention(true);
+        cuda.set_multi_query_attention(MultiQueryAttention::LongBatches);
         let (err, err_pq) = (
             rel_err(&multi[0], &want[0]),
             rel_err(&multi[0], &per_query[0]),
@@ -1210,6 +1211,102 @@ fn multi_query_attention_matches_the_cpu() {
         );
         eprintln!("multi-query {name}: rel err {err:.2e} (CPU), {err_pq:.2e} (per-query kernel)");
     }
+}
+
+/// With the multi-query kernel on every batch, each row of a 16-query batch has the bits of that
+/// query run alone (a verify row equals the decode step), split-K and ring caches included, and
+/// the batch stays within 1e-5 of the CPU.
+#[test]
+fn multi_query_attention_is_batch_invariant() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(12);
+    let cases: [MqCase; 3] = [
+        (
+            256,
+            4,
+            2,
+            4096,
+            3100,
+            (3084..3100).collect(),
+            AttnMask::Causal,
+            KvLayout::Linear,
+        ),
+        (
+            256,
+            4,
+            2,
+            1040,
+            3000,
+            (2984..3000).collect(),
+            AttnMask::SlidingWindow { window: 1024 },
+            KvLayout::Ring,
+        ),
+        (
+            512,
+            4,
+            1,
+            2048,
+            1203,
+            (1187..1203).collect(),
+            AttnMask::Causal,
+            KvLayout::Linear,
+        ),
+    ];
+    cuda.set_multi_query_attention(MultiQueryAttention::Every);
+    for (d, nh, nkv, cap, n_kv, q_pos, mask, layout) in cases {
+        let t = q_pos.len();
+        let (qv, kv, vv) = (
+            rng.vec(d * nh * t),
+            rng.vec(d * nkv * cap),
+            rng.vec(d * nkv * cap),
+        );
+        let params = AttnParams {
+            scale: 0.0625,
+            mask,
+            kv_layout: layout,
+        };
+        // The batch of `rows` (query indices) as a graph.
+        let build = |rows: &[usize]| {
+            let mut c = Case::new();
+            let mut q = Vec::new();
+            for &r in rows {
+                for h in 0..nh {
+                    q.extend_from_slice(&qv[(r * nh + h) * d..(r * nh + h + 1) * d]);
+                }
+            }
+            let qn = c.f32(&[d, nh, rows.len()], q);
+            let k = c.state(DType::F16, &[d, nkv, cap], kv.clone());
+            let v = c.state(DType::F16, &[d, nkv, cap], vv.clone());
+            let p = c.i32(&[rows.len()], rows.iter().map(|&r| q_pos[r]).collect());
+            let n = c.i32(&[1], vec![n_kv]);
+            let y = c.g.attention(qn, k, v, p, n, None, params).unwrap();
+            let graph = c.g.finish(&[y]).unwrap();
+            (graph, c.leaves, y)
+        };
+        let name = format!("attention d{d} heads {nh}/{nkv} {mask:?} {layout:?}");
+        let all: Vec<usize> = (0..t).collect();
+        let (graph, leaves, y) = build(&all);
+        let bindings = bind_leaves(&mut cuda, &graph, &leaves);
+        let exe = cuda.load(&graph, &bindings).unwrap();
+        assert_eq!(cuda.multi_query_attentions(exe).unwrap(), 1, "{name}");
+        let batch = run_on(&mut cuda, &graph, &leaves, &[y]).remove(0);
+        let want = run_on(&mut CpuBackend::new(), &graph, &leaves, &[y]).remove(0);
+        let err = rel_err(&batch, &want);
+        assert!(err <= 1e-5, "{name}: rel err {err:e} against the CPU");
+        let row = nh * d;
+        for r in 0..t {
+            let (graph, leaves, y) = build(&[r]);
+            let alone = run_on(&mut cuda, &graph, &leaves, &[y]).remove(0);
+            assert!(
+                same_bits(&alone, &batch[r * row..(r + 1) * row]),
+                "{name}: query {r} alone differs from its row in the batch"
+            );
+        }
+        eprintln!("multi-query {name}: 16 rows equal the queries alone; rel err {err:.2e} (CPU)");
+    }
+    cuda.set_multi_query_attention(MultiQueryAttention::LongBatches);
 }
 
 #[test]
