@@ -246,14 +246,15 @@ __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k
 ATTENTION_WIDE(8)
 ATTENTION_WIDE(16)
 
-// Attention of many queries (prefill chunks) for f16 K/V rows of D = d = d_v (256 or 512),
-// 16-byte aligned: one block per (head, 16 consecutive queries, split). Each tile of 32 K/V
+// Attention of many queries (prefill chunks; every batch under SPECULA_MQ_ATTENTION=all) for f16
+// K/V rows of D = d = d_v (256 or 512), 16-byte aligned: one block per (head, 16 consecutive
+// queries, split). Each tile of 32 K/V
 // positions is loaded into shared memory once and read by all 16 queries, instead of once per
 // (head, query) block as in attention_f32 / attention_f16_e*. Warp w owns queries 2w and 2w + 1:
 // in the score phase lane l takes position l of the tile for both, so the online softmax of a
 // tile is two warp reductions; in the P·V phase lane l owns dims 8l + 256c. Same arguments,
 // visible ranges, splits and partial layout as attention_f32. Dynamic shared memory:
-// attention_mq_smem(D) bytes.
+// attention_plan::mq_smem_bytes(D) bytes.
 #define MQ_ROWS 16
 #define MQ_POS 32
 #define MQ_THREADS 256

@@ -220,12 +220,12 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
-/// Runs the case on CPU and CUDA; every output within `tol` relative L2 error.
 /// Whether two outputs are equal bit for bit.
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
+/// Runs the case on CPU and CUDA; every output within `tol` relative L2 error.
 fn check(name: &str, case: Case, outputs: &[NodeId], tol: f64) {
     let Some(mut cuda) = crate::cuda() else {
         return;
