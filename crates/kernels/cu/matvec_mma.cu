@@ -583,12 +583,15 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
         matvec_mma_body<DT, MT, NT, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw);      \
     }
 // Two blocks per SM (at most 128 registers) where that costs at most a few spilled bytes; the
-// Q4_K kernels with two weight tiles per warp keep their registers (one block per SM).
+// Q4_K kernels with two weight tiles per warp keep their registers (one block per SM), as do
+// the prefill tiles of four activation tiles (source::MMA_PREFILL_TILES).
 #define MMV_KERNELS_P(SUFFIX, DT, MIN_BLOCKS_M2, PREP, TAIL)  \
     MMV_KERNEL(SUFFIX, DT, 1, 1, 2, PREP, TAIL)               \
     MMV_KERNEL(SUFFIX, DT, 1, 2, 2, PREP, TAIL)               \
     MMV_KERNEL(SUFFIX, DT, 2, 1, MIN_BLOCKS_M2, PREP, TAIL)   \
-    MMV_KERNEL(SUFFIX, DT, 2, 2, MIN_BLOCKS_M2, PREP, TAIL)
+    MMV_KERNEL(SUFFIX, DT, 2, 2, MIN_BLOCKS_M2, PREP, TAIL)   \
+    MMV_KERNEL(SUFFIX, DT, 1, 4, 1, PREP, TAIL)               \
+    MMV_KERNEL(SUFFIX, DT, 2, 4, 1, PREP, TAIL)
 #define MMV_KERNELS(SUFFIX, DT, MIN_BLOCKS_M2)          \
     MMV_KERNELS_P(SUFFIX, DT, MIN_BLOCKS_M2, true, )    \
     MMV_KERNELS_P(SUFFIX, DT, MIN_BLOCKS_M2, false, _x)

@@ -171,6 +171,9 @@ pub struct CudaBackend {
     /// Products of more than 16 activation rows (prefill) also take the `_mma_` kernels, 16 rows
     /// per block (`SPECULA_MMA_PREFILL=0`: the tiled `matmul_tc_` kernels, an A/B knob).
     mma_prefill: bool,
+    /// `SPECULA_MMA_PREFILL_TILE=MxN`: the `_mma_` tile of products of more than 16 rows
+    /// (tuning; one of `source::MMA_PREFILL_TILES`).
+    mma_prefill_tile: Option<(usize, usize)>,
     /// Forces every `_mma_` product to prepare its activations (`Some(true)`) or to split them in
     /// place (`Some(false)`) instead of `source::mma_prepares` (tests and A/B runs;
     /// `SPECULA_MMA_PREPARE=0|1`).
@@ -279,6 +282,13 @@ impl CudaBackend {
                 .and_then(|v| v.parse().ok())
                 .filter(|mt| [1, 2].contains(mt)),
             mma_prefill: std::env::var("SPECULA_MMA_PREFILL").map_or(true, |v| v != "0"),
+            mma_prefill_tile: std::env::var("SPECULA_MMA_PREFILL_TILE")
+                .ok()
+                .and_then(|v| {
+                    let (mt, nt) = v.split_once('x')?;
+                    let tile = (mt.parse().ok()?, nt.parse().ok()?);
+                    source::MMA_PREFILL_TILES.contains(&tile).then_some(tile)
+                }),
             mma_prepare: match std::env::var("SPECULA_MMA_PREPARE").as_deref() {
                 Ok("0") => Some(false),
                 Ok("1") => Some(true),
@@ -846,6 +856,7 @@ impl CudaBackend {
             enabled: self.mma_matvec,
             prefill: self.mma_prefill,
             mt: self.mma_mt,
+            prefill_tile: self.mma_prefill_tile,
             force_prepare: self.mma_prepare,
         }
     }

@@ -71,6 +71,7 @@ pub fn planned_folds(graph: &Graph) -> usize {
         enabled: true,
         prefill: true,
         mt: None,
+        prefill_tile: None,
         force_prepare: None,
     };
     let p = plan_for(graph, &crate::mma_plan::plan(&cfg, graph));

@@ -18,6 +18,10 @@ pub(crate) struct MmaConfig {
     pub prefill: bool,
     /// Forced weight tiles per warp (`SPECULA_MMA_MT`).
     pub mt: Option<usize>,
+    /// Tile `(MT, NT)` of products of more than 16 activation rows, if not
+    /// [`source::mma_tile`]'s (`SPECULA_MMA_PREFILL_TILE=MxN`, one of
+    /// [`source::MMA_PREFILL_TILES`]).
+    pub prefill_tile: Option<(usize, usize)>,
     /// Forces every product to prepare (`Some(true)`) or to split in place (`Some(false)`).
     pub force_prepare: Option<bool>,
 }
@@ -69,7 +73,10 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
     let aligned = x.layout.offset % 4 == 0 && stride % 4 == 0;
     let typed = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0);
     let fits = m <= source::MMA_MAX_ROWS || cfg.prefill;
-    let (mt, nt) = source::mma_tile(m);
+    let (mt, nt) = match cfg.prefill_tile {
+        Some(tile) if m > source::MMA_MAX_ROWS => tile,
+        _ => source::mma_tile(m),
+    };
     let mt = cfg.mt.unwrap_or(mt);
     let rows_per_block = 16 * mt * (8 / source::mma_k_warps(k));
     let grid_ok = n.div_ceil(rows_per_block) <= 65_535;
@@ -188,6 +195,7 @@ mod tests {
             enabled: true,
             prefill: true,
             mt: None,
+            prefill_tile: None,
             force_prepare,
         }
     }

@@ -85,6 +85,11 @@ pub fn mma_tile(m: usize) -> (usize, usize) {
     }
 }
 
+/// Extra `(MT, NT)` tiles of the `_mma_` kernels for products of more than 16 activation rows
+/// (prefill chunks): more activation tiles per warp unpack each weight fragment once for more
+/// rows. A tile never changes a row's arithmetic, only which rows share a warp.
+pub const MMA_PREFILL_TILES: &[(usize, usize)] = &[(1, 4), (2, 4)];
+
 /// Warps of an `_mma_` block that split one row's 256-weight groups (the rest take further
 /// weight rows): 8, or fewer for rows of fewer than 8 groups, so no warp idles. A function of `k`
 /// only, so a row's summation order never depends on the batch.
@@ -150,7 +155,10 @@ pub fn all_kernel_names() -> Vec<String> {
         }
     }
     for (_, suffix) in MMA_SUFFIXES {
-        for (mt, nt) in [(1, 1), (1, 2), (2, 1), (2, 2)] {
+        for &(mt, nt) in [(1, 1), (1, 2), (2, 1), (2, 2)]
+            .iter()
+            .chain(MMA_PREFILL_TILES)
+        {
             names.push(format!("matmul_{suffix}_mma_m{mt}n{nt}"));
             names.push(format!("matmul_{suffix}_mma_m{mt}n{nt}_x"));
         }
