@@ -171,6 +171,9 @@ pub struct CudaBackend {
     /// Products of more than 16 activation rows (prefill) also take the `_mma_` kernels, 16 rows
     /// per block (`SPECULA_MMA_PREFILL=0`: the tiled `matmul_tc_` kernels, an A/B knob).
     mma_prefill: bool,
+    /// Products of more than 16 rows give each warp its own weight rows
+    /// (`SPECULA_MMA_PREFILL_SPLITK=1`: split rows' groups between warps as up to 16 rows).
+    mma_prefill_row_warps: bool,
     /// `SPECULA_MMA_PREFILL_TILE=MxN`: the `_mma_` tile of products of more than 16 rows
     /// (tuning; one of `source::MMA_PREFILL_TILES`).
     mma_prefill_tile: Option<(usize, usize)>,
@@ -282,6 +285,8 @@ impl CudaBackend {
                 .and_then(|v| v.parse().ok())
                 .filter(|mt| [1, 2].contains(mt)),
             mma_prefill: std::env::var("SPECULA_MMA_PREFILL").map_or(true, |v| v != "0"),
+            mma_prefill_row_warps: std::env::var("SPECULA_MMA_PREFILL_SPLITK")
+                .map_or(true, |v| v != "1"),
             mma_prefill_tile: std::env::var("SPECULA_MMA_PREFILL_TILE")
                 .ok()
                 .and_then(|v| {
@@ -656,7 +661,7 @@ impl CudaBackend {
             self.launch("mmv_prepare_x", grid1(m * k / 8, 256), 256, &mut p)?;
         }
         let (mt, nt) = mi.tile;
-        let kw = source::mma_k_warps(k);
+        let kw = mi.k_warps;
         let splits = source::mma_k_splits(k);
         let dst = if splits > 1 {
             self.partials_ptr(exec)?
@@ -856,6 +861,7 @@ impl CudaBackend {
             enabled: self.mma_matvec,
             prefill: self.mma_prefill,
             mt: self.mma_mt,
+            prefill_row_warps: self.mma_prefill_row_warps,
             prefill_tile: self.mma_prefill_tile,
             force_prepare: self.mma_prepare,
         }

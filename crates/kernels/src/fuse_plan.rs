@@ -71,6 +71,7 @@ pub fn planned_folds(graph: &Graph) -> usize {
         enabled: true,
         prefill: true,
         mt: None,
+        prefill_row_warps: true,
         prefill_tile: None,
         force_prepare: None,
     };

@@ -18,6 +18,11 @@ pub(crate) struct MmaConfig {
     pub prefill: bool,
     /// Forced weight tiles per warp (`SPECULA_MMA_MT`).
     pub mt: Option<usize>,
+    /// Products of more than 16 activation rows give each warp of a block its own weight rows
+    /// (`kw` = 1), so the 8 warps share every activation load from L1, instead of splitting one
+    /// row's groups between them as batches up to 16 rows do (`SPECULA_MMA_PREFILL_SPLITK=1`
+    /// restores that, an A/B knob). Prefill rows need not match any decode row's bits.
+    pub prefill_row_warps: bool,
     /// Tile `(MT, NT)` of products of more than 16 activation rows, if not
     /// [`source::mma_tile`]'s (`SPECULA_MMA_PREFILL_TILE=MxN`, one of
     /// [`source::MMA_PREFILL_TILES`]).
@@ -41,6 +46,9 @@ pub(crate) struct MmaInput {
     pub m: usize,
     /// The kernel's (weight tiles per warp, activation tiles per block) for `m` rows.
     pub tile: (usize, usize),
+    /// Warps of a block that split one weight row's groups (`kw`; the block's other warps take
+    /// further rows).
+    pub k_warps: usize,
     /// Whether the product prepares its activations when they are not there already
     /// (`source::mma_prepares`, or the override).
     pub prepared: bool,
@@ -78,7 +86,12 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
         _ => source::mma_tile(m),
     };
     let mt = cfg.mt.unwrap_or(mt);
-    let rows_per_block = 16 * mt * (8 / source::mma_k_warps(k));
+    let k_warps = if m > source::MMA_MAX_ROWS && cfg.prefill_row_warps {
+        1
+    } else {
+        source::mma_k_warps(k)
+    };
+    let rows_per_block = 16 * mt * (8 / k_warps);
     let grid_ok = n.div_ceil(rows_per_block) <= 65_535;
     (typed && k % 256 == 0 && aligned && fits && grid_ok).then_some(MmaInput {
         x: node.inputs[1],
@@ -87,6 +100,7 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
         k,
         m,
         tile: (mt, nt),
+        k_warps,
         prepared: cfg
             .force_prepare
             .unwrap_or_else(|| source::mma_prepares(k, n)),
@@ -195,6 +209,7 @@ mod tests {
             enabled: true,
             prefill: true,
             mt: None,
+            prefill_row_warps: true,
             prefill_tile: None,
             force_prepare,
         }
@@ -276,5 +291,27 @@ mod tests {
             ..c
         };
         assert!(mma_input(&off, &graph, graph.node(y)).is_some());
+    }
+
+    /// Up to 16 rows a weight row's groups are split between warps by k alone; longer batches
+    /// give each warp its own rows unless asked not to.
+    #[test]
+    fn prefill_products_give_each_warp_its_own_rows() {
+        let mut g = GraphBuilder::new();
+        let x16 = input(&mut g, "x16", DType::F32, &[2048, 16]);
+        let x40 = input(&mut g, "x40", DType::F32, &[2048, 40]);
+        let w = weight(&mut g, "w", DType::Q4_K, &[2048, 512]);
+        let y16 = g.matmul(w, x16).unwrap();
+        let y40 = g.matmul(w, x40).unwrap();
+        let graph = g.finish(&[y16, y40]).unwrap();
+        let c = cfg(None);
+        let kw = |c: &MmaConfig, y: NodeId| mma_input(c, &graph, graph.node(y)).unwrap().k_warps;
+        assert_eq!(kw(&c, y16), source::mma_k_warps(2048));
+        assert_eq!(kw(&c, y40), 1);
+        let split = MmaConfig {
+            prefill_row_warps: false,
+            ..c
+        };
+        assert_eq!(kw(&split, y40), 8);
     }
 }
