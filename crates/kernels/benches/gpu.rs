@@ -169,7 +169,7 @@ fn main() {
         }
         for m in [64usize, 512]
             .into_iter()
-            .filter(|_| ty == DType::Q4_K && n > k)
+            .filter(|_| (ty == DType::Q4_K && n > k) || ty == DType::Q6_K)
         {
             let (_, _, exe) = load_product(&mut cuda, ty, wb, k, n, m);
             let secs = cuda.time_runs(exe, 20).expect("time");

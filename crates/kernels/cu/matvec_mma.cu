@@ -252,13 +252,17 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PRE
     // Four independent accumulator chains per tile (hi/lo activations × the two mma of a
     // sub-block), added in a fixed order at the end: one chain of 32 dependent mma per group
     // left the warps waiting on mma latency.
-    float c[MT][NT][4][4], tmn[MT][NT][4];
+    // Prefill tiles (NT ≥ 4, source::MMA_PREFILL_TILES) have independent mma in plenty and
+    // need the registers: one chain there (another addition order; no row of more than 16 is
+    // compared with a decode row).
+    constexpr int CH = NT >= 4 ? 1 : 4;
+    float c[MT][NT][CH][4], tmn[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) zero4(c[mt][nt][j]);
+            for (int j = 0; j < CH; ++j) zero4(c[mt][nt][j]);
             zero4(tmn[mt][nt]);
         }
 #pragma unroll
@@ -295,9 +299,9 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PRE
             for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
-                    mma_16816(c[mt][nt][2 * hf], a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
+                    mma_16816(c[mt][nt][(2 * hf) % CH], a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
                               f[nt][hf].h0, f[nt][hf].h1);
-                    mma_16816(c[mt][nt][2 * hf + 1], a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
+                    mma_16816(c[mt][nt][(2 * hf + 1) % CH], a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
                               f[nt][hf].l0, f[nt][hf].l1);
                 }
         }
@@ -328,8 +332,10 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PRE
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 float d = e < 2 ? d0 : d1, dm = e < 2 ? m0_ : m1_;
-                const float(&cc)[4][4] = c[mt][nt];
-                float tsc = __fadd_rn(__fadd_rn(cc[0][e], cc[1][e]), __fadd_rn(cc[2][e], cc[3][e]));
+                const float(&cc)[CH][4] = c[mt][nt];
+                float tsc = CH == 1 ? cc[0][e]
+                                    : __fadd_rn(__fadd_rn(cc[0][e], cc[1 % CH][e]),
+                                                __fadd_rn(cc[2 % CH][e], cc[3 % CH][e]));
                 acc[mt][nt][e] = __fmaf_rn(d, tsc, __fmaf_rn(-dm, tmn[mt][nt][e], acc[mt][nt][e]));
             }
         }
