@@ -175,7 +175,8 @@ pub struct CudaBackend {
     /// (`SPECULA_MMA_PREFILL_SPLITK=1`: split rows' groups between warps as up to 16 rows).
     mma_prefill_row_warps: bool,
     /// `SPECULA_MMA_PREFILL_TILE=MxN`: the `_mma_` tile of products of more than 16 rows
-    /// (tuning; one of `source::MMA_PREFILL_TILES`).
+    /// instead of `source::mma_prefill_tile`'s (tuning; 2x2 or one of
+    /// `source::MMA_PREFILL_TILES`).
     mma_prefill_tile: Option<(usize, usize)>,
     /// Forces every `_mma_` product to prepare its activations (`Some(true)`) or to split them in
     /// place (`Some(false)`) instead of `source::mma_prepares` (tests and A/B runs;
@@ -292,7 +293,7 @@ impl CudaBackend {
                 .and_then(|v| {
                     let (mt, nt) = v.split_once('x')?;
                     let tile = (mt.parse().ok()?, nt.parse().ok()?);
-                    source::MMA_PREFILL_TILES.contains(&tile).then_some(tile)
+                    (tile == (2, 2) || source::MMA_PREFILL_TILES.contains(&tile)).then_some(tile)
                 }),
             mma_prepare: match std::env::var("SPECULA_MMA_PREPARE").as_deref() {
                 Ok("0") => Some(false),

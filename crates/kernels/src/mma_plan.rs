@@ -24,7 +24,7 @@ pub(crate) struct MmaConfig {
     /// restores that, an A/B knob). Prefill rows need not match any decode row's bits.
     pub prefill_row_warps: bool,
     /// Tile `(MT, NT)` of products of more than 16 activation rows, if not
-    /// [`source::mma_tile`]'s (`SPECULA_MMA_PREFILL_TILE=MxN`, one of
+    /// [`source::mma_prefill_tile`]'s (`SPECULA_MMA_PREFILL_TILE=MxN`: 2x2 or one of
     /// [`source::MMA_PREFILL_TILES`]).
     pub prefill_tile: Option<(usize, usize)>,
     /// Forces every product to prepare (`Some(true)`) or to split in place (`Some(false)`).
@@ -81,9 +81,11 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
     let aligned = x.layout.offset % 4 == 0 && stride % 4 == 0;
     let typed = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0);
     let fits = m <= source::MMA_MAX_ROWS || cfg.prefill;
-    let (mt, nt) = match cfg.prefill_tile {
-        Some(tile) if m > source::MMA_MAX_ROWS => tile,
-        _ => source::mma_tile(m),
+    let (mt, nt) = if m > source::MMA_MAX_ROWS {
+        cfg.prefill_tile
+            .unwrap_or_else(|| source::mma_prefill_tile(w.dtype))
+    } else {
+        source::mma_tile(m)
     };
     let mt = cfg.mt.unwrap_or(mt);
     let k_warps = if m > source::MMA_MAX_ROWS && cfg.prefill_row_warps {
@@ -294,7 +296,7 @@ mod tests {
     }
 
     /// Up to 16 rows a weight row's groups are split between warps by k alone; longer batches
-    /// give each warp its own rows unless asked not to.
+    /// give each warp its own rows unless asked not to, and take the type's prefill tile.
     #[test]
     fn prefill_products_give_each_warp_its_own_rows() {
         let mut g = GraphBuilder::new();
@@ -308,6 +310,9 @@ mod tests {
         let kw = |c: &MmaConfig, y: NodeId| mma_input(c, &graph, graph.node(y)).unwrap().k_warps;
         assert_eq!(kw(&c, y16), source::mma_k_warps(2048));
         assert_eq!(kw(&c, y40), 1);
+        let tile = |y: NodeId| mma_input(&c, &graph, graph.node(y)).unwrap().tile;
+        assert_eq!(tile(y16), (2, 2));
+        assert_eq!(tile(y40), source::mma_prefill_tile(DType::Q4_K));
         let split = MmaConfig {
             prefill_row_warps: false,
             ..c

@@ -90,6 +90,18 @@ pub fn mma_tile(m: usize) -> (usize, usize) {
 /// rows. A tile never changes a row's arithmetic, only which rows share a warp.
 pub const MMA_PREFILL_TILES: &[(usize, usize)] = &[(1, 4), (2, 4)];
 
+/// The `(MT, NT)` tile of `_mma_` products of more than 16 activation rows (prefill chunks) of
+/// `dtype` weights. Measured on an H200 at 512 rows (`bench-gpu`, bench/NOTES.md): the Q4_K
+/// 5376 × 21504 product 1145 µs with (2, 2), 1053 with (2, 4), 1546 with (1, 4); the Q6_K
+/// 21504 × 5376 one 2605, 2456 and 1873 µs.
+pub fn mma_prefill_tile(dtype: gguf::GgmlType) -> (usize, usize) {
+    match dtype {
+        gguf::GgmlType::Q4_K => (2, 4),
+        gguf::GgmlType::Q6_K => (1, 4),
+        _ => (2, 2),
+    }
+}
+
 /// Warps of an `_mma_` block that split one row's 256-weight groups (the rest take further
 /// weight rows): 8, or fewer for rows of fewer than 8 groups, so no warp idles. A function of `k`
 /// only, so a row's summation order never depends on the batch.
