@@ -39,9 +39,9 @@ __device__ __forceinline__ bool attention_range(const int* q_pos, const int* n_k
 // Merges the warps' running softmaxes (max wm, sum wl, unnormalised output wacc, in shared
 // memory after a barrier) into the output row o, or with splits stores the block's (max, sum,
 // unnormalised output) for attention_combine_f32.
-__device__ __forceinline__ void attention_merge_warps(const float* wm, const float* wl, const float* wacc,
-                                                      int wacc_stride, float* o, float* partial, int t, int h,
-                                                      int n_head, int split, int n_split, int d_v) {
+__device__ __forceinline__ void attention_merge_warps(const float* wm, const float* wl,
+                                                      const float (*wacc)[ATT_MAX_D], float* o, float* partial,
+                                                      int t, int h, int n_head, int split, int n_split, int d_v) {
     float mx = -INFINITY;
     for (int w = 0; w < ATT_WARPS; ++w) mx = fmaxf(mx, wm[w]);
     float* part = n_split > 1 ? partial + (((i64)t * n_head + h) * n_split + split) * (d_v + 2) : 0;
@@ -60,7 +60,7 @@ __device__ __forceinline__ void attention_merge_warps(const float* wm, const flo
         float num = 0.0f, den = 0.0f;
         for (int w = 0; w < ATT_WARPS; ++w) {
             float f = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - mx);
-            num += wacc[w * wacc_stride + i] * f;
+            num += wacc[w][i] * f;
             den += wl[w] * f;
         }
         if (part) part[2 + i] = num;
@@ -122,7 +122,7 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
         if (i < d_v) wacc[warp][i] = acc[j];
     }
     __syncthreads();
-    attention_merge_warps(wm, wl, &wacc[0][0], ATT_MAX_D, o, partial, t, h, n_head, split, n_split, d_v);
+    attention_merge_warps(wm, wl, wacc, o, partial, t, h, n_head, split, n_split, d_v);
 }
 
 // Merges the splits of attention_f32: one block per (head, query).
@@ -164,124 +164,87 @@ __device__ __forceinline__ void load_h8(const u16* p, float* out) {
     }
 }
 
-// QB consecutive queries per block share each position's K/V loads (verify batches). Warp w takes
-// the positions p ≡ w (mod ATT_WARPS) in increasing order, counted from a multiple of
-// 2·ATT_WARPS, and each query skips those it cannot see, so a query's arithmetic does not depend
-// on QB or on the other queries of its block: a verify row equals the decode step (QB = 1).
-template <int E, int QB>
+template <int E>
 __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k, Layout4 lk, const u16* v,
                                         Layout4 lv, const int* q_pos, const int* n_kv_ptr, const float* mask,
                                         float* out, int d_v, int n_head, int n_head_kv, int cap, float scale,
                                         int mask_kind, int window, int ring, int* err, int n_split,
                                         float* partial) {
-    __shared__ float wm[QB][ATT_WARPS], wl[QB][ATT_WARPS];
-    __shared__ float wacc[QB][ATT_WARPS][32 * E];
-    int h = blockIdx.x, t0 = blockIdx.y * QB, split = blockIdx.z;
+    __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
+    __shared__ float wacc[ATT_WARPS][ATT_MAX_D];
+    int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int g = h / (n_head / n_head_kv);
-    int n_tok = (int)lq.d2;
-    int n_kv = *n_kv_ptr;
-    if (n_kv < 0 || (!ring && n_kv > cap)) {
-        if (threadIdx.x == 0) report(err, ERR_N_KV);
-        for (int r = 0; r < QB && t0 + r < n_tok; ++r) {
-            float* o = out + ((i64)(t0 + r) * n_head + h) * d_v;
-            for (int i = threadIdx.x; i < d_v; i += blockDim.x) o[i] = 0.0f;
-        }
+    const float* qr = q + lq.off + (i64)h * lq.s1 + (i64)t * lq.s2 + lane * E;
+    float qv[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) qv[e] = qr[e];
+    float* o = out + ((i64)t * n_head + h) * d_v;
+    i64 lo, hi;
+    if (!attention_range(q_pos, n_kv_ptr, t, split, n_split, cap, mask_kind, window, ring, o, d_v, err, lo, hi))
         return;
-    }
-    float qv[QB][E], m[QB], l[QB], acc[QB][E];
-    i64 lo[QB], hi[QB], blo = 0x7fffffffffffffffLL, bhi = -1;
+    float m = -INFINITY, l = 0.0f, acc[E];
 #pragma unroll
-    for (int r = 0; r < QB; ++r) {
-        int t = t0 + r;
-        lo[r] = 1;
-        hi[r] = 0;
-        if (t < n_tok) visible_range(q_pos[t], n_kv, split, n_split, cap, mask_kind, window, ring, lo[r], hi[r]);
-        if (hi[r] >= lo[r]) {
-            blo = imin(blo, lo[r]);
-            bhi = imax(bhi, hi[r]);
-        }
-        const float* qr = q + lq.off + (i64)h * lq.s1 + (i64)(t < n_tok ? t : t0) * lq.s2 + lane * E;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-            qv[r][e] = qr[e];
-            acc[r][e] = 0.0f;
-        }
-        m[r] = -INFINITY;
-        l[r] = 0.0f;
-    }
+    for (int e = 0; e < E; ++e) acc[e] = 0.0f;
     i64 kbase = lk.off + (i64)g * lk.s1 + lane * E, vbase = lv.off + (i64)g * lv.s1 + lane * E;
-    i64 start = bhi >= 0 ? blo / (2 * ATT_WARPS) * (2 * ATT_WARPS) : 1;
-    for (i64 p = start + warp; p <= bhi; p += 2 * ATT_WARPS) {
-        i64 pp[2] = {p, p + ATT_WARPS};
-        float kv[2][E], vv[2][E];
+    for (i64 p = lo + warp; p <= hi; p += 2 * ATT_WARPS) {
+        i64 pp[2] = {p, p + ATT_WARPS <= hi ? p + ATT_WARPS : p};
+        float kv[2][E], vv[2][E], s[2];
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-            i64 slot = ring ? (pp[j] <= bhi ? pp[j] : p) % cap : (pp[j] <= bhi ? pp[j] : p);
+            i64 slot = ring ? pp[j] % cap : pp[j];
 #pragma unroll
             for (int c = 0; c < E; c += 8) {
                 load_h8(k + kbase + slot * lk.s2 + c, kv[j] + c);
                 load_h8(v + vbase + slot * lv.s2 + c, vv[j] + c);
             }
+            float d = 0.0f;
+#pragma unroll
+            for (int e = 0; e < E; ++e) d += qv[e] * kv[j][e];
+            s[j] = d;
         }
 #pragma unroll
-        for (int r = 0; r < QB; ++r) {
-            float s[2];
+        for (int j = 0; j < 2; ++j) {
+            s[j] = warp_sum(s[j]) * scale;
+            i64 slot = ring ? pp[j] % cap : pp[j];
+            if (mask) s[j] += mask[slot + (i64)t * cap];
+        }
+        if (pp[1] == pp[0]) s[1] = -INFINITY;
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                float d = 0.0f;
+        for (int j = 0; j < 2; ++j) {
+            if (s[j] == -INFINITY) continue;
+            float mn = fmaxf(m, s[j]);
+            float c = expf(m - mn), w = expf(s[j] - mn);
+            l = l * c + w;
 #pragma unroll
-                for (int e = 0; e < E; ++e) d += qv[r][e] * kv[j][e];
-                s[j] = warp_sum(d) * scale;
-                bool visible = pp[j] >= lo[r] && pp[j] <= hi[r];
-                if (visible && mask) s[j] += mask[(ring ? pp[j] % cap : pp[j]) + (i64)(t0 + r) * cap];
-                if (!visible) s[j] = -INFINITY;
-            }
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                if (s[j] == -INFINITY) continue;
-                float mn = fmaxf(m[r], s[j]);
-                float c = expf(m[r] - mn), w = expf(s[j] - mn);
-                l[r] = l[r] * c + w;
-#pragma unroll
-                for (int e = 0; e < E; ++e) acc[r][e] = acc[r][e] * c + w * vv[j][e];
-                m[r] = mn;
-            }
+            for (int e = 0; e < E; ++e) acc[e] = acc[e] * c + w * vv[j][e];
+            m = mn;
         }
     }
-#pragma unroll
-    for (int r = 0; r < QB; ++r) {
-        if (lane == 0) {
-            wm[r][warp] = m[r];
-            wl[r][warp] = l[r];
-        }
-#pragma unroll
-        for (int e = 0; e < E; ++e) wacc[r][warp][lane * E + e] = acc[r][e];
+    if (lane == 0) {
+        wm[warp] = m;
+        wl[warp] = l;
     }
+#pragma unroll
+    for (int e = 0; e < E; ++e) wacc[warp][lane * E + e] = acc[e];
     __syncthreads();
-    for (int r = 0; r < QB && t0 + r < n_tok; ++r) {
-        int t = t0 + r;
-        float* o = out + ((i64)t * n_head + h) * d_v;
-        attention_merge_warps(wm[r], wl[r], &wacc[r][0][0], 32 * E, o, partial, t, h, n_head, split, n_split,
-                              d_v);
-    }
+    attention_merge_warps(wm, wl, wacc, o, partial, t, h, n_head, split, n_split, d_v);
 }
 
-#define ATTENTION_WIDE(E, QB, NAME)                                                                          \
-    extern "C" __global__ void NAME(const float* q, Layout4 lq, const void* k, int k_dt, Layout4 lk,          \
-                                    const void* v, int v_dt, Layout4 lv, const int* q_pos, const int* n_kv_ptr, \
-                                    const float* mask, float* out, int d, int d_v, int n_head, int n_head_kv,   \
-                                    int cap, float scale, int mask_kind, int window, int ring, int* err,        \
-                                    int n_split, float* partial) {                                              \
+#define ATTENTION_WIDE(E)                                                                                    \
+    extern "C" __global__ void attention_f16_e##E(const float* q, Layout4 lq, const void* k, int k_dt,     \
+                                                  Layout4 lk, const void* v, int v_dt, Layout4 lv,          \
+                                                  const int* q_pos, const int* n_kv_ptr, const float* mask, \
+                                                  float* out, int d, int d_v, int n_head, int n_head_kv,    \
+                                                  int cap, float scale, int mask_kind, int window, int ring, \
+                                                  int* err, int n_split, float* partial) {                  \
         pdl_entry();                                                                                        \
-        attention_f16_wide_body<E, QB>(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask, out, \
-                                       d_v, n_head, n_head_kv, cap, scale, mask_kind, window, ring, err,      \
-                                       n_split, partial);                                                     \
+        attention_f16_wide_body<E>(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask, out,  \
+                                   d_v, n_head, n_head_kv, cap, scale, mask_kind, window, ring, err, n_split, \
+                                   partial);                                                                  \
     }
-ATTENTION_WIDE(8, 1, attention_f16_e8)
-ATTENTION_WIDE(16, 1, attention_f16_e16)
-ATTENTION_WIDE(8, 4, attention_f16_e8_q4)
-ATTENTION_WIDE(16, 2, attention_f16_e16_q2)
+ATTENTION_WIDE(8)
+ATTENTION_WIDE(16)
 
 // Attention of many queries (prefill chunks; every batch under SPECULA_MQ_ATTENTION=all) for f16
 // K/V rows of D = d = d_v (256 or 512), 16-byte aligned: one block per (head, 16 consecutive

@@ -28,10 +28,8 @@ pub(crate) const MQ_MIN_QUERIES: usize = 16;
 pub(crate) enum AttentionKernel {
     /// `attention_f32`.
     Generic,
-    /// `attention_f16_e8` (head dim 256) or `attention_f16_e16` (512) for one query, and
-    /// `attention_f16_e8_q4` / `attention_f16_e16_q2` for more: `qb` queries per block share
-    /// each position's K/V loads with the one-query kernel's arithmetic per query.
-    Wide { d: usize, qb: usize },
+    /// `attention_f16_e8` (head dim 256) or `attention_f16_e16` (512).
+    Wide { d: usize },
     /// `attention_mq_d256` or `attention_mq_d512`.
     MultiQuery { d: usize },
 }
@@ -41,10 +39,8 @@ impl AttentionKernel {
     pub fn name(self) -> &'static str {
         match self {
             AttentionKernel::Generic => "attention_f32",
-            AttentionKernel::Wide { d: 256, qb: 1 } => "attention_f16_e8",
-            AttentionKernel::Wide { d: 256, .. } => "attention_f16_e8_q4",
-            AttentionKernel::Wide { qb: 1, .. } => "attention_f16_e16",
-            AttentionKernel::Wide { .. } => "attention_f16_e16_q2",
+            AttentionKernel::Wide { d: 256 } => "attention_f16_e8",
+            AttentionKernel::Wide { .. } => "attention_f16_e16",
             AttentionKernel::MultiQuery { d: 256 } => "attention_mq_d256",
             AttentionKernel::MultiQuery { .. } => "attention_mq_d512",
         }
@@ -62,8 +58,7 @@ impl AttentionKernel {
     pub fn query_blocks(self, n_tok: usize) -> usize {
         match self {
             AttentionKernel::MultiQuery { .. } => n_tok.div_ceil(MQ_ROWS),
-            AttentionKernel::Wide { qb, .. } => n_tok.div_ceil(qb),
-            AttentionKernel::Generic => n_tok,
+            _ => n_tok,
         }
     }
 
@@ -114,8 +109,6 @@ pub(crate) struct AttentionConfig {
     pub wide: bool,
     /// Which batches take the multi-query kernels.
     pub multi_query: MultiQueryAttention,
-    /// Batches of the wide kernels share K/V loads between queries of a block.
-    pub wide_shared: bool,
     /// The device's opt-in shared memory per block (bytes).
     pub max_smem: usize,
 }
@@ -165,22 +158,9 @@ pub(crate) fn choose(cfg: &AttentionConfig, shape: &AttentionShape) -> Attention
     if batch && mq_smem_bytes(d) <= cfg.max_smem {
         AttentionKernel::MultiQuery { d }
     } else if cfg.wide {
-        AttentionKernel::Wide {
-            d,
-            qb: wide_queries_per_block(cfg, d, shape.n_tok),
-        }
+        AttentionKernel::Wide { d }
     } else {
         AttentionKernel::Generic
-    }
-}
-
-/// Queries per block of the wide kernels: one for a decode step, else 4 (head dim 256) or 2
-/// (512) as their registers allow (`SPECULA_WIDE_SHARED=0`: one, an A/B knob).
-fn wide_queries_per_block(cfg: &AttentionConfig, d: usize, n_tok: usize) -> usize {
-    match (n_tok, cfg.wide_shared, d) {
-        (1, _, _) | (_, false, _) => 1,
-        (_, true, 256) => 4,
-        _ => 2,
     }
 }
 
@@ -214,7 +194,6 @@ mod tests {
         AttentionConfig {
             wide: true,
             multi_query: MultiQueryAttention::LongBatches,
-            wide_shared: true,
             max_smem: 227 * 1024,
         }
     }
@@ -234,31 +213,13 @@ mod tests {
     #[test]
     fn batches_up_to_16_queries_keep_the_decode_kernel() {
         let l = layout(256, 16, 4096);
-        assert_eq!(
-            choose(&cfg(), &shape(&l, DType::F16, 256, 1)),
-            AttentionKernel::Wide { d: 256, qb: 1 }
-        );
         for n_tok in 1..=16 {
-            let k = choose(&cfg(), &shape(&l, DType::F16, 256, n_tok));
-            assert!(matches!(k, AttentionKernel::Wide { d: 256, .. }), "{k:?}");
             assert_eq!(
-                k.query_blocks(n_tok),
-                if n_tok == 1 { 1 } else { n_tok.div_ceil(4) }
+                choose(&cfg(), &shape(&l, DType::F16, 256, n_tok)),
+                AttentionKernel::Wide { d: 256 }
             );
             assert_eq!(attention_splits(32, n_tok, 4096), 16);
         }
-        let l512 = layout(512, 4, 4096);
-        let k = choose(&cfg(), &shape(&l512, DType::F16, 512, 5));
-        assert_eq!(k, AttentionKernel::Wide { d: 512, qb: 2 });
-        assert_eq!(k.name(), "attention_f16_e16_q2");
-        let unshared = AttentionConfig {
-            wide_shared: false,
-            ..cfg()
-        };
-        assert_eq!(
-            choose(&unshared, &shape(&l512, DType::F16, 512, 5)),
-            AttentionKernel::Wide { d: 512, qb: 1 }
-        );
         assert_eq!(
             choose(&cfg(), &shape(&l, DType::F16, 256, 17)),
             AttentionKernel::MultiQuery { d: 256 }
@@ -271,8 +232,8 @@ mod tests {
         for (mode, one, long) in [
             (
                 MultiQueryAttention::Off,
-                AttentionKernel::Wide { d: 256, qb: 1 },
-                AttentionKernel::Wide { d: 256, qb: 4 },
+                AttentionKernel::Wide { d: 256 },
+                AttentionKernel::Wide { d: 256 },
             ),
             (
                 MultiQueryAttention::Every,
@@ -306,7 +267,7 @@ mod tests {
         };
         assert_eq!(
             choose(&small, &shape(&l, DType::F16, 512, 512)),
-            AttentionKernel::Wide { d: 512, qb: 2 }
+            AttentionKernel::Wide { d: 512 }
         );
         let l128 = layout(128, 4, 4096);
         assert_eq!(

@@ -164,9 +164,6 @@ pub struct CudaBackend {
     /// Which batches' attention over f16 K/V rows of 256/512 takes the multi-query kernel (by
     /// default those of more than 16 queries; `SPECULA_MQ_ATTENTION=0|all`, A/B knobs).
     mq_attention: MultiQueryAttention,
-    /// Verify batches of the wide attention kernels share each position's K/V loads between
-    /// the queries of a block (`SPECULA_WIDE_SHARED=0`: one query per block, an A/B knob).
-    wide_shared: bool,
     /// The device's opt-in shared memory per block (bytes), for the multi-query attention.
     max_smem: usize,
     /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
@@ -283,7 +280,6 @@ impl CudaBackend {
             mma_matvec: major >= 8 && mma_matvec_from_env(),
             wide_attention: std::env::var("SPECULA_WIDE_ATTENTION").map_or(true, |v| v != "0"),
             mq_attention: MultiQueryAttention::from_env(),
-            wide_shared: std::env::var("SPECULA_WIDE_SHARED").map_or(true, |v| v != "0"),
             max_smem,
             mma_mt: std::env::var("SPECULA_MMA_MT")
                 .ok()
@@ -352,7 +348,6 @@ impl CudaBackend {
         AttentionConfig {
             wide: self.wide_attention,
             multi_query: self.mq_attention,
-            wide_shared: self.wide_shared,
             max_smem: self.max_smem,
         }
     }

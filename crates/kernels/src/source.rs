@@ -173,8 +173,6 @@ pub const OTHER_KERNELS: &[&str] = &[
     "attention_f32",
     "attention_f16_e8",
     "attention_f16_e16",
-    "attention_f16_e8_q4",
-    "attention_f16_e16_q2",
     "attention_mq_d256",
     "attention_mq_d512",
     "attention_combine_f32",
