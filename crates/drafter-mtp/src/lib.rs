@@ -225,6 +225,65 @@ impl MtpDrafter {
         h_prev: &[f32],
         position: usize,
     ) -> target::Result<(Vec<f32>, Vec<f32>, u32)> {
+        self.run_step(target, token, h_prev, position)?;
+        let loaded = self.loaded.as_ref().expect("loaded by run_step");
+        let backend = target.backend_mut();
+        let s = &loaded.step;
+        let logits = backend
+            .read_node(loaded.exe, &s.graph, s.logits)?
+            .into_f32()?;
+        let h_next = backend
+            .read_node(loaded.exe, &s.graph, s.h_next)?
+            .into_f32()?;
+        let (Some(head), Some(ordering), Some(node)) =
+            (&self.config.centroids, &self.ordering, s.centroid_scores)
+        else {
+            let arg = backend
+                .read_node(loaded.exe, &s.graph, s.argmax)?
+                .into_i32()?;
+            return Ok((logits, h_next, arg[0] as u32));
+        };
+        let scores = backend.read_node(loaded.exe, &s.graph, node)?.into_f32()?;
+        let masked = centroid_logits(&logits, &scores, ordering, head.top_k);
+        let arg = target::sampling::argmax(&masked);
+        Ok((masked, h_next, arg))
+    }
+
+    /// [`Self::step`] for greedy drafting: returns (next hidden, argmax) and, without a
+    /// centroid head, leaves the logits on the device (the vocabulary's 1 MB of f32 read back
+    /// per step only to be dropped). Same token as `step`'s argmax.
+    pub fn step_greedy(
+        &mut self,
+        target: &mut Target,
+        token: u32,
+        h_prev: &[f32],
+        position: usize,
+    ) -> target::Result<(Vec<f32>, u32)> {
+        if self.config.centroids.is_some() {
+            let (_, h_next, arg) = self.step(target, token, h_prev, position)?;
+            return Ok((h_next, arg));
+        }
+        self.run_step(target, token, h_prev, position)?;
+        let loaded = self.loaded.as_ref().expect("loaded by run_step");
+        let backend = target.backend_mut();
+        let s = &loaded.step;
+        let h_next = backend
+            .read_node(loaded.exe, &s.graph, s.h_next)?
+            .into_f32()?;
+        let arg = backend
+            .read_node(loaded.exe, &s.graph, s.argmax)?
+            .into_i32()?;
+        Ok((h_next, arg[0] as u32))
+    }
+
+    /// Loads the step graph on first use, writes the step's inputs and runs it.
+    fn run_step(
+        &mut self,
+        target: &mut Target,
+        token: u32,
+        h_prev: &[f32],
+        position: usize,
+    ) -> target::Result<()> {
         if self.loaded.is_none() {
             let step = build_step_graph(&self.config, &self.donors, &self.tensors, target)?;
             let backend = target.backend_mut();
@@ -250,26 +309,7 @@ impl MtpDrafter {
         backend.write(loaded.inputs[1], 0, HostData::F32(h_prev))?;
         backend.write(loaded.inputs[2], 0, HostData::I32(&[position as i32]))?;
         backend.write(loaded.inputs[3], 0, HostData::I32(&[position as i32]))?;
-        backend.run(loaded.exe)?;
-        let s = &loaded.step;
-        let logits = backend
-            .read_node(loaded.exe, &s.graph, s.logits)?
-            .into_f32()?;
-        let h_next = backend
-            .read_node(loaded.exe, &s.graph, s.h_next)?
-            .into_f32()?;
-        let (Some(head), Some(ordering), Some(node)) =
-            (&self.config.centroids, &self.ordering, s.centroid_scores)
-        else {
-            let arg = backend
-                .read_node(loaded.exe, &s.graph, s.argmax)?
-                .into_i32()?;
-            return Ok((logits, h_next, arg[0] as u32));
-        };
-        let scores = backend.read_node(loaded.exe, &s.graph, node)?.into_f32()?;
-        let masked = centroid_logits(&logits, &scores, ordering, head.top_k);
-        let arg = target::sampling::argmax(&masked);
-        Ok((masked, h_next, arg))
+        Ok(backend.run(loaded.exe)?)
     }
 }
 
@@ -340,15 +380,16 @@ impl ExternalDrafter for MtpDrafter {
             .ok_or_else(|| target::Error::Input("empty history".into()))?;
         let mut h = request.last_hidden.to_vec();
         for _ in 0..request.gamma {
-            let (logits, h_next, arg) = self.step(target, token, &h, request.position)?;
-            let next = if greedy {
-                arg
+            let (next, h_next) = if greedy {
+                let (h_next, arg) = self.step_greedy(target, token, &h, request.position)?;
+                (arg, h_next)
             } else {
+                let (logits, h_next, _) = self.step(target, token, &h, request.position)?;
                 let s = self.sampler.as_mut().expect("created above for sampling");
                 let q = s.distribution(&logits, &history);
                 let t = s.draw(&q);
                 probs.push(q);
-                t
+                (t, h_next)
             };
             tokens.push(next);
             history.push(next);

@@ -161,3 +161,23 @@ fn centroid_head_keeps_the_top_centroids_candidates() {
     // Centroid 1 owns slots 2..4 = tokens 1 and 3; the rest get min(5, 2) - 1.
     assert_eq!(out, [1.0, 5.0, 1.0, 2.0]);
 }
+
+/// Greedy drafting reads back only the hidden state and the argmax: the same as a full step's.
+#[test]
+fn greedy_step_matches_the_full_step() {
+    let mut t = target();
+    let file = Arc::new(GgufFile::open(fixture("assistant.gguf")).unwrap());
+    let mut d = MtpDrafter::load(file, &mut t).unwrap();
+    let h: Vec<f32> = (0..256)
+        .map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5)
+        .collect();
+    for (token, pos) in [(77, 20), (5, 20), (300, 12)] {
+        let (_, h_full, arg_full) = d.step(&mut t, token, &h, pos).unwrap();
+        let (h_greedy, arg_greedy) = d.step_greedy(&mut t, token, &h, pos).unwrap();
+        assert_eq!(
+            (h_greedy, arg_greedy),
+            (h_full, arg_full),
+            "token {token} at {pos}"
+        );
+    }
+}
