@@ -190,8 +190,8 @@ fn logits_error(tag: &str, extra: &[&str]) -> f64 {
 
 #[test]
 fn logits_file_matches_the_reference() {
-    // --batch 16 forces three chunks.
-    let err = logits_error("f32", &["--batch", "16"]);
+    // --batch 16 forces three chunks; an f32 cache whatever the device (CUDA defaults to f16).
+    let err = logits_error("f32", &["--batch", "16", "--kv-type", "f32"]);
     assert!(err < 1e-4, "logits rel err {err:e}");
 }
 
@@ -270,6 +270,9 @@ fn speculative_generate_reports_rounds_and_matches_plain_greedy() {
             drafter,
             "--gamma",
             "4",
+            // The reference tokens come from an f32 model; CUDA would default to an f16 cache.
+            "--kv-type",
+            "f32",
         ];
         let path;
         if let Some(p) = extra {

@@ -1,6 +1,8 @@
-// Attention of one (head, query) per block over K/V rows addressed by absolute position.
-// Each warp takes every ATT_WARPS-th visible position with its own running softmax; the warps'
-// partial results are merged at the end. Head dims up to 512.
+// Attention over K/V rows addressed by absolute position, head dims up to 512.
+// attention_f32 and attention_f16_e*: one (head, query) per block; each warp takes every
+// ATT_WARPS-th visible position with its own running softmax, and the warps' partial results are
+// merged at the end (decode steps and verify batches). attention_mq_d*: one block per (head, 16
+// queries) sharing K/V tiles in shared memory (prefill chunks), below. attention_plan.rs routes.
 
 #define ATT_WARPS 4
 #define ATT_MAX_D 512
@@ -360,18 +362,21 @@ __device__ void attention_mq_body(const float* q, Layout4 lq, const u16* k, Layo
 #pragma unroll
                 for (int e = 0; e < 8; ++e) acc[j][cc][e] *= c;
         }
-        // P·V: lane owns dims 8·lane + 256·c.
+        // P·V: lane owns dims 8·lane + 256·c. A position a query cannot see (weight 0) is
+        // skipped, not multiplied by 0, so a non-finite V row there cannot reach that query:
+        // it only reads the rows the per-query kernels would. The weights are warp-uniform.
 #pragma unroll 4
         for (int pp = 0; pp < MQ_POS; ++pp) {
             float w0 = __shfl_sync(0xffffffffu, w[0], pp), w1 = __shfl_sync(0xffffffffu, w[1], pp);
+            if (w0 == 0.0f && w1 == 0.0f) continue;
 #pragma unroll
             for (int c = 0; c < C; ++c) {
                 float vf[8];
                 load_h8(vs + pp * KS + c * 256 + lane * 8, vf);
 #pragma unroll
                 for (int e = 0; e < 8; ++e) {
-                    acc[0][c][e] += w0 * vf[e];
-                    acc[1][c][e] += w1 * vf[e];
+                    if (w0 != 0.0f) acc[0][c][e] += w0 * vf[e];
+                    if (w1 != 0.0f) acc[1][c][e] += w1 * vf[e];
                 }
             }
         }

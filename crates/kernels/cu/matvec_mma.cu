@@ -1,11 +1,12 @@
 // Tensor-core products of Q4_K, Q6_K and Q8_0 weights with any number of activation rows, 8·NT
-// per block: the decode step, speculative verify batches and (blocks of 16 rows) prefill chunks.
+// per block: the decode step, speculative verify batches and (blocks of 8·NT rows) prefill chunks.
 //
 // A warp owns MT tiles of 16 weight rows; the kw warps of a block that share them split the
 // rows' 256-weight groups (warp j takes groups j, j + kw, ...), long rows also over gridDim.z
-// blocks, and the partial sums are added in a fixed order that depends on k only. No output
-// element's arithmetic depends on the other activation rows of the batch, so a verify row equals
-// the decode step's value bit for bit.
+// blocks, and the partial sums are added in a fixed order that depends on k only. Up to 16
+// activation rows no output element's arithmetic depends on the other rows of the batch, so a
+// verify row equals the decode step's value bit for bit; prefill products (kw = 1, the NT = 4
+// tiles) add in their own order.
 //
 // mma.sync m16n8k16 (f16 inputs, f32 accumulation). A holds integer-valued weights (the quant,
 // times the sub-block scale where that stays exact in f16); the remaining scales are applied in
@@ -517,9 +518,9 @@ __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, floa
 
 // One block: MMV_WARPS / kw warp rows, each MT·16 weight rows, × NT·8 activation rows. The kw
 // warps of a warp row split the groups (warp j takes groups j, j + kw, ...) and their partial
-// sums are added in a fixed order; kw (1, 2, 4 or 8) depends only on k, so short rows (a 1024-
-// wide drafter layer has 4 groups) keep every warp busy without changing any row's arithmetic
-// across batch sizes.
+// sums are added in a fixed order; up to 16 rows kw (1, 2, 4 or 8) depends only on k, so short
+// rows (a 1024-wide drafter layer has 4 groups) keep every warp busy without changing any row's
+// arithmetic across batch sizes; prefill products take kw = 1 (each warp its own rows).
 template <int DT, int MT, int NT, bool PREP>
 __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw) {
     __shared__ float red[MMV_WARPS][MT * NT * 4][32];

@@ -170,13 +170,18 @@ pub(crate) fn choose(cfg: &AttentionConfig, shape: &AttentionShape) -> Attention
 /// and a verify row equals the decode step; each block walks its positions one per warp, so
 /// short splits also keep enough blocks in flight (a 9-query verify at depth 4K ran one block
 /// per (head, query) before). Longer batches (prefill chunks) split only to fill the GPU (264
-/// blocks, counting one block per 16 queries as the multi-query kernel runs them), at least 512
-/// rows per split.
-pub(crate) fn attention_splits(n_head: usize, n_tok: usize, cap: usize) -> usize {
+/// blocks of `query_blocks` per head: the route's [`AttentionKernel::query_blocks`]), at least
+/// 512 rows per split.
+pub(crate) fn attention_splits(
+    n_head: usize,
+    n_tok: usize,
+    query_blocks: usize,
+    cap: usize,
+) -> usize {
     if n_tok <= MQ_MIN_QUERIES {
         return (cap / 256).clamp(1, 32);
     }
-    let blocks = n_head * n_tok.div_ceil(MQ_ROWS);
+    let blocks = n_head * query_blocks;
     let fill = 264usize.div_ceil(blocks.max(1));
     fill.min(cap / 512).clamp(1, 32)
 }
@@ -218,7 +223,7 @@ mod tests {
                 choose(&cfg(), &shape(&l, DType::F16, 256, n_tok)),
                 AttentionKernel::Wide { d: 256 }
             );
-            assert_eq!(attention_splits(32, n_tok, 4096), 16);
+            assert_eq!(attention_splits(32, n_tok, n_tok, 4096), 16);
         }
         assert_eq!(
             choose(&cfg(), &shape(&l, DType::F16, 256, 17)),
@@ -285,13 +290,21 @@ mod tests {
     }
 
     #[test]
-    fn prefill_splits_fill_the_gpu_by_multi_query_blocks() {
+    fn prefill_splits_fill_the_gpu_by_the_routes_blocks() {
+        let mq = AttentionKernel::MultiQuery { d: 256 };
         // 32 heads × 32 blocks of 16 queries: no split.
-        assert_eq!(attention_splits(32, 512, 4096), 1);
+        assert_eq!(attention_splits(32, 512, mq.query_blocks(512), 4096), 1);
         // 32 heads × 4 blocks: 3 splits where the cache allows.
-        assert_eq!(attention_splits(32, 64, 4096), 3);
-        assert_eq!(attention_splits(32, 64, 1024), 2);
-        assert_eq!(attention_splits(2, 20, 4096), 8);
-        assert_eq!(attention_splits(2, 20, 100), 1);
+        assert_eq!(attention_splits(32, 64, mq.query_blocks(64), 4096), 3);
+        assert_eq!(attention_splits(32, 64, mq.query_blocks(64), 1024), 2);
+        assert_eq!(attention_splits(2, 20, mq.query_blocks(20), 4096), 8);
+        assert_eq!(attention_splits(2, 20, mq.query_blocks(20), 100), 1);
+        // The per-query kernels already run a block per query: 8 heads × 32 queries fill it.
+        let per_query = AttentionKernel::Generic;
+        assert_eq!(attention_splits(8, 32, per_query.query_blocks(32), 4096), 2);
+        assert_eq!(
+            attention_splits(32, 32, per_query.query_blocks(32), 4096),
+            1
+        );
     }
 }

@@ -168,8 +168,8 @@ pub struct CudaBackend {
     max_smem: usize,
     /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
     mma_mt: Option<usize>,
-    /// Products of more than 16 activation rows (prefill) also take the `_mma_` kernels, 16 rows
-    /// per block (`SPECULA_MMA_PREFILL=0`: the tiled `matmul_tc_` kernels, an A/B knob).
+    /// Products of more than 16 activation rows (prefill) also take the `_mma_` kernels, 8·NT
+    /// rows per block (`SPECULA_MMA_PREFILL=0`: the tiled `matmul_tc_` kernels, an A/B knob).
     mma_prefill: bool,
     /// Products of more than 16 rows give each warp its own weight rows
     /// (`SPECULA_MMA_PREFILL_SPLITK=1`: split rows' groups between warps as up to 16 rows).
@@ -343,6 +343,27 @@ impl CudaBackend {
         self.fusion = on;
     }
 
+    /// The kernel attention node `node` of `g` runs on with the current settings.
+    fn attention_route(&self, g: &Graph, node: &graph::Node) -> AttentionKernel {
+        let (q, k, v) = (
+            g.node(node.inputs[0]),
+            g.node(node.inputs[1]),
+            g.node(node.inputs[2]),
+        );
+        attention_plan::choose(
+            &self.attention_config(),
+            &AttentionShape {
+                k_dtype: k.dtype,
+                v_dtype: v.dtype,
+                k_layout: &k.layout,
+                v_layout: &v.layout,
+                d: q.shape().ne(0),
+                d_v: v.shape().ne(0),
+                n_tok: q.shape().ne(2),
+            },
+        )
+    }
+
     /// The settings that route attention nodes (`attention_plan::choose`).
     fn attention_config(&self) -> AttentionConfig {
         AttentionConfig {
@@ -353,9 +374,13 @@ impl CudaBackend {
     }
 
     /// Which batches' attention over f16 K/V rows of 256/512 runs on the multi-query kernel;
-    /// takes effect at the next launch.
+    /// takes effect at the next run of every graph (captured graphs are captured again). The
+    /// split-K counts stay those chosen at load, which any route computes correctly.
     pub fn set_multi_query_attention(&mut self, mode: MultiQueryAttention) {
         self.mq_attention = mode;
+        for exec in self.execs.iter_mut().flatten() {
+            exec.captured = None;
+        }
     }
 
     /// Attention nodes of a loaded graph that run on the multi-query kernel, for tests that must
@@ -367,27 +392,12 @@ impl CudaBackend {
             .and_then(|e| e.as_ref())
             .ok_or_else(|| backend_err(format!("no loaded graph {}", exe.0)))?;
         let g = &exec.graph;
-        let cfg = self.attention_config();
         Ok(g.nodes()
             .iter()
             .filter(|node| matches!(node.op, Op::Attention(_)))
             .filter(|node| {
-                let (q, k, v) = (
-                    g.node(node.inputs[0]),
-                    g.node(node.inputs[1]),
-                    g.node(node.inputs[2]),
-                );
-                let shape = AttentionShape {
-                    k_dtype: k.dtype,
-                    v_dtype: v.dtype,
-                    k_layout: &k.layout,
-                    v_layout: &v.layout,
-                    d: q.shape().ne(0),
-                    d_v: v.shape().ne(0),
-                    n_tok: q.shape().ne(2),
-                };
                 matches!(
-                    attention_plan::choose(&cfg, &shape),
+                    self.attention_route(g, node),
                     AttentionKernel::MultiQuery { .. }
                 )
             })
@@ -1190,18 +1200,7 @@ impl CudaBackend {
                     None => (1, 0),
                 };
                 a.i32(n_split as i32).ptr(scratch);
-                let route = attention_plan::choose(
-                    &self.attention_config(),
-                    &AttentionShape {
-                        k_dtype: k.dtype,
-                        v_dtype: v.dtype,
-                        k_layout: &k.layout,
-                        v_layout: &v.layout,
-                        d,
-                        d_v,
-                        n_tok,
-                    },
-                );
+                let route = self.attention_route(g, node);
                 self.launch_smem(
                     route.name(),
                     (
@@ -1454,7 +1453,8 @@ impl Backend for CudaBackend {
                 let q = graph.node(node.inputs[0]).shape();
                 let k = graph.node(node.inputs[1]).shape();
                 let d_v = graph.node(node.inputs[2]).shape().ne(0);
-                let n_split = attention_splits(q.ne(1), q.ne(2), k.ne(2));
+                let blocks = self.attention_route(graph, node).query_blocks(q.ne(2));
+                let n_split = attention_splits(q.ne(1), q.ne(2), blocks, k.ne(2));
                 if n_split > 1 {
                     let elems = q.ne(1) * q.ne(2) * n_split * (d_v + 2);
                     let b = self.alloc(DType::F32, Shape::new(&[elems])?)?;

@@ -67,8 +67,9 @@ pub const MMA_SUFFIXES: &[(gguf::GgmlType, &str)] = &[
     (gguf::GgmlType::Q8_0, "q8_0"),
 ];
 
-/// Most activation rows one block of the `_mma_` kernels takes (`NT` = 2 tiles of 8); longer
-/// products (prefill) run ⌈m / 16⌉ blocks per weight tile.
+/// Most activation rows one block of the `_mma_` kernels takes with the tiles that keep a row's
+/// bits whatever its batch (`NT` = 2 tiles of 8); longer products (prefill) run ⌈m / 8·NT⌉
+/// blocks per weight tile with the type's [`mma_prefill_tile`].
 pub const MMA_MAX_ROWS: usize = 16;
 
 /// The `_mma_` kernel's tile shape for `m` activation rows: `(MT, NT)`, 16-row weight tiles per
@@ -77,8 +78,8 @@ pub const MMA_MAX_ROWS: usize = 16;
 /// Q4_K gate/up, Q4_K down and Q6_K down, against 0.25 / 0.23 / 0.26 with two tiles. At 9–16
 /// rows two weight tiles per warp share each activation load: a 16-row Q4_K gate/up product
 /// took 1.33× a one-row one, against 1.83× with one tile; with prepared activations the two are
-/// within ±7 % of each other shape by shape (bench/NOTES.md). More than 16 rows repeat (2, 2)
-/// blocks along the rows.
+/// within ±7 % of each other shape by shape (bench/NOTES.md). Tiles up to (2, 2) never change a
+/// row's arithmetic, only which rows share a warp. More than 16 rows: [`mma_prefill_tile`].
 pub fn mma_tile(m: usize) -> (usize, usize) {
     if m <= 8 {
         (1, 1)
@@ -89,7 +90,8 @@ pub fn mma_tile(m: usize) -> (usize, usize) {
 
 /// Extra `(MT, NT)` tiles of the `_mma_` kernels for products of more than 16 activation rows
 /// (prefill chunks): more activation tiles per warp unpack each weight fragment once for more
-/// rows. A tile never changes a row's arithmetic, only which rows share a warp.
+/// rows. Their Q4_K kernels add into one accumulator chain instead of four (another order than
+/// the decode tiles': prefill rows are never compared with decode rows).
 pub const MMA_PREFILL_TILES: &[(usize, usize)] = &[(1, 4), (2, 4)];
 
 /// The `(MT, NT)` tile of `_mma_` products of more than 16 activation rows (prefill chunks) of
@@ -106,8 +108,8 @@ pub fn mma_prefill_tile(dtype: gguf::GgmlType) -> (usize, usize) {
 
 /// Warps of an `_mma_` block that split one row's 256-weight groups (the rest take further
 /// weight rows): 8, or fewer for rows of fewer than 8 groups, so no warp idles. A function of `k`
-/// only, so a row's summation order never depends on the batch. `SPECULA_MMA_KW` caps it
-/// (tuning).
+/// only, so up to 16 rows a row's summation order never depends on the batch (prefill products
+/// use 1 instead, `mma_plan::mma_input`). `SPECULA_MMA_KW` caps it (tuning).
 pub fn mma_k_warps(k: usize) -> usize {
     let groups = k / 256;
     static CAP: OnceLock<usize> = OnceLock::new();

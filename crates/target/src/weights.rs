@@ -204,17 +204,17 @@ impl Weights {
                 plan.max_batch,
                 plan.kv_dtype,
             );
-            // Activations and workspace: a fixed allowance on top of weights and cache.
-            let needed = total + kv + (256 << 20);
+            let needed = total + kv + activation_allowance(config, plan.max_batch);
             if needed > free {
                 let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
                 return Err(Error::Config {
                     file: name,
                     reason: format!(
-                        "the model does not fit: needs {:.2} GiB (weights {:.2} + KV cache {:.2} + 0.25 workspace), {} has {:.2} GiB free",
+                        "the model does not fit: needs {:.2} GiB (weights {:.2} + KV cache {:.2} + activations {:.2}), {} has {:.2} GiB free",
                         gib(needed),
                         gib(total),
                         gib(kv),
+                        gib(needed - total - kv),
                         backend.name(),
                         gib(free)
                     ),
@@ -266,4 +266,24 @@ impl Weights {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+}
+
+/// Bytes of activations and workspace a step of `max_batch` rows may hold beside the weights and
+/// the cache: per row the FFN's gate, up and product rows, a few hidden-width rows (residual,
+/// norms, split-K planes, the products' prepared halves) and a row of logits (the `logits`
+/// command asks for every row's), f32 each; plus a fixed 256 MB of workspace.
+fn activation_allowance(config: &Gemma4Config, max_batch: usize) -> u64 {
+    let expert_ff = config
+        .moe
+        .as_ref()
+        .map_or(0, |m| m.n_ff_expert * m.n_expert_used);
+    let n_ff = config
+        .n_ff
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(expert_ff);
+    let per_row = 4 * (4 * n_ff + 8 * config.n_embd + config.n_vocab) as u64;
+    (256 << 20) + per_row * max_batch as u64
 }

@@ -302,8 +302,9 @@ fn matmul_and_get_rows_every_weight_type() {
 /// so a speculative verify row equals the decode step's value; and the same bits whether the
 /// activations were prepared once (`mmv_prepare_x`) or split by every warp. k = 256, 768, 1024,
 /// 2048 split each row over 1, 2, 4 and 8 warps, k = 8192 and 16384 also over 2 and 4 blocks;
-/// n = 8200 takes two weight tiles per warp and a partial last tile; 40 rows run three 16-row
-/// blocks per weight tile, each warp on its own weight rows (the prefill route).
+/// n = 8200 takes two weight tiles per warp and a partial last tile; 40 rows take the prefill
+/// route (the type's prefill tile, two or three activation blocks per weight tile, each warp on
+/// its own weight rows).
 #[test]
 fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
     let Some(mut cuda) = crate::cuda() else {
