@@ -287,3 +287,24 @@ fn activation_allowance(config: &Gemma4Config, max_batch: usize) -> u64 {
     let per_row = 4 * (4 * n_ff + 8 * config.n_embd + config.n_vocab) as u64;
     (256 << 20) + per_row * max_batch as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The allowance grows with the batch by a row's FFN, hidden and logits floats.
+    #[test]
+    fn the_activation_allowance_grows_with_the_batch() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/dense.gguf");
+        let file = GgufFile::open(path).unwrap();
+        let c = Gemma4Config::from_gguf(&file).unwrap();
+        let n_ff = *c.n_ff.iter().max().unwrap();
+        let row = 4 * (4 * n_ff + 8 * c.n_embd + c.n_vocab) as u64;
+        assert_eq!(activation_allowance(&c, 1), (256 << 20) + row);
+        assert_eq!(
+            activation_allowance(&c, 512) - activation_allowance(&c, 64),
+            448 * row
+        );
+    }
+}
