@@ -1,0 +1,81 @@
+//! A loaded graph: its buffers, plans and captured CUDA graph, and how a run is launched.
+
+use super::*;
+
+/// A loaded graph on the device: its buffers, scratch, plans and captured launch sequence.
+pub(super) struct Exec {
+    pub(super) graph: Graph,
+    pub(super) node_buffer: Vec<BufferId>,
+    pub(super) owned: Vec<BufferId>,
+    /// Completed runs (the first runs eagerly and validates every launch).
+    pub(super) runs: usize,
+    /// The captured launch sequence, replayed on later runs.
+    pub(super) captured: Option<CudaGraph>,
+    /// Split-K scratch of attention nodes: (buffer, number of splits).
+    pub(super) attn_scratch: HashMap<usize, (BufferId, usize)>,
+    /// Prepared activations of the `_mma_` products (`mmv_prepare_x`), sized for the largest.
+    pub(super) mma_scratch: Option<BufferId>,
+    /// Partial sums of `_mma_` products split over blocks along k, sized for the largest.
+    pub(super) mma_partials: Option<BufferId>,
+    /// The products the `_mma_` kernels take, which read prepared activations, which find them
+    /// ready, which RMSNorm nodes write them (`mma_plan::plan`, with the settings at load time).
+    pub(super) mma: MmaPlan,
+    /// Post-norm tails launched as one kernel, and the nodes folded into them
+    /// (`fuse_plan::plan`).
+    pub(super) fuse: FusePlan,
+}
+
+impl CudaBackend {
+    /// Replays the captured CUDA graph when there is one (and replay is on), else launches every
+    /// op; does not synchronise.
+    pub(super) fn replay_or_launch(&self, exec: &Exec) -> Result<()> {
+        match &exec.captured {
+            Some(g) if self.use_graphs => {
+                g.launch().map_err(|e| driver_err("replaying the graph", e))
+            }
+            _ => self.launch_all(exec),
+        }
+    }
+
+    pub(super) fn launch_all(&self, exec: &Exec) -> Result<()> {
+        for (i, node) in exec.graph.nodes().iter().enumerate() {
+            self.run_node(exec, NodeId::from_index(i), node)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn run_exec(&self, exec: &mut Exec, exe: ExecId) -> Result<()> {
+        self.bind()?;
+        self.zero(self.err_word, 4)?;
+        if self.use_graphs && exec.runs > 0 && exec.captured.is_none() {
+            // Record the launch sequence once; every address it uses stays fixed while loaded.
+            self.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(|e| driver_err("beginning graph capture", e))?;
+            let launched = self.launch_all(exec);
+            let captured = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+            launched?;
+            exec.captured = captured.map_err(|e| driver_err("instantiating the graph", e))?;
+        }
+        self.replay_or_launch(exec)?;
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("running the graph", e))?;
+        exec.runs += 1;
+        let mut word = [0u8; 4];
+        self.dtoh(&mut word, self.err_word)?;
+        let reason = match i32::from_le_bytes(word) {
+            0 => return Ok(()),
+            1 => "a row id is outside the table",
+            2 => "a slot is outside the state",
+            3 => "an expert id is outside the experts",
+            4 => "n_kv does not fit the K/V rows",
+            _ => "unknown kernel error",
+        };
+        Err(graph::Error::Runtime {
+            op: "cuda",
+            node: format!("executable #{}", exe.0),
+            reason: reason.into(),
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! Launches of the fused RMSNorm kernel (`fuse_plan`): plain norms, post-norm tails with
+//! their residual, scale, split sums and next norm, head norms with RoPE and cache writes.
+
+use super::*;
+
+impl CudaBackend {
+    /// Launches RMSNorm node `norm` writing `out` (and the prepared layout at `xs` if not 0), or,
+    /// with `tail`, the fused post-norm tail: `(residual + norm) · scale` into `out`.
+    pub(super) fn launch_norm(
+        &self,
+        exec: &Exec,
+        norm: NodeId,
+        out: u64,
+        xs: u64,
+        tail: Option<fuse_plan::NormTail>,
+    ) -> Result<()> {
+        let mut a = self.norm_args(exec, norm, out, xs, tail)?;
+        a.ptr(0).ptr(0).i32(0).i32(0).f32(0.0);
+        self.cache_write_args(exec, None, &mut a)?;
+        self.launch_norm_args(exec, norm, &mut a)
+    }
+
+    /// The cache-write arguments of `rms_norm_f32`: the WriteRows node `write` whose store the
+    /// launch does (its state, type, offset, rows, slots and the error word), or none.
+    pub(super) fn cache_write_args(
+        &self,
+        exec: &Exec,
+        write: Option<NodeId>,
+        a: &mut Args,
+    ) -> Result<()> {
+        let Some(w) = write else {
+            a.ptr(0).i32(0).i64(0).i32(0).ptr(0).ptr(0);
+            return Ok(());
+        };
+        let g = &exec.graph;
+        let node = g.node(w);
+        let row = g.node(node.inputs[1]).shape().ne(0).max(1);
+        a.ptr(self.base(exec, w)?)
+            .i32(code(node.dtype))
+            .i64(node.layout.offset as i64)
+            .i32((node.shape().n_elems() / row) as i32)
+            .ptr(self.addr(exec, node.inputs[2])?)
+            .ptr(self.err_word);
+        Ok(())
+    }
+
+    /// Launches the RMSNorm node `norm` fused with the RoPE node `rope` that reads it: the rotated
+    /// rows go to `out` (the RoPE node's output), or into a cache for the WriteRows node `write`.
+    pub(super) fn launch_norm_rope(
+        &self,
+        exec: &Exec,
+        norm: NodeId,
+        rope: NodeId,
+        out: u64,
+        write: Option<NodeId>,
+    ) -> Result<()> {
+        let g = &exec.graph;
+        let node = g.node(rope);
+        let Op::Rope(p) = node.op else {
+            return Err(backend_err(format!(
+                "node '{}' is not a RoPE",
+                node.label(rope)
+            )));
+        };
+        let d = g.node(node.inputs[0]).shape().dims();
+        let ff = match node.inputs.get(2) {
+            Some(&f) => self.addr(exec, f)?,
+            None => 0,
+        };
+        let mut a = self.norm_args(exec, norm, out, 0, None)?;
+        a.ptr(self.addr(exec, node.inputs[1])?)
+            .ptr(ff)
+            .i32(d[1] as i32)
+            .i32(p.n_rot as i32)
+            .f32(p.theta);
+        self.cache_write_args(exec, write, &mut a)?;
+        self.launch_norm_args(exec, norm, &mut a)
+    }
+
+    /// The arguments of `rms_norm_f32` up to its RoPE ones: RMSNorm node `norm` writing `out`,
+    /// the prepared layout at `xs` (0 for none) and the fused tail, if any (with the split planes
+    /// of its input).
+    pub(super) fn norm_args(
+        &self,
+        exec: &Exec,
+        norm: NodeId,
+        out: u64,
+        xs: u64,
+        tail: Option<fuse_plan::NormTail>,
+    ) -> Result<Args> {
+        let g = &exec.graph;
+        let node = g.node(norm);
+        let x = g.node(node.inputs[0]);
+        let planes = tail.map_or(1, |t| t.planes);
+        let x_ptr = if planes > 1 {
+            // The split product's partial planes, left unsummed for this launch.
+            self.partials_ptr(exec)?
+        } else {
+            self.base(exec, node.inputs[0])?
+        };
+        let mut a = Args::default();
+        a.ptr(x_ptr).layout(&x.layout);
+        let eps = self.norm_weight_args(exec, norm, &mut a)?;
+        a.ptr(out).i32(x.shape().ne(0) as i32).f32(eps).ptr(xs);
+        match tail {
+            Some(t) => {
+                a.ptr(self.addr(exec, t.residual)?);
+                match t.scale {
+                    Some(s) => a.ptr(self.addr(exec, s)?).i32(code(g.node(s).dtype)),
+                    None => a.ptr(0).i32(-1),
+                };
+            }
+            None => {
+                a.ptr(0).ptr(0).i32(-1);
+            }
+        }
+        a.i32(planes as i32).i64(x.shape().n_elems() as i64);
+        match tail.and_then(|t| t.next) {
+            Some(n2) => {
+                a.ptr(self.base(exec, n2)?);
+                let eps2 = self.norm_weight_args(exec, n2, &mut a)?;
+                a.f32(eps2);
+            }
+            None => {
+                a.ptr(0).ptr(0).i32(-1).f32(0.0);
+            }
+        }
+        Ok(a)
+    }
+
+    /// Pushes RMSNorm node `norm`'s weight (pointer and type code, or none) and returns its eps.
+    pub(super) fn norm_weight_args(&self, exec: &Exec, norm: NodeId, a: &mut Args) -> Result<f32> {
+        let g = &exec.graph;
+        let node = g.node(norm);
+        let Op::RmsNorm { eps } = node.op else {
+            return Err(backend_err(format!(
+                "node '{}' is not an RMSNorm",
+                node.label(norm)
+            )));
+        };
+        match node.inputs.get(1) {
+            Some(&w) => a.ptr(self.base(exec, w)?).i32(code(g.node(w).dtype)),
+            None => a.ptr(0).i32(-1),
+        };
+        Ok(eps)
+    }
+
+    /// The split-K partial-sum scratch of the `_mma_` products.
+    pub(super) fn partials_ptr(&self, exec: &Exec) -> Result<u64> {
+        let part = exec
+            .mma_partials
+            .ok_or_else(|| backend_err("no scratch for split partial sums"))?;
+        Ok(self.buf(part)?.ptr)
+    }
+
+    /// Launches `rms_norm_f32` for RMSNorm node `norm` with its complete arguments.
+    pub(super) fn launch_norm_args(&self, exec: &Exec, norm: NodeId, a: &mut Args) -> Result<()> {
+        let x = exec.graph.node(exec.graph.node(norm).inputs[0]);
+        // One block per row; wide rows (the 5376-wide hidden state of a decode step is a
+        // single row) get 1024 threads so the row is read in few dependent rounds.
+        let threads = if x.shape().ne(0) >= 2048 { 1024 } else { 256 };
+        self.launch(
+            "rms_norm_f32",
+            (x.shape().n_rows() as u32, 1, 1),
+            threads,
+            a,
+        )
+    }
+}

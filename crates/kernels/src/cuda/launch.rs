@@ -1,0 +1,127 @@
+//! Kernel arguments and the one launch path (`cuLaunchKernelEx`, with programmatic dependent
+//! launch where on).
+
+use super::*;
+
+/// Kernel parameters, each in its own 8-byte-aligned heap cell so its address is stable.
+#[derive(Default)]
+pub(super) struct Args {
+    pub(super) cells: Vec<Vec<u64>>,
+}
+
+impl Args {
+    pub(super) fn ptr(&mut self, p: u64) -> &mut Self {
+        self.cells.push(vec![p]);
+        self
+    }
+    pub(super) fn i32(&mut self, v: i32) -> &mut Self {
+        self.cells.push(vec![v as u32 as u64]);
+        self
+    }
+    pub(super) fn f32(&mut self, v: f32) -> &mut Self {
+        self.cells.push(vec![v.to_bits() as u64]);
+        self
+    }
+    pub(super) fn i64(&mut self, v: i64) -> &mut Self {
+        self.cells.push(vec![v as u64]);
+        self
+    }
+    /// A `Layout4` by value: dims, strides, offset (nine i64).
+    pub(super) fn layout(&mut self, l: &Layout) -> &mut Self {
+        let d = l.shape.dims();
+        let mut cell: Vec<u64> = d.iter().map(|&x| x as u64).collect();
+        cell.extend(l.strides.iter().map(|&x| x as u64));
+        cell.push(l.offset as u64);
+        self.cells.push(cell);
+        self
+    }
+}
+
+impl CudaBackend {
+    pub(super) fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &mut Args,
+    ) -> Result<()> {
+        self.launch_smem(name, grid, block, 0, args)
+    }
+
+    /// [`Self::launch`] with `smem` bytes of dynamic shared memory (the function's maximum was
+    /// raised at load where it exceeds 48 KB).
+    pub(super) fn launch_smem(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &mut Args,
+    ) -> Result<()> {
+        let f = self
+            .funcs
+            .get(name)
+            .ok_or_else(|| backend_err(format!("kernel {name} is not loaded")))?;
+        let mut params: Vec<*mut c_void> = args
+            .cells
+            .iter_mut()
+            .map(|c| c.as_mut_ptr() as *mut c_void)
+            .collect();
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        // Programmatic stream serialization lets the launch overlap the previous kernel's tail;
+        // every kernel's `pdl_entry` waits for that kernel's completion before any memory access.
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl),
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: the parameter cells match the kernel's signature (built by the launchers
+        // below from validated nodes) and stay alive until the call returns; every pointer
+        // argument addresses a live allocation large enough for the node's layout; `config`
+        // and its attribute live on this frame for the whole call.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(|e| driver_err(&format!("launching {name}"), e))
+    }
+}
+
+/// The dtype code of the kernels (the ggml type id).
+pub(super) fn code(dtype: DType) -> i32 {
+    dtype.id() as i32
+}
+
+pub(super) fn weight_suffix(dtype: DType) -> Result<&'static str> {
+    source::WEIGHT_SUFFIXES
+        .iter()
+        .find(|(t, _)| *t == dtype)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| backend_err(format!("no CUDA kernels for {dtype} weights")))
+}
+
+pub(super) fn grid1(n: usize, block: usize) -> (u32, u32, u32) {
+    (n.div_ceil(block) as u32, 1, 1)
+}

@@ -1,0 +1,740 @@
+//! [`CudaBackend`]: the graph [`Backend`] on an NVIDIA GPU through the CUDA driver API.
+//!
+//! Buffers are raw device allocations behind [`BufferId`] handles (addresses stay fixed while
+//! a graph is loaded). Kernels come from one NVRTC-compiled module for the device's own
+//! architecture. Each op of a graph is one launch on the stream; run-time failures inside
+//! kernels (an out-of-range id or slot) set an error word that is checked after the run.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    result as cu, sys, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream,
+};
+use graph::{
+    AttnMask, Backend, BinaryOp, Bindings, BufferId, DType, ExecId, GluOp, Graph, HostBytes,
+    HostData, KvLayout, Layout, MemoryPlan, Node, NodeId, Op, Shape, Storage, TensorData, UnaryOp,
+};
+
+use crate::attention_plan::{
+    self, attention_splits, AttentionConfig, AttentionKernel, AttentionShape, MultiQueryAttention,
+};
+use crate::fuse_plan::{self, FusePlan, Fused};
+use crate::mma_plan::{self, uniform_row_stride, MmaConfig, MmaInput, MmaPlan};
+use crate::nvrtc;
+use crate::source;
+
+mod exec;
+mod fused;
+mod launch;
+mod ops;
+
+use exec::Exec;
+use launch::{code, grid1, weight_suffix, Args};
+
+type Result<T> = graph::Result<T>;
+
+fn backend_err(message: impl Into<String>) -> graph::Error {
+    graph::Error::Backend {
+        backend: "cuda".into(),
+        message: message.into(),
+    }
+}
+
+fn driver_err(what: &str, e: cu::DriverError) -> graph::Error {
+    backend_err(format!("{what}: {e:?}"))
+}
+
+/// Whether a CUDA driver, libnvrtc and at least one device are present. Never panics (the
+/// driver bindings panic when a library is missing, so presence is checked first).
+pub fn cuda_available() -> bool {
+    #[allow(unsafe_code)]
+    // SAFETY: only tries to dlopen libcuda by its candidate names; no symbol is called.
+    let driver = unsafe { sys::is_culib_present() };
+    driver
+        && nvrtc::nvrtc_available()
+        && cu::init().is_ok()
+        && cu::device::get_count().map(|n| n > 0).unwrap_or(false)
+}
+
+struct DevBuf {
+    ptr: u64,
+    dtype: DType,
+    shape: Shape,
+}
+
+fn elem_bytes(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 | DType::I32 => 4,
+        DType::F16 | DType::BF16 => 2,
+        _ => 0,
+    }
+}
+
+fn byte_size(dtype: DType, shape: Shape) -> Result<usize> {
+    dtype
+        .bytes_for(shape.n_elems() as u64)
+        .map(|b| b as usize)
+        .ok_or_else(|| backend_err(format!("{dtype} {shape} is not a whole number of blocks")))
+}
+
+/// `SPECULA_MAX_ROW_TILE` (1, 2, 4, 8 or 16; default 8): caps the activation-row tile of the
+/// vector matmul kernels, so batches above it run as several tiles (a tuning knob for
+/// `cargo xtask bench`). Any other value is ignored. On the H100 a 16-token verify of the 31B
+/// took 177 ms as two 8-row tiles and 191 ms (4 output rows per warp) or 210 ms (2 rows per
+/// warp) as one 16-row tile (bench/NOTES.md).
+fn max_row_tile_from_env() -> usize {
+    std::env::var("SPECULA_MAX_ROW_TILE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|t| source::MATMUL_ROW_TILES.contains(t))
+        .unwrap_or(8)
+}
+
+/// Whether the tensor-core matrix-vector kernels run Q4_K/Q6_K/Q8_0 products (up to 16 activation
+/// rows, and prefill chunks while `mma_prefill` is on; `SPECULA_MMA=0` turns them off, leaving
+/// the f32 vector and tiled kernels: an A/B knob for `cargo xtask bench`).
+fn mma_matvec_from_env() -> bool {
+    std::env::var("SPECULA_MMA").map_or(true, |v| v != "0")
+}
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    use_graphs: bool,
+    tensor_cores: bool,
+    /// Largest activation-row tile of the vector matmul kernels (16, or lower for tuning).
+    max_row_tile: usize,
+    /// Q4_K/Q6_K/Q8_0 products take the tensor-core `_mma_` kernels (up to 16 rows, and more
+    /// while `mma_prefill` is on).
+    mma_matvec: bool,
+    /// f16 K/V attention of head dim 256/512 takes the wide kernel (`SPECULA_WIDE_ATTENTION=0`:
+    /// the generic one, an A/B knob).
+    wide_attention: bool,
+    /// Which batches' attention over f16 K/V rows of 256/512 takes the multi-query kernel (by
+    /// default those of more than 16 queries; `SPECULA_MQ_ATTENTION=0|all`, A/B knobs).
+    mq_attention: MultiQueryAttention,
+    /// The device's opt-in shared memory per block (bytes), for the multi-query attention.
+    max_smem: usize,
+    /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
+    mma_mt: Option<usize>,
+    /// Products of more than 16 activation rows (prefill) also take the `_mma_` kernels, 8·NT
+    /// rows per block (`SPECULA_MMA_PREFILL=0`: the tiled `matmul_tc_` kernels, an A/B knob).
+    mma_prefill: bool,
+    /// Products of more than 16 rows give each warp its own weight rows
+    /// (`SPECULA_MMA_PREFILL_SPLITK=1`: split rows' groups between warps as up to 16 rows).
+    mma_prefill_row_warps: bool,
+    /// `SPECULA_MMA_PREFILL_TILE=MxN`: the `_mma_` tile of products of more than 16 rows
+    /// instead of `source::mma_prefill_tile`'s (tuning; 2x2 or one of
+    /// `source::MMA_PREFILL_TILES`).
+    mma_prefill_tile: Option<(usize, usize)>,
+    /// Forces every `_mma_` product to prepare its activations (`Some(true)`) or to split them in
+    /// place (`Some(false)`) instead of `source::mma_prepares` (tests and A/B runs;
+    /// `SPECULA_MMA_PREPARE=0|1`).
+    mma_prepare: Option<bool>,
+    /// Kernels launch with programmatic stream serialization (sm_90 and later, unless
+    /// `SPECULA_PDL=0`): each one's launch overlaps the tail of the kernel before it, which every
+    /// kernel waits for on entry (`pdl_entry` in common.cuh) before touching memory.
+    pdl: bool,
+    /// Graphs are loaded with the launches `fuse_plan` folds together (`SPECULA_FUSE=0`
+    /// launches every node on its own, an A/B knob).
+    fusion: bool,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<String, CudaFunction>,
+    name: String,
+    buffers: Vec<Option<DevBuf>>,
+    execs: Vec<Option<Exec>>,
+    err_word: u64,
+}
+
+// SAFETY: the backend owns its device allocations (raw addresses) and the context; every use
+// goes through `&mut self` or `&self` on one thread at a time, and the CUDA context is bound to
+// the calling thread before each driver call.
+#[allow(unsafe_code)]
+unsafe impl Send for CudaBackend {}
+
+impl CudaBackend {
+    /// Opens device `ordinal`, compiles (or loads from the cache) the kernels for its exact
+    /// architecture, and loads every entry point.
+    pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        if !cuda_available() {
+            return Err(backend_err(
+                "no CUDA driver, libnvrtc or device found (run `specula doctor`)",
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the context", e))?;
+        #[allow(unsafe_code)]
+        // SAFETY: called right after creating the context, before any allocation (cudarc#555);
+        // this backend uses one stream and raw allocations, so no cross-stream tracking is needed.
+        unsafe {
+            ctx.disable_event_tracking()
+        };
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| driver_err("compute capability", e))?;
+        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+        let mut driver = 0;
+        #[allow(unsafe_code)]
+        // SAFETY: the driver library is loaded (checked by cuda_available); valid out-pointer.
+        unsafe { sys::cuDriverGetVersion(&mut driver) }
+            .result()
+            .map_err(|e| driver_err("driver version", e))?;
+        let cubin =
+            nvrtc::cubin_cached(&source::full_source(), arch, driver).map_err(backend_err)?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+            .map_err(|e| driver_err("loading the kernel module", e))?;
+        let mut funcs = HashMap::new();
+        for name in source::all_kernel_names() {
+            let f = module
+                .load_function(&name)
+                .map_err(|e| driver_err(&format!("kernel {name}"), e))?;
+            funcs.insert(name, f);
+        }
+        let max_smem = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(|e| driver_err("shared memory per block", e))?
+            .max(0) as usize;
+        // The multi-query attention kernels take more than the default 48 KB of dynamic shared
+        // memory; where the device cannot give it, `attention_plan::choose` never picks them.
+        for d in [256, 512] {
+            let bytes = attention_plan::mq_smem_bytes(d);
+            let name = AttentionKernel::MultiQuery { d }.name();
+            if let (Some(f), true) = (funcs.get(name), bytes <= max_smem) {
+                f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+                .map_err(|e| driver_err(&format!("shared memory of {name}"), e))?;
+            }
+        }
+        let dev_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| driver_err("creating a stream", e))?;
+        ctx.bind_to_thread()
+            .map_err(|e| driver_err("binding the context", e))?;
+        #[allow(unsafe_code)]
+        // SAFETY: the context is current; 4 bytes are allocated and freed in Drop.
+        let err_word = unsafe { cu::malloc_sync(4) }
+            .map_err(|e| driver_err("allocating the error word", e))?;
+        Ok(CudaBackend {
+            name: format!("cuda:{ordinal} ({dev_name}, {arch})"),
+            ctx,
+            stream,
+            use_graphs: true,
+            tensor_cores: major >= 8,
+            max_row_tile: max_row_tile_from_env(),
+            mma_matvec: major >= 8 && mma_matvec_from_env(),
+            wide_attention: std::env::var("SPECULA_WIDE_ATTENTION").map_or(true, |v| v != "0"),
+            mq_attention: MultiQueryAttention::from_env(),
+            max_smem,
+            mma_mt: std::env::var("SPECULA_MMA_MT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|mt| [1, 2].contains(mt)),
+            mma_prefill: std::env::var("SPECULA_MMA_PREFILL").map_or(true, |v| v != "0"),
+            mma_prefill_row_warps: std::env::var("SPECULA_MMA_PREFILL_SPLITK")
+                .map_or(true, |v| v != "1"),
+            mma_prefill_tile: std::env::var("SPECULA_MMA_PREFILL_TILE")
+                .ok()
+                .and_then(|v| {
+                    let (mt, nt) = v.split_once('x')?;
+                    let tile = (mt.parse().ok()?, nt.parse().ok()?);
+                    (tile == (2, 2) || source::MMA_PREFILL_TILES.contains(&tile)).then_some(tile)
+                }),
+            mma_prepare: match std::env::var("SPECULA_MMA_PREPARE").as_deref() {
+                Ok("0") => Some(false),
+                Ok("1") => Some(true),
+                _ => None,
+            },
+            fusion: std::env::var("SPECULA_FUSE").map_or(true, |v| v != "0"),
+            pdl: major >= 9 && std::env::var("SPECULA_PDL").map_or(true, |v| v != "0"),
+            _module: module,
+            funcs,
+            buffers: Vec::new(),
+            execs: Vec::new(),
+            err_word,
+        })
+    }
+
+    /// Whether loaded graphs are captured as CUDA graphs after their first run and replayed
+    /// (on by default; off measures plain launches).
+    pub fn set_graph_replay(&mut self, enabled: bool) {
+        self.use_graphs = enabled;
+        for exec in self.execs.iter_mut().flatten() {
+            exec.captured = None;
+        }
+    }
+
+    /// Forces the tensor-core products loaded from now on to read activations prepared once per
+    /// input (`Some(true)`) or to split them in every warp (`Some(false)`); `None` restores the
+    /// size rule. The results are the same bits either way (tested).
+    pub fn set_mma_prepare(&mut self, mode: Option<bool>) {
+        self.mma_prepare = mode;
+    }
+
+    /// Launches a loaded graph saves by fusion (nodes folded into another node's launch, split
+    /// sums done by the norm that reads them), for tests that must know a fusion happened.
+    pub fn folded_launches(&self, exe: ExecId) -> Result<usize> {
+        let exec = self
+            .execs
+            .get(exe.0)
+            .and_then(|e| e.as_ref())
+            .ok_or_else(|| backend_err(format!("no loaded graph {}", exe.0)))?;
+        Ok(exec.fuse.skip.len() + exec.fuse.unsummed.len())
+    }
+
+    /// Whether graphs loaded from now on launch fused norms (`fuse_plan`; on by default,
+    /// `SPECULA_FUSE=0` turns it off). The results are the same bits either way (tested).
+    pub fn set_fusion(&mut self, on: bool) {
+        self.fusion = on;
+    }
+
+    /// The kernel attention node `node` of `g` runs on with the current settings.
+    fn attention_route(&self, g: &Graph, node: &graph::Node) -> AttentionKernel {
+        let (q, k, v) = (
+            g.node(node.inputs[0]),
+            g.node(node.inputs[1]),
+            g.node(node.inputs[2]),
+        );
+        attention_plan::choose(
+            &self.attention_config(),
+            &AttentionShape {
+                k_dtype: k.dtype,
+                v_dtype: v.dtype,
+                k_layout: &k.layout,
+                v_layout: &v.layout,
+                d: q.shape().ne(0),
+                d_v: v.shape().ne(0),
+                n_tok: q.shape().ne(2),
+            },
+        )
+    }
+
+    /// The settings that route attention nodes (`attention_plan::choose`).
+    fn attention_config(&self) -> AttentionConfig {
+        AttentionConfig {
+            wide: self.wide_attention,
+            multi_query: self.mq_attention,
+            max_smem: self.max_smem,
+        }
+    }
+
+    /// Which batches' attention over f16 K/V rows of 256/512 runs on the multi-query kernel;
+    /// takes effect at the next run of every graph (captured graphs are captured again). The
+    /// split-K counts stay those chosen at load, which any route computes correctly.
+    pub fn set_multi_query_attention(&mut self, mode: MultiQueryAttention) {
+        self.mq_attention = mode;
+        for exec in self.execs.iter_mut().flatten() {
+            exec.captured = None;
+        }
+    }
+
+    /// Attention nodes of a loaded graph that run on the multi-query kernel, for tests that must
+    /// know it ran.
+    pub fn multi_query_attentions(&self, exe: ExecId) -> Result<usize> {
+        let exec = self
+            .execs
+            .get(exe.0)
+            .and_then(|e| e.as_ref())
+            .ok_or_else(|| backend_err(format!("no loaded graph {}", exe.0)))?;
+        let g = &exec.graph;
+        Ok(g.nodes()
+            .iter()
+            .filter(|node| matches!(node.op, Op::Attention(_)))
+            .filter(|node| {
+                matches!(
+                    self.attention_route(g, node),
+                    AttentionKernel::MultiQuery { .. }
+                )
+            })
+            .count())
+    }
+
+    /// Seconds per run of a loaded graph, averaged over `n` back-to-back runs with one
+    /// synchronisation at the end (after one eager and, with replay on, one capturing run).
+    pub fn time_runs(&mut self, exe: ExecId, n: usize) -> Result<f64> {
+        self.run(exe)?;
+        self.run(exe)?;
+        let exec = self
+            .execs
+            .get(exe.0)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
+            })?;
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            self.replay_or_launch(exec)?;
+        }
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("synchronising", e))?;
+        Ok(start.elapsed().as_secs_f64() / n.max(1) as f64)
+    }
+
+    /// Device-to-device copy bandwidth in bytes per second (bytes read plus bytes written), over
+    /// `reps` copies of `bytes` bytes.
+    pub fn copy_bandwidth(&mut self, bytes: usize, reps: usize) -> Result<f64> {
+        let src = self.malloc(bytes)?;
+        let dst = self.malloc(bytes)?;
+        let copy = |s: &Self| -> Result<()> {
+            #[allow(unsafe_code)]
+            // SAFETY: both allocations hold `bytes` bytes and are freed after the copies finish.
+            unsafe { cu::memcpy_dtod_async(dst, src, bytes, s.stream.cu_stream()) }
+                .map_err(|e| driver_err("copying", e))
+        };
+        copy(self)?;
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("synchronising", e))?;
+        let start = std::time::Instant::now();
+        for _ in 0..reps {
+            copy(self)?;
+        }
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("synchronising", e))?;
+        let secs = start.elapsed().as_secs_f64();
+        #[allow(unsafe_code)]
+        // SAFETY: both were allocated above and the stream has finished with them.
+        unsafe {
+            let _ = cu::free_sync(src);
+            let _ = cu::free_sync(dst);
+        }
+        Ok(2.0 * (bytes * reps) as f64 / secs)
+    }
+
+    /// Copies host bytes to the device, ordered on the backend's stream, and waits.
+    fn htod(&self, dst: u64, bytes: &[u8]) -> Result<()> {
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: callers pass a destination with room for `bytes.len()` bytes; the host slice
+        // outlives the copy because the stream is synchronised before returning.
+        unsafe { cu::memcpy_htod_async(dst, bytes, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("copying to the device", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("copying to the device", e))
+    }
+
+    /// Copies device bytes to the host, ordered on the backend's stream, and waits.
+    fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: callers pass a source holding at least `dst.len()` bytes; `dst` outlives the
+        // copy because the stream is synchronised before returning.
+        unsafe { cu::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("copying from the device", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("copying from the device", e))
+    }
+
+    /// Sets `n` bytes at `ptr` to zero, ordered on the backend's stream, and waits.
+    fn zero(&self, ptr: u64, n: usize) -> Result<()> {
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: callers pass an allocation of at least `n` bytes.
+        unsafe { cu::memset_d8_async(ptr, 0, n, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("zeroing", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("zeroing", e))
+    }
+
+    /// Number of kernel nodes in `exe`'s captured CUDA graph, if one was captured.
+    pub fn captured_nodes(&self, exe: ExecId) -> Option<usize> {
+        let g = self.execs.get(exe.0)?.as_ref()?.captured.as_ref()?;
+        let mut n = 0usize;
+        #[allow(unsafe_code)]
+        // SAFETY: the graph is alive; a null node array asks only for the count.
+        let r = unsafe { sys::cuGraphGetNodes(g.cu_graph(), std::ptr::null_mut(), &mut n) };
+        r.result().ok().map(|()| n)
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_err("binding the context", e))
+    }
+
+    fn buf(&self, id: BufferId) -> Result<&DevBuf> {
+        self.buffers
+            .get(id.0)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| graph::Error::Handle(format!("cuda buffer #{} does not exist", id.0)))
+    }
+
+    fn insert(&mut self, b: DevBuf) -> BufferId {
+        self.buffers.push(Some(b));
+        BufferId(self.buffers.len() - 1)
+    }
+
+    fn malloc(&self, bytes: usize) -> Result<u64> {
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: the context is current; the allocation is owned by a DevBuf and freed once.
+        let ptr = unsafe { cu::malloc_sync(bytes.max(4)) }.map_err(|e| {
+            let (free, total) = cu::mem_get_info().unwrap_or((0, 0));
+            driver_err(
+                &format!("allocating {bytes} bytes ({free} of {total} bytes free)"),
+                e,
+            )
+        })?;
+        self.zero(ptr, bytes.max(4))?;
+        Ok(ptr)
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Captured graphs go first: they reference the buffers freed below.
+        self.execs.clear();
+        if self.bind().is_err() {
+            return;
+        }
+        for b in self.buffers.iter().flatten() {
+            #[allow(unsafe_code)]
+            // SAFETY: each DevBuf owns its allocation, freed exactly once here.
+            let _ = unsafe { cu::free_sync(b.ptr) };
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: allocated in `new`, freed once here.
+        let _ = unsafe { cu::free_sync(self.err_word) };
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn memory_info(&self) -> Option<(u64, u64)> {
+        self.bind().ok()?;
+        cu::mem_get_info()
+            .ok()
+            .map(|(free, total)| (free as u64, total as u64))
+    }
+
+    fn alloc(&mut self, dtype: DType, shape: Shape) -> Result<BufferId> {
+        let ptr = self.malloc(byte_size(dtype, shape)?)?;
+        Ok(self.insert(DevBuf { ptr, dtype, shape }))
+    }
+
+    fn upload(&mut self, dtype: DType, shape: Shape, data: HostBytes) -> Result<BufferId> {
+        let bytes = byte_size(dtype, shape)?;
+        if data.len() != bytes {
+            return Err(graph::Error::Handle(format!(
+                "upload of {dtype} {shape}: expected {bytes} bytes, got {}",
+                data.len()
+            )));
+        }
+        let ptr = self.malloc(bytes)?;
+        self.htod(ptr, data.as_slice())?;
+        Ok(self.insert(DevBuf { ptr, dtype, shape }))
+    }
+
+    fn write(&mut self, buffer: BufferId, offset: usize, data: HostData<'_>) -> Result<()> {
+        let b = self.buf(buffer)?;
+        let n = b.shape.n_elems();
+        if offset.checked_add(data.len()).is_none_or(|end| end > n) {
+            return Err(graph::Error::Handle(format!(
+                "write of {} elements at {offset} into a {n}-element buffer",
+                data.len()
+            )));
+        }
+        let bytes: Vec<u8> = match (b.dtype, data) {
+            (DType::F32, HostData::F32(v)) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            (DType::F16, HostData::F32(v)) => v
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
+            (DType::I32, HostData::I32(v)) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            (dt, _) => {
+                return Err(graph::Error::Handle(format!(
+                    "cannot write that data into a {dt} buffer"
+                )))
+            }
+        };
+        let at = b.ptr + (offset * elem_bytes(b.dtype)) as u64;
+        // The range [offset, offset + len) was checked against the buffer's size above.
+        self.htod(at, &bytes)
+    }
+
+    fn read(&self, buffer: BufferId) -> Result<TensorData> {
+        let b = self.buf(buffer)?;
+        let mut bytes = vec![0u8; byte_size(b.dtype, b.shape)?];
+        self.dtoh(&mut bytes, b.ptr)?;
+        Ok(match b.dtype {
+            DType::I32 => TensorData::I32(
+                bytes
+                    .as_chunks::<4>()
+                    .0
+                    .iter()
+                    .map(|c| i32::from_le_bytes(*c))
+                    .collect(),
+            ),
+            dt => TensorData::F32(
+                gguf::quant::dequantize_to_vec(dt, &bytes)
+                    .map_err(|e| backend_err(e.to_string()))?,
+            ),
+        })
+    }
+
+    fn free(&mut self, buffer: BufferId) -> Result<()> {
+        let b = self.buf(buffer)?;
+        let ptr = b.ptr;
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: the buffer is removed from the table below, so it is freed once.
+        unsafe { cu::free_sync(ptr) }.map_err(|e| driver_err("freeing", e))?;
+        self.buffers[buffer.0] = None;
+        Ok(())
+    }
+
+    fn load(&mut self, graph: &Graph, bindings: &Bindings) -> Result<ExecId> {
+        let plan = MemoryPlan::new(graph);
+        let mut owned = Vec::new();
+        let mut slot_buffers = Vec::new();
+        for slot in &plan.slots {
+            let id = self.alloc(slot.dtype, Shape::new(&[slot.n_elems])?)?;
+            owned.push(id);
+            slot_buffers.push(id);
+        }
+        let mut attn_scratch = HashMap::new();
+        for (i, node) in graph.nodes().iter().enumerate() {
+            if let Op::Attention(_) = node.op {
+                let q = graph.node(node.inputs[0]).shape();
+                let k = graph.node(node.inputs[1]).shape();
+                let d_v = graph.node(node.inputs[2]).shape().ne(0);
+                let blocks = self.attention_route(graph, node).query_blocks(q.ne(2));
+                let n_split = attention_splits(q.ne(1), q.ne(2), blocks, k.ne(2));
+                if n_split > 1 {
+                    let elems = q.ne(1) * q.ne(2) * n_split * (d_v + 2);
+                    let b = self.alloc(DType::F32, Shape::new(&[elems])?)?;
+                    owned.push(b);
+                    attn_scratch.insert(i, (b, n_split));
+                }
+            }
+        }
+        let mma = mma_plan::plan(&self.mma_config(), graph);
+        let fuse = if self.fusion {
+            fuse_plan::plan_for(graph, &mma)
+        } else {
+            FusePlan::default()
+        };
+        let mma_scratch = if mma.scratch_bytes > 0 {
+            let b = self.alloc(DType::F32, Shape::new(&[mma.scratch_bytes / 4])?)?;
+            owned.push(b);
+            Some(b)
+        } else {
+            None
+        };
+        let mma_partials = if mma.partial_elems > 0 {
+            let b = self.alloc(DType::F32, Shape::new(&[mma.partial_elems])?)?;
+            owned.push(b);
+            Some(b)
+        } else {
+            None
+        };
+        let mut node_buffer: Vec<BufferId> = Vec::with_capacity(graph.nodes().len());
+        for (i, node) in graph.nodes().iter().enumerate() {
+            let id = NodeId::from_index(i);
+            let buffer = match &plan.storage[i] {
+                Storage::Slot(k) => slot_buffers[*k],
+                Storage::Alias(root) => node_buffer[root.index()],
+                Storage::Leaf => match (bindings.get(id), &node.op) {
+                    (Some(b), _) => {
+                        let buf = self.buf(b)?;
+                        if buf.dtype != node.dtype || buf.shape != node.shape() {
+                            return Err(graph::Error::Binding {
+                                node: node.label(id),
+                                reason: format!(
+                                    "leaf is {} {}, buffer is {} {}",
+                                    node.dtype,
+                                    node.shape(),
+                                    buf.dtype,
+                                    buf.shape
+                                ),
+                            });
+                        }
+                        b
+                    }
+                    (None, Op::Input) => {
+                        let b = self.alloc(node.dtype, node.shape())?;
+                        owned.push(b);
+                        b
+                    }
+                    (None, _) => {
+                        return Err(graph::Error::Binding {
+                            node: node.label(id),
+                            reason: format!("{} leaf is not bound to a buffer", node.op.name()),
+                        })
+                    }
+                },
+            };
+            node_buffer.push(buffer);
+        }
+        self.execs.push(Some(Exec {
+            graph: graph.clone(),
+            node_buffer,
+            owned,
+            runs: 0,
+            captured: None,
+            attn_scratch,
+            mma_scratch,
+            mma_partials,
+            mma,
+            fuse,
+        }));
+        Ok(ExecId(self.execs.len() - 1))
+    }
+
+    fn buffer_of(&self, exe: ExecId, node: NodeId) -> Result<BufferId> {
+        let exec = self
+            .execs
+            .get(exe.0)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
+            })?;
+        exec.node_buffer
+            .get(node.index())
+            .copied()
+            .ok_or(graph::Error::UnknownNode(node.index()))
+    }
+
+    fn run(&mut self, exe: ExecId) -> Result<()> {
+        let mut exec = self
+            .execs
+            .get_mut(exe.0)
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
+            })?;
+        let result = self.run_exec(&mut exec, exe);
+        self.execs[exe.0] = Some(exec);
+        result
+    }
+
+    fn unload(&mut self, exe: ExecId) -> Result<()> {
+        let exec = self
+            .execs
+            .get_mut(exe.0)
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
+            })?;
+        drop(exec.captured);
+        for b in exec.owned {
+            self.free(b)?;
+        }
+        Ok(())
+    }
+}

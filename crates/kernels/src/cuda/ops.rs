@@ -1,0 +1,501 @@
+//! One launch (or a few) per graph op: `run_node`, and the tensor-core product launcher.
+
+use super::*;
+
+impl CudaBackend {
+    /// Launches matmul `node` on the tensor-core `_mma_` kernels: the activation preparation
+    /// when the plan says this product prepares, the product, and the split sums.
+    pub(super) fn launch_mma(
+        &self,
+        exec: &Exec,
+        id: NodeId,
+        node: &Node,
+        mi: &MmaInput,
+        out: u64,
+    ) -> Result<()> {
+        let w = exec.graph.node(node.inputs[0]);
+        let (k, n, m) = (mi.k, w.shape().ne(1), mi.m);
+        let reads_prepared = exec.mma.reads.contains(&id.index());
+        let x_base = self.base(exec, node.inputs[1])?;
+        let xs = match exec.mma_scratch {
+            Some(b) if reads_prepared => self.buf(b)?.ptr,
+            None if reads_prepared => {
+                return Err(backend_err("no scratch for prepared activations"))
+            }
+            _ => x_base,
+        };
+        if reads_prepared && !exec.mma.ready.contains(&id.index()) {
+            let mut p = Args::default();
+            p.ptr(x_base)
+                .i64(mi.offset)
+                .i64(mi.stride)
+                .i32(k as i32)
+                .i32(m as i32)
+                .ptr(xs);
+            self.launch("mmv_prepare_x", grid1(m * k / 8, 256), 256, &mut p)?;
+        }
+        let (mt, nt) = mi.tile;
+        let kw = mi.k_warps;
+        let splits = source::mma_k_splits(k);
+        let dst = if splits > 1 {
+            self.partials_ptr(exec)?
+        } else {
+            out
+        };
+        let mut a = Args::default();
+        a.ptr(self.base(exec, node.inputs[0])?)
+            .ptr(xs)
+            .ptr(dst)
+            .i32(k as i32)
+            .i32(n as i32)
+            .i32(m as i32)
+            .i32(kw as i32)
+            .i64(mi.offset)
+            .i64(mi.stride);
+        let tail = if reads_prepared { "" } else { "_x" };
+        self.launch(
+            &format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
+            (
+                m.div_ceil(8 * nt) as u32,
+                n.div_ceil(16 * mt * (8 / kw)) as u32,
+                splits as u32,
+            ),
+            256,
+            &mut a,
+        )?;
+        if splits > 1 && !exec.fuse.unsummed.contains(&id.index()) {
+            let mut r = Args::default();
+            r.ptr(dst).ptr(out).i32((m * n) as i32).i32(splits as i32);
+            self.launch("mmv_sum_splits", grid1(m * n, 256), 256, &mut r)?;
+        }
+        Ok(())
+    }
+
+    /// The `_mma_` route settings now.
+    pub(super) fn mma_config(&self) -> MmaConfig {
+        MmaConfig {
+            enabled: self.mma_matvec,
+            prefill: self.mma_prefill,
+            mt: self.mma_mt,
+            prefill_row_warps: self.mma_prefill_row_warps,
+            prefill_tile: self.mma_prefill_tile,
+            force_prepare: self.mma_prepare,
+        }
+    }
+
+    /// Base address of `node`'s storage and its layout.
+    pub(super) fn base(&self, exec: &Exec, node: NodeId) -> Result<u64> {
+        Ok(self.buf(exec.node_buffer[node.index()])?.ptr)
+    }
+
+    /// Address of a dense 1-D int array node's first element.
+    pub(super) fn addr(&self, exec: &Exec, node: NodeId) -> Result<u64> {
+        let n = exec.graph.node(node);
+        Ok(self.base(exec, node)? + (n.layout.offset * elem_bytes(n.dtype).max(1)) as u64)
+    }
+
+    pub(super) fn run_node(&self, exec: &Exec, id: NodeId, node: &Node) -> Result<()> {
+        let g = &exec.graph;
+        let inp = |k: usize| g.node(node.inputs[k]);
+        let out = self.base(exec, id)?;
+        let n_out = node.shape().n_elems();
+        if exec.fuse.skip.contains(&id.index()) {
+            return Ok(());
+        }
+        match exec.fuse.fused.get(&id.index()) {
+            Some(Fused::Tail(t)) => {
+                // The next norm's prepared activations, if its products read them.
+                let xs = match (t.next, exec.mma_scratch) {
+                    (Some(n2), Some(b)) if exec.mma.norms.contains(&n2.index()) => self.buf(b)?.ptr,
+                    _ => 0,
+                };
+                return self.launch_norm(exec, t.norm, out, xs, Some(*t));
+            }
+            Some(Fused::Rope { norm, write }) => {
+                return self.launch_norm_rope(exec, *norm, id, out, *write)
+            }
+            Some(Fused::NormWrite { write }) => {
+                let mut a = self.norm_args(exec, id, out, 0, None)?;
+                let heads = node.shape().ne(1);
+                a.ptr(0).ptr(0).i32(heads as i32).i32(0).f32(0.0);
+                self.cache_write_args(exec, Some(*write), &mut a)?;
+                return self.launch_norm_args(exec, id, &mut a);
+            }
+            None => {}
+        }
+        let unsupported = |why: String| {
+            backend_err(format!(
+                "{} (node '{}'): {why}",
+                node.op.name(),
+                node.label(id)
+            ))
+        };
+        match &node.op {
+            Op::Input | Op::Weight | Op::State | Op::View | Op::Reshape | Op::Permute(_) => Ok(()),
+            Op::GetRows => {
+                let t = inp(0);
+                let (k, n_rows) = (t.shape().ne(0), t.shape().ne(1));
+                if k % 32 != 0 {
+                    return Err(unsupported(format!(
+                        "rows of {k} elements (needs a multiple of 32)"
+                    )));
+                }
+                let n_ids = inp(1).shape().n_elems();
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .ptr(self.addr(exec, node.inputs[1])?)
+                    .ptr(out);
+                a.i32(k as i32)
+                    .i32(n_rows as i32)
+                    .i32(n_ids as i32)
+                    .ptr(self.err_word);
+                self.launch(
+                    &format!("get_rows_{}", weight_suffix(t.dtype)?),
+                    grid1(k / 32 * n_ids, 128),
+                    128,
+                    &mut a,
+                )
+            }
+            Op::MatMul => {
+                if let Some(mi) = exec.mma.products.get(&id.index()) {
+                    return self.launch_mma(exec, id, node, mi, out);
+                }
+                let (w, x) = (inp(0), inp(1));
+                let (k, n) = (w.shape().ne(0), w.shape().ne(1));
+                if k % 32 != 0 {
+                    return Err(unsupported(format!(
+                        "rows of {k} elements (needs a multiple of 32)"
+                    )));
+                }
+                let stride = uniform_row_stride(&x.layout).ok_or_else(|| {
+                    unsupported("activation rows are not uniformly strided".into())
+                })?;
+                let m = x.shape().n_rows();
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .ptr(self.base(exec, node.inputs[1])?)
+                    .ptr(out);
+                a.i32(k as i32)
+                    .i32(n as i32)
+                    .i32(m as i32)
+                    .i64(x.layout.offset as i64)
+                    .i64(stride);
+                let tile = source::MATMUL_ROW_TILES
+                    .iter()
+                    .copied()
+                    .filter(|&t| t <= self.max_row_tile)
+                    .find(|&t| t >= m)
+                    .unwrap_or(self.max_row_tile);
+                // Q4_K, Q6_K and Q8_0 rows of whole 256-weight groups with 16-byte-aligned
+                // activations take the fast kernels.
+                let fast = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0)
+                    && k % 256 == 0
+                    && x.layout.offset % 4 == 0
+                    && stride % 4 == 0;
+                if m > source::TENSOR_CORE_MIN_ROWS && self.tensor_cores {
+                    return self.launch(
+                        &format!("matmul_tc_{}", weight_suffix(w.dtype)?),
+                        (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1),
+                        128,
+                        &mut a,
+                    );
+                }
+                let family = if fast {
+                    match w.dtype {
+                        DType::Q4_K => "q4_k_fast",
+                        DType::Q6_K => "q6_k_fast",
+                        _ => "q8_0_fast",
+                    }
+                } else {
+                    weight_suffix(w.dtype)?
+                };
+                let per_warp = if fast {
+                    source::fast_rows_per_warp(tile)
+                } else {
+                    1
+                };
+                self.launch(
+                    &format!("matmul_{family}_r{tile}"),
+                    (n.div_ceil(4 * per_warp) as u32, m.div_ceil(tile) as u32, 1),
+                    128,
+                    &mut a,
+                )
+            }
+            Op::MatMulId => {
+                let (w, x, ids) = (inp(0), inp(1), inp(2));
+                let (k, n, n_expert) = (w.shape().ne(0), w.shape().ne(1), w.shape().ne(2));
+                if k % 32 != 0 {
+                    return Err(unsupported(format!(
+                        "rows of {k} elements (needs a multiple of 32)"
+                    )));
+                }
+                let stride = uniform_row_stride(&x.layout).ok_or_else(|| {
+                    unsupported("activation rows are not uniformly strided".into())
+                })?;
+                let (n_used, t) = (ids.shape().ne(0), ids.shape().ne(1));
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .ptr(self.base(exec, node.inputs[1])?)
+                    .ptr(self.addr(exec, node.inputs[2])?)
+                    .ptr(out);
+                a.i32(k as i32)
+                    .i32(n as i32)
+                    .i32(n_expert as i32)
+                    .i32(n_used as i32)
+                    .i32(x.shape().ne(1) as i32);
+                a.i64(x.layout.offset as i64).i64(stride).ptr(self.err_word);
+                self.launch(
+                    &format!("matmul_id_{}", weight_suffix(w.dtype)?),
+                    (n.div_ceil(4) as u32, (n_used * t) as u32, 1),
+                    128,
+                    &mut a,
+                )
+            }
+            Op::Binary(op) => {
+                let (x, y) = (inp(0), inp(1));
+                // b broadcast: output dims, zero strides where b has size 1.
+                let mut lb = y.layout;
+                for i in 0..4 {
+                    if y.shape().ne(i) == 1 {
+                        lb.strides[i] = 0;
+                    }
+                }
+                lb.shape = node.shape();
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&x.layout)
+                    .ptr(self.base(exec, node.inputs[1])?)
+                    .i32(code(y.dtype))
+                    .layout(&lb);
+                a.ptr(out)
+                    .i64(n_out as i64)
+                    .i32(if *op == BinaryOp::Add { 0 } else { 1 });
+                self.launch("binary_f32", grid1(n_out, 256), 256, &mut a)
+            }
+            Op::Unary(op) => {
+                let (k, p) = match op {
+                    UnaryOp::Scale(s) => (0, *s),
+                    UnaryOp::Gelu => (1, 0.0),
+                    UnaryOp::Silu => (2, 0.0),
+                    UnaryOp::Softcap(c) => (3, *c),
+                };
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&inp(0).layout)
+                    .ptr(out)
+                    .i64(n_out as i64)
+                    .i32(k)
+                    .f32(p);
+                self.launch("unary_f32", grid1(n_out, 256), 256, &mut a)
+            }
+            Op::Glu(op) => {
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&inp(0).layout)
+                    .ptr(self.base(exec, node.inputs[1])?)
+                    .layout(&inp(1).layout);
+                a.ptr(out)
+                    .i64(n_out as i64)
+                    .i32(if *op == GluOp::GeGlu { 0 } else { 1 });
+                self.launch("glu_f32", grid1(n_out, 256), 256, &mut a)
+            }
+            Op::Contiguous => {
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&inp(0).layout)
+                    .ptr(out)
+                    .i64(n_out as i64);
+                self.launch("copy_f32", grid1(n_out, 256), 256, &mut a)
+            }
+            Op::Concat { dim } => {
+                let d = node.shape().dims();
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&inp(0).layout)
+                    .ptr(self.base(exec, node.inputs[1])?)
+                    .layout(&inp(1).layout)
+                    .ptr(out);
+                for v in d {
+                    a.i64(v as i64);
+                }
+                a.i32(*dim as i32).i64(inp(0).shape().ne(*dim) as i64);
+                self.launch("concat_f32", grid1(n_out, 256), 256, &mut a)
+            }
+            Op::RmsNorm { .. } => {
+                let xs = match exec.mma_scratch {
+                    Some(b) if exec.mma.norms.contains(&id.index()) => self.buf(b)?.ptr,
+                    _ => 0,
+                };
+                self.launch_norm(exec, id, out, xs, None)
+            }
+            Op::Rope(p) => {
+                let x = inp(0);
+                let d = x.shape().dims();
+                let ff = match node.inputs.get(2) {
+                    Some(&f) => self.addr(exec, f)?,
+                    None => 0,
+                };
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&x.layout)
+                    .ptr(self.addr(exec, node.inputs[1])?)
+                    .ptr(ff)
+                    .ptr(out);
+                a.i32(d[0] as i32)
+                    .i32(d[1] as i32)
+                    .i32((d[1] * d[2]) as i32)
+                    .i32(p.n_rot as i32)
+                    .f32(p.theta);
+                self.launch("rope_f32", grid1(n_out, 256), 256, &mut a)
+            }
+            Op::Softmax => {
+                let x = inp(0);
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&x.layout)
+                    .ptr(out)
+                    .i32(x.shape().ne(0) as i32);
+                self.launch(
+                    "softmax_f32",
+                    (x.shape().n_rows() as u32, 1, 1),
+                    256,
+                    &mut a,
+                )
+            }
+            Op::Attention(p) => {
+                let (q, k, v) = (inp(0), inp(1), inp(2));
+                let (d, d_v) = (q.shape().ne(0), v.shape().ne(0));
+                if d > 512 || d_v > 512 {
+                    return Err(unsupported(format!("head dims {d}/{d_v} above 512")));
+                }
+                let mask = match node.inputs.get(5) {
+                    Some(&m) => self.base(exec, m)? + (g.node(m).layout.offset * 4) as u64,
+                    None => 0,
+                };
+                let (kind, window) = match p.mask {
+                    AttnMask::None | AttnMask::Explicit => (0, 0),
+                    AttnMask::Causal => (1, 0),
+                    AttnMask::SlidingWindow { window } => (2, window as i32),
+                };
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?).layout(&q.layout);
+                a.ptr(self.base(exec, node.inputs[1])?)
+                    .i32(code(k.dtype))
+                    .layout(&k.layout);
+                a.ptr(self.base(exec, node.inputs[2])?)
+                    .i32(code(v.dtype))
+                    .layout(&v.layout);
+                a.ptr(self.addr(exec, node.inputs[3])?)
+                    .ptr(self.addr(exec, node.inputs[4])?)
+                    .ptr(mask)
+                    .ptr(out);
+                a.i32(d as i32)
+                    .i32(d_v as i32)
+                    .i32(q.shape().ne(1) as i32)
+                    .i32(k.shape().ne(1) as i32)
+                    .i32(k.shape().ne(2) as i32);
+                a.f32(p.scale)
+                    .i32(kind)
+                    .i32(window)
+                    .i32(i32::from(p.kv_layout == KvLayout::Ring))
+                    .ptr(self.err_word);
+                let (n_head, n_tok) = (q.shape().ne(1), q.shape().ne(2));
+                let (n_split, scratch) = match exec.attn_scratch.get(&id.index()) {
+                    Some(&(b, n)) => (n, self.buf(b)?.ptr),
+                    None => (1, 0),
+                };
+                a.i32(n_split as i32).ptr(scratch);
+                let route = self.attention_route(g, node);
+                self.launch_smem(
+                    route.name(),
+                    (
+                        n_head as u32,
+                        route.query_blocks(n_tok) as u32,
+                        n_split as u32,
+                    ),
+                    route.threads(),
+                    route.smem_bytes() as u32,
+                    &mut a,
+                )?;
+                if n_split > 1 {
+                    let mut c = Args::default();
+                    c.ptr(scratch)
+                        .ptr(out)
+                        .i32(d_v as i32)
+                        .i32(n_head as i32)
+                        .i32(n_split as i32);
+                    self.launch(
+                        "attention_combine_f32",
+                        (n_head as u32, n_tok as u32, 1),
+                        128,
+                        &mut c,
+                    )?;
+                }
+                Ok(())
+            }
+            Op::WriteRows => {
+                let src = inp(1);
+                let row = src.shape().ne(0);
+                let n = src.shape().n_rows();
+                let mut a = Args::default();
+                a.ptr(out)
+                    .i32(code(node.dtype))
+                    .i64(node.layout.offset as i64)
+                    .i32((n_out / row.max(1)) as i32);
+                a.ptr(self.base(exec, node.inputs[1])?)
+                    .layout(&src.layout)
+                    .ptr(self.addr(exec, node.inputs[2])?);
+                a.i32(row as i32).i32(n as i32).ptr(self.err_word);
+                self.launch("write_rows", grid1(row * n, 256), 256, &mut a)
+            }
+            Op::Argmax => {
+                let x = inp(0);
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&x.layout)
+                    .ptr(out)
+                    .i32(x.shape().ne(0) as i32);
+                // One block per row; a vocabulary-wide row gets 1024 threads (ties resolve to the
+                // lowest index whatever the thread count).
+                let threads = if x.shape().ne(0) >= 8192 { 1024 } else { 256 };
+                self.launch(
+                    "argmax_f32",
+                    (x.shape().n_rows() as u32, 1, 1),
+                    threads,
+                    &mut a,
+                )
+            }
+            Op::TopK(k) => {
+                let x = inp(0);
+                let rows = x.shape().n_rows();
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&x.layout)
+                    .ptr(out)
+                    .i32(x.shape().ne(0) as i32)
+                    .i32(*k as i32)
+                    .i64(rows as i64);
+                self.launch("top_k_f32", grid1(rows, 64), 64, &mut a)
+            }
+            Op::MoeWeights { renormalize } => {
+                let (probs, ids) = (inp(0), inp(1));
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&probs.layout)
+                    .ptr(self.addr(exec, node.inputs[1])?);
+                match node.inputs.get(2) {
+                    Some(&s) => a.ptr(self.base(exec, s)?).i32(code(g.node(s).dtype)),
+                    None => a.ptr(0).i32(-1),
+                };
+                let (k, t) = (ids.shape().ne(0), ids.shape().ne(1));
+                a.ptr(out)
+                    .i32(probs.shape().ne(0) as i32)
+                    .i32(k as i32)
+                    .i32(t as i32)
+                    .i32(i32::from(*renormalize))
+                    .ptr(self.err_word);
+                self.launch("moe_weights_f32", grid1(t, 64), 64, &mut a)
+            }
+        }
+    }
+}
