@@ -35,6 +35,11 @@ use launch::{code, grid1, weight_suffix, Args};
 
 type Result<T> = graph::Result<T>;
 
+/// The error for a handle that names no loaded graph.
+fn no_exec(exe: ExecId) -> graph::Error {
+    graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
+}
+
 fn backend_err(message: impl Into<String>) -> graph::Error {
     graph::Error::Backend {
         backend: "cuda".into(),
@@ -266,6 +271,28 @@ impl CudaBackend {
     /// (on by default; off measures plain launches).
     pub fn set_graph_replay(&mut self, enabled: bool) {
         self.use_graphs = enabled;
+        self.forget_captures();
+    }
+
+    /// The loaded graph `exe`.
+    fn exec(&self, exe: ExecId) -> Result<&Exec> {
+        self.execs
+            .get(exe.0)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| no_exec(exe))
+    }
+
+    /// Takes the loaded graph `exe` out of its slot (put it back, or drop it to unload).
+    fn take_exec(&mut self, exe: ExecId) -> Result<Exec> {
+        self.execs
+            .get_mut(exe.0)
+            .and_then(Option::take)
+            .ok_or_else(|| no_exec(exe))
+    }
+
+    /// Drops every captured CUDA graph, so the next runs launch (and capture) with the current
+    /// settings.
+    fn forget_captures(&mut self) {
         for exec in self.execs.iter_mut().flatten() {
             exec.captured = None;
         }
@@ -281,11 +308,7 @@ impl CudaBackend {
     /// Launches a loaded graph saves by fusion (nodes folded into another node's launch, split
     /// sums done by the norm that reads them), for tests that must know a fusion happened.
     pub fn folded_launches(&self, exe: ExecId) -> Result<usize> {
-        let exec = self
-            .execs
-            .get(exe.0)
-            .and_then(|e| e.as_ref())
-            .ok_or_else(|| backend_err(format!("no loaded graph {}", exe.0)))?;
+        let exec = self.exec(exe)?;
         Ok(exec.fuse.skip.len() + exec.fuse.unsummed.len())
     }
 
@@ -330,19 +353,13 @@ impl CudaBackend {
     /// split-K counts stay those chosen at load, which any route computes correctly.
     pub fn set_multi_query_attention(&mut self, mode: MultiQueryAttention) {
         self.mq_attention = mode;
-        for exec in self.execs.iter_mut().flatten() {
-            exec.captured = None;
-        }
+        self.forget_captures();
     }
 
     /// Attention nodes of a loaded graph that run on the multi-query kernel, for tests that must
     /// know it ran.
     pub fn multi_query_attentions(&self, exe: ExecId) -> Result<usize> {
-        let exec = self
-            .execs
-            .get(exe.0)
-            .and_then(|e| e.as_ref())
-            .ok_or_else(|| backend_err(format!("no loaded graph {}", exe.0)))?;
+        let exec = self.exec(exe)?;
         let g = &exec.graph;
         Ok(g.nodes()
             .iter()
@@ -361,13 +378,7 @@ impl CudaBackend {
     pub fn time_runs(&mut self, exe: ExecId, n: usize) -> Result<f64> {
         self.run(exe)?;
         self.run(exe)?;
-        let exec = self
-            .execs
-            .get(exe.0)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| {
-                graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
-            })?;
+        let exec = self.exec(exe)?;
         let start = std::time::Instant::now();
         for _ in 0..n {
             self.replay_or_launch(exec)?;
@@ -697,13 +708,7 @@ impl Backend for CudaBackend {
     }
 
     fn buffer_of(&self, exe: ExecId, node: NodeId) -> Result<BufferId> {
-        let exec = self
-            .execs
-            .get(exe.0)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| {
-                graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
-            })?;
+        let exec = self.exec(exe)?;
         exec.node_buffer
             .get(node.index())
             .copied()
@@ -711,26 +716,14 @@ impl Backend for CudaBackend {
     }
 
     fn run(&mut self, exe: ExecId) -> Result<()> {
-        let mut exec = self
-            .execs
-            .get_mut(exe.0)
-            .and_then(Option::take)
-            .ok_or_else(|| {
-                graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
-            })?;
+        let mut exec = self.take_exec(exe)?;
         let result = self.run_exec(&mut exec, exe);
         self.execs[exe.0] = Some(exec);
         result
     }
 
     fn unload(&mut self, exe: ExecId) -> Result<()> {
-        let exec = self
-            .execs
-            .get_mut(exe.0)
-            .and_then(Option::take)
-            .ok_or_else(|| {
-                graph::Error::Handle(format!("cuda executable #{} does not exist", exe.0))
-            })?;
+        let exec = self.take_exec(exe)?;
         drop(exec.captured);
         for b in exec.owned {
             self.free(b)?;
