@@ -886,6 +886,32 @@ fn selection_moe_and_write_rows() {
     }
 }
 
+/// An explicit attention mask of `n` entries: every fifth −∞, the rest random.
+fn explicit_mask(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            if i % 5 == 0 {
+                f32::NEG_INFINITY
+            } else {
+                rng.sym()
+            }
+        })
+        .collect()
+}
+
+/// Attention nodes of `graph` the CUDA backend runs on the multi-query kernel when loaded now.
+fn multi_query_attentions(
+    cuda: &mut kernels::CudaBackend,
+    graph: &Graph,
+    leaves: &[(NodeId, Leaf)],
+) -> usize {
+    let bindings = bind_leaves(cuda, graph, leaves);
+    let exe = cuda.load(graph, &bindings).unwrap();
+    let n = cuda.multi_query_attentions(exe).unwrap();
+    cuda.unload(exe).unwrap();
+    n
+}
+
 #[test]
 fn attention_gqa_ring_window_masks_f16() {
     let mut rng = Rng(5);
@@ -1033,18 +1059,8 @@ fn attention_gqa_ring_window_masks_f16() {
         let v = c.state(kv_ty, &[d, nkv, cap], rng.vec(d * nkv * cap));
         let p = c.i32(&[t], q_pos.clone());
         let n = c.i32(&[1], vec![n_kv]);
-        let m = (mask == AttnMask::Explicit).then(|| {
-            let vals: Vec<f32> = (0..cap * t)
-                .map(|i| {
-                    if i % 5 == 0 {
-                        f32::NEG_INFINITY
-                    } else {
-                        rng.sym()
-                    }
-                })
-                .collect();
-            c.f32(&[cap, t], vals)
-        });
+        let m = (mask == AttnMask::Explicit)
+            .then(|| c.f32(&[cap, t], explicit_mask(&mut rng, cap * t)));
         let y =
             c.g.attention(
                 q,
@@ -1172,18 +1188,8 @@ fn multi_query_attention_matches_the_cpu() {
         let v = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
         let p = c.i32(&[t], q_pos);
         let n = c.i32(&[1], vec![n_kv]);
-        let m = (mask == AttnMask::Explicit).then(|| {
-            let vals: Vec<f32> = (0..cap * t)
-                .map(|i| {
-                    if i % 5 == 0 {
-                        f32::NEG_INFINITY
-                    } else {
-                        rng.sym()
-                    }
-                })
-                .collect();
-            c.f32(&[cap, t], vals)
-        });
+        let m = (mask == AttnMask::Explicit)
+            .then(|| c.f32(&[cap, t], explicit_mask(&mut rng, cap * t)));
         let params = AttnParams {
             scale: 0.0625,
             mask,
@@ -1192,10 +1198,8 @@ fn multi_query_attention_matches_the_cpu() {
         let y = c.g.attention(q, k, v, p, n, m, params).unwrap();
         let graph = c.g.finish(&[y]).unwrap();
         let name = format!("attention d{d} heads {nh}/{nkv} t{t} {mask:?} {layout:?}");
-        let bindings = bind_leaves(&mut cuda, &graph, &c.leaves);
-        let exe = cuda.load(&graph, &bindings).unwrap();
         assert_eq!(
-            cuda.multi_query_attentions(exe).unwrap(),
+            multi_query_attentions(&mut cuda, &graph, &c.leaves),
             1,
             "{name}: not on the multi-query kernel"
         );
@@ -1219,8 +1223,8 @@ fn multi_query_attention_matches_the_cpu() {
 
 /// Each row of a 16-query and of a 5-query batch has the bits of that query run alone (a verify
 /// row equals the decode step), split-K and ring caches included, and the batches stay within
-/// 1e-5 of the CPU: for the wide kernels (queries sharing a block's K/V loads, one query alone)
-/// and for the multi-query kernel on every batch.
+/// 1e-5 of the CPU: for the per-query kernels that decode steps and verify batches run, and for
+/// the multi-query kernel on every batch.
 #[test]
 fn attention_is_batch_invariant() {
     let Some(mut cuda) = crate::cuda() else {
@@ -1305,9 +1309,11 @@ fn attention_is_batch_invariant() {
             for rows in [t, 5] {
                 let batch_rows: Vec<usize> = (0..rows).collect();
                 let (graph, leaves, y) = build(&batch_rows);
-                let bindings = bind_leaves(&mut cuda, &graph, &leaves);
-                let exe = cuda.load(&graph, &bindings).unwrap();
-                assert_eq!(cuda.multi_query_attentions(exe).unwrap(), mq, "{name}");
+                assert_eq!(
+                    multi_query_attentions(&mut cuda, &graph, &leaves),
+                    mq,
+                    "{name}"
+                );
                 let batch = run_on(&mut cuda, &graph, &leaves, &[y]).remove(0);
                 let want = run_on(&mut CpuBackend::new(), &graph, &leaves, &[y]).remove(0);
                 let err = rel_err(&batch, &want);
