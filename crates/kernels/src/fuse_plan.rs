@@ -67,14 +67,7 @@ pub(crate) struct FusePlan {
 /// on, `SPECULA_FUSE` not 0): skipped nodes plus split sums done by the norm reading them. A pure
 /// function, so CI checks without a GPU that a model's step graph keeps its fusions.
 pub fn planned_folds(graph: &Graph) -> usize {
-    let cfg = crate::mma_plan::MmaConfig {
-        enabled: true,
-        prefill: true,
-        mt: None,
-        prefill_row_warps: true,
-        prefill_tile: None,
-        force_prepare: None,
-    };
+    let cfg = crate::mma_plan::MmaConfig::default();
     let p = plan_for(graph, &crate::mma_plan::plan(&cfg, graph));
     p.skip.len() + p.unsummed.len()
 }

@@ -31,6 +31,20 @@ pub(crate) struct MmaConfig {
     pub force_prepare: Option<bool>,
 }
 
+impl Default for MmaConfig {
+    /// A tensor-core device's settings with no `SPECULA_MMA*` variable set.
+    fn default() -> Self {
+        MmaConfig {
+            enabled: true,
+            prefill: true,
+            mt: None,
+            prefill_row_warps: true,
+            prefill_tile: None,
+            force_prepare: None,
+        }
+    }
+}
+
 /// The activations of a product that the `_mma_` kernels take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct MmaInput {
@@ -208,12 +222,8 @@ mod tests {
 
     fn cfg(force_prepare: Option<bool>) -> MmaConfig {
         MmaConfig {
-            enabled: true,
-            prefill: true,
-            mt: None,
-            prefill_row_warps: true,
-            prefill_tile: None,
             force_prepare,
+            ..MmaConfig::default()
         }
     }
 
