@@ -226,24 +226,17 @@ impl MtpDrafter {
         position: usize,
     ) -> target::Result<(Vec<f32>, Vec<f32>, u32)> {
         self.run_step(target, token, h_prev, position)?;
-        let loaded = self.loaded.as_ref().expect("loaded by run_step");
-        let backend = target.backend_mut();
-        let s = &loaded.step;
-        let logits = backend
-            .read_node(loaded.exe, &s.graph, s.logits)?
-            .into_f32()?;
-        let h_next = backend
-            .read_node(loaded.exe, &s.graph, s.h_next)?
-            .into_f32()?;
-        let (Some(head), Some(ordering), Some(node)) =
-            (&self.config.centroids, &self.ordering, s.centroid_scores)
-        else {
-            let arg = backend
-                .read_node(loaded.exe, &s.graph, s.argmax)?
-                .into_i32()?;
-            return Ok((logits, h_next, arg[0] as u32));
+        let logits = self.output(target, |s| s.logits)?.into_f32()?;
+        let (Some(head), Some(ordering), Some(scores)) = (
+            &self.config.centroids,
+            &self.ordering,
+            self.loaded.as_ref().and_then(|l| l.step.centroid_scores),
+        ) else {
+            let (h_next, arg) = self.hidden_and_argmax(target)?;
+            return Ok((logits, h_next, arg));
         };
-        let scores = backend.read_node(loaded.exe, &s.graph, node)?.into_f32()?;
+        let h_next = self.output(target, |s| s.h_next)?.into_f32()?;
+        let scores = self.output(target, |_| scores)?.into_f32()?;
         let masked = centroid_logits(&logits, &scores, ordering, head.top_k);
         let arg = target::sampling::argmax(&masked);
         Ok((masked, h_next, arg))
@@ -264,16 +257,27 @@ impl MtpDrafter {
             return Ok((h_next, arg));
         }
         self.run_step(target, token, h_prev, position)?;
-        let loaded = self.loaded.as_ref().expect("loaded by run_step");
-        let backend = target.backend_mut();
-        let s = &loaded.step;
-        let h_next = backend
-            .read_node(loaded.exe, &s.graph, s.h_next)?
-            .into_f32()?;
-        let arg = backend
-            .read_node(loaded.exe, &s.graph, s.argmax)?
-            .into_i32()?;
+        self.hidden_and_argmax(target)
+    }
+
+    /// The last step's next hidden state and the device's argmax of its logits.
+    fn hidden_and_argmax(&self, target: &mut Target) -> target::Result<(Vec<f32>, u32)> {
+        let h_next = self.output(target, |s| s.h_next)?.into_f32()?;
+        let arg = self.output(target, |s| s.argmax)?.into_i32()?;
         Ok((h_next, arg[0] as u32))
+    }
+
+    /// Reads the step graph's node `pick` after a run.
+    fn output(
+        &self,
+        target: &mut Target,
+        pick: impl Fn(&StepGraph) -> graph::NodeId,
+    ) -> target::Result<graph::TensorData> {
+        let loaded = self.loaded.as_ref().expect("loaded by run_step");
+        let s = &loaded.step;
+        Ok(target
+            .backend_mut()
+            .read_node(loaded.exe, &s.graph, pick(s))?)
     }
 
     /// Loads the step graph on first use, writes the step's inputs and runs it.
