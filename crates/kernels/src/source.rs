@@ -1,7 +1,5 @@
 //! The CUDA C++ sources, embedded in the binary, and the list of every kernel entry point.
 
-use std::sync::OnceLock;
-
 /// Shared definitions (types, dtype codes, conversions, reductions, layouts).
 pub const COMMON: &str = include_str!("../cu/common.cuh");
 /// Per-type dequantization of 32-element chunks.
@@ -109,44 +107,23 @@ pub fn mma_prefill_tile(dtype: gguf::GgmlType) -> (usize, usize) {
 /// Warps of an `_mma_` block that split one row's 256-weight groups (the rest take further
 /// weight rows): 8, or fewer for rows of fewer than 8 groups, so no warp idles. A function of `k`
 /// only, so up to 16 rows a row's summation order never depends on the batch (prefill products
-/// use 1 instead, `mma_plan::mma_input`). `SPECULA_MMA_KW` caps it (tuning).
+/// use 1 instead, `mma_plan::mma_input`). Capping it at 4 made the 31B's decode 6 % slower on an
+/// H200 (bench/NOTES.md).
 pub fn mma_k_warps(k: usize) -> usize {
     let groups = k / 256;
-    static CAP: OnceLock<usize> = OnceLock::new();
-    let cap = split_cap(&CAP, "SPECULA_MMA_KW", 8);
-    [8, 4, 2]
-        .into_iter()
-        .filter(|&w| w <= cap)
-        .find(|&w| groups >= w)
-        .unwrap_or(1)
-}
-
-/// A tuning cap read once from the environment variable `name` (a power of two from 1 to
-/// `default`), else `default`. A process-wide constant, so every caller of the split
-/// functions sees the same value and a row's summation order still depends on k alone.
-fn split_cap(cell: &'static OnceLock<usize>, name: &str, default: usize) -> usize {
-    *cell.get_or_init(|| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|c| c.is_power_of_two() && *c <= default)
-            .unwrap_or(default)
-    })
+    [8, 4, 2].into_iter().find(|&w| groups >= w).unwrap_or(1)
 }
 
 /// Blocks that split one row's 256-weight groups in the `_mma_` kernels (each block's warps split
 /// its share again, see [`mma_k_warps`]): long rows (the 31B's 21,504-wide FFN down and 8,192-wide
 /// attention output) would otherwise run in 336 blocks, 1.27 waves of an H200's 264 block slots,
 /// the second wave a quarter full. A function of `k` only, like the summation order it sets.
-/// `SPECULA_MMA_SPLITS` caps it (tuning).
 pub fn mma_k_splits(k: usize) -> usize {
-    let splits = match k / 256 {
+    match k / 256 {
         g if g >= 64 => 4,
         g if g >= 32 => 2,
         _ => 1,
-    };
-    static CAP: OnceLock<usize> = OnceLock::new();
-    splits.min(split_cap(&CAP, "SPECULA_MMA_SPLITS", 4))
+    }
 }
 
 /// Whether an `_mma_` product of `n` rows of `k` weights reads activations prepared once by
