@@ -95,12 +95,15 @@ fn card() -> (String, String) {
     }
 }
 
-/// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe]`.
+/// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe] [--prefill-only]`
+/// (`--prefill-only`: the copy bandwidth and the prefill figures alone, for A/B runs of the
+/// prefill route).
 pub fn run(args: &[String]) -> Result<()> {
     let mut models = PathBuf::from("/tmp/specula-synth");
     let mut out_dir = PathBuf::from("bench/results");
     let mut commit = String::from("unknown");
     let mut moe = true;
+    let mut prefill_only = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
@@ -109,6 +112,10 @@ pub fn run(args: &[String]) -> Result<()> {
             "--out" => out_dir = PathBuf::from(value()?),
             "--commit" => commit = value()?.clone(),
             "--skip-moe" => moe = false,
+            "--prefill-only" => {
+                prefill_only = true;
+                moe = false;
+            }
             other => bail!("unknown argument {other}"),
         }
     }
@@ -155,63 +162,14 @@ pub fn run(args: &[String]) -> Result<()> {
     let target_path = file("gemma4-31b", "q4_k_m");
     let bytes = weight_bytes(&target_path)?;
     let mut t = load(&target_path, 32768 + 64, 512)?;
-    let mut decode = BTreeMap::new();
-    let mut step0 = 0.0;
-    for depth in [0usize, 4096, 32768] {
-        let s = decode_step(&mut t, depth)?;
-        if depth == 0 {
-            step0 = s;
-        }
-        eprintln!(
-            "decode at depth {depth}: {:.2} ms ({:.1} tok/s)",
-            s * 1e3,
-            1.0 / s
-        );
-        decode.insert(depth.to_string(), 1.0 / s);
+    if !prefill_only {
+        decode_and_verify(&mut t, bytes, copy, &mut r)?;
     }
-    r.insert("decode_tok_s".into(), json!(decode));
-    let bw = bytes as f64 / step0;
-    r.insert("weight_bytes".into(), json!(bytes));
-    r.insert("decode_bw_fraction".into(), json!(bw / copy));
-    eprintln!(
-        "decode depth 0: {:.0} GB/s = {:.3} of copy",
-        bw / 1e9,
-        bw / copy
-    );
-
-    let mut verify = BTreeMap::new();
-    let mut t1 = 0.0;
-    for k in 1..=16usize {
-        t.truncate(0)?;
-        t.assume_positions_for_bench(4096)?;
-        let tokens: Vec<u32> = (0..k as u32).map(|i| 1000 + i).collect();
-        let s = time(2, 9, || {
-            t.forward_argmax(&tokens, LogitRows::All)?;
-            t.truncate(4096)?;
-            Ok(())
-        })?;
-        if k == 1 {
-            t1 = s;
-        }
-        verify.insert(k.to_string(), s / t1);
-        eprintln!("verify k={k}: {:.2} ms, t(k)/t(1) {:.2}", s * 1e3, s / t1);
-    }
-    r.insert("verify_ratio".into(), json!(verify));
-
-    let mut prefill = BTreeMap::new();
-    for n in [512usize, 4096] {
-        let prompt: Vec<u32> = (0..n as u32).map(|i| 1000 + (i * 7919) % 200_000).collect();
-        let s = time(1, 3, || {
-            t.truncate(0)?;
-            for chunk in prompt.chunks(512) {
-                t.forward(chunk, LogitRows::Last, &[], false)?;
-            }
-            Ok(())
-        })?;
-        eprintln!("prefill {n}: {:.0} tok/s", n as f64 / s);
-        prefill.insert(n.to_string(), n as f64 / s);
-    }
+    let prefill = prefill_rates(&mut t)?;
     r.insert("prefill_tok_s".into(), json!(prefill));
+    if prefill_only {
+        return write_results(&out_dir, Value::Object(r));
+    }
 
     // Drafters, against the decode step at the same short context.
     let prompt: Vec<u32> = (0..64u32).map(|i| 1000 + i * 31).collect();
@@ -283,6 +241,77 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     write_results(&out_dir, Value::Object(r))
+}
+
+/// Decode tok/s at depths 0, 4K and 32K, the bandwidth fraction at depth 0 and the verify
+/// ratios t(k)/t(1) at 4K, into `r`.
+fn decode_and_verify(
+    t: &mut Target,
+    bytes: u64,
+    copy: f64,
+    r: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
+    let mut decode = BTreeMap::new();
+    let mut step0 = 0.0;
+    for depth in [0usize, 4096, 32768] {
+        let s = decode_step(t, depth)?;
+        if depth == 0 {
+            step0 = s;
+        }
+        eprintln!(
+            "decode at depth {depth}: {:.2} ms ({:.1} tok/s)",
+            s * 1e3,
+            1.0 / s
+        );
+        decode.insert(depth.to_string(), 1.0 / s);
+    }
+    r.insert("decode_tok_s".into(), json!(decode));
+    let bw = bytes as f64 / step0;
+    r.insert("weight_bytes".into(), json!(bytes));
+    r.insert("decode_bw_fraction".into(), json!(bw / copy));
+    eprintln!(
+        "decode depth 0: {:.0} GB/s = {:.3} of copy",
+        bw / 1e9,
+        bw / copy
+    );
+
+    let mut verify = BTreeMap::new();
+    let mut t1 = 0.0;
+    for k in 1..=16usize {
+        t.truncate(0)?;
+        t.assume_positions_for_bench(4096)?;
+        let tokens: Vec<u32> = (0..k as u32).map(|i| 1000 + i).collect();
+        let s = time(2, 9, || {
+            t.forward_argmax(&tokens, LogitRows::All)?;
+            t.truncate(4096)?;
+            Ok(())
+        })?;
+        if k == 1 {
+            t1 = s;
+        }
+        verify.insert(k.to_string(), s / t1);
+        eprintln!("verify k={k}: {:.2} ms, t(k)/t(1) {:.2}", s * 1e3, s / t1);
+    }
+    r.insert("verify_ratio".into(), json!(verify));
+    Ok(())
+}
+
+/// Prefill tok/s of 512- and 4,096-token prompts in 512-token chunks.
+fn prefill_rates(t: &mut Target) -> Result<BTreeMap<String, f64>> {
+    let mut prefill = BTreeMap::new();
+    for n in [512usize, 4096] {
+        let prompt: Vec<u32> = (0..n as u32).map(|i| 1000 + (i * 7919) % 200_000).collect();
+        let s = time(1, 3, || {
+            t.truncate(0)?;
+            for chunk in prompt.chunks(512) {
+                t.forward(chunk, LogitRows::Last, &[], false)?;
+            }
+            Ok(())
+        })?;
+        eprintln!("prefill {n}: {:.0} tok/s", n as f64 / s);
+        prefill.insert(n.to_string(), n as f64 / s);
+    }
+    Ok(prefill)
 }
 
 fn write_results(dir: &Path, v: Value) -> Result<()> {

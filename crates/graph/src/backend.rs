@@ -127,6 +127,24 @@ impl TensorData {
             TensorData::F32(_) => Err(Error::Handle("expected i32 data, found f32".into())),
         }
     }
+
+    /// Elements `offset..offset + len`, or an error when they run past the data.
+    pub fn range(self, offset: usize, len: usize) -> Result<TensorData> {
+        fn take<T: Copy>(v: Vec<T>, offset: usize, len: usize) -> Result<Vec<T>> {
+            let n = v.len();
+            offset
+                .checked_add(len)
+                .and_then(|end| v.get(offset..end))
+                .map(<[T]>::to_vec)
+                .ok_or_else(|| {
+                    Error::Handle(format!("elements {offset}..+{len} of a {n}-element buffer"))
+                })
+        }
+        Ok(match self {
+            TensorData::F32(v) => TensorData::F32(take(v, offset, len)?),
+            TensorData::I32(v) => TensorData::I32(take(v, offset, len)?),
+        })
+    }
 }
 
 /// Buffers bound to a graph's `Weight` and `State` leaves (and optionally `Input` leaves,
@@ -195,39 +213,53 @@ pub trait Backend: Send {
         None
     }
 
+    /// Reads elements `offset..offset + len` of a buffer (floats converted to f32). The default
+    /// reads the whole buffer; device backends copy only the range.
+    fn read_range(&self, buffer: BufferId, offset: usize, len: usize) -> Result<TensorData> {
+        self.read(buffer)?.range(offset, len)
+    }
+
     /// Reads `node`'s value after a run: exactly its elements, in logical order, whatever
-    /// slot or view it lives in.
+    /// slot or view it lives in. Only the node's span of its buffer is read (a prefill chunk's
+    /// hidden rows live in a slot sized for its FFN rows).
     fn read_node(&self, exe: ExecId, graph: &Graph, node: NodeId) -> Result<TensorData> {
-        let layout = graph.node(node).layout;
-        let data = self.read(self.buffer_of(exe, node)?)?;
-        fn gather<T: Copy>(v: &[T], layout: &crate::shape::Layout) -> Vec<T> {
-            let d = layout.shape.dims();
-            let mut out = Vec::with_capacity(layout.shape.n_elems());
-            for i3 in 0..d[3] {
-                for i2 in 0..d[2] {
-                    for i1 in 0..d[1] {
-                        for i0 in 0..d[0] {
-                            out.push(v[layout.index([i0, i1, i2, i3])]);
-                        }
-                    }
-                }
-            }
-            out
-        }
-        if layout.span()
-            > match &data {
-                TensorData::F32(v) => v.len(),
-                TensorData::I32(v) => v.len(),
-            }
-        {
-            return Err(Error::Handle(format!(
-                "node #{} reaches past its buffer",
-                node.index()
-            )));
+        let mut layout = graph.node(node).layout;
+        let span = layout.span();
+        let data = self
+            .read_range(
+                self.buffer_of(exe, node)?,
+                layout.offset,
+                span.saturating_sub(layout.offset),
+            )
+            .map_err(|e| {
+                Error::Handle(format!(
+                    "node #{} reaches past its buffer: {e}",
+                    node.index()
+                ))
+            })?;
+        layout.offset = 0;
+        if layout.is_contiguous() {
+            return Ok(data);
         }
         Ok(match data {
             TensorData::F32(v) => TensorData::F32(gather(&v, &layout)),
             TensorData::I32(v) => TensorData::I32(gather(&v, &layout)),
         })
     }
+}
+
+/// The elements of `layout` in logical order from the storage `v`.
+fn gather<T: Copy>(v: &[T], layout: &crate::shape::Layout) -> Vec<T> {
+    let d = layout.shape.dims();
+    let mut out = Vec::with_capacity(layout.shape.n_elems());
+    for i3 in 0..d[3] {
+        for i2 in 0..d[2] {
+            for i1 in 0..d[1] {
+                for i0 in 0..d[0] {
+                    out.push(v[layout.index([i0, i1, i2, i3])]);
+                }
+            }
+        }
+    }
+    out
 }

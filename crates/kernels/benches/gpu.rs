@@ -171,17 +171,25 @@ fn main() {
             .into_iter()
             .filter(|_| (ty == DType::Q4_K && n > k) || ty == DType::Q6_K)
         {
-            let (_, _, exe) = load_product(&mut cuda, ty, wb, k, n, m);
-            let secs = cuda.time_runs(exe, 20).expect("time");
-            let tflops = 2.0 * (k * n * m) as f64 / secs / 1e12;
-            println!(
-                "{:<44} {:>9.1} us   {:.1} TFLOP/s, {:.0} tok/s for this matmul",
-                format!("{ty} tensor-core matmul, {m} rows"),
-                secs * 1e6,
-                tflops,
-                m as f64 / secs
-            );
-            cuda.unload(exe).unwrap();
+            // The GEMM route (where cuBLAS is there), then the `_mma_` kernels.
+            for (route, gemm) in [("GEMM route", true), ("tensor-core", false)] {
+                if gemm && !cuda.has_cublas() {
+                    continue;
+                }
+                cuda.set_gemm_route(gemm);
+                let (_, _, exe) = load_product(&mut cuda, ty, wb, k, n, m);
+                let secs = cuda.time_runs(exe, 20).expect("time");
+                let tflops = 2.0 * (k * n * m) as f64 / secs / 1e12;
+                println!(
+                    "{:<44} {:>9.1} us   {:.1} TFLOP/s, {:.0} tok/s for this matmul",
+                    format!("{ty} {route} matmul, {m} rows"),
+                    secs * 1e6,
+                    tflops,
+                    m as f64 / secs
+                );
+                cuda.unload(exe).unwrap();
+            }
+            cuda.set_gemm_route(true);
         }
     }
     drop(cuda);

@@ -426,3 +426,53 @@ TC_KERNEL(q3_k, DT_Q3_K)
 TC_KERNEL(q4_k, DT_Q4_K)
 TC_KERNEL(q5_k, DT_Q5_K)
 TC_KERNEL(q6_k, DT_Q6_K)
+
+// ---- The GEMM route (`CudaBackend::launch_gemm`): long products (prefill chunks) run as one
+// cuBLAS f16 GEMM with f32 accumulation, after these two kernels have written both operands as
+// f16: `rows` weight rows dequantized (rounded once, from the f32 value `dq32` computes), and the
+// activation rows. One thread per 32-element chunk; chunk i of the weights is chunk i % (k/32)
+// of row i / (k/32), written to out[32 i ..].
+template <int DT>
+__device__ void dequant_f16_body(const u8* w, int k, i64 rows, u16* out) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    i64 per_row = k / 32;
+    if (i >= rows * per_row) return;
+    float v[32];
+    dq32<DT>(w + (i / per_row) * row_bytes(DT, k), (int)(i % per_row), v);
+    uint4* o = (uint4*)(out + 32 * i);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const float* s = v + 8 * j;
+        o[j] = make_uint4(pack_h2(f2h(s[0]), f2h(s[1])), pack_h2(f2h(s[2]), f2h(s[3])),
+                          pack_h2(f2h(s[4]), f2h(s[5])), pack_h2(f2h(s[6]), f2h(s[7])));
+    }
+}
+
+#define DEQUANT_F16_KERNEL(SUFFIX, DT)                                                                 \
+    extern "C" __global__ void dequant_f16_##SUFFIX(const u8* w, int k, i64 rows, u16* out) {         \
+        pdl_entry();                                                                                  \
+        dequant_f16_body<DT>(w, k, rows, out);                                                        \
+    }
+DEQUANT_F16_KERNEL(f32, DT_F32)
+DEQUANT_F16_KERNEL(f16, DT_F16)
+DEQUANT_F16_KERNEL(bf16, DT_BF16)
+DEQUANT_F16_KERNEL(q4_0, DT_Q4_0)
+DEQUANT_F16_KERNEL(q4_1, DT_Q4_1)
+DEQUANT_F16_KERNEL(q5_0, DT_Q5_0)
+DEQUANT_F16_KERNEL(q5_1, DT_Q5_1)
+DEQUANT_F16_KERNEL(q8_0, DT_Q8_0)
+DEQUANT_F16_KERNEL(q2_k, DT_Q2_K)
+DEQUANT_F16_KERNEL(q3_k, DT_Q3_K)
+DEQUANT_F16_KERNEL(q4_k, DT_Q4_K)
+DEQUANT_F16_KERNEL(q5_k, DT_Q5_K)
+DEQUANT_F16_KERNEL(q6_k, DT_Q6_K)
+
+// m rows of k f32 activations (x_stride apart from x_off) as a dense m × k f16 matrix, one
+// thread per element.
+extern "C" __global__ void rows_to_f16(const float* x, i64 x_off, i64 x_stride, int k, int m, u16* out) {
+    pdl_entry();
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (i64)m * k) return;
+    i64 r = i / k, c = i % k;
+    out[i] = f2h(x[x_off + r * x_stride + c]);
+}

@@ -96,6 +96,17 @@ pub fn checks() -> Vec<Check> {
             return out;
         }
     }
+    #[allow(unsafe_code)]
+    // SAFETY: only tries to dlopen libcublas by its candidate names; no symbol is called.
+    let cublas = unsafe { cudarc::cublas::sys::is_culib_present() };
+    out.push((
+        "cuBLAS (libcublas, optional)".into(),
+        Ok(if cublas {
+            "found: prefill chunks take the GEMM route".into()
+        } else {
+            "not found: prefill runs on the tensor-core kernels (slower); the CUDA toolkit's lib folder on LD_LIBRARY_PATH enables it".into()
+        }),
+    ));
     let src = source::full_source();
     let mut archs: Vec<String> = devices
         .iter()

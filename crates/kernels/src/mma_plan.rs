@@ -29,6 +29,9 @@ pub(crate) struct MmaConfig {
     pub prefill_tile: Option<(usize, usize)>,
     /// Forces every product to prepare (`Some(true)`) or to split in place (`Some(false)`).
     pub force_prepare: Option<bool>,
+    /// Products of at least [`source::GEMM_MIN_ROWS`] rows take the GEMM route (cuBLAS loaded,
+    /// `SPECULA_GEMM` not 0) instead of the `_mma_` or `matmul_tc_` kernels.
+    pub gemm: bool,
 }
 
 impl Default for MmaConfig {
@@ -41,6 +44,7 @@ impl Default for MmaConfig {
             prefill_row_warps: true,
             prefill_tile: None,
             force_prepare: None,
+            gemm: true,
         }
     }
 }
@@ -81,11 +85,59 @@ impl MmaInput {
     }
 }
 
+/// A product on the GEMM route: its activation rows and sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GemmInput {
+    /// Element offset of the first activation row in the input's storage.
+    pub offset: i64,
+    /// Elements between consecutive activation rows.
+    pub stride: i64,
+    /// Row width (weights per output row).
+    pub k: usize,
+    /// Output rows (weight rows).
+    pub n: usize,
+    /// Activation rows.
+    pub m: usize,
+}
+
+impl GemmInput {
+    /// Weight rows dequantized per GEMM: all of them, or as many as
+    /// [`source::GEMM_WEIGHT_SCRATCH_BYTES`] holds as f16 (a multiple of 256).
+    pub fn tile_rows(&self) -> usize {
+        let fit = source::GEMM_WEIGHT_SCRATCH_BYTES / (2 * self.k);
+        self.n.min((fit / 256 * 256).max(256))
+    }
+}
+
+/// The activations of matmul `node` if it takes the GEMM route: `cfg.gemm`, at least
+/// [`source::GEMM_MIN_ROWS`] uniformly spaced activation rows, and block-quantized or f16 weights
+/// (f32 and bf16 weights keep the f32-accurate kernels: rounding them to f16 would lose
+/// precision or range).
+pub(crate) fn gemm_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<GemmInput> {
+    if !matches!(node.op, Op::MatMul) || !cfg.gemm {
+        return None;
+    }
+    let (w, x) = (g.node(node.inputs[0]), g.node(node.inputs[1]));
+    let typed = !matches!(w.dtype, DType::F32 | DType::BF16)
+        && source::WEIGHT_SUFFIXES.iter().any(|(t, _)| *t == w.dtype);
+    let m = x.shape().n_rows();
+    let stride = uniform_row_stride(&x.layout)?;
+    let whole_chunks = w.shape().ne(0) % 32 == 0;
+    let rows = m >= source::GEMM_MIN_ROWS && x.dtype == DType::F32;
+    (typed && whole_chunks && rows).then(|| GemmInput {
+        offset: x.layout.offset as i64,
+        stride,
+        k: w.shape().ne(0),
+        n: w.shape().ne(1),
+        m,
+    })
+}
+
 /// The activations of matmul `node` if the `_mma_` kernels take it: Q4_K, Q6_K or Q8_0 rows of
 /// whole 256-weight groups, 16-byte aligned; more than 16 activation rows (prefill) only with
 /// `cfg.prefill`; at most 65,535 blocks of weight rows (grid y).
 pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaInput> {
-    if !matches!(node.op, Op::MatMul) || !cfg.enabled {
+    if !matches!(node.op, Op::MatMul) || !cfg.enabled || gemm_input(cfg, g, node).is_some() {
         return None;
     }
     let (w, x) = (g.node(node.inputs[0]), g.node(node.inputs[1]));
@@ -170,6 +222,12 @@ pub(crate) struct MmaPlan {
     pub scratch_bytes: usize,
     /// f32 elements of the split-K partial sums (the largest split product).
     pub partial_elems: usize,
+    /// Products on the GEMM route.
+    pub gemm: HashMap<usize, GemmInput>,
+    /// f16 elements of the GEMM route's weight scratch (the largest row tile).
+    pub gemm_weight_elems: usize,
+    /// f16 elements of the GEMM route's activation scratch (the largest input).
+    pub gemm_act_elems: usize,
 }
 
 /// Plans a graph's `_mma_` products in node order. One scratch holds one prepared input at a
@@ -184,6 +242,12 @@ pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
     for (i, node) in graph.nodes().iter().enumerate() {
         if matches!(node.op, Op::WriteRows) {
             last = None;
+        }
+        if let Some(gi) = gemm_input(cfg, graph, node) {
+            p.gemm_weight_elems = p.gemm_weight_elems.max(gi.tile_rows() * gi.k);
+            p.gemm_act_elems = p.gemm_act_elems.max(gi.m * gi.k);
+            p.gemm.insert(i, gi);
+            continue;
         }
         let Some(mi) = mma_input(cfg, graph, node) else {
             continue;
@@ -303,6 +367,44 @@ mod tests {
             ..c
         };
         assert!(mma_input(&off, &graph, graph.node(y)).is_some());
+    }
+
+    /// Products of at least GEMM_MIN_ROWS rows with quantized or f16 weights take the GEMM route
+    /// (and leave the `_mma_` plan); shorter batches, f32 weights and the route turned off do
+    /// not. The weight scratch holds the largest row tile: all rows of a small product, a
+    /// multiple of 256 rows of a head too wide for GEMM_WEIGHT_SCRATCH_BYTES.
+    #[test]
+    fn long_products_take_the_gemm_route() {
+        let m = source::GEMM_MIN_ROWS;
+        let mut g = GraphBuilder::new();
+        let x = input(&mut g, "x", DType::F32, &[2048, m]);
+        let xs = input(&mut g, "xs", DType::F32, &[2048, m - 1]);
+        let w = weight(&mut g, "w", DType::Q4_K, &[2048, 512]);
+        let wh = weight(&mut g, "wh", DType::F16, &[2048, 262_144]);
+        let wf = weight(&mut g, "wf", DType::F32, &[2048, 512]);
+        let y = g.matmul(w, x).unwrap();
+        let ys = g.matmul(w, xs).unwrap();
+        let yh = g.matmul(wh, x).unwrap();
+        let yf = g.matmul(wf, x).unwrap();
+        let graph = g.finish(&[y, ys, yh, yf]).unwrap();
+        let p = plan(&cfg(None), &graph);
+        let routed: HashSet<usize> = p.gemm.keys().copied().collect();
+        assert_eq!(routed, HashSet::from([y.index(), yh.index()]));
+        assert!(p.products.contains_key(&ys.index()) && !p.products.contains_key(&y.index()));
+        let head = p.gemm[&yh.index()];
+        let fit = source::GEMM_WEIGHT_SCRATCH_BYTES / (2 * 2048);
+        assert_eq!(head.tile_rows(), fit / 256 * 256);
+        assert!(head.tile_rows() < 262_144 && head.tile_rows().is_multiple_of(256));
+        assert_eq!(p.gemm[&y.index()].tile_rows(), 512);
+        assert_eq!(p.gemm_weight_elems, head.tile_rows() * 2048);
+        assert_eq!(p.gemm_act_elems, m * 2048);
+        let off = MmaConfig {
+            gemm: false,
+            ..cfg(None)
+        };
+        let p = plan(&off, &graph);
+        assert!(p.gemm.is_empty() && p.gemm_weight_elems == 0);
+        assert!(p.products.contains_key(&y.index()));
     }
 
     /// Up to 16 rows a weight row's groups are split between warps by k alone; longer batches

@@ -104,6 +104,19 @@ pub fn mma_prefill_tile(dtype: gguf::GgmlType) -> (usize, usize) {
     }
 }
 
+/// Activation rows from which a product of quantized or f16 weights takes the GEMM route when
+/// cuBLAS is there (`mma_plan::gemm_input`): its weights dequantized to f16 once per call and one
+/// cuBLAS f16 GEMM with f32 accumulation, instead of the `_mma_` kernels that unpack every weight
+/// again for each 32 activation rows. Prefill chunks (512 rows by default) take it; decode and
+/// verify batches (at most 16 rows) never do, so speculative decoding keeps its bit-exact
+/// kernels.
+pub const GEMM_MIN_ROWS: usize = 64;
+
+/// Bytes of the GEMM route's dequantized-weight scratch: a product whose f16 weights would not
+/// fit runs as several GEMMs over row tiles of at most this many bytes (a 262,144-row output
+/// head of 5,376 would take 2.8 GB at once).
+pub const GEMM_WEIGHT_SCRATCH_BYTES: usize = 256 << 20;
+
 /// Warps of an `_mma_` block that split one row's 256-weight groups (the rest take further
 /// weight rows): 8, or fewer for rows of fewer than 8 groups, so no warp idles. A function of `k`
 /// only, so up to 16 rows a row's summation order never depends on the batch (prefill products
@@ -157,13 +170,14 @@ pub const OTHER_KERNELS: &[&str] = &[
     "attention_combine_f32",
     "mmv_prepare_x",
     "mmv_sum_splits",
+    "rows_to_f16",
 ];
 
 /// Every kernel entry point in the module.
 pub fn all_kernel_names() -> Vec<String> {
     let mut names: Vec<String> = OTHER_KERNELS.iter().map(|s| s.to_string()).collect();
     for (_, suffix) in WEIGHT_SUFFIXES {
-        for family in ["matmul_id", "get_rows", "matmul_tc"] {
+        for family in ["matmul_id", "get_rows", "matmul_tc", "dequant_f16"] {
             names.push(format!("{family}_{suffix}"));
         }
         for rows in MATMUL_ROW_TILES {

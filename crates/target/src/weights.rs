@@ -271,7 +271,9 @@ impl Weights {
 /// Bytes of activations and workspace a step of `max_batch` rows may hold beside the weights and
 /// the cache: per row the FFN's gate, up and product rows, a few hidden-width rows (residual,
 /// norms, split-K planes, the products' prepared halves) and a row of logits (the `logits`
-/// command asks for every row's), f32 each; plus a fixed 256 MB of workspace.
+/// command asks for every row's), f32 each, and an f16 copy of the widest product input (a GPU's
+/// GEMM route for prefill chunks); plus a fixed workspace: 256 MB, and 288 MB more for the GEMM
+/// route's f16 weight tile (at most 256 MiB) and cuBLAS's own 32 MiB.
 fn activation_allowance(config: &Gemma4Config, max_batch: usize) -> u64 {
     let expert_ff = config
         .moe
@@ -284,15 +286,19 @@ fn activation_allowance(config: &Gemma4Config, max_batch: usize) -> u64 {
         .max()
         .unwrap_or(0)
         .max(expert_ff);
-    let per_row = 4 * (4 * n_ff + 8 * config.n_embd + config.n_vocab) as u64;
-    (256 << 20) + per_row * max_batch as u64
+    let per_row = 4 * (4 * n_ff + 8 * config.n_embd + config.n_vocab) as u64 + 2 * n_ff as u64;
+    WORKSPACE_BYTES + per_row * max_batch as u64
 }
+
+/// The fixed part of [`activation_allowance`].
+const WORKSPACE_BYTES: u64 = (256 << 20) + (288 << 20);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The allowance grows with the batch by a row's FFN, hidden and logits floats.
+    /// The allowance grows with the batch by a row's FFN, hidden and logits floats and its f16
+    /// product input.
     #[test]
     fn the_activation_allowance_grows_with_the_batch() {
         let path =
@@ -300,8 +306,8 @@ mod tests {
         let file = GgufFile::open(path).unwrap();
         let c = Gemma4Config::from_gguf(&file).unwrap();
         let n_ff = *c.n_ff.iter().max().unwrap();
-        let row = 4 * (4 * n_ff + 8 * c.n_embd + c.n_vocab) as u64;
-        assert_eq!(activation_allowance(&c, 1), (256 << 20) + row);
+        let row = 4 * (4 * n_ff + 8 * c.n_embd + c.n_vocab) as u64 + 2 * n_ff as u64;
+        assert_eq!(activation_allowance(&c, 1), (544 << 20) + row);
         assert_eq!(
             activation_allowance(&c, 512) - activation_allowance(&c, 64),
             448 * row

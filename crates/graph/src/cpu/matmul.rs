@@ -61,15 +61,36 @@ pub(crate) fn get_rows(table: &Arg<'_>, ids: &Arg<'_>, out: &mut Data) -> Res<()
     Ok(())
 }
 
-pub(crate) fn matmul(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data) -> Res<()> {
+/// `v` rounded to the nearest f16 (ties to even) and back.
+fn round_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+/// out = W·x for every activation row. With `f16` both operands are first rounded to f16
+/// ([`super::CpuBackend::set_f16_products`]).
+pub(crate) fn matmul(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data, f16: bool) -> Res<()> {
     let ws = w.node.shape();
     let (k, n) = (ws.ne(0), ws.ne(1));
     let xl = x.layout();
     let m = xl.shape.n_rows();
     let xs = x.f32().map_err(|e| e.to_string())?;
-    let rows: Vec<&[f32]> = (0..m)
-        .map(|r| &xs[xl.row_offset(r)..xl.row_offset(r) + k])
-        .collect();
+    let rounded: Vec<Vec<f32>> = if f16 {
+        (0..m)
+            .map(|r| {
+                let o = xl.row_offset(r);
+                xs[o..o + k].iter().map(|&v| round_f16(v)).collect()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let rows: Vec<&[f32]> = if f16 {
+        rounded.iter().map(Vec::as_slice).collect()
+    } else {
+        (0..m)
+            .map(|r| &xs[xl.row_offset(r)..xl.row_offset(r) + k])
+            .collect()
+    };
     let out = &mut out.as_f32_mut().map_err(|e| e.to_string())?[..node.shape().n_elems()];
     let n_tasks = n.div_ceil(ROWS_PER_TASK);
     let blocks: Vec<Res<Vec<f32>>> = (0..n_tasks)
@@ -80,7 +101,12 @@ pub(crate) fn matmul(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data) -> R
             let mut scratch = vec![0.0f32; k];
             let mut block = vec![0.0f32; (r1 - r0) * m];
             for r in r0..r1 {
-                let wr = weight_row(w.data, r, k, &mut scratch)?;
+                let mut wr = weight_row(w.data, r, k, &mut scratch)?;
+                let mut rounded_row = Vec::new();
+                if f16 {
+                    rounded_row.extend(wr.iter().map(|&v| round_f16(v)));
+                    wr = &rounded_row;
+                }
                 for (j, xr) in rows.iter().enumerate() {
                     block[(r - r0) * m + j] = dot(wr, xr);
                 }

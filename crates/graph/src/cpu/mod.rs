@@ -36,12 +36,22 @@ struct Exec {
 pub struct CpuBackend {
     buffers: Vec<Option<CpuBuffer>>,
     execs: Vec<Option<Exec>>,
+    /// See [`CpuBackend::set_f16_products`].
+    f16_products_from: Option<usize>,
 }
 
 impl CpuBackend {
     /// A backend using rayon's global thread pool.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Products of at least `min_rows` activation rows with block-quantized or f16 weights round
+    /// both operands to f16 (round to nearest even) before their f32 dot products, as a GPU
+    /// backend's GEMM route does for prefill chunks: the reference that route is tested against
+    /// at the model level. `None` (the default) keeps every product in f32.
+    pub fn set_f16_products(&mut self, min_rows: Option<usize>) {
+        self.f16_products_from = min_rows;
     }
 
     fn insert(&mut self, buffer: CpuBuffer) -> BufferId {
@@ -170,7 +180,7 @@ impl Backend for CpuBackend {
             .get_mut(exe.0)
             .and_then(Option::take)
             .ok_or_else(|| Error::Handle(format!("cpu executable #{} does not exist", exe.0)))?;
-        let result = run_graph(&mut self.buffers, &exec);
+        let result = run_graph(&mut self.buffers, &exec, self.f16_products_from);
         self.execs[exe.0] = Some(exec);
         result
     }
@@ -208,7 +218,11 @@ impl Arg<'_> {
     }
 }
 
-fn run_graph(buffers: &mut [Option<CpuBuffer>], exec: &Exec) -> Result<()> {
+fn run_graph(
+    buffers: &mut [Option<CpuBuffer>],
+    exec: &Exec,
+    f16_products_from: Option<usize>,
+) -> Result<()> {
     let nodes = exec.graph.nodes();
     for (i, node) in nodes.iter().enumerate() {
         if node.op.is_leaf() || matches!(node.op, Op::View | Op::Reshape | Op::Permute(_)) {
@@ -238,7 +252,7 @@ fn run_graph(buffers: &mut [Option<CpuBuffer>], exec: &Exec) -> Result<()> {
                     data,
                 });
             }
-            run_node(node, NodeId(i), &args, &mut out.data)
+            run_node(node, NodeId(i), &args, &mut out.data, f16_products_from)
         })();
         buffers[out_id.0] = Some(out);
         result?;
@@ -246,7 +260,13 @@ fn run_graph(buffers: &mut [Option<CpuBuffer>], exec: &Exec) -> Result<()> {
     Ok(())
 }
 
-fn run_node(node: &Node, id: NodeId, args: &[Arg<'_>], out: &mut Data) -> Result<()> {
+fn run_node(
+    node: &Node,
+    id: NodeId,
+    args: &[Arg<'_>],
+    out: &mut Data,
+    f16_products_from: Option<usize>,
+) -> Result<()> {
     let runtime = |reason: String| Error::Runtime {
         op: node.op.name(),
         node: node.label(id),
@@ -254,7 +274,12 @@ fn run_node(node: &Node, id: NodeId, args: &[Arg<'_>], out: &mut Data) -> Result
     };
     match &node.op {
         Op::GetRows => matmul::get_rows(&args[0], &args[1], out).map_err(runtime),
-        Op::MatMul => matmul::matmul(&args[0], &args[1], node, out).map_err(runtime),
+        Op::MatMul => {
+            let (w, x) = (args[0].node, args[1].node);
+            let f16 = f16_products_from.is_some_and(|rows| x.shape().n_rows() >= rows)
+                && (w.dtype.is_quantized() || w.dtype == DType::F16);
+            matmul::matmul(&args[0], &args[1], node, out, f16).map_err(runtime)
+        }
         Op::MatMulId => matmul::matmul_id(&args[0], &args[1], &args[2], node, out).map_err(runtime),
         Op::Binary(op) => elementwise::binary(*op, &args[0], &args[1], node, out),
         Op::Unary(op) => elementwise::unary(*op, &args[0], out),

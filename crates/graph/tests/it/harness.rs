@@ -121,6 +121,8 @@ enum Init {
 #[derive(Default)]
 pub struct Harness {
     pub g: GraphBuilder,
+    /// Applied with `CpuBackend::set_f16_products` before the run.
+    pub f16_products: Option<usize>,
     inputs: Vec<(NodeId, Init)>,
     weights: Vec<(NodeId, DType, Shape, Vec<u8>)>,
     states: Vec<(NodeId, DType, Shape, Vec<f32>)>,
@@ -167,6 +169,7 @@ impl Harness {
     pub fn run(self, outputs: &[NodeId]) -> Result<(Vec<TensorData>, Vec<TensorData>)> {
         let graph = self.g.finish(outputs)?;
         let mut cpu = CpuBackend::new();
+        cpu.set_f16_products(self.f16_products);
         let mut bindings = Bindings::new();
         for (id, ty, shape, bytes) in self.weights {
             let b = cpu.upload(ty, shape, HostBytes::from_vec(bytes))?;

@@ -92,6 +92,46 @@ fn matmul_reads_strided_activation_rows() {
     );
 }
 
+/// With f16 products from 4 rows, a 4-row product of Q8_0 weights equals, bit for bit, the f32
+/// product of the f16-rounded operands (an f16 weight holding the rounded dequantized values and
+/// pre-rounded activations), and differs from the f32 product; a 3-row product stays f32.
+#[test]
+fn f16_products_round_both_operands() {
+    let mut rng = Rng::new(9);
+    let (k, n) = (256, 20);
+    let wb = random_weight(&mut rng, DType::Q8_0, k * n);
+    let w16: Vec<u8> = dequant(DType::Q8_0, &wb)
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect();
+    let product = |ty: DType, w: &[u8], x: &[f32], m: usize, f16: Option<usize>| {
+        let mut h = Harness::new();
+        h.f16_products = f16;
+        let w = h.weight("w", ty, &[k, n], w.to_vec());
+        let xi = h.input_f32("x", &[k, m], x.to_vec());
+        let y = h.g.matmul(w, xi).unwrap();
+        h.run_f32(y)
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for m in [3, 4] {
+        let x = rng.vec(k * m);
+        let x16: Vec<f32> = x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        let got = product(DType::Q8_0, &wb, &x, m, Some(4));
+        let plain = product(DType::Q8_0, &wb, &x, m, None);
+        let rounded = product(DType::F16, &w16, &x16, m, None);
+        if m >= 4 {
+            assert_eq!(
+                bits(&got),
+                bits(&rounded),
+                "{m} rows: not the rounded product"
+            );
+            assert_ne!(bits(&got), bits(&plain), "{m} rows: nothing was rounded");
+        } else {
+            assert_eq!(bits(&got), bits(&plain), "{m} rows: below the threshold");
+        }
+    }
+}
+
 #[test]
 fn matmul_id_picks_each_slots_expert() {
     let mut rng = Rng::new(3);

@@ -27,6 +27,7 @@ use crate::source;
 
 mod exec;
 mod fused;
+mod gemm;
 mod launch;
 mod ops;
 
@@ -143,6 +144,11 @@ pub struct CudaBackend {
     /// `SPECULA_PDL=0`): each one's launch overlaps the tail of the kernel before it, which every
     /// kernel waits for on entry (`pdl_entry` in common.cuh) before touching memory.
     pdl: bool,
+    /// A cuBLAS handle on the stream when libcublas is there (the GEMM route's GEMMs).
+    cublas: Option<gemm::Cublas>,
+    /// Products of at least `source::GEMM_MIN_ROWS` rows take the GEMM route when cuBLAS is
+    /// there (`SPECULA_GEMM=0`: the `_mma_` kernels, an A/B knob).
+    gemm_route: bool,
     /// Graphs are loaded with the launches `fuse_plan` folds together (`SPECULA_FUSE=0`
     /// launches every node on its own, an A/B knob).
     fusion: bool,
@@ -227,6 +233,7 @@ impl CudaBackend {
         // SAFETY: the context is current; 4 bytes are allocated and freed in Drop.
         let err_word = unsafe { cu::malloc_sync(4) }
             .map_err(|e| driver_err("allocating the error word", e))?;
+        let cublas = gemm::Cublas::open(&stream).transpose()?;
         Ok(CudaBackend {
             name: format!("cuda:{ordinal} ({dev_name}, {arch})"),
             ctx,
@@ -258,6 +265,8 @@ impl CudaBackend {
                 _ => None,
             },
             fusion: std::env::var("SPECULA_FUSE").map_or(true, |v| v != "0"),
+            cublas,
+            gemm_route: std::env::var("SPECULA_GEMM").map_or(true, |v| v != "0"),
             pdl: major >= 9 && std::env::var("SPECULA_PDL").map_or(true, |v| v != "0"),
             _module: module,
             funcs,
@@ -303,6 +312,24 @@ impl CudaBackend {
     /// size rule. The results are the same bits either way (tested).
     pub fn set_mma_prepare(&mut self, mode: Option<bool>) {
         self.mma_prepare = mode;
+    }
+
+    /// Whether products of at least `source::GEMM_MIN_ROWS` rows in graphs loaded from now on
+    /// take the GEMM route (f16 operands, cuBLAS; on by default where libcublas is there,
+    /// `SPECULA_GEMM=0` turns it off) or the `_mma_` / `matmul_tc_` kernels (f32-level accuracy).
+    pub fn set_gemm_route(&mut self, on: bool) {
+        self.gemm_route = on;
+    }
+
+    /// Products of the loaded graph `exe` that take the GEMM route, for tests that must know
+    /// the route was taken.
+    pub fn gemm_products(&self, exe: ExecId) -> Result<usize> {
+        Ok(self.exec(exe)?.mma.gemm.len())
+    }
+
+    /// Whether libcublas was found and opened, so that the GEMM route can run.
+    pub fn has_cublas(&self) -> bool {
+        self.cublas.is_some()
     }
 
     /// Launches a loaded graph saves by fusion (nodes folded into another node's launch, split
@@ -510,6 +537,7 @@ impl Drop for CudaBackend {
         if self.bind().is_err() {
             return;
         }
+        self.cublas = None;
         for b in self.buffers.iter().flatten() {
             #[allow(unsafe_code)]
             // SAFETY: each DevBuf owns its allocation, freed exactly once here.
@@ -654,6 +682,16 @@ impl Backend for CudaBackend {
         } else {
             None
         };
+        let mut f16_scratch = |elems: usize| -> Result<Option<BufferId>> {
+            if elems == 0 {
+                return Ok(None);
+            }
+            let b = self.alloc(DType::F16, Shape::new(&[elems])?)?;
+            owned.push(b);
+            Ok(Some(b))
+        };
+        let gemm_weights = f16_scratch(mma.gemm_weight_elems)?;
+        let gemm_acts = f16_scratch(mma.gemm_act_elems)?;
         let mut node_buffer: Vec<BufferId> = Vec::with_capacity(graph.nodes().len());
         for (i, node) in graph.nodes().iter().enumerate() {
             let id = NodeId::from_index(i);
@@ -701,6 +739,8 @@ impl Backend for CudaBackend {
             attn_scratch,
             mma_scratch,
             mma_partials,
+            gemm_weights,
+            gemm_acts,
             mma,
             fuse,
         }));

@@ -80,6 +80,7 @@ impl CudaBackend {
             prefill_row_warps: self.mma_prefill_row_warps,
             prefill_tile: self.mma_prefill_tile,
             force_prepare: self.mma_prepare,
+            gemm: self.gemm_route && self.cublas.is_some(),
         }
     }
 
@@ -157,6 +158,9 @@ impl CudaBackend {
                 )
             }
             Op::MatMul => {
+                if let Some(gi) = exec.mma.gemm.get(&id.index()) {
+                    return self.launch_gemm(exec, node, gi, out);
+                }
                 if let Some(mi) = exec.mma.products.get(&id.index()) {
                     return self.launch_mma(exec, id, node, mi, out);
                 }

@@ -227,9 +227,21 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 
 /// Runs the case on CPU and CUDA; every output within `tol` relative L2 error.
 fn check(name: &str, case: Case, outputs: &[NodeId], tol: f64) {
+    check_with(name, case, outputs, tol, |_| {});
+}
+
+/// [`check`] on a CUDA backend that `setup` configured first.
+fn check_with(
+    name: &str,
+    case: Case,
+    outputs: &[NodeId],
+    tol: f64,
+    setup: impl FnOnce(&mut kernels::CudaBackend),
+) {
     let Some(mut cuda) = crate::cuda() else {
         return;
     };
+    setup(&mut cuda);
     let graph = case.g.finish(outputs).unwrap();
     let want = run_on(&mut CpuBackend::new(), &graph, &case.leaves, outputs);
     let got = run_on(&mut cuda, &graph, &case.leaves, outputs);
@@ -286,12 +298,65 @@ fn matmul_and_get_rows_every_weight_type() {
             let ids = c.i32(&[3], vec![4, 0, (n - 1) as i32]);
             let r = c.g.get_rows(w, ids).unwrap();
             let tol = if m > 16 { 2e-5 } else { 1e-5 };
-            check(
+            // The f32-accurate kernels, with the GEMM route off (below, at its own precision).
+            check_with(
                 &format!("matmul/get_rows {ty} k{k} n{n} m{m}"),
                 c,
                 &[y, r],
                 tol,
+                |cuda| cuda.set_gemm_route(false),
             );
+        }
+    }
+}
+
+/// The GEMM route (cuBLAS, at least `GEMM_MIN_ROWS` activation rows, quantized or f16 weights):
+/// both operands are rounded to f16 once (unit roundoff u = 2^-11 each) and accumulated in f32,
+/// so a dot product of random-sign terms is off by about u·√(2/3) ≈ 4e-4 of its size; the bound
+/// is 1e-3 (the `_mma_` kernels' split-f16 products stay within 2e-5, tested above). Covers
+/// every weight type it takes, a partial last weight tile of the GEMM (`tile_rows` is a
+/// multiple of 256; n = 300), 64 and 100 rows, strided activation rows (every other row of a
+/// taller input, from the second), and that f32 and bf16 weights stay off the route at f32-level accuracy.
+#[test]
+fn gemm_route_matches_the_cpu() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    if !cuda.has_cublas() {
+        assert!(
+            !kernels::gpu_required(),
+            "REQUIRE_GPU=1 but libcublas was not found (the GEMM route is off)"
+        );
+        eprintln!("skipped: no libcublas");
+        return;
+    }
+    let mut rng = Rng(11);
+    for &ty in WEIGHT_TYPES {
+        for (k, n, m) in [(512, 300, 64), (768, 130, 100)] {
+            let mut c = Case::new();
+            let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+            let x = c.f32(&[k, 2 * m], rng.vec(k * 2 * m));
+            let every_other = [1, 2 * k, 2 * k * m, 2 * k * m];
+            let rows =
+                c.g.view(x, Shape::new(&[k, m]).unwrap(), every_other, k)
+                    .unwrap();
+            let y = c.g.matmul(w, rows).unwrap();
+            let f32_level = matches!(ty, DType::F32 | DType::BF16);
+            let graph = c.g.finish(&[y]).unwrap();
+            let bindings = bind_leaves(&mut cuda, &graph, &c.leaves);
+            let exe = cuda.load(&graph, &bindings).unwrap();
+            let routed = cuda.gemm_products(exe).unwrap();
+            assert_eq!(routed, usize::from(!f32_level), "{ty}: GEMM-route products");
+            cuda.unload(exe).unwrap();
+            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+            let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+            let err = rel_err(&got, &want);
+            let tol = if f32_level { 2e-5 } else { 1e-3 };
+            assert!(
+                err <= tol,
+                "gemm {ty} k{k} n{n} m{m}: relative error {err:e} > {tol:e}"
+            );
+            eprintln!("gemm {ty} k{k} n{n} m{m}: rel err {err:.2e}");
         }
     }
 }
