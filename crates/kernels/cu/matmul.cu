@@ -467,12 +467,19 @@ DEQUANT_F16_KERNEL(q4_k, DT_Q4_K)
 DEQUANT_F16_KERNEL(q5_k, DT_Q5_K)
 DEQUANT_F16_KERNEL(q6_k, DT_Q6_K)
 
-// m rows of k f32 activations (x_stride apart from x_off) as a dense m × k f16 matrix, one
-// thread per element.
-extern "C" __global__ void rows_to_f16(const float* x, i64 x_off, i64 x_stride, int k, int m, u16* out) {
+// m rows of k f32 activations (x_stride apart from x_off) as a dense m × k f16 matrix: grid
+// (⌈k / (4·256)⌉, m), each thread 4 consecutive elements of row blockIdx.y, as one 16-byte load
+// where `vec4` (k, x_off and x_stride multiples of 4).
+extern "C" __global__ void rows_to_f16(const float* x, i64 x_off, i64 x_stride, int k, int m, int vec4, u16* out) {
     pdl_entry();
-    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (i64)m * k) return;
-    i64 r = i / k, c = i % k;
-    out[i] = f2h(x[x_off + r * x_stride + c]);
+    int c = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (c >= k) return;
+    const float* row = x + x_off + (i64)blockIdx.y * x_stride;
+    u16* o = out + (i64)blockIdx.y * k;
+    if (vec4) {
+        float4 v = *(const float4*)(row + c);
+        *(uint2*)(o + c) = make_uint2(pack_h2(f2h(v.x), f2h(v.y)), pack_h2(f2h(v.z), f2h(v.w)));
+        return;
+    }
+    for (int j = c; j < c + 4 && j < k; ++j) o[j] = f2h(row[j]);
 }

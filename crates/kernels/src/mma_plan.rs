@@ -32,6 +32,9 @@ pub(crate) struct MmaConfig {
     /// Products of at least [`source::GEMM_MIN_ROWS`] rows take the GEMM route (cuBLAS loaded,
     /// `SPECULA_GEMM` not 0) instead of the `_mma_` or `matmul_tc_` kernels.
     pub gemm: bool,
+    /// Bytes of the GEMM route's f16 weight scratch ([`source::GEMM_WEIGHT_SCRATCH_BYTES`];
+    /// tests make it small to run several row tiles).
+    pub gemm_weight_bytes: usize,
 }
 
 impl Default for MmaConfig {
@@ -45,6 +48,7 @@ impl Default for MmaConfig {
             prefill_tile: None,
             force_prepare: None,
             gemm: true,
+            gemm_weight_bytes: source::GEMM_WEIGHT_SCRATCH_BYTES,
         }
     }
 }
@@ -88,6 +92,8 @@ impl MmaInput {
 /// A product on the GEMM route: its activation rows and sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct GemmInput {
+    /// The activation node.
+    pub x: NodeId,
     /// Element offset of the first activation row in the input's storage.
     pub offset: i64,
     /// Elements between consecutive activation rows.
@@ -98,15 +104,9 @@ pub(crate) struct GemmInput {
     pub n: usize,
     /// Activation rows.
     pub m: usize,
-}
-
-impl GemmInput {
-    /// Weight rows dequantized per GEMM: all of them, or as many as
-    /// [`source::GEMM_WEIGHT_SCRATCH_BYTES`] holds as f16 (a multiple of 256).
-    pub fn tile_rows(&self) -> usize {
-        let fit = source::GEMM_WEIGHT_SCRATCH_BYTES / (2 * self.k);
-        self.n.min((fit / 256 * 256).max(256))
-    }
+    /// Weight rows dequantized per GEMM: all of them, or as many as the weight scratch holds as
+    /// f16 (a multiple of 256, at least 256).
+    pub tile_rows: usize,
 }
 
 /// The activations of matmul `node` if it takes the GEMM route: `cfg.gemm`, at least
@@ -122,14 +122,17 @@ pub(crate) fn gemm_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<Gemm
         && source::WEIGHT_SUFFIXES.iter().any(|(t, _)| *t == w.dtype);
     let m = x.shape().n_rows();
     let stride = uniform_row_stride(&x.layout)?;
-    let whole_chunks = w.shape().ne(0) % 32 == 0;
+    let (k, n) = (w.shape().ne(0), w.shape().ne(1));
     let rows = m >= source::GEMM_MIN_ROWS && x.dtype == DType::F32;
-    (typed && whole_chunks && rows).then(|| GemmInput {
+    let fit = cfg.gemm_weight_bytes / (2 * k.max(1));
+    (typed && k % 32 == 0 && rows).then(|| GemmInput {
+        x: node.inputs[1],
         offset: x.layout.offset as i64,
         stride,
-        k: w.shape().ne(0),
-        n: w.shape().ne(1),
+        k,
+        n,
         m,
+        tile_rows: n.min((fit / 256 * 256).max(256)),
     })
 }
 
@@ -228,9 +231,16 @@ pub(crate) struct MmaPlan {
     pub gemm_weight_elems: usize,
     /// f16 elements of the GEMM route's activation scratch (the largest input).
     pub gemm_act_elems: usize,
+    /// GEMM-route products whose f16 activations the previous one left in the scratch (q, k
+    /// and v of one norm output; gate and up).
+    pub gemm_ready: HashSet<usize>,
 }
 
-/// Plans a graph's `_mma_` products in node order. One scratch holds one prepared input at a
+/// Plans a graph's GEMM-route and `_mma_` products in node order. A GEMM-route product of the
+/// input the previous one converted to f16 finds it in the scratch (nothing between them writes
+/// in place but WriteRows, which ends the sharing).
+///
+/// For the `_mma_` products, one scratch holds one prepared input at a
 /// time: a product of the input the last preparing product read reads it too, without preparing
 /// (nothing in between writes in place but WriteRows, which ends the sharing), even where the
 /// size rule alone would split in place; a preparing product whose input is an RMSNorm's whole
@@ -239,12 +249,19 @@ pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
     let mut p = MmaPlan::default();
     let mut last: Option<MmaInput> = None;
     let mut last_reader: Option<usize> = None;
+    let mut last_gemm: Option<GemmInput> = None;
     for (i, node) in graph.nodes().iter().enumerate() {
         if matches!(node.op, Op::WriteRows) {
             last = None;
+            last_gemm = None;
         }
         if let Some(gi) = gemm_input(cfg, graph, node) {
-            p.gemm_weight_elems = p.gemm_weight_elems.max(gi.tile_rows() * gi.k);
+            let same = |l: GemmInput| (l.x, l.offset, l.stride, l.k, l.m);
+            if last_gemm.is_some_and(|l| same(l) == same(gi)) {
+                p.gemm_ready.insert(i);
+            }
+            last_gemm = Some(gi);
+            p.gemm_weight_elems = p.gemm_weight_elems.max(gi.tile_rows * gi.k);
             p.gemm_act_elems = p.gemm_act_elems.max(gi.m * gi.k);
             p.gemm.insert(i, gi);
             continue;
@@ -393,11 +410,13 @@ mod tests {
         assert!(p.products.contains_key(&ys.index()) && !p.products.contains_key(&y.index()));
         let head = p.gemm[&yh.index()];
         let fit = source::GEMM_WEIGHT_SCRATCH_BYTES / (2 * 2048);
-        assert_eq!(head.tile_rows(), fit / 256 * 256);
-        assert!(head.tile_rows() < 262_144 && head.tile_rows().is_multiple_of(256));
-        assert_eq!(p.gemm[&y.index()].tile_rows(), 512);
-        assert_eq!(p.gemm_weight_elems, head.tile_rows() * 2048);
+        assert_eq!(head.tile_rows, fit / 256 * 256);
+        assert!(head.tile_rows < 262_144 && head.tile_rows.is_multiple_of(256));
+        assert_eq!(p.gemm[&y.index()].tile_rows, 512);
+        assert_eq!(p.gemm_weight_elems, head.tile_rows * 2048);
         assert_eq!(p.gemm_act_elems, m * 2048);
+        // yh reads the input y read, so y's f16 activations serve it.
+        assert_eq!(p.gemm_ready, HashSet::from([yh.index()]));
         let off = MmaConfig {
             gemm: false,
             ..cfg(None)

@@ -138,11 +138,13 @@ impl Drop for Cublas {
 }
 
 impl CudaBackend {
-    /// Launches matmul `node` on the GEMM route: the activations to f16, then per row tile of
-    /// the weights their f16 dequantization and one cuBLAS GEMM into the tile's output columns.
+    /// Launches matmul `node` on the GEMM route: the activations to f16 (unless the previous
+    /// GEMM-route product left the same ones in the scratch), then per row tile of the weights
+    /// their f16 dequantization and one cuBLAS GEMM into the tile's output columns.
     pub(super) fn launch_gemm(
         &self,
         exec: &Exec,
+        id: NodeId,
         node: &Node,
         gi: &GemmInput,
         out: u64,
@@ -157,18 +159,23 @@ impl CudaBackend {
         let (ws, xs) = (self.buf(wbuf)?.ptr, self.buf(xbuf)?.ptr);
         let w = exec.graph.node(node.inputs[0]);
         let (k, n, m) = (gi.k, gi.n, gi.m);
-        let mut a = Args::default();
-        a.ptr(self.base(exec, node.inputs[1])?)
-            .i64(gi.offset)
-            .i64(gi.stride)
-            .i32(k as i32)
-            .i32(m as i32)
-            .ptr(xs);
-        self.launch("rows_to_f16", grid1(m * k, 256), 256, &mut a)?;
+        if !exec.mma.gemm_ready.contains(&id.index()) {
+            let vec4 = k % 4 == 0 && gi.offset % 4 == 0 && gi.stride % 4 == 0;
+            let mut a = Args::default();
+            a.ptr(self.base(exec, node.inputs[1])?)
+                .i64(gi.offset)
+                .i64(gi.stride)
+                .i32(k as i32)
+                .i32(m as i32)
+                .i32(i32::from(vec4))
+                .ptr(xs);
+            let grid = ((k.div_ceil(4 * 256)) as u32, m as u32, 1);
+            self.launch("rows_to_f16", grid, 256, &mut a)?;
+        }
         let suffix = weight_suffix(w.dtype)?;
         let row_bytes = byte_size(w.dtype, Shape::new(&[k])?)?;
         let w_base = self.base(exec, node.inputs[0])?;
-        let tile = gi.tile_rows();
+        let tile = gi.tile_rows;
         for r0 in (0..n).step_by(tile) {
             let rows = tile.min(n - r0);
             let mut d = Args::default();

@@ -85,6 +85,23 @@ fn byte_size(dtype: DType, shape: Shape) -> Result<usize> {
         .ok_or_else(|| backend_err(format!("{dtype} {shape} is not a whole number of blocks")))
 }
 
+/// Elements of a buffer from their little-endian bytes: i32, or floats of `dtype` as f32.
+fn decode_elements(dtype: DType, bytes: &[u8]) -> Result<TensorData> {
+    Ok(match dtype {
+        DType::I32 => TensorData::I32(
+            bytes
+                .as_chunks::<4>()
+                .0
+                .iter()
+                .map(|c| i32::from_le_bytes(*c))
+                .collect(),
+        ),
+        dt => TensorData::F32(
+            gguf::quant::dequantize_to_vec(dt, bytes).map_err(|e| backend_err(e.to_string()))?,
+        ),
+    })
+}
+
 /// `SPECULA_MAX_ROW_TILE` (1, 2, 4, 8 or 16; default 8): caps the activation-row tile of the
 /// vector matmul kernels, so batches above it run as several tiles (a tuning knob for
 /// `cargo xtask bench`). Any other value is ignored. On the H100 a 16-token verify of the 31B
@@ -149,6 +166,9 @@ pub struct CudaBackend {
     /// Products of at least `source::GEMM_MIN_ROWS` rows take the GEMM route when cuBLAS is
     /// there (`SPECULA_GEMM=0`: the `_mma_` kernels, an A/B knob).
     gemm_route: bool,
+    /// Bytes of the GEMM route's f16 weight scratch (`source::GEMM_WEIGHT_SCRATCH_BYTES`; tests
+    /// shrink it to run several row tiles, `set_gemm_weight_bytes`).
+    gemm_weight_bytes: usize,
     /// Graphs are loaded with the launches `fuse_plan` folds together (`SPECULA_FUSE=0`
     /// launches every node on its own, an A/B knob).
     fusion: bool,
@@ -267,6 +287,7 @@ impl CudaBackend {
             fusion: std::env::var("SPECULA_FUSE").map_or(true, |v| v != "0"),
             cublas,
             gemm_route: std::env::var("SPECULA_GEMM").map_or(true, |v| v != "0"),
+            gemm_weight_bytes: source::GEMM_WEIGHT_SCRATCH_BYTES,
             pdl: major >= 9 && std::env::var("SPECULA_PDL").map_or(true, |v| v != "0"),
             _module: module,
             funcs,
@@ -319,6 +340,13 @@ impl CudaBackend {
     /// `SPECULA_GEMM=0` turns it off) or the `_mma_` / `matmul_tc_` kernels (f32-level accuracy).
     pub fn set_gemm_route(&mut self, on: bool) {
         self.gemm_route = on;
+    }
+
+    /// Bytes of the GEMM route's f16 weight scratch for graphs loaded from now on: a product
+    /// whose weights would not fit runs as several GEMMs over row tiles (at least 256 rows).
+    /// Tests shrink it to exercise the tiling.
+    pub fn set_gemm_weight_bytes(&mut self, bytes: usize) {
+        self.gemm_weight_bytes = bytes;
     }
 
     /// Products of the loaded graph `exe` that take the GEMM route, for tests that must know
@@ -610,20 +638,27 @@ impl Backend for CudaBackend {
         let b = self.buf(buffer)?;
         let mut bytes = vec![0u8; byte_size(b.dtype, b.shape)?];
         self.dtoh(&mut bytes, b.ptr)?;
-        Ok(match b.dtype {
-            DType::I32 => TensorData::I32(
-                bytes
-                    .as_chunks::<4>()
-                    .0
-                    .iter()
-                    .map(|c| i32::from_le_bytes(*c))
-                    .collect(),
-            ),
-            dt => TensorData::F32(
-                gguf::quant::dequantize_to_vec(dt, &bytes)
-                    .map_err(|e| backend_err(e.to_string()))?,
-            ),
-        })
+        decode_elements(b.dtype, &bytes)
+    }
+
+    fn read_range(&self, buffer: BufferId, offset: usize, len: usize) -> Result<TensorData> {
+        let b = self.buf(buffer)?;
+        let width = elem_bytes(b.dtype);
+        if width == 0 {
+            // Block-quantized buffers are read whole (weights; nothing reads them per run).
+            return graph::Backend::read(self, buffer).and_then(|d| d.range(offset, len));
+        }
+        let n = b.shape.n_elems();
+        if offset.checked_add(len).is_none_or(|end| end > n) {
+            return Err(graph::Error::Handle(format!(
+                "elements {offset}..{} of a {n}-element buffer",
+                offset + len
+            )));
+        }
+        let mut bytes = vec![0u8; len * width];
+        // The range was checked against the buffer's elements above.
+        self.dtoh(&mut bytes, b.ptr + (offset * width) as u64)?;
+        decode_elements(b.dtype, &bytes)
     }
 
     fn free(&mut self, buffer: BufferId) -> Result<()> {

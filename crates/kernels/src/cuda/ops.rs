@@ -81,6 +81,7 @@ impl CudaBackend {
             prefill_tile: self.mma_prefill_tile,
             force_prepare: self.mma_prepare,
             gemm: self.gemm_route && self.cublas.is_some(),
+            gemm_weight_bytes: self.gemm_weight_bytes,
         }
     }
 
@@ -159,7 +160,7 @@ impl CudaBackend {
             }
             Op::MatMul => {
                 if let Some(gi) = exec.mma.gemm.get(&id.index()) {
-                    return self.launch_gemm(exec, node, gi, out);
+                    return self.launch_gemm(exec, id, node, gi, out);
                 }
                 if let Some(mi) = exec.mma.products.get(&id.index()) {
                     return self.launch_mma(exec, id, node, mi, out);

@@ -313,10 +313,13 @@ fn matmul_and_get_rows_every_weight_type() {
 /// The GEMM route (cuBLAS, at least `GEMM_MIN_ROWS` activation rows, quantized or f16 weights):
 /// both operands are rounded to f16 once (unit roundoff u = 2^-11 each) and accumulated in f32,
 /// so a dot product of random-sign terms is off by about u·√(2/3) ≈ 4e-4 of its size; the bound
-/// is 1e-3 (the `_mma_` kernels' split-f16 products stay within 2e-5, tested above). Covers
-/// every weight type it takes, a partial last weight tile of the GEMM (`tile_rows` is a
-/// multiple of 256; n = 300), 64 and 100 rows, strided activation rows (every other row of a
-/// taller input, from the second), and that f32 and bf16 weights stay off the route at f32-level accuracy.
+/// is 1e-3 (the `_mma_` kernels' split-f16 products stay within 2e-5, tested above). Against the
+/// CPU rounding the same operands to f16 (`CpuBackend::set_f16_products`) only the f32
+/// accumulation differs: within 2e-5 (an H200 gave ≤ 7e-7). Covers
+/// every weight type it takes, weights in two row tiles (a shrunken scratch; the second tile
+/// partial), 64 and 100 rows, strided activation rows (every other row of a
+/// taller input, from the second), products sharing one conversion of their activations, and
+/// that f32 and bf16 weights stay off the route at f32-level accuracy.
 #[test]
 fn gemm_route_matches_the_cpu() {
     let Some(mut cuda) = crate::cuda() else {
@@ -330,6 +333,9 @@ fn gemm_route_matches_the_cpu() {
         eprintln!("skipped: no libcublas");
         return;
     }
+    // Weight tiles of 256 rows at k = 512 (two GEMMs for n = 300, the second of 44 rows); one
+    // tile at k = 768.
+    cuda.set_gemm_weight_bytes(256 * 512 * 2);
     let mut rng = Rng(11);
     for &ty in WEIGHT_TYPES {
         for (k, n, m) in [(512, 300, 64), (768, 130, 100)] {
@@ -350,6 +356,18 @@ fn gemm_route_matches_the_cpu() {
             cuda.unload(exe).unwrap();
             let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
             let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+            // The CPU rounding the same operands to f16: only the f32 accumulation differs.
+            let mut emulated = CpuBackend::new();
+            emulated.set_f16_products(Some(1));
+            let same_operands = run_on(&mut emulated, &graph, &c.leaves, &[y]).remove(0);
+            let f16_err = rel_err(&got, &same_operands);
+            eprintln!(
+                "gemm {ty} k{k} n{n} m{m}: rel err {f16_err:.2e} against f16 operands on the CPU"
+            );
+            assert!(
+                f16_err <= 2e-5,
+                "gemm {ty} k{k} n{n} m{m}: {f16_err:e} from the CPU's f16 operands"
+            );
             let err = rel_err(&got, &want);
             let tol = if f32_level { 2e-5 } else { 1e-3 };
             assert!(
@@ -358,6 +376,31 @@ fn gemm_route_matches_the_cpu() {
             );
             eprintln!("gemm {ty} k{k} n{n} m{m}: rel err {err:.2e}");
         }
+    }
+    // Products sharing converted activations: x, then z (converts over x's), then x twice (the
+    // last finds x's f16 rows in the scratch).
+    let (k, n, m) = (512, 96, 64);
+    let mut c = Case::new();
+    let x = c.f32(&[k, m], rng.vec(k * m));
+    let z = c.f32(&[k, m], rng.vec(k * m));
+    let mut ys = Vec::new();
+    for (input, ty) in
+        [x, z, x, x]
+            .into_iter()
+            .zip([DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_K])
+    {
+        let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+        ys.push(c.g.matmul(w, input).unwrap());
+    }
+    let graph = c.g.finish(&ys).unwrap();
+    let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &ys);
+    let got = run_on(&mut cuda, &graph, &c.leaves, &ys);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let err = rel_err(g, w);
+        assert!(
+            err <= 1e-3,
+            "shared f16 activations, product {i}: relative error {err:e}"
+        );
     }
 }
 
