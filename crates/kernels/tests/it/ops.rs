@@ -743,6 +743,9 @@ fn rms_norm_register_and_general_rows() {
         (16392, 2, 0),
         (100, 3, 0),
         (5376, 2, 1),
+        (5376, 40, 0),
+        (2048, 33, 0),
+        (16384, 17, 0),
     ] {
         let mut c = Case::new();
         let total = n * rows + offset;
