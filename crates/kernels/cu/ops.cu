@@ -34,14 +34,25 @@ extern "C" __global__ void unary_f32(const float* x, Layout4 lx, float* out, i64
     out[i] = r;
 }
 
-// op: 0 geglu, 1 swiglu.
-extern "C" __global__ void glu_f32(const float* g, Layout4 lg, const float* u, Layout4 lu, float* out, i64 n, int op) {
+__device__ __forceinline__ float glu1(float g, float u, int op) { return (op == 0 ? gelu_tanh(g) : silu(g)) * u; }
+
+// op: 0 geglu, 1 swiglu. With `dense4` (both inputs dense from 16-byte-aligned offsets, n a
+// multiple of 4) each thread takes 4 consecutive elements in 16-byte loads and stores, with no
+// index arithmetic: a prefill chunk's 512 × 21504 GLU is bandwidth-bound only that way. Each
+// element's arithmetic is the same either way.
+extern "C" __global__ void glu_f32(const float* g, Layout4 lg, const float* u, Layout4 lu, float* out, i64 n, int op,
+                                   int dense4) {
     pdl_entry();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (dense4) {
+        if (4 * i >= n) return;
+        float4 a = *(const float4*)(g + lg.off + 4 * i), b = *(const float4*)(u + lu.off + 4 * i);
+        *(float4*)(out + 4 * i) = make_float4(glu1(a.x, b.x, op), glu1(a.y, b.y, op), glu1(a.z, b.z, op),
+                                              glu1(a.w, b.w, op));
+        return;
+    }
     if (i >= n) return;
-    float gv = g[layout_index(lg, i)];
-    float uv = u[layout_index(lu, i)];
-    out[i] = (op == 0 ? gelu_tanh(gv) : silu(gv)) * uv;
+    out[i] = glu1(g[layout_index(lg, i)], u[layout_index(lu, i)], op);
 }
 
 extern "C" __global__ void copy_f32(const float* x, Layout4 lx, float* out, i64 n) {

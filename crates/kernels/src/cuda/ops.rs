@@ -294,6 +294,8 @@ impl CudaBackend {
                 self.launch("unary_f32", grid1(n_out, 256), 256, &mut a)
             }
             Op::Glu(op) => {
+                let dense4 = |l: &Layout| l.is_contiguous() && l.offset.is_multiple_of(4);
+                let vec4 = n_out.is_multiple_of(4) && dense4(&inp(0).layout) && dense4(&inp(1).layout);
                 let mut a = Args::default();
                 a.ptr(self.base(exec, node.inputs[0])?)
                     .layout(&inp(0).layout)
@@ -301,8 +303,10 @@ impl CudaBackend {
                     .layout(&inp(1).layout);
                 a.ptr(out)
                     .i64(n_out as i64)
-                    .i32(if *op == GluOp::GeGlu { 0 } else { 1 });
-                self.launch("glu_f32", grid1(n_out, 256), 256, &mut a)
+                    .i32(if *op == GluOp::GeGlu { 0 } else { 1 })
+                    .i32(i32::from(vec4));
+                let threads = if vec4 { n_out / 4 } else { n_out };
+                self.launch("glu_f32", grid1(threads, 256), 256, &mut a)
             }
             Op::Contiguous => {
                 let mut a = Args::default();

@@ -691,6 +691,14 @@ fn elementwise_norm_rope_softmax_concat() {
     let up = c.f32(&[64, 3, 2], rng.vec(384));
     outs.push(c.g.glu(GluOp::GeGlu, a, up).unwrap());
     outs.push(c.g.glu(GluOp::SwiGlu, a, up).unwrap());
+    // GLU off the 4-wide path: strided views, and dense rows of an odd element count.
+    let (pa, pu) = (
+        c.g.permute(a, [1, 0, 2, 3]).unwrap(),
+        c.g.permute(up, [1, 0, 2, 3]).unwrap(),
+    );
+    outs.push(c.g.glu(GluOp::GeGlu, pa, pu).unwrap());
+    let (odd_g, odd_u) = (c.f32(&[7, 3], rng.vec(21)), c.f32(&[7, 3], rng.vec(21)));
+    outs.push(c.g.glu(GluOp::SwiGlu, odd_g, odd_u).unwrap());
     let p = c.g.permute(a, [1, 0, 2, 3]).unwrap();
     outs.push(c.g.contiguous(p).unwrap());
     outs.push(c.g.concat(a, b, 1).unwrap());
