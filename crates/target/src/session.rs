@@ -39,9 +39,10 @@ impl Default for TargetOptions {
 pub struct StepOutput {
     /// Logits, row-major `[rows][n_vocab]` (one row per token, or only the last).
     pub logits: Vec<f32>,
-    /// Final post-norm hidden, `[t][n_embd]`.
+    /// Final post-norm hidden, `[t][n_embd]` (only the last row when the logits are
+    /// [`LogitRows::Last`]).
     pub hidden: Vec<f32>,
-    /// Input of the final norm, `[t][n_embd]`.
+    /// Input of the final norm, `[t][n_embd]` (only the last row, as `hidden`).
     pub hidden_prenorm: Vec<f32>,
     /// Captured layer outputs, `[t][n_embd]` each.
     pub layers: Vec<(usize, Vec<f32>)>,
@@ -224,6 +225,21 @@ impl Target {
         Ok(())
     }
 
+    /// The rows of `node` ([width][rows], dense) that `rows` asks logits for: only the last
+    /// one for [`LogitRows::Last`] (a prefill chunk's caller needs no more, and 512 hidden rows
+    /// of a large model are 11 MB to copy), else all.
+    fn read_rows(&self, spec: &StepSpec, node: NodeId, rows: LogitRows) -> Result<Vec<f32>> {
+        let loaded = &self.steps[spec];
+        let n = loaded.step.graph.node(node);
+        let (width, count) = (n.shape().ne(0), n.shape().n_rows());
+        if rows != LogitRows::Last || count <= 1 || !n.layout.is_contiguous() {
+            return self.read(spec, node);
+        }
+        let buffer = self.backend.buffer_of(loaded.exe, node)?;
+        let last = n.layout.offset + (count - 1) * width;
+        Ok(self.backend.read_range(buffer, last, width)?.into_f32()?)
+    }
+
     fn read(&self, spec: &StepSpec, node: NodeId) -> Result<Vec<f32>> {
         let loaded = &self.steps[spec];
         Ok(self
@@ -258,8 +274,8 @@ impl Target {
                 .map(|n| self.read(&spec, n))
                 .transpose()?
                 .unwrap_or_default(),
-            hidden: self.read(&spec, hidden)?,
-            hidden_prenorm: self.read(&spec, prenorm)?,
+            hidden: self.read_rows(&spec, hidden, logits)?,
+            hidden_prenorm: self.read_rows(&spec, prenorm, logits)?,
             layers: layer_nodes
                 .iter()
                 .map(|&(l, id)| Ok((l, self.read(&spec, id)?)))

@@ -85,6 +85,33 @@ fn greedy_continuation_matches_transformers() {
     }
 }
 
+/// A step asking for the last logits returns only the last hidden and pre-norm rows, equal to
+/// the last rows of the same step asking for all; other rows' requests return every row.
+#[test]
+fn last_logits_steps_return_the_last_hidden_row() {
+    let r = Reference::open("dense.ref.safetensors");
+    let ids = r.tokens("input_ids");
+    let opts = TargetOptions {
+        n_ctx: 128,
+        max_batch: 64,
+        ..Default::default()
+    };
+    let mut t = load_cpu("dense.gguf", &opts);
+    let h = t.config().n_embd;
+    let all = t.forward(&ids, LogitRows::All, &[], false).unwrap();
+    t.truncate(0).unwrap();
+    let last = t.forward(&ids, LogitRows::Last, &[], false).unwrap();
+    t.truncate(0).unwrap();
+    let none = t.forward(&ids, LogitRows::None, &[], false).unwrap();
+    assert_eq!(all.hidden.len(), ids.len() * h);
+    assert_eq!(none.hidden, all.hidden);
+    assert_eq!(last.hidden, all.hidden[(ids.len() - 1) * h..]);
+    assert_eq!(
+        last.hidden_prenorm,
+        all.hidden_prenorm[(ids.len() - 1) * h..]
+    );
+}
+
 #[test]
 fn device_argmax_equals_the_argmax_of_the_logits() {
     let r = Reference::open("dense.ref.safetensors");
