@@ -95,15 +95,16 @@ fn card() -> (String, String) {
     }
 }
 
-/// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe] [--prefill-only]`
-/// (`--prefill-only`: the copy bandwidth and the prefill figures alone, for A/B runs of the
-/// prefill route).
+/// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe] [--prefill-only]
+/// [--skip-prefill]` (`--prefill-only`: the copy bandwidth and the prefill figures alone;
+/// `--skip-prefill`: all but those; both for quicker A/B runs).
 pub fn run(args: &[String]) -> Result<()> {
     let mut models = PathBuf::from("/tmp/specula-synth");
     let mut out_dir = PathBuf::from("bench/results");
     let mut commit = String::from("unknown");
     let mut moe = true;
     let mut prefill_only = false;
+    let mut skip_prefill = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
@@ -112,6 +113,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--out" => out_dir = PathBuf::from(value()?),
             "--commit" => commit = value()?.clone(),
             "--skip-moe" => moe = false,
+            "--skip-prefill" => skip_prefill = true,
             "--prefill-only" => {
                 prefill_only = true;
                 moe = false;
@@ -165,8 +167,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if !prefill_only {
         decode_and_verify(&mut t, bytes, copy, &mut r)?;
     }
-    let prefill = prefill_rates(&mut t)?;
-    r.insert("prefill_tok_s".into(), json!(prefill));
+    if !skip_prefill {
+        let prefill = prefill_rates(&mut t)?;
+        r.insert("prefill_tok_s".into(), json!(prefill));
+    }
     if prefill_only {
         return write_results(&out_dir, Value::Object(r));
     }

@@ -27,6 +27,9 @@ pub(crate) struct MmaConfig {
     /// [`source::mma_prefill_tile`]'s (`SPECULA_MMA_PREFILL_TILE=MxN`: 2x2 or one of
     /// [`source::MMA_PREFILL_TILES`]).
     pub prefill_tile: Option<(usize, usize)>,
+    /// Tile `(MT, NT)` of products of 9–16 rows (verify batches), if not [`source::mma_tile`]'s
+    /// (`SPECULA_MMA_VERIFY_TILE=1x1|1x2|2x2`, tuning; no tile changes a row's bits).
+    pub verify_tile: Option<(usize, usize)>,
     /// Forces every product to prepare (`Some(true)`) or to split in place (`Some(false)`).
     pub force_prepare: Option<bool>,
     /// Products of at least [`source::GEMM_MIN_ROWS`] rows take the GEMM route (cuBLAS loaded,
@@ -46,6 +49,7 @@ impl Default for MmaConfig {
             mt: None,
             prefill_row_warps: true,
             prefill_tile: None,
+            verify_tile: None,
             force_prepare: None,
             gemm: true,
             gemm_weight_bytes: source::GEMM_WEIGHT_SCRATCH_BYTES,
@@ -153,8 +157,11 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
     let (mt, nt) = if m > source::MMA_MAX_ROWS {
         cfg.prefill_tile
             .unwrap_or_else(|| source::mma_prefill_tile(w.dtype))
+    } else if m > 8 {
+        cfg.verify_tile
+            .unwrap_or_else(|| source::mma_tile(m, w.dtype))
     } else {
-        source::mma_tile(m)
+        source::mma_tile(m, w.dtype)
     };
     let mt = cfg.mt.unwrap_or(mt);
     let k_warps = if m > source::MMA_MAX_ROWS && cfg.prefill_row_warps {
@@ -449,5 +456,14 @@ mod tests {
             ..c
         };
         assert_eq!(kw(&split, y40), 8);
+        // A verify-tile override changes 9–16-row products only.
+        let verify = MmaConfig {
+            verify_tile: Some((1, 1)),
+            ..c
+        };
+        let tile_with =
+            |c: &MmaConfig, y: NodeId| mma_input(c, &graph, graph.node(y)).unwrap().tile;
+        assert_eq!(tile_with(&verify, y16), (1, 1));
+        assert_eq!(tile_with(&verify, y40), tile(y40));
     }
 }

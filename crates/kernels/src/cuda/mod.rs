@@ -153,6 +153,9 @@ pub struct CudaBackend {
     /// instead of `source::mma_prefill_tile`'s (tuning; 2x2 or one of
     /// `source::MMA_PREFILL_TILES`).
     mma_prefill_tile: Option<(usize, usize)>,
+    /// `SPECULA_MMA_VERIFY_TILE=MxN`: the `_mma_` tile of 9–16-row products (tuning; 1x1, 1x2
+    /// or 2x2).
+    mma_verify_tile: Option<(usize, usize)>,
     /// Forces every `_mma_` product to prepare its activations (`Some(true)`) or to split them in
     /// place (`Some(false)`) instead of `source::mma_prepares` (tests and A/B runs;
     /// `SPECULA_MMA_PREPARE=0|1`).
@@ -279,6 +282,11 @@ impl CudaBackend {
                     let tile = (mt.parse().ok()?, nt.parse().ok()?);
                     (tile == (2, 2) || source::MMA_PREFILL_TILES.contains(&tile)).then_some(tile)
                 }),
+            mma_verify_tile: std::env::var("SPECULA_MMA_VERIFY_TILE").ok().and_then(|v| {
+                let (mt, nt) = v.split_once('x')?;
+                let tile = (mt.parse().ok()?, nt.parse().ok()?);
+                [(1, 1), (1, 2), (2, 2)].contains(&tile).then_some(tile)
+            }),
             mma_prepare: match std::env::var("SPECULA_MMA_PREPARE").as_deref() {
                 Ok("0") => Some(false),
                 Ok("1") => Some(true),

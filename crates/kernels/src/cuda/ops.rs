@@ -79,6 +79,7 @@ impl CudaBackend {
             mt: self.mma_mt,
             prefill_row_warps: self.mma_prefill_row_warps,
             prefill_tile: self.mma_prefill_tile,
+            verify_tile: self.mma_verify_tile,
             force_prepare: self.mma_prepare,
             gemm: self.gemm_route && self.cublas.is_some(),
             gemm_weight_bytes: self.gemm_weight_bytes,
@@ -295,7 +296,8 @@ impl CudaBackend {
             }
             Op::Glu(op) => {
                 let dense4 = |l: &Layout| l.is_contiguous() && l.offset.is_multiple_of(4);
-                let vec4 = n_out.is_multiple_of(4) && dense4(&inp(0).layout) && dense4(&inp(1).layout);
+                let vec4 =
+                    n_out.is_multiple_of(4) && dense4(&inp(0).layout) && dense4(&inp(1).layout);
                 let mut a = Args::default();
                 a.ptr(self.base(exec, node.inputs[0])?)
                     .layout(&inp(0).layout)
