@@ -159,9 +159,9 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
             .unwrap_or_else(|| source::mma_prefill_tile(w.dtype))
     } else if m > 8 {
         cfg.verify_tile
-            .unwrap_or_else(|| source::mma_tile(m, w.dtype))
+            .unwrap_or_else(|| source::mma_tile(m, n, w.dtype))
     } else {
-        source::mma_tile(m, w.dtype)
+        source::mma_tile(m, n, w.dtype)
     };
     let mt = cfg.mt.unwrap_or(mt);
     let k_warps = if m > source::MMA_MAX_ROWS && cfg.prefill_row_warps {
