@@ -392,16 +392,7 @@ fn gemm_route_matches_the_cpu() {
         let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
         ys.push(c.g.matmul(w, input).unwrap());
     }
-    let graph = c.g.finish(&ys).unwrap();
-    let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &ys);
-    let got = run_on(&mut cuda, &graph, &c.leaves, &ys);
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        let err = rel_err(g, w);
-        assert!(
-            err <= 1e-3,
-            "shared f16 activations, product {i}: relative error {err:e}"
-        );
-    }
+    check("shared f16 activations", c, &ys, 1e-3);
 }
 
 /// The tensor-core matrix-vector kernels (Q4_K, Q6_K, Q8_0; 1–16 rows and a 40-row prefill

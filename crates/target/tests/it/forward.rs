@@ -11,19 +11,21 @@ const TARGETS: &[(&str, &str)] = &[
     ("moe.gguf", "moe.ref.safetensors"),
 ];
 
+/// A 128-position context and 64-token steps: every fixture prompt in one step.
+fn options() -> TargetOptions {
+    TargetOptions {
+        n_ctx: 128,
+        max_batch: 64,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn logits_and_hidden_states_match_transformers() {
     for &(model, reference) in TARGETS {
         let r = Reference::open(reference);
         let ids = r.tokens("input_ids");
-        let mut t = load_cpu(
-            model,
-            &TargetOptions {
-                n_ctx: 128,
-                max_batch: 64,
-                ..Default::default()
-            },
-        );
+        let mut t = load_cpu(model, &options());
         let n_layer = t.config().n_layer;
         let h = t.config().n_embd;
         let layers: Vec<usize> = (0..n_layer).collect();
@@ -64,14 +66,7 @@ fn greedy_continuation_matches_transformers() {
         let r = Reference::open(reference);
         let ids = r.tokens("input_ids");
         let expected = r.tokens("greedy_tokens");
-        let mut t = load_cpu(
-            model,
-            &TargetOptions {
-                n_ctx: 128,
-                max_batch: 64,
-                ..Default::default()
-            },
-        );
+        let mut t = load_cpu(model, &options());
         let v = t.config().n_vocab;
         let out = t.forward(&ids, LogitRows::Last, &[], false).unwrap();
         let mut next = argmax(&out.logits[..v]);
@@ -91,11 +86,7 @@ fn greedy_continuation_matches_transformers() {
 fn last_logits_steps_return_the_last_hidden_row() {
     let r = Reference::open("dense.ref.safetensors");
     let ids = r.tokens("input_ids");
-    let opts = TargetOptions {
-        n_ctx: 128,
-        max_batch: 64,
-        ..Default::default()
-    };
+    let opts = options();
     let mut t = load_cpu("dense.gguf", &opts);
     let h = t.config().n_embd;
     let all = t.forward(&ids, LogitRows::All, &[], false).unwrap();
@@ -116,11 +107,7 @@ fn last_logits_steps_return_the_last_hidden_row() {
 fn device_argmax_equals_the_argmax_of_the_logits() {
     let r = Reference::open("dense.ref.safetensors");
     let ids = r.tokens("input_ids");
-    let opts = TargetOptions {
-        n_ctx: 128,
-        max_batch: 64,
-        ..Default::default()
-    };
+    let opts = options();
     let mut a = load_cpu("dense.gguf", &opts);
     let mut b = load_cpu("dense.gguf", &opts);
     let v = a.config().n_vocab;
