@@ -105,12 +105,16 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut moe = true;
     let mut prefill_only = false;
     let mut skip_prefill = false;
+    let mut out_given = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
             "--models" => models = PathBuf::from(value()?),
-            "--out" => out_dir = PathBuf::from(value()?),
+            "--out" => {
+                out_dir = PathBuf::from(value()?);
+                out_given = true;
+            }
             "--commit" => commit = value()?.clone(),
             "--skip-moe" => moe = false,
             "--skip-prefill" => skip_prefill = true,
@@ -120,6 +124,12 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             other => bail!("unknown argument {other}"),
         }
+    }
+    if prefill_only && skip_prefill {
+        bail!("--prefill-only and --skip-prefill leave nothing to measure");
+    }
+    if (prefill_only || skip_prefill) && !out_given {
+        bail!("a partial run (--prefill-only, --skip-prefill) needs --out, so it does not replace the full record in bench/results");
     }
     if !kernels::cuda_available() {
         bail!("no CUDA device: `cargo xtask bench` runs on the GPU machine");

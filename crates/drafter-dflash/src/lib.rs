@@ -622,10 +622,12 @@ impl ExternalDrafter for DflashDrafter {
     fn prefill_chunk(&mut self, target: &mut Target, outputs: &StepOutput) -> Res<()> {
         // Rows from the captured layers: `hidden` holds only the last row of a prefill chunk
         // that asked for the last logits.
-        let rows = outputs
-            .layers
-            .first()
-            .map_or(0, |(_, v)| v.len() / self.config.n_embd);
+        let Some((_, first)) = outputs.layers.first() else {
+            return Err(target::Error::Input(
+                "a DFlash prefill chunk needs the target layers it reads captured".into(),
+            ));
+        };
+        let rows = first.len() / self.config.n_embd;
         // The chunk covers the target's last `rows` positions. A new prompt after the target
         // was truncated starts below the drafter's context: the context is cut there too (its
         // rows are rewritten), as the target's KV cache is.

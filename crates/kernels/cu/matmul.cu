@@ -453,9 +453,8 @@ __device__ void dequant_f16_body(const u8* w, int k, i64 rows, u16* out) {
         pdl_entry();                                                                                  \
         dequant_f16_body<DT>(w, k, rows, out);                                                        \
     }
-DEQUANT_F16_KERNEL(f32, DT_F32)
+// Not f32 or bf16 weights (source::gemm_weight_type).
 DEQUANT_F16_KERNEL(f16, DT_F16)
-DEQUANT_F16_KERNEL(bf16, DT_BF16)
 DEQUANT_F16_KERNEL(q4_0, DT_Q4_0)
 DEQUANT_F16_KERNEL(q4_1, DT_Q4_1)
 DEQUANT_F16_KERNEL(q5_0, DT_Q5_0)
@@ -467,19 +466,52 @@ DEQUANT_F16_KERNEL(q4_k, DT_Q4_K)
 DEQUANT_F16_KERNEL(q5_k, DT_Q5_K)
 DEQUANT_F16_KERNEL(q6_k, DT_Q6_K)
 
-// m rows of k f32 activations (x_stride apart from x_off) as a dense m × k f16 matrix: grid
-// (⌈k / (4·256)⌉, m), each thread 4 consecutive elements of row blockIdx.y, as one 16-byte load
-// where `vec4` (k, x_off and x_stride multiples of 4).
-extern "C" __global__ void rows_to_f16(const float* x, i64 x_off, i64 x_stride, int k, int m, int vec4, u16* out) {
+// m rows of k f32 activations (x_stride apart from x_off) as a dense m × k f16 matrix, one block
+// per row. Each row is scaled by a power of two first: e is the smallest e ≥ 0 with
+// max |x| ≤ 32768 · 2^e, the row is written as f16(x · 2^-e) (an exact scaling, then the one
+// rounding) and row_scale[row] = 2^e, which `gemm_rescale` multiplies the product's output row
+// by. So activations past the f16 range (a GLU output can reach them) stay finite and keep f16's
+// relative precision; rows within it (e = 0) are untouched. `vec4`: k, x_off and x_stride
+// multiples of 4 (16-byte loads).
+extern "C" __global__ void rows_to_f16(const float* x, i64 x_off, i64 x_stride, int k, int vec4, u16* out,
+                                       float* row_scale) {
     pdl_entry();
-    int c = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
-    if (c >= k) return;
-    const float* row = x + x_off + (i64)blockIdx.y * x_stride;
-    u16* o = out + (i64)blockIdx.y * k;
+    __shared__ float part[32];
+    const float* row = x + x_off + (i64)blockIdx.x * x_stride;
+    u16* o = out + (i64)blockIdx.x * k;
+    float mx = 0.0f;
+    for (int c = threadIdx.x; c < k; c += blockDim.x) mx = fmaxf(mx, fabsf(row[c]));
+    for (int d = 16; d > 0; d >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, d));
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) part[warp] = mx;
+    __syncthreads();
+    if (warp == 0) {
+        mx = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0f;
+        for (int d = 16; d > 0; d >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, d));
+        if (lane == 0) part[0] = mx;
+    }
+    __syncthreads();
+    mx = part[0];
+    int e = 0;
+    while (e < 128 && mx > ldexpf(32768.0f, e)) ++e;
+    float s = ldexpf(1.0f, -e);
+    if (threadIdx.x == 0) row_scale[blockIdx.x] = ldexpf(1.0f, e);
     if (vec4) {
-        float4 v = *(const float4*)(row + c);
-        *(uint2*)(o + c) = make_uint2(pack_h2(f2h(v.x), f2h(v.y)), pack_h2(f2h(v.z), f2h(v.w)));
+        for (int c = 4 * threadIdx.x; c < k; c += 4 * blockDim.x) {
+            float4 v = *(const float4*)(row + c);
+            *(uint2*)(o + c) = make_uint2(pack_h2(f2h(v.x * s), f2h(v.y * s)), pack_h2(f2h(v.z * s), f2h(v.w * s)));
+        }
         return;
     }
-    for (int j = c; j < c + 4 && j < k; ++j) o[j] = f2h(row[j]);
+    for (int c = threadIdx.x; c < k; c += blockDim.x) o[c] = f2h(row[c] * s);
+}
+
+// y[row][0..n) *= row_scale[row] for the rows `rows_to_f16` scaled (one block per row; rows with
+// scale 1 return at once).
+extern "C" __global__ void gemm_rescale(float* y, int n, const float* row_scale) {
+    pdl_entry();
+    float s = row_scale[blockIdx.x];
+    if (s == 1.0f) return;
+    float* r = y + (i64)blockIdx.x * n;
+    for (int c = threadIdx.x; c < n; c += blockDim.x) r[c] *= s;
 }

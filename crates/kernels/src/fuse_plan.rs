@@ -64,8 +64,10 @@ pub(crate) struct FusePlan {
 }
 
 /// Launches the CUDA backend would fold away in `graph` with its default settings (mma products
-/// on, `SPECULA_FUSE` not 0): skipped nodes plus split sums done by the norm reading them. A pure
-/// function, so CI checks without a GPU that a model's step graph keeps its fusions.
+/// on, the GEMM route available, `SPECULA_FUSE` not 0): skipped nodes plus split sums done by the
+/// norm reading them. A pure function, so CI checks without a GPU that a model's step graph keeps
+/// its fusions. (Without libcublas, graphs of 64 rows or more fold differently: their products
+/// stay on the `_mma_` kernels.)
 pub fn planned_folds(graph: &Graph) -> usize {
     let cfg = crate::mma_plan::MmaConfig::default();
     let p = plan_for(graph, &crate::mma_plan::plan(&cfg, graph));

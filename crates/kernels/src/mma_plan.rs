@@ -113,6 +113,14 @@ pub(crate) struct GemmInput {
     pub tile_rows: usize,
 }
 
+impl GemmInput {
+    /// Whether `other` reads the same activation rows.
+    pub fn same_input(&self, other: &GemmInput) -> bool {
+        (self.x, self.offset, self.stride, self.k, self.m)
+            == (other.x, other.offset, other.stride, other.k, other.m)
+    }
+}
+
 /// The activations of matmul `node` if it takes the GEMM route: `cfg.gemm`, at least
 /// [`source::GEMM_MIN_ROWS`] uniformly spaced activation rows, and block-quantized or f16 weights
 /// (f32 and bf16 weights keep the f32-accurate kernels: rounding them to f16 would lose
@@ -122,14 +130,14 @@ pub(crate) fn gemm_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<Gemm
         return None;
     }
     let (w, x) = (g.node(node.inputs[0]), g.node(node.inputs[1]));
-    let typed = !matches!(w.dtype, DType::F32 | DType::BF16)
-        && source::WEIGHT_SUFFIXES.iter().any(|(t, _)| *t == w.dtype);
+    let typed = source::gemm_weight_type(w.dtype);
     let m = x.shape().n_rows();
     let stride = uniform_row_stride(&x.layout)?;
     let (k, n) = (w.shape().ne(0), w.shape().ne(1));
     let rows = m >= source::GEMM_MIN_ROWS && x.dtype == DType::F32;
     let fit = cfg.gemm_weight_bytes / (2 * k.max(1));
-    (typed && k % 32 == 0 && rows).then(|| GemmInput {
+    let sized = k > 0 && n > 0 && k % 32 == 0;
+    (typed && sized && rows).then(|| GemmInput {
         x: node.inputs[1],
         offset: x.layout.offset as i64,
         stride,
@@ -236,7 +244,8 @@ pub(crate) struct MmaPlan {
     pub gemm: HashMap<usize, GemmInput>,
     /// f16 elements of the GEMM route's weight scratch (the largest row tile).
     pub gemm_weight_elems: usize,
-    /// f16 elements of the GEMM route's activation scratch (the largest input).
+    /// f16 elements of the GEMM route's activation scratch (the largest input, and its rows'
+    /// f32 scales).
     pub gemm_act_elems: usize,
     /// GEMM-route products whose f16 activations the previous one left in the scratch (q, k
     /// and v of one norm output; gate and up).
@@ -263,13 +272,13 @@ pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
             last_gemm = None;
         }
         if let Some(gi) = gemm_input(cfg, graph, node) {
-            let same = |l: GemmInput| (l.x, l.offset, l.stride, l.k, l.m);
-            if last_gemm.is_some_and(|l| same(l) == same(gi)) {
+            if last_gemm.is_some_and(|l| l.same_input(&gi)) {
                 p.gemm_ready.insert(i);
             }
             last_gemm = Some(gi);
             p.gemm_weight_elems = p.gemm_weight_elems.max(gi.tile_rows * gi.k);
-            p.gemm_act_elems = p.gemm_act_elems.max(gi.m * gi.k);
+            // The f16 rows and one f32 scale per row.
+            p.gemm_act_elems = p.gemm_act_elems.max(gi.m * gi.k + 2 * gi.m);
             p.gemm.insert(i, gi);
             continue;
         }
@@ -421,7 +430,7 @@ mod tests {
         assert!(head.tile_rows < 262_144 && head.tile_rows.is_multiple_of(256));
         assert_eq!(p.gemm[&y.index()].tile_rows, 512);
         assert_eq!(p.gemm_weight_elems, head.tile_rows * 2048);
-        assert_eq!(p.gemm_act_elems, m * 2048);
+        assert_eq!(p.gemm_act_elems, m * 2048 + 2 * m);
         // yh reads the input y read, so y's f16 activations serve it.
         assert_eq!(p.gemm_ready, HashSet::from([yh.index()]));
         let off = MmaConfig {

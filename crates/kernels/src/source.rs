@@ -117,6 +117,14 @@ pub fn mma_prefill_tile(dtype: gguf::GgmlType) -> (usize, usize) {
 /// kernels.
 pub const GEMM_MIN_ROWS: usize = 64;
 
+/// Whether the GEMM route takes products of `ty` weights: every block-quantized type with CUDA
+/// kernels, and f16 (f32 and bf16 weights keep the f32-accurate kernels: rounding them to f16
+/// would lose precision or range).
+pub fn gemm_weight_type(ty: gguf::GgmlType) -> bool {
+    !matches!(ty, gguf::GgmlType::F32 | gguf::GgmlType::BF16)
+        && WEIGHT_SUFFIXES.iter().any(|(t, _)| *t == ty)
+}
+
 /// Bytes of the GEMM route's dequantized-weight scratch: a product whose f16 weights would not
 /// fit runs as several GEMMs over row tiles of at most this many bytes (a 262,144-row output
 /// head of 5,376 would take 2.8 GB at once).
@@ -176,14 +184,18 @@ pub const OTHER_KERNELS: &[&str] = &[
     "mmv_prepare_x",
     "mmv_sum_splits",
     "rows_to_f16",
+    "gemm_rescale",
 ];
 
 /// Every kernel entry point in the module.
 pub fn all_kernel_names() -> Vec<String> {
     let mut names: Vec<String> = OTHER_KERNELS.iter().map(|s| s.to_string()).collect();
-    for (_, suffix) in WEIGHT_SUFFIXES {
-        for family in ["matmul_id", "get_rows", "matmul_tc", "dequant_f16"] {
+    for (ty, suffix) in WEIGHT_SUFFIXES {
+        for family in ["matmul_id", "get_rows", "matmul_tc"] {
             names.push(format!("{family}_{suffix}"));
+        }
+        if gemm_weight_type(*ty) {
+            names.push(format!("dequant_f16_{suffix}"));
         }
         for rows in MATMUL_ROW_TILES {
             names.push(format!("matmul_{suffix}_r{rows}"));

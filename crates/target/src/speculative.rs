@@ -67,7 +67,9 @@ pub trait ExternalDrafter {
         Vec::new()
     }
 
-    /// Sees the outputs (hidden rows, captured layers) of every prefill chunk, in order.
+    /// Sees the outputs of every prefill chunk, in order: the captured layers for every row
+    /// (the hidden rows too, except in the last chunk, which asks for the last logits and so
+    /// returns only the last hidden row).
     fn prefill_chunk(&mut self, _target: &mut Target, _outputs: &StepOutput) -> Result<()> {
         Ok(())
     }

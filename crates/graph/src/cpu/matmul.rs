@@ -66,19 +66,38 @@ fn round_f16(v: f32) -> f32 {
     half::f16::from_f32(v).to_f32()
 }
 
-/// out = W·x for every activation row. With `f16` both operands are first rounded to f16
-/// ([`super::CpuBackend::set_f16_products`]).
+/// The power of two an activation row is divided by before rounding to f16, as a GPU's
+/// `rows_to_f16` does: the smallest 2^e (e ≥ 0) with max |x| ≤ 32768 · 2^e, so rows past the
+/// f16 range stay finite; 1 for rows within it.
+fn row_scale(row: &[f32]) -> f32 {
+    let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let mut e = 0;
+    while e < 128 && max > 32768.0 * 2f32.powi(e) {
+        e += 1;
+    }
+    2f32.powi(e)
+}
+
+/// out = W·x for every activation row. With `f16` both operands are first rounded to f16, the
+/// activations after a power-of-two scale per row ([`row_scale`],
+/// [`super::CpuBackend::set_f16_products`]).
 pub(crate) fn matmul(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data, f16: bool) -> Res<()> {
     let ws = w.node.shape();
     let (k, n) = (ws.ne(0), ws.ne(1));
     let xl = x.layout();
     let m = xl.shape.n_rows();
     let xs = x.f32().map_err(|e| e.to_string())?;
+    // With f16 operands, each activation row scaled by 1 / scales[j] (a power of two) before
+    // rounding, and its products by scales[j] after.
+    let mut scales = vec![1.0f32; m];
     let rounded: Vec<Vec<f32>> = if f16 {
         (0..m)
             .map(|r| {
                 let o = xl.row_offset(r);
-                xs[o..o + k].iter().map(|&v| round_f16(v)).collect()
+                let row = &xs[o..o + k];
+                scales[r] = row_scale(row);
+                let inv = 1.0 / scales[r];
+                row.iter().map(|&v| round_f16(v * inv)).collect()
             })
             .collect()
     } else {
@@ -119,7 +138,7 @@ pub(crate) fn matmul(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data, f16:
         let r0 = task * ROWS_PER_TASK;
         for (i, chunk) in block.chunks(m).enumerate() {
             for (j, &v) in chunk.iter().enumerate() {
-                out[j * n + r0 + i] = v;
+                out[j * n + r0 + i] = v * scales[j];
             }
         }
     }

@@ -48,8 +48,10 @@ impl CpuBackend {
 
     /// Products of at least `min_rows` activation rows with block-quantized or f16 weights round
     /// both operands to f16 (round to nearest even) before their f32 dot products, as a GPU
-    /// backend's GEMM route does for prefill chunks: the reference that route is tested against
-    /// at the model level. `None` (the default) keeps every product in f32.
+    /// backend's GEMM route does for prefill chunks: the reference that route is tested against.
+    /// An activation row past the f16 range is first divided by a power of two (the smallest
+    /// 2^e with max |x| ≤ 32768 · 2^e) and its products multiplied back. `None` (the default)
+    /// keeps every product in f32.
     pub fn set_f16_products(&mut self, min_rows: Option<usize>) {
         self.f16_products_from = min_rows;
     }

@@ -3,7 +3,7 @@
 
 use graph::{DType, Error, GluOp, RopeParams, Shape, UnaryOp};
 
-use crate::harness::{assert_close, dequant, random_weight, Harness, Rng};
+use crate::harness::{assert_close, dequant, random_weight, rel_err, Harness, Rng};
 
 const WEIGHT_TYPES: &[DType] = &[
     DType::F32,
@@ -129,6 +129,36 @@ fn f16_products_round_both_operands() {
         } else {
             assert_eq!(bits(&got), bits(&plain), "{m} rows: below the threshold");
         }
+    }
+}
+
+/// Activation rows past the f16 range (up to 3e6) stay finite with f16 products: each row is
+/// scaled by a power of two before rounding, so the product keeps f16's relative precision
+/// (within 1e-3 of the f32 product).
+#[test]
+fn f16_products_scale_rows_past_the_f16_range() {
+    let mut rng = Rng::new(10);
+    let (k, n, m) = (256, 16, 4);
+    let wb = random_weight(&mut rng, DType::Q8_0, k * n);
+    let x: Vec<f32> = rng
+        .vec(k * m)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * [1.0, 7e4, 3e6, 0.5][i / k])
+        .collect();
+    let product = |f16: Option<usize>| {
+        let mut h = Harness::new();
+        h.f16_products = f16;
+        let w = h.weight("w", DType::Q8_0, &[k, n], wb.clone());
+        let xi = h.input_f32("x", &[k, m], x.clone());
+        let y = h.g.matmul(w, xi).unwrap();
+        h.run_f32(y)
+    };
+    let (f32s, f16s) = (product(None), product(Some(1)));
+    assert!(f16s.iter().all(|v| v.is_finite()));
+    for r in 0..m {
+        let e = rel_err(&f16s[r * n..(r + 1) * n], &f32s[r * n..(r + 1) * n]);
+        assert!(e <= 1e-3, "row {r}: relative error {e:e}");
     }
 }
 

@@ -17,9 +17,8 @@ pub(super) struct Exec {
     pub(super) mma_scratch: Option<BufferId>,
     /// Partial sums of `_mma_` products split over blocks along k, sized for the largest.
     pub(super) mma_partials: Option<BufferId>,
-    /// f16 weight rows of the GEMM route's current tile, sized for the largest.
-    pub(super) gemm_weights: Option<BufferId>,
-    /// f16 activations of the GEMM route's current product, sized for the largest.
+    /// f16 activations of the GEMM route's current product and their row scales, sized for the
+    /// largest.
     pub(super) gemm_acts: Option<BufferId>,
     /// The products the `_mma_` kernels take, which read prepared activations, which find them
     /// ready, which RMSNorm nodes write them (`mma_plan::plan`, with the settings at load time).

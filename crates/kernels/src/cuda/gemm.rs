@@ -45,6 +45,14 @@ impl Cublas {
     }
 
     fn open_present(stream: &CudaStream) -> Result<Cublas> {
+        Self::try_open(stream).map_err(|e| {
+            backend_err(format!(
+                "{e} (libcublas was found but did not start; SPECULA_GEMM=0 runs without it)"
+            ))
+        })
+    }
+
+    fn try_open(stream: &CudaStream) -> Result<Cublas> {
         let mut handle: cublas::cublasHandle_t = std::ptr::null_mut();
         #[allow(unsafe_code)]
         // SAFETY: libcublas is present (checked by the caller) and the context is current; the
@@ -77,11 +85,15 @@ impl Cublas {
         Ok(c)
     }
 
-    /// y[j][r0 + i] = Σ_l w[i][l] · x[j][l] for i < rows, j < m: `w` is `rows` f16 rows of k,
-    /// `x` m f16 rows of k, `y` f32 rows of n (column-major, that is cuBLAS's n × m output with
-    /// leading dimension n, and Wᵀ·X with both operands' rows as columns).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_f16(
+    /// y[j·n + i] = Σ_l w[i][l] · x[j][l] for i < rows, j < m: `w` is `rows` f16 rows of k,
+    /// `x` m f16 rows of k, `y` f32 rows n apart (cuBLAS's column-major rows × m output with
+    /// leading dimension n: Wᵀ·X with both operands' rows as its columns).
+    ///
+    /// # Safety
+    /// `w` must hold rows · k and `x` m · k f16 values, and `y` (m − 1) · n + rows f32 values,
+    /// all device memory of this context, not freed before the stream runs the GEMM.
+    #[allow(clippy::too_many_arguments, unsafe_code)]
+    unsafe fn gemm_f16(
         &self,
         w: u64,
         x: u64,
@@ -96,9 +108,8 @@ impl Cublas {
             i32::try_from(v).map_err(|_| backend_err(format!("GEMM dimension {v} exceeds i32")))
         };
         #[allow(unsafe_code)]
-        // SAFETY: a live handle on the backend's stream; `w` holds rows·k, `x` m·k f16 values and
-        // `y` m·n f32 values from the tile's first row on (the caller sized every buffer); the
-        // scalars are host values read during the call.
+        // SAFETY: a live handle on the backend's stream; the buffers are as the caller promised
+        // (# Safety above); the scalars are host values read during the call.
         check("GemmEx", unsafe {
             cublas::cublasGemmEx(
                 self.handle,
@@ -138,9 +149,10 @@ impl Drop for Cublas {
 }
 
 impl CudaBackend {
-    /// Launches matmul `node` on the GEMM route: the activations to f16 (unless the previous
-    /// GEMM-route product left the same ones in the scratch), then per row tile of the weights
-    /// their f16 dequantization and one cuBLAS GEMM into the tile's output columns.
+    /// Launches matmul `node` on the GEMM route: the activations to f16 with a power-of-two
+    /// scale per row (unless the previous GEMM-route product left the same ones in the scratch),
+    /// then per row tile of the weights their f16 dequantization and one cuBLAS GEMM into the
+    /// tile's output columns, then the rows' scales undone.
     pub(super) fn launch_gemm(
         &self,
         exec: &Exec,
@@ -153,12 +165,14 @@ impl CudaBackend {
             .cublas
             .as_ref()
             .ok_or_else(|| backend_err("a GEMM-route product without cuBLAS"))?;
-        let (Some(wbuf), Some(xbuf)) = (exec.gemm_weights, exec.gemm_acts) else {
+        let (Some(wbuf), Some(xbuf)) = (self.gemm_weights, exec.gemm_acts) else {
             return Err(backend_err("no scratch for a GEMM-route product"));
         };
         let (ws, xs) = (self.buf(wbuf)?.ptr, self.buf(xbuf)?.ptr);
         let w = exec.graph.node(node.inputs[0]);
         let (k, n, m) = (gi.k, gi.n, gi.m);
+        // The rows' power-of-two scales follow their f16 values in the scratch.
+        let scales = xs + (m * k * 2) as u64;
         if !exec.mma.gemm_ready.contains(&id.index()) {
             let vec4 = k % 4 == 0 && gi.offset % 4 == 0 && gi.stride % 4 == 0;
             let mut a = Args::default();
@@ -166,11 +180,10 @@ impl CudaBackend {
                 .i64(gi.offset)
                 .i64(gi.stride)
                 .i32(k as i32)
-                .i32(m as i32)
                 .i32(i32::from(vec4))
-                .ptr(xs);
-            let grid = ((k.div_ceil(4 * 256)) as u32, m as u32, 1);
-            self.launch("rows_to_f16", grid, 256, &mut a)?;
+                .ptr(xs)
+                .ptr(scales);
+            self.launch("rows_to_f16", (m as u32, 1, 1), 256, &mut a)?;
         }
         let suffix = weight_suffix(w.dtype)?;
         let row_bytes = byte_size(w.dtype, Shape::new(&[k])?)?;
@@ -189,8 +202,16 @@ impl CudaBackend {
                 256,
                 &mut d,
             )?;
-            cublas.gemm_f16(ws, xs, out + (r0 * 4) as u64, k, rows, m, n)?;
+            #[allow(unsafe_code)]
+            // SAFETY: `ws` holds the tile's rows · k f16 weights (the scratch is sized for the
+            // largest tile), `xs` the m · k f16 activations, and `out` the m × n f32 output, of
+            // which the GEMM writes columns r0..r0 + rows of every row.
+            unsafe {
+                cublas.gemm_f16(ws, xs, out + (r0 * 4) as u64, k, rows, m, n)?
+            };
         }
-        Ok(())
+        let mut r = Args::default();
+        r.ptr(out).i32(n as i32).ptr(scales);
+        self.launch("gemm_rescale", (m as u32, 1, 1), 256, &mut r)
     }
 }

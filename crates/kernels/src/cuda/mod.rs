@@ -85,6 +85,15 @@ fn byte_size(dtype: DType, shape: Shape) -> Result<usize> {
         .ok_or_else(|| backend_err(format!("{dtype} {shape} is not a whole number of blocks")))
 }
 
+/// A tile `MxN` from environment variable `var`, if it parses and `allowed` takes it (tuning
+/// knobs; anything else is ignored).
+fn tile_from_env(var: &str, allowed: impl Fn((usize, usize)) -> bool) -> Option<(usize, usize)> {
+    let v = std::env::var(var).ok()?;
+    let (mt, nt) = v.split_once('x')?;
+    let tile = (mt.parse().ok()?, nt.parse().ok()?);
+    allowed(tile).then_some(tile)
+}
+
 /// Elements of a buffer from their little-endian bytes: i32, or floats of `dtype` as f32.
 fn decode_elements(dtype: DType, bytes: &[u8]) -> Result<TensorData> {
     Ok(match dtype {
@@ -172,6 +181,9 @@ pub struct CudaBackend {
     /// Bytes of the GEMM route's f16 weight scratch (`source::GEMM_WEIGHT_SCRATCH_BYTES`; tests
     /// shrink it to run several row tiles, `set_gemm_weight_bytes`).
     gemm_weight_bytes: usize,
+    /// The GEMM route's f16 weight tile, one for every loaded graph (runs are serialised on the
+    /// stream), grown when a graph needs a larger one.
+    gemm_weights: Option<BufferId>,
     /// Graphs are loaded with the launches `fuse_plan` folds together (`SPECULA_FUSE=0`
     /// launches every node on its own, an A/B knob).
     fusion: bool,
@@ -183,9 +195,9 @@ pub struct CudaBackend {
     err_word: u64,
 }
 
-// SAFETY: the backend owns its device allocations (raw addresses) and the context; every use
-// goes through `&mut self` or `&self` on one thread at a time, and the CUDA context is bound to
-// the calling thread before each driver call.
+// SAFETY: the backend owns its device allocations (raw addresses), the context and the cuBLAS
+// handle; every use goes through `&mut self` or `&self` on one thread at a time, and the CUDA
+// context is bound to the calling thread before each driver or cuBLAS call.
 #[allow(unsafe_code)]
 unsafe impl Send for CudaBackend {}
 
@@ -252,11 +264,17 @@ impl CudaBackend {
             .map_err(|e| driver_err("creating a stream", e))?;
         ctx.bind_to_thread()
             .map_err(|e| driver_err("binding the context", e))?;
+        let gemm_route = std::env::var("SPECULA_GEMM").map_or(true, |v| v != "0");
+        let cublas = if gemm_route {
+            gemm::Cublas::open(&stream).transpose()?
+        } else {
+            None
+        };
         #[allow(unsafe_code)]
         // SAFETY: the context is current; 4 bytes are allocated and freed in Drop.
         let err_word = unsafe { cu::malloc_sync(4) }
             .map_err(|e| driver_err("allocating the error word", e))?;
-        let cublas = gemm::Cublas::open(&stream).transpose()?;
+
         Ok(CudaBackend {
             name: format!("cuda:{ordinal} ({dev_name}, {arch})"),
             ctx,
@@ -275,17 +293,11 @@ impl CudaBackend {
             mma_prefill: std::env::var("SPECULA_MMA_PREFILL").map_or(true, |v| v != "0"),
             mma_prefill_row_warps: std::env::var("SPECULA_MMA_PREFILL_SPLITK")
                 .map_or(true, |v| v != "1"),
-            mma_prefill_tile: std::env::var("SPECULA_MMA_PREFILL_TILE")
-                .ok()
-                .and_then(|v| {
-                    let (mt, nt) = v.split_once('x')?;
-                    let tile = (mt.parse().ok()?, nt.parse().ok()?);
-                    (tile == (2, 2) || source::MMA_PREFILL_TILES.contains(&tile)).then_some(tile)
-                }),
-            mma_verify_tile: std::env::var("SPECULA_MMA_VERIFY_TILE").ok().and_then(|v| {
-                let (mt, nt) = v.split_once('x')?;
-                let tile = (mt.parse().ok()?, nt.parse().ok()?);
-                [(1, 1), (1, 2), (2, 2)].contains(&tile).then_some(tile)
+            mma_prefill_tile: tile_from_env("SPECULA_MMA_PREFILL_TILE", |t| {
+                t == (2, 2) || source::MMA_PREFILL_TILES.contains(&t)
+            }),
+            mma_verify_tile: tile_from_env("SPECULA_MMA_VERIFY_TILE", |t| {
+                [(1, 1), (1, 2), (2, 2)].contains(&t)
             }),
             mma_prepare: match std::env::var("SPECULA_MMA_PREPARE").as_deref() {
                 Ok("0") => Some(false),
@@ -294,8 +306,9 @@ impl CudaBackend {
             },
             fusion: std::env::var("SPECULA_FUSE").map_or(true, |v| v != "0"),
             cublas,
-            gemm_route: std::env::var("SPECULA_GEMM").map_or(true, |v| v != "0"),
+            gemm_route,
             gemm_weight_bytes: source::GEMM_WEIGHT_SCRATCH_BYTES,
+            gemm_weights: None,
             pdl: major >= 9 && std::env::var("SPECULA_PDL").map_or(true, |v| v != "0"),
             _module: module,
             funcs,
@@ -355,6 +368,24 @@ impl CudaBackend {
     /// Tests shrink it to exercise the tiling.
     pub fn set_gemm_weight_bytes(&mut self, bytes: usize) {
         self.gemm_weight_bytes = bytes;
+    }
+
+    /// Makes the shared GEMM weight scratch hold at least `elems` f16 values. A new, larger one
+    /// moves it, so graphs captured with the old address are captured again.
+    fn reserve_gemm_weights(&mut self, elems: usize) -> Result<()> {
+        let have = match self.gemm_weights {
+            Some(b) => self.buf(b)?.shape.n_elems(),
+            None => 0,
+        };
+        if elems <= have {
+            return Ok(());
+        }
+        self.forget_captures();
+        if let Some(old) = self.gemm_weights.take() {
+            self.free(old)?;
+        }
+        self.gemm_weights = Some(self.alloc(DType::F16, Shape::new(&[elems])?)?);
+        Ok(())
     }
 
     /// Products of the loaded graph `exe` that take the GEMM route, for tests that must know
@@ -659,8 +690,7 @@ impl Backend for CudaBackend {
         let n = b.shape.n_elems();
         if offset.checked_add(len).is_none_or(|end| end > n) {
             return Err(graph::Error::Handle(format!(
-                "elements {offset}..{} of a {n}-element buffer",
-                offset + len
+                "elements {offset}..+{len} of a {n}-element buffer"
             )));
         }
         let mut bytes = vec![0u8; len * width];
@@ -733,8 +763,8 @@ impl Backend for CudaBackend {
             owned.push(b);
             Ok(Some(b))
         };
-        let gemm_weights = f16_scratch(mma.gemm_weight_elems)?;
         let gemm_acts = f16_scratch(mma.gemm_act_elems)?;
+        self.reserve_gemm_weights(mma.gemm_weight_elems)?;
         let mut node_buffer: Vec<BufferId> = Vec::with_capacity(graph.nodes().len());
         for (i, node) in graph.nodes().iter().enumerate() {
             let id = NodeId::from_index(i);
@@ -782,7 +812,6 @@ impl Backend for CudaBackend {
             attn_scratch,
             mma_scratch,
             mma_partials,
-            gemm_weights,
             gemm_acts,
             mma,
             fuse,

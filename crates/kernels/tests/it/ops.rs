@@ -5,6 +5,7 @@ use graph::{
     AttnMask, AttnParams, Backend, Bindings, CpuBackend, DType, GluOp, Graph, GraphBuilder,
     HostBytes, HostData, KvLayout, NodeId, RopeParams, Shape, UnaryOp,
 };
+use kernels::source::GEMM_MIN_ROWS;
 use kernels::MultiQueryAttention;
 
 struct Rng(u64);
@@ -377,6 +378,37 @@ fn gemm_route_matches_the_cpu() {
             eprintln!("gemm {ty} k{k} n{n} m{m}: rel err {err:.2e}");
         }
     }
+    // Activation rows past the f16 range (a GLU output can reach them): each row is scaled by a
+    // power of two before rounding and its products scaled back; finite, within 1e-3 of the f32
+    // CPU and within 2e-5 of the CPU doing the same.
+    let (k, n, m) = (512, 80, 64);
+    let mut c = Case::new();
+    let big: Vec<f32> = rng
+        .vec(k * m)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * [1.0, 7e4, 3e6, 0.25][(i / k) % 4])
+        .collect();
+    let x = c.f32(&[k, m], big);
+    let w = c.weight(
+        DType::Q4_K,
+        &[k, n],
+        random_weight(&mut rng, DType::Q4_K, k * n),
+    );
+    let y = c.g.matmul(w, x).unwrap();
+    let graph = c.g.finish(&[y]).unwrap();
+    let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+    let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+    let mut emulated = CpuBackend::new();
+    emulated.set_f16_products(Some(1));
+    let same_operands = run_on(&mut emulated, &graph, &c.leaves, &[y]).remove(0);
+    assert!(got.iter().all(|v| v.is_finite()), "large rows: not finite");
+    let (err, f16_err) = (rel_err(&got, &want), rel_err(&got, &same_operands));
+    eprintln!("gemm, rows up to 3e6: rel err {err:.2e}, {f16_err:.2e} against f16 operands");
+    assert!(
+        err <= 1e-3 && f16_err <= 2e-5,
+        "large rows: {err:e}, {f16_err:e}"
+    );
     // Products sharing converted activations: x, then z (converts over x's), then x twice (the
     // last finds x's f16 rows in the scratch).
     let (k, n, m) = (512, 96, 64);
@@ -1473,52 +1505,77 @@ fn replayed_graphs_follow_new_inputs() {
         return;
     };
     let mut rng = Rng(7);
-    let (k, n) = (256, 33);
-    let mut g = GraphBuilder::new();
-    let w = g
-        .weight("w", DType::Q4_K, Shape::new(&[k, n]).unwrap())
-        .unwrap();
-    let x = g.input("x", DType::F32, Shape::new(&[k]).unwrap()).unwrap();
-    let y = g.matmul(w, x).unwrap();
-    let z = g.unary(UnaryOp::Gelu, y).unwrap();
-    let graph = g.finish(&[z]).unwrap();
-    let bytes = random_weight(&mut rng, DType::Q4_K, k * n);
-    let mut cpu = CpuBackend::new();
-    let (mut bc, mut bg) = (Bindings::new(), Bindings::new());
-    bc.bind(
-        w,
-        cpu.upload(
-            DType::Q4_K,
-            Shape::new(&[k, n]).unwrap(),
-            HostBytes::from_vec(bytes.clone()),
-        )
-        .unwrap(),
-    );
-    bg.bind(
-        w,
-        cuda.upload(
-            DType::Q4_K,
-            Shape::new(&[k, n]).unwrap(),
-            HostBytes::from_vec(bytes),
-        )
-        .unwrap(),
-    );
-    let (ec, eg) = (
-        cpu.load(&graph, &bc).unwrap(),
-        cuda.load(&graph, &bg).unwrap(),
-    );
-    // Run 1 is eager, run 2 captures, later runs replay the captured graph.
-    for run in 0..5 {
-        let xs = rng.vec(k);
-        cpu.write(cpu.buffer_of(ec, x).unwrap(), 0, HostData::F32(&xs))
+    // One row (the `_mma_` kernels), then 64 rows whose two products take the GEMM route and
+    // share one conversion of x (the CPU rounds the same operands); for the GEMM graph a second,
+    // wider graph loaded halfway grows the shared weight scratch, which must re-capture the
+    // first graph with its new address.
+    for rows in [1, 64] {
+        let (k, n) = (256, 33);
+        let mut g = GraphBuilder::new();
+        let w = g
+            .weight("w", DType::Q4_K, Shape::new(&[k, n]).unwrap())
             .unwrap();
-        cuda.write(cuda.buffer_of(eg, x).unwrap(), 0, HostData::F32(&xs))
+        let x = g
+            .input("x", DType::F32, Shape::new(&[k, rows]).unwrap())
             .unwrap();
-        cpu.run(ec).unwrap();
-        cuda.run(eg).unwrap();
-        let want = cpu.read_node(ec, &graph, z).unwrap().into_f32().unwrap();
-        let got = cuda.read_node(eg, &graph, z).unwrap().into_f32().unwrap();
-        let err = rel_err(&got, &want);
-        assert!(err < 1e-5, "run {run}: relative error {err:e}");
+        let y = g.matmul(w, x).unwrap();
+        let y2 = g.matmul(w, x).unwrap();
+        let z = g.unary(UnaryOp::Gelu, y).unwrap();
+        let z = g.add(z, y2).unwrap();
+        let graph = g.finish(&[z]).unwrap();
+        let bytes = random_weight(&mut rng, DType::Q4_K, k * n);
+        let gemm = usize::from(rows >= GEMM_MIN_ROWS && cuda.has_cublas());
+        let mut cpu = CpuBackend::new();
+        cpu.set_f16_products((gemm == 1).then_some(GEMM_MIN_ROWS));
+        let shape = Shape::new(&[k, n]).unwrap();
+        let (mut bc, mut bg) = (Bindings::new(), Bindings::new());
+        let upload = |b: &mut dyn Backend| {
+            b.upload(DType::Q4_K, shape, HostBytes::from_vec(bytes.clone()))
+                .unwrap()
+        };
+        bc.bind(w, upload(&mut cpu));
+        bg.bind(w, upload(&mut cuda));
+        let (ec, eg) = (
+            cpu.load(&graph, &bc).unwrap(),
+            cuda.load(&graph, &bg).unwrap(),
+        );
+        assert_eq!(cuda.gemm_products(eg).unwrap(), 2 * gemm);
+        // Run 1 is eager, run 2 captures, later runs replay the captured graph.
+        for run in 0..6 {
+            if run == 3 && gemm == 1 {
+                let mut g2 = GraphBuilder::new();
+                let wide = Shape::new(&[4096, 512]).unwrap();
+                let w2 = g2.weight("w2", DType::Q4_K, wide).unwrap();
+                let x2 = g2
+                    .input("x2", DType::F32, Shape::new(&[4096, 64]).unwrap())
+                    .unwrap();
+                let y3 = g2.matmul(w2, x2).unwrap();
+                let graph2 = g2.finish(&[y3]).unwrap();
+                let mut b2 = Bindings::new();
+                let wb = random_weight(&mut rng, DType::Q4_K, 4096 * 512);
+                b2.bind(
+                    w2,
+                    cuda.upload(DType::Q4_K, wide, HostBytes::from_vec(wb))
+                        .unwrap(),
+                );
+                let e2 = cuda.load(&graph2, &b2).unwrap();
+                cuda.run(e2).unwrap();
+            }
+            let xs = rng.vec(k * rows);
+            cpu.write(cpu.buffer_of(ec, x).unwrap(), 0, HostData::F32(&xs))
+                .unwrap();
+            cuda.write(cuda.buffer_of(eg, x).unwrap(), 0, HostData::F32(&xs))
+                .unwrap();
+            cpu.run(ec).unwrap();
+            cuda.run(eg).unwrap();
+            let want = cpu.read_node(ec, &graph, z).unwrap().into_f32().unwrap();
+            let got = cuda.read_node(eg, &graph, z).unwrap().into_f32().unwrap();
+            let err = rel_err(&got, &want);
+            assert!(err < 2e-5, "{rows} rows, run {run}: relative error {err:e}");
+        }
+        assert!(
+            cuda.captured_nodes(eg).is_some(),
+            "{rows} rows: no graph was captured"
+        );
     }
 }
