@@ -56,16 +56,13 @@ fn fixture_models_match_the_cpu_backend() {
     let prompt: Vec<u32> = (0..36).map(|i| 2 + (i * 37) % 1000).collect();
     for name in ["dense.gguf", "dense.q8_0.gguf", "e.gguf", "moe.gguf"] {
         let cuda = crate::cuda().unwrap();
-        let (cpu_logits, cpu_tokens) = greedy(
+        let cpu = greedy(
             &mut load(name, Box::new(graph::CpuBackend::new())),
             &prompt,
             32,
         );
-        let (gpu_logits, gpu_tokens) = greedy(&mut load(name, Box::new(cuda)), &prompt, 32);
-        let err = logits_err(&gpu_logits, &cpu_logits);
-        eprintln!("{name}: logits rel err {err:.2e}");
-        assert!(err <= 1e-3, "{name}: logits relative error {err:e} > 1e-3");
-        assert_eq!(gpu_tokens, cpu_tokens, "{name}: greedy tokens differ");
+        let gpu = greedy(&mut load(name, Box::new(cuda)), &prompt, 32);
+        assert_same_run(name, &gpu, &cpu, 1e-3);
     }
 }
 
@@ -78,21 +75,29 @@ fn tensor_core_prefill_matches_the_cpu_backend() {
     let prompt: Vec<u32> = (0..36).map(|i| 2 + (i * 37) % 1000).collect();
     for name in ["dense.gguf", "moe.gguf"] {
         let cuda = crate::cuda().unwrap();
-        let (cpu_logits, cpu_tokens) = greedy(
+        let cpu = greedy(
             &mut load_with(name, Box::new(graph::CpuBackend::new()), 64),
             &prompt,
             16,
         );
-        let (gpu_logits, gpu_tokens) =
-            greedy(&mut load_with(name, Box::new(cuda), 64), &prompt, 16);
-        let err = logits_err(&gpu_logits, &cpu_logits);
-        eprintln!(
-            "{name}: tensor-core prefill logits rel err {err:.2e}; greedy equal: {}",
-            gpu_tokens == cpu_tokens
-        );
-        assert!(err <= 1e-3, "{name}: logits relative error {err:e} > 1e-3");
-        assert_eq!(gpu_tokens, cpu_tokens, "{name}: greedy tokens differ");
+        let gpu = greedy(&mut load_with(name, Box::new(cuda), 64), &prompt, 16);
+        assert_same_run(&format!("{name} tensor-core prefill"), &gpu, &cpu, 1e-3);
     }
+}
+
+/// Asserts a GPU run's logits within `tol` (relative L2) of the CPU's and the same greedy
+/// tokens, printing the error first; `what` names the run.
+fn assert_same_run(what: &str, gpu: &(Vec<f32>, Vec<u32>), cpu: &(Vec<f32>, Vec<u32>), tol: f64) {
+    let err = logits_err(&gpu.0, &cpu.0);
+    eprintln!(
+        "{what}: logits rel err {err:.2e}; greedy equal: {}",
+        gpu.1 == cpu.1
+    );
+    assert!(
+        err <= tol,
+        "{what}: logits relative error {err:e} > {tol:e}"
+    );
+    assert_eq!(gpu.1, cpu.1, "{what}: greedy tokens differ");
 }
 
 /// The logits' relative L2 error of `got` against `want`.
@@ -157,41 +162,20 @@ fn gemm_prefill_matches_the_cpu_backend() {
     let load = |backend: Box<dyn graph::Backend>| {
         Target::load(file.clone(), backend, &options, &mut |_, _| {}).unwrap()
     };
-    let (cpu_logits, cpu_tokens) =
-        greedy(&mut load(Box::new(graph::CpuBackend::new())), &prompt, 16);
-    let (gpu_logits, gpu_tokens) = greedy(&mut load(Box::new(crate::cuda().unwrap())), &prompt, 16);
-    let err = logits_err(&gpu_logits, &cpu_logits);
-    eprintln!(
-        "trained target, {} tokens: GEMM prefill logits rel err {err:.2e}; greedy equal: {}",
-        prompt.len(),
-        gpu_tokens == cpu_tokens
-    );
-    assert!(
-        err <= 2e-3,
-        "trained target: logits relative error {err:e} > 2e-3"
-    );
-    assert_eq!(
-        gpu_tokens, cpu_tokens,
-        "trained target: greedy tokens differ"
-    );
+    let cpu = greedy(&mut load(Box::new(graph::CpuBackend::new())), &prompt, 16);
+    let gpu = greedy(&mut load(Box::new(crate::cuda().unwrap())), &prompt, 16);
+    let what = format!("trained target, {} tokens, GEMM prefill", prompt.len());
+    assert_same_run(&what, &gpu, &cpu, 2e-3);
 
     let prompt: Vec<u32> = (0..80).map(|i| 2 + (i * 53) % 1000).collect();
-    let mut cpu = graph::CpuBackend::new();
-    cpu.set_f16_products(Some(kernels::source::GEMM_MIN_ROWS));
+    let mut f16_cpu = graph::CpuBackend::new();
+    f16_cpu.set_f16_products(Some(kernels::source::GEMM_MIN_ROWS));
     let name = "dense.q8_0.gguf";
-    let (cpu_logits, cpu_tokens) = greedy(&mut load_with(name, Box::new(cpu), 80), &prompt, 16);
-    let (gpu_logits, gpu_tokens) = greedy(
-        &mut load_with(name, Box::new(crate::cuda().unwrap()), 80),
-        &prompt,
-        16,
-    );
-    let err = logits_err(&gpu_logits, &cpu_logits);
-    eprintln!(
-        "{name}: GEMM prefill logits rel err {err:.2e} (CPU with f16 products); greedy equal: {}",
-        gpu_tokens == cpu_tokens
-    );
-    assert!(err <= 1e-2, "{name}: logits relative error {err:e} > 1e-2");
-    assert_eq!(gpu_tokens, cpu_tokens, "{name}: greedy tokens differ");
+    let cpu = greedy(&mut load_with(name, Box::new(f16_cpu), 80), &prompt, 16);
+    let cuda = Box::new(crate::cuda().unwrap());
+    let gpu = greedy(&mut load_with(name, cuda, 80), &prompt, 16);
+    let what = format!("{name} GEMM prefill (CPU with f16 products)");
+    assert_same_run(&what, &gpu, &cpu, 1e-2);
 }
 
 #[test]
