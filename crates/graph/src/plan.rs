@@ -4,8 +4,11 @@
 //! The plan is backend-independent: each backend allocates one buffer per [`Slot`] when it
 //! loads a graph, so no allocation happens while the graph runs.
 
+use crate::backend::{Backend, Bindings, BufferId};
+use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
-use crate::op::DType;
+use crate::op::{DType, Op};
+use crate::shape::Shape;
 
 /// One activation buffer the graph needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +91,61 @@ impl MemoryPlan {
     /// Total bytes of f32/i32 activation slots (what a backend allocates to run the graph).
     pub fn activation_bytes(&self) -> usize {
         self.slots.iter().map(|s| s.n_elems * 4).sum()
+    }
+
+    /// Allocates the plan's slots on `backend` and gives every node of `graph` its buffer: a
+    /// slot's, its alias root's, or for a leaf its binding, which must be of the leaf's exact
+    /// dtype and shape (`describe` reports a buffer's), else, for an unbound `Input`, a new
+    /// buffer. Returns the node buffers and the buffers allocated here (the executable's own).
+    pub fn allocate<B: Backend + ?Sized>(
+        &self,
+        graph: &Graph,
+        bindings: &Bindings,
+        backend: &mut B,
+        describe: impl Fn(&B, BufferId) -> Result<(DType, Shape)>,
+    ) -> Result<(Vec<BufferId>, Vec<BufferId>)> {
+        let mut owned = Vec::new();
+        for slot in &self.slots {
+            owned.push(backend.alloc(slot.dtype, Shape::new(&[slot.n_elems])?)?);
+        }
+        let slot_buffers = owned.clone();
+        let mut node_buffer: Vec<BufferId> = Vec::with_capacity(graph.nodes().len());
+        for (i, node) in graph.nodes().iter().enumerate() {
+            let id = NodeId::from_index(i);
+            let buffer = match &self.storage[i] {
+                Storage::Slot(k) => slot_buffers[*k],
+                Storage::Alias(root) => node_buffer[root.index()],
+                Storage::Leaf => match (bindings.get(id), &node.op) {
+                    (Some(b), _) => {
+                        let (dtype, shape) = describe(backend, b)?;
+                        if dtype != node.dtype || shape != node.shape() {
+                            return Err(Error::Binding {
+                                node: node.label(id),
+                                reason: format!(
+                                    "leaf is {} {}, buffer is {dtype} {shape}",
+                                    node.dtype,
+                                    node.shape()
+                                ),
+                            });
+                        }
+                        b
+                    }
+                    (None, Op::Input) => {
+                        let b = backend.alloc(node.dtype, node.shape())?;
+                        owned.push(b);
+                        b
+                    }
+                    (None, _) => {
+                        return Err(Error::Binding {
+                            node: node.label(id),
+                            reason: format!("{} leaf is not bound to a buffer", node.op.name()),
+                        })
+                    }
+                },
+            };
+            node_buffer.push(buffer);
+        }
+        Ok((node_buffer, owned))
     }
 }
 

@@ -12,13 +12,11 @@ mod norm;
 mod select;
 mod storage;
 
-use std::collections::HashMap;
-
 use crate::backend::{Backend, Bindings, BufferId, ExecId, HostBytes, HostData, TensorData};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, NodeId};
 use crate::op::{DType, Op};
-use crate::plan::{MemoryPlan, Storage};
+use crate::plan::MemoryPlan;
 use crate::shape::{Layout, Shape};
 
 pub(crate) use storage::{CpuBuffer, Data};
@@ -76,22 +74,6 @@ impl CpuBackend {
     }
 }
 
-fn check_binding(node: &Node, id: NodeId, buffer: &CpuBuffer) -> Result<()> {
-    if buffer.dtype != node.dtype || buffer.shape != node.shape() {
-        return Err(Error::Binding {
-            node: node.label(id),
-            reason: format!(
-                "leaf is {} {}, buffer is {} {}",
-                node.dtype,
-                node.shape(),
-                buffer.dtype,
-                buffer.shape
-            ),
-        });
-    }
-    Ok(())
-}
-
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -126,40 +108,11 @@ impl Backend for CpuBackend {
     }
 
     fn load(&mut self, graph: &Graph, bindings: &Bindings) -> Result<ExecId> {
-        let plan = MemoryPlan::new(graph);
-        let mut owned = Vec::new();
-        let mut slot_buffers = HashMap::new();
-        for (k, slot) in plan.slots.iter().enumerate() {
-            let id = self.alloc(slot.dtype, Shape::new(&[slot.n_elems])?)?;
-            owned.push(id);
-            slot_buffers.insert(k, id);
-        }
-        let mut node_buffer = Vec::with_capacity(graph.nodes().len());
-        for (i, node) in graph.nodes().iter().enumerate() {
-            let id = NodeId(i);
-            let buffer = match &plan.storage[i] {
-                Storage::Slot(k) => slot_buffers[k],
-                Storage::Alias(root) => node_buffer[root.index()],
-                Storage::Leaf => match (bindings.get(id), &node.op) {
-                    (Some(b), _) => {
-                        check_binding(node, id, self.buffer(b)?)?;
-                        b
-                    }
-                    (None, Op::Input) => {
-                        let b = self.alloc(node.dtype, node.shape())?;
-                        owned.push(b);
-                        b
-                    }
-                    (None, _) => {
-                        return Err(Error::Binding {
-                            node: node.label(id),
-                            reason: format!("{} leaf is not bound to a buffer", node.op.name()),
-                        })
-                    }
-                },
-            };
-            node_buffer.push(buffer);
-        }
+        let (node_buffer, owned) =
+            MemoryPlan::new(graph).allocate(graph, bindings, self, |cpu, b| {
+                let buf = cpu.buffer(b)?;
+                Ok((buf.dtype, buf.shape))
+            })?;
         self.execs.push(Some(Exec {
             graph: graph.clone(),
             node_buffer,

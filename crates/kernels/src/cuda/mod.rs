@@ -14,7 +14,7 @@ use cudarc::driver::{
 };
 use graph::{
     AttnMask, Backend, BinaryOp, Bindings, BufferId, DType, ExecId, GluOp, Graph, HostBytes,
-    HostData, KvLayout, Layout, MemoryPlan, Node, NodeId, Op, Shape, Storage, TensorData, UnaryOp,
+    HostData, KvLayout, Layout, MemoryPlan, Node, NodeId, Op, Shape, TensorData, UnaryOp,
 };
 
 use crate::attention_plan::{
@@ -711,14 +711,11 @@ impl Backend for CudaBackend {
     }
 
     fn load(&mut self, graph: &Graph, bindings: &Bindings) -> Result<ExecId> {
-        let plan = MemoryPlan::new(graph);
-        let mut owned = Vec::new();
-        let mut slot_buffers = Vec::new();
-        for slot in &plan.slots {
-            let id = self.alloc(slot.dtype, Shape::new(&[slot.n_elems])?)?;
-            owned.push(id);
-            slot_buffers.push(id);
-        }
+        let (node_buffer, mut owned) =
+            MemoryPlan::new(graph).allocate(graph, bindings, self, |cuda, b| {
+                let buf = cuda.buf(b)?;
+                Ok((buf.dtype, buf.shape))
+            })?;
         let mut attn_scratch = HashMap::new();
         for (i, node) in graph.nodes().iter().enumerate() {
             if let Op::Attention(_) = node.op {
@@ -765,44 +762,6 @@ impl Backend for CudaBackend {
         };
         let gemm_acts = f16_scratch(mma.gemm_act_elems)?;
         self.reserve_gemm_weights(mma.gemm_weight_elems)?;
-        let mut node_buffer: Vec<BufferId> = Vec::with_capacity(graph.nodes().len());
-        for (i, node) in graph.nodes().iter().enumerate() {
-            let id = NodeId::from_index(i);
-            let buffer = match &plan.storage[i] {
-                Storage::Slot(k) => slot_buffers[*k],
-                Storage::Alias(root) => node_buffer[root.index()],
-                Storage::Leaf => match (bindings.get(id), &node.op) {
-                    (Some(b), _) => {
-                        let buf = self.buf(b)?;
-                        if buf.dtype != node.dtype || buf.shape != node.shape() {
-                            return Err(graph::Error::Binding {
-                                node: node.label(id),
-                                reason: format!(
-                                    "leaf is {} {}, buffer is {} {}",
-                                    node.dtype,
-                                    node.shape(),
-                                    buf.dtype,
-                                    buf.shape
-                                ),
-                            });
-                        }
-                        b
-                    }
-                    (None, Op::Input) => {
-                        let b = self.alloc(node.dtype, node.shape())?;
-                        owned.push(b);
-                        b
-                    }
-                    (None, _) => {
-                        return Err(graph::Error::Binding {
-                            node: node.label(id),
-                            reason: format!("{} leaf is not bound to a buffer", node.op.name()),
-                        })
-                    }
-                },
-            };
-            node_buffer.push(buffer);
-        }
         self.execs.push(Some(Exec {
             graph: graph.clone(),
             node_buffer,
