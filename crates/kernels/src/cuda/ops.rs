@@ -133,6 +133,18 @@ impl CudaBackend {
                 node.label(id)
             ))
         };
+        // A product's row width and activation row stride, or why the kernels cannot take it.
+        let product_rows = |w: &Node, x: &Node| -> Result<(usize, i64)> {
+            let k = w.shape().ne(0);
+            if !k.is_multiple_of(32) {
+                return Err(unsupported(format!(
+                    "rows of {k} elements (needs a multiple of 32)"
+                )));
+            }
+            let stride = uniform_row_stride(&x.layout)
+                .ok_or_else(|| unsupported("activation rows are not uniformly strided".into()))?;
+            Ok((k, stride))
+        };
         match &node.op {
             Op::Input | Op::Weight | Op::State | Op::View | Op::Reshape | Op::Permute(_) => Ok(()),
             Op::GetRows => {
@@ -167,15 +179,8 @@ impl CudaBackend {
                     return self.launch_mma(exec, id, node, mi, out);
                 }
                 let (w, x) = (inp(0), inp(1));
-                let (k, n) = (w.shape().ne(0), w.shape().ne(1));
-                if k % 32 != 0 {
-                    return Err(unsupported(format!(
-                        "rows of {k} elements (needs a multiple of 32)"
-                    )));
-                }
-                let stride = uniform_row_stride(&x.layout).ok_or_else(|| {
-                    unsupported("activation rows are not uniformly strided".into())
-                })?;
+                let (k, stride) = product_rows(w, x)?;
+                let n = w.shape().ne(1);
                 let m = x.shape().n_rows();
                 let mut a = Args::default();
                 a.ptr(self.base(exec, node.inputs[0])?)
@@ -229,15 +234,8 @@ impl CudaBackend {
             }
             Op::MatMulId => {
                 let (w, x, ids) = (inp(0), inp(1), inp(2));
-                let (k, n, n_expert) = (w.shape().ne(0), w.shape().ne(1), w.shape().ne(2));
-                if k % 32 != 0 {
-                    return Err(unsupported(format!(
-                        "rows of {k} elements (needs a multiple of 32)"
-                    )));
-                }
-                let stride = uniform_row_stride(&x.layout).ok_or_else(|| {
-                    unsupported("activation rows are not uniformly strided".into())
-                })?;
+                let (k, stride) = product_rows(w, x)?;
+                let (n, n_expert) = (w.shape().ne(1), w.shape().ne(2));
                 let (n_used, t) = (ids.shape().ne(0), ids.shape().ne(1));
                 let mut a = Args::default();
                 a.ptr(self.base(exec, node.inputs[0])?)
