@@ -41,15 +41,11 @@ impl Cublas {
         if !unsafe { cublas::is_culib_present() } {
             return None;
         }
-        Some(Self::open_present(stream))
-    }
-
-    fn open_present(stream: &CudaStream) -> Result<Cublas> {
-        Self::try_open(stream).map_err(|e| {
+        Some(Self::try_open(stream).map_err(|e| {
             backend_err(format!(
                 "{e} (libcublas was found but did not start; SPECULA_GEMM=0 runs without it)"
             ))
-        })
+        }))
     }
 
     fn try_open(stream: &CudaStream) -> Result<Cublas> {
@@ -139,7 +135,7 @@ impl Cublas {
 impl Drop for Cublas {
     fn drop(&mut self) {
         #[allow(unsafe_code)]
-        // SAFETY: the handle and workspace were created in `open_present` and are released once
+        // SAFETY: the handle and workspace were created in `try_open` and are released once
         // here, with the backend's context current (CudaBackend's Drop binds it first).
         unsafe {
             cublas::cublasDestroy_v2(self.handle);
