@@ -7,24 +7,42 @@
 #define ATT_WARPS 4
 #define ATT_MAX_D 512
 
+// Fewest positions per split: a short range is not spread over more blocks than this allows (each
+// split's block has a fixed cost, and the combine reads every used split), nor over fewer when
+// long (a warp walks its positions one after another). `SPECULA_ATT_MIN_SPLIT` overrides it for
+// A/B runs (source::attention_min_split_define).
+#ifndef ATT_MIN_SPLIT
+#define ATT_MIN_SPLIT 16
+#endif
+
 // The positions lo..hi a query at absolute position qp sees in split `split` of n_split (empty
-// when hi < lo), given n_kv cached positions (checked by the caller).
-__device__ __forceinline__ void visible_range(i64 qp, int n_kv, int split, int n_split, int cap, int mask_kind,
-                                              int window, int ring, i64& lo, i64& hi) {
+// when hi < lo), given n_kv cached positions (checked by the caller). Returns the number of splits
+// in use for this query, ⌈visible / ATT_MIN_SPLIT⌉ capped at n_split (1 when nothing is
+// visible): splits from there on see nothing and write no partial. The count depends only on the
+// query's visible range, so a verify row splits as the decode step at its position does.
+__device__ __forceinline__ int visible_range(i64 qp, int n_kv, int split, int n_split, int cap, int mask_kind,
+                                             int window, int ring, i64& lo, i64& hi) {
     lo = ring ? imax(0, (i64)n_kv - cap) : 0;
     hi = (i64)n_kv - 1;
     if (mask_kind >= 1) hi = imin(hi, qp);
     if (mask_kind == 2) lo = imax(lo, qp - window + 1);
-    if (n_split > 1 && hi >= lo) {
-        i64 per = (hi - lo + n_split) / n_split;
+    i64 len = hi - lo + 1;
+    int used = n_split > 1 && len > 0 ? (int)imin(n_split, (len + ATT_MIN_SPLIT - 1) / ATT_MIN_SPLIT) : 1;
+    if (split >= used) {
+        lo = 1;
+        hi = 0;
+    } else if (used > 1) {
+        i64 per = (len + used - 1) / used;
         i64 start = lo + per * split;
         hi = imin(hi, start + per - 1);
         lo = start;
     }
+    return used;
 }
 
 // The visible positions lo..hi of query t for this block's split (split-K: each block takes its
-// share). Returns false, with the output zeroed and the error reported, when n_kv is impossible.
+// share). Returns false when the block has nothing to do: n_kv is impossible (the output zeroed
+// and the error reported) or the split is past the query's used splits (see visible_range).
 __device__ __forceinline__ bool attention_range(const int* q_pos, const int* n_kv_ptr, int t, int split,
                                                 int n_split, int cap, int mask_kind, int window, int ring,
                                                 float* o, int d_v, int* err, i64& lo, i64& hi) {
@@ -34,8 +52,7 @@ __device__ __forceinline__ bool attention_range(const int* q_pos, const int* n_k
         for (int i = threadIdx.x; i < d_v; i += blockDim.x) o[i] = 0.0f;
         return false;
     }
-    visible_range(q_pos[t], n_kv, split, n_split, cap, mask_kind, window, ring, lo, hi);
-    return true;
+    return split < visible_range(q_pos[t], n_kv, split, n_split, cap, mask_kind, window, ring, lo, hi);
 }
 
 // Merges the warps' running softmaxes (max wm, sum wl, unnormalised output wacc, in shared
@@ -127,13 +144,20 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
     attention_merge_warps(wm, wl, wacc, o, partial, t, h, n_head, split, n_split, d_v);
 }
 
-// Merges the splits of attention_f32: one block per (head, query).
-extern "C" __global__ void attention_combine_f32(const float* partial, float* out, int d_v, int n_head, int n_split) {
+// Merges the used splits of attention_f32 (and the f16 and multi-query kernels): one block per
+// (head, query); the same range arguments as those kernels give each query's split count.
+extern "C" __global__ void attention_combine_f32(const float* partial, float* out, int d_v, int n_head, int n_split,
+                                                 const int* q_pos, const int* n_kv_ptr, int cap, int mask_kind,
+                                                 int window, int ring) {
     pdl_entry();
     int h = blockIdx.x, t = blockIdx.y;
+    int n_kv = *n_kv_ptr;
+    if (n_kv < 0 || (!ring && n_kv > cap)) return;  // the attention kernel zeroed it and reported
+    i64 lo, hi;
+    int used = visible_range(q_pos[t], n_kv, 0, n_split, cap, mask_kind, window, ring, lo, hi);
     const float* p = partial + ((i64)t * n_head + h) * n_split * (d_v + 2);
     float mx = -INFINITY;
-    for (int s = 0; s < n_split; ++s) mx = fmaxf(mx, p[s * (d_v + 2)]);
+    for (int s = 0; s < used; ++s) mx = fmaxf(mx, p[s * (d_v + 2)]);
     float* o = out + ((i64)t * n_head + h) * d_v;
     for (int i = threadIdx.x; i < d_v; i += blockDim.x) {
         if (mx == -INFINITY) {
@@ -141,7 +165,7 @@ extern "C" __global__ void attention_combine_f32(const float* partial, float* ou
             continue;
         }
         float num = 0.0f, den = 0.0f;
-        for (int s = 0; s < n_split; ++s) {
+        for (int s = 0; s < used; ++s) {
             const float* ps = p + s * (d_v + 2);
             if (ps[0] == -INFINITY) continue;
             float f = expf(ps[0] - mx);

@@ -373,35 +373,91 @@ extern "C" __global__ void write_rows(void* dst, int dst_dt, i64 dst_off, int ds
     else ((u16*)dst)[at] = f2h(v);
 }
 
-// One block per row: the first index of the maximum.
+// Argmax along each row: the lowest index holding the largest non-NaN value (0 when there is
+// none), whatever the reduction order. Rows of more than ARGMAX_CHUNK elements (a vocabulary of
+// logits) are spread over blocks: argmax_chunks_f32 finds each chunk's best (value, index),
+// argmax_pick_f32 the best of a row's chunks, the same result as argmax_f32's one block per row.
+#define ARGMAX_CHUNK 4096
+#define ARGMAX_THREADS 256
+
+// The better of (v, i) and the candidate (ov, oi): larger value, then lower index.
+__device__ __forceinline__ void argmax_take(float& v, int& i, float ov, int oi) {
+    if (ov > v || (ov == v && oi < i)) {
+        v = ov;
+        i = oi;
+    }
+}
+
+// Tree reduction of the block's candidates (blockDim.x a power of two) in shared memory; thread
+// 0 ends with the best at sv[0], si[0].
+__device__ __forceinline__ void argmax_block(float* sv, int* si, float bv, int bi) {
+    sv[threadIdx.x] = bv;
+    si[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float v = sv[threadIdx.x];
+            int i = si[threadIdx.x];
+            argmax_take(v, i, sv[threadIdx.x + s], si[threadIdx.x + s]);
+            sv[threadIdx.x] = v;
+            si[threadIdx.x] = i;
+        }
+        __syncthreads();
+    }
+}
+
+// One block (up to 1024 threads) per row.
 extern "C" __global__ void argmax_f32(const float* x, Layout4 lx, int* out, int n) {
     pdl_entry();
-    __shared__ float best_v[1024];
-    __shared__ int best_i[1024];
+    __shared__ float sv[1024];
+    __shared__ int si[1024];
     i64 r = blockIdx.x;
     const float* xr = x + row_index(lx, r);
     float bv = -INFINITY;
     int bi = 0x7fffffff;
 #pragma unroll 8
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = xr[i];
-        if (v > bv || (v == bv && i < bi)) { bv = v; bi = i; }
+    for (int i = threadIdx.x; i < n; i += blockDim.x) argmax_take(bv, bi, xr[i], i);
+    argmax_block(sv, si, bv, bi);
+    if (threadIdx.x == 0) out[r] = si[0] == 0x7fffffff ? 0 : si[0];
+}
+
+// Grid (chunks, rows), ARGMAX_THREADS threads: chunk c of row r to pv/pi[r · chunks + c].
+extern "C" __global__ void argmax_chunks_f32(const float* x, Layout4 lx, int n, int chunks, float* pv, int* pi) {
+    pdl_entry();
+    __shared__ float sv[ARGMAX_THREADS];
+    __shared__ int si[ARGMAX_THREADS];
+    i64 r = blockIdx.y;
+    const float* xr = x + row_index(lx, r);
+    int base = blockIdx.x * ARGMAX_CHUNK + threadIdx.x;
+    constexpr int PER = ARGMAX_CHUNK / ARGMAX_THREADS;
+    float v[PER];  // every load issued before the first comparison
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+        int i = base + j * ARGMAX_THREADS;
+        v[j] = i < n ? xr[i] : __int_as_float(0x7fc00000);  // NaN: never taken
     }
-    best_v[threadIdx.x] = bv;
-    best_i[threadIdx.x] = bi;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            float ov = best_v[threadIdx.x + s];
-            int oi = best_i[threadIdx.x + s];
-            if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x])) {
-                best_v[threadIdx.x] = ov;
-                best_i[threadIdx.x] = oi;
-            }
-        }
-        __syncthreads();
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) argmax_take(bv, bi, v[j], base + j * ARGMAX_THREADS);
+    argmax_block(sv, si, bv, bi);
+    if (threadIdx.x == 0) {
+        pv[r * chunks + blockIdx.x] = sv[0];
+        pi[r * chunks + blockIdx.x] = si[0];
     }
-    if (threadIdx.x == 0) out[r] = best_i[0] == 0x7fffffff ? 0 : best_i[0];
+}
+
+// One block of ARGMAX_THREADS per row: the best of the row's chunk results.
+extern "C" __global__ void argmax_pick_f32(const float* pv, const int* pi, int chunks, int* out) {
+    pdl_entry();
+    __shared__ float sv[ARGMAX_THREADS];
+    __shared__ int si[ARGMAX_THREADS];
+    i64 r = blockIdx.x;
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) argmax_take(bv, bi, pv[r * chunks + c], pi[r * chunks + c]);
+    argmax_block(sv, si, bv, bi);
+    if (threadIdx.x == 0) out[r] = si[0] == 0x7fffffff ? 0 : si[0];
 }
 
 // One thread per row: k passes of selection (k is small: MoE routing).

@@ -15,7 +15,18 @@ pub const ATTENTION: &str = include_str!("../cu/attention.cu");
 
 /// The whole translation unit compiled by NVRTC.
 pub fn full_source() -> String {
-    [COMMON, DEQUANT, MATMUL, MATVEC_MMA, OPS, ATTENTION].join("\n")
+    let mut parts = [COMMON, DEQUANT, MATMUL, MATVEC_MMA, OPS, ATTENTION].join("\n");
+    if let Some(define) = attention_min_split_define() {
+        parts.insert_str(0, &define);
+    }
+    parts
+}
+
+/// `#define ATT_MIN_SPLIT n` from `SPECULA_ATT_MIN_SPLIT=n` (an A/B knob: the fewest cached
+/// positions an attention split takes, `attention.cu`), or None for the kernels' default.
+pub fn attention_min_split_define() -> Option<String> {
+    let n: usize = std::env::var("SPECULA_ATT_MIN_SPLIT").ok()?.parse().ok()?;
+    (n > 0).then(|| format!("#define ATT_MIN_SPLIT {n}\n"))
 }
 
 /// Weight types with matmul / matmul_id / get_rows kernels, by kernel suffix.
@@ -163,6 +174,11 @@ pub fn mma_prepares(k: usize, n: usize) -> bool {
     n / 16 * k >= 1 << 21
 }
 
+/// Elements per block of `argmax_chunks_f32` (`ARGMAX_CHUNK` in `ops.cu`): rows longer than this
+/// (a vocabulary of logits) are spread over ⌈n / chunk⌉ blocks and a second launch picks the
+/// best chunk, where one block per row read a 262,144-wide row in ~100 µs.
+pub const ARGMAX_CHUNK: usize = 4096;
+
 /// Kernels that do not depend on a weight type.
 pub const OTHER_KERNELS: &[&str] = &[
     "binary_f32",
@@ -175,6 +191,8 @@ pub const OTHER_KERNELS: &[&str] = &[
     "softmax_f32",
     "write_rows",
     "argmax_f32",
+    "argmax_chunks_f32",
+    "argmax_pick_f32",
     "top_k_f32",
     "moe_weights_f32",
     "attention_f32",
@@ -236,6 +254,12 @@ mod tests {
         assert_eq!(mma_tile(16, 5376, T::Q6_K), (2, 2));
         assert_eq!(mma_tile(16, 262_144, T::Q6_K), (1, 2));
         assert_eq!(mma_tile(16, 1024, T::Q8_0), (1, 2));
+    }
+
+    /// The host's argmax chunk is the kernels' one.
+    #[test]
+    fn argmax_chunk_matches_the_kernels() {
+        assert!(OPS.contains(&format!("#define ARGMAX_CHUNK {ARGMAX_CHUNK}\n")));
     }
 
     /// Kernels launch with programmatic dependent launch on sm_90+, so each must wait for its

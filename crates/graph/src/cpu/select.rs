@@ -15,14 +15,16 @@ pub(crate) fn argmax(x: &Arg<'_>, out: &mut Data) -> Result<()> {
     let out = out.as_i32_mut()?;
     for r in 0..l.shape.n_rows() {
         let row = &xs[l.row_offset(r)..l.row_offset(r) + n];
-        // The first index of the maximum, as torch.argmax and ggml do.
-        let mut best = 0;
+        // The first index of the largest non-NaN value (0 when there is none), as the CUDA
+        // kernels give it; without NaNs, the first index of the maximum, as torch.argmax and
+        // ggml do.
+        let mut best: Option<(usize, f32)> = None;
         for (i, &v) in row.iter().enumerate() {
-            if v > row[best] {
-                best = i;
+            if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+                best = Some((i, v));
             }
         }
-        out[r] = best as i32;
+        out[r] = best.map_or(0, |(i, _)| i as i32);
     }
     Ok(())
 }

@@ -615,6 +615,34 @@ fn argmax_and_top_k_take_the_first_of_ties() {
     assert_eq!(outs[1].clone().into_i32().unwrap(), [1, 3, 4, 1, 3, 2]);
 }
 
+/// NaNs never win an argmax, even at index 0; a row with no other value gives 0.
+#[test]
+fn argmax_skips_nans() {
+    let nan = f32::NAN;
+    let x = vec![
+        nan,
+        -2.0,
+        3.0,
+        nan,
+        3.0,
+        /* row 2 */ nan,
+        nan,
+        nan,
+        nan,
+        nan, /* row 3 */
+        f32::NEG_INFINITY,
+        f32::NEG_INFINITY,
+        nan,
+        f32::NEG_INFINITY,
+        -1e30,
+    ];
+    let mut h = Harness::new();
+    let xi = h.input_f32("x", &[5, 3], x);
+    let a = h.g.argmax(xi).unwrap();
+    let (outs, _) = h.run(&[a]).unwrap();
+    assert_eq!(outs[0].clone().into_i32().unwrap(), [2, 0, 4]);
+}
+
 #[test]
 fn moe_weights_renormalise_and_scale() {
     let probs = vec![0.1, 0.4, 0.2, 0.3, /* t1 */ 0.25, 0.25, 0.4, 0.1];

@@ -11,8 +11,9 @@ pub(super) struct Exec {
     pub(super) runs: usize,
     /// The captured launch sequence, replayed on later runs.
     pub(super) captured: Option<CudaGraph>,
-    /// Split-K scratch of attention nodes: (buffer, number of splits).
-    pub(super) attn_scratch: HashMap<usize, (BufferId, usize)>,
+    /// Per-node scratch by node index: attention nodes' split-K partials (buffer, number of
+    /// splits) and wide argmax nodes' chunk results (buffer, chunks per row).
+    pub(super) node_scratch: HashMap<usize, (BufferId, usize)>,
     /// Prepared activations of the `_mma_` products (`mmv_prepare_x`), sized for the largest.
     pub(super) mma_scratch: Option<BufferId>,
     /// Partial sums of `_mma_` products split over blocks along k, sized for the largest.

@@ -64,6 +64,42 @@ pub fn cuda_available() -> bool {
         && cu::device::get_count().map(|n| n > 0).unwrap_or(false)
 }
 
+/// Runs `f` between a profiler start and stop on device `ordinal`'s primary context (the one
+/// every [`CudaBackend`] uses), draining the device before and after, so that
+/// `ncu --profile-from-start off` records only the work `f` queues. Without a profiler
+/// attached the start and stop do nothing.
+pub fn profiled<T, E: From<graph::Error>>(
+    ordinal: usize,
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    if !cuda_available() {
+        return Err(
+            backend_err("CUDA is not available (driver, libnvrtc or a device missing)").into(),
+        );
+    }
+    let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("opening the device", e))?;
+    let sync = || {
+        ctx.bind_to_thread()
+            .and_then(|_| ctx.synchronize())
+            .map_err(|e| driver_err("synchronising the device", e))
+    };
+    sync()?;
+    #[allow(unsafe_code)]
+    // SAFETY: takes no arguments; the context is current on this thread (sync above).
+    unsafe { sys::cuProfilerStart() }
+        .result()
+        .map_err(|e| driver_err("starting the profiler", e))?;
+    let out = f();
+    let synced = sync();
+    #[allow(unsafe_code)]
+    // SAFETY: as above.
+    unsafe { sys::cuProfilerStop() }
+        .result()
+        .map_err(|e| driver_err("stopping the profiler", e))?;
+    synced?;
+    out
+}
+
 struct DevBuf {
     ptr: u64,
     dtype: DType,
@@ -716,20 +752,29 @@ impl Backend for CudaBackend {
                 let buf = cuda.buf(b)?;
                 Ok((buf.dtype, buf.shape))
             })?;
-        let mut attn_scratch = HashMap::new();
+        let mut node_scratch = HashMap::new();
         for (i, node) in graph.nodes().iter().enumerate() {
-            if let Op::Attention(_) = node.op {
-                let q = graph.node(node.inputs[0]).shape();
-                let k = graph.node(node.inputs[1]).shape();
-                let d_v = graph.node(node.inputs[2]).shape().ne(0);
-                let blocks = self.attention_route(graph, node).query_blocks(q.ne(2));
-                let n_split = attention_splits(q.ne(1), q.ne(2), blocks, k.ne(2));
-                if n_split > 1 {
-                    let elems = q.ne(1) * q.ne(2) * n_split * (d_v + 2);
-                    let b = self.alloc(DType::F32, Shape::new(&[elems])?)?;
-                    owned.push(b);
-                    attn_scratch.insert(i, (b, n_split));
+            let (elems, count) = match node.op {
+                Op::Attention(_) => {
+                    let q = graph.node(node.inputs[0]).shape();
+                    let k = graph.node(node.inputs[1]).shape();
+                    let d_v = graph.node(node.inputs[2]).shape().ne(0);
+                    let blocks = self.attention_route(graph, node).query_blocks(q.ne(2));
+                    let n_split = attention_splits(q.ne(1), q.ne(2), blocks, k.ne(2));
+                    (q.ne(1) * q.ne(2) * n_split * (d_v + 2), n_split)
                 }
+                Op::Argmax => {
+                    let x = graph.node(node.inputs[0]).shape();
+                    let chunks = x.ne(0).div_ceil(source::ARGMAX_CHUNK);
+                    // Each chunk's value (f32) and index (i32).
+                    (2 * x.n_rows() * chunks, chunks)
+                }
+                _ => continue,
+            };
+            if count > 1 {
+                let b = self.alloc(DType::F32, Shape::new(&[elems])?)?;
+                owned.push(b);
+                node_scratch.insert(i, (b, count));
             }
         }
         let mma = mma_plan::plan(&self.mma_config(), graph);
@@ -768,7 +813,7 @@ impl Backend for CudaBackend {
             owned,
             runs: 0,
             captured: None,
-            attn_scratch,
+            node_scratch,
             mma_scratch,
             mma_partials,
             gemm_acts,

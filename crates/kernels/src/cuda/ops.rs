@@ -409,7 +409,7 @@ impl CudaBackend {
                     .i32(i32::from(p.kv_layout == KvLayout::Ring))
                     .ptr(self.err_word);
                 let (n_head, n_tok) = (q.shape().ne(1), q.shape().ne(2));
-                let (n_split, scratch) = match exec.attn_scratch.get(&id.index()) {
+                let (n_split, scratch) = match exec.node_scratch.get(&id.index()) {
                     Some(&(b, n)) => (n, self.buf(b)?.ptr),
                     None => (1, 0),
                 };
@@ -433,6 +433,12 @@ impl CudaBackend {
                         .i32(d_v as i32)
                         .i32(n_head as i32)
                         .i32(n_split as i32);
+                    c.ptr(self.addr(exec, node.inputs[3])?)
+                        .ptr(self.addr(exec, node.inputs[4])?)
+                        .i32(k.shape().ne(2) as i32)
+                        .i32(kind)
+                        .i32(window)
+                        .i32(i32::from(p.kv_layout == KvLayout::Ring));
                     self.launch(
                         "attention_combine_f32",
                         (n_head as u32, n_tok as u32, 1),
@@ -459,20 +465,34 @@ impl CudaBackend {
             }
             Op::Argmax => {
                 let x = inp(0);
+                let (n, rows) = (x.shape().ne(0), x.shape().n_rows());
+                let input = self.base(exec, node.inputs[0])?;
+                if let Some(&(scratch, chunks)) = exec.node_scratch.get(&id.index()) {
+                    // Chunk values, then chunk indices, in the node's scratch.
+                    let values = self.buf(scratch)?.ptr;
+                    let indices = values + (rows * chunks * 4) as u64;
+                    let mut a = Args::default();
+                    a.ptr(input)
+                        .layout(&x.layout)
+                        .i32(n as i32)
+                        .i32(chunks as i32)
+                        .ptr(values)
+                        .ptr(indices);
+                    self.launch(
+                        "argmax_chunks_f32",
+                        (chunks as u32, rows as u32, 1),
+                        256,
+                        &mut a,
+                    )?;
+                    let mut p = Args::default();
+                    p.ptr(values).ptr(indices).i32(chunks as i32).ptr(out);
+                    return self.launch("argmax_pick_f32", (rows as u32, 1, 1), 256, &mut p);
+                }
                 let mut a = Args::default();
-                a.ptr(self.base(exec, node.inputs[0])?)
-                    .layout(&x.layout)
-                    .ptr(out)
-                    .i32(x.shape().ne(0) as i32);
-                // One block per row; a vocabulary-wide row gets 1024 threads (ties resolve to the
-                // lowest index whatever the thread count).
-                let threads = if x.shape().ne(0) >= 8192 { 1024 } else { 256 };
-                self.launch(
-                    "argmax_f32",
-                    (x.shape().n_rows() as u32, 1, 1),
-                    threads,
-                    &mut a,
-                )
+                a.ptr(input).layout(&x.layout).ptr(out).i32(n as i32);
+                // One block per row (ties resolve to the lowest index whatever the thread count).
+                let threads = if n >= 2048 { 1024 } else { 256 };
+                self.launch("argmax_f32", (rows as u32, 1, 1), threads, &mut a)
             }
             Op::TopK(k) => {
                 let x = inp(0);

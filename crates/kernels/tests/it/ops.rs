@@ -1028,6 +1028,48 @@ fn selection_moe_and_write_rows() {
     }
 }
 
+/// Rows longer than `source::ARGMAX_CHUNK` take the chunked argmax (a block per chunk, then a
+/// pick): the same index as the CPU for ties across chunks, NaNs (ignored), a maximum in the last
+/// partial chunk, a row of −∞ and a row of NaN (both index 0).
+#[test]
+fn wide_argmax_rows_match_the_cpu() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(31);
+    let n = 262_144 + 37;
+    let rows = 6;
+    let mut x = rng.vec(n * rows);
+    fn row(x: &mut [f32], r: usize) -> &mut [f32] {
+        let n = x.len() / 6;
+        &mut x[r * n..(r + 1) * n]
+    }
+    // Row 0: the maximum twice, in chunks 3 and 40: the lower index wins.
+    row(&mut x, 0)[40 * 4096 + 5] = 9.0;
+    row(&mut x, 0)[3 * 4096 + 100] = 9.0;
+    // Row 1: NaNs first and around a maximum.
+    for i in [0, 1, 7000, 7002, n - 1] {
+        row(&mut x, 1)[i] = f32::NAN;
+    }
+    row(&mut x, 1)[7001] = 5.0;
+    // Row 2: the maximum in the last, partial chunk.
+    row(&mut x, 2)[n - 2] = 7.0;
+    // Row 3: −∞ everywhere; row 4: NaN everywhere.
+    row(&mut x, 3).fill(f32::NEG_INFINITY);
+    row(&mut x, 4).fill(f32::NAN);
+    // Row 5: random values only.
+    let want: Vec<f32> = vec![(3 * 4096 + 100) as f32, 7001.0, (n - 2) as f32, 0.0, 0.0];
+    let mut c = Case::new();
+    let xn = c.f32(&[n, rows], x);
+    let am = c.g.argmax(xn).unwrap();
+    let graph = c.g.finish(&[am]).unwrap();
+    let got = run_on(&mut cuda, &graph, &c.leaves, &[am]).remove(0);
+    let cpu = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[am]).remove(0);
+    assert_eq!(&got[..5], &want[..], "planted rows");
+    assert_eq!(got, cpu, "against the CPU");
+    eprintln!("wide argmax: {rows} rows of {n}: {got:?}, as the CPU");
+}
+
 /// An explicit attention mask of `n` entries: every fifth −∞, the rest random.
 fn explicit_mask(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n)
@@ -1373,7 +1415,10 @@ fn attention_is_batch_invariant() {
         return;
     };
     let mut rng = Rng(12);
-    let cases: [MqCase; 3] = [
+    // The first three use every split the cache's capacity plans; the last two leave most
+    // unused (a split takes at least 128 positions), and in the fourth the batch's queries use
+    // 2 or 3 of the 16 splits.
+    let cases: [MqCase; 5] = [
         (
             256,
             4,
@@ -1404,10 +1449,33 @@ fn attention_is_batch_invariant() {
             AttnMask::Causal,
             KvLayout::Linear,
         ),
+        (
+            256,
+            4,
+            2,
+            4096,
+            267,
+            (251..267).collect(),
+            AttnMask::Causal,
+            KvLayout::Linear,
+        ),
+        (
+            512,
+            4,
+            1,
+            2048,
+            40,
+            (24..40).collect(),
+            AttnMask::Causal,
+            KvLayout::Linear,
+        ),
     ];
-    for (mode, mq) in [
-        (MultiQueryAttention::LongBatches, 0),
-        (MultiQueryAttention::Every, 1),
+    // f32 K/V take the generic per-query kernel (the DFlash drafter's cache); f16 the wide one,
+    // or the multi-query kernel.
+    for (kv_dt, mode, mq) in [
+        (DType::F16, MultiQueryAttention::LongBatches, 0),
+        (DType::F16, MultiQueryAttention::Every, 1),
+        (DType::F32, MultiQueryAttention::LongBatches, 0),
     ] {
         cuda.set_multi_query_attention(mode);
         for (d, nh, nkv, cap, n_kv, q_pos, mask, layout) in cases.clone() {
@@ -1432,15 +1500,17 @@ fn attention_is_batch_invariant() {
                     }
                 }
                 let qn = c.f32(&[d, nh, rows.len()], q);
-                let k = c.state(DType::F16, &[d, nkv, cap], kv.clone());
-                let v = c.state(DType::F16, &[d, nkv, cap], vv.clone());
+                let k = c.state(kv_dt, &[d, nkv, cap], kv.clone());
+                let v = c.state(kv_dt, &[d, nkv, cap], vv.clone());
                 let p = c.i32(&[rows.len()], rows.iter().map(|&r| q_pos[r]).collect());
                 let n = c.i32(&[1], vec![n_kv]);
                 let y = c.g.attention(qn, k, v, p, n, None, params).unwrap();
                 let graph = c.g.finish(&[y]).unwrap();
                 (graph, c.leaves, y)
             };
-            let name = format!("attention {mode:?} d{d} heads {nh}/{nkv} {mask:?} {layout:?}");
+            let name = format!(
+                "attention {kv_dt:?} {mode:?} d{d} heads {nh}/{nkv} n_kv {n_kv} {mask:?} {layout:?}"
+            );
             let row = nh * d;
             let alone: Vec<Vec<f32>> = (0..t)
                 .map(|r| {
