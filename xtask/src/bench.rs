@@ -96,8 +96,11 @@ fn card() -> (String, String) {
 }
 
 /// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe] [--prefill-only]
-/// [--skip-prefill]` (`--prefill-only`: the copy bandwidth and the prefill figures alone;
-/// `--skip-prefill`: all but those; both for quicker A/B runs).
+/// [--skip-prefill] [--drafters-only] [--profile mtp|dflash|decode]` (`--prefill-only`: the copy
+/// bandwidth and the prefill figures alone; `--skip-prefill`: all but those; `--drafters-only`:
+/// the drafter fractions alone; all three for quicker A/B runs. `--profile`: after timing, one
+/// more MTP draft step, DFlash block draft or decode step (at the drafters' context) runs inside
+/// [`kernels::profiled`], for `ncu --profile-from-start off`).
 pub fn run(args: &[String]) -> Result<()> {
     let mut models = PathBuf::from("/tmp/specula-synth");
     let mut out_dir = PathBuf::from("bench/results");
@@ -105,6 +108,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut moe = true;
     let mut prefill_only = false;
     let mut skip_prefill = false;
+    let mut drafters_only = false;
+    let mut profile: Option<String> = None;
     let mut out_given = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -118,6 +123,17 @@ pub fn run(args: &[String]) -> Result<()> {
             "--commit" => commit = value()?.clone(),
             "--skip-moe" => moe = false,
             "--skip-prefill" => skip_prefill = true,
+            "--drafters-only" => {
+                drafters_only = true;
+                moe = false;
+            }
+            "--profile" => {
+                let what = value()?;
+                if !["mtp", "dflash", "decode"].contains(&what.as_str()) {
+                    bail!("--profile takes mtp, dflash or decode, not {what}");
+                }
+                profile = Some(what.clone());
+            }
             "--prefill-only" => {
                 prefill_only = true;
                 moe = false;
@@ -125,11 +141,11 @@ pub fn run(args: &[String]) -> Result<()> {
             other => bail!("unknown argument {other}"),
         }
     }
-    if prefill_only && skip_prefill {
-        bail!("--prefill-only and --skip-prefill leave nothing to measure");
+    if prefill_only && (skip_prefill || drafters_only) {
+        bail!("--prefill-only and --skip-prefill or --drafters-only leave nothing to measure");
     }
-    if (prefill_only || skip_prefill) && !out_given {
-        bail!("a partial run (--prefill-only, --skip-prefill) needs --out, so it does not replace the full record in bench/results");
+    if (prefill_only || skip_prefill || drafters_only) && !out_given {
+        bail!("a partial run (--prefill-only, --skip-prefill, --drafters-only) needs --out, so it does not replace the full record in bench/results");
     }
     if !kernels::cuda_available() {
         bail!("no CUDA device: `cargo xtask bench` runs on the GPU machine");
@@ -174,10 +190,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let target_path = file("gemma4-31b", "q4_k_m");
     let bytes = weight_bytes(&target_path)?;
     let mut t = load(&target_path, 32768 + 64, 512)?;
-    if !prefill_only {
+    if !prefill_only && !drafters_only {
         decode_and_verify(&mut t, bytes, copy, &mut r)?;
     }
-    if !skip_prefill {
+    if !skip_prefill && !drafters_only {
         let prefill = prefill_rates(&mut t)?;
         r.insert("prefill_tok_s".into(), json!(prefill));
     }
@@ -188,38 +204,52 @@ pub fn run(args: &[String]) -> Result<()> {
     // Drafters, against the decode step at the same short context.
     let prompt: Vec<u32> = (0..64u32).map(|i| 1000 + i * 31).collect();
     let sampler = Sampler::new(SamplingParams::default());
-    let drafter_fraction =
-        |d: &mut dyn ExternalDrafter, gamma: usize, t: &mut Target| -> Result<(f64, f64)> {
-            t.truncate(0)?;
-            let layers = d.required_layers();
-            let out = t.forward(&prompt, LogitRows::Last, &layers, false)?;
-            d.prefill_chunk(t, &out)?;
-            d.begin(t, &prompt, &out)?;
-            let h = t.config().n_embd;
-            let last_hidden = out.hidden[out.hidden.len() - h..].to_vec();
-            let mut history = prompt.clone();
-            history.push(1234);
-            let request = DraftRequest {
-                history: &history,
-                position: t.n_past(),
-                last_hidden: &last_hidden,
-                gamma,
-            };
-            let draft = time(3, 15, || {
+    let profiles = |what: &str| profile.as_deref() == Some(what);
+    let drafter_fraction = |d: &mut dyn ExternalDrafter,
+                            name: &str,
+                            gamma: usize,
+                            t: &mut Target|
+     -> Result<(f64, f64)> {
+        t.truncate(0)?;
+        let layers = d.required_layers();
+        let out = t.forward(&prompt, LogitRows::Last, &layers, false)?;
+        d.prefill_chunk(t, &out)?;
+        d.begin(t, &prompt, &out)?;
+        let h = t.config().n_embd;
+        let last_hidden = out.hidden[out.hidden.len() - h..].to_vec();
+        let mut history = prompt.clone();
+        history.push(1234);
+        let request = DraftRequest {
+            history: &history,
+            position: t.n_past(),
+            last_hidden: &last_hidden,
+            gamma,
+        };
+        let draft = time(3, 15, || {
+            d.draft(t, &request, &sampler)?;
+            Ok(())
+        })?;
+        let n = t.n_past();
+        let step_once = |t: &mut Target| -> Result<()> {
+            t.forward_argmax(&[1234], LogitRows::Last)?;
+            t.truncate(n)?;
+            Ok(())
+        };
+        let step = time(3, 15, || step_once(&mut *t))?;
+        if profiles(name) {
+            kernels::profiled(0, || -> Result<()> {
                 d.draft(t, &request, &sampler)?;
                 Ok(())
             })?;
-            let n = t.n_past();
-            let step = time(3, 15, || {
-                t.forward_argmax(&[1234], LogitRows::Last)?;
-                t.truncate(n)?;
-                Ok(())
-            })?;
-            Ok((draft, step))
-        };
+        }
+        if name == "mtp" && profiles("decode") {
+            kernels::profiled(0, || step_once(&mut *t))?;
+        }
+        Ok((draft, step))
+    };
     let assistant = Arc::new(gguf::GgufFile::open(file("gemma4-31b-assistant", "q8_0"))?);
     let mut mtp = drafter_mtp::MtpDrafter::load(assistant, &mut t)?;
-    let (d, s) = drafter_fraction(&mut mtp, 1, &mut t)?;
+    let (d, s) = drafter_fraction(&mut mtp, "mtp", 1, &mut t)?;
     eprintln!(
         "mtp draft step {:.2} ms vs decode {:.2} ms: {:.3}",
         d * 1e3,
@@ -231,7 +261,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut dflash =
         drafter_dflash::DflashDrafter::open(&file("gemma4-31b-dflash", "q8_0"), &mut t, None)?;
     let gamma = dflash.max_gamma();
-    let (d, s) = drafter_fraction(&mut dflash, gamma, &mut t)?;
+    let (d, s) = drafter_fraction(&mut dflash, "dflash", gamma, &mut t)?;
     eprintln!(
         "dflash block draft (B = {}) {:.2} ms vs decode {:.2} ms: {:.3}",
         gamma + 1,
