@@ -96,7 +96,9 @@ fn card() -> (String, String) {
 }
 
 /// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe] [--prefill-only]
-/// [--skip-prefill] [--drafters-only] [--profile mtp|dflash|decode]` (`--prefill-only`: the copy
+/// [--skip-prefill] [--drafters-only] [--profile mtp|dflash|decode] [--render FILE.json]`
+/// (`--render`: only writes the markdown table and the plot of a results file from the GPU
+/// machine into `--out`, for runs whose files did not all come back; `--prefill-only`: the copy
 /// bandwidth and the prefill figures alone; `--skip-prefill`: all but those; `--drafters-only`:
 /// the drafter fractions alone; all three for quicker A/B runs. `--profile`: after timing, one
 /// more MTP draft step, DFlash block draft or decode step (at the drafters' context) runs inside
@@ -110,6 +112,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut skip_prefill = false;
     let mut drafters_only = false;
     let mut profile: Option<String> = None;
+    let mut render: Option<PathBuf> = None;
     let mut out_given = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -127,6 +130,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 drafters_only = true;
                 moe = false;
             }
+            "--render" => render = Some(PathBuf::from(value()?)),
             "--profile" => {
                 let what = value()?;
                 if !["mtp", "dflash", "decode"].contains(&what.as_str()) {
@@ -140,6 +144,13 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             other => bail!("unknown argument {other}"),
         }
+    }
+    if let Some(file) = render {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a bench results file", file.display()))?;
+        return write_results(&out_dir, v);
     }
     if prefill_only && (skip_prefill || drafters_only) {
         bail!("--prefill-only and --skip-prefill or --drafters-only leave nothing to measure");
