@@ -179,6 +179,10 @@ pub fn mma_prepares(k: usize, n: usize) -> bool {
 /// best chunk, where one block per row read a 262,144-wide row in ~100 µs.
 pub const ARGMAX_CHUNK: usize = 4096;
 
+/// Threads per block of `argmax_chunks_f32` and `argmax_pick_f32` (`ARGMAX_THREADS` in `ops.cu`,
+/// which sizes their shared memory).
+pub const ARGMAX_THREADS: u32 = 256;
+
 /// Kernels that do not depend on a weight type.
 pub const OTHER_KERNELS: &[&str] = &[
     "binary_f32",
@@ -256,10 +260,11 @@ mod tests {
         assert_eq!(mma_tile(16, 1024, T::Q8_0), (1, 2));
     }
 
-    /// The host's argmax chunk is the kernels' one.
+    /// The host's argmax chunk and block size are the kernels' ones.
     #[test]
     fn argmax_chunk_matches_the_kernels() {
         assert!(OPS.contains(&format!("#define ARGMAX_CHUNK {ARGMAX_CHUNK}\n")));
+        assert!(OPS.contains(&format!("#define ARGMAX_THREADS {ARGMAX_THREADS}\n")));
     }
 
     /// Kernels launch with programmatic dependent launch on sm_90+, so each must wait for its

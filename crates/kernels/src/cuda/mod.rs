@@ -763,7 +763,8 @@ impl Backend for CudaBackend {
                     let n_split = attention_splits(q.ne(1), q.ne(2), blocks, k.ne(2));
                     (q.ne(1) * q.ne(2) * n_split * (d_v + 2), n_split)
                 }
-                Op::Argmax => {
+                // Rows along grid y: more than 65,535 of them keep one block per row.
+                Op::Argmax if graph.node(node.inputs[0]).shape().n_rows() <= 65_535 => {
                     let x = graph.node(node.inputs[0]).shape();
                     let chunks = x.ne(0).div_ceil(source::ARGMAX_CHUNK);
                     // Each chunk's value (f32) and index (i32).

@@ -481,12 +481,17 @@ impl CudaBackend {
                     self.launch(
                         "argmax_chunks_f32",
                         (chunks as u32, rows as u32, 1),
-                        256,
+                        source::ARGMAX_THREADS,
                         &mut a,
                     )?;
                     let mut p = Args::default();
                     p.ptr(values).ptr(indices).i32(chunks as i32).ptr(out);
-                    return self.launch("argmax_pick_f32", (rows as u32, 1, 1), 256, &mut p);
+                    return self.launch(
+                        "argmax_pick_f32",
+                        (rows as u32, 1, 1),
+                        source::ARGMAX_THREADS,
+                        &mut p,
+                    );
                 }
                 let mut a = Args::default();
                 a.ptr(input).layout(&x.layout).ptr(out).i32(n as i32);
