@@ -505,6 +505,56 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// `--render` rebuilds the table and plot of a results file without a GPU; bad flag
+    /// combinations are refused before any device work.
+    #[test]
+    fn render_and_flag_checks_need_no_gpu() {
+        let dir = std::env::temp_dir().join(format!("specula-render-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("in.json");
+        let v = json!({
+            "card": "Render Card", "driver": "1.0", "commit": "abc", "model": "m",
+            "decode_tok_s": {"0": 70.0}, "verify_ratio": {"1": 1.0, "16": 2.0},
+            "mtp_draft_fraction": 0.04
+        });
+        std::fs::write(&input, v.to_string()).unwrap();
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let out = dir.join("out");
+        run(&args(&[
+            "--render",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]))
+        .unwrap();
+        let md = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "md"))
+            .unwrap();
+        let md = std::fs::read_to_string(md).unwrap();
+        assert!(md.contains("| MTP draft / decode step | 0.040 |"), "{md}");
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, "not json").unwrap();
+        let err = run(&args(&["--render", bad.to_str().unwrap()])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not a bench results file"),
+            "{err:#}"
+        );
+        for (refused, why) in [
+            (
+                &["--prefill-only", "--drafters-only", "--out", "x"][..],
+                "leave nothing to measure",
+            ),
+            (&["--drafters-only"][..], "needs --out"),
+            (&["--profile", "everything"][..], "--profile takes"),
+        ] {
+            let err = run(&args(refused)).unwrap_err().to_string();
+            assert!(err.contains(why), "{refused:?}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn median_is_the_middle_value() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
