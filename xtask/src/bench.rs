@@ -253,6 +253,8 @@ pub fn run(args: &[String]) -> Result<()> {
                 Ok(())
             })?;
         }
+        // `--profile decode`: one decode step at the drafters' context, taken once (here, in the
+        // first drafter's setup).
         if name == "mtp" && profiles("decode") {
             kernels::profiled(0, || step_once(&mut *t))?;
         }
