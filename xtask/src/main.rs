@@ -7,6 +7,8 @@
 //!   `gpu-bundle/` with a `run.sh` that runs them all on the lent GPU machine (`REQUIRE_GPU=1`).
 //! - `kernels`: compiles every CUDA kernel with NVRTC for sm_80, sm_86, sm_89 and sm_90 and
 //!   prints registers, shared memory and spills (no GPU needed, only libnvrtc).
+//! - `gguf-to-hf GGUF --template DIR --out DIR`: a Gemma 4 target GGUF back to a transformers
+//!   folder with f32 weights (`tools/train` trains drafters against the shipped target this way).
 
 #![deny(unsafe_code)]
 
@@ -30,11 +32,39 @@ fn main() -> Result<()> {
         Some("synth") => synth::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("accept") => accept::run(&args[1..]),
+        Some("gguf-to-hf") => gguf_to_hf(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|fixtures|kernels [--verbose]|gpu-test|bench [--models DIR] [--out DIR]|accept [--device cpu|cuda] [--limit K]|synth --model M [--quant Q] [--drafter D] --out DIR>");
+            eprintln!("usage: cargo xtask <ci|fixtures|kernels [--verbose]|gpu-test|bench [--models DIR] [--out DIR]|accept [--device cpu|cuda] [--limit K]|gguf-to-hf GGUF --template DIR --out DIR|synth --model M [--quant Q] [--drafter D] --out DIR>");
             std::process::exit(2);
         }
     }
+}
+
+/// `gguf-to-hf GGUF --template DIR --out DIR`: see [`convert::export_target`].
+fn gguf_to_hf(args: &[String]) -> Result<()> {
+    let usage = "usage: cargo xtask gguf-to-hf GGUF --template HF_DIR --out DIR";
+    let (mut gguf, mut template, mut out) = (None, None, None);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--template" => template = it.next().map(PathBuf::from),
+            "--out" => out = it.next().map(PathBuf::from),
+            flag if flag.starts_with("--") => bail!("unknown flag {flag}; {usage}"),
+            path if gguf.is_none() => gguf = Some(PathBuf::from(path)),
+            extra => bail!("unexpected argument {extra}; {usage}"),
+        }
+    }
+    let (Some(gguf), Some(template), Some(out)) = (gguf, template, out) else {
+        bail!("{usage}");
+    };
+    let done = convert::export_target(&gguf, &template, &out)?;
+    eprintln!(
+        "{}: {} tensors (f32) and {} template files",
+        done.dir.display(),
+        done.n_tensors,
+        done.n_files
+    );
+    Ok(())
 }
 
 fn repo_root() -> PathBuf {

@@ -7,6 +7,8 @@
 //!   drafter (`dflash_config`), and writes the GGUF llama.cpp's `convert_hf_to_gguf.py`
 //!   writes: the same metadata keys, values and order, the same tensor names, shapes, types
 //!   and bytes.
+//! - [`export_target`] goes back: a Gemma 4 target GGUF (any type) to a transformers folder
+//!   with f32 weights, so drafters can be trained against the exact target users run.
 //! - [`OutType`] picks the output type: `f32`, `f16`, `bf16`, `q8_0` as the converter's
 //!   `--outtype`, or `q4_k_m`, llama.cpp's Q4_K_M mix applied in the same pass.
 //!
@@ -38,6 +40,7 @@ mod assistant;
 mod checkpoint;
 mod dflash;
 mod error;
+mod export;
 mod gemma4;
 mod gemma4_names;
 mod general;
@@ -53,6 +56,7 @@ mod types;
 mod write;
 
 pub use error::{Error, Result};
+pub use export::{export_target, Exported};
 pub use pipeline::{convert, ConvertOptions};
 pub use types::OutType;
 pub use write::Summary;

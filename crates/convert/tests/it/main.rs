@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod checkpoints;
+mod export;
 mod fixtures;
 mod loads;
 mod other_layouts;
