@@ -314,7 +314,10 @@ class TargetRunner:
             logits = softcap(F.linear(h.float(), self.embed_weight().float()), self.cfg.final_logit_softcapping)
         res = {"hidden": h, "argmax": logits.argmax(-1)}
         if self.capture_layers:
-            res["features"] = torch.cat([self._store[("out", i)] for i in self.capture_layers], dim=-1)
+            # transformers' hidden_states[i + 1]: the last layer's entry is after the final norm.
+            last = self.cfg.num_hidden_layers - 1
+            res["features"] = torch.cat([h if i == last else self._store[("out", i)] for i in self.capture_layers],
+                                        dim=-1)
         if self.need_kv:
             res["kv"] = {"sliding_attention": self._store[("kv", self.last_sliding)],
                          "full_attention": self._store[("kv", self.last_full)]}

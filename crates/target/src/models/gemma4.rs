@@ -38,7 +38,8 @@ pub struct StepSpec {
     pub n_tokens: usize,
     /// Which rows get logits.
     pub logits: LogitRows,
-    /// Layers whose outputs (after the layer scalar) are returned, for drafters and tests.
+    /// Layers whose outputs (after the layer scalar) are returned, for drafters and tests; the
+    /// last layer's is taken after the final norm, as transformers' `hidden_states` has it.
     pub capture_layers: Vec<usize>,
     /// Whether to return the scaled embeddings (the input of layer 0).
     pub capture_embedding: bool,
@@ -359,6 +360,13 @@ pub fn build_step(
 
     let hidden_prenorm = x;
     let hidden = c.norm(x, "output_norm.weight")?;
+    // transformers' `hidden_states[n_layer]`, which DFlash's `target_layer_ids` index as
+    // `id + 1`, is the last layer's output after the final norm.
+    for (l, node) in captured.iter_mut() {
+        if *l + 1 == cfg.n_layer {
+            *node = hidden;
+        }
+    }
     let head = match c.w_opt("output.weight")? {
         Some(w) => w,
         None => embd,
