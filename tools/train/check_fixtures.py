@@ -57,6 +57,8 @@ def check_trained_assistant(hf: Path):
     """Loads a trained OUT/hf/assistant with transformers' own Gemma4AssistantForCausalLM (when the
     installed transformers has it) and compares it with our module on the target's real KV/hidden:
     proves the written config.json means to transformers what it means to us."""
+    if not (hf / "assistant" / "config.json").exists():
+        return {"skipped": "this run trained no assistant"}
     try:
         from transformers import Gemma4AssistantForCausalLM
     except ImportError:

@@ -57,10 +57,13 @@ def main():
         h = m["assistant"]["heldout"]
         headline["mtp_acceptance_length_gamma4"] = h["simulated_acceptance_length"]
         headline["mtp_per_position_accuracy"] = h["per_position_accuracy"]
+        headline["mtp_acceptance_length_first128"] = h.get("simulated_acceptance_length_first128")
     if "dflash" in m:
         h = m["dflash"]["heldout"]
         headline["dflash_acceptance_length_block16"] = h["simulated_acceptance_length"]
         headline["dflash_per_position_accuracy"] = h["per_position_accuracy"]
+        headline["dflash_acceptance_length_first128"] = h.get("simulated_acceptance_length_first128")
+        headline["target_layer_ids"] = m["dflash"].get("target_layer_ids")
     if "fixtures" in m:
         headline["fixture_checks"] = m["fixtures"].get("summary")
         headline["trained_assistant_vs_transformers"] = m["fixtures"].get("trained_assistant_vs_transformers")

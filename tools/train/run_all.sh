@@ -18,13 +18,21 @@
 #                 default): the target's and the drafters' training budgets shrink to fit it
 # --dflash-seconds S  DFlash's training budget (default 160, as the assistant's)
 # --dflash-steps N    DFlash's planned steps (default 4000)
+# --dflash-args "A"   more arguments for dflash.py train (e.g. "--target-layer-ids 1 3 4 5 --layers 5")
+# --target-gguf F --template D
+#                 train drafters for an existing target instead of a new one: F (any GGUF type,
+#                 e.g. the shipped assets/specula-py-target.q4_k_m.gguf) is exported to OUT/hf/target
+#                 with f32 weights by `xtask gguf-to-hf` (binary: $XTASK, default target/release/xtask)
+#                 and D's config.json and tokenizer; the tokenizer is reused, not retrained
+# --drafters LIST     which drafters to train: assistant,dflash (default), assistant, dflash or none
 # Environment: PYTHON (default python3), SEED (default 1234).
 set -euo pipefail
 
-usage() { sed -n '2,22p' "$0"; exit 2; }
+usage() { sed -n '2,29p' "$0"; exit 2; }
 [[ $# -ge 1 ]] || usage
 OUT=$1; shift
-SMOKE=0; PACK=""; FIXTURES=""; DEADLINE=""; DFLASH_SECS=""; DFLASH_STEPS=""
+SMOKE=0; PACK=""; FIXTURES=""; DEADLINE=""; DFLASH_SECS=""; DFLASH_STEPS=""; DFLASH_EXTRA=""
+TARGET_GGUF=""; TEMPLATE=""; DRAFTERS="assistant,dflash"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --smoke) SMOKE=1 ;;
@@ -33,13 +41,21 @@ while [[ $# -gt 0 ]]; do
     --deadline) DEADLINE=$2; shift ;;
     --dflash-seconds) DFLASH_SECS=$2; shift ;;
     --dflash-steps) DFLASH_STEPS=$2; shift ;;
+    --dflash-args) DFLASH_EXTRA=$2; shift ;;
+    --target-gguf) TARGET_GGUF=$2; shift ;;
+    --template) TEMPLATE=$2; shift ;;
+    --drafters) DRAFTERS=$2; shift ;;
     *) usage ;;
   esac
   shift
 done
 
+[[ -n $TARGET_GGUF && -z $TEMPLATE || -z $TARGET_GGUF && -n $TEMPLATE ]] && usage
+case $DRAFTERS in assistant,dflash|dflash,assistant|assistant|dflash|none) ;; *) usage ;; esac
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+[[ -n $TARGET_GGUF ]] && { TARGET_GGUF=$(realpath "$TARGET_GGUF"); TEMPLATE=$(realpath "$TEMPLATE"); }
+XTASK=$(realpath "${XTASK:-$REPO/target/release/xtask}")
 PY=${PYTHON:-python3}
 SEED=${SEED:-1234}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
@@ -151,21 +167,34 @@ cd "$HERE"
 T0=$(now_ms)
 
 stage corpus $PY corpus.py --work "$WORK" "${CORPUS_ARGS[@]}"
-stage tokenizer $PY tokenizer.py --work "$WORK" "${TOK_ARGS[@]}"
-# reserve after the target's training: its eval/save ~25 s, gen ~60 s, drafters >= 160 s + ~45 s, pack ~20 s
-TARGET_ARGS+=(--max-seconds "$(budget "$(default_secs target)" 310)")
-stage target $PY target.py train --work "$WORK" --out "$HF/target" --curves "$CURVES" --seed "$SEED" "${TARGET_ARGS[@]}"
+if [[ -n $TARGET_GGUF ]]; then
+  stage tokenizer $PY tokenizer.py --work "$WORK" --from "$TEMPLATE" "${TOK_ARGS[@]}"
+  stage export "$XTASK" gguf-to-hf "$TARGET_GGUF" --template "$TEMPLATE" --out "$HF/target"
+else
+  stage tokenizer $PY tokenizer.py --work "$WORK" "${TOK_ARGS[@]}"
+  # reserve after the target's training: its eval/save ~25 s, gen ~60 s, drafters >= 160 s + ~45 s, pack ~20 s
+  TARGET_ARGS+=(--max-seconds "$(budget "$(default_secs target)" 310)")
+  stage target $PY target.py train --work "$WORK" --out "$HF/target" --curves "$CURVES" --seed "$SEED" "${TARGET_ARGS[@]}"
+fi
 stage gen $PY target.py gen --work "$WORK" --target "$HF/target" --seed "$SEED" "${GEN_ARGS[@]}"
 
 # reserve: load + fp32 eval + save ~45 s, pack ~20 s
 ASSIST_ARGS+=(--max-seconds "$(budget "$(default_secs drafter)" 65)")
 DFLASH_ARGS+=(--max-seconds "$(budget "${DFLASH_SECS:-$(default_secs drafter)}" 65)")
 [[ -n $DFLASH_STEPS ]] && DFLASH_ARGS+=(--steps "$DFLASH_STEPS")
+# shellcheck disable=SC2206  # word splitting of the extra arguments is intended
+[[ -n $DFLASH_EXTRA ]] && DFLASH_ARGS+=($DFLASH_EXTRA)
 A_CMD=($PY assistant.py train --work "$WORK" --target "$HF/target" --out "$HF/assistant" --curves "$CURVES"
        --seed "$SEED" "${ASSIST_ARGS[@]}")
 D_CMD=($PY dflash.py train --work "$WORK" --target "$HF/target" --out "$HF/dflash" --curves "$CURVES"
        --seed "$SEED" "${DFLASH_ARGS[@]}")
-if [[ $GPU == 1 ]]; then
+if [[ $DRAFTERS == none ]]; then
+  echo "=== drafters: none asked for"
+elif [[ $DRAFTERS == assistant ]]; then
+  stage assistant "${A_CMD[@]}"
+elif [[ $DRAFTERS == dflash ]]; then
+  stage dflash "${D_CMD[@]}"
+elif [[ $GPU == 1 ]]; then
   # Both drafters are small and launch-bound: sharing the GPU roughly doubles the work done per second.
   t0=$(now_ms)
   echo "=== drafters (assistant and dflash in parallel)"

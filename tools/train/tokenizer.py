@@ -22,6 +22,7 @@ Writes WORK/tokenizer/{tokenizer.json,tokenizer_config.json,special_tokens_map.j
 WORK/tokens_{train,heldout}.pt ({"ids": int32 stream of [BOS] file [EOS] ..., "offsets"}).
 
     python tokenizer.py --work OUT/work --vocab-size 4096 [--fixture shared/fixtures/hf/dense]
+    python tokenizer.py --work OUT/work --from HF_TARGET_DIR      # reuse a shipped target's tokenizer
 """
 
 from __future__ import annotations
@@ -282,6 +283,8 @@ def main():
     ap.add_argument("--limit-alphabet", type=int, default=160)
     ap.add_argument("--max-token-length", type=int, default=16)
     ap.add_argument("--fixture", type=Path, default=None, help="fixture HF folder to compare the structure with")
+    ap.add_argument("--from", dest="from_dir", type=Path, default=None,
+                    help="HF folder whose tokenizer.json is reused instead of training one")
     ap.add_argument("--check-files", type=int, default=40, help="held-out files checked with the runtime-style encoder")
     a = ap.parse_args()
     from tokenizers import Tokenizer
@@ -289,10 +292,14 @@ def main():
     t0 = time.time()
     train_texts = load_texts(a.work, "train")
     held_texts = load_texts(a.work, "heldout")
-    tok = train([t for _, t in train_texts], a.vocab_size, a.limit_alphabet, a.max_token_length)
+    if a.from_dir:  # an existing model's tokenizer (drafters for a shipped target): reused, not retrained
+        j = json.loads((a.from_dir / "tokenizer.json").read_text())
+        pruned = []
+    else:
+        tok = train([t for _, t in train_texts], a.vocab_size, a.limit_alphabet, a.max_token_length)
+        j = finalize_json(tok)
+        pruned = j.pop("_pruned")
     t_train = time.time() - t0
-    j = finalize_json(tok)
-    pruned = j.pop("_pruned")
     if pruned:
         log(f"tokenizer: pruned {len(pruned)} pieces that look like special markers: {pruned[:10]}")
     outdir = a.work / "tokenizer"
@@ -302,7 +309,7 @@ def main():
     write_json(outdir / "special_tokens_map.json", SPECIAL_TOKENS_MAP)
     tok = Tokenizer.from_file(str(outdir / "tokenizer.json"))
     vocab_size = tok.get_vocab_size()
-    log(f"tokenizer: trained in {t_train:.1f}s, vocab {vocab_size}, merges {len(j['model']['merges'])}")
+    log(f"tokenizer: {'loaded' if a.from_dir else 'trained'} in {t_train:.1f}s, vocab {vocab_size}, merges {len(j['model']['merges'])}")
 
     # Checks.
     problems = compare_with_fixture(j, a.fixture) if a.fixture else []
@@ -346,7 +353,7 @@ def main():
         "vocab_size": vocab_size, "merges": len(j["model"]["merges"]),
         "n_alphabet": sum(1 for t in learned if len(t) == 1),
         "limit_alphabet": a.limit_alphabet, "max_token_length": a.max_token_length,
-        "pruned_marker_pieces": pruned, "fixture_structure_match": a.fixture is not None and not problems,
+        "pruned_marker_pieces": pruned, "reused_from": str(a.from_dir) if a.from_dir else None, "fixture_structure_match": a.fixture is not None and not problems,
         "runtime_encoder_checked_texts": n_checked, "train_seconds": round(t_train, 2),
         "tokenize_seconds": round(time.time() - t1, 2), "splits": stats,
         "byte_fallback_tokens_in_train": byte_fallback,

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Trains several DFlash drafters side by side for an existing target (by default the shipped
+# one), so that their acceptance can be compared in one run on one GPU.
+#
+#   bash tools/train/dflash_variants.sh OUT TARGET_GGUF TEMPLATE_DIR SECONDS NAME="ARGS" [NAME="ARGS"...]
+#        [--pack DIR] [--smoke]
+#
+# First the shared stages of run_all.sh, once: corpus, tokenizer (reused from TEMPLATE_DIR),
+# the target exported from TARGET_GGUF with f32 weights (xtask gguf-to-hf), target-greedy data.
+# Then one `dflash.py train` per NAME="ARGS", all at once, each with SECONDS of training and its
+# own OUT/work-NAME (links to the shared data; its metrics_dflash.json), OUT/hf/dflash-NAME and
+# OUT/curves-NAME. OUT/variants.json lists each variant's arguments and held-out acceptance.
+# --pack DIR: DIR/variants-bundle.tar.gz.part-NN (hf/dflash-*, curves-*, logs, metrics; not the
+# exported target) and DIR/variants.json. --smoke: run_all.sh's toy data sizes (a CPU check).
+# Environment: PYTHON, SEED, XTASK as for run_all.sh.
+set -euo pipefail
+[[ $# -ge 5 ]] || { sed -n '2,17p' "$0"; exit 2; }
+OUT=$1; GGUF=$2; TEMPLATE=$3; SECS=$4; shift 4
+PACK=""; VARIANTS=(); SMOKE=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --pack) PACK=$2; shift ;;
+    --smoke) SMOKE=(--smoke) ;;
+    *=*) VARIANTS+=("$1") ;;
+    *) sed -n '2,17p' "$0"; exit 2 ;;
+  esac
+  shift
+done
+[[ ${#VARIANTS[@]} -gt 0 ]] || { echo "no NAME=\"ARGS\" variant given"; exit 2; }
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PY=${PYTHON:-python3}
+SEED=${SEED:-1234}
+
+bash "$HERE/run_all.sh" "$OUT" --target-gguf "$GGUF" --template "$TEMPLATE" --drafters none --deadline 0 \
+  "${SMOKE[@]}"
+OUT=$(cd "$OUT" && pwd)
+
+pids=()
+for v in "${VARIANTS[@]}"; do
+  name=${v%%=*}; args=${v#*=}
+  work=$OUT/work-$name
+  mkdir -p "$work" "$OUT/curves-$name"
+  for f in "$OUT"/work/*; do ln -sfn "$f" "$work/$(basename "$f")"; done
+  rm -f "$work/metrics_dflash.json"
+  # shellcheck disable=SC2086  # the variant's arguments are split on purpose
+  ( cd "$HERE" && $PY dflash.py train --work "$work" --target "$OUT/hf/target" --out "$OUT/hf/dflash-$name" \
+      --curves "$OUT/curves-$name" --seed "$SEED" --max-seconds "$SECS" $args ) \
+      > "$OUT/logs/dflash-$name.log" 2>&1 &
+  pids+=($!)
+  echo "variant $name: $args (pid $!)"
+done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=1; done
+
+$PY - "$OUT" "${VARIANTS[@]}" <<'PYEOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rows = {}
+for v in sys.argv[2:]:
+    name, args = v.split("=", 1)
+    p = out / f"work-{name}" / "metrics_dflash.json"
+    if not p.exists():
+        rows[name] = {"args": args, "failed": True}
+        continue
+    m = json.loads(p.read_text())
+    h = m["heldout"]
+    rows[name] = {"args": args, "params": m["params"], "steps": m["steps_done"], "time_limited": m["time_limited"],
+                  "target_layer_ids": m["target_layer_ids"],
+                  "acceptance": h["simulated_acceptance_length"],
+                  "acceptance_first128": h.get("simulated_acceptance_length_first128"),
+                  "rounds_first128": h.get("simulated_round_acceptance_first128"),
+                  "per_position_accuracy": h["per_position_accuracy"]}
+(out / "variants.json").write_text(json.dumps(rows, indent=1) + "\n")
+for n, r in rows.items():
+    if r.get("failed"):
+        print(f"{n:>10}  FAILED  {r['args']}")
+    else:
+        print(f"{n:>10}  {r['params'] / 1e6:5.2f} M  {r['steps']:5d} steps  acceptance {r['acceptance']:.3f}"
+              f"  first 128: {r['acceptance_first128']:.3f}  {r['args']}")
+PYEOF
+
+if [[ -n $PACK ]]; then
+  mkdir -p "$PACK"
+  items=(variants.json logs)
+  for v in "${VARIANTS[@]}"; do name=${v%%=*}; items+=("hf/dflash-$name" "curves-$name" "work-$name/metrics_dflash.json"); done
+  tar -C "$OUT" -czf - --ignore-failed-read "${items[@]}" | split -b 15M -d -a 2 - "$PACK/variants-bundle.tar.gz.part-"
+  cp "$OUT/variants.json" "$PACK/"
+  ls -l "$PACK"
+fi
+exit $rc
