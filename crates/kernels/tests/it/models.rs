@@ -66,6 +66,30 @@ fn fixture_models_match_the_cpu_backend() {
     }
 }
 
+/// Every layer captured (what DFlash drafters read; the last one after the final norm) and the
+/// embedding equal the CPU backend's within 1e-3.
+#[test]
+fn captured_layers_match_the_cpu_backend() {
+    if crate::cuda().is_none() {
+        return;
+    }
+    let prompt: Vec<u32> = (0..12).map(|i| 2 + (i * 53) % 1000).collect();
+    let mut cpu = load("dense.gguf", Box::new(graph::CpuBackend::new()));
+    let mut gpu = load("dense.gguf", Box::new(crate::cuda().unwrap()));
+    let layers: Vec<usize> = (0..cpu.config().n_layer).collect();
+    let want = cpu.forward(&prompt, LogitRows::Last, &layers, true).unwrap();
+    let got = gpu.forward(&prompt, LogitRows::Last, &layers, true).unwrap();
+    assert_eq!(got.layers.len(), layers.len());
+    for ((l, g), (_, w)) in got.layers.iter().zip(&want.layers) {
+        let err = logits_err(g, w);
+        assert!(err < 1e-3, "layer {l}: rel err {err:.2e}");
+    }
+    let last = &got.layers.last().unwrap().1;
+    assert_eq!(last, &got.hidden, "the last layer's capture is the post-norm hidden");
+    let err = logits_err(got.embedding.as_ref().unwrap(), want.embedding.as_ref().unwrap());
+    assert!(err < 1e-3, "embedding: rel err {err:.2e}");
+}
+
 #[test]
 fn tensor_core_prefill_matches_the_cpu_backend() {
     if crate::cuda().is_none() {
