@@ -462,6 +462,22 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
         }
 }
 
+// Lane t's two quant words (bytes 8t..8t+7 after the f16 scale) of Q8_0 block `blk` at bb, in a
+// 4-byte-aligned tensor (the host checks; 272-byte groups keep every group aligned): an odd
+// block's quants are 4-byte aligned, an even block's sit 2 bytes past alignment and come from
+// three aligned words shifted into place (never past the group: an even block is never its
+// last). `blk` is a constant in the unrolled loop, so the choice costs nothing.
+__device__ __forceinline__ void q80_words(const u8* bb, int blk, int t, u32& q0, u32& q1) {
+    if (blk & 1) {
+        q0 = *(const u32*)(bb + 2 + 8 * t);
+        q1 = *(const u32*)(bb + 6 + 8 * t);
+    } else {
+        u32 a = *(const u32*)(bb + 8 * t), b = *(const u32*)(bb + 8 * t + 4), c = *(const u32*)(bb + 8 * t + 8);
+        q0 = __byte_perm(a, b, 0x5432);
+        q1 = __byte_perm(b, c, 0x5432);
+    }
+}
+
 // ---- Q8_0: a group is 8 blocks of 34 bytes (f16 d, 32 int8). Lane t takes weights 8t..8t+3 and
 // 8t+4..8t+7 of each block (one mma each); A = q (exact); d multiplies the block's f32 sum.
 template <int MT, int NT, bool PREP>
@@ -484,8 +500,7 @@ __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, floa
             for (int r = 0; r < 2; ++r) {
                 const u8* bb = b[mt][r] + 34 * blk;
                 d[mt][r] = h2f(*(const u16*)bb);
-                q[mt][r][0] = load_u32_2(bb + 2 + 8 * t);
-                q[mt][r][1] = load_u32_2(bb + 6 + 8 * t);
+                q80_words(bb, blk, t, q[mt][r][0], q[mt][r][1]);
             }
         XFrag f[NT][2];
 #pragma unroll

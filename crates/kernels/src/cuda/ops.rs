@@ -42,8 +42,17 @@ impl CudaBackend {
         } else {
             out
         };
+        let weights = self.base(exec, node.inputs[0])?;
+        // The Q8_0 kernels read quants in aligned 4-byte words (`q80_words`); device
+        // allocations are 256-byte aligned, so this only guards the assumption.
+        if w.dtype == DType::Q8_0 && weights % 4 != 0 {
+            return Err(backend_err(format!(
+                "Q8_0 weights of node {} at a misaligned address",
+                id.index()
+            )));
+        }
         let mut a = Args::default();
-        a.ptr(self.base(exec, node.inputs[0])?)
+        a.ptr(weights)
             .ptr(xs)
             .ptr(dst)
             .i32(k as i32)
