@@ -387,14 +387,6 @@ __device__ __forceinline__ u32 load_u32_a(const u8* p, bool aligned) {
     return aligned ? *(const u32*)p : load_u32_2(p);
 }
 
-// The word at byte o (a multiple of 4, o ≤ 188) of a Q6_K group at bb, from two aligned words:
-// [o, o + 8) of an aligned group, [o − 2, o + 6) of one 2 bytes past alignment (its o − 2 ≥ −2
-// is the previous group's last bytes: such a group is never a tensor's first).
-__device__ __forceinline__ u32 odd_row_word(const u8* bb, int o, bool aligned) {
-    const u8* p = bb + o - (aligned ? 0 : 2);
-    return __byte_perm(*(const u32*)p, *(const u32*)(p + 4), aligned ? 0x3210u : 0x5432u);
-}
-
 // ---- Q6_K: 210-byte groups (ql[128], qh[64], int8 scales[16], f16 d). Weight i of half h
 // (128 each), run p (32 each, i = 128h + 32p + l): low 4 bits from ql[64h + 32(p & 1) + l]
 // (nibble p / 2), high 2 bits from qh[32h + l] (bits 2p, 2p + 1); sub-block (16 weights) i / 16.
@@ -408,12 +400,8 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
     weight_groups<MT>(w, row0, n, n_groups, grp, 210, b);
     int tok[NT];
     activation_rows<NT>(m0, m, tok);
-    // 210-byte groups start 2- or 4-byte aligned (the host checks the tensor is 4-aligned). With
-    // an even number of groups per row the parity is the group's, the same for the whole warp,
-    // and an aligned group is read in 4-byte words, halving its loads. With an odd number it
-    // alternates between a warp's rows: there every word comes from two aligned words and one
-    // byte permute (`odd_row_words`), so the warp does not run both load paths.
-    const bool odd = n_groups & 1;
+    // 210-byte groups start 2- or 4-byte aligned; a 4-aligned one (every other group when a row
+    // has an even number of them) is read in 4-byte words, halving its loads.
     bool al[MT][2];
     float dd[MT][2];
     u32 scales[MT][2][4];  // the 16 int8 sub-block scales, four per word
@@ -423,19 +411,8 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
         for (int r = 0; r < 2; ++r) {
             al[mt][r] = ((size_t)b[mt][r] & 3) == 0;
             dd[mt][r] = h2f(*(const u16*)(b[mt][r] + 208));
-            if (odd) {
-                // Five aligned words from byte 188 (aligned group) or 190 (not): [188, 210) at most.
-                const u8* p = b[mt][r] + (al[mt][r] ? 188 : 190);
-                u32 sel = al[mt][r] ? 0x7654u : 0x5432u;
-                u32 w[5];
 #pragma unroll
-                for (int j = 0; j < 5; ++j) w[j] = *(const u32*)(p + 4 * j);
-#pragma unroll
-                for (int j = 0; j < 4; ++j) scales[mt][r][j] = __byte_perm(w[j], w[j + 1], sel);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; ++j) scales[mt][r][j] = load_u32_a(b[mt][r] + 192 + 4 * j, al[mt][r]);
-            }
+            for (int j = 0; j < 4; ++j) scales[mt][r][j] = load_u32_a(b[mt][r] + 192 + 4 * j, al[mt][r]);
         }
     const u32 offset = 0x64206420u;  // f16x2 (1056, 1056): 1024 + 32
 #pragma unroll
@@ -448,15 +425,9 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
                     const u8* bb = b[mt][r];
-                    if (odd) {
-                        ql[mt][r][0] = odd_row_word(bb, 64 * h + 16 * lb + 4 * t, al[mt][r]);
-                        ql[mt][r][1] = odd_row_word(bb, 64 * h + 32 + 16 * lb + 4 * t, al[mt][r]);
-                        qh[mt][r] = odd_row_word(bb, 128 + 32 * h + 16 * lb + 4 * t, al[mt][r]);
-                    } else {
-                        ql[mt][r][0] = load_u32_a(bb + 64 * h + 16 * lb + 4 * t, al[mt][r]);
-                        ql[mt][r][1] = load_u32_a(bb + 64 * h + 32 + 16 * lb + 4 * t, al[mt][r]);
-                        qh[mt][r] = load_u32_a(bb + 128 + 32 * h + 16 * lb + 4 * t, al[mt][r]);
-                    }
+                    ql[mt][r][0] = load_u32_a(bb + 64 * h + 16 * lb + 4 * t, al[mt][r]);
+                    ql[mt][r][1] = load_u32_a(bb + 64 * h + 32 + 16 * lb + 4 * t, al[mt][r]);
+                    qh[mt][r] = load_u32_a(bb + 128 + 32 * h + 16 * lb + 4 * t, al[mt][r]);
                 }
 #pragma unroll
             for (int p = 0; p < 4; ++p) {

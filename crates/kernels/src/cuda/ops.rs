@@ -43,13 +43,11 @@ impl CudaBackend {
             out
         };
         let weights = self.base(exec, node.inputs[0])?;
-        // The Q8_0 and Q6_K kernels read in aligned 4-byte words (`q80_words`,
-        // `odd_row_word`); device allocations are 256-byte aligned, so this only guards the
-        // assumption.
-        if matches!(w.dtype, DType::Q8_0 | DType::Q6_K) && weights % 4 != 0 {
+        // The Q8_0 kernels read quants in aligned 4-byte words (`q80_words`); device
+        // allocations are 256-byte aligned, so this only guards the assumption.
+        if w.dtype == DType::Q8_0 && weights % 4 != 0 {
             return Err(backend_err(format!(
-                "{:?} weights of node {} at a misaligned address",
-                w.dtype,
+                "Q8_0 weights of node {} at a misaligned address",
                 id.index()
             )));
         }
