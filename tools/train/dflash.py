@@ -265,6 +265,12 @@ def cmd_train(a):
         # The drafter's output head is the target's (E^T after the final norm): starting its final
         # norm at the target's gives it the target's logit scale from step 0.
         model.norm.weight.data.copy_(target.model.norm.weight.data)
+    if a.init_gguf:
+        # Continue from a shipped drafter (its Q8_0 values): strict, so its shapes must match the
+        # arguments.
+        from gguf_read import load_dflash_gguf
+        model.load_state_dict({k: v.to(dev) for k, v in load_dflash_gguf(a.init_gguf).items()}, strict=True)
+        log(f"dflash: weights from {a.init_gguf}")
     n_params = count_params(model)
     log(f"dflash: {n_params / 1e6:.2f} M parameters, block {a.block}, target layers {ids_layers}, device {dev}")
     E = runner.embed_weight()
@@ -441,6 +447,8 @@ def main():
     t.add_argument("--ctx-drop-max", type=int, default=16)
     t.add_argument("--ctx-drop-steps", type=int, default=1000, help="the fraction decays linearly to 0 over these steps")
     t.add_argument("--no-norm-init", action="store_true", help="final norm starts at 1, not at the target's")
+    t.add_argument("--init-gguf", type=Path, default=None,
+                   help="start from this DFlash GGUF's weights (F32/F16/Q8_0) instead of random ones")
     t.add_argument("--cpu", action="store_true")
     c = sub.add_parser("check-fixture")
     c.add_argument("--fixtures", required=True, type=Path)
