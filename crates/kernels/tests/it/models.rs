@@ -77,8 +77,12 @@ fn captured_layers_match_the_cpu_backend() {
     let mut cpu = load("dense.gguf", Box::new(graph::CpuBackend::new()));
     let mut gpu = load("dense.gguf", Box::new(crate::cuda().unwrap()));
     let layers: Vec<usize> = (0..cpu.config().n_layer).collect();
-    let want = cpu.forward(&prompt, LogitRows::Last, &layers, true).unwrap();
-    let got = gpu.forward(&prompt, LogitRows::Last, &layers, true).unwrap();
+    let want = cpu
+        .forward(&prompt, LogitRows::Last, &layers, true)
+        .unwrap();
+    let got = gpu
+        .forward(&prompt, LogitRows::Last, &layers, true)
+        .unwrap();
     assert_eq!(got.layers.len(), layers.len());
     for ((l, g), (_, w)) in got.layers.iter().zip(&want.layers) {
         let err = logits_err(g, w);
@@ -92,7 +96,10 @@ fn captured_layers_match_the_cpu_backend() {
         &got.hidden[got.hidden.len() - h..],
         "the last layer's capture is the post-norm hidden"
     );
-    let err = logits_err(got.embedding.as_ref().unwrap(), want.embedding.as_ref().unwrap());
+    let err = logits_err(
+        got.embedding.as_ref().unwrap(),
+        want.embedding.as_ref().unwrap(),
+    );
     assert!(err < 1e-3, "embedding: rel err {err:.2e}");
 }
 

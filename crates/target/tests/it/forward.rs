@@ -56,7 +56,11 @@ fn logits_and_hidden_states_match_transformers() {
             &prenorm,
             1e-4,
         );
-        assert_eq!(out.layers[n_layer - 1].1, out.hidden, "{model}: last capture = hidden");
+        assert_eq!(
+            out.layers[n_layer - 1].1,
+            out.hidden,
+            "{model}: last capture = hidden"
+        );
         let (_, fin) = r.f32("final_hidden");
         assert_close(&format!("{model} final hidden"), &out.hidden, &fin, 1e-4);
         let (_, logits) = r.f32("logits");
