@@ -1,14 +1,16 @@
 //! The way back: a Gemma 4 target GGUF to a transformers checkpoint folder with f32 weights,
 //! so that drafters can be trained against exactly the (possibly quantized) target a user
 //! runs. Every tensor is dequantized by the `gguf` crate and stored under the transformers
-//! name the converter maps from, with its dimensions in transformers' order; the JSON files
-//! (`config.json`, tokenizer) come from a template folder, since a GGUF's metadata does not
-//! hold everything transformers' config needs.
+//! name the converter maps from, with its dimensions in transformers' order, streamed into
+//! `model.safetensors` one tensor at a time (memory: the largest tensor's f32 values); the JSON
+//! files (`config.json`, tokenizer) come from a template folder, since a GGUF's metadata does
+//! not hold everything transformers' config needs.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use gguf::GgufFile;
-use safetensors::tensor::{Dtype, TensorView};
 
 use crate::gemma4_names::text_tensor_origin;
 use crate::{Error, Result};
@@ -58,7 +60,16 @@ pub fn export_target(gguf_path: &Path, template: &Path, out_dir: &Path) -> Resul
             "the template folder needs the model's config.json",
         ));
     }
-    let mut tensors = Vec::with_capacity(file.tensors().len());
+    // Plan every tensor (name, shape, offsets) before writing, so a tensor without a
+    // transformers name fails before anything is written.
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".into(),
+        // What torch's `save_file` writes, which transformers' loaders expect.
+        serde_json::json!({ "format": "pt" }),
+    );
+    let mut planned = Vec::with_capacity(file.tensors().len());
+    let mut offset = 0u64;
     for info in file.tensors() {
         if DERIVED_TENSORS.contains(&info.name()) {
             continue;
@@ -69,31 +80,39 @@ pub fn export_target(gguf_path: &Path, template: &Path, out_dir: &Path) -> Resul
                 format!("tensor '{}' has no transformers name", info.name()),
             )
         })?;
+        let shape: Vec<u64> = info.shape().iter().rev().copied().collect();
+        let end = offset + 4 * info.n_elems();
+        header.insert(
+            name,
+            serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, end] }),
+        );
+        planned.push(info);
+        offset = end;
+    }
+    let mut header = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| Error::invalid(gguf_path, e.to_string()))?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+
+    // Stream: one dequantized tensor in memory at a time, into a temporary file.
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let weights = out_dir.join("model.safetensors");
+    let partial = out_dir.join("model.safetensors.partial");
+    let io = |e| Error::io(&partial, e);
+    let mut w = BufWriter::new(File::create(&partial).map_err(io)?);
+    w.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(&header).map_err(io)?;
+    for info in &planned {
         let values = file
             .tensor_f32(info.name())
             .map_err(|e| Error::invalid(gguf_path, e.to_string()))?;
-        let shape: Vec<usize> = info.shape().iter().rev().map(|&d| d as usize).collect();
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensors.push((name, shape, bytes));
+        w.write_all(&bytes).map_err(io)?;
     }
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let views = tensors
-        .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .map(|view| (name.clone(), view))
-                .map_err(|e| Error::invalid(gguf_path, format!("tensor '{name}': {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let weights = out_dir.join("model.safetensors");
-    let partial = out_dir.join("model.safetensors.partial");
-    // The header metadata torch's `save_file` writes, which transformers' loaders expect.
-    let metadata = Some(std::collections::HashMap::from([(
-        "format".to_string(),
-        "pt".to_string(),
-    )]));
-    safetensors::serialize_to_file(views, metadata, &partial)
-        .map_err(|e| Error::invalid(&partial, e.to_string()))?;
+    w.into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)?;
     std::fs::rename(&partial, &weights).map_err(|e| Error::io(&weights, e))?;
     let mut n_files = 0;
     for name in TEMPLATE_FILES {
@@ -106,7 +125,7 @@ pub fn export_target(gguf_path: &Path, template: &Path, out_dir: &Path) -> Resul
     }
     Ok(Exported {
         dir: out_dir.to_path_buf(),
-        n_tensors: tensors.len(),
+        n_tensors: planned.len(),
         n_files,
     })
 }
