@@ -7,7 +7,8 @@
    and the packed multi-block training path equals the single-block call;
 3. the frozen-target runner (hooks on transformers' Gemma4ForCausalLM, loaded from the fixture
    dense folder) gives the reference's shared K/V, post-norm hidden and DFlash context features;
-4. both modules' state_dict names and shapes equal the fixture safetensors.
+4. both modules' state_dict names and shapes equal the fixture safetensors;
+5. `gguf_read` on llama.cpp's dflash.gguf gives back the fixture checkpoint exactly.
 
     python check_fixtures.py --fixtures ../shared/fixtures [--json report.json]
 Exit status 0 when every error is below 1e-4 relative (L2) and all argmax/draft tokens agree.
@@ -53,6 +54,15 @@ def check_runner(fixtures: Path):
 
 
 @torch.no_grad()
+def check_gguf_read(fixtures: Path) -> dict:
+    """`gguf_read` on llama.cpp's f32 dflash.gguf gives back the checkpoint behind it exactly."""
+    from gguf_read import load_dflash_gguf
+    ours = load_dflash_gguf(fixtures / "dflash.gguf")
+    theirs = load_file(str(fixtures / "hf" / "dflash" / "model.safetensors"))
+    same = sorted(ours) == sorted(theirs) and all(torch.equal(ours[k], theirs[k].float()) for k in theirs)
+    return {"dflash_gguf_equals_checkpoint": same, "tensors": len(theirs)}
+
+
 def check_trained_assistant(hf: Path):
     """Loads a trained OUT/hf/assistant with transformers' own Gemma4AssistantForCausalLM (when the
     installed transformers has it) and compares it with our module on the target's real KV/hidden:
@@ -110,7 +120,7 @@ def main():
             write_json(a.json, rep)
         sys.exit(0)
     rep.update({"assistant": assistant.check_fixture(a.fixtures), "dflash": dflash.check_fixture(a.fixtures),
-                "target_runner": check_runner(a.fixtures)})
+                "target_runner": check_runner(a.fixtures), "gguf_read": check_gguf_read(a.fixtures)})
     errs = {
         "assistant.max_logits_rel_l2": rep["assistant"]["max_logits_rel_l2"],
         "assistant.max_h_next_rel_l2": rep["assistant"]["max_h_next_rel_l2"],
@@ -126,6 +136,7 @@ def main():
         "dflash.draft_tokens_equal": rep["dflash"]["draft_tokens_equal"],
         "dflash.names_shapes_equal": rep["dflash"]["state_dict_names_shapes_equal_fixture"],
         "target_runner.argmax_equals_first_greedy": rep["target_runner"]["argmax_equals_first_greedy"],
+        "gguf_read.dflash_equals_checkpoint": rep["gguf_read"]["dflash_gguf_equals_checkpoint"],
     }
     for k, v in errs.items():
         print(f"{k:48s} {v:.3e}")
