@@ -54,8 +54,11 @@ done
 case $DRAFTERS in assistant,dflash|dflash,assistant|assistant|dflash|none) ;; *) usage ;; esac
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-[[ -n $TARGET_GGUF ]] && { TARGET_GGUF=$(realpath "$TARGET_GGUF"); TEMPLATE=$(realpath "$TEMPLATE"); }
-XTASK=$(realpath "${XTASK:-$REPO/target/release/xtask}")
+if [[ -n $TARGET_GGUF ]]; then
+  TARGET_GGUF=$(realpath "$TARGET_GGUF"); TEMPLATE=$(realpath "$TEMPLATE")
+  XTASK=$(realpath -m "${XTASK:-$REPO/target/release/xtask}")
+  [[ -x $XTASK ]] || { echo "no xtask binary at $XTASK: build it (cargo build --release -p xtask) or set XTASK"; exit 2; }
+fi
 PY=${PYTHON:-python3}
 SEED=${SEED:-1234}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
