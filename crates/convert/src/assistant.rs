@@ -11,7 +11,7 @@ use drafter_mtp::{AssistantConfig, Layout};
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::gemma4::Gemma4Text;
-use crate::gemma4_names::{map_text_tensor, text_tensor_origin};
+use crate::gemma4_names::{map_text_tensor, text_tensor_origin, ROPE_FREQS};
 use crate::hparams::HParams;
 use crate::mapping::{check_tensors, Expect, Mapped};
 use crate::plan::Plan;
@@ -36,8 +36,7 @@ pub(crate) fn plan(ck: &Checkpoint, config: &HParams, out: OutType) -> Result<Pl
             .into_iter()
             .map(|(name, shape)| {
                 // The loader does without these two.
-                let required =
-                    name != "rope_freqs.weight" && !name.ends_with("layer_output_scale.weight");
+                let required = name != ROPE_FREQS && !name.ends_with("layer_output_scale.weight");
                 Expect::new(name, &shape, required)
             })
             .collect();

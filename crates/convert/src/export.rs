@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use gguf::GgufFile;
 
-use crate::gemma4_names::text_tensor_origin;
+use crate::gemma4_names::{text_tensor_origin, ROPE_FREQS};
 use crate::{Error, Result};
 
 /// The JSON files copied from the template folder when present (`config.json` must be).
@@ -23,10 +23,6 @@ const TEMPLATE_FILES: [&str; 5] = [
     "tokenizer_config.json",
     "special_tokens_map.json",
 ];
-
-/// Tensors the converter derives from `config.json` rather than copies from the checkpoint
-/// (proportional RoPE's frequency factors); the export leaves them out.
-const DERIVED_TENSORS: [&str; 1] = ["rope_freqs.weight"];
 
 /// What [`export_target`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,10 +67,11 @@ pub fn export_target(gguf_path: &Path, template: &Path, out_dir: &Path) -> Resul
     let mut planned = Vec::with_capacity(file.tensors().len());
     let mut offset = 0u64;
     for info in file.tensors() {
-        if DERIVED_TENSORS.contains(&info.name()) {
+        if info.name() == ROPE_FREQS {
+            // Derived from the config by the converter; no checkpoint holds it.
             continue;
         }
-        let name = hf_name(info.name()).ok_or_else(|| {
+        let name = text_tensor_origin(info.name()).ok_or_else(|| {
             Error::invalid(
                 gguf_path,
                 format!("tensor '{}' has no transformers name", info.name()),
@@ -128,12 +125,4 @@ pub fn export_target(gguf_path: &Path, template: &Path, out_dir: &Path) -> Resul
         n_tensors: planned.len(),
         n_files,
     })
-}
-
-/// The transformers name of a Gemma 4 target's GGUF tensor.
-fn hf_name(gguf: &str) -> Option<String> {
-    if gguf == "output.weight" {
-        return Some("lm_head.weight".into());
-    }
-    text_tensor_origin(gguf)
 }

@@ -104,9 +104,16 @@ pub(crate) fn map_text_tensor(name: &str) -> Mapped {
     }
 }
 
-/// The transformers name llama.cpp's `gguf` name comes from (for messages), with the
-/// `model.` prefix.
+/// The tensor the converter derives from `config.json` (proportional RoPE's frequency factors)
+/// rather than copies from the checkpoint.
+pub(crate) const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// The transformers name llama.cpp's `gguf` name comes from (the inverse of
+/// [`map_text_tensor`]; for messages and the export back), with the `model.` prefix.
 pub(crate) fn text_tensor_origin(gguf: &str) -> Option<String> {
+    if gguf == "output.weight" {
+        return Some("lm_head.weight".into());
+    }
     if let Some((from, _)) = MODEL_NAMES.iter().find(|(_, to)| *to == gguf) {
         return Some(format!("model.{from}"));
     }
@@ -187,6 +194,10 @@ mod tests {
         assert_eq!(
             text_tensor_origin("blk.7.ffn_down.weight").as_deref(),
             Some("model.layers.7.mlp.down_proj.weight")
+        );
+        assert_eq!(
+            text_tensor_origin("output.weight").as_deref(),
+            Some("lm_head.weight")
         );
         assert_eq!(
             map_text_tensor("model.vision_tower.encoder.x.weight"),

@@ -12,7 +12,7 @@ use target::Gemma4Config;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::gemma4::Gemma4Text;
-use crate::gemma4_names::{map_text_tensor, text_tensor_origin};
+use crate::gemma4_names::{map_text_tensor, text_tensor_origin, ROPE_FREQS};
 use crate::hparams::HParams;
 use crate::kv::Kv;
 use crate::mapping::{check_tensors, map_tensors, Expect, Mapped};
@@ -77,7 +77,7 @@ pub(crate) fn gemma4_tensors(
     let tokenizer_kv = tokenizer.gemma4_kv()?;
     let rows = tokenizer.embedding_rows()?;
     let mut tensors = vec![PlannedTensor::new(
-        "rope_freqs.weight",
+        ROPE_FREQS,
         vec![(text.head_dim_full / 2) as u64],
         TensorSource::Values(text.rope_freqs()),
     )];
