@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import struct
 import sys
@@ -422,6 +423,70 @@ class Schedule:
             return self.base * (step + 1) / self.warmup
         p = min(1.0, self.progress(step))
         return self.base * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+class DataParallel:
+    """Data parallelism over the processes that torchrun starts (WORLD_SIZE > 1), one GPU each;
+    a no-op in a plain run. Every process draws its own batches; gradients are averaged before
+    the optimizer step, so the weights stay equal on all of them. Decisions that read the clock
+    (the time-following LR schedule, when to stop) are taken by rank 0 and broadcast, else the
+    processes would drift apart or wait for each other forever."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1:
+            import torch.distributed as dist
+            self.dist = dist
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+    @property
+    def main(self) -> bool:
+        """Whether this process logs, evaluates and writes files."""
+        return self.rank == 0
+
+    def same_weights(self, module: nn.Module):
+        """Rank 0's weights on every process."""
+        if self.world > 1:
+            for t in list(module.parameters()) + list(module.buffers()):
+                self.dist.broadcast(t.data, 0)
+
+    def average_grads(self, module: nn.Module):
+        if self.world > 1:
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            self.dist.all_reduce(flat)
+            flat /= self.world
+            o = 0
+            for g in grads:
+                g.copy_(flat[o:o + g.numel()].view_as(g))
+                o += g.numel()
+
+    def agree(self, lr: float, done: bool, dev) -> tuple[float, bool]:
+        """Rank 0's (lr, done)."""
+        if self.world == 1:
+            return lr, done
+        t = torch.tensor([lr, float(done)], dtype=torch.float64, device=dev)
+        self.dist.broadcast(t, 0)
+        return t[0].item(), bool(t[1].item())
+
+    def check_same_weights(self, module: nn.Module):
+        """Raises unless every process ends with the same weights (a checksum's min and max)."""
+        if self.world > 1:
+            dev = next(module.parameters()).device
+            c = torch.stack([p.detach().double().sum() for p in module.parameters()]).sum()
+            lo, hi = c.clone().to(dev), c.clone().to(dev)
+            self.dist.all_reduce(lo, op=self.dist.ReduceOp.MIN)
+            self.dist.all_reduce(hi, op=self.dist.ReduceOp.MAX)
+            if lo.item() != hi.item():
+                raise SystemExit(f"data parallel: the processes' weights drifted apart ({lo.item()} vs {hi.item()})")
+
+    def close(self):
+        if self.world > 1:
+            self.dist.barrier()
+            self.dist.destroy_process_group()
 
 
 def make_adamw(module, lr, wd, dev, betas=(0.9, 0.95)):

@@ -17,7 +17,8 @@ Training (DFlash recipe, target frozen): random anchor positions per sequence; e
 [x_t, <mask> x 15] at positions t..t+15 and sees the target features of positions < t plus its own
 block; row i predicts the target's greedy token t+i (its argmax at t+i-1); cross-entropy weighted
 exp(-(i-1)/gamma) (position-decayed, gamma 7 for block 16). Many blocks of a sequence share one
-forward with a per-block mask. Data as for the assistant.
+forward with a per-block mask. Data as for the assistant. Started by torchrun (WORLD_SIZE > 1),
+training is data-parallel: one process per GPU, gradients averaged (common.DataParallel).
 
     python dflash.py train --work OUT/work --target OUT/hf/target --out OUT/hf/dflash --curves OUT/curves
     python dflash.py check-fixture --fixtures ../shared/fixtures
@@ -36,7 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from common import (MASK_ID, RMSNorm, TargetRunner, acceptance_summary, count_params, Schedule, device_and_autocast,
+from common import (MASK_ID, DataParallel, RMSNorm, TargetRunner, acceptance_summary, count_params, Schedule,
+                    device_and_autocast,
                     exact_fp32,
                     env_info, load_target, log, make_adamw, plot_curves, q8_0_bytes, rope_cos_sin, rope_inv_freq,
                     rotate_half, seed_all, softcap, sync, write_json)
@@ -252,6 +254,7 @@ def evaluate(model, runner, work, dev, max_seqs=None, chunk=64):
 
 def cmd_train(a):
     t_start = time.time()
+    dp = DataParallel()
     seed_all(a.seed)
     dev, autocast = device_and_autocast(a.cpu)
     target = load_target(a.target, dev)
@@ -271,20 +274,26 @@ def cmd_train(a):
         from gguf_read import load_dflash_gguf
         model.load_state_dict({k: v.to(dev) for k, v in load_dflash_gguf(a.init_gguf).items()}, strict=True)
         log(f"dflash: weights from {a.init_gguf}")
+    dp.same_weights(model)
     n_params = count_params(model)
-    log(f"dflash: {n_params / 1e6:.2f} M parameters, block {a.block}, target layers {ids_layers}, device {dev}")
+    if dp.main:
+        log(f"dflash: {n_params / 1e6:.2f} M parameters, block {a.block}, target layers {ids_layers}, device {dev}, "
+            f"{dp.world} process(es) x batch {a.batch}")
     E = runner.embed_weight()
-    data = Batches(a.work, dev, a.batch, a.raw_frac, a.seed)
+    # Each process its own stream of batches and anchors (rank 0's are those of a plain run).
+    data = Batches(a.work, dev, a.batch, a.raw_frac, a.seed + 7919 * dp.rank)
     T = data.T
-    gen = torch.Generator().manual_seed(a.seed + 7)
+    gen = torch.Generator().manual_seed(a.seed + 7 + 7919 * dp.rank)
     w = torch.exp(-torch.arange(a.block - 1, dtype=torch.float) / a.loss_gamma).to(dev)
     opt = make_adamw(model, a.lr, a.wd, dev)
     curve, pos_curve, eval_curve = [], [], []
     sched = Schedule(a.steps, a.max_seconds, a.lr, a.warmup)
     t0 = sched.t0
     step = 0
-    while not sched.done(step):
-        lr = sched.lr(step)
+    while True:
+        lr, stop = dp.agree(sched.lr(step), sched.done(step), dev)
+        if stop:
+            break
         for g in opt.param_groups:
             g["lr"] = lr
         ids = data.next()
@@ -303,11 +312,12 @@ def cmd_train(a):
             wv = w * vd
             loss = (ce * wv).sum() / wv.sum()
         loss.backward()
+        dp.average_grads(model)
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         last = sched.done(step + 1)
-        if step % a.log_every == 0 or last:
+        if dp.main and (step % a.log_every == 0 or last):
             with torch.no_grad():
                 acc = ((lg.argmax(-1) == lb) & vd).float().sum((0, 1)) / vd.float().sum((0, 1)).clamp(min=1)
             curve.append((step, loss.item()))
@@ -315,11 +325,15 @@ def cmd_train(a):
             log(f"dflash step {step}/{a.steps} loss {loss.item():.4f} train acc rows 1/4/8/15 "
                 f"{[round(acc[i].item(), 3) for i in (0, 3, 7, a.block - 2) if i < acc.numel()]} gnorm {gn.item():.2f} "
                 f"lr {lr:.2e} {(time.time() - t0) / (step + 1) * 1e3:.0f} ms/step")
-        if a.eval_every and step > 0 and step % a.eval_every == 0:
+        if dp.main and a.eval_every and step > 0 and step % a.eval_every == 0:
             ev = evaluate(model, runner, a.work, dev, max_seqs=a.eval_seqs_during)
             eval_curve.append((step, ev["simulated_acceptance_length"]))
             log(f"dflash step {step}: held-out acceptance length {ev['simulated_acceptance_length']:.3f}")
         step += 1
+    dp.check_same_weights(model)
+    if not dp.main:
+        dp.close()
+        return
     capped = sched.time_limited
     if capped:
         log(f"dflash: time budget reached after {step} of {a.steps} steps (LR schedule followed time)")
@@ -355,7 +369,9 @@ def cmd_train(a):
         "train_seconds": round(train_seconds, 1), "final_loss": curve[-1][1] if curve else None,
         "train_curve": curve, "eval_curve": eval_curve, "heldout": ev,
         "stage_seconds": round(time.time() - t_start, 1), "env": env_info(),
+        "processes": dp.world, "batch_total": a.batch * dp.world,
     })
+    dp.close()
 
 
 def default_layers(n_layers):

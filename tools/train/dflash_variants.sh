@@ -12,9 +12,10 @@
 # OUT/curves-NAME. OUT/variants.json lists each variant's arguments and held-out acceptance.
 # --pack DIR: DIR/variants-bundle.tar.gz.part-NN (hf/dflash-*, curves-*, logs, metrics; not the
 # exported target) and DIR/variants.json. --smoke: run_all.sh's toy data sizes (a CPU check).
-# Environment: PYTHON, SEED, XTASK as for run_all.sh.
+# Environment: PYTHON, SEED, XTASK as for run_all.sh; NPROC=N trains each variant data-parallel
+# over N processes (torchrun, one GPU each: give one variant per call the whole machine).
 set -euo pipefail
-[[ $# -ge 5 ]] || { sed -n '2,17p' "$0"; exit 2; }
+[[ $# -ge 5 ]] || { sed -n '2,18p' "$0"; exit 2; }
 OUT=$1; GGUF=$2; TEMPLATE=$3; SECS=$4; shift 4
 PACK=""; VARIANTS=(); SMOKE=()
 while [[ $# -gt 0 ]]; do
@@ -22,7 +23,7 @@ while [[ $# -gt 0 ]]; do
     --pack) PACK=$2; shift ;;
     --smoke) SMOKE=(--smoke) ;;
     *=*) VARIANTS+=("$1") ;;
-    *) sed -n '2,17p' "$0"; exit 2 ;;
+    *) sed -n '2,18p' "$0"; exit 2 ;;
   esac
   shift
 done
@@ -30,6 +31,13 @@ done
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${PYTHON:-python3}
 SEED=${SEED:-1234}
+NPROC=${NPROC:-1}
+LAUNCH=()
+if [[ $NPROC -gt 1 ]]; then
+  # NVLink multicast stays off (the lent machines' rule: it can take a shared host's GPUs down).
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  LAUNCH=(-m torch.distributed.run --standalone --nproc_per_node "$NPROC")
+fi
 
 bash "$HERE/run_all.sh" "$OUT" --target-gguf "$GGUF" --template "$TEMPLATE" --drafters none --deadline 0 \
   "${SMOKE[@]}"
@@ -43,7 +51,7 @@ for v in "${VARIANTS[@]}"; do
   for f in "$OUT"/work/*; do ln -sfn "$f" "$work/$(basename "$f")"; done
   rm -f "$work/metrics_dflash.json"
   # shellcheck disable=SC2086  # the variant's arguments are split on purpose
-  ( cd "$HERE" && $PY dflash.py train --work "$work" --target "$OUT/hf/target" --out "$OUT/hf/dflash-$name" \
+  ( cd "$HERE" && $PY "${LAUNCH[@]}" dflash.py train --work "$work" --target "$OUT/hf/target" --out "$OUT/hf/dflash-$name" \
       --curves "$OUT/curves-$name" --seed "$SEED" --max-seconds "$SECS" $args ) \
       > "$OUT/logs/dflash-$name.log" 2>&1 &
   pids+=($!)
