@@ -13,7 +13,7 @@
 # --pack DIR: DIR/variants-bundle.tar.gz.part-NN (hf/dflash-*, curves-*, logs, metrics; not the
 # exported target) and DIR/variants.json. --smoke: run_all.sh's toy data sizes (a CPU check).
 # Environment: PYTHON, SEED, XTASK as for run_all.sh; NPROC=N trains each variant data-parallel
-# over N processes (torchrun, one GPU each: give one variant per call the whole machine).
+# over N processes (torchrun, one GPU each), variant i on GPUs i*N .. i*N + N - 1.
 set -euo pipefail
 [[ $# -ge 5 ]] || { sed -n '2,18p' "$0"; exit 2; }
 OUT=$1; GGUF=$2; TEMPLATE=$3; SECS=$4; shift 4
@@ -44,14 +44,21 @@ bash "$HERE/run_all.sh" "$OUT" --target-gguf "$GGUF" --template "$TEMPLATE" --dr
 OUT=$(cd "$OUT" && pwd)
 
 pids=()
+i=0
 for v in "${VARIANTS[@]}"; do
   name=${v%%=*}; args=${v#*=}
+  gpus=()
+  if [[ $NPROC -gt 1 ]]; then
+    for ((d = i * NPROC; d < (i + 1) * NPROC; d++)); do gpus+=("$d"); done
+  fi
+  i=$((i + 1))
   work=$OUT/work-$name
   mkdir -p "$work" "$OUT/curves-$name"
   for f in "$OUT"/work/*; do ln -sfn "$f" "$work/$(basename "$f")"; done
   rm -f "$work/metrics_dflash.json"
   # shellcheck disable=SC2086  # the variant's arguments are split on purpose
-  ( cd "$HERE" && $PY "${LAUNCH[@]}" dflash.py train --work "$work" --target "$OUT/hf/target" --out "$OUT/hf/dflash-$name" \
+  ( cd "$HERE" && if [[ ${#gpus[@]} -gt 0 ]]; then export CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${gpus[*]}"); fi
+    $PY "${LAUNCH[@]}" dflash.py train --work "$work" --target "$OUT/hf/target" --out "$OUT/hf/dflash-$name" \
       --curves "$OUT/curves-$name" --seed "$SEED" --max-seconds "$SECS" $args ) \
       > "$OUT/logs/dflash-$name.log" 2>&1 &
   pids+=($!)
