@@ -27,14 +27,14 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("fixtures") => fixtures(),
-        Some("kernels") => compile_kernels(args.iter().any(|a| a == "--verbose")),
+        Some("kernels") => compile_kernels(&args[1..]),
         Some("gpu-test") => gpu_test(),
         Some("synth") => synth::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("accept") => accept::run(&args[1..]),
         Some("gguf-to-hf") => gguf_to_hf(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|fixtures|kernels [--verbose]|gpu-test|bench [--models DIR] [--out DIR]|accept [--device cpu|cuda] [--limit K]|gguf-to-hf GGUF --template DIR --out DIR|synth --model M [--quant Q] [--drafter D] --out DIR>");
+            eprintln!("usage: cargo xtask <ci|fixtures|kernels [--verbose] [--cubin-dir DIR]|gpu-test|bench [--models DIR] [--out DIR]|accept [--device cpu|cuda] [--limit K]|gguf-to-hf GGUF --template DIR --out DIR|synth --model M [--quant Q] [--drafter D] --out DIR>");
             std::process::exit(2);
         }
     }
@@ -141,7 +141,28 @@ fn fixtures() -> Result<()> {
     Ok(())
 }
 
-fn compile_kernels(verbose: bool) -> Result<()> {
+/// `kernels [--verbose] [--cubin-dir DIR]`: compiles every kernel with NVRTC for each
+/// architecture and reports spills (`--verbose`: ptxas's whole log, registers per kernel);
+/// `--cubin-dir` also writes each image as `DIR/<arch>.cubin`, for `nvdisasm` (instruction
+/// counts per kernel with no GPU).
+fn compile_kernels(args: &[String]) -> Result<()> {
+    let mut verbose = false;
+    let mut cubin_dir: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--verbose" => verbose = true,
+            "--cubin-dir" => {
+                cubin_dir = Some(PathBuf::from(
+                    it.next().context("--cubin-dir needs a value")?,
+                ))
+            }
+            other => bail!("kernels: unknown argument {other}"),
+        }
+    }
+    if let Some(dir) = &cubin_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let (major, minor) = kernels::nvrtc::nvrtc_version().map_err(anyhow::Error::msg)?;
     println!("NVRTC {major}.{minor}");
     let source = kernels::source::full_source();
@@ -162,6 +183,11 @@ fn compile_kernels(verbose: bool) -> Result<()> {
             compiled.image.len(),
             spills.len()
         );
+        if let Some(dir) = &cubin_dir {
+            let path = dir.join(format!("{arch}.cubin"));
+            std::fs::write(&path, &compiled.image)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         if verbose {
             println!("{}", compiled.log);
         } else {
