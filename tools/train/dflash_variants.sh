@@ -37,6 +37,11 @@ if [[ $NPROC -gt 1 ]]; then
   # NVLink multicast stays off (the lent machines' rule: it can take a shared host's GPUs down).
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
   LAUNCH=(-m torch.distributed.run --standalone --nproc_per_node "$NPROC")
+  if [[ ${#SMOKE[@]} -eq 0 ]] && command -v nvidia-smi > /dev/null; then
+    have=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
+    need=$((NPROC * ${#VARIANTS[@]}))
+    [[ $have -ge $need ]] || { echo "NPROC=$NPROC x ${#VARIANTS[@]} variants needs $need GPUs, this machine has $have"; exit 2; }
+  fi
 fi
 
 bash "$HERE/run_all.sh" "$OUT" --target-gguf "$GGUF" --template "$TEMPLATE" --drafters none --deadline 0 \
