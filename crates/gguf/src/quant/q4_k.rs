@@ -7,8 +7,14 @@
 //!
 //! Quantization fits each sub-block's (scale, min) by a few rounds of least squares over the
 //! current integer assignment, then quantizes the scales and mins to 6 bits against the block's
-//! largest and re-assigns every weight with the stored values. Every weight ends up within one
-//! step of the coarsest sub-block (`(max − min) / 15` of the 256 weights) of its input.
+//! largest and re-assigns every weight with the stored values. In a block whose largest weight
+//! is ≥ 0 and whose step stays in f16's normal range, every weight ends up within one step of
+//! the coarsest sub-block (`(max − min₀) / 15` of the 256 weights, `min₀ = min(min, 0)`) of its
+//! input: the fit keeps each weight within 3/4 of a step (see `fit_scale_min`) and the 6-bit
+//! scales and mins cost at most (15·max scale + max min) / 126, about 0.24 of it, since no min
+//! exceeds `−min₀`. The format itself cannot keep that bound for blocks of only negative weights
+//! far from zero (every min is then about `|min|`, and its 6-bit and f16 rounding alone can
+//! exceed the block's small range) or for steps that underflow f16.
 
 use super::{f16_at, scale_min_k4};
 

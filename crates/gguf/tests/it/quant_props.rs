@@ -4,7 +4,9 @@
 //! - Q8_0: `|x − x̂| ≤ 0.5625·d` with `d = max|x| / 127` over the 32-weight block (half a step,
 //!   plus the f16 rounding of `d` over up to 127 steps).
 //! - Q4_K: `|x − x̂| ≤ (max − min) / 15` over the 256-weight block, `min` taken ≤ 0 (one step
-//!   of the coarsest possible sub-block: 6-bit scales and mins cost at most a fraction of it).
+//!   of the coarsest possible sub-block: 6-bit scales and mins cost at most a fraction of it),
+//!   for blocks whose largest weight is ≥ 0 (as every block here: the data spans zero) and
+//!   whose step is a normal f16 (the format's limits, `gguf::quant` Q4_K module doc).
 //! - Q6_K: `|x − x̂| ≤ max|x| / 32` over the 256-weight block (one step of the coarsest
 //!   sub-block).
 //! - Q5_0: `|x − x̂| ≤ (1 + 1/128)·d` with `d = max|x| / 16` over the 32-weight block: half a
