@@ -432,15 +432,16 @@ class DataParallel:
     (the time-following LR schedule, when to stop) are taken by rank 0 and broadcast, else the
     processes would drift apart or wait for each other forever."""
 
-    def __init__(self):
+    def __init__(self, force_cpu: bool = False):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         if self.world > 1:
             import torch.distributed as dist
             self.dist = dist
-            if torch.cuda.is_available():
+            gpu = torch.cuda.is_available() and not force_cpu
+            if gpu:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            dist.init_process_group("nccl" if gpu else "gloo")
 
     @property
     def main(self) -> bool:
@@ -484,8 +485,9 @@ class DataParallel:
                 raise SystemExit(f"data parallel: the processes' weights drifted apart ({lo.item()} vs {hi.item()})")
 
     def close(self):
+        """Leaves the process group. No barrier: the other processes may leave while rank 0
+        still evaluates and writes (minutes, past a collective's timeout)."""
         if self.world > 1:
-            self.dist.barrier()
             self.dist.destroy_process_group()
 
 

@@ -254,7 +254,7 @@ def evaluate(model, runner, work, dev, max_seqs=None, chunk=64):
 
 def cmd_train(a):
     t_start = time.time()
-    dp = DataParallel()
+    dp = DataParallel(force_cpu=a.cpu)
     seed_all(a.seed)
     dev, autocast = device_and_autocast(a.cpu)
     target = load_target(a.target, dev)
@@ -273,7 +273,8 @@ def cmd_train(a):
         # arguments.
         from gguf_read import load_dflash_gguf
         model.load_state_dict({k: v.to(dev) for k, v in load_dflash_gguf(a.init_gguf).items()}, strict=True)
-        log(f"dflash: weights from {a.init_gguf}")
+        if dp.main:
+            log(f"dflash: weights from {a.init_gguf}")
     dp.same_weights(model)
     n_params = count_params(model)
     if dp.main:

@@ -13,9 +13,10 @@
 # --pack DIR: DIR/variants-bundle.tar.gz.part-NN (hf/dflash-*, curves-*, logs, metrics; not the
 # exported target) and DIR/variants.json. --smoke: run_all.sh's toy data sizes (a CPU check).
 # Environment: PYTHON, SEED, XTASK as for run_all.sh; NPROC=N trains each variant data-parallel
-# over N processes (torchrun, one GPU each), variant i on GPUs i*N .. i*N + N - 1.
+# over N processes (torchrun, one GPU each), variant i on GPUs i*N .. i*N + N - 1 (of
+# CUDA_VISIBLE_DEVICES' list where that is set).
 set -euo pipefail
-[[ $# -ge 5 ]] || { sed -n '2,18p' "$0"; exit 2; }
+[[ $# -ge 5 ]] || { sed -n '2,17p' "$0"; exit 2; }
 OUT=$1; GGUF=$2; TEMPLATE=$3; SECS=$4; shift 4
 PACK=""; VARIANTS=(); SMOKE=()
 while [[ $# -gt 0 ]]; do
@@ -23,7 +24,7 @@ while [[ $# -gt 0 ]]; do
     --pack) PACK=$2; shift ;;
     --smoke) SMOKE=(--smoke) ;;
     *=*) VARIANTS+=("$1") ;;
-    *) sed -n '2,18p' "$0"; exit 2 ;;
+    *) sed -n '2,17p' "$0"; exit 2 ;;
   esac
   shift
 done
@@ -33,14 +34,23 @@ PY=${PYTHON:-python3}
 SEED=${SEED:-1234}
 NPROC=${NPROC:-1}
 LAUNCH=()
+DEVICES=()
 if [[ $NPROC -gt 1 ]]; then
   # NVLink multicast stays off (the lent machines' rule: it can take a shared host's GPUs down).
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
   LAUNCH=(-m torch.distributed.run --standalone --nproc_per_node "$NPROC")
-  if [[ ${#SMOKE[@]} -eq 0 ]] && command -v nvidia-smi > /dev/null; then
-    have=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
-    need=$((NPROC * ${#VARIANTS[@]}))
-    [[ $have -ge $need ]] || { echo "NPROC=$NPROC x ${#VARIANTS[@]} variants needs $need GPUs, this machine has $have"; exit 2; }
+  # The GPUs to share out: the caller's CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists
+  # (none on a CPU machine: the variants then run their processes there, e.g. with --cpu).
+  if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
+    IFS=, read -r -a DEVICES <<< "$CUDA_VISIBLE_DEVICES"
+  else
+    n_gpus=$( (nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null || true) | wc -l)
+    DEVICES=()
+    for ((d = 0; d < n_gpus; d++)); do DEVICES+=("$d"); done
+  fi
+  need=$((NPROC * ${#VARIANTS[@]}))
+  if [[ ${#DEVICES[@]} -gt 0 && ${#DEVICES[@]} -lt $need ]]; then
+    echo "NPROC=$NPROC x ${#VARIANTS[@]} variants needs $need GPUs, there are ${#DEVICES[@]}"; exit 2
   fi
 fi
 
@@ -53,8 +63,8 @@ i=0
 for v in "${VARIANTS[@]}"; do
   name=${v%%=*}; args=${v#*=}
   gpus=()
-  if [[ $NPROC -gt 1 ]]; then
-    for ((d = i * NPROC; d < (i + 1) * NPROC; d++)); do gpus+=("$d"); done
+  if [[ $NPROC -gt 1 && ${#DEVICES[@]} -gt 0 ]]; then
+    for ((d = i * NPROC; d < (i + 1) * NPROC; d++)); do gpus+=("${DEVICES[$d]}"); done
   fi
   i=$((i + 1))
   work=$OUT/work-$name
@@ -86,6 +96,7 @@ for v in sys.argv[2:]:
     m = json.loads(p.read_text())
     h = m["heldout"]
     rows[name] = {"args": args, "params": m["params"], "steps": m["steps_done"], "time_limited": m["time_limited"],
+                  "processes": m.get("processes", 1), "batch_total": m.get("batch_total", m["config"]["batch"]),
                   "target_layer_ids": m["target_layer_ids"],
                   "acceptance": h["simulated_acceptance_length"],
                   "acceptance_first128": h.get("simulated_acceptance_length_first128"),
