@@ -63,6 +63,7 @@ def check_gguf_read(fixtures: Path) -> dict:
     return {"dflash_gguf_equals_checkpoint": same, "tensors": len(theirs)}
 
 
+@torch.no_grad()
 def check_trained_assistant(hf: Path):
     """Loads a trained OUT/hf/assistant with transformers' own Gemma4AssistantForCausalLM (when the
     installed transformers has it) and compares it with our module on the target's real KV/hidden:
