@@ -103,8 +103,9 @@ pub fn export_target(gguf_path: &Path, template: &Path, out_dir: &Path) -> Resul
         let values = file
             .tensor_f32(info.name())
             .map_err(|e| Error::invalid(gguf_path, e.to_string()))?;
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        w.write_all(&bytes).map_err(io)?;
+        for v in &values {
+            w.write_all(&v.to_le_bytes()).map_err(io)?;
+        }
     }
     w.into_inner()
         .map_err(|e| io(e.into_error()))?
