@@ -113,16 +113,101 @@ __device__ __forceinline__ void prepare_chunk8(uint4* xs, int k, int m, int r, i
     parts[grp * 32 + (w & 3) * 8 + (w >> 2)] = sum8(v0, v1);
 }
 
+// ---- Limbs: products of at most LIMB_MAX_ROWS rows of Q4_K weights (`matmul_q4_k_limb_n*`) take
+// each activation as four int8 limbs, x = 2^e · (L0 + L1·2^-7 + L2·2^-14 + L3·2^-21), with 2^e
+// the power of two of its 256-element group (one per row and Q4_K group) that puts the group's
+// largest |x| below 64: |Lj| ≤ 64, and the error is below 2^-22 of 2^e, under 2^-27 of the
+// group's largest value (2^e is kept at 2^-100 or above, so d·2^e stays a normal float). Multiplied by the Q4_K quants in int8 mma, a group's sums are exact
+// integers, so only the per-group scaling rounds. Their layout follows the Q4_K sums, at byte
+// m·k·4 + m·k/2 of the prepared activations, group by group, so that a lane's reads of every
+// activation tile are one address plus constants:
+//   lsums  f16 [k/256][m][4][4 (lane t)][8]  the sums of limb j over lane t's 8 elements of
+//                                          sub-blocks s = 4h + (0, 2, 1, 3), h = 0, 1 (exact)
+//   limbs  i8  [k/256][m][4][256]          limb j of row r, the group's elements in order
+//   scale  f32 [k/256][m]                  2^e, or NaN for a group holding a NaN or an infinity
+//   then LIMB_PAD_BYTES that the product kernels' reads of rows past the batch may reach (their
+//   outputs are never written).
+// The preparing kernels write them only for batches of at most LIMB_MAX_ROWS rows whose product
+// reads them (their `limbs` argument).
+#define LIMB_MAX_ROWS 16
+#define LIMB_PAD_BYTES 16384
+
+__device__ __forceinline__ u8* limb_base(void* xs, int k, int m) { return (u8*)xs + (i64)m * k * 4 + (i64)m * k / 2; }
+
+// |v| for the group maximum, with NaN and ±inf as +inf (fmaxf would drop a NaN).
+__device__ __forceinline__ float limb_abs(float v) {
+    float a = fabsf(v);
+    return a <= 3.402823466e38f ? a : INFINITY;
+}
+
+// Writes the limbs of activations 8c..8c+7 (v0, v1) of row r: lane t = c % 4 of sub-block
+// s = (c % 32) / 4 of group c / 32. The 32 chunks of a group are the 32 lanes of the calling
+// warp, all of which call it together (the group's maximum is a warp reduction).
+__device__ void prepare_limbs8(uint4* xs, int k, int m, int r, int c, float4 v0, float4 v1) {
+    u8* base = limb_base(xs, k, m);
+    float x[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, limb_abs(x[i]));
+    amax = warp_max(amax);
+    bool bad = !(amax < INFINITY);
+    // e in [-100, 122]: 2^e and 2^(21 - e) are normal floats, and d·2^e stays normal for every
+    // normal f16 d.
+    int e = -100;
+    if (!bad && amax > 0.0f) {
+        int E;
+        frexpf(amax, &E);
+        e = max(E - 6, -100);
+    }
+    float f = __int_as_float((127 + 21 - e) << 23);  // 2^(21 - e): |x|·f < 2^27, exact
+    u32 words[4][2] = {{0u, 0u}, {0u, 0u}, {0u, 0u}, {0u, 0u}};
+    int sums[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        // U = round(x·2^(21 - e)) = ((L0·128 + L1)·128 + L2)·128 + L3, balanced base-128 digits.
+        int u = bad ? 0 : __float2int_rn(x[i] * f);
+        int l[4];
+#pragma unroll
+        for (int j = 3; j > 0; --j) {
+            int t = u + 64;
+            l[j] = (t & 127) - 64;
+            u = t >> 7;
+        }
+        l[0] = u;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            sums[j] += l[j];
+            words[j][i >> 2] |= ((u32)l[j] & 0xffu) << (8 * (i & 3));
+        }
+    }
+    int grp = c / 32, w = c % 32, s = w >> 2, t = w & 3;
+    int slot = 4 * (s >> 2) + ((s & 1) << 1) + ((s >> 1) & 1);  // s & 3 = 0, 2, 1, 3 → 0, 1, 2, 3
+    i64 lrow = ((i64)grp * m + r) * 4;                           // limb 0's row in the group
+    u16* lsums = (u16*)base;
+    u8* limbs = base + (i64)m * k;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        *(uint2*)(limbs + (lrow + j) * 256 + 8 * w) = make_uint2(words[j][0], words[j][1]);
+        lsums[(lrow + j) * 32 + 8 * t + slot] = f2h((float)sums[j]);
+    }
+    if (w == 0)
+        ((float*)(base + (i64)m * k * 5))[(i64)grp * m + r] =
+            bad ? __int_as_float(0x7fc00000) : __int_as_float((127 + e) << 23);
+}
+
 // Splits m rows of k activations (k a multiple of 256; rows x_stride apart from x_off, 16-byte
-// aligned) into the prepared layout above, one thread per 8 activations.
-extern "C" __global__ void mmv_prepare_x(const float* x, i64 x_off, i64 x_stride, int k, int m, uint4* xs) {
+// aligned) into the prepared layout above, and with `limbs` (m ≤ LIMB_MAX_ROWS) the limbs: grid
+// (⌈k / 8·blockDim.x⌉, m), one thread per 8 activations (a warp per group; k / 8 is a multiple
+// of 32, so a warp is all in or all out).
+extern "C" __global__ void mmv_prepare_x(const float* x, i64 x_off, i64 x_stride, int k, int m, uint4* xs,
+                                         int limbs) {
     pdl_entry();
-    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    int per_row = k / 8;
-    if (i >= (i64)m * per_row) return;
-    int r = (int)(i / per_row), c = (int)(i % per_row);
+    int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= k / 8) return;
     const float* p = x + x_off + (i64)r * x_stride + 8 * c;
-    prepare_chunk8(xs, k, m, r, c, *(const float4*)p, *(const float4*)(p + 4));
+    float4 v0 = *(const float4*)p, v1 = *(const float4*)(p + 4);
+    prepare_chunk8(xs, k, m, r, c, v0, v1);
+    if (limbs) prepare_limbs8(xs, k, m, r, c, v0, v1);
 }
 
 // (v & mask) | magic in one LOP3 (the compiler otherwise spends two on two immediates).
@@ -381,6 +466,297 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float
         }
     }
 }
+
+// ---- Q4_K × limbs (see prepare_limbs8): products of at most LIMB_MAX_ROWS prepared rows. A
+// block's warps own 16-row weight tiles as in the `_mma_` kernels (kw warps split a row's groups,
+// long rows also over gridDim.z blocks); an 8-column activation tile holds two activation rows ×
+// four limbs (column g: row 2·nt + g / 4, limb g % 4). Per sub-block s one int8 mma multiplies
+// the raw quants (u8, low or high nibbles masked in place: no conversion) by the limbs (s8): an
+// exact integer, scaled by the 6-bit sub-block scale in integer arithmetic; the mins enter
+// through one f16 mma per half group on the limbs' exact lane sums. So each group's two sums are
+// exact integers (|Σ sc·q·L| ≤ 8·63·32·15·64 < 2^24, |Σ m·ΣL| < 2^20), and the only roundings are
+// d·P and dmin·M per group in f32, the f32 sum over groups and warps, and the limbs' combination.
+// No arithmetic depends on which activation tile or batch a row is in: every row of every batch
+// up to 16 gets the same bits.
+
+// c = A·B for int8 A (u8, 16 × 32) and B (s8, 32 × 8), s32 accumulation from zero.
+__device__ __forceinline__ void imma_16832(int (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%10,%10,%10};\n"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
+}
+
+// c += A·B, as imma_16832.
+__device__ __forceinline__ void imma_16832_acc(int (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Lane (g, t)'s view of the limbs. Its B column in tile nt is row m0 + 2·nt + g / 4 of the batch,
+// limb g % 4; its output columns 2t, 2t + 1 are row m0 + 2·nt + t / 2. Rows past the batch are
+// read too (inside the layout and its padding; their columns are never written).
+struct LimbLane {
+    const u8* lim;       // tile 0's limb row, at the lane's 8 elements (8t) of group 0
+    const u8* sums;      // its lane sums, at lane t's 8 of group 0
+    const float* scale;  // the group scale of tile 0's output row in group 0
+    int m;               // batch rows: a group's limb rows are 4m apart
+
+    // Tile 0's in group grp; tile nt is 2048 (limbs), 512 (sums) bytes or 2 floats further.
+    __device__ __forceinline__ const u8* limbs(int grp) const { return lim + (i64)grp * m * 1024; }
+    __device__ __forceinline__ const u8* lane_sums(int grp) const { return sums + (i64)grp * m * 256; }
+    __device__ __forceinline__ const float* group_scale(int grp) const { return scale + grp * m; }
+};
+
+__device__ __forceinline__ LimbLane limb_lane(const void* xs, int k, int m, int m0) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const u8* base = limb_base((void*)xs, k, m);
+    int lrow = (m0 + (g >> 2)) * 4 + (g & 3);
+    LimbLane L;
+    L.sums = base + lrow * 64 + 16 * t;
+    L.lim = base + (i64)m * k + lrow * 256 + 8 * t;
+    L.scale = (const float*)(base + (i64)m * k * 5) + m0 + (t >> 1);
+    L.m = m;
+    return L;
+}
+
+// Eight activation tiles keep their running sums in shared memory (see q4k_limb_group).
+#define LIMB_ACC_SMEM(NT) ((NT) >= 8)
+
+template <int NT>
+__device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane& L, float (&acc)[NT][4], float4* accs,
+                                               int grp) {
+    u32 sc[2][2], mn[2][2];  // [row g / g + 8][sub-blocks 0..3 / 4..7]
+#pragma unroll
+    for (int r = 0; r < 2; ++r) q4k_unpack(T.s[r], sc[r], mn[r]);
+    float d0 = h2f((u16)(T.dd[0] & 0xffff)), dm0 = h2f((u16)(T.dd[0] >> 16));
+    float d1 = h2f((u16)(T.dd[1] & 0xffff)), dm1 = h2f((u16)(T.dd[1] >> 16));
+    u32 ma[2][4];  // the mins' A fragments, halves h = 0, 1 (as in q4k_group)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        ma[h][0] = bytes_h2(mn[0][h], 0, 2);
+        ma[h][1] = bytes_h2(mn[1][h], 0, 2);
+        ma[h][2] = bytes_h2(mn[0][h], 1, 3);
+        ma[h][3] = bytes_h2(mn[1][h], 1, 3);
+    }
+    // Sub-block s's quants: the low (s even) or high (s odd) nibbles of run s / 2, masked in
+    // place; lane t's words hold its elements 8t..8t+3 (.x) and 8t+4..8t+7 (.y), the limbs'
+    // order.
+    auto quants = [&](int s, int r, u32(&a)[2]) {
+        uint2 q = T.q[r][s >> 1];
+        a[0] = ((s & 1) ? q.x >> 4 : q.x) & 0x0F0F0F0Fu;
+        a[1] = ((s & 1) ? q.y >> 4 : q.y) & 0x0F0F0F0Fu;
+    };
+    // Tile nt's group sum P = Σ_s sc_s · (quants · limbs of sub-block s), exact. Up to two tiles
+    // (decode, short verify batches): one mma per sub-block and tile, its result times sc_s.
+    // More tiles: sc_s = 16·hi + lo splits the scale into the A operands (lo·q ≤ 225, hi·q ≤ 45,
+    // one multiply per 4 packed quants), two mma per sub-block and tile accumulate the whole
+    // group, and P = Σ lo·q·L + 16·Σ hi·q·L. The same integer either way, so the same bits.
+    constexpr bool SPLIT = NT >= 4;
+    const u8* lim = L.limbs(grp);
+    int P[NT][4];
+    if (!SPLIT) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) P[nt][0] = P[nt][1] = P[nt][2] = P[nt][3] = 0;
+        // Every limb word of the group first, so their loads are in flight together.
+        uint2 bb[SPLIT ? 1 : NT][8];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int s = 0; s < 8; ++s) bb[SPLIT ? 0 : nt][s] = *(const uint2*)(lim + nt * 2048 + 32 * s);
+#pragma unroll
+        for (int s = 0; s < 8; ++s) {
+            u32 a[2][2];
+            int sv[2];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                quants(s, r, a[r]);
+                sv[r] = (int)__byte_perm(sc[r][s >> 2], 0u, 0x4440u | (s & 3));
+            }
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                uint2 b = bb[SPLIT ? 0 : nt][s];
+                int c[4];
+                imma_16832(c, a[0][0], a[1][0], a[0][1], a[1][1], b.x, b.y);
+                P[nt][0] += sv[0] * c[0];
+                P[nt][1] += sv[0] * c[1];
+                P[nt][2] += sv[1] * c[2];
+                P[nt][3] += sv[1] * c[3];
+            }
+        }
+    } else {
+        int chi[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) P[nt][e] = chi[nt][e] = 0;
+        u32 lo[2][2], hi[2][2];  // [row][sub-blocks 0..3 / 4..7], packed bytes
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                lo[r][h] = sc[r][h] & 0x0F0F0F0Fu;
+                hi[r][h] = (sc[r][h] >> 4) & 0x03030303u;
+            }
+        // Sub-block s + 1's limb words load while s is multiplied.
+        uint2 bn[NT];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) bn[nt] = *(const uint2*)(lim + nt * 2048);
+#pragma unroll
+        for (int s = 0; s < 8; ++s) {
+            uint2 bc[NT];
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                bc[nt] = bn[nt];
+                if (s < 7) bn[nt] = *(const uint2*)(lim + nt * 2048 + 32 * (s + 1));
+            }
+            u32 al[2][2], ah[2][2];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                u32 a[2];
+                quants(s, r, a);
+                u32 l = __byte_perm(lo[r][s >> 2], 0u, 0x4440u | (s & 3));
+                u32 h = __byte_perm(hi[r][s >> 2], 0u, 0x4440u | (s & 3));
+                al[r][0] = a[0] * l;
+                al[r][1] = a[1] * l;
+                ah[r][0] = a[0] * h;
+                ah[r][1] = a[1] * h;
+            }
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                uint2 b = bc[nt];
+                imma_16832_acc(P[nt], al[0][0], al[1][0], al[0][1], al[1][1], b.x, b.y);
+                imma_16832_acc(chi[nt], ah[0][0], ah[1][0], ah[0][1], ah[1][1], b.x, b.y);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) P[nt][e] += 16 * chi[nt][e];
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const int* p = P[nt];
+        // Mins: k = (sub-block, lane) as in q4k_group, B = the lane sums of the column's limb.
+        uint4 ls = *(const uint4*)(L.lane_sums(grp) + nt * 512);
+        float tmn[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        mma_16816(tmn, ma[0][0], ma[0][1], ma[0][2], ma[0][3], ls.x, ls.y);
+        mma_16816(tmn, ma[1][0], ma[1][1], ma[1][2], ma[1][3], ls.z, ls.w);
+        // The group's activation scale 2^e: exact in the products with d and dmin.
+        float gs = L.group_scale(grp)[2 * nt];
+        float ds0 = __fmul_rn(d0, gs), ds1 = __fmul_rn(d1, gs), dms0 = __fmul_rn(dm0, gs), dms1 = __fmul_rn(dm1, gs);
+        // Eight tiles keep their running sums in shared memory (accs, the lane's float4 per
+        // tile): in registers they would spill beside the 64 of the group's integer sums.
+        float a4[4];
+        if (LIMB_ACC_SMEM(NT)) {
+            float4 v = accs[nt * 32];
+            a4[0] = v.x, a4[1] = v.y, a4[2] = v.z, a4[3] = v.w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) a4[e] = acc[nt][e];
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            float d = e < 2 ? ds0 : ds1, dm = e < 2 ? dms0 : dms1;
+            a4[e] = __fmaf_rn(d, (float)p[e], __fmaf_rn(-dm, tmn[e], a4[e]));
+        }
+        if (LIMB_ACC_SMEM(NT)) {
+            accs[nt * 32] = make_float4(a4[0], a4[1], a4[2], a4[3]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nt][e] = a4[e];
+        }
+    }
+}
+
+// One block of matmul_q4_k_limb_n<NT>: MMV_WARPS / kw warp rows of 16 weight rows × 2·NT
+// activation rows; the kw warps of a warp row split the groups (warp j takes j, j + kw, ...,
+// offset by kw·blockIdx.z over gridDim.z partial planes). Each warp combines its four limb
+// columns per output (lanes 2i and 2i + 1 hold limbs 0, 1 and 2, 3), then the kw warps' values
+// are added in warp order (the groups' activation scales are applied per group).
+template <int NT>
+__device__ void q4k_limb_body(const u8* w, const void* xs, float* y, int k, int n, int m, int kw) {
+    __shared__ float red[MMV_WARPS][NT][2][16];  // [warp][tile][row of the tile][weight row]
+    __shared__ float4 acc_smem[LIMB_ACC_SMEM(NT) ? MMV_WARPS : 1][LIMB_ACC_SMEM(NT) ? NT : 1][32];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3, g = lane >> 2;
+    int warp_rows = MMV_WARPS / kw, wr = warp / kw, wk = warp % kw;
+    int row0 = (blockIdx.y * warp_rows + wr) * 16, m0 = blockIdx.x * NT * 2;
+    int n_groups = k / 256;
+    int first = wk + kw * (int)blockIdx.z, stride = kw * (int)gridDim.z;
+    y += (i64)blockIdx.z * m * n;
+    float acc[NT][4];
+    float4* accs = &acc_smem[LIMB_ACC_SMEM(NT) ? warp : 0][0][lane];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+        if (LIMB_ACC_SMEM(NT)) accs[nt * 32] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    if (row0 < n && first < n_groups) {
+        LimbLane L = limb_lane(xs, k, m, m0);
+        int ra = row0 + g < n ? row0 + g : n - 1, rb = row0 + g + 8 < n ? row0 + g + 8 : n - 1;
+        if (NT == 1) {
+            // The next group's weights load while the current one is multiplied.
+            Q4KTile a, b;
+            q4k_load(a, w, ra, rb, n_groups, first, t);
+            for (int grp = first; grp < n_groups; grp += 2 * stride) {
+                int g1 = grp + stride, g2 = g1 + stride;
+                if (g1 < n_groups) q4k_load(b, w, ra, rb, n_groups, g1, t);
+                q4k_limb_group<NT>(a, L, acc, accs, grp);
+                if (g1 >= n_groups) break;
+                if (g2 < n_groups) q4k_load(a, w, ra, rb, n_groups, g2, t);
+                q4k_limb_group<NT>(b, L, acc, accs, g1);
+            }
+        } else {
+            Q4KTile cur;
+            for (int grp = first; grp < n_groups; grp += stride) {
+                q4k_load(cur, w, ra, rb, n_groups, grp, t);
+                q4k_limb_group<NT>(cur, L, acc, accs, grp);
+            }
+        }
+    }
+    if (LIMB_ACC_SMEM(NT)) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            float4 v = accs[nt * 32];
+            acc[nt][0] = v.x, acc[nt][1] = v.y, acc[nt][2] = v.z, acc[nt][3] = v.w;
+        }
+    }
+    // Lane (g, t) holds columns 2t, 2t + 1: activation row t / 2 of the tile, limbs 0, 1 (t
+    // even) or 2, 3 (t odd), for weight rows g (e = 0, 1) and g + 8 (e = 2, 3).
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float c0 = acc[nt][2 * half], c1 = acc[nt][2 * half + 1];
+            float v = (t & 1) ? __fmaf_rn(c1, 0x1p-21f, __fmul_rn(c0, 0x1p-14f)) : __fmaf_rn(c1, 0x1p-7f, c0);
+            float o = __shfl_xor_sync(0xffffffffu, v, 1);
+            if (!(t & 1)) red[warp][nt][t >> 1][g + 8 * half] = __fadd_rn(v, o);
+        }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < warp_rows * 32 * NT; idx += blockDim.x) {
+        int r = idx / (32 * NT), tl = (idx / 16) % (2 * NT), R = idx % 16;
+        float s = 0.0f;
+        for (int v = 0; v < kw; ++v) s = __fadd_rn(s, red[r * kw + v][tl >> 1][tl & 1][R]);
+        int row = (blockIdx.y * warp_rows + r) * 16 + R, tok = m0 + tl;
+        if (row < n && tok < m) y[(i64)tok * n + row] = s;
+    }
+}
+
+// matmul_q4_k_limb_n<NT>: Q4_K weights × prepared limbs of m ≤ LIMB_MAX_ROWS rows; blocks of
+// MMV_WARPS warps, grid (⌈m / 2·NT⌉, ⌈n / (16·MMV_WARPS / kw)⌉, splits); with splits > 1, y holds
+// `splits` planes of m·n partial sums.
+#define Q4K_LIMB_KERNEL(NT)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 2)                                          \
+        matmul_q4_k_limb_n##NT(const u8* w, const void* x, float* y, int k, int n, int m, int kw) {         \
+        pdl_entry();                                                                                         \
+        q4k_limb_body<NT>(w, x, y, k, n, m, kw);                                                             \
+    }
+Q4K_LIMB_KERNEL(1)
+Q4K_LIMB_KERNEL(2)
+Q4K_LIMB_KERNEL(4)
+Q4K_LIMB_KERNEL(8)
 
 // A 32-bit word at p: one load where p is 4-byte aligned, else two 2-byte loads.
 __device__ __forceinline__ u32 load_u32_a(const u8* p, bool aligned) {

@@ -166,6 +166,18 @@ __device__ __forceinline__ void rn_epilogue(const float* row, float* orow, i64 r
     }
 }
 
+// The prepared layout of a row held in registers (chunk c = threadIdx.x + j·blockDim.x in v[j],
+// nc chunks, a multiple of 32) and, with `limbs`, its limbs (a warp's chunks are one group).
+__device__ void rn_prepare_regs(uint4* xs, int n, int m, int r, int nc, const float4 (&v)[RN_CHUNKS][2], bool limbs) {
+#pragma unroll
+    for (int j = 0; j < RN_CHUNKS; ++j) {
+        int c = threadIdx.x + j * blockDim.x;
+        if (c >= nc) continue;
+        prepare_chunk8(xs, n, m, r, c, v[j][0], v[j][1]);
+        if (limbs) prepare_limbs8(xs, n, m, r, c, v[j][0], v[j][1]);
+    }
+}
+
 // RMSNorm of each row into out, times w if w_dt >= 0; with xs also in the prepared layout. The
 // fused launches of `fuse_plan`, each with the separate kernels'
 // arithmetic in their order (the same bits):
@@ -177,13 +189,14 @@ __device__ __forceinline__ void rn_epilogue(const float* row, float* orow, i64 r
 // - pos (rows of n ≤ RN_ROPE_MAX, n_heads rows per token): the normed row is rotated (rope_f32
 //   with n_rot, theta, ff) before it is written: a head's q/k norm and its RoPE;
 // - dst: the rows go to a K or V cache (write_rows with dst_off, dst_rows, slots, err) instead
-//   of out.
+//   of out;
+// - limbs: xs also gets the limbs of `prepare_limbs8` (a Q4_K limb product reads them).
 extern "C" __global__ void __launch_bounds__(1024)
     rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n, float eps, uint4* xs,
                  const float* res, const void* scale, int scale_dt, int planes, i64 plane_stride, float* out2,
                  const void* w2, int w2_dt, float eps2, const int* pos,
                  const float* ff, int n_heads, int n_rot, float theta, void* dst, int dst_dt, i64 dst_off,
-                 int dst_rows, const int* slots, int* err) {
+                 int dst_rows, const int* slots, int* err, int limbs) {
     pdl_entry();
     __shared__ __align__(16) float rowbuf[RN_ROPE_MAX];
     bool rope = pos != nullptr;
@@ -239,17 +252,16 @@ extern "C" __global__ void __launch_bounds__(1024)
                 }
                 ((float4*)orow)[2 * c] = o0;
                 ((float4*)orow)[2 * c + 1] = o1;
-                if (out2) {
-                    v[j][0] = o0;
-                    v[j][1] = o1;
-                } else if (xs) {
-                    prepare_chunk8(xs, n, gridDim.x, (int)r, c, o0, o1);
-                }
+                v[j][0] = o0;
+                v[j][1] = o1;
             }
         }
         if (staged) rn_epilogue(rowbuf, orow, r, n, rope, n_heads, n_rot, theta, pos, ff, dst, dst_dt, dst_off, dst_rows,
                                 slots, err);
-        if (!out2) return;
+        if (!out2) {
+            if (xs && !staged) rn_prepare_regs(xs, n, gridDim.x, (int)r, nc, v, limbs);
+            return;
+        }
         // The next norm of the row just written (its sum over the same chunks in the same order
         // as its own launch would take them), with the prepared layout at xs.
         float s2 = 0.0f;
@@ -268,9 +280,11 @@ extern "C" __global__ void __launch_bounds__(1024)
                 float4 z1 = rn_scale4(v[j][1], inv2, w2_dt >= 0 ? rn_weight4(w2, w2_dt, 8 * c + 4) : one);
                 ((float4*)orow2)[2 * c] = z0;
                 ((float4*)orow2)[2 * c + 1] = z1;
-                if (xs) prepare_chunk8(xs, n, gridDim.x, (int)r, c, z0, z1);
+                v[j][0] = z0;
+                v[j][1] = z1;
             }
         }
+        if (xs) rn_prepare_regs(xs, n, gridDim.x, (int)r, nc, v, limbs);
         return;
     }
     float s = 0.0f;
@@ -327,7 +341,9 @@ extern "C" __global__ void __launch_bounds__(1024)
     if (!xs) return;
     for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
         const float* o = orow + 8 * c;
-        prepare_chunk8(xs, n, gridDim.x, (int)r, c, *(const float4*)o, *(const float4*)(o + 4));
+        float4 o0 = *(const float4*)o, o1 = *(const float4*)(o + 4);
+        prepare_chunk8(xs, n, gridDim.x, (int)r, c, o0, o1);
+        if (limbs) prepare_limbs8(xs, n, gridDim.x, (int)r, c, o0, o1);
     }
 }
 

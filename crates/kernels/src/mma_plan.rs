@@ -38,6 +38,10 @@ pub(crate) struct MmaConfig {
     /// Bytes of the GEMM route's f16 weight scratch ([`source::GEMM_WEIGHT_SCRATCH_BYTES`];
     /// tests make it small to run several row tiles).
     pub gemm_weight_bytes: usize,
+    /// Prepared Q4_K products of at most [`source::LIMB_MAX_ROWS`] rows take the exact-integer
+    /// `matmul_q4_k_limb_n*` kernels instead of the `_mma_` ones (`SPECULA_Q4K_LIMBS=1`; off by
+    /// default: faster at 1–2 rows, slower from 5, bench/NOTES.md).
+    pub q4k_limbs: bool,
 }
 
 impl Default for MmaConfig {
@@ -53,6 +57,7 @@ impl Default for MmaConfig {
             force_prepare: None,
             gemm: true,
             gemm_weight_bytes: source::GEMM_WEIGHT_SCRATCH_BYTES,
+            q4k_limbs: false,
         }
     }
 }
@@ -78,6 +83,9 @@ pub(crate) struct MmaInput {
     /// Whether the product prepares its activations when they are not there already
     /// (`source::mma_prepares`, or the override).
     pub prepared: bool,
+    /// Whether the product takes the `matmul_q4_k_limb_n*` kernels when it reads prepared
+    /// activations (Q4_K weights, at most [`source::LIMB_MAX_ROWS`] rows, `q4k_limbs` on).
+    pub limbs: bool,
 }
 
 impl MmaInput {
@@ -87,9 +95,17 @@ impl MmaInput {
             == (other.x, other.offset, other.stride, other.k, other.m)
     }
 
-    /// Bytes of the prepared layout: 4 per activation (hi and lo f16) and 4 per 8 (Q4_K sums).
+    /// Bytes of the prepared layout: 4 per activation (hi and lo f16) and 4 per 8 (Q4_K sums);
+    /// batches of at most [`source::LIMB_MAX_ROWS`] rows room for 4 limbs and their lane sums (5
+    /// per activation), one f32 scale per row and group (written where a limb product reads
+    /// them, [`MmaPlan::limb_writers`]) and [`source::LIMB_PAD_BYTES`] of padding.
     pub fn prepared_bytes(&self) -> usize {
-        self.m * self.k * 4 + self.m * self.k / 2
+        let limbs = if self.m <= source::LIMB_MAX_ROWS {
+            self.m * self.k * 5 + self.m * self.k / 256 * 4 + source::LIMB_PAD_BYTES
+        } else {
+            0
+        };
+        self.m * self.k * 4 + self.m * self.k / 2 + limbs
     }
 }
 
@@ -190,6 +206,7 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
         prepared: cfg
             .force_prepare
             .unwrap_or_else(|| source::mma_prepares(k, n)),
+        limbs: cfg.q4k_limbs && w.dtype == DType::Q4_K && m <= source::LIMB_MAX_ROWS,
     })
 }
 
@@ -236,6 +253,9 @@ pub(crate) struct MmaPlan {
     pub ready: HashSet<usize>,
     /// RMSNorm nodes that also write their output in the prepared layout.
     pub norms: HashSet<usize>,
+    /// The preparing nodes (norms of `norms`, or preparing products) whose prepared layout
+    /// also holds the limbs, because a product with [`MmaInput::limbs`] reads it.
+    pub limb_writers: HashSet<usize>,
     /// Bytes of the prepared-activation scratch (the largest prepared input).
     pub scratch_bytes: usize,
     /// f32 elements of the split-K partial sums (the largest split product).
@@ -264,6 +284,8 @@ pub(crate) struct MmaPlan {
 pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
     let mut p = MmaPlan::default();
     let mut last: Option<MmaInput> = None;
+    // The node that writes the scratch's current prepared input (a norm or a product).
+    let mut writer: Option<usize> = None;
     let mut last_reader: Option<usize> = None;
     let mut last_gemm: Option<GemmInput> = None;
     for (i, node) in graph.nodes().iter().enumerate() {
@@ -298,14 +320,21 @@ pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
         } else if mi.prepared {
             p.scratch_bytes = p.scratch_bytes.max(mi.prepared_bytes());
             p.reads.insert(i);
+            writer = Some(i);
             if let Some(j) = fusable_norm(graph, &mi) {
                 if last_reader.is_none_or(|r| r < j) {
                     p.norms.insert(j);
                     p.ready.insert(i);
+                    writer = Some(j);
                 }
             }
             last = Some(mi);
             last_reader = Some(i);
+        } else {
+            continue;
+        }
+        if mi.limbs {
+            p.limb_writers.extend(writer);
         }
     }
     p
@@ -338,14 +367,26 @@ mod tests {
         let k = g.matmul(wk, h).unwrap();
         let v = g.matmul(wv, h).unwrap();
         let graph = g.finish(&[q, k, v]).unwrap();
-        let p = plan(&cfg(None), &graph);
+        let limbs = MmaConfig {
+            q4k_limbs: true,
+            ..cfg(None)
+        };
+        let p = plan(&limbs, &graph);
         assert_eq!(p.products.len(), 3);
         let (hi, qi, ki, vi) = (h.index(), q.index(), k.index(), v.index());
         assert!(source::mma_prepares(4096, 8192) && !source::mma_prepares(4096, 1024));
         assert_eq!(p.norms, HashSet::from([hi]));
         assert_eq!(p.reads, HashSet::from([qi, ki, vi]));
         assert_eq!(p.ready, HashSet::from([qi, ki, vi]));
-        assert_eq!(p.scratch_bytes, 4096 * 4 + 4096 / 2);
+        // Halves and Q4_K sums, then (one row ≤ LIMB_MAX_ROWS) the limbs, lane sums and scales.
+        assert_eq!(
+            p.scratch_bytes,
+            4096 * 4 + 4096 / 2 + 4096 * 5 + 4096 / 256 * 4 + source::LIMB_PAD_BYTES
+        );
+        assert!(p.products[&qi].limbs && !p.products[&ki].limbs);
+        // q (Q4_K) reads limbs, so the norm writes them.
+        assert_eq!(p.limb_writers, HashSet::from([hi]));
+        assert!(plan(&cfg(None), &graph).limb_writers.is_empty());
         // Forced in place: nothing prepares, nothing reads the scratch.
         let p = plan(&cfg(Some(false)), &graph);
         assert!(p.reads.is_empty() && p.norms.is_empty() && p.scratch_bytes == 0);

@@ -104,6 +104,26 @@ pub fn mma_tile(m: usize, n: usize, dtype: gguf::GgmlType) -> (usize, usize) {
     }
 }
 
+/// Most activation rows of a prepared batch that also gets int8 limbs (`LIMB_MAX_ROWS` in
+/// `matvec_mma.cu`), and so of a Q4_K product on the exact-integer `matmul_q4_k_limb_n*` kernels.
+pub const LIMB_MAX_ROWS: usize = 16;
+
+/// Bytes after the limbs' layout that the `matmul_q4_k_limb_n*` kernels' reads of rows past the
+/// batch may reach (`LIMB_PAD_BYTES` in `matvec_mma.cu`; those columns are never written): up to
+/// 2·[`limb_tile`]`(m)` − m ≤ 7 rows of 4 limbs × 256 bytes past the last group.
+pub const LIMB_PAD_BYTES: usize = 16384;
+
+/// Activation tiles (two rows of four limbs each) of the `matmul_q4_k_limb_n*` kernels.
+pub const LIMB_TILES: &[usize] = &[1, 2, 4, 8];
+
+/// The `matmul_q4_k_limb_n<NT>` kernel for `m` rows (1 ≤ m ≤ [`LIMB_MAX_ROWS`]): the fewest
+/// activation tiles of two rows that hold them all, so one block column covers the batch. No
+/// tile changes a row's bits (the sums are exact integers).
+pub fn limb_tile(m: usize) -> usize {
+    let nt = m.div_ceil(2).next_power_of_two();
+    nt.min(LIMB_MAX_ROWS / 2)
+}
+
 /// Extra `(MT, NT)` tiles of the `_mma_` kernels for products of more than 16 activation rows
 /// (prefill chunks): more activation tiles per warp unpack each weight fragment once for more
 /// rows. Their Q4_K kernels add into one accumulator chain instead of four (another order than
@@ -234,6 +254,9 @@ pub fn all_kernel_names() -> Vec<String> {
             names.push(format!("matmul_{suffix}_mma_m{mt}n{nt}_x"));
         }
     }
+    for nt in LIMB_TILES {
+        names.push(format!("matmul_q4_k_limb_n{nt}"));
+    }
     for rows in MATMUL_ROW_TILES {
         names.push(format!("matmul_q4_k_fast_r{rows}"));
         names.push(format!("matmul_q6_k_fast_r{rows}"));
@@ -258,6 +281,25 @@ mod tests {
         assert_eq!(mma_tile(16, 5376, T::Q6_K), (2, 2));
         assert_eq!(mma_tile(16, 262_144, T::Q6_K), (1, 2));
         assert_eq!(mma_tile(16, 1024, T::Q8_0), (1, 2));
+    }
+
+    /// One block column of limb tiles covers every batch up to LIMB_MAX_ROWS, each tile one the
+    /// module defines; the kernels' row limit is the host's.
+    #[test]
+    fn limb_tiles_cover_every_batch() {
+        for m in 1..=LIMB_MAX_ROWS {
+            let nt = limb_tile(m);
+            assert!(LIMB_TILES.contains(&nt), "m {m}: tile {nt}");
+            assert!(
+                2 * nt >= m && (nt == 1 || 2 * (nt / 2) < m),
+                "m {m}: tile {nt}"
+            );
+        }
+        assert!(MATVEC_MMA.contains(&format!("#define LIMB_MAX_ROWS {LIMB_MAX_ROWS}\n")));
+        assert!(MATVEC_MMA.contains(&format!("#define LIMB_PAD_BYTES {LIMB_PAD_BYTES}\n")));
+        // Rows read past a batch: the tiles' 2·NT less m, 4 limb rows of 256 bytes each.
+        let past = (1..=LIMB_MAX_ROWS).map(|m| 2 * limb_tile(m) - m).max();
+        assert!(past.is_some_and(|p| p * 4 * 256 <= LIMB_PAD_BYTES));
     }
 
     /// The host's argmax chunk and block size are the kernels' ones.

@@ -17,6 +17,10 @@ impl CudaBackend {
         let mut a = self.norm_args(exec, norm, out, xs, tail)?;
         a.ptr(0).ptr(0).i32(0).i32(0).f32(0.0);
         self.cache_write_args(exec, None, &mut a)?;
+        // The prepared layout is the output's, or the next norm's for a tail that does it.
+        let prepared = tail.and_then(|t| t.next).unwrap_or(norm);
+        let limbs = xs != 0 && exec.mma.limb_writers.contains(&prepared.index());
+        a.i32(i32::from(limbs));
         self.launch_norm_args(exec, norm, &mut a)
     }
 
@@ -74,6 +78,7 @@ impl CudaBackend {
             .i32(p.n_rot as i32)
             .f32(p.theta);
         self.cache_write_args(exec, write, &mut a)?;
+        a.i32(0);
         self.launch_norm_args(exec, norm, &mut a)
     }
 

@@ -205,6 +205,9 @@ pub struct CudaBackend {
     /// place (`Some(false)`) instead of `source::mma_prepares` (tests and A/B runs;
     /// `SPECULA_MMA_PREPARE=0|1`).
     mma_prepare: Option<bool>,
+    /// Prepared Q4_K products of at most `source::LIMB_MAX_ROWS` rows take the exact-integer
+    /// `matmul_q4_k_limb_n*` kernels (`SPECULA_Q4K_LIMBS=1`; off by default, see `MmaConfig`).
+    q4k_limbs: bool,
     /// Kernels launch with programmatic stream serialization (sm_90 and later, unless
     /// `SPECULA_PDL=0`): each one's launch overlaps the tail of the kernel before it, which every
     /// kernel waits for on entry (`pdl_entry` in common.cuh) before touching memory.
@@ -340,6 +343,7 @@ impl CudaBackend {
                 Ok("1") => Some(true),
                 _ => None,
             },
+            q4k_limbs: std::env::var("SPECULA_Q4K_LIMBS").is_ok_and(|v| v == "1"),
             fusion: std::env::var("SPECULA_FUSE").map_or(true, |v| v != "0"),
             cublas,
             gemm_route,
@@ -390,6 +394,14 @@ impl CudaBackend {
     /// size rule. The results are the same bits either way (tested).
     pub fn set_mma_prepare(&mut self, mode: Option<bool>) {
         self.mma_prepare = mode;
+    }
+
+    /// Whether prepared Q4_K products of at most `source::LIMB_MAX_ROWS` rows in graphs loaded
+    /// from now on take the exact-integer `matmul_q4_k_limb_n*` kernels or the `_mma_` ones
+    /// (split-f16 activations; the default). The two differ in the last bits, each within ~1e-6
+    /// of the f32 products; either keeps every row's bits whatever its batch.
+    pub fn set_q4k_limbs(&mut self, on: bool) {
+        self.q4k_limbs = on;
     }
 
     /// Whether products of at least `source::GEMM_MIN_ROWS` rows in graphs loaded from now on

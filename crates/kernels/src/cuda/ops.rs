@@ -31,8 +31,14 @@ impl CudaBackend {
                 .i64(mi.stride)
                 .i32(k as i32)
                 .i32(m as i32)
-                .ptr(xs);
-            self.launch("mmv_prepare_x", grid1(m * k / 8, 256), 256, &mut p)?;
+                .ptr(xs)
+                .i32(i32::from(exec.mma.limb_writers.contains(&id.index())));
+            self.launch(
+                "mmv_prepare_x",
+                ((k / 8).div_ceil(256) as u32, m as u32, 1),
+                256,
+                &mut p,
+            )?;
         }
         let (mt, nt) = mi.tile;
         let kw = mi.k_warps;
@@ -52,26 +58,47 @@ impl CudaBackend {
             )));
         }
         let mut a = Args::default();
-        a.ptr(weights)
-            .ptr(xs)
-            .ptr(dst)
-            .i32(k as i32)
-            .i32(n as i32)
-            .i32(m as i32)
-            .i32(kw as i32)
-            .i64(mi.offset)
-            .i64(mi.stride);
-        let tail = if reads_prepared { "" } else { "_x" };
-        self.launch(
-            &format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
-            (
-                m.div_ceil(8 * nt) as u32,
-                n.div_ceil(16 * mt * (8 / kw)) as u32,
-                splits as u32,
-            ),
-            256,
-            &mut a,
-        )?;
+        if reads_prepared && mi.limbs {
+            let nt = source::limb_tile(m);
+            a.ptr(weights)
+                .ptr(xs)
+                .ptr(dst)
+                .i32(k as i32)
+                .i32(n as i32)
+                .i32(m as i32)
+                .i32(kw as i32);
+            self.launch(
+                &format!("matmul_q4_k_limb_n{nt}"),
+                (
+                    m.div_ceil(2 * nt) as u32,
+                    n.div_ceil(16 * (8 / kw)) as u32,
+                    splits as u32,
+                ),
+                256,
+                &mut a,
+            )?;
+        } else {
+            a.ptr(weights)
+                .ptr(xs)
+                .ptr(dst)
+                .i32(k as i32)
+                .i32(n as i32)
+                .i32(m as i32)
+                .i32(kw as i32)
+                .i64(mi.offset)
+                .i64(mi.stride);
+            let tail = if reads_prepared { "" } else { "_x" };
+            self.launch(
+                &format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
+                (
+                    m.div_ceil(8 * nt) as u32,
+                    n.div_ceil(16 * mt * (8 / kw)) as u32,
+                    splits as u32,
+                ),
+                256,
+                &mut a,
+            )?;
+        }
         if splits > 1 && !exec.fuse.unsummed.contains(&id.index()) {
             let mut r = Args::default();
             r.ptr(dst).ptr(out).i32((m * n) as i32).i32(splits as i32);
@@ -92,6 +119,7 @@ impl CudaBackend {
             force_prepare: self.mma_prepare,
             gemm: self.gemm_route && self.cublas.is_some(),
             gemm_weight_bytes: self.gemm_weight_bytes,
+            q4k_limbs: self.q4k_limbs,
         }
     }
 
@@ -131,6 +159,7 @@ impl CudaBackend {
                 let heads = node.shape().ne(1);
                 a.ptr(0).ptr(0).i32(heads as i32).i32(0).f32(0.0);
                 self.cache_write_args(exec, Some(*write), &mut a)?;
+                a.i32(0);
                 return self.launch_norm_args(exec, id, &mut a);
             }
             None => {}

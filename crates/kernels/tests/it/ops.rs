@@ -431,7 +431,9 @@ fn gemm_route_matches_the_cpu() {
 /// chunk): within 1e-5 of the CPU, and up to 16 rows every activation row's output
 /// bit-identical whatever the batch around it (rows of every such batch against the 16-row one),
 /// so a speculative verify row equals the decode step's value; and the same bits whether the
-/// activations were prepared once (`mmv_prepare_x`) or split by every warp. k = 256, 768, 1024,
+/// activations were prepared once (`mmv_prepare_x`) or split by every warp, except prepared Q4_K
+/// products of up to 16 rows, which take the exact-integer limb kernels (checked against the CPU
+/// and for batch invariance like the rest; with limbs off they give the split-f16 bits). k = 256, 768, 1024,
 /// 2048 split each row over 1, 2, 4 and 8 warps, k = 8192 and 16384 also over 2 and 4 blocks;
 /// n = 8200 takes two weight tiles per warp and a partial last tile; 40 rows take the prefill
 /// route (the type's prefill tile, two or three activation blocks per weight tile, each warp on
@@ -463,22 +465,37 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
                 let y = c.g.matmul(w, x).unwrap();
                 let graph = c.g.finish(&[y]).unwrap();
                 let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+                // Prepared with limbs (Q4_K up to 16 rows: the exact-integer kernels), prepared
+                // without, split in place.
                 let mut by_mode = Vec::new();
-                for prepare in [true, false] {
+                for (prepare, limbs) in [(true, true), (true, false), (false, true)] {
                     cuda.set_mma_prepare(Some(prepare));
+                    cuda.set_q4k_limbs(limbs);
                     let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
                     let err = rel_err(&got, &want);
                     assert!(
                         err <= 1e-5,
-                        "{ty} k{k} n{n} m{m} prepared {prepare}: relative error {err:e}"
+                        "{ty} k{k} n{n} m{m} prepared {prepare} limbs {limbs}: relative error {err:e}"
                     );
                     by_mode.push(got);
                 }
                 cuda.set_mma_prepare(None);
+                cuda.set_q4k_limbs(false);
                 assert!(
-                    same_bits(&by_mode[0], &by_mode[1]),
+                    same_bits(&by_mode[1], &by_mode[2]),
                     "{ty} k{k} n{n} m{m}: prepared and in-place activations differ"
                 );
+                if ty != DType::Q4_K || m > 16 {
+                    assert!(
+                        same_bits(&by_mode[0], &by_mode[1]),
+                        "{ty} k{k} n{n} m{m}: the limb setting changed a product without limbs"
+                    );
+                } else {
+                    eprintln!(
+                        "mma {ty} k{k} n{n} m{m}: split-f16 rel err {:.2e}",
+                        rel_err(&by_mode[1], &want)
+                    );
+                }
                 let got = by_mode.remove(0);
                 eprintln!(
                     "mma {ty} k{k} n{n} m{m}: rel err {:.2e}",
@@ -563,9 +580,50 @@ fn mma_products_share_prepared_activations() {
     }
 }
 
+/// The limb kernels' activation range: a row holding a NaN gives NaN outputs (its limbs' scale
+/// is NaN) without touching the other rows, and rows far beyond the f16 range (1e6, where the
+/// split-f16 kernels cannot go) or tiny (1e-30) match the CPU like ordinary ones.
+#[test]
+fn limb_products_keep_nan_rows_and_wide_ranges() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(19);
+    let (k, n, m) = (1024, 96, 4);
+    let mut x = rng.vec(k * m);
+    x[3] = f32::NAN;
+    for v in &mut x[k..2 * k] {
+        *v *= 1e6;
+    }
+    for v in &mut x[2 * k..3 * k] {
+        *v *= 1e-30;
+    }
+    let mut c = Case::new();
+    let w = c.weight(
+        DType::Q4_K,
+        &[k, n],
+        random_weight(&mut rng, DType::Q4_K, k * n),
+    );
+    let xn = c.f32(&[k, m], x);
+    let y = c.g.matmul(w, xn).unwrap();
+    let graph = c.g.finish(&[y]).unwrap();
+    let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+    cuda.set_mma_prepare(Some(true));
+    cuda.set_q4k_limbs(true);
+    let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+    cuda.set_mma_prepare(None);
+    cuda.set_q4k_limbs(false);
+    assert!(got[..n].iter().all(|v| v.is_nan()), "the NaN row's outputs");
+    for r in 1..m {
+        let err = rel_err(&got[r * n..(r + 1) * n], &want[r * n..(r + 1) * n]);
+        assert!(err <= 1e-5, "row {r}: relative error {err:e}");
+    }
+}
+
 /// With the size rule (no override), a small product of an input that a large product just
 /// prepared reads the prepared form too (k and v after q), with the same bits as splitting in
-/// place.
+/// place; also with the Q4_K limb kernels on, where the large Q4_K product itself takes them
+/// (within 1e-5 of the CPU, other last bits) and its preparation still serves the others.
 #[test]
 fn small_products_reuse_a_large_products_preparation() {
     let Some(mut cuda) = crate::cuda() else {
@@ -583,18 +641,29 @@ fn small_products_reuse_a_large_products_preparation() {
     }
     let graph = c.g.finish(&outs).unwrap();
     let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &outs);
-    let by_rule = run_on(&mut cuda, &graph, &c.leaves, &outs);
-    cuda.set_mma_prepare(Some(false));
-    let in_place = run_on(&mut cuda, &graph, &c.leaves, &outs);
-    cuda.set_mma_prepare(None);
-    for (i, ((g, p), w)) in by_rule.iter().zip(&in_place).zip(&want).enumerate() {
-        let err = rel_err(g, w);
-        assert!(err <= 1e-5, "output {i}: relative error {err:e}");
-        assert!(
-            same_bits(g, p),
-            "output {i}: prepared and in-place bits differ"
-        );
+    for limbs in [false, true] {
+        cuda.set_q4k_limbs(limbs);
+        let by_rule = run_on(&mut cuda, &graph, &c.leaves, &outs);
+        cuda.set_mma_prepare(Some(false));
+        let in_place = run_on(&mut cuda, &graph, &c.leaves, &outs);
+        cuda.set_mma_prepare(None);
+        for (i, ((g, p), w)) in by_rule.iter().zip(&in_place).zip(&want).enumerate() {
+            for (what, got) in [("prepared", g), ("in place", p)] {
+                let err = rel_err(got, w);
+                assert!(
+                    err <= 1e-5,
+                    "limbs {limbs} output {i} {what}: relative error {err:e}"
+                );
+            }
+            if !(limbs && i == 0) {
+                assert!(
+                    same_bits(g, p),
+                    "limbs {limbs} output {i}: prepared and in-place bits differ"
+                );
+            }
+        }
     }
+    cuda.set_q4k_limbs(false);
 }
 
 /// Products of rows split over several blocks (k = 8192: 2, k = 16384: 4) one after another in
@@ -865,19 +934,29 @@ fn fused_matches_separate(
     tol: f64,
 ) {
     let want = run_on(&mut CpuBackend::new(), graph, leaves, outs);
-    let fused = run_on(cuda, graph, leaves, outs);
-    cuda.set_fusion(false);
-    let separate = run_on(cuda, graph, leaves, outs);
-    cuda.set_fusion(true);
-    for (i, (f, s)) in fused.iter().zip(&separate).enumerate() {
-        assert!(
-            same_bits(f, s),
-            "{name} output {i}: fused and separate kernels differ"
-        );
-        let err = rel_err(f, &want[i]);
-        assert!(err <= tol, "{name} output {i}: rel err {err:e}");
-        eprintln!("fused {name} output {i}: rel err {err:.2e}, same bits as separate");
+    // Also with the Q4_K limb kernels, whose limbs the fused norms write too.
+    for limbs in [false, true] {
+        cuda.set_q4k_limbs(limbs);
+        let fused = run_on(cuda, graph, leaves, outs);
+        cuda.set_fusion(false);
+        let separate = run_on(cuda, graph, leaves, outs);
+        cuda.set_fusion(true);
+        for (i, (f, s)) in fused.iter().zip(&separate).enumerate() {
+            assert!(
+                same_bits(f, s),
+                "{name} (limbs {limbs}) output {i}: fused and separate kernels differ"
+            );
+            let err = rel_err(f, &want[i]);
+            assert!(
+                err <= tol,
+                "{name} (limbs {limbs}) output {i}: rel err {err:e}"
+            );
+            eprintln!(
+                "fused {name} (limbs {limbs}) output {i}: rel err {err:.2e}, same bits as separate"
+            );
+        }
     }
+    cuda.set_q4k_limbs(false);
 }
 
 /// The fused norms (post-norm tails, split-product planes summed by the tail, the next norm and
