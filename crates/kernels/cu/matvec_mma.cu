@@ -8,7 +8,9 @@
 // verify row equals the decode step's value bit for bit; prefill products (kw = 1, the NT = 4
 // tiles) add in their own order.
 //
-// mma.sync m16n8k16 (f16 inputs, f32 accumulation). A holds integer-valued weights (the quant,
+// The `_mma_` kernels: mma.sync m16n8k16 (f16 inputs, f32 accumulation). (The opt-in Q4_K limb
+// kernels further down take int8 activation limbs instead; see there.) A holds integer-valued
+// weights (the quant,
 // times the sub-block scale where that stays exact in f16); the remaining scales are applied in
 // f32 to per-group (Q4_K) or per-sub-block (Q6_K, Q8_0) partial sums. Each activation is split
 // into two f16 halves, hi + lo, and multiplied twice, so every product is exact to ~2^-22 and
@@ -25,7 +27,9 @@
 // and the Q4_K per-lane sub-block sums; splitting them in every warp of every block cost about 30
 // instructions per 8 activations, as much as unpacking the warp's weights. Any product of an
 // input that is already prepared reads it (k and v after q). Other small products (the `_x`
-// kernels) split in place, which costs less than an extra launch; same bits either way.
+// kernels) split in place, which costs less than an extra launch; same bits either way, except
+// for Q4_K products with limbs on, whose prepared form takes the limb kernels (the choice
+// depends on the graph and k, n only, never on the batch, so a row's bits still do not).
 
 #define MMV_WARPS 8
 
@@ -117,7 +121,9 @@ __device__ __forceinline__ void prepare_chunk8(uint4* xs, int k, int m, int r, i
 // each activation as four int8 limbs, x = 2^e · (L0 + L1·2^-7 + L2·2^-14 + L3·2^-21), with 2^e
 // the power of two of its 256-element group (one per row and Q4_K group) that puts the group's
 // largest |x| below 64: |Lj| ≤ 64, and the error is below 2^-22 of 2^e, under 2^-27 of the
-// group's largest value (2^e is kept at 2^-100 or above, so d·2^e stays a normal float). Multiplied by the Q4_K quants in int8 mma, a group's sums are exact
+// group's largest value for groups whose largest |x| is above 2^-94 (2^e is kept at 2^-100 or
+// above, so d·2^e stays a normal float for every normal f16 d; below that the step stays 2^-122).
+// Activations must stay below 2^117 in magnitude (d·2^e overflows beyond). Multiplied by the Q4_K quants in int8 mma, a group's sums are exact
 // integers, so only the per-group scaling rounds. Their layout follows the Q4_K sums, at byte
 // m·k·4 + m·k/2 of the prepared activations, group by group, so that a lane's reads of every
 // activation tile are one address plus constants:
@@ -151,8 +157,8 @@ __device__ void prepare_limbs8(uint4* xs, int k, int m, int r, int c, float4 v0,
     for (int i = 0; i < 8; ++i) amax = fmaxf(amax, limb_abs(x[i]));
     amax = warp_max(amax);
     bool bad = !(amax < INFINITY);
-    // e in [-100, 122]: 2^e and 2^(21 - e) are normal floats, and d·2^e stays normal for every
-    // normal f16 d.
+    // e in [-100, 122]: 2^e and 2^(21 - e) are normal floats, and d·2^e is not subnormal for
+    // any normal f16 d.
     int e = -100;
     if (!bad && amax > 0.0f) {
         int E;

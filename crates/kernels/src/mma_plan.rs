@@ -188,12 +188,15 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
         source::mma_tile(m, n, w.dtype)
     };
     let mt = cfg.mt.unwrap_or(mt);
+    let limbs = cfg.q4k_limbs && w.dtype == DType::Q4_K && m <= source::LIMB_MAX_ROWS;
     let k_warps = if m > source::MMA_MAX_ROWS && cfg.prefill_row_warps {
         1
     } else {
         source::mma_k_warps(k)
     };
-    let rows_per_block = 16 * mt * (8 / k_warps);
+    // The limb kernels take one weight tile per warp whatever `mt` (checked for both routes: a
+    // limb product that does not read prepared activations runs the `_mma_` one).
+    let rows_per_block = 16 * if limbs { 1 } else { mt } * (8 / k_warps);
     let grid_ok = n.div_ceil(rows_per_block) <= 65_535;
     (typed && k % 256 == 0 && aligned && fits && grid_ok).then_some(MmaInput {
         x: node.inputs[1],
@@ -206,7 +209,7 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
         prepared: cfg
             .force_prepare
             .unwrap_or_else(|| source::mma_prepares(k, n)),
-        limbs: cfg.q4k_limbs && w.dtype == DType::Q4_K && m <= source::LIMB_MAX_ROWS,
+        limbs,
     })
 }
 

@@ -116,8 +116,9 @@ pub const LIMB_PAD_BYTES: usize = 16384;
 /// Activation tiles (two rows of four limbs each) of the `matmul_q4_k_limb_n*` kernels.
 pub const LIMB_TILES: &[usize] = &[1, 2, 4, 8];
 
-/// The `matmul_q4_k_limb_n<NT>` kernel for `m` rows (1 ≤ m ≤ [`LIMB_MAX_ROWS`]): the fewest
-/// activation tiles of two rows that hold them all, so one block column covers the batch. No
+/// The `matmul_q4_k_limb_n<NT>` kernel for `m` rows (1 ≤ m ≤ [`LIMB_MAX_ROWS`]): the fewest of
+/// [`LIMB_TILES`] activation tiles of two rows that hold them all, so one block column covers
+/// the batch. No
 /// tile changes a row's bits (the sums are exact integers).
 pub fn limb_tile(m: usize) -> usize {
     let nt = m.div_ceil(2).next_power_of_two();
@@ -189,7 +190,9 @@ pub fn mma_k_splits(k: usize) -> usize {
 /// `mmv_prepare_x` (an extra launch, ~3 µs) rather than splitting them in every warp that reads
 /// them: when its n/16 row tiles split more than 2^21 activations between them. The 31B's
 /// projections (n/16 · k ≥ 2.7 M) and the drafters' 262,144-row head prepare; the assistant's
-/// 1024/8192-wide layers (0.5 M) split in place. Both give identical bits, so the choice is free.
+/// 1024/8192-wide layers (0.5 M) split in place. Both give identical bits, so the choice is free
+/// (except for Q4_K products of up to 16 rows with the limb kernels on, whose prepared form takes
+/// them; the rule depends on k and n only, so every batch of a product still takes one route).
 pub fn mma_prepares(k: usize, n: usize) -> bool {
     n / 16 * k >= 1 << 21
 }

@@ -457,7 +457,7 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
         ] {
             let wbytes = random_weight(&mut rng, ty, k * n);
             let x40 = rng.vec(k * 40);
-            let mut full: Vec<f32> = Vec::new();
+            let mut full: Vec<Vec<f32>> = Vec::new();
             for m in [16, 1, 3, 8, 9, 40] {
                 let mut c = Case::new();
                 let w = c.weight(ty, &[k, n], wbytes.clone());
@@ -496,21 +496,22 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
                         rel_err(&by_mode[1], &want)
                     );
                 }
-                let got = by_mode.remove(0);
                 eprintln!(
                     "mma {ty} k{k} n{n} m{m}: rel err {:.2e}",
-                    rel_err(&got, &want)
+                    rel_err(&by_mode[0], &want)
                 );
                 // Up to 16 rows (decode steps, verify batches) a row's bits never depend on
-                // its batch; longer batches (prefill) may add in another order.
+                // its batch, with limbs (mode 0) and with the split-f16 kernels (mode 1);
+                // longer batches (prefill) may add in another order.
                 if m == 16 {
-                    full = got;
+                    full = by_mode;
                 } else if m < 16 {
-                    let rows = m;
-                    assert!(
-                        same_bits(&got[..n * rows], &full[..n * rows]),
-                        "{ty} k{k} n{n}: rows of a {m}-row batch differ from a 16-row one"
-                    );
+                    for (mode, (got, all)) in by_mode.iter().zip(&full).enumerate().take(2) {
+                        assert!(
+                            same_bits(&got[..n * m], &all[..n * m]),
+                            "{ty} k{k} n{n} mode {mode}: rows of a {m}-row batch differ from a 16-row one"
+                        );
+                    }
                 }
             }
         }
@@ -529,9 +530,19 @@ fn mma_products_share_prepared_activations() {
         return;
     };
     cuda.set_mma_prepare(Some(true));
-    let mut rng = Rng(11);
     let k = 512;
-    for m in [1, 5, 12] {
+    // Also with the Q4_K limb kernels: a preparation made for a Q6_K or Q8_0 product (or a norm
+    // serving one) must carry limbs when a later Q4_K product reuses it.
+    for (m, limbs) in [
+        (1, false),
+        (5, false),
+        (12, false),
+        (1, true),
+        (5, true),
+        (12, true),
+    ] {
+        let mut rng = Rng(11 + m as u64);
+        cuda.set_q4k_limbs(limbs);
         let mut c = Case::new();
         let x = c.f32(&[k, m], rng.vec(k * m));
         let x2 = c.f32(&[k, m], rng.vec(k * m));
@@ -573,16 +584,21 @@ fn mma_products_share_prepared_activations() {
             let err = rel_err(g, w);
             assert!(
                 err <= 1e-5,
-                "shared prepared activations m{m} output {i}: {err:e}"
+                "shared prepared activations m{m} limbs {limbs} output {i}: {err:e}"
             );
-            eprintln!("shared prepared activations m{m} output {i}: rel err {err:.2e}");
+            eprintln!(
+                "shared prepared activations m{m} limbs {limbs} output {i}: rel err {err:.2e}"
+            );
         }
     }
+    cuda.set_q4k_limbs(false);
 }
 
-/// The limb kernels' activation range: a row holding a NaN gives NaN outputs (its limbs' scale
-/// is NaN) without touching the other rows, and rows far beyond the f16 range (1e6, where the
-/// split-f16 kernels cannot go) or tiny (1e-30) match the CPU like ordinary ones.
+/// The limb kernels' activation range: a row holding a NaN gives NaN outputs (its groups'
+/// scales are NaN) without touching the other rows; rows far beyond the f16 range (1e6, where
+/// the split-f16 kernels cannot go) match the CPU like ordinary ones, and tiny rows (1e-30,
+/// below the 2^-94 where the limbs' step stops shrinking, ~4e-7 of the row's largest value)
+/// still within 1e-5.
 #[test]
 fn limb_products_keep_nan_rows_and_wide_ranges() {
     let Some(mut cuda) = crate::cuda() else {
