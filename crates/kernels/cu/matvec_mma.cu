@@ -129,7 +129,7 @@ __device__ __forceinline__ void prepare_chunk8(uint4* xs, int k, int m, int r, i
 // activation tile are one address plus constants:
 //   lsums  f16 [k/256][m][4][4 (lane t)][8]  the sums of limb j over lane t's 8 elements of
 //                                          sub-blocks s = 4h + (0, 2, 1, 3), h = 0, 1 (exact)
-//   limbs  i8  [k/256][m][4][256]          limb j of row r, the group's elements in order
+//   limbs  i8  [k/256][m][4][256]          limb j of row r, the group's elements (see limb_word)
 //   scale  f32 [k/256][m]                  2^e, or NaN for a group holding a NaN or an infinity
 //   then LIMB_PAD_BYTES that the product kernels' reads of rows past the batch may reach (their
 //   outputs are never written).
@@ -137,6 +137,11 @@ __device__ __forceinline__ void prepare_chunk8(uint4* xs, int k, int m, int r, i
 // reads them (their `limbs` argument).
 #define LIMB_MAX_ROWS 16
 #define LIMB_PAD_BYTES 16384
+// Byte offset of lane t's 8 limbs (elements 8t..8t+7) of sub-block s within a group's limb row:
+// sub-block pairs interleaved per lane, [s / 2][lane t][s % 2][8 bytes], so a lane's words of two
+// sub-blocks are one 16-byte load (one-row decode 12.42 → 11.82 ms on an H200 against elements
+// in order, bench/NOTES.md).
+__device__ __forceinline__ int limb_word(int s, int t) { return (s >> 1) * 64 + 16 * t + 8 * (s & 1); }
 
 __device__ __forceinline__ u8* limb_base(void* xs, int k, int m) { return (u8*)xs + (i64)m * k * 4 + (i64)m * k / 2; }
 
@@ -193,7 +198,7 @@ __device__ void prepare_limbs8(uint4* xs, int k, int m, int r, int c, float4 v0,
     u8* limbs = base + (i64)m * k;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-        *(uint2*)(limbs + (lrow + j) * 256 + 8 * w) = make_uint2(words[j][0], words[j][1]);
+        *(uint2*)(limbs + (lrow + j) * 256 + limb_word(s, t)) = make_uint2(words[j][0], words[j][1]);
         lsums[(lrow + j) * 32 + 8 * t + slot] = f2h((float)sums[j]);
     }
     if (w == 0)
@@ -522,7 +527,7 @@ __device__ __forceinline__ LimbLane limb_lane(const void* xs, int k, int m, int 
     int lrow = (m0 + (g >> 2)) * 4 + (g & 3);
     LimbLane L;
     L.sums = base + lrow * 64 + 16 * t;
-    L.lim = base + (i64)m * k + lrow * 256 + 8 * t;
+    L.lim = base + (i64)m * k + lrow * 256 + limb_word(0, t);
     L.scale = (const float*)(base + (i64)m * k * 5) + m0 + (t >> 1);
     L.m = m;
     return L;
@@ -566,12 +571,17 @@ __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane&
     if (!SPLIT) {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) P[nt][0] = P[nt][1] = P[nt][2] = P[nt][3] = 0;
-        // Every limb word of the group first, so their loads are in flight together.
+        // Every limb word of the group first (two sub-blocks per 16-byte load), so their loads
+        // are in flight together.
         uint2 bb[SPLIT ? 1 : NT][8];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-            for (int s = 0; s < 8; ++s) bb[SPLIT ? 0 : nt][s] = *(const uint2*)(lim + nt * 2048 + 32 * s);
+            for (int s = 0; s < 8; s += 2) {
+                uint4 v = *(const uint4*)(lim + nt * 2048 + limb_word(s, 0));
+                bb[SPLIT ? 0 : nt][s] = make_uint2(v.x, v.y);
+                bb[SPLIT ? 0 : nt][s + 1] = make_uint2(v.z, v.w);
+            }
 #pragma unroll
         for (int s = 0; s < 8; ++s) {
             u32 a[2][2];
@@ -609,14 +619,14 @@ __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane&
         // Sub-block s + 1's limb words load while s is multiplied.
         uint2 bn[NT];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) bn[nt] = *(const uint2*)(lim + nt * 2048);
+        for (int nt = 0; nt < NT; ++nt) bn[nt] = *(const uint2*)(lim + nt * 2048 + limb_word(0, 0));
 #pragma unroll
         for (int s = 0; s < 8; ++s) {
             uint2 bc[NT];
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 bc[nt] = bn[nt];
-                if (s < 7) bn[nt] = *(const uint2*)(lim + nt * 2048 + 32 * (s + 1));
+                if (s < 7) bn[nt] = *(const uint2*)(lim + nt * 2048 + limb_word(s + 1, 0));
             }
             u32 al[2][2], ah[2][2];
 #pragma unroll
