@@ -58,47 +58,35 @@ impl CudaBackend {
             )));
         }
         let mut a = Args::default();
-        if reads_prepared && mi.limbs {
+        a.ptr(weights)
+            .ptr(xs)
+            .ptr(dst)
+            .i32(k as i32)
+            .i32(n as i32)
+            .i32(m as i32)
+            .i32(kw as i32);
+        // Blocks of 8 warps: kw of them split a weight tile's groups, the rest take further
+        // tiles (16·mt rows each), along grid y; activation tiles along x; split planes along z.
+        let (name, grid) = if reads_prepared && mi.limbs {
             let nt = source::limb_tile(m);
-            a.ptr(weights)
-                .ptr(xs)
-                .ptr(dst)
-                .i32(k as i32)
-                .i32(n as i32)
-                .i32(m as i32)
-                .i32(kw as i32);
-            self.launch(
-                &format!("matmul_q4_k_limb_n{nt}"),
-                (
-                    m.div_ceil(2 * nt) as u32,
-                    n.div_ceil(16 * (8 / kw)) as u32,
-                    splits as u32,
-                ),
-                256,
-                &mut a,
-            )?;
+            (
+                format!("matmul_q4_k_limb_n{nt}"),
+                (m.div_ceil(2 * nt), n.div_ceil(16 * (8 / kw))),
+            )
         } else {
-            a.ptr(weights)
-                .ptr(xs)
-                .ptr(dst)
-                .i32(k as i32)
-                .i32(n as i32)
-                .i32(m as i32)
-                .i32(kw as i32)
-                .i64(mi.offset)
-                .i64(mi.stride);
+            a.i64(mi.offset).i64(mi.stride);
             let tail = if reads_prepared { "" } else { "_x" };
-            self.launch(
-                &format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
-                (
-                    m.div_ceil(8 * nt) as u32,
-                    n.div_ceil(16 * mt * (8 / kw)) as u32,
-                    splits as u32,
-                ),
-                256,
-                &mut a,
-            )?;
-        }
+            (
+                format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
+                (m.div_ceil(8 * nt), n.div_ceil(16 * mt * (8 / kw))),
+            )
+        };
+        self.launch(
+            &name,
+            (grid.0 as u32, grid.1 as u32, splits as u32),
+            256,
+            &mut a,
+        )?;
         if splits > 1 && !exec.fuse.unsummed.contains(&id.index()) {
             let mut r = Args::default();
             r.ptr(dst).ptr(out).i32((m * n) as i32).i32(splits as i32);
