@@ -144,6 +144,10 @@ __device__ __forceinline__ void prepare_chunk8(uint4* xs, int k, int m, int r, i
 __device__ __forceinline__ int limb_word(int s, int t) { return (s >> 1) * 64 + 16 * t + 8 * (s & 1); }
 
 __device__ __forceinline__ u8* limb_base(void* xs, int k, int m) { return (u8*)xs + (i64)m * k * 4 + (i64)m * k / 2; }
+// The three regions of the layout above, from its base.
+__device__ __forceinline__ u16* limb_lsums(u8* base) { return (u16*)base; }
+__device__ __forceinline__ u8* limb_rows(u8* base, int k, int m) { return base + (i64)m * k; }
+__device__ __forceinline__ float* limb_scales(u8* base, int k, int m) { return (float*)(base + (i64)m * k * 5); }
 
 // |v| for the group maximum, with NaN and ±inf as +inf (fmaxf would drop a NaN).
 __device__ __forceinline__ float limb_abs(float v) {
@@ -153,8 +157,9 @@ __device__ __forceinline__ float limb_abs(float v) {
 
 // Writes the limbs of activations 8c..8c+7 (v0, v1) of row r: lane t = c % 4 of sub-block
 // s = (c % 32) / 4 of group c / 32. The 32 chunks of a group are the 32 lanes of the calling
-// warp, all of which call it together (the group's maximum is a warp reduction).
-__device__ void prepare_limbs8(uint4* xs, int k, int m, int r, int c, float4 v0, float4 v1) {
+// warp, all of which call it together (the group's maximum is a warp reduction). Not inlined:
+// inside the RMSNorm kernel its registers made the decode step's norms spill even with limbs off.
+__device__ __noinline__ void prepare_limbs8(uint4* xs, int k, int m, int r, int c, float4 v0, float4 v1) {
     u8* base = limb_base(xs, k, m);
     float x[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
     float amax = 0.0f;
@@ -194,16 +199,15 @@ __device__ void prepare_limbs8(uint4* xs, int k, int m, int r, int c, float4 v0,
     int grp = c / 32, w = c % 32, s = w >> 2, t = w & 3;
     int slot = 4 * (s >> 2) + ((s & 1) << 1) + ((s >> 1) & 1);  // s & 3 = 0, 2, 1, 3 → 0, 1, 2, 3
     i64 lrow = ((i64)grp * m + r) * 4;                           // limb 0's row in the group
-    u16* lsums = (u16*)base;
-    u8* limbs = base + (i64)m * k;
+    u16* lsums = limb_lsums(base);
+    u8* limbs = limb_rows(base, k, m);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
         *(uint2*)(limbs + (lrow + j) * 256 + limb_word(s, t)) = make_uint2(words[j][0], words[j][1]);
         lsums[(lrow + j) * 32 + 8 * t + slot] = f2h((float)sums[j]);
     }
     if (w == 0)
-        ((float*)(base + (i64)m * k * 5))[(i64)grp * m + r] =
-            bad ? __int_as_float(0x7fc00000) : __int_as_float((127 + e) << 23);
+        limb_scales(base, k, m)[(i64)grp * m + r] = bad ? __int_as_float(0x7fc00000) : __int_as_float((127 + e) << 23);
 }
 
 // Splits m rows of k activations (k a multiple of 256; rows x_stride apart from x_off, 16-byte
@@ -332,6 +336,16 @@ __device__ __forceinline__ u32 bytes_h2(u32 v, int i, int j) {
     return hsub2(r, 0x64006400u);
 }
 
+// The A fragment of the Q4_K mins' mma for half h of a group (k = (sub-block, lane): slots
+// (2t, 2t+1, 2t+8, 2t+9) hold sub-blocks 4h + (0, 2, 1, 3)) from the packed mins of rows g and
+// g + 8.
+__device__ __forceinline__ void q4k_min_frag(u32 mn_g, u32 mn_g8, u32 (&a)[4]) {
+    a[0] = bytes_h2(mn_g, 0, 2);
+    a[1] = bytes_h2(mn_g8, 0, 2);
+    a[2] = bytes_h2(mn_g, 1, 3);
+    a[3] = bytes_h2(mn_g8, 1, 3);
+}
+
 // c[j] = 0 for the four accumulators of one mma.
 __device__ __forceinline__ void zero4(float* c) { c[0] = c[1] = c[2] = c[3] = 0.0f; }
 
@@ -414,10 +428,10 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PRE
             p[nt] = split_x(A.sums(tok[nt], grp, t, h));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-            u32 a0 = bytes_h2(mn[mt][0][h], 0, 2), a1 = bytes_h2(mn[mt][1][h], 0, 2);
-            u32 a2 = bytes_h2(mn[mt][0][h], 1, 3), a3 = bytes_h2(mn[mt][1][h], 1, 3);
+            u32 a[4];
+            q4k_min_frag(mn[mt][0][h], mn[mt][1][h], a);
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) mma_split(tmn[mt][nt], a0, a1, a2, a3, p[nt]);
+            for (int nt = 0; nt < NT; ++nt) mma_split(tmn[mt][nt], a[0], a[1], a[2], a[3], p[nt]);
         }
     }
 #pragma unroll
@@ -439,43 +453,61 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PRE
     }
 }
 
-// A warp's share of a Q4_K product: groups first, first + stride, ...; the next group's weights
-// load into the other of two tiles while the current one is multiplied (one activation tile;
-// two need the registers for their activations, so the next group loads after).
-template <int MT, int NT, bool PREP>
-__device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
-                                         int n, int n_groups, int first, int stride, int m0, int m) {
-    int t = threadIdx.x & 3, g = (threadIdx.x & 31) >> 2;
-    int rows[MT][2];
+// Weight rows g and g + 8 of each of a warp's MT 16-row tiles from row0 on, clamped to the last
+// row (their results are not written).
+template <int MT>
+__device__ __forceinline__ void q4k_tile_rows(int row0, int n, int (&rows)[MT][2]) {
+    int g = (threadIdx.x & 31) >> 2;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
         int ra = row0 + mt * 16 + g, rb = ra + 8;
         rows[mt][0] = ra < n ? ra : n - 1;
         rows[mt][1] = rb < n ? rb : n - 1;
     }
+}
+
+// Calls group(T, grp) with the weights of rows `rows` for a warp's Q4_K groups first,
+// first + stride, ...; with DOUBLE the next group's weights load into the other of two tiles
+// while the current one is multiplied, else after it (for kernels that need the registers).
+template <int MT, bool DOUBLE, class F>
+__device__ __forceinline__ void q4k_groups(const u8* w, const int (&rows)[MT][2], int n_groups, int first, int stride,
+                                           F&& group) {
+    int t = threadIdx.x & 3;
     auto load = [&](Q4KTile(&T)[MT], int grp) {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) q4k_load(T[mt], w, rows[mt][0], rows[mt][1], n_groups, grp, t);
     };
     if (first >= n_groups) return;
-    if (NT == 1) {
+    if (DOUBLE) {
         Q4KTile a[MT], b[MT];
         load(a, first);
         for (int grp = first; grp < n_groups; grp += 2 * stride) {
             int g1 = grp + stride, g2 = g1 + stride;
             if (g1 < n_groups) load(b, g1);
-            q4k_group<MT, NT, PREP>(a, A, acc, grp, m0, m);
+            group(a, grp);
             if (g1 >= n_groups) break;
             if (g2 < n_groups) load(a, g2);
-            q4k_group<MT, NT, PREP>(b, A, acc, g1, m0, m);
+            group(b, g1);
         }
     } else {
         Q4KTile cur[MT];
         for (int grp = first; grp < n_groups; grp += stride) {
             load(cur, grp);
-            q4k_group<MT, NT, PREP>(cur, A, acc, grp, m0, m);
+            group(cur, grp);
         }
     }
+}
+
+// A warp's share of a Q4_K product: double-buffered weights with one activation tile; two
+// need the registers for their activations, so the next group loads after.
+template <int MT, int NT, bool PREP>
+__device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
+                                         int n, int n_groups, int first, int stride, int m0, int m) {
+    int rows[MT][2];
+    q4k_tile_rows<MT>(row0, n, rows);
+    q4k_groups<MT, NT == 1>(w, rows, n_groups, first, stride, [&](const Q4KTile(&T)[MT], int grp) {
+        q4k_group<MT, NT, PREP>(T, A, acc, grp, m0, m);
+    });
 }
 
 // ---- Q4_K × limbs (see prepare_limbs8): products of at most LIMB_MAX_ROWS prepared rows. A
@@ -523,12 +555,12 @@ struct LimbLane {
 
 __device__ __forceinline__ LimbLane limb_lane(const void* xs, int k, int m, int m0) {
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const u8* base = limb_base((void*)xs, k, m);
+    u8* base = limb_base((void*)xs, k, m);
     int lrow = (m0 + (g >> 2)) * 4 + (g & 3);
     LimbLane L;
-    L.sums = base + lrow * 64 + 16 * t;
-    L.lim = base + (i64)m * k + lrow * 256 + limb_word(0, t);
-    L.scale = (const float*)(base + (i64)m * k * 5) + m0 + (t >> 1);
+    L.sums = (const u8*)limb_lsums(base) + lrow * 64 + 16 * t;
+    L.lim = limb_rows(base, k, m) + lrow * 256 + limb_word(0, t);
+    L.scale = limb_scales(base, k, m) + m0 + (t >> 1);
     L.m = m;
     return L;
 }
@@ -544,14 +576,9 @@ __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane&
     for (int r = 0; r < 2; ++r) q4k_unpack(T.s[r], sc[r], mn[r]);
     float d0 = h2f((u16)(T.dd[0] & 0xffff)), dm0 = h2f((u16)(T.dd[0] >> 16));
     float d1 = h2f((u16)(T.dd[1] & 0xffff)), dm1 = h2f((u16)(T.dd[1] >> 16));
-    u32 ma[2][4];  // the mins' A fragments, halves h = 0, 1 (as in q4k_group)
+    u32 ma[2][4];  // the mins' A fragments, halves h = 0, 1
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        ma[h][0] = bytes_h2(mn[0][h], 0, 2);
-        ma[h][1] = bytes_h2(mn[1][h], 0, 2);
-        ma[h][2] = bytes_h2(mn[0][h], 1, 3);
-        ma[h][3] = bytes_h2(mn[1][h], 1, 3);
-    }
+    for (int h = 0; h < 2; ++h) q4k_min_frag(mn[0][h], mn[1][h], ma[h]);
     // Sub-block s's quants: the low (s even) or high (s odd) nibbles of run s / 2, masked in
     // place; lane t's words hold its elements 8t..8t+3 (.x) and 8t+4..8t+7 (.y), the limbs'
     // order.
@@ -568,19 +595,19 @@ __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane&
     constexpr bool SPLIT = NT >= 4;
     const u8* lim = L.limbs(grp);
     int P[NT][4];
-    if (!SPLIT) {
+    if constexpr (!SPLIT) {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) P[nt][0] = P[nt][1] = P[nt][2] = P[nt][3] = 0;
         // Every limb word of the group first (two sub-blocks per 16-byte load), so their loads
         // are in flight together.
-        uint2 bb[SPLIT ? 1 : NT][8];
+        uint2 bb[NT][8];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
             for (int s = 0; s < 8; s += 2) {
                 uint4 v = *(const uint4*)(lim + nt * 2048 + limb_word(s, 0));
-                bb[SPLIT ? 0 : nt][s] = make_uint2(v.x, v.y);
-                bb[SPLIT ? 0 : nt][s + 1] = make_uint2(v.z, v.w);
+                bb[nt][s] = make_uint2(v.x, v.y);
+                bb[nt][s + 1] = make_uint2(v.z, v.w);
             }
 #pragma unroll
         for (int s = 0; s < 8; ++s) {
@@ -593,7 +620,7 @@ __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane&
             }
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-                uint2 b = bb[SPLIT ? 0 : nt][s];
+                uint2 b = bb[nt][s];
                 int c[4];
                 imma_16832(c, a[0][0], a[1][0], a[0][1], a[1][1], b.x, b.y);
                 P[nt][0] += sv[0] * c[0];
@@ -666,7 +693,7 @@ __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane&
         // Eight tiles keep their running sums in shared memory (accs, the lane's float4 per
         // tile): in registers they would spill beside the 64 of the group's integer sums.
         float a4[4];
-        if (LIMB_ACC_SMEM(NT)) {
+        if constexpr (LIMB_ACC_SMEM(NT)) {
             float4 v = accs[nt * 32];
             a4[0] = v.x, a4[1] = v.y, a4[2] = v.z, a4[3] = v.w;
         } else {
@@ -678,7 +705,7 @@ __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane&
             float d = e < 2 ? ds0 : ds1, dm = e < 2 ? dms0 : dms1;
             a4[e] = __fmaf_rn(d, (float)p[e], __fmaf_rn(-dm, tmn[e], a4[e]));
         }
-        if (LIMB_ACC_SMEM(NT)) {
+        if constexpr (LIMB_ACC_SMEM(NT)) {
             accs[nt * 32] = make_float4(a4[0], a4[1], a4[2], a4[3]);
         } else {
 #pragma unroll
@@ -709,28 +736,14 @@ __device__ void q4k_limb_body(const u8* w, const void* xs, float* y, int k, int 
         acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
         if (LIMB_ACC_SMEM(NT)) accs[nt * 32] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
-    if (row0 < n && first < n_groups) {
+    if (row0 < n) {
         LimbLane L = limb_lane(xs, k, m, m0);
-        int ra = row0 + g < n ? row0 + g : n - 1, rb = row0 + g + 8 < n ? row0 + g + 8 : n - 1;
-        if (NT == 1) {
-            // The next group's weights load while the current one is multiplied.
-            Q4KTile a, b;
-            q4k_load(a, w, ra, rb, n_groups, first, t);
-            for (int grp = first; grp < n_groups; grp += 2 * stride) {
-                int g1 = grp + stride, g2 = g1 + stride;
-                if (g1 < n_groups) q4k_load(b, w, ra, rb, n_groups, g1, t);
-                q4k_limb_group<NT>(a, L, acc, accs, grp);
-                if (g1 >= n_groups) break;
-                if (g2 < n_groups) q4k_load(a, w, ra, rb, n_groups, g2, t);
-                q4k_limb_group<NT>(b, L, acc, accs, g1);
-            }
-        } else {
-            Q4KTile cur;
-            for (int grp = first; grp < n_groups; grp += stride) {
-                q4k_load(cur, w, ra, rb, n_groups, grp, t);
-                q4k_limb_group<NT>(cur, L, acc, accs, grp);
-            }
-        }
+        int rows[1][2];
+        q4k_tile_rows<1>(row0, n, rows);
+        // Double-buffered weights for one activation tile, as the `_mma_` kernels.
+        q4k_groups<1, NT == 1>(w, rows, n_groups, first, stride, [&](const Q4KTile(&T)[1], int grp) {
+            q4k_limb_group<NT>(T[0], L, acc, accs, grp);
+        });
     }
     if (LIMB_ACC_SMEM(NT)) {
 #pragma unroll
