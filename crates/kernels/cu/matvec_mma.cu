@@ -510,6 +510,113 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float
     });
 }
 
+// ---- Persistent one-tile products (the `_p` kernels: MT = 1, one activation tile). Rather than
+// a block per 16·(MMV_WARPS / kw) weight rows and split plane, which starts all its warps on cold
+// loads at once and ends at a barrier that the warps with one group fewer wait at (a 21-group row
+// over 8 warps: 3, 3, 3, 3, 3, 2, 2, 2), gridDim.y blocks take the units (row tile, plane)
+// blockIdx.y, + gridDim.y, ... (at most PERSIST_ITERS each), and a warp's loads run ahead across
+// units. In iteration i warp (wr, wk) takes slice (wk + 3i) % kw of its unit's groups, so over a
+// block's iterations every warp gets about as many groups; the slices' partial sums wait in shared
+// memory, and after one barrier each unit's rows add them in slice order, as the one-shot kernels
+// add their warps' (empty slices as +0.0): the same bits for every row.
+#define PERSIST_ITERS 6
+
+// Where a warp is in its walk: iteration i, group grp of weight rows row0.., or done (i < 0).
+struct PersistWalk {
+    int n_groups, kw, wk, wr, warp_rows, splits, tiles_y, units, n;
+    int i, grp, row0;
+
+    __device__ __forceinline__ int slice(int it) const { return (wk + 3 * it) % kw; }
+    // Unit of iteration it (or -1 past the block's last), its plane z and first weight row.
+    __device__ __forceinline__ int unit(int it) const {
+        int u = (int)blockIdx.y + it * (int)gridDim.y;
+        return it < PERSIST_ITERS && u < units ? u : -1;
+    }
+    __device__ __forceinline__ int plane(int u) const { return u / tiles_y; }
+    __device__ __forceinline__ int tile_row0(int u) const { return ((u % tiles_y) * warp_rows + wr) * 16; }
+    // The first group of slice sl of plane z, or n_groups and more if the slice is empty.
+    __device__ __forceinline__ int first_group(int sl, int z) const { return sl + kw * z; }
+
+    // Moves to the first group of iteration it or a later one that has work for this warp.
+    __device__ __forceinline__ void enter(int it) {
+        for (;; ++it) {
+            int u = unit(it);
+            if (u < 0) {
+                i = -1;
+                return;
+            }
+            grp = first_group(slice(it), plane(u));
+            row0 = tile_row0(u);
+            if (grp < n_groups && row0 < n) {
+                i = it;
+                return;
+            }
+        }
+    }
+    __device__ __forceinline__ void advance() {
+        grp += kw * splits;
+        if (grp >= n_groups) enter(i + 1);
+    }
+};
+
+// Runs a warp's walk: group(T, grp, row0) per group (T: the Q4_K weights, double-buffered across
+// units for DT_Q4_K, else unused), then flush(i) after the last group of each iteration.
+template <int DT, class G, class F>
+__device__ __forceinline__ void persist_walk(PersistWalk W, const u8* w, G&& group, F&& flush) {
+    W.enter(0);
+    if (W.i < 0) return;
+    if constexpr (DT == DT_Q4_K) {
+        int t = threadIdx.x & 3;
+        auto load = [&](Q4KTile& T, const PersistWalk& P) {
+            int rows[1][2];
+            q4k_tile_rows<1>(P.row0, P.n, rows);
+            q4k_load(T, w, rows[0][0], rows[0][1], P.n_groups, P.grp, t);
+        };
+        Q4KTile a[1], b[1];
+        load(a[0], W);
+        for (;;) {
+            PersistWalk X = W;
+            X.advance();
+            if (X.i >= 0) load(b[0], X);
+            group(a, W.grp, W.row0);
+            if (X.i != W.i) flush(W.i);
+            if (X.i < 0) break;
+            W = X;
+            W.advance();
+            if (W.i >= 0) load(a[0], W);
+            group(b, X.grp, X.row0);
+            if (W.i != X.i) flush(X.i);
+            if (W.i < 0) break;
+        }
+    } else {
+        Q4KTile none[1];
+        for (;;) {
+            int i = W.i;
+            group(none, W.grp, W.row0);
+            W.advance();
+            if (W.i != i) flush(i);
+            if (W.i < 0) break;
+        }
+    }
+}
+
+// A block's walk parameters (see PersistWalk).
+__device__ __forceinline__ PersistWalk persist_walk_of(int k, int n, int kw, int splits) {
+    int warp = threadIdx.x >> 5;
+    PersistWalk W;
+    W.n_groups = k / 256;
+    W.kw = kw;
+    W.wk = warp % kw;
+    W.wr = warp / kw;
+    W.warp_rows = MMV_WARPS / kw;
+    W.splits = splits;
+    W.tiles_y = (n + 16 * W.warp_rows - 1) / (16 * W.warp_rows);
+    W.units = W.tiles_y * splits;
+    W.n = n;
+    W.i = -1;
+    return W;
+}
+
 // ---- Q4_K × limbs (see prepare_limbs8): products of at most LIMB_MAX_ROWS prepared rows. A
 // block's warps own 16-row weight tiles as in the `_mma_` kernels (kw warps split a row's groups,
 // long rows also over gridDim.z blocks); an 8-column activation tile holds two activation rows ×
@@ -714,6 +821,23 @@ __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane&
     }
 }
 
+// A warp's values per (tile, activation row, weight row) from its limb column sums: lane (g, t)
+// holds columns 2t, 2t + 1, activation row t / 2 of the tile, limbs 0, 1 (t even) or 2, 3 (t
+// odd), for weight rows g (e = 0, 1) and g + 8 (e = 2, 3). The whole warp calls it.
+template <int NT>
+__device__ __forceinline__ void limb_columns(const float (&acc)[NT][4], float (*out)[2][16]) {
+    int lane = threadIdx.x & 31, t = lane & 3, g = lane >> 2;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float c0 = acc[nt][2 * half], c1 = acc[nt][2 * half + 1];
+            float v = (t & 1) ? __fmaf_rn(c1, 0x1p-21f, __fmul_rn(c0, 0x1p-14f)) : __fmaf_rn(c1, 0x1p-7f, c0);
+            float o = __shfl_xor_sync(0xffffffffu, v, 1);
+            if (!(t & 1)) out[nt][t >> 1][g + 8 * half] = __fadd_rn(v, o);
+        }
+}
+
 // One block of matmul_q4_k_limb_n<NT>: MMV_WARPS / kw warp rows of 16 weight rows × 2·NT
 // activation rows; the kw warps of a warp row split the groups (warp j takes j, j + kw, ...,
 // offset by kw·blockIdx.z over gridDim.z partial planes). Each warp combines its four limb
@@ -723,7 +847,7 @@ template <int NT>
 __device__ void q4k_limb_body(const u8* w, const void* xs, float* y, int k, int n, int m, int kw) {
     __shared__ float red[MMV_WARPS][NT][2][16];  // [warp][tile][row of the tile][weight row]
     __shared__ float4 acc_smem[LIMB_ACC_SMEM(NT) ? MMV_WARPS : 1][LIMB_ACC_SMEM(NT) ? NT : 1][32];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3, g = lane >> 2;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int warp_rows = MMV_WARPS / kw, wr = warp / kw, wk = warp % kw;
     int row0 = (blockIdx.y * warp_rows + wr) * 16, m0 = blockIdx.x * NT * 2;
     int n_groups = k / 256;
@@ -752,17 +876,7 @@ __device__ void q4k_limb_body(const u8* w, const void* xs, float* y, int k, int 
             acc[nt][0] = v.x, acc[nt][1] = v.y, acc[nt][2] = v.z, acc[nt][3] = v.w;
         }
     }
-    // Lane (g, t) holds columns 2t, 2t + 1: activation row t / 2 of the tile, limbs 0, 1 (t
-    // even) or 2, 3 (t odd), for weight rows g (e = 0, 1) and g + 8 (e = 2, 3).
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            float c0 = acc[nt][2 * half], c1 = acc[nt][2 * half + 1];
-            float v = (t & 1) ? __fmaf_rn(c1, 0x1p-21f, __fmul_rn(c0, 0x1p-14f)) : __fmaf_rn(c1, 0x1p-7f, c0);
-            float o = __shfl_xor_sync(0xffffffffu, v, 1);
-            if (!(t & 1)) red[warp][nt][t >> 1][g + 8 * half] = __fadd_rn(v, o);
-        }
+    limb_columns<NT>(acc, red[warp]);
     __syncthreads();
     for (int idx = threadIdx.x; idx < warp_rows * 32 * NT; idx += blockDim.x) {
         int r = idx / (32 * NT), tl = (idx / 16) % (2 * NT), R = idx % 16;
@@ -786,6 +900,53 @@ Q4K_LIMB_KERNEL(1)
 Q4K_LIMB_KERNEL(2)
 Q4K_LIMB_KERNEL(4)
 Q4K_LIMB_KERNEL(8)
+
+// One block of matmul_q4_k_limb_n<NT>_p (see PersistWalk): the limb kernel's warps, groups and
+// order, walked persistently.
+template <int NT>
+__device__ void q4k_limb_persist_body(const u8* w, const void* xs, float* y, int k, int n, int m, int kw,
+                                      int splits) {
+    static_assert(!LIMB_ACC_SMEM(NT), "persistent limb kernels keep their sums in registers");
+    __shared__ float red[PERSIST_ITERS][MMV_WARPS][NT][2][16];  // [iteration][row · kw + slice]
+    int m0 = blockIdx.x * NT * 2;
+    PersistWalk W = persist_walk_of(k, n, kw, splits);
+    LimbLane L = limb_lane(xs, k, m, m0);
+    float acc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) zero4(acc[nt]);
+    persist_walk<DT_Q4_K>(
+        W, w, [&](const Q4KTile(&T)[1], int grp, int) { q4k_limb_group<NT>(T[0], L, acc, nullptr, grp); },
+        [&](int i) {
+            limb_columns<NT>(acc, red[i][W.wr * kw + W.slice(i)]);
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) zero4(acc[nt]);
+        });
+    __syncthreads();
+    int per_unit = W.warp_rows * 32 * NT;
+    for (int idx = threadIdx.x; idx < PERSIST_ITERS * per_unit; idx += blockDim.x) {
+        int it = idx / per_unit, u = W.unit(it);
+        if (u < 0) break;
+        int z = W.plane(u), j = idx % per_unit;
+        int r = j / (32 * NT), tl = (j / 16) % (2 * NT), R = j % 16;
+        float s = 0.0f;
+        for (int v = 0; v < kw; ++v)
+            s = __fadd_rn(s, W.first_group(v, z) < W.n_groups ? red[it][r * kw + v][tl >> 1][tl & 1][R] : 0.0f);
+        int row = ((u % W.tiles_y) * W.warp_rows + r) * 16 + R, tok = m0 + tl;
+        if (row < n && tok < m) y[(i64)z * m * n + (i64)tok * n + row] = s;
+    }
+}
+
+// matmul_q4_k_limb_n<NT>_p: matmul_q4_k_limb_n<NT> in gridDim.y persistent blocks (grid
+// (⌈m / 2·NT⌉, blocks, 1)) over `splits` planes.
+#define Q4K_LIMB_PERSIST_KERNEL(NT)                                                                          \
+    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 2)                                          \
+        matmul_q4_k_limb_n##NT##_p(const u8* w, const void* x, float* y, int k, int n, int m, int kw,        \
+                                   int splits) {                                                             \
+        pdl_entry();                                                                                         \
+        q4k_limb_persist_body<NT>(w, x, y, k, n, m, kw, splits);                                             \
+    }
+Q4K_LIMB_PERSIST_KERNEL(1)
+Q4K_LIMB_PERSIST_KERNEL(2)
 
 // A 32-bit word at p: one load where p is 4-byte aligned, else two 2-byte loads.
 __device__ __forceinline__ u32 load_u32_a(const u8* p, bool aligned) {
@@ -988,6 +1149,50 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
     }
 }
 
+// One block of matmul_<type>_mma_m1n<NT>_p[_x] (see PersistWalk): the one-shot kernels' warps,
+// groups and order, walked persistently.
+template <int DT, int NT, bool PREP>
+__device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw,
+                                        int splits) {
+    __shared__ float red[PERSIST_ITERS][MMV_WARPS][NT * 4][32];  // [iteration][row · kw + slice]
+    int lane = threadIdx.x & 31, m0 = blockIdx.x * NT * 8;
+    PersistWalk W = persist_walk_of(k, n, kw, splits);
+    float acc[1][NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) zero4(acc[0][nt]);
+    persist_walk<DT>(
+        W, w,
+        [&](const Q4KTile(&T)[1], int grp, int row0) {
+            if (DT == DT_Q4_K) q4k_group<1, NT, PREP>(T, A, acc, grp, m0, m);
+            if (DT == DT_Q6_K) q6k_group<1, NT, PREP>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
+            if (DT == DT_Q8_0) q80_group<1, NT, PREP>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
+        },
+        [&](int i) {
+            float(*r)[32] = red[i][W.wr * kw + W.slice(i)];
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    r[nt * 4 + e][lane] = acc[0][nt][e];
+                    acc[0][nt][e] = 0.0f;
+                }
+        });
+    __syncthreads();
+    int per_unit = W.warp_rows * NT * 4 * 32;
+    for (int idx = threadIdx.x; idx < PERSIST_ITERS * per_unit; idx += blockDim.x) {
+        int it = idx / per_unit, u = W.unit(it);
+        if (u < 0) break;
+        int z = W.plane(u), j = idx % per_unit;
+        int l = j & 31, e4 = (j >> 5) % (NT * 4), r = (j >> 5) / (NT * 4);
+        float s = 0.0f;
+        for (int v = 0; v < kw; ++v) s += W.first_group(v, z) < W.n_groups ? red[it][r * kw + v][e4][l] : 0.0f;
+        int e = e4 & 3, nt = e4 >> 2;
+        int row = ((u % W.tiles_y) * W.warp_rows + r) * 16 + (l >> 2) + (e >= 2 ? 8 : 0);
+        int tok = m0 + nt * 8 + 2 * (l & 3) + (e & 1);
+        if (row < n && tok < m) y[(i64)z * m * n + (i64)tok * n + row] = s;
+    }
+}
+
 // y[i] = the sum of its `splits` partial planes (n_out elements each), in plane order.
 extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out, int splits) {
     pdl_entry();
@@ -1025,3 +1230,19 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
 MMV_KERNELS(q4_k, DT_Q4_K, 1)
 MMV_KERNELS(q6_k, DT_Q6_K, 2)
 MMV_KERNELS(q8_0, DT_Q8_0, 2)
+
+// matmul_<type>_mma_m1n1p[_x]: matmul_<type>_mma_m1n1[_x] in gridDim.y persistent blocks (grid
+// (⌈m / 8⌉, blocks, 1)) over `splits` planes.
+#define MMV_PERSIST_KERNEL(SUFFIX, DT, PREP, TAIL)                                                          \
+    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 2)                                         \
+        matmul_##SUFFIX##_mma_m1n1p##TAIL(const u8* w, const void* x, float* y, int k, int n, int m, int kw, \
+                                          i64 x_off, i64 x_stride, int splits) {                            \
+        pdl_entry();                                                                                        \
+        matvec_mma_persist_body<DT, 1, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, splits); \
+    }
+#define MMV_PERSIST_KERNELS(SUFFIX, DT)          \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, true, )       \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, false, _x)
+MMV_PERSIST_KERNELS(q4_k, DT_Q4_K)
+MMV_PERSIST_KERNELS(q6_k, DT_Q6_K)
+MMV_PERSIST_KERNELS(q8_0, DT_Q8_0)

@@ -125,6 +125,21 @@ pub fn limb_tile(m: usize) -> usize {
     nt.min(LIMB_MAX_ROWS / 2)
 }
 
+/// Units (a row tile of a split plane) one block of the persistent `_p` kernels walks at most
+/// (`PERSIST_ITERS` in `matvec_mma.cu`, which sizes their shared memory).
+pub const PERSIST_ITERS: usize = 6;
+
+/// Activation tiles of the persistent limb kernels `matmul_q4_k_limb_n<NT>_p` (the one-tile
+/// `_mma_` kernels have theirs as `matmul_<type>_mma_m1n1p`).
+pub const PERSIST_LIMB_TILES: &[usize] = &[1, 2];
+
+/// Blocks of a persistent `_p` launch over `units` units on a device of `sms` multiprocessors:
+/// two per multiprocessor (the kernels' occupancy at 128 registers), fewer when there are fewer
+/// units, more when a block would take over [`PERSIST_ITERS`].
+pub fn persist_blocks(units: usize, sms: usize) -> usize {
+    units.min(2 * sms.max(1)).max(units.div_ceil(PERSIST_ITERS))
+}
+
 /// Extra `(MT, NT)` tiles of the `_mma_` kernels for products of more than 16 activation rows
 /// (prefill chunks): more activation tiles per warp unpack each weight fragment once for more
 /// rows. Their Q4_K kernels add into one accumulator chain instead of four (another order than
@@ -256,9 +271,14 @@ pub fn all_kernel_names() -> Vec<String> {
             names.push(format!("matmul_{suffix}_mma_m{mt}n{nt}"));
             names.push(format!("matmul_{suffix}_mma_m{mt}n{nt}_x"));
         }
+        names.push(format!("matmul_{suffix}_mma_m1n1p"));
+        names.push(format!("matmul_{suffix}_mma_m1n1p_x"));
     }
     for nt in LIMB_TILES {
         names.push(format!("matmul_q4_k_limb_n{nt}"));
+    }
+    for nt in PERSIST_LIMB_TILES {
+        names.push(format!("matmul_q4_k_limb_n{nt}_p"));
     }
     for rows in MATMUL_ROW_TILES {
         names.push(format!("matmul_q4_k_fast_r{rows}"));
@@ -303,6 +323,22 @@ mod tests {
         // Rows read past a batch: the tiles' 2·NT less m, 4 limb rows of 256 bytes each.
         let past = (1..=LIMB_MAX_ROWS).map(|m| 2 * limb_tile(m) - m).max();
         assert!(past.is_some_and(|p| p * 4 * 256 <= LIMB_PAD_BYTES));
+    }
+
+    /// A persistent launch gives every unit a block iteration and no block more than the
+    /// kernels' shared memory holds; the iteration limit is the kernels'.
+    #[test]
+    fn persistent_blocks_cover_every_unit() {
+        assert!(MATVEC_MMA.contains(&format!("#define PERSIST_ITERS {PERSIST_ITERS}\n")));
+        for sms in [1, 78, 132] {
+            for units in [1, 2, 263, 264, 1344, 16_384, 100_000] {
+                let b = persist_blocks(units, sms);
+                assert!(b >= 1 && b <= units, "{units} units, {sms} SMs: {b}");
+                assert!(b * PERSIST_ITERS >= units, "{units} units, {sms} SMs: {b}");
+            }
+        }
+        assert_eq!(persist_blocks(1344, 132), 264);
+        assert_eq!(persist_blocks(16_384, 132), 2731);
     }
 
     /// The host's argmax chunk and block size are the kernels' ones.

@@ -208,6 +208,12 @@ pub struct CudaBackend {
     /// Prepared Q4_K products of at most `source::LIMB_MAX_ROWS` rows take the exact-integer
     /// `matmul_q4_k_limb_n*` kernels (`SPECULA_Q4K_LIMBS=1`; off by default, see `MmaConfig`).
     q4k_limbs: bool,
+    /// One-activation-tile products of up to 8 rows (limbs: 4) take the persistent `_p` kernels,
+    /// the same arithmetic walked by two blocks per multiprocessor (`SPECULA_MMA_PERSIST=0`: the
+    /// one-shot kernels, an A/B knob).
+    mma_persist: bool,
+    /// The device's multiprocessors (the persistent kernels' grid).
+    sm_count: usize,
     /// Kernels launch with programmatic stream serialization (sm_90 and later, unless
     /// `SPECULA_PDL=0`): each one's launch overlaps the tail of the kernel before it, which every
     /// kernel waits for on entry (`pdl_entry` in common.cuh) before touching memory.
@@ -297,6 +303,10 @@ impl CudaBackend {
                 .map_err(|e| driver_err(&format!("shared memory of {name}"), e))?;
             }
         }
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| driver_err("multiprocessor count", e))?
+            .max(1) as usize;
         let dev_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let stream = ctx
             .new_stream()
@@ -344,6 +354,8 @@ impl CudaBackend {
                 _ => None,
             },
             q4k_limbs: std::env::var("SPECULA_Q4K_LIMBS").is_ok_and(|v| v == "1"),
+            mma_persist: std::env::var("SPECULA_MMA_PERSIST").map_or(true, |v| v != "0"),
+            sm_count,
             fusion: std::env::var("SPECULA_FUSE").map_or(true, |v| v != "0"),
             cublas,
             gemm_route,
@@ -402,6 +414,12 @@ impl CudaBackend {
     /// of the f32 products; either keeps every row's bits whatever its batch.
     pub fn set_q4k_limbs(&mut self, on: bool) {
         self.q4k_limbs = on;
+    }
+
+    /// Whether one-activation-tile products take the persistent `_p` kernels (the default) or
+    /// the one-shot ones; both give the same bits (a tuning and test knob).
+    pub fn set_mma_persist(&mut self, on: bool) {
+        self.mma_persist = on;
     }
 
     /// Whether products of at least `source::GEMM_MIN_ROWS` rows in graphs loaded from now on

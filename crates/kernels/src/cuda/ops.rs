@@ -67,26 +67,44 @@ impl CudaBackend {
             .i32(kw as i32);
         // Blocks of 8 warps: kw of them split a weight tile's groups, the rest take further
         // tiles (16·mt rows each), along grid y; activation tiles along x; split planes along z.
-        let (name, grid) = if reads_prepared && mi.limbs {
-            let nt = source::limb_tile(m);
+        // The persistent kernels walk (tile, plane) units in fewer blocks along y instead.
+        let limbs = reads_prepared && mi.limbs;
+        let nt = if limbs { source::limb_tile(m) } else { nt };
+        let persist = self.mma_persist
+            && if limbs {
+                source::PERSIST_LIMB_TILES.contains(&nt)
+            } else {
+                (mt, nt) == (1, 1)
+            };
+        let (name, cols, tiles) = if limbs {
             (
                 format!("matmul_q4_k_limb_n{nt}"),
-                (m.div_ceil(2 * nt), n.div_ceil(16 * (8 / kw))),
+                m.div_ceil(2 * nt),
+                n.div_ceil(16 * (8 / kw)),
             )
         } else {
             a.i64(mi.offset).i64(mi.stride);
             let tail = if reads_prepared { "" } else { "_x" };
+            let (p, q) = if persist { ("p", tail) } else { (tail, "") };
             (
-                format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
-                (m.div_ceil(8 * nt), n.div_ceil(16 * mt * (8 / kw))),
+                format!("matmul_{}_mma_m{mt}n{nt}{p}{q}", weight_suffix(w.dtype)?),
+                m.div_ceil(8 * nt),
+                n.div_ceil(16 * mt * (8 / kw)),
             )
         };
-        self.launch(
-            &name,
-            (grid.0 as u32, grid.1 as u32, splits as u32),
-            256,
-            &mut a,
-        )?;
+        if persist {
+            a.i32(splits as i32);
+            let blocks = source::persist_blocks(tiles * splits, self.sm_count);
+            let name = if limbs { format!("{name}_p") } else { name };
+            self.launch(&name, (cols as u32, blocks as u32, 1), 256, &mut a)?;
+        } else {
+            self.launch(
+                &name,
+                (cols as u32, tiles as u32, splits as u32),
+                256,
+                &mut a,
+            )?;
+        }
         if splits > 1 && !exec.fuse.unsummed.contains(&id.index()) {
             let mut r = Args::default();
             r.ptr(dst).ptr(out).i32((m * n) as i32).i32(splits as i32);

@@ -518,6 +518,51 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
     }
 }
 
+/// The persistent `_p` kernels (one-tile products up to 8 rows, limbs up to 4) walk the one-shot
+/// kernels' arithmetic in fewer blocks: the same bits with the knob on and off, on shapes where a
+/// block walks several units (up to `PERSIST_ITERS`), warps split 9 groups unevenly, rows split
+/// over 2 and 4 planes, 2 warp rows share a block (k = 1024) and the last tile is partial.
+#[test]
+fn persistent_products_equal_the_one_shot_kernels() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(23);
+    for ty in [DType::Q4_K, DType::Q6_K, DType::Q8_0] {
+        for (k, n) in [(2304, 32_000), (16_384, 4001), (8192, 9000), (1024, 20_000)] {
+            let wbytes = random_weight(&mut rng, ty, k * n);
+            let x8 = rng.vec(k * 8);
+            for m in [1, 2, 4, 8] {
+                let mut c = Case::new();
+                let w = c.weight(ty, &[k, n], wbytes.clone());
+                let x = c.f32(&[k, m], x8[..k * m].to_vec());
+                let y = c.g.matmul(w, x).unwrap();
+                let graph = c.g.finish(&[y]).unwrap();
+                for (prepare, limbs) in [(true, true), (true, false), (false, false)] {
+                    cuda.set_mma_prepare(Some(prepare));
+                    cuda.set_q4k_limbs(limbs);
+                    let mut by_knob = Vec::new();
+                    for persist in [true, false] {
+                        cuda.set_mma_persist(persist);
+                        by_knob.push(run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0));
+                    }
+                    assert!(
+                        by_knob[0].iter().all(|v| v.is_finite()),
+                        "{ty} k{k} n{n} m{m} prepared {prepare} limbs {limbs}: not finite"
+                    );
+                    assert!(
+                        same_bits(&by_knob[0], &by_knob[1]),
+                        "{ty} k{k} n{n} m{m} prepared {prepare} limbs {limbs}: persistent and one-shot kernels differ"
+                    );
+                }
+            }
+        }
+    }
+    cuda.set_mma_prepare(None);
+    cuda.set_q4k_limbs(false);
+    cuda.set_mma_persist(true);
+}
+
 /// Products that read one activation input share its prepared (hi/lo f16) form: an input
 /// prepared for one weight type must serve the others, a product of another input in between
 /// must not leave its activations behind for the next product of the first, and a product of a
