@@ -306,17 +306,66 @@ struct Q4KTile {
     u32 s[2][3];    // packed scales and mins
 };
 
+// Weight words are read once per product: WEIGHT_L1 2 (the default) loads them as first to
+// evict from L1 (ld.global.nc.L1::evict_first), so the activations that every warp rereads stay
+// there (H200, Q4_K weights: 31B decode 13.99 → 13.70 ms, with limbs 11.59 → 11.27); 1 does not
+// allocate them in L1 at all (14.80 ms: the four lanes of a row then fetch its scale words from L2
+// one load at a time); 0 plain loads.
+#ifndef WEIGHT_L1
+#define WEIGHT_L1 2
+#endif
+// The hint of the Q6_K and Q8_0 kernels with NT activation tiles: theirs only at one tile; at two
+// or more the asm loads cost those kernels registers and spills (the DFlash block's 16-row
+// products 9 % slower on an H200), where Q4_K's are unaffected.
+#define SMALL_HINT(NT) ((NT) == 1 ? WEIGHT_L1 : 0)
+template <int HINT = WEIGHT_L1>
+__device__ __forceinline__ u32 ldw32(const u8* p) {
+    u32 v;
+    if (HINT == 1) {
+        asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    } else if (HINT == 2) {
+        asm("ld.global.nc.L1::evict_first.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    } else {
+        v = *(const u32*)p;
+    }
+    return v;
+}
+template <int HINT = WEIGHT_L1>
+__device__ __forceinline__ u32 ldw16(const u8* p) {
+    unsigned short v;
+    if (HINT == 1) {
+        asm("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(v) : "l"(p));
+    } else if (HINT == 2) {
+        asm("ld.global.nc.L1::evict_first.u16 %0, [%1];" : "=h"(v) : "l"(p));
+    } else {
+        v = *(const u16*)p;
+    }
+    return v;
+}
+template <int HINT = WEIGHT_L1>
+__device__ __forceinline__ uint2 ldw64(const u8* p) {
+    uint2 v;
+    if (HINT == 1) {
+        asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    } else if (HINT == 2) {
+        asm("ld.global.nc.L1::evict_first.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    } else {
+        v = *(const uint2*)p;
+    }
+    return v;
+}
+
 __device__ __forceinline__ void q4k_load(Q4KTile& T, const u8* w, int row_g, int row_g8, int n_groups,
                                          int grp, int t) {
     const u8* b[2] = {w + ((i64)row_g * n_groups + grp) * 144, w + ((i64)row_g8 * n_groups + grp) * 144};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        T.dd[r] = *(const u32*)b[r];
-        T.s[r][0] = *(const u32*)(b[r] + 4);
-        T.s[r][1] = *(const u32*)(b[r] + 8);
-        T.s[r][2] = *(const u32*)(b[r] + 12);
+        T.dd[r] = ldw32(b[r]);
+        T.s[r][0] = ldw32(b[r] + 4);
+        T.s[r][1] = ldw32(b[r] + 8);
+        T.s[r][2] = ldw32(b[r] + 12);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) T.q[r][j] = *(const uint2*)(b[r] + 16 + 32 * j + 8 * t);
+        for (int j = 0; j < 4; ++j) T.q[r][j] = ldw64(b[r] + 16 + 32 * j + 8 * t);
     }
 }
 
@@ -949,8 +998,9 @@ Q4K_LIMB_PERSIST_KERNEL(1)
 Q4K_LIMB_PERSIST_KERNEL(2)
 
 // A 32-bit word at p: one load where p is 4-byte aligned, else two 2-byte loads.
+template <int HINT>
 __device__ __forceinline__ u32 load_u32_a(const u8* p, bool aligned) {
-    return aligned ? *(const u32*)p : load_u32_2(p);
+    return aligned ? ldw32<HINT>(p) : ldw16<HINT>(p) | ldw16<HINT>(p + 2) << 16;
 }
 
 // ---- Q6_K: 210-byte groups (ql[128], qh[64], int8 scales[16], f16 d). Weight i of half h
@@ -976,9 +1026,9 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             al[mt][r] = ((size_t)b[mt][r] & 3) == 0;
-            dd[mt][r] = h2f(*(const u16*)(b[mt][r] + 208));
+            dd[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(b[mt][r] + 208));
 #pragma unroll
-            for (int j = 0; j < 4; ++j) scales[mt][r][j] = load_u32_a(b[mt][r] + 192 + 4 * j, al[mt][r]);
+            for (int j = 0; j < 4; ++j) scales[mt][r][j] = load_u32_a<SMALL_HINT(NT)>(b[mt][r] + 192 + 4 * j, al[mt][r]);
         }
     const u32 offset = 0x64206420u;  // f16x2 (1056, 1056): 1024 + 32
 #pragma unroll
@@ -991,9 +1041,9 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
                     const u8* bb = b[mt][r];
-                    ql[mt][r][0] = load_u32_a(bb + 64 * h + 16 * lb + 4 * t, al[mt][r]);
-                    ql[mt][r][1] = load_u32_a(bb + 64 * h + 32 + 16 * lb + 4 * t, al[mt][r]);
-                    qh[mt][r] = load_u32_a(bb + 128 + 32 * h + 16 * lb + 4 * t, al[mt][r]);
+                    ql[mt][r][0] = load_u32_a<SMALL_HINT(NT)>(bb + 64 * h + 16 * lb + 4 * t, al[mt][r]);
+                    ql[mt][r][1] = load_u32_a<SMALL_HINT(NT)>(bb + 64 * h + 32 + 16 * lb + 4 * t, al[mt][r]);
+                    qh[mt][r] = load_u32_a<SMALL_HINT(NT)>(bb + 128 + 32 * h + 16 * lb + 4 * t, al[mt][r]);
                 }
 #pragma unroll
             for (int p = 0; p < 4; ++p) {
@@ -1033,12 +1083,13 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
 // block's quants are 4-byte aligned, an even block's sit 2 bytes past alignment and come from
 // three aligned words shifted into place (never past the group: an even block is never its
 // last). `blk` is a constant in the unrolled loop, so the choice costs nothing.
+template <int HINT>
 __device__ __forceinline__ void q80_words(const u8* bb, int blk, int t, u32& q0, u32& q1) {
     if (blk & 1) {
-        q0 = *(const u32*)(bb + 2 + 8 * t);
-        q1 = *(const u32*)(bb + 6 + 8 * t);
+        q0 = ldw32<HINT>(bb + 2 + 8 * t);
+        q1 = ldw32<HINT>(bb + 6 + 8 * t);
     } else {
-        u32 a = *(const u32*)(bb + 8 * t), b = *(const u32*)(bb + 8 * t + 4), c = *(const u32*)(bb + 8 * t + 8);
+        u32 a = ldw32<HINT>(bb + 8 * t), b = ldw32<HINT>(bb + 8 * t + 4), c = ldw32<HINT>(bb + 8 * t + 8);
         q0 = __byte_perm(a, b, 0x5432);
         q1 = __byte_perm(b, c, 0x5432);
     }
@@ -1065,8 +1116,8 @@ __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, floa
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 const u8* bb = b[mt][r] + 34 * blk;
-                d[mt][r] = h2f(*(const u16*)bb);
-                q80_words(bb, blk, t, q[mt][r][0], q[mt][r][1]);
+                d[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(bb));
+                q80_words<SMALL_HINT(NT)>(bb, blk, t, q[mt][r][0], q[mt][r][1]);
             }
         XFrag f[NT][2];
 #pragma unroll

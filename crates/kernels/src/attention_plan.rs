@@ -164,9 +164,25 @@ pub(crate) fn choose(cfg: &AttentionConfig, shape: &AttentionShape) -> Attention
     }
 }
 
+/// Cache rows per split of attentions of up to 16 queries: 128, or `SPECULA_ATT_SPLIT_ROWS`
+/// (a power of two from 16 to 4096; an A/B knob). It sets the sliding layers' splits (a
+/// 1,040-row ring: 8 splits); full-attention caches of 4K rows or more take the cap of 32. On an
+/// H200 (31B decode at depth 4K / 32K, tok/s, and t(16) at 4K against 256): 256 rows 61.3 /
+/// 53.5; 128 rows 64.3 / 55.8, t(16) +1 %; 64 rows 64.9 / 56.3, t(16) +5 % (bench/NOTES.md).
+pub(crate) fn split_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        std::env::var("SPECULA_ATT_SPLIT_ROWS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|r| r.is_power_of_two() && (16..=4096).contains(r))
+            .unwrap_or(128)
+    })
+}
+
 /// Number of blocks each (head, query) of an attention is split into over the K/V positions.
 /// Up to 16 queries (decode steps and verify batches) it depends on the cache capacity only (one
-/// split per 256 rows, at most 32), so a query's arithmetic is the same whatever batch it is in
+/// split per [`split_rows`] rows, at most 32), so a query's arithmetic is the same whatever batch it is in
 /// and a verify row equals the decode step; each block walks its positions one per warp, so
 /// short splits also keep enough blocks in flight (a 9-query verify at depth 4K ran one block
 /// per (head, query) before). Longer batches (prefill chunks) split only to fill the GPU (264
@@ -179,7 +195,7 @@ pub(crate) fn attention_splits(
     cap: usize,
 ) -> usize {
     if n_tok <= MQ_MIN_QUERIES {
-        return (cap / 256).clamp(1, 32);
+        return (cap / split_rows()).clamp(1, 32);
     }
     let blocks = n_head * query_blocks;
     let fill = 264usize.div_ceil(blocks.max(1));
@@ -223,7 +239,19 @@ mod tests {
                 choose(&cfg(), &shape(&l, DType::F16, 256, n_tok)),
                 AttentionKernel::Wide { d: 256 }
             );
-            assert_eq!(attention_splits(32, n_tok, n_tok, 4096), 16);
+            // The split count depends on the cache rows only, never on the batch.
+            for cap in [100, 1040, 4096] {
+                assert_eq!(
+                    attention_splits(32, n_tok, n_tok, cap),
+                    attention_splits(32, 1, 1, cap)
+                );
+            }
+        }
+        if std::env::var_os("SPECULA_ATT_SPLIT_ROWS").is_none() {
+            // A sliding layer's ring of 1,040 rows: 8 splits; 4K rows: the cap of 32.
+            assert_eq!(attention_splits(32, 1, 1, 1040), 8);
+            assert_eq!(attention_splits(32, 1, 1, 4096), 32);
+            assert_eq!(attention_splits(32, 1, 1, 100), 1);
         }
         assert_eq!(
             choose(&cfg(), &shape(&l, DType::F16, 256, 17)),

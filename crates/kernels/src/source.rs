@@ -19,7 +19,18 @@ pub fn full_source() -> String {
     if let Some(define) = attention_min_split_define() {
         parts.insert_str(0, &define);
     }
+    if let Some(define) = weight_l1_define() {
+        parts.insert_str(0, &define);
+    }
     parts
+}
+
+/// `#define WEIGHT_L1 n` from `SPECULA_WEIGHT_L1=n` (an A/B knob for the `_mma_` and limb
+/// kernels' weight loads: 0 plain, 1 not allocated in L1, 2 first evicted from L1, the default;
+/// `matvec_mma.cu`), or None for the kernels' default.
+pub fn weight_l1_define() -> Option<String> {
+    let n: usize = std::env::var("SPECULA_WEIGHT_L1").ok()?.parse().ok()?;
+    (n <= 2).then(|| format!("#define WEIGHT_L1 {n}\n"))
 }
 
 /// `#define ATT_MIN_SPLIT n` from `SPECULA_ATT_MIN_SPLIT=n` (an A/B knob: the fewest cached
