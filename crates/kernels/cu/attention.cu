@@ -190,32 +190,47 @@ __device__ __forceinline__ void load_h8(const u16* p, float* out) {
     }
 }
 
-template <int E>
+// With RQ > 1 (the `_g2` kernels), a block takes RQ heads of one K/V group for its query: each
+// K/V row loaded serves RQ dot products and softmax updates, where one block per head loaded it
+// RQ times. Every head's arithmetic is the RQ = 1 kernel's (the same positions, warps, order and
+// merge, with the roundings spelled out), so the bits are too.
+template <int E, int RQ>
 __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k, Layout4 lk, const u16* v,
                                         Layout4 lv, const int* q_pos, const int* n_kv_ptr, const float* mask,
                                         float* out, int d_v, int n_head, int n_head_kv, int cap, float scale,
                                         int mask_kind, int window, int ring, int* err, int n_split,
                                         float* partial) {
-    __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
-    __shared__ float wacc[ATT_WARPS][ATT_MAX_D];
-    int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z;
+    __shared__ float wm[RQ][ATT_WARPS], wl[RQ][ATT_WARPS];
+    __shared__ float wacc[RQ][ATT_WARPS][ATT_MAX_D];
+    int h0 = blockIdx.x * RQ, t = blockIdx.y, split = blockIdx.z;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int g = h / (n_head / n_head_kv);
-    const float* qr = q + lq.off + (i64)h * lq.s1 + (i64)t * lq.s2 + lane * E;
-    float qv[E];
+    int g = h0 / (n_head / n_head_kv);
+    float qv[RQ][E];
 #pragma unroll
-    for (int e = 0; e < E; ++e) qv[e] = qr[e];
-    float* o = out + ((i64)t * n_head + h) * d_v;
+    for (int r = 0; r < RQ; ++r) {
+        const float* qr = q + lq.off + (i64)(h0 + r) * lq.s1 + (i64)t * lq.s2 + lane * E;
+#pragma unroll
+        for (int e = 0; e < E; ++e) qv[r][e] = qr[e];
+    }
     i64 lo, hi;
-    if (!attention_range(q_pos, n_kv_ptr, t, split, n_split, cap, mask_kind, window, ring, o, d_v, err, lo, hi))
-        return;
-    float m = -INFINITY, l = 0.0f, acc[E];
+    bool live = true;
 #pragma unroll
-    for (int e = 0; e < E; ++e) acc[e] = 0.0f;
+    for (int r = 0; r < RQ; ++r)
+        live = attention_range(q_pos, n_kv_ptr, t, split, n_split, cap, mask_kind, window, ring,
+                               out + ((i64)t * n_head + h0 + r) * d_v, d_v, err, lo, hi);
+    if (!live) return;
+    float m[RQ], l[RQ], acc[RQ][E];
+#pragma unroll
+    for (int r = 0; r < RQ; ++r) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[r][e] = 0.0f;
+    }
     i64 kbase = lk.off + (i64)g * lk.s1 + lane * E, vbase = lv.off + (i64)g * lv.s1 + lane * E;
     for (i64 p = lo + warp; p <= hi; p += 2 * ATT_WARPS) {
         i64 pp[2] = {p, p + ATT_WARPS <= hi ? p + ATT_WARPS : p};
-        float kv[2][E], vv[2][E], s[2];
+        float kv[2][E], vv[2][E], s[RQ][2];
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
             i64 slot = ring ? pp[j] % cap : pp[j];
@@ -224,53 +239,73 @@ __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k
                 load_h8(k + kbase + slot * lk.s2 + c, kv[j] + c);
                 load_h8(v + vbase + slot * lv.s2 + c, vv[j] + c);
             }
-            float d = 0.0f;
 #pragma unroll
-            for (int e = 0; e < E; ++e) d += qv[e] * kv[j][e];
-            s[j] = d;
+            for (int r = 0; r < RQ; ++r) {
+                float d = 0.0f;
+#pragma unroll
+                for (int e = 0; e < E; ++e) d = __fmaf_rn(qv[r][e], kv[j][e], d);
+                s[r][j] = d;
+            }
         }
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-            s[j] = warp_sum(s[j]) * scale;
             i64 slot = ring ? pp[j] % cap : pp[j];
-            if (mask) s[j] += mask[slot + (i64)t * cap];
+#pragma unroll
+            for (int r = 0; r < RQ; ++r) {
+                s[r][j] = warp_sum(s[r][j]) * scale;
+                if (mask) s[r][j] += mask[slot + (i64)t * cap];
+            }
         }
-        if (pp[1] == pp[0]) s[1] = -INFINITY;
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            if (s[j] == -INFINITY) continue;
-            float mn = fmaxf(m, s[j]);
-            float c = expf(m - mn), w = expf(s[j] - mn);
-            l = l * c + w;
+        for (int r = 0; r < RQ; ++r) {
+            if (pp[1] == pp[0]) s[r][1] = -INFINITY;
 #pragma unroll
-            for (int e = 0; e < E; ++e) acc[e] = acc[e] * c + w * vv[j][e];
-            m = mn;
+            for (int j = 0; j < 2; ++j) {
+                if (s[r][j] == -INFINITY) continue;
+                float mn = fmaxf(m[r], s[r][j]);
+                float c = expf(m[r] - mn), w = expf(s[r][j] - mn);
+                l[r] = __fmaf_rn(l[r], c, w);
+#pragma unroll
+                for (int e = 0; e < E; ++e) acc[r][e] = __fmaf_rn(acc[r][e], c, __fmul_rn(w, vv[j][e]));
+                m[r] = mn;
+            }
         }
     }
-    if (lane == 0) {
-        wm[warp] = m;
-        wl[warp] = l;
-    }
 #pragma unroll
-    for (int e = 0; e < E; ++e) wacc[warp][lane * E + e] = acc[e];
+    for (int r = 0; r < RQ; ++r) {
+        if (lane == 0) {
+            wm[r][warp] = m[r];
+            wl[r][warp] = l[r];
+        }
+#pragma unroll
+        for (int e = 0; e < E; ++e) wacc[r][warp][lane * E + e] = acc[r][e];
+    }
     __syncthreads();
-    attention_merge_warps(wm, wl, wacc, o, partial, t, h, n_head, split, n_split, d_v);
+#pragma unroll
+    for (int r = 0; r < RQ; ++r)
+        attention_merge_warps(wm[r], wl[r], wacc[r], out + ((i64)t * n_head + h0 + r) * d_v, partial, t, h0 + r,
+                              n_head, split, n_split, d_v);
 }
 
-#define ATTENTION_WIDE(E)                                                                                    \
-    extern "C" __global__ void attention_f16_e##E(const float* q, Layout4 lq, const void* k, int k_dt,     \
-                                                  Layout4 lk, const void* v, int v_dt, Layout4 lv,          \
-                                                  const int* q_pos, const int* n_kv_ptr, const float* mask, \
-                                                  float* out, int d, int d_v, int n_head, int n_head_kv,    \
-                                                  int cap, float scale, int mask_kind, int window, int ring, \
-                                                  int* err, int n_split, float* partial) {                  \
+// attention_f16_e<E> (a block per head) and attention_f16_e<E>_g2 (a block per two heads of one
+// K/V group; grid x n_head / 2).
+#define ATTENTION_WIDE(E, RQ, TAIL)                                                                          \
+    extern "C" __global__ void attention_f16_e##E##TAIL(const float* q, Layout4 lq, const void* k, int k_dt, \
+                                                        Layout4 lk, const void* v, int v_dt, Layout4 lv,    \
+                                                        const int* q_pos, const int* n_kv_ptr,              \
+                                                        const float* mask, float* out, int d, int d_v,      \
+                                                        int n_head, int n_head_kv, int cap, float scale,    \
+                                                        int mask_kind, int window, int ring, int* err,      \
+                                                        int n_split, float* partial) {                      \
         pdl_entry();                                                                                        \
-        attention_f16_wide_body<E>(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask, out,  \
-                                   d_v, n_head, n_head_kv, cap, scale, mask_kind, window, ring, err, n_split, \
-                                   partial);                                                                  \
+        attention_f16_wide_body<E, RQ>(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask,   \
+                                       out, d_v, n_head, n_head_kv, cap, scale, mask_kind, window, ring, err, \
+                                       n_split, partial);                                                     \
     }
-ATTENTION_WIDE(8)
-ATTENTION_WIDE(16)
+ATTENTION_WIDE(8, 1, )
+ATTENTION_WIDE(16, 1, )
+ATTENTION_WIDE(8, 2, _g2)
+ATTENTION_WIDE(16, 2, _g2)
 
 // Attention of many queries (prefill chunks; every batch under SPECULA_MQ_ATTENTION=all) for f16
 // K/V rows of D = d = d_v (256 or 512), 16-byte aligned: one block per (head, 16 consecutive

@@ -251,6 +251,8 @@ pub const OTHER_KERNELS: &[&str] = &[
     "attention_f32",
     "attention_f16_e8",
     "attention_f16_e16",
+    "attention_f16_e8_g2",
+    "attention_f16_e16_g2",
     "attention_mq_d256",
     "attention_mq_d512",
     "attention_combine_f32",

@@ -212,6 +212,10 @@ pub struct CudaBackend {
     /// the same arithmetic walked by two blocks per multiprocessor (`SPECULA_MMA_PERSIST=0`: the
     /// one-shot kernels, an A/B knob).
     mma_persist: bool,
+    /// Attentions on the wide f16 kernels run a block per two heads of one K/V group (the
+    /// `_g2` kernels, same bits) where the group has an even number of heads
+    /// (`SPECULA_ATT_GROUP=0`: a block per head, an A/B knob).
+    att_group: bool,
     /// The device's multiprocessors (the persistent kernels' grid).
     sm_count: usize,
     /// Kernels launch with programmatic stream serialization (sm_90 and later, unless
@@ -356,6 +360,7 @@ impl CudaBackend {
             q4k_limbs: std::env::var("SPECULA_Q4K_LIMBS").is_ok_and(|v| v == "1"),
             mma_persist: std::env::var("SPECULA_MMA_PERSIST").map_or(true, |v| v != "0"),
             sm_count,
+            att_group: std::env::var("SPECULA_ATT_GROUP").map_or(true, |v| v != "0"),
             fusion: std::env::var("SPECULA_FUSE").map_or(true, |v| v != "0"),
             cublas,
             gemm_route,
@@ -414,6 +419,12 @@ impl CudaBackend {
     /// of the f32 products; either keeps every row's bits whatever its batch.
     pub fn set_q4k_limbs(&mut self, on: bool) {
         self.q4k_limbs = on;
+    }
+
+    /// Whether attentions on the wide f16 kernels take a block per two heads of a K/V group (the
+    /// default) or per head; both give the same bits (a tuning and test knob).
+    pub fn set_attention_groups(&mut self, on: bool) {
+        self.att_group = on;
     }
 
     /// Whether one-activation-tile products take the persistent `_p` kernels (the default) or

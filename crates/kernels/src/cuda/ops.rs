@@ -459,10 +459,20 @@ impl CudaBackend {
                 };
                 a.i32(n_split as i32).ptr(scratch);
                 let route = self.attention_route(g, node);
+                // Two heads of one K/V group per block where the group's heads pair up.
+                let n_rep = n_head / k.shape().ne(1).max(1);
+                let grouped = self.att_group
+                    && matches!(route, AttentionKernel::Wide { .. })
+                    && n_rep % 2 == 0;
+                let (name, head_blocks) = if grouped {
+                    (format!("{}_g2", route.name()), n_head / 2)
+                } else {
+                    (route.name().to_string(), n_head)
+                };
                 self.launch_smem(
-                    route.name(),
+                    &name,
                     (
-                        n_head as u32,
+                        head_blocks as u32,
                         route.query_blocks(n_tok) as u32,
                         n_split as u32,
                     ),

@@ -1685,6 +1685,64 @@ fn attention_is_batch_invariant() {
     cuda.set_multi_query_attention(MultiQueryAttention::LongBatches);
 }
 
+/// A block per two heads of one K/V group (the wide kernels' `_g2` form, the default) gives every
+/// head the bits of a block per head: decode steps and 5- and 16-query verify batches, linear and
+/// ring caches, head dims 256 and 512, 2 and 4 heads per group, one and several splits.
+#[test]
+fn grouped_attention_equals_a_block_per_head() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(31);
+    let cases: [(usize, usize, usize, usize, i32, AttnMask, KvLayout); 4] = [
+        (256, 4, 2, 4096, 3100, AttnMask::Causal, KvLayout::Linear),
+        (
+            256,
+            8,
+            4,
+            1040,
+            3000,
+            AttnMask::SlidingWindow { window: 1024 },
+            KvLayout::Ring,
+        ),
+        (512, 8, 2, 2048, 1203, AttnMask::Causal, KvLayout::Linear),
+        (512, 4, 1, 2048, 40, AttnMask::Causal, KvLayout::Linear),
+    ];
+    for (d, nh, nkv, cap, n_kv, mask, layout) in cases {
+        for t in [1usize, 5, 16] {
+            let mut c = Case::new();
+            let q = c.f32(&[d, nh, t], rng.vec(d * nh * t));
+            let k = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
+            let v = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
+            let pos: Vec<i32> = (n_kv - t as i32..n_kv).collect();
+            let p = c.i32(&[t], pos);
+            let n = c.i32(&[1], vec![n_kv]);
+            let params = AttnParams {
+                scale: 0.0625,
+                mask,
+                kv_layout: layout,
+            };
+            let y = c.g.attention(q, k, v, p, n, None, params).unwrap();
+            let graph = c.g.finish(&[y]).unwrap();
+            let mut by_knob = Vec::new();
+            for grouped in [true, false] {
+                cuda.set_attention_groups(grouped);
+                by_knob.push(run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0));
+            }
+            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+            let err = rel_err(&by_knob[0], &want);
+            let name = format!("attention d{d} heads {nh}/{nkv} {t} queries {mask:?} {layout:?}");
+            assert!(err <= 1e-5, "{name}: rel err {err:e} against the CPU");
+            assert!(
+                same_bits(&by_knob[0], &by_knob[1]),
+                "{name}: grouped and per-head blocks differ"
+            );
+            eprintln!("{name}: grouped = per head; rel err {err:.2e} (CPU)");
+        }
+    }
+    cuda.set_attention_groups(true);
+}
+
 #[test]
 fn kernel_errors_are_reported() {
     let Some(mut cuda) = crate::cuda() else {
