@@ -459,9 +459,10 @@ impl CudaBackend {
                 };
                 a.i32(n_split as i32).ptr(scratch);
                 let route = self.attention_route(g, node);
-                // Two heads of one K/V group per block where the group's heads pair up.
+                // Two heads of one K/V group per block where the group's heads pair up and the
+                // batch has the queries to keep the blocks in flight.
                 let n_rep = n_head / k.shape().ne(1).max(1);
-                let grouped = self.att_group
+                let grouped = self.att_group.is_some_and(|min| n_tok >= min)
                     && matches!(route, AttentionKernel::Wide { .. })
                     && n_rep % 2 == 0;
                 let (name, head_blocks) = if grouped {

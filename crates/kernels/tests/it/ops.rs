@@ -1685,8 +1685,8 @@ fn attention_is_batch_invariant() {
     cuda.set_multi_query_attention(MultiQueryAttention::LongBatches);
 }
 
-/// A block per two heads of one K/V group (the wide kernels' `_g2` form, the default) gives every
-/// head the bits of a block per head: decode steps and 5- and 16-query verify batches, linear and
+/// A block per two heads of one K/V group (the wide kernels' `_g2` form, by default for batches of
+/// 4 queries or more) gives every head the bits of a block per head: decode steps and 5- and 16-query verify batches, linear and
 /// ring caches, head dims 256 and 512, 2 and 4 heads per group, one and several splits.
 #[test]
 fn grouped_attention_equals_a_block_per_head() {
@@ -1725,7 +1725,7 @@ fn grouped_attention_equals_a_block_per_head() {
             let y = c.g.attention(q, k, v, p, n, None, params).unwrap();
             let graph = c.g.finish(&[y]).unwrap();
             let mut by_knob = Vec::new();
-            for grouped in [true, false] {
+            for grouped in [Some(1), None] {
                 cuda.set_attention_groups(grouped);
                 by_knob.push(run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0));
             }
@@ -1740,7 +1740,7 @@ fn grouped_attention_equals_a_block_per_head() {
             eprintln!("{name}: grouped = per head; rel err {err:.2e} (CPU)");
         }
     }
-    cuda.set_attention_groups(true);
+    cuda.set_attention_groups(Some(4));
 }
 
 #[test]
