@@ -180,9 +180,22 @@ pub(crate) fn split_rows() -> usize {
     })
 }
 
+/// Most splits of attentions of up to 16 queries: 32, or `SPECULA_ATT_MAX_SPLITS` (a power of
+/// two from 1 to 256; an A/B knob).
+pub(crate) fn max_splits() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("SPECULA_ATT_MAX_SPLITS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|r| r.is_power_of_two() && (1..=256).contains(r))
+            .unwrap_or(32)
+    })
+}
+
 /// Number of blocks each (head, query) of an attention is split into over the K/V positions.
 /// Up to 16 queries (decode steps and verify batches) it depends on the cache capacity only (one
-/// split per [`split_rows`] rows, at most 32), so a query's arithmetic is the same whatever batch it is in
+/// split per [`split_rows`] rows, at most [`max_splits`]), so a query's arithmetic is the same whatever batch it is in
 /// and a verify row equals the decode step; each block walks its positions one per warp, so
 /// short splits also keep enough blocks in flight (a 9-query verify at depth 4K ran one block
 /// per (head, query) before). Longer batches (prefill chunks) split only to fill the GPU (264
@@ -195,7 +208,7 @@ pub(crate) fn attention_splits(
     cap: usize,
 ) -> usize {
     if n_tok <= MQ_MIN_QUERIES {
-        return (cap / split_rows()).clamp(1, 32);
+        return (cap / split_rows()).clamp(1, max_splits());
     }
     let blocks = n_head * query_blocks;
     let fill = 264usize.div_ceil(blocks.max(1));
@@ -247,7 +260,9 @@ mod tests {
                 );
             }
         }
-        if std::env::var_os("SPECULA_ATT_SPLIT_ROWS").is_none() {
+        if std::env::var_os("SPECULA_ATT_SPLIT_ROWS").is_none()
+            && std::env::var_os("SPECULA_ATT_MAX_SPLITS").is_none()
+        {
             // A sliding layer's ring of 1,040 rows: 8 splits; 4K rows: the cap of 32.
             assert_eq!(attention_splits(32, 1, 1, 1040), 8);
             assert_eq!(attention_splits(32, 1, 1, 4096), 32);
