@@ -15,6 +15,28 @@
 #define ATT_MIN_SPLIT 16
 #endif
 
+// The cache row of position p (0 ≤ p < 2^31: positions and n_kv are ints): p % cap in a ring, in
+// 32-bit arithmetic (the 64-bit remainder is a subroutine call of ~70 instructions).
+// ATT_RING_REM64 1 restores the 64-bit remainder per position (an A/B knob,
+// `SPECULA_ATT_RING_REM64=1`).
+#ifndef ATT_RING_REM64
+#define ATT_RING_REM64 0
+#endif
+__device__ __forceinline__ i64 cache_row(i64 p, int cap, int ring) {
+    if (ATT_RING_REM64) return ring ? p % cap : p;
+    return ring ? (i64)((u32)p % (u32)cap) : p;
+}
+
+// The cache row `step` positions after row `slot` (step ≥ 0), for walks that move up a ring
+// without a remainder per position.
+__device__ __forceinline__ i64 cache_row_add(i64 slot, int step, int cap, int ring) {
+    slot += step;
+    if (ATT_RING_REM64) return ring ? slot % cap : slot;
+    if (ring)
+        while (slot >= cap) slot -= cap;
+    return slot;
+}
+
 // The positions lo..hi a query at absolute position qp sees in split `split` of n_split (empty
 // when hi < lo), given n_kv cached positions (checked by the caller). Returns the number of splits
 // in use for this query, ⌈visible / ATT_MIN_SPLIT⌉ capped at n_split (1 when nothing is
@@ -112,8 +134,8 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
     float acc[ATT_MAX_D / 32];
 #pragma unroll
     for (int j = 0; j < ATT_MAX_D / 32; ++j) acc[j] = 0.0f;
-    for (i64 p = lo + warp; p <= hi; p += ATT_WARPS) {
-        i64 slot = ring ? p % cap : p;
+    i64 slot = cache_row(lo + warp, cap, ring);
+    for (i64 p = lo + warp; p <= hi; p += ATT_WARPS, slot = cache_row_add(slot, ATT_WARPS, cap, ring)) {
         i64 kr = lk.off + (i64)g * lk.s1 + slot * lk.s2;
         float s = 0.0f;
         for (int i = lane; i < d; i += 32) s += qs[i] * load_float(k, k_dt, kr + i);
@@ -228,12 +250,14 @@ __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k
         for (int e = 0; e < E; ++e) acc[r][e] = 0.0f;
     }
     i64 kbase = lk.off + (i64)g * lk.s1 + lane * E, vbase = lv.off + (i64)g * lv.s1 + lane * E;
-    for (i64 p = lo + warp; p <= hi; p += 2 * ATT_WARPS) {
+    i64 row0 = cache_row(lo + warp, cap, ring);
+    for (i64 p = lo + warp; p <= hi; p += 2 * ATT_WARPS, row0 = cache_row_add(row0, 2 * ATT_WARPS, cap, ring)) {
         i64 pp[2] = {p, p + ATT_WARPS <= hi ? p + ATT_WARPS : p};
+        i64 rows[2] = {row0, pp[1] == p ? row0 : cache_row_add(row0, ATT_WARPS, cap, ring)};
         float kv[2][E], vv[2][E], s[RQ][2];
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-            i64 slot = ring ? pp[j] % cap : pp[j];
+            i64 slot = rows[j];
 #pragma unroll
             for (int c = 0; c < E; c += 8) {
                 load_h8(k + kbase + slot * lk.s2 + c, kv[j] + c);
@@ -249,7 +273,7 @@ __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k
         }
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-            i64 slot = ring ? pp[j] % cap : pp[j];
+            i64 slot = rows[j];
 #pragma unroll
             for (int r = 0; r < RQ; ++r) {
                 s[r][j] = warp_sum(s[r][j]) * scale;
@@ -380,7 +404,7 @@ __device__ void attention_mq_body(const float* q, Layout4 lq, const u16* k, Layo
             i64 p = p0 + pr;
             uint4 kx = make_uint4(0, 0, 0, 0), vx = kx;
             if (p >= blo && p <= bhi) {
-                i64 slot = ring ? p % cap : p;
+                i64 slot = cache_row(p, cap, ring);
                 kx = *(const uint4*)(k + kbase + slot * lk.s2 + c8);
                 vx = *(const uint4*)(v + vbase + slot * lv.s2 + c8);
             }
@@ -409,7 +433,7 @@ __device__ void attention_mq_body(const float* q, Layout4 lq, const u16* k, Layo
             float sj = -INFINITY;
             if (p >= rlo[j] && p <= rhi[j]) {
                 sj = s[j] * scale;
-                if (mask) sj += mask[(ring ? p % cap : p) + (i64)(t0 + 2 * warp + j) * cap];
+                if (mask) sj += mask[cache_row(p, cap, ring) + (i64)(t0 + 2 * warp + j) * cap];
             }
             float mn = fmaxf(m[j], warp_max(sj));
             float c = m[j] == -INFINITY ? 0.0f : expf(m[j] - mn);

@@ -13,7 +13,8 @@ pub const OPS: &str = include_str!("../cu/ops.cu");
 /// Attention.
 pub const ATTENTION: &str = include_str!("../cu/attention.cu");
 
-/// The whole translation unit compiled by NVRTC.
+/// The whole translation unit compiled by NVRTC, with the A/B knobs' defines in front
+/// (`SPECULA_ATT_MIN_SPLIT`, `SPECULA_WEIGHT_L1`, `SPECULA_ATT_RING_REM64=1`).
 pub fn full_source() -> String {
     let mut parts = [COMMON, DEQUANT, MATMUL, MATVEC_MMA, OPS, ATTENTION].join("\n");
     if let Some(define) = attention_min_split_define() {
@@ -21,6 +22,9 @@ pub fn full_source() -> String {
     }
     if let Some(define) = weight_l1_define() {
         parts.insert_str(0, &define);
+    }
+    if std::env::var("SPECULA_ATT_RING_REM64").is_ok_and(|v| v == "1") {
+        parts.insert_str(0, "#define ATT_RING_REM64 1\n");
     }
     parts
 }
