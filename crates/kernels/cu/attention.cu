@@ -1,5 +1,6 @@
 // Attention over K/V rows addressed by absolute position, head dims up to 512.
-// attention_f32 and attention_f16_e*: one (head, query) per block; each warp takes every
+// attention_f32 and attention_f16_e*: one (head, query) per block (the attention_f16_e*_g2 forms:
+// two heads of one K/V group, for batches of 4 queries or more); each warp takes every
 // ATT_WARPS-th visible position with its own running softmax, and the warps' partial results are
 // merged at the end (decode steps and verify batches). attention_mq_d*: one block per (head, 16
 // queries) sharing K/V tiles in shared memory (prefill chunks), below. attention_plan.rs routes.
@@ -276,8 +277,8 @@ __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k
             i64 slot = rows[j];
 #pragma unroll
             for (int r = 0; r < RQ; ++r) {
-                s[r][j] = warp_sum(s[r][j]) * scale;
-                if (mask) s[r][j] += mask[slot + (i64)t * cap];
+                s[r][j] = __fmul_rn(warp_sum(s[r][j]), scale);
+                if (mask) s[r][j] = __fadd_rn(s[r][j], mask[slot + (i64)t * cap]);
             }
         }
 #pragma unroll

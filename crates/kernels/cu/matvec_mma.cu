@@ -318,6 +318,9 @@ struct Q4KTile {
 // or more the asm loads cost those kernels registers and spills (the DFlash block's 16-row
 // products 9 % slower on an H200), where Q4_K's are unaffected.
 #define SMALL_HINT(NT) ((NT) == 1 ? WEIGHT_L1 : 0)
+// The hinted loads are plain (not volatile, no memory clobber) so the compiler may schedule them
+// freely, even before pdl_entry's wait: sound only because weights are written by the host before
+// any launch and never by a kernel. Generic pointers to device allocations are global addresses.
 template <int HINT = WEIGHT_L1>
 __device__ __forceinline__ u32 ldw32(const u8* p) {
     u32 v;
@@ -569,6 +572,8 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float
 // memory, and after one barrier each unit's rows add them in slice order, as the one-shot kernels
 // add their warps' (empty slices as +0.0): the same bits for every row.
 #define PERSIST_ITERS 6
+// The launch must give gridDim.y · PERSIST_ITERS ≥ the units (source::persist_blocks does): units
+// past that would be left unwritten.
 
 // Where a warp is in its walk: iteration i, group grp of weight rows row0.., or done (i < 0).
 struct PersistWalk {

@@ -4,7 +4,9 @@
 //!
 //! - `attention_f32`: any K/V type and head dim up to 512, one block per (head, query, split).
 //! - `attention_f16_e8` / `_e16`: f16 K/V rows of 256 / 512 with 16-byte-aligned rows, same grid,
-//!   16-byte loads (decode steps and verify batches).
+//!   16-byte loads (decode steps and verify batches); their `_g2` forms take two heads of one K/V
+//!   group per block (grid x n_head / 2; batches of 4 queries or more, chosen at launch, same
+//!   bits).
 //! - `attention_mq_d256` / `_d512`: the same rows for more than [`MQ_MIN_QUERIES`] queries
 //!   (prefill chunks): one block per (head, [`MQ_ROWS`] queries, split) sharing each K/V tile.
 //!

@@ -521,7 +521,8 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
 /// The persistent `_p` kernels (one-tile products up to 8 rows, limbs up to 4) walk the one-shot
 /// kernels' arithmetic in fewer blocks: the same bits with the knob on and off, on shapes where a
 /// block walks several units (up to `PERSIST_ITERS`), warps split 9 groups unevenly, rows split
-/// over 2 and 4 planes, 2 warp rows share a block (k = 1024) and the last tile is partial.
+/// over 2 and 4 planes, 2, 4 and 8 warp rows share a block (k = 1024, 512, 256) and the last
+/// tile is partial.
 #[test]
 fn persistent_products_equal_the_one_shot_kernels() {
     let Some(mut cuda) = crate::cuda() else {
@@ -529,7 +530,14 @@ fn persistent_products_equal_the_one_shot_kernels() {
     };
     let mut rng = Rng(23);
     for ty in [DType::Q4_K, DType::Q6_K, DType::Q8_0] {
-        for (k, n) in [(2304, 32_000), (16_384, 4001), (8192, 9000), (1024, 20_000)] {
+        for (k, n) in [
+            (2304, 32_000),
+            (16_384, 4001),
+            (8192, 9000),
+            (1024, 20_000),
+            (512, 50_000),
+            (256, 40_000),
+        ] {
             let wbytes = random_weight(&mut rng, ty, k * n);
             let x8 = rng.vec(k * 8);
             for m in [1, 2, 4, 8] {
@@ -1694,8 +1702,9 @@ fn grouped_attention_equals_a_block_per_head() {
         return;
     };
     let mut rng = Rng(31);
-    let cases: [(usize, usize, usize, usize, i32, AttnMask, KvLayout); 4] = [
+    let cases: [(usize, usize, usize, usize, i32, AttnMask, KvLayout); 5] = [
         (256, 4, 2, 4096, 3100, AttnMask::Causal, KvLayout::Linear),
+        (256, 4, 2, 600, 500, AttnMask::Explicit, KvLayout::Linear),
         (
             256,
             8,
@@ -1722,7 +1731,9 @@ fn grouped_attention_equals_a_block_per_head() {
                 mask,
                 kv_layout: layout,
             };
-            let y = c.g.attention(q, k, v, p, n, None, params).unwrap();
+            let m = (mask == AttnMask::Explicit)
+                .then(|| c.f32(&[cap, t], explicit_mask(&mut rng, cap * t)));
+            let y = c.g.attention(q, k, v, p, n, m, params).unwrap();
             let graph = c.g.finish(&[y]).unwrap();
             let mut by_knob = Vec::new();
             for grouped in [Some(1), None] {
