@@ -18,21 +18,12 @@
 
 // The cache row of position p (0 ≤ p < 2^31: positions and n_kv are ints): p % cap in a ring, in
 // 32-bit arithmetic (the 64-bit remainder is a subroutine call of ~70 instructions).
-// ATT_RING_REM64 1 restores the 64-bit remainder per position (an A/B knob,
-// `SPECULA_ATT_RING_REM64=1`).
-#ifndef ATT_RING_REM64
-#define ATT_RING_REM64 0
-#endif
-__device__ __forceinline__ i64 cache_row(i64 p, int cap, int ring) {
-    if (ATT_RING_REM64) return ring ? p % cap : p;
-    return ring ? (i64)((u32)p % (u32)cap) : p;
-}
+__device__ __forceinline__ i64 cache_row(i64 p, int cap, int ring) { return ring ? (i64)((u32)p % (u32)cap) : p; }
 
 // The cache row `step` positions after row `slot` (step ≥ 0), for walks that move up a ring
 // without a remainder per position.
 __device__ __forceinline__ i64 cache_row_add(i64 slot, int step, int cap, int ring) {
     slot += step;
-    if (ATT_RING_REM64) return ring ? slot % cap : slot;
     if (ring)
         while (slot >= cap) slot -= cap;
     return slot;

@@ -308,9 +308,9 @@ struct Q4KTile {
 
 // Weight words are read once per product: WEIGHT_L1 2 (the default) loads them as first to
 // evict from L1 (ld.global.nc.L1::evict_first), so the activations that every warp rereads stay
-// there (H200, Q4_K weights: 31B decode 13.99 → 13.70 ms, with limbs 11.59 → 11.27); 1 does not
-// allocate them in L1 at all (14.80 ms: the four lanes of a row then fetch its scale words from L2
-// one load at a time); 0 plain loads.
+// there (H200, Q4_K weights: 31B decode 13.99 → 13.70 ms, with limbs 11.59 → 11.27); 0 plain
+// loads. (Not allocating them in L1 at all was slower, 14.80 ms: the four lanes of a row then
+// fetch its scale words from L2 one load at a time; bench/NOTES.md.)
 #ifndef WEIGHT_L1
 #define WEIGHT_L1 2
 #endif
@@ -324,9 +324,7 @@ struct Q4KTile {
 template <int HINT = WEIGHT_L1>
 __device__ __forceinline__ u32 ldw32(const u8* p) {
     u32 v;
-    if (HINT == 1) {
-        asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
-    } else if (HINT == 2) {
+    if (HINT == 2) {
         asm("ld.global.nc.L1::evict_first.u32 %0, [%1];" : "=r"(v) : "l"(p));
     } else {
         v = *(const u32*)p;
@@ -336,9 +334,7 @@ __device__ __forceinline__ u32 ldw32(const u8* p) {
 template <int HINT = WEIGHT_L1>
 __device__ __forceinline__ u32 ldw16(const u8* p) {
     unsigned short v;
-    if (HINT == 1) {
-        asm("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(v) : "l"(p));
-    } else if (HINT == 2) {
+    if (HINT == 2) {
         asm("ld.global.nc.L1::evict_first.u16 %0, [%1];" : "=h"(v) : "l"(p));
     } else {
         v = *(const u16*)p;
@@ -348,9 +344,7 @@ __device__ __forceinline__ u32 ldw16(const u8* p) {
 template <int HINT = WEIGHT_L1>
 __device__ __forceinline__ uint2 ldw64(const u8* p) {
     uint2 v;
-    if (HINT == 1) {
-        asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
-    } else if (HINT == 2) {
+    if (HINT == 2) {
         asm("ld.global.nc.L1::evict_first.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
     } else {
         v = *(const uint2*)p;
@@ -1287,11 +1281,11 @@ MMV_KERNELS(q4_k, DT_Q4_K, 1)
 MMV_KERNELS(q6_k, DT_Q6_K, 2)
 MMV_KERNELS(q8_0, DT_Q8_0, 2)
 
-// matmul_<type>_mma_m1n1p[_x]: matmul_<type>_mma_m1n1[_x] in gridDim.y persistent blocks (grid
+// matmul_<type>_mma_m1n1[_x]_p: matmul_<type>_mma_m1n1[_x] in gridDim.y persistent blocks (grid
 // (⌈m / 8⌉, blocks, 1)) over `splits` planes.
 #define MMV_PERSIST_KERNEL(SUFFIX, DT, PREP, TAIL)                                                          \
     extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 2)                                         \
-        matmul_##SUFFIX##_mma_m1n1p##TAIL(const u8* w, const void* x, float* y, int k, int n, int m, int kw, \
+        matmul_##SUFFIX##_mma_m1n1##TAIL##_p(const u8* w, const void* x, float* y, int k, int n, int m, int kw, \
                                           i64 x_off, i64 x_stride, int splits) {                            \
         pdl_entry();                                                                                        \
         matvec_mma_persist_body<DT, 1, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, splits); \

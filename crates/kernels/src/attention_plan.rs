@@ -14,6 +14,7 @@
 //! layout only, never on the batch: a verify row must give a decode step's bits.
 
 use graph::{DType, Layout};
+use std::sync::OnceLock;
 
 /// Queries one `attention_mq_*` block takes (`MQ_ROWS` in attention.cu).
 pub(crate) const MQ_ROWS: usize = 16;
@@ -166,33 +167,33 @@ pub(crate) fn choose(cfg: &AttentionConfig, shape: &AttentionShape) -> Attention
     }
 }
 
+/// A power of two in `lo..=hi` from the environment variable `name`, read once into `cell`, or
+/// `default` (the attention split knobs below).
+fn pow2_knob(cell: &OnceLock<usize>, name: &str, lo: usize, hi: usize, default: usize) -> usize {
+    *cell.get_or_init(|| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|r| r.is_power_of_two() && (lo..=hi).contains(r))
+            .unwrap_or(default)
+    })
+}
+
 /// Cache rows per split of attentions of up to 16 queries: 128, or `SPECULA_ATT_SPLIT_ROWS`
 /// (a power of two from 16 to 4096; an A/B knob). It sets the sliding layers' splits (a
 /// 1,040-row ring: 8 splits); full-attention caches of 4K rows or more take the cap of 32. On an
 /// H200 (31B decode at depth 4K / 32K, tok/s, and t(16) at 4K against 256): 256 rows 61.3 /
 /// 53.5; 128 rows 64.3 / 55.8, t(16) +1 %; 64 rows 64.9 / 56.3, t(16) +5 % (bench/NOTES.md).
 pub(crate) fn split_rows() -> usize {
-    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *ROWS.get_or_init(|| {
-        std::env::var("SPECULA_ATT_SPLIT_ROWS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|r| r.is_power_of_two() && (16..=4096).contains(r))
-            .unwrap_or(128)
-    })
+    static ROWS: OnceLock<usize> = OnceLock::new();
+    pow2_knob(&ROWS, "SPECULA_ATT_SPLIT_ROWS", 16, 4096, 128)
 }
 
 /// Most splits of attentions of up to 16 queries: 32, or `SPECULA_ATT_MAX_SPLITS` (a power of
 /// two from 1 to 256; an A/B knob).
 pub(crate) fn max_splits() -> usize {
-    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| {
-        std::env::var("SPECULA_ATT_MAX_SPLITS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|r| r.is_power_of_two() && (1..=256).contains(r))
-            .unwrap_or(32)
-    })
+    static MAX: OnceLock<usize> = OnceLock::new();
+    pow2_knob(&MAX, "SPECULA_ATT_MAX_SPLITS", 1, 256, 32)
 }
 
 /// Number of blocks each (head, query) of an attention is split into over the K/V positions.

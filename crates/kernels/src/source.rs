@@ -14,7 +14,7 @@ pub const OPS: &str = include_str!("../cu/ops.cu");
 pub const ATTENTION: &str = include_str!("../cu/attention.cu");
 
 /// The whole translation unit compiled by NVRTC, with the A/B knobs' defines in front
-/// (`SPECULA_ATT_MIN_SPLIT`, `SPECULA_WEIGHT_L1`, `SPECULA_ATT_RING_REM64=1`).
+/// (`SPECULA_ATT_MIN_SPLIT`, `SPECULA_WEIGHT_L1`).
 pub fn full_source() -> String {
     let mut parts = [COMMON, DEQUANT, MATMUL, MATVEC_MMA, OPS, ATTENTION].join("\n");
     if let Some(define) = attention_min_split_define() {
@@ -23,18 +23,15 @@ pub fn full_source() -> String {
     if let Some(define) = weight_l1_define() {
         parts.insert_str(0, &define);
     }
-    if std::env::var("SPECULA_ATT_RING_REM64").is_ok_and(|v| v == "1") {
-        parts.insert_str(0, "#define ATT_RING_REM64 1\n");
-    }
     parts
 }
 
 /// `#define WEIGHT_L1 n` from `SPECULA_WEIGHT_L1=n` (an A/B knob for the `_mma_` and limb
-/// kernels' weight loads: 0 plain, 1 not allocated in L1, 2 first evicted from L1, the default;
-/// `matvec_mma.cu`), or None for the kernels' default.
+/// kernels' weight loads: 0 plain, 2 first evicted from L1, the default; `matvec_mma.cu`), or
+/// None for the kernels' default.
 pub fn weight_l1_define() -> Option<String> {
     let n: usize = std::env::var("SPECULA_WEIGHT_L1").ok()?.parse().ok()?;
-    (n <= 2).then(|| format!("#define WEIGHT_L1 {n}\n"))
+    (n == 0 || n == 2).then(|| format!("#define WEIGHT_L1 {n}\n"))
 }
 
 /// `#define ATT_MIN_SPLIT n` from `SPECULA_ATT_MIN_SPLIT=n` (an A/B knob: the fewest cached
@@ -145,7 +142,7 @@ pub fn limb_tile(m: usize) -> usize {
 pub const PERSIST_ITERS: usize = 6;
 
 /// Activation tiles of the persistent limb kernels `matmul_q4_k_limb_n<NT>_p` (the one-tile
-/// `_mma_` kernels have theirs as `matmul_<type>_mma_m1n1p`).
+/// `_mma_` kernels have theirs as `matmul_<type>_mma_m1n1[_x]_p`).
 pub const PERSIST_LIMB_TILES: &[usize] = &[1, 2];
 
 /// Blocks of a persistent `_p` launch over `units` units on a device of `sms` multiprocessors:
@@ -288,8 +285,8 @@ pub fn all_kernel_names() -> Vec<String> {
             names.push(format!("matmul_{suffix}_mma_m{mt}n{nt}"));
             names.push(format!("matmul_{suffix}_mma_m{mt}n{nt}_x"));
         }
-        names.push(format!("matmul_{suffix}_mma_m1n1p"));
-        names.push(format!("matmul_{suffix}_mma_m1n1p_x"));
+        names.push(format!("matmul_{suffix}_mma_m1n1_p"));
+        names.push(format!("matmul_{suffix}_mma_m1n1_x_p"));
     }
     for nt in LIMB_TILES {
         names.push(format!("matmul_q4_k_limb_n{nt}"));

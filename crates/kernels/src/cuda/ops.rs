@@ -85,9 +85,8 @@ impl CudaBackend {
         } else {
             a.i64(mi.offset).i64(mi.stride);
             let tail = if reads_prepared { "" } else { "_x" };
-            let (p, q) = if persist { ("p", tail) } else { (tail, "") };
             (
-                format!("matmul_{}_mma_m{mt}n{nt}{p}{q}", weight_suffix(w.dtype)?),
+                format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
                 m.div_ceil(8 * nt),
                 n.div_ceil(16 * mt * (8 / kw)),
             )
@@ -95,8 +94,12 @@ impl CudaBackend {
         if persist {
             a.i32(splits as i32);
             let blocks = source::persist_blocks(tiles * splits, self.sm_count);
-            let name = if limbs { format!("{name}_p") } else { name };
-            self.launch(&name, (cols as u32, blocks as u32, 1), 256, &mut a)?;
+            self.launch(
+                &format!("{name}_p"),
+                (cols as u32, blocks as u32, 1),
+                256,
+                &mut a,
+            )?;
         } else {
             self.launch(
                 &name,
