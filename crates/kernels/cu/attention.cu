@@ -40,13 +40,13 @@ __device__ __forceinline__ int visible_range(i64 qp, int n_kv, int split, int n_
     hi = (i64)n_kv - 1;
     if (mask_kind >= 1) hi = imin(hi, qp);
     if (mask_kind == 2) lo = imax(lo, qp - window + 1);
-    i64 len = hi - lo + 1;
+    i64 len = hi - lo + 1;  // < 2^31: the divisions below are 32-bit (a 64-bit one is a call)
     int used = n_split > 1 && len > 0 ? (int)imin(n_split, (len + ATT_MIN_SPLIT - 1) / ATT_MIN_SPLIT) : 1;
     if (split >= used) {
         lo = 1;
         hi = 0;
     } else if (used > 1) {
-        i64 per = (len + used - 1) / used;
+        i64 per = (i64)((u32)(len + used - 1) / (u32)used);
         i64 start = lo + per * split;
         hi = imin(hi, start + per - 1);
         lo = start;

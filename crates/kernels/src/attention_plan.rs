@@ -7,6 +7,10 @@
 //!   16-byte loads (decode steps and verify batches); their `_g2` forms take two heads of one K/V
 //!   group per block (grid x n_head / 2; batches of 4 queries or more, chosen at launch, same
 //!   bits).
+//! - `attention_tc_d256` / `_d512`: the same rows for up to [`MQ_MIN_QUERIES`] queries (decode
+//!   steps and verify batches; the default there): tensor cores, a block per 8 (query, head) rows
+//!   of one K/V group and one split, its 4 warps walking the positions (grid
+//!   [`AttentionKernel::grid`]).
 //! - `attention_mq_d256` / `_d512`: the same rows for more than [`MQ_MIN_QUERIES`] queries
 //!   (prefill chunks): one block per (head, [`MQ_ROWS`] queries, split) sharing each K/V tile.
 //!
@@ -22,9 +26,14 @@ pub(crate) const MQ_ROWS: usize = 16;
 const MQ_POS: usize = 32;
 /// Threads per `attention_mq_*` block (`MQ_THREADS` in attention.cu).
 const MQ_THREADS: u32 = 256;
-/// Batches of more queries than this take the multi-query kernel; up to it the per-query
-/// kernels keep a verify row's arithmetic equal to a decode step's.
+/// Batches of more queries than this take the multi-query kernel; up to it the tensor-core (or
+/// per-query) kernels keep a verify row's arithmetic equal to a decode step's.
 pub(crate) const MQ_MIN_QUERIES: usize = 16;
+/// Warps per `attention_tc_*` block, which walk one unit's positions (`TC_ATT_WARPS` in
+/// attention_tc.cu).
+const TC_WARPS: usize = 4;
+/// (query, head) rows per `attention_tc_*` unit (`TC_ATT_ROWS` in attention_tc.cu).
+const TC_ROWS: usize = 8;
 
 /// An attention kernel and its launch shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +44,8 @@ pub(crate) enum AttentionKernel {
     Wide { d: usize },
     /// `attention_mq_d256` or `attention_mq_d512`.
     MultiQuery { d: usize },
+    /// `attention_tc_d256` or `attention_tc_d512`.
+    TensorCore { d: usize },
 }
 
 impl AttentionKernel {
@@ -46,6 +57,8 @@ impl AttentionKernel {
             AttentionKernel::Wide { .. } => "attention_f16_e16",
             AttentionKernel::MultiQuery { d: 256 } => "attention_mq_d256",
             AttentionKernel::MultiQuery { .. } => "attention_mq_d512",
+            AttentionKernel::TensorCore { d: 256 } => "attention_tc_d256",
+            AttentionKernel::TensorCore { .. } => "attention_tc_d512",
         }
     }
 
@@ -53,6 +66,7 @@ impl AttentionKernel {
     pub fn threads(self) -> u32 {
         match self {
             AttentionKernel::MultiQuery { .. } => MQ_THREADS,
+            AttentionKernel::TensorCore { .. } => (TC_WARPS * 32) as u32,
             _ => 128,
         }
     }
@@ -69,9 +83,45 @@ impl AttentionKernel {
     pub fn smem_bytes(self) -> usize {
         match self {
             AttentionKernel::MultiQuery { d } => mq_smem_bytes(d),
+            AttentionKernel::TensorCore { d } => tc_smem_bytes(d),
             _ => 0,
         }
     }
+
+    /// The launch grid for `n_tok` queries of `n_head` heads over `n_head_kv` K/V heads in
+    /// `n_split` splits: (heads, query blocks, splits) for the per-query and multi-query
+    /// kernels; for the tensor-core kernel (K/V heads, units), a unit being [`TC_ROWS`] (query,
+    /// head) rows of one K/V group in one split.
+    pub fn grid(
+        self,
+        n_head: usize,
+        n_head_kv: usize,
+        n_tok: usize,
+        n_split: usize,
+    ) -> (u32, u32, u32) {
+        match self {
+            AttentionKernel::TensorCore { .. } => {
+                let rows = n_tok * (n_head / n_head_kv.max(1));
+                (
+                    n_head_kv as u32,
+                    (rows.div_ceil(TC_ROWS) * n_split) as u32,
+                    1,
+                )
+            }
+            _ => (
+                n_head as u32,
+                self.query_blocks(n_tok) as u32,
+                n_split as u32,
+            ),
+        }
+    }
+}
+
+/// Dynamic shared memory of `attention_tc_d<d>`: the unit's Q as f16 hi and lo halves, which
+/// one warp's running outputs, maxima and sums then overwrite, one f32 per register and lane
+/// (`d / 4` outputs and 2 + 2 maxima and sums per lane).
+pub(crate) fn tc_smem_bytes(d: usize) -> usize {
+    (TC_ROWS * d * 2 * 2).max((d / 4 + 4) * 32 * 4)
 }
 
 /// Dynamic shared memory of `attention_mq_d<d>`: the K and V tiles (f16 rows padded by 8) and
@@ -112,6 +162,9 @@ pub(crate) struct AttentionConfig {
     pub wide: bool,
     /// Which batches take the multi-query kernels.
     pub multi_query: MultiQueryAttention,
+    /// Batches of up to 16 queries over f16 rows of 256/512 take the tensor-core kernels
+    /// (`SPECULA_ATT_TC=0` turns them off: the wide kernels, an A/B knob).
+    pub tensor_core: bool,
     /// The device's opt-in shared memory per block (bytes).
     pub max_smem: usize,
 }
@@ -160,6 +213,8 @@ pub(crate) fn choose(cfg: &AttentionConfig, shape: &AttentionShape) -> Attention
     };
     if batch && mq_smem_bytes(d) <= cfg.max_smem {
         AttentionKernel::MultiQuery { d }
+    } else if cfg.tensor_core && shape.n_tok <= MQ_MIN_QUERIES && tc_smem_bytes(d) <= cfg.max_smem {
+        AttentionKernel::TensorCore { d }
     } else if cfg.wide {
         AttentionKernel::Wide { d }
     } else {
@@ -231,6 +286,7 @@ mod tests {
         AttentionConfig {
             wide: true,
             multi_query: MultiQueryAttention::LongBatches,
+            tensor_core: false,
             max_smem: 227 * 1024,
         }
     }
@@ -274,6 +330,53 @@ mod tests {
         assert_eq!(
             choose(&cfg(), &shape(&l, DType::F16, 256, 17)),
             AttentionKernel::MultiQuery { d: 256 }
+        );
+    }
+
+    #[test]
+    fn tensor_cores_take_decode_and_verify_batches() {
+        let tc = AttentionConfig {
+            tensor_core: true,
+            ..cfg()
+        };
+        for d in [256, 512] {
+            let l = layout(d, 4, 4096);
+            for n_tok in 1..=16 {
+                assert_eq!(
+                    choose(&tc, &shape(&l, DType::F16, d, n_tok)),
+                    AttentionKernel::TensorCore { d }
+                );
+            }
+            assert_eq!(
+                choose(&tc, &shape(&l, DType::F16, d, 17)),
+                AttentionKernel::MultiQuery { d }
+            );
+            assert_eq!(
+                choose(&tc, &shape(&l, DType::F32, d, 1)),
+                AttentionKernel::Generic
+            );
+            let small = AttentionConfig {
+                max_smem: tc_smem_bytes(d) - 1,
+                ..tc
+            };
+            assert_eq!(
+                choose(&small, &shape(&l, DType::F16, d, 1)),
+                AttentionKernel::Wide { d }
+            );
+        }
+        // Shared memory fits an sm_86 block (99 KB) at the largest head dim.
+        assert!(tc_smem_bytes(512) <= 99 * 1024);
+        let k = AttentionKernel::TensorCore { d: 256 };
+        // 32 heads over 16 K/V heads (2 per group): a decode step is one unit (block) per
+        // split; 16 queries are 4 units per split.
+        assert_eq!(k.grid(32, 16, 1, 8), (16, 8, 1));
+        assert_eq!(k.grid(32, 16, 16, 8), (16, 32, 1));
+        // 8 heads per group: 16 queries are 16 units per split; 3 heads: 5 queries, 2 units.
+        assert_eq!(k.grid(32, 4, 16, 32), (4, 512, 1));
+        assert_eq!(k.grid(12, 4, 5, 3), (4, 6, 1));
+        assert_eq!(
+            AttentionKernel::Wide { d: 256 }.grid(32, 16, 5, 8),
+            (32, 5, 8)
         );
     }
 

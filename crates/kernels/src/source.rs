@@ -12,11 +12,22 @@ pub const MATVEC_MMA: &str = include_str!("../cu/matvec_mma.cu");
 pub const OPS: &str = include_str!("../cu/ops.cu");
 /// Attention.
 pub const ATTENTION: &str = include_str!("../cu/attention.cu");
+/// Attention of up to 16 queries on tensor cores (decode steps and verify batches).
+pub const ATTENTION_TC: &str = include_str!("../cu/attention_tc.cu");
 
 /// The whole translation unit compiled by NVRTC, with the A/B knobs' defines in front
 /// (`SPECULA_ATT_MIN_SPLIT`, `SPECULA_WEIGHT_L1`).
 pub fn full_source() -> String {
-    let mut parts = [COMMON, DEQUANT, MATMUL, MATVEC_MMA, OPS, ATTENTION].join("\n");
+    let mut parts = [
+        COMMON,
+        DEQUANT,
+        MATMUL,
+        MATVEC_MMA,
+        OPS,
+        ATTENTION,
+        ATTENTION_TC,
+    ]
+    .join("\n");
     if let Some(define) = attention_min_split_define() {
         parts.insert_str(0, &define);
     }
@@ -256,6 +267,8 @@ pub const OTHER_KERNELS: &[&str] = &[
     "attention_f16_e16_g2",
     "attention_mq_d256",
     "attention_mq_d512",
+    "attention_tc_d256",
+    "attention_tc_d512",
     "attention_combine_f32",
     "mmv_prepare_x",
     "mmv_sum_splits",

@@ -184,6 +184,9 @@ pub struct CudaBackend {
     /// Which batches' attention over f16 K/V rows of 256/512 takes the multi-query kernel (by
     /// default those of more than 16 queries; `SPECULA_MQ_ATTENTION=0|all`, A/B knobs).
     mq_attention: MultiQueryAttention,
+    /// Batches of up to 16 queries over f16 K/V rows of 256/512 take the tensor-core attention
+    /// (`SPECULA_ATT_TC=0`: the wide kernels, an A/B knob).
+    tc_attention: bool,
     /// The device's opt-in shared memory per block (bytes), for the multi-query attention.
     max_smem: usize,
     /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
@@ -296,11 +299,16 @@ impl CudaBackend {
             )
             .map_err(|e| driver_err("shared memory per block", e))?
             .max(0) as usize;
-        // The multi-query attention kernels take more than the default 48 KB of dynamic shared
-        // memory; where the device cannot give it, `attention_plan::choose` never picks them.
-        for d in [256, 512] {
-            let bytes = attention_plan::mq_smem_bytes(d);
-            let name = AttentionKernel::MultiQuery { d }.name();
+        // The multi-query and tensor-core attention kernels take more than the default 48 KB of
+        // dynamic shared memory; where the device cannot give it, `attention_plan::choose` never
+        // picks them.
+        for route in [256, 512].into_iter().flat_map(|d| {
+            [
+                AttentionKernel::MultiQuery { d },
+                AttentionKernel::TensorCore { d },
+            ]
+        }) {
+            let (bytes, name) = (route.smem_bytes(), route.name());
             if let (Some(f), true) = (funcs.get(name), bytes <= max_smem) {
                 f.set_attribute(
                     sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -340,6 +348,7 @@ impl CudaBackend {
             mma_matvec: major >= 8 && mma_matvec_from_env(),
             wide_attention: std::env::var("SPECULA_WIDE_ATTENTION").map_or(true, |v| v != "0"),
             mq_attention: MultiQueryAttention::from_env(),
+            tc_attention: std::env::var("SPECULA_ATT_TC").map_or(true, |v| v != "0"),
             max_smem,
             mma_mt: std::env::var("SPECULA_MMA_MT")
                 .ok()
@@ -522,6 +531,7 @@ impl CudaBackend {
         AttentionConfig {
             wide: self.wide_attention,
             multi_query: self.mq_attention,
+            tensor_core: self.tc_attention,
             max_smem: self.max_smem,
         }
     }
@@ -534,21 +544,35 @@ impl CudaBackend {
         self.forget_captures();
     }
 
+    /// Whether batches of up to 16 queries over f16 K/V rows of 256/512 run on the tensor-core
+    /// attention (on by default; `SPECULA_ATT_TC=0` turns it off); takes effect at the next run
+    /// of every graph (captured graphs are captured again).
+    pub fn set_tensor_core_attention(&mut self, on: bool) {
+        self.tc_attention = on;
+        self.forget_captures();
+    }
+
     /// Attention nodes of a loaded graph that run on the multi-query kernel, for tests that must
     /// know it ran.
     pub fn multi_query_attentions(&self, exe: ExecId) -> Result<usize> {
+        Ok(self
+            .attention_kernels(exe)?
+            .iter()
+            .filter(|name| name.starts_with("attention_mq_"))
+            .count())
+    }
+
+    /// The kernel each attention node of a loaded graph runs on with the current settings (the
+    /// `_g2` form of the wide kernels is chosen at launch and listed without its suffix), for
+    /// tests that must know which ran.
+    pub fn attention_kernels(&self, exe: ExecId) -> Result<Vec<&'static str>> {
         let exec = self.exec(exe)?;
         let g = &exec.graph;
         Ok(g.nodes()
             .iter()
             .filter(|node| matches!(node.op, Op::Attention(_)))
-            .filter(|node| {
-                matches!(
-                    self.attention_route(g, node),
-                    AttentionKernel::MultiQuery { .. }
-                )
-            })
-            .count())
+            .map(|node| self.attention_route(g, node).name())
+            .collect())
     }
 
     /// Seconds per run of a loaded graph, averaged over `n` back-to-back runs with one

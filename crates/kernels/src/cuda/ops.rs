@@ -468,18 +468,16 @@ impl CudaBackend {
                 let grouped = self.att_group.is_some_and(|min| n_tok >= min)
                     && matches!(route, AttentionKernel::Wide { .. })
                     && n_rep % 2 == 0;
-                let (name, head_blocks) = if grouped {
-                    (format!("{}_g2", route.name()), n_head / 2)
+                let mut grid = route.grid(n_head, k.shape().ne(1), n_tok, n_split);
+                let name = if grouped {
+                    grid.0 = (n_head / 2) as u32;
+                    format!("{}_g2", route.name())
                 } else {
-                    (route.name().to_string(), n_head)
+                    route.name().to_string()
                 };
                 self.launch_smem(
                     &name,
-                    (
-                        head_blocks as u32,
-                        route.query_blocks(n_tok) as u32,
-                        n_split as u32,
-                    ),
+                    grid,
                     route.threads(),
                     route.smem_bytes() as u32,
                     &mut a,

@@ -1565,10 +1565,12 @@ fn attention_is_batch_invariant() {
         return;
     };
     let mut rng = Rng(12);
-    // The first three use every split the cache's capacity plans; the last two leave most
-    // unused (a split takes at least 128 positions), and in the fourth the batch's queries use
-    // 2 or 3 of the 16 splits.
-    let cases: [MqCase; 5] = [
+    // The first three use every split the cache's capacity plans; the last three leave most
+    // unused (a split takes at least 16 positions), and in the fifth the batch's queries use
+    // 2 or 3 of the 16 splits. In the last, a query's split alone lies within one 32-position
+    // step of the tensor-core kernel while the batch's union of that split spans two (its one-
+    // warp and merged paths must agree).
+    let cases: [MqCase; 6] = [
         (
             256,
             4,
@@ -1619,15 +1621,27 @@ fn attention_is_batch_invariant() {
             AttnMask::Causal,
             KvLayout::Linear,
         ),
+        (
+            256,
+            4,
+            2,
+            4096,
+            100,
+            (84..100).collect(),
+            AttnMask::Causal,
+            KvLayout::Linear,
+        ),
     ];
-    // f32 K/V take the generic per-query kernel (the DFlash drafter's cache); f16 the wide one,
-    // or the multi-query kernel.
-    for (kv_dt, mode, mq) in [
-        (DType::F16, MultiQueryAttention::LongBatches, 0),
-        (DType::F16, MultiQueryAttention::Every, 1),
-        (DType::F32, MultiQueryAttention::LongBatches, 0),
+    // f32 K/V take the generic per-query kernel (the DFlash drafter's cache); f16 the
+    // tensor-core one (the default), the wide one, or the multi-query kernel.
+    for (kv_dt, mode, tc, mq) in [
+        (DType::F16, MultiQueryAttention::LongBatches, true, 0),
+        (DType::F16, MultiQueryAttention::LongBatches, false, 0),
+        (DType::F16, MultiQueryAttention::Every, true, 1),
+        (DType::F32, MultiQueryAttention::LongBatches, true, 0),
     ] {
         cuda.set_multi_query_attention(mode);
+        cuda.set_tensor_core_attention(tc);
         for (d, nh, nkv, cap, n_kv, q_pos, mask, layout) in cases.clone() {
             let t = q_pos.len();
             let (qv, kv, vv) = (
@@ -1659,7 +1673,7 @@ fn attention_is_batch_invariant() {
                 (graph, c.leaves, y)
             };
             let name = format!(
-                "attention {kv_dt:?} {mode:?} d{d} heads {nh}/{nkv} n_kv {n_kv} {mask:?} {layout:?}"
+                "attention {kv_dt:?} {mode:?} tc {tc} d{d} heads {nh}/{nkv} n_kv {n_kv} {mask:?} {layout:?}"
             );
             let row = nh * d;
             let alone: Vec<Vec<f32>> = (0..t)
@@ -1691,6 +1705,93 @@ fn attention_is_batch_invariant() {
         }
     }
     cuda.set_multi_query_attention(MultiQueryAttention::LongBatches);
+    cuda.set_tensor_core_attention(true);
+}
+
+/// Attention of up to 16 queries over f16 K/V rows of 256 and 512 runs on the tensor-core kernel
+/// by default: within 1e-5 of the CPU and of the wide per-query kernel, for 1, 2, 3 and 8 heads
+/// per K/V group (rows of one unit from several queries, and padding rows), causal,
+/// sliding-window, explicit and no masks, ring and linear caches, one split and many, ranges
+/// shorter than a step, an empty cache and a query that sees one position.
+#[test]
+fn tensor_core_attention_matches_the_cpu() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(41);
+    // (head dim, heads, K/V heads, cache rows, cached positions, mask, layout).
+    let cases: [(usize, usize, usize, usize, i32, AttnMask, KvLayout); 9] = [
+        (
+            256,
+            32,
+            16,
+            1040,
+            3000,
+            AttnMask::SlidingWindow { window: 1024 },
+            KvLayout::Ring,
+        ),
+        (512, 32, 4, 4096, 3001, AttnMask::Causal, KvLayout::Linear),
+        (256, 4, 4, 600, 517, AttnMask::Explicit, KvLayout::Linear),
+        (512, 6, 2, 2048, 1203, AttnMask::Causal, KvLayout::Linear),
+        (256, 8, 4, 256, 40, AttnMask::None, KvLayout::Linear),
+        (
+            256,
+            16,
+            2,
+            128,
+            300,
+            AttnMask::SlidingWindow { window: 64 },
+            KvLayout::Ring,
+        ),
+        (512, 8, 1, 64, 20, AttnMask::Causal, KvLayout::Linear),
+        (256, 4, 2, 64, 1, AttnMask::Causal, KvLayout::Linear),
+        (256, 4, 2, 64, 0, AttnMask::Causal, KvLayout::Linear),
+    ];
+    for (d, nh, nkv, cap, n_kv, mask, layout) in cases {
+        for t in [1usize, 2, 5, 16] {
+            let t = t.min(n_kv.max(1) as usize);
+            let mut c = Case::new();
+            let q = c.f32(&[d, nh, t], rng.vec(d * nh * t));
+            let k = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
+            let v = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
+            let pos: Vec<i32> = (n_kv - t as i32..n_kv).map(|p| p.max(0)).collect();
+            let p = c.i32(&[t], pos);
+            let n = c.i32(&[1], vec![n_kv]);
+            let m = (mask == AttnMask::Explicit)
+                .then(|| c.f32(&[cap, t], explicit_mask(&mut rng, cap * t)));
+            let params = AttnParams {
+                scale: 0.0625,
+                mask,
+                kv_layout: layout,
+            };
+            let y = c.g.attention(q, k, v, p, n, m, params).unwrap();
+            let graph = c.g.finish(&[y]).unwrap();
+            let name = format!(
+                "attention d{d} heads {nh}/{nkv} n_kv {n_kv} {t} queries {mask:?} {layout:?}"
+            );
+            let bindings = bind_leaves(&mut cuda, &graph, &c.leaves);
+            let exe = cuda.load(&graph, &bindings).unwrap();
+            let kernels = cuda.attention_kernels(exe).unwrap();
+            cuda.unload(exe).unwrap();
+            assert_eq!(kernels, [format!("attention_tc_d{d}")], "{name}");
+            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+            let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+            cuda.set_tensor_core_attention(false);
+            let wide = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+            cuda.set_tensor_core_attention(true);
+            let (err, err_wide) = (rel_err(&got, &want), rel_err(&got, &wide));
+            assert!(err <= 1e-5, "{name}: rel err {err:e} against the CPU");
+            assert!(
+                err_wide <= 1e-5,
+                "{name}: rel err {err_wide:e} against the wide kernel"
+            );
+            assert!(
+                got.iter().all(|x| x.is_finite()),
+                "{name}: non-finite output"
+            );
+            eprintln!("tensor-core {name}: rel err {err:.2e} (CPU), {err_wide:.2e} (wide kernel)");
+        }
+    }
 }
 
 /// A block per two heads of one K/V group (the wide kernels' `_g2` form, by default for batches of
@@ -1702,6 +1803,8 @@ fn grouped_attention_equals_a_block_per_head() {
         return;
     };
     let mut rng = Rng(31);
+    // The grouping is a form of the wide kernels, which the tensor-core kernel replaces by default.
+    cuda.set_tensor_core_attention(false);
     let cases: [(usize, usize, usize, usize, i32, AttnMask, KvLayout); 5] = [
         (256, 4, 2, 4096, 3100, AttnMask::Causal, KvLayout::Linear),
         (256, 4, 2, 600, 500, AttnMask::Explicit, KvLayout::Linear),
@@ -1752,6 +1855,7 @@ fn grouped_attention_equals_a_block_per_head() {
         }
     }
     cuda.set_attention_groups(Some(4));
+    cuda.set_tensor_core_attention(true);
 }
 
 #[test]

@@ -1,0 +1,380 @@
+// Attention of up to 16 queries (decode steps and verify batches) over f16 K/V rows of D = 256
+// or 512 on tensor cores: attention_tc_d256 / attention_tc_d512.
+//
+// A block takes a unit: 8 rows, each row a (query, head) pair of one K/V group (row i of the
+// group: query i / heads_per_group, head i % heads_per_group), and one split of the positions.
+// Its 4 warps walk the split's positions in steps of 32 (warp w the steps at 32·(4n + w)), each
+// with its own running softmax, merged in shared memory at the end. The rows are the n of
+// mma.sync m16n8k16, the positions its m:
+//   scores  Sᵀ[pos][row] = K[pos][·] · Qᵀ[·][row]   (A = K rows, B = Q),
+//   output  Oᵀ[dv][row] += Vᵀ[dv][pos] · Pᵀ[pos][row] (A = V rows transposed, B = P).
+// Q and P are f32 split into f16 halves (x = hi + lo, two products each), so scores and outputs
+// keep f32-level accuracy against f16 K/V. One K/V row loaded serves the unit's 8 rows: the
+// heads of a group in a decode step, and the queries of a verify batch too.
+//
+// Batch invariance (a verify row gets the decode step's bits): a row's visible range and splits
+// are the per-query kernels' (visible_range), a unit walks the union of its rows' ranges in steps
+// of 32 positions at multiples of 32, each step on the warp its absolute index picks, and a step
+// in which a row sees nothing leaves its running max, sum and output exactly as they were
+// (scores −∞, weights 0, rescale by exactly 1); the warps merge in a fixed order. Every
+// mma output element depends only on its own row's operands, and the sums over a row's lanes run
+// in a fixed order. So a row's arithmetic is the same whatever other rows share its unit. One
+// caveat, as in any tensor-core attention: a position a row cannot see but another row of its
+// unit can is multiplied by weight 0, so a non-finite V row there would reach the row; K/V rows
+// come from finite, RMS-normalised projections, and rows outside every row's range (unwritten
+// cache rows included) are never loaded.
+//
+// Each lane holds rows 2c and 2c + 1 (c = lane % 4) of every score and output fragment, and
+// positions g and g + 8 (g = lane / 4) of each 16-position tile. The 32 dims a lane-quad loads
+// as 16-byte words (lane c: dims 8c .. 8c + 7) are the k of two mma steps in a fixed
+// permutation; Q in shared memory is stored in the same order. V rows loaded the same way are
+// transposed in registers by movmatrix into the A fragments of Vᵀ, whose m index then maps to
+// dv = 32j + 8(μ / 2) + 2e + μ % 2 (chunk j, word e, μ = 0..7).
+
+#define TC_ATT_WARPS 4  // warps per block (unit)
+#define TC_ATT_ROWS 8   // rows per unit: the n of the mma
+#define TC_ATT_STEP 32  // positions per step: two m16 tiles
+
+__device__ __forceinline__ u32 movmatrix_trans(u32 x) {
+    u32 y;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+}
+
+// x0, x1 as f16 pairs hi and lo with x = hi + lo to ~22 bits.
+__device__ __forceinline__ void split_pair(float x0, float x1, u32& hi, u32& lo) {
+    u16 h0 = f2h(x0), h1 = f2h(x1);
+    hi = pack_h2(h0, h1);
+    lo = pack_h2(f2h(x0 - h2f(h0)), f2h(x1 - h2f(h1)));
+}
+
+// Sum (or max) over the 8 lanes of a lane's column c (lanes c, c + 4, ..., c + 28), in the same
+// butterfly order on every lane, so all 8 get the same bits.
+__device__ __forceinline__ float column_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 4);
+    x += __shfl_xor_sync(0xffffffffu, x, 8);
+    return x + __shfl_xor_sync(0xffffffffu, x, 16);
+}
+__device__ __forceinline__ float column_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 4));
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 8));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 16));
+}
+
+__device__ __forceinline__ uint4 load_row16(const u16* p, bool live) {
+    return live ? *(const uint4*)p : make_uint4(0, 0, 0, 0);
+}
+
+// Grid (n_head_kv, ⌈n_tok · heads_per_group / 8⌉ · n_split): y = split · row tiles + row tile.
+// Dynamic shared memory (attention_plan::tc_smem_bytes): Q as f16 hi and lo words (32·D
+// bytes), then one warp's running outputs, maxima and sums at a time (32·D + 512 bytes).
+template <int D>
+__device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layout4 lk, const u16* v, Layout4 lv,
+                                  const int* q_pos, const int* n_kv_ptr, const float* mask, float* out, int n_tok,
+                                  int n_head, int n_head_kv, int cap, float scale, int mask_kind, int window,
+                                  int ring, int* err, int n_split, float* partial) {
+    constexpr int J = D / 32;  // 32-dim chunks
+    extern __shared__ __align__(16) unsigned char tc_smem[];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, c = lane & 3;
+    int hpg = n_head / n_head_kv, kvh = blockIdx.x;
+    int n_rt = (n_tok * hpg + TC_ATT_ROWS - 1) / TC_ATT_ROWS;
+    int rt = blockIdx.y % n_rt, split = blockIdx.y / n_rt;
+    // Query and head of tile row r (query ≥ n_tok when the row is padding).
+    auto row_query = [&](int r) { return (rt * TC_ATT_ROWS + r) / hpg; };
+    auto row_head = [&](int r) { return kvh * hpg + (rt * TC_ATT_ROWS + r) % hpg; };
+
+    int n_kv = *n_kv_ptr;
+    if (n_kv < 0 || (!ring && n_kv > cap)) {
+        if (lane == 0) report(err, ERR_N_KV);
+        for (int r = 0; r < TC_ATT_ROWS; ++r)
+            if (row_query(r) < n_tok)
+                for (int i = lane; i < D; i += 32) out[((i64)row_query(r) * n_head + row_head(r)) * D + i] = 0.0f;
+        return;
+    }
+
+    // The visible ranges of this lane's rows 2c and 2c + 1 in this split, and the unit's union
+    // (the same in every warp).
+    int rlo[2], rhi[2], rq[2];
+    bool rwrite[2];
+    int blo = 0x7fffffff, bhi = -1;
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        rq[u] = row_query(2 * c + u);
+        i64 lo = 1, hi = 0;
+        int used = 0;
+        if (rq[u] < n_tok) used = visible_range(q_pos[rq[u]], n_kv, split, n_split, cap, mask_kind, window, ring, lo, hi);
+        rwrite[u] = split < used;
+        rlo[u] = (int)lo;
+        rhi[u] = (int)hi;
+        if (hi >= lo) {
+            blo = min(blo, (int)lo);
+            bhi = max(bhi, (int)hi);
+        }
+    }
+#pragma unroll
+    for (int o = 1; o <= 2; o <<= 1) {
+        blo = min(blo, __shfl_xor_sync(0xffffffffu, blo, o));
+        bhi = max(bhi, __shfl_xor_sync(0xffffffffu, bhi, o));
+    }
+    // A split past every row's used splits writes nothing (block-uniform).
+    if (!__any_sync(0xffffffffu, rwrite[0] || rwrite[1])) return;
+
+    // This warp's first step: the first at or after the union's whose index ≡ warp (mod 4).
+    int first = blo / TC_ATT_STEP;
+    first += ((warp - first) % TC_ATT_WARPS + TC_ATT_WARPS) % TC_ATT_WARPS;
+    const u16* kb = k + lk.off + (i64)kvh * lk.s1 + 8 * c;
+    const u16* vb = v + lv.off + (i64)kvh * lv.s1 + 8 * c;
+
+    // Q of row g, dims 32j + 8c .. + 7, as f16 hi and lo words in fragment order; warp w
+    // converts the chunks j ≡ w (mod TC_ATT_WARPS).
+    uint4* qs = (uint4*)tc_smem;
+    {
+        int t = row_query(g);
+        const float* qr = q + lq.off + (i64)row_head(g) * lq.s1 + (i64)t * lq.s2 + 8 * c;
+#pragma unroll
+        for (int jj = 0; jj < J / TC_ATT_WARPS; ++jj) {
+            int j = warp + jj * TC_ATT_WARPS;
+            float x[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) x[e] = t < n_tok ? qr[32 * j + e] : 0.0f;
+            uint4 hi, lo;
+            split_pair(x[0], x[1], hi.x, lo.x);
+            split_pair(x[2], x[3], hi.y, lo.y);
+            split_pair(x[4], x[5], hi.z, lo.z);
+            split_pair(x[6], x[7], hi.w, lo.w);
+            qs[(2 * j) * 32 + lane] = hi;
+            qs[(2 * j + 1) * 32 + lane] = lo;
+        }
+    }
+    __syncthreads();
+
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float acc[J][2][4];
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[j][h][e] = 0.0f;
+    for (int p0 = bhi < blo ? bhi + 1 : first * TC_ATT_STEP; p0 <= bhi; p0 += TC_ATT_WARPS * TC_ATT_STEP) {
+        // This lane's positions p0 + 16a + 8b + g, whether the unit reads them, and their rows.
+        int pos[2][2];
+        bool live[2][2];
+        i64 slot[2][2];
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int b = 0; b < 2; ++b) {
+                pos[a][b] = p0 + 16 * a + 8 * b + g;
+                live[a][b] = pos[a][b] >= blo && pos[a][b] <= bhi;
+                slot[a][b] = live[a][b] ? cache_row(pos[a][b], cap, ring) : 0;
+            }
+
+        // Scores, the hi and lo products in separate chains.
+        float sh[2][4], sl[2][4];
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sh[a][e] = sl[a][e] = 0.0f;
+#pragma unroll 4
+        for (int j = 0; j < J; ++j) {
+            uint4 qh = qs[(2 * j) * 32 + lane], ql = qs[(2 * j + 1) * 32 + lane];
+#pragma unroll
+            for (int a = 0; a < 2; ++a) {
+                uint4 k0 = load_row16(kb + slot[a][0] * lk.s2 + 32 * j, live[a][0]);
+                uint4 k1 = load_row16(kb + slot[a][1] * lk.s2 + 32 * j, live[a][1]);
+                mma_16816(sh[a], k0.x, k1.x, k0.y, k1.y, qh.x, qh.y);
+                mma_16816(sl[a], k0.x, k1.x, k0.y, k1.y, ql.x, ql.y);
+                mma_16816(sh[a], k0.z, k1.z, k0.w, k1.w, qh.z, qh.w);
+                mma_16816(sl[a], k0.z, k1.z, k0.w, k1.w, ql.z, ql.w);
+            }
+        }
+
+        // Online softmax per row: s[a][b][u] is position pos[a][b], row 2c + u.
+        float s[2][2][2], mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int b = 0; b < 2; ++b)
+#pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                    int p = pos[a][b];
+                    float x = -INFINITY;
+                    if (p >= rlo[u] && p <= rhi[u]) {
+                        x = __fmul_rn(__fadd_rn(sh[a][2 * b + u], sl[a][2 * b + u]), scale);
+                        if (mask) x = __fadd_rn(x, mask[slot[a][b] + (i64)rq[u] * cap]);
+                    }
+                    s[a][b][u] = x;
+                    mx[u] = fmaxf(mx[u], x);
+                }
+        float rescale[2];
+        u32 pb_hi[2][2], pb_lo[2][2];  // P as mma B fragments: [a][b] (positions 16a + 8b + 0..7)
+        float w[2][2][2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            float mn = fmaxf(m[u], column_max(mx[u]));
+            float sum = 0.0f;
+            if (mn == -INFINITY) {
+                rescale[u] = 1.0f;
+#pragma unroll
+                for (int a = 0; a < 2; ++a)
+#pragma unroll
+                    for (int b = 0; b < 2; ++b) w[a][b][u] = 0.0f;
+            } else {
+                // A row's first visible step: its sum and outputs are still 0, so a rescale by 1
+                // (skipped below) gives the same bits as one by 0.
+                rescale[u] = m[u] == -INFINITY ? 1.0f : expf(m[u] - mn);
+#pragma unroll
+                for (int a = 0; a < 2; ++a)
+#pragma unroll
+                    for (int b = 0; b < 2; ++b) {
+                        float x = s[a][b][u];
+                        w[a][b][u] = x == -INFINITY ? 0.0f : expf(x - mn);
+                    }
+                sum = __fadd_rn(__fadd_rn(w[0][0][u], w[0][1][u]), __fadd_rn(w[1][0][u], w[1][1][u]));
+            }
+            l[u] = __fmaf_rn(l[u], rescale[u], column_sum(sum));
+            m[u] = mn;
+        }
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int b = 0; b < 2; ++b) {
+                u32 hi, lo;
+                split_pair(w[a][b][0], w[a][b][1], hi, lo);
+                pb_hi[a][b] = movmatrix_trans(hi);
+                pb_lo[a][b] = movmatrix_trans(lo);
+            }
+
+        // Rescale the outputs (skipped, exactly, when no row's max moved).
+        if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
+#pragma unroll
+            for (int j = 0; j < J; ++j)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    acc[j][h][0] = __fmul_rn(acc[j][h][0], rescale[0]);
+                    acc[j][h][1] = __fmul_rn(acc[j][h][1], rescale[1]);
+                    acc[j][h][2] = __fmul_rn(acc[j][h][2], rescale[0]);
+                    acc[j][h][3] = __fmul_rn(acc[j][h][3], rescale[1]);
+                }
+        }
+
+        // Oᵀ += Vᵀ · Pᵀ: V words transposed into A fragments (dv map in the header).
+#pragma unroll
+        for (int j = 0; j < J; ++j) {
+#pragma unroll
+            for (int a = 0; a < 2; ++a) {
+                uint4 v0 = load_row16(vb + slot[a][0] * lv.s2 + 32 * j, live[a][0]);
+                uint4 v1 = load_row16(vb + slot[a][1] * lv.s2 + 32 * j, live[a][1]);
+                u32 t0[4] = {movmatrix_trans(v0.x), movmatrix_trans(v0.y), movmatrix_trans(v0.z),
+                             movmatrix_trans(v0.w)};
+                u32 t1[4] = {movmatrix_trans(v1.x), movmatrix_trans(v1.y), movmatrix_trans(v1.z),
+                             movmatrix_trans(v1.w)};
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    mma_16816(acc[j][h], t0[2 * h], t0[2 * h + 1], t1[2 * h], t1[2 * h + 1], pb_hi[a][0],
+                              pb_hi[a][1]);
+                    mma_16816(acc[j][h], t0[2 * h], t0[2 * h + 1], t1[2 * h], t1[2 * h + 1], pb_lo[a][0],
+                              pb_lo[a][1]);
+                }
+            }
+        }
+    }
+
+    // Merge the warps into warp 0, in order 1, 2, 3, through shared memory in fragment order
+    // (over Q: every warp is past its last read of it after the first barrier). A warp that saw
+    // nothing of a row leaves it as it is, and warp 0 takes a row it saw nothing of as is, so a
+    // row that one warp saw ends with that warp's bits whichever warp it was; a union within one
+    // step ran on one warp, which then writes at once (block-uniform: same bits).
+    bool one_step = bhi < blo || blo / TC_ATT_STEP == bhi / TC_ATT_STEP;
+    if (one_step) {
+        if (warp != (bhi < blo ? 0 : (blo / TC_ATT_STEP) % TC_ATT_WARPS)) return;
+    } else {
+        float* ms = (float*)tc_smem;  // [value][lane]: acc (J·2·4 values), then m[2], l[2]
+        for (int w = 1; w < TC_ATT_WARPS; ++w) {
+            __syncthreads();
+            if (warp == w) {
+#pragma unroll
+                for (int j = 0; j < J; ++j)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) ms[((j * 2 + h) * 4 + e) * 32 + lane] = acc[j][h][e];
+#pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                    ms[(J * 8 + u) * 32 + lane] = m[u];
+                    ms[(J * 8 + 2 + u) * 32 + lane] = l[u];
+                }
+            }
+            __syncthreads();
+            if (warp == 0) {
+#pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                    float mw = ms[(J * 8 + u) * 32 + lane], lw = ms[(J * 8 + 2 + u) * 32 + lane];
+                    if (mw == -INFINITY) continue;  // warp w saw nothing of row 2c + u
+                    bool take = m[u] == -INFINITY;
+                    float mn = fmaxf(m[u], mw);
+                    float f0 = take ? 0.0f : expf(m[u] - mn), fw = take ? 1.0f : expf(mw - mn);
+                    l[u] = take ? lw : __fmaf_rn(l[u], f0, __fmul_rn(lw, fw));
+                    m[u] = mn;
+#pragma unroll
+                    for (int j = 0; j < J; ++j)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h)
+#pragma unroll
+                            for (int x = 0; x < 2; ++x) {
+                                float aw = ms[((j * 2 + h) * 4 + 2 * x + u) * 32 + lane];
+                                float& a0 = acc[j][h][2 * x + u];
+                                a0 = take ? aw : __fmaf_rn(a0, f0, __fmul_rn(aw, fw));
+                            }
+                }
+            }
+        }
+        if (warp != 0) return;
+    }
+
+    // The output rows, or with splits each split's (max, sum, unnormalised output) for
+    // attention_combine_f32. acc[j][h][2x + u] is row 2c + u, dv 32j + 8(g / 2) + 2(2h + x) + g % 2.
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        if (!rwrite[u]) continue;
+        int hd = row_head(2 * c + u);
+        bool empty = m[u] == -INFINITY;
+        float* dst;
+        float inv = 1.0f;
+        if (n_split == 1) {
+            dst = out + ((i64)rq[u] * n_head + hd) * D;
+            inv = !empty && l[u] > 0.0f ? __frcp_rn(l[u]) : 0.0f;
+        } else {
+            float* part = partial + (((i64)rq[u] * n_head + hd) * n_split + split) * (D + 2);
+            if (g == 0) {
+                part[0] = m[u];
+                part[1] = empty ? 0.0f : l[u];
+            }
+            dst = part + 2;
+            inv = empty ? 0.0f : 1.0f;
+        }
+        dst += 8 * (g >> 1) + (g & 1);  // then constant offsets
+#pragma unroll
+        for (int j = 0; j < J; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int x = 0; x < 2; ++x) dst[32 * j + 2 * (2 * h + x)] = __fmul_rn(acc[j][h][2 * x + u], inv);
+    }
+}
+
+#define ATTENTION_TC(D)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(TC_ATT_WARPS * 32)                                           \
+        attention_tc_d##D(const float* q, Layout4 lq, const void* k, int k_dt, Layout4 lk, const void* v,     \
+                          int v_dt, Layout4 lv, const int* q_pos, const int* n_kv_ptr, const float* mask,     \
+                          float* out, int d, int d_v, int n_head, int n_head_kv, int cap, float scale,        \
+                          int mask_kind, int window, int ring, int* err, int n_split, float* partial) {       \
+        pdl_entry();                                                                                          \
+        attention_tc_body<D>(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask, out,         \
+                             (int)lq.d2, n_head, n_head_kv, cap, scale, mask_kind, window, ring, err, n_split, \
+                             partial);                                                                        \
+    }
+ATTENTION_TC(256)
+ATTENTION_TC(512)
