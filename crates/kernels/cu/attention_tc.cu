@@ -4,13 +4,15 @@
 // A block takes a unit: 8 rows, each row a (query, head) pair of one K/V group (row i of the
 // group: query i / heads_per_group, head i % heads_per_group), and one split of the positions.
 // Its 4 warps walk the split's positions in steps of 32 (warp w the steps at 32·(4n + w)), each
-// with its own running softmax, merged in shared memory at the end. The rows are the n of
-// mma.sync m16n8k16, the positions its m:
+// with its own running softmax, merged through shared memory at the end. The rows are the n of
+// mma.sync m16n8k16 (sm_80+; movmatrix needs PTX 7.8), the positions its m:
 //   scores  Sᵀ[pos][row] = K[pos][·] · Qᵀ[·][row]   (A = K rows, B = Q),
 //   output  Oᵀ[dv][row] += Vᵀ[dv][pos] · Pᵀ[pos][row] (A = V rows transposed, B = P).
-// Q and P are f32 split into f16 halves (x = hi + lo, two products each), so scores and outputs
-// keep f32-level accuracy against f16 K/V. One K/V row loaded serves the unit's 8 rows: the
-// heads of a group in a decode step, and the queries of a verify batch too.
+// Q and P are f32 split into f16 halves (x = hi + lo, two products each): ~22 bits where the lo
+// half is a normal f16, an absolute 2^-25 below (|x| < 2^-3), so the outputs stay within ~1e-6 of
+// f32 arithmetic (tests: ≤ 1.4e-6 relative to the CPU; small weights over 32K positions are the
+// worst case, an estimated 1e-6). |q| must stay below f16's 65504. One K/V row loaded serves the
+// unit's 8 rows: the heads of a group in a decode step, and the queries of a verify batch too.
 //
 // Batch invariance (a verify row gets the decode step's bits): a row's visible range and splits
 // are the per-query kernels' (visible_range), a unit walks the union of its rows' ranges in steps
@@ -20,9 +22,11 @@
 // mma output element depends only on its own row's operands, and the sums over a row's lanes run
 // in a fixed order. So a row's arithmetic is the same whatever other rows share its unit. One
 // caveat, as in any tensor-core attention: a position a row cannot see but another row of its
-// unit can is multiplied by weight 0, so a non-finite V row there would reach the row; K/V rows
-// come from finite, RMS-normalised projections, and rows outside every row's range (unwritten
-// cache rows included) are never loaded.
+// unit can (or none can: the unit loads the hull lo..hi of its rows' ranges) is multiplied by
+// weight 0, so a non-finite V row there would reach the row; K/V rows come from finite,
+// RMS-normalised projections, and rows outside the hull (unwritten cache rows included) are
+// never loaded. NaN scores: as in the per-query kernels a NaN weight poisons its row, except in
+// a step where every score a row sees is NaN before any finite one (fmaxf drops NaN; weights 0).
 //
 // Each lane holds rows 2c and 2c + 1 (c = lane % 4) of every score and output fragment, and
 // positions g and g + 8 (g = lane / 4) of each 16-position tile. The 32 dims a lane-quad loads

@@ -158,7 +158,8 @@ impl MultiQueryAttention {
 /// The backend's settings that decide the route.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct AttentionConfig {
-    /// f16 rows of 256/512 take the wide kernels (`SPECULA_WIDE_ATTENTION=0` turns them off).
+    /// f16 rows of 256/512 that neither the tensor-core nor the multi-query kernels take run on
+    /// the wide kernels (`SPECULA_WIDE_ATTENTION=0` turns them off).
     pub wide: bool,
     /// Which batches take the multi-query kernels.
     pub multi_query: MultiQueryAttention,

@@ -178,14 +178,15 @@ pub struct CudaBackend {
     /// Q4_K/Q6_K/Q8_0 products take the tensor-core `_mma_` kernels (up to 16 rows, and more
     /// while `mma_prefill` is on).
     mma_matvec: bool,
-    /// f16 K/V attention of head dim 256/512 takes the wide kernel (`SPECULA_WIDE_ATTENTION=0`:
-    /// the generic one, an A/B knob).
+    /// f16 K/V attention of head dim 256/512 that neither the tensor-core nor the multi-query
+    /// kernel takes runs on the wide kernel (`SPECULA_WIDE_ATTENTION=0`: the generic one, an A/B
+    /// knob).
     wide_attention: bool,
     /// Which batches' attention over f16 K/V rows of 256/512 takes the multi-query kernel (by
     /// default those of more than 16 queries; `SPECULA_MQ_ATTENTION=0|all`, A/B knobs).
     mq_attention: MultiQueryAttention,
     /// Batches of up to 16 queries over f16 K/V rows of 256/512 take the tensor-core attention
-    /// (`SPECULA_ATT_TC=0`: the wide kernels, an A/B knob).
+    /// (sm_80+; `SPECULA_ATT_TC=0`: the wide kernels, an A/B knob).
     tc_attention: bool,
     /// The device's opt-in shared memory per block (bytes), for the multi-query attention.
     max_smem: usize,
@@ -299,9 +300,9 @@ impl CudaBackend {
             )
             .map_err(|e| driver_err("shared memory per block", e))?
             .max(0) as usize;
-        // The multi-query and tensor-core attention kernels take more than the default 48 KB of
-        // dynamic shared memory; where the device cannot give it, `attention_plan::choose` never
-        // picks them.
+        // The multi-query attention kernels take more than the default 48 KB of dynamic shared
+        // memory (the tensor-core ones 9–17 KB, set alike); where the device cannot give it,
+        // `attention_plan::choose` never picks them.
         for route in [256, 512].into_iter().flat_map(|d| {
             [
                 AttentionKernel::MultiQuery { d },
@@ -348,7 +349,7 @@ impl CudaBackend {
             mma_matvec: major >= 8 && mma_matvec_from_env(),
             wide_attention: std::env::var("SPECULA_WIDE_ATTENTION").map_or(true, |v| v != "0"),
             mq_attention: MultiQueryAttention::from_env(),
-            tc_attention: std::env::var("SPECULA_ATT_TC").map_or(true, |v| v != "0"),
+            tc_attention: major >= 8 && std::env::var("SPECULA_ATT_TC").map_or(true, |v| v != "0"),
             max_smem,
             mma_mt: std::env::var("SPECULA_MMA_MT")
                 .ok()
@@ -545,10 +546,10 @@ impl CudaBackend {
     }
 
     /// Whether batches of up to 16 queries over f16 K/V rows of 256/512 run on the tensor-core
-    /// attention (on by default; `SPECULA_ATT_TC=0` turns it off); takes effect at the next run
-    /// of every graph (captured graphs are captured again).
+    /// attention (on by default from sm_80, where alone it can be; `SPECULA_ATT_TC=0` turns it
+    /// off); takes effect at the next run of every graph (captured graphs are captured again).
     pub fn set_tensor_core_attention(&mut self, on: bool) {
-        self.tc_attention = on;
+        self.tc_attention = on && self.tensor_cores;
         self.forget_captures();
     }
 

@@ -1565,12 +1565,13 @@ fn attention_is_batch_invariant() {
         return;
     };
     let mut rng = Rng(12);
-    // The first three use every split the cache's capacity plans; the last three leave most
+    // The first three use every split the cache's capacity plans; the next three leave most
     // unused (a split takes at least 16 positions), and in the fifth the batch's queries use
-    // 2 or 3 of the 16 splits. In the last, a query's split alone lies within one 32-position
+    // 2 or 3 of the 16 splits. In the sixth, a query's split alone lies within one 32-position
     // step of the tensor-core kernel while the batch's union of that split spans two (its one-
-    // warp and merged paths must agree).
-    let cases: [MqCase; 6] = [
+    // warp and merged paths must agree). In the last, 3 heads per K/V group: the tensor-core
+    // kernel's units mix queries.
+    let cases: [MqCase; 7] = [
         (
             256,
             4,
@@ -1628,6 +1629,16 @@ fn attention_is_batch_invariant() {
             4096,
             100,
             (84..100).collect(),
+            AttnMask::Causal,
+            KvLayout::Linear,
+        ),
+        (
+            512,
+            6,
+            2,
+            2048,
+            1203,
+            (1187..1203).collect(),
             AttnMask::Causal,
             KvLayout::Linear,
         ),
