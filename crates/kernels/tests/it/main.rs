@@ -4,6 +4,7 @@
 
 mod models;
 mod ops;
+mod real_dims;
 
 /// A CUDA backend, or `None` (after printing why) when the machine has none.
 pub fn cuda() -> Option<kernels::CudaBackend> {
