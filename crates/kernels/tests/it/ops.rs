@@ -1719,6 +1719,33 @@ fn attention_is_batch_invariant() {
     cuda.set_tensor_core_attention(true);
 }
 
+/// (head dim, heads, K/V heads, cache rows, cached positions, mask, layout).
+type LastQueriesCase = (usize, usize, usize, usize, i32, AttnMask, KvLayout);
+
+/// Attention of `t` queries at the last cached positions (clamped at 0) over random f16 K/V of
+/// `case`, scale 1/16, an explicit mask where the case asks: the graph, its leaves, its output.
+fn last_queries_attention(
+    rng: &mut Rng,
+    (d, nh, nkv, cap, n_kv, mask, layout): LastQueriesCase,
+    t: usize,
+) -> (Graph, Vec<(NodeId, Leaf)>, NodeId) {
+    let mut c = Case::new();
+    let q = c.f32(&[d, nh, t], rng.vec(d * nh * t));
+    let k = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
+    let v = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
+    let pos: Vec<i32> = (n_kv - t as i32..n_kv).map(|p| p.max(0)).collect();
+    let p = c.i32(&[t], pos);
+    let n = c.i32(&[1], vec![n_kv]);
+    let m = (mask == AttnMask::Explicit).then(|| c.f32(&[cap, t], explicit_mask(rng, cap * t)));
+    let params = AttnParams {
+        scale: 0.0625,
+        mask,
+        kv_layout: layout,
+    };
+    let y = c.g.attention(q, k, v, p, n, m, params).unwrap();
+    (c.g.finish(&[y]).unwrap(), c.leaves, y)
+}
+
 /// Attention of up to 16 queries over f16 K/V rows of 256 and 512 runs on the tensor-core kernel
 /// by default: within 1e-5 of the CPU and of the wide per-query kernel, for 1, 2, 3 and 8 heads
 /// per K/V group (rows of one unit from several queries, and padding rows), causal,
@@ -1730,8 +1757,7 @@ fn tensor_core_attention_matches_the_cpu() {
         return;
     };
     let mut rng = Rng(41);
-    // (head dim, heads, K/V heads, cache rows, cached positions, mask, layout).
-    let cases: [(usize, usize, usize, usize, i32, AttnMask, KvLayout); 9] = [
+    let cases: [LastQueriesCase; 9] = [
         (
             256,
             32,
@@ -1758,37 +1784,23 @@ fn tensor_core_attention_matches_the_cpu() {
         (256, 4, 2, 64, 1, AttnMask::Causal, KvLayout::Linear),
         (256, 4, 2, 64, 0, AttnMask::Causal, KvLayout::Linear),
     ];
-    for (d, nh, nkv, cap, n_kv, mask, layout) in cases {
+    for case in cases {
+        let (d, nh, nkv, _, n_kv, mask, layout) = case;
         for t in [1usize, 2, 5, 16] {
             let t = t.min(n_kv.max(1) as usize);
-            let mut c = Case::new();
-            let q = c.f32(&[d, nh, t], rng.vec(d * nh * t));
-            let k = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
-            let v = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
-            let pos: Vec<i32> = (n_kv - t as i32..n_kv).map(|p| p.max(0)).collect();
-            let p = c.i32(&[t], pos);
-            let n = c.i32(&[1], vec![n_kv]);
-            let m = (mask == AttnMask::Explicit)
-                .then(|| c.f32(&[cap, t], explicit_mask(&mut rng, cap * t)));
-            let params = AttnParams {
-                scale: 0.0625,
-                mask,
-                kv_layout: layout,
-            };
-            let y = c.g.attention(q, k, v, p, n, m, params).unwrap();
-            let graph = c.g.finish(&[y]).unwrap();
+            let (graph, leaves, y) = last_queries_attention(&mut rng, case, t);
             let name = format!(
                 "attention d{d} heads {nh}/{nkv} n_kv {n_kv} {t} queries {mask:?} {layout:?}"
             );
-            let bindings = bind_leaves(&mut cuda, &graph, &c.leaves);
+            let bindings = bind_leaves(&mut cuda, &graph, &leaves);
             let exe = cuda.load(&graph, &bindings).unwrap();
             let kernels = cuda.attention_kernels(exe).unwrap();
             cuda.unload(exe).unwrap();
             assert_eq!(kernels, [format!("attention_tc_d{d}")], "{name}");
-            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
-            let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+            let want = run_on(&mut CpuBackend::new(), &graph, &leaves, &[y]).remove(0);
+            let got = run_on(&mut cuda, &graph, &leaves, &[y]).remove(0);
             cuda.set_tensor_core_attention(false);
-            let wide = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+            let wide = run_on(&mut cuda, &graph, &leaves, &[y]).remove(0);
             cuda.set_tensor_core_attention(true);
             let (err, err_wide) = (rel_err(&got, &want), rel_err(&got, &wide));
             assert!(err <= 1e-5, "{name}: rel err {err:e} against the CPU");
@@ -1816,7 +1828,7 @@ fn grouped_attention_equals_a_block_per_head() {
     let mut rng = Rng(31);
     // The grouping is a form of the wide kernels, which the tensor-core kernel replaces by default.
     cuda.set_tensor_core_attention(false);
-    let cases: [(usize, usize, usize, usize, i32, AttnMask, KvLayout); 5] = [
+    let cases: [LastQueriesCase; 5] = [
         (256, 4, 2, 4096, 3100, AttnMask::Causal, KvLayout::Linear),
         (256, 4, 2, 600, 500, AttnMask::Explicit, KvLayout::Linear),
         (
@@ -1831,30 +1843,16 @@ fn grouped_attention_equals_a_block_per_head() {
         (512, 8, 2, 2048, 1203, AttnMask::Causal, KvLayout::Linear),
         (512, 4, 1, 2048, 40, AttnMask::Causal, KvLayout::Linear),
     ];
-    for (d, nh, nkv, cap, n_kv, mask, layout) in cases {
+    for case in cases {
+        let (d, nh, nkv, _, _, mask, layout) = case;
         for t in [1usize, 5, 16] {
-            let mut c = Case::new();
-            let q = c.f32(&[d, nh, t], rng.vec(d * nh * t));
-            let k = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
-            let v = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
-            let pos: Vec<i32> = (n_kv - t as i32..n_kv).collect();
-            let p = c.i32(&[t], pos);
-            let n = c.i32(&[1], vec![n_kv]);
-            let params = AttnParams {
-                scale: 0.0625,
-                mask,
-                kv_layout: layout,
-            };
-            let m = (mask == AttnMask::Explicit)
-                .then(|| c.f32(&[cap, t], explicit_mask(&mut rng, cap * t)));
-            let y = c.g.attention(q, k, v, p, n, m, params).unwrap();
-            let graph = c.g.finish(&[y]).unwrap();
+            let (graph, leaves, y) = last_queries_attention(&mut rng, case, t);
             let mut by_knob = Vec::new();
             for grouped in [Some(1), None] {
                 cuda.set_attention_groups(grouped);
-                by_knob.push(run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0));
+                by_knob.push(run_on(&mut cuda, &graph, &leaves, &[y]).remove(0));
             }
-            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+            let want = run_on(&mut CpuBackend::new(), &graph, &leaves, &[y]).remove(0);
             let err = rel_err(&by_knob[0], &want);
             let name = format!("attention d{d} heads {nh}/{nkv} {t} queries {mask:?} {layout:?}");
             assert!(err <= 1e-5, "{name}: rel err {err:e} against the CPU");
