@@ -482,16 +482,19 @@ __device__ void attention_mq_body(const float* q, Layout4 lq, const u16* k, Layo
     }
 }
 
-#define ATTENTION_MQ(D)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(MQ_THREADS)                                                  \
-        attention_mq_d##D(const float* q, Layout4 lq, const void* k, int k_dt, Layout4 lk, const void* v,     \
-                          int v_dt, Layout4 lv, const int* q_pos, const int* n_kv_ptr, const float* mask,     \
-                          float* out, int d, int d_v, int n_head, int n_head_kv, int cap, float scale,        \
-                          int mask_kind, int window, int ring, int* err, int n_split, float* partial) {       \
+// The entry point NAME of a kernel over a batch's f16 K/V rows of D (the multi-query and
+// tensor-core kernels): the attention kernels' argument list, BODY<D> called with the batch's
+// query count.
+#define ATTENTION_ROWS_ENTRY(NAME, BODY, THREADS, D)                                                          \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                     \
+        NAME(const float* q, Layout4 lq, const void* k, int k_dt, Layout4 lk, const void* v, int v_dt,       \
+             Layout4 lv, const int* q_pos, const int* n_kv_ptr, const float* mask, float* out, int d, int d_v, \
+             int n_head, int n_head_kv, int cap, float scale, int mask_kind, int window, int ring, int* err,  \
+             int n_split, float* partial) {                                                                  \
         pdl_entry();                                                                                          \
-        attention_mq_body<D>(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask, out,         \
-                             (int)lq.d2, n_head, n_head_kv, cap, scale, mask_kind, window, ring, err, n_split, \
-                             partial);                                                                        \
+        BODY<D>(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask, out, (int)lq.d2, n_head,  \
+                n_head_kv, cap, scale, mask_kind, window, ring, err, n_split, partial);                       \
     }
+#define ATTENTION_MQ(D) ATTENTION_ROWS_ENTRY(attention_mq_d##D, attention_mq_body, MQ_THREADS, D)
 ATTENTION_MQ(256)
 ATTENTION_MQ(512)

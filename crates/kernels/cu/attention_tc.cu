@@ -369,16 +369,6 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
     }
 }
 
-#define ATTENTION_TC(D)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(TC_ATT_WARPS * 32)                                           \
-        attention_tc_d##D(const float* q, Layout4 lq, const void* k, int k_dt, Layout4 lk, const void* v,     \
-                          int v_dt, Layout4 lv, const int* q_pos, const int* n_kv_ptr, const float* mask,     \
-                          float* out, int d, int d_v, int n_head, int n_head_kv, int cap, float scale,        \
-                          int mask_kind, int window, int ring, int* err, int n_split, float* partial) {       \
-        pdl_entry();                                                                                          \
-        attention_tc_body<D>(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask, out,         \
-                             (int)lq.d2, n_head, n_head_kv, cap, scale, mask_kind, window, ring, err, n_split, \
-                             partial);                                                                        \
-    }
+#define ATTENTION_TC(D) ATTENTION_ROWS_ENTRY(attention_tc_d##D, attention_tc_body, TC_ATT_WARPS * 32, D)
 ATTENTION_TC(256)
 ATTENTION_TC(512)
