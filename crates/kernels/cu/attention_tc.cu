@@ -45,11 +45,10 @@ __device__ __forceinline__ u32 movmatrix_trans(u32 x) {
     return y;
 }
 
-// x0, x1 as f16 pairs hi and lo with x = hi + lo to ~22 bits.
+// x0, x1 as f16 pairs hi and lo with x = hi + lo to ~22 bits (split_x's rounding, for a pair).
 __device__ __forceinline__ void split_pair(float x0, float x1, u32& hi, u32& lo) {
-    u16 h0 = f2h(x0), h1 = f2h(x1);
-    hi = pack_h2(h0, h1);
-    lo = pack_h2(f2h(x0 - h2f(h0)), f2h(x1 - h2f(h1)));
+    hi = pack_f32x2(x0, x1);
+    lo = pack_f32x2(x0 - h2f((u16)(hi & 0xffff)), x1 - h2f((u16)(hi >> 16)));
 }
 
 // Sum (or max) over the 8 lanes of a lane's column c (lanes c, c + 4, ..., c + 28), in the same
