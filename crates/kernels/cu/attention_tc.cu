@@ -87,6 +87,24 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
     auto row_query = [&](int r) { return (rt * TC_ATT_ROWS + r) / hpg; };
     auto row_head = [&](int r) { return kvh * hpg + (rt * TC_ATT_ROWS + r) % hpg; };
 
+    // Every global load that does not depend on n_kv first, so they are in flight together:
+    // this lane's share of Q (row g) and its rows' query positions.
+    float qx[J / TC_ATT_WARPS][8];
+    {
+        int t = row_query(g);
+        const float* qr = q + lq.off + (i64)row_head(g) * lq.s1 + (i64)t * lq.s2 + 8 * c;
+#pragma unroll
+        for (int jj = 0; jj < J / TC_ATT_WARPS; ++jj)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) qx[jj][e] = t < n_tok ? qr[32 * (warp + jj * TC_ATT_WARPS) + e] : 0.0f;
+    }
+    int rq[2], qp[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        rq[u] = row_query(2 * c + u);
+        qp[u] = rq[u] < n_tok ? q_pos[rq[u]] : 0;
+    }
+
     int n_kv = *n_kv_ptr;
     if (n_kv < 0 || (!ring && n_kv > cap)) {
         if (lane == 0) report(err, ERR_N_KV);
@@ -98,15 +116,14 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
 
     // The visible ranges of this lane's rows 2c and 2c + 1 in this split, and the unit's union
     // (the same in every warp).
-    int rlo[2], rhi[2], rq[2];
+    int rlo[2], rhi[2];
     bool rwrite[2];
     int blo = 0x7fffffff, bhi = -1;
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
-        rq[u] = row_query(2 * c + u);
         i64 lo = 1, hi = 0;
         int used = 0;
-        if (rq[u] < n_tok) used = visible_range(q_pos[rq[u]], n_kv, split, n_split, cap, mask_kind, window, ring, lo, hi);
+        if (rq[u] < n_tok) used = visible_range(qp[u], n_kv, split, n_split, cap, mask_kind, window, ring, lo, hi);
         rwrite[u] = split < used;
         rlo[u] = (int)lo;
         rhi[u] = (int)hi;
@@ -133,14 +150,10 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
     // converts the chunks j ≡ w (mod TC_ATT_WARPS).
     uint4* qs = (uint4*)tc_smem;
     {
-        int t = row_query(g);
-        const float* qr = q + lq.off + (i64)row_head(g) * lq.s1 + (i64)t * lq.s2 + 8 * c;
 #pragma unroll
         for (int jj = 0; jj < J / TC_ATT_WARPS; ++jj) {
             int j = warp + jj * TC_ATT_WARPS;
-            float x[8];
-#pragma unroll
-            for (int e = 0; e < 8; ++e) x[e] = t < n_tok ? qr[32 * j + e] : 0.0f;
+            const float* x = qx[jj];
             uint4 hi, lo;
             split_pair(x[0], x[1], hi.x, lo.x);
             split_pair(x[2], x[3], hi.y, lo.y);
