@@ -2,9 +2,8 @@
 // or 512 on tensor cores: attention_tc_d256 / attention_tc_d512.
 //
 // A block takes a unit: 8 rows, each row a (query, head) pair of one K/V group (row i of the
-// group: query i / heads_per_group, head i % heads_per_group), and one split of the positions.
-// Its 4 warps walk the split's positions in steps of 32 (warp w the steps at 32·(4n + w)), each
-// with its own running softmax, merged through shared memory at the end. The rows are the n of
+// group: query i / heads_per_group, head i % heads_per_group), and one split of the positions,
+// which it walks in steps of 32, its 4 warps sharing each step's dims (below). The rows are the n of
 // mma.sync m16n8k16 (sm_80+; movmatrix needs PTX 7.8), the positions its m:
 //   scores  Sᵀ[pos][row] = K[pos][·] · Qᵀ[·][row]   (A = K rows, B = Q),
 //   output  Oᵀ[dv][row] += Vᵀ[dv][pos] · Pᵀ[pos][row] (A = V rows transposed, B = P).
@@ -15,9 +14,8 @@
 //
 // Batch invariance (a verify row gets the decode step's bits): a row's visible range and splits
 // are the per-query kernels' (visible_range), a unit walks the union of its rows' ranges in steps
-// of 32 positions at multiples of 32, each step on the warp its absolute index picks, and a step
-// in which a row sees nothing leaves its running max, sum and output exactly as they were
-// (scores −∞, weights 0, rescale by exactly 1); the warps merge in a fixed order. Every
+// of 32 positions at multiples of 32, and a step in which a row sees nothing leaves its running
+// max, sum and output exactly as they were (scores −∞, weights 0, rescale by exactly 1). Every
 // mma output element depends only on its own row's operands, and the sums over a row's lanes run
 // in a fixed order. So a row's arithmetic is the same whatever other rows share its unit. One
 // caveat, as in any tensor-core attention: a position a row cannot see but another row of its
@@ -34,7 +32,7 @@
 // transposed in registers by movmatrix into the A fragments of Vᵀ, whose m index then maps to
 // dv = 32j + 8(μ / 2) + 2e + μ % 2 (chunk j, word e, μ = 0..7).
 
-#define TC_ATT_WARPS 4  // warps per block (unit)
+#define TC_ATT_WARPS 4  // warps per block (unit); each takes every 4th 32-dim chunk
 #define TC_ATT_ROWS 8   // rows per unit: the n of the mma
 #define TC_ATT_STEP 32  // positions per step: two m16 tiles
 
@@ -72,15 +70,19 @@ __device__ __forceinline__ uint4 load_row16(const u16* p, bool live) {
 }
 
 // Grid (n_head_kv, ⌈n_tok · heads_per_group / 8⌉ · n_split): y = split · row tiles + row tile.
-// Dynamic shared memory (attention_plan::tc_smem_bytes): Q as f16 hi and lo words (32·D
-// bytes), then one warp's running outputs, maxima and sums at a time (32·D + 512 bytes).
+// The 4 warps work on every step together: warp w takes the 32-dim chunks j ≡ w (mod 4) of the
+// scores (its share of the K loads and products) and of the outputs (its dv slice, its share of
+// the V loads); the warps' partial scores meet in shared memory (double-buffered by step parity,
+// one barrier a step) and are summed in warp order, so every warp holds the same scores and runs
+// the same softmax. A unit walks its union's steps in order; no merge at the end.
 template <int D>
 __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layout4 lk, const u16* v, Layout4 lv,
                                   const int* q_pos, const int* n_kv_ptr, const float* mask, float* out, int n_tok,
                                   int n_head, int n_head_kv, int cap, float scale, int mask_kind, int window,
                                   int ring, int* err, int n_split, float* partial) {
-    constexpr int J = D / 32;  // 32-dim chunks
-    extern __shared__ __align__(16) unsigned char tc_smem[];
+    constexpr int J = D / 32;               // 32-dim chunks
+    constexpr int JW = J / TC_ATT_WARPS;    // chunks per warp
+    __shared__ float part_s[2][TC_ATT_WARPS][8][32];  // [step parity][warp][score value][lane]
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int g = lane >> 2, c = lane & 3;
     int hpg = n_head / n_head_kv, kvh = blockIdx.x;
@@ -91,13 +93,13 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
     auto row_head = [&](int r) { return kvh * hpg + (rt * TC_ATT_ROWS + r) % hpg; };
 
     // Every global load that does not depend on n_kv first, so they are in flight together:
-    // this lane's share of Q (row g) and its rows' query positions.
-    float qx[J / TC_ATT_WARPS][8];
+    // this warp's chunks of Q (row g) and this lane's rows' query positions.
+    float qx[JW][8];
     {
         int t = row_query(g);
         const float* qr = q + lq.off + (i64)row_head(g) * lq.s1 + (i64)t * lq.s2 + 8 * c;
 #pragma unroll
-        for (int jj = 0; jj < J / TC_ATT_WARPS; ++jj)
+        for (int jj = 0; jj < JW; ++jj)
 #pragma unroll
             for (int e = 0; e < 8; ++e) qx[jj][e] = t < n_tok ? qr[32 * (warp + jj * TC_ATT_WARPS) + e] : 0.0f;
     }
@@ -110,8 +112,8 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
 
     int n_kv = *n_kv_ptr;
     if (n_kv < 0 || (!ring && n_kv > cap)) {
-        if (lane == 0) report(err, ERR_N_KV);
-        for (int r = 0; r < TC_ATT_ROWS; ++r)
+        if (threadIdx.x == 0) report(err, ERR_N_KV);
+        for (int r = warp; r < TC_ATT_ROWS; r += TC_ATT_WARPS)
             if (row_query(r) < n_tok)
                 for (int i = lane; i < D; i += 32) out[((i64)row_query(r) * n_head + row_head(r)) * D + i] = 0.0f;
         return;
@@ -143,40 +145,29 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
     // A split past every row's used splits writes nothing (block-uniform).
     if (!__any_sync(0xffffffffu, rwrite[0] || rwrite[1])) return;
 
-    // This warp's first step: the first at or after the union's whose index ≡ warp (mod 4).
-    int first = blo / TC_ATT_STEP;
-    first += ((warp - first) % TC_ATT_WARPS + TC_ATT_WARPS) % TC_ATT_WARPS;
-    const u16* kb = k + lk.off + (i64)kvh * lk.s1 + 8 * c;
-    const u16* vb = v + lv.off + (i64)kvh * lv.s1 + 8 * c;
-
-    // Q of row g, dims 32j + 8c .. + 7, as f16 hi and lo words in fragment order; warp w
-    // converts the chunks j ≡ w (mod TC_ATT_WARPS).
-    uint4* qs = (uint4*)tc_smem;
-    {
+    // This warp's Q chunks as f16 hi and lo words in fragment order (row g, dims 32j + 8c ..).
+    uint4 qh[JW], ql[JW];
 #pragma unroll
-        for (int jj = 0; jj < J / TC_ATT_WARPS; ++jj) {
-            int j = warp + jj * TC_ATT_WARPS;
-            const float* x = qx[jj];
-            uint4 hi, lo;
-            split_pair(x[0], x[1], hi.x, lo.x);
-            split_pair(x[2], x[3], hi.y, lo.y);
-            split_pair(x[4], x[5], hi.z, lo.z);
-            split_pair(x[6], x[7], hi.w, lo.w);
-            qs[(2 * j) * 32 + lane] = hi;
-            qs[(2 * j + 1) * 32 + lane] = lo;
-        }
+    for (int jj = 0; jj < JW; ++jj) {
+        split_pair(qx[jj][0], qx[jj][1], qh[jj].x, ql[jj].x);
+        split_pair(qx[jj][2], qx[jj][3], qh[jj].y, ql[jj].y);
+        split_pair(qx[jj][4], qx[jj][5], qh[jj].z, ql[jj].z);
+        split_pair(qx[jj][6], qx[jj][7], qh[jj].w, ql[jj].w);
     }
-    __syncthreads();
 
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    float acc[J][2][4];
+    float acc[JW][2][4];
 #pragma unroll
-    for (int j = 0; j < J; ++j)
+    for (int jj = 0; jj < JW; ++jj)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][h][e] = 0.0f;
-    for (int p0 = bhi < blo ? bhi + 1 : first * TC_ATT_STEP; p0 <= bhi; p0 += TC_ATT_WARPS * TC_ATT_STEP) {
+            for (int e = 0; e < 4; ++e) acc[jj][h][e] = 0.0f;
+    const u16* kb = k + lk.off + (i64)kvh * lk.s1 + 8 * c + 32 * warp;
+    const u16* vb = v + lv.off + (i64)kvh * lv.s1 + 8 * c + 32 * warp;
+
+    int parity = 0;
+    for (int p0 = bhi < blo ? bhi + 1 : blo / TC_ATT_STEP * TC_ATT_STEP; p0 <= bhi; p0 += TC_ATT_STEP, parity ^= 1) {
         // This lane's positions p0 + 16a + 8b + g, whether the unit reads them, and their rows.
         int pos[2][2];
         bool live[2][2];
@@ -190,25 +181,41 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
                 slot[a][b] = live[a][b] ? cache_row(pos[a][b], cap, ring) : 0;
             }
 
-        // Scores, the hi and lo products in separate chains.
+        // This warp's partial scores (its chunks; hi and lo products in separate chains).
         float sh[2][4], sl[2][4];
 #pragma unroll
         for (int a = 0; a < 2; ++a)
 #pragma unroll
             for (int e = 0; e < 4; ++e) sh[a][e] = sl[a][e] = 0.0f;
-#pragma unroll 4
-        for (int j = 0; j < J; ++j) {
-            uint4 qh = qs[(2 * j) * 32 + lane], ql = qs[(2 * j + 1) * 32 + lane];
+#pragma unroll
+        for (int jj = 0; jj < JW; ++jj) {
 #pragma unroll
             for (int a = 0; a < 2; ++a) {
-                uint4 k0 = load_row16(kb + slot[a][0] * lk.s2 + 32 * j, live[a][0]);
-                uint4 k1 = load_row16(kb + slot[a][1] * lk.s2 + 32 * j, live[a][1]);
-                mma_16816(sh[a], k0.x, k1.x, k0.y, k1.y, qh.x, qh.y);
-                mma_16816(sl[a], k0.x, k1.x, k0.y, k1.y, ql.x, ql.y);
-                mma_16816(sh[a], k0.z, k1.z, k0.w, k1.w, qh.z, qh.w);
-                mma_16816(sl[a], k0.z, k1.z, k0.w, k1.w, ql.z, ql.w);
+                const i64 off = 32 * TC_ATT_WARPS * jj;
+                uint4 k0 = load_row16(kb + slot[a][0] * lk.s2 + off, live[a][0]);
+                uint4 k1 = load_row16(kb + slot[a][1] * lk.s2 + off, live[a][1]);
+                mma_16816(sh[a], k0.x, k1.x, k0.y, k1.y, qh[jj].x, qh[jj].y);
+                mma_16816(sl[a], k0.x, k1.x, k0.y, k1.y, ql[jj].x, ql[jj].y);
+                mma_16816(sh[a], k0.z, k1.z, k0.w, k1.w, qh[jj].z, qh[jj].w);
+                mma_16816(sl[a], k0.z, k1.z, k0.w, k1.w, ql[jj].z, ql[jj].w);
             }
         }
+        // The scores: the warps' partials summed in warp order (the same bits in every warp).
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) part_s[parity][warp][4 * a + e][lane] = __fadd_rn(sh[a][e], sl[a][e]);
+        __syncthreads();
+        float sc[2][4];
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float x = part_s[parity][0][4 * a + e][lane];
+#pragma unroll
+                for (int w = 1; w < TC_ATT_WARPS; ++w) x = __fadd_rn(x, part_s[parity][w][4 * a + e][lane]);
+                sc[a][e] = x;
+            }
 
         // Online softmax per row: s[a][b][u] is position pos[a][b], row 2c + u.
         float s[2][2][2], mx[2] = {-INFINITY, -INFINITY};
@@ -221,7 +228,7 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
                     int p = pos[a][b];
                     float x = -INFINITY;
                     if (p >= rlo[u] && p <= rhi[u]) {
-                        x = __fmul_rn(__fadd_rn(sh[a][2 * b + u], sl[a][2 * b + u]), scale);
+                        x = __fmul_rn(sc[a][2 * b + u], scale);
                         if (mask) x = __fadd_rn(x, mask[slot[a][b] + (i64)rq[u] * cap]);
                     }
                     s[a][b][u] = x;
@@ -266,95 +273,46 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
                 pb_lo[a][b] = movmatrix_trans(lo);
             }
 
-        // Rescale the outputs (skipped, exactly, when no row's max moved).
+        // Rescale this warp's outputs (skipped, exactly, when no row's max moved).
         if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
 #pragma unroll
-            for (int j = 0; j < J; ++j)
+            for (int jj = 0; jj < JW; ++jj)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    acc[j][h][0] = __fmul_rn(acc[j][h][0], rescale[0]);
-                    acc[j][h][1] = __fmul_rn(acc[j][h][1], rescale[1]);
-                    acc[j][h][2] = __fmul_rn(acc[j][h][2], rescale[0]);
-                    acc[j][h][3] = __fmul_rn(acc[j][h][3], rescale[1]);
+                    acc[jj][h][0] = __fmul_rn(acc[jj][h][0], rescale[0]);
+                    acc[jj][h][1] = __fmul_rn(acc[jj][h][1], rescale[1]);
+                    acc[jj][h][2] = __fmul_rn(acc[jj][h][2], rescale[0]);
+                    acc[jj][h][3] = __fmul_rn(acc[jj][h][3], rescale[1]);
                 }
         }
 
-        // Oᵀ += Vᵀ · Pᵀ: V words transposed into A fragments (dv map in the header).
+        // Oᵀ += Vᵀ · Pᵀ on this warp's chunks: V words transposed into A fragments (dv map in
+        // the header).
 #pragma unroll
-        for (int j = 0; j < J; ++j) {
+        for (int jj = 0; jj < JW; ++jj) {
 #pragma unroll
             for (int a = 0; a < 2; ++a) {
-                uint4 v0 = load_row16(vb + slot[a][0] * lv.s2 + 32 * j, live[a][0]);
-                uint4 v1 = load_row16(vb + slot[a][1] * lv.s2 + 32 * j, live[a][1]);
+                const i64 off = 32 * TC_ATT_WARPS * jj;
+                uint4 v0 = load_row16(vb + slot[a][0] * lv.s2 + off, live[a][0]);
+                uint4 v1 = load_row16(vb + slot[a][1] * lv.s2 + off, live[a][1]);
                 u32 t0[4] = {movmatrix_trans(v0.x), movmatrix_trans(v0.y), movmatrix_trans(v0.z),
                              movmatrix_trans(v0.w)};
                 u32 t1[4] = {movmatrix_trans(v1.x), movmatrix_trans(v1.y), movmatrix_trans(v1.z),
                              movmatrix_trans(v1.w)};
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    mma_16816(acc[j][h], t0[2 * h], t0[2 * h + 1], t1[2 * h], t1[2 * h + 1], pb_hi[a][0],
+                    mma_16816(acc[jj][h], t0[2 * h], t0[2 * h + 1], t1[2 * h], t1[2 * h + 1], pb_hi[a][0],
                               pb_hi[a][1]);
-                    mma_16816(acc[j][h], t0[2 * h], t0[2 * h + 1], t1[2 * h], t1[2 * h + 1], pb_lo[a][0],
+                    mma_16816(acc[jj][h], t0[2 * h], t0[2 * h + 1], t1[2 * h], t1[2 * h + 1], pb_lo[a][0],
                               pb_lo[a][1]);
                 }
             }
         }
     }
 
-    // Merge the warps into warp 0, in order 1, 2, 3, through shared memory in fragment order
-    // (over Q: every warp is past its last read of it after the first barrier). A warp that saw
-    // nothing of a row leaves it as it is, and warp 0 takes a row it saw nothing of as is, so a
-    // row that one warp saw ends with that warp's bits whichever warp it was; a union within one
-    // step ran on one warp, which then writes at once (block-uniform: same bits).
-    bool one_step = bhi < blo || blo / TC_ATT_STEP == bhi / TC_ATT_STEP;
-    if (one_step) {
-        if (warp != (bhi < blo ? 0 : (blo / TC_ATT_STEP) % TC_ATT_WARPS)) return;
-    } else {
-        float* ms = (float*)tc_smem;  // [value][lane]: acc (J·2·4 values), then m[2], l[2]
-        for (int w = 1; w < TC_ATT_WARPS; ++w) {
-            __syncthreads();
-            if (warp == w) {
-#pragma unroll
-                for (int j = 0; j < J; ++j)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) ms[((j * 2 + h) * 4 + e) * 32 + lane] = acc[j][h][e];
-#pragma unroll
-                for (int u = 0; u < 2; ++u) {
-                    ms[(J * 8 + u) * 32 + lane] = m[u];
-                    ms[(J * 8 + 2 + u) * 32 + lane] = l[u];
-                }
-            }
-            __syncthreads();
-            if (warp == 0) {
-#pragma unroll
-                for (int u = 0; u < 2; ++u) {
-                    float mw = ms[(J * 8 + u) * 32 + lane], lw = ms[(J * 8 + 2 + u) * 32 + lane];
-                    if (mw == -INFINITY) continue;  // warp w saw nothing of row 2c + u
-                    bool take = m[u] == -INFINITY;
-                    float mn = fmaxf(m[u], mw);
-                    float f0 = take ? 0.0f : expf(m[u] - mn), fw = take ? 1.0f : expf(mw - mn);
-                    l[u] = take ? lw : __fmaf_rn(l[u], f0, __fmul_rn(lw, fw));
-                    m[u] = mn;
-#pragma unroll
-                    for (int j = 0; j < J; ++j)
-#pragma unroll
-                        for (int h = 0; h < 2; ++h)
-#pragma unroll
-                            for (int x = 0; x < 2; ++x) {
-                                float aw = ms[((j * 2 + h) * 4 + 2 * x + u) * 32 + lane];
-                                float& a0 = acc[j][h][2 * x + u];
-                                a0 = take ? aw : __fmaf_rn(a0, f0, __fmul_rn(aw, fw));
-                            }
-                }
-            }
-        }
-        if (warp != 0) return;
-    }
-
     // The output rows, or with splits each split's (max, sum, unnormalised output) for
-    // attention_combine_f32. acc[j][h][2x + u] is row 2c + u, dv 32j + 8(g / 2) + 2(2h + x) + g % 2.
+    // attention_combine_f32: this warp's chunks j = warp + 4·jj. acc[jj][h][2x + u] is row
+    // 2c + u, dv 32j + 8(g / 2) + 2(2h + x) + g % 2.
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
         if (!rwrite[u]) continue;
@@ -367,20 +325,21 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
             inv = !empty && l[u] > 0.0f ? __fmul_rn(__frcp_rn(l[u]), 1.0f / P_SCALE) : 0.0f;
         } else {
             float* part = partial + (((i64)rq[u] * n_head + hd) * n_split + split) * (D + 2);
-            if (g == 0) {
+            if (warp == 0 && g == 0) {
                 part[0] = m[u];
                 part[1] = empty ? 0.0f : l[u];
             }
             dst = part + 2;
             inv = empty ? 0.0f : 1.0f / P_SCALE;
         }
-        dst += 8 * (g >> 1) + (g & 1);  // then constant offsets
+        dst += 32 * warp + 8 * (g >> 1) + (g & 1);  // then constant offsets
 #pragma unroll
-        for (int j = 0; j < J; ++j)
+        for (int jj = 0; jj < JW; ++jj)
 #pragma unroll
             for (int h = 0; h < 2; ++h)
 #pragma unroll
-                for (int x = 0; x < 2; ++x) dst[32 * j + 2 * (2 * h + x)] = __fmul_rn(acc[j][h][2 * x + u], inv);
+                for (int x = 0; x < 2; ++x)
+                    dst[32 * TC_ATT_WARPS * jj + 2 * (2 * h + x)] = __fmul_rn(acc[jj][h][2 * x + u], inv);
     }
 }
 

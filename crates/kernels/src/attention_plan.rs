@@ -29,7 +29,7 @@ const MQ_THREADS: u32 = 256;
 /// Batches of more queries than this take the multi-query kernel; up to it the tensor-core (or
 /// per-query) kernels keep a verify row's arithmetic equal to a decode step's.
 pub(crate) const MQ_MIN_QUERIES: usize = 16;
-/// Warps per `attention_tc_*` block, which walk one unit's positions (`TC_ATT_WARPS` in
+/// Warps per `attention_tc_*` block, which share each step of one unit (`TC_ATT_WARPS` in
 /// attention_tc.cu).
 const TC_WARPS: usize = 4;
 /// (query, head) rows per `attention_tc_*` unit (`TC_ATT_ROWS` in attention_tc.cu).
@@ -83,7 +83,6 @@ impl AttentionKernel {
     pub fn smem_bytes(self) -> usize {
         match self {
             AttentionKernel::MultiQuery { d } => mq_smem_bytes(d),
-            AttentionKernel::TensorCore { d } => tc_smem_bytes(d),
             _ => 0,
         }
     }
@@ -115,13 +114,6 @@ impl AttentionKernel {
             ),
         }
     }
-}
-
-/// Dynamic shared memory of `attention_tc_d<d>`: the unit's Q as f16 hi and lo halves, which
-/// one warp's running outputs, maxima and sums then overwrite, one f32 per register and lane
-/// (`d / 4` outputs and 2 + 2 maxima and sums per lane).
-pub(crate) fn tc_smem_bytes(d: usize) -> usize {
-    (TC_ROWS * d * 2 * 2).max((d / 4 + 4) * 32 * 4)
 }
 
 /// Dynamic shared memory of `attention_mq_d<d>`: the K and V tiles (f16 rows padded by 8) and
@@ -214,7 +206,7 @@ pub(crate) fn choose(cfg: &AttentionConfig, shape: &AttentionShape) -> Attention
     };
     if batch && mq_smem_bytes(d) <= cfg.max_smem {
         AttentionKernel::MultiQuery { d }
-    } else if cfg.tensor_core && shape.n_tok <= MQ_MIN_QUERIES && tc_smem_bytes(d) <= cfg.max_smem {
+    } else if cfg.tensor_core && shape.n_tok <= MQ_MIN_QUERIES {
         AttentionKernel::TensorCore { d }
     } else if cfg.wide {
         AttentionKernel::Wide { d }
@@ -356,17 +348,7 @@ mod tests {
                 choose(&tc, &shape(&l, DType::F32, d, 1)),
                 AttentionKernel::Generic
             );
-            let small = AttentionConfig {
-                max_smem: tc_smem_bytes(d) - 1,
-                ..tc
-            };
-            assert_eq!(
-                choose(&small, &shape(&l, DType::F16, d, 1)),
-                AttentionKernel::Wide { d }
-            );
         }
-        // Shared memory fits an sm_86 block (99 KB) at the largest head dim.
-        assert!(tc_smem_bytes(512) <= 99 * 1024);
         let k = AttentionKernel::TensorCore { d: 256 };
         // 32 heads over 16 K/V heads (2 per group): a decode step is one unit (block) per
         // split; 16 queries are 4 units per split.

@@ -301,14 +301,8 @@ impl CudaBackend {
             .map_err(|e| driver_err("shared memory per block", e))?
             .max(0) as usize;
         // The multi-query attention kernels take more than the default 48 KB of dynamic shared
-        // memory (the tensor-core ones 9–17 KB, set alike); where the device cannot give it,
-        // `attention_plan::choose` never picks them.
-        for route in [256, 512].into_iter().flat_map(|d| {
-            [
-                AttentionKernel::MultiQuery { d },
-                AttentionKernel::TensorCore { d },
-            ]
-        }) {
+        // memory; where the device cannot give it, `attention_plan::choose` never picks them.
+        for route in [256, 512].map(|d| AttentionKernel::MultiQuery { d }) {
             let (bytes, name) = (route.smem_bytes(), route.name());
             if let (Some(f), true) = (funcs.get(name), bytes <= max_smem) {
                 f.set_attribute(
