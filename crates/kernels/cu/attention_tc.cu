@@ -28,7 +28,7 @@
 // Each lane holds rows 2c and 2c + 1 (c = lane % 4) of every score and output fragment, and
 // positions g and g + 8 (g = lane / 4) of each 16-position tile. The 32 dims a lane-quad loads
 // as 16-byte words (lane c: dims 8c .. 8c + 7) are the k of two mma steps in a fixed
-// permutation; Q in shared memory is stored in the same order. V rows loaded the same way are
+// permutation; each warp keeps its chunks of Q in registers in the same order. V rows loaded the same way are
 // transposed in registers by movmatrix into the A fragments of Vᵀ, whose m index then maps to
 // dv = 32j + 8(μ / 2) + 2e + μ % 2 (chunk j, word e, μ = 0..7).
 
@@ -82,6 +82,7 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
                                   int ring, int* err, int n_split, float* partial) {
     constexpr int J = D / 32;               // 32-dim chunks
     constexpr int JW = J / TC_ATT_WARPS;    // chunks per warp
+    static_assert(D % (32 * TC_ATT_WARPS) == 0, "every warp takes the same number of chunks");
     __shared__ float part_s[2][TC_ATT_WARPS][8][32];  // [step parity][warp][score value][lane]
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int g = lane >> 2, c = lane & 3;

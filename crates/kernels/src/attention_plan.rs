@@ -9,7 +9,7 @@
 //!   bits).
 //! - `attention_tc_d256` / `_d512`: the same rows for up to [`MQ_MIN_QUERIES`] queries (decode
 //!   steps and verify batches; the default there): tensor cores, a block per 8 (query, head) rows
-//!   of one K/V group and one split, its 4 warps walking the positions (grid
+//!   of one K/V group and one split, its 4 warps sharing each step's dims (grid
 //!   [`AttentionKernel::grid`]).
 //! - `attention_mq_d256` / `_d512`: the same rows for more than [`MQ_MIN_QUERIES`] queries
 //!   (prefill chunks): one block per (head, [`MQ_ROWS`] queries, split) sharing each K/V tile.
