@@ -15,6 +15,11 @@
 #ifndef ATT_MIN_SPLIT
 #define ATT_MIN_SPLIT 16
 #endif
+// Up to ATT_FILL_SPLITS splits a query takes one per ATT_MIN_SPLIT visible positions (enough
+// blocks in flight at short range); past that, one per ATT_LONG_SPLIT positions, up to the
+// launch's n_split (more blocks in flight at long range: a block walks its split's steps in order).
+#define ATT_FILL_SPLITS 32
+#define ATT_LONG_SPLIT 512
 
 // The cache row of position p (0 ≤ p < 2^31: positions and n_kv are ints): p % cap in a ring, in
 // 32-bit arithmetic (the 64-bit remainder is a subroutine call of ~70 instructions).
@@ -31,9 +36,10 @@ __device__ __forceinline__ i64 cache_row_add(i64 slot, int step, int cap, int ri
 
 // The positions lo..hi a query at absolute position qp sees in split `split` of n_split (empty
 // when hi < lo), given n_kv cached positions (checked by the caller). Returns the number of splits
-// in use for this query, ⌈visible / ATT_MIN_SPLIT⌉ capped at n_split (1 when nothing is
-// visible): splits from there on see nothing and write no partial. The count depends only on the
-// query's visible range, so a verify row splits as the decode step at its position does.
+// in use for this query, the larger of ⌈visible / ATT_MIN_SPLIT⌉ capped at ATT_FILL_SPLITS and
+// ⌈visible / ATT_LONG_SPLIT⌉, capped at n_split (1 when nothing is visible): splits from there on
+// see nothing and write no partial. The count depends only on the query's visible range, so a
+// verify row splits as the decode step at its position does.
 __device__ __forceinline__ int visible_range(i64 qp, int n_kv, int split, int n_split, int cap, int mask_kind,
                                              int window, int ring, i64& lo, i64& hi) {
     lo = ring ? imax(0, (i64)n_kv - cap) : 0;
@@ -41,7 +47,12 @@ __device__ __forceinline__ int visible_range(i64 qp, int n_kv, int split, int n_
     if (mask_kind >= 1) hi = imin(hi, qp);
     if (mask_kind == 2) lo = imax(lo, qp - window + 1);
     i64 len = hi - lo + 1;  // < 2^31: the divisions below are 32-bit (a 64-bit one is a call)
-    int used = n_split > 1 && len > 0 ? (int)imin(n_split, (len + ATT_MIN_SPLIT - 1) / ATT_MIN_SPLIT) : 1;
+    int used = 1;
+    if (n_split > 1 && len > 0) {
+        int fill = (int)imin(ATT_FILL_SPLITS, (len + ATT_MIN_SPLIT - 1) / ATT_MIN_SPLIT);
+        int along = (int)((u32)(len + ATT_LONG_SPLIT - 1) / (u32)ATT_LONG_SPLIT);
+        used = imin(n_split, imax(fill, along));
+    }
     if (split >= used) {
         lo = 1;
         hi = 0;

@@ -229,7 +229,7 @@ fn pow2_knob(cell: &OnceLock<usize>, name: &str, lo: usize, hi: usize, default: 
 
 /// Cache rows per split of attentions of up to 16 queries: 128, or `SPECULA_ATT_SPLIT_ROWS`
 /// (a power of two from 16 to 4096; an A/B knob). It sets the sliding layers' splits (a
-/// 1,040-row ring: 8 splits); full-attention caches of 4K rows or more take the cap of 32. On an
+/// 1,040-row ring: 8 splits); full-attention caches of 8K rows or more take the cap (`max_splits`). On an
 /// H200 (31B decode at depth 4K / 32K, tok/s, and t(16) at 4K against 256): 256 rows 61.3 /
 /// 53.5; 128 rows 64.3 / 55.8, t(16) +1 %; 64 rows 64.9 / 56.3, t(16) +5 % (bench/NOTES.md).
 pub(crate) fn split_rows() -> usize {
@@ -237,11 +237,12 @@ pub(crate) fn split_rows() -> usize {
     pow2_knob(&ROWS, "SPECULA_ATT_SPLIT_ROWS", 16, 4096, 128)
 }
 
-/// Most splits of attentions of up to 16 queries: 32, or `SPECULA_ATT_MAX_SPLITS` (a power of
-/// two from 1 to 256; an A/B knob).
+/// Most splits of attentions of up to 16 queries: 64, or `SPECULA_ATT_MAX_SPLITS` (a power of
+/// two from 1 to 256; an A/B knob). A query uses at most 32 of them until its visible range
+/// passes 16K rows, then one per 512 (`visible_range` in attention.cu).
 pub(crate) fn max_splits() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
-    pow2_knob(&MAX, "SPECULA_ATT_MAX_SPLITS", 1, 256, 32)
+    pow2_knob(&MAX, "SPECULA_ATT_MAX_SPLITS", 1, 256, 64)
 }
 
 /// Number of blocks each (head, query) of an attention is split into over the K/V positions.
@@ -315,9 +316,11 @@ mod tests {
         if std::env::var_os("SPECULA_ATT_SPLIT_ROWS").is_none()
             && std::env::var_os("SPECULA_ATT_MAX_SPLITS").is_none()
         {
-            // A sliding layer's ring of 1,040 rows: 8 splits; 4K rows: the cap of 32.
+            // A sliding layer's ring of 1,040 rows: 8 splits; 4K rows: 32; 32K rows: the cap
+            // of 64 (a query uses more than 32 only past 16K visible rows: visible_range).
             assert_eq!(attention_splits(32, 1, 1, 1040), 8);
             assert_eq!(attention_splits(32, 1, 1, 4096), 32);
+            assert_eq!(attention_splits(32, 1, 1, 32768 + 64), 64);
             assert_eq!(attention_splits(32, 1, 1, 100), 1);
         }
         assert_eq!(

@@ -1568,10 +1568,11 @@ fn attention_is_batch_invariant() {
     // The first three use every split the cache's capacity plans; the next three leave most
     // unused (a split takes at least 16 positions), and in the fifth the batch's queries use
     // 2 or 3 of the 16 splits. In the sixth, a query's split alone lies within one 32-position
-    // step of the tensor-core kernel while the batch's union of that split spans two (its one-
-    // warp and merged paths must agree). In the last, 3 heads per K/V group: the tensor-core
-    // kernel's units mix queries.
-    let cases: [MqCase; 7] = [
+    // step of the tensor-core kernel while the batch's union of that split spans two. In the
+    // seventh, 3 heads per K/V group: the tensor-core kernel's units mix queries. In the last,
+    // long ranges take one split per 512 positions past 32 splits: the batch's queries use 33
+    // or 34 of the 64.
+    let cases: [MqCase; 8] = [
         (
             256,
             4,
@@ -1639,6 +1640,16 @@ fn attention_is_batch_invariant() {
             2048,
             1203,
             (1187..1203).collect(),
+            AttnMask::Causal,
+            KvLayout::Linear,
+        ),
+        (
+            512,
+            4,
+            1,
+            20480,
+            16906,
+            (16890..16906).collect(),
             AttnMask::Causal,
             KvLayout::Linear,
         ),
@@ -1757,7 +1768,7 @@ fn tensor_core_attention_matches_the_cpu() {
         return;
     };
     let mut rng = Rng(41);
-    let cases: [LastQueriesCase; 9] = [
+    let cases: [LastQueriesCase; 10] = [
         (
             256,
             32,
@@ -1781,6 +1792,7 @@ fn tensor_core_attention_matches_the_cpu() {
             KvLayout::Ring,
         ),
         (512, 8, 1, 64, 20, AttnMask::Causal, KvLayout::Linear),
+        (512, 8, 1, 20480, 17000, AttnMask::Causal, KvLayout::Linear),
         (256, 4, 2, 64, 1, AttnMask::Causal, KvLayout::Linear),
         (256, 4, 2, 64, 0, AttnMask::Causal, KvLayout::Linear),
     ];
