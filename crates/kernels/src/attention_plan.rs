@@ -237,34 +237,45 @@ pub(crate) fn split_rows() -> usize {
     pow2_knob(&ROWS, "SPECULA_ATT_SPLIT_ROWS", 16, 4096, 128)
 }
 
-/// Most splits of attentions of up to 16 queries: 64, or `SPECULA_ATT_MAX_SPLITS` (a power of
-/// two from 1 to 256; an A/B knob). A query uses at most 32 of them until its visible range
-/// passes 16K rows, then one per 512 (`visible_range` in attention.cu).
+/// Most splits of the tensor-core kernel's attentions (up to 16 queries): 64, or
+/// `SPECULA_ATT_MAX_SPLITS` (a power of two from 1 to 256; an A/B knob). A query uses at most
+/// [`FILL_SPLITS`] of them until its visible range passes 16K rows, then one per 512
+/// (`visible_range` in attention.cu): at depth 32K, 32 splits left one block per multiprocessor
+/// walking 32 steps in order. The per-query kernels keep [`FILL_SPLITS`]: their empty blocks
+/// are not free (a DFlash block draft, 16 queries of the generic kernel, took 7 % longer with 64).
 pub(crate) fn max_splits() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
     pow2_knob(&MAX, "SPECULA_ATT_MAX_SPLITS", 1, 256, 64)
 }
 
-/// Number of blocks each (head, query) of an attention is split into over the K/V positions.
-/// Up to 16 queries (decode steps and verify batches) it depends on the cache capacity only (one
-/// split per [`split_rows`] rows, at most [`max_splits`]), so a query's arithmetic is the same whatever batch it is in
-/// and a verify row equals the decode step; each block walks its positions one per warp, so
-/// short splits also keep enough blocks in flight (a 9-query verify at depth 4K ran one block
-/// per (head, query) before). Longer batches (prefill chunks) split only to fill the GPU (264
-/// blocks of `query_blocks` per head: the route's [`AttentionKernel::query_blocks`]), at least
-/// 512 rows per split.
+/// Splits a query uses whatever its visible range until that passes 16K rows: the device's
+/// `ATT_FILL_SPLITS` (attention.cu), which this must equal.
+pub(crate) const FILL_SPLITS: usize = 32;
+
+/// Number of blocks each (head, query) of an attention on route `kernel` is split into over the
+/// K/V positions. Up to 16 queries (decode steps and verify batches) it depends on the cache
+/// capacity and the route only (one split per [`split_rows`] rows, at most [`max_splits`] on
+/// tensor cores and [`FILL_SPLITS`] otherwise), so a query's arithmetic is the same whatever
+/// batch it is in and a verify row equals the decode step; short splits also keep enough blocks
+/// in flight (a 9-query verify at depth 4K ran one block per (head, query) before). Longer
+/// batches (prefill chunks) split only to fill the GPU (264 blocks of the route's
+/// [`AttentionKernel::query_blocks`] per head), at least 512 rows per split.
 pub(crate) fn attention_splits(
     n_head: usize,
     n_tok: usize,
-    query_blocks: usize,
+    kernel: AttentionKernel,
     cap: usize,
 ) -> usize {
     if n_tok <= MQ_MIN_QUERIES {
-        return (cap / split_rows()).clamp(1, max_splits());
+        let most = match kernel {
+            AttentionKernel::TensorCore { .. } => max_splits(),
+            _ => FILL_SPLITS,
+        };
+        return (cap / split_rows()).clamp(1, most);
     }
-    let blocks = n_head * query_blocks;
+    let blocks = n_head * kernel.query_blocks(n_tok);
     let fill = 264usize.div_ceil(blocks.max(1));
-    fill.min(cap / 512).clamp(1, 32)
+    fill.min(cap / 512).clamp(1, FILL_SPLITS)
 }
 
 #[cfg(test)]
@@ -305,23 +316,36 @@ mod tests {
                 choose(&cfg(), &shape(&l, DType::F16, 256, n_tok)),
                 AttentionKernel::Wide { d: 256 }
             );
-            // The split count depends on the cache rows only, never on the batch.
-            for cap in [100, 1040, 4096] {
-                assert_eq!(
-                    attention_splits(32, n_tok, n_tok, cap),
-                    attention_splits(32, 1, 1, cap)
-                );
+            // The split count depends on the cache rows and the route only, never on the batch.
+            for kernel in [
+                AttentionKernel::Wide { d: 256 },
+                AttentionKernel::TensorCore { d: 256 },
+                AttentionKernel::Generic,
+            ] {
+                for cap in [100, 1040, 4096, 32768 + 64] {
+                    assert_eq!(
+                        attention_splits(32, n_tok, kernel, cap),
+                        attention_splits(32, 1, kernel, cap)
+                    );
+                }
             }
         }
+        let (tc, wide) = (
+            AttentionKernel::TensorCore { d: 256 },
+            AttentionKernel::Wide { d: 256 },
+        );
         if std::env::var_os("SPECULA_ATT_SPLIT_ROWS").is_none()
             && std::env::var_os("SPECULA_ATT_MAX_SPLITS").is_none()
         {
             // A sliding layer's ring of 1,040 rows: 8 splits; 4K rows: 32; 32K rows: the cap
             // of 64 (a query uses more than 32 only past 16K visible rows: visible_range).
-            assert_eq!(attention_splits(32, 1, 1, 1040), 8);
-            assert_eq!(attention_splits(32, 1, 1, 4096), 32);
-            assert_eq!(attention_splits(32, 1, 1, 32768 + 64), 64);
-            assert_eq!(attention_splits(32, 1, 1, 100), 1);
+            assert_eq!(attention_splits(32, 1, tc, 1040), 8);
+            assert_eq!(attention_splits(32, 1, tc, 4096), 32);
+            assert_eq!(attention_splits(32, 1, tc, 32768 + 64), 64);
+            assert_eq!(attention_splits(32, 1, tc, 100), 1);
+            // The per-query kernels stop at 32 (their empty blocks cost).
+            assert_eq!(attention_splits(32, 1, wide, 32768 + 64), 32);
+            assert_eq!(attention_splits(32, 1, wide, 1040), 8);
         }
         assert_eq!(
             choose(&cfg(), &shape(&l, DType::F16, 256, 17)),
@@ -425,20 +449,26 @@ mod tests {
     }
 
     #[test]
+    fn the_fill_split_count_matches_the_kernels() {
+        let define = format!("#define ATT_FILL_SPLITS {FILL_SPLITS}\n");
+        assert!(crate::source::ATTENTION.contains(&define), "attention.cu lacks {define}");
+    }
+
+    #[test]
     fn prefill_splits_fill_the_gpu_by_the_routes_blocks() {
         let mq = AttentionKernel::MultiQuery { d: 256 };
         // 32 heads × 32 blocks of 16 queries: no split.
-        assert_eq!(attention_splits(32, 512, mq.query_blocks(512), 4096), 1);
+        assert_eq!(attention_splits(32, 512, mq, 4096), 1);
         // 32 heads × 4 blocks: 3 splits where the cache allows.
-        assert_eq!(attention_splits(32, 64, mq.query_blocks(64), 4096), 3);
-        assert_eq!(attention_splits(32, 64, mq.query_blocks(64), 1024), 2);
-        assert_eq!(attention_splits(2, 20, mq.query_blocks(20), 4096), 8);
-        assert_eq!(attention_splits(2, 20, mq.query_blocks(20), 100), 1);
+        assert_eq!(attention_splits(32, 64, mq, 4096), 3);
+        assert_eq!(attention_splits(32, 64, mq, 1024), 2);
+        assert_eq!(attention_splits(2, 20, mq, 4096), 8);
+        assert_eq!(attention_splits(2, 20, mq, 100), 1);
         // The per-query kernels already run a block per query: 8 heads × 32 queries fill it.
         let per_query = AttentionKernel::Generic;
-        assert_eq!(attention_splits(8, 32, per_query.query_blocks(32), 4096), 2);
+        assert_eq!(attention_splits(8, 32, per_query, 4096), 2);
         assert_eq!(
-            attention_splits(32, 32, per_query.query_blocks(32), 4096),
+            attention_splits(32, 32, per_query, 4096),
             1
         );
     }

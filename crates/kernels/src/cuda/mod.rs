@@ -826,8 +826,8 @@ impl Backend for CudaBackend {
                     let q = graph.node(node.inputs[0]).shape();
                     let k = graph.node(node.inputs[1]).shape();
                     let d_v = graph.node(node.inputs[2]).shape().ne(0);
-                    let blocks = self.attention_route(graph, node).query_blocks(q.ne(2));
-                    let n_split = attention_splits(q.ne(1), q.ne(2), blocks, k.ne(2));
+                    let route = self.attention_route(graph, node);
+                    let n_split = attention_splits(q.ne(1), q.ne(2), route, k.ne(2));
                     (q.ne(1) * q.ne(2) * n_split * (d_v + 2), n_split)
                 }
                 // Rows along grid y: more than 65,535 of them keep one block per row.
