@@ -96,12 +96,13 @@ fn card() -> (String, String) {
 }
 
 /// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe] [--prefill-only]
-/// [--skip-prefill] [--drafters-only] [--profile mtp|dflash|decode] [--render FILE.json]`
+/// [--skip-prefill] [--drafters-only] [--profile mtp|dflash|decode|decode-4k|verify-16] [--render FILE.json]`
 /// (`--render`: only writes the markdown table and the plot of a results file from the GPU
 /// machine into `--out`, for runs whose files did not all come back; `--prefill-only`: the copy
 /// bandwidth and the prefill figures alone; `--skip-prefill`: all but those; `--drafters-only`:
 /// the drafter fractions alone; all three for quicker A/B runs. `--profile`: after timing, one
-/// more MTP draft step, DFlash block draft or decode step (at the drafters' context) runs inside
+/// more MTP draft step, DFlash block draft, decode step (at the drafters' context), decode step
+/// at depth 4K (`decode-4k`) or 16-token verify at 4K (`verify-16`) runs inside
 /// [`kernels::profiled`], for `ncu --profile-from-start off`).
 pub fn run(args: &[String]) -> Result<()> {
     let mut models = PathBuf::from("/tmp/specula-synth");
@@ -133,8 +134,10 @@ pub fn run(args: &[String]) -> Result<()> {
             "--render" => render = Some(PathBuf::from(value()?)),
             "--profile" => {
                 let what = value()?;
-                if !["mtp", "dflash", "decode"].contains(&what.as_str()) {
-                    bail!("--profile takes mtp, dflash or decode, not {what}");
+                if !["mtp", "dflash", "decode", "decode-4k", "verify-16"].contains(&what.as_str()) {
+                    bail!(
+                        "--profile takes mtp, dflash, decode, decode-4k or verify-16, not {what}"
+                    );
                 }
                 profile = Some(what.clone());
             }
@@ -202,7 +205,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let bytes = weight_bytes(&target_path)?;
     let mut t = load(&target_path, 32768 + 64, 512)?;
     if !prefill_only && !drafters_only {
-        decode_and_verify(&mut t, bytes, copy, &mut r)?;
+        decode_and_verify(&mut t, bytes, copy, profile.as_deref(), &mut r)?;
     }
     if !skip_prefill && !drafters_only {
         let prefill = prefill_rates(&mut t)?;
@@ -306,6 +309,7 @@ fn decode_and_verify(
     t: &mut Target,
     bytes: u64,
     copy: f64,
+    profile: Option<&str>,
     r: &mut serde_json::Map<String, Value>,
 ) -> Result<()> {
     let mut decode = BTreeMap::new();
@@ -314,6 +318,13 @@ fn decode_and_verify(
         let s = decode_step(t, depth)?;
         if depth == 0 {
             step0 = s;
+        }
+        if depth == 4096 && profile == Some("decode-4k") {
+            kernels::profiled(0, || -> Result<()> {
+                t.forward_argmax(&[1000], LogitRows::Last)?;
+                t.truncate(depth)?;
+                Ok(())
+            })?;
         }
         eprintln!(
             "decode at depth {depth}: {:.2} ms ({:.1} tok/s)",
@@ -345,6 +356,13 @@ fn decode_and_verify(
         })?;
         if k == 1 {
             t1 = s;
+        }
+        if k == 16 && profile == Some("verify-16") {
+            kernels::profiled(0, || -> Result<()> {
+                t.forward_argmax(&tokens, LogitRows::All)?;
+                t.truncate(4096)?;
+                Ok(())
+            })?;
         }
         verify.insert(k.to_string(), s / t1);
         eprintln!("verify k={k}: {:.2} ms, t(k)/t(1) {:.2}", s * 1e3, s / t1);
