@@ -245,8 +245,12 @@ pub(crate) fn split_rows() -> usize {
 /// are not free (a DFlash block draft, 16 queries of the generic kernel, took 7 % longer with 64).
 pub(crate) fn max_splits() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
-    pow2_knob(&MAX, "SPECULA_ATT_MAX_SPLITS", 1, 256, 64)
+    pow2_knob(&MAX, "SPECULA_ATT_MAX_SPLITS", 1, COMBINE_MAX_SPLITS, 64)
 }
+
+/// Most splits `attention_combine_f32` merges: the device's `ATT_COMBINE_MAX_SPLITS`
+/// (attention.cu, its shared arrays), which this must equal; no plan exceeds it.
+pub(crate) const COMBINE_MAX_SPLITS: usize = 256;
 
 /// Splits a query uses whatever its visible range until that passes 16K rows: the device's
 /// `ATT_FILL_SPLITS` (attention.cu), which this must equal.
@@ -449,9 +453,16 @@ mod tests {
     }
 
     #[test]
-    fn the_fill_split_count_matches_the_kernels() {
-        let define = format!("#define ATT_FILL_SPLITS {FILL_SPLITS}\n");
-        assert!(crate::source::ATTENTION.contains(&define), "attention.cu lacks {define}");
+    fn the_split_limits_match_the_kernels() {
+        for define in [
+            format!("#define ATT_FILL_SPLITS {FILL_SPLITS}\n"),
+            format!("#define ATT_COMBINE_MAX_SPLITS {COMBINE_MAX_SPLITS}\n"),
+        ] {
+            assert!(
+                crate::source::ATTENTION.contains(&define),
+                "attention.cu lacks {define}"
+            );
+        }
     }
 
     #[test]
@@ -467,9 +478,6 @@ mod tests {
         // The per-query kernels already run a block per query: 8 heads × 32 queries fill it.
         let per_query = AttentionKernel::Generic;
         assert_eq!(attention_splits(8, 32, per_query, 4096), 2);
-        assert_eq!(
-            attention_splits(32, 32, per_query, 4096),
-            1
-        );
+        assert_eq!(attention_splits(32, 32, per_query, 4096), 1);
     }
 }

@@ -497,7 +497,7 @@ impl CudaBackend {
                         .i32(i32::from(p.kv_layout == KvLayout::Ring));
                     self.launch(
                         "attention_combine_f32",
-                        (n_head as u32, n_tok as u32, 1),
+                        (n_head as u32, n_tok as u32, d_v.div_ceil(128) as u32),
                         128,
                         &mut c,
                     )?;
