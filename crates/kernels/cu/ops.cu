@@ -85,12 +85,14 @@ extern "C" __global__ void concat_f32(const float* a, Layout4 la, const float* b
 // RMSNorm, one block per row (rows dense in dim 0). With xs, the block also writes its normed row
 // in the prepared layout of the `_mma_` products that read it (`mmv_prepare_x`'s layout, one
 // launch fewer; n a multiple of 256, gridDim.x rows). Rows of up to RN_CHUNKS · blockDim.x
-// chunks of 8 (n a multiple of 8, 16-byte-aligned rows) stay in registers: the row and its
-// weights are loaded in one round, and the normed row and its prepared form are written from
-// registers. A decode step's 5376-wide row is one block, so the
+// chunks of 8 (n a multiple of 8, 16-byte-aligned rows) stay in registers: the row, its weights,
+// the residual and the next norm's weights are loaded in one round, and the normed row and its
+// prepared form are written from registers. A decode step's 5376-wide row is one block, so the
 // kernel is a chain of memory latencies; this path has two (loads, stores) where the general one
-// below has four (loads, weight loads and stores, re-reads for xs, xs stores).
-#define RN_CHUNKS 2
+// below has four (loads, weight loads and stores, re-reads for xs, xs stores). One chunk per
+// thread (rows up to 8,192 at 1,024 threads; Gemma 4's widest is 5,376) keeps the prefetched
+// operands within the 64 registers of a 1,024-thread block.
+#define RN_CHUNKS 1
 
 __device__ __forceinline__ float4 rn_weight4(const void* w, int w_dt, i64 i) {
     return make_float4(load_float(w, w_dt, i), load_float(w, w_dt, i + 1), load_float(w, w_dt, i + 2),
@@ -118,6 +120,13 @@ __device__ __forceinline__ float rn_sq4(float4 v) { return v.x * v.x + v.y * v.y
 __device__ __forceinline__ float rn_tail(float v, const float* res, i64 i, float sc, bool has_sc) {
     if (res) v = __fadd_rn(res[i], v);
     return has_sc ? __fmul_rn(v, sc) : v;
+}
+
+// rn_tail of four elements whose residuals were loaded beforehand (rv, when has_res).
+__device__ __forceinline__ float4 rn_tail4(float4 v, float4 rv, bool has_res, float sc, bool has_sc) {
+    if (has_res) v = make_float4(__fadd_rn(rv.x, v.x), __fadd_rn(rv.y, v.y), __fadd_rn(rv.z, v.z), __fadd_rn(rv.w, v.w));
+    if (has_sc) v = make_float4(__fmul_rn(v.x, sc), __fmul_rn(v.y, sc), __fmul_rn(v.z, sc), __fmul_rn(v.w, sc));
+    return v;
 }
 
 // RoPE of element i of a normed row held in `row` (rope_f32's arithmetic exactly; p = position).
@@ -208,9 +217,13 @@ extern "C" __global__ void __launch_bounds__(1024)
     int nc = n / 8;
     bool has_sc = scale_dt >= 0;
     float sc = has_sc ? load_float(scale, scale_dt, 0) : 1.0f;
-    bool aligned = ((size_t)xr & 15) == 0 && ((size_t)orow & 15) == 0 && (planes == 1 || plane_stride % 4 == 0);
+    bool aligned = ((size_t)xr & 15) == 0 && ((size_t)orow & 15) == 0 && (planes == 1 || plane_stride % 4 == 0) &&
+                   ((size_t)res & 15) == 0;
     if (n % 8 == 0 && nc <= RN_CHUNKS * (int)blockDim.x && aligned) {
-        float4 v[RN_CHUNKS][2], wv[RN_CHUNKS][2];
+        // The row, its weights, its residual and the next norm's weights, all loaded up front.
+        float4 v[RN_CHUNKS][2], wv[RN_CHUNKS][2], rv[RN_CHUNKS][2], w2v[RN_CHUNKS][2];
+        const float4 one = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+        const float* rrow = res ? res + r * n : nullptr;
         float s = 0.0f;
 #pragma unroll
         for (int j = 0; j < RN_CHUNKS; ++j) {
@@ -224,8 +237,12 @@ extern "C" __global__ void __launch_bounds__(1024)
                     v[j][0] = add4(v[j][0], pq[2 * c]);
                     v[j][1] = add4(v[j][1], pq[2 * c + 1]);
                 }
-                wv[j][0] = w_dt >= 0 ? rn_weight4(w, w_dt, 8 * c) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
-                wv[j][1] = w_dt >= 0 ? rn_weight4(w, w_dt, 8 * c + 4) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+                wv[j][0] = w_dt >= 0 ? rn_weight4(w, w_dt, 8 * c) : one;
+                wv[j][1] = w_dt >= 0 ? rn_weight4(w, w_dt, 8 * c + 4) : one;
+                rv[j][0] = rrow ? ((const float4*)rrow)[2 * c] : one;
+                rv[j][1] = rrow ? ((const float4*)rrow)[2 * c + 1] : one;
+                w2v[j][0] = out2 && w2_dt >= 0 ? rn_weight4(w2, w2_dt, 8 * c) : one;
+                w2v[j][1] = out2 && w2_dt >= 0 ? rn_weight4(w2, w2_dt, 8 * c + 4) : one;
             }
         }
 #pragma unroll
@@ -238,13 +255,8 @@ extern "C" __global__ void __launch_bounds__(1024)
             int c = threadIdx.x + j * blockDim.x;
             if (c < nc) {
                 float4 o0 = rn_scale4(v[j][0], inv, wv[j][0]), o1 = rn_scale4(v[j][1], inv, wv[j][1]);
-                if (res || has_sc) {
-                    const float* rr = res ? res + r * n + 8 * c : nullptr;
-                    o0 = make_float4(rn_tail(o0.x, rr, 0, sc, has_sc), rn_tail(o0.y, rr, 1, sc, has_sc),
-                                     rn_tail(o0.z, rr, 2, sc, has_sc), rn_tail(o0.w, rr, 3, sc, has_sc));
-                    o1 = make_float4(rn_tail(o1.x, rr, 4, sc, has_sc), rn_tail(o1.y, rr, 5, sc, has_sc),
-                                     rn_tail(o1.z, rr, 6, sc, has_sc), rn_tail(o1.w, rr, 7, sc, has_sc));
-                }
+                o0 = rn_tail4(o0, rv[j][0], rrow != nullptr, sc, has_sc);
+                o1 = rn_tail4(o1, rv[j][1], rrow != nullptr, sc, has_sc);
                 if (staged) {
                     *(float4*)&rowbuf[8 * c] = o0;
                     *(float4*)&rowbuf[8 * c + 4] = o1;
@@ -275,9 +287,8 @@ extern "C" __global__ void __launch_bounds__(1024)
         for (int j = 0; j < RN_CHUNKS; ++j) {
             int c = threadIdx.x + j * blockDim.x;
             if (c < nc) {
-                float4 one = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
-                float4 z0 = rn_scale4(v[j][0], inv2, w2_dt >= 0 ? rn_weight4(w2, w2_dt, 8 * c) : one);
-                float4 z1 = rn_scale4(v[j][1], inv2, w2_dt >= 0 ? rn_weight4(w2, w2_dt, 8 * c + 4) : one);
+                float4 z0 = rn_scale4(v[j][0], inv2, w2v[j][0]);
+                float4 z1 = rn_scale4(v[j][1], inv2, w2v[j][1]);
                 ((float4*)orow2)[2 * c] = z0;
                 ((float4*)orow2)[2 * c + 1] = z1;
                 v[j][0] = z0;
