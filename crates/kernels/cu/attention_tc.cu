@@ -182,6 +182,19 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
                 slot[a][b] = live[a][b] ? cache_row(pos[a][b], cap, ring) : 0;
             }
 
+        // This step's V words for this warp's chunks, loaded with K's so the two memory round
+        // trips overlap (the weights that multiply them come after the barrier): 156 registers
+        // at D 256 and 244 at 512, against 126 and 172 with V loaded after the softmax, and
+        // decode at 32K +3 %, t(1) at 4K −1.8 % (bench/NOTES.md).
+        uint4 vw[JW][2][2];
+#pragma unroll
+        for (int jj = 0; jj < JW; ++jj)
+#pragma unroll
+            for (int a = 0; a < 2; ++a)
+#pragma unroll
+                for (int b = 0; b < 2; ++b)
+                    vw[jj][a][b] = load_row16(vb + slot[a][b] * lv.s2 + 32 * TC_ATT_WARPS * jj, live[a][b]);
+
         // This warp's partial scores (its chunks; hi and lo products in separate chains).
         float sh[2][4], sl[2][4];
 #pragma unroll
@@ -293,9 +306,7 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
         for (int jj = 0; jj < JW; ++jj) {
 #pragma unroll
             for (int a = 0; a < 2; ++a) {
-                const i64 off = 32 * TC_ATT_WARPS * jj;
-                uint4 v0 = load_row16(vb + slot[a][0] * lv.s2 + off, live[a][0]);
-                uint4 v1 = load_row16(vb + slot[a][1] * lv.s2 + off, live[a][1]);
+                const uint4 v0 = vw[jj][a][0], v1 = vw[jj][a][1];
                 u32 t0[4] = {movmatrix_trans(v0.x), movmatrix_trans(v0.y), movmatrix_trans(v0.z),
                              movmatrix_trans(v0.w)};
                 u32 t1[4] = {movmatrix_trans(v1.x), movmatrix_trans(v1.y), movmatrix_trans(v1.z),
