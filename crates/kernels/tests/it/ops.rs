@@ -900,8 +900,8 @@ fn elementwise_norm_rope_softmax_concat() {
     check("elementwise, norms, rope, softmax, concat", c, &outs, 2e-6);
 }
 
-/// RMSNorm rows of up to 2 · 1024 chunks of 8 stay in registers (the decode step's 5376-wide
-/// row, 16384 at the limit); wider or odd rows, and rows not 16-byte aligned (a view starting one
+/// RMSNorm rows of up to 1024 chunks of 8 stay in registers (the decode step's 5376-wide row,
+/// 8192 at the limit); wider or odd rows, and rows not 16-byte aligned (a view starting one
 /// element in), take the general path. Both against the CPU, with and without weights.
 #[test]
 fn rms_norm_register_and_general_rows() {
@@ -910,6 +910,7 @@ fn rms_norm_register_and_general_rows() {
         (64, 3, 0),
         (5376, 1, 0),
         (5376, 4, 0),
+        (8192, 2, 0),
         (16384, 2, 0),
         (16392, 2, 0),
         (100, 3, 0),
