@@ -217,6 +217,8 @@ extern "C" __global__ void __launch_bounds__(1024)
     int nc = n / 8;
     bool has_sc = scale_dt >= 0;
     float sc = has_sc ? load_float(scale, scale_dt, 0) : 1.0f;
+    // res is a dense node buffer from offset 0 (fuse_plan), as aligned as any allocation; a
+    // misaligned one would take the general path, whose sums run in another order.
     bool aligned = ((size_t)xr & 15) == 0 && ((size_t)orow & 15) == 0 && (planes == 1 || plane_stride % 4 == 0) &&
                    ((size_t)res & 15) == 0;
     if (n % 8 == 0 && nc <= RN_CHUNKS * (int)blockDim.x && aligned) {

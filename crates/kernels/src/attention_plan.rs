@@ -229,7 +229,8 @@ fn pow2_knob(cell: &OnceLock<usize>, name: &str, lo: usize, hi: usize, default: 
 
 /// Cache rows per split of attentions of up to 16 queries: 128, or `SPECULA_ATT_SPLIT_ROWS`
 /// (a power of two from 16 to 4096; an A/B knob). It sets the sliding layers' splits (a
-/// 1,040-row ring: 8 splits); full-attention caches of 8K rows or more take the cap (`max_splits`). On an
+/// 1,040-row ring: 8 splits); full-attention caches take the cap from 4K rows on the per-query
+/// kernels ([`FILL_SPLITS`]) and from 8K on tensor cores ([`max_splits`]). On an
 /// H200 (31B decode at depth 4K / 32K, tok/s, and t(16) at 4K against 256): 256 rows 61.3 /
 /// 53.5; 128 rows 64.3 / 55.8, t(16) +1 %; 64 rows 64.9 / 56.3, t(16) +5 % (bench/NOTES.md).
 pub(crate) fn split_rows() -> usize {

@@ -1571,8 +1571,8 @@ fn attention_is_batch_invariant() {
     // 2 or 3 of the 16 splits. In the sixth, a query's split alone lies within one 32-position
     // step of the tensor-core kernel while the batch's union of that split spans two. In the
     // seventh, 3 heads per K/V group: the tensor-core kernel's units mix queries. In the last,
-    // long ranges take one split per 512 positions past 32 splits: the batch's queries use 33
-    // or 34 of the 64.
+    // long ranges take one split per 512 positions past 32 splits: on tensor cores the batch's
+    // queries use 33 or 34 of the 64 planned; the per-query kernels plan and use 32.
     let cases: [MqCase; 8] = [
         (
             256,
