@@ -158,6 +158,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if prefill_only && (skip_prefill || drafters_only) {
         bail!("--prefill-only and --skip-prefill or --drafters-only leave nothing to measure");
     }
+    let target_profile = matches!(profile.as_deref(), Some("decode-4k" | "verify-16"));
+    if target_profile && (prefill_only || drafters_only) {
+        bail!("--profile decode-4k and verify-16 profile the decode and verify figures, which --prefill-only and --drafters-only skip");
+    }
     if (prefill_only || skip_prefill || drafters_only) && !out_given {
         bail!("a partial run (--prefill-only, --skip-prefill, --drafters-only) needs --out, so it does not replace the full record in bench/results");
     }
@@ -568,6 +572,10 @@ mod tests {
             ),
             (&["--drafters-only"][..], "needs --out"),
             (&["--profile", "everything"][..], "--profile takes"),
+            (
+                &["--drafters-only", "--profile", "verify-16", "--out", "x"][..],
+                "which --prefill-only and --drafters-only skip",
+            ),
         ] {
             let err = run(&args(refused)).unwrap_err().to_string();
             assert!(err.contains(why), "{refused:?}: {err}");
