@@ -6,6 +6,18 @@ mod models;
 mod ops;
 mod real_dims;
 
+/// The fixture file `name`: under the path baked in at build time, or `fixtures/` under the
+/// working directory when the test binary was carried to another machine and runs from the
+/// repository root there.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    let baked = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    if baked.exists() {
+        baked.join(name)
+    } else {
+        std::path::PathBuf::from("fixtures").join(name)
+    }
+}
+
 /// A CUDA backend, or `None` (after printing why) when the machine has none.
 pub fn cuda() -> Option<kernels::CudaBackend> {
     if !kernels::cuda_available() {

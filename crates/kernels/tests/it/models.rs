@@ -11,16 +11,7 @@ fn load(name: &str, backend: Box<dyn graph::Backend>) -> Target {
 }
 
 fn load_with(name: &str, backend: Box<dyn graph::Backend>, max_batch: usize) -> Target {
-    // The path baked in at build time, or `fixtures/` under the working directory when the test
-    // binary was carried to another machine and runs from the repository root there.
-    let baked = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
-    let dir = if baked.exists() {
-        baked
-    } else {
-        PathBuf::from("fixtures")
-    };
-    let path = dir.join(name);
-    let file = Arc::new(gguf::GgufFile::open(path).unwrap());
+    let file = Arc::new(gguf::GgufFile::open(crate::fixture(name)).unwrap());
     let options = TargetOptions {
         n_ctx: 128,
         max_batch,
@@ -221,15 +212,9 @@ fn speculative_decoding_on_cuda_matches_the_cpu() {
         return;
     }
     let prompt: Vec<u32> = (0..36).map(|i| 2 + (i * 37) % 1000).collect();
-    let baked = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
-    let dir = if baked.exists() {
-        baked
-    } else {
-        PathBuf::from("fixtures")
-    };
     let run = |backend: Box<dyn graph::Backend>| {
         let mut t = load_with("dense.gguf", backend, 8);
-        let file = Arc::new(gguf::GgufFile::open(dir.join("assistant_tuned.gguf")).unwrap());
+        let file = Arc::new(gguf::GgufFile::open(crate::fixture("assistant_tuned.gguf")).unwrap());
         let mut d = drafter_mtp::MtpDrafter::load(file, &mut t).unwrap();
         let mut s = target::Sampler::new(target::SamplingParams::default());
         target::generate_speculative(
@@ -271,13 +256,7 @@ fn dflash_speculative_decoding_on_cuda_matches_the_cpu() {
     if crate::cuda().is_none() {
         return;
     }
-    let baked = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
-    let dir = if baked.exists() {
-        baked
-    } else {
-        PathBuf::from("fixtures")
-    };
-    let bytes = std::fs::read(dir.join("dflash_tuned.ref.safetensors")).unwrap();
+    let bytes = std::fs::read(crate::fixture("dflash_tuned.ref.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let ints = |name: &str| -> Vec<u32> {
         st.tensor(name)
@@ -294,7 +273,7 @@ fn dflash_speculative_decoding_on_cuda_matches_the_cpu() {
     let run = |backend: Box<dyn graph::Backend>| {
         let mut t = load_with("dense.gguf", backend, 16);
         let mut d =
-            drafter_dflash::DflashDrafter::open(&dir.join("dflash_tuned.gguf"), &mut t, None)
+            drafter_dflash::DflashDrafter::open(&crate::fixture("dflash_tuned.gguf"), &mut t, None)
                 .unwrap();
         let mut s = target::Sampler::new(target::SamplingParams::default());
         target::generate_speculative(
@@ -340,13 +319,7 @@ fn dflash_speculative_decoding_on_cuda_matches_the_cpu() {
 /// fails here rather than only slowing the GPU.
 #[test]
 fn fusions_find_their_patterns_in_the_gemma4_step_graph() {
-    let baked = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
-    let dir = if baked.exists() {
-        baked
-    } else {
-        PathBuf::from("fixtures")
-    };
-    let file = Arc::new(gguf::GgufFile::open(dir.join("dense.gguf")).unwrap());
+    let file = Arc::new(gguf::GgufFile::open(crate::fixture("dense.gguf")).unwrap());
     let config = target::Gemma4Config::from_gguf(&file).unwrap();
     let mut cpu = graph::CpuBackend::new();
     let plan = target::weights::MemoryPlanInput {

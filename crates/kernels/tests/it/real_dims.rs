@@ -4,7 +4,6 @@
 //! decoding on the same backend, with the n-gram drafter and with an MTP assistant. The fixture
 //! models have head dims of 32/64, which take the generic kernel; here they are widened.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use gguf::{GgmlType, GgufFile, GgufWriter, Value};
@@ -15,15 +14,6 @@ const D_FULL: u32 = 512;
 const D_SWA: u32 = 256;
 /// Every attention tensor dimension that counts head dims grows by this factor.
 const WIDEN: u64 = 8;
-
-fn fixture(name: &str) -> PathBuf {
-    let baked = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
-    if baked.exists() {
-        baked.join(name)
-    } else {
-        PathBuf::from("fixtures").join(name)
-    }
-}
 
 /// Deterministic values uniform in [-1, 1).
 struct Lcg(u64);
@@ -66,7 +56,7 @@ fn widened(name: &str, shape: &[u64]) -> Vec<u64> {
 /// input; the q/k norm weights the originals repeated; the rotary factors 1 on the first quarter
 /// of the pairs, as the fixture's), everything else as in the fixture.
 fn widened_model(name: &str, arch: &str) -> Arc<GgufFile> {
-    let src = GgufFile::open(fixture(name)).unwrap();
+    let src = GgufFile::open(crate::fixture(name)).unwrap();
     let mut w = GgufWriter::new(Vec::new());
     for (key, value) in src.metadata() {
         let v = match key.strip_prefix(arch) {
