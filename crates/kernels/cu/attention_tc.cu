@@ -324,7 +324,10 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
 
     // The output rows, or with splits each split's (max, sum, unnormalised output) for
     // attention_combine_f32: this warp's chunks j = warp + 4·jj. acc[jj][h][2x + u] is row
-    // 2c + u, dv 32j + 8(g / 2) + 2(2h + x) + g % 2.
+    // 2c + u, dv 32j + 8(g / 2) + 2(2h + x) + g % 2. A row that saw no position in this split
+    // (empty) writes exact zeros: its accumulators hold the unit's other rows' positions times
+    // weight 0, which a non-finite V row there would turn into NaN, and the combine adds every
+    // split (an empty one with weight 0).
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
         if (!rwrite[u]) continue;
@@ -351,7 +354,8 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
             for (int h = 0; h < 2; ++h)
 #pragma unroll
                 for (int x = 0; x < 2; ++x)
-                    dst[32 * TC_ATT_WARPS * jj + 2 * (2 * h + x)] = __fmul_rn(acc[jj][h][2 * x + u], inv);
+                    dst[32 * TC_ATT_WARPS * jj + 2 * (2 * h + x)] =
+                        empty ? 0.0f : __fmul_rn(acc[jj][h][2 * x + u], inv);
     }
 }
 
