@@ -12,7 +12,8 @@ pub(super) struct Exec {
     /// The captured launch sequence, replayed on later runs.
     pub(super) captured: Option<CudaGraph>,
     /// Per-node scratch by node index: attention nodes' split-K partials (buffer, number of
-    /// splits) and wide argmax nodes' chunk results (buffer, chunks per row).
+    /// splits; one buffer shared by every split attention node, sized for the largest) and wide
+    /// argmax nodes' chunk results (buffer, chunks per row).
     pub(super) node_scratch: HashMap<usize, (BufferId, usize)>,
     /// Prepared activations of the `_mma_` products (`mmv_prepare_x`), sized for the largest.
     pub(super) mma_scratch: Option<BufferId>,
