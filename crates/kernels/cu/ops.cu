@@ -94,7 +94,11 @@ extern "C" __global__ void concat_f32(const float* a, Layout4 la, const float* b
 // operands within the 64 registers of a 1,024-thread block.
 #define RN_CHUNKS 1
 
+// Norm weights i..i+3 as f32: one 16-byte load where they are aligned f32 (the GGUF's norm
+// weights are), else element by element.
 __device__ __forceinline__ float4 rn_weight4(const void* w, int w_dt, i64 i) {
+    const float* wf = (const float*)w + i;
+    if (w_dt == DT_F32 && ((size_t)wf & 15) == 0) return *(const float4*)wf;
     return make_float4(load_float(w, w_dt, i), load_float(w, w_dt, i + 1), load_float(w, w_dt, i + 2),
                        load_float(w, w_dt, i + 3));
 }
