@@ -31,6 +31,7 @@ __device__ __forceinline__ i64 imin(i64 a, i64 b) { return a < b ? a : b; }
 #define ERR_SLOT 2
 #define ERR_EXPERT_ID 3
 #define ERR_N_KV 4
+#define ERR_NORM_SHAPE 5
 
 __device__ __forceinline__ void report(int* err, int code) { atomicCAS(err, 0, code); }
 
@@ -46,6 +47,36 @@ __device__ __forceinline__ void pdl_entry() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// Thread-block clusters (sm_90): the blocks of the calling block's cluster, its rank among them,
+// a barrier of all their threads (release/acquire: shared-memory writes before it are visible to
+// every block of the cluster after it), and a float of another block's shared memory (`p`: the
+// same variable in the calling block, `rank`: the block whose copy is read).
+__device__ __forceinline__ int cluster_blocks() {
+    u32 n;
+    asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+    return (int)n;
+}
+
+__device__ __forceinline__ int cluster_rank() {
+    u32 r;
+    asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return (int)r;
+}
+
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ float ld_cluster_f32(const float* p, int rank) {
+    u32 local = (u32)__cvta_generic_to_shared(p), remote;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+#endif
 
 __device__ __forceinline__ float h2f(u16 h) {
     float f;

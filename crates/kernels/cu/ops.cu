@@ -150,23 +150,37 @@ __device__ __forceinline__ float rope_at(const float* row, int i, int n_rot, flo
 // Rows a fused norm + RoPE holds in shared memory (a head: 256 or 512 in Gemma 4).
 #define RN_ROPE_MAX 1024
 
+// A staged fused norm's token position and cache slot, loaded while the row loads (after the
+// row's sum, they were a memory round trip of their own) and kept in shared memory for
+// rn_epilogue (in registers across the sum, they spilled at the 64-register cap). The block's
+// last thread loads them: its warp holds no chunk of a staged row (at most 128 chunks, 256
+// threads), so the wait for them delays none of the row's loads.
+struct RnStage {
+    int p, slot;
+};
+
+__device__ __forceinline__ void rn_stage(RnStage& st, i64 r, bool rope, int n_heads, const int* pos, const void* dst,
+                                         const int* slots) {
+    if ((!rope && !dst) || threadIdx.x != blockDim.x - 1) return;
+    i64 tok = r / n_heads;
+    st.p = rope ? pos[tok] : 0;
+    st.slot = dst ? slots[tok] : 0;
+}
+
 // The end of a staged fused norm: row r (normed, in `row`) rotated if `rope`, then written to
 // `orow`, or with dst to its cache row instead (write_rows's semantics: token r / n_heads goes to
 // slot slots[token], head r % n_heads within it; out-of-range slots are reported, not written).
 __device__ __forceinline__ void rn_epilogue(const float* row, float* orow, i64 r, int n, bool rope, int n_heads,
-                                            int n_rot, float theta, const int* pos, const float* ff, void* dst,
-                                            int dst_dt, i64 dst_off, int dst_rows, const int* slots, int* err) {
-    __syncthreads();  // the staged row is complete
-    int s = 0;
-    if (dst) {
-        s = slots[r / n_heads];
-        if (s < 0 || s >= dst_rows) {
-            if (threadIdx.x == 0) report(err, ERR_SLOT);
-            return;
-        }
+                                            int n_rot, float theta, const RnStage& st, const float* ff, void* dst,
+                                            int dst_dt, i64 dst_off, int dst_rows, int* err) {
+    __syncthreads();  // the staged row and `st` are complete
+    int s = st.slot;
+    if (dst && (s < 0 || s >= dst_rows)) {
+        if (threadIdx.x == 0) report(err, ERR_SLOT);
+        return;
     }
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = rope ? rope_at(row, i, n_rot, theta, ff, pos[r / n_heads]) : row[i];
+        float v = rope ? rope_at(row, i, n_rot, theta, ff, st.p) : row[i];
         if (!dst) {
             orow[i] = v;
             continue;
@@ -179,16 +193,155 @@ __device__ __forceinline__ void rn_epilogue(const float* row, float* orow, i64 r
     }
 }
 
-// The prepared layout of a row held in registers (chunk c = threadIdx.x + j·blockDim.x in v[j],
+// The prepared layout of a row held in registers (chunk c = tid + j·size in v[j],
 // nc chunks, a multiple of 32) and, with `limbs`, its limbs (a warp's chunks are one group).
-__device__ void rn_prepare_regs(uint4* xs, int n, int m, int r, int nc, const float4 (&v)[RN_CHUNKS][2], bool limbs) {
+__device__ void rn_prepare_regs(uint4* xs, int n, int m, int r, int nc, const float4 (&v)[RN_CHUNKS][2], bool limbs,
+                                int tid, int size) {
 #pragma unroll
     for (int j = 0; j < RN_CHUNKS; ++j) {
-        int c = threadIdx.x + j * blockDim.x;
+        int c = tid + j * size;
         if (c >= nc) continue;
         prepare_chunk8(xs, n, m, r, c, v[j][0], v[j][1]);
         if (limbs) prepare_limbs8(xs, n, m, r, c, v[j][0], v[j][1]);
     }
+}
+
+// A thread's index among its row's threads and their number: the block's, or (CLUSTER) the
+// cluster's blocks' in rank order.
+template <bool CLUSTER>
+__device__ __forceinline__ int rn_tid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (CLUSTER) return cluster_rank() * (int)blockDim.x + (int)threadIdx.x;
+#endif
+    return threadIdx.x;
+}
+
+template <bool CLUSTER>
+__device__ __forceinline__ int rn_size() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (CLUSTER) return cluster_blocks() * (int)blockDim.x;
+#endif
+    return blockDim.x;
+}
+
+// The sum of v over a row's threads, in block_sum's order over a block of `size` threads: over
+// the threads of the block, or (CLUSTER) of the cluster's blocks, whose warps' partial sums meet
+// in shared memory `part` (32 floats; a fresh one per call) through distributed shared memory.
+// Every block of the cluster gets the same bits, the same as one block of size threads.
+template <bool CLUSTER>
+__device__ __forceinline__ float rn_sum(float v, float* part) {
+    if (!CLUSTER) return block_sum(v);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, per_block = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) part[warp] = v;
+    cluster_sync();
+    int n = cluster_blocks() * per_block;
+    v = lane < n ? ld_cluster_f32(part + lane % per_block, lane / per_block) : 0.0f;
+    return warp_sum(v);
+#else
+    return 0.0f;  // not launched before sm_90 (no clusters)
+#endif
+}
+
+// Chunk c's operands: its norm weights, residual and next norm's weights (ones where absent).
+__device__ __forceinline__ void rn_operands(float4 (&wv)[2], float4 (&rv)[2], float4 (&w2v)[2], const void* w, int w_dt,
+                                            const float* rrow, const void* w2, int w2_dt, int c) {
+    const float4 one = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+    wv[0] = w_dt >= 0 ? rn_weight4(w, w_dt, 8 * c) : one;
+    wv[1] = w_dt >= 0 ? rn_weight4(w, w_dt, 8 * c + 4) : one;
+    rv[0] = rrow ? ((const float4*)rrow)[2 * c] : one;
+    rv[1] = rrow ? ((const float4*)rrow)[2 * c + 1] : one;
+    w2v[0] = w2 && w2_dt >= 0 ? rn_weight4(w2, w2_dt, 8 * c) : one;
+    w2v[1] = w2 && w2_dt >= 0 ? rn_weight4(w2, w2_dt, 8 * c + 4) : one;
+}
+
+// rms_norm_f32's register path for row r of m, the thread being rn_tid of rn_size (chunk c = tid +
+// j·size): the row's loads, norm, tail and next norm, writing out, out2 and the prepared layout
+// xs. With `stage` (staged rows: a block, no tail) the normed row goes to `rowbuf` instead and
+// true is returned: the caller runs rn_epilogue. `parts`: two fresh 32-float sums for CLUSTER.
+template <bool CLUSTER>
+__device__ __forceinline__ bool rn_row_regs(const float* xr, float* orow, const void* w, int w_dt, int n, float eps,
+                                            uint4* xs, const float* rrow, float sc, bool has_sc, int planes,
+                                            i64 plane_stride, float* out2, const void* w2, int w2_dt, float eps2,
+                                            int limbs, i64 r, int m, bool stage, float* rowbuf,
+                                            float (*parts)[32]) {
+    int nc = n / 8;
+    int tid = rn_tid<CLUSTER>(), size = rn_size<CLUSTER>();
+    bool staged = !CLUSTER && stage;
+    // The row, its weights, its residual and the next norm's weights, all loaded up front.
+    float4 v[RN_CHUNKS][2], wv[RN_CHUNKS][2], rv[RN_CHUNKS][2], w2v[RN_CHUNKS][2];
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < RN_CHUNKS; ++j) {
+        int c = tid + j * size;
+        if (c < nc) {
+            // The cluster kernel issues the operands' loads first: after the planes' additions,
+            // whose loads a warp waits on, they cost a second memory round trip. (The one-block
+            // kernel keeps them after: first, they spill at its 64-register cap on sm_86+.)
+            if (CLUSTER) rn_operands(wv[j], rv[j], w2v[j], w, w_dt, rrow, out2 ? w2 : nullptr, w2_dt, c);
+            v[j][0] = ((const float4*)xr)[2 * c];
+            v[j][1] = ((const float4*)xr)[2 * c + 1];
+            // A split product's planes, added in plane order as mmv_sum_splits does.
+            for (int q = 1; q < planes; ++q) {
+                const float4* pq = (const float4*)(xr + q * plane_stride);
+                v[j][0] = add4(v[j][0], pq[2 * c]);
+                v[j][1] = add4(v[j][1], pq[2 * c + 1]);
+            }
+            if (!CLUSTER) rn_operands(wv[j], rv[j], w2v[j], w, w_dt, rrow, out2 ? w2 : nullptr, w2_dt, c);
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < RN_CHUNKS; ++j)
+        if (tid + j * size < nc) s += rn_sq4(v[j][0]) + rn_sq4(v[j][1]);
+    s = rn_sum<CLUSTER>(s, CLUSTER ? parts[0] : nullptr);
+    float inv = rsqrtf(s / (float)n + eps);
+#pragma unroll
+    for (int j = 0; j < RN_CHUNKS; ++j) {
+        int c = tid + j * size;
+        if (c < nc) {
+            float4 o0 = rn_scale4(v[j][0], inv, wv[j][0]), o1 = rn_scale4(v[j][1], inv, wv[j][1]);
+            o0 = rn_tail4(o0, rv[j][0], rrow != nullptr, sc, has_sc);
+            o1 = rn_tail4(o1, rv[j][1], rrow != nullptr, sc, has_sc);
+            if (staged) {
+                *(float4*)&rowbuf[8 * c] = o0;
+                *(float4*)&rowbuf[8 * c + 4] = o1;
+                continue;
+            }
+            ((float4*)orow)[2 * c] = o0;
+            ((float4*)orow)[2 * c + 1] = o1;
+            v[j][0] = o0;
+            v[j][1] = o1;
+        }
+    }
+    if (staged) return true;
+    if (!out2) {
+        if (xs) rn_prepare_regs(xs, n, m, (int)r, nc, v, limbs, tid, size);
+        return false;
+    }
+    // The next norm of the row just written (its sum over the same chunks in the same order
+    // as its own launch would take them), with the prepared layout at xs.
+    float s2 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < RN_CHUNKS; ++j)
+        if (tid + j * size < nc) s2 += rn_sq4(v[j][0]) + rn_sq4(v[j][1]);
+    s2 = rn_sum<CLUSTER>(s2, CLUSTER ? parts[1] : nullptr);
+    float inv2 = rsqrtf(s2 / (float)n + eps2);
+    float* orow2 = out2 + r * n;
+#pragma unroll
+    for (int j = 0; j < RN_CHUNKS; ++j) {
+        int c = tid + j * size;
+        if (c < nc) {
+            float4 z0 = rn_scale4(v[j][0], inv2, w2v[j][0]);
+            float4 z1 = rn_scale4(v[j][1], inv2, w2v[j][1]);
+            ((float4*)orow2)[2 * c] = z0;
+            ((float4*)orow2)[2 * c + 1] = z1;
+            v[j][0] = z0;
+            v[j][1] = z1;
+        }
+    }
+    if (xs) rn_prepare_regs(xs, n, m, (int)r, nc, v, limbs, tid, size);
+    return false;
 }
 
 // RMSNorm of each row into out, times w if w_dt >= 0; with xs also in the prepared layout. The
@@ -216,6 +369,8 @@ extern "C" __global__ void __launch_bounds__(1024)
     // Rotated or cache-bound rows (n <= RN_ROPE_MAX) are staged in shared memory first.
     bool staged = rope || dst != nullptr;
     i64 r = blockIdx.x;
+    __shared__ RnStage st;
+    rn_stage(st, r, rope, n_heads, pos, dst, slots);
     const float* xr = x + row_index(lx, r);
     float* orow = out + r * n;
     int nc = n / 8;
@@ -226,82 +381,12 @@ extern "C" __global__ void __launch_bounds__(1024)
     bool aligned = ((size_t)xr & 15) == 0 && ((size_t)orow & 15) == 0 && (planes == 1 || plane_stride % 4 == 0) &&
                    ((size_t)res & 15) == 0;
     if (n % 8 == 0 && nc <= RN_CHUNKS * (int)blockDim.x && aligned) {
-        // The row, its weights, its residual and the next norm's weights, all loaded up front.
-        float4 v[RN_CHUNKS][2], wv[RN_CHUNKS][2], rv[RN_CHUNKS][2], w2v[RN_CHUNKS][2];
-        const float4 one = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
         const float* rrow = res ? res + r * n : nullptr;
-        float s = 0.0f;
-#pragma unroll
-        for (int j = 0; j < RN_CHUNKS; ++j) {
-            int c = threadIdx.x + j * blockDim.x;
-            if (c < nc) {
-                v[j][0] = ((const float4*)xr)[2 * c];
-                v[j][1] = ((const float4*)xr)[2 * c + 1];
-                // A split product's planes, added in plane order as mmv_sum_splits does.
-                for (int q = 1; q < planes; ++q) {
-                    const float4* pq = (const float4*)(xr + q * plane_stride);
-                    v[j][0] = add4(v[j][0], pq[2 * c]);
-                    v[j][1] = add4(v[j][1], pq[2 * c + 1]);
-                }
-                wv[j][0] = w_dt >= 0 ? rn_weight4(w, w_dt, 8 * c) : one;
-                wv[j][1] = w_dt >= 0 ? rn_weight4(w, w_dt, 8 * c + 4) : one;
-                rv[j][0] = rrow ? ((const float4*)rrow)[2 * c] : one;
-                rv[j][1] = rrow ? ((const float4*)rrow)[2 * c + 1] : one;
-                w2v[j][0] = out2 && w2_dt >= 0 ? rn_weight4(w2, w2_dt, 8 * c) : one;
-                w2v[j][1] = out2 && w2_dt >= 0 ? rn_weight4(w2, w2_dt, 8 * c + 4) : one;
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < RN_CHUNKS; ++j)
-            if (threadIdx.x + j * blockDim.x < nc) s += rn_sq4(v[j][0]) + rn_sq4(v[j][1]);
-        s = block_sum(s);
-        float inv = rsqrtf(s / (float)n + eps);
-#pragma unroll
-        for (int j = 0; j < RN_CHUNKS; ++j) {
-            int c = threadIdx.x + j * blockDim.x;
-            if (c < nc) {
-                float4 o0 = rn_scale4(v[j][0], inv, wv[j][0]), o1 = rn_scale4(v[j][1], inv, wv[j][1]);
-                o0 = rn_tail4(o0, rv[j][0], rrow != nullptr, sc, has_sc);
-                o1 = rn_tail4(o1, rv[j][1], rrow != nullptr, sc, has_sc);
-                if (staged) {
-                    *(float4*)&rowbuf[8 * c] = o0;
-                    *(float4*)&rowbuf[8 * c + 4] = o1;
-                    continue;
-                }
-                ((float4*)orow)[2 * c] = o0;
-                ((float4*)orow)[2 * c + 1] = o1;
-                v[j][0] = o0;
-                v[j][1] = o1;
-            }
-        }
-        if (staged) rn_epilogue(rowbuf, orow, r, n, rope, n_heads, n_rot, theta, pos, ff, dst, dst_dt, dst_off, dst_rows,
-                                slots, err);
-        if (!out2) {
-            if (xs && !staged) rn_prepare_regs(xs, n, gridDim.x, (int)r, nc, v, limbs);
-            return;
-        }
-        // The next norm of the row just written (its sum over the same chunks in the same order
-        // as its own launch would take them), with the prepared layout at xs.
-        float s2 = 0.0f;
-#pragma unroll
-        for (int j = 0; j < RN_CHUNKS; ++j)
-            if (threadIdx.x + j * blockDim.x < nc) s2 += rn_sq4(v[j][0]) + rn_sq4(v[j][1]);
-        s2 = block_sum(s2);
-        float inv2 = rsqrtf(s2 / (float)n + eps2);
-        float* orow2 = out2 + r * n;
-#pragma unroll
-        for (int j = 0; j < RN_CHUNKS; ++j) {
-            int c = threadIdx.x + j * blockDim.x;
-            if (c < nc) {
-                float4 z0 = rn_scale4(v[j][0], inv2, w2v[j][0]);
-                float4 z1 = rn_scale4(v[j][1], inv2, w2v[j][1]);
-                ((float4*)orow2)[2 * c] = z0;
-                ((float4*)orow2)[2 * c + 1] = z1;
-                v[j][0] = z0;
-                v[j][1] = z1;
-            }
-        }
-        if (xs) rn_prepare_regs(xs, n, gridDim.x, (int)r, nc, v, limbs);
+        bool epilogue = rn_row_regs<false>(xr, orow, w, w_dt, n, eps, xs, rrow, sc, has_sc, planes, plane_stride, out2,
+                                           w2, w2_dt, eps2, limbs, r, gridDim.x, staged, rowbuf, nullptr);
+        if (epilogue)
+            rn_epilogue(rowbuf, orow, r, n, rope, n_heads, n_rot, theta, st, ff, dst, dst_dt, dst_off, dst_rows,
+                        err);
         return;
     }
     float s = 0.0f;
@@ -324,8 +409,7 @@ extern "C" __global__ void __launch_bounds__(1024)
             out[r * n + i] = v;
     }
     if (staged) {
-        rn_epilogue(rowbuf, orow, r, n, rope, n_heads, n_rot, theta, pos, ff, dst, dst_dt, dst_off, dst_rows, slots,
-                    err);
+        rn_epilogue(rowbuf, orow, r, n, rope, n_heads, n_rot, theta, st, ff, dst, dst_dt, dst_off, dst_rows, err);
         return;
     }
     __syncthreads();  // the row's outputs, written by every thread, are visible to the block
@@ -362,6 +446,50 @@ extern "C" __global__ void __launch_bounds__(1024)
         prepare_chunk8(xs, n, gridDim.x, (int)r, c, o0, o1);
         if (limbs) prepare_limbs8(xs, n, gridDim.x, (int)r, c, o0, o1);
     }
+}
+
+// Threads per block of rms_norm_cluster_f32 (RN_CLUSTER_THREADS in source.rs).
+#define RN_CLUSTER_THREADS 128
+
+// rms_norm_f32's register path for rows whose one block would be a long chain on one SM (a
+// decode step's 5,376-wide hidden row): each row is a cluster of gridDim.x / rows blocks (sm_90),
+// thread t of cluster block b standing for thread b·blockDim.x + t of one block, so every output
+// has rms_norm_f32's bits (the sums' partials meet through distributed shared memory). Same
+// arguments as rms_norm_f32; no RoPE or cache write (those launches stay there). The host takes
+// this kernel only where rms_norm_f32 would take its register path (n a multiple of 8, n / 8 up
+// to the cluster's threads, 16-byte-aligned rows, residual and planes); elsewhere it reports
+// ERR_NORM_SHAPE and writes nothing.
+extern "C" __global__ void __launch_bounds__(RN_CLUSTER_THREADS)
+    rms_norm_cluster_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n, float eps, uint4* xs,
+                         const float* res, const void* scale, int scale_dt, int planes, i64 plane_stride,
+                         float* out2, const void* w2, int w2_dt, float eps2, const int* pos, const float* ff,
+                         int n_heads, int n_rot, float theta, void* dst, int dst_dt, i64 dst_off, int dst_rows,
+                         const int* slots, int* err, int limbs) {
+    pdl_entry();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    __shared__ float parts[2][32];
+    int blocks = cluster_blocks(), rank = cluster_rank();
+    i64 r = blockIdx.x / blocks;
+    const float* xr = x + row_index(lx, r);
+    float* orow = out + r * n;
+    bool aligned = ((size_t)xr & 15) == 0 && ((size_t)orow & 15) == 0 && (planes == 1 || plane_stride % 4 == 0) &&
+                   ((size_t)res & 15) == 0;
+    int size = blocks * (int)blockDim.x;
+    // Uniform over the cluster: every block returns here or none does.
+    if (n % 8 != 0 || n / 8 > size || size > 1024 || !aligned || pos != nullptr || dst != nullptr) {
+        if (rank == 0 && threadIdx.x == 0) report(err, ERR_NORM_SHAPE);
+        return;
+    }
+    bool has_sc = scale_dt >= 0;
+    float sc = has_sc ? load_float(scale, scale_dt, 0) : 1.0f;
+    const float* rrow = res ? res + r * n : nullptr;
+    rn_row_regs<true>(xr, orow, w, w_dt, n, eps, xs, rrow, sc, has_sc, planes, plane_stride, out2, w2, w2_dt, eps2,
+                      limbs, r, gridDim.x / blocks, false, nullptr, parts);
+    // The other blocks may still read this block's partials: it leaves with them.
+    cluster_sync();
+#else
+    if (threadIdx.x == 0) report(err, ERR_NORM_SHAPE);
+#endif
 }
 
 // x [n_dims, n_heads, t] (rows dense); one thread per (row, dim).

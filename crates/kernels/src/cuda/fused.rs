@@ -21,7 +21,66 @@ impl CudaBackend {
         let prepared = tail.and_then(|t| t.next).unwrap_or(norm);
         let limbs = xs != 0 && exec.mma.limb_writers.contains(&prepared.index());
         a.i32(i32::from(limbs));
-        self.launch_norm_args(exec, norm, &mut a)
+        match self.norm_cluster(exec, norm, out, tail)? {
+            Some(blocks) => {
+                let rows = exec.graph.node(exec.graph.node(norm).inputs[0]).shape().n_rows();
+                self.cluster_norm_launches
+                    .set(self.cluster_norm_launches.get() + 1);
+                self.launch_cluster(
+                    "rms_norm_cluster_f32",
+                    ((rows * blocks) as u32, 1, 1),
+                    source::RN_CLUSTER_THREADS,
+                    blocks as u32,
+                    &mut a,
+                )
+            }
+            None => self.launch_norm_args(exec, norm, &mut a),
+        }
+    }
+
+    /// The blocks per row of `rms_norm_cluster_f32` for RMSNorm node `norm` writing `out` (with
+    /// `tail`), or None where `rms_norm_f32` takes it: clusters are off or absent (before sm_90),
+    /// the batch has more than [`source::RN_CLUSTER_MAX_ROWS`] rows, the rows are narrower than
+    /// 2,048 (one block of 256 threads each), or `rms_norm_f32` would not take its register path
+    /// (rows of a multiple of 8 up to 8,192, 16-byte-aligned rows, residual and planes). Both
+    /// kernels give the same bits (tested).
+    fn norm_cluster(
+        &self,
+        exec: &Exec,
+        norm: NodeId,
+        out: u64,
+        tail: Option<fuse_plan::NormTail>,
+    ) -> Result<Option<usize>> {
+        let g = &exec.graph;
+        let x = g.node(g.node(norm).inputs[0]);
+        let (n, rows) = (x.shape().ne(0), x.shape().n_rows());
+        let threads = source::RN_CLUSTER_THREADS as usize;
+        if !self.cluster_norms
+            || rows > source::RN_CLUSTER_MAX_ROWS
+            || n < 2048
+            || n % 8 != 0
+            || n / 8 > 8 * threads
+        {
+            return Ok(None);
+        }
+        let planes = tail.map_or(1, |t| t.planes);
+        let x_ptr = if planes > 1 {
+            self.partials_ptr(exec)?
+        } else {
+            self.base(exec, g.node(norm).inputs[0])?
+        };
+        let res = match tail {
+            Some(t) => self.addr(exec, t.residual)?,
+            None => 0,
+        };
+        let l = &x.layout;
+        let aligned = x_ptr % 16 == 0
+            && l.offset % 4 == 0
+            && l.strides[1..].iter().all(|s| s % 4 == 0)
+            && out % 16 == 0
+            && res % 16 == 0
+            && (planes == 1 || x.shape().n_elems() % 4 == 0);
+        Ok(aligned.then(|| (n / 8).div_ceil(threads)))
     }
 
     /// The cache-write arguments of `rms_norm_f32`: the WriteRows node `write` whose store the

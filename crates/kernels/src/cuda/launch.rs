@@ -58,6 +58,36 @@ impl CudaBackend {
         smem: u32,
         args: &mut Args,
     ) -> Result<()> {
+        self.launch_ex(name, grid, block, smem, 1, args)
+    }
+
+    /// [`Self::launch`] in clusters of `cluster` blocks along x (sm_90; `grid.0` a multiple).
+    pub(super) fn launch_cluster(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        cluster: u32,
+        args: &mut Args,
+    ) -> Result<()> {
+        if cluster == 0 || grid.0 % cluster != 0 {
+            return Err(backend_err(format!(
+                "launching {name}: grid {} is not a multiple of clusters of {cluster}",
+                grid.0
+            )));
+        }
+        self.launch_ex(name, grid, block, 0, cluster, args)
+    }
+
+    fn launch_ex(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        cluster: u32,
+        args: &mut Args,
+    ) -> Result<()> {
         let f = self
             .funcs
             .get(name)
@@ -72,13 +102,29 @@ impl CudaBackend {
         }
         // Programmatic stream serialization lets the launch overlap the previous kernel's tail;
         // every kernel's `pdl_entry` waits for that kernel's completion before any memory access.
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value: sys::CUlaunchAttributeValue {
-                programmaticStreamSerializationAllowed: 1,
-            },
-        };
+        let mut attrs = Vec::with_capacity(2);
+        if self.pdl {
+            attrs.push(sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue {
+                    programmaticStreamSerializationAllowed: 1,
+                },
+            });
+        }
+        if cluster > 1 {
+            attrs.push(sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue {
+                    clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+                        x: cluster,
+                        y: 1,
+                        z: 1,
+                    },
+                },
+            });
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: grid.0,
             gridDimY: grid.1,
@@ -88,14 +134,14 @@ impl CudaBackend {
             blockDimZ: 1,
             sharedMemBytes: smem,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: u32::from(self.pdl),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: attrs.len() as u32,
         };
         #[allow(unsafe_code)]
         // SAFETY: the parameter cells match the kernel's signature (built by the launchers
         // below from validated nodes) and stay alive until the call returns; every pointer
         // argument addresses a live allocation large enough for the node's layout; `config`
-        // and its attribute live on this frame for the whole call.
+        // and its attributes live on this frame for the whole call.
         unsafe {
             sys::cuLaunchKernelEx(
                 &config,

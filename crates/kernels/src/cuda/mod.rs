@@ -228,6 +228,13 @@ pub struct CudaBackend {
     /// `SPECULA_PDL=0`): each one's launch overlaps the tail of the kernel before it, which every
     /// kernel waits for on entry (`pdl_entry` in common.cuh) before touching memory.
     pdl: bool,
+    /// Wide norms of small batches launch as clusters of blocks (`rms_norm_cluster_f32`; sm_90
+    /// and later, unless `SPECULA_NORM_CLUSTER=0`).
+    cluster_norms: bool,
+    /// The device runs thread-block clusters (sm_90 and later).
+    has_clusters: bool,
+    /// Norms launched as clusters so far (eager launches and captures; tests read it).
+    cluster_norm_launches: std::cell::Cell<usize>,
     /// A cuBLAS handle on the stream when libcublas is there (the GEMM route's GEMMs).
     cublas: Option<gemm::Cublas>,
     /// Products of at least `source::GEMM_MIN_ROWS` rows take the GEMM route when cuBLAS is
@@ -377,6 +384,10 @@ impl CudaBackend {
             gemm_weight_bytes: source::GEMM_WEIGHT_SCRATCH_BYTES,
             gemm_weights: None,
             pdl: major >= 9 && std::env::var("SPECULA_PDL").map_or(true, |v| v != "0"),
+            cluster_norms: major >= 9
+                && std::env::var("SPECULA_NORM_CLUSTER").map_or(true, |v| v != "0"),
+            has_clusters: major >= 9,
+            cluster_norm_launches: std::cell::Cell::new(0),
             _module: module,
             funcs,
             buffers: Vec::new(),
@@ -498,6 +509,25 @@ impl CudaBackend {
     /// `SPECULA_FUSE=0` turns it off). The results are the same bits either way (tested).
     pub fn set_fusion(&mut self, on: bool) {
         self.fusion = on;
+    }
+
+    /// Whether wide norms of small batches launch as clusters (`rms_norm_cluster_f32`; on by
+    /// default on sm_90 and later, `SPECULA_NORM_CLUSTER=0` turns it off; ignored before sm_90).
+    /// The results are the same bits either way (tested). Takes effect at the next capture.
+    pub fn set_cluster_norms(&mut self, on: bool) {
+        self.cluster_norms = on && self.has_clusters;
+        self.forget_captures();
+    }
+
+    /// Whether wide norms of small batches launch as clusters now ([`Self::set_cluster_norms`]).
+    pub fn cluster_norms(&self) -> bool {
+        self.cluster_norms
+    }
+
+    /// Norm launches issued as clusters so far (eager runs and graph captures, not replays), for
+    /// tests that must know the clustered kernel ran.
+    pub fn cluster_norm_launches(&self) -> usize {
+        self.cluster_norm_launches.get()
     }
 
     /// The kernel attention node `node` of `g` runs on with the current settings.

@@ -993,6 +993,76 @@ fn rms_norm_register_and_general_rows() {
     }
 }
 
+/// On sm_90, wide norms of small batches run as clusters of blocks (`rms_norm_cluster_f32`):
+/// the same bits as one block per row, plain and as a layer's fused tail with the next norm;
+/// rows that are misaligned, too wide or narrow, or in larger batches keep one block per row.
+/// Against the CPU too.
+#[test]
+fn clustered_norms_equal_one_block_norms() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(34);
+    // (n, rows, offset, clustered launches where clusters are on): rows 2,048 up to 8,192 wide,
+    // batches up to RN_CLUSTER_MAX_ROWS, aligned; with x misaligned, only the next norm (of the
+    // tail's aligned rows) clusters.
+    let max = kernels::source::RN_CLUSTER_MAX_ROWS;
+    for (n, rows, offset, clustered) in [
+        (5376, 1, 0, 2),
+        (5376, max, 0, 2),
+        (8192, 2, 0, 2),
+        (2048, max, 0, 2),
+        (5376, max + 1, 0, 0),
+        (5376, 2, 1, 1),
+        (16384, 1, 0, 0),
+        (1024, 1, 0, 0),
+    ] {
+        let mut c = Case::new();
+        let total = n * rows + offset;
+        let base = c.f32(&[total], rng.vec(total));
+        let x =
+            c.g.view(
+                base,
+                Shape::new(&[n, rows]).unwrap(),
+                [1, n, n * rows, n * rows],
+                offset,
+            )
+            .unwrap();
+        let res = c.f32(&[n, rows], rng.vec(n * rows));
+        let w = c.weight(DType::F32, &[n], random_weight(&mut rng, DType::F32, n));
+        let w2 = c.weight(DType::F32, &[n], random_weight(&mut rng, DType::F32, n));
+        let plain = c.g.rms_norm(x, Some(w), 1e-6).unwrap();
+        // A layer's tail and the next norm, one fused launch.
+        let normed = c.g.rms_norm(x, Some(w), 1e-6).unwrap();
+        let tail = c.g.add(res, normed).unwrap();
+        let next = c.g.rms_norm(tail, Some(w2), 1e-6).unwrap();
+        let outs = [plain, tail, next];
+        let graph = c.g.finish(&outs).unwrap();
+        let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &outs);
+        let before = cuda.cluster_norm_launches();
+        let got = run_on(&mut cuda, &graph, &c.leaves, &outs);
+        let launched = cuda.cluster_norm_launches() - before;
+        let on = cuda.cluster_norms();
+        assert_eq!(
+            launched,
+            if on { clustered } else { 0 },
+            "n{n} rows{rows} offset{offset}: clustered launches"
+        );
+        cuda.set_cluster_norms(false);
+        let one_block = run_on(&mut cuda, &graph, &c.leaves, &outs);
+        cuda.set_cluster_norms(on);
+        for (i, g) in got.iter().enumerate() {
+            assert!(
+                same_bits(g, &one_block[i]),
+                "n{n} rows{rows} offset{offset} output {i}: clustered and one-block norms differ"
+            );
+            let err = rel_err(g, &want[i]);
+            assert!(err <= 2e-6, "n{n} rows{rows} offset{offset} output {i}: rel err {err:e}");
+        }
+        eprintln!("norms n{n} rows{rows} offset{offset}: {launched} clustered launches, same bits");
+    }
+}
+
 /// Runs `graph` with fused launches and with separate kernels: every output must have the same
 /// bits both ways and be within `tol` of the CPU's.
 fn fused_matches_separate(
@@ -1004,6 +1074,7 @@ fn fused_matches_separate(
     tol: f64,
 ) {
     let want = run_on(&mut CpuBackend::new(), graph, leaves, outs);
+    let clusters = cuda.cluster_norms();
     // Also with the Q4_K limb kernels, whose limbs the fused norms write too.
     for limbs in [false, true] {
         cuda.set_q4k_limbs(limbs);
@@ -1011,10 +1082,18 @@ fn fused_matches_separate(
         cuda.set_fusion(false);
         let separate = run_on(cuda, graph, leaves, outs);
         cuda.set_fusion(true);
+        // And with every norm one block per row (where clusters were on).
+        cuda.set_cluster_norms(false);
+        let one_block = run_on(cuda, graph, leaves, outs);
+        cuda.set_cluster_norms(clusters);
         for (i, (f, s)) in fused.iter().zip(&separate).enumerate() {
             assert!(
                 same_bits(f, s),
                 "{name} (limbs {limbs}) output {i}: fused and separate kernels differ"
+            );
+            assert!(
+                same_bits(f, &one_block[i]),
+                "{name} (limbs {limbs}) output {i}: clustered and one-block norms differ"
             );
             let err = rel_err(f, &want[i]);
             assert!(
