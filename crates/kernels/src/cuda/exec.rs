@@ -75,6 +75,7 @@ impl CudaBackend {
             2 => "a slot is outside the state",
             3 => "an expert id is outside the experts",
             4 => "n_kv does not fit the K/V rows",
+            5 => "a clustered norm's rows do not fit its register path",
             _ => "unknown kernel error",
         };
         Err(graph::Error::Runtime {

@@ -23,7 +23,11 @@ impl CudaBackend {
         a.i32(i32::from(limbs));
         match self.norm_cluster(exec, norm, out, tail)? {
             Some(blocks) => {
-                let rows = exec.graph.node(exec.graph.node(norm).inputs[0]).shape().n_rows();
+                let rows = exec
+                    .graph
+                    .node(exec.graph.node(norm).inputs[0])
+                    .shape()
+                    .n_rows();
                 self.cluster_norm_launches
                     .set(self.cluster_norm_launches.get() + 1);
                 self.launch_cluster(
@@ -58,7 +62,7 @@ impl CudaBackend {
         if !self.cluster_norms
             || rows > source::RN_CLUSTER_MAX_ROWS
             || n < 2048
-            || n % 8 != 0
+            || !n.is_multiple_of(8)
             || n / 8 > 8 * threads
         {
             return Ok(None);
@@ -74,12 +78,12 @@ impl CudaBackend {
             None => 0,
         };
         let l = &x.layout;
-        let aligned = x_ptr % 16 == 0
-            && l.offset % 4 == 0
-            && l.strides[1..].iter().all(|s| s % 4 == 0)
-            && out % 16 == 0
-            && res % 16 == 0
-            && (planes == 1 || x.shape().n_elems() % 4 == 0);
+        let aligned = x_ptr.is_multiple_of(16)
+            && l.offset.is_multiple_of(4)
+            && l.strides[1..].iter().all(|s| s.is_multiple_of(4))
+            && out.is_multiple_of(16)
+            && res.is_multiple_of(16)
+            && (planes == 1 || x.shape().n_elems().is_multiple_of(4));
         Ok(aligned.then(|| (n / 8).div_ceil(threads)))
     }
 

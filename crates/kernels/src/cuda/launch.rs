@@ -70,7 +70,7 @@ impl CudaBackend {
         cluster: u32,
         args: &mut Args,
     ) -> Result<()> {
-        if cluster == 0 || grid.0 % cluster != 0 {
+        if cluster == 0 || !grid.0.is_multiple_of(cluster) {
             return Err(backend_err(format!(
                 "launching {name}: grid {} is not a multiple of clusters of {cluster}",
                 grid.0

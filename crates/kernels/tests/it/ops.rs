@@ -1057,7 +1057,10 @@ fn clustered_norms_equal_one_block_norms() {
                 "n{n} rows{rows} offset{offset} output {i}: clustered and one-block norms differ"
             );
             let err = rel_err(g, &want[i]);
-            assert!(err <= 2e-6, "n{n} rows{rows} offset{offset} output {i}: rel err {err:e}");
+            assert!(
+                err <= 2e-6,
+                "n{n} rows{rows} offset{offset} output {i}: rel err {err:e}"
+            );
         }
         eprintln!("norms n{n} rows{rows} offset{offset}: {launched} clustered launches, same bits");
     }
