@@ -178,10 +178,9 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
 // and shared memory, so a thread's loads of its output over the splits are independent (a loop
 // that read each split's max, then its weight and output, ran one memory round trip per split:
 // 23 µs per launch at depth 4K under ncu). An empty split (max −∞) has weight 0 and, from the
-// per-query and multi-query kernels, all-zero outputs, so it adds exactly nothing; the
-// tensor-core kernel writes its accumulators × 0 there, zeros for finite K/V (a non-finite V row
-// inside a unit's loaded range reaches its rows, as attention_tc.cu's header says; the old loop
-// skipped such splits). Sums run in split order, the same for every query.
+// per-query, multi-query and tensor-core kernels, exact zeros (the tensor-core kernel writes them
+// for a row with no position in the split, whatever its accumulators hold), so it adds exactly
+// nothing. Sums run in split order, the same for every query.
 extern "C" __global__ void attention_combine_f32(const float* partial, float* out, int d_v, int n_head, int n_split,
                                                  const int* q_pos, const int* n_kv_ptr, int cap, int mask_kind,
                                                  int window, int ring) {

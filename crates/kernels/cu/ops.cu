@@ -235,6 +235,7 @@ __device__ __forceinline__ float rn_sum(float v, float* part) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, per_block = blockDim.x >> 5;
     v = warp_sum(v);
     if (lane == 0) part[warp] = v;
+    __syncwarp();  // the cluster barrier is .aligned: the whole warp executes it together
     cluster_sync();
     int n = cluster_blocks() * per_block;
     v = lane < n ? ld_cluster_f32(part + lane % per_block, lane / per_block) : 0.0f;

@@ -409,7 +409,7 @@ mod tests {
             );
             entries += 1;
         }
-        // 27 definitions (most expand per weight type) behind the 160-odd entry points.
-        assert!(entries >= 27, "found {entries} kernel definitions");
+        // 28 definitions (most expand per weight type) behind the 160-odd entry points.
+        assert!(entries >= 28, "found {entries} kernel definitions");
     }
 }

@@ -102,18 +102,20 @@ impl CudaBackend {
         }
         // Programmatic stream serialization lets the launch overlap the previous kernel's tail;
         // every kernel's `pdl_entry` waits for that kernel's completion before any memory access.
-        let mut attrs = Vec::with_capacity(2);
+        let pdl = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let mut attrs = [pdl; 2];
+        let mut n_attrs = 0;
         if self.pdl {
-            attrs.push(sys::CUlaunchAttribute {
-                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-                pad: [0; 4],
-                value: sys::CUlaunchAttributeValue {
-                    programmaticStreamSerializationAllowed: 1,
-                },
-            });
+            n_attrs = 1;
         }
         if cluster > 1 {
-            attrs.push(sys::CUlaunchAttribute {
+            attrs[n_attrs] = sys::CUlaunchAttribute {
                 id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
                 pad: [0; 4],
                 value: sys::CUlaunchAttributeValue {
@@ -123,7 +125,8 @@ impl CudaBackend {
                         z: 1,
                     },
                 },
-            });
+            };
+            n_attrs += 1;
         }
         let config = sys::CUlaunchConfig {
             gridDimX: grid.0,
@@ -135,7 +138,7 @@ impl CudaBackend {
             sharedMemBytes: smem,
             hStream: self.stream.cu_stream(),
             attrs: attrs.as_mut_ptr(),
-            numAttrs: attrs.len() as u32,
+            numAttrs: n_attrs as u32,
         };
         #[allow(unsafe_code)]
         // SAFETY: the parameter cells match the kernel's signature (built by the launchers

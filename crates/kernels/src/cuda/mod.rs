@@ -513,7 +513,8 @@ impl CudaBackend {
 
     /// Whether wide norms of small batches launch as clusters (`rms_norm_cluster_f32`; on by
     /// default on sm_90 and later, `SPECULA_NORM_CLUSTER=0` turns it off; ignored before sm_90).
-    /// The results are the same bits either way (tested). Takes effect at the next capture.
+    /// The results are the same bits either way (tested). Takes effect at the next launch
+    /// (captured graphs are dropped and captured again).
     pub fn set_cluster_norms(&mut self, on: bool) {
         self.cluster_norms = on && self.has_clusters;
         self.forget_captures();

@@ -1002,6 +1002,10 @@ fn clustered_norms_equal_one_block_norms() {
     let Some(mut cuda) = crate::cuda() else {
         return;
     };
+    if !cuda.cluster_norms() {
+        eprintln!("skipped: clustered norms are off (before sm_90, or SPECULA_NORM_CLUSTER=0)");
+        return;
+    }
     let mut rng = Rng(34);
     // (n, rows, offset, clustered launches where clusters are on): rows 2,048 up to 8,192 wide,
     // batches up to RN_CLUSTER_MAX_ROWS, aligned; with x misaligned, only the next norm (of the
@@ -1042,15 +1046,13 @@ fn clustered_norms_equal_one_block_norms() {
         let before = cuda.cluster_norm_launches();
         let got = run_on(&mut cuda, &graph, &c.leaves, &outs);
         let launched = cuda.cluster_norm_launches() - before;
-        let on = cuda.cluster_norms();
         assert_eq!(
-            launched,
-            if on { clustered } else { 0 },
+            launched, clustered,
             "n{n} rows{rows} offset{offset}: clustered launches"
         );
         cuda.set_cluster_norms(false);
         let one_block = run_on(&mut cuda, &graph, &c.leaves, &outs);
-        cuda.set_cluster_norms(on);
+        cuda.set_cluster_norms(true);
         for (i, g) in got.iter().enumerate() {
             assert!(
                 same_bits(g, &one_block[i]),
@@ -1067,7 +1069,9 @@ fn clustered_norms_equal_one_block_norms() {
 }
 
 /// Runs `graph` with fused launches and with separate kernels: every output must have the same
-/// bits both ways and be within `tol` of the CPU's.
+/// bits both ways and be within `tol` of the CPU's. With `clusters` (a graph with a wide norm of
+/// a small batch) and clustered norms on, the fused run must launch some as clusters, and its
+/// outputs must also equal those of one block per row.
 fn fused_matches_separate(
     cuda: &mut kernels::CudaBackend,
     name: &str,
@@ -1075,20 +1079,27 @@ fn fused_matches_separate(
     leaves: &[(NodeId, Leaf)],
     outs: &[NodeId],
     tol: f64,
+    clusters: bool,
 ) {
     let want = run_on(&mut CpuBackend::new(), graph, leaves, outs);
-    let clusters = cuda.cluster_norms();
+    let on = cuda.cluster_norms();
     // Also with the Q4_K limb kernels, whose limbs the fused norms write too.
     for limbs in [false, true] {
         cuda.set_q4k_limbs(limbs);
+        let before = cuda.cluster_norm_launches();
         let fused = run_on(cuda, graph, leaves, outs);
+        assert_eq!(
+            cuda.cluster_norm_launches() > before,
+            on && clusters,
+            "{name} (limbs {limbs}): clustered norm launches"
+        );
         cuda.set_fusion(false);
         let separate = run_on(cuda, graph, leaves, outs);
         cuda.set_fusion(true);
         // And with every norm one block per row (where clusters were on).
         cuda.set_cluster_norms(false);
         let one_block = run_on(cuda, graph, leaves, outs);
-        cuda.set_cluster_norms(clusters);
+        cuda.set_cluster_norms(on);
         for (i, (f, s)) in fused.iter().zip(&separate).enumerate() {
             assert!(
                 same_bits(f, s),
@@ -1176,7 +1187,15 @@ fn fused_norms_equal_the_separate_kernels() {
             "{ty} k{k}: folds"
         );
         cuda.unload(exe).unwrap();
-        fused_matches_separate(cuda, &format!("{ty} k{k}"), &graph, &c.leaves, &outs, 1e-5);
+        fused_matches_separate(
+            cuda,
+            &format!("{ty} k{k}"),
+            &graph,
+            &c.leaves,
+            &outs,
+            1e-5,
+            true,
+        );
     }
 }
 
@@ -1213,7 +1232,7 @@ fn fused_cache_writes_equal_the_separate_kernels() {
             continue;
         };
         let name = format!("cache {cache_ty} hd{hd}");
-        fused_matches_separate(cuda, &name, &graph, &c.leaves, &outs, 2e-3);
+        fused_matches_separate(cuda, &name, &graph, &c.leaves, &outs, 2e-3, false);
         // A slot past the cache is reported by the fused write as by write_rows.
         let bindings = bind_leaves(cuda, &graph, &c.leaves);
         let exe = cuda.load(&graph, &bindings).unwrap();
