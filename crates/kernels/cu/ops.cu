@@ -358,18 +358,17 @@ __device__ __forceinline__ bool rn_row_regs(const float* xr, float* orow, const 
 // - dst: the rows go to a K or V cache (write_rows with dst_off, dst_rows, slots, err) instead
 //   of out;
 // - limbs: xs also gets the limbs of `prepare_limbs8` (a Q4_K limb product reads them).
-extern "C" __global__ void __launch_bounds__(1024)
-    rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n, float eps, uint4* xs,
-                 const float* res, const void* scale, int scale_dt, int planes, i64 plane_stride, float* out2,
-                 const void* w2, int w2_dt, float eps2, const int* pos,
-                 const float* ff, int n_heads, int n_rot, float theta, void* dst, int dst_dt, i64 dst_off,
-                 int dst_rows, const int* slots, int* err, int limbs) {
-    pdl_entry();
+// Row r of m of one rms_norm_f32 launch (its block).
+__device__ __forceinline__ void rms_norm_row(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n,
+                                             float eps, uint4* xs, const float* res, const void* scale, int scale_dt,
+                                             int planes, i64 plane_stride, float* out2, const void* w2, int w2_dt,
+                                             float eps2, const int* pos, const float* ff, int n_heads, int n_rot,
+                                             float theta, void* dst, int dst_dt, i64 dst_off, int dst_rows,
+                                             const int* slots, int* err, int limbs, i64 r, int m) {
     __shared__ __align__(16) float rowbuf[RN_ROPE_MAX];
     bool rope = pos != nullptr;
     // Rotated or cache-bound rows (n <= RN_ROPE_MAX) are staged in shared memory first.
     bool staged = rope || dst != nullptr;
-    i64 r = blockIdx.x;
     __shared__ RnStage st;
     rn_stage(st, r, rope, n_heads, pos, dst, slots);
     const float* xr = x + row_index(lx, r);
@@ -384,7 +383,7 @@ extern "C" __global__ void __launch_bounds__(1024)
     if (n % 8 == 0 && nc <= RN_CHUNKS * (int)blockDim.x && aligned) {
         const float* rrow = res ? res + r * n : nullptr;
         bool epilogue = rn_row_regs<false>(xr, orow, w, w_dt, n, eps, xs, rrow, sc, has_sc, planes, plane_stride, out2,
-                                           w2, w2_dt, eps2, limbs, r, gridDim.x, staged, rowbuf, nullptr);
+                                           w2, w2_dt, eps2, limbs, r, m, staged, rowbuf, nullptr);
         if (epilogue)
             rn_epilogue(rowbuf, orow, r, n, rope, n_heads, n_rot, theta, st, ff, dst, dst_dt, dst_off, dst_rows,
                         err);
@@ -444,9 +443,53 @@ extern "C" __global__ void __launch_bounds__(1024)
     for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
         const float* o = orow + 8 * c;
         float4 o0 = *(const float4*)o, o1 = *(const float4*)(o + 4);
-        prepare_chunk8(xs, n, gridDim.x, (int)r, c, o0, o1);
-        if (limbs) prepare_limbs8(xs, n, gridDim.x, (int)r, c, o0, o1);
+        prepare_chunk8(xs, n, m, (int)r, c, o0, o1);
+        if (limbs) prepare_limbs8(xs, n, m, (int)r, c, o0, o1);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    rms_norm_f32(const float* x, Layout4 lx, const void* w, int w_dt, float* out, int n, float eps, uint4* xs,
+                 const float* res, const void* scale, int scale_dt, int planes, i64 plane_stride, float* out2,
+                 const void* w2, int w2_dt, float eps2, const int* pos,
+                 const float* ff, int n_heads, int n_rot, float theta, void* dst, int dst_dt, i64 dst_off,
+                 int dst_rows, const int* slots, int* err, int limbs) {
+    pdl_entry();
+    rms_norm_row(x, lx, w, w_dt, out, n, eps, xs, res, scale, scale_dt, planes, plane_stride, out2, w2, w2_dt, eps2, pos,
+                 ff, n_heads, n_rot, theta, dst, dst_dt, dst_off, dst_rows, slots, err, limbs, blockIdx.x, gridDim.x);
+}
+
+// Up to RN_MAX_JOBS rms_norm_f32 launches of independent nodes as one (a layer's q, k and v head
+// norms with their RoPE and cache writes, `fuse_plan`'s groups), same block size: job j's
+// arguments are rms_norm_f32's, each in one 8-byte slot in their order (Layout4: nine), and it
+// takes rows[j] blocks after the jobs before it. Every row gets its own launch's bits.
+#define RN_MAX_JOBS 3
+#define RN_JOB_SLOTS 37
+struct RnJobs {
+    u64 slot[RN_MAX_JOBS][RN_JOB_SLOTS];
+    u64 rows[RN_MAX_JOBS];
+};
+
+extern "C" __global__ void __launch_bounds__(1024) rms_norm_jobs_f32(RnJobs J) {
+    pdl_entry();
+    int b = blockIdx.x, j = 0;
+    while (j + 1 < RN_MAX_JOBS && b >= (int)J.rows[j]) {
+        b -= (int)J.rows[j];
+        ++j;
+    }
+    // Slot k of job j, from the parameter space at constant offsets (no indexed copy).
+    auto sl = [&](int k) -> u64 { return j == 0 ? J.slot[0][k] : j == 1 ? J.slot[1][k] : J.slot[2][k]; };
+    auto ptr = [&](int k) { return (void*)sl(k); };
+    auto i32 = [&](int k) { return (int)(u32)sl(k); };
+    auto f32 = [&](int k) { return __int_as_float(i32(k)); };
+    Layout4 lx;
+    lx.d0 = (i64)sl(1), lx.d1 = (i64)sl(2), lx.d2 = (i64)sl(3), lx.d3 = (i64)sl(4);
+    lx.s0 = (i64)sl(5), lx.s1 = (i64)sl(6), lx.s2 = (i64)sl(7), lx.s3 = (i64)sl(8);
+    lx.off = (i64)sl(9);
+    rms_norm_row((const float*)ptr(0), lx, ptr(10), i32(11), (float*)ptr(12), i32(13), f32(14), (uint4*)ptr(15),
+                 (const float*)ptr(16), ptr(17), i32(18), i32(19), (i64)sl(20), (float*)ptr(21), ptr(22), i32(23),
+                 f32(24), (const int*)ptr(25), (const float*)ptr(26), i32(27), i32(28), f32(29), ptr(30), i32(31),
+                 (i64)sl(32), i32(33), (const int*)ptr(34), (int*)ptr(35), i32(36), b, (int)J.rows[j]);
 }
 
 // Threads per block of rms_norm_cluster_f32 (RN_CLUSTER_THREADS in source.rs).

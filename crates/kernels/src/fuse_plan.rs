@@ -61,6 +61,9 @@ pub(crate) struct FusePlan {
     pub fused: HashMap<usize, Fused>,
     /// Split `_mma_` products whose partial planes a fused tail sums (no `mmv_sum_splits`).
     pub unsummed: HashSet<usize>,
+    /// Head-norm launches (`Fused::Rope`, `Fused::NormWrite`) run as one `rms_norm_jobs_f32`
+    /// launch at the first: its key → every member's key in order (the later ones are in `skip`).
+    pub groups: HashMap<usize, Vec<usize>>,
 }
 
 /// Launches the CUDA backend would fold away in `graph` with its default settings (mma products
@@ -216,7 +219,83 @@ pub(crate) fn plan(
         p.fused.insert(at, Fused::Tail(tail));
     }
     fold_cache_writes(graph, &readers, keep, &mut p);
+    group_head_norms(graph, &mut p);
     p
+}
+
+/// Groups consecutive head-norm launches (a layer's q norm + RoPE, k norm + RoPE + cache write,
+/// v norm + cache write, once its products run first) into one launch at the first, up to
+/// `source::RN_MAX_JOBS`: only leaves, views and skipped nodes between them, so nothing runs in
+/// between. The later members must write nothing but cache rows (an output buffer of theirs could
+/// still hold a value the first member reads: the memory plan reuses buffers by graph order), read
+/// nothing an earlier member writes, and read only what exists at the first member's position.
+fn group_head_norms(graph: &Graph, p: &mut FusePlan) {
+    let nodes = graph.nodes();
+    let leaf = |k: usize| matches!(nodes[k].op, Op::Input | Op::Weight | Op::State);
+    let no_kernel = |k: usize| {
+        leaf(k)
+            || p.skip.contains(&k)
+            || matches!(nodes[k].op, Op::View | Op::Reshape | Op::Permute(_))
+    };
+    // A member's fused nodes, its writes' storage (roots) and what it reads (roots of inputs
+    // from outside its fused nodes).
+    let member = |k: usize| -> Option<(Vec<usize>, Option<usize>)> {
+        let (mut own, write) = match p.fused.get(&k)? {
+            Fused::Rope { norm, write } => (vec![k, norm.index()], *write),
+            Fused::NormWrite { write } => (vec![k], Some(*write)),
+            Fused::Tail(_) => return None,
+        };
+        if let Some(w) = write {
+            own.push(w.index());
+            own.push(nodes[w.index()].inputs[1].index());
+        }
+        Some((
+            own,
+            write.map(|w| graph.node(nodes[w.index()].inputs[0]).root.index()),
+        ))
+    };
+    let reads = |own: &[usize]| -> Vec<usize> {
+        own.iter()
+            .flat_map(|&o| nodes[o].inputs.iter().map(|x| x.index()))
+            .filter(|x| !own.contains(x))
+            .map(|x| graph.node(NodeId::from_index(x)).root.index())
+            .collect()
+    };
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group: Vec<usize> = Vec::new();
+    let mut written: HashSet<usize> = HashSet::new();
+    for k in 0..nodes.len() {
+        if no_kernel(k) {
+            continue;
+        }
+        let m = member(k);
+        let joins = match (&m, group.first()) {
+            (Some((own, state)), Some(&first)) => {
+                state.is_some()
+                    && group.len() < crate::source::RN_MAX_JOBS
+                    && reads(own)
+                        .iter()
+                        .all(|&r| !written.contains(&r) && (r < first || leaf(r)))
+            }
+            _ => false,
+        };
+        if !joins {
+            groups.push(std::mem::take(&mut group));
+            written.clear();
+            written.insert(k);
+        }
+        if let Some((_, state)) = m {
+            written.extend(state);
+            group.push(k);
+        }
+    }
+    groups.push(group);
+    for g in groups.into_iter().filter(|g| g.len() > 1) {
+        for &k in &g[1..] {
+            p.skip.insert(k);
+        }
+        p.groups.insert(g[0], g);
+    }
 }
 
 /// Folds `WriteRows(state, Reshape(k), slots)` into the launch that produces `k` — a fused head
@@ -455,7 +534,74 @@ mod tests {
             !p.fused.contains_key(&u.index()),
             "the state is read in between"
         );
-        assert_eq!(p.skip, HashSet::from([kn.index(), kw.index(), vw.index()]));
+        // The k and v launches, back to back, also run as one.
+        assert_eq!(
+            p.skip,
+            HashSet::from([kn.index(), kw.index(), vw.index(), v.index()])
+        );
+        assert_eq!(
+            p.groups,
+            HashMap::from([(k.index(), vec![k.index(), v.index()])])
+        );
+    }
+
+    /// A layer's q norm + RoPE, k norm + RoPE + cache write and v norm + cache write, after their
+    /// products, run as one launch at the q's; a head norm writing an output buffer (no cache)
+    /// starts a group but never joins one, and one reading a cache an earlier member writes
+    /// does not join.
+    #[test]
+    fn a_layers_head_norms_run_as_one_launch() {
+        let mut g = GraphBuilder::new();
+        let q_raw = input(&mut g, "q", DType::F32, &[256, 4, 1]);
+        let k_raw = input(&mut g, "k", DType::F32, &[256, 2, 1]);
+        let pos = input(&mut g, "pos", DType::I32, &[1]);
+        let slots = input(&mut g, "slots", DType::I32, &[1]);
+        let w = weight(&mut g, "w", DType::F32, &[256]);
+        let params = graph::RopeParams {
+            theta: 1e4,
+            n_rot: 256,
+        };
+        let qn = g.rms_norm(q_raw, Some(w), 1e-6).unwrap();
+        let q = g.rope(qn, pos, params, None).unwrap();
+        let kn = g.rms_norm(k_raw, Some(w), 1e-6).unwrap();
+        let k = g.rope(kn, pos, params, None).unwrap();
+        let v = g.rms_norm(k_raw, None, 1e-6).unwrap();
+        let ks = state(&mut g, "k_cache", DType::F16, &[512, 8]);
+        let vs = state(&mut g, "v_cache", DType::F32, &[512, 8]);
+        let k_rows = g.reshape(k, Shape::new(&[512, 1]).unwrap()).unwrap();
+        let v_rows = g.reshape(v, Shape::new(&[512, 1]).unwrap()).unwrap();
+        let kw = g.write_rows(ks, k_rows, slots).unwrap();
+        let vw = g.write_rows(vs, v_rows, slots).unwrap();
+        // A second q-like norm (no cache write): its own launch.
+        let q2n = g.rms_norm(q_raw, Some(w), 1e-6).unwrap();
+        let q2 = g.rope(q2n, pos, params, None).unwrap();
+        let graph = g.finish(&[q, kw, vw, q2]).unwrap();
+        let p = plan(&graph, &HashSet::new(), &HashMap::new());
+        assert_eq!(
+            p.groups,
+            HashMap::from([(q.index(), vec![q.index(), k.index(), v.index()])])
+        );
+        assert!(p.skip.contains(&k.index()) && p.skip.contains(&v.index()));
+        assert!(!p.skip.contains(&q.index()) && !p.skip.contains(&q2.index()));
+
+        // A norm reading the K cache that the k launch writes stays on its own.
+        let mut g = GraphBuilder::new();
+        let k_raw = input(&mut g, "k", DType::F32, &[256, 2, 1]);
+        let slots = input(&mut g, "slots", DType::I32, &[1]);
+        let ks = state(&mut g, "k_cache", DType::F32, &[512, 8]);
+        let vs = state(&mut g, "v_cache", DType::F32, &[512, 8]);
+        let kn = g.rms_norm(k_raw, None, 1e-6).unwrap();
+        let k_rows = g.reshape(kn, Shape::new(&[512, 1]).unwrap()).unwrap();
+        let kw = g.write_rows(ks, k_rows, slots).unwrap();
+        let first = g
+            .view(ks, Shape::new(&[256, 2, 1]).unwrap(), [1, 256, 512, 512], 0)
+            .unwrap();
+        let vn = g.rms_norm(first, None, 1e-6).unwrap();
+        let v_rows = g.reshape(vn, Shape::new(&[512, 1]).unwrap()).unwrap();
+        let vw = g.write_rows(vs, v_rows, slots).unwrap();
+        let graph = g.finish(&[kw, vw]).unwrap();
+        let p = plan(&graph, &HashSet::new(), &HashMap::new());
+        assert!(p.groups.is_empty(), "the v norm reads the k launch's cache");
     }
 
     /// A norm that is both the next norm of one tail and the norm of the following tail (the MoE

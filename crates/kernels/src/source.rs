@@ -252,6 +252,12 @@ pub const RN_CLUSTER_THREADS: u32 = 128;
 /// step 1.6 % faster on an H200 but a 16-token verify 1 % and the DFlash block 1.5 % slower.)
 pub const RN_CLUSTER_MAX_ROWS: usize = 4;
 
+/// Launches `rms_norm_jobs_f32` takes as one (`RN_MAX_JOBS` in `ops.cu`), and the 8-byte
+/// argument slots of each (`RN_JOB_SLOTS`: `rms_norm_f32`'s arguments, its `Layout4` nine).
+pub const RN_MAX_JOBS: usize = 3;
+/// See [`RN_MAX_JOBS`].
+pub const RN_JOB_SLOTS: usize = 37;
+
 /// Kernels that do not depend on a weight type.
 pub const OTHER_KERNELS: &[&str] = &[
     "binary_f32",
@@ -261,6 +267,7 @@ pub const OTHER_KERNELS: &[&str] = &[
     "concat_f32",
     "rms_norm_f32",
     "rms_norm_cluster_f32",
+    "rms_norm_jobs_f32",
     "rope_f32",
     "softmax_f32",
     "write_rows",
@@ -386,6 +393,8 @@ mod tests {
         assert!(OPS.contains(&format!(
             "#define RN_CLUSTER_THREADS {RN_CLUSTER_THREADS}\n"
         )));
+        assert!(OPS.contains(&format!("#define RN_MAX_JOBS {RN_MAX_JOBS}\n")));
+        assert!(OPS.contains(&format!("#define RN_JOB_SLOTS {RN_JOB_SLOTS}\n")));
     }
 
     /// Kernels launch with programmatic dependent launch on sm_90+, so each must wait for its

@@ -121,6 +121,19 @@ impl CudaBackend {
         out: u64,
         write: Option<NodeId>,
     ) -> Result<()> {
+        let mut a = self.norm_rope_args(exec, norm, rope, out, write)?;
+        self.launch_norm_args(exec, norm, &mut a)
+    }
+
+    /// The complete `rms_norm_f32` arguments of [`Self::launch_norm_rope`].
+    fn norm_rope_args(
+        &self,
+        exec: &Exec,
+        norm: NodeId,
+        rope: NodeId,
+        out: u64,
+        write: Option<NodeId>,
+    ) -> Result<Args> {
         let g = &exec.graph;
         let node = g.node(rope);
         let Op::Rope(p) = node.op else {
@@ -142,7 +155,78 @@ impl CudaBackend {
             .f32(p.theta);
         self.cache_write_args(exec, write, &mut a)?;
         a.i32(0);
-        self.launch_norm_args(exec, norm, &mut a)
+        Ok(a)
+    }
+
+    /// The complete `rms_norm_f32` arguments of RMSNorm node `norm` (rows of heads) writing its
+    /// rows into a cache for the WriteRows node `write` (`Fused::NormWrite`).
+    pub(super) fn norm_write_args(
+        &self,
+        exec: &Exec,
+        norm: NodeId,
+        out: u64,
+        write: NodeId,
+    ) -> Result<Args> {
+        let mut a = self.norm_args(exec, norm, out, 0, None)?;
+        let heads = exec.graph.node(norm).shape().ne(1);
+        a.ptr(0).ptr(0).i32(heads as i32).i32(0).f32(0.0);
+        self.cache_write_args(exec, Some(write), &mut a)?;
+        a.i32(0);
+        Ok(a)
+    }
+
+    /// Launches the head-norm group keyed by `members[0]` (`FusePlan::groups`) as one
+    /// `rms_norm_jobs_f32`: each member's `rms_norm_f32` arguments in 8-byte slots, its rows after
+    /// the members' before it.
+    pub(super) fn launch_norm_group(&self, exec: &Exec, members: &[usize]) -> Result<()> {
+        let (max, slots) = (source::RN_MAX_JOBS, source::RN_JOB_SLOTS);
+        if members.len() > max {
+            return Err(backend_err(format!(
+                "a norm group of {} launches (at most {max})",
+                members.len()
+            )));
+        }
+        let g = &exec.graph;
+        let mut cell = vec![0u64; max * slots + max];
+        let mut total = 0;
+        for (j, &k) in members.iter().enumerate() {
+            let key = NodeId::from_index(k);
+            let out = self.base(exec, key)?;
+            let (norm, a) = match exec.fuse.fused.get(&k) {
+                Some(Fused::Rope { norm, write }) => {
+                    (*norm, self.norm_rope_args(exec, *norm, key, out, *write)?)
+                }
+                Some(Fused::NormWrite { write }) => {
+                    (key, self.norm_write_args(exec, key, out, *write)?)
+                }
+                _ => {
+                    return Err(backend_err(format!(
+                        "node '{}' is not a head norm launch",
+                        g.node(key).label(key)
+                    )))
+                }
+            };
+            let words: Vec<u64> = a.cells.iter().flatten().copied().collect();
+            if words.len() != slots {
+                return Err(backend_err(format!(
+                    "rms_norm_f32 arguments in {} slots, rms_norm_jobs_f32 takes {slots}",
+                    words.len()
+                )));
+            }
+            let x = g.node(g.node(norm).inputs[0]);
+            if x.shape().ne(0) >= 2048 {
+                return Err(backend_err(
+                    "a grouped head norm of 2,048 or more (1,024 threads)",
+                ));
+            }
+            cell[j * slots..(j + 1) * slots].copy_from_slice(&words);
+            let rows = x.shape().n_rows();
+            cell[max * slots + j] = rows as u64;
+            total += rows;
+        }
+        let mut a = Args::default();
+        a.cells.push(cell);
+        self.launch("rms_norm_jobs_f32", (total as u32, 1, 1), 256, &mut a)
     }
 
     /// The arguments of `rms_norm_f32` up to its RoPE ones: RMSNorm node `norm` writing `out`,

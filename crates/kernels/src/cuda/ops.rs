@@ -151,6 +151,9 @@ impl CudaBackend {
         if exec.fuse.skip.contains(&id.index()) {
             return Ok(());
         }
+        if let Some(members) = exec.fuse.groups.get(&id.index()) {
+            return self.launch_norm_group(exec, members);
+        }
         match exec.fuse.fused.get(&id.index()) {
             Some(Fused::Tail(t)) => {
                 // The next norm's prepared activations, if its products read them.
@@ -164,11 +167,7 @@ impl CudaBackend {
                 return self.launch_norm_rope(exec, *norm, id, out, *write)
             }
             Some(Fused::NormWrite { write }) => {
-                let mut a = self.norm_args(exec, id, out, 0, None)?;
-                let heads = node.shape().ne(1);
-                a.ptr(0).ptr(0).i32(heads as i32).i32(0).f32(0.0);
-                self.cache_write_args(exec, Some(*write), &mut a)?;
-                a.i32(0);
+                let mut a = self.norm_write_args(exec, id, out, *write)?;
                 return self.launch_norm_args(exec, id, &mut a);
             }
             None => {}

@@ -256,19 +256,13 @@ pub fn build_step(
         let q_w = c.w(&b("attn_q.weight"))?;
         let q = c.g.matmul(q_w, hn)?;
         let q = c.reshape(q, &[hd, cfg.n_head, t])?;
-        let q = c.norm(q, &b("attn_q_norm.weight"))?;
-        let q = c.g.rope(q, positions, rope, freqs)?;
-
-        if kv_src[l] == l {
-            let layer = cache
-                .layer(l)
-                .ok_or_else(|| Error::Input(format!("layer {l} has no cache")))?;
+        // The K and V products before the head norms, so the q, k and v norms run back to back
+        // (the CUDA backend launches them as one).
+        let kv_raw = if kv_src[l] == l {
             let k_w = c.w(&b("attn_k.weight"))?;
             let k_raw = c.g.matmul(k_w, hn)?;
             let k_raw = c.reshape(k_raw, &[hd, n_kv_h, t])?;
-            let k = c.norm(k_raw, &b("attn_k_norm.weight"))?;
-            let k = c.g.rope(k, positions, rope, freqs)?;
-            let v = match c.w_opt(&b("attn_v.weight"))? {
+            let v_raw = match c.w_opt(&b("attn_v.weight"))? {
                 Some(v_w) => {
                     let v = c.g.matmul(v_w, hn)?;
                     c.reshape(v, &[hd, n_kv_h, t])?
@@ -276,7 +270,20 @@ pub fn build_step(
                 // K=V layers: V is the raw K projection.
                 None => k_raw,
             };
-            let v = c.g.rms_norm(v, None, cfg.eps)?;
+            Some((k_raw, v_raw))
+        } else {
+            None
+        };
+        let q = c.norm(q, &b("attn_q_norm.weight"))?;
+        let q = c.g.rope(q, positions, rope, freqs)?;
+
+        if let Some((k_raw, v_raw)) = kv_raw {
+            let layer = cache
+                .layer(l)
+                .ok_or_else(|| Error::Input(format!("layer {l} has no cache")))?;
+            let k = c.norm(k_raw, &b("attn_k_norm.weight"))?;
+            let k = c.g.rope(k, positions, rope, freqs)?;
+            let v = c.g.rms_norm(v_raw, None, cfg.eps)?;
             let row = hd * n_kv_h;
             let state_shape = Shape::new(&[row, layer.rows])?;
             let k_state = c.g.state(&b("k_cache"), cache.dtype(), state_shape)?;
