@@ -224,8 +224,8 @@ pub(crate) fn plan(
 }
 
 /// Groups consecutive head-norm launches (a layer's q norm + RoPE, k norm + RoPE + cache write,
-/// v norm + cache write, once its products run first) into one launch at the first, up to
-/// `source::RN_MAX_JOBS`: only leaves, views and skipped nodes between them, so nothing runs in
+/// v norm + cache write, once its products run first) of batches up to
+/// `source::RN_JOBS_MAX_TOKENS` tokens into one launch at the first, up to `source::RN_MAX_JOBS`: only leaves, views and skipped nodes between them, so nothing runs in
 /// between. The later members must write nothing but cache rows (an output buffer of theirs could
 /// still hold a value the first member reads: the memory plan reuses buffers by graph order), read
 /// nothing an earlier member writes, and read only what exists at the first member's position.
@@ -240,6 +240,10 @@ fn group_head_norms(graph: &Graph, p: &mut FusePlan) {
     // A member's fused nodes, its writes' storage (roots) and what it reads (roots of inputs
     // from outside its fused nodes).
     let member = |k: usize| -> Option<(Vec<usize>, Option<usize>)> {
+        let d = nodes[k].shape().dims();
+        if d[2] * d[3] > crate::source::RN_JOBS_MAX_TOKENS {
+            return None;
+        }
         let (mut own, write) = match p.fused.get(&k)? {
             Fused::Rope { norm, write } => (vec![k, norm.index()], *write),
             Fused::NormWrite { write } => (vec![k], Some(*write)),
@@ -547,8 +551,8 @@ mod tests {
 
     /// A layer's q norm + RoPE, k norm + RoPE + cache write and v norm + cache write, after their
     /// products, run as one launch at the q's; a head norm writing an output buffer (no cache)
-    /// starts a group but never joins one, and one reading a cache an earlier member writes
-    /// does not join.
+    /// starts a group but never joins one, one reading a cache an earlier member writes does not
+    /// join, and a prefill chunk's head norms are not grouped.
     #[test]
     fn a_layers_head_norms_run_as_one_launch() {
         let mut g = GraphBuilder::new();
@@ -602,6 +606,24 @@ mod tests {
         let graph = g.finish(&[kw, vw]).unwrap();
         let p = plan(&graph, &HashSet::new(), &HashMap::new());
         assert!(p.groups.is_empty(), "the v norm reads the k launch's cache");
+
+        // A prefill chunk's head norms keep a launch each.
+        let t = crate::source::RN_JOBS_MAX_TOKENS + 1;
+        let mut g = GraphBuilder::new();
+        let k_raw = input(&mut g, "k", DType::F32, &[256, 2, t]);
+        let slots = input(&mut g, "slots", DType::I32, &[t]);
+        let ks = state(&mut g, "k_cache", DType::F32, &[512, 64]);
+        let vs = state(&mut g, "v_cache", DType::F32, &[512, 64]);
+        let kn = g.rms_norm(k_raw, None, 1e-6).unwrap();
+        let k_rows = g.reshape(kn, Shape::new(&[512, t]).unwrap()).unwrap();
+        let kw = g.write_rows(ks, k_rows, slots).unwrap();
+        let vn = g.rms_norm(k_raw, None, 1e-6).unwrap();
+        let v_rows = g.reshape(vn, Shape::new(&[512, t]).unwrap()).unwrap();
+        let vw = g.write_rows(vs, v_rows, slots).unwrap();
+        let graph = g.finish(&[kw, vw]).unwrap();
+        let p = plan(&graph, &HashSet::new(), &HashMap::new());
+        assert!(p.fused.contains_key(&kn.index()) && p.fused.contains_key(&vn.index()));
+        assert!(p.groups.is_empty(), "{t} tokens: a launch each");
     }
 
     /// A norm that is both the next norm of one tail and the norm of the following tail (the MoE
