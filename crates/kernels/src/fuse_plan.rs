@@ -225,10 +225,13 @@ pub(crate) fn plan(
 
 /// Groups consecutive head-norm launches (a layer's q norm + RoPE, k norm + RoPE + cache write,
 /// v norm + cache write, once its products run first) of batches up to
-/// `source::RN_JOBS_MAX_TOKENS` tokens into one launch at the first, up to `source::RN_MAX_JOBS`: only leaves, views and skipped nodes between them, so nothing runs in
-/// between. The later members must write nothing but cache rows (an output buffer of theirs could
-/// still hold a value the first member reads: the memory plan reuses buffers by graph order), read
-/// nothing an earlier member writes, and read only what exists at the first member's position.
+/// `source::RN_JOBS_MAX_TOKENS` tokens into one launch at the first, up to `source::RN_MAX_JOBS`:
+/// only leaves, views and skipped nodes between them, so nothing runs in between. The later
+/// members must write nothing but cache rows (an output buffer of theirs could still hold a value
+/// the first member reads: the memory plan reuses buffers by graph order) and no cache an earlier
+/// member reads, read nothing an earlier member writes, and read only what exists at the first
+/// member's position: the jobs of one launch run at the same time. Rows narrower than 2,048 only
+/// (one launch has one block size; `rms_norm_f32` takes 256 threads there).
 fn group_head_norms(graph: &Graph, p: &mut FusePlan) {
     let nodes = graph.nodes();
     let leaf = |k: usize| matches!(nodes[k].op, Op::Input | Op::Weight | Op::State);
@@ -244,11 +247,14 @@ fn group_head_norms(graph: &Graph, p: &mut FusePlan) {
         if d[2] * d[3] > crate::source::RN_JOBS_MAX_TOKENS {
             return None;
         }
-        let (mut own, write) = match p.fused.get(&k)? {
-            Fused::Rope { norm, write } => (vec![k, norm.index()], *write),
-            Fused::NormWrite { write } => (vec![k], Some(*write)),
+        let (mut own, write, norm) = match p.fused.get(&k)? {
+            Fused::Rope { norm, write } => (vec![k, norm.index()], *write, norm.index()),
+            Fused::NormWrite { write } => (vec![k], Some(*write), k),
             Fused::Tail(_) => return None,
         };
+        if graph.node(nodes[norm].inputs[0]).shape().ne(0) >= 2048 {
+            return None;
+        }
         if let Some(w) = write {
             own.push(w.index());
             own.push(nodes[w.index()].inputs[1].index());
@@ -268,6 +274,7 @@ fn group_head_norms(graph: &Graph, p: &mut FusePlan) {
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut group: Vec<usize> = Vec::new();
     let mut written: HashSet<usize> = HashSet::new();
+    let mut read: HashSet<usize> = HashSet::new();
     for k in 0..nodes.len() {
         if no_kernel(k) {
             continue;
@@ -275,7 +282,7 @@ fn group_head_norms(graph: &Graph, p: &mut FusePlan) {
         let m = member(k);
         let joins = match (&m, group.first()) {
             (Some((own, state)), Some(&first)) => {
-                state.is_some()
+                state.is_some_and(|s| !read.contains(&s))
                     && group.len() < crate::source::RN_MAX_JOBS
                     && reads(own)
                         .iter()
@@ -286,10 +293,12 @@ fn group_head_norms(graph: &Graph, p: &mut FusePlan) {
         if !joins {
             groups.push(std::mem::take(&mut group));
             written.clear();
+            read.clear();
             written.insert(k);
         }
-        if let Some((_, state)) = m {
+        if let Some((own, state)) = m {
             written.extend(state);
+            read.extend(reads(&own));
             group.push(k);
         }
     }
@@ -606,6 +615,29 @@ mod tests {
         let graph = g.finish(&[kw, vw]).unwrap();
         let p = plan(&graph, &HashSet::new(), &HashMap::new());
         assert!(p.groups.is_empty(), "the v norm reads the k launch's cache");
+
+        // Nor does a norm writing a cache that an earlier member reads.
+        let mut g = GraphBuilder::new();
+        let k_raw = input(&mut g, "k", DType::F32, &[256, 2, 1]);
+        let slots = input(&mut g, "slots", DType::I32, &[1]);
+        let ks = state(&mut g, "k_cache", DType::F32, &[512, 8]);
+        let vs = state(&mut g, "v_cache", DType::F32, &[512, 8]);
+        let old_v = g
+            .view(vs, Shape::new(&[256, 2, 1]).unwrap(), [1, 256, 512, 512], 0)
+            .unwrap();
+        let kn = g.rms_norm(old_v, None, 1e-6).unwrap();
+        let k_rows = g.reshape(kn, Shape::new(&[512, 1]).unwrap()).unwrap();
+        let kw = g.write_rows(ks, k_rows, slots).unwrap();
+        let vn = g.rms_norm(k_raw, None, 1e-6).unwrap();
+        let v_rows = g.reshape(vn, Shape::new(&[512, 1]).unwrap()).unwrap();
+        let vw = g.write_rows(vs, v_rows, slots).unwrap();
+        let graph = g.finish(&[kw, vw]).unwrap();
+        let p = plan(&graph, &HashSet::new(), &HashMap::new());
+        assert!(p.fused.contains_key(&kn.index()) && p.fused.contains_key(&vn.index()));
+        assert!(
+            p.groups.is_empty(),
+            "the v launch writes the cache the k launch reads"
+        );
 
         // A prefill chunk's head norms keep a launch each.
         let t = crate::source::RN_JOBS_MAX_TOKENS + 1;

@@ -214,6 +214,7 @@ impl CudaBackend {
                 )));
             }
             let x = g.node(g.node(norm).inputs[0]);
+            // fuse_plan groups rows narrower than 2,048 only: 256 threads, as rms_norm_f32.
             if x.shape().ne(0) >= 2048 {
                 return Err(backend_err(
                     "a grouped head norm of 2,048 or more (1,024 threads)",
