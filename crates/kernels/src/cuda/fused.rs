@@ -111,21 +111,31 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Launches the RMSNorm node `norm` fused with the RoPE node `rope` that reads it: the rotated
-    /// rows go to `out` (the RoPE node's output), or into a cache for the WriteRows node `write`.
-    pub(super) fn launch_norm_rope(
+    /// The RMSNorm node and the complete `rms_norm_f32` arguments of head-norm launch `key` (a
+    /// `Fused::Rope` or `Fused::NormWrite` node) writing `out`: launched alone or in a group.
+    pub(super) fn head_norm_args(
         &self,
         exec: &Exec,
-        norm: NodeId,
-        rope: NodeId,
+        key: NodeId,
         out: u64,
-        write: Option<NodeId>,
-    ) -> Result<()> {
-        let mut a = self.norm_rope_args(exec, norm, rope, out, write)?;
-        self.launch_norm_args(exec, norm, &mut a)
+    ) -> Result<(NodeId, Args)> {
+        match exec.fuse.fused.get(&key.index()) {
+            Some(Fused::Rope { norm, write }) => {
+                Ok((*norm, self.norm_rope_args(exec, *norm, key, out, *write)?))
+            }
+            Some(Fused::NormWrite { write }) => {
+                Ok((key, self.norm_write_args(exec, key, out, *write)?))
+            }
+            _ => Err(backend_err(format!(
+                "node '{}' is not a head norm launch",
+                exec.graph.node(key).label(key)
+            ))),
+        }
     }
 
-    /// The complete `rms_norm_f32` arguments of [`Self::launch_norm_rope`].
+    /// The complete `rms_norm_f32` arguments of the RMSNorm node `norm` fused with the RoPE node
+    /// `rope` that reads it (`Fused::Rope`): the rotated rows go to `out` (the RoPE node's output),
+    /// or into a cache for the WriteRows node `write`.
     fn norm_rope_args(
         &self,
         exec: &Exec,
@@ -160,13 +170,7 @@ impl CudaBackend {
 
     /// The complete `rms_norm_f32` arguments of RMSNorm node `norm` (rows of heads) writing its
     /// rows into a cache for the WriteRows node `write` (`Fused::NormWrite`).
-    pub(super) fn norm_write_args(
-        &self,
-        exec: &Exec,
-        norm: NodeId,
-        out: u64,
-        write: NodeId,
-    ) -> Result<Args> {
+    fn norm_write_args(&self, exec: &Exec, norm: NodeId, out: u64, write: NodeId) -> Result<Args> {
         let mut a = self.norm_args(exec, norm, out, 0, None)?;
         let heads = exec.graph.node(norm).shape().ne(1);
         a.ptr(0).ptr(0).i32(heads as i32).i32(0).f32(0.0);
@@ -191,21 +195,7 @@ impl CudaBackend {
         let mut total = 0;
         for (j, &k) in members.iter().enumerate() {
             let key = NodeId::from_index(k);
-            let out = self.base(exec, key)?;
-            let (norm, a) = match exec.fuse.fused.get(&k) {
-                Some(Fused::Rope { norm, write }) => {
-                    (*norm, self.norm_rope_args(exec, *norm, key, out, *write)?)
-                }
-                Some(Fused::NormWrite { write }) => {
-                    (key, self.norm_write_args(exec, key, out, *write)?)
-                }
-                _ => {
-                    return Err(backend_err(format!(
-                        "node '{}' is not a head norm launch",
-                        g.node(key).label(key)
-                    )))
-                }
-            };
+            let (norm, a) = self.head_norm_args(exec, key, self.base(exec, key)?)?;
             let words: Vec<u64> = a.cells.iter().flatten().copied().collect();
             if words.len() != slots {
                 return Err(backend_err(format!(

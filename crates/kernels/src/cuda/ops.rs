@@ -163,12 +163,9 @@ impl CudaBackend {
                 };
                 return self.launch_norm(exec, t.norm, out, xs, Some(*t));
             }
-            Some(Fused::Rope { norm, write }) => {
-                return self.launch_norm_rope(exec, *norm, id, out, *write)
-            }
-            Some(Fused::NormWrite { write }) => {
-                let mut a = self.norm_write_args(exec, id, out, *write)?;
-                return self.launch_norm_args(exec, id, &mut a);
+            Some(Fused::Rope { .. } | Fused::NormWrite { .. }) => {
+                let (norm, mut a) = self.head_norm_args(exec, id, out)?;
+                return self.launch_norm_args(exec, norm, &mut a);
             }
             None => {}
         }
