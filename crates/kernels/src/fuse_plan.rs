@@ -503,6 +503,61 @@ mod tests {
         assert!(matches!(p.fused[&sum2.index()], Fused::Tail(t) if t.planes == 1));
     }
 
+    const ROPE_256: graph::RopeParams = graph::RopeParams {
+        theta: 1e4,
+        n_rot: 256,
+    };
+
+    /// A layer's K and V head launches from `k_raw` ([256, 2, 1]): the k norm (weight `w`) and
+    /// its RoPE written to an f16 K cache, the v norm (no weight) to an f32 V cache.
+    struct KvHeads {
+        kn: NodeId,
+        k: NodeId,
+        v: NodeId,
+        vs: NodeId,
+        kw: NodeId,
+        vw: NodeId,
+    }
+
+    fn kv_heads(
+        g: &mut GraphBuilder,
+        k_raw: NodeId,
+        pos: NodeId,
+        slots: NodeId,
+        w: NodeId,
+    ) -> KvHeads {
+        let kn = g.rms_norm(k_raw, Some(w), 1e-6).unwrap();
+        let k = g.rope(kn, pos, ROPE_256, None).unwrap();
+        let v = g.rms_norm(k_raw, None, 1e-6).unwrap();
+        let ks = state(g, "k_cache", DType::F16, &[512, 8]);
+        let vs = state(g, "v_cache", DType::F32, &[512, 8]);
+        let k_rows = g.reshape(k, Shape::new(&[512, 1]).unwrap()).unwrap();
+        let v_rows = g.reshape(v, Shape::new(&[512, 1]).unwrap()).unwrap();
+        let kw = g.write_rows(ks, k_rows, slots).unwrap();
+        let vw = g.write_rows(vs, v_rows, slots).unwrap();
+        KvHeads {
+            kn,
+            k,
+            v,
+            vs,
+            kw,
+            vw,
+        }
+    }
+
+    /// `WriteRows(cache, Reshape(RmsNorm(x)))` for x of [256, 2, t]: (the norm, the write).
+    fn norm_into_cache(
+        g: &mut GraphBuilder,
+        x: NodeId,
+        t: usize,
+        cache: NodeId,
+        slots: NodeId,
+    ) -> (NodeId, NodeId) {
+        let n = g.rms_norm(x, None, 1e-6).unwrap();
+        let rows = g.reshape(n, Shape::new(&[512, t]).unwrap()).unwrap();
+        (n, g.write_rows(cache, rows, slots).unwrap())
+    }
+
     /// K (norm + RoPE) and V (norm) rows written to caches fold into their producers; a write
     /// with a reader of its state in between does not.
     #[test]
@@ -512,19 +567,14 @@ mod tests {
         let pos = input(&mut g, "pos", DType::I32, &[1]);
         let slots = input(&mut g, "slots", DType::I32, &[1]);
         let w = weight(&mut g, "w", DType::F32, &[256]);
-        let params = graph::RopeParams {
-            theta: 1e4,
-            n_rot: 256,
-        };
-        let kn = g.rms_norm(k_raw, Some(w), 1e-6).unwrap();
-        let k = g.rope(kn, pos, params, None).unwrap();
-        let v = g.rms_norm(k_raw, None, 1e-6).unwrap();
-        let ks = state(&mut g, "k_cache", DType::F16, &[512, 8]);
-        let vs = state(&mut g, "v_cache", DType::F32, &[512, 8]);
-        let k_rows = g.reshape(k, Shape::new(&[512, 1]).unwrap()).unwrap();
-        let v_rows = g.reshape(v, Shape::new(&[512, 1]).unwrap()).unwrap();
-        let kw = g.write_rows(ks, k_rows, slots).unwrap();
-        let vw = g.write_rows(vs, v_rows, slots).unwrap();
+        let KvHeads {
+            kn,
+            k,
+            v,
+            vs,
+            kw,
+            vw,
+        } = kv_heads(&mut g, k_raw, pos, slots, w);
         // A third norm whose write has a reader of the state before it.
         let u = g.rms_norm(k_raw, None, 1e-6).unwrap();
         let peek = g.add(vw, vw).unwrap();
@@ -561,7 +611,8 @@ mod tests {
     /// A layer's q norm + RoPE, k norm + RoPE + cache write and v norm + cache write, after their
     /// products, run as one launch at the q's; a head norm writing an output buffer (no cache)
     /// starts a group but never joins one, one reading a cache an earlier member writes does not
-    /// join, and a prefill chunk's head norms are not grouped.
+    /// join, nor one writing a cache an earlier member reads, and a prefill chunk's head norms are
+    /// not grouped.
     #[test]
     fn a_layers_head_norms_run_as_one_launch() {
         let mut g = GraphBuilder::new();
@@ -570,24 +621,12 @@ mod tests {
         let pos = input(&mut g, "pos", DType::I32, &[1]);
         let slots = input(&mut g, "slots", DType::I32, &[1]);
         let w = weight(&mut g, "w", DType::F32, &[256]);
-        let params = graph::RopeParams {
-            theta: 1e4,
-            n_rot: 256,
-        };
         let qn = g.rms_norm(q_raw, Some(w), 1e-6).unwrap();
-        let q = g.rope(qn, pos, params, None).unwrap();
-        let kn = g.rms_norm(k_raw, Some(w), 1e-6).unwrap();
-        let k = g.rope(kn, pos, params, None).unwrap();
-        let v = g.rms_norm(k_raw, None, 1e-6).unwrap();
-        let ks = state(&mut g, "k_cache", DType::F16, &[512, 8]);
-        let vs = state(&mut g, "v_cache", DType::F32, &[512, 8]);
-        let k_rows = g.reshape(k, Shape::new(&[512, 1]).unwrap()).unwrap();
-        let v_rows = g.reshape(v, Shape::new(&[512, 1]).unwrap()).unwrap();
-        let kw = g.write_rows(ks, k_rows, slots).unwrap();
-        let vw = g.write_rows(vs, v_rows, slots).unwrap();
+        let q = g.rope(qn, pos, ROPE_256, None).unwrap();
+        let KvHeads { k, v, kw, vw, .. } = kv_heads(&mut g, k_raw, pos, slots, w);
         // A second q-like norm (no cache write): its own launch.
         let q2n = g.rms_norm(q_raw, Some(w), 1e-6).unwrap();
-        let q2 = g.rope(q2n, pos, params, None).unwrap();
+        let q2 = g.rope(q2n, pos, ROPE_256, None).unwrap();
         let graph = g.finish(&[q, kw, vw, q2]).unwrap();
         let p = plan(&graph, &HashSet::new(), &HashMap::new());
         assert_eq!(
@@ -597,65 +636,43 @@ mod tests {
         assert!(p.skip.contains(&k.index()) && p.skip.contains(&v.index()));
         assert!(!p.skip.contains(&q.index()) && !p.skip.contains(&q2.index()));
 
-        // A norm reading the K cache that the k launch writes stays on its own.
-        let mut g = GraphBuilder::new();
-        let k_raw = input(&mut g, "k", DType::F32, &[256, 2, 1]);
-        let slots = input(&mut g, "slots", DType::I32, &[1]);
-        let ks = state(&mut g, "k_cache", DType::F32, &[512, 8]);
-        let vs = state(&mut g, "v_cache", DType::F32, &[512, 8]);
-        let kn = g.rms_norm(k_raw, None, 1e-6).unwrap();
-        let k_rows = g.reshape(kn, Shape::new(&[512, 1]).unwrap()).unwrap();
-        let kw = g.write_rows(ks, k_rows, slots).unwrap();
-        let first = g
-            .view(ks, Shape::new(&[256, 2, 1]).unwrap(), [1, 256, 512, 512], 0)
-            .unwrap();
-        let vn = g.rms_norm(first, None, 1e-6).unwrap();
-        let v_rows = g.reshape(vn, Shape::new(&[512, 1]).unwrap()).unwrap();
-        let vw = g.write_rows(vs, v_rows, slots).unwrap();
-        let graph = g.finish(&[kw, vw]).unwrap();
-        let p = plan(&graph, &HashSet::new(), &HashMap::new());
-        assert!(p.groups.is_empty(), "the v norm reads the k launch's cache");
-
-        // Nor does a norm writing a cache that an earlier member reads.
-        let mut g = GraphBuilder::new();
-        let k_raw = input(&mut g, "k", DType::F32, &[256, 2, 1]);
-        let slots = input(&mut g, "slots", DType::I32, &[1]);
-        let ks = state(&mut g, "k_cache", DType::F32, &[512, 8]);
-        let vs = state(&mut g, "v_cache", DType::F32, &[512, 8]);
-        let old_v = g
-            .view(vs, Shape::new(&[256, 2, 1]).unwrap(), [1, 256, 512, 512], 0)
-            .unwrap();
-        let kn = g.rms_norm(old_v, None, 1e-6).unwrap();
-        let k_rows = g.reshape(kn, Shape::new(&[512, 1]).unwrap()).unwrap();
-        let kw = g.write_rows(ks, k_rows, slots).unwrap();
-        let vn = g.rms_norm(k_raw, None, 1e-6).unwrap();
-        let v_rows = g.reshape(vn, Shape::new(&[512, 1]).unwrap()).unwrap();
-        let vw = g.write_rows(vs, v_rows, slots).unwrap();
-        let graph = g.finish(&[kw, vw]).unwrap();
-        let p = plan(&graph, &HashSet::new(), &HashMap::new());
-        assert!(p.fused.contains_key(&kn.index()) && p.fused.contains_key(&vn.index()));
+        // Two norms into the K and V caches, the first reading `k_in` and the second `v_in` (each
+        // the raw input or a view of a cache): grouped or not.
+        let groups = |t: usize, k_from_v: bool, v_from_k: bool| {
+            let mut g = GraphBuilder::new();
+            let raw = input(&mut g, "k", DType::F32, &[256, 2, t]);
+            let slots = input(&mut g, "slots", DType::I32, &[t]);
+            let ks = state(&mut g, "k_cache", DType::F32, &[512, 64]);
+            let vs = state(&mut g, "v_cache", DType::F32, &[512, 64]);
+            let head_rows = |g: &mut GraphBuilder, cache| {
+                g.view(
+                    cache,
+                    Shape::new(&[256, 2, 1]).unwrap(),
+                    [1, 256, 512, 512],
+                    0,
+                )
+                .unwrap()
+            };
+            let k_in = if k_from_v { head_rows(&mut g, vs) } else { raw };
+            let (kn, kw) = norm_into_cache(&mut g, k_in, t, ks, slots);
+            let v_in = if v_from_k { head_rows(&mut g, ks) } else { raw };
+            let (vn, vw) = norm_into_cache(&mut g, v_in, t, vs, slots);
+            let graph = g.finish(&[kw, vw]).unwrap();
+            let p = plan(&graph, &HashSet::new(), &HashMap::new());
+            assert!(p.fused.contains_key(&kn.index()) && p.fused.contains_key(&vn.index()));
+            !p.groups.is_empty()
+        };
+        assert!(groups(1, false, false), "two independent cache norms");
         assert!(
-            p.groups.is_empty(),
+            !groups(1, false, true),
+            "the v norm reads the k launch's cache"
+        );
+        assert!(
+            !groups(1, true, false),
             "the v launch writes the cache the k launch reads"
         );
-
-        // A prefill chunk's head norms keep a launch each.
         let t = crate::source::RN_JOBS_MAX_TOKENS + 1;
-        let mut g = GraphBuilder::new();
-        let k_raw = input(&mut g, "k", DType::F32, &[256, 2, t]);
-        let slots = input(&mut g, "slots", DType::I32, &[t]);
-        let ks = state(&mut g, "k_cache", DType::F32, &[512, 64]);
-        let vs = state(&mut g, "v_cache", DType::F32, &[512, 64]);
-        let kn = g.rms_norm(k_raw, None, 1e-6).unwrap();
-        let k_rows = g.reshape(kn, Shape::new(&[512, t]).unwrap()).unwrap();
-        let kw = g.write_rows(ks, k_rows, slots).unwrap();
-        let vn = g.rms_norm(k_raw, None, 1e-6).unwrap();
-        let v_rows = g.reshape(vn, Shape::new(&[512, t]).unwrap()).unwrap();
-        let vw = g.write_rows(vs, v_rows, slots).unwrap();
-        let graph = g.finish(&[kw, vw]).unwrap();
-        let p = plan(&graph, &HashSet::new(), &HashMap::new());
-        assert!(p.fused.contains_key(&kn.index()) && p.fused.contains_key(&vn.index()));
-        assert!(p.groups.is_empty(), "{t} tokens: a launch each");
+        assert!(!groups(t, false, false), "{t} tokens: a launch each");
     }
 
     /// A norm that is both the next norm of one tail and the norm of the following tail (the MoE

@@ -126,6 +126,16 @@ impl Case {
         self.leaves.push((id, Leaf::Weight(ty, bytes)));
         id
     }
+    /// Random f32 rows of n, `rows` of them, starting `offset` elements into their input (a view:
+    /// rows that are not 16-byte aligned for an offset not a multiple of 4).
+    fn f32_rows_at(&mut self, rng: &mut Rng, n: usize, rows: usize, offset: usize) -> NodeId {
+        let total = n * rows + offset;
+        let base = self.f32(&[total], rng.vec(total));
+        let shape = Shape::new(&[n, rows]).unwrap();
+        self.g
+            .view(base, shape, [1, n, n * rows, n * rows], offset)
+            .unwrap()
+    }
     fn state(&mut self, ty: DType, dims: &[usize], v: Vec<f32>) -> NodeId {
         let id = self
             .g
@@ -920,16 +930,7 @@ fn rms_norm_register_and_general_rows() {
         (16384, 17, 0),
     ] {
         let mut c = Case::new();
-        let total = n * rows + offset;
-        let base = c.f32(&[total], rng.vec(total));
-        let x =
-            c.g.view(
-                base,
-                Shape::new(&[n, rows]).unwrap(),
-                [1, n, n * rows, n * rows],
-                offset,
-            )
-            .unwrap();
+        let x = c.f32_rows_at(&mut rng, n, rows, offset);
         let wf = c.weight(DType::F32, &[n], random_weight(&mut rng, DType::F32, n));
         let wh = c.weight(DType::F16, &[n], random_weight(&mut rng, DType::F16, n));
         let outs = [
@@ -1022,16 +1023,7 @@ fn clustered_norms_equal_one_block_norms() {
         (1024, 1, 0, 0),
     ] {
         let mut c = Case::new();
-        let total = n * rows + offset;
-        let base = c.f32(&[total], rng.vec(total));
-        let x =
-            c.g.view(
-                base,
-                Shape::new(&[n, rows]).unwrap(),
-                [1, n, n * rows, n * rows],
-                offset,
-            )
-            .unwrap();
+        let x = c.f32_rows_at(&mut rng, n, rows, offset);
         let res = c.f32(&[n, rows], rng.vec(n * rows));
         let w = c.weight(DType::F32, &[n], random_weight(&mut rng, DType::F32, n));
         let w2 = c.weight(DType::F32, &[n], random_weight(&mut rng, DType::F32, n));
