@@ -68,11 +68,7 @@ impl CudaBackend {
             return Ok(None);
         }
         let planes = tail.map_or(1, |t| t.planes);
-        let x_ptr = if planes > 1 {
-            self.partials_ptr(exec)?
-        } else {
-            self.base(exec, g.node(norm).inputs[0])?
-        };
+        let x_ptr = self.norm_input_ptr(exec, norm, planes)?;
         let res = match tail {
             Some(t) => self.addr(exec, t.residual)?,
             None => 0,
@@ -235,12 +231,7 @@ impl CudaBackend {
         let node = g.node(norm);
         let x = g.node(node.inputs[0]);
         let planes = tail.map_or(1, |t| t.planes);
-        let x_ptr = if planes > 1 {
-            // The split product's partial planes, left unsummed for this launch.
-            self.partials_ptr(exec)?
-        } else {
-            self.base(exec, node.inputs[0])?
-        };
+        let x_ptr = self.norm_input_ptr(exec, norm, planes)?;
         let mut a = Args::default();
         a.ptr(x_ptr).layout(&x.layout);
         let eps = self.norm_weight_args(exec, norm, &mut a)?;
@@ -269,6 +260,16 @@ impl CudaBackend {
             }
         }
         Ok(a)
+    }
+
+    /// The storage RMSNorm node `norm` reads its rows from (with its layout): its input's, or
+    /// with `planes` > 1 the split product's partial planes, left unsummed for this launch.
+    fn norm_input_ptr(&self, exec: &Exec, norm: NodeId, planes: usize) -> Result<u64> {
+        if planes > 1 {
+            self.partials_ptr(exec)
+        } else {
+            self.base(exec, exec.graph.node(norm).inputs[0])
+        }
     }
 
     /// Pushes RMSNorm node `norm`'s weight (pointer and type code, or none) and returns its eps.

@@ -110,10 +110,7 @@ impl CudaBackend {
             },
         };
         let mut attrs = [pdl; 2];
-        let mut n_attrs = 0;
-        if self.pdl {
-            n_attrs = 1;
-        }
+        let mut n_attrs = usize::from(self.pdl);
         if cluster > 1 {
             attrs[n_attrs] = sys::CUlaunchAttribute {
                 id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
