@@ -110,6 +110,9 @@ pub struct DflashDrafter {
     tensors: HashMap<String, (BufferId, DType, Shape)>,
     kv: Vec<(BufferId, BufferId)>,
     kv_rows: usize,
+    /// Element type of the drafter's K/V rows: the target's KV cache type (f16 on a GPU, where
+    /// the tensor-core attention reads them; f32 by default).
+    kv_dtype: DType,
     ctx_len: usize,
     block: usize,
     adaptive: bool,
@@ -248,15 +251,16 @@ impl DflashDrafter {
             tensors.insert(n, (buffer, raw.dtype, shape));
         }
         let kv_rows = target.cache().n_ctx() + config.block_size;
+        let kv_dtype = target.cache().dtype();
         let row = config.head_dim * config.n_head_kv;
         let mut kv = Vec::with_capacity(config.n_layer);
         for _ in 0..config.n_layer {
             let k = target
                 .backend_mut()
-                .alloc(DType::F32, Shape::new(&[row, kv_rows])?)?;
+                .alloc(kv_dtype, Shape::new(&[row, kv_rows])?)?;
             let v = target
                 .backend_mut()
-                .alloc(DType::F32, Shape::new(&[row, kv_rows])?)?;
+                .alloc(kv_dtype, Shape::new(&[row, kv_rows])?)?;
             kv.push((k, v));
         }
         Ok(DflashDrafter {
@@ -264,6 +268,7 @@ impl DflashDrafter {
             tensors,
             kv,
             kv_rows,
+            kv_dtype,
             ctx_len: 0,
             block,
             adaptive: false,
@@ -329,8 +334,8 @@ impl DflashDrafter {
     fn states(&self, g: &mut GraphBuilder, b: &mut Bindings, l: usize) -> Res<(NodeId, NodeId)> {
         let row = self.config.head_dim * self.config.n_head_kv;
         let shape = Shape::new(&[row, self.kv_rows])?;
-        let k = g.state(&format!("dflash.{l}.k"), DType::F32, shape)?;
-        let v = g.state(&format!("dflash.{l}.v"), DType::F32, shape)?;
+        let k = g.state(&format!("dflash.{l}.k"), self.kv_dtype, shape)?;
+        let v = g.state(&format!("dflash.{l}.v"), self.kv_dtype, shape)?;
         b.bind(k, self.kv[l].0);
         b.bind(v, self.kv[l].1);
         Ok((k, v))

@@ -1,5 +1,5 @@
-// Attention of up to 16 queries (decode steps and verify batches) over f16 K/V rows of D = 256
-// or 512 on tensor cores: attention_tc_d256 / attention_tc_d512.
+// Attention of up to 16 queries (decode steps and verify batches) over f16 K/V rows of D = 128,
+// 256 or 512 on tensor cores: attention_tc_d128 (the DFlash drafter's heads) / _d256 / _d512.
 //
 // A block takes a unit: 8 rows, each row a (query, head) pair of one K/V group (row i of the
 // group: query i / heads_per_group, head i % heads_per_group), and one split of the positions,
@@ -360,5 +360,6 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
 }
 
 #define ATTENTION_TC(D) ATTENTION_ROWS_ENTRY(attention_tc_d##D, attention_tc_body, TC_ATT_WARPS * 32, D)
+ATTENTION_TC(128)
 ATTENTION_TC(256)
 ATTENTION_TC(512)

@@ -10,7 +10,8 @@
 //! - `attention_tc_d256` / `_d512`: the same rows for up to [`MQ_MIN_QUERIES`] queries (decode
 //!   steps and verify batches; the default there): tensor cores, a block per 8 (query, head) rows
 //!   of one K/V group and one split, its 4 warps sharing each step's dims (grid
-//!   [`AttentionKernel::grid`]).
+//!   [`AttentionKernel::grid`]); `attention_tc_d128` takes f16 rows of 128 (the DFlash
+//!   drafter's heads) the same way, and longer batches of them the generic kernel.
 //! - `attention_mq_d256` / `_d512`: the same rows for more than [`MQ_MIN_QUERIES`] queries
 //!   (prefill chunks): one block per (head, [`MQ_ROWS`] queries, split) sharing each K/V tile.
 //!
@@ -44,7 +45,7 @@ pub(crate) enum AttentionKernel {
     Wide { d: usize },
     /// `attention_mq_d256` or `attention_mq_d512`.
     MultiQuery { d: usize },
-    /// `attention_tc_d256` or `attention_tc_d512`.
+    /// `attention_tc_d128`, `attention_tc_d256` or `attention_tc_d512`.
     TensorCore { d: usize },
 }
 
@@ -57,6 +58,7 @@ impl AttentionKernel {
             AttentionKernel::Wide { .. } => "attention_f16_e16",
             AttentionKernel::MultiQuery { d: 256 } => "attention_mq_d256",
             AttentionKernel::MultiQuery { .. } => "attention_mq_d512",
+            AttentionKernel::TensorCore { d: 128 } => "attention_tc_d128",
             AttentionKernel::TensorCore { d: 256 } => "attention_tc_d256",
             AttentionKernel::TensorCore { .. } => "attention_tc_d512",
         }
@@ -192,13 +194,22 @@ pub(crate) fn choose(cfg: &AttentionConfig, shape: &AttentionShape) -> Attention
     let f16_rows = shape.k_dtype == DType::F16
         && shape.v_dtype == DType::F16
         && shape.d == shape.d_v
-        && (shape.d == 256 || shape.d == 512)
+        && matches!(shape.d, 128 | 256 | 512)
         && aligned(shape.k_layout)
         && aligned(shape.v_layout);
     if !f16_rows {
         return AttentionKernel::Generic;
     }
     let d = shape.d;
+    // Rows of 128 have only the tensor-core kernel: batches of up to 16 queries (so a verify
+    // row still gets the decode step's kernel), the generic one beyond.
+    if d == 128 {
+        return if cfg.tensor_core && shape.n_tok <= MQ_MIN_QUERIES {
+            AttentionKernel::TensorCore { d }
+        } else {
+            AttentionKernel::Generic
+        };
+    }
     let batch = match cfg.multi_query {
         MultiQueryAttention::Off => false,
         MultiQueryAttention::LongBatches => shape.n_tok > MQ_MIN_QUERIES,
@@ -381,6 +392,27 @@ mod tests {
                 AttentionKernel::Generic
             );
         }
+        // Rows of 128 (the DFlash drafter's): tensor cores up to 16 queries, generic beyond
+        // (no wide or multi-query kernel of that width), and generic with tensor cores off.
+        let l = layout(128, 8, 2048);
+        for n_tok in 1..=16 {
+            assert_eq!(
+                choose(&tc, &shape(&l, DType::F16, 128, n_tok)),
+                AttentionKernel::TensorCore { d: 128 }
+            );
+            assert_eq!(
+                choose(&cfg(), &shape(&l, DType::F16, 128, n_tok)),
+                AttentionKernel::Generic
+            );
+        }
+        assert_eq!(
+            choose(&tc, &shape(&l, DType::F16, 128, 17)),
+            AttentionKernel::Generic
+        );
+        assert_eq!(
+            AttentionKernel::TensorCore { d: 128 }.name(),
+            "attention_tc_d128"
+        );
         let k = AttentionKernel::TensorCore { d: 256 };
         // 32 heads over 16 K/V heads (2 per group): a decode step is one unit (block) per
         // split; 16 queries are 4 units per split.

@@ -290,6 +290,7 @@ pub const OTHER_KERNELS: &[&str] = &[
     "attention_f16_e16_g2",
     "attention_mq_d256",
     "attention_mq_d512",
+    "attention_tc_d128",
     "attention_tc_d256",
     "attention_tc_d512",
     "attention_combine_f32",

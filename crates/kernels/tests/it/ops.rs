@@ -1852,8 +1852,9 @@ fn last_queries_attention(
     (c.g.finish(&[y]).unwrap(), c.leaves, y)
 }
 
-/// Attention of up to 16 queries over f16 K/V rows of 256 and 512 runs on the tensor-core kernel
-/// by default: within 1e-5 of the CPU and of the wide per-query kernel, for 1, 2, 3 and 8 heads
+/// Attention of up to 16 queries over f16 K/V rows of 128, 256 and 512 runs on the tensor-core
+/// kernel by default: within 1e-5 of the CPU and of the wide per-query kernel (the generic one at
+/// 128, the DFlash drafter's heads: 8 per group, no mask or a window), for 1, 2, 3 and 8 heads
 /// per K/V group (rows of one unit from several queries, and padding rows), causal,
 /// sliding-window, explicit and no masks, ring and linear caches, one split and many, ranges
 /// shorter than a step, an empty cache and a query that sees one position.
@@ -1863,7 +1864,18 @@ fn tensor_core_attention_matches_the_cpu() {
         return;
     };
     let mut rng = Rng(41);
-    let cases: [LastQueriesCase; 10] = [
+    let cases: [LastQueriesCase; 13] = [
+        (128, 64, 8, 2048, 81, AttnMask::None, KvLayout::Linear),
+        (
+            128,
+            64,
+            8,
+            4096,
+            2500,
+            AttnMask::SlidingWindow { window: 2048 },
+            KvLayout::Linear,
+        ),
+        (128, 12, 4, 1040, 1500, AttnMask::Causal, KvLayout::Ring),
         (
             256,
             32,

@@ -1,8 +1,9 @@
 //! Greedy speculative decoding at the 31B's attention head dims (256 on sliding layers, 512 on
 //! full ones), where CUDA decode steps, MTP draft steps and verify batches take the tensor-core
 //! attention (and, with it off, the wide per-query kernels): token-identical to plain greedy
-//! decoding on the same backend, with the n-gram drafter and with an MTP assistant. The fixture
-//! models have head dims of 32/64, which take the generic kernel; here they are widened.
+//! decoding on the same backend, with the n-gram drafter, an MTP assistant and a DFlash drafter
+//! (at the real DFlash drafter's head dim of 128, whose f16 K/V take `attention_tc_d128`). The
+//! fixture models have head dims of 32/64, which take the generic kernel; here they are widened.
 
 use std::sync::Arc;
 
@@ -12,8 +13,11 @@ use target::{LogitRows, Sampler, SamplingParams, Target, TargetOptions};
 /// Head dims of the full and sliding layers (the 31B's), against the fixture's 64 and 32.
 const D_FULL: u32 = 512;
 const D_SWA: u32 = 256;
-/// Every attention tensor dimension that counts head dims grows by this factor.
+/// Every attention tensor dimension of the target and the assistant that counts head dims grows
+/// by this factor.
 const WIDEN: u64 = 8;
+/// The DFlash drafter's head dim (the 31B drafter's), against the fixture's 32.
+const D_DFLASH: u32 = 128;
 
 /// Deterministic values uniform in [-1, 1).
 struct Lcg(u64);
@@ -28,8 +32,8 @@ impl Lcg {
     }
 }
 
-/// The new shape of `name` (which dimension, if any, counts head dims).
-fn widened(name: &str, shape: &[u64]) -> Vec<u64> {
+/// The new shape of `name` (which dimension, if any, counts head dims, grown `widen` times).
+fn widened(name: &str, shape: &[u64], widen: u64) -> Vec<u64> {
     let mut s = shape.to_vec();
     let axis = if name.ends_with("attn_q.weight")
         || name.ends_with("attn_k.weight")
@@ -46,22 +50,28 @@ fn widened(name: &str, shape: &[u64]) -> Vec<u64> {
         None
     };
     if let Some(a) = axis {
-        s[a] *= WIDEN;
+        s[a] *= widen;
     }
     s
 }
 
-/// Fixture `name` (architecture `arch`) with head dims 512 / 256: the widened tensors are new
-/// deterministic values of the originals' RMS (the output projection's scaled for its wider
-/// input; the q/k norm weights the originals repeated; the rotary factors 1 on the first quarter
-/// of the pairs, as the fixture's), everything else as in the fixture.
+/// Fixture `name` (architecture `arch`) with head dims 512 / 256 (a DFlash drafter's: 128): the
+/// widened tensors are new deterministic values of the originals' RMS (the output projection's
+/// scaled for its wider input; the q/k norm weights the originals repeated; the rotary factors 1
+/// on the first quarter of the pairs, as the fixture's), everything else as in the fixture.
 fn widened_model(name: &str, arch: &str) -> Arc<GgufFile> {
     let src = GgufFile::open(crate::fixture(name)).unwrap();
+    let (d_full, widen) = if arch == "dflash" {
+        let d: u32 = src.get_as("dflash.attention.key_length").unwrap();
+        (D_DFLASH, u64::from(D_DFLASH / d))
+    } else {
+        (D_FULL, WIDEN)
+    };
     let mut w = GgufWriter::new(Vec::new());
     for (key, value) in src.metadata() {
         let v = match key.strip_prefix(arch) {
             Some(".attention.key_length" | ".attention.value_length" | ".rope.dimension_count") => {
-                Value::U32(D_FULL)
+                Value::U32(d_full)
             }
             Some(
                 ".attention.key_length_swa"
@@ -76,7 +86,7 @@ fn widened_model(name: &str, arch: &str) -> Arc<GgufFile> {
         w.add_tensor(
             info.name(),
             GgmlType::F32,
-            &widened(info.name(), info.shape()),
+            &widened(info.name(), info.shape(), widen),
         )
         .unwrap();
     }
@@ -85,7 +95,7 @@ fn widened_model(name: &str, arch: &str) -> Arc<GgufFile> {
     for info in src.tensors() {
         let name = info.name();
         let old = src.tensor_f32(name).unwrap();
-        let n: u64 = widened(name, info.shape()).iter().product();
+        let n: u64 = widened(name, info.shape(), widen).iter().product();
         let values: Vec<f32> = if n == old.len() as u64 {
             old
         } else if name == "rope_freqs.weight" {
@@ -95,7 +105,7 @@ fn widened_model(name: &str, arch: &str) -> Arc<GgufFile> {
         } else {
             let rms = (old.iter().map(|v| v * v).sum::<f32>() / old.len() as f32).sqrt();
             let scale = if name.ends_with("attn_output.weight") {
-                rms * 3f32.sqrt() / (WIDEN as f32).sqrt()
+                rms * 3f32.sqrt() / (widen as f32).sqrt()
             } else {
                 rms * 3f32.sqrt()
             };
@@ -157,7 +167,8 @@ fn prompt() -> Vec<u32> {
 }
 
 /// Plain greedy decoding, then speculative decoding with the n-gram drafter (up to 8 drafts a
-/// round) and with the widened MTP assistant (4), on targets from `load`.
+/// round), the widened MTP assistant (4) and the widened DFlash drafter (its block of 8), on
+/// targets from `load`.
 fn check(what: &str, load: &dyn Fn() -> Target) {
     let (prompt, n) = (prompt(), 48);
     let want = plain(&mut load(), &prompt, n);
@@ -176,6 +187,16 @@ fn check(what: &str, load: &dyn Fn() -> Target) {
     assert_eq!(
         got, want,
         "{what}: MTP speculative output differs from plain greedy"
+    );
+    let mut t = load();
+    let dflash = widened_model("dflash_tuned.gguf", "dflash");
+    let src = drafter_dflash::Source::from_gguf(dflash).unwrap();
+    let mut d = drafter_dflash::DflashDrafter::load(src, &mut t, None).unwrap();
+    let (got, acceptance) = speculative(&mut t, &mut d, 7, &prompt, n);
+    eprintln!("{what}: DFlash {acceptance:.2} tokens per verify");
+    assert_eq!(
+        got, want,
+        "{what}: DFlash speculative output differs from plain greedy"
     );
 }
 
