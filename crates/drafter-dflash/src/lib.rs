@@ -104,6 +104,24 @@ impl Loaded {
     }
 }
 
+/// Most activation rows of a product that takes 8-bit activations (a block draft, the context
+/// rows a round appends); longer context appends (the prompt) keep the exact products, whose
+/// many-row kernels read each weight tile once for many rows.
+const Q8_MAX_ROWS: usize = 16;
+
+/// A drafter product: Q8_0 weights times up to [`Q8_MAX_ROWS`] activation rows take 8-bit
+/// activations ([`GraphBuilder::matmul_q8`], as llama.cpp runs them), which a GPU multiplies in
+/// int8 with a quarter of the split-f16 kernels' activation traffic; drafts need not be exact
+/// (the target verifies every one). Other products are exact.
+fn product(g: &mut GraphBuilder, w: NodeId, x: NodeId) -> Res<NodeId> {
+    let rows = g.shape(x)?.n_rows();
+    Ok(if g.dtype(w)? == DType::Q8_0 && rows <= Q8_MAX_ROWS {
+        g.matmul_q8(w, x)?
+    } else {
+        g.matmul(w, x)?
+    })
+}
+
 /// The DFlash drafter, loaded on its target's backend.
 pub struct DflashDrafter {
     config: DflashConfig,
@@ -381,9 +399,9 @@ impl DflashDrafter {
         let wk = self.w(g, b, w, &format!("blk.{l}.attn_k.weight"))?;
         let wv = self.w(g, b, w, &format!("blk.{l}.attn_v.weight"))?;
         let kn = self.w(g, b, w, &format!("blk.{l}.attn_k_norm.weight"))?;
-        let k = g.matmul(wk, x)?;
+        let k = product(g, wk, x)?;
         let k = self.heads_norm_rope(g, k, nkv, n, kn, pos)?;
-        let v = g.matmul(wv, x)?;
+        let v = product(g, wv, x)?;
         let (ks, vs) = self.states(g, b, l)?;
         let k = g.reshape(k, Shape::new(&[hd * nkv, n])?)?;
         let kw = g.write_rows(ks, k, slots)?;
@@ -408,7 +426,7 @@ impl DflashDrafter {
         let pos = g.input("positions", DType::I32, Shape::new(&[n])?)?;
         let fc = self.w(&mut g, &mut b, &mut w, "fc.weight")?;
         let hn = self.w(&mut g, &mut b, &mut w, "enc.output_norm.weight")?;
-        let x = g.matmul(fc, feats)?;
+        let x = product(&mut g, fc, feats)?;
         let x = g.rms_norm(x, Some(hn), c.eps)?;
         let mut outs = Vec::new();
         for l in 0..c.n_layer {
@@ -463,7 +481,7 @@ impl DflashDrafter {
             let up = self.w(&mut g, &mut b, &mut w, &format!("blk.{l}.ffn_up.weight"))?;
             let down = self.w(&mut g, &mut b, &mut w, &format!("blk.{l}.ffn_down.weight"))?;
             let xn = g.rms_norm(h, Some(an), c.eps)?;
-            let q = g.matmul(wq, xn)?;
+            let q = product(&mut g, wq, xn)?;
             let q = self.heads_norm_rope(&mut g, q, nh, n, qn, pos)?;
             let (k, v) = self.write_kv(&mut g, &mut b, &mut w, l, xn, n, pos, pos)?;
             let mask = if c.is_sliding[l] {
@@ -480,18 +498,18 @@ impl DflashDrafter {
             };
             let a = g.attention(q, k, v, pos, n_kv, None, params)?;
             let a = g.reshape(a, Shape::new(&[hd * nh, n])?)?;
-            let o = g.matmul(wo, a)?;
+            let o = product(&mut g, wo, a)?;
             h = g.add(h, o)?;
             let m_in = g.rms_norm(h, Some(fnorm), c.eps)?;
-            let gt = g.matmul(gate, m_in)?;
-            let u = g.matmul(up, m_in)?;
+            let gt = product(&mut g, gate, m_in)?;
+            let u = product(&mut g, up, m_in)?;
             let act = g.glu(GluOp::SwiGlu, gt, u)?;
-            let m = g.matmul(down, act)?;
+            let m = product(&mut g, down, act)?;
             h = g.add(h, m)?;
         }
         let on = self.w(&mut g, &mut b, &mut w, "output_norm.weight")?;
         let hidden = g.rms_norm(h, Some(on), c.eps)?;
-        let logits = g.matmul(head, hidden)?;
+        let logits = product(&mut g, head, hidden)?;
         let logits = match c.softcap {
             Some(cap) => g.softcap(logits, cap)?,
             None => logits,

@@ -282,18 +282,38 @@ impl GraphBuilder {
 
     /// `w` (`[k, n]`) applied to each row of `x` (`[k, m, ...]`) → `[n, m, ...]`.
     pub fn matmul(&mut self, w: NodeId, x: NodeId) -> Result<NodeId> {
+        let out = self.product_shape("matmul", w, x)?;
+        Ok(self.push(Op::MatMul, vec![w, x], DType::F32, out))
+    }
+
+    /// [`GraphBuilder::matmul`] of Q8_0 weights with the activations quantized to 8 bits first
+    /// (see [`Op::MatMulQ8`]): for drafters, whose products need not be exact.
+    pub fn matmul_q8(&mut self, w: NodeId, x: NodeId) -> Result<NodeId> {
+        let out = self.product_shape("matmul_q8", w, x)?;
+        let wn = self.get(w)?;
+        if wn.dtype != DType::Q8_0 {
+            return Err(shape_err(
+                "matmul_q8",
+                format!("weight must be Q8_0, found {}", wn.dtype),
+            ));
+        }
+        Ok(self.push(Op::MatMulQ8, vec![w, x], DType::F32, out))
+    }
+
+    /// The output shape of a product of weight `w` with activation rows `x`, checked.
+    fn product_shape(&self, op: &'static str, w: NodeId, x: NodeId) -> Result<Shape> {
         let (wn, xn) = (self.get(w)?.clone(), self.get(x)?.clone());
-        self.expect_f32("matmul", 1, x)?;
-        self.expect_rows_contiguous("matmul", x)?;
+        self.expect_f32(op, 1, x)?;
+        self.expect_rows_contiguous(op, x)?;
         if wn.shape().rank() > 2 || !wn.layout.is_contiguous() {
             return Err(shape_err(
-                "matmul",
+                op,
                 format!("weight {} must be a dense 2-D tensor", wn.shape()),
             ));
         }
         if wn.shape().ne(0) != xn.shape().ne(0) {
             return Err(shape_err(
-                "matmul",
+                op,
                 format!(
                     "weight {} and input {} differ in dim 0",
                     wn.shape(),
@@ -301,8 +321,7 @@ impl GraphBuilder {
                 ),
             ));
         }
-        let out = xn.shape().with(0, wn.shape().ne(1));
-        Ok(self.push(Op::MatMul, vec![w, x], DType::F32, out))
+        Ok(xn.shape().with(0, wn.shape().ne(1)))
     }
 
     /// Expert-indexed matmul (see [`Op::MatMulId`]).

@@ -1147,6 +1147,116 @@ __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, floa
     }
 }
 
+// ---- Q8_0 weights × q8 activations (`matmul_q8_0_q8x_*`, graph op MatMulQ8: drafters'
+// products, llama.cpp's q8 activations). `q8_quantize_x` writes an m-row input as int8 q [m][k]
+// in element order, then f32 d [k/32][q8x_mpad(m)]: per row and 32 elements d = max|x| / 127,
+// q = round(x · (1/d)) (ties away from zero; 0 where d is 0 or the product is NaN), as the CPU
+// reference. One mma.m16n8k32 (s8 × s8) per block and 8 rows gives the block's exact integer
+// dot products, times d_w·d_x in f32. A lane's A words are bytes 8t..8t+3 and 8t+4..8t+7 of its
+// rows' block (q80_words) standing for k = 4t.. and 16 + 4t..; its B words are the same bytes of
+// its activation row, so the permutation cancels.
+#define DT_Q8X 108  // a kernel-template tag, not a ggml type
+
+__device__ __forceinline__ int q8x_mpad(int m) { return (m + 15) & ~15; }
+
+// c = A·B for int8 A (s8, 16 × 32) and B (s8, 32 × 8), s32 accumulation from zero.
+__device__ __forceinline__ void imma_16832_ss(int (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%10,%10,%10};\n"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
+}
+
+// q8 activations of an m-row, k-wide input (rows x_stride apart from x_off) into xs: a warp per
+// 32-element block, grid (⌈k / 256⌉, m).
+extern "C" __global__ void q8_quantize_x(const float* x, i64 x_off, i64 x_stride, int k, int m, void* xs) {
+    pdl_entry();
+    int lane = threadIdx.x & 31, blk = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), r = blockIdx.y;
+    if (blk >= k / 32) return;
+    float v = x[x_off + (i64)r * x_stride + 32 * blk + lane];
+    float a = fabsf(v);
+#pragma unroll
+    for (int o = 16; o; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+    float d = __fdiv_rn(a, 127.0f);
+    float inv = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+    float q = roundf(__fmul_rn(v, inv));
+    signed char* xq = (signed char*)xs;
+    xq[(i64)r * k + 32 * blk + lane] = q != q ? 0 : (signed char)fminf(fmaxf(q, -127.0f), 127.0f);
+    if (lane == 0) ((float*)(xq + (i64)m * k))[(i64)blk * q8x_mpad(m) + r] = d;
+}
+
+// One 256-weight group (8 Q8_0 blocks) of weight rows g and g + 8 of each 16-row tile times NT
+// tiles of 8 q8 activation rows. Rows past the batch read row m0's words and the scales'
+// padding; their columns are never written.
+template <int MT, int NT>
+__device__ __forceinline__ void q80x_group(const u8* w, const void* xs, int k, int m, float (&acc)[MT][NT][4],
+                                           int row0, int n, int n_groups, int grp, int m0) {
+    int t = threadIdx.x & 3;
+    const u8* b[MT][2];
+    weight_groups<MT>(w, row0, n, n_groups, grp, 272, b);
+    int tok[NT];
+    activation_rows<NT>(m0, m, tok);
+    const signed char* xq = (const signed char*)xs;
+    const float* xd = (const float*)(xq + (i64)m * k);
+    int mp = q8x_mpad(m);
+#pragma unroll 4
+    for (int blk = 0; blk < 8; ++blk) {
+        int kb = grp * 8 + blk;
+        u32 q[MT][2][2];
+        float d[MT][2];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const u8* bb = b[mt][r] + 34 * blk;
+                d[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(bb));
+                q80_words<SMALL_HINT(NT)>(bb, blk, t, q[mt][r][0], q[mt][r][1]);
+            }
+        uint2 xb[NT];
+        float2 dx[NT];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            xb[nt] = *(const uint2*)(xq + (i64)tok[nt] * k + 32 * kb + 8 * t);
+            dx[nt] = *(const float2*)(xd + (i64)kb * mp + m0 + 8 * nt + 2 * t);
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                int c[4];
+                imma_16832_ss(c, q[mt][0][0], q[mt][1][0], q[mt][0][1], q[mt][1][1], xb[nt].x, xb[nt].y);
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    acc[mt][nt][e] = __fmaf_rn(__fmul_rn(d[mt][e >> 1], (e & 1) ? dx[nt].y : dx[nt].x),
+                                               (float)c[e], acc[mt][nt][e]);
+            }
+    }
+}
+
+// matmul_q8_0_q8x without tensor cores: a warp per (weight row, activation row), its lanes
+// taking every 32nd block, summed by shuffles.
+extern "C" __global__ void matmul_q8_0_q8x_warp(const u8* w, const void* xs, float* y, int k, int n, int m) {
+    pdl_entry();
+    i64 wi = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (wi >= (i64)n * m) return;
+    int row = (int)(wi % n), tok = (int)(wi / n), nb = k / 32;
+    const u8* wr = w + (i64)row * nb * 34;
+    const signed char* xq = (const signed char*)xs + (i64)tok * k;
+    const float* xd = (const float*)((const signed char*)xs + (i64)m * k);
+    float acc = 0.0f;
+    for (int kb = lane; kb < nb; kb += 32) {
+        const u8* bb = wr + 34 * kb;
+        int s = 0;
+        for (int j = 0; j < 32; ++j) s += (int)(signed char)bb[2 + j] * (int)xq[32 * kb + j];
+        float dw = h2f((u16)(bb[0] | bb[1] << 8));
+        acc = __fmaf_rn(__fmul_rn(dw, xd[(i64)kb * q8x_mpad(m) + tok]), (float)s, acc);
+    }
+#pragma unroll
+    for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) y[(i64)tok * n + row] = acc;
+}
+
 // One block: MMV_WARPS / kw warp rows, each MT·16 weight rows, × NT·8 activation rows. The kw
 // warps of a warp row split the groups (warp j takes groups j, j + kw, ...) and their partial
 // sums are added in a fixed order; up to 16 rows kw (1, 2, 4 or 8) depends only on k, so short
@@ -1179,6 +1289,7 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
         for (int grp = first; DT != DT_Q4_K && grp < n_groups; grp += stride) {
             if (DT == DT_Q6_K) q6k_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
             if (DT == DT_Q8_0) q80_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
+            if (DT == DT_Q8X) q80x_group<MT, NT>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
         }
     }
 #pragma unroll
@@ -1280,6 +1391,10 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
 MMV_KERNELS(q4_k, DT_Q4_K, 1)
 MMV_KERNELS(q6_k, DT_Q6_K, 2)
 MMV_KERNELS(q8_0, DT_Q8_0, 2)
+// matmul_q8_0_q8x_mma_m1n1 / _m1n2: Q8_0 weights × q8 activations (xs from q8_quantize_x;
+// x_off and x_stride unused).
+MMV_KERNEL(q8_0_q8x, DT_Q8X, 1, 1, 2, true, )
+MMV_KERNEL(q8_0_q8x, DT_Q8X, 1, 2, 2, true, )
 
 // matmul_<type>_mma_m1n1[_x]_p: matmul_<type>_mma_m1n1[_x] in gridDim.y persistent blocks (grid
 // (⌈m / 8⌉, blocks, 1)) over `splits` planes.

@@ -213,6 +213,75 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
     })
 }
 
+/// A product of Q8_0 weights with q8-quantized activations ([`Op::MatMulQ8`], drafters'):
+/// `q8_quantize_x` writes the activations into the prepared-activation scratch, then the
+/// `matmul_q8_0_q8x_*` kernels take one int8 mma per 32-weight block and 8 activation rows (or,
+/// without tensor cores, `matmul_q8_0_q8x_warp` a warp per output).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Q8Input {
+    /// The activation node.
+    pub x: NodeId,
+    /// Element offset of the first row in the node's storage.
+    pub offset: i64,
+    /// Elements between consecutive rows.
+    pub stride: i64,
+    /// Row width (weights per output row).
+    pub k: usize,
+    /// Activation rows.
+    pub m: usize,
+    /// Activation tiles of 8 rows per block: 1 up to 8 rows, else 2.
+    pub nt: usize,
+    /// Warps of a block that split one weight row's groups ([`source::mma_k_warps`]).
+    pub k_warps: usize,
+    /// Blocks that split them again ([`source::mma_k_splits`]).
+    pub k_splits: usize,
+    /// Whether the int8 tensor-core kernels take it (the `_mma_` route is on, the rows are
+    /// whole 256-weight groups and the grid fits); else the per-warp kernel.
+    pub tensor_cores: bool,
+}
+
+impl Q8Input {
+    /// Whether `other` reads the same activation rows.
+    pub fn same_input(&self, other: &Q8Input) -> bool {
+        (self.x, self.offset, self.stride, self.k, self.m)
+            == (other.x, other.offset, other.stride, other.k, other.m)
+    }
+
+    /// Bytes of the quantized activations: one per element, then one f32 scale per 32 elements
+    /// for each of the rows rounded up to 16 (`q8x_mpad` in matvec_mma.cu: the kernels read a
+    /// tile's scales in pairs, past the last row too).
+    pub fn bytes(&self) -> usize {
+        self.m * self.k + 4 * (self.k / 32) * self.m.next_multiple_of(16)
+    }
+}
+
+/// The activations of `node` if it is a [`Op::MatMulQ8`] of uniformly spaced rows; the int8
+/// tensor-core kernels take it with the `_mma_` route on, rows of whole 256-weight groups and at
+/// most 65,535 blocks of weight rows (grid y) and of activation rows (grid x).
+pub(crate) fn q8_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<Q8Input> {
+    if !matches!(node.op, Op::MatMulQ8) {
+        return None;
+    }
+    let (w, x) = (g.node(node.inputs[0]), g.node(node.inputs[1]));
+    let (k, n) = (w.shape().ne(0), w.shape().ne(1));
+    let stride = uniform_row_stride(&x.layout)?;
+    let m = x.shape().n_rows();
+    let nt = if m <= 8 { 1 } else { 2 };
+    let k_warps = source::mma_k_warps(k);
+    let fits = n.div_ceil(16 * (8 / k_warps)) <= 65_535 && m.div_ceil(8 * nt) <= 65_535;
+    (w.dtype == DType::Q8_0 && k % 32 == 0 && m > 0).then_some(Q8Input {
+        x: node.inputs[1],
+        offset: x.layout.offset as i64,
+        stride,
+        k,
+        m,
+        nt,
+        k_warps,
+        k_splits: source::mma_k_splits(k),
+        tensor_cores: cfg.enabled && k % 256 == 0 && fits,
+    })
+}
+
 /// The element stride between consecutive rows if rows (dims 1..3) are uniformly spaced.
 pub(crate) fn uniform_row_stride(l: &Layout) -> Option<i64> {
     let d = l.shape.dims();
@@ -273,6 +342,11 @@ pub(crate) struct MmaPlan {
     /// GEMM-route products whose f16 activations the previous one left in the scratch (q, k
     /// and v of one norm output; gate and up).
     pub gemm_ready: HashSet<usize>,
+    /// [`Op::MatMulQ8`] products on the int8 kernels (they share the prepared-activation
+    /// scratch, which each one's quantization overwrites).
+    pub q8: HashMap<usize, Q8Input>,
+    /// Of those, the ones whose quantized activations the previous one left in the scratch.
+    pub q8_ready: HashSet<usize>,
 }
 
 /// Plans a graph's GEMM-route and `_mma_` products in node order. A GEMM-route product of the
@@ -291,10 +365,30 @@ pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
     let mut writer: Option<usize> = None;
     let mut last_reader: Option<usize> = None;
     let mut last_gemm: Option<GemmInput> = None;
+    // The q8 activations in the scratch, if nothing has written it since.
+    let mut last_q8: Option<Q8Input> = None;
     for (i, node) in graph.nodes().iter().enumerate() {
         if matches!(node.op, Op::WriteRows) {
             last = None;
             last_gemm = None;
+            last_q8 = None;
+        }
+        if let Some(qi) = q8_input(cfg, graph, node) {
+            if last_q8.is_some_and(|l| l.same_input(&qi)) {
+                p.q8_ready.insert(i);
+            }
+            p.scratch_bytes = p.scratch_bytes.max(qi.bytes());
+            if qi.tensor_cores && qi.k_splits > 1 {
+                let n = graph.node(node.inputs[0]).shape().ne(1);
+                p.partial_elems = p.partial_elems.max(qi.k_splits * qi.m * n);
+            }
+            p.q8.insert(i, qi);
+            last_q8 = Some(qi);
+            // The scratch no longer holds a prepared input, and no norm before this may write
+            // one for a product after it.
+            last = None;
+            last_reader = Some(i);
+            continue;
         }
         if let Some(gi) = gemm_input(cfg, graph, node) {
             if last_gemm.is_some_and(|l| l.same_input(&gi)) {
@@ -324,6 +418,7 @@ pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
             p.scratch_bytes = p.scratch_bytes.max(mi.prepared_bytes());
             p.reads.insert(i);
             writer = Some(i);
+            last_q8 = None;
             if let Some(j) = fusable_norm(graph, &mi) {
                 if last_reader.is_none_or(|r| r < j) {
                     p.norms.insert(j);
@@ -484,6 +579,48 @@ mod tests {
         let p = plan(&off, &graph);
         assert!(p.gemm.is_empty() && p.gemm_weight_elems == 0);
         assert!(p.products.contains_key(&y.index()));
+    }
+
+    /// q8 products share the quantized activations of one input (k then v), size the scratch
+    /// and the split planes, and end the prepared input's sharing: an exact product of the same
+    /// input after them prepares afresh, and a norm before them does not prepare for it.
+    #[test]
+    fn q8_products_share_their_quantized_input() {
+        let mut g = GraphBuilder::new();
+        let x = input(&mut g, "x", DType::F32, &[8192, 5]);
+        let n = g.rms_norm(x, None, 1e-6).unwrap();
+        let wk = weight(&mut g, "wk", DType::Q8_0, &[8192, 64]);
+        let wv = weight(&mut g, "wv", DType::Q8_0, &[8192, 64]);
+        let wq = weight(&mut g, "wq", DType::Q4_K, &[8192, 4096]);
+        let k = g.matmul_q8(wk, n).unwrap();
+        let v = g.matmul_q8(wv, n).unwrap();
+        let q = g.matmul(wq, n).unwrap();
+        let k2 = g.matmul_q8(wk, n).unwrap();
+        let w48 = weight(&mut g, "w48", DType::Q8_0, &[96, 8]);
+        let x48 = input(&mut g, "x48", DType::F32, &[96, 3]);
+        let small = g.matmul_q8(w48, x48).unwrap();
+        let graph = g.finish(&[k, v, q, k2, small]).unwrap();
+        let c = cfg(None);
+        let p = plan(&c, &graph);
+        assert_eq!(p.q8.len(), 4);
+        assert!(!p.q8_ready.contains(&k.index()) && p.q8_ready.contains(&v.index()));
+        // The exact product in between overwrote the scratch.
+        assert!(!p.q8_ready.contains(&k2.index()));
+        assert!(p.products.contains_key(&q.index()) && !p.ready.contains(&q.index()));
+        assert!(!p.norms.contains(&n.index()));
+        let qi = p.q8[&k.index()];
+        assert_eq!((qi.nt, qi.k_warps, qi.k_splits), (1, 8, 2));
+        assert!(qi.tensor_cores);
+        assert_eq!(qi.bytes(), 5 * 8192 + 4 * 256 * 16);
+        assert!(p.scratch_bytes >= qi.bytes());
+        assert!(p.partial_elems >= 2 * 5 * 64);
+        // Rows not of whole 256-weight groups take the per-warp kernel.
+        assert!(!p.q8[&small.index()].tensor_cores);
+        let off = MmaConfig {
+            enabled: false,
+            ..c
+        };
+        assert!(plan(&off, &graph).q8.values().all(|q| !q.tensor_cores));
     }
 
     /// Up to 16 rows a weight row's groups are split between warps by k alone; longer batches

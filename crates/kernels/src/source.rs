@@ -296,6 +296,10 @@ pub const OTHER_KERNELS: &[&str] = &[
     "attention_combine_f32",
     "mmv_prepare_x",
     "mmv_sum_splits",
+    "q8_quantize_x",
+    "matmul_q8_0_q8x_warp",
+    "matmul_q8_0_q8x_mma_m1n1",
+    "matmul_q8_0_q8x_mma_m1n2",
     "rows_to_f16",
     "gemm_rescale",
 ];

@@ -145,6 +145,83 @@ pub(crate) fn matmul(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data, f16:
     Ok(())
 }
 
+/// One activation row quantized as [`crate::Op::MatMulQ8`] says: int8 values and one f32 scale
+/// per 32 elements.
+pub(crate) fn quantize_q8_row(row: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut q = Vec::with_capacity(row.len());
+    let mut d = Vec::with_capacity(row.len() / 32);
+    for block in row.chunks(32) {
+        let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        // `as` saturates and maps NaN to 0.
+        q.extend(
+            block
+                .iter()
+                .map(|&v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+        );
+        d.push(scale);
+    }
+    (q, d)
+}
+
+/// out = W·x for Q8_0 weights and q8-quantized activation rows ([`crate::Op::MatMulQ8`]): per
+/// 32-element block the exact integer dot product times `d_w · d_x`, the blocks added in order.
+pub(crate) fn matmul_q8(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data) -> Res<()> {
+    let ws = w.node.shape();
+    let (k, n) = (ws.ne(0), ws.ne(1));
+    let bytes = match w.data {
+        Data::Bytes(crate::DType::Q8_0, b) => b.as_slice(),
+        other => {
+            return Err(format!(
+                "matmul_q8 needs Q8_0 weights, found {}",
+                other.kind()
+            ))
+        }
+    };
+    let row_bytes = k / 32 * 34;
+    if bytes.len() < n * row_bytes {
+        return Err(format!(
+            "Q8_0 weight of {} bytes is shorter than {n} rows of {row_bytes}",
+            bytes.len()
+        ));
+    }
+    let xl = x.layout();
+    let m = xl.shape.n_rows();
+    let xs = x.f32().map_err(|e| e.to_string())?;
+    let rows: Vec<(Vec<i8>, Vec<f32>)> = (0..m)
+        .map(|r| quantize_q8_row(&xs[xl.row_offset(r)..xl.row_offset(r) + k]))
+        .collect();
+    let out = &mut out.as_f32_mut().map_err(|e| e.to_string())?[..node.shape().n_elems()];
+    let cols: Vec<Vec<f32>> = (0..n)
+        .into_par_iter()
+        .map(|r| {
+            let wr = &bytes[r * row_bytes..(r + 1) * row_bytes];
+            rows.iter()
+                .map(|(q, d)| {
+                    let mut acc = 0.0f32;
+                    for (b, blk) in wr.chunks_exact(34).enumerate() {
+                        let dw = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                        let isum: i32 = blk[2..]
+                            .iter()
+                            .zip(&q[32 * b..32 * b + 32])
+                            .map(|(&a, &c)| i32::from(a as i8) * i32::from(c))
+                            .sum();
+                        acc += dw * d[b] * isum as f32;
+                    }
+                    acc
+                })
+                .collect()
+        })
+        .collect();
+    for (r, col) in cols.iter().enumerate() {
+        for (j, &v) in col.iter().enumerate() {
+            out[j * n + r] = v;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn matmul_id(
     w: &Arg<'_>,
     x: &Arg<'_>,

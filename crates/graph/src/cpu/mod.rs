@@ -236,6 +236,7 @@ fn run_node(
             matmul::matmul(&args[0], &args[1], node, out, f16).map_err(runtime)
         }
         Op::MatMulId => matmul::matmul_id(&args[0], &args[1], &args[2], node, out).map_err(runtime),
+        Op::MatMulQ8 => matmul::matmul_q8(&args[0], &args[1], node, out).map_err(runtime),
         Op::Binary(op) => elementwise::binary(*op, &args[0], &args[1], node, out),
         Op::Unary(op) => elementwise::unary(*op, &args[0], out),
         Op::Glu(op) => elementwise::glu(*op, &args[0], &args[1], out),

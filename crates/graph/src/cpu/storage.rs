@@ -102,7 +102,7 @@ impl Data {
         Ok(())
     }
 
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Data::F32(_) => "f32",
             Data::I32(_) => "i32",

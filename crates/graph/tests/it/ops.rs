@@ -60,6 +60,56 @@ fn matmul_every_weight_type_against_dequantized_reference() {
     }
 }
 
+/// Activations quantized as `Op::MatMulQ8` says, in f64: per 32 elements `d = max|x| / 127`,
+/// `q = round(x · (1/d))` (f32 arithmetic, as the op defines).
+fn ref_q8(x: &[f32]) -> Vec<f32> {
+    x.chunks(32)
+        .flat_map(|b| {
+            let d = b.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+            let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+            b.iter().map(move |&v| (v * inv).round() * d)
+        })
+        .collect()
+}
+
+/// `matmul_q8` equals the f64 product of the Q8_0 weights with the activations quantized to 8
+/// bits (within f32 summation), and stays within that quantization's error of the exact
+/// product; rows of 32 (one block), 256 and 800 wide, one and five activation rows, one row all
+/// zeros (d = 0); a non-Q8_0 weight is refused.
+#[test]
+fn matmul_q8_quantizes_the_activations_to_8_bits() {
+    let mut rng = Rng::new(11);
+    for k in [32, 256, 800] {
+        let n = 19;
+        let wb = random_weight(&mut rng, DType::Q8_0, k * n);
+        let wf = dequant(DType::Q8_0, &wb);
+        for m in [1, 5] {
+            let mut x = rng.vec(k * m);
+            if m == 5 {
+                x[k..2 * k].fill(0.0);
+            }
+            let xq: Vec<f32> = x.chunks(k).flat_map(ref_q8).collect();
+            let mut h = Harness::new();
+            let w = h.weight("w", DType::Q8_0, &[k, n], wb.clone());
+            let xi = h.input_f32("x", &[k, m], x.clone());
+            let y = h.g.matmul_q8(w, xi).unwrap();
+            let out = h.run_f32(y);
+            let what = format!("matmul_q8 k={k} m={m}");
+            assert_close(&what, &out, &ref_matmul(&wf, &xq, k, n, m), 1e-6);
+            // 8-bit activations: a relative error near 1/127 / sqrt(3) per element, averaged
+            // down over the row.
+            let exact = ref_matmul(&wf, &x, k, n, m);
+            let e = rel_err(&out, &exact);
+            assert!(e > 0.0 && e < 2e-2, "{what}: {e:e} from the exact product");
+        }
+    }
+    let mut h = Harness::new();
+    let x = h.input_f32("x", &[64, 1], vec![1.0; 64]);
+    let w4 = h.weight("w4", DType::Q4_0, &[64, 2], vec![0; 2 * 2 * 18]);
+    let err = h.g.matmul_q8(w4, x).unwrap_err().to_string();
+    assert!(err.contains("must be Q8_0"), "{err}");
+}
+
 #[test]
 fn matmul_reads_strided_activation_rows() {
     let mut rng = Rng::new(2);

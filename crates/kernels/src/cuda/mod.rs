@@ -21,7 +21,7 @@ use crate::attention_plan::{
     self, attention_splits, AttentionConfig, AttentionKernel, AttentionShape, MultiQueryAttention,
 };
 use crate::fuse_plan::{self, FusePlan, Fused};
-use crate::mma_plan::{self, uniform_row_stride, MmaConfig, MmaInput, MmaPlan};
+use crate::mma_plan::{self, uniform_row_stride, MmaConfig, MmaInput, MmaPlan, Q8Input};
 use crate::nvrtc;
 use crate::source;
 

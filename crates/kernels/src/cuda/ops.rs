@@ -116,6 +116,89 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Launches [`Op::MatMulQ8`] `node`: the activations' quantization (unless the previous
+    /// such product left them in the scratch), the int8 product, and the split sums.
+    pub(super) fn launch_q8(
+        &self,
+        exec: &Exec,
+        id: NodeId,
+        node: &Node,
+        qi: &Q8Input,
+        out: u64,
+    ) -> Result<()> {
+        let w = exec.graph.node(node.inputs[0]);
+        let (k, n, m) = (qi.k, w.shape().ne(1), qi.m);
+        let scratch = exec
+            .mma_scratch
+            .ok_or_else(|| backend_err("no scratch for q8 activations"))?;
+        let xs = self.buf(scratch)?.ptr;
+        if !exec.mma.q8_ready.contains(&id.index()) {
+            let mut p = Args::default();
+            p.ptr(self.base(exec, node.inputs[1])?)
+                .i64(qi.offset)
+                .i64(qi.stride)
+                .i32(k as i32)
+                .i32(m as i32)
+                .ptr(xs);
+            self.launch(
+                "q8_quantize_x",
+                ((k / 32).div_ceil(8) as u32, m as u32, 1),
+                256,
+                &mut p,
+            )?;
+        }
+        let weights = self.base(exec, node.inputs[0])?;
+        if !qi.tensor_cores {
+            let mut a = Args::default();
+            a.ptr(weights)
+                .ptr(xs)
+                .ptr(out)
+                .i32(k as i32)
+                .i32(n as i32)
+                .i32(m as i32);
+            return self.launch("matmul_q8_0_q8x_warp", grid1(n * m * 32, 256), 256, &mut a);
+        }
+        // The kernels read quants in aligned 4-byte words (`q80_words`).
+        if weights % 4 != 0 {
+            return Err(backend_err(format!(
+                "Q8_0 weights of node {} at a misaligned address",
+                id.index()
+            )));
+        }
+        let (kw, splits) = (qi.k_warps, qi.k_splits);
+        let dst = if splits > 1 {
+            self.partials_ptr(exec)?
+        } else {
+            out
+        };
+        let mut a = Args::default();
+        a.ptr(weights)
+            .ptr(xs)
+            .ptr(dst)
+            .i32(k as i32)
+            .i32(n as i32)
+            .i32(m as i32)
+            .i32(kw as i32)
+            .i64(0)
+            .i64(0);
+        self.launch(
+            &format!("matmul_q8_0_q8x_mma_m1n{}", qi.nt),
+            (
+                m.div_ceil(8 * qi.nt) as u32,
+                n.div_ceil(16 * (8 / kw)) as u32,
+                splits as u32,
+            ),
+            256,
+            &mut a,
+        )?;
+        if splits > 1 {
+            let mut r = Args::default();
+            r.ptr(dst).ptr(out).i32((m * n) as i32).i32(splits as i32);
+            self.launch("mmv_sum_splits", grid1(m * n, 256), 256, &mut r)?;
+        }
+        Ok(())
+    }
+
     /// The `_mma_` route settings now.
     pub(super) fn mma_config(&self) -> MmaConfig {
         MmaConfig {
@@ -274,6 +357,15 @@ impl CudaBackend {
                     128,
                     &mut a,
                 )
+            }
+            Op::MatMulQ8 => {
+                let qi = exec.mma.q8.get(&id.index()).ok_or_else(|| {
+                    backend_err(format!(
+                        "matmul_q8 node {}: its activation rows are not uniformly spaced",
+                        id.index()
+                    ))
+                })?;
+                self.launch_q8(exec, id, node, qi, out)
             }
             Op::MatMulId => {
                 let (w, x, ids) = (inp(0), inp(1), inp(2));

@@ -528,6 +528,50 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
     }
 }
 
+/// `matmul_q8` (Q8_0 weights × 8-bit activations, the DFlash drafter's products) on the int8
+/// tensor-core kernels — 1–8 rows one activation tile, 9–16 two, 40 rows three blocks of two; k
+/// split over 1, 2, 4 and 8 warps and over 2 and 4 blocks — and, for rows not of whole
+/// 256-weight groups, the per-warp kernel: within 1e-5 of the CPU (each block's sum is an exact
+/// integer on both; only the order of the f32 sums differs), and a second product of the same
+/// input, which reuses its quantization, gives the same bits.
+#[test]
+fn q8_products_match_the_cpu() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(31);
+    for (k, n) in [
+        (256, 40),
+        (1024, 8200),
+        (2048, 300),
+        (8192, 72),
+        (16384, 40),
+        (5376, 1024),
+        (800, 70),
+    ] {
+        let wbytes = random_weight(&mut rng, DType::Q8_0, k * n);
+        for m in [1, 3, 8, 9, 16, 40] {
+            let mut c = Case::new();
+            let w = c.weight(DType::Q8_0, &[k, n], wbytes.clone());
+            let x = c.f32(&[k, m], rng.vec(k * m));
+            let y = c.g.matmul_q8(w, x).unwrap();
+            let y2 = c.g.matmul_q8(w, x).unwrap();
+            let graph = c.g.finish(&[y, y2]).unwrap();
+            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+            let got = run_on(&mut cuda, &graph, &c.leaves, &[y, y2]);
+            let err = rel_err(&got[0], &want);
+            let name = format!("q8 k{k} n{n} m{m}");
+            assert!(err <= 1e-5, "{name}: rel err {err:e}");
+            assert!(got[0].iter().all(|v| v.is_finite()), "{name}: non-finite");
+            assert!(
+                same_bits(&got[0], &got[1]),
+                "{name}: the product reusing the quantization differs"
+            );
+            eprintln!("{name}: rel err {err:.2e}");
+        }
+    }
+}
+
 /// The persistent `_p` kernels (one-tile products up to 8 rows, limbs up to 4) walk the one-shot
 /// kernels' arithmetic in fewer blocks: the same bits with the knob on and off, on shapes where a
 /// block walks several units (up to `PERSIST_ITERS`), warps split 9 groups unevenly, rows split

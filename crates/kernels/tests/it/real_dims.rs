@@ -58,7 +58,9 @@ fn widened(name: &str, shape: &[u64], widen: u64) -> Vec<u64> {
 /// Fixture `name` (architecture `arch`) with head dims 512 / 256 (a DFlash drafter's: 128): the
 /// widened tensors are new deterministic values of the originals' RMS (the output projection's
 /// scaled for its wider input; the q/k norm weights the originals repeated; the rotary factors 1
-/// on the first quarter of the pairs, as the fixture's), everything else as in the fixture.
+/// on the first quarter of the pairs, as the fixture's), everything else as in the fixture. A
+/// DFlash drafter's matrices are written as Q8_0, as the real one's, so its products take
+/// `matmul_q8`.
 fn widened_model(name: &str, arch: &str) -> Arc<GgufFile> {
     let src = GgufFile::open(crate::fixture(name)).unwrap();
     let (d_full, widen) = if arch == "dflash" {
@@ -82,13 +84,20 @@ fn widened_model(name: &str, arch: &str) -> Arc<GgufFile> {
         };
         w.add_metadata(key, v).unwrap();
     }
+    let q8 = |name: &str, shape: &[u64]| {
+        arch == "dflash"
+            && shape.len() == 2
+            && shape[0].is_multiple_of(32)
+            && !name.contains("norm")
+    };
     for info in src.tensors() {
-        w.add_tensor(
-            info.name(),
-            GgmlType::F32,
-            &widened(info.name(), info.shape(), widen),
-        )
-        .unwrap();
+        let shape = widened(info.name(), info.shape(), widen);
+        let ty = if q8(info.name(), &shape) {
+            GgmlType::Q8_0
+        } else {
+            GgmlType::F32
+        };
+        w.add_tensor(info.name(), ty, &shape).unwrap();
     }
     let mut data = w.write_header().unwrap();
     let mut rng = Lcg(7);
@@ -111,7 +120,11 @@ fn widened_model(name: &str, arch: &str) -> Arc<GgufFile> {
             };
             (0..n).map(|_| rng.next() * scale).collect()
         };
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = if q8(name, &widened(name, info.shape(), widen)) {
+            gguf::quant::quantize(GgmlType::Q8_0, &values).unwrap()
+        } else {
+            values.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
         data.write_tensor(name, &bytes).unwrap();
     }
     Arc::new(GgufFile::from_bytes(data.finish().unwrap()).unwrap())
