@@ -1391,10 +1391,12 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
 MMV_KERNELS(q4_k, DT_Q4_K, 1)
 MMV_KERNELS(q6_k, DT_Q6_K, 2)
 MMV_KERNELS(q8_0, DT_Q8_0, 2)
-// matmul_q8_0_q8x_mma_m1n1 / _m1n2: Q8_0 weights × q8 activations (xs from q8_quantize_x;
+// matmul_q8_0_q8x_mma_m<MT>n<NT>: Q8_0 weights × q8 activations (xs from q8_quantize_x;
 // x_off and x_stride unused).
 MMV_KERNEL(q8_0_q8x, DT_Q8X, 1, 1, 2, true, )
 MMV_KERNEL(q8_0_q8x, DT_Q8X, 1, 2, 2, true, )
+MMV_KERNEL(q8_0_q8x, DT_Q8X, 2, 1, 2, true, )
+MMV_KERNEL(q8_0_q8x, DT_Q8X, 2, 2, 2, true, )
 
 // matmul_<type>_mma_m1n1[_x]_p: matmul_<type>_mma_m1n1[_x] in gridDim.y persistent blocks (grid
 // (⌈m / 8⌉, blocks, 1)) over `splits` planes.

@@ -229,6 +229,9 @@ pub(crate) struct Q8Input {
     pub k: usize,
     /// Activation rows.
     pub m: usize,
+    /// Weight tiles of 16 rows per warp: 2 for products of at least [`Q8_TWO_TILE_ROWS`] rows
+    /// (each activation word then serves 32 weight rows), else 1; `cfg.mt` overrides it.
+    pub mt: usize,
     /// Activation tiles of 8 rows per block: 1 up to 8 rows, else 2.
     pub nt: usize,
     /// Warps of a block that split one weight row's groups ([`source::mma_k_warps`]).
@@ -255,6 +258,10 @@ impl Q8Input {
     }
 }
 
+/// Weight rows from which a [`Q8Input`] takes two weight tiles per warp: below it, the blocks
+/// of one-tile warps already number few (a 1024-row product of 5376 runs 64).
+pub(crate) const Q8_TWO_TILE_ROWS: usize = 4096;
+
 /// The activations of `node` if it is a [`Op::MatMulQ8`] of uniformly spaced rows; the int8
 /// tensor-core kernels take it with the `_mma_` route on, rows of whole 256-weight groups and at
 /// most 65,535 blocks of weight rows (grid y) and of activation rows (grid x).
@@ -267,14 +274,19 @@ pub(crate) fn q8_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<Q8Inpu
     let stride = uniform_row_stride(&x.layout)?;
     let m = x.shape().n_rows();
     let nt = if m <= 8 { 1 } else { 2 };
+    let mt = cfg
+        .mt
+        .unwrap_or(if n >= Q8_TWO_TILE_ROWS { 2 } else { 1 })
+        .clamp(1, 2);
     let k_warps = source::mma_k_warps(k);
-    let fits = n.div_ceil(16 * (8 / k_warps)) <= 65_535 && m.div_ceil(8 * nt) <= 65_535;
+    let fits = n.div_ceil(16 * mt * (8 / k_warps)) <= 65_535 && m.div_ceil(8 * nt) <= 65_535;
     (w.dtype == DType::Q8_0 && k % 32 == 0 && m > 0).then_some(Q8Input {
         x: node.inputs[1],
         offset: x.layout.offset as i64,
         stride,
         k,
         m,
+        mt,
         nt,
         k_warps,
         k_splits: source::mma_k_splits(k),
@@ -596,20 +608,27 @@ mod tests {
         let v = g.matmul_q8(wv, n).unwrap();
         let q = g.matmul(wq, n).unwrap();
         let k2 = g.matmul_q8(wk, n).unwrap();
+        let wbig = weight(&mut g, "wbig", DType::Q8_0, &[8192, Q8_TWO_TILE_ROWS]);
+        let big = g.matmul_q8(wbig, n).unwrap();
         let w48 = weight(&mut g, "w48", DType::Q8_0, &[96, 8]);
         let x48 = input(&mut g, "x48", DType::F32, &[96, 3]);
         let small = g.matmul_q8(w48, x48).unwrap();
-        let graph = g.finish(&[k, v, q, k2, small]).unwrap();
+        let graph = g.finish(&[k, v, q, k2, big, small]).unwrap();
         let c = cfg(None);
         let p = plan(&c, &graph);
-        assert_eq!(p.q8.len(), 4);
+        assert_eq!(p.q8.len(), 5);
+        // Long products take two weight tiles per warp, unless one is forced.
+        assert!(p.q8_ready.contains(&big.index()));
+        assert_eq!(p.q8[&big.index()].mt, 2);
+        let one = MmaConfig { mt: Some(1), ..c };
+        assert_eq!(plan(&one, &graph).q8[&big.index()].mt, 1);
         assert!(!p.q8_ready.contains(&k.index()) && p.q8_ready.contains(&v.index()));
         // The exact product in between overwrote the scratch.
         assert!(!p.q8_ready.contains(&k2.index()));
         assert!(p.products.contains_key(&q.index()) && !p.ready.contains(&q.index()));
         assert!(!p.norms.contains(&n.index()));
         let qi = p.q8[&k.index()];
-        assert_eq!((qi.nt, qi.k_warps, qi.k_splits), (1, 8, 2));
+        assert_eq!((qi.mt, qi.nt, qi.k_warps, qi.k_splits), (1, 1, 8, 2));
         assert!(qi.tensor_cores);
         assert_eq!(qi.bytes(), 5 * 8192 + 4 * 256 * 16);
         assert!(p.scratch_bytes >= qi.bytes());

@@ -300,6 +300,8 @@ pub const OTHER_KERNELS: &[&str] = &[
     "matmul_q8_0_q8x_warp",
     "matmul_q8_0_q8x_mma_m1n1",
     "matmul_q8_0_q8x_mma_m1n2",
+    "matmul_q8_0_q8x_mma_m2n1",
+    "matmul_q8_0_q8x_mma_m2n2",
     "rows_to_f16",
     "gemm_rescale",
 ];

@@ -182,10 +182,10 @@ impl CudaBackend {
             .i64(0)
             .i64(0);
         self.launch(
-            &format!("matmul_q8_0_q8x_mma_m1n{}", qi.nt),
+            &format!("matmul_q8_0_q8x_mma_m{}n{}", qi.mt, qi.nt),
             (
                 m.div_ceil(8 * qi.nt) as u32,
-                n.div_ceil(16 * (8 / kw)) as u32,
+                n.div_ceil(16 * qi.mt * (8 / kw)) as u32,
                 splits as u32,
             ),
             256,

@@ -529,8 +529,9 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
 }
 
 /// `matmul_q8` (Q8_0 weights × 8-bit activations, the DFlash drafter's products) on the int8
-/// tensor-core kernels — 1–8 rows one activation tile, 9–16 two, 40 rows three blocks of two; k
-/// split over 1, 2, 4 and 8 warps and over 2 and 4 blocks — and, for rows not of whole
+/// tensor-core kernels — 1–8 rows one activation tile, 9–16 two, 40 rows three blocks of two;
+/// one weight tile per warp, and two for the 8200-row weight; k split over 1, 2, 4 and 8 warps
+/// and over 2 and 4 blocks — and, for rows not of whole
 /// 256-weight groups, the per-warp kernel: within 1e-5 of the CPU (each block's sum is an exact
 /// integer on both; only the order of the f32 sums differs), and a second product of the same
 /// input, which reuses its quantization, gives the same bits.
