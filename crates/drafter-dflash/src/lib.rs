@@ -104,18 +104,23 @@ impl Loaded {
     }
 }
 
-/// Most activation rows of a product that takes 8-bit activations (a block draft, the context
-/// rows a round appends); longer context appends (the prompt) keep the exact products, whose
-/// many-row kernels read each weight tile once for many rows.
-const Q8_MAX_ROWS: usize = 16;
+/// How a drafter graph's products of Q8_0 weights treat their activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Products {
+    /// Exact: the prompt's context appends (prefill chunks), whose long batches the GPU runs on
+    /// many-row kernels that read each weight tile once for many rows.
+    Exact,
+    /// 8-bit activations ([`GraphBuilder::matmul_q8`], as llama.cpp runs them): block drafts and
+    /// the rows each round commits, up to a verify batch. A GPU multiplies them in int8 with a
+    /// quarter of the split-f16 kernels' activation bytes; drafts need not be exact (the target
+    /// verifies every one).
+    Q8,
+}
 
-/// A drafter product: Q8_0 weights times up to [`Q8_MAX_ROWS`] activation rows take 8-bit
-/// activations ([`GraphBuilder::matmul_q8`], as llama.cpp runs them), which a GPU multiplies in
-/// int8 with a quarter of the split-f16 kernels' activation traffic; drafts need not be exact
-/// (the target verifies every one). Other products are exact.
-fn product(g: &mut GraphBuilder, w: NodeId, x: NodeId) -> Res<NodeId> {
-    let rows = g.shape(x)?.n_rows();
-    Ok(if g.dtype(w)? == DType::Q8_0 && rows <= Q8_MAX_ROWS {
+/// A drafter product: Q8_0 weights take 8-bit activations under [`Products::Q8`]; every other
+/// product is exact.
+fn product(g: &mut GraphBuilder, w: NodeId, x: NodeId, products: Products) -> Res<NodeId> {
+    Ok(if products == Products::Q8 && g.dtype(w)? == DType::Q8_0 {
         g.matmul_q8(w, x)?
     } else {
         g.matmul(w, x)?
@@ -135,7 +140,7 @@ pub struct DflashDrafter {
     block: usize,
     adaptive: bool,
     mean_accepted: f64,
-    ctx_graphs: HashMap<usize, Loaded>,
+    ctx_graphs: HashMap<(usize, Products), Loaded>,
     block_graphs: HashMap<usize, Loaded>,
     sampler: Option<Sampler>,
     /// The last block's outputs: logits rows and final hidden rows (for tests and sampling).
@@ -393,15 +398,16 @@ impl DflashDrafter {
         n: usize,
         pos: NodeId,
         slots: NodeId,
+        products: Products,
     ) -> Res<(NodeId, NodeId)> {
         let c = &self.config;
         let (hd, nkv) = (c.head_dim, c.n_head_kv);
         let wk = self.w(g, b, w, &format!("blk.{l}.attn_k.weight"))?;
         let wv = self.w(g, b, w, &format!("blk.{l}.attn_v.weight"))?;
         let kn = self.w(g, b, w, &format!("blk.{l}.attn_k_norm.weight"))?;
-        let k = product(g, wk, x)?;
+        let k = product(g, wk, x, products)?;
         let k = self.heads_norm_rope(g, k, nkv, n, kn, pos)?;
-        let v = product(g, wv, x)?;
+        let v = product(g, wv, x, products)?;
         let (ks, vs) = self.states(g, b, l)?;
         let k = g.reshape(k, Shape::new(&[hd * nkv, n])?)?;
         let kw = g.write_rows(ks, k, slots)?;
@@ -413,7 +419,7 @@ impl DflashDrafter {
     }
 
     /// The graph appending `n` context rows: features `[n_capture · H, n]` → fc → norm → K/V.
-    fn build_ctx(&self, n: usize) -> Res<Built> {
+    fn build_ctx(&self, n: usize, products: Products) -> Res<Built> {
         let c = &self.config;
         let mut g = GraphBuilder::new();
         let mut b = Bindings::new();
@@ -426,11 +432,11 @@ impl DflashDrafter {
         let pos = g.input("positions", DType::I32, Shape::new(&[n])?)?;
         let fc = self.w(&mut g, &mut b, &mut w, "fc.weight")?;
         let hn = self.w(&mut g, &mut b, &mut w, "enc.output_norm.weight")?;
-        let x = product(&mut g, fc, feats)?;
+        let x = product(&mut g, fc, feats, products)?;
         let x = g.rms_norm(x, Some(hn), c.eps)?;
         let mut outs = Vec::new();
         for l in 0..c.n_layer {
-            let (k, v) = self.write_kv(&mut g, &mut b, &mut w, l, x, n, pos, pos)?;
+            let (k, v) = self.write_kv(&mut g, &mut b, &mut w, l, x, n, pos, pos, products)?;
             outs.extend([k, v]);
         }
         Ok((g.finish(&outs)?, b, vec![feats, pos], Vec::new()))
@@ -481,9 +487,9 @@ impl DflashDrafter {
             let up = self.w(&mut g, &mut b, &mut w, &format!("blk.{l}.ffn_up.weight"))?;
             let down = self.w(&mut g, &mut b, &mut w, &format!("blk.{l}.ffn_down.weight"))?;
             let xn = g.rms_norm(h, Some(an), c.eps)?;
-            let q = product(&mut g, wq, xn)?;
+            let q = product(&mut g, wq, xn, Products::Q8)?;
             let q = self.heads_norm_rope(&mut g, q, nh, n, qn, pos)?;
-            let (k, v) = self.write_kv(&mut g, &mut b, &mut w, l, xn, n, pos, pos)?;
+            let (k, v) = self.write_kv(&mut g, &mut b, &mut w, l, xn, n, pos, pos, Products::Q8)?;
             let mask = if c.is_sliding[l] {
                 AttnMask::SlidingWindow {
                     window: c.sliding_window.max(1),
@@ -498,18 +504,18 @@ impl DflashDrafter {
             };
             let a = g.attention(q, k, v, pos, n_kv, None, params)?;
             let a = g.reshape(a, Shape::new(&[hd * nh, n])?)?;
-            let o = product(&mut g, wo, a)?;
+            let o = product(&mut g, wo, a, Products::Q8)?;
             h = g.add(h, o)?;
             let m_in = g.rms_norm(h, Some(fnorm), c.eps)?;
-            let gt = product(&mut g, gate, m_in)?;
-            let u = product(&mut g, up, m_in)?;
+            let gt = product(&mut g, gate, m_in, Products::Q8)?;
+            let u = product(&mut g, up, m_in, Products::Q8)?;
             let act = g.glu(GluOp::SwiGlu, gt, u)?;
-            let m = product(&mut g, down, act)?;
+            let m = product(&mut g, down, act, Products::Q8)?;
             h = g.add(h, m)?;
         }
         let on = self.w(&mut g, &mut b, &mut w, "output_norm.weight")?;
         let hidden = g.rms_norm(h, Some(on), c.eps)?;
-        let logits = product(&mut g, head, hidden)?;
+        let logits = product(&mut g, head, hidden, Products::Q8)?;
         let logits = match c.softcap {
             Some(cap) => g.softcap(logits, cap)?,
             None => logits,
@@ -521,12 +527,24 @@ impl DflashDrafter {
     }
 
     /// Appends context features for positions `ctx_len..ctx_len + rows`, taken from the target's
-    /// captured layer outputs (`layers[i]` = `[rows][H]` for `target_layers[i]`).
+    /// captured layer outputs (`layers[i]` = `[rows][H]` for `target_layers[i]`), with exact
+    /// products (as for a prefill chunk).
     pub fn append_context(
         &mut self,
         target: &mut Target,
         outputs: &StepOutput,
         rows: usize,
+    ) -> Res<()> {
+        self.append(target, outputs, rows, Products::Exact)
+    }
+
+    /// [`DflashDrafter::append_context`] with the products `products`.
+    fn append(
+        &mut self,
+        target: &mut Target,
+        outputs: &StepOutput,
+        rows: usize,
+        products: Products,
     ) -> Res<()> {
         let c = self.config.clone();
         let h = c.n_embd;
@@ -546,11 +564,12 @@ impl DflashDrafter {
         }
         for start in (0..rows).step_by(target.max_batch()) {
             let n = (rows - start).min(target.max_batch());
-            if !self.ctx_graphs.contains_key(&n) {
-                let built = self.build_ctx(n)?;
-                self.ctx_graphs.insert(n, Loaded::new(target, built)?);
+            if !self.ctx_graphs.contains_key(&(n, products)) {
+                let built = self.build_ctx(n, products)?;
+                self.ctx_graphs
+                    .insert((n, products), Loaded::new(target, built)?);
             }
-            let loaded = &self.ctx_graphs[&n];
+            let loaded = &self.ctx_graphs[&(n, products)];
             let per = h * c.target_layers.len();
             let pos: Vec<i32> = (self.ctx_len..self.ctx_len + n).map(|p| p as i32).collect();
             if self.ctx_len + n > self.kv_rows {
@@ -727,6 +746,11 @@ impl ExternalDrafter for DflashDrafter {
     fn accept(&mut self, target: &mut Target, verified: &Verified<'_>) -> Res<()> {
         self.mean_accepted = 0.7 * self.mean_accepted + 0.3 * verified.accepted as f64;
         // Context features of the committed rows: cur and the accepted drafts.
-        self.append_context(target, verified.outputs, verified.accepted + 1)
+        self.append(
+            target,
+            verified.outputs,
+            verified.accepted + 1,
+            Products::Q8,
+        )
     }
 }

@@ -101,9 +101,12 @@ pub enum Op {
     MatMul,
     /// `[w [k, n] Q8_0, x F32 [k, m, b2, b3]]` → F32 `[n, m, b2, b3]`: [`Op::MatMul`] with the
     /// activations quantized like Q8_0 weights first (a drafter's products, as llama.cpp's
-    /// q8 activations): per row and 32-element block, `d = max|x| / 127` (f32), `q = round(x ·
-    /// (1 / d))` (ties away from zero; 0 where `d` is 0 or `x · (1 / d)` is NaN); each block's
-    /// product is the exact integer `Σ q_w · q_x` times `d_w · d_x`, and the blocks add in f32.
+    /// q8 activations): per row and 32-element block, `d = max|x| / 127` in f32 (the maximum
+    /// over the non-NaN elements, 0 if none), `q = round(x · (1 / d))` (ties away from zero,
+    /// clamped to ±127; 0 where `d` is 0 or the product is NaN, so a block holding an infinity
+    /// has `d` = inf and all `q` = 0, and its products are NaN); each block's product is the
+    /// exact integer `Σ q_w · q_x`, times `d_w · d_x` (f32) and added to the row's f32 sum with
+    /// one rounding (a fused multiply-add), block after block.
     MatMulQ8,
     /// Expert-indexed matmul: `[w [k, n, n_expert], x F32 [k, 1 or n_used, t], ids I32
     /// [n_used, t]]` → F32 `[n, n_used, t]`, slot `j` of token `t` using expert `ids[j, t]`.

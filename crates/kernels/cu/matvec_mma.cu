@@ -1168,21 +1168,28 @@ __device__ __forceinline__ void imma_16832_ss(int (&c)[4], u32 a0, u32 a1, u32 a
 }
 
 // q8 activations of an m-row, k-wide input (rows x_stride apart from x_off) into xs: a warp per
-// 32-element block, grid (⌈k / 256⌉, m).
+// 32-element block, grid (⌈k / 256⌉, min(m, 65535)), rows strided by the grid. The largest |x|
+// starts from 0, so NaNs drop out of it (and quantize to 0), as in the CPU reference; a block
+// holding an infinity gets d = inf and q = 0, so its products are NaN on both. The scales of the
+// padding rows m..q8x_mpad(m) are written 0.
 extern "C" __global__ void q8_quantize_x(const float* x, i64 x_off, i64 x_stride, int k, int m, void* xs) {
     pdl_entry();
-    int lane = threadIdx.x & 31, blk = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), r = blockIdx.y;
+    int lane = threadIdx.x & 31, blk = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (blk >= k / 32) return;
-    float v = x[x_off + (i64)r * x_stride + 32 * blk + lane];
-    float a = fabsf(v);
-#pragma unroll
-    for (int o = 16; o; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
-    float d = __fdiv_rn(a, 127.0f);
-    float inv = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
-    float q = roundf(__fmul_rn(v, inv));
     signed char* xq = (signed char*)xs;
-    xq[(i64)r * k + 32 * blk + lane] = q != q ? 0 : (signed char)fminf(fmaxf(q, -127.0f), 127.0f);
-    if (lane == 0) ((float*)(xq + (i64)m * k))[(i64)blk * q8x_mpad(m) + r] = d;
+    float* scales = (float*)(xq + (i64)m * k) + (i64)blk * q8x_mpad(m);
+    for (int r = blockIdx.y; r < m; r += gridDim.y) {
+        float v = x[x_off + (i64)r * x_stride + 32 * blk + lane];
+        float a = fmaxf(fabsf(v), 0.0f);
+#pragma unroll
+        for (int o = 16; o; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+        float d = __fdiv_rn(a, 127.0f);
+        float inv = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+        float q = roundf(__fmul_rn(v, inv));
+        xq[(i64)r * k + 32 * blk + lane] = q != q ? 0 : (signed char)fminf(fmaxf(q, -127.0f), 127.0f);
+        if (lane == 0) scales[r] = d;
+    }
+    if (blockIdx.y == 0 && lane < q8x_mpad(m) - m) scales[m + lane] = 0.0f;
 }
 
 // One 256-weight group (8 Q8_0 blocks) of weight rows g and g + 8 of each 16-row tile times NT

@@ -157,8 +157,9 @@ pub(crate) struct AttentionConfig {
     pub wide: bool,
     /// Which batches take the multi-query kernels.
     pub multi_query: MultiQueryAttention,
-    /// Batches of up to 16 queries over f16 rows of 256/512 take the tensor-core kernels
-    /// (`SPECULA_ATT_TC=0` turns them off: the wide kernels, an A/B knob).
+    /// Batches of up to 16 queries over f16 rows of 128/256/512 take the tensor-core kernels
+    /// (`SPECULA_ATT_TC=0` turns them off: the wide kernels, or the generic one at 128; an A/B
+    /// knob).
     pub tensor_core: bool,
     /// The device's opt-in shared memory per block (bytes).
     pub max_smem: usize,

@@ -262,9 +262,9 @@ impl Q8Input {
 /// of one-tile warps already number few (a 1024-row product of 5376 runs 64).
 pub(crate) const Q8_TWO_TILE_ROWS: usize = 4096;
 
-/// The activations of `node` if it is a [`Op::MatMulQ8`] of uniformly spaced rows; the int8
-/// tensor-core kernels take it with the `_mma_` route on, rows of whole 256-weight groups and at
-/// most 65,535 blocks of weight rows (grid y) and of activation rows (grid x).
+/// The activations of `node` if it is a [`Op::MatMulQ8`] of uniformly spaced rows (at least
+/// one); the int8 tensor-core kernels take it with the `_mma_` route on, rows of whole
+/// 256-weight groups and at most 65,535 blocks of weight rows (grid y).
 pub(crate) fn q8_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<Q8Input> {
     if !matches!(node.op, Op::MatMulQ8) {
         return None;
@@ -279,7 +279,7 @@ pub(crate) fn q8_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<Q8Inpu
         .unwrap_or(if n >= Q8_TWO_TILE_ROWS { 2 } else { 1 })
         .clamp(1, 2);
     let k_warps = source::mma_k_warps(k);
-    let fits = n.div_ceil(16 * mt * (8 / k_warps)) <= 65_535 && m.div_ceil(8 * nt) <= 65_535;
+    let fits = n.div_ceil(16 * mt * (8 / k_warps)) <= 65_535;
     (w.dtype == DType::Q8_0 && k % 32 == 0 && m > 0).then_some(Q8Input {
         x: node.inputs[1],
         offset: x.layout.offset as i64,
@@ -354,8 +354,8 @@ pub(crate) struct MmaPlan {
     /// GEMM-route products whose f16 activations the previous one left in the scratch (q, k
     /// and v of one norm output; gate and up).
     pub gemm_ready: HashSet<usize>,
-    /// [`Op::MatMulQ8`] products on the int8 kernels (they share the prepared-activation
-    /// scratch, which each one's quantization overwrites).
+    /// [`Op::MatMulQ8`] products (on the int8 tensor-core kernels or the per-warp one; they
+    /// share the prepared-activation scratch, which each one's quantization overwrites).
     pub q8: HashMap<usize, Q8Input>,
     /// Of those, the ones whose quantized activations the previous one left in the scratch.
     pub q8_ready: HashSet<usize>,
@@ -370,6 +370,11 @@ pub(crate) struct MmaPlan {
 /// (nothing in between writes in place but WriteRows, which ends the sharing), even where the
 /// size rule alone would split in place; a preparing product whose input is an RMSNorm's whole
 /// output has the norm write it, unless a scratch reader runs between the norm and the product.
+///
+/// [`Op::MatMulQ8`] products quantize their input into the same scratch, unless the previous one
+/// left the same input there (no preparing product or WriteRows in between); each ends the
+/// prepared input's sharing, and no norm before one writes a prepared input for a product after
+/// it.
 pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
     let mut p = MmaPlan::default();
     let mut last: Option<MmaInput> = None;

@@ -172,6 +172,7 @@ pub(crate) fn matmul_q8(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data) -
     let (k, n) = (ws.ne(0), ws.ne(1));
     let bytes = match w.data {
         Data::Bytes(crate::DType::Q8_0, b) => b.as_slice(),
+        Data::Bytes(dt, _) => return Err(format!("matmul_q8 needs Q8_0 weights, found {dt}")),
         other => {
             return Err(format!(
                 "matmul_q8 needs Q8_0 weights, found {}",
@@ -193,30 +194,37 @@ pub(crate) fn matmul_q8(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data) -
         .map(|r| quantize_q8_row(&xs[xl.row_offset(r)..xl.row_offset(r) + k]))
         .collect();
     let out = &mut out.as_f32_mut().map_err(|e| e.to_string())?[..node.shape().n_elems()];
-    let cols: Vec<Vec<f32>> = (0..n)
+    let dot_q8 = |wr: &[u8], (q, d): &(Vec<i8>, Vec<f32>)| {
+        let mut acc = 0.0f32;
+        for (b, blk) in wr.chunks_exact(34).enumerate() {
+            let dw = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            let isum: i32 = blk[2..]
+                .iter()
+                .zip(&q[32 * b..32 * b + 32])
+                .map(|(&a, &c)| i32::from(a as i8) * i32::from(c))
+                .sum();
+            acc = (dw * d[b]).mul_add(isum as f32, acc);
+        }
+        acc
+    };
+    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
-        .map(|r| {
-            let wr = &bytes[r * row_bytes..(r + 1) * row_bytes];
-            rows.iter()
-                .map(|(q, d)| {
-                    let mut acc = 0.0f32;
-                    for (b, blk) in wr.chunks_exact(34).enumerate() {
-                        let dw = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                        let isum: i32 = blk[2..]
-                            .iter()
-                            .zip(&q[32 * b..32 * b + 32])
-                            .map(|(&a, &c)| i32::from(a as i8) * i32::from(c))
-                            .sum();
-                        acc += dw * d[b] * isum as f32;
-                    }
-                    acc
+        .map(|task| {
+            let (r0, r1) = (task * ROWS_PER_TASK, ((task + 1) * ROWS_PER_TASK).min(n));
+            (r0..r1)
+                .flat_map(|r| {
+                    let wr = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    rows.iter().map(move |x| dot_q8(wr, x))
                 })
                 .collect()
         })
         .collect();
-    for (r, col) in cols.iter().enumerate() {
-        for (j, &v) in col.iter().enumerate() {
-            out[j * n + r] = v;
+    for (task, block) in blocks.iter().enumerate() {
+        let r0 = task * ROWS_PER_TASK;
+        for (i, chunk) in block.chunks(m).enumerate() {
+            for (j, &v) in chunk.iter().enumerate() {
+                out[j * n + r0 + i] = v;
+            }
         }
     }
     Ok(())

@@ -60,14 +60,22 @@ fn matmul_every_weight_type_against_dequantized_reference() {
     }
 }
 
-/// Activations quantized as `Op::MatMulQ8` says, in f64: per 32 elements `d = max|x| / 127`,
-/// `q = round(x · (1/d))` (f32 arithmetic, as the op defines).
+/// Activations quantized as `Op::MatMulQ8` says and dequantized (`q · d`): per 32 elements `d =
+/// max|x| / 127` over the non-NaN elements, `q = round(x · (1/d))` clamped to ±127, 0 where
+/// NaN (f32 arithmetic, as the op defines).
 fn ref_q8(x: &[f32]) -> Vec<f32> {
     x.chunks(32)
         .flat_map(|b| {
             let d = b.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
             let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
-            b.iter().map(move |&v| (v * inv).round() * d)
+            b.iter().map(move |&v| {
+                let q = (v * inv).round();
+                (if q.is_nan() {
+                    0.0
+                } else {
+                    q.clamp(-127.0, 127.0)
+                }) * d
+            })
         })
         .collect()
 }
@@ -75,7 +83,8 @@ fn ref_q8(x: &[f32]) -> Vec<f32> {
 /// `matmul_q8` equals the f64 product of the Q8_0 weights with the activations quantized to 8
 /// bits (within f32 summation), and stays within that quantization's error of the exact
 /// product; rows of 32 (one block), 256 and 800 wide, one and five activation rows, one row all
-/// zeros (d = 0); a non-Q8_0 weight is refused.
+/// zeros (d = 0), blocks of NaN (dropped), zeros and an infinity (NaN rows); a non-Q8_0 weight
+/// is refused.
 #[test]
 fn matmul_q8_quantizes_the_activations_to_8_bits() {
     let mut rng = Rng::new(11);
@@ -103,6 +112,35 @@ fn matmul_q8_quantizes_the_activations_to_8_bits() {
             assert!(e > 0.0 && e < 2e-2, "{what}: {e:e} from the exact product");
         }
     }
+    // A block of NaNs quantizes to zeros (the largest |x| ignores NaN), a block of zeros has
+    // d = 0, and a block holding an infinity makes its row's products NaN.
+    let (k, n) = (96, 5);
+    let wb = random_weight(&mut rng, DType::Q8_0, k * n);
+    let wf = dequant(DType::Q8_0, &wb);
+    let mut x = rng.vec(k * 3);
+    x[..32].fill(f32::NAN);
+    x[k + 32..k + 64].fill(0.0);
+    x[2 * k + 70] = f32::INFINITY;
+    let mut h = Harness::new();
+    let w = h.weight("w", DType::Q8_0, &[k, n], wb);
+    let xi = h.input_f32("x", &[k, 3], x.clone());
+    let y = h.g.matmul_q8(w, xi).unwrap();
+    let out = h.run_f32(y);
+    let mut x_dropped = x[..2 * k].to_vec();
+    x_dropped[..32].fill(0.0);
+    let xq: Vec<f32> = x_dropped.chunks(k).flat_map(ref_q8).collect();
+    assert_close(
+        "matmul_q8 NaN and zero blocks",
+        &out[..2 * n],
+        &ref_matmul(&wf, &xq, k, n, 2),
+        1e-6,
+    );
+    assert!(
+        out[2 * n..].iter().all(|v| v.is_nan()),
+        "{:?}",
+        &out[2 * n..]
+    );
+
     let mut h = Harness::new();
     let x = h.input_f32("x", &[64, 1], vec![1.0; 64]);
     let w4 = h.weight("w4", DType::Q4_0, &[64, 2], vec![0; 2 * 2 * 18]);

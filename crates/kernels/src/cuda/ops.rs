@@ -142,7 +142,7 @@ impl CudaBackend {
                 .ptr(xs);
             self.launch(
                 "q8_quantize_x",
-                ((k / 32).div_ceil(8) as u32, m as u32, 1),
+                ((k / 32).div_ceil(8) as u32, m.min(65_535) as u32, 1),
                 256,
                 &mut p,
             )?;
@@ -361,7 +361,8 @@ impl CudaBackend {
             Op::MatMulQ8 => {
                 let qi = exec.mma.q8.get(&id.index()).ok_or_else(|| {
                     backend_err(format!(
-                        "matmul_q8 node {}: its activation rows are not uniformly spaced",
+                        "matmul_q8 node {}: its activation rows must be uniformly spaced and at \
+                         least one",
                         id.index()
                     ))
                 })?;

@@ -251,11 +251,48 @@ fn speculative_decoding_on_cuda_matches_the_cpu() {
     );
 }
 
-#[test]
-fn dflash_speculative_decoding_on_cuda_matches_the_cpu() {
-    if crate::cuda().is_none() {
-        return;
+/// The DFlash fixture drafter with its matrices written as Q8_0 (as the real drafter ships), so
+/// its block drafts and the rows each round commits take `matmul_q8`.
+fn q8_dflash() -> Arc<gguf::GgufFile> {
+    use gguf::{GgmlType, GgufWriter};
+    let src = gguf::GgufFile::open(crate::fixture("dflash_tuned.gguf")).unwrap();
+    let q8 = |info: &gguf::TensorInfo| {
+        info.shape().len() == 2
+            && info.shape()[0].is_multiple_of(32)
+            && !info.name().contains("norm")
+    };
+    let mut w = GgufWriter::new(Vec::new());
+    for (key, value) in src.metadata() {
+        w.add_metadata(key, value.to_value()).unwrap();
     }
+    for info in src.tensors() {
+        let ty = if q8(info) {
+            GgmlType::Q8_0
+        } else {
+            GgmlType::F32
+        };
+        w.add_tensor(info.name(), ty, info.shape()).unwrap();
+    }
+    let mut data = w.write_header().unwrap();
+    for info in src.tensors() {
+        let v = src.tensor_f32(info.name()).unwrap();
+        let bytes: Vec<u8> = if q8(info) {
+            gguf::quant::quantize(GgmlType::Q8_0, &v).unwrap()
+        } else {
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        };
+        data.write_tensor(info.name(), &bytes).unwrap();
+    }
+    Arc::new(gguf::GgufFile::from_bytes(data.finish().unwrap()).unwrap())
+}
+
+/// Greedy DFlash speculative decoding of the fixture prompt on the CPU and on CUDA with the
+/// drafter `open` loads: the reference output on both, the same tokens and accepted counts.
+/// Returns the CUDA run's acceptance length.
+fn dflash_cpu_and_cuda(
+    what: &str,
+    open: &dyn Fn(&mut Target) -> drafter_dflash::DflashDrafter,
+) -> f64 {
     let bytes = std::fs::read(crate::fixture("dflash_tuned.ref.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let ints = |name: &str| -> Vec<u32> {
@@ -272,9 +309,7 @@ fn dflash_speculative_decoding_on_cuda_matches_the_cpu() {
     let expected = ints("spec_output");
     let run = |backend: Box<dyn graph::Backend>| {
         let mut t = load_with("dense.gguf", backend, 16);
-        let mut d =
-            drafter_dflash::DflashDrafter::open(&crate::fixture("dflash_tuned.gguf"), &mut t, None)
-                .unwrap();
+        let mut d = open(&mut t);
         let mut s = target::Sampler::new(target::SamplingParams::default());
         target::generate_speculative(
             &mut t,
@@ -294,23 +329,45 @@ fn dflash_speculative_decoding_on_cuda_matches_the_cpu() {
         g.rounds.iter().map(|r| r.accepted).collect()
     };
     eprintln!(
-        "dflash on cuda: acceptance length {:.2} (cpu {:.2}), accepted per round {:?}",
+        "{what} on cuda: acceptance length {:.2} (cpu {:.2}), accepted per round {:?}",
         gpu.acceptance_length(),
         cpu.acceptance_length(),
         counts(&gpu)
     );
     assert_eq!(
         gpu.tokens, expected,
-        "dflash on cuda: output differs from the reference"
+        "{what} on cuda: output differs from the reference"
     );
     assert_eq!(
         gpu.tokens, cpu.tokens,
-        "dflash: tokens differ between CUDA and CPU"
+        "{what}: tokens differ between CUDA and CPU"
     );
     assert_eq!(
         counts(&gpu),
         counts(&cpu),
-        "dflash: accepted counts differ between CUDA and CPU"
+        "{what}: accepted counts differ between CUDA and CPU"
+    );
+    gpu.acceptance_length()
+}
+
+#[test]
+fn dflash_speculative_decoding_on_cuda_matches_the_cpu() {
+    if crate::cuda().is_none() {
+        return;
+    }
+    let exact = dflash_cpu_and_cuda("dflash", &|t| {
+        drafter_dflash::DflashDrafter::open(&crate::fixture("dflash_tuned.gguf"), t, None).unwrap()
+    });
+    // The same drafter in Q8_0: its products on 8-bit activations (int8 tensor cores on CUDA)
+    // still draft like the f32 one.
+    let file = q8_dflash();
+    let q8 = dflash_cpu_and_cuda("dflash q8_0", &|t| {
+        let src = drafter_dflash::Source::from_gguf(file.clone()).unwrap();
+        drafter_dflash::DflashDrafter::load(src, t, None).unwrap()
+    });
+    assert!(
+        q8 >= 0.9 * exact && q8 > 1.5,
+        "dflash q8_0: acceptance {q8:.2} against {exact:.2} with f32 weights"
     );
 }
 

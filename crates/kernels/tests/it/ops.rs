@@ -530,22 +530,27 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
 
 /// `matmul_q8` (Q8_0 weights × 8-bit activations, the DFlash drafter's products) on the int8
 /// tensor-core kernels — 1–8 rows one activation tile, 9–16 two, 40 rows three blocks of two;
-/// one weight tile per warp, and two for the 8200-row weight; k split over 1, 2, 4 and 8 warps
-/// and over 2 and 4 blocks — and, for rows not of whole
-/// 256-weight groups, the per-warp kernel: within 1e-5 of the CPU (each block's sum is an exact
-/// integer on both; only the order of the f32 sums differs), and a second product of the same
-/// input, which reuses its quantization, gives the same bits.
+/// one weight tile per warp, and two for the 4096- and 8200-row weights; k split over 1, 2, 4
+/// and 8 warps and over 2 and 4 blocks — and, for rows not of whole 256-weight groups, the
+/// per-warp kernel: within 1e-5 of the CPU (each block's sum is an exact integer on both; only
+/// the order of the f32 sums differs). A second product of the same input after a prepared
+/// split-f16 product of another input (which overwrites the scratch the first quantized into)
+/// must quantize again: the same bits as the first. Blocks of NaN, zeros and an infinity give
+/// the CPU's values (dropped, zero, NaN rows).
 #[test]
 fn q8_products_match_the_cpu() {
     let Some(mut cuda) = crate::cuda() else {
         return;
     };
     let mut rng = Rng(31);
+    let wq4 = random_weight(&mut rng, DType::Q4_K, 2048 * 512);
     for (k, n) in [
         (256, 40),
+        (512, 300),
         (1024, 8200),
         (2048, 300),
         (8192, 72),
+        (8192, 4096),
         (16384, 40),
         (5376, 1024),
         (800, 70),
@@ -556,20 +561,54 @@ fn q8_products_match_the_cpu() {
             let w = c.weight(DType::Q8_0, &[k, n], wbytes.clone());
             let x = c.f32(&[k, m], rng.vec(k * m));
             let y = c.g.matmul_q8(w, x).unwrap();
+            let w4 = c.weight(DType::Q4_K, &[2048, 512], wq4.clone());
+            let x4 = c.f32(&[2048, m], rng.vec(2048 * m));
+            let z = c.g.matmul(w4, x4).unwrap();
             let y2 = c.g.matmul_q8(w, x).unwrap();
-            let graph = c.g.finish(&[y, y2]).unwrap();
-            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
-            let got = run_on(&mut cuda, &graph, &c.leaves, &[y, y2]);
-            let err = rel_err(&got[0], &want);
+            let graph = c.g.finish(&[y, z, y2]).unwrap();
+            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y, z]);
+            cuda.set_mma_prepare(Some(true));
+            let got = run_on(&mut cuda, &graph, &c.leaves, &[y, z, y2]);
+            cuda.set_mma_prepare(None);
+            let err = rel_err(&got[0], &want[0]);
             let name = format!("q8 k{k} n{n} m{m}");
             assert!(err <= 1e-5, "{name}: rel err {err:e}");
             assert!(got[0].iter().all(|v| v.is_finite()), "{name}: non-finite");
+            let err_z = rel_err(&got[1], &want[1]);
             assert!(
-                same_bits(&got[0], &got[1]),
-                "{name}: the product reusing the quantization differs"
+                err_z <= 1e-5,
+                "{name}: the Q4_K product between, rel err {err_z:e}"
+            );
+            assert!(
+                same_bits(&got[0], &got[2]),
+                "{name}: the product after the Q4_K one differs"
             );
             eprintln!("{name}: rel err {err:.2e}");
         }
+    }
+    // Special values: row 0 has a block of NaN, row 1 a block of zeros, row 2 an infinity.
+    for (k, n) in [(512, 300), (800, 70)] {
+        let wbytes = random_weight(&mut rng, DType::Q8_0, k * n);
+        let mut xv = rng.vec(k * 3);
+        xv[32..64].fill(f32::NAN);
+        xv[k + 64..k + 96].fill(0.0);
+        xv[2 * k + 5] = f32::INFINITY;
+        let mut c = Case::new();
+        let w = c.weight(DType::Q8_0, &[k, n], wbytes);
+        let x = c.f32(&[k, 3], xv);
+        let y = c.g.matmul_q8(w, x).unwrap();
+        let graph = c.g.finish(&[y]).unwrap();
+        let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+        let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+        let err = rel_err(&got[..2 * n], &want[..2 * n]);
+        assert!(err <= 1e-5, "q8 k{k} special values: rel err {err:e}");
+        assert!(
+            got[2 * n..]
+                .iter()
+                .chain(&want[2 * n..])
+                .all(|v| v.is_nan()),
+            "q8 k{k}: a block holding an infinity must make its row NaN on both"
+        );
     }
 }
 
@@ -1899,7 +1938,8 @@ fn last_queries_attention(
 
 /// Attention of up to 16 queries over f16 K/V rows of 128, 256 and 512 runs on the tensor-core
 /// kernel by default: within 1e-5 of the CPU and of the wide per-query kernel (the generic one at
-/// 128, the DFlash drafter's heads: 8 per group, no mask or a window), for 1, 2, 3 and 8 heads
+/// 128: the DFlash drafter's shape, 8 heads per group with no mask or a window, and a causal
+/// ring of 3 heads per group), for 1, 2, 3 and 8 heads
 /// per K/V group (rows of one unit from several queries, and padding rows), causal,
 /// sliding-window, explicit and no masks, ring and linear caches, one split and many, ranges
 /// shorter than a step, an empty cache and a query that sees one position.
