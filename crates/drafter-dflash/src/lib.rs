@@ -754,3 +754,55 @@ impl ExternalDrafter for DflashDrafter {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    /// A file of the bundled trio (`assets/`: a Q4_K_M target and its Q8_0 DFlash drafter).
+    fn asset(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../assets")
+            .join(name)
+    }
+
+    fn q8_products(built: &Built) -> usize {
+        built
+            .0
+            .nodes()
+            .iter()
+            .filter(|n| n.op == graph::Op::MatMulQ8)
+            .count()
+    }
+
+    /// A Q8_0 drafter's block graph and the context rows a round commits take 8-bit
+    /// activations; a prompt's context append stays exact, however few its rows.
+    #[test]
+    fn prompt_appends_are_exact_and_drafts_take_8_bit_activations() {
+        let file = gguf::GgufFile::open(asset("specula-py-target.q4_k_m.gguf")).unwrap();
+        let options = target::TargetOptions {
+            n_ctx: 64,
+            max_batch: 16,
+            ..Default::default()
+        };
+        let mut t = Target::load(
+            Arc::new(file),
+            Box::new(graph::CpuBackend::new()),
+            &options,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let d = DflashDrafter::open(&asset("specula-py-dflash.q8_0.gguf"), &mut t, None).unwrap();
+        let layers = d.config().n_layer;
+        // fc and each layer's k and v.
+        assert_eq!(
+            q8_products(&d.build_ctx(3, Products::Q8).unwrap()),
+            1 + 2 * layers
+        );
+        assert_eq!(q8_products(&d.build_ctx(3, Products::Exact).unwrap()), 0);
+        // q, k, v, o, gate, up and down of each layer (the head is the target's Q4_K/Q6_K).
+        assert_eq!(q8_products(&d.build_block(&t, 4).unwrap()), 7 * layers);
+    }
+}

@@ -105,8 +105,10 @@ pub enum Op {
     /// over the non-NaN elements, 0 if none), `q = round(x · (1 / d))` (ties away from zero,
     /// clamped to ±127; 0 where `d` is 0 or the product is NaN, so a block holding an infinity
     /// has `d` = inf and all `q` = 0, and its products are NaN); each block's product is the
-    /// exact integer `Σ q_w · q_x`, times `d_w · d_x` (f32) and added to the row's f32 sum with
-    /// one rounding (a fused multiply-add), block after block.
+    /// exact integer `Σ q_w · q_x`, and its term `d_w · d_x · Σ` (the scales' product in f32)
+    /// joins an f32 sum with one rounding (a fused multiply-add). The CPU adds the terms block
+    /// after block; a backend may group them (CUDA sums per warp and split, then the partial
+    /// sums), so results agree within f32 rounding.
     MatMulQ8,
     /// Expert-indexed matmul: `[w [k, n, n_expert], x F32 [k, 1 or n_used, t], ids I32
     /// [n_used, t]]` → F32 `[n, n_used, t]`, slot `j` of token `t` using expert `ids[j, t]`.

@@ -189,6 +189,9 @@ pub(crate) fn matmul_q8(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data) -
     }
     let xl = x.layout();
     let m = xl.shape.n_rows();
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
     let xs = x.f32().map_err(|e| e.to_string())?;
     let rows: Vec<(Vec<i8>, Vec<f32>)> = (0..m)
         .map(|r| quantize_q8_row(&xs[xl.row_offset(r)..xl.row_offset(r) + k]))
