@@ -1094,6 +1094,21 @@ __device__ __forceinline__ void q80_words(const u8* bb, int blk, int t, u32& q0,
     }
 }
 
+// Block `blk` of the groups at b (rows g and g + 8 of each weight tile): its scales d and lane
+// t's two quant words (q80_words).
+template <int MT, int HINT>
+__device__ __forceinline__ void q80_block(const u8* const (&b)[MT][2], int blk, int t, u32 (&q)[MT][2][2],
+                                          float (&d)[MT][2]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const u8* bb = b[mt][r] + 34 * blk;
+            d[mt][r] = h2f((u16)ldw16<HINT>(bb));
+            q80_words<HINT>(bb, blk, t, q[mt][r][0], q[mt][r][1]);
+        }
+}
+
 // ---- Q8_0: a group is 8 blocks of 34 bytes (f16 d, 32 int8). Lane t takes weights 8t..8t+3 and
 // 8t+4..8t+7 of each block (one mma each); A = q (exact); d multiplies the block's f32 sum.
 template <int MT, int NT, bool PREP>
@@ -1110,14 +1125,7 @@ __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, floa
     for (int blk = 0; blk < 8; ++blk) {
         u32 q[MT][2][2];
         float d[MT][2];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const u8* bb = b[mt][r] + 34 * blk;
-                d[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(bb));
-                q80_words<SMALL_HINT(NT)>(bb, blk, t, q[mt][r][0], q[mt][r][1]);
-            }
+        q80_block<MT, SMALL_HINT(NT)>(b, blk, t, q, d);
         XFrag f[NT][2];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
@@ -1211,14 +1219,7 @@ __device__ __forceinline__ void q80x_group(const u8* w, const void* xs, int k, i
         int kb = grp * 8 + blk;
         u32 q[MT][2][2];
         float d[MT][2];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const u8* bb = b[mt][r] + 34 * blk;
-                d[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(bb));
-                q80_words<SMALL_HINT(NT)>(bb, blk, t, q[mt][r][0], q[mt][r][1]);
-            }
+        q80_block<MT, SMALL_HINT(NT)>(b, blk, t, q, d);
         uint2 xb[NT];
         float2 dx[NT];
 #pragma unroll
