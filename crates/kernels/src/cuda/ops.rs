@@ -43,20 +43,12 @@ impl CudaBackend {
         let (mt, nt) = mi.tile;
         let kw = mi.k_warps;
         let splits = source::mma_k_splits(k);
-        let dst = if splits > 1 {
-            self.partials_ptr(exec)?
+        let dst = self.split_dst(exec, splits, out)?;
+        let weights = if w.dtype == DType::Q8_0 {
+            self.q80_weights(exec, id, node)?
         } else {
-            out
+            self.base(exec, node.inputs[0])?
         };
-        let weights = self.base(exec, node.inputs[0])?;
-        // The Q8_0 kernels read quants in aligned 4-byte words (`q80_words`); device
-        // allocations are 256-byte aligned, so this only guards the assumption.
-        if w.dtype == DType::Q8_0 && weights % 4 != 0 {
-            return Err(backend_err(format!(
-                "Q8_0 weights of node {} at a misaligned address",
-                id.index()
-            )));
-        }
         let mut a = Args::default();
         a.ptr(weights)
             .ptr(xs)
@@ -108,10 +100,42 @@ impl CudaBackend {
                 &mut a,
             )?;
         }
-        if splits > 1 && !exec.fuse.unsummed.contains(&id.index()) {
+        if !exec.fuse.unsummed.contains(&id.index()) {
+            self.sum_splits(dst, out, m * n, splits)?;
+        }
+        Ok(())
+    }
+
+    /// Address of the Q8_0 weights of product `node`: the Q8_0 kernels read quants in aligned
+    /// 4-byte words (`q80_words`); device allocations are 256-byte aligned, so the check only
+    /// guards that assumption.
+    fn q80_weights(&self, exec: &Exec, id: NodeId, node: &Node) -> Result<u64> {
+        let weights = self.base(exec, node.inputs[0])?;
+        if weights % 4 != 0 {
+            return Err(backend_err(format!(
+                "Q8_0 weights of node {} at a misaligned address",
+                id.index()
+            )));
+        }
+        Ok(weights)
+    }
+
+    /// Where a product split over `splits` planes writes: the shared partials, or `out`.
+    fn split_dst(&self, exec: &Exec, splits: usize, out: u64) -> Result<u64> {
+        if splits > 1 {
+            self.partials_ptr(exec)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// Sums the `splits` planes of `n_out` partial sums at `dst` into `out` (`mmv_sum_splits`);
+    /// nothing for one plane.
+    fn sum_splits(&self, dst: u64, out: u64, n_out: usize, splits: usize) -> Result<()> {
+        if splits > 1 {
             let mut r = Args::default();
-            r.ptr(dst).ptr(out).i32((m * n) as i32).i32(splits as i32);
-            self.launch("mmv_sum_splits", grid1(m * n, 256), 256, &mut r)?;
+            r.ptr(dst).ptr(out).i32(n_out as i32).i32(splits as i32);
+            self.launch("mmv_sum_splits", grid1(n_out, 256), 256, &mut r)?;
         }
         Ok(())
     }
@@ -147,8 +171,8 @@ impl CudaBackend {
                 &mut p,
             )?;
         }
-        let weights = self.base(exec, node.inputs[0])?;
         if !qi.tensor_cores {
+            let weights = self.base(exec, node.inputs[0])?;
             let mut a = Args::default();
             a.ptr(weights)
                 .ptr(xs)
@@ -158,19 +182,9 @@ impl CudaBackend {
                 .i32(m as i32);
             return self.launch("matmul_q8_0_q8x_warp", grid1(n * m * 32, 256), 256, &mut a);
         }
-        // The kernels read quants in aligned 4-byte words (`q80_words`).
-        if weights % 4 != 0 {
-            return Err(backend_err(format!(
-                "Q8_0 weights of node {} at a misaligned address",
-                id.index()
-            )));
-        }
+        let weights = self.q80_weights(exec, id, node)?;
         let (kw, splits) = (qi.k_warps, qi.k_splits);
-        let dst = if splits > 1 {
-            self.partials_ptr(exec)?
-        } else {
-            out
-        };
+        let dst = self.split_dst(exec, splits, out)?;
         let mut a = Args::default();
         a.ptr(weights)
             .ptr(xs)
@@ -191,12 +205,7 @@ impl CudaBackend {
             256,
             &mut a,
         )?;
-        if splits > 1 {
-            let mut r = Args::default();
-            r.ptr(dst).ptr(out).i32((m * n) as i32).i32(splits as i32);
-            self.launch("mmv_sum_splits", grid1(m * n, 256), 256, &mut r)?;
-        }
-        Ok(())
+        self.sum_splits(dst, out, m * n, splits)
     }
 
     /// The `_mma_` route settings now.
