@@ -104,7 +104,7 @@ impl Loaded {
     }
 }
 
-/// How a drafter graph's products of Q8_0 weights treat their activations.
+/// How a drafter graph's products of Q8_0 and Q6_K weights treat their activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Products {
     /// Exact: the prompt's context appends (prefill chunks), whose long batches the GPU runs on
@@ -117,10 +117,11 @@ enum Products {
     Q8,
 }
 
-/// A drafter product: Q8_0 weights take 8-bit activations under [`Products::Q8`]; every other
-/// product is exact.
+/// A drafter product: Q8_0 and Q6_K weights (the drafter's layers; a Q4_K_M target's tied
+/// head) take 8-bit activations under [`Products::Q8`]; every other product is exact.
 fn product(g: &mut GraphBuilder, w: NodeId, x: NodeId, products: Products) -> Res<NodeId> {
-    Ok(if products == Products::Q8 && g.dtype(w)? == DType::Q8_0 {
+    let q8_weights = matches!(g.dtype(w)?, DType::Q8_0 | DType::Q6_K);
+    Ok(if products == Products::Q8 && q8_weights {
         g.matmul_q8(w, x)?
     } else {
         g.matmul(w, x)?
@@ -777,8 +778,9 @@ mod tests {
             .count()
     }
 
-    /// A Q8_0 drafter's block graph and the context rows a round commits take 8-bit
-    /// activations; a prompt's context append stays exact, however few its rows.
+    /// A Q8_0 drafter's block graph (its tied Q6_K head too) and the context rows a round
+    /// commits take 8-bit activations; a prompt's context append stays exact, however few its
+    /// rows.
     #[test]
     fn prompt_appends_are_exact_and_drafts_take_8_bit_activations() {
         let file = gguf::GgufFile::open(asset("specula-py-target.q4_k_m.gguf")).unwrap();
@@ -802,7 +804,8 @@ mod tests {
             1 + 2 * layers
         );
         assert_eq!(q8_products(&d.build_ctx(3, Products::Exact).unwrap()), 0);
-        // q, k, v, o, gate, up and down of each layer (the head is the target's Q4_K/Q6_K).
-        assert_eq!(q8_products(&d.build_block(&t, 4).unwrap()), 7 * layers);
+        // q, k, v, o, gate, up and down of each layer, and the head (the target's tied Q6_K
+        // token embedding).
+        assert_eq!(q8_products(&d.build_block(&t, 4).unwrap()), 7 * layers + 1);
     }
 }

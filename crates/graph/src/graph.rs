@@ -286,15 +286,15 @@ impl GraphBuilder {
         Ok(self.push(Op::MatMul, vec![w, x], DType::F32, out))
     }
 
-    /// [`GraphBuilder::matmul`] of Q8_0 weights with the activations quantized to 8 bits first
-    /// (see [`Op::MatMulQ8`]): for drafters, whose products need not be exact.
+    /// [`GraphBuilder::matmul`] of Q8_0 or Q6_K weights with the activations quantized to 8 bits
+    /// first (see [`Op::MatMulQ8`]): for drafters, whose products need not be exact.
     pub fn matmul_q8(&mut self, w: NodeId, x: NodeId) -> Result<NodeId> {
         let out = self.product_shape("matmul_q8", w, x)?;
         let wn = self.get(w)?;
-        if wn.dtype != DType::Q8_0 {
+        if !matches!(wn.dtype, DType::Q8_0 | DType::Q6_K) {
             return Err(shape_err(
                 "matmul_q8",
-                format!("weight must be Q8_0, found {}", wn.dtype),
+                format!("weight must be Q8_0 or Q6_K, found {}", wn.dtype),
             ));
         }
         Ok(self.push(Op::MatMulQ8, vec![w, x], DType::F32, out))

@@ -99,16 +99,19 @@ pub enum Op {
     GetRows,
     /// `[w [k, n] (any weight dtype), x F32 [k, m, b2, b3]]` → F32 `[n, m, b2, b3]`.
     MatMul,
-    /// `[w [k, n] Q8_0, x F32 [k, m, b2, b3]]` → F32 `[n, m, b2, b3]`: [`Op::MatMul`] with the
-    /// activations quantized like Q8_0 weights first (a drafter's products, as llama.cpp's
-    /// q8 activations): per row and 32-element block, `d = max|x| / 127` in f32 (the maximum
-    /// over the non-NaN elements, 0 if none), `q = round(x · (1 / d))` (ties away from zero,
-    /// clamped to ±127; 0 where `d` is 0 or the product is NaN, so a block holding an infinity
-    /// has `d` = inf and all `q` = 0, and its products are NaN); each block's product is the
-    /// exact integer `Σ q_w · q_x`, and its term `d_w · d_x · Σ` (the scales' product in f32)
-    /// joins an f32 sum with one rounding (a fused multiply-add). The CPU adds the terms block
-    /// after block; a backend may group them (CUDA sums per warp and split, then the partial
-    /// sums), so results agree within f32 rounding.
+    /// `[w [k, n] Q8_0 or Q6_K, x F32 [k, m, b2, b3]]` → F32 `[n, m, b2, b3]`: [`Op::MatMul`]
+    /// with the activations quantized like Q8_0 weights first (a drafter's products, as
+    /// llama.cpp's q8 activations): per row and 32-element block, `d = max|x| / 127` in f32 (the
+    /// maximum over the non-NaN elements, 0 if none), `q = round(x · (1 / d))` (ties away from
+    /// zero, clamped to ±127; 0 where `d` is 0 or the product is NaN, so a block holding an
+    /// infinity has `d` = inf and all `q` = 0, and its products are NaN); each block's product
+    /// is the exact integer `Σ q_w · q_x`, and its term `d_w · d_x · Σ` (the scales' product in
+    /// f32) joins an f32 sum with one rounding (a fused multiply-add). A Q8_0 block's integer
+    /// weights are its quants and `d_w` its scale; a Q6_K weight's is `scale · (q − 32)` (its
+    /// 16-weight sub-block's int8 scale times its level) and `d_w` its 256-weight group's `d`
+    /// (|Σ| < 2^24, so the integer is exact in f32 too). The CPU adds the terms block after
+    /// block; a backend may group them (CUDA sums per warp and split, then the partial sums),
+    /// so results agree within f32 rounding.
     MatMulQ8,
     /// Expert-indexed matmul: `[w [k, n, n_expert], x F32 [k, 1 or n_used, t], ids I32
     /// [n_used, t]]` → F32 `[n, n_used, t]`, slot `j` of token `t` using expert `ids[j, t]`.

@@ -1156,16 +1156,26 @@ __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, floa
 }
 
 // ---- Q8_0 weights × q8 activations (`matmul_q8_0_q8x_*`, graph op MatMulQ8: drafters'
-// products, llama.cpp's q8 activations). `q8_quantize_x` writes an m-row input as int8 q [m][k]
-// in element order, then f32 d [k/32][q8x_mpad(m)]: per row and 32 elements d = max|x| / 127,
+// products, llama.cpp's q8 activations). `q8_quantize_x` writes an m-row input block-major, as
+// int8 q [k/32][q8x_mpad(m)][32], then f32 d [k/32][q8x_mpad(m)]: per row and 32 elements
+// d = max|x| / 127,
 // q = round(x · (1/d)) (ties away from zero; 0 where d is 0 or the product is NaN), as the CPU
 // reference. One mma.m16n8k32 (s8 × s8) per block and 8 rows gives the block's exact integer
 // dot products, times d_w·d_x in f32. A lane's A words are bytes 8t..8t+3 and 8t+4..8t+7 of its
 // rows' block (q80_words) standing for k = 4t.. and 16 + 4t..; its B words are the same bytes of
-// its activation row, so the permutation cancels.
+// its activation row, so the permutation cancels. Block-major, the 8 rows of an activation tile
+// are 256 contiguous bytes of a block: a warp's B load touches 2 cache lines rather than 8 (the
+// products are bound by L1 wavefronts, bench/NOTES.md).
 #define DT_Q8X 108  // a kernel-template tag, not a ggml type
 
 __device__ __forceinline__ int q8x_mpad(int m) { return (m + 15) & ~15; }
+// The 32 quants of block kb of row r, and the scales, of q8 activations at xs (mp = q8x_mpad(m)).
+__device__ __forceinline__ const signed char* q8x_quants(const void* xs, int mp, int kb, int r) {
+    return (const signed char*)xs + ((i64)kb * mp + r) * 32;
+}
+__device__ __forceinline__ const float* q8x_scales(const void* xs, int k, int mp) {
+    return (const float*)((const signed char*)xs + (i64)mp * k);
+}
 
 // c = A·B for int8 A (s8, 16 × 32) and B (s8, 32 × 8), s32 accumulation from zero.
 __device__ __forceinline__ void imma_16832_ss(int (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
@@ -1184,8 +1194,9 @@ extern "C" __global__ void q8_quantize_x(const float* x, i64 x_off, i64 x_stride
     pdl_entry();
     int lane = threadIdx.x & 31, blk = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (blk >= k / 32) return;
-    signed char* xq = (signed char*)xs;
-    float* scales = (float*)(xq + (i64)m * k) + (i64)blk * q8x_mpad(m);
+    int mp = q8x_mpad(m);
+    signed char* xq = (signed char*)xs + (i64)blk * mp * 32;
+    float* scales = (float*)q8x_scales(xs, k, mp) + (i64)blk * mp;
     for (int r = blockIdx.y; r < m; r += gridDim.y) {
         float v = x[x_off + (i64)r * x_stride + 32 * blk + lane];
         float a = fmaxf(fabsf(v), 0.0f);
@@ -1194,10 +1205,10 @@ extern "C" __global__ void q8_quantize_x(const float* x, i64 x_off, i64 x_stride
         float d = __fdiv_rn(a, 127.0f);
         float inv = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
         float q = roundf(__fmul_rn(v, inv));
-        xq[(i64)r * k + 32 * blk + lane] = q != q ? 0 : (signed char)fminf(fmaxf(q, -127.0f), 127.0f);
+        xq[32 * r + lane] = q != q ? 0 : (signed char)fminf(fmaxf(q, -127.0f), 127.0f);
         if (lane == 0) scales[r] = d;
     }
-    if (blockIdx.y == 0 && lane < q8x_mpad(m) - m) scales[m + lane] = 0.0f;
+    if (blockIdx.y == 0 && lane < mp - m) scales[m + lane] = 0.0f;
 }
 
 // One 256-weight group (8 Q8_0 blocks) of weight rows g and g + 8 of each 16-row tile times NT
@@ -1211,9 +1222,8 @@ __device__ __forceinline__ void q80x_group(const u8* w, const void* xs, int k, i
     weight_groups<MT>(w, row0, n, n_groups, grp, 272, b);
     int tok[NT];
     activation_rows<NT>(m0, m, tok);
-    const signed char* xq = (const signed char*)xs;
-    const float* xd = (const float*)(xq + (i64)m * k);
     int mp = q8x_mpad(m);
+    const float* xd = q8x_scales(xs, k, mp);
 #pragma unroll 4
     for (int blk = 0; blk < 8; ++blk) {
         int kb = grp * 8 + blk;
@@ -1224,7 +1234,7 @@ __device__ __forceinline__ void q80x_group(const u8* w, const void* xs, int k, i
         float2 dx[NT];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-            xb[nt] = *(const uint2*)(xq + (i64)tok[nt] * k + 32 * kb + 8 * t);
+            xb[nt] = *(const uint2*)(q8x_quants(xs, mp, kb, tok[nt]) + 8 * t);
             dx[nt] = *(const float2*)(xd + (i64)kb * mp + m0 + 8 * nt + 2 * t);
         }
 #pragma unroll
@@ -1250,15 +1260,156 @@ extern "C" __global__ void matmul_q8_0_q8x_warp(const u8* w, const void* xs, flo
     if (wi >= (i64)n * m) return;
     int row = (int)(wi % n), tok = (int)(wi / n), nb = k / 32;
     const u8* wr = w + (i64)row * nb * 34;
-    const signed char* xq = (const signed char*)xs + (i64)tok * k;
-    const float* xd = (const float*)((const signed char*)xs + (i64)m * k);
+    int mp = q8x_mpad(m);
+    const float* xd = q8x_scales(xs, k, mp);
     float acc = 0.0f;
     for (int kb = lane; kb < nb; kb += 32) {
         const u8* bb = wr + 34 * kb;
+        const signed char* xq = q8x_quants(xs, mp, kb, tok);
         int s = 0;
-        for (int j = 0; j < 32; ++j) s += (int)(signed char)bb[2 + j] * (int)xq[32 * kb + j];
+        for (int j = 0; j < 32; ++j) s += (int)(signed char)bb[2 + j] * (int)xq[j];
         float dw = h2f((u16)(bb[0] | bb[1] << 8));
-        acc = __fmaf_rn(__fmul_rn(dw, xd[(i64)kb * q8x_mpad(m) + tok]), (float)s, acc);
+        acc = __fmaf_rn(__fmul_rn(dw, xd[(i64)kb * mp + tok]), (float)s, acc);
+    }
+#pragma unroll
+    for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) y[(i64)tok * n + row] = acc;
+}
+
+// ---- Q6_K weights × q8 activations (`matmul_q6_k_q8x_*`, graph op MatMulQ8 of Q6_K weights:
+// the drafters' output heads). The activations come from q8_quantize_x as above; activation
+// block kb = 8·grp + 4h + p (32 elements) is run p of half h of Q6_K group grp, whose two
+// 16-weight sub-blocks 8h + 2p + lb have their own int8 scales. So one mma.m16n8k16 (s8 × s8)
+// per sub-block and 8 rows: lane t's A words hold the levels q − 32 of weights 16·lb + 4t..+3
+// of the run (rows g and g + 8), its B word the same four activations of its row. The two exact
+// sums join as sc0·s0 + sc1·s1 in int32 (below 2^24 in magnitude, so exact in f32 as well) and
+// the block's term is d_w·d_x times that, as the CPU reference adds it.
+#define DT_Q6X 114  // a kernel-template tag, not a ggml type
+
+// c = A·B for int8 A (s8, 16 × 16) and B (s8, 16 × 8), s32 accumulation from zero.
+__device__ __forceinline__ void imma_16816_ss(int (&c)[4], u32 a0, u32 a1, u32 b0) {
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};\n"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0), "r"(0));
+}
+
+// The levels q − 32 (int8) of four Q6_K weights from their low nibbles (bits 0..3 of each byte
+// of lo) and high bit pairs (bits 4, 5 of each byte of hi); the other bits are ignored. q + 0x60
+// per byte cannot carry (q ≤ 63), and flipping bit 7 then gives q − 32 modulo 256.
+__device__ __forceinline__ u32 q6_levels(u32 lo, u32 hi) {
+    u32 q = (lo & 0x0F0F0F0Fu) | (hi & 0x30303030u);
+    return (q + 0x60606060u) ^ 0x80808080u;
+}
+
+// One 256-weight Q6_K group of weight rows g and g + 8 of each 16-row tile times NT tiles of 8
+// q8 activation rows. Rows past the batch read row m0's words and the scales' padding; their
+// columns are never written.
+template <int MT, int NT>
+__device__ __forceinline__ void q6kx_group(const u8* w, const void* xs, int k, int m, float (&acc)[MT][NT][4],
+                                           int row0, int n, int n_groups, int grp, int m0) {
+    int t = threadIdx.x & 3;
+    const u8* b[MT][2];
+    weight_groups<MT>(w, row0, n, n_groups, grp, 210, b);
+    int tok[NT];
+    activation_rows<NT>(m0, m, tok);
+    int mp = q8x_mpad(m);
+    const float* xd = q8x_scales(xs, k, mp);
+    bool al[MT][2];
+    float dd[MT][2];
+    u32 scales[MT][2][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            al[mt][r] = ((size_t)b[mt][r] & 3) == 0;
+            dd[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(b[mt][r] + 208));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) scales[mt][r][j] = load_u32_a<SMALL_HINT(NT)>(b[mt][r] + 192 + 4 * j, al[mt][r]);
+        }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        u32 ql[MT][2][2][2], qh[MT][2][2];  // [tile][row][lb][run parity]
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r)
+#pragma unroll
+                for (int lb = 0; lb < 2; ++lb) {
+                    const u8* bb = b[mt][r];
+                    ql[mt][r][lb][0] = load_u32_a<SMALL_HINT(NT)>(bb + 64 * h + 16 * lb + 4 * t, al[mt][r]);
+                    ql[mt][r][lb][1] = load_u32_a<SMALL_HINT(NT)>(bb + 64 * h + 32 + 16 * lb + 4 * t, al[mt][r]);
+                    qh[mt][r][lb] = load_u32_a<SMALL_HINT(NT)>(bb + 128 + 32 * h + 16 * lb + 4 * t, al[mt][r]);
+                }
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+            int kb = grp * 8 + 4 * h + p, sb = 8 * h + 2 * p;
+            u32 xb[NT][2];
+            float2 dx[NT];
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                for (int lb = 0; lb < 2; ++lb) xb[nt][lb] = *(const u32*)(q8x_quants(xs, mp, kb, tok[nt]) + 16 * lb + 4 * t);
+                dx[nt] = *(const float2*)(xd + (i64)kb * mp + m0 + 8 * nt + 2 * t);
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                u32 a[2][2];  // [row][lb]
+                int sc[2][2];
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+#pragma unroll
+                    for (int lb = 0; lb < 2; ++lb) {
+                        u32 lo = ql[mt][r][lb][p & 1] >> (4 * (p >> 1));
+                        u32 hi = p < 3 ? qh[mt][r][lb] << (4 - 2 * p) : qh[mt][r][lb] >> 2;
+                        a[r][lb] = q6_levels(lo, hi);
+                        sc[r][lb] = (int)(signed char)(scales[mt][r][sb >> 2] >> (8 * ((sb + lb) & 3)));
+                    }
+                }
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    int c0[4], c1[4];
+                    imma_16816_ss(c0, a[0][0], a[1][0], xb[nt][0]);
+                    imma_16816_ss(c1, a[0][1], a[1][1], xb[nt][1]);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        int s = sc[e >> 1][0] * c0[e] + sc[e >> 1][1] * c1[e];
+                        acc[mt][nt][e] = __fmaf_rn(__fmul_rn(dd[mt][e >> 1], (e & 1) ? dx[nt].y : dx[nt].x),
+                                                   (float)s, acc[mt][nt][e]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// matmul_q6_k_q8x without tensor cores: a warp per (weight row, activation row), its lanes
+// taking every 32nd activation block (one run of a Q6_K group), summed by shuffles.
+extern "C" __global__ void matmul_q6_k_q8x_warp(const u8* w, const void* xs, float* y, int k, int n, int m) {
+    pdl_entry();
+    i64 wi = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (wi >= (i64)n * m) return;
+    int row = (int)(wi % n), tok = (int)(wi / n), nb = k / 32;
+    const u8* wr = w + (i64)row * (k / 256) * 210;
+    int mp = q8x_mpad(m);
+    const float* xd = q8x_scales(xs, k, mp);
+    float acc = 0.0f;
+    for (int kb = lane; kb < nb; kb += 32) {
+        const u8* g = wr + 210 * (kb / 8);
+        const signed char* xq = q8x_quants(xs, mp, kb, tok);
+        int h = (kb % 8) / 4, p = kb % 4;
+        int sb = 8 * h + 2 * p, is = 0;
+        for (int lb = 0; lb < 2; ++lb) {
+            int s = 0;
+            for (int l = 16 * lb; l < 16 * lb + 16; ++l) {
+                int lo = (g[64 * h + 32 * (p & 1) + l] >> (4 * (p >> 1))) & 0xF;
+                int hi = (g[128 + 32 * h + l] >> (2 * p)) & 3;
+                s += ((lo | hi << 4) - 32) * (int)xq[l];
+            }
+            is += (int)(signed char)g[192 + sb + lb] * s;
+        }
+        float dw = h2f((u16)(g[208] | g[209] << 8));
+        acc = __fmaf_rn(__fmul_rn(dw, xd[(i64)kb * mp + tok]), (float)is, acc);
     }
 #pragma unroll
     for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
@@ -1298,6 +1449,7 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
             if (DT == DT_Q6_K) q6k_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
             if (DT == DT_Q8_0) q80_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
             if (DT == DT_Q8X) q80x_group<MT, NT>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
+            if (DT == DT_Q6X) q6kx_group<MT, NT>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
         }
     }
 #pragma unroll
@@ -1405,6 +1557,11 @@ MMV_KERNEL(q8_0_q8x, DT_Q8X, 1, 1, 2, true, )
 MMV_KERNEL(q8_0_q8x, DT_Q8X, 1, 2, 2, true, )
 MMV_KERNEL(q8_0_q8x, DT_Q8X, 2, 1, 2, true, )
 MMV_KERNEL(q8_0_q8x, DT_Q8X, 2, 2, 2, true, )
+// matmul_q6_k_q8x_mma_m<MT>n<NT>: Q6_K weights × q8 activations (as above).
+MMV_KERNEL(q6_k_q8x, DT_Q6X, 1, 1, 2, true, )
+MMV_KERNEL(q6_k_q8x, DT_Q6X, 1, 2, 2, true, )
+MMV_KERNEL(q6_k_q8x, DT_Q6X, 2, 1, 2, true, )
+MMV_KERNEL(q6_k_q8x, DT_Q6X, 2, 2, 2, true, )
 
 // matmul_<type>_mma_m1n1[_x]_p: matmul_<type>_mma_m1n1[_x] in gridDim.y persistent blocks (grid
 // (⌈m / 8⌉, blocks, 1)) over `splits` planes.

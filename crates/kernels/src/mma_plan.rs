@@ -213,12 +213,15 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
     })
 }
 
-/// A product of Q8_0 weights with q8-quantized activations ([`Op::MatMulQ8`], drafters'):
-/// `q8_quantize_x` writes the activations into the prepared-activation scratch, then the
-/// `matmul_q8_0_q8x_*` kernels take one int8 mma per 32-weight block and 8 activation rows (or,
-/// without tensor cores, `matmul_q8_0_q8x_warp` a warp per output).
+/// A product of Q8_0 or Q6_K weights with q8-quantized activations ([`Op::MatMulQ8`],
+/// drafters'): `q8_quantize_x` writes the activations into the prepared-activation scratch,
+/// then the `matmul_q8_0_q8x_*` kernels take one int8 mma per 32-weight block and 8 activation
+/// rows, the `matmul_q6_k_q8x_*` kernels one per 16-weight sub-block (or, without tensor cores,
+/// `matmul_<type>_q8x_warp` a warp per output).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Q8Input {
+    /// The weights' type: Q8_0 or Q6_K.
+    pub weights: DType,
     /// The activation node.
     pub x: NodeId,
     /// Element offset of the first row in the node's storage.
@@ -229,8 +232,8 @@ pub(crate) struct Q8Input {
     pub k: usize,
     /// Activation rows.
     pub m: usize,
-    /// Weight tiles of 16 rows per warp: 2 for products of at least [`Q8_TWO_TILE_ROWS`] rows
-    /// (each activation word then serves 32 weight rows), else 1; `cfg.mt` overrides it.
+    /// Weight tiles of 16 rows per warp: 2 for Q8_0 products of at least [`Q8_TWO_TILE_ROWS`]
+    /// rows (each activation word then serves 32 weight rows), else 1; `cfg.mt` overrides it.
     pub mt: usize,
     /// Activation tiles of 8 rows per block: 1 up to 8 rows, else 2.
     pub nt: usize,
@@ -250,11 +253,13 @@ impl Q8Input {
             == (other.x, other.offset, other.stride, other.k, other.m)
     }
 
-    /// Bytes of the quantized activations: one per element, then one f32 scale per 32 elements
-    /// for each of the rows rounded up to 16 (`q8x_mpad` in matvec_mma.cu: the kernels read a
-    /// tile's scales in pairs, past the last row too).
+    /// Bytes of the quantized activations, for the rows rounded up to 16 (`q8x_mpad` in
+    /// matvec_mma.cu: the kernels read a tile's scales in pairs, past the last row too): one
+    /// per element (block-major, so a tile's rows of a block are contiguous), then one f32 scale
+    /// per 32 elements.
     pub fn bytes(&self) -> usize {
-        self.m * self.k + 4 * (self.k / 32) * self.m.next_multiple_of(16)
+        let rows = self.m.next_multiple_of(16);
+        rows * self.k + 4 * (self.k / 32) * rows
     }
 }
 
@@ -274,13 +279,18 @@ pub(crate) fn q8_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<Q8Inpu
     let stride = uniform_row_stride(&x.layout)?;
     let m = x.shape().n_rows();
     let nt = if m <= 8 { 1 } else { 2 };
-    let mt = cfg
-        .mt
-        .unwrap_or(if n >= Q8_TWO_TILE_ROWS { 2 } else { 1 })
-        .clamp(1, 2);
+    // Two Q6_K weight tiles per warp spill (their quants take three words per four weights).
+    let two_tiles = n >= Q8_TWO_TILE_ROWS && w.dtype == DType::Q8_0;
+    let mt = cfg.mt.unwrap_or(if two_tiles { 2 } else { 1 }).clamp(1, 2);
     let k_warps = source::mma_k_warps(k);
     let fits = n.div_ceil(16 * mt * (8 / k_warps)) <= 65_535;
-    (w.dtype == DType::Q8_0 && k % 32 == 0 && m > 0).then_some(Q8Input {
+    let whole_blocks = match w.dtype {
+        DType::Q8_0 => k % 32 == 0,
+        DType::Q6_K => k % 256 == 0,
+        _ => false,
+    };
+    (whole_blocks && m > 0).then_some(Q8Input {
+        weights: w.dtype,
         x: node.inputs[1],
         offset: x.layout.offset as i64,
         stride,
@@ -635,7 +645,7 @@ mod tests {
         let qi = p.q8[&k.index()];
         assert_eq!((qi.mt, qi.nt, qi.k_warps, qi.k_splits), (1, 1, 8, 2));
         assert!(qi.tensor_cores);
-        assert_eq!(qi.bytes(), 5 * 8192 + 4 * 256 * 16);
+        assert_eq!(qi.bytes(), 16 * 8192 + 4 * 256 * 16);
         assert!(p.scratch_bytes >= qi.bytes());
         assert!(p.partial_elems >= 2 * 5 * 64);
         // Rows not of whole 256-weight groups take the per-warp kernel.

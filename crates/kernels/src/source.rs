@@ -302,6 +302,11 @@ pub const OTHER_KERNELS: &[&str] = &[
     "matmul_q8_0_q8x_mma_m1n2",
     "matmul_q8_0_q8x_mma_m2n1",
     "matmul_q8_0_q8x_mma_m2n2",
+    "matmul_q6_k_q8x_warp",
+    "matmul_q6_k_q8x_mma_m1n1",
+    "matmul_q6_k_q8x_mma_m1n2",
+    "matmul_q6_k_q8x_mma_m2n1",
+    "matmul_q6_k_q8x_mma_m2n2",
     "rows_to_f16",
     "gemm_rescale",
 ];

@@ -16,6 +16,8 @@ mod q5_k;
 mod q6_k;
 mod q8_0;
 
+pub use q6_k::levels as q6_k_levels;
+
 use crate::error::ErrorKind;
 use crate::GgmlType;
 

@@ -13,24 +13,30 @@
 
 use super::f16_at;
 
-pub(super) fn dequantize_block(b: &[u8; 210], out: &mut [f32; 256]) {
-    let d = f16_at(b, 208);
+/// One Q6_K block's integer parts: the levels `q − 32` (−32..=31) of its 256 weights in order,
+/// the 16 sub-block scales and `d`, so that weight `i` = `d · scales[i / 16] · levels[i]`.
+pub fn levels(b: &[u8; 210]) -> ([i8; 256], [i8; 16], f32) {
+    let mut q = [0i8; 256];
     for half in 0..2 {
         let ql = &b[64 * half..64 * (half + 1)];
         let qh = &b[128 + 32 * half..128 + 32 * (half + 1)];
-        let sc = &b[192 + 8 * half..192 + 8 * (half + 1)];
-        let y = &mut out[128 * half..128 * (half + 1)];
+        let y = &mut q[128 * half..128 * (half + 1)];
         for l in 0..32 {
-            let is = l / 16;
-            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-            y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
-            y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-            y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-            y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+            let level = |low: u8, high: u8| ((low & 0xF) | ((high & 3) << 4)) as i8 - 32;
+            y[l] = level(ql[l], qh[l]);
+            y[l + 32] = level(ql[l + 32], qh[l] >> 2);
+            y[l + 64] = level(ql[l] >> 4, qh[l] >> 4);
+            y[l + 96] = level(ql[l + 32] >> 4, qh[l] >> 6);
         }
+    }
+    let scales = std::array::from_fn(|i| b[192 + i] as i8);
+    (q, scales, f16_at(b, 208))
+}
+
+pub(super) fn dequantize_block(b: &[u8; 210], out: &mut [f32; 256]) {
+    let (q, scales, d) = levels(b);
+    for (i, (y, &level)) in out.iter_mut().zip(&q).enumerate() {
+        *y = d * scales[i / 16] as f32 * level as f32;
     }
 }
 

@@ -165,25 +165,62 @@ pub(crate) fn quantize_q8_row(row: &[f32]) -> (Vec<i8>, Vec<f32>) {
     (q, d)
 }
 
-/// out = W·x for Q8_0 weights and q8-quantized activation rows ([`crate::Op::MatMulQ8`]): per
-/// 32-element block the exact integer dot product times `d_w · d_x`, the blocks added in order.
+/// The integer weights of one 32-element block of a [`crate::Op::MatMulQ8`] weight row and
+/// their f32 scale: Q8_0's quants and `d`; for Q6_K, `scale · (q − 32)` of its two 16-weight
+/// sub-blocks and the group's `d`.
+fn q8_weight_blocks(dtype: crate::DType, row: &[u8]) -> Vec<([i32; 32], f32)> {
+    match dtype {
+        crate::DType::Q6_K => row
+            .chunks_exact(210)
+            .flat_map(|group| {
+                let (levels, scales, d) = gguf::quant::q6_k_levels(group.try_into().unwrap());
+                (0..8).map(move |b| {
+                    let w = std::array::from_fn(|j| {
+                        let i = 32 * b + j;
+                        i32::from(scales[i / 16]) * i32::from(levels[i])
+                    });
+                    (w, d)
+                })
+            })
+            .collect(),
+        _ => row
+            .chunks_exact(34)
+            .map(|blk| {
+                let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                (std::array::from_fn(|j| i32::from(blk[2 + j] as i8)), d)
+            })
+            .collect(),
+    }
+}
+
+/// out = W·x for Q8_0 or Q6_K weights and q8-quantized activation rows
+/// ([`crate::Op::MatMulQ8`]): per 32-element block the exact integer dot product times
+/// `d_w · d_x`, the blocks added in order.
 pub(crate) fn matmul_q8(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data) -> Res<()> {
     let ws = w.node.shape();
     let (k, n) = (ws.ne(0), ws.ne(1));
-    let bytes = match w.data {
-        Data::Bytes(crate::DType::Q8_0, b) => b.as_slice(),
-        Data::Bytes(dt, _) => return Err(format!("matmul_q8 needs Q8_0 weights, found {dt}")),
+    let (dtype, bytes) = match w.data {
+        Data::Bytes(dt @ (crate::DType::Q8_0 | crate::DType::Q6_K), b) => (*dt, b.as_slice()),
+        Data::Bytes(dt, _) => {
+            return Err(format!("matmul_q8 needs Q8_0 or Q6_K weights, found {dt}"))
+        }
         other => {
             return Err(format!(
-                "matmul_q8 needs Q8_0 weights, found {}",
+                "matmul_q8 needs Q8_0 or Q6_K weights, found {}",
                 other.kind()
             ))
         }
     };
-    let row_bytes = k / 32 * 34;
+    let block = dtype.block_elems() as usize;
+    if k % block != 0 {
+        return Err(format!(
+            "{dtype} rows of {k} weights are not whole blocks of {block}"
+        ));
+    }
+    let row_bytes = k / block * dtype.block_bytes() as usize;
     if bytes.len() < n * row_bytes {
         return Err(format!(
-            "Q8_0 weight of {} bytes is shorter than {n} rows of {row_bytes}",
+            "{dtype} weight of {} bytes is shorter than {n} rows of {row_bytes}",
             bytes.len()
         ));
     }
@@ -197,14 +234,13 @@ pub(crate) fn matmul_q8(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data) -
         .map(|r| quantize_q8_row(&xs[xl.row_offset(r)..xl.row_offset(r) + k]))
         .collect();
     let out = &mut out.as_f32_mut().map_err(|e| e.to_string())?[..node.shape().n_elems()];
-    let dot_q8 = |wr: &[u8], (q, d): &(Vec<i8>, Vec<f32>)| {
+    let dot_q8 = |wb: &[([i32; 32], f32)], (q, d): &(Vec<i8>, Vec<f32>)| {
         let mut acc = 0.0f32;
-        for (b, blk) in wr.chunks_exact(34).enumerate() {
-            let dw = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-            let isum: i32 = blk[2..]
+        for (b, (wq, dw)) in wb.iter().enumerate() {
+            let isum: i32 = wq
                 .iter()
                 .zip(&q[32 * b..32 * b + 32])
-                .map(|(&a, &c)| i32::from(a as i8) * i32::from(c))
+                .map(|(&a, &c)| a * i32::from(c))
                 .sum();
             acc = (dw * d[b]).mul_add(isum as f32, acc);
         }
@@ -216,8 +252,8 @@ pub(crate) fn matmul_q8(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data) -
             let (r0, r1) = (task * ROWS_PER_TASK, ((task + 1) * ROWS_PER_TASK).min(n));
             (r0..r1)
                 .flat_map(|r| {
-                    let wr = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                    rows.iter().map(move |x| dot_q8(wr, x))
+                    let wb = q8_weight_blocks(dtype, &bytes[r * row_bytes..(r + 1) * row_bytes]);
+                    rows.iter().map(|x| dot_q8(&wb, x)).collect::<Vec<_>>()
                 })
                 .collect()
         })

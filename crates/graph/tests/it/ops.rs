@@ -80,18 +80,25 @@ fn ref_q8(x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// `matmul_q8` equals the f64 product of the Q8_0 weights with the activations quantized to 8
-/// bits (within f32 summation), and stays within that quantization's error of the exact
-/// product; rows of 32 (one block), 256 and 800 wide, one and five activation rows, one row all
-/// zeros (d = 0), blocks of NaN (dropped), zeros and an infinity (NaN rows); a non-Q8_0 weight
-/// is refused.
+/// `matmul_q8` equals the f64 product of the Q8_0 or Q6_K weights with the activations
+/// quantized to 8 bits (within f32 summation), and stays within that quantization's error of
+/// the exact product; Q8_0 rows of 32 (one block), 256 and 800 wide, Q6_K rows of 256 and 768,
+/// one and five activation rows, one row all zeros (d = 0), blocks of NaN (dropped), zeros and
+/// an infinity (NaN rows); other weight types are refused.
 #[test]
 fn matmul_q8_quantizes_the_activations_to_8_bits() {
     let mut rng = Rng::new(11);
-    for k in [32, 256, 800] {
+    let shapes = [
+        (DType::Q8_0, 32),
+        (DType::Q8_0, 256),
+        (DType::Q8_0, 800),
+        (DType::Q6_K, 256),
+        (DType::Q6_K, 768),
+    ];
+    for (dtype, k) in shapes {
         let n = 19;
-        let wb = random_weight(&mut rng, DType::Q8_0, k * n);
-        let wf = dequant(DType::Q8_0, &wb);
+        let wb = random_weight(&mut rng, dtype, k * n);
+        let wf = dequant(dtype, &wb);
         for m in [1, 5] {
             let mut x = rng.vec(k * m);
             if m == 5 {
@@ -99,11 +106,11 @@ fn matmul_q8_quantizes_the_activations_to_8_bits() {
             }
             let xq: Vec<f32> = x.chunks(k).flat_map(ref_q8).collect();
             let mut h = Harness::new();
-            let w = h.weight("w", DType::Q8_0, &[k, n], wb.clone());
+            let w = h.weight("w", dtype, &[k, n], wb.clone());
             let xi = h.input_f32("x", &[k, m], x.clone());
             let y = h.g.matmul_q8(w, xi).unwrap();
             let out = h.run_f32(y);
-            let what = format!("matmul_q8 k={k} m={m}");
+            let what = format!("matmul_q8 {dtype} k={k} m={m}");
             assert_close(&what, &out, &ref_matmul(&wf, &xq, k, n, m), 1e-6);
             // 8-bit activations: a relative error near 1/127 / sqrt(3) per element, averaged
             // down over the row.
@@ -145,7 +152,7 @@ fn matmul_q8_quantizes_the_activations_to_8_bits() {
     let x = h.input_f32("x", &[64, 1], vec![1.0; 64]);
     let w4 = h.weight("w4", DType::Q4_0, &[64, 2], vec![0; 2 * 2 * 18]);
     let err = h.g.matmul_q8(w4, x).unwrap_err().to_string();
-    assert!(err.contains("must be Q8_0"), "{err}");
+    assert!(err.contains("must be Q8_0 or Q6_K, found Q4_0"), "{err}");
 }
 
 #[test]

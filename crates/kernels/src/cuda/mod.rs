@@ -434,6 +434,19 @@ impl CudaBackend {
         self.mma_prepare = mode;
     }
 
+    /// Whether products in graphs loaded from now on may take the tensor-core `_mma_` kernels
+    /// (the default on compute capability 8.0 and later unless `SPECULA_MMA=0`) or only the
+    /// vector, tiled and per-warp ones; on an older device they stay off. A test knob.
+    pub fn set_mma_matvec(&mut self, on: bool) {
+        self.mma_matvec = on && self.tensor_cores;
+    }
+
+    /// Weight tiles of 16 rows per warp for the tensor-core products in graphs loaded from now
+    /// on (1 or 2, as `SPECULA_MMA_MT`), or None for each route's own rule. A test knob.
+    pub fn set_mma_mt(&mut self, mt: Option<usize>) {
+        self.mma_mt = mt;
+    }
+
     /// Whether prepared Q4_K products of at most `source::LIMB_MAX_ROWS` rows in graphs loaded
     /// from now on take the exact-integer `matmul_q4_k_limb_n*` kernels or the `_mma_` ones
     /// (split-f16 activations; the default). The two differ in the last bits, each within ~1e-6

@@ -156,6 +156,11 @@ impl CudaBackend {
             .mma_scratch
             .ok_or_else(|| backend_err("no scratch for q8 activations"))?;
         let xs = self.buf(scratch)?.ptr;
+        let type_name = match qi.weights {
+            DType::Q8_0 => "q8_0",
+            DType::Q6_K => "q6_k",
+            other => return Err(backend_err(format!("no q8 product for {other} weights"))),
+        };
         if !exec.mma.q8_ready.contains(&id.index()) {
             let mut p = Args::default();
             p.ptr(self.base(exec, node.inputs[1])?)
@@ -180,9 +185,19 @@ impl CudaBackend {
                 .i32(k as i32)
                 .i32(n as i32)
                 .i32(m as i32);
-            return self.launch("matmul_q8_0_q8x_warp", grid1(n * m * 32, 256), 256, &mut a);
+            return self.launch(
+                &format!("matmul_{type_name}_q8x_warp"),
+                grid1(n * m * 32, 256),
+                256,
+                &mut a,
+            );
         }
-        let weights = self.q80_weights(exec, id, node)?;
+        // The Q6_K kernel reads its 2-byte-aligned groups in words where it may.
+        let weights = if qi.weights == DType::Q8_0 {
+            self.q80_weights(exec, id, node)?
+        } else {
+            self.base(exec, node.inputs[0])?
+        };
         let (kw, splits) = (qi.k_warps, qi.k_splits);
         let dst = self.split_dst(exec, splits, out)?;
         let mut a = Args::default();
@@ -196,7 +211,7 @@ impl CudaBackend {
             .i64(0)
             .i64(0);
         self.launch(
-            &format!("matmul_q8_0_q8x_mma_m{}n{}", qi.mt, qi.nt),
+            &format!("matmul_{type_name}_q8x_mma_m{}n{}", qi.mt, qi.nt),
             (
                 m.div_ceil(8 * qi.nt) as u32,
                 n.div_ceil(16 * qi.mt * (8 / kw)) as u32,

@@ -612,6 +612,57 @@ fn q8_products_match_the_cpu() {
     }
 }
 
+/// `matmul_q8` of Q6_K weights (the DFlash drafter's tied head) on the int8 tensor-core kernels
+/// — 1–8 rows one activation tile, 9–16 two, 40 rows three blocks; one weight tile per warp (the
+/// default) and two (forced); k split over 1, 2, 4 and 8 warps and over 2 and 4 blocks, rows
+/// starting 2- and 4-byte aligned (an odd number of groups per row) — and on the per-warp kernel
+/// (the tensor-core route off): within 1e-5 of the CPU, whose per-block integer sums and
+/// terms are the same; only the order of the f32 sums differs.
+#[test]
+fn q6_k_q8_products_match_the_cpu() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(37);
+    for (k, n) in [
+        (256, 40),
+        (768, 300),
+        (2048, 4100),
+        (5376, 1030),
+        (16384, 40),
+    ] {
+        let wbytes = random_weight(&mut rng, DType::Q6_K, k * n);
+        for m in [1, 3, 8, 9, 16, 40] {
+            let mut c = Case::new();
+            let w = c.weight(DType::Q6_K, &[k, n], wbytes.clone());
+            let x = c.f32(&[k, m], rng.vec(k * m));
+            let y = c.g.matmul_q8(w, x).unwrap();
+            let graph = c.g.finish(&[y]).unwrap();
+            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+            let routes: [(&str, bool, Option<usize>); 3] = [
+                ("one tile", true, None),
+                ("two tiles", true, Some(2)),
+                ("per warp", false, None),
+            ];
+            for (route, mma, mt) in routes {
+                if !mma && (k > 2048 || m > 9) {
+                    continue; // the per-warp kernel is slow; small shapes cover it
+                }
+                cuda.set_mma_matvec(mma);
+                cuda.set_mma_mt(mt);
+                let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+                cuda.set_mma_matvec(true);
+                cuda.set_mma_mt(None);
+                let err = rel_err(&got, &want);
+                let name = format!("q6_k q8 k{k} n{n} m{m} {route}");
+                assert!(err <= 1e-5, "{name}: rel err {err:e}");
+                assert!(got.iter().all(|v| v.is_finite()), "{name}: non-finite");
+                eprintln!("{name}: rel err {err:.2e}");
+            }
+        }
+    }
+}
+
 /// The persistent `_p` kernels (one-tile products up to 8 rows, limbs up to 4) walk the one-shot
 /// kernels' arithmetic in fewer blocks: the same bits with the knob on and off, on shapes where a
 /// block walks several units (up to `PERSIST_ITERS`), warps split 9 groups unevenly, rows split
