@@ -42,6 +42,10 @@ pub(crate) struct MmaConfig {
     /// `matmul_q4_k_limb_n*` kernels instead of the `_mma_` ones (`SPECULA_Q4K_LIMBS=1`; off by
     /// default: faster at 1–2 rows, slower from 5, bench/NOTES.md).
     pub q4k_limbs: bool,
+    /// The device's multiprocessors (the q8 products' tiling fills their block slots).
+    pub sm_count: usize,
+    /// Forced split-K blocks of the q8 products (`SPECULA_Q8_SPLITS`).
+    pub q8_splits: Option<usize>,
 }
 
 impl Default for MmaConfig {
@@ -58,6 +62,8 @@ impl Default for MmaConfig {
             gemm: true,
             gemm_weight_bytes: source::GEMM_WEIGHT_SCRATCH_BYTES,
             q4k_limbs: false,
+            sm_count: 132,
+            q8_splits: None,
         }
     }
 }
@@ -232,14 +238,13 @@ pub(crate) struct Q8Input {
     pub k: usize,
     /// Activation rows.
     pub m: usize,
-    /// Weight tiles of 16 rows per warp: 2 for Q8_0 products of at least [`Q8_TWO_TILE_ROWS`]
-    /// rows (each activation word then serves 32 weight rows), else 1; `cfg.mt` overrides it.
+    /// Weight tiles of 16 rows per warp ([`source::q8_tiling`]); `cfg.mt` overrides it.
     pub mt: usize,
     /// Activation tiles of 8 rows per block: 1 up to 8 rows, else 2.
     pub nt: usize,
     /// Warps of a block that split one weight row's groups ([`source::mma_k_warps`]).
     pub k_warps: usize,
-    /// Blocks that split them again ([`source::mma_k_splits`]).
+    /// Blocks that split them again ([`source::q8_tiling`]).
     pub k_splits: usize,
     /// Whether the int8 tensor-core kernels take it (the `_mma_` route is on, the rows are
     /// whole 256-weight groups and the grid fits); else the per-warp kernel.
@@ -263,10 +268,6 @@ impl Q8Input {
     }
 }
 
-/// Weight rows from which a [`Q8Input`] takes two weight tiles per warp: below it, the blocks
-/// of one-tile warps already number few (a 1024-row product of 5376 runs 64).
-pub(crate) const Q8_TWO_TILE_ROWS: usize = 4096;
-
 /// The activations of `node` if it is a [`Op::MatMulQ8`] of uniformly spaced rows (at least
 /// one); the int8 tensor-core kernels take it with the `_mma_` route on, rows of whole
 /// 256-weight groups and at most 65,535 blocks of weight rows (grid y).
@@ -279,9 +280,9 @@ pub(crate) fn q8_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<Q8Inpu
     let stride = uniform_row_stride(&x.layout)?;
     let m = x.shape().n_rows();
     let nt = if m <= 8 { 1 } else { 2 };
-    // Two Q6_K weight tiles per warp spill (their quants take three words per four weights).
-    let two_tiles = n >= Q8_TWO_TILE_ROWS && w.dtype == DType::Q8_0;
-    let mt = cfg.mt.unwrap_or(if two_tiles { 2 } else { 1 }).clamp(1, 2);
+    let (mt, k_splits) = source::q8_tiling(k, n, m, cfg.sm_count);
+    let mt = cfg.mt.unwrap_or(mt).clamp(1, 2);
+    let k_splits = cfg.q8_splits.unwrap_or(k_splits);
     let k_warps = source::mma_k_warps(k);
     let fits = n.div_ceil(16 * mt * (8 / k_warps)) <= 65_535;
     let whole_blocks = match w.dtype {
@@ -299,7 +300,7 @@ pub(crate) fn q8_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<Q8Inpu
         mt,
         nt,
         k_warps,
-        k_splits: source::mma_k_splits(k),
+        k_splits,
         tensor_cores: cfg.enabled && k % 256 == 0 && fits,
     })
 }
@@ -623,7 +624,7 @@ mod tests {
         let v = g.matmul_q8(wv, n).unwrap();
         let q = g.matmul(wq, n).unwrap();
         let k2 = g.matmul_q8(wk, n).unwrap();
-        let wbig = weight(&mut g, "wbig", DType::Q8_0, &[8192, Q8_TWO_TILE_ROWS]);
+        let wbig = weight(&mut g, "wbig", DType::Q8_0, &[8192, 8192]);
         let big = g.matmul_q8(wbig, n).unwrap();
         let w48 = weight(&mut g, "w48", DType::Q8_0, &[96, 8]);
         let x48 = input(&mut g, "x48", DType::F32, &[96, 3]);
@@ -632,7 +633,8 @@ mod tests {
         let c = cfg(None);
         let p = plan(&c, &graph);
         assert_eq!(p.q8.len(), 5);
-        // Long products take two weight tiles per warp, unless one is forced.
+        // 8,192 rows take two weight tiles per warp, unless one is forced; rows of 32 groups
+        // split k over 2 blocks (source::q8_tiling).
         assert!(p.q8_ready.contains(&big.index()));
         assert_eq!(p.q8[&big.index()].mt, 2);
         let one = MmaConfig { mt: Some(1), ..c };

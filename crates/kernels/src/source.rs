@@ -224,6 +224,33 @@ pub fn mma_k_splits(k: usize) -> usize {
     }
 }
 
+/// Weight tiles per warp and split-K blocks `(mt, splits)` of a drafter's q8 product
+/// (`matmul_<type>_q8x_mma_*`) of `n` rows of `k` weights and `m` activation rows on
+/// `sm_count` multiprocessors (two blocks each). Measured per product of the DFlash block on an
+/// H200 (ncu, every (mt, splits) up to (2, 4); bench/NOTES.md): two weight tiles from 4,096 rows
+/// on (each activation word serves 32 rows; the 262,144-row Q6_K head too, 924 → 884 µs,
+/// despite 28 spilled bytes), one tile below; rows of at least 32 groups split k over one block
+/// per 16 groups (the 8,192-wide o projection 2, the 10,752-wide down 3: 43.1 → 41.2 µs); a
+/// product too small to fill half the block slots (the 1,024-row k and v, 64 blocks) over one
+/// per 8 groups, at most 3 (12.7 → 11.3 µs); the rest not at all (q, gate and up lose 2–4 µs
+/// to any split). Splits stop where their partial planes would pass 2^20 floats. A row's bits
+/// depend on this choice (drafts need not be exact).
+pub fn q8_tiling(k: usize, n: usize, m: usize, sm_count: usize) -> (usize, usize) {
+    let groups = k / 256;
+    let kw = mma_k_warps(k);
+    let mt = if n >= 4096 { 2 } else { 1 };
+    let m_tiles = m.div_ceil(if m <= 8 { 8 } else { 16 });
+    let blocks = n.div_ceil(16 * mt * (8 / kw)) * m_tiles;
+    let splits = if groups >= 32 {
+        groups.div_ceil(16).min(4)
+    } else if blocks <= sm_count {
+        groups.div_ceil(8).clamp(1, 3)
+    } else {
+        1
+    };
+    (mt, if m * n * splits > 1 << 20 { 1 } else { splits })
+}
+
 /// Whether an `_mma_` product of `n` rows of `k` weights reads activations prepared once by
 /// `mmv_prepare_x` (an extra launch, ~3 µs) rather than splitting them in every warp that reads
 /// them: when its n/16 row tiles split more than 2^21 activations between them. The 31B's
@@ -352,6 +379,26 @@ pub fn all_kernel_names() -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The DFlash drafter's block products (16 rows, 132 multiprocessors) take the tiling
+    /// measured best for each: q, gate and up two tiles unsplit; o and down two tiles over 2 and
+    /// 3 blocks; k and v (1,024 rows) one tile over 3 blocks; the Q6_K head two tiles unsplit
+    /// (its planes would be 17 MB per split). The fc product (126 groups) splits over 4.
+    #[test]
+    fn q8_tiling_takes_the_measured_choices() {
+        let t = |k, n| q8_tiling(k, n, 16, 132);
+        assert_eq!(t(5376, 8192), (2, 1));
+        assert_eq!(t(5376, 10752), (2, 1));
+        assert_eq!(t(8192, 5376), (2, 2));
+        assert_eq!(t(10752, 5376), (2, 3));
+        assert_eq!(t(5376, 1024), (1, 3));
+        assert_eq!(t(5376, 262_144), (2, 1));
+        assert_eq!(t(32256, 5376), (2, 4));
+        // One row: the same choices (the plane limit is far).
+        assert_eq!(q8_tiling(5376, 1024, 1, 132), (1, 3));
+        // Short rows split no further than their groups allow.
+        assert_eq!(q8_tiling(512, 64, 16, 132), (1, 1));
+    }
     use super::*;
 
     /// Up to 8 rows one tile of each; 9–16 rows two activation tiles, and at 15–16 rows two

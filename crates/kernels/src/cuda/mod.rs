@@ -192,6 +192,8 @@ pub struct CudaBackend {
     max_smem: usize,
     /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
     mma_mt: Option<usize>,
+    /// `SPECULA_Q8_SPLITS` (1 to 8): forces the q8 products' split-K blocks (tuning).
+    q8_splits: Option<usize>,
     /// Products of more than 16 activation rows (prefill) also take the `_mma_` kernels, 8·NT
     /// rows per block (`SPECULA_MMA_PREFILL=0`: the tiled `matmul_tc_` kernels, an A/B knob).
     mma_prefill: bool,
@@ -356,6 +358,10 @@ impl CudaBackend {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|mt| [1, 2].contains(mt)),
+            q8_splits: std::env::var("SPECULA_Q8_SPLITS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|s| (1..=8).contains(s)),
             mma_prefill: std::env::var("SPECULA_MMA_PREFILL").map_or(true, |v| v != "0"),
             mma_prefill_row_warps: std::env::var("SPECULA_MMA_PREFILL_SPLITK")
                 .map_or(true, |v| v != "1"),

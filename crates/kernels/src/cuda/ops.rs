@@ -236,6 +236,8 @@ impl CudaBackend {
             gemm: self.gemm_route && self.cublas.is_some(),
             gemm_weight_bytes: self.gemm_weight_bytes,
             q4k_limbs: self.q4k_limbs,
+            sm_count: self.sm_count,
+            q8_splits: self.q8_splits,
         }
     }
 

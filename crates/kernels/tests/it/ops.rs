@@ -530,8 +530,8 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
 
 /// `matmul_q8` (Q8_0 weights × 8-bit activations, the DFlash drafter's products) on the int8
 /// tensor-core kernels — 1–8 rows one activation tile, 9–16 two, 40 rows three blocks of two;
-/// one weight tile per warp, and two for the 4096- and 8200-row weights; k split over 1, 2, 4
-/// and 8 warps and over 2 and 4 blocks — and, for rows not of whole 256-weight groups, the
+/// one weight tile per warp and two (forced); k split over 1, 2, 4 and 8 warps and over 2, 3 and
+/// 4 blocks (`source::q8_tiling`'s choices) — and, for rows not of whole 256-weight groups, the
 /// per-warp kernel: within 1e-5 of the CPU (each block's sum is an exact integer on both; only
 /// the order of the f32 sums differs). A second product of the same input after a prepared
 /// split-f16 product of another input (which overwrites the scratch the first quantized into)
@@ -553,6 +553,7 @@ fn q8_products_match_the_cpu() {
         (8192, 4096),
         (16384, 40),
         (5376, 1024),
+        (8192, 2048),
         (800, 70),
     ] {
         let wbytes = random_weight(&mut rng, DType::Q8_0, k * n);
@@ -583,7 +584,12 @@ fn q8_products_match_the_cpu() {
                 same_bits(&got[0], &got[2]),
                 "{name}: the product after the Q4_K one differs"
             );
-            eprintln!("{name}: rel err {err:.2e}");
+            cuda.set_mma_mt(Some(2));
+            let two = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+            cuda.set_mma_mt(None);
+            let err2 = rel_err(&two, &want[0]);
+            assert!(err2 <= 1e-5, "{name} two tiles: rel err {err2:e}");
+            eprintln!("{name}: rel err {err:.2e}, two tiles {err2:.2e}");
         }
     }
     // Special values: row 0 has a block of NaN, row 1 a block of zeros, row 2 an infinity.
@@ -613,8 +619,8 @@ fn q8_products_match_the_cpu() {
 }
 
 /// `matmul_q8` of Q6_K weights (the DFlash drafter's tied head) on the int8 tensor-core kernels
-/// — 1–8 rows one activation tile, 9–16 two, 40 rows three blocks; one weight tile per warp (the
-/// default) and two (forced); k split over 1, 2, 4 and 8 warps and over 2 and 4 blocks, rows
+/// — 1–8 rows one activation tile, 9–16 two, 40 rows three blocks; one and two weight tiles per
+/// warp (by size, and forced); k split over 1, 2, 4 and 8 warps and over 3 and 4 blocks, rows
 /// starting 2- and 4-byte aligned (an odd number of groups per row) — and on the per-warp kernel
 /// (the tensor-core route off): within 1e-5 of the CPU, whose per-block integer sums and
 /// terms are the same; only the order of the f32 sums differs.
