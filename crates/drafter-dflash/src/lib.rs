@@ -331,7 +331,8 @@ impl DflashDrafter {
     }
 
     /// Logits rows (`[rows][vocab]`, soft-capped) and final hidden rows of the last `run_block`
-    /// call or sampled draft (greedy drafting leaves them on the device).
+    /// call or sampled draft (greedy drafts run a graph that computes neither: these keep what
+    /// the last such call left).
     pub fn last_block(&self) -> (&[f32], &[f32]) {
         (&self.last_logits, &self.last_hidden)
     }
@@ -447,8 +448,8 @@ impl DflashDrafter {
     /// The block graph for `n` tokens at positions `ctx_len..ctx_len + n`: its outputs are the
     /// softcapped logits, the final hidden rows and their argmax, or with `rows_out` off only
     /// the argmax, taken of the logits before the softcap (greedy drafts: `cap · tanh(x / cap)`
-    /// increases strictly, so the argmax is the same but where f32 rounding makes a tie, and
-    /// the 16 × 262,144-logit softcap, 1.4 % of the 31B's block draft on an H200, is skipped).
+    /// increases strictly, so the argmax is the same but where the f32 softcap ties or swaps
+    /// nearly equal logits, which drafts may; the 16 × 262,144-logit softcap is skipped).
     fn build_block(&self, target: &Target, n: usize, rows_out: bool) -> Res<Built> {
         let c = &self.config;
         let mut g = GraphBuilder::new();
@@ -608,8 +609,9 @@ impl DflashDrafter {
         self.run_block_inner(target, anchor, n, true)
     }
 
-    /// Runs the block; the drafts come from the device's argmax, and the logits and hidden rows
-    /// (`[n][vocab]`, `[n][H]`) cross to the host only when `outputs` is set.
+    /// Runs the block; the drafts come from the device's argmax. With `outputs` set the graph
+    /// also outputs the softcapped logits and hidden rows (`[n][vocab]`, `[n][H]`), read back
+    /// for `last_block`; without, its argmax is of the logits before the softcap.
     fn run_block_inner(
         &mut self,
         target: &mut Target,

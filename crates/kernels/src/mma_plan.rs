@@ -649,7 +649,8 @@ mod tests {
         assert!(qi.tensor_cores);
         assert_eq!(qi.bytes(), 16 * 8192 + 4 * 256 * 16);
         assert!(p.scratch_bytes >= qi.bytes());
-        assert!(p.partial_elems >= 2 * 5 * 64);
+        // The largest split product sizes the planes: wbig, 2 planes of 5 × 8,192.
+        assert_eq!(p.partial_elems, 2 * 5 * 8192);
         // Rows not of whole 256-weight groups take the per-warp kernel.
         assert!(!p.q8[&small.index()].tensor_cores);
         let off = MmaConfig {
@@ -657,6 +658,44 @@ mod tests {
             ..c
         };
         assert!(plan(&off, &graph).q8.values().all(|q| !q.tensor_cores));
+    }
+
+    /// A Q6_K `matmul_q8` (a drafter's tied head) takes the int8 tensor-core route with
+    /// `q8_tiling`'s choice (two tiles from 4,096 rows, no split for the 262,144-row head at 16
+    /// rows; one tile and 3 splits at 1,024 rows), `SPECULA_Q8_SPLITS` and `SPECULA_MMA_MT`
+    /// override it and size the planes, and other weight types are not q8 products.
+    #[test]
+    fn q6_k_q8_products_take_the_int8_route() {
+        let mut g = GraphBuilder::new();
+        let x = input(&mut g, "x", DType::F32, &[5376, 16]);
+        let head = weight(&mut g, "head", DType::Q6_K, &[5376, 262_144]);
+        let small = weight(&mut g, "small", DType::Q6_K, &[5376, 1024]);
+        let y = g.matmul_q8(head, x).unwrap();
+        let z = g.matmul_q8(small, x).unwrap();
+        let graph = g.finish(&[y, z]).unwrap();
+        let c = cfg(None);
+        let p = plan(&c, &graph);
+        let (qy, qz) = (p.q8[&y.index()], p.q8[&z.index()]);
+        assert_eq!(qy.weights, DType::Q6_K);
+        assert!(qy.tensor_cores && qz.tensor_cores);
+        assert_eq!((qy.mt, qy.nt, qy.k_warps, qy.k_splits), (2, 2, 8, 1));
+        assert_eq!((qz.mt, qz.k_splits), (1, 3));
+        assert!(p.q8_ready.contains(&z.index()));
+        assert_eq!(p.partial_elems, 3 * 16 * 1024);
+        let forced = MmaConfig {
+            q8_splits: Some(2),
+            mt: Some(1),
+            ..c
+        };
+        let pf = plan(&forced, &graph);
+        let qf = pf.q8[&y.index()];
+        assert_eq!((qf.mt, qf.k_splits), (1, 2));
+        assert_eq!(pf.partial_elems, 2 * 16 * 262_144);
+        // MatMulQ8 takes only Q8_0 and Q6_K weights, so a Q4_K product is an exact one.
+        let mut g = GraphBuilder::new();
+        let x = input(&mut g, "x", DType::F32, &[256, 4]);
+        let w = weight(&mut g, "w", DType::Q4_K, &[256, 64]);
+        assert!(g.matmul_q8(w, x).is_err());
     }
 
     /// Up to 16 rows a weight row's groups are split between warps by k alone; longer batches

@@ -233,8 +233,10 @@ pub fn mma_k_splits(k: usize) -> usize {
 /// per 16 groups (the 8,192-wide o projection 2, the 10,752-wide down 3: 43.1 → 41.2 µs); a
 /// product too small to fill half the block slots (the 1,024-row k and v, 64 blocks) over one
 /// per 8 groups, at most 3 (12.7 → 11.3 µs); the rest not at all (q, gate and up lose 2–4 µs
-/// to any split). Splits stop where their partial planes would pass 2^20 floats. A row's bits
-/// depend on this choice (drafts need not be exact).
+/// to any split). A product whose partial planes would pass 2^20 floats does not split. The
+/// choice depends on `m` too (the block count and that limit), so unlike the exact products' a
+/// q8 row's bits may differ between batch sizes (drafts need not be exact; for the DFlash
+/// shapes every batch of 1–16 rows takes the same choice).
 pub fn q8_tiling(k: usize, n: usize, m: usize, sm_count: usize) -> (usize, usize) {
     let groups = k / 256;
     let kw = mma_k_warps(k);

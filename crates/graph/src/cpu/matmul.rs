@@ -165,31 +165,26 @@ pub(crate) fn quantize_q8_row(row: &[f32]) -> (Vec<i8>, Vec<f32>) {
     (q, d)
 }
 
-/// The integer weights of one 32-element block of a [`crate::Op::MatMulQ8`] weight row and
-/// their f32 scale: Q8_0's quants and `d`; for Q6_K, `scale · (q − 32)` of its two 16-weight
-/// sub-blocks and the group's `d`.
-fn q8_weight_blocks(dtype: crate::DType, row: &[u8]) -> Vec<([i32; 32], f32)> {
+/// The integer weights of each 32-element block of a [`crate::Op::MatMulQ8`] weight row and
+/// their f32 scale, into `out` (cleared first): Q8_0's quants and `d`; for Q6_K, `scale · (q −
+/// 32)` of its two 16-weight sub-blocks and the group's `d`.
+fn q8_weight_blocks(dtype: crate::DType, row: &[u8], out: &mut Vec<([i32; 32], f32)>) {
+    out.clear();
     match dtype {
-        crate::DType::Q6_K => row
-            .chunks_exact(210)
-            .flat_map(|group| {
-                let (levels, scales, d) = gguf::quant::q6_k_levels(group.try_into().unwrap());
-                (0..8).map(move |b| {
-                    let w = std::array::from_fn(|j| {
-                        let i = 32 * b + j;
-                        i32::from(scales[i / 16]) * i32::from(levels[i])
-                    });
-                    (w, d)
-                })
+        crate::DType::Q6_K => out.extend(row.chunks_exact(210).flat_map(|group| {
+            let (levels, scales, d) = gguf::quant::q6_k_levels(group.try_into().unwrap());
+            (0..8).map(move |b| {
+                let w = std::array::from_fn(|j| {
+                    let i = 32 * b + j;
+                    i32::from(scales[i / 16]) * i32::from(levels[i])
+                });
+                (w, d)
             })
-            .collect(),
-        _ => row
-            .chunks_exact(34)
-            .map(|blk| {
-                let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                (std::array::from_fn(|j| i32::from(blk[2 + j] as i8)), d)
-            })
-            .collect(),
+        })),
+        _ => out.extend(row.chunks_exact(34).map(|blk| {
+            let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            (std::array::from_fn(|j| i32::from(blk[2 + j] as i8)), d)
+        })),
     }
 }
 
@@ -250,12 +245,13 @@ pub(crate) fn matmul_q8(w: &Arg<'_>, x: &Arg<'_>, node: &Node, out: &mut Data) -
         .into_par_iter()
         .map(|task| {
             let (r0, r1) = (task * ROWS_PER_TASK, ((task + 1) * ROWS_PER_TASK).min(n));
-            (r0..r1)
-                .flat_map(|r| {
-                    let wb = q8_weight_blocks(dtype, &bytes[r * row_bytes..(r + 1) * row_bytes]);
-                    rows.iter().map(|x| dot_q8(&wb, x)).collect::<Vec<_>>()
-                })
-                .collect()
+            let mut wb = Vec::with_capacity(k / 32);
+            let mut sums = Vec::with_capacity((r1 - r0) * m);
+            for r in r0..r1 {
+                q8_weight_blocks(dtype, &bytes[r * row_bytes..(r + 1) * row_bytes], &mut wb);
+                sums.extend(rows.iter().map(|x| dot_q8(&wb, x)));
+            }
+            sums
         })
         .collect();
     for (task, block) in blocks.iter().enumerate() {

@@ -448,9 +448,10 @@ impl CudaBackend {
     }
 
     /// Weight tiles of 16 rows per warp for the tensor-core products in graphs loaded from now
-    /// on (1 or 2, as `SPECULA_MMA_MT`), or None for each route's own rule. A test knob.
+    /// on (1 or 2, as `SPECULA_MMA_MT`; other values are ignored), or None for each route's own
+    /// rule. A test knob (it replaces the variable's setting).
     pub fn set_mma_mt(&mut self, mt: Option<usize>) {
-        self.mma_mt = mt;
+        self.mma_mt = mt.filter(|mt| [1, 2].contains(mt));
     }
 
     /// Whether prepared Q4_K products of at most `source::LIMB_MAX_ROWS` rows in graphs loaded

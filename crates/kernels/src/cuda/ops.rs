@@ -192,7 +192,9 @@ impl CudaBackend {
                 &mut a,
             );
         }
-        // The Q6_K kernel reads its 2-byte-aligned groups in words where it may.
+        // The Q6_K kernel reads its 2-byte-aligned groups in words where it may. (Without
+        // tensor cores — before sm_80, or SPECULA_MMA=0 — a Q6_K head takes the per-warp kernel
+        // above: correct but slow, a warp per output.)
         let weights = if qi.weights == DType::Q8_0 {
             self.q80_weights(exec, id, node)?
         } else {

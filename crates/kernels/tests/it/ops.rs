@@ -620,7 +620,7 @@ fn q8_products_match_the_cpu() {
 
 /// `matmul_q8` of Q6_K weights (the DFlash drafter's tied head) on the int8 tensor-core kernels
 /// — 1–8 rows one activation tile, 9–16 two, 40 rows three blocks; one and two weight tiles per
-/// warp (by size, and forced); k split over 1, 2, 4 and 8 warps and over 3 and 4 blocks, rows
+/// warp (by size, and forced); k split over 1, 2 and 8 warps and over 3 and 4 blocks, rows
 /// starting 2- and 4-byte aligned (an odd number of groups per row) — and on the per-warp kernel
 /// (the tensor-core route off): within 1e-5 of the CPU, whose per-block integer sums and
 /// terms are the same; only the order of the f32 sums differs.
