@@ -1002,6 +1002,44 @@ __device__ __forceinline__ u32 load_u32_a(const u8* p, bool aligned) {
     return aligned ? ldw32<HINT>(p) : ldw16<HINT>(p) | ldw16<HINT>(p + 2) << 16;
 }
 
+// The scales of Q6_K groups b (rows g and g + 8 of each weight tile): whether each group starts
+// 4-byte aligned (210-byte groups start 2- or 4-byte aligned; an aligned one, every other group
+// when a row has an even number of them, is read in 4-byte words, halving its loads), its d, and
+// its 16 int8 sub-block scales, four per word.
+template <int MT, int HINT>
+__device__ __forceinline__ void q6k_scales(const u8* const (&b)[MT][2], bool (&al)[MT][2], float (&dd)[MT][2],
+                                           u32 (&scales)[MT][2][4]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            al[mt][r] = ((size_t)b[mt][r] & 3) == 0;
+            dd[mt][r] = h2f((u16)ldw16<HINT>(b[mt][r] + 208));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) scales[mt][r][j] = load_u32_a<HINT>(b[mt][r] + 192 + 4 * j, al[mt][r]);
+        }
+}
+
+// Lane t's quant words of weights l = 16·lb + 4t..+3 of half h of Q6_K groups b, for lb = lb0 ..
+// lb0 + NLB − 1 (slot j = lb − lb0): ql[..][j][par] holds the low nibbles of runs par and par + 2,
+// qh[..][j] the high bit pairs of all four runs.
+template <int MT, int NLB, int HINT>
+__device__ __forceinline__ void q6k_words(const u8* const (&b)[MT][2], const bool (&al)[MT][2], int h, int lb0, int t,
+                                          u32 (&ql)[MT][2][NLB][2], u32 (&qh)[MT][2][NLB]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+#pragma unroll
+            for (int j = 0; j < NLB; ++j) {
+                const u8* bb = b[mt][r];
+                int lb = lb0 + j;
+                ql[mt][r][j][0] = load_u32_a<HINT>(bb + 64 * h + 16 * lb + 4 * t, al[mt][r]);
+                ql[mt][r][j][1] = load_u32_a<HINT>(bb + 64 * h + 32 + 16 * lb + 4 * t, al[mt][r]);
+                qh[mt][r][j] = load_u32_a<HINT>(bb + 128 + 32 * h + 16 * lb + 4 * t, al[mt][r]);
+            }
+}
+
 // ---- Q6_K: 210-byte groups (ql[128], qh[64], int8 scales[16], f16 d). Weight i of half h
 // (128 each), run p (32 each, i = 128h + 32p + l): low 4 bits from ql[64h + 32(p & 1) + l]
 // (nibble p / 2), high 2 bits from qh[32h + l] (bits 2p, 2p + 1); sub-block (16 weights) i / 16.
@@ -1015,35 +1053,17 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
     weight_groups<MT>(w, row0, n, n_groups, grp, 210, b);
     int tok[NT];
     activation_rows<NT>(m0, m, tok);
-    // 210-byte groups start 2- or 4-byte aligned; a 4-aligned one (every other group when a row
-    // has an even number of them) is read in 4-byte words, halving its loads.
     bool al[MT][2];
     float dd[MT][2];
-    u32 scales[MT][2][4];  // the 16 int8 sub-block scales, four per word
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            al[mt][r] = ((size_t)b[mt][r] & 3) == 0;
-            dd[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(b[mt][r] + 208));
-#pragma unroll
-            for (int j = 0; j < 4; ++j) scales[mt][r][j] = load_u32_a<SMALL_HINT(NT)>(b[mt][r] + 192 + 4 * j, al[mt][r]);
-        }
+    u32 scales[MT][2][4];
+    q6k_scales<MT, SMALL_HINT(NT)>(b, al, dd, scales);
     const u32 offset = 0x64206420u;  // f16x2 (1056, 1056): 1024 + 32
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int lb = 0; lb < 2; ++lb) {
-            u32 ql[MT][2][2], qh[MT][2];  // [row][run parity p & 1]
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const u8* bb = b[mt][r];
-                    ql[mt][r][0] = load_u32_a<SMALL_HINT(NT)>(bb + 64 * h + 16 * lb + 4 * t, al[mt][r]);
-                    ql[mt][r][1] = load_u32_a<SMALL_HINT(NT)>(bb + 64 * h + 32 + 16 * lb + 4 * t, al[mt][r]);
-                    qh[mt][r] = load_u32_a<SMALL_HINT(NT)>(bb + 128 + 32 * h + 16 * lb + 4 * t, al[mt][r]);
-                }
+            u32 ql[MT][2][1][2], qh[MT][2][1];  // [tile][row][this lb][run parity p & 1]
+            q6k_words<MT, 1, SMALL_HINT(NT)>(b, al, h, lb, t, ql, qh);
 #pragma unroll
             for (int p = 0; p < 4; ++p) {
                 int sb = 8 * h + 2 * p + lb;
@@ -1056,8 +1076,8 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
                     u32 a[2][2];
 #pragma unroll
                     for (int r = 0; r < 2; ++r) {
-                        u32 lo = ql[mt][r][p & 1] >> (4 * (p >> 1));
-                        u32 hi = qh[mt][r] >> (2 * p);
+                        u32 lo = ql[mt][r][0][p & 1] >> (4 * (p >> 1));
+                        u32 hi = qh[mt][r][0] >> (2 * p);
                         u32 q0 = (lo & 0x000F000Fu) | ((hi << 4) & 0x00300030u) | 0x64006400u;
                         u32 q1 = ((lo >> 8) & 0x000F000Fu) | ((hi >> 4) & 0x00300030u) | 0x64006400u;
                         a[r][0] = hsub2(q0, offset);
@@ -1317,29 +1337,11 @@ __device__ __forceinline__ void q6kx_group(const u8* w, const void* xs, int k, i
     bool al[MT][2];
     float dd[MT][2];
     u32 scales[MT][2][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            al[mt][r] = ((size_t)b[mt][r] & 3) == 0;
-            dd[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(b[mt][r] + 208));
-#pragma unroll
-            for (int j = 0; j < 4; ++j) scales[mt][r][j] = load_u32_a<SMALL_HINT(NT)>(b[mt][r] + 192 + 4 * j, al[mt][r]);
-        }
+    q6k_scales<MT, SMALL_HINT(NT)>(b, al, dd, scales);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         u32 ql[MT][2][2][2], qh[MT][2][2];  // [tile][row][lb][run parity]
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int r = 0; r < 2; ++r)
-#pragma unroll
-                for (int lb = 0; lb < 2; ++lb) {
-                    const u8* bb = b[mt][r];
-                    ql[mt][r][lb][0] = load_u32_a<SMALL_HINT(NT)>(bb + 64 * h + 16 * lb + 4 * t, al[mt][r]);
-                    ql[mt][r][lb][1] = load_u32_a<SMALL_HINT(NT)>(bb + 64 * h + 32 + 16 * lb + 4 * t, al[mt][r]);
-                    qh[mt][r][lb] = load_u32_a<SMALL_HINT(NT)>(bb + 128 + 32 * h + 16 * lb + 4 * t, al[mt][r]);
-                }
+        q6k_words<MT, 2, SMALL_HINT(NT)>(b, al, h, 0, t, ql, qh);
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
             int kb = grp * 8 + 4 * h + p, sb = 8 * h + 2 * p;
