@@ -782,6 +782,26 @@ mod tests {
             .join(name)
     }
 
+    /// The bundled Q4_K_M target (`n_ctx` positions, batches up to 16) on the CPU and its Q8_0
+    /// DFlash drafter.
+    fn bundled_trio(n_ctx: usize) -> (Target, DflashDrafter) {
+        let file = gguf::GgufFile::open(asset("specula-py-target.q4_k_m.gguf")).unwrap();
+        let options = target::TargetOptions {
+            n_ctx,
+            max_batch: 16,
+            ..Default::default()
+        };
+        let mut t = Target::load(
+            Arc::new(file),
+            Box::new(graph::CpuBackend::new()),
+            &options,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let d = DflashDrafter::open(&asset("specula-py-dflash.q8_0.gguf"), &mut t, None).unwrap();
+        (t, d)
+    }
+
     fn q8_products(built: &Built) -> usize {
         built
             .0
@@ -795,21 +815,7 @@ mod tests {
     /// the tokens the full graph does, on the bundled trio after a prompt, at several anchors.
     #[test]
     fn greedy_blocks_draft_what_full_blocks_do() {
-        let file = gguf::GgufFile::open(asset("specula-py-target.q4_k_m.gguf")).unwrap();
-        let options = target::TargetOptions {
-            n_ctx: 96,
-            max_batch: 16,
-            ..Default::default()
-        };
-        let mut t = Target::load(
-            Arc::new(file),
-            Box::new(graph::CpuBackend::new()),
-            &options,
-            &mut |_, _| {},
-        )
-        .unwrap();
-        let mut d =
-            DflashDrafter::open(&asset("specula-py-dflash.q8_0.gguf"), &mut t, None).unwrap();
+        let (mut t, mut d) = bundled_trio(96);
         assert!(d.config().softcap.is_some(), "the bundled drafter softcaps");
         let prompt: Vec<u32> = (0..16u32).map(|i| 40 + 7 * i).collect();
         let layers = d.required_layers();
@@ -830,20 +836,7 @@ mod tests {
     /// rows.
     #[test]
     fn prompt_appends_are_exact_and_drafts_take_8_bit_activations() {
-        let file = gguf::GgufFile::open(asset("specula-py-target.q4_k_m.gguf")).unwrap();
-        let options = target::TargetOptions {
-            n_ctx: 64,
-            max_batch: 16,
-            ..Default::default()
-        };
-        let mut t = Target::load(
-            Arc::new(file),
-            Box::new(graph::CpuBackend::new()),
-            &options,
-            &mut |_, _| {},
-        )
-        .unwrap();
-        let d = DflashDrafter::open(&asset("specula-py-dflash.q8_0.gguf"), &mut t, None).unwrap();
+        let (t, d) = bundled_trio(64);
         let layers = d.config().n_layer;
         // fc and each layer's k and v.
         assert_eq!(
