@@ -1516,14 +1516,15 @@ __device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* 
     }
 }
 
-// y[i] = the sum of its `splits` partial planes (n_out elements each), in plane order.
-extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out, int splits) {
+// y[i] = the sum of its `splits` partial planes (n_out elements each), in plane order, plus res[i]
+// after it where res is not null (fuse_plan's SumAdd: the Add of a residual to the product, same bits).
+extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out, int splits, const float* res) {
     pdl_entry();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n_out) return;
     float s = part[i];
     for (int z = 1; z < splits; ++z) s += part[(i64)z * n_out + i];
-    y[i] = s;
+    y[i] = res ? res[i] + s : s;
 }
 
 // matmul_<type>_mma_m<MT>n<NT> (prepared activations x, see `mmv_prepare_x`) and

@@ -91,23 +91,23 @@ impl AttentionKernel {
 
     /// The launch grid for `n_tok` queries of `n_head` heads over `n_head_kv` K/V heads in
     /// `n_split` splits: (heads, query blocks, splits) for the per-query and multi-query
-    /// kernels; for the tensor-core kernel (K/V heads, units), a unit being [`TC_ROWS`] (query,
-    /// head) rows of one K/V group in one split.
+    /// kernels; for the tensor-core kernel (K/V heads, row tiles × slots), a row tile being
+    /// [`TC_ROWS`] (query, head) rows of one K/V group, whose block walks the splits of its slot
+    /// ([`tc_slots`]: every split a block, unless that passes `max_blocks`).
     pub fn grid(
         self,
         n_head: usize,
         n_head_kv: usize,
         n_tok: usize,
         n_split: usize,
+        max_blocks: usize,
     ) -> (u32, u32, u32) {
         match self {
             AttentionKernel::TensorCore { .. } => {
                 let rows = n_tok * (n_head / n_head_kv.max(1));
-                (
-                    n_head_kv as u32,
-                    (rows.div_ceil(TC_ROWS) * n_split) as u32,
-                    1,
-                )
+                let tiles = rows.div_ceil(TC_ROWS);
+                let slots = tc_slots(n_head_kv * tiles, n_split, max_blocks);
+                (n_head_kv as u32, (tiles * slots) as u32, 1)
             }
             _ => (
                 n_head as u32,
@@ -116,6 +116,20 @@ impl AttentionKernel {
             ),
         }
     }
+}
+
+/// Split slots of a tensor-core attention whose splits have `per_split` blocks each: `n_split`
+/// (a block per unit) unless that passes `max_blocks` (0: no bound), else as few as keep the
+/// blocks under it, evened out so every slot walks the same number of splits. A block loads its
+/// queries once and stops at the first split past its rows' used ones, so a short context over a
+/// long cache (the DFlash drafter's: 6 of 64 splits used) costs no launch of empty blocks.
+pub(crate) fn tc_slots(per_split: usize, n_split: usize, max_blocks: usize) -> usize {
+    let n_split = n_split.max(1);
+    if max_blocks == 0 || per_split * n_split <= max_blocks {
+        return n_split;
+    }
+    let most = (max_blocks / per_split.max(1)).max(1);
+    n_split.div_ceil(n_split.div_ceil(most))
 }
 
 /// Dynamic shared memory of `attention_mq_d<d>`: the K and V tiles (f16 rows padded by 8) and
@@ -417,15 +431,42 @@ mod tests {
         let k = AttentionKernel::TensorCore { d: 256 };
         // 32 heads over 16 K/V heads (2 per group): a decode step is one unit (block) per
         // split; 16 queries are 4 units per split.
-        assert_eq!(k.grid(32, 16, 1, 8), (16, 8, 1));
-        assert_eq!(k.grid(32, 16, 16, 8), (16, 32, 1));
+        assert_eq!(k.grid(32, 16, 1, 8, 1056), (16, 8, 1));
+        assert_eq!(k.grid(32, 16, 16, 8, 1056), (16, 32, 1));
         // 8 heads per group: 16 queries are 16 units per split; 3 heads: 5 queries, 2 units.
-        assert_eq!(k.grid(32, 4, 16, 32), (4, 512, 1));
-        assert_eq!(k.grid(12, 4, 5, 3), (4, 6, 1));
+        assert_eq!(k.grid(32, 4, 16, 32, 0), (4, 512, 1));
+        assert_eq!(k.grid(12, 4, 5, 3, 1056), (4, 6, 1));
+        // Past the bound, blocks walk several splits: 64 splits of 64 blocks under 1,056
+        // blocks are 16 slots of 4 splits each.
+        assert_eq!(k.grid(32, 4, 16, 64, 1056), (4, 16 * 16, 1));
         assert_eq!(
-            AttentionKernel::Wide { d: 256 }.grid(32, 16, 5, 8),
+            AttentionKernel::Wide { d: 256 }.grid(32, 16, 5, 8, 1056),
             (32, 5, 8)
         );
+    }
+
+    #[test]
+    fn tensor_core_slots_bound_the_blocks_evenly() {
+        // Under the bound (or none): a block per split.
+        assert_eq!(tc_slots(16, 8, 1056), 8);
+        assert_eq!(tc_slots(128, 64, 0), 64);
+        // The DFlash block (8 K/V heads × 16 row tiles, 64 splits): 8 slots of 8 splits.
+        assert_eq!(tc_slots(128, 64, 1056), 8);
+        // 70 blocks a split: at most 15 slots under 1,056 blocks, so 64 splits take 5 walks,
+        // evened out as 13 slots (not 15 slots whose last walk has 4 of them busy).
+        assert_eq!(tc_slots(70, 64, 1056), 13);
+        // One split a slot at least, however many blocks a split has.
+        assert_eq!(tc_slots(4096, 64, 1056), 1);
+        for per in [1usize, 3, 64, 128, 500] {
+            for n in [1usize, 2, 7, 64, 256] {
+                let s = tc_slots(per, n, 1056);
+                assert!((1..=n).contains(&s));
+                assert!(s == n || per * s <= 1056, "{per} {n} {s}");
+                // As few walks as the bound allows.
+                let most = (1056 / per).clamp(1, n);
+                assert_eq!(n.div_ceil(s), n.div_ceil(most), "{per} {n} {s}");
+            }
+        }
     }
 
     #[test]

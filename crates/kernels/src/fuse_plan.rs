@@ -47,6 +47,15 @@ pub(crate) enum Fused {
         /// The WriteRows node.
         write: NodeId,
     },
+    /// An Add node (the key) of `residual` and a split product run right before it and read by
+    /// nothing else: one `mmv_sum_splits` launch sums the product's planes and adds the residual
+    /// (the product skips its own sum; a DFlash layer's attention output and FFN down).
+    SumAdd {
+        /// The other operand of the Add (dense rows of its shape).
+        residual: NodeId,
+        /// The product's split planes.
+        planes: usize,
+    },
 }
 
 /// Longest rows the fused norm + RoPE holds (`RN_ROPE_MAX` in ops.cu).
@@ -80,10 +89,18 @@ pub fn planned_folds(graph: &Graph) -> usize {
 /// [`plan`] for a graph whose `_mma_` products are planned by `mma`: its preparing norms are
 /// kept, its split products may leave their planes to a tail.
 pub(crate) fn plan_for(graph: &Graph, mma: &MmaPlan) -> FusePlan {
-    let splits = mma
+    let mma_splits = mma
         .products
         .iter()
-        .map(|(&i, mi)| (i, crate::source::mma_k_splits(mi.k)))
+        .map(|(&i, mi)| (i, crate::source::mma_k_splits(mi.k)));
+    // The q8 products split on tensor cores only (the per-warp kernel writes `out` itself).
+    let q8_splits = mma
+        .q8
+        .iter()
+        .filter(|(_, qi)| qi.tensor_cores)
+        .map(|(&i, qi)| (i, qi.k_splits));
+    let splits = mma_splits
+        .chain(q8_splits)
         .filter(|&(_, s)| s > 1)
         .collect();
     plan(graph, &mma.norms, &splits)
@@ -153,6 +170,18 @@ pub(crate) fn plan(
             continue;
         };
         let residual = node.inputs[1 - pos];
+        if let Some(&planes) = splits.get(&j) {
+            // `Add(residual, product)`: the sum of the planes and the add in one launch.
+            if single(j)
+                && residual.index() != j
+                && dense_rows_like(graph.node(residual), node)
+                && dense_rows_like(&nodes[j], node)
+            {
+                p.unsummed.insert(j);
+                p.fused.insert(i, Fused::SumAdd { residual, planes });
+            }
+            continue;
+        }
         let norm = &nodes[j];
         if !matches!(norm.op, Op::RmsNorm { .. })
             || !single(j)
@@ -250,7 +279,7 @@ fn group_head_norms(graph: &Graph, p: &mut FusePlan) {
         let (mut own, write, norm) = match p.fused.get(&k)? {
             Fused::Rope { norm, write } => (vec![k, norm.index()], *write, norm.index()),
             Fused::NormWrite { write } => (vec![k], Some(*write), k),
-            Fused::Tail(_) => return None,
+            Fused::Tail(_) | Fused::SumAdd { .. } => return None,
         };
         if graph.node(nodes[norm].inputs[0]).shape().ne(0) >= 2048 {
             return None;
@@ -501,6 +530,58 @@ mod tests {
         assert_eq!(p.unsummed, HashSet::from([o.index()]));
         assert!(matches!(p.fused[&sum.index()], Fused::Tail(t) if t.planes == 2));
         assert!(matches!(p.fused[&sum2.index()], Fused::Tail(t) if t.planes == 1));
+    }
+
+    /// `Add(residual, product)` right after a split product read by nothing else: one launch
+    /// sums the planes and adds; not where the product has another reader or is not adjacent.
+    #[test]
+    fn an_add_sums_the_split_planes_of_its_product() {
+        let mut g = GraphBuilder::new();
+        let h = input(&mut g, "h", DType::F32, &[64, 16]);
+        let a = input(&mut g, "a", DType::F32, &[8192, 16]);
+        let wo = weight(&mut g, "wo", DType::Q8_0, &[8192, 64]);
+        let o = g.matmul_q8(wo, a).unwrap();
+        let h1 = g.add(h, o).unwrap();
+        // The product on the right or the left, the same fold.
+        let o2 = g.matmul_q8(wo, a).unwrap();
+        let h2 = g.add(o2, h1).unwrap();
+        // Read twice: summed by the product.
+        let o3 = g.matmul_q8(wo, a).unwrap();
+        let h3 = g.add(h2, o3).unwrap();
+        // Not adjacent: another launch between.
+        let o4 = g.matmul_q8(wo, a).unwrap();
+        let s = g.scale(h3, 2.0).unwrap();
+        let h4 = g.add(s, o4).unwrap();
+        // One plane: nothing to fold.
+        let o5 = g.matmul_q8(wo, a).unwrap();
+        let h5 = g.add(h4, o5).unwrap();
+        let graph = g.finish(&[h5, o3]).unwrap();
+        let splits = HashMap::from([
+            (o.index(), 2),
+            (o2.index(), 3),
+            (o3.index(), 2),
+            (o4.index(), 2),
+        ]);
+        let p = plan(&graph, &HashSet::new(), &splits);
+        assert_eq!(p.unsummed, HashSet::from([o.index(), o2.index()]));
+        assert_eq!(
+            p.fused.get(&h1.index()),
+            Some(&Fused::SumAdd {
+                residual: h,
+                planes: 2
+            })
+        );
+        assert_eq!(
+            p.fused.get(&h2.index()),
+            Some(&Fused::SumAdd {
+                residual: h1,
+                planes: 3
+            })
+        );
+        for n in [h3, h4, h5] {
+            assert!(!p.fused.contains_key(&n.index()));
+        }
+        assert!(p.skip.is_empty());
     }
 
     const ROPE_256: graph::RopeParams = graph::RopeParams {

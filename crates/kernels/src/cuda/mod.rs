@@ -190,6 +190,9 @@ pub struct CudaBackend {
     tc_attention: bool,
     /// The device's opt-in shared memory per block (bytes), for the multi-query attention.
     max_smem: usize,
+    /// Most blocks of a tensor-core attention launch (0: a block per unit); eight per
+    /// multiprocessor, or `SPECULA_ATT_TC_BLOCKS` (an A/B knob).
+    att_tc_blocks: usize,
     /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
     mma_mt: Option<usize>,
     /// `SPECULA_Q8_SPLITS` (1 to 8): forces the q8 products' split-K blocks (tuning).
@@ -354,6 +357,10 @@ impl CudaBackend {
             mq_attention: MultiQueryAttention::from_env(),
             tc_attention: major >= 8 && std::env::var("SPECULA_ATT_TC").map_or(true, |v| v != "0"),
             max_smem,
+            att_tc_blocks: std::env::var("SPECULA_ATT_TC_BLOCKS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(8 * sm_count),
             mma_mt: std::env::var("SPECULA_MMA_MT")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -596,6 +603,19 @@ impl CudaBackend {
     pub fn set_tensor_core_attention(&mut self, on: bool) {
         self.tc_attention = on && self.tensor_cores;
         self.forget_captures();
+    }
+
+    /// Most blocks a tensor-core attention launches (beyond them, each block walks several
+    /// splits of its rows), or 0 for a block per (row tile, split); every bound gives the same
+    /// bits (a tuning and test knob). Takes effect at the next run of every graph.
+    pub fn set_attention_blocks(&mut self, max_blocks: usize) {
+        self.att_tc_blocks = max_blocks;
+        self.forget_captures();
+    }
+
+    /// The bound [`CudaBackend::set_attention_blocks`] sets.
+    pub fn attention_blocks(&self) -> usize {
+        self.att_tc_blocks
     }
 
     /// Attention nodes of a loaded graph that run on the multi-query kernel, for tests that must

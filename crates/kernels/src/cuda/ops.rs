@@ -101,7 +101,7 @@ impl CudaBackend {
             )?;
         }
         if !exec.fuse.unsummed.contains(&id.index()) {
-            self.sum_splits(dst, out, m * n, splits)?;
+            self.sum_splits(dst, out, m * n, splits, 0)?;
         }
         Ok(())
     }
@@ -129,12 +129,16 @@ impl CudaBackend {
         }
     }
 
-    /// Sums the `splits` planes of `n_out` partial sums at `dst` into `out` (`mmv_sum_splits`);
-    /// nothing for one plane.
-    fn sum_splits(&self, dst: u64, out: u64, n_out: usize, splits: usize) -> Result<()> {
+    /// Sums the `splits` planes of `n_out` partial sums at `dst` into `out` (`mmv_sum_splits`),
+    /// plus the dense rows at `res` where that is not 0; nothing for one plane.
+    fn sum_splits(&self, dst: u64, out: u64, n_out: usize, splits: usize, res: u64) -> Result<()> {
         if splits > 1 {
             let mut r = Args::default();
-            r.ptr(dst).ptr(out).i32(n_out as i32).i32(splits as i32);
+            r.ptr(dst)
+                .ptr(out)
+                .i32(n_out as i32)
+                .i32(splits as i32)
+                .ptr(res);
             self.launch("mmv_sum_splits", grid1(n_out, 256), 256, &mut r)?;
         }
         Ok(())
@@ -222,7 +226,10 @@ impl CudaBackend {
             256,
             &mut a,
         )?;
-        self.sum_splits(dst, out, m * n, splits)
+        if !exec.fuse.unsummed.contains(&id.index()) {
+            self.sum_splits(dst, out, m * n, splits, 0)?;
+        }
+        Ok(())
     }
 
     /// The `_mma_` route settings now.
@@ -273,6 +280,11 @@ impl CudaBackend {
                     _ => 0,
                 };
                 return self.launch_norm(exec, t.norm, out, xs, Some(*t));
+            }
+            Some(&Fused::SumAdd { residual, planes }) => {
+                let partials = self.partials_ptr(exec)?;
+                let res = self.base(exec, residual)?;
+                return self.sum_splits(partials, out, n_out, planes, res);
             }
             Some(Fused::Rope { .. } | Fused::NormWrite { .. }) => {
                 let (norm, mut a) = self.head_norm_args(exec, id, out)?;
@@ -585,10 +597,16 @@ impl CudaBackend {
                 let grouped = self.att_group.is_some_and(|min| n_tok >= min)
                     && matches!(route, AttentionKernel::Wide { .. })
                     && n_rep % 2 == 0;
-                let mut grid = route.grid(n_head, k.shape().ne(1), n_tok, n_split);
+                let mut grid =
+                    route.grid(n_head, k.shape().ne(1), n_tok, n_split, self.att_tc_blocks);
+                // Tensor-core blocks that walk several splits (fewer slots than splits) take
+                // the `_w` form.
+                let walks = grid != route.grid(n_head, k.shape().ne(1), n_tok, n_split, 0);
                 let name = if grouped {
                     grid.0 = (n_head / 2) as u32;
                     format!("{}_g2", route.name())
+                } else if walks {
+                    format!("{}_w", route.name())
                 } else {
                     route.name().to_string()
                 };

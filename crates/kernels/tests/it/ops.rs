@@ -618,6 +618,52 @@ fn q8_products_match_the_cpu() {
     }
 }
 
+/// A residual added to a split q8 product right after it (a DFlash layer's attention output
+/// and FFN down, the product on either side of the Add) is added by the launch that sums the
+/// product's planes: the same bits as the separate sum and add (fusion off), within 1e-5 of
+/// the CPU, at one row and sixteen, over 2 and 3 planes.
+#[test]
+fn split_q8_products_take_their_residual_add_into_the_sum() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(37);
+    for (k, n) in [(8192, 1024), (12288, 2048)] {
+        let wbytes = random_weight(&mut rng, DType::Q8_0, k * n);
+        for m in [1, 16] {
+            let mut c = Case::new();
+            let w = c.weight(DType::Q8_0, &[k, n], wbytes.clone());
+            let h = c.f32(&[n, m], rng.vec(n * m));
+            let x = c.f32(&[k, m], rng.vec(k * m));
+            let x2 = c.f32(&[k, m], rng.vec(k * m));
+            let o = c.g.matmul_q8(w, x).unwrap();
+            let h1 = c.g.add(h, o).unwrap();
+            let o2 = c.g.matmul_q8(w, x2).unwrap();
+            let h2 = c.g.add(o2, h1).unwrap();
+            let graph = c.g.finish(&[h1, h2]).unwrap();
+            let name = format!("q8 + residual k{k} n{n} m{m}");
+            assert_eq!(kernels::planned_folds(&graph), 2, "{name}: both sums fold");
+            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[h1, h2]);
+            let got = run_on(&mut cuda, &graph, &c.leaves, &[h1, h2]);
+            cuda.set_fusion(false);
+            let apart = run_on(&mut cuda, &graph, &c.leaves, &[h1, h2]);
+            cuda.set_fusion(true);
+            for r in 0..2 {
+                assert!(
+                    same_bits(&got[r], &apart[r]),
+                    "{name}: sum {r} differs from the separate sum and add"
+                );
+                let err = rel_err(&got[r], &want[r]);
+                assert!(
+                    err <= 1e-5,
+                    "{name}: sum {r} rel err {err:e} against the CPU"
+                );
+            }
+            eprintln!("{name}: the same bits as apart, within 1e-5 of the CPU");
+        }
+    }
+}
+
 /// `matmul_q8` of Q6_K weights (the DFlash drafter's tied head) on the int8 tensor-core kernels
 /// — 1–8 rows one activation tile, 9–16 two, 40 rows three blocks; one and two weight tiles per
 /// warp (by size, and forced); k split over 1, 2 and 8 warps and over 3 and 4 blocks, rows
@@ -1999,13 +2045,15 @@ fn last_queries_attention(
 /// ring of 3 heads per group), for 1, 2, 3 and 8 heads
 /// per K/V group (rows of one unit from several queries, and padding rows), causal,
 /// sliding-window, explicit and no masks, ring and linear caches, one split and many, ranges
-/// shorter than a step, an empty cache and a query that sees one position.
+/// shorter than a step, an empty cache and a query that sees one position; with the same bits
+/// when blocks walk all or two of their row tile's splits and with a block per split.
 #[test]
 fn tensor_core_attention_matches_the_cpu() {
     let Some(mut cuda) = crate::cuda() else {
         return;
     };
     let mut rng = Rng(41);
+    let default_blocks = cuda.attention_blocks();
     let cases: [LastQueriesCase; 13] = [
         (128, 64, 8, 2048, 81, AttnMask::None, KvLayout::Linear),
         (
@@ -2060,6 +2108,17 @@ fn tensor_core_attention_matches_the_cpu() {
             assert_eq!(kernels, [format!("attention_tc_d{d}")], "{name}");
             let want = run_on(&mut CpuBackend::new(), &graph, &leaves, &[y]).remove(0);
             let got = run_on(&mut cuda, &graph, &leaves, &[y]).remove(0);
+            // Blocks walking several splits (one block per row tile and K/V head at most, and
+            // two splits a block) and a block per unit give the same bits.
+            for bound in [1, 2 * nkv * (t * nh / nkv).div_ceil(8), 0] {
+                cuda.set_attention_blocks(bound);
+                let walked = run_on(&mut cuda, &graph, &leaves, &[y]).remove(0);
+                assert!(
+                    same_bits(&walked, &got),
+                    "{name}: at most {bound} blocks changes the bits"
+                );
+            }
+            cuda.set_attention_blocks(default_blocks);
             cuda.set_tensor_core_attention(false);
             let wide = run_on(&mut cuda, &graph, &leaves, &[y]).remove(0);
             cuda.set_tensor_core_attention(true);
