@@ -511,19 +511,19 @@ __device__ void attention_mq_body(const float* q, Layout4 lq, const u16* k, Layo
     }
 }
 
-// The entry point NAME of a kernel over a batch's f16 K/V rows of D (the multi-query and
-// tensor-core kernels): the attention kernels' argument list, BODY<D> called with the batch's
-// query count.
-#define ATTENTION_ROWS_ENTRY(NAME, BODY, THREADS, D)                                                          \
+// The entry point NAME of a kernel over a batch's f16 K/V rows (the multi-query and tensor-core
+// kernels): the attention kernels' argument list, BODY (a body template's instance, in
+// parentheses where its arguments hold a comma) called with the batch's query count.
+#define ATTENTION_ROWS_ENTRY(NAME, BODY, THREADS)                                                             \
     extern "C" __global__ void __launch_bounds__(THREADS)                                                     \
         NAME(const float* q, Layout4 lq, const void* k, int k_dt, Layout4 lk, const void* v, int v_dt,       \
              Layout4 lv, const int* q_pos, const int* n_kv_ptr, const float* mask, float* out, int d, int d_v, \
              int n_head, int n_head_kv, int cap, float scale, int mask_kind, int window, int ring, int* err,  \
              int n_split, float* partial) {                                                                  \
         pdl_entry();                                                                                          \
-        BODY<D>(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask, out, (int)lq.d2, n_head,  \
-                n_head_kv, cap, scale, mask_kind, window, ring, err, n_split, partial);                       \
+        BODY(q, lq, (const u16*)k, lk, (const u16*)v, lv, q_pos, n_kv_ptr, mask, out, (int)lq.d2, n_head,     \
+             n_head_kv, cap, scale, mask_kind, window, ring, err, n_split, partial);                          \
     }
-#define ATTENTION_MQ(D) ATTENTION_ROWS_ENTRY(attention_mq_d##D, attention_mq_body, MQ_THREADS, D)
+#define ATTENTION_MQ(D) ATTENTION_ROWS_ENTRY(attention_mq_d##D, attention_mq_body<D>, MQ_THREADS)
 ATTENTION_MQ(256)
 ATTENTION_MQ(512)

@@ -371,27 +371,10 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
     }
 }
 
-template <int D>
-__device__ __forceinline__ void attention_tc_one(const float* q, Layout4 lq, const u16* k, Layout4 lk, const u16* v,
-                                                 Layout4 lv, const int* q_pos, const int* n_kv_ptr, const float* mask,
-                                                 float* out, int n_tok, int n_head, int n_head_kv, int cap,
-                                                 float scale, int mask_kind, int window, int ring, int* err,
-                                                 int n_split, float* partial) {
-    attention_tc_body<D, false>(q, lq, k, lk, v, lv, q_pos, n_kv_ptr, mask, out, n_tok, n_head, n_head_kv, cap, scale,
-                                mask_kind, window, ring, err, n_split, partial);
-}
-template <int D>
-__device__ __forceinline__ void attention_tc_walk(const float* q, Layout4 lq, const u16* k, Layout4 lk, const u16* v,
-                                                  Layout4 lv, const int* q_pos, const int* n_kv_ptr, const float* mask,
-                                                  float* out, int n_tok, int n_head, int n_head_kv, int cap,
-                                                  float scale, int mask_kind, int window, int ring, int* err,
-                                                  int n_split, float* partial) {
-    attention_tc_body<D, true>(q, lq, k, lk, v, lv, q_pos, n_kv_ptr, mask, out, n_tok, n_head, n_head_kv, cap, scale,
-                               mask_kind, window, ring, err, n_split, partial);
-}
-#define ATTENTION_TC(D)                                                                      \
-    ATTENTION_ROWS_ENTRY(attention_tc_d##D, attention_tc_one, TC_ATT_WARPS * 32, D)         \
-    ATTENTION_ROWS_ENTRY(attention_tc_d##D##_w, attention_tc_walk, TC_ATT_WARPS * 32, D)
+// attention_tc_d<D> runs one split per block, attention_tc_d<D>_w walks (see the body).
+#define ATTENTION_TC(D)                                                                          \
+    ATTENTION_ROWS_ENTRY(attention_tc_d##D, (attention_tc_body<D, false>), TC_ATT_WARPS * 32)   \
+    ATTENTION_ROWS_ENTRY(attention_tc_d##D##_w, (attention_tc_body<D, true>), TC_ATT_WARPS * 32)
 ATTENTION_TC(128)
 ATTENTION_TC(256)
 ATTENTION_TC(512)
