@@ -2,8 +2,9 @@
 // 256 or 512 on tensor cores: attention_tc_d128 (the DFlash drafter's heads) / _d256 / _d512.
 //
 // A block takes a unit: 8 rows, each row a (query, head) pair of one K/V group (row i of the
-// group: query i / heads_per_group, head i % heads_per_group), and one split of the positions,
-// which it walks in steps of 32, its 4 warps sharing each step's dims (below). The rows are the n of
+// group: query i / heads_per_group, head i % heads_per_group), and one split of the positions
+// (the `_w` kernels: several splits of those rows, one after another), which it walks in steps
+// of 32, its 4 warps sharing each step's dims (below). The rows are the n of
 // mma.sync m16n8k16 (sm_80+; movmatrix needs PTX 7.8), the positions its m:
 //   scores  Sᵀ[pos][row] = K[pos][·] · Qᵀ[·][row]   (A = K rows, B = Q),
 //   output  Oᵀ[dv][row] += Vᵀ[dv][pos] · Pᵀ[pos][row] (A = V rows transposed, B = P).
@@ -366,7 +367,7 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
                         dst[32 * TC_ATT_WARPS * jj + 2 * (2 * h + x)] =
                             empty ? 0.0f : __fmul_rn(acc[jj][h][2 * x + u], inv);
         }
-            if (!WALK) break;
+        if (!WALK) break;
         __syncthreads();  // the next split's first step writes part_s, which warps may still read
     }
 }

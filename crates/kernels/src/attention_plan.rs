@@ -119,10 +119,11 @@ impl AttentionKernel {
 }
 
 /// Split slots of a tensor-core attention whose splits have `per_split` blocks each: `n_split`
-/// (a block per unit) unless that passes `max_blocks` (0: no bound), else as few as keep the
-/// blocks under it, evened out so every slot walks the same number of splits. A block loads its
-/// queries once and stops at the first split past its rows' used ones, so a short context over a
-/// long cache (the DFlash drafter's: 6 of 64 splits used) costs no launch of empty blocks.
+/// (a block per unit) unless that passes `max_blocks` (0: no bound), else the fewest slots that
+/// walk the splits in as few rounds as the bound allows (each slot walks that many splits, or
+/// one fewer). A block loads its queries once and stops at the first split past its rows' used
+/// ones, so a short context over a long cache (the DFlash drafter's: 6 of 64 splits used) costs
+/// no launch of empty blocks.
 pub(crate) fn tc_slots(per_split: usize, n_split: usize, max_blocks: usize) -> usize {
     let n_split = n_split.max(1);
     if max_blocks == 0 || per_split * n_split <= max_blocks {

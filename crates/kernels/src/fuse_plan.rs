@@ -1,6 +1,7 @@
 //! Launches the CUDA backend folds together: a layer's post-norm, its residual add and the layer
 //! scale after it (`x = (residual + rms_norm(o) · w) · s` in Gemma 4) and the norm of `x` that
 //! follows; a head's q or k norm, its RoPE and its cache write; each run as one `rms_norm_f32`
+//! launch; and a split product's plane sum with the residual Add after it, one `mmv_sum_splits`
 //! launch; the other nodes are skipped. A pure function of the graph, so
 //! the plan is tested without a GPU; the fused kernel does the separate ops' arithmetic in their
 //! order, so results are the same bits.
@@ -20,7 +21,7 @@ pub(crate) struct NormTail {
     pub residual: NodeId,
     /// The one-element scale the sum is multiplied by, if the Mul after the Add is folded too.
     pub scale: Option<NodeId>,
-    /// Split-K planes of the norm's input: when the norm's input is a split `_mma_` product run
+    /// Split-K planes of the norm's input: when the norm's input is a split product run
     /// right before it, the kernel sums its partial planes (in plane order, as `mmv_sum_splits`)
     /// instead of reading the summed output, and the product skips its sum launch. 1 otherwise.
     pub planes: usize,
@@ -29,7 +30,8 @@ pub(crate) struct NormTail {
     pub next: Option<NodeId>,
 }
 
-/// A fused launch of `rms_norm_f32`, run at the node it is keyed by.
+/// A fused launch (`rms_norm_f32`, or `mmv_sum_splits` for [`Fused::SumAdd`]), run at the node it
+/// is keyed by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Fused {
     /// A post-norm tail: `(residual + norm) · scale`.
@@ -68,7 +70,8 @@ pub(crate) struct FusePlan {
     pub skip: HashSet<usize>,
     /// Nodes that launch a fused norm instead of their own op.
     pub fused: HashMap<usize, Fused>,
-    /// Split `_mma_` products whose partial planes a fused tail sums (no `mmv_sum_splits`).
+    /// Split products (`_mma_`, or q8 on tensor cores) whose partial planes a later launch sums:
+    /// a fused tail, or the `mmv_sum_splits` of a [`Fused::SumAdd`] (the product launches none).
     pub unsummed: HashSet<usize>,
     /// Head-norm launches (`Fused::Rope`, `Fused::NormWrite`) run as one `rms_norm_jobs_f32`
     /// launch at the first: its key → every member's key in order (the later ones are in `skip`).
@@ -77,7 +80,7 @@ pub(crate) struct FusePlan {
 
 /// Launches the CUDA backend would fold away in `graph` with its default settings (mma products
 /// on, the GEMM route available, `SPECULA_FUSE` not 0): skipped nodes plus split sums done by the
-/// norm reading them. A pure function, so CI checks without a GPU that a model's step graph keeps
+/// norm or Add reading them. A pure function, so CI checks without a GPU that a model's step graph keeps
 /// its fusions. (Without libcublas, graphs of 64 rows or more fold differently: their products
 /// stay on the `_mma_` kernels.)
 pub fn planned_folds(graph: &Graph) -> usize {
@@ -106,14 +109,17 @@ pub(crate) fn plan_for(graph: &Graph, mma: &MmaPlan) -> FusePlan {
     plan(graph, &mma.norms, &splits)
 }
 
+/// Finds `Add(residual, product)` where a split product immediately precedes the Add and has no
+/// other reader, the residual and the product dense F32 rows of the Add's shape ([`Fused::SumAdd`]).
 /// Finds `Add(residual, RmsNorm(x))` where the norm immediately precedes the Add and has no
 /// other reader (nor is an output, nor writes prepared activations: `keep`), the residual is
 /// dense F32 rows of the same shape; and folds a following `Mul(sum, s)` by a one-element scale
 /// when the Add has no other reader. Adjacency (only leaves between) means no other node runs
 /// between the folded ones, so no buffer the fused launch reads can have been reused in between.
 ///
-/// `splits` maps the split `_mma_` products to their number of planes: a tail whose norm reads
-/// one, run right before the norm and read by nothing else, sums the planes itself.
+/// `splits` maps the split products (`_mma_`, and q8 on tensor cores) to their number of planes:
+/// a tail whose norm reads one, run right before the norm and read by nothing else, sums the
+/// planes itself.
 pub(crate) fn plan(
     graph: &Graph,
     keep: &HashSet<usize>,

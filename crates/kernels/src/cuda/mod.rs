@@ -526,7 +526,7 @@ impl CudaBackend {
     }
 
     /// Launches a loaded graph saves by fusion (nodes folded into another node's launch, split
-    /// sums done by the norm that reads them), for tests that must know a fusion happened.
+    /// sums done by the norm or residual Add that reads them), for tests that must know a fusion happened.
     pub fn folded_launches(&self, exe: ExecId) -> Result<usize> {
         let exec = self.exec(exe)?;
         Ok(exec.fuse.skip.len() + exec.fuse.unsummed.len())

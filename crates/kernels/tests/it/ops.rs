@@ -619,9 +619,10 @@ fn q8_products_match_the_cpu() {
 }
 
 /// A residual added to a split q8 product right after it (a DFlash layer's attention output
-/// and FFN down, the product on either side of the Add) is added by the launch that sums the
-/// product's planes: the same bits as the separate sum and add (fusion off), within 1e-5 of
-/// the CPU, at one row and sixteen, over 2 and 3 planes.
+/// and FFN down, the product on either side of the Add, the residual dying there so the sum may
+/// take its buffer) is added by the launch that sums the product's planes, and a post-norm tail
+/// over a split q8 product sums its planes: the same bits as the separate launches (fusion
+/// off), within 1e-5 of the CPU, at one row and sixteen, over 2 and 3 planes.
 #[test]
 fn split_q8_products_take_their_residual_add_into_the_sum() {
     let Some(mut cuda) = crate::cuda() else {
@@ -633,30 +634,38 @@ fn split_q8_products_take_their_residual_add_into_the_sum() {
         for m in [1, 16] {
             let mut c = Case::new();
             let w = c.weight(DType::Q8_0, &[k, n], wbytes.clone());
-            let h = c.f32(&[n, m], rng.vec(n * m));
-            let x = c.f32(&[k, m], rng.vec(k * m));
-            let x2 = c.f32(&[k, m], rng.vec(k * m));
-            let o = c.g.matmul_q8(w, x).unwrap();
+            let hin = c.f32(&[n, m], rng.vec(n * m));
+            let xs: Vec<NodeId> = (0..3).map(|_| c.f32(&[k, m], rng.vec(k * m))).collect();
+            let h = c.g.scale(hin, 0.5).unwrap(); // read by the first Add only
+            let o = c.g.matmul_q8(w, xs[0]).unwrap();
             let h1 = c.g.add(h, o).unwrap();
-            let o2 = c.g.matmul_q8(w, x2).unwrap();
+            let o2 = c.g.matmul_q8(w, xs[1]).unwrap();
             let h2 = c.g.add(o2, h1).unwrap();
-            let graph = c.g.finish(&[h1, h2]).unwrap();
+            let o3 = c.g.matmul_q8(w, xs[2]).unwrap();
+            let post = c.g.rms_norm(o3, None, 1e-6).unwrap();
+            let h3 = c.g.add(h2, post).unwrap();
+            let graph = c.g.finish(&[h1, h3]).unwrap();
             let name = format!("q8 + residual k{k} n{n} m{m}");
-            assert_eq!(kernels::planned_folds(&graph), 2, "{name}: both sums fold");
-            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[h1, h2]);
-            let got = run_on(&mut cuda, &graph, &c.leaves, &[h1, h2]);
+            let bindings = bind_leaves(&mut cuda, &graph, &c.leaves);
+            let exe = cuda.load(&graph, &bindings).unwrap();
+            // Two sums with their adds, a norm tail with its sum (and the norm it skips).
+            let folded = cuda.folded_launches(exe).unwrap();
+            cuda.unload(exe).unwrap();
+            assert_eq!(folded, 4, "{name}: the three sums fold");
+            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[h1, h3]);
+            let got = run_on(&mut cuda, &graph, &c.leaves, &[h1, h3]);
             cuda.set_fusion(false);
-            let apart = run_on(&mut cuda, &graph, &c.leaves, &[h1, h2]);
+            let apart = run_on(&mut cuda, &graph, &c.leaves, &[h1, h3]);
             cuda.set_fusion(true);
             for r in 0..2 {
                 assert!(
                     same_bits(&got[r], &apart[r]),
-                    "{name}: sum {r} differs from the separate sum and add"
+                    "{name}: output {r} differs from the separate launches"
                 );
                 let err = rel_err(&got[r], &want[r]);
                 assert!(
                     err <= 1e-5,
-                    "{name}: sum {r} rel err {err:e} against the CPU"
+                    "{name}: output {r} rel err {err:e} against the CPU"
                 );
             }
             eprintln!("{name}: the same bits as apart, within 1e-5 of the CPU");
@@ -2046,7 +2055,8 @@ fn last_queries_attention(
 /// per K/V group (rows of one unit from several queries, and padding rows), causal,
 /// sliding-window, explicit and no masks, ring and linear caches, one split and many, ranges
 /// shorter than a step, an empty cache and a query that sees one position; with the same bits
-/// when blocks walk all or two of their row tile's splits and with a block per split.
+/// when a row tile's blocks walk all its splits (one slot) or half of them (two), and with a
+/// block per split.
 #[test]
 fn tensor_core_attention_matches_the_cpu() {
     let Some(mut cuda) = crate::cuda() else {
@@ -2108,8 +2118,8 @@ fn tensor_core_attention_matches_the_cpu() {
             assert_eq!(kernels, [format!("attention_tc_d{d}")], "{name}");
             let want = run_on(&mut CpuBackend::new(), &graph, &leaves, &[y]).remove(0);
             let got = run_on(&mut cuda, &graph, &leaves, &[y]).remove(0);
-            // Blocks walking several splits (one block per row tile and K/V head at most, and
-            // two splits a block) and a block per unit give the same bits.
+            // Blocks walking all the splits of their row tile (one slot), walking half of them
+            // (two slots) and a block per unit give the same bits.
             for bound in [1, 2 * nkv * (t * nh / nkv).div_ceil(8), 0] {
                 cuda.set_attention_blocks(bound);
                 let walked = run_on(&mut cuda, &graph, &leaves, &[y]).remove(0);
