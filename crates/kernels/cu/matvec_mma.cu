@@ -1187,6 +1187,25 @@ __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, floa
 // are 256 contiguous bytes of a block: a warp's B load touches 2 cache lines rather than 8 (the
 // products are bound by L1 wavefronts, bench/NOTES.md).
 #define DT_Q8X 108  // a kernel-template tag, not a ggml type
+#define DT_Q8R 109  // the same with the weights in q8_0_repack's layout
+
+// Q8_0 weights rearranged per 256-weight group (272 bytes either way): the 8 blocks' f16 scales
+// (16 bytes), then their 8 × 32 quants, so a lane's 8 quant bytes of a block are one aligned
+// load (rows of whole groups are 272 = 16 · 17 bytes, so from an aligned base every group is
+// 16-byte aligned). A thread per group.
+extern "C" __global__ void q8_0_repack(const u8* src, u8* dst, i64 n_groups) {
+    pdl_entry();
+    i64 gi = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (gi >= n_groups) return;
+    const u8* s = src + gi * 272;
+    u8* d = dst + gi * 272;
+#pragma unroll
+    for (int blk = 0; blk < 8; ++blk) {
+        d[2 * blk] = s[34 * blk];
+        d[2 * blk + 1] = s[34 * blk + 1];
+        for (int j = 0; j < 32; ++j) d[16 + 32 * blk + j] = s[34 * blk + 2 + j];
+    }
+}
 
 __device__ __forceinline__ int q8x_mpad(int m) { return (m + 15) & ~15; }
 // The 32 quants of block kb of row r, and the scales, of q8 activations at xs (mp = q8x_mpad(m)).
@@ -1234,7 +1253,10 @@ extern "C" __global__ void q8_quantize_x(const float* x, i64 x_off, i64 x_stride
 // One 256-weight group (8 Q8_0 blocks) of weight rows g and g + 8 of each 16-row tile times NT
 // tiles of 8 q8 activation rows. Rows past the batch read row m0's words and the scales'
 // padding; their columns are never written.
-template <int MT, int NT>
+// With R (`q8_0_repack`'s layout: a group's 8 f16 scales, then its 256 quants), a lane's two
+// words of a block are one 8-byte load and four blocks' scales one more, instead of a 2-byte
+// scale and two or three words per block: the same values, so the same bits.
+template <int MT, int NT, bool R>
 __device__ __forceinline__ void q80x_group(const u8* w, const void* xs, int k, int m, float (&acc)[MT][NT][4],
                                            int row0, int n, int n_groups, int grp, int m0) {
     int t = threadIdx.x & 3;
@@ -1244,12 +1266,28 @@ __device__ __forceinline__ void q80x_group(const u8* w, const void* xs, int k, i
     activation_rows<NT>(m0, m, tok);
     int mp = q8x_mpad(m);
     const float* xd = q8x_scales(xs, k, mp);
+    // R: blocks 4h .. 4h + 3 take their scales from one load (sc, four f16).
+    uint2 sc[MT][2];
 #pragma unroll 4
     for (int blk = 0; blk < 8; ++blk) {
         int kb = grp * 8 + blk;
         u32 q[MT][2][2];
         float d[MT][2];
-        q80_block<MT, SMALL_HINT(NT)>(b, blk, t, q, d);
+        if (R) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    if ((blk & 3) == 0) sc[mt][r] = ldw64<SMALL_HINT(NT)>(b[mt][r] + 2 * blk);
+                    u32 sw = (blk & 2) ? sc[mt][r].y : sc[mt][r].x;
+                    d[mt][r] = h2f((u16)((blk & 1) ? sw >> 16 : sw & 0xffff));
+                    uint2 qw = ldw64<SMALL_HINT(NT)>(b[mt][r] + 16 + 32 * blk + 8 * t);
+                    q[mt][r][0] = qw.x;
+                    q[mt][r][1] = qw.y;
+                }
+        } else {
+            q80_block<MT, SMALL_HINT(NT)>(b, blk, t, q, d);
+        }
         uint2 xb[NT];
         float2 dx[NT];
 #pragma unroll
@@ -1450,7 +1488,8 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
         for (int grp = first; DT != DT_Q4_K && grp < n_groups; grp += stride) {
             if (DT == DT_Q6_K) q6k_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
             if (DT == DT_Q8_0) q80_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
-            if (DT == DT_Q8X) q80x_group<MT, NT>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
+            if (DT == DT_Q8X) q80x_group<MT, NT, false>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
+            if (DT == DT_Q8R) q80x_group<MT, NT, true>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
             if (DT == DT_Q6X) q6kx_group<MT, NT>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
         }
     }
@@ -1560,6 +1599,11 @@ MMV_KERNEL(q8_0_q8x, DT_Q8X, 1, 1, 2, true, )
 MMV_KERNEL(q8_0_q8x, DT_Q8X, 1, 2, 2, true, )
 MMV_KERNEL(q8_0_q8x, DT_Q8X, 2, 1, 2, true, )
 MMV_KERNEL(q8_0_q8x, DT_Q8X, 2, 2, 2, true, )
+// matmul_q8_0r_q8x_mma_m<MT>n<NT>: the same, weights in q8_0_repack's layout.
+MMV_KERNEL(q8_0r_q8x, DT_Q8R, 1, 1, 2, true, )
+MMV_KERNEL(q8_0r_q8x, DT_Q8R, 1, 2, 2, true, )
+MMV_KERNEL(q8_0r_q8x, DT_Q8R, 2, 1, 2, true, )
+MMV_KERNEL(q8_0r_q8x, DT_Q8R, 2, 2, 2, true, )
 // matmul_q6_k_q8x_mma_m<MT>n<NT>: Q6_K weights × q8 activations (as above).
 MMV_KERNEL(q6_k_q8x, DT_Q6X, 1, 1, 2, true, )
 MMV_KERNEL(q6_k_q8x, DT_Q6X, 1, 2, 2, true, )

@@ -193,6 +193,12 @@ pub struct CudaBackend {
     /// Most blocks of a tensor-core attention launch (0: a block per unit); eight per
     /// multiprocessor, or `SPECULA_ATT_TC_BLOCKS` (an A/B knob).
     att_tc_blocks: usize,
+    /// Q8_0 weights of int8 tensor-core q8 products are read from a copy in `q8_0_repack`'s
+    /// layout (`SPECULA_Q8_REPACK=0` reads them as stored; an A/B and test knob).
+    q8_repack: bool,
+    /// Those copies, by the index of the weight buffer they copy (made when a graph that needs
+    /// one loads, shared by later graphs, freed with the weight buffer).
+    q8_repacked: HashMap<usize, BufferId>,
     /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
     mma_mt: Option<usize>,
     /// `SPECULA_Q8_SPLITS` (1 to 8): forces the q8 products' split-K blocks (tuning).
@@ -357,6 +363,8 @@ impl CudaBackend {
             mq_attention: MultiQueryAttention::from_env(),
             tc_attention: major >= 8 && std::env::var("SPECULA_ATT_TC").map_or(true, |v| v != "0"),
             max_smem,
+            q8_repack: std::env::var("SPECULA_Q8_REPACK").map_or(true, |v| v != "0"),
+            q8_repacked: HashMap::new(),
             att_tc_blocks: std::env::var("SPECULA_ATT_TC_BLOCKS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -611,6 +619,44 @@ impl CudaBackend {
     pub fn set_attention_blocks(&mut self, max_blocks: usize) {
         self.att_tc_blocks = max_blocks;
         self.forget_captures();
+    }
+
+    /// Whether q8 products of Q8_0 weights in graphs loaded from now on read a copy of the
+    /// weights in `q8_0_repack`'s layout (the default) or the weights as stored; the same bits
+    /// either way (a tuning and test knob).
+    pub fn set_q8_repack(&mut self, on: bool) {
+        self.q8_repack = on;
+    }
+
+    /// Repacked Q8_0 weight copies held now, for tests.
+    pub fn q8_repacked_copies(&self) -> usize {
+        self.q8_repacked.len()
+    }
+
+    /// The repacked copy of the Q8_0 weights in `buffer` (`q8_0_repack`), made on first use.
+    fn q8_repacked_copy(&mut self, buffer: BufferId) -> Result<BufferId> {
+        if let Some(&b) = self.q8_repacked.get(&buffer.0) {
+            return Ok(b);
+        }
+        let (src, dtype, shape) = {
+            let b = self.buf(buffer)?;
+            (b.ptr, b.dtype, b.shape)
+        };
+        let bytes = byte_size(dtype, shape)?;
+        if dtype != DType::Q8_0 || !bytes.is_multiple_of(272) || !src.is_multiple_of(16) {
+            return Err(backend_err(format!(
+                "cannot repack buffer #{} ({dtype} {shape}) as Q8_0 groups",
+                buffer.0
+            )));
+        }
+        let copy = self.alloc(dtype, shape)?;
+        let dst = self.buf(copy)?.ptr;
+        let groups = bytes / 272;
+        let mut a = Args::default();
+        a.ptr(src).ptr(dst).i64(groups as i64);
+        self.launch("q8_0_repack", grid1(groups, 256), 256, &mut a)?;
+        self.q8_repacked.insert(buffer.0, copy);
+        Ok(copy)
     }
 
     /// The bound [`CudaBackend::set_attention_blocks`] sets.
@@ -874,6 +920,9 @@ impl Backend for CudaBackend {
     }
 
     fn free(&mut self, buffer: BufferId) -> Result<()> {
+        if let Some(copy) = self.q8_repacked.remove(&buffer.0) {
+            self.free(copy)?;
+        }
         let b = self.buf(buffer)?;
         let ptr = b.ptr;
         self.bind()?;
@@ -934,6 +983,17 @@ impl Backend for CudaBackend {
             }
         }
         let mma = mma_plan::plan(&self.mma_config(), graph);
+        // The repacked Q8_0 weights of the int8 tensor-core q8 products.
+        let mut q8_weights = HashMap::new();
+        if self.q8_repack {
+            for (&i, qi) in &mma.q8 {
+                if qi.tensor_cores && qi.weights == DType::Q8_0 {
+                    let w = graph.nodes()[i].inputs[0].index();
+                    let copy = self.q8_repacked_copy(node_buffer[w])?;
+                    q8_weights.insert(i, copy);
+                }
+            }
+        }
         let fuse = if self.fusion {
             fuse_plan::plan_for(graph, &mma)
         } else {
@@ -973,6 +1033,7 @@ impl Backend for CudaBackend {
             mma_scratch,
             mma_partials,
             gemm_acts,
+            q8_weights,
             mma,
             fuse,
         }));

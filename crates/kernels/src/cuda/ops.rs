@@ -199,10 +199,16 @@ impl CudaBackend {
         // The Q6_K kernel reads its 2-byte-aligned groups in words where it may. (Without
         // tensor cores — before sm_80, or SPECULA_MMA=0 — a Q6_K head takes the per-warp kernel
         // above: correct but slow, a warp per output.)
-        let weights = if qi.weights == DType::Q8_0 {
-            self.q80_weights(exec, id, node)?
+        let repacked = exec.q8_weights.get(&id.index());
+        let weights = match repacked {
+            Some(&b) => self.buf(b)?.ptr,
+            None if qi.weights == DType::Q8_0 => self.q80_weights(exec, id, node)?,
+            None => self.base(exec, node.inputs[0])?,
+        };
+        let type_name = if repacked.is_some() {
+            "q8_0r"
         } else {
-            self.base(exec, node.inputs[0])?
+            type_name
         };
         let (kw, splits) = (qi.k_warps, qi.k_splits);
         let dst = self.split_dst(exec, splits, out)?;

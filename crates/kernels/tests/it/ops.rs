@@ -574,6 +574,14 @@ fn q8_products_match_the_cpu() {
             let err = rel_err(&got[0], &want[0]);
             let name = format!("q8 k{k} n{n} m{m}");
             assert!(err <= 1e-5, "{name}: rel err {err:e}");
+            // Weights read as stored give the repacked copy's bits.
+            cuda.set_q8_repack(false);
+            let stored = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+            cuda.set_q8_repack(true);
+            assert!(
+                same_bits(&got[0], &stored),
+                "{name}: the repacked weights change the bits"
+            );
             assert!(got[0].iter().all(|v| v.is_finite()), "{name}: non-finite");
             let err_z = rel_err(&got[1], &want[1]);
             assert!(
@@ -616,6 +624,44 @@ fn q8_products_match_the_cpu() {
             "q8 k{k}: a block holding an infinity must make its row NaN on both"
         );
     }
+}
+
+/// The repacked copy of a q8 product's Q8_0 weights is made once when a graph needing it loads,
+/// shared by a second graph, and freed with the weight buffer; none is made with repacking off.
+#[test]
+fn repacked_q8_weights_live_as_long_as_their_buffer() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(47);
+    let mut c = Case::new();
+    let w = c.weight(
+        DType::Q8_0,
+        &[1024, 256],
+        random_weight(&mut rng, DType::Q8_0, 1024 * 256),
+    );
+    let x = c.f32(&[1024, 4], rng.vec(1024 * 4));
+    let y = c.g.matmul_q8(w, x).unwrap();
+    let graph = c.g.finish(&[y]).unwrap();
+    let before = cuda.q8_repacked_copies();
+    let bindings = bind_leaves(&mut cuda, &graph, &c.leaves);
+    cuda.set_q8_repack(false);
+    let plain = cuda.load(&graph, &bindings).unwrap();
+    assert_eq!(cuda.q8_repacked_copies(), before, "repacking off");
+    cuda.set_q8_repack(true);
+    let one = cuda.load(&graph, &bindings).unwrap();
+    let two = cuda.load(&graph, &bindings).unwrap();
+    assert_eq!(cuda.q8_repacked_copies(), before + 1, "one copy, shared");
+    for exe in [plain, one, two] {
+        cuda.unload(exe).unwrap();
+    }
+    assert_eq!(
+        cuda.q8_repacked_copies(),
+        before + 1,
+        "kept for later graphs"
+    );
+    cuda.free(bindings.get(w).unwrap()).unwrap();
+    assert_eq!(cuda.q8_repacked_copies(), before, "freed with the weights");
 }
 
 /// A residual added to a split q8 product right after it (a DFlash layer's attention output
