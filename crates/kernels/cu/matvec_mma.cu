@@ -1343,6 +1343,32 @@ extern "C" __global__ void matmul_q8_0_q8x_warp(const u8* w, const void* xs, flo
 // sums join as sc0·s0 + sc1·s1 in int32 (below 2^24 in magnitude, so exact in f32 as well) and
 // the block's term is d_w·d_x times that, as the CPU reference adds it.
 #define DT_Q6X 114  // a kernel-template tag, not a ggml type
+#define DT_Q6R 115  // the same with the weights in q6_k_repack's layout
+
+// Q6_K groups rearranged for the q8 products: 224 bytes (16-byte aligned) each, the quant words
+// lane t of a warp reads for half h at 96h + 24t (six 4-byte words: for lb = 0, 1 the low
+// nibbles of runs 0/1 and 2/3 at ql[64h + 16lb + 4t] and ql[64h + 32 + 16lb + 4t], then the
+// high bit pairs at qh[32h + 16lb + 4t]; see q6k_words), then the 16 int8 scales at 192, d at
+// 208 and 14 bytes of zeros. A thread per group.
+extern "C" __global__ void q6_k_repack(const u8* src, u8* dst, i64 n_groups) {
+    pdl_entry();
+    i64 gi = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (gi >= n_groups) return;
+    const u8* s = src + gi * 210;
+    u8* d = dst + gi * 224;
+    for (int h = 0; h < 2; ++h)
+        for (int t = 0; t < 4; ++t)
+            for (int lb = 0; lb < 2; ++lb) {
+                u8* o = d + 96 * h + 24 * t + 12 * lb;
+                for (int e = 0; e < 4; ++e) {
+                    o[e] = s[64 * h + 16 * lb + 4 * t + e];
+                    o[4 + e] = s[64 * h + 32 + 16 * lb + 4 * t + e];
+                    o[8 + e] = s[128 + 32 * h + 16 * lb + 4 * t + e];
+                }
+            }
+    for (int e = 0; e < 18; ++e) d[192 + e] = s[192 + e];
+    for (int e = 210; e < 224; ++e) d[e] = 0;
+}
 
 // c = A·B for int8 A (s8, 16 × 16) and B (s8, 16 × 8), s32 accumulation from zero.
 __device__ __forceinline__ void imma_16816_ss(int (&c)[4], u32 a0, u32 a1, u32 b0) {
@@ -1362,12 +1388,15 @@ __device__ __forceinline__ u32 q6_levels(u32 lo, u32 hi) {
 // One 256-weight Q6_K group of weight rows g and g + 8 of each 16-row tile times NT tiles of 8
 // q8 activation rows. Rows past the batch read row m0's words and the scales' padding; their
 // columns are never written.
-template <int MT, int NT>
+// With R (`q6_k_repack`'s 224-byte groups), a lane's six quant words of a half are three 8-byte
+// loads and the 16 scales one 16-byte load, instead of up to 16 4- or 2-byte loads: the same
+// values, so the same bits.
+template <int MT, int NT, bool R>
 __device__ __forceinline__ void q6kx_group(const u8* w, const void* xs, int k, int m, float (&acc)[MT][NT][4],
                                            int row0, int n, int n_groups, int grp, int m0) {
     int t = threadIdx.x & 3;
     const u8* b[MT][2];
-    weight_groups<MT>(w, row0, n, n_groups, grp, 210, b);
+    weight_groups<MT>(w, row0, n, n_groups, grp, R ? 224 : 210, b);
     int tok[NT];
     activation_rows<NT>(m0, m, tok);
     int mp = q8x_mpad(m);
@@ -1375,11 +1404,43 @@ __device__ __forceinline__ void q6kx_group(const u8* w, const void* xs, int k, i
     bool al[MT][2];
     float dd[MT][2];
     u32 scales[MT][2][4];
-    q6k_scales<MT, SMALL_HINT(NT)>(b, al, dd, scales);
+    if (R) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                uint4 sv = *(const uint4*)(b[mt][r] + 192);
+                scales[mt][r][0] = sv.x;
+                scales[mt][r][1] = sv.y;
+                scales[mt][r][2] = sv.z;
+                scales[mt][r][3] = sv.w;
+                dd[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(b[mt][r] + 208));
+                al[mt][r] = true;
+            }
+    } else {
+        q6k_scales<MT, SMALL_HINT(NT)>(b, al, dd, scales);
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         u32 ql[MT][2][2][2], qh[MT][2][2];  // [tile][row][lb][run parity]
-        q6k_words<MT, 2, SMALL_HINT(NT)>(b, al, h, 0, t, ql, qh);
+        if (R) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const u8* lw = b[mt][r] + 96 * h + 24 * t;
+                    uint2 w0 = ldw64<SMALL_HINT(NT)>(lw), w1 = ldw64<SMALL_HINT(NT)>(lw + 8),
+                          w2 = ldw64<SMALL_HINT(NT)>(lw + 16);
+                    ql[mt][r][0][0] = w0.x;
+                    ql[mt][r][0][1] = w0.y;
+                    qh[mt][r][0] = w1.x;
+                    ql[mt][r][1][0] = w1.y;
+                    ql[mt][r][1][1] = w2.x;
+                    qh[mt][r][1] = w2.y;
+                }
+        } else {
+            q6k_words<MT, 2, SMALL_HINT(NT)>(b, al, h, 0, t, ql, qh);
+        }
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
             int kb = grp * 8 + 4 * h + p, sb = 8 * h + 2 * p;
@@ -1490,7 +1551,8 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
             if (DT == DT_Q8_0) q80_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
             if (DT == DT_Q8X) q80x_group<MT, NT, false>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
             if (DT == DT_Q8R) q80x_group<MT, NT, true>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
-            if (DT == DT_Q6X) q6kx_group<MT, NT>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
+            if (DT == DT_Q6X) q6kx_group<MT, NT, false>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
+            if (DT == DT_Q6R) q6kx_group<MT, NT, true>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
         }
     }
 #pragma unroll
@@ -1609,6 +1671,11 @@ MMV_KERNEL(q6_k_q8x, DT_Q6X, 1, 1, 2, true, )
 MMV_KERNEL(q6_k_q8x, DT_Q6X, 1, 2, 2, true, )
 MMV_KERNEL(q6_k_q8x, DT_Q6X, 2, 1, 2, true, )
 MMV_KERNEL(q6_k_q8x, DT_Q6X, 2, 2, 2, true, )
+// matmul_q6_kr_q8x_mma_m<MT>n<NT>: the same, weights in q6_k_repack's layout.
+MMV_KERNEL(q6_kr_q8x, DT_Q6R, 1, 1, 2, true, )
+MMV_KERNEL(q6_kr_q8x, DT_Q6R, 1, 2, 2, true, )
+MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 1, 2, true, )
+MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 2, 2, true, )
 
 // matmul_<type>_mma_m1n1[_x]_p: matmul_<type>_mma_m1n1[_x] in gridDim.y persistent blocks (grid
 // (⌈m / 8⌉, blocks, 1)) over `splits` planes.

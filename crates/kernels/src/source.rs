@@ -344,6 +344,11 @@ pub const OTHER_KERNELS: &[&str] = &[
     "matmul_q6_k_q8x_mma_m1n2",
     "matmul_q6_k_q8x_mma_m2n1",
     "matmul_q6_k_q8x_mma_m2n2",
+    "q6_k_repack",
+    "matmul_q6_kr_q8x_mma_m1n1",
+    "matmul_q6_kr_q8x_mma_m1n2",
+    "matmul_q6_kr_q8x_mma_m2n1",
+    "matmul_q6_kr_q8x_mma_m2n2",
     "rows_to_f16",
     "gemm_rescale",
 ];

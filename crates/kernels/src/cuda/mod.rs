@@ -193,8 +193,9 @@ pub struct CudaBackend {
     /// Most blocks of a tensor-core attention launch (0: a block per unit); eight per
     /// multiprocessor, or `SPECULA_ATT_TC_BLOCKS` (an A/B knob).
     att_tc_blocks: usize,
-    /// Q8_0 weights of int8 tensor-core q8 products are read from a copy in `q8_0_repack`'s
-    /// layout (`SPECULA_Q8_REPACK=0` reads them as stored; an A/B and test knob).
+    /// Q8_0 and Q6_K weights of int8 tensor-core q8 products are read from a copy in
+    /// `q8_0_repack`'s or `q6_k_repack`'s layout (`SPECULA_Q8_REPACK=0` reads them as stored;
+    /// an A/B and test knob).
     q8_repack: bool,
     /// Those copies, by the index of the weight buffer they copy (made when a graph that needs
     /// one loads, shared by later graphs, freed with the weight buffer).
@@ -621,19 +622,21 @@ impl CudaBackend {
         self.forget_captures();
     }
 
-    /// Whether q8 products of Q8_0 weights in graphs loaded from now on read a copy of the
-    /// weights in `q8_0_repack`'s layout (the default) or the weights as stored; the same bits
-    /// either way (a tuning and test knob).
+    /// Whether q8 products of Q8_0 or Q6_K weights in graphs loaded from now on read a copy of
+    /// the weights in `q8_0_repack`'s or `q6_k_repack`'s layout (the default) or the weights as
+    /// stored; the same bits either way (a tuning and test knob).
     pub fn set_q8_repack(&mut self, on: bool) {
         self.q8_repack = on;
     }
 
-    /// Repacked Q8_0 weight copies held now, for tests.
+    /// Repacked weight copies held now, for tests.
     pub fn q8_repacked_copies(&self) -> usize {
         self.q8_repacked.len()
     }
 
-    /// The repacked copy of the Q8_0 weights in `buffer` (`q8_0_repack`), made on first use.
+    /// The repacked copy of the Q8_0 or Q6_K weights in `buffer`, made on first use: Q8_0 in
+    /// `q8_0_repack`'s layout (272-byte groups, as stored), Q6_K in `q6_k_repack`'s (224-byte
+    /// groups for 210).
     fn q8_repacked_copy(&mut self, buffer: BufferId) -> Result<BufferId> {
         if let Some(&b) = self.q8_repacked.get(&buffer.0) {
             return Ok(b);
@@ -643,18 +646,23 @@ impl CudaBackend {
             (b.ptr, b.dtype, b.shape)
         };
         let bytes = byte_size(dtype, shape)?;
-        if dtype != DType::Q8_0 || !bytes.is_multiple_of(272) || !src.is_multiple_of(16) {
+        let (kernel, group, copy_group) = match dtype {
+            DType::Q8_0 => ("q8_0_repack", 272, 272),
+            DType::Q6_K => ("q6_k_repack", 210, 224),
+            _ => ("", 1, 1),
+        };
+        if kernel.is_empty() || !bytes.is_multiple_of(group) || !src.is_multiple_of(16) {
             return Err(backend_err(format!(
-                "cannot repack buffer #{} ({dtype} {shape}) as Q8_0 groups",
+                "cannot repack buffer #{} ({dtype} {shape}) for the q8 products",
                 buffer.0
             )));
         }
-        let copy = self.alloc(dtype, shape)?;
+        let groups = bytes / group;
+        let copy = self.alloc(DType::F32, Shape::new(&[groups * copy_group / 4])?)?;
         let dst = self.buf(copy)?.ptr;
-        let groups = bytes / 272;
         let mut a = Args::default();
         a.ptr(src).ptr(dst).i64(groups as i64);
-        self.launch("q8_0_repack", grid1(groups, 256), 256, &mut a)?;
+        self.launch(kernel, grid1(groups, 256), 256, &mut a)?;
         self.q8_repacked.insert(buffer.0, copy);
         Ok(copy)
     }
@@ -983,11 +991,11 @@ impl Backend for CudaBackend {
             }
         }
         let mma = mma_plan::plan(&self.mma_config(), graph);
-        // The repacked Q8_0 weights of the int8 tensor-core q8 products.
+        // The repacked weights of the int8 tensor-core q8 products.
         let mut q8_weights = HashMap::new();
         if self.q8_repack {
             for (&i, qi) in &mma.q8 {
-                if qi.tensor_cores && qi.weights == DType::Q8_0 {
+                if qi.tensor_cores {
                     let w = graph.nodes()[i].inputs[0].index();
                     let copy = self.q8_repacked_copy(node_buffer[w])?;
                     q8_weights.insert(i, copy);

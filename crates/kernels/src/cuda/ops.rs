@@ -196,19 +196,20 @@ impl CudaBackend {
                 &mut a,
             );
         }
-        // The Q6_K kernel reads its 2-byte-aligned groups in words where it may. (Without
-        // tensor cores — before sm_80, or SPECULA_MMA=0 — a Q6_K head takes the per-warp kernel
-        // above: correct but slow, a warp per output.)
+        // The weights come from their repacked copy (`q8_0_repack`, `q6_k_repack`) unless that
+        // is off; then the Q6_K kernel reads its 2-byte-aligned groups in words where it may.
+        // (Without tensor cores — before sm_80, or SPECULA_MMA=0 — a Q6_K head takes the
+        // per-warp kernel above: correct but slow, a warp per output.)
         let repacked = exec.q8_weights.get(&id.index());
         let weights = match repacked {
             Some(&b) => self.buf(b)?.ptr,
             None if qi.weights == DType::Q8_0 => self.q80_weights(exec, id, node)?,
             None => self.base(exec, node.inputs[0])?,
         };
-        let type_name = if repacked.is_some() {
-            "q8_0r"
-        } else {
-            type_name
+        let type_name = match (repacked, qi.weights) {
+            (None, _) => type_name,
+            (Some(_), DType::Q8_0) => "q8_0r",
+            (Some(_), _) => "q6_kr",
         };
         let (kw, splits) = (qi.k_warps, qi.k_splits);
         let dst = self.split_dst(exec, splits, out)?;

@@ -626,8 +626,9 @@ fn q8_products_match_the_cpu() {
     }
 }
 
-/// The repacked copy of a q8 product's Q8_0 weights is made once when a graph needing it loads,
-/// shared by a second graph, and freed with the weight buffer; none is made with repacking off.
+/// The repacked copy of a q8 product's Q8_0 or Q6_K weights is made once when a graph needing
+/// it loads, shared by a second graph, and freed with the weight buffer; none is made with
+/// repacking off.
 #[test]
 fn repacked_q8_weights_live_as_long_as_their_buffer() {
     let Some(mut cuda) = crate::cuda() else {
@@ -640,9 +641,15 @@ fn repacked_q8_weights_live_as_long_as_their_buffer() {
         &[1024, 256],
         random_weight(&mut rng, DType::Q8_0, 1024 * 256),
     );
+    let w6 = c.weight(
+        DType::Q6_K,
+        &[1024, 64],
+        random_weight(&mut rng, DType::Q6_K, 1024 * 64),
+    );
     let x = c.f32(&[1024, 4], rng.vec(1024 * 4));
     let y = c.g.matmul_q8(w, x).unwrap();
-    let graph = c.g.finish(&[y]).unwrap();
+    let y6 = c.g.matmul_q8(w6, x).unwrap();
+    let graph = c.g.finish(&[y, y6]).unwrap();
     let before = cuda.q8_repacked_copies();
     let bindings = bind_leaves(&mut cuda, &graph, &c.leaves);
     cuda.set_q8_repack(false);
@@ -651,17 +658,27 @@ fn repacked_q8_weights_live_as_long_as_their_buffer() {
     cuda.set_q8_repack(true);
     let one = cuda.load(&graph, &bindings).unwrap();
     let two = cuda.load(&graph, &bindings).unwrap();
-    assert_eq!(cuda.q8_repacked_copies(), before + 1, "one copy, shared");
+    assert_eq!(
+        cuda.q8_repacked_copies(),
+        before + 2,
+        "a copy per weight, shared"
+    );
     for exe in [plain, one, two] {
         cuda.unload(exe).unwrap();
     }
     assert_eq!(
         cuda.q8_repacked_copies(),
-        before + 1,
+        before + 2,
         "kept for later graphs"
     );
     cuda.free(bindings.get(w).unwrap()).unwrap();
-    assert_eq!(cuda.q8_repacked_copies(), before, "freed with the weights");
+    assert_eq!(
+        cuda.q8_repacked_copies(),
+        before + 1,
+        "freed with the weights"
+    );
+    cuda.free(bindings.get(w6).unwrap()).unwrap();
+    assert_eq!(cuda.q8_repacked_copies(), before);
 }
 
 /// A residual added to a split q8 product right after it (a DFlash layer's attention output
@@ -758,10 +775,18 @@ fn q6_k_q8_products_match_the_cpu() {
                 cuda.set_mma_matvec(mma);
                 cuda.set_mma_mt(mt);
                 let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+                // Weights read as stored give the repacked copy's bits.
+                cuda.set_q8_repack(false);
+                let stored = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+                cuda.set_q8_repack(true);
                 cuda.set_mma_matvec(true);
                 cuda.set_mma_mt(None);
                 let err = rel_err(&got, &want);
                 let name = format!("q6_k q8 k{k} n{n} m{m} {route}");
+                assert!(
+                    same_bits(&got, &stored),
+                    "{name}: the repacked weights change the bits"
+                );
                 assert!(err <= 1e-5, "{name}: rel err {err:e}");
                 assert!(got.iter().all(|v| v.is_finite()), "{name}: non-finite");
                 eprintln!("{name}: rel err {err:.2e}");
