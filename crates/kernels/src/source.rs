@@ -224,6 +224,17 @@ pub fn mma_k_splits(k: usize) -> usize {
     }
 }
 
+/// Device memory a repacked weight copy for the q8 products must leave free (2 GiB: KV caches,
+/// scratch and activations are allocated around the weights).
+pub const REPACK_HEADROOM_BYTES: usize = 2 << 30;
+
+/// Whether a repacked weight copy of `bytes` fits in `free` bytes of device memory with
+/// [`REPACK_HEADROOM_BYTES`] to spare.
+pub fn repack_fits(bytes: usize, free: usize) -> bool {
+    free.checked_sub(REPACK_HEADROOM_BYTES)
+        .is_some_and(|left| bytes <= left)
+}
+
 /// Weight tiles per warp and split-K blocks `(mt, splits)` of a drafter's q8 product
 /// (`matmul_<type>_q8x_mma_*`) of `n` rows of `k` weights and `m` activation rows on
 /// `sm_count` multiprocessors (two blocks each). Measured per product of the DFlash block on an
@@ -399,6 +410,17 @@ mod tests {
     /// measured best for each: q, gate and up two tiles unsplit; o and down two tiles over 2 and
     /// 3 blocks; k and v (1,024 rows) one tile over 3 blocks; the Q6_K head two tiles unsplit
     /// (its planes would be 17 MB per split). The fc product (126 groups) splits over 4.
+    #[test]
+    fn repacked_copies_leave_the_headroom_free() {
+        let gib = 1usize << 30;
+        assert!(repack_fits(gib, 3 * gib));
+        assert!(repack_fits(gib + 1, 3 * gib + 1));
+        assert!(!repack_fits(gib + 1, 3 * gib));
+        // Less free than the headroom itself (or no memory figure: 0).
+        assert!(!repack_fits(1, gib));
+        assert!(!repack_fits(0, 0));
+    }
+
     #[test]
     fn q8_tiling_takes_the_measured_choices() {
         let t = |k, n| q8_tiling(k, n, 16, 132);

@@ -636,10 +636,13 @@ impl CudaBackend {
 
     /// The repacked copy of the Q8_0 or Q6_K weights in `buffer`, made on first use: Q8_0 in
     /// `q8_0_repack`'s layout (272-byte groups, as stored), Q6_K in `q6_k_repack`'s (224-byte
-    /// groups for 210).
-    fn q8_repacked_copy(&mut self, buffer: BufferId) -> Result<BufferId> {
+    /// groups for 210). None where the copy would leave less than
+    /// [`source::REPACK_HEADROOM_BYTES`] of device memory free (the products then read the
+    /// weights as stored: slower, the same bits), so a model that fits without copies still
+    /// loads on a smaller card.
+    fn q8_repacked_copy(&mut self, buffer: BufferId) -> Result<Option<BufferId>> {
         if let Some(&b) = self.q8_repacked.get(&buffer.0) {
-            return Ok(b);
+            return Ok(Some(b));
         }
         let (src, dtype, shape) = {
             let b = self.buf(buffer)?;
@@ -658,13 +661,17 @@ impl CudaBackend {
             )));
         }
         let groups = bytes / group;
+        let free = graph::Backend::memory_info(self).map_or(0, |(free, _)| free as usize);
+        if !source::repack_fits(groups * copy_group, free) {
+            return Ok(None);
+        }
         let copy = self.alloc(DType::F32, Shape::new(&[groups * copy_group / 4])?)?;
         let dst = self.buf(copy)?.ptr;
         let mut a = Args::default();
         a.ptr(src).ptr(dst).i64(groups as i64);
         self.launch(kernel, grid1(groups, 256), 256, &mut a)?;
         self.q8_repacked.insert(buffer.0, copy);
-        Ok(copy)
+        Ok(Some(copy))
     }
 
     /// The bound [`CudaBackend::set_attention_blocks`] sets.
@@ -997,8 +1004,9 @@ impl Backend for CudaBackend {
             for (&i, qi) in &mma.q8 {
                 if qi.tensor_cores {
                     let w = graph.nodes()[i].inputs[0].index();
-                    let copy = self.q8_repacked_copy(node_buffer[w])?;
-                    q8_weights.insert(i, copy);
+                    if let Some(copy) = self.q8_repacked_copy(node_buffer[w])? {
+                        q8_weights.insert(i, copy);
+                    }
                 }
             }
         }
