@@ -319,8 +319,10 @@ struct Q4KTile {
 // products 9 % slower on an H200), where Q4_K's are unaffected.
 #define SMALL_HINT(NT) ((NT) == 1 ? WEIGHT_L1 : 0)
 // The hinted loads are plain (not volatile, no memory clobber) so the compiler may schedule them
-// freely, even before pdl_entry's wait: sound only because weights are written by the host before
-// any launch and never by a kernel. Generic pointers to device allocations are global addresses.
+// freely, even before pdl_entry's wait: sound only because weights are written before any launch
+// that reads them, by the host or by the repack kernels (q8_0_repack, q6_k_repack), which the
+// backend waits for when it makes a copy, and never by a kernel of a run. Generic pointers to
+// device allocations are global addresses.
 template <int HINT = WEIGHT_L1>
 __device__ __forceinline__ u32 ldw32(const u8* p) {
     u32 v;
@@ -1347,8 +1349,8 @@ extern "C" __global__ void matmul_q8_0_q8x_warp(const u8* w, const void* xs, flo
 
 // Q6_K groups rearranged for the q8 products: 224 bytes (16-byte aligned) each, the quant words
 // lane t of a warp reads for half h at 96h + 24t (six 4-byte words: for lb = 0, 1 the low
-// nibbles of runs 0/1 and 2/3 at ql[64h + 16lb + 4t] and ql[64h + 32 + 16lb + 4t], then the
-// high bit pairs at qh[32h + 16lb + 4t]; see q6k_words), then the 16 int8 scales at 192, d at
+// nibbles of runs 0/2 at ql[64h + 16lb + 4t] and of runs 1/3 at ql[64h + 32 + 16lb + 4t], then
+// the high bit pairs at qh[32h + 16lb + 4t]; see q6k_words), then the 16 int8 scales at 192, d at
 // 208 and 14 bytes of zeros. A thread per group.
 extern "C" __global__ void q6_k_repack(const u8* src, u8* dst, i64 n_groups) {
     pdl_entry();
@@ -1389,8 +1391,9 @@ __device__ __forceinline__ u32 q6_levels(u32 lo, u32 hi) {
 // q8 activation rows. Rows past the batch read row m0's words and the scales' padding; their
 // columns are never written.
 // With R (`q6_k_repack`'s 224-byte groups), a lane's six quant words of a half are three 8-byte
-// loads and the 16 scales one 16-byte load, instead of up to 16 4- or 2-byte loads: the same
-// values, so the same bits.
+// loads and the 16 scales one 16-byte load (unhinted, one per group), instead of six 4-byte
+// loads per half where the group is 4-byte aligned and twelve 2-byte ones where it is not: the
+// same values, so the same bits.
 template <int MT, int NT, bool R>
 __device__ __forceinline__ void q6kx_group(const u8* w, const void* xs, int k, int m, float (&acc)[MT][NT][4],
                                            int row0, int n, int n_groups, int grp, int m0) {

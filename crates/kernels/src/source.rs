@@ -406,10 +406,7 @@ pub fn all_kernel_names() -> Vec<String> {
 #[cfg(test)]
 mod tests {
 
-    /// The DFlash drafter's block products (16 rows, 132 multiprocessors) take the tiling
-    /// measured best for each: q, gate and up two tiles unsplit; o and down two tiles over 2 and
-    /// 3 blocks; k and v (1,024 rows) one tile over 3 blocks; the Q6_K head two tiles unsplit
-    /// (its planes would be 17 MB per split). The fc product (126 groups) splits over 4.
+    /// A repacked weight copy is made only where 2 GiB stay free after it.
     #[test]
     fn repacked_copies_leave_the_headroom_free() {
         let gib = 1usize << 30;
@@ -421,6 +418,10 @@ mod tests {
         assert!(!repack_fits(0, 0));
     }
 
+    /// The DFlash drafter's block products (16 rows, 132 multiprocessors) take the tiling
+    /// measured best for each: q, gate and up two tiles unsplit; o and down two tiles over 2 and
+    /// 3 blocks; k and v (1,024 rows) one tile over 3 blocks; the Q6_K head two tiles unsplit
+    /// (its planes would be 17 MB per split). The fc product (126 groups) splits over 4.
     #[test]
     fn q8_tiling_takes_the_measured_choices() {
         let t = |k, n| q8_tiling(k, n, 16, 132);

@@ -665,11 +665,20 @@ impl CudaBackend {
         if !source::repack_fits(groups * copy_group, free) {
             return Ok(None);
         }
-        let copy = self.alloc(DType::F32, Shape::new(&[groups * copy_group / 4])?)?;
+        // Memory taken by someone else since the check: the weights as stored.
+        let Ok(copy) = self.alloc(DType::F32, Shape::new(&[groups * copy_group / 4])?) else {
+            return Ok(None);
+        };
         let dst = self.buf(copy)?.ptr;
         let mut a = Args::default();
         a.ptr(src).ptr(dst).i64(groups as i64);
         self.launch(kernel, grid1(groups, 256), 256, &mut a)?;
+        // Waited for here: the products' weight loads may start before their launch's wait
+        // on the kernel before them (see the hinted loads in matvec_mma.cu), and a failed
+        // repack is reported as one.
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("repacking weights", e))?;
         self.q8_repacked.insert(buffer.0, copy);
         Ok(Some(copy))
     }
@@ -1001,7 +1010,10 @@ impl Backend for CudaBackend {
         // The repacked weights of the int8 tensor-core q8 products.
         let mut q8_weights = HashMap::new();
         if self.q8_repack {
-            for (&i, qi) in &mma.q8 {
+            // In node order, so which copies fit under the headroom does not vary run to run.
+            let mut q8: Vec<_> = mma.q8.iter().collect();
+            q8.sort_by_key(|&(&i, _)| i);
+            for (&i, qi) in q8 {
                 if qi.tensor_cores {
                     let w = graph.nodes()[i].inputs[0].index();
                     if let Some(copy) = self.q8_repacked_copy(node_buffer[w])? {

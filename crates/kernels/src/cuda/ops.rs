@@ -197,7 +197,8 @@ impl CudaBackend {
             );
         }
         // The weights come from their repacked copy (`q8_0_repack`, `q6_k_repack`) unless that
-        // is off; then the Q6_K kernel reads its 2-byte-aligned groups in words where it may.
+        // is off or would not leave the headroom free; then the Q6_K kernel reads its
+        // 2-byte-aligned groups in words where it may.
         // (Without tensor cores — before sm_80, or SPECULA_MMA=0 — a Q6_K head takes the
         // per-warp kernel above: correct but slow, a warp per output.)
         let repacked = exec.q8_weights.get(&id.index());

@@ -574,12 +574,20 @@ fn q8_products_match_the_cpu() {
             let err = rel_err(&got[0], &want[0]);
             let name = format!("q8 k{k} n{n} m{m}");
             assert!(err <= 1e-5, "{name}: rel err {err:e}");
-            // Weights read as stored give the repacked copy's bits.
+            // Weights read as stored give the repacked copy's bits (a copy was made for every
+            // tensor-core product: each run uploads its weights afresh).
+            let copies = cuda.q8_repacked_copies();
+            let again = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+            assert_eq!(
+                cuda.q8_repacked_copies() > copies,
+                k % 256 == 0,
+                "{name}: a repacked copy for the tensor-core products"
+            );
             cuda.set_q8_repack(false);
             let stored = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
             cuda.set_q8_repack(true);
             assert!(
-                same_bits(&got[0], &stored),
+                same_bits(&again, &stored) && same_bits(&got[0], &stored),
                 "{name}: the repacked weights change the bits"
             );
             assert!(got[0].iter().all(|v| v.is_finite()), "{name}: non-finite");
@@ -774,7 +782,13 @@ fn q6_k_q8_products_match_the_cpu() {
                 }
                 cuda.set_mma_matvec(mma);
                 cuda.set_mma_mt(mt);
+                let copies = cuda.q8_repacked_copies();
                 let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+                assert_eq!(
+                    cuda.q8_repacked_copies() > copies,
+                    mma,
+                    "q6_k q8 k{k} n{n} m{m} {route}: a repacked copy on tensor cores only"
+                );
                 // Weights read as stored give the repacked copy's bits.
                 cuda.set_q8_repack(false);
                 let stored = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
