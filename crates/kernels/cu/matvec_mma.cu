@@ -1404,7 +1404,7 @@ __device__ __forceinline__ void q6kx_group(const u8* w, const void* xs, int k, i
     activation_rows<NT>(m0, m, tok);
     int mp = q8x_mpad(m);
     const float* xd = q8x_scales(xs, k, mp);
-    bool al[MT][2];
+    bool al[MT][2];  // (as stored) whether each group is 4-byte aligned
     float dd[MT][2];
     u32 scales[MT][2][4];
     if (R) {
@@ -1418,7 +1418,6 @@ __device__ __forceinline__ void q6kx_group(const u8* w, const void* xs, int k, i
                 scales[mt][r][2] = sv.z;
                 scales[mt][r][3] = sv.w;
                 dd[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(b[mt][r] + 208));
-                al[mt][r] = true;
             }
     } else {
         q6k_scales<MT, SMALL_HINT(NT)>(b, al, dd, scales);

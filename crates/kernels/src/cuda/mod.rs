@@ -535,7 +535,8 @@ impl CudaBackend {
     }
 
     /// Launches a loaded graph saves by fusion (nodes folded into another node's launch, split
-    /// sums done by the norm or residual Add that reads them), for tests that must know a fusion happened.
+    /// sums done by the norm or residual Add that reads them), for tests that must know a fusion
+    /// happened.
     pub fn folded_launches(&self, exe: ExecId) -> Result<usize> {
         let exec = self.exec(exe)?;
         Ok(exec.fuse.skip.len() + exec.fuse.unsummed.len())
@@ -622,6 +623,11 @@ impl CudaBackend {
         self.forget_captures();
     }
 
+    /// The bound [`CudaBackend::set_attention_blocks`] sets.
+    pub fn attention_blocks(&self) -> usize {
+        self.att_tc_blocks
+    }
+
     /// Whether q8 products of Q8_0 or Q6_K weights in graphs loaded from now on read a copy of
     /// the weights in `q8_0_repack`'s or `q6_k_repack`'s layout (the default) or the weights as
     /// stored; the same bits either way (a tuning and test knob).
@@ -649,17 +655,18 @@ impl CudaBackend {
             (b.ptr, b.dtype, b.shape)
         };
         let bytes = byte_size(dtype, shape)?;
-        let (kernel, group, copy_group) = match dtype {
-            DType::Q8_0 => ("q8_0_repack", 272, 272),
-            DType::Q6_K => ("q6_k_repack", 210, 224),
-            _ => ("", 1, 1),
+        // The kernel, and a group's bytes as stored and in the copy.
+        let layout = match dtype {
+            DType::Q8_0 => Some(("q8_0_repack", 272, 272)),
+            DType::Q6_K => Some(("q6_k_repack", 210, 224)),
+            _ => None,
         };
-        if kernel.is_empty() || !bytes.is_multiple_of(group) || !src.is_multiple_of(16) {
+        let Some((kernel, group, copy_group)) = layout.filter(|l| bytes.is_multiple_of(l.1)) else {
             return Err(backend_err(format!(
                 "cannot repack buffer #{} ({dtype} {shape}) for the q8 products",
                 buffer.0
             )));
-        }
+        };
         let groups = bytes / group;
         let free = graph::Backend::memory_info(self).map_or(0, |(free, _)| free as usize);
         if !source::repack_fits(groups * copy_group, free) {
@@ -681,11 +688,6 @@ impl CudaBackend {
             .map_err(|e| driver_err("repacking weights", e))?;
         self.q8_repacked.insert(buffer.0, copy);
         Ok(Some(copy))
-    }
-
-    /// The bound [`CudaBackend::set_attention_blocks`] sets.
-    pub fn attention_blocks(&self) -> usize {
-        self.att_tc_blocks
     }
 
     /// Attention nodes of a loaded graph that run on the multi-query kernel, for tests that must
@@ -1011,11 +1013,9 @@ impl Backend for CudaBackend {
         let mut q8_weights = HashMap::new();
         if self.q8_repack {
             // In node order, so which copies fit under the headroom does not vary run to run.
-            let mut q8: Vec<_> = mma.q8.iter().collect();
-            q8.sort_by_key(|&(&i, _)| i);
-            for (&i, qi) in q8 {
-                if qi.tensor_cores {
-                    let w = graph.nodes()[i].inputs[0].index();
+            for (i, node) in graph.nodes().iter().enumerate() {
+                if mma.q8.get(&i).is_some_and(|qi| qi.tensor_cores) {
+                    let w = node.inputs[0].index();
                     if let Some(copy) = self.q8_repacked_copy(node_buffer[w])? {
                         q8_weights.insert(i, copy);
                     }
