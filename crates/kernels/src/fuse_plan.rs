@@ -80,9 +80,9 @@ pub(crate) struct FusePlan {
 
 /// Launches the CUDA backend would fold away in `graph` with its default settings (mma products
 /// on, the GEMM route available, `SPECULA_FUSE` not 0): skipped nodes plus split sums done by the
-/// norm or Add reading them. A pure function, so CI checks without a GPU that a model's step graph keeps
-/// its fusions. (Without libcublas, graphs of 64 rows or more fold differently: their products
-/// stay on the `_mma_` kernels.)
+/// norm or Add reading them. A pure function, so CI checks without a GPU that a model's step
+/// graph keeps its fusions. (Without libcublas, graphs of 64 rows or more fold differently: their
+/// products stay on the `_mma_` kernels.)
 pub fn planned_folds(graph: &Graph) -> usize {
     let cfg = crate::mma_plan::MmaConfig::default();
     let p = plan_for(graph, &crate::mma_plan::plan(&cfg, graph));
@@ -110,7 +110,9 @@ pub(crate) fn plan_for(graph: &Graph, mma: &MmaPlan) -> FusePlan {
 }
 
 /// Finds `Add(residual, product)` where a split product immediately precedes the Add and has no
-/// other reader, the residual and the product dense F32 rows of the Add's shape ([`Fused::SumAdd`]).
+/// other reader, the residual and the product dense F32 rows of the Add's shape
+/// ([`Fused::SumAdd`]).
+///
 /// Finds `Add(residual, RmsNorm(x))` where the norm immediately precedes the Add and has no
 /// other reader (nor is an output, nor writes prepared activations: `keep`), the residual is
 /// dense F32 rows of the same shape; and folds a following `Mul(sum, s)` by a one-element scale
