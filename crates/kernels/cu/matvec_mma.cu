@@ -10,9 +10,9 @@
 //
 // The `_mma_` kernels: mma.sync m16n8k16 (f16 inputs, f32 accumulation). (The opt-in Q4_K limb
 // kernels further down take int8 activation limbs instead; see there.) A holds integer-valued
-// weights (the quant,
-// times the sub-block scale where that stays exact in f16); the remaining scales are applied in
-// f32 to per-group (Q4_K) or per-sub-block (Q6_K, Q8_0) partial sums. Each activation is split
+// weights: the quant (Q6_K, Q8_0), the raw Q4_K nibble as an f16 subnormal in decode steps and
+// verify batches (q4k_group_rows), or the quant times its sub-block scale in prefill tiles
+// (q4k_group_tiles); the remaining scales are applied in f32 to per-sub-block partial sums. Each activation is split
 // into two f16 halves, hi + lo, and multiplied twice, so every product is exact to ~2^-22 and
 // the accumulation is f32: the result matches the f32 kernels to ~1e-6. (Activations must stay
 // below 65504 in magnitude, the f16 range.)
@@ -87,7 +87,8 @@ __device__ __forceinline__ void mma_split(float* c, u32 a0, u32 a1, u32 a2, u32 
 
 // Prepared activations (`mmv_prepare_x`): row r's chunk c (elements 4c..4c+3) at
 // xs[r·k/4 + c] as {hi (e, e+2), hi (e+1, e+3), lo (e, e+2), lo (e+1, e+3)}; after the m rows of
-// chunks, each row's k/8 Q4_K sub-block sums (f32), ordered (group, lane t, sub-block s).
+// chunks, each row's k/8 Q4_K sub-block sums, ordered (group, lane t, sub-block s), each four
+// (sub-blocks 4h..4h+3 of a lane) split like a chunk: 16 bytes, split_x of their float4.
 __device__ __forceinline__ XFrag load_xf(const uint4* p) {
     uint4 v = *p;
     XFrag f;
@@ -112,9 +113,14 @@ __device__ __forceinline__ void prepare_chunk8(uint4* xs, int k, int m, int r, i
     uint4* row = xs + (i64)r * (k / 4);
     row[2 * c] = make_uint4(f0.h0, f0.h1, f0.l0, f0.l1);
     row[2 * c + 1] = make_uint4(f1.h0, f1.h1, f1.l0, f1.l1);
-    float* parts = (float*)(xs + (i64)m * (k / 4)) + (i64)r * (k / 8);
-    int grp = c / 32, w = c % 32;  // w = 4 s + t: sub-block s, lane t
-    parts[grp * 32 + (w & 3) * 8 + (w >> 2)] = sum8(v0, v1);
+    u16* parts = (u16*)(xs + (i64)m * (k / 4)) + (i64)r * (k / 4);
+    int grp = c / 32, w = c % 32;  // w = 4 s + t: sub-block s = 4h + j, lane t
+    int j = w >> 2 & 3;
+    u16* quad = parts + 2 * (grp * 32 + (w & 3) * 8 + (w >> 4) * 4);
+    float v = sum8(v0, v1);
+    u16 hi = f2h(v);
+    quad[2 * (j & 1) + (j >> 1)] = hi;
+    quad[4 + 2 * (j & 1) + (j >> 1)] = f2h(v - h2f(hi));
 }
 
 // ---- Limbs: products of at most LIMB_MAX_ROWS rows of Q4_K weights (`matmul_q4_k_limb_n*`) take
@@ -255,18 +261,17 @@ struct Acts {
         return split_x(*(const float4*)((const float*)p + off + (i64)tok * stride + 4 * c));
     }
 
-    // Lane t's sums of its 8 activations of Q4_K sub-blocks 4h..4h+3 of group grp.
-    __device__ __forceinline__ float4 sums(int tok, int grp, int t, int h) const {
-        if (PREP)
-            return *(const float4*)((const float*)((const uint4*)p + (i64)m * (k / 4)) + (i64)tok * (k / 8) +
-                                    grp * 32 + 8 * t + 4 * h);
+    // Lane t's sums of its 8 activations of Q4_K sub-blocks 4h..4h+3 of group grp, split as B
+    // fragments.
+    __device__ __forceinline__ XFrag sums(int tok, int grp, int t, int h) const {
+        if (PREP) return load_xf((const uint4*)p + (i64)m * (k / 4) + (i64)tok * (k / 32) + grp * 8 + 2 * t + h);
         float r[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const float* q = (const float*)p + off + (i64)tok * stride + grp * 256 + 32 * (4 * h + j) + 8 * t;
             r[j] = sum8(*(const float4*)q, *(const float4*)(q + 4));
         }
-        return make_float4(r[0], r[1], r[2], r[3]);
+        return split_x(make_float4(r[0], r[1], r[2], r[3]));
     }
 };
 
@@ -397,9 +402,14 @@ __device__ __forceinline__ void q4k_min_frag(u32 mn_g, u32 mn_g8, u32 (&a)[4]) {
 // c[j] = 0 for the four accumulators of one mma.
 __device__ __forceinline__ void zero4(float* c) { c[0] = c[1] = c[2] = c[3] = 0.0f; }
 
+// One Q4_K group of a prefill tile (NT ≥ 4 activation tiles, source::MMA_PREFILL_TILES): A =
+// sc·q in f16 (the nibbles through the 1024/64 exponent magic, one HFMA2 with the scale and
+// −offset·scale per two weights), one accumulator chain per tile across the sub-blocks (prefill
+// tiles have independent mma in plenty), then d and dmin in f32. Another order than
+// q4k_group_rows: no row of more than 16 is compared with a decode row.
 template <int MT, int NT, bool PREP>
-__device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PREP>& A, float (&acc)[MT][NT][4],
-                                          int grp, int m0, int m) {
+__device__ __forceinline__ void q4k_group_tiles(const Q4KTile (&T)[MT], const Acts<PREP>& A, float (&acc)[MT][NT][4],
+                                                int grp, int m0, int m) {
     int t = threadIdx.x & 3;
     int tok[NT];
     activation_rows<NT>(m0, m, tok);
@@ -408,20 +418,13 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PRE
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int r = 0; r < 2; ++r) q4k_unpack(T[mt].s[r], sc[mt][r], mn[mt][r]);
-    // Four independent accumulator chains per tile (hi/lo activations × the two mma of a
-    // sub-block), added in a fixed order at the end: one chain of 32 dependent mma per group
-    // left the warps waiting on mma latency.
-    // Prefill tiles (NT ≥ 4, source::MMA_PREFILL_TILES) have independent mma in plenty and
-    // need the registers: one chain there (another addition order; no row of more than 16 is
-    // compared with a decode row).
-    constexpr int CH = NT >= 4 ? 1 : 4;
-    float c[MT][NT][CH][4], tmn[MT][NT][4];
+    float c[MT][NT][4], tmn[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-            for (int j = 0; j < CH; ++j) zero4(c[mt][nt][j]);
+            zero4(c[mt][nt]);
             zero4(tmn[mt][nt]);
         }
 #pragma unroll
@@ -458,9 +461,9 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PRE
             for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
-                    mma_16816(c[mt][nt][(2 * hf) % CH], a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
+                    mma_16816(c[mt][nt], a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
                               f[nt][hf].h0, f[nt][hf].h1);
-                    mma_16816(c[mt][nt][(2 * hf + 1) % CH], a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
+                    mma_16816(c[mt][nt], a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
                               f[nt][hf].l0, f[nt][hf].l1);
                 }
         }
@@ -473,7 +476,7 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PRE
         XFrag p[NT];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
-            p[nt] = split_x(A.sums(tok[nt], grp, t, h));
+            p[nt] = A.sums(tok[nt], grp, t, h);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             u32 a[4];
@@ -491,14 +494,141 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PRE
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 float d = e < 2 ? d0 : d1, dm = e < 2 ? m0_ : m1_;
-                const float(&cc)[CH][4] = c[mt][nt];
-                float tsc = CH == 1 ? cc[0][e]
-                                    : __fadd_rn(__fadd_rn(cc[0][e], cc[1 % CH][e]),
-                                                __fadd_rn(cc[2 % CH][e], cc[3 % CH][e]));
-                acc[mt][nt][e] = __fmaf_rn(d, tsc, __fmaf_rn(-dm, tmn[mt][nt][e], acc[mt][nt][e]));
+                acc[mt][nt][e] = __fmaf_rn(d, c[mt][nt][e], __fmaf_rn(-dm, tmn[mt][nt][e], acc[mt][nt][e]));
             }
         }
     }
+}
+
+// float(byte i of v): one I2F.U8 with a byte select for bytes 0, 2 and 3 (ptxas masks byte 1
+// and converts it as a u32: three instructions).
+__device__ __forceinline__ float byte_f32(u32 v, int i) {
+    float r;
+    asm("cvt.rn.f32.u8 %0, %1;" : "=f"(r) : "r"(v >> (8 * i)));
+    return r;
+}
+
+// One Q4_K group of a decode step or verify batch (NT ≤ 2 activation tiles). A holds the raw
+// nibbles as f16 subnormals: q·2^-24 for the low nibbles (bits 0..3 of each half), q·2^-20 for
+// the high ones (bits 4..7), one AND per two weights and nothing to subtract. Each sub-block's
+// product (its two k-halves, hi and lo activations, four mma) is its own f32 sum, exact but for
+// the mma's additions; its 6-bit scale multiplies it into the group's f32 sum of the even or of
+// the odd sub-blocks, in sub-block order, and the tail scales those by d·2^24 and d·2^20. Every
+// row of any batch takes the same operations in the same order, so a verify row equals the
+// decode step's.
+template <int MT, int NT, bool PREP>
+__device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Acts<PREP>& A, float (&acc)[MT][NT][4],
+                                               int grp, int m0, int m) {
+    int t = threadIdx.x & 3;
+    int tok[NT];
+    activation_rows<NT>(m0, m, tok);
+    u32 sc[MT][2][2], mn[MT][2][2];  // [mt][row g / g + 8][sub-blocks 0..3 / 4..7]
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) q4k_unpack(T[mt].s[r], sc[mt][r], mn[mt][r]);
+    // The mins as in q4k_group_tiles, −dmin·M into acc before d·T (the tiles' tail order). With
+    // one activation tile they come first, so that neither they nor M stay live through the
+    // sub-blocks (its double-buffered weights need the registers: H200, 31B decode 79.7 → 83.4
+    // tok/s); with two, last (first cost the 16-row verify 1 %, and spilled in (1, 2)). Same
+    // operations either way, so the same bits.
+    auto mins = [&]() {
+        float tmn[MT][NT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) zero4(tmn[mt][nt]);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            XFrag p[NT];
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+                p[nt] = A.sums(tok[nt], grp, t, h);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                u32 a[4];
+                q4k_min_frag(mn[mt][0][h], mn[mt][1][h], a);
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) mma_split(tmn[mt][nt], a[0], a[1], a[2], a[3], p[nt]);
+            }
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            float m0_ = h2f((u16)(T[mt].dd[0] >> 16)), m1_ = h2f((u16)(T[mt].dd[1] >> 16));
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[mt][nt][e] = __fmaf_rn(-(e < 2 ? m0_ : m1_), tmn[mt][nt][e], acc[mt][nt][e]);
+        }
+    };
+    if (NT == 1) mins();
+    float tsc[MT][NT][2][4];  // [..][even / odd sub-blocks][c]
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            zero4(tsc[mt][nt][0]);
+            zero4(tsc[mt][nt][1]);
+        }
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+        XFrag f[NT][2];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            f[nt][0] = A.chunk(tok[nt], grp * 64 + 8 * s + 2 * t);
+            f[nt][1] = A.chunk(tok[nt], grp * 64 + 8 * s + 2 * t + 1);
+        }
+        const u32 mask = (s & 1) ? 0x00F000F0u : 0x000F000Fu;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            u32 a[2][2][2];  // [row g / g + 8][half .x/.y][pair (e, e+2) / (e+1, e+3)]
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                u32 wx = T[mt].q[r][s >> 1].x, wy = T[mt].q[r][s >> 1].y;
+                a[r][0][0] = wx & mask;
+                a[r][0][1] = (wx >> 8) & mask;
+                a[r][1][0] = wy & mask;
+                a[r][1][1] = (wy >> 8) & mask;
+            }
+            float s0 = byte_f32(sc[mt][0][s >> 2], s & 3), s1 = byte_f32(sc[mt][1][s >> 2], s & 3);
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                float c[4];
+                zero4(c);
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf)
+                    mma_split(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], f[nt][hf]);
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    tsc[mt][nt][s & 1][e] = __fmaf_rn(e < 2 ? s0 : s1, c[e], tsc[mt][nt][s & 1][e]);
+            }
+        }
+    }
+    if (NT != 1) mins();
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        // d·2^24 and d·2^20 undo the subnormals' scales (exact for every f16 d).
+        float d0 = h2f((u16)(T[mt].dd[0] & 0xffff)), d1 = h2f((u16)(T[mt].dd[1] & 0xffff));
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float d = e < 2 ? d0 : d1;
+                acc[mt][nt][e] = __fmaf_rn(d * 16777216.0f, tsc[mt][nt][0][e], acc[mt][nt][e]);
+                acc[mt][nt][e] = __fmaf_rn(d * 1048576.0f, tsc[mt][nt][1][e], acc[mt][nt][e]);
+            }
+    }
+}
+
+// One Q4_K group: the rows kernel up to two activation tiles (decode steps, verify batches), the
+// sc·q kernel for prefill tiles.
+template <int MT, int NT, bool PREP>
+__device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PREP>& A, float (&acc)[MT][NT][4],
+                                          int grp, int m0, int m) {
+    if (NT >= 4)
+        q4k_group_tiles<MT, NT, PREP>(T, A, acc, grp, m0, m);
+    else
+        q4k_group_rows<MT, NT, PREP>(T, A, acc, grp, m0, m);
 }
 
 // Weight rows g and g + 8 of each of a warp's MT 16-row tiles from row0 on, clamped to the last
@@ -1643,7 +1773,8 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
     }
 // Two blocks per SM (at most 128 registers) where that costs at most a few spilled bytes; the
 // Q4_K kernels with two weight tiles per warp keep their registers (one block per SM), as do
-// the prefill tiles of four activation tiles (source::MMA_PREFILL_TILES).
+// the prefill tiles of four activation tiles (source::MMA_PREFILL_TILES). (Q4_K's (2, 2) at two
+// blocks per SM spills 52 bytes and made the 31B's 16-row verify 23.45 → 25.3 ms on an H200.)
 #define MMV_KERNELS_P(SUFFIX, DT, MIN_BLOCKS_M2, PREP, TAIL)  \
     MMV_KERNEL(SUFFIX, DT, 1, 1, 2, PREP, TAIL)               \
     MMV_KERNEL(SUFFIX, DT, 1, 2, 2, PREP, TAIL)               \

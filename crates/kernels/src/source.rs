@@ -165,8 +165,9 @@ pub fn persist_blocks(units: usize, sms: usize) -> usize {
 
 /// Extra `(MT, NT)` tiles of the `_mma_` kernels for products of more than 16 activation rows
 /// (prefill chunks): more activation tiles per warp unpack each weight fragment once for more
-/// rows. Their Q4_K kernels add into one accumulator chain instead of four (another order than
-/// the decode tiles': prefill rows are never compared with decode rows).
+/// rows. Their Q4_K kernels multiply sc·q in f16 with one accumulator chain (`q4k_group_tiles`),
+/// another arithmetic than the decode tiles' (`q4k_group_rows`): prefill rows are never compared
+/// with decode rows.
 pub const MMA_PREFILL_TILES: &[(usize, usize)] = &[(1, 4), (2, 4)];
 
 /// The `(MT, NT)` tile of `_mma_` products of more than 16 activation rows (prefill chunks) of
