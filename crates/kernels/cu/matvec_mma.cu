@@ -1177,25 +1177,61 @@ __device__ __forceinline__ void q6k_words(const u8* const (&b)[MT][2], const boo
 // (nibble p / 2), high 2 bits from qh[32h + l] (bits 2p, 2p + 1); sub-block (16 weights) i / 16.
 // One mma covers one sub-block: lane t takes l = 16·lb + 4t .. +3. A = q − 32 (exact); the
 // sub-block's d·scale multiplies the f32 partial sum.
-template <int MT, int NT, bool PREP>
+// With R the groups are in q6_k_repack's layout (224 bytes, see there): a lane's three words of
+// (h, lb) are one 8-byte and one 4-byte load, the scales one 16-byte load; same values, same bits.
+template <int MT, int NT, bool PREP, bool R = false>
 __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
                                           int n, int n_groups, int grp, int m0, int m) {
     int t = threadIdx.x & 3;
     const u8* b[MT][2];
-    weight_groups<MT>(w, row0, n, n_groups, grp, 210, b);
+    weight_groups<MT>(w, row0, n, n_groups, grp, R ? 224 : 210, b);
     int tok[NT];
     activation_rows<NT>(m0, m, tok);
     bool al[MT][2];
     float dd[MT][2];
     u32 scales[MT][2][4];
-    q6k_scales<MT, SMALL_HINT(NT)>(b, al, dd, scales);
+    if (R) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                uint4 sv = *(const uint4*)(b[mt][r] + 192);
+                scales[mt][r][0] = sv.x;
+                scales[mt][r][1] = sv.y;
+                scales[mt][r][2] = sv.z;
+                scales[mt][r][3] = sv.w;
+                dd[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(b[mt][r] + 208));
+            }
+    } else {
+        q6k_scales<MT, SMALL_HINT(NT)>(b, al, dd, scales);
+    }
     const u32 offset = 0x64206420u;  // f16x2 (1056, 1056): 1024 + 32
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int lb = 0; lb < 2; ++lb) {
             u32 ql[MT][2][1][2], qh[MT][2][1];  // [tile][row][this lb][run parity p & 1]
-            q6k_words<MT, 1, SMALL_HINT(NT)>(b, al, h, lb, t, ql, qh);
+            if (R) {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        const u8* lw = b[mt][r] + 96 * h + 24 * t + 12 * lb;
+                        if (lb == 0) {
+                            uint2 w01 = ldw64<SMALL_HINT(NT)>(lw);
+                            ql[mt][r][0][0] = w01.x;
+                            ql[mt][r][0][1] = w01.y;
+                            qh[mt][r][0] = ldw32<SMALL_HINT(NT)>(lw + 8);
+                        } else {
+                            uint2 w12 = ldw64<SMALL_HINT(NT)>(lw + 4);
+                            ql[mt][r][0][0] = ldw32<SMALL_HINT(NT)>(lw);
+                            ql[mt][r][0][1] = w12.x;
+                            qh[mt][r][0] = w12.y;
+                        }
+                    }
+            } else {
+                q6k_words<MT, 1, SMALL_HINT(NT)>(b, al, h, lb, t, ql, qh);
+            }
 #pragma unroll
             for (int p = 0; p < 4; ++p) {
                 int sb = 8 * h + 2 * p + lb;
@@ -1476,6 +1512,7 @@ extern "C" __global__ void matmul_q8_0_q8x_warp(const u8* w, const void* xs, flo
 // the block's term is d_w·d_x times that, as the CPU reference adds it.
 #define DT_Q6X 114  // a kernel-template tag, not a ggml type
 #define DT_Q6R 115  // the same with the weights in q6_k_repack's layout
+#define DT_Q6_KR 116  // the split-f16 `_mma_` Q6_K kernels with the weights in q6_k_repack's layout
 
 // Q6_K groups rearranged for the q8 products: 224 bytes (16-byte aligned) each, the quant words
 // lane t of a warp reads for half h at 96h + 24t (six 4-byte words: for lb = 0, 1 the low
@@ -1680,6 +1717,7 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
         if (DT == DT_Q4_K) q4k_rows<MT, NT, PREP>(w, A, acc, row0, n, n_groups, first, stride, m0, m);
         for (int grp = first; DT != DT_Q4_K && grp < n_groups; grp += stride) {
             if (DT == DT_Q6_K) q6k_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
+            if (DT == DT_Q6_KR) q6k_group<MT, NT, PREP, true>(w, A, acc, row0, n, n_groups, grp, m0, m);
             if (DT == DT_Q8_0) q80_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
             if (DT == DT_Q8X) q80x_group<MT, NT, false>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
             if (DT == DT_Q8R) q80x_group<MT, NT, true>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
@@ -1721,6 +1759,7 @@ __device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* 
         [&](const Q4KTile(&T)[1], int grp, int row0) {
             if (DT == DT_Q4_K) q4k_group<1, NT, PREP>(T, A, acc, grp, m0, m);
             if (DT == DT_Q6_K) q6k_group<1, NT, PREP>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
+            if (DT == DT_Q6_KR) q6k_group<1, NT, PREP, true>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
             if (DT == DT_Q8_0) q80_group<1, NT, PREP>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
         },
         [&](int i) {
@@ -1787,6 +1826,8 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
     MMV_KERNELS_P(SUFFIX, DT, MIN_BLOCKS_M2, false, _x)
 MMV_KERNELS(q4_k, DT_Q4_K, 1)
 MMV_KERNELS(q6_k, DT_Q6_K, 2)
+// matmul_q6_kr_mma_*: the Q6_K kernels reading q6_k_repack's layout.
+MMV_KERNELS(q6_kr, DT_Q6_KR, 2)
 MMV_KERNELS(q8_0, DT_Q8_0, 2)
 // matmul_q8_0_q8x_mma_m<MT>n<NT>: Q8_0 weights × q8 activations (xs from q8_quantize_x;
 // x_off and x_stride unused).
@@ -1824,4 +1865,5 @@ MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 2, 2, true, )
     MMV_PERSIST_KERNEL(SUFFIX, DT, false, _x)
 MMV_PERSIST_KERNELS(q4_k, DT_Q4_K)
 MMV_PERSIST_KERNELS(q6_k, DT_Q6_K)
+MMV_PERSIST_KERNELS(q6_kr, DT_Q6_KR)
 MMV_PERSIST_KERNELS(q8_0, DT_Q8_0)

@@ -44,10 +44,16 @@ impl CudaBackend {
         let kw = mi.k_warps;
         let splits = source::mma_k_splits(k);
         let dst = self.split_dst(exec, splits, out)?;
-        let weights = if w.dtype == DType::Q8_0 {
-            self.q80_weights(exec, id, node)?
-        } else {
-            self.base(exec, node.inputs[0])?
+        // Q6_K weights come from their repacked copy (`q6_k_repack`) where the load made one.
+        let repacked = exec.q8_weights.get(&id.index());
+        let weights = match repacked {
+            Some(&b) => self.buf(b)?.ptr,
+            None if w.dtype == DType::Q8_0 => self.q80_weights(exec, id, node)?,
+            None => self.base(exec, node.inputs[0])?,
+        };
+        let suffix = match repacked {
+            Some(_) => source::MMA_Q6_K_REPACKED,
+            None => weight_suffix(w.dtype)?,
         };
         let mut a = Args::default();
         a.ptr(weights)
@@ -78,7 +84,7 @@ impl CudaBackend {
             a.i64(mi.offset).i64(mi.stride);
             let tail = if reads_prepared { "" } else { "_x" };
             (
-                format!("matmul_{}_mma_m{mt}n{nt}{tail}", weight_suffix(w.dtype)?),
+                format!("matmul_{suffix}_mma_m{mt}n{nt}{tail}"),
                 m.div_ceil(8 * nt),
                 n.div_ceil(16 * mt * (8 / kw)),
             )

@@ -478,6 +478,7 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
                 // Prepared with limbs (Q4_K up to 16 rows: the exact-integer kernels), prepared
                 // without, split in place.
                 let mut by_mode = Vec::new();
+                let copies = cuda.q8_repacked_copies();
                 for (prepare, limbs) in [(true, true), (true, false), (false, true)] {
                     cuda.set_mma_prepare(Some(prepare));
                     cuda.set_q4k_limbs(limbs);
@@ -495,6 +496,22 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
                     same_bits(&by_mode[1], &by_mode[2]),
                     "{ty} k{k} n{n} m{m}: prepared and in-place activations differ"
                 );
+                // Q6_K products read a copy in q6_k_repack's layout; the weights as stored
+                // give the same bits.
+                assert_eq!(
+                    cuda.q8_repacked_copies() > copies,
+                    ty == DType::Q6_K,
+                    "{ty} k{k} n{n} m{m}: a repacked copy for Q6_K only"
+                );
+                if ty == DType::Q6_K {
+                    cuda.set_q8_repack(false);
+                    let stored = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+                    cuda.set_q8_repack(true);
+                    assert!(
+                        same_bits(&stored, &by_mode[1]),
+                        "{ty} k{k} n{n} m{m}: the repacked weights change the bits"
+                    );
+                }
                 if ty != DType::Q4_K || m > 16 {
                     assert!(
                         same_bits(&by_mode[0], &by_mode[1]),
