@@ -1283,23 +1283,31 @@ __device__ __forceinline__ void q80_words(const u8* bb, int blk, int t, u32& q0,
 }
 
 // Block `blk` of the groups at b (rows g and g + 8 of each weight tile): its scales d and lane
-// t's two quant words (q80_words).
-template <int MT, int HINT>
+// t's two quant words (q80_words; with R, groups in q8_0_repack's layout: one 8-byte load).
+template <int MT, int HINT, bool R = false>
 __device__ __forceinline__ void q80_block(const u8* const (&b)[MT][2], int blk, int t, u32 (&q)[MT][2][2],
                                           float (&d)[MT][2]) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            const u8* bb = b[mt][r] + 34 * blk;
-            d[mt][r] = h2f((u16)ldw16<HINT>(bb));
-            q80_words<HINT>(bb, blk, t, q[mt][r][0], q[mt][r][1]);
+            if (R) {
+                d[mt][r] = h2f((u16)ldw16<HINT>(b[mt][r] + 2 * blk));
+                uint2 qw = ldw64<HINT>(b[mt][r] + 16 + 32 * blk + 8 * t);
+                q[mt][r][0] = qw.x;
+                q[mt][r][1] = qw.y;
+            } else {
+                const u8* bb = b[mt][r] + 34 * blk;
+                d[mt][r] = h2f((u16)ldw16<HINT>(bb));
+                q80_words<HINT>(bb, blk, t, q[mt][r][0], q[mt][r][1]);
+            }
         }
 }
 
 // ---- Q8_0: a group is 8 blocks of 34 bytes (f16 d, 32 int8). Lane t takes weights 8t..8t+3 and
-// 8t+4..8t+7 of each block (one mma each); A = q (exact); d multiplies the block's f32 sum.
-template <int MT, int NT, bool PREP>
+// 8t+4..8t+7 of each block (one mma each); A = q (exact); d multiplies the block's f32 sum. With
+// R the groups are in q8_0_repack's layout (same values, same bits).
+template <int MT, int NT, bool PREP, bool R = false>
 __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
                                           int n, int n_groups, int grp, int m0, int m) {
     int t = threadIdx.x & 3;
@@ -1313,7 +1321,7 @@ __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, floa
     for (int blk = 0; blk < 8; ++blk) {
         u32 q[MT][2][2];
         float d[MT][2];
-        q80_block<MT, SMALL_HINT(NT)>(b, blk, t, q, d);
+        q80_block<MT, SMALL_HINT(NT), R>(b, blk, t, q, d);
         XFrag f[NT][2];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
@@ -1356,6 +1364,7 @@ __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, floa
 // products are bound by L1 wavefronts, bench/NOTES.md).
 #define DT_Q8X 108  // a kernel-template tag, not a ggml type
 #define DT_Q8R 109  // the same with the weights in q8_0_repack's layout
+#define DT_Q8_0R 117  // the split-f16 `_mma_` Q8_0 kernels with the weights in q8_0_repack's layout
 
 // Q8_0 weights rearranged per 256-weight group (272 bytes either way): the 8 blocks' f16 scales
 // (16 bytes), then their 8 × 32 quants, so a lane's 8 quant bytes of a block are one aligned
@@ -1719,6 +1728,7 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
             if (DT == DT_Q6_K) q6k_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
             if (DT == DT_Q6_KR) q6k_group<MT, NT, PREP, true>(w, A, acc, row0, n, n_groups, grp, m0, m);
             if (DT == DT_Q8_0) q80_group<MT, NT, PREP>(w, A, acc, row0, n, n_groups, grp, m0, m);
+            if (DT == DT_Q8_0R) q80_group<MT, NT, PREP, true>(w, A, acc, row0, n, n_groups, grp, m0, m);
             if (DT == DT_Q8X) q80x_group<MT, NT, false>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
             if (DT == DT_Q8R) q80x_group<MT, NT, true>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
             if (DT == DT_Q6X) q6kx_group<MT, NT, false>(w, A.p, k, m, acc, row0, n, n_groups, grp, m0);
@@ -1761,6 +1771,7 @@ __device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* 
             if (DT == DT_Q6_K) q6k_group<1, NT, PREP>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
             if (DT == DT_Q6_KR) q6k_group<1, NT, PREP, true>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
             if (DT == DT_Q8_0) q80_group<1, NT, PREP>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
+            if (DT == DT_Q8_0R) q80_group<1, NT, PREP, true>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
         },
         [&](int i) {
             float(*r)[32] = red[i][W.wr * kw + W.slice(i)];
@@ -1826,8 +1837,10 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
     MMV_KERNELS_P(SUFFIX, DT, MIN_BLOCKS_M2, false, _x)
 MMV_KERNELS(q4_k, DT_Q4_K, 1)
 MMV_KERNELS(q6_k, DT_Q6_K, 2)
-// matmul_q6_kr_mma_*: the Q6_K kernels reading q6_k_repack's layout.
+// matmul_q6_kr_mma_* / matmul_q8_0r_mma_*: the Q6_K / Q8_0 kernels reading q6_k_repack's /
+// q8_0_repack's layout.
 MMV_KERNELS(q6_kr, DT_Q6_KR, 2)
+MMV_KERNELS(q8_0r, DT_Q8_0R, 2)
 MMV_KERNELS(q8_0, DT_Q8_0, 2)
 // matmul_q8_0_q8x_mma_m<MT>n<NT>: Q8_0 weights × q8 activations (xs from q8_quantize_x;
 // x_off and x_stride unused).
@@ -1866,4 +1879,5 @@ MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 2, 2, true, )
 MMV_PERSIST_KERNELS(q4_k, DT_Q4_K)
 MMV_PERSIST_KERNELS(q6_k, DT_Q6_K)
 MMV_PERSIST_KERNELS(q6_kr, DT_Q6_KR)
+MMV_PERSIST_KERNELS(q8_0r, DT_Q8_0R)
 MMV_PERSIST_KERNELS(q8_0, DT_Q8_0)

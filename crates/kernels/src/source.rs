@@ -99,11 +99,16 @@ pub const MMA_SUFFIXES: &[(gguf::GgmlType, &str)] = &[
     (gguf::GgmlType::Q8_0, "q8_0"),
 ];
 
-/// Kernel suffix of the `_mma_` Q6_K kernels that read weights in `q6_k_repack`'s layout
-/// (`matmul_q6_kr_mma_*`): 224-byte groups whose lane words load in 8- and 4-byte words and
-/// whose scales load in one 16-byte word, where the 210-byte groups as stored are only 2-byte
-/// aligned every other group. Same values, same bits.
-pub const MMA_Q6_K_REPACKED: &str = "q6_kr";
+/// Weight types whose `_mma_` products read a copy of the weights repacked at load, with the
+/// kernel suffix (`matmul_<suffix>_mma_*`): Q6_K in `q6_k_repack`'s layout (224-byte groups
+/// whose lane words load in 8- and 4-byte words and whose scales load in one 16-byte word,
+/// where the 210-byte groups as stored are 2-byte aligned every other group), Q8_0 in
+/// `q8_0_repack`'s (a lane's 8 quant bytes of a block in one load, where a 34-byte block's take
+/// two or three). Same values, same bits.
+pub const MMA_REPACKED: &[(gguf::GgmlType, &str)] = &[
+    (gguf::GgmlType::Q6_K, "q6_kr"),
+    (gguf::GgmlType::Q8_0, "q8_0r"),
+];
 
 /// Most activation rows one block of the `_mma_` kernels takes with the tiles that keep a row's
 /// bits whatever its batch (`NT` = 2 tiles of 8); longer products (prefill) run ⌈m / 8·NT⌉
@@ -385,8 +390,7 @@ pub fn all_kernel_names() -> Vec<String> {
             names.push(format!("matmul_{suffix}_r{rows}"));
         }
     }
-    let mma_suffixes = MMA_SUFFIXES.iter().map(|(_, s)| *s);
-    for suffix in mma_suffixes.chain([MMA_Q6_K_REPACKED]) {
+    for (_, suffix) in MMA_SUFFIXES.iter().chain(MMA_REPACKED) {
         for &(mt, nt) in [(1, 1), (1, 2), (2, 1), (2, 2)]
             .iter()
             .chain(MMA_PREFILL_TILES)

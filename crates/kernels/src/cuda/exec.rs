@@ -22,7 +22,7 @@ pub(super) struct Exec {
     /// f16 activations of the GEMM route's current product and their row scales, sized for the
     /// largest.
     pub(super) gemm_acts: Option<BufferId>,
-    /// The q8 and `_mma_` Q6_K products that read a repacked copy of their weights
+    /// The q8 and `_mma_` products that read a repacked copy of their weights
     /// (`q8_0_repack`, `q6_k_repack`), with it.
     pub(super) q8_weights: HashMap<usize, BufferId>,
     /// The products the `_mma_` kernels take, which read prepared activations, which find them

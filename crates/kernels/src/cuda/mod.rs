@@ -193,8 +193,8 @@ pub struct CudaBackend {
     /// Most blocks of a tensor-core attention launch (0: a block per unit); eight per
     /// multiprocessor, or `SPECULA_ATT_TC_BLOCKS` (an A/B knob).
     att_tc_blocks: usize,
-    /// Q8_0 and Q6_K weights of int8 tensor-core q8 products, and Q6_K weights of `_mma_`
-    /// products, are read from a copy in `q8_0_repack`'s or `q6_k_repack`'s layout
+    /// Q8_0 and Q6_K weights of int8 tensor-core q8 products and of `_mma_` products are read
+    /// from a copy in `q8_0_repack`'s or `q6_k_repack`'s layout
     /// (`SPECULA_Q8_REPACK=0` reads them as stored; an A/B and test knob).
     q8_repack: bool,
     /// Those copies, by the index of the weight buffer they copy (made when a graph that needs
@@ -628,8 +628,7 @@ impl CudaBackend {
         self.att_tc_blocks
     }
 
-    /// Whether q8 products of Q8_0 or Q6_K weights and `_mma_` products of Q6_K weights in
-    /// graphs loaded from now on read a copy of the weights in `q8_0_repack`'s or
+    /// Whether q8 and `_mma_` products of Q8_0 or Q6_K weights in graphs loaded from now on read a copy of the weights in `q8_0_repack`'s or
     /// `q6_k_repack`'s layout (the default) or the weights as stored; the same bits either way
     /// (a tuning and test knob).
     pub fn set_q8_repack(&mut self, on: bool) {
@@ -1010,16 +1009,18 @@ impl Backend for CudaBackend {
             }
         }
         let mma = mma_plan::plan(&self.mma_config(), graph);
-        // The repacked weights of the int8 tensor-core q8 products and of the `_mma_` Q6_K
-        // products.
+        // The repacked weights of the int8 tensor-core q8 products and of the `_mma_` Q6_K and
+        // Q8_0 products (source::MMA_REPACKED).
         let mut q8_weights = HashMap::new();
         if self.q8_repack {
             // In node order, so which copies fit under the headroom does not vary run to run.
             for (i, node) in graph.nodes().iter().enumerate() {
                 let q8 = mma.q8.get(&i).is_some_and(|qi| qi.tensor_cores);
-                let q6_k = mma.products.contains_key(&i)
-                    && graph.node(node.inputs[0]).dtype == DType::Q6_K;
-                if q8 || q6_k {
+                let mma_repacked = mma.products.contains_key(&i) && {
+                    let dtype = graph.node(node.inputs[0]).dtype;
+                    source::MMA_REPACKED.iter().any(|(t, _)| *t == dtype)
+                };
+                if q8 || mma_repacked {
                     let w = node.inputs[0].index();
                     if let Some(copy) = self.q8_repacked_copy(node_buffer[w])? {
                         q8_weights.insert(i, copy);

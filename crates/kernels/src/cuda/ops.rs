@@ -44,7 +44,8 @@ impl CudaBackend {
         let kw = mi.k_warps;
         let splits = source::mma_k_splits(k);
         let dst = self.split_dst(exec, splits, out)?;
-        // Q6_K weights come from their repacked copy (`q6_k_repack`) where the load made one.
+        // Q6_K and Q8_0 weights come from their repacked copy (`q6_k_repack`, `q8_0_repack`)
+        // where the load made one (source::MMA_REPACKED).
         let repacked = exec.q8_weights.get(&id.index());
         let weights = match repacked {
             Some(&b) => self.buf(b)?.ptr,
@@ -52,7 +53,11 @@ impl CudaBackend {
             None => self.base(exec, node.inputs[0])?,
         };
         let suffix = match repacked {
-            Some(_) => source::MMA_Q6_K_REPACKED,
+            Some(_) => source::MMA_REPACKED
+                .iter()
+                .find(|(t, _)| *t == w.dtype)
+                .map(|(_, s)| *s)
+                .ok_or_else(|| backend_err(format!("no repacked kernels for {}", w.dtype)))?,
             None => weight_suffix(w.dtype)?,
         };
         let mut a = Args::default();

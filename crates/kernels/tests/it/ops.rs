@@ -496,14 +496,14 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
                     same_bits(&by_mode[1], &by_mode[2]),
                     "{ty} k{k} n{n} m{m}: prepared and in-place activations differ"
                 );
-                // Q6_K products read a copy in q6_k_repack's layout; the weights as stored
-                // give the same bits.
+                // Q6_K and Q8_0 products read a copy in q6_k_repack's / q8_0_repack's
+                // layout; the weights as stored give the same bits.
                 assert_eq!(
                     cuda.q8_repacked_copies() > copies,
-                    ty == DType::Q6_K,
-                    "{ty} k{k} n{n} m{m}: a repacked copy for Q6_K only"
+                    ty != DType::Q4_K,
+                    "{ty} k{k} n{n} m{m}: a repacked copy for Q6_K and Q8_0 only"
                 );
-                if ty == DType::Q6_K {
+                if ty != DType::Q4_K {
                     cuda.set_q8_repack(false);
                     let stored = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
                     cuda.set_q8_repack(true);
