@@ -402,6 +402,28 @@ __device__ __forceinline__ void q4k_min_frag(u32 mn_g, u32 mn_g8, u32 (&a)[4]) {
 // c[j] = 0 for the four accumulators of one mma.
 __device__ __forceinline__ void zero4(float* c) { c[0] = c[1] = c[2] = c[3] = 0.0f; }
 
+// tmn += a Q4_K group's mins times its activations' sub-block sums: k = (sub-block s, lane t);
+// slots (2t, 2t+1, 2t+8, 2t+9) hold s = 4h + (0, 2, 1, 3), the order split_x pairs (v.x, v.z)
+// and (v.y, v.w) in. B = the lane's sums of its 8 activations of sub-blocks 4h..4h+3.
+template <int MT, int NT, bool PREP>
+__device__ __forceinline__ void q4k_mins(const u32 (&mn)[MT][2][2], const Acts<PREP>& A, const int (&tok)[NT],
+                                         int grp, float (&tmn)[MT][NT][4]) {
+    int t = threadIdx.x & 3;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        XFrag p[NT];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) p[nt] = A.sums(tok[nt], grp, t, h);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            u32 a[4];
+            q4k_min_frag(mn[mt][0][h], mn[mt][1][h], a);
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) mma_split(tmn[mt][nt], a[0], a[1], a[2], a[3], p[nt]);
+        }
+    }
+}
+
 // One Q4_K group of a prefill tile (NT ≥ 4 activation tiles, source::MMA_PREFILL_TILES): A =
 // sc·q in f16 (the nibbles through the 1024/64 exponent magic, one HFMA2 with the scale and
 // −offset·scale per two weights), one accumulator chain per tile across the sub-blocks (prefill
@@ -468,23 +490,7 @@ __device__ __forceinline__ void q4k_group_tiles(const Q4KTile (&T)[MT], const Ac
                 }
         }
     }
-    // Mins: k = (sub-block s, lane t); slots (2t, 2t+1, 2t+8, 2t+9) hold s = 4h + (0, 2, 1, 3),
-    // the order split_x pairs (v.x, v.z) and (v.y, v.w) in. B = the lane's sums of its 8
-    // activations of sub-blocks 4h..4h+3 (prepared).
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        XFrag p[NT];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-            p[nt] = A.sums(tok[nt], grp, t, h);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-            u32 a[4];
-            q4k_min_frag(mn[mt][0][h], mn[mt][1][h], a);
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) mma_split(tmn[mt][nt], a[0], a[1], a[2], a[3], p[nt]);
-        }
-    }
+    q4k_mins<MT, NT, PREP>(mn, A, tok, grp, tmn);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
         float d0 = h2f((u16)(T[mt].dd[0] & 0xffff)), m0_ = h2f((u16)(T[mt].dd[0] >> 16));
@@ -527,7 +533,7 @@ __device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Act
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int r = 0; r < 2; ++r) q4k_unpack(T[mt].s[r], sc[mt][r], mn[mt][r]);
-    // The mins as in q4k_group_tiles, −dmin·M into acc before d·T (the tiles' tail order). With
+    // The mins (q4k_mins), −dmin·M into acc before d·T (the tiles' tail order). With
     // one activation tile they come first, so that neither they nor M stay live through the
     // sub-blocks (its double-buffered weights need the registers: H200, 31B decode 79.7 → 83.4
     // tok/s); with two, last (first cost the 16-row verify 1 %, and spilled in (1, 2)). Same
@@ -538,20 +544,7 @@ __device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Act
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) zero4(tmn[mt][nt]);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            XFrag p[NT];
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-                p[nt] = A.sums(tok[nt], grp, t, h);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                u32 a[4];
-                q4k_min_frag(mn[mt][0][h], mn[mt][1][h], a);
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) mma_split(tmn[mt][nt], a[0], a[1], a[2], a[3], p[nt]);
-            }
-        }
+        q4k_mins<MT, NT, PREP>(mn, A, tok, grp, tmn);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             float m0_ = h2f((u16)(T[mt].dd[0] >> 16)), m1_ = h2f((u16)(T[mt].dd[1] >> 16));
