@@ -9,10 +9,11 @@
 // tiles) add in their own order.
 //
 // The `_mma_` kernels: mma.sync m16n8k16 (f16 inputs, f32 accumulation). (The opt-in Q4_K limb
-// kernels further down take int8 activation limbs instead; see there.) A holds integer-valued
-// weights: the quant (Q6_K, Q8_0), the raw Q4_K nibble as an f16 subnormal in decode steps and
-// verify batches (q4k_group_rows), or the quant times its sub-block scale in prefill tiles
-// (q4k_group_tiles); the remaining scales are applied in f32 to per-sub-block partial sums. Each activation is split
+// kernels further down take int8 activation limbs instead; see there.) A holds the weights'
+// integers exactly: the quant (Q6_K, Q8_0; f32 scales per sub-block or block sum), the raw Q4_K
+// nibble as an f16 subnormal q·2^-24 in decode steps and verify batches (q4k_group_rows; f32
+// scales per sub-block sum), or the quant times its sub-block scale in prefill tiles
+// (q4k_group_tiles; d per group sum). Each activation is split
 // into two f16 halves, hi + lo, and multiplied twice, so every product is exact to ~2^-22 and
 // the accumulation is f32: the result matches the f32 kernels to ~1e-6. (Activations must stay
 // below 65504 in magnitude, the f16 range.)
@@ -301,8 +302,9 @@ __device__ __forceinline__ void weight_groups(const u8* w, int row0, int n, int 
 
 // ---- Q4_K: 144-byte groups (f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 nibble bytes).
 // Sub-block s (32 weights) lives in the low (s even) or high (s odd) nibbles of bytes
-// 32 (s / 2) .. +31 of the nibble area. Lane t loads bytes 8t..8t+7 of each 32-byte run: weights 8t..8t+3 (.x) and
-// 8t+4..8t+7 (.y) of sub-blocks 2j and 2j + 1. A = sc·q (≤ 945, exact); the mins enter through
+// 32 (s / 2) .. +31 of the nibble area. Lane t loads bytes 8t..8t+7 of each 32-byte run: weights
+// 8t..8t+3 (.x) and 8t+4..8t+7 (.y) of sub-blocks 2j and 2j + 1. A = the nibble as an f16
+// subnormal (q4k_group_rows) or sc·q (≤ 945, exact; q4k_group_tiles); the mins enter through
 // two more mma per group whose k runs over (sub-block, lane) pairs: A = min[s], B = the lane's
 // partial sum of its 8 activations of sub-block s.
 struct Q4KTile {
@@ -1130,14 +1132,24 @@ __device__ __forceinline__ u32 load_u32_a(const u8* p, bool aligned) {
 // The scales of Q6_K groups b (rows g and g + 8 of each weight tile): whether each group starts
 // 4-byte aligned (210-byte groups start 2- or 4-byte aligned; an aligned one, every other group
 // when a row has an even number of them, is read in 4-byte words, halving its loads), its d, and
-// its 16 int8 sub-block scales, four per word.
-template <int MT, int HINT>
+// its 16 int8 sub-block scales, four per word. With R (q6_k_repack's layout, 16-byte aligned
+// groups) the scales are one 16-byte load and `al` is not set.
+template <int MT, int HINT, bool R = false>
 __device__ __forceinline__ void q6k_scales(const u8* const (&b)[MT][2], bool (&al)[MT][2], float (&dd)[MT][2],
                                            u32 (&scales)[MT][2][4]) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
+            if (R) {
+                uint4 sv = *(const uint4*)(b[mt][r] + 192);
+                scales[mt][r][0] = sv.x;
+                scales[mt][r][1] = sv.y;
+                scales[mt][r][2] = sv.z;
+                scales[mt][r][3] = sv.w;
+                dd[mt][r] = h2f((u16)ldw16<HINT>(b[mt][r] + 208));
+                continue;
+            }
             al[mt][r] = ((size_t)b[mt][r] & 3) == 0;
             dd[mt][r] = h2f((u16)ldw16<HINT>(b[mt][r] + 208));
 #pragma unroll
@@ -1183,21 +1195,7 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
     bool al[MT][2];
     float dd[MT][2];
     u32 scales[MT][2][4];
-    if (R) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                uint4 sv = *(const uint4*)(b[mt][r] + 192);
-                scales[mt][r][0] = sv.x;
-                scales[mt][r][1] = sv.y;
-                scales[mt][r][2] = sv.z;
-                scales[mt][r][3] = sv.w;
-                dd[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(b[mt][r] + 208));
-            }
-    } else {
-        q6k_scales<MT, SMALL_HINT(NT)>(b, al, dd, scales);
-    }
+    q6k_scales<MT, SMALL_HINT(NT), R>(b, al, dd, scales);
     const u32 offset = 0x64206420u;  // f16x2 (1056, 1056): 1024 + 32
 #pragma unroll
     for (int h = 0; h < 2; ++h)
@@ -1576,21 +1574,7 @@ __device__ __forceinline__ void q6kx_group(const u8* w, const void* xs, int k, i
     bool al[MT][2];  // (as stored) whether each group is 4-byte aligned
     float dd[MT][2];
     u32 scales[MT][2][4];
-    if (R) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                uint4 sv = *(const uint4*)(b[mt][r] + 192);
-                scales[mt][r][0] = sv.x;
-                scales[mt][r][1] = sv.y;
-                scales[mt][r][2] = sv.z;
-                scales[mt][r][3] = sv.w;
-                dd[mt][r] = h2f((u16)ldw16<SMALL_HINT(NT)>(b[mt][r] + 208));
-            }
-    } else {
-        q6k_scales<MT, SMALL_HINT(NT)>(b, al, dd, scales);
-    }
+    q6k_scales<MT, SMALL_HINT(NT), R>(b, al, dd, scales);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         u32 ql[MT][2][2][2], qh[MT][2][2];  // [tile][row][lb][run parity]

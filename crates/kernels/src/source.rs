@@ -236,8 +236,9 @@ pub fn mma_k_splits(k: usize) -> usize {
     }
 }
 
-/// Device memory a repacked weight copy for the q8 products must leave free (2 GiB: KV caches,
-/// scratch and activations are allocated around the weights).
+/// Device memory a repacked weight copy (for the q8 products, and the `_mma_` products of
+/// [`MMA_REPACKED`] types) must leave free (2 GiB: KV caches, scratch and activations are
+/// allocated around the weights).
 pub const REPACK_HEADROOM_BYTES: usize = 2 << 30;
 
 /// Whether a repacked weight copy of `bytes` fits in `free` bytes of device memory with

@@ -628,9 +628,9 @@ impl CudaBackend {
         self.att_tc_blocks
     }
 
-    /// Whether q8 and `_mma_` products of Q8_0 or Q6_K weights in graphs loaded from now on read a copy of the weights in `q8_0_repack`'s or
-    /// `q6_k_repack`'s layout (the default) or the weights as stored; the same bits either way
-    /// (a tuning and test knob).
+    /// Whether q8 and `_mma_` products of Q8_0 or Q6_K weights in graphs loaded from now on
+    /// read a copy of the weights in `q8_0_repack`'s or `q6_k_repack`'s layout (the default) or
+    /// the weights as stored; the same bits either way (a tuning and test knob).
     pub fn set_q8_repack(&mut self, on: bool) {
         self.q8_repack = on;
     }

@@ -454,6 +454,8 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
         return;
     };
     let mut rng = Rng(7);
+    // Repacked copies on whatever SPECULA_Q8_REPACK says (checked below).
+    cuda.set_q8_repack(true);
     for ty in [DType::Q4_K, DType::Q6_K, DType::Q8_0] {
         for (k, n) in [
             (256, 40),
