@@ -1799,9 +1799,11 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
         matvec_mma_body<DT, MT, NT, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw);      \
     }
 // Two blocks per SM (at most 128 registers) where that costs at most a few spilled bytes; the
-// Q4_K kernels with two weight tiles per warp keep their registers (one block per SM), as do
-// the prefill tiles of four activation tiles (source::MMA_PREFILL_TILES). (Q4_K's (2, 2) at two
-// blocks per SM spills 52 bytes and made the 31B's 16-row verify 23.45 → 25.3 ms on an H200.)
+// Q4_K and Q6_K kernels with two weight tiles per warp keep their registers (one block per SM),
+// as do the prefill tiles of four activation tiles (source::MMA_PREFILL_TILES). (Q4_K's (2, 2)
+// at two blocks per SM spills 52 bytes and made the 31B's 16-row verify 23.45 → 25.3 ms on an
+// H200; Q6_K's spilled 28 bytes, 48 repacked, and one block per SM took that verify 22.83 →
+// 22.2 ms.)
 #define MMV_KERNELS_P(SUFFIX, DT, MIN_BLOCKS_M2, PREP, TAIL)  \
     MMV_KERNEL(SUFFIX, DT, 1, 1, 2, PREP, TAIL)               \
     MMV_KERNEL(SUFFIX, DT, 1, 2, 2, PREP, TAIL)               \
@@ -1813,10 +1815,10 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
     MMV_KERNELS_P(SUFFIX, DT, MIN_BLOCKS_M2, true, )    \
     MMV_KERNELS_P(SUFFIX, DT, MIN_BLOCKS_M2, false, _x)
 MMV_KERNELS(q4_k, DT_Q4_K, 1)
-MMV_KERNELS(q6_k, DT_Q6_K, 2)
+MMV_KERNELS(q6_k, DT_Q6_K, 1)
 // matmul_q6_kr_mma_* / matmul_q8_0r_mma_*: the Q6_K / Q8_0 kernels reading q6_k_repack's /
 // q8_0_repack's layout.
-MMV_KERNELS(q6_kr, DT_Q6_KR, 2)
+MMV_KERNELS(q6_kr, DT_Q6_KR, 1)
 MMV_KERNELS(q8_0r, DT_Q8_0R, 2)
 MMV_KERNELS(q8_0, DT_Q8_0, 2)
 // matmul_q8_0_q8x_mma_m<MT>n<NT>: Q8_0 weights × q8 activations (xs from q8_quantize_x;
