@@ -384,6 +384,15 @@ __device__ __forceinline__ void q4k_unpack(const u32* s, u32* sc, u32* mn) {
     mn[1] = ((s[2] >> 4) & 0x0f0f0f0fu) | (((s[1] >> 6) & 0x03030303u) << 4);
 }
 
+// q4k_unpack for rows g and g + 8 of each of MT tiles.
+template <int MT>
+__device__ __forceinline__ void q4k_unpack_tiles(const Q4KTile (&T)[MT], u32 (&sc)[MT][2][2], u32 (&mn)[MT][2][2]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) q4k_unpack(T[mt].s[r], sc[mt][r], mn[mt][r]);
+}
+
 // f16x2 (byte i of v, byte j of v) for bytes below 1024: 0x64 above each byte is 1024 + byte.
 __device__ __forceinline__ u32 bytes_h2(u32 v, int i, int j) {
     u32 r;
@@ -438,10 +447,7 @@ __device__ __forceinline__ void q4k_group_tiles(const Q4KTile (&T)[MT], const Ac
     int tok[NT];
     activation_rows<NT>(m0, m, tok);
     u32 sc[MT][2][2], mn[MT][2][2];  // [mt][row g / g + 8][sub-blocks 0..3 / 4..7]
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) q4k_unpack(T[mt].s[r], sc[mt][r], mn[mt][r]);
+    q4k_unpack_tiles<MT>(T, sc, mn);
     float c[MT][NT][4], tmn[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -531,10 +537,7 @@ __device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Act
     int tok[NT];
     activation_rows<NT>(m0, m, tok);
     u32 sc[MT][2][2], mn[MT][2][2];  // [mt][row g / g + 8][sub-blocks 0..3 / 4..7]
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) q4k_unpack(T[mt].s[r], sc[mt][r], mn[mt][r]);
+    q4k_unpack_tiles<MT>(T, sc, mn);
     // The mins (q4k_mins), −dmin·M into acc before d·T (the tiles' tail order). With
     // one activation tile they come first, so that neither they nor M stay live through the
     // sub-blocks (its double-buffered weights need the registers: H200, 31B decode 79.7 → 83.4
