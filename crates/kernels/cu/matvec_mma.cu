@@ -1162,14 +1162,39 @@ __device__ __forceinline__ void q6k_scales(const u8* const (&b)[MT][2], bool (&a
 
 // Lane t's quant words of weights l = 16·lb + 4t..+3 of half h of Q6_K groups b, for lb = lb0 ..
 // lb0 + NLB − 1 (slot j = lb − lb0): ql[..][j][par] holds the low nibbles of runs par and par + 2,
-// qh[..][j] the high bit pairs of all four runs.
-template <int MT, int NLB, int HINT>
+// qh[..][j] the high bit pairs of all four runs. With R (q6_k_repack's layout: a lane's three
+// words of (h, lb) at 96h + 24t + 12lb, `al` unused) they come in 8- and 4-byte loads: both
+// pairs' six words in three 8-byte loads, one pair's in one 8-byte and one 4-byte load.
+template <int MT, int NLB, int HINT, bool R = false>
 __device__ __forceinline__ void q6k_words(const u8* const (&b)[MT][2], const bool (&al)[MT][2], int h, int lb0, int t,
                                           u32 (&ql)[MT][2][NLB][2], u32 (&qh)[MT][2][NLB]) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int r = 0; r < 2; ++r)
+        for (int r = 0; r < 2; ++r) {
+            if (R) {
+                const u8* lw = b[mt][r] + 96 * h + 24 * t + 12 * lb0;
+                if (NLB == 2) {
+                    uint2 w0 = ldw64<HINT>(lw), w1 = ldw64<HINT>(lw + 8), w2 = ldw64<HINT>(lw + 16);
+                    ql[mt][r][0][0] = w0.x;
+                    ql[mt][r][0][1] = w0.y;
+                    qh[mt][r][0] = w1.x;
+                    ql[mt][r][NLB - 1][0] = w1.y;
+                    ql[mt][r][NLB - 1][1] = w2.x;
+                    qh[mt][r][NLB - 1] = w2.y;
+                } else if (lb0 == 0) {
+                    uint2 w01 = ldw64<HINT>(lw);
+                    ql[mt][r][0][0] = w01.x;
+                    ql[mt][r][0][1] = w01.y;
+                    qh[mt][r][0] = ldw32<HINT>(lw + 8);
+                } else {
+                    uint2 w12 = ldw64<HINT>(lw + 4);
+                    ql[mt][r][0][0] = ldw32<HINT>(lw);
+                    ql[mt][r][0][1] = w12.x;
+                    qh[mt][r][0] = w12.y;
+                }
+                continue;
+            }
 #pragma unroll
             for (int j = 0; j < NLB; ++j) {
                 const u8* bb = b[mt][r];
@@ -1178,6 +1203,7 @@ __device__ __forceinline__ void q6k_words(const u8* const (&b)[MT][2], const boo
                 ql[mt][r][j][1] = load_u32_a<HINT>(bb + 64 * h + 32 + 16 * lb + 4 * t, al[mt][r]);
                 qh[mt][r][j] = load_u32_a<HINT>(bb + 128 + 32 * h + 16 * lb + 4 * t, al[mt][r]);
             }
+        }
 }
 
 // ---- Q6_K: 210-byte groups (ql[128], qh[64], int8 scales[16], f16 d). Weight i of half h
@@ -1205,27 +1231,7 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
 #pragma unroll
         for (int lb = 0; lb < 2; ++lb) {
             u32 ql[MT][2][1][2], qh[MT][2][1];  // [tile][row][this lb][run parity p & 1]
-            if (R) {
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int r = 0; r < 2; ++r) {
-                        const u8* lw = b[mt][r] + 96 * h + 24 * t + 12 * lb;
-                        if (lb == 0) {
-                            uint2 w01 = ldw64<SMALL_HINT(NT)>(lw);
-                            ql[mt][r][0][0] = w01.x;
-                            ql[mt][r][0][1] = w01.y;
-                            qh[mt][r][0] = ldw32<SMALL_HINT(NT)>(lw + 8);
-                        } else {
-                            uint2 w12 = ldw64<SMALL_HINT(NT)>(lw + 4);
-                            ql[mt][r][0][0] = ldw32<SMALL_HINT(NT)>(lw);
-                            ql[mt][r][0][1] = w12.x;
-                            qh[mt][r][0] = w12.y;
-                        }
-                    }
-            } else {
-                q6k_words<MT, 1, SMALL_HINT(NT)>(b, al, h, lb, t, ql, qh);
-            }
+            q6k_words<MT, 1, SMALL_HINT(NT), R>(b, al, h, lb, t, ql, qh);
 #pragma unroll
             for (int p = 0; p < 4; ++p) {
                 int sb = 8 * h + 2 * p + lb;
@@ -1581,24 +1587,7 @@ __device__ __forceinline__ void q6kx_group(const u8* w, const void* xs, int k, i
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         u32 ql[MT][2][2][2], qh[MT][2][2];  // [tile][row][lb][run parity]
-        if (R) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const u8* lw = b[mt][r] + 96 * h + 24 * t;
-                    uint2 w0 = ldw64<SMALL_HINT(NT)>(lw), w1 = ldw64<SMALL_HINT(NT)>(lw + 8),
-                          w2 = ldw64<SMALL_HINT(NT)>(lw + 16);
-                    ql[mt][r][0][0] = w0.x;
-                    ql[mt][r][0][1] = w0.y;
-                    qh[mt][r][0] = w1.x;
-                    ql[mt][r][1][0] = w1.y;
-                    ql[mt][r][1][1] = w2.x;
-                    qh[mt][r][1] = w2.y;
-                }
-        } else {
-            q6k_words<MT, 2, SMALL_HINT(NT)>(b, al, h, 0, t, ql, qh);
-        }
+        q6k_words<MT, 2, SMALL_HINT(NT), R>(b, al, h, 0, t, ql, qh);
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
             int kb = grp * 8 + 4 * h + p, sb = 8 * h + 2 * p;

@@ -99,8 +99,8 @@ pub const MMA_SUFFIXES: &[(gguf::GgmlType, &str)] = &[
     (gguf::GgmlType::Q8_0, "q8_0"),
 ];
 
-/// Weight types whose `_mma_` products read a copy of the weights repacked at load, with the
-/// kernel suffix (`matmul_<suffix>_mma_*`): Q6_K in `q6_k_repack`'s layout (224-byte groups
+/// Weight types whose `_mma_` and q8 products read a copy of the weights repacked at load, with
+/// the kernel suffix (`matmul_<suffix>_mma_*`, `matmul_<suffix>_q8x_mma_*`): Q6_K in `q6_k_repack`'s layout (224-byte groups
 /// whose lane words load in 8- and 4-byte words and whose scales load in one 16-byte word,
 /// where the 210-byte groups as stored are 2-byte aligned every other group), Q8_0 in
 /// `q8_0_repack`'s (a lane's 8 quant bytes of a block in one load, where a 34-byte block's take

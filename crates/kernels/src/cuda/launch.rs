@@ -168,6 +168,16 @@ pub(super) fn weight_suffix(dtype: DType) -> Result<&'static str> {
         .ok_or_else(|| backend_err(format!("no CUDA kernels for {dtype} weights")))
 }
 
+/// The kernel suffix for `dtype` weights read from their repacked copy (`source::MMA_REPACKED`:
+/// `q6_kr`, `q8_0r`), for the `_mma_` and the q8 products alike.
+pub(super) fn repacked_suffix(dtype: DType) -> Result<&'static str> {
+    source::MMA_REPACKED
+        .iter()
+        .find(|(t, _)| *t == dtype)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| backend_err(format!("no repacked kernels for {dtype} weights")))
+}
+
 pub(super) fn grid1(n: usize, block: usize) -> (u32, u32, u32) {
     (n.div_ceil(block) as u32, 1, 1)
 }

@@ -32,7 +32,7 @@ mod launch;
 mod ops;
 
 use exec::Exec;
-use launch::{code, grid1, weight_suffix, Args};
+use launch::{code, grid1, repacked_suffix, weight_suffix, Args};
 
 type Result<T> = graph::Result<T>;
 

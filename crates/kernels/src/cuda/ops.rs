@@ -53,11 +53,7 @@ impl CudaBackend {
             None => self.base(exec, node.inputs[0])?,
         };
         let suffix = match repacked {
-            Some(_) => source::MMA_REPACKED
-                .iter()
-                .find(|(t, _)| *t == w.dtype)
-                .map(|(_, s)| *s)
-                .ok_or_else(|| backend_err(format!("no repacked kernels for {}", w.dtype)))?,
+            Some(_) => repacked_suffix(w.dtype)?,
             None => weight_suffix(w.dtype)?,
         };
         let mut a = Args::default();
@@ -218,10 +214,9 @@ impl CudaBackend {
             None if qi.weights == DType::Q8_0 => self.q80_weights(exec, id, node)?,
             None => self.base(exec, node.inputs[0])?,
         };
-        let type_name = match (repacked, qi.weights) {
-            (None, _) => type_name,
-            (Some(_), DType::Q8_0) => "q8_0r",
-            (Some(_), _) => "q6_kr",
+        let type_name = match repacked {
+            Some(_) => repacked_suffix(qi.weights)?,
+            None => type_name,
         };
         let (kw, splits) = (qi.k_warps, qi.k_splits);
         let dst = self.split_dst(exec, splits, out)?;
