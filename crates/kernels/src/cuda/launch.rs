@@ -160,22 +160,23 @@ pub(super) fn code(dtype: DType) -> i32 {
     dtype.id() as i32
 }
 
-pub(super) fn weight_suffix(dtype: DType) -> Result<&'static str> {
-    source::WEIGHT_SUFFIXES
+/// `dtype`'s entry in a (type, kernel suffix) table, or an error naming `what` is missing.
+fn suffix_in(table: &[(DType, &'static str)], dtype: DType, what: &str) -> Result<&'static str> {
+    table
         .iter()
         .find(|(t, _)| *t == dtype)
         .map(|(_, s)| *s)
-        .ok_or_else(|| backend_err(format!("no CUDA kernels for {dtype} weights")))
+        .ok_or_else(|| backend_err(format!("no {what} for {dtype} weights")))
+}
+
+pub(super) fn weight_suffix(dtype: DType) -> Result<&'static str> {
+    suffix_in(source::WEIGHT_SUFFIXES, dtype, "CUDA kernels")
 }
 
 /// The kernel suffix for `dtype` weights read from their repacked copy (`source::MMA_REPACKED`:
 /// `q6_kr`, `q8_0r`), for the `_mma_` and the q8 products alike.
 pub(super) fn repacked_suffix(dtype: DType) -> Result<&'static str> {
-    source::MMA_REPACKED
-        .iter()
-        .find(|(t, _)| *t == dtype)
-        .map(|(_, s)| *s)
-        .ok_or_else(|| backend_err(format!("no repacked kernels for {dtype} weights")))
+    suffix_in(source::MMA_REPACKED, dtype, "repacked kernels")
 }
 
 pub(super) fn grid1(n: usize, block: usize) -> (u32, u32, u32) {

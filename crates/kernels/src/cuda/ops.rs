@@ -44,17 +44,11 @@ impl CudaBackend {
         let kw = mi.k_warps;
         let splits = source::mma_k_splits(k);
         let dst = self.split_dst(exec, splits, out)?;
-        // Q6_K and Q8_0 weights come from their repacked copy (`q6_k_repack`, `q8_0_repack`)
-        // where the load made one (source::MMA_REPACKED).
-        let repacked = exec.q8_weights.get(&id.index());
-        let weights = match repacked {
-            Some(&b) => self.buf(b)?.ptr,
-            None if w.dtype == DType::Q8_0 => self.q80_weights(exec, id, node)?,
-            None => self.base(exec, node.inputs[0])?,
-        };
-        let suffix = match repacked {
-            Some(_) => repacked_suffix(w.dtype)?,
-            None => weight_suffix(w.dtype)?,
+        let (weights, repacked) = self.product_weights(exec, id, node, w.dtype)?;
+        let suffix = if repacked {
+            repacked_suffix(w.dtype)?
+        } else {
+            weight_suffix(w.dtype)?
         };
         let mut a = Args::default();
         a.ptr(weights)
@@ -111,6 +105,23 @@ impl CudaBackend {
             self.sum_splits(dst, out, m * n, splits, 0)?;
         }
         Ok(())
+    }
+
+    /// Address of the `dtype` weights product `node` reads: the repacked copy the load made for
+    /// it (`q6_k_repack`, `q8_0_repack`; source::MMA_REPACKED), or the weights as stored. True
+    /// with the copy.
+    fn product_weights(
+        &self,
+        exec: &Exec,
+        id: NodeId,
+        node: &Node,
+        dtype: DType,
+    ) -> Result<(u64, bool)> {
+        Ok(match exec.q8_weights.get(&id.index()) {
+            Some(&b) => (self.buf(b)?.ptr, true),
+            None if dtype == DType::Q8_0 => (self.q80_weights(exec, id, node)?, false),
+            None => (self.base(exec, node.inputs[0])?, false),
+        })
     }
 
     /// Address of the Q8_0 weights of product `node`: the Q8_0 kernels read quants in aligned
@@ -203,20 +214,15 @@ impl CudaBackend {
                 &mut a,
             );
         }
-        // The weights come from their repacked copy (`q8_0_repack`, `q6_k_repack`) unless that
-        // is off or would not leave the headroom free; then the Q6_K kernel reads its
-        // 2-byte-aligned groups in words where it may.
-        // (Without tensor cores — before sm_80, or SPECULA_MMA=0 — a Q6_K head takes the
+        // The weights come from their repacked copy unless that is off or would not leave the
+        // headroom free; then the Q6_K kernel reads its 2-byte-aligned groups in words where it
+        // may. (Without tensor cores — before sm_80, or SPECULA_MMA=0 — a Q6_K head takes the
         // per-warp kernel above: correct but slow, a warp per output.)
-        let repacked = exec.q8_weights.get(&id.index());
-        let weights = match repacked {
-            Some(&b) => self.buf(b)?.ptr,
-            None if qi.weights == DType::Q8_0 => self.q80_weights(exec, id, node)?,
-            None => self.base(exec, node.inputs[0])?,
-        };
-        let type_name = match repacked {
-            Some(_) => repacked_suffix(qi.weights)?,
-            None => type_name,
+        let (weights, repacked) = self.product_weights(exec, id, node, qi.weights)?;
+        let type_name = if repacked {
+            repacked_suffix(qi.weights)?
+        } else {
+            type_name
         };
         let (kw, splits) = (qi.k_warps, qi.k_splits);
         let dst = self.split_dst(exec, splits, out)?;
