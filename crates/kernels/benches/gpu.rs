@@ -100,6 +100,33 @@ fn decode_step_secs(backend: CudaBackend, steps: usize) -> f64 {
     start.elapsed().as_secs_f64() / steps as f64
 }
 
+/// One-row Q4_K products of width `k` and each output row count of `spec` (`k:n1,n2,...`), timed
+/// one after another (`SPECULA_BENCH_WAVES`): whether a product's time follows its bytes or
+/// the rounds of 16-row units its persistent blocks walk (two blocks per multiprocessor).
+fn wave_probe(cuda: &mut CudaBackend, spec: &str, copy: f64) {
+    let (k, ns) = spec.split_once(':').expect("SPECULA_BENCH_WAVES=k:n1,n2,...");
+    let k: usize = k.parse().expect("k");
+    let slots = 2 * cuda.sm_count();
+    for n in ns.split(',').map(|n| n.parse::<usize>().expect("n")) {
+        let bytes = weight(DType::Q4_K, k, n);
+        let w_bytes = bytes.len() as f64;
+        let wb = cuda
+            .upload(DType::Q4_K, Shape::new(&[k, n]).unwrap(), HostBytes::from_vec(bytes))
+            .expect("upload");
+        let (_, _, exe) = load_product(cuda, DType::Q4_K, wb, k, n, 1);
+        let secs = cuda.time_runs(exe, 300).expect("time");
+        let units = (n / 16) * kernels::source::mma_k_splits(k);
+        println!(
+            "Q4_K {k}x{n}: {:8.2} us  {:.3} of copy  units {units} = {:.2} rounds of {slots}",
+            secs * 1e6,
+            w_bytes / secs / copy,
+            units as f64 / slots as f64
+        );
+        cuda.unload(exe).unwrap();
+        cuda.free(wb).unwrap();
+    }
+}
+
 fn main() {
     if !kernels::cuda_available() {
         println!("skipped: no CUDA");
@@ -116,6 +143,11 @@ fn main() {
         copy / 1e9,
         "1.00"
     );
+
+    if let Ok(spec) = std::env::var("SPECULA_BENCH_WAVES") {
+        wave_probe(&mut cuda, &spec, copy);
+        return;
+    }
 
     // The FFN gate/up shape and the FFN down shape of the 31B (its down matrices are Q4_K or
     // Q6_K), then the 31B MTP assistant's Q8_0 shapes at one row: q/gate/up, output/down and

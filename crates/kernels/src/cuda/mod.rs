@@ -623,6 +623,11 @@ impl CudaBackend {
         self.forget_captures();
     }
 
+    /// The device's multiprocessors.
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
+    }
+
     /// The bound [`CudaBackend::set_attention_blocks`] sets.
     pub fn attention_blocks(&self) -> usize {
         self.att_tc_blocks
