@@ -104,14 +104,20 @@ fn decode_step_secs(backend: CudaBackend, steps: usize) -> f64 {
 /// one after another (`SPECULA_BENCH_WAVES`): whether a product's time follows its bytes or
 /// the rounds of 16-row units its persistent blocks walk (two blocks per multiprocessor).
 fn wave_probe(cuda: &mut CudaBackend, spec: &str, copy: f64) {
-    let (k, ns) = spec.split_once(':').expect("SPECULA_BENCH_WAVES=k:n1,n2,...");
+    let (k, ns) = spec
+        .split_once(':')
+        .expect("SPECULA_BENCH_WAVES=k:n1,n2,...");
     let k: usize = k.parse().expect("k");
     let slots = 2 * cuda.sm_count();
     for n in ns.split(',').map(|n| n.parse::<usize>().expect("n")) {
         let bytes = weight(DType::Q4_K, k, n);
         let w_bytes = bytes.len() as f64;
         let wb = cuda
-            .upload(DType::Q4_K, Shape::new(&[k, n]).unwrap(), HostBytes::from_vec(bytes))
+            .upload(
+                DType::Q4_K,
+                Shape::new(&[k, n]).unwrap(),
+                HostBytes::from_vec(bytes),
+            )
             .expect("upload");
         let (_, _, exe) = load_product(cuda, DType::Q4_K, wb, k, n, 1);
         let secs = cuda.time_runs(exe, 300).expect("time");

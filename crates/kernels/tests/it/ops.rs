@@ -447,7 +447,8 @@ fn gemm_route_matches_the_cpu() {
 /// 2048 split each row over 1, 2, 4 and 8 warps, k = 8192 and 16384 also over 2 and 4 blocks;
 /// n = 8200 takes two weight tiles per warp and a partial last tile; 40 rows take the prefill
 /// route (the type's prefill tile, two or three activation blocks per weight tile, each warp on
-/// its own weight rows).
+/// its own weight rows). Q6_K and Q8_0 products of up to 16 rows run the kernels of the repacked
+/// copy (the launches are recorded), with the stored weights' bits.
 #[test]
 fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
     let Some(mut cuda) = crate::cuda() else {
@@ -506,13 +507,37 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
                     "{ty} k{k} n{n} m{m}: a repacked copy for Q6_K and Q8_0 only"
                 );
                 if ty != DType::Q4_K {
+                    // Which kernels ran: up to 16 rows the `_mma_` kernels of the repacked
+                    // layout, and of the stored one with repacking off.
+                    cuda.record_launches(true);
+                    run_on(&mut cuda, &graph, &c.leaves, &[y]);
+                    let repacked = cuda.take_launches();
                     cuda.set_q8_repack(false);
                     let stored = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+                    let as_stored = cuda.take_launches();
+                    cuda.record_launches(false);
                     cuda.set_q8_repack(true);
                     assert!(
                         same_bits(&stored, &by_mode[1]),
                         "{ty} k{k} n{n} m{m}: the repacked weights change the bits"
                     );
+                    let (r, plain) = if ty == DType::Q6_K {
+                        ("matmul_q6_kr_mma_", "matmul_q6_k_mma_")
+                    } else {
+                        ("matmul_q8_0r_mma_", "matmul_q8_0_mma_")
+                    };
+                    let ran =
+                        |log: &[String], prefix: &str| log.iter().any(|n| n.starts_with(prefix));
+                    if m <= 16 {
+                        assert!(
+                            ran(&repacked, r) && !ran(&repacked, plain),
+                            "{ty} k{k} n{n} m{m}: launched {repacked:?}, not {r}*"
+                        );
+                        assert!(
+                            ran(&as_stored, plain) && !ran(&as_stored, r),
+                            "{ty} k{k} n{n} m{m}: with repacking off launched {as_stored:?}"
+                        );
+                    }
                 }
                 if ty != DType::Q4_K || m > 16 {
                     assert!(
