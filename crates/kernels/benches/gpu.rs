@@ -2,7 +2,9 @@
 //! ceiling), the Q4_K/Q6_K matmuls of the 31B's FFN shapes (5376 × 21504 and 21504 × 5376) at
 //! 1–16 activation rows and the MTP assistant's Q8_0 shapes at one row, as weight bytes per
 //! second and as a fraction of the copy bandwidth, and one decode step of the dense fixture
-//! model with and without CUDA graph replay. Skips without CUDA.
+//! model with and without CUDA graph replay. Skips without CUDA. With
+//! `SPECULA_BENCH_WAVES=k:n1,n2,...` it times one-row Q4_K products of those shapes instead
+//! ([`wave_probe`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -102,7 +104,9 @@ fn decode_step_secs(backend: CudaBackend, steps: usize) -> f64 {
 
 /// One-row Q4_K products of width `k` and each output row count of `spec` (`k:n1,n2,...`), timed
 /// one after another (`SPECULA_BENCH_WAVES`): whether a product's time follows its bytes or
-/// the rounds of 16-row units its persistent blocks walk (two blocks per multiprocessor).
+/// the rounds of units (a row tile of a k-split plane) its persistent blocks walk, two blocks per
+/// multiprocessor (while a block takes at most `source::PERSIST_ITERS` units). Each run also
+/// prepares its activations (`mmv_prepare_x`) and, with k-splits, sums the planes.
 fn wave_probe(cuda: &mut CudaBackend, spec: &str, copy: f64) {
     let (k, ns) = spec
         .split_once(':')
@@ -121,7 +125,8 @@ fn wave_probe(cuda: &mut CudaBackend, spec: &str, copy: f64) {
             .expect("upload");
         let (_, _, exe) = load_product(cuda, DType::Q4_K, wb, k, n, 1);
         let secs = cuda.time_runs(exe, 300).expect("time");
-        let units = (n / 16) * kernels::source::mma_k_splits(k);
+        let tile_rows = 16 * (8 / kernels::source::mma_k_warps(k));
+        let units = n.div_ceil(tile_rows) * kernels::source::mma_k_splits(k);
         println!(
             "Q4_K {k}x{n}: {:8.2} us  {:.3} of copy  units {units} = {:.2} rounds of {slots}",
             secs * 1e6,

@@ -100,12 +100,7 @@ impl CudaBackend {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        if let Some(log) = self
-            .launch_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
+        if let Some(log) = self.launch_log.borrow_mut().as_mut() {
             log.push(name.to_string());
         }
         // Programmatic stream serialization lets the launch overlap the previous kernel's tail;

@@ -171,7 +171,7 @@ fn mma_matvec_from_env() -> bool {
 pub struct CudaBackend {
     /// The kernel names launched since [`CudaBackend::record_launches`] turned recording on (a
     /// test aid: which kernel a node ran, not only its bits).
-    launch_log: std::sync::Mutex<Option<Vec<String>>>,
+    launch_log: std::cell::RefCell<Option<Vec<String>>>,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     use_graphs: bool,
@@ -398,7 +398,7 @@ impl CudaBackend {
             q4k_limbs: std::env::var("SPECULA_Q4K_LIMBS").is_ok_and(|v| v == "1"),
             mma_persist: std::env::var("SPECULA_MMA_PERSIST").map_or(true, |v| v != "0"),
             sm_count,
-            launch_log: std::sync::Mutex::new(None),
+            launch_log: std::cell::RefCell::new(None),
             att_group: match std::env::var("SPECULA_ATT_GROUP").map(|v| v.parse::<usize>()) {
                 Ok(Ok(0)) => None,
                 Ok(Ok(n)) => Some(n),
@@ -627,18 +627,18 @@ impl CudaBackend {
         self.forget_captures();
     }
 
-    /// Records the name of every kernel launched from now on (`true`; kernels a captured graph
-    /// replays are recorded when it is captured) or stops recording (`false`), dropping the
-    /// record either way.
+    /// Records the name of every kernel of ours launched from now on (`true`) or stops recording
+    /// (`false`), dropping the record either way. Launches are recorded as they are issued,
+    /// eagerly or into a graph capture: a graph captured before recording started and replayed
+    /// after it records nothing, and cuBLAS's GEMMs (the GEMM route) are not ours.
     pub fn record_launches(&mut self, on: bool) {
-        *self.launch_log.get_mut().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
+        *self.launch_log.get_mut() = on.then(Vec::new);
     }
 
     /// The kernel names recorded since recording started or since the last call, in launch order.
     pub fn take_launches(&mut self) -> Vec<String> {
         self.launch_log
             .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()

@@ -507,10 +507,14 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
                     "{ty} k{k} n{n} m{m}: a repacked copy for Q6_K and Q8_0 only"
                 );
                 if ty != DType::Q4_K {
-                    // Which kernels ran: up to 16 rows the `_mma_` kernels of the repacked
+                    // Up to 16 rows, which kernels ran: the `_mma_` kernels of the repacked
                     // layout, and of the stored one with repacking off.
-                    cuda.record_launches(true);
-                    run_on(&mut cuda, &graph, &c.leaves, &[y]);
+                    let recorded = m <= 16;
+                    cuda.record_launches(recorded);
+                    if recorded {
+                        let again = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+                        assert!(same_bits(&again, &by_mode[1]), "{ty} k{k} n{n} m{m}: rerun");
+                    }
                     let repacked = cuda.take_launches();
                     cuda.set_q8_repack(false);
                     let stored = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
@@ -528,7 +532,7 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
                     };
                     let ran =
                         |log: &[String], prefix: &str| log.iter().any(|n| n.starts_with(prefix));
-                    if m <= 16 {
+                    if recorded {
                         assert!(
                             ran(&repacked, r) && !ran(&repacked, plain),
                             "{ty} k{k} n{n} m{m}: launched {repacked:?}, not {r}*"
