@@ -351,6 +351,18 @@ __device__ __forceinline__ u32 ldw16(const u8* p) {
     return v;
 }
 template <int HINT = WEIGHT_L1>
+__device__ __forceinline__ uint4 ldw128(const u8* p) {
+    uint4 v;
+    if (HINT == 2) {
+        asm("ld.global.nc.L1::evict_first.v4.u32 {%0, %1, %2, %3}, [%4];"
+            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+            : "l"(p));
+    } else {
+        v = *(const uint4*)p;
+    }
+    return v;
+}
+template <int HINT = WEIGHT_L1>
 __device__ __forceinline__ uint2 ldw64(const u8* p) {
     uint2 v;
     if (HINT == 2) {
@@ -361,15 +373,30 @@ __device__ __forceinline__ uint2 ldw64(const u8* p) {
     return v;
 }
 
+// Q4K_HEAD16 1 (the default) loads a group's 16 header bytes (d, dmin, scales) in one 16-byte
+// load, 0 in four 4-byte ones (an A/B knob, `SPECULA_Q4K_HEAD16`). 144-byte groups keep them
+// 16-byte aligned wherever the weights are (the backend checks). H200, 31B decode 89.5 → 92.9
+// tok/s (bench/NOTES.md, twentieth session): ten loads a group for a lane, not sixteen.
+#ifndef Q4K_HEAD16
+#define Q4K_HEAD16 1
+#endif
 __device__ __forceinline__ void q4k_load(Q4KTile& T, const u8* w, int row_g, int row_g8, int n_groups,
                                          int grp, int t) {
     const u8* b[2] = {w + ((i64)row_g * n_groups + grp) * 144, w + ((i64)row_g8 * n_groups + grp) * 144};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        T.dd[r] = ldw32(b[r]);
-        T.s[r][0] = ldw32(b[r] + 4);
-        T.s[r][1] = ldw32(b[r] + 8);
-        T.s[r][2] = ldw32(b[r] + 12);
+        if (Q4K_HEAD16) {
+            uint4 h = ldw128(b[r]);
+            T.dd[r] = h.x;
+            T.s[r][0] = h.y;
+            T.s[r][1] = h.z;
+            T.s[r][2] = h.w;
+        } else {
+            T.dd[r] = ldw32(b[r]);
+            T.s[r][0] = ldw32(b[r] + 4);
+            T.s[r][1] = ldw32(b[r] + 8);
+            T.s[r][2] = ldw32(b[r] + 12);
+        }
 #pragma unroll
         for (int j = 0; j < 4; ++j) T.q[r][j] = ldw64(b[r] + 16 + 32 * j + 8 * t);
     }

@@ -16,7 +16,7 @@ pub const ATTENTION: &str = include_str!("../cu/attention.cu");
 pub const ATTENTION_TC: &str = include_str!("../cu/attention_tc.cu");
 
 /// The whole translation unit compiled by NVRTC, with the A/B knobs' defines in front
-/// (`SPECULA_ATT_MIN_SPLIT`, `SPECULA_WEIGHT_L1`).
+/// (`SPECULA_ATT_MIN_SPLIT`, `SPECULA_WEIGHT_L1`, `SPECULA_Q4K_HEAD16`).
 pub fn full_source() -> String {
     let mut parts = [
         COMMON,
@@ -34,7 +34,18 @@ pub fn full_source() -> String {
     if let Some(define) = weight_l1_define() {
         parts.insert_str(0, &define);
     }
+    if let Some(define) = q4k_head16_define() {
+        parts.insert_str(0, &define);
+    }
     parts
+}
+
+/// `#define Q4K_HEAD16 n` from `SPECULA_Q4K_HEAD16=n` (an A/B knob for the `_mma_` and limb
+/// Q4_K kernels: 1, the default, loads a group's 16 header bytes in one load, 0 in four;
+/// `matvec_mma.cu`), or None for the kernels' default.
+pub fn q4k_head16_define() -> Option<String> {
+    let n: usize = std::env::var("SPECULA_Q4K_HEAD16").ok()?.parse().ok()?;
+    (n <= 1).then(|| format!("#define Q4K_HEAD16 {n}\n"))
 }
 
 /// `#define WEIGHT_L1 n` from `SPECULA_WEIGHT_L1=n` (an A/B knob for the `_mma_` and limb

@@ -117,11 +117,21 @@ impl CudaBackend {
         node: &Node,
         dtype: DType,
     ) -> Result<(u64, bool)> {
-        Ok(match exec.q8_weights.get(&id.index()) {
+        let (ptr, repacked) = match exec.q8_weights.get(&id.index()) {
             Some(&b) => (self.buf(b)?.ptr, true),
             None if dtype == DType::Q8_0 => (self.q80_weights(exec, id, node)?, false),
             None => (self.base(exec, node.inputs[0])?, false),
-        })
+        };
+        // The Q4_K kernels load a group's header in one 16-byte word, aligned within the
+        // 144-byte groups; device allocations are 256-byte aligned, so this only guards that
+        // assumption.
+        if dtype == DType::Q4_K && ptr % 16 != 0 {
+            return Err(backend_err(format!(
+                "Q4_K weights of node {} at an address not 16-byte aligned",
+                id.index()
+            )));
+        }
+        Ok((ptr, repacked))
     }
 
     /// Address of the Q8_0 weights of product `node`: the Q8_0 kernels read quants in aligned
