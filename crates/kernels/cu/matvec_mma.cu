@@ -1240,7 +1240,9 @@ __device__ __forceinline__ void q6k_words(const u8* const (&b)[MT][2], const boo
 // sub-block's d·scale multiplies the f32 partial sum.
 // With R the groups are in q6_k_repack's layout (224 bytes, see there): a lane's three words of
 // (h, lb) are one 8-byte and one 4-byte load, the scales one 16-byte load; same values, same bits.
-template <int MT, int NT, bool PREP, bool R = false>
+// ONE (a batch of one row, NT = 1): only the accumulators of activation column 0 (c[0] and c[2]:
+// even e) are kept; the others only ever fed columns that are not written.
+template <int MT, int NT, bool PREP, bool R = false, bool ONE = false>
 __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
                                           int n, int n_groups, int grp, int m0, int m) {
     int t = threadIdx.x & 3;
@@ -1285,7 +1287,8 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
                         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
                         mma_split(c, a[0][0], a[1][0], a[0][1], a[1][1], f[nt]);
 #pragma unroll
-                        for (int e = 0; e < 4; ++e) acc[mt][nt][e] = __fmaf_rn(e < 2 ? s0 : s1, c[e], acc[mt][nt][e]);
+                        for (int e = 0; e < 4; ++e)
+                            if (!ONE || !(e & 1)) acc[mt][nt][e] = __fmaf_rn(e < 2 ? s0 : s1, c[e], acc[mt][nt][e]);
                     }
                 }
             }
@@ -1333,8 +1336,9 @@ __device__ __forceinline__ void q80_block(const u8* const (&b)[MT][2], int blk, 
 
 // ---- Q8_0: a group is 8 blocks of 34 bytes (f16 d, 32 int8). Lane t takes weights 8t..8t+3 and
 // 8t+4..8t+7 of each block (one mma each); A = q (exact); d multiplies the block's f32 sum. With
-// R the groups are in q8_0_repack's layout (same values, same bits).
-template <int MT, int NT, bool PREP, bool R = false>
+// R the groups are in q8_0_repack's layout (same values, same bits). ONE: a batch of one row (see
+// q6k_group).
+template <int MT, int NT, bool PREP, bool R = false, bool ONE = false>
 __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
                                           int n, int n_groups, int grp, int m0, int m) {
     int t = threadIdx.x & 3;
@@ -1372,7 +1376,8 @@ __device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, floa
                 mma_split(c, a[0][0][0], a[1][0][0], a[0][0][1], a[1][0][1], f[nt][0]);
                 mma_split(c, a[0][1][0], a[1][1][0], a[0][1][1], a[1][1][1], f[nt][1]);
 #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[mt][nt][e] = __fmaf_rn(d[mt][e >> 1], c[e], acc[mt][nt][e]);
+                for (int e = 0; e < 4; ++e)
+                    if (!ONE || !(e & 1)) acc[mt][nt][e] = __fmaf_rn(d[mt][e >> 1], c[e], acc[mt][nt][e]);
             }
         }
     }
@@ -1750,8 +1755,9 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
 }
 
 // One block of matmul_<type>_mma_m1n<NT>_p[_x] (see PersistWalk): the one-shot kernels' warps,
-// groups and order, walked persistently.
-template <int DT, int NT, bool PREP>
+// groups and order, walked persistently. ONE: a batch of one row (the `_p1` kernels of Q6_K and
+// Q8_0 weights; see q6k_group).
+template <int DT, int NT, bool PREP, bool ONE = false>
 __device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw,
                                         int splits) {
     __shared__ float red[PERSIST_ITERS][MMV_WARPS][NT * 4][32];  // [iteration][row · kw + slice]
@@ -1764,10 +1770,10 @@ __device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* 
         W, w,
         [&](const Q4KTile(&T)[1], int grp, int row0) {
             if (DT == DT_Q4_K) q4k_group<1, NT, PREP>(T, A, acc, grp, m0, m);
-            if (DT == DT_Q6_K) q6k_group<1, NT, PREP>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
-            if (DT == DT_Q6_KR) q6k_group<1, NT, PREP, true>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
-            if (DT == DT_Q8_0) q80_group<1, NT, PREP>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
-            if (DT == DT_Q8_0R) q80_group<1, NT, PREP, true>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
+            if (DT == DT_Q6_K) q6k_group<1, NT, PREP, false, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
+            if (DT == DT_Q6_KR) q6k_group<1, NT, PREP, true, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
+            if (DT == DT_Q8_0) q80_group<1, NT, PREP, false, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
+            if (DT == DT_Q8_0R) q80_group<1, NT, PREP, true, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
         },
         [&](int i) {
             float(*r)[32] = red[i][W.wr * kw + W.slice(i)];
@@ -1863,19 +1869,26 @@ MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 1, 2, true, )
 MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 2, 2, true, )
 
 // matmul_<type>_mma_m1n1[_x]_p: matmul_<type>_mma_m1n1[_x] in gridDim.y persistent blocks (grid
-// (⌈m / 8⌉, blocks, 1)) over `splits` planes.
-#define MMV_PERSIST_KERNEL(SUFFIX, DT, PREP, TAIL)                                                          \
+// (⌈m / 8⌉, blocks, 1)) over `splits` planes; matmul_<type>_mma_m1n1[_x]_p1 (Q6_K and Q8_0
+// weights): the same for a batch of one row (m = 1: decode and draft steps), the same bits with
+// half the scale FMAs. (Q4_K's, tried, spilled 60–108 bytes at the 128-register cap whichever
+// of its FMAs it dropped; NVRTC, sm_90.)
+#define MMV_PERSIST_KERNEL(SUFFIX, DT, PREP, TAIL, ONE, PT)                                                 \
     extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 2)                                         \
-        matmul_##SUFFIX##_mma_m1n1##TAIL##_p(const u8* w, const void* x, float* y, int k, int n, int m, int kw, \
+        matmul_##SUFFIX##_mma_m1n1##TAIL##PT(const u8* w, const void* x, float* y, int k, int n, int m, int kw, \
                                           i64 x_off, i64 x_stride, int splits) {                            \
         pdl_entry();                                                                                        \
-        matvec_mma_persist_body<DT, 1, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, splits); \
+        matvec_mma_persist_body<DT, 1, PREP, ONE>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, splits); \
     }
-#define MMV_PERSIST_KERNELS(SUFFIX, DT)          \
-    MMV_PERSIST_KERNEL(SUFFIX, DT, true, )       \
-    MMV_PERSIST_KERNEL(SUFFIX, DT, false, _x)
+#define MMV_PERSIST_KERNELS(SUFFIX, DT)                  \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, true, , false, _p)    \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, false, _x, false, _p)
+#define MMV_PERSIST_ONE_KERNELS(SUFFIX, DT)              \
+    MMV_PERSIST_KERNELS(SUFFIX, DT)                      \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, true, , true, _p1)    \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, false, _x, true, _p1)
 MMV_PERSIST_KERNELS(q4_k, DT_Q4_K)
-MMV_PERSIST_KERNELS(q6_k, DT_Q6_K)
-MMV_PERSIST_KERNELS(q6_kr, DT_Q6_KR)
-MMV_PERSIST_KERNELS(q8_0r, DT_Q8_0R)
-MMV_PERSIST_KERNELS(q8_0, DT_Q8_0)
+MMV_PERSIST_ONE_KERNELS(q6_k, DT_Q6_K)
+MMV_PERSIST_ONE_KERNELS(q6_kr, DT_Q6_KR)
+MMV_PERSIST_ONE_KERNELS(q8_0r, DT_Q8_0R)
+MMV_PERSIST_ONE_KERNELS(q8_0, DT_Q8_0)

@@ -178,6 +178,13 @@ pub const PERSIST_ITERS: usize = 6;
 /// `_mma_` kernels have theirs as `matmul_<type>_mma_m1n1[_x]_p`).
 pub const PERSIST_LIMB_TILES: &[usize] = &[1, 2];
 
+/// Whether persistent products of one activation row of `dtype` weights have their own `_p1`
+/// kernels (`matmul_<type>_mma_m1n1[_x]_p1`: Q6_K and Q8_0), which keep only that row's
+/// accumulators: half the scale FMAs, the same bits. Q4_K's spilled at the 128-register cap.
+pub fn persist_one_row(dtype: gguf::GgmlType) -> bool {
+    matches!(dtype, gguf::GgmlType::Q6_K | gguf::GgmlType::Q8_0)
+}
+
 /// Blocks of a persistent `_p` launch over `units` units on a device of `sms` multiprocessors:
 /// two per multiprocessor (the kernels' occupancy at 128 registers), fewer when there are fewer
 /// units, more when a block would take over [`PERSIST_ITERS`].
@@ -412,6 +419,10 @@ pub fn all_kernel_names() -> Vec<String> {
         }
         names.push(format!("matmul_{suffix}_mma_m1n1_p"));
         names.push(format!("matmul_{suffix}_mma_m1n1_x_p"));
+        if !suffix.starts_with("q4_k") {
+            names.push(format!("matmul_{suffix}_mma_m1n1_p1"));
+            names.push(format!("matmul_{suffix}_mma_m1n1_x_p1"));
+        }
     }
     for nt in LIMB_TILES {
         names.push(format!("matmul_q4_k_limb_n{nt}"));

@@ -231,6 +231,10 @@ pub struct CudaBackend {
     /// the same arithmetic walked by two blocks per multiprocessor (`SPECULA_MMA_PERSIST=0`: the
     /// one-shot kernels, an A/B knob).
     mma_persist: bool,
+    /// Persistent products of one activation row (decode and draft steps) take the `_p1`
+    /// kernels, which keep only column 0's accumulators (same bits; `SPECULA_MMA_ONE=0`: the
+    /// `_p` ones, an A/B and test knob).
+    mma_one_row: bool,
     /// Attentions of at least this many queries on the wide f16 kernels run a block per two
     /// heads of one K/V group (the `_g2` kernels, same bits) where the group has an even number
     /// of heads; None: a block per head always. `SPECULA_ATT_GROUP=n` sets it, 0 for None (A/B
@@ -397,6 +401,7 @@ impl CudaBackend {
             },
             q4k_limbs: std::env::var("SPECULA_Q4K_LIMBS").is_ok_and(|v| v == "1"),
             mma_persist: std::env::var("SPECULA_MMA_PERSIST").map_or(true, |v| v != "0"),
+            mma_one_row: std::env::var("SPECULA_MMA_ONE").map_or(true, |v| v != "0"),
             sm_count,
             launch_log: std::cell::RefCell::new(None),
             att_group: match std::env::var("SPECULA_ATT_GROUP").map(|v| v.parse::<usize>()) {
@@ -493,6 +498,12 @@ impl CudaBackend {
     /// the one-shot ones; both give the same bits (a tuning and test knob).
     pub fn set_mma_persist(&mut self, on: bool) {
         self.mma_persist = on;
+    }
+
+    /// Whether persistent products of one activation row take the `_p1` kernels (the default)
+    /// or the `_p` ones; both give the same bits (a tuning and test knob).
+    pub fn set_mma_one_row(&mut self, on: bool) {
+        self.mma_one_row = on;
     }
 
     /// Whether products of at least `source::GEMM_MIN_ROWS` rows in graphs loaded from now on

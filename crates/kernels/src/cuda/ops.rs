@@ -87,8 +87,15 @@ impl CudaBackend {
         if persist {
             a.i32(splits as i32);
             let blocks = source::persist_blocks(tiles * splits, self.sm_count);
+            // One activation row: the kernels that keep only its accumulators (same bits).
+            let one_row = !limbs && m == 1 && self.mma_one_row;
+            let tail = if one_row && source::persist_one_row(w.dtype) {
+                "_p1"
+            } else {
+                "_p"
+            };
             self.launch(
-                &format!("{name}_p"),
+                &format!("{name}{tail}"),
                 (cols as u32, blocks as u32, 1),
                 256,
                 &mut a,

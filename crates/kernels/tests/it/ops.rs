@@ -861,7 +861,8 @@ fn q6_k_q8_products_match_the_cpu() {
 /// kernels' arithmetic in fewer blocks: the same bits with the knob on and off, on shapes where a
 /// block walks several units (up to `PERSIST_ITERS`), warps split 9 groups unevenly, rows split
 /// over 2 and 4 planes, 2, 4 and 8 warp rows share a block (k = 1024, 512, 256) and the last
-/// tile is partial.
+/// tile is partial. One-row products of Q6_K and Q8_0 weights run the `_p1` kernels (recorded),
+/// with the `_p` kernels' bits; no other product does.
 #[test]
 fn persistent_products_equal_the_one_shot_kernels() {
     let Some(mut cuda) = crate::cuda() else {
@@ -889,17 +890,27 @@ fn persistent_products_equal_the_one_shot_kernels() {
                     cuda.set_mma_prepare(Some(prepare));
                     cuda.set_q4k_limbs(limbs);
                     let mut by_knob = Vec::new();
-                    for persist in [true, false] {
+                    for (persist, one_row) in [(true, true), (true, false), (false, true)] {
                         cuda.set_mma_persist(persist);
+                        cuda.set_mma_one_row(one_row);
+                        cuda.record_launches(true);
                         by_knob.push(run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0));
+                        let log = cuda.take_launches();
+                        cuda.record_launches(false);
+                        let want_p1 = persist && one_row && m == 1 && ty != DType::Q4_K;
+                        assert_eq!(
+                            log.iter().any(|n| n.ends_with("_p1")),
+                            want_p1,
+                            "{ty} k{k} n{n} m{m} prepared {prepare} persist {persist} one-row {one_row}: launched {log:?}"
+                        );
                     }
                     assert!(
                         by_knob[0].iter().all(|v| v.is_finite()),
                         "{ty} k{k} n{n} m{m} prepared {prepare} limbs {limbs}: not finite"
                     );
                     assert!(
-                        same_bits(&by_knob[0], &by_knob[1]),
-                        "{ty} k{k} n{n} m{m} prepared {prepare} limbs {limbs}: persistent and one-shot kernels differ"
+                        same_bits(&by_knob[0], &by_knob[1]) && same_bits(&by_knob[0], &by_knob[2]),
+                        "{ty} k{k} n{n} m{m} prepared {prepare} limbs {limbs}: one-row, persistent and one-shot kernels differ"
                     );
                 }
             }
@@ -908,6 +919,7 @@ fn persistent_products_equal_the_one_shot_kernels() {
     cuda.set_mma_prepare(None);
     cuda.set_q4k_limbs(false);
     cuda.set_mma_persist(true);
+    cuda.set_mma_one_row(true);
 }
 
 /// Products that read one activation input share its prepared (hi/lo f16) form: an input
