@@ -1190,9 +1190,10 @@ __device__ __forceinline__ void q6k_scales(const u8* const (&b)[MT][2], bool (&a
 // Lane t's quant words of weights l = 16·lb + 4t..+3 of half h of Q6_K groups b, for lb = lb0 ..
 // lb0 + NLB − 1 (slot j = lb − lb0): ql[..][j][par] holds the low nibbles of runs par and par + 2,
 // qh[..][j] the high bit pairs of all four runs. With R (q6_k_repack's layout: a lane's three
-// words of (h, lb) at 96h + 24t + 12lb, `al` unused) they come in 8- and 4-byte loads: both
-// pairs' six words in three 8-byte loads, one pair's in one 8-byte and one 4-byte load.
-template <int MT, int NLB, int HINT, bool R = false>
+// words of (h, lb) at 48t + 24h + 12lb, `al` unused) they come in 8- and 4-byte loads: both
+// pairs' six words in three 8-byte loads (WIDE: one 16-byte and one 8-byte load, fewer
+// instructions, more aligned registers), one pair's in one 8-byte and one 4-byte load.
+template <int MT, int NLB, int HINT, bool R = false, bool WIDE = false>
 __device__ __forceinline__ void q6k_words(const u8* const (&b)[MT][2], const bool (&al)[MT][2], int h, int lb0, int t,
                                           u32 (&ql)[MT][2][NLB][2], u32 (&qh)[MT][2][NLB]) {
 #pragma unroll
@@ -1200,15 +1201,28 @@ __device__ __forceinline__ void q6k_words(const u8* const (&b)[MT][2], const boo
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             if (R) {
-                const u8* lw = b[mt][r] + 96 * h + 24 * t + 12 * lb0;
+                const u8* lw = b[mt][r] + 48 * t + 24 * h + 12 * lb0;
                 if (NLB == 2) {
-                    uint2 w0 = ldw64<HINT>(lw), w1 = ldw64<HINT>(lw + 8), w2 = ldw64<HINT>(lw + 16);
-                    ql[mt][r][0][0] = w0.x;
-                    ql[mt][r][0][1] = w0.y;
-                    qh[mt][r][0] = w1.x;
-                    ql[mt][r][NLB - 1][0] = w1.y;
-                    ql[mt][r][NLB - 1][1] = w2.x;
-                    qh[mt][r][NLB - 1] = w2.y;
+                    // 48t is 16-byte aligned: half 0's 24 bytes start aligned, half 1's 8 past.
+                    u32 v[6];
+                    if (!WIDE) {
+                        uint2 a = ldw64<HINT>(lw), c = ldw64<HINT>(lw + 8), e = ldw64<HINT>(lw + 16);
+                        v[0] = a.x, v[1] = a.y, v[2] = c.x, v[3] = c.y, v[4] = e.x, v[5] = e.y;
+                    } else if (h == 0) {
+                        uint4 a = ldw128<HINT>(lw);
+                        uint2 c = ldw64<HINT>(lw + 16);
+                        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = c.x, v[5] = c.y;
+                    } else {
+                        uint2 a = ldw64<HINT>(lw);
+                        uint4 c = ldw128<HINT>(lw + 8);
+                        v[0] = a.x, v[1] = a.y, v[2] = c.x, v[3] = c.y, v[4] = c.z, v[5] = c.w;
+                    }
+                    ql[mt][r][0][0] = v[0];
+                    ql[mt][r][0][1] = v[1];
+                    qh[mt][r][0] = v[2];
+                    ql[mt][r][NLB - 1][0] = v[3];
+                    ql[mt][r][NLB - 1][1] = v[4];
+                    qh[mt][r][NLB - 1] = v[5];
                 } else if (lb0 == 0) {
                     uint2 w01 = ldw64<HINT>(lw);
                     ql[mt][r][0][0] = w01.x;
@@ -1233,6 +1247,12 @@ __device__ __forceinline__ void q6k_words(const u8* const (&b)[MT][2], const boo
         }
 }
 
+// Q6K_WIDE 1 (the default): the repacked one-tile Q6_K products load a half's quant words in two
+// loads (see q6k_group); 0: three words per lb (an A/B knob, `SPECULA_Q6K_WIDE`).
+#ifndef Q6K_WIDE
+#define Q6K_WIDE 1
+#endif
+
 // ---- Q6_K: 210-byte groups (ql[128], qh[64], int8 scales[16], f16 d). Weight i of half h
 // (128 each), run p (32 each, i = 128h + 32p + l): low 4 bits from ql[64h + 32(p & 1) + l]
 // (nibble p / 2), high 2 bits from qh[32h + l] (bits 2p, 2p + 1); sub-block (16 weights) i / 16.
@@ -1255,14 +1275,21 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
     u32 scales[MT][2][4];
     q6k_scales<MT, SMALL_HINT(NT), R>(b, al, dd, scales);
     const u32 offset = 0x64206420u;  // f16x2 (1056, 1056): 1024 + 32
+    // Repacked with one activation tile, a half's words of both lb come in two loads (a 16- and
+    // an 8-byte one: H200, see bench/NOTES.md, twentieth session); otherwise each lb's three
+    // words load when it is reached (fewer live registers: the two-tile kernels spilled more).
+    constexpr int NLB = R && NT == 1 && Q6K_WIDE ? 2 : 1;
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
-        for (int lb = 0; lb < 2; ++lb) {
-            u32 ql[MT][2][1][2], qh[MT][2][1];  // [tile][row][this lb][run parity p & 1]
-            q6k_words<MT, 1, SMALL_HINT(NT), R>(b, al, h, lb, t, ql, qh);
+        for (int lb0 = 0; lb0 < 2; lb0 += NLB) {
+            u32 ql[MT][2][NLB][2], qh[MT][2][NLB];  // [tile][row][lb − lb0][run parity p & 1]
+            q6k_words<MT, NLB, SMALL_HINT(NT), R, true>(b, al, h, lb0, t, ql, qh);
+#pragma unroll
+            for (int j = 0; j < NLB; ++j)
 #pragma unroll
             for (int p = 0; p < 4; ++p) {
+                int lb = lb0 + j;
                 int sb = 8 * h + 2 * p + lb;
                 XFrag f[NT];
 #pragma unroll
@@ -1273,8 +1300,8 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, floa
                     u32 a[2][2];
 #pragma unroll
                     for (int r = 0; r < 2; ++r) {
-                        u32 lo = ql[mt][r][0][p & 1] >> (4 * (p >> 1));
-                        u32 hi = qh[mt][r][0] >> (2 * p);
+                        u32 lo = ql[mt][r][j][p & 1] >> (4 * (p >> 1));
+                        u32 hi = qh[mt][r][j] >> (2 * p);
                         u32 q0 = (lo & 0x000F000Fu) | ((hi << 4) & 0x00300030u) | 0x64006400u;
                         u32 q1 = ((lo >> 8) & 0x000F000Fu) | ((hi >> 4) & 0x00300030u) | 0x64006400u;
                         a[r][0] = hsub2(q0, offset);
@@ -1555,11 +1582,12 @@ extern "C" __global__ void matmul_q8_0_q8x_warp(const u8* w, const void* xs, flo
 #define DT_Q6R 115  // the same with the weights in q6_k_repack's layout
 #define DT_Q6_KR 116  // the split-f16 `_mma_` Q6_K kernels with the weights in q6_k_repack's layout
 
-// Q6_K groups rearranged for the q8 products: 224 bytes (16-byte aligned) each, the quant words
-// lane t of a warp reads for half h at 96h + 24t (six 4-byte words: for lb = 0, 1 the low
-// nibbles of runs 0/2 at ql[64h + 16lb + 4t] and of runs 1/3 at ql[64h + 32 + 16lb + 4t], then
-// the high bit pairs at qh[32h + 16lb + 4t]; see q6k_words), then the 16 int8 scales at 192, d at
-// 208 and 14 bytes of zeros. A thread per group.
+// Q6_K groups rearranged for the q8 and `_mma_` products: 224 bytes (16-byte aligned) each, the
+// quant words lane t of a warp reads for half h at 48t + 24h (six 4-byte words: for lb = 0, 1 the
+// low nibbles of runs 0/2 at ql[64h + 16lb + 4t] and of runs 1/3 at ql[64h + 32 + 16lb + 4t],
+// then the high bit pairs at qh[32h + 16lb + 4t]; see q6k_words), so a lane's 48 bytes are
+// contiguous and 16-byte aligned; then the 16 int8 scales at 192, d at 208 and 14 bytes of zeros.
+// A thread per group.
 extern "C" __global__ void q6_k_repack(const u8* src, u8* dst, i64 n_groups) {
     pdl_entry();
     i64 gi = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -1569,7 +1597,7 @@ extern "C" __global__ void q6_k_repack(const u8* src, u8* dst, i64 n_groups) {
     for (int h = 0; h < 2; ++h)
         for (int t = 0; t < 4; ++t)
             for (int lb = 0; lb < 2; ++lb) {
-                u8* o = d + 96 * h + 24 * t + 12 * lb;
+                u8* o = d + 48 * t + 24 * h + 12 * lb;
                 for (int e = 0; e < 4; ++e) {
                     o[e] = s[64 * h + 16 * lb + 4 * t + e];
                     o[4 + e] = s[64 * h + 32 + 16 * lb + 4 * t + e];

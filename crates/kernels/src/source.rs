@@ -16,7 +16,7 @@ pub const ATTENTION: &str = include_str!("../cu/attention.cu");
 pub const ATTENTION_TC: &str = include_str!("../cu/attention_tc.cu");
 
 /// The whole translation unit compiled by NVRTC, with the A/B knobs' defines in front
-/// (`SPECULA_ATT_MIN_SPLIT`, `SPECULA_WEIGHT_L1`, `SPECULA_Q4K_HEAD16`).
+/// (`SPECULA_ATT_MIN_SPLIT`, `SPECULA_WEIGHT_L1`, `SPECULA_Q4K_HEAD16`, `SPECULA_Q6K_WIDE`).
 pub fn full_source() -> String {
     let mut parts = [
         COMMON,
@@ -37,7 +37,18 @@ pub fn full_source() -> String {
     if let Some(define) = q4k_head16_define() {
         parts.insert_str(0, &define);
     }
+    if let Some(define) = q6k_wide_define() {
+        parts.insert_str(0, &define);
+    }
     parts
+}
+
+/// `#define Q6K_WIDE n` from `SPECULA_Q6K_WIDE=n` (an A/B knob for the repacked one-tile Q6_K
+/// `_mma_` kernels: 1, the default, loads a lane's quant words of a half group in one 16-byte and
+/// one 8-byte load, 0 in four smaller ones; `matvec_mma.cu`), or None for the kernels' default.
+pub fn q6k_wide_define() -> Option<String> {
+    let n: usize = std::env::var("SPECULA_Q6K_WIDE").ok()?.parse().ok()?;
+    (n <= 1).then(|| format!("#define Q6K_WIDE {n}\n"))
 }
 
 /// `#define Q4K_HEAD16 n` from `SPECULA_Q4K_HEAD16=n` (an A/B knob for the `_mma_` and limb
