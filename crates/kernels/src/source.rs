@@ -141,21 +141,17 @@ pub const MMA_MAX_ROWS: usize = 16;
 /// warp and 8-row activation tiles per block. Up to 8 rows, one weight tile per warp (at most 128
 /// registers, two blocks per SM): on the H200 0.31 / 0.28 / 0.33 of copy at one row for the 31B's
 /// Q4_K gate/up, Q4_K down and Q6_K down, against 0.25 / 0.23 / 0.26 with two tiles. At 9–16
-/// rows two weight tiles per warp share each activation load: a 16-row Q4_K gate/up product
-/// took 1.33× a one-row one, against 1.83× with one tile; with prepared activations the two are
-/// within ±7 % of each other shape by shape (bench/NOTES.md). Later runs with the tile forced
-/// everywhere (one H200 run, `SPECULA_MMA_VERIFY_TILE`): (1, 2) against (2, 2) took the 31B's
-/// 9-row verify 29.15 → 27.93 ms, 14 rows 33.02 → 32.76, but 16 rows 34.27 → 34.47, and the
-/// DFlash drafter's 16-row block 3.78 → 3.33 ms (its Q8_0 layers and the 262,144-row head). So
-/// (1, 2) for every product of 9–14 rows and, at 15–16 rows, for Q8_0 weights and output heads
-/// (`n` of at least 65,536 rows); (2, 2) for the other 15–16-row products. Tiles up to (2, 2)
-/// never change a row's arithmetic, only which rows share a warp. More than 16 rows:
-/// [`mma_prefill_tile`].
-pub fn mma_tile(m: usize, n: usize, dtype: gguf::GgmlType) -> (usize, usize) {
+/// rows two weight tiles per warp share each activation load ((2, 2), one block per SM): forced
+/// against the earlier rule ((1, 2) up to 14 rows and for output heads) on one H200 (twentieth
+/// session, `SPECULA_MMA_VERIFY_TILE=2x2`, alternated twice), the 31B's 9-, 12- and 14-row verifies
+/// took 21.1 → 19.7, 22.2 → 20.3 and 23.2 → 20.9 ms, 16 rows unchanged (21.3 ms). Q8_0 weights
+/// keep (1, 2) (the DFlash block's products measured so when they ran on these kernels). Tiles
+/// up to (2, 2) never change a row's arithmetic, only which rows share a warp. More than 16
+/// rows: [`mma_prefill_tile`].
+pub fn mma_tile(m: usize, _n: usize, dtype: gguf::GgmlType) -> (usize, usize) {
     match (m, dtype) {
         (0..=8, _) => (1, 1),
-        (9..=14, _) | (_, gguf::GgmlType::Q8_0) => (1, 2),
-        _ if n >= 1 << 16 => (1, 2),
+        (_, gguf::GgmlType::Q8_0) => (1, 2),
         _ => (2, 2),
     }
 }
@@ -485,17 +481,18 @@ mod tests {
     }
     use super::*;
 
-    /// Up to 8 rows one tile of each; 9–16 rows two activation tiles, and at 15–16 rows two
-    /// weight tiles per warp except for Q8_0 weights and output heads.
+    /// Up to 8 rows one tile of each; 9–16 rows two activation tiles and two weight tiles per
+    /// warp, one weight tile for Q8_0 weights.
     #[test]
     fn decode_and_verify_tiles() {
         use gguf::GgmlType as T;
         assert_eq!(mma_tile(1, 262_144, T::Q8_0), (1, 1));
         assert_eq!(mma_tile(8, 5376, T::Q4_K), (1, 1));
-        assert_eq!(mma_tile(9, 21_504, T::Q4_K), (1, 2));
-        assert_eq!(mma_tile(15, 21_504, T::Q4_K), (2, 2));
+        assert_eq!(mma_tile(9, 21_504, T::Q4_K), (2, 2));
+        assert_eq!(mma_tile(14, 5376, T::Q6_K), (2, 2));
         assert_eq!(mma_tile(16, 5376, T::Q6_K), (2, 2));
-        assert_eq!(mma_tile(16, 262_144, T::Q6_K), (1, 2));
+        assert_eq!(mma_tile(16, 262_144, T::Q6_K), (2, 2));
+        assert_eq!(mma_tile(9, 1024, T::Q8_0), (1, 2));
         assert_eq!(mma_tile(16, 1024, T::Q8_0), (1, 2));
     }
 
