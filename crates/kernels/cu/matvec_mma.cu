@@ -375,7 +375,7 @@ __device__ __forceinline__ uint2 ldw64(const u8* p) {
 
 // Q4K_HEAD16 1 (the default) loads a group's 16 header bytes (d, dmin, scales) in one 16-byte
 // load, 0 in four 4-byte ones (an A/B knob, `SPECULA_Q4K_HEAD16`). 144-byte groups keep them
-// 16-byte aligned wherever the weights are (the backend checks). H200, 31B decode 89.5 → 92.9
+// 16-byte aligned wherever the weights start 16-byte aligned (the backend checks). H200, 31B decode 89.5 → 92.9
 // tok/s (bench/NOTES.md, twentieth session): ten loads a group for a lane, not sixteen.
 #ifndef Q4K_HEAD16
 #define Q4K_HEAD16 1
@@ -1258,10 +1258,11 @@ __device__ __forceinline__ void q6k_words(const u8* const (&b)[MT][2], const boo
 // (nibble p / 2), high 2 bits from qh[32h + l] (bits 2p, 2p + 1); sub-block (16 weights) i / 16.
 // One mma covers one sub-block: lane t takes l = 16·lb + 4t .. +3. A = q − 32 (exact); the
 // sub-block's d·scale multiplies the f32 partial sum.
-// With R the groups are in q6_k_repack's layout (224 bytes, see there): a lane's three words of
-// (h, lb) are one 8-byte and one 4-byte load, the scales one 16-byte load; same values, same bits.
-// ONE (a batch of one row, NT = 1): only the accumulators of activation column 0 (c[0] and c[2]:
-// even e) are kept; the others only ever fed columns that are not written.
+// With R the groups are in q6_k_repack's layout (224 bytes, see there): with one activation tile
+// (and Q6K_WIDE) a lane's six words of a half are one 16-byte and one 8-byte load, else its three
+// words of (h, lb) one 8-byte and one 4-byte load; the scales one 16-byte load; same values, same
+// bits. ONE (a batch of one row, NT = 1): only the even-e accumulators (column 2t) are updated;
+// odd e feed column 2t + 1 ≥ 1, never written when m = 1.
 template <int MT, int NT, bool PREP, bool R = false, bool ONE = false>
 __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
                                           int n, int n_groups, int grp, int m0, int m) {
@@ -1782,7 +1783,7 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
     }
 }
 
-// One block of matmul_<type>_mma_m1n<NT>_p[_x] (see PersistWalk): the one-shot kernels' warps,
+// One block of matmul_<type>_mma_m1n1[_x]_p / _p1 (see PersistWalk): the one-shot kernels' warps,
 // groups and order, walked persistently. ONE: a batch of one row (the `_p1` kernels of Q6_K and
 // Q8_0 weights; see q6k_group).
 template <int DT, int NT, bool PREP, bool ONE = false>

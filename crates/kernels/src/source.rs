@@ -122,8 +122,9 @@ pub const MMA_SUFFIXES: &[(gguf::GgmlType, &str)] = &[
 ];
 
 /// Weight types whose `_mma_` and q8 products read a copy of the weights repacked at load, with
-/// the kernel suffix (`matmul_<suffix>_mma_*`, `matmul_<suffix>_q8x_mma_*`): Q6_K in `q6_k_repack`'s layout (224-byte groups
-/// whose lane words load in 8- and 4-byte words and whose scales load in one 16-byte word,
+/// the kernel suffix (`matmul_<suffix>_mma_*`, `matmul_<suffix>_q8x_mma_*`): Q6_K in
+/// `q6_k_repack`'s layout (224-byte groups whose lane words load in 16-, 8- and 4-byte words and
+/// whose scales load in one 16-byte word,
 /// where the 210-byte groups as stored are 2-byte aligned every other group), Q8_0 in
 /// `q8_0_repack`'s (a lane's 8 quant bytes of a block in one load, where a 34-byte block's take
 /// two or three). Same values, same bits.
@@ -416,7 +417,7 @@ pub fn all_kernel_names() -> Vec<String> {
             names.push(format!("matmul_{suffix}_r{rows}"));
         }
     }
-    for (_, suffix) in MMA_SUFFIXES.iter().chain(MMA_REPACKED) {
+    for (ty, suffix) in MMA_SUFFIXES.iter().chain(MMA_REPACKED) {
         for &(mt, nt) in [(1, 1), (1, 2), (2, 1), (2, 2)]
             .iter()
             .chain(MMA_PREFILL_TILES)
@@ -426,7 +427,7 @@ pub fn all_kernel_names() -> Vec<String> {
         }
         names.push(format!("matmul_{suffix}_mma_m1n1_p"));
         names.push(format!("matmul_{suffix}_mma_m1n1_x_p"));
-        if !suffix.starts_with("q4_k") {
+        if persist_one_row(*ty) {
             names.push(format!("matmul_{suffix}_mma_m1n1_p1"));
             names.push(format!("matmul_{suffix}_mma_m1n1_x_p1"));
         }

@@ -88,6 +88,7 @@ impl CudaBackend {
             a.i32(splits as i32);
             let blocks = source::persist_blocks(tiles * splits, self.sm_count);
             // One activation row: the kernels that keep only its accumulators (same bits).
+            // (The `_p1` kernels keep only activation row 0's sums: m must be 1.)
             let one_row = !limbs && m == 1 && self.mma_one_row;
             let tail = if one_row && source::persist_one_row(w.dtype) {
                 "_p1"

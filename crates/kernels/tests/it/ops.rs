@@ -465,7 +465,7 @@ fn mma_matvec_matches_the_cpu_and_is_batch_invariant() {
             (2048, 300),
             (8192, 72),
             (16384, 40),
-            // An output head's shape class (n ≥ 2^16, 4,097 two-tile warps at 9–16 rows).
+            // An output head's shape class (n ≥ 2^16: 4,097 16-row tiles, 2,049 two-tile warps at 9–16 rows).
             (512, 65_552),
         ] {
             let wbytes = random_weight(&mut rng, ty, k * n);
