@@ -189,9 +189,9 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
             .unwrap_or_else(|| source::mma_prefill_tile(w.dtype))
     } else if m > 8 {
         cfg.verify_tile
-            .unwrap_or_else(|| source::mma_tile(m, n, w.dtype))
+            .unwrap_or_else(|| source::mma_tile(m, w.dtype))
     } else {
-        source::mma_tile(m, n, w.dtype)
+        source::mma_tile(m, w.dtype)
     };
     let mt = cfg.mt.unwrap_or(mt);
     let limbs = cfg.q4k_limbs && w.dtype == DType::Q4_K && m <= source::LIMB_MAX_ROWS;
