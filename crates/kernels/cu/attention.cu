@@ -11,7 +11,7 @@
 // Fewest positions per split: a short range is not spread over more blocks than this allows (each
 // split's block has a fixed cost, and the combine reads every used split), nor over fewer when
 // long (a warp walks its positions one after another). `SPECULA_ATT_MIN_SPLIT` overrides it for
-// A/B runs (source::attention_min_split_define).
+// A/B runs (source::KNOB_DEFINES).
 #ifndef ATT_MIN_SPLIT
 #define ATT_MIN_SPLIT 16
 #endif

@@ -15,64 +15,76 @@ pub const ATTENTION: &str = include_str!("../cu/attention.cu");
 /// Attention of up to 16 queries on tensor cores (decode steps and verify batches).
 pub const ATTENTION_TC: &str = include_str!("../cu/attention_tc.cu");
 
-/// The whole translation unit compiled by NVRTC, with the A/B knobs' defines in front
-/// (`SPECULA_ATT_MIN_SPLIT`, `SPECULA_WEIGHT_L1`, `SPECULA_Q4K_HEAD16`, `SPECULA_Q6K_WIDE`).
+/// The whole translation unit compiled by NVRTC, with the A/B knobs' defines ([`KNOB_DEFINES`])
+/// in front.
 pub fn full_source() -> String {
-    let mut parts = [
-        COMMON,
-        DEQUANT,
-        MATMUL,
-        MATVEC_MMA,
-        OPS,
-        ATTENTION,
-        ATTENTION_TC,
-    ]
-    .join("\n");
-    if let Some(define) = attention_min_split_define() {
-        parts.insert_str(0, &define);
+    let mut parts = String::new();
+    for knob in KNOB_DEFINES {
+        let value = std::env::var(knob.var)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        if let Some(n) = value.filter(|&n| (knob.accepts)(n)) {
+            parts.push_str(&format!("#define {} {n}\n", knob.name));
+        }
     }
-    if let Some(define) = weight_l1_define() {
-        parts.insert_str(0, &define);
-    }
-    if let Some(define) = q4k_head16_define() {
-        parts.insert_str(0, &define);
-    }
-    if let Some(define) = q6k_wide_define() {
-        parts.insert_str(0, &define);
-    }
+    parts.push_str(
+        &[
+            COMMON,
+            DEQUANT,
+            MATMUL,
+            MATVEC_MMA,
+            OPS,
+            ATTENTION,
+            ATTENTION_TC,
+        ]
+        .join("\n"),
+    );
     parts
 }
 
-/// `#define Q6K_WIDE n` from `SPECULA_Q6K_WIDE=n` (an A/B knob for the repacked one-tile Q6_K
-/// `_mma_` kernels: 1, the default, loads a lane's quant words of a half group in one 16-byte and
-/// one 8-byte load, 0 in four smaller ones; `matvec_mma.cu`), or None for the kernels' default.
-pub fn q6k_wide_define() -> Option<String> {
-    let n: usize = std::env::var("SPECULA_Q6K_WIDE").ok()?.parse().ok()?;
-    (n <= 1).then(|| format!("#define Q6K_WIDE {n}\n"))
+/// An A/B knob of the kernels: `var=n` in the environment defines macro `name` as `n` where
+/// `accepts(n)`; unset or other values leave the kernels' default.
+pub struct KnobDefine {
+    /// The environment variable.
+    pub var: &'static str,
+    /// The macro it defines.
+    pub name: &'static str,
+    /// The values the macro takes.
+    pub accepts: fn(usize) -> bool,
 }
 
-/// `#define Q4K_HEAD16 n` from `SPECULA_Q4K_HEAD16=n` (an A/B knob for the `_mma_` and limb
-/// Q4_K kernels: 1, the default, loads a group's 16 header bytes in one load, 0 in four;
-/// `matvec_mma.cu`), or None for the kernels' default.
-pub fn q4k_head16_define() -> Option<String> {
-    let n: usize = std::env::var("SPECULA_Q4K_HEAD16").ok()?.parse().ok()?;
-    (n <= 1).then(|| format!("#define Q4K_HEAD16 {n}\n"))
-}
-
-/// `#define WEIGHT_L1 n` from `SPECULA_WEIGHT_L1=n` (an A/B knob for the `_mma_` and limb
-/// kernels' weight loads: 0 plain, 2 first evicted from L1, the default; `matvec_mma.cu`), or
-/// None for the kernels' default.
-pub fn weight_l1_define() -> Option<String> {
-    let n: usize = std::env::var("SPECULA_WEIGHT_L1").ok()?.parse().ok()?;
-    (n == 0 || n == 2).then(|| format!("#define WEIGHT_L1 {n}\n"))
-}
-
-/// `#define ATT_MIN_SPLIT n` from `SPECULA_ATT_MIN_SPLIT=n` (an A/B knob: the fewest cached
-/// positions an attention split takes, `attention.cu`), or None for the kernels' default.
-pub fn attention_min_split_define() -> Option<String> {
-    let n: usize = std::env::var("SPECULA_ATT_MIN_SPLIT").ok()?.parse().ok()?;
-    (n > 0).then(|| format!("#define ATT_MIN_SPLIT {n}\n"))
-}
+/// The kernels' A/B knobs ([`KnobDefine`]):
+/// - `SPECULA_ATT_MIN_SPLIT` → `ATT_MIN_SPLIT` (`attention.cu`): the fewest cached positions an
+///   attention split takes, any n > 0.
+/// - `SPECULA_WEIGHT_L1` → `WEIGHT_L1` (`matvec_mma.cu`): the `_mma_` and limb kernels' weight
+///   loads, 0 plain, 2 first evicted from L1 (the default).
+/// - `SPECULA_Q4K_HEAD16` → `Q4K_HEAD16` (`matvec_mma.cu`): 1 (the default) loads a Q4_K group's
+///   16 header bytes in one load, 0 in four.
+/// - `SPECULA_Q6K_WIDE` → `Q6K_WIDE` (`matvec_mma.cu`): 1 (the default) loads a lane's repacked
+///   Q6_K quant words of a half group in one 16-byte and one 8-byte load in the one-tile
+///   kernels, 0 in four smaller ones.
+pub const KNOB_DEFINES: &[KnobDefine] = &[
+    KnobDefine {
+        var: "SPECULA_ATT_MIN_SPLIT",
+        name: "ATT_MIN_SPLIT",
+        accepts: |n| n > 0,
+    },
+    KnobDefine {
+        var: "SPECULA_WEIGHT_L1",
+        name: "WEIGHT_L1",
+        accepts: |n| n == 0 || n == 2,
+    },
+    KnobDefine {
+        var: "SPECULA_Q4K_HEAD16",
+        name: "Q4K_HEAD16",
+        accepts: |n| n <= 1,
+    },
+    KnobDefine {
+        var: "SPECULA_Q6K_WIDE",
+        name: "Q6K_WIDE",
+        accepts: |n| n <= 1,
+    },
+];
 
 /// Weight types with matmul / matmul_id / get_rows kernels, by kernel suffix.
 pub const WEIGHT_SUFFIXES: &[(gguf::GgmlType, &str)] = &[

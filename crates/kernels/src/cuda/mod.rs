@@ -232,8 +232,8 @@ pub struct CudaBackend {
     /// one-shot kernels, an A/B knob).
     mma_persist: bool,
     /// Persistent products of one activation row (decode and draft steps) take the `_p1`
-    /// kernels, which keep only column 0's accumulators (same bits; `SPECULA_MMA_ONE=0`: the
-    /// `_p` ones, an A/B and test knob).
+    /// kernels, which keep only the accumulators row 0 is written from (same bits;
+    /// `SPECULA_MMA_ONE=0`: the `_p` ones, an A/B and test knob).
     mma_one_row: bool,
     /// Attentions of at least this many queries on the wide f16 kernels run a block per two
     /// heads of one K/V group (the `_g2` kernels, same bits) where the group has an even number

@@ -87,8 +87,8 @@ impl CudaBackend {
         if persist {
             a.i32(splits as i32);
             let blocks = source::persist_blocks(tiles * splits, self.sm_count);
-            // One activation row: the kernels that keep only its accumulators (same bits).
-            // (The `_p1` kernels keep only activation row 0's sums: m must be 1.)
+            // One activation row (m must be 1): the `_p1` kernels keep only its accumulators
+            // (same bits).
             let one_row = !limbs && m == 1 && self.mma_one_row;
             let tail = if one_row && source::persist_one_row(w.dtype) {
                 "_p1"
