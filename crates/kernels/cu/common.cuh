@@ -49,6 +49,42 @@ __device__ __forceinline__ void pdl_entry() {
 #endif
 }
 
+// How a tensor-core product kernel (the `_mma_` kernels' `pdl` argument) orders its launch
+// trigger and its wait, so that products that neither read nor write what each other touch can
+// overlap (the backend's product chains, cuda/launch.rs):
+// - PDL_PLAIN: as pdl_entry.
+// - PDL_LEAD: wait, then let the next kernel launch. The next kernel therefore launches only
+//   after everything before this one has finished, so a following sibling may skip its wait.
+// - PDL_SIBLING: let the next kernel launch and start at once: this kernel launched after a
+//   lead or sibling of its chain had passed that point, so all it reads is already written. It
+//   waits for the kernel before it at exit (pdl_leave), so its completion implies the whole
+//   chain's, as the next kernel's wait expects.
+#define PDL_PLAIN 0
+#define PDL_LEAD 1
+#define PDL_SIBLING 2
+
+__device__ __forceinline__ void pdl_enter(int mode) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (mode == PDL_LEAD) {
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    } else if (mode == PDL_SIBLING) {
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    } else {
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+    }
+#endif
+}
+
+// The end of a kernel that began with pdl_enter(mode): a sibling waits here for the kernel
+// before it.
+__device__ __forceinline__ void pdl_leave(int mode) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (mode == PDL_SIBLING) asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // Thread-block clusters (sm_90): the blocks of the calling block's cluster, its rank among them,
 // a barrier of all their threads (release/acquire: shared-memory writes before it are visible to

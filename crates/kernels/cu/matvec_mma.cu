@@ -1844,13 +1844,15 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
 // matmul_<type>_mma_m<MT>n<NT> (prepared activations x, see `mmv_prepare_x`) and
 // matmul_<type>_mma_m<MT>n<NT>_x (f32 activation rows x_stride apart from x_off): blocks of
 // MMV_WARPS warps, grid (⌈m / 8·NT⌉, ⌈n / (16·MT·MMV_WARPS / kw)⌉, splits); with splits > 1, y
-// holds `splits` planes of m·n partial sums.
+// holds `splits` planes of m·n partial sums. `pdl`: the launch's PDL_* mode (common.cuh), as
+// for the persistent kernels below.
 #define MMV_KERNEL(SUFFIX, DT, MT, NT, MIN_BLOCKS, PREP, TAIL)                                           \
     extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, MIN_BLOCKS)                             \
         matmul_##SUFFIX##_mma_m##MT##n##NT##TAIL(const u8* w, const void* x, float* y, int k, int n, int m, \
-                                                 int kw, i64 x_off, i64 x_stride) {                       \
-        pdl_entry();                                                                                      \
+                                                 int kw, i64 x_off, i64 x_stride, int pdl) {              \
+        pdl_enter(pdl);                                                                                   \
         matvec_mma_body<DT, MT, NT, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw);      \
+        pdl_leave(pdl);                                                                                   \
     }
 // Two blocks per SM (at most 128 registers) where that costs at most a few spilled bytes; the
 // Q4_K and Q6_K kernels with two weight tiles per warp keep their registers (one block per SM),
@@ -1905,9 +1907,10 @@ MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 2, 2, true, )
 #define MMV_PERSIST_KERNEL(SUFFIX, DT, PREP, TAIL, ONE, PT)                                                 \
     extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 2)                                         \
         matmul_##SUFFIX##_mma_m1n1##TAIL##PT(const u8* w, const void* x, float* y, int k, int n, int m, int kw, \
-                                          i64 x_off, i64 x_stride, int splits) {                            \
-        pdl_entry();                                                                                        \
+                                          i64 x_off, i64 x_stride, int splits, int pdl) {                   \
+        pdl_enter(pdl);                                                                                     \
         matvec_mma_persist_body<DT, 1, PREP, ONE>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, splits); \
+        pdl_leave(pdl);                                                                                     \
     }
 #define MMV_PERSIST_KERNELS(SUFFIX, DT)                  \
     MMV_PERSIST_KERNEL(SUFFIX, DT, true, , false, _p)    \

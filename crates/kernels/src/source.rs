@@ -559,25 +559,56 @@ mod tests {
 
     /// Kernels launch with programmatic dependent launch on sm_90+, so each must wait for its
     /// predecessor (`pdl_entry()`) before its first memory access: the first statement of every
-    /// entry point's body, macro-generated ones included.
+    /// entry point's body, macro-generated ones included. The tensor-core products take their
+    /// mode as the last argument instead (`pdl_enter(pdl)`), and a sibling's wait comes at the
+    /// end (`pdl_leave(pdl)`, the body's last statement), which the backend's product chains
+    /// rely on (cuda/launch.rs).
     #[test]
     fn every_kernel_waits_for_its_predecessor_first() {
         let src = full_source();
         let mut entries = 0;
+        let mut moded = 0;
         for (at, _) in src.match_indices("extern \"C\" __global__") {
             let body = at + src[at..].find('{').expect("a kernel body");
-            let first = src[body + 1..]
-                .trim_start_matches(|c: char| c.is_whitespace() || c == '\\')
-                .split(';')
-                .next()
-                .unwrap_or("");
+            let trim = |s: &str| {
+                s.trim_matches(|c: char| c.is_whitespace() || c == '\\')
+                    .to_string()
+            };
+            let first = trim(src[body + 1..].split(';').next().unwrap_or(""));
             let head = &src[at..body];
-            assert_eq!(
-                first, "pdl_entry()",
-                "{head} does not start with pdl_entry()"
-            );
+            if first == "pdl_enter(pdl)" {
+                assert!(
+                    trim(head).ends_with("int pdl)"),
+                    "{head} takes no trailing pdl argument"
+                );
+                let mut depth = 0;
+                let end = src[body..]
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth += match c {
+                            '{' => 1,
+                            '}' => -1,
+                            _ => 0,
+                        };
+                        depth == 0
+                    })
+                    .map(|(i, _)| body + i)
+                    .expect("a closed kernel body");
+                assert!(
+                    trim(&src[body + 1..end]).ends_with("pdl_leave(pdl);"),
+                    "{head} does not end with pdl_leave(pdl)"
+                );
+                moded += 1;
+            } else {
+                assert_eq!(
+                    first, "pdl_entry()",
+                    "{head} does not start with pdl_entry()"
+                );
+            }
             entries += 1;
         }
+        // The `_mma_` one-shot and persistent kernel macros.
+        assert_eq!(moded, 2, "kernels with a PDL mode argument");
         // 28 definitions (most expand per weight type) behind the 160-odd entry points.
         assert!(entries >= 28, "found {entries} kernel definitions");
     }

@@ -46,6 +46,7 @@ impl CudaBackend {
     }
 
     pub(super) fn launch_all(&self, exec: &Exec) -> Result<()> {
+        self.end_product_chain();
         for (i, node) in exec.graph.nodes().iter().enumerate() {
             self.run_node(exec, NodeId::from_index(i), node)?;
         }

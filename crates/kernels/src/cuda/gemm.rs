@@ -157,6 +157,8 @@ impl CudaBackend {
         gi: &GemmInput,
         out: u64,
     ) -> Result<()> {
+        // cuBLAS's kernels are not ours: nothing after them starts as a sibling.
+        self.end_product_chain();
         let cublas = self
             .cublas
             .as_ref()

@@ -37,7 +37,76 @@ impl Args {
     }
 }
 
+/// Device byte ranges a product kernel reads and writes while it runs (its weights aside: no
+/// kernel of a run writes weights), to tell whether two products may overlap.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Footprint {
+    pub(super) reads: Vec<std::ops::Range<u64>>,
+    pub(super) writes: Vec<std::ops::Range<u64>>,
+}
+
+impl Footprint {
+    /// Whether running `self` and `other` at once could race: one writes what the other reads
+    /// or writes.
+    fn conflicts(&self, other: &Footprint) -> bool {
+        let overlap =
+            |a: &std::ops::Range<u64>, b: &std::ops::Range<u64>| a.start < b.end && b.start < a.end;
+        let hits = |w: &[std::ops::Range<u64>], r: &[std::ops::Range<u64>]| {
+            w.iter().any(|a| r.iter().any(|b| overlap(a, b)))
+        };
+        hits(&self.writes, &other.reads)
+            || hits(&self.writes, &other.writes)
+            || hits(&other.writes, &self.reads)
+    }
+}
+
+/// Programmatic-launch modes of the product kernels (`PDL_*` in common.cuh).
+const PDL_PLAIN: i32 = 0;
+const PDL_LEAD: i32 = 1;
+const PDL_SIBLING: i32 = 2;
+
 impl CudaBackend {
+    /// Launches a tensor-core product kernel whose last parameter is its programmatic-launch
+    /// mode (`pdl_enter` in common.cuh), appended here. With product chains on, a product
+    /// launched right after other products it does not race with (`fp` against each of theirs)
+    /// starts at once as their sibling, not after them; any other product leads a new chain
+    /// (waits for the kernel before it, then lets the next one launch). Any other launch ends
+    /// the chain.
+    pub(super) fn launch_product(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        args: &mut Args,
+        fp: Footprint,
+    ) -> Result<()> {
+        if !(self.pdl && self.pdl_siblings) {
+            args.i32(PDL_PLAIN);
+            return self.launch(name, grid, 256, args);
+        }
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            // Nothing launches, so the chain stands (launch returns before ending it).
+            args.i32(PDL_PLAIN);
+            return self.launch(name, grid, 256, args);
+        }
+        let mut chain = self.pdl_chain.take();
+        let sibling = !chain.is_empty() && chain.iter().all(|c| !c.conflicts(&fp));
+        args.i32(if sibling { PDL_SIBLING } else { PDL_LEAD });
+        self.launch(name, grid, 256, args)?;
+        if sibling {
+            self.sibling_launches.set(self.sibling_launches.get() + 1);
+        } else {
+            chain.clear();
+        }
+        chain.push(fp);
+        *self.pdl_chain.borrow_mut() = chain;
+        Ok(())
+    }
+
+    /// Ends the chain of overlapping products: what runs next waits for all of them.
+    pub(super) fn end_product_chain(&self) {
+        self.pdl_chain.borrow_mut().clear();
+    }
+
     pub(super) fn launch(
         &self,
         name: &str,
@@ -103,6 +172,7 @@ impl CudaBackend {
         if let Some(log) = self.launch_log.borrow_mut().as_mut() {
             log.push(name.to_string());
         }
+        self.end_product_chain();
         // Programmatic stream serialization lets the launch overlap the previous kernel's tail;
         // every kernel's `pdl_entry` waits for that kernel's completion before any memory access.
         let pdl = sys::CUlaunchAttribute {

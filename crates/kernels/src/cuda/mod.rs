@@ -32,7 +32,7 @@ mod launch;
 mod ops;
 
 use exec::Exec;
-use launch::{code, grid1, repacked_suffix, weight_suffix, Args};
+use launch::{code, grid1, repacked_suffix, weight_suffix, Args, Footprint};
 
 type Result<T> = graph::Result<T>;
 
@@ -247,6 +247,16 @@ pub struct CudaBackend {
     /// `SPECULA_PDL=0`): each one's launch overlaps the tail of the kernel before it, which every
     /// kernel waits for on entry (`pdl_entry` in common.cuh) before touching memory.
     pdl: bool,
+    /// Tensor-core products that touch nothing the products launched right before them touch
+    /// start at once as those products' siblings (`pdl_enter` in common.cuh), so the q, k and v
+    /// products, or gate and up, overlap each other's ramp and tail (with `pdl`; unless
+    /// `SPECULA_PDL_SIBLINGS=0`, an A/B knob).
+    pdl_siblings: bool,
+    /// The products launched since the last other launch, and what each touches
+    /// (`launch_product`).
+    pdl_chain: std::cell::RefCell<Vec<launch::Footprint>>,
+    /// Products launched as siblings so far (eager launches and captures; tests read it).
+    sibling_launches: std::cell::Cell<usize>,
     /// Wide norms of small batches launch as clusters of blocks (`rms_norm_cluster_f32`; sm_90
     /// and later, unless `SPECULA_NORM_CLUSTER=0`).
     cluster_norms: bool,
@@ -415,6 +425,9 @@ impl CudaBackend {
             gemm_weight_bytes: source::GEMM_WEIGHT_SCRATCH_BYTES,
             gemm_weights: None,
             pdl: major >= 9 && std::env::var("SPECULA_PDL").map_or(true, |v| v != "0"),
+            pdl_siblings: std::env::var("SPECULA_PDL_SIBLINGS").map_or(true, |v| v != "0"),
+            pdl_chain: std::cell::RefCell::new(Vec::new()),
+            sibling_launches: std::cell::Cell::new(0),
             cluster_norms: major >= 9
                 && std::env::var("SPECULA_NORM_CLUSTER").map_or(true, |v| v != "0"),
             has_clusters: major >= 9,
@@ -655,6 +668,27 @@ impl CudaBackend {
             .unwrap_or_default()
     }
 
+    /// Whether tensor-core products in graphs launched from now on may start as siblings of the
+    /// products before them where neither touches what the other does (on by default with
+    /// programmatic dependent launch; `SPECULA_PDL_SIBLINGS=0` turns it off). Captured graphs
+    /// are dropped so the next run records its launches again.
+    pub fn set_pdl_siblings(&mut self, on: bool) {
+        self.pdl_siblings = on;
+        self.forget_captures();
+    }
+
+    /// Whether kernels launch with programmatic stream serialization (sm_90 and later, unless
+    /// `SPECULA_PDL=0`): their launches overlap the kernel before them, and products may start
+    /// as siblings.
+    pub fn programmatic_launch(&self) -> bool {
+        self.pdl
+    }
+
+    /// Products launched as siblings so far (eager launches and graph captures).
+    pub fn sibling_launches(&self) -> usize {
+        self.sibling_launches.get()
+    }
+
     /// The device's multiprocessors.
     pub fn sm_count(&self) -> usize {
         self.sm_count
@@ -801,6 +835,7 @@ impl CudaBackend {
     /// Copies host bytes to the device, ordered on the backend's stream, and waits.
     fn htod(&self, dst: u64, bytes: &[u8]) -> Result<()> {
         self.bind()?;
+        self.end_product_chain();
         #[allow(unsafe_code)]
         // SAFETY: callers pass a destination with room for `bytes.len()` bytes; the host slice
         // outlives the copy because the stream is synchronised before returning.
@@ -814,6 +849,7 @@ impl CudaBackend {
     /// Copies device bytes to the host, ordered on the backend's stream, and waits.
     fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
         self.bind()?;
+        self.end_product_chain();
         #[allow(unsafe_code)]
         // SAFETY: callers pass a source holding at least `dst.len()` bytes; `dst` outlives the
         // copy because the stream is synchronised before returning.
@@ -827,6 +863,7 @@ impl CudaBackend {
     /// Sets `n` bytes at `ptr` to zero, ordered on the backend's stream, and waits.
     fn zero(&self, ptr: u64, n: usize) -> Result<()> {
         self.bind()?;
+        self.end_product_chain();
         #[allow(unsafe_code)]
         // SAFETY: callers pass an allocation of at least `n` bytes.
         unsafe { cu::memset_d8_async(ptr, 0, n, self.stream.cu_stream()) }

@@ -84,29 +84,54 @@ impl CudaBackend {
                 n.div_ceil(16 * mt * (8 / kw)),
             )
         };
-        if persist {
+        // What the product touches while it runs: its activations (the whole prepared scratch,
+        // or the input's buffer) and its output (the shared partials when split).
+        let fp = Footprint {
+            reads: vec![if reads_prepared {
+                self.buf_range(exec.mma_scratch)?
+            } else {
+                self.buf_range(Some(exec.node_buffer[node.inputs[1].index()]))?
+            }],
+            writes: vec![self.dst_range(exec, splits, out, m * n)?],
+        };
+        if limbs {
+            // The limb kernels take no PDL mode: an ordinary launch, which ends any chain.
+            let blocks = (cols as u32, tiles as u32, splits as u32);
+            if persist {
+                a.i32(splits as i32);
+                let blocks = source::persist_blocks(tiles * splits, self.sm_count);
+                self.launch(
+                    &format!("{name}_p"),
+                    (cols as u32, blocks as u32, 1),
+                    256,
+                    &mut a,
+                )?;
+            } else {
+                self.launch(&name, blocks, 256, &mut a)?;
+            }
+        } else if persist {
             a.i32(splits as i32);
             let blocks = source::persist_blocks(tiles * splits, self.sm_count);
             // One activation row (m must be 1): the `_p1` kernels keep only its accumulators
             // (same bits).
-            let one_row = !limbs && m == 1 && self.mma_one_row;
+            let one_row = m == 1 && self.mma_one_row;
             let tail = if one_row && source::persist_one_row(w.dtype) {
                 "_p1"
             } else {
                 "_p"
             };
-            self.launch(
+            self.launch_product(
                 &format!("{name}{tail}"),
                 (cols as u32, blocks as u32, 1),
-                256,
                 &mut a,
+                fp,
             )?;
         } else {
-            self.launch(
+            self.launch_product(
                 &name,
                 (cols as u32, tiles as u32, splits as u32),
-                256,
                 &mut a,
+                fp,
             )?;
         }
         if !exec.fuse.unsummed.contains(&id.index()) {
@@ -162,6 +187,29 @@ impl CudaBackend {
             self.partials_ptr(exec)
         } else {
             Ok(out)
+        }
+    }
+
+    /// The device bytes of buffer `id` (none: an error).
+    pub(super) fn buf_range(&self, id: Option<BufferId>) -> Result<std::ops::Range<u64>> {
+        let id = id.ok_or_else(|| backend_err("a product's scratch is missing"))?;
+        let b = self.buf(id)?;
+        Ok(b.ptr..b.ptr + byte_size(b.dtype, b.shape)? as u64)
+    }
+
+    /// The bytes a product of `n_out` outputs over `splits` planes writes: the shared partials,
+    /// or its `n_out` f32 outputs at `out`.
+    fn dst_range(
+        &self,
+        exec: &Exec,
+        splits: usize,
+        out: u64,
+        n_out: usize,
+    ) -> Result<std::ops::Range<u64>> {
+        if splits > 1 {
+            self.buf_range(exec.mma_partials)
+        } else {
+            Ok(out..out + 4 * n_out as u64)
         }
     }
 
@@ -254,15 +302,19 @@ impl CudaBackend {
             .i32(kw as i32)
             .i64(0)
             .i64(0);
-        self.launch(
+        let fp = Footprint {
+            reads: vec![self.buf_range(Some(scratch))?],
+            writes: vec![self.dst_range(exec, splits, out, m * n)?],
+        };
+        self.launch_product(
             &format!("matmul_{type_name}_q8x_mma_m{}n{}", qi.mt, qi.nt),
             (
                 m.div_ceil(8 * qi.nt) as u32,
                 n.div_ceil(16 * qi.mt * (8 / kw)) as u32,
                 splits as u32,
             ),
-            256,
             &mut a,
+            fp,
         )?;
         if !exec.fuse.unsummed.contains(&id.index()) {
             self.sum_splits(dst, out, m * n, splits, 0)?;

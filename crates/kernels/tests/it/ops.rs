@@ -178,6 +178,19 @@ fn run_on(
     leaves: &[(NodeId, Leaf)],
     outputs: &[NodeId],
 ) -> Vec<Vec<f32>> {
+    run_on_times(backend, graph, leaves, outputs, 1).remove(0)
+}
+
+/// Loads `graph`, writes its leaves and runs it `runs` times (the first eagerly, later ones by
+/// graph replay where the backend captures), poisoning every f32 output that is not a state
+/// with NaN before each run; the outputs of each run.
+fn run_on_times(
+    backend: &mut dyn Backend,
+    graph: &Graph,
+    leaves: &[(NodeId, Leaf)],
+    outputs: &[NodeId],
+    runs: usize,
+) -> Vec<Vec<Vec<f32>>> {
     let bindings = bind_leaves(backend, graph, leaves);
     let exe = backend.load(graph, &bindings).unwrap();
     for (id, leaf) in leaves {
@@ -188,33 +201,38 @@ fn run_on(
             _ => {}
         }
     }
-    // Poison every f32 output that is not a state with NaN.
-    for &o in outputs {
-        let node = graph.node(o);
-        if node.dtype == DType::F32
-            && !matches!(
-                graph.node(node.root).op,
-                graph::Op::State | graph::Op::Input
-            )
-        {
-            let b = backend.buffer_of(exe, o).unwrap();
-            let n = match backend.read(b).unwrap() {
-                graph::TensorData::F32(v) => v.len(),
-                graph::TensorData::I32(v) => v.len(),
-            };
-            backend
-                .write(b, 0, HostData::F32(&vec![f32::NAN; n]))
-                .unwrap();
+    let mut results = Vec::new();
+    for _ in 0..runs {
+        for &o in outputs {
+            let node = graph.node(o);
+            if node.dtype == DType::F32
+                && !matches!(
+                    graph.node(node.root).op,
+                    graph::Op::State | graph::Op::Input
+                )
+            {
+                let b = backend.buffer_of(exe, o).unwrap();
+                let n = match backend.read(b).unwrap() {
+                    graph::TensorData::F32(v) => v.len(),
+                    graph::TensorData::I32(v) => v.len(),
+                };
+                backend
+                    .write(b, 0, HostData::F32(&vec![f32::NAN; n]))
+                    .unwrap();
+            }
         }
+        backend.run(exe).unwrap();
+        results.push(
+            outputs
+                .iter()
+                .map(|&o| match backend.read_node(exe, graph, o).unwrap() {
+                    graph::TensorData::F32(v) => v,
+                    graph::TensorData::I32(v) => v.into_iter().map(|x| x as f32).collect(),
+                })
+                .collect(),
+        );
     }
-    backend.run(exe).unwrap();
-    outputs
-        .iter()
-        .map(|&o| match backend.read_node(exe, graph, o).unwrap() {
-            graph::TensorData::F32(v) => v,
-            graph::TensorData::I32(v) => v.into_iter().map(|x| x as f32).collect(),
-        })
-        .collect()
+    results
 }
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
@@ -920,6 +938,82 @@ fn persistent_products_equal_the_one_shot_kernels() {
     cuda.set_q4k_limbs(false);
     cuda.set_mma_persist(true);
     cuda.set_mma_one_row(true);
+}
+
+/// Products launched back to back that touch nothing of each other's (q, k and v of one norm,
+/// gate and up) start as siblings, overlapping one another, and give the same bits as launched
+/// one after another: eagerly and under graph replay, with prepared and in-place activations,
+/// for decode and verify batches. A product that reads the product before it
+/// (`d` of q's output, in place) must not start as its sibling: it would read NaN poison.
+#[test]
+fn sibling_products_equal_serial_ones() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let k = 2048;
+    for m in [1, 3, 8, 16] {
+        for prepare in [true, false] {
+            let mut rng = Rng(61 + m as u64);
+            let mut c = Case::new();
+            let x = c.f32(&[k, m], rng.vec(k * m));
+            let x2 = c.f32(&[k, m], rng.vec(k * m));
+            let wn = c.f32(&[k], rng.vec(k));
+            let h = c.g.rms_norm(x, Some(wn), 1e-6).unwrap();
+            let mut outs = Vec::new();
+            for (ty, n) in [
+                (DType::Q4_K, 4096),
+                (DType::Q4_K, 1024),
+                (DType::Q6_K, 1024),
+            ] {
+                let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+                outs.push(c.g.matmul(w, h).unwrap());
+            }
+            let wd = c.weight(
+                DType::Q4_K,
+                &[4096, 512],
+                random_weight(&mut rng, DType::Q4_K, 4096 * 512),
+            );
+            outs.push(c.g.matmul(wd, outs[0]).unwrap());
+            let h2 = c.g.rms_norm(x2, None, 1e-6).unwrap();
+            for ty in [DType::Q4_K, DType::Q4_K] {
+                let w = c.weight(ty, &[k, 2048], random_weight(&mut rng, ty, k * 2048));
+                outs.push(c.g.matmul(w, h2).unwrap());
+            }
+            let graph = c.g.finish(&outs).unwrap();
+            cuda.set_mma_prepare(Some(prepare));
+            let mut by_mode = Vec::new();
+            for siblings in [false, true] {
+                cuda.set_pdl_siblings(siblings);
+                let before = cuda.sibling_launches();
+                by_mode.push(run_on_times(&mut cuda, &graph, &c.leaves, &outs, 3));
+                // k and v after q, up after gate, once eagerly and once into the capture.
+                let want = if siblings && cuda.programmatic_launch() {
+                    6
+                } else {
+                    0
+                };
+                assert_eq!(
+                    cuda.sibling_launches() - before,
+                    want,
+                    "m{m} prepared {prepare} siblings {siblings}: sibling launches"
+                );
+            }
+            for (run, got) in by_mode[1].iter().enumerate() {
+                for (i, (g, w)) in got.iter().zip(&by_mode[0][0]).enumerate() {
+                    assert!(
+                        w.iter().all(|v| v.is_finite()),
+                        "m{m} prepared {prepare} output {i}: not finite"
+                    );
+                    assert!(
+                        same_bits(g, w),
+                        "m{m} prepared {prepare} run {run} output {i}: siblings differ from serial launches"
+                    );
+                }
+            }
+        }
+    }
+    cuda.set_mma_prepare(None);
+    cuda.set_pdl_siblings(true);
 }
 
 /// Products that read one activation input share its prepared (hi/lo f16) form: an input
