@@ -36,12 +36,13 @@ __device__ __forceinline__ i64 imin(i64 a, i64 b) { return a < b ? a : b; }
 
 __device__ __forceinline__ void report(int* err, int code) { atomicCAS(err, 0, code); }
 
-// Programmatic dependent launch (sm_90 and later). Every kernel begins with this: it lets the
-// next kernel of the stream start launching its blocks onto free SM slots, then waits until the
-// kernel before it has finished and its writes are visible. So no kernel reads or writes global
-// memory before its predecessor is done, exactly as with plain stream order, but the launch and
-// block scheduling of each kernel overlap its predecessor's tail. Without the launch attribute
-// (older cards, SPECULA_PDL=0) both instructions return at once.
+// Programmatic dependent launch (sm_90 and later). Every kernel but the tensor-core products
+// (which take a mode, pdl_enter below) begins with this: it lets the next kernel of the stream
+// start launching its blocks onto free SM slots, then waits until the kernel before it has
+// finished and its writes are visible. So such a kernel reads or writes global memory only after
+// its predecessor is done, exactly as with plain stream order, but the launch and block
+// scheduling of each kernel overlap its predecessor's tail. Without the launch attribute (older
+// cards, SPECULA_PDL=0) both instructions return at once.
 __device__ __forceinline__ void pdl_entry() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -55,10 +56,14 @@ __device__ __forceinline__ void pdl_entry() {
 // - PDL_PLAIN: as pdl_entry.
 // - PDL_LEAD: wait, then let the next kernel launch. The next kernel therefore launches only
 //   after everything before this one has finished, so a following sibling may skip its wait.
-// - PDL_SIBLING: let the next kernel launch and start at once: this kernel launched after a
-//   lead or sibling of its chain had passed that point, so all it reads is already written. It
-//   waits for the kernel before it at exit (pdl_leave), so its completion implies the whole
-//   chain's, as the next kernel's wait expects.
+// - PDL_SIBLING: let the next kernel launch and start at once. This kernel launched after a
+//   lead or sibling of its chain had passed that point, so every kernel before the chain has
+//   finished, and the host's footprint check (launch.rs) makes sure no chain member writes what
+//   it reads or reads or writes what it writes. It waits for the kernel before it at exit
+//   (pdl_leave), so its completion implies the whole chain's, as the next kernel's wait expects.
+//   (PTX promises a finished grid's writes to the grids that execute griddepcontrol.wait; a
+//   sibling reads them without one, relying, as any kernel that reads the output of a grid two
+//   launches back does, on a finished grid's writes being in global memory.)
 #define PDL_PLAIN 0
 #define PDL_LEAD 1
 #define PDL_SIBLING 2

@@ -169,6 +169,15 @@ pub fn mma_tile(m: usize, dtype: gguf::GgmlType) -> (usize, usize) {
     }
 }
 
+/// Programmatic-launch modes of the tensor-core product kernels' last argument (`PDL_*` and
+/// `pdl_enter` in common.cuh): as every other kernel (launch the next, then wait), a chain's lead
+/// (wait, then launch the next), a chain's sibling (launch the next, wait at exit).
+pub const PDL_PLAIN: i32 = 0;
+/// See [`PDL_PLAIN`].
+pub const PDL_LEAD: i32 = 1;
+/// See [`PDL_PLAIN`].
+pub const PDL_SIBLING: i32 = 2;
+
 /// Most activation rows of a prepared batch that also gets int8 limbs (`LIMB_MAX_ROWS` in
 /// `matvec_mma.cu`), and so of a Q4_K product on the exact-integer `matmul_q4_k_limb_n*` kernels.
 pub const LIMB_MAX_ROWS: usize = 16;
@@ -557,15 +566,23 @@ mod tests {
         assert!(OPS.contains(&format!("#define RN_JOB_SLOTS {RN_JOB_SLOTS}\n")));
     }
 
-    /// Kernels launch with programmatic dependent launch on sm_90+, so each must wait for its
-    /// predecessor (`pdl_entry()`) before its first memory access: the first statement of every
-    /// entry point's body, macro-generated ones included. The tensor-core products take their
-    /// mode as the last argument instead (`pdl_enter(pdl)`), and a sibling's wait comes at the
-    /// end (`pdl_leave(pdl)`, the body's last statement), which the backend's product chains
-    /// rely on (cuda/launch.rs).
+    /// Kernels launch with programmatic dependent launch on sm_90+, so each must order itself
+    /// after its predecessor: `pdl_entry()` (wait before any memory access) as the first
+    /// statement of every entry point's body, macro-generated ones included. The tensor-core
+    /// products take their mode as their last argument instead: their body is exactly
+    /// `pdl_enter(pdl)`, one call and `pdl_leave(pdl)` (a sibling's wait at exit, which the
+    /// backend's product chains rely on, so nothing may return before it), and the modes match
+    /// the host's [`PDL_PLAIN`], [`PDL_LEAD`] and [`PDL_SIBLING`].
     #[test]
-    fn every_kernel_waits_for_its_predecessor_first() {
+    fn every_kernel_orders_itself_after_its_predecessor() {
         let src = full_source();
+        for (name, value) in [
+            ("PDL_PLAIN", PDL_PLAIN),
+            ("PDL_LEAD", PDL_LEAD),
+            ("PDL_SIBLING", PDL_SIBLING),
+        ] {
+            assert!(src.contains(&format!("#define {name} {value}\n")), "{name}");
+        }
         let mut entries = 0;
         let mut moded = 0;
         for (at, _) in src.match_indices("extern \"C\" __global__") {
@@ -594,9 +611,16 @@ mod tests {
                     })
                     .map(|(i, _)| body + i)
                     .expect("a closed kernel body");
+                let statements: Vec<String> = src[body + 1..end]
+                    .split(';')
+                    .map(trim)
+                    .filter(|s| !s.is_empty())
+                    .collect();
                 assert!(
-                    trim(&src[body + 1..end]).ends_with("pdl_leave(pdl);"),
-                    "{head} does not end with pdl_leave(pdl)"
+                    statements.len() == 3
+                        && statements[2] == "pdl_leave(pdl)"
+                        && !statements[1].contains("return"),
+                    "{head}: the body must be pdl_enter, one call, pdl_leave: {statements:?}"
                 );
                 moded += 1;
             } else {

@@ -60,10 +60,7 @@ impl Footprint {
     }
 }
 
-/// Programmatic-launch modes of the product kernels (`PDL_*` in common.cuh).
-const PDL_PLAIN: i32 = 0;
-const PDL_LEAD: i32 = 1;
-const PDL_SIBLING: i32 = 2;
+use source::{PDL_LEAD, PDL_PLAIN, PDL_SIBLING};
 
 impl CudaBackend {
     /// Launches a tensor-core product kernel whose last parameter is its programmatic-launch
@@ -79,19 +76,25 @@ impl CudaBackend {
         args: &mut Args,
         fp: Footprint,
     ) -> Result<()> {
+        let launch = |args: &mut Args| {
+            self.launching_product.set(true);
+            let launched = self.launch(name, grid, 256, args);
+            self.launching_product.set(false);
+            launched
+        };
         if !(self.pdl && self.pdl_siblings) {
             args.i32(PDL_PLAIN);
-            return self.launch(name, grid, 256, args);
+            return launch(args);
         }
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             // Nothing launches, so the chain stands (launch returns before ending it).
             args.i32(PDL_PLAIN);
-            return self.launch(name, grid, 256, args);
+            return launch(args);
         }
         let mut chain = self.pdl_chain.take();
         let sibling = !chain.is_empty() && chain.iter().all(|c| !c.conflicts(&fp));
         args.i32(if sibling { PDL_SIBLING } else { PDL_LEAD });
-        self.launch(name, grid, 256, args)?;
+        launch(args)?;
         if sibling {
             self.sibling_launches.set(self.sibling_launches.get() + 1);
         } else {
@@ -161,6 +164,12 @@ impl CudaBackend {
             .funcs
             .get(name)
             .ok_or_else(|| backend_err(format!("kernel {name} is not loaded")))?;
+        // The `_mma_` kernels end with a PDL mode argument that only `launch_product` appends.
+        if name.contains("_mma_") != self.launching_product.get() {
+            return Err(backend_err(format!(
+                "{name}: tensor-core products launch through launch_product only"
+            )));
+        }
         let mut params: Vec<*mut c_void> = args
             .cells
             .iter_mut()
@@ -174,7 +183,9 @@ impl CudaBackend {
         }
         self.end_product_chain();
         // Programmatic stream serialization lets the launch overlap the previous kernel's tail;
-        // every kernel's `pdl_entry` waits for that kernel's completion before any memory access.
+        // every kernel waits for that kernel's completion before any memory access (`pdl_entry`,
+        // or a product's `pdl_enter` as a lead) or, as a product chain's sibling, touches only
+        // what no chain member touches and waits at exit (`launch_product`).
         let pdl = sys::CUlaunchAttribute {
             id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
             pad: [0; 4],

@@ -244,8 +244,9 @@ pub struct CudaBackend {
     /// The device's multiprocessors (the persistent kernels' grid).
     sm_count: usize,
     /// Kernels launch with programmatic stream serialization (sm_90 and later, unless
-    /// `SPECULA_PDL=0`): each one's launch overlaps the tail of the kernel before it, which every
-    /// kernel waits for on entry (`pdl_entry` in common.cuh) before touching memory.
+    /// `SPECULA_PDL=0`): each one's launch overlaps the tail of the kernel before it, which
+    /// every kernel waits for on entry (`pdl_entry` in common.cuh) before touching memory, but a
+    /// product chain's siblings, which wait at exit (`launch_product`).
     pdl: bool,
     /// Tensor-core products that touch nothing the products launched right before them touch
     /// start at once as those products' siblings (`pdl_enter` in common.cuh), so the q, k and v
@@ -257,6 +258,9 @@ pub struct CudaBackend {
     pdl_chain: std::cell::RefCell<Vec<launch::Footprint>>,
     /// Products launched as siblings so far (eager launches and captures; tests read it).
     sibling_launches: std::cell::Cell<usize>,
+    /// Set while `launch_product` launches: the `_mma_` kernels take a PDL mode argument, so
+    /// they launch only through it (`launch_ex` checks).
+    launching_product: std::cell::Cell<bool>,
     /// Wide norms of small batches launch as clusters of blocks (`rms_norm_cluster_f32`; sm_90
     /// and later, unless `SPECULA_NORM_CLUSTER=0`).
     cluster_norms: bool,
@@ -428,6 +432,7 @@ impl CudaBackend {
             pdl_siblings: std::env::var("SPECULA_PDL_SIBLINGS").map_or(true, |v| v != "0"),
             pdl_chain: std::cell::RefCell::new(Vec::new()),
             sibling_launches: std::cell::Cell::new(0),
+            launching_product: std::cell::Cell::new(false),
             cluster_norms: major >= 9
                 && std::env::var("SPECULA_NORM_CLUSTER").map_or(true, |v| v != "0"),
             has_clusters: major >= 9,

@@ -178,18 +178,19 @@ fn run_on(
     leaves: &[(NodeId, Leaf)],
     outputs: &[NodeId],
 ) -> Vec<Vec<f32>> {
-    run_on_times(backend, graph, leaves, outputs, 1).remove(0)
+    run_on_times(backend, graph, leaves, outputs, &[Vec::new()]).remove(0)
 }
 
-/// Loads `graph`, writes its leaves and runs it `runs` times (the first eagerly, later ones by
-/// graph replay where the backend captures), poisoning every f32 output that is not a state
-/// with NaN before each run; the outputs of each run.
+/// Loads `graph`, writes its leaves and runs it once per entry of `runs` (the first eagerly,
+/// later ones by graph replay where the backend captures), first writing that entry's f32
+/// inputs over the leaves' and poisoning every f32 output that is not a state with NaN; the
+/// outputs of each run.
 fn run_on_times(
     backend: &mut dyn Backend,
     graph: &Graph,
     leaves: &[(NodeId, Leaf)],
     outputs: &[NodeId],
-    runs: usize,
+    runs: &[Vec<(NodeId, Vec<f32>)>],
 ) -> Vec<Vec<Vec<f32>>> {
     let bindings = bind_leaves(backend, graph, leaves);
     let exe = backend.load(graph, &bindings).unwrap();
@@ -202,7 +203,11 @@ fn run_on_times(
         }
     }
     let mut results = Vec::new();
-    for _ in 0..runs {
+    for inputs in runs {
+        for (id, v) in inputs {
+            let b = backend.buffer_of(exe, *id).unwrap();
+            backend.write(b, 0, HostData::F32(v)).unwrap();
+        }
         for &o in outputs {
             let node = graph.node(o);
             if node.dtype == DType::F32
@@ -943,13 +948,17 @@ fn persistent_products_equal_the_one_shot_kernels() {
 /// Products launched back to back that touch nothing of each other's (q, k and v of one norm,
 /// gate and up) start as siblings, overlapping one another, and give the same bits as launched
 /// one after another: eagerly and under graph replay, with prepared and in-place activations,
-/// for decode and verify batches. A product that reads the product before it
+/// for decode and verify batches, with new inputs every run (a sibling that started before its
+/// inputs were written would read the last run's). A product that reads the product before it
 /// (`d` of q's output, in place) must not start as its sibling: it would read NaN poison.
 #[test]
 fn sibling_products_equal_serial_ones() {
     let Some(mut cuda) = crate::cuda() else {
         return;
     };
+    // Siblings are `_mma_` products; the limb kernels end chains.
+    cuda.set_mma_matvec(true);
+    cuda.set_q4k_limbs(false);
     let k = 2048;
     for m in [1, 3, 8, 16] {
         for prepare in [true, false] {
@@ -980,12 +989,15 @@ fn sibling_products_equal_serial_ones() {
                 outs.push(c.g.matmul(w, h2).unwrap());
             }
             let graph = c.g.finish(&outs).unwrap();
+            let runs: Vec<_> = (0..3)
+                .map(|_| vec![(x, rng.vec(k * m)), (x2, rng.vec(k * m))])
+                .collect();
             cuda.set_mma_prepare(Some(prepare));
             let mut by_mode = Vec::new();
             for siblings in [false, true] {
                 cuda.set_pdl_siblings(siblings);
                 let before = cuda.sibling_launches();
-                by_mode.push(run_on_times(&mut cuda, &graph, &c.leaves, &outs, 3));
+                by_mode.push(run_on_times(&mut cuda, &graph, &c.leaves, &outs, &runs));
                 // k and v after q, up after gate, once eagerly and once into the capture.
                 let want = if siblings && cuda.programmatic_launch() {
                     6
@@ -998,8 +1010,8 @@ fn sibling_products_equal_serial_ones() {
                     "m{m} prepared {prepare} siblings {siblings}: sibling launches"
                 );
             }
-            for (run, got) in by_mode[1].iter().enumerate() {
-                for (i, (g, w)) in got.iter().zip(&by_mode[0][0]).enumerate() {
+            for (run, (got, serial)) in by_mode[1].iter().zip(&by_mode[0]).enumerate() {
+                for (i, (g, w)) in got.iter().zip(serial).enumerate() {
                     assert!(
                         w.iter().all(|v| v.is_finite()),
                         "m{m} prepared {prepare} output {i}: not finite"
