@@ -65,16 +65,16 @@ use source::{PDL_LEAD, PDL_PLAIN, PDL_SIBLING};
 impl CudaBackend {
     /// Launches a tensor-core product kernel whose last parameter is its programmatic-launch
     /// mode (`pdl_enter` in common.cuh), appended here. With product chains on, a product
-    /// launched right after other products it does not race with (`fp` against each of theirs)
-    /// starts at once as their sibling, not after them; any other product leads a new chain
-    /// (waits for the kernel before it, then lets the next one launch). Any other launch ends
-    /// the chain.
+    /// launched right after other products it does not race with (its `footprint`, asked only
+    /// then, against each of theirs) starts at once as their sibling, not after them; any other
+    /// product leads a new chain (waits for the kernel before it, then lets the next one
+    /// launch). Any other launch ends the chain.
     pub(super) fn launch_product(
         &self,
         name: &str,
         grid: (u32, u32, u32),
         args: &mut Args,
-        fp: Footprint,
+        footprint: impl FnOnce() -> Result<Footprint>,
     ) -> Result<()> {
         let launch = |args: &mut Args| {
             self.launching_product.set(true);
@@ -91,6 +91,7 @@ impl CudaBackend {
             args.i32(PDL_PLAIN);
             return launch(args);
         }
+        let fp = footprint()?;
         let mut chain = self.pdl_chain.take();
         let sibling = !chain.is_empty() && chain.iter().all(|c| !c.conflicts(&fp));
         args.i32(if sibling { PDL_SIBLING } else { PDL_LEAD });

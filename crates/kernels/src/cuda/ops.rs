@@ -86,13 +86,15 @@ impl CudaBackend {
         };
         // What the product touches while it runs: its activations (the whole prepared scratch,
         // or the input's buffer) and its output (the shared partials when split).
-        let fp = Footprint {
-            reads: vec![if reads_prepared {
-                self.buf_range(exec.mma_scratch)?
-            } else {
-                self.buf_range(Some(exec.node_buffer[node.inputs[1].index()]))?
-            }],
-            writes: vec![self.dst_range(exec, splits, out, m * n)?],
+        let footprint = || -> Result<Footprint> {
+            Ok(Footprint {
+                reads: vec![if reads_prepared {
+                    self.buf_range(exec.mma_scratch)?
+                } else {
+                    self.buf_range(Some(exec.node_buffer[node.inputs[1].index()]))?
+                }],
+                writes: vec![self.dst_range(exec, splits, out, m * n)?],
+            })
         };
         if limbs {
             // The limb kernels take no PDL mode: an ordinary launch, which ends any chain.
@@ -124,14 +126,14 @@ impl CudaBackend {
                 &format!("{name}{tail}"),
                 (cols as u32, blocks as u32, 1),
                 &mut a,
-                fp,
+                footprint,
             )?;
         } else {
             self.launch_product(
                 &name,
                 (cols as u32, tiles as u32, splits as u32),
                 &mut a,
-                fp,
+                footprint,
             )?;
         }
         if !exec.fuse.unsummed.contains(&id.index()) {
@@ -302,9 +304,11 @@ impl CudaBackend {
             .i32(kw as i32)
             .i64(0)
             .i64(0);
-        let fp = Footprint {
-            reads: vec![self.buf_range(Some(scratch))?],
-            writes: vec![self.dst_range(exec, splits, out, m * n)?],
+        let footprint = || -> Result<Footprint> {
+            Ok(Footprint {
+                reads: vec![self.buf_range(Some(scratch))?],
+                writes: vec![self.dst_range(exec, splits, out, m * n)?],
+            })
         };
         self.launch_product(
             &format!("matmul_{type_name}_q8x_mma_m{}n{}", qi.mt, qi.nt),
@@ -314,7 +318,7 @@ impl CudaBackend {
                 splits as u32,
             ),
             &mut a,
-            fp,
+            footprint,
         )?;
         if !exec.fuse.unsummed.contains(&id.index()) {
             self.sum_splits(dst, out, m * n, splits, 0)?;

@@ -946,7 +946,7 @@ fn persistent_products_equal_the_one_shot_kernels() {
 }
 
 /// Products launched back to back that touch nothing of each other's (q, k and v of one norm,
-/// gate and up) start as siblings, overlapping one another, and give the same bits as launched
+/// gate and up, a drafter's 8-bit-activation products) start as siblings, overlapping one another, and give the same bits as launched
 /// one after another: eagerly and under graph replay, with prepared and in-place activations,
 /// for decode and verify batches, with new inputs every run (a sibling that started before its
 /// inputs were written would read the last run's). A product that reads the product before it
@@ -988,6 +988,16 @@ fn sibling_products_equal_serial_ones() {
                 let w = c.weight(ty, &[k, 2048], random_weight(&mut rng, ty, k * 2048));
                 outs.push(c.g.matmul(w, h2).unwrap());
             }
+            // A drafter's products on 8-bit activations (`launch_q8`), one quantization for all.
+            let h3 = c.g.rms_norm(x, None, 1e-6).unwrap();
+            for (ty, n) in [
+                (DType::Q8_0, 1024),
+                (DType::Q6_K, 1024),
+                (DType::Q8_0, 2048),
+            ] {
+                let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+                outs.push(c.g.matmul_q8(w, h3).unwrap());
+            }
             let graph = c.g.finish(&outs).unwrap();
             let runs: Vec<_> = (0..3)
                 .map(|_| vec![(x, rng.vec(k * m)), (x2, rng.vec(k * m))])
@@ -998,9 +1008,10 @@ fn sibling_products_equal_serial_ones() {
                 cuda.set_pdl_siblings(siblings);
                 let before = cuda.sibling_launches();
                 by_mode.push(run_on_times(&mut cuda, &graph, &c.leaves, &outs, &runs));
-                // k and v after q, up after gate, once eagerly and once into the capture.
+                // k and v after q, up after gate, the second and third q8 products after the
+                // first: once eagerly and once into the capture.
                 let want = if siblings && cuda.programmatic_launch() {
-                    6
+                    10
                 } else {
                     0
                 };
