@@ -114,6 +114,11 @@ impl Case {
         self.leaves.push((id, Leaf::I32(v)));
         id
     }
+    /// A `[k, n]` weight leaf of `ty` filled with random finite blocks.
+    fn random_weight(&mut self, rng: &mut Rng, ty: DType, k: usize, n: usize) -> NodeId {
+        self.weight(ty, &[k, n], random_weight(rng, ty, k * n))
+    }
+
     fn weight(&mut self, ty: DType, dims: &[usize], bytes: Vec<u8>) -> NodeId {
         let id = self
             .g
@@ -326,7 +331,7 @@ fn matmul_and_get_rows_every_weight_type() {
             (512, 130, 100),
         ] {
             let mut c = Case::new();
-            let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+            let w = c.random_weight(&mut rng, ty, k, n);
             let x = c.f32(&[k, m], rng.vec(k * m));
             let y = c.g.matmul(w, x).unwrap();
             let ids = c.i32(&[3], vec![4, 0, (n - 1) as i32]);
@@ -374,7 +379,7 @@ fn gemm_route_matches_the_cpu() {
     for &ty in WEIGHT_TYPES {
         for (k, n, m) in [(512, 300, 64), (768, 130, 100)] {
             let mut c = Case::new();
-            let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+            let w = c.random_weight(&mut rng, ty, k, n);
             let x = c.f32(&[k, 2 * m], rng.vec(k * 2 * m));
             let every_other = [1, 2 * k, 2 * k * m, 2 * k * m];
             let rows =
@@ -454,7 +459,7 @@ fn gemm_route_matches_the_cpu() {
             .into_iter()
             .zip([DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_K])
     {
-        let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+        let w = c.random_weight(&mut rng, ty, k, n);
         ys.push(c.g.matmul(w, input).unwrap());
     }
     check("shared f16 activations", c, &ys, 1e-3);
@@ -974,18 +979,14 @@ fn sibling_products_equal_serial_ones() {
                 (DType::Q4_K, 1024),
                 (DType::Q6_K, 1024),
             ] {
-                let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+                let w = c.random_weight(&mut rng, ty, k, n);
                 outs.push(c.g.matmul(w, h).unwrap());
             }
-            let wd = c.weight(
-                DType::Q4_K,
-                &[4096, 512],
-                random_weight(&mut rng, DType::Q4_K, 4096 * 512),
-            );
+            let wd = c.random_weight(&mut rng, DType::Q4_K, 4096, 512);
             outs.push(c.g.matmul(wd, outs[0]).unwrap());
             let h2 = c.g.rms_norm(x2, None, 1e-6).unwrap();
             for ty in [DType::Q4_K, DType::Q4_K] {
-                let w = c.weight(ty, &[k, 2048], random_weight(&mut rng, ty, k * 2048));
+                let w = c.random_weight(&mut rng, ty, k, 2048);
                 outs.push(c.g.matmul(w, h2).unwrap());
             }
             // A drafter's products on 8-bit activations (`launch_q8`), one quantization for all.
@@ -995,7 +996,7 @@ fn sibling_products_equal_serial_ones() {
                 (DType::Q6_K, 1024),
                 (DType::Q8_0, 2048),
             ] {
-                let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+                let w = c.random_weight(&mut rng, ty, k, n);
                 outs.push(c.g.matmul_q8(w, h3).unwrap());
             }
             let graph = c.g.finish(&outs).unwrap();
@@ -1075,14 +1076,10 @@ fn mma_products_share_prepared_activations() {
             (DType::Q4_K, x2, 48),
             (DType::Q6_K, x, 64),
         ] {
-            let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+            let w = c.random_weight(&mut rng, ty, k, n);
             outs.push(c.g.matmul(w, input).unwrap());
         }
-        let w = c.weight(
-            DType::Q4_K,
-            &[256, 40],
-            random_weight(&mut rng, DType::Q4_K, 256 * 40),
-        );
+        let w = c.random_weight(&mut rng, DType::Q4_K, 256, 40);
         outs.push(c.g.matmul(w, outs[2]).unwrap());
         // Normed rows: read by two products right away (the norm prepares them), and a second
         // norm whose reader comes after a product of x (it must prepare afresh).
@@ -1095,7 +1092,7 @@ fn mma_products_share_prepared_activations() {
             (DType::Q8_0, x, 64),
             (DType::Q4_K, h2, 40),
         ] {
-            let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+            let w = c.random_weight(&mut rng, ty, k, n);
             outs.push(c.g.matmul(w, input).unwrap());
         }
         let graph = c.g.finish(&outs).unwrap();
@@ -1173,7 +1170,7 @@ fn small_products_reuse_a_large_products_preparation() {
     let mut outs = Vec::new();
     // 16384 rows: 1024 tiles × 2048 activations, above the rule's 2^21; then 64 rows, below.
     for (ty, n) in [(DType::Q4_K, 16384), (DType::Q6_K, 64), (DType::Q8_0, 96)] {
-        let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+        let w = c.random_weight(&mut rng, ty, k, n);
         outs.push(c.g.matmul(w, x).unwrap());
     }
     let graph = c.g.finish(&outs).unwrap();
@@ -1225,7 +1222,7 @@ fn mma_split_products_repeat_exactly() {
             (DType::Q8_0, x2, 16384, 64),
             (DType::Q4_K, x2, 16384, 32),
         ] {
-            let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+            let w = c.random_weight(&mut rng, ty, k, n);
             outs.push(c.g.matmul(w, input).unwrap());
         }
         let graph = c.g.finish(&outs).unwrap();
@@ -1270,7 +1267,7 @@ fn matmul_strided_rows_and_matmul_id() {
     // Q4_K with an aligned view takes the fast kernel, with an offset of 1 the generic one.
     for (ty, offset) in [(DType::Q8_0, k), (DType::Q4_K, k), (DType::Q4_K, 1)] {
         let mut c = Case::new();
-        let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+        let w = c.random_weight(&mut rng, ty, k, n);
         let x = c.f32(&[k, 2 * m], rng.vec(2 * k * m));
         let v =
             c.g.view(
@@ -1590,7 +1587,7 @@ fn fused_norms_equal_the_separate_kernels() {
         let mut c = Case::new();
         let a = c.f32(&[k, 1], rng.vec(k));
         let res = c.f32(&[n, 1], rng.vec(n));
-        let wo = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+        let wo = c.random_weight(&mut rng, ty, k, n);
         let w = c.weight(DType::F32, &[n], random_weight(&mut rng, DType::F32, n));
         let s = c.weight(DType::F32, &[1], vec![0x00, 0x00, 0xc0, 0x3f]); // 1.5
         let o = c.g.matmul(wo, a).unwrap();
