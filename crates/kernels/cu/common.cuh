@@ -64,9 +64,13 @@ __device__ __forceinline__ void pdl_entry() {
 //   (PTX promises a finished grid's writes to the grids that execute griddepcontrol.wait; a
 //   sibling reads them without one, relying, as any kernel that reads the output of a grid two
 //   launches back does, on a finished grid's writes being in global memory.)
+// - PDL_LEAD_LATE: a lead whose wait (and then launch trigger) the kernel body makes itself, once
+//   it has set up and asked for its first weights (pdl_late): weights are never written by a
+//   kernel of a run, so only activations and outputs must come after the wait.
 #define PDL_PLAIN 0
 #define PDL_LEAD 1
 #define PDL_SIBLING 2
+#define PDL_LEAD_LATE 3
 
 __device__ __forceinline__ void pdl_enter(int mode) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -75,9 +79,22 @@ __device__ __forceinline__ void pdl_enter(int mode) {
         asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     } else if (mode == PDL_SIBLING) {
         asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    } else if (mode == PDL_LEAD_LATE) {
+        // The body waits (pdl_late) before it touches anything but weights.
     } else {
         asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
         asm volatile("griddepcontrol.wait;" ::: "memory");
+    }
+#endif
+}
+
+// A PDL_LEAD_LATE kernel's wait, then its launch trigger, which every thread of it executes
+// once before any access to memory other than weights; nothing for the other modes.
+__device__ __forceinline__ void pdl_late(int mode) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (mode == PDL_LEAD_LATE) {
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     }
 #endif
 }

@@ -765,11 +765,16 @@ struct PersistWalk {
 };
 
 // Runs a warp's walk: group(T, grp, row0) per group (T: the Q4_K weights, double-buffered across
-// units for DT_Q4_K, else unused), then flush(i) after the last group of each iteration.
+// units for DT_Q4_K, else unused), then flush(i) after the last group of each iteration. With
+// pdl = PDL_LEAD_LATE it waits for the kernel before (pdl_late) after its setup and, for Q4_K,
+// its first weight loads; before any activation load.
 template <int DT, class G, class F>
-__device__ __forceinline__ void persist_walk(PersistWalk W, const u8* w, G&& group, F&& flush) {
+__device__ __forceinline__ void persist_walk(PersistWalk W, const u8* w, int pdl, G&& group, F&& flush) {
     W.enter(0);
-    if (W.i < 0) return;
+    if (W.i < 0) {
+        pdl_late(pdl);
+        return;
+    }
     if constexpr (DT == DT_Q4_K) {
         int t = threadIdx.x & 3;
         auto load = [&](Q4KTile& T, const PersistWalk& P) {
@@ -779,6 +784,7 @@ __device__ __forceinline__ void persist_walk(PersistWalk W, const u8* w, G&& gro
         };
         Q4KTile a[1], b[1];
         load(a[0], W);
+        pdl_late(pdl);  // the first weights are on their way while the kernel before finishes
         for (;;) {
             PersistWalk X = W;
             X.advance();
@@ -794,6 +800,7 @@ __device__ __forceinline__ void persist_walk(PersistWalk W, const u8* w, G&& gro
             if (W.i < 0) break;
         }
     } else {
+        pdl_late(pdl);
         Q4KTile none[1];
         for (;;) {
             int i = W.i;
@@ -1120,7 +1127,7 @@ __device__ void q4k_limb_persist_body(const u8* w, const void* xs, float* y, int
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) zero4(acc[nt]);
     persist_walk<DT_Q4_K>(
-        W, w, [&](const Q4KTile(&T)[1], int grp, int) { q4k_limb_group<NT>(T[0], L, acc, nullptr, grp); },
+        W, w, PDL_PLAIN, [&](const Q4KTile(&T)[1], int grp, int) { q4k_limb_group<NT>(T[0], L, acc, nullptr, grp); },
         [&](int i) {
             limb_columns<NT>(acc, red[i][W.wr * kw + W.slice(i)]);
 #pragma unroll
@@ -1788,7 +1795,7 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
 // Q8_0 weights; see q6k_group).
 template <int DT, int NT, bool PREP, bool ONE = false>
 __device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw,
-                                        int splits) {
+                                        int splits, int pdl) {
     __shared__ float red[PERSIST_ITERS][MMV_WARPS][NT * 4][32];  // [iteration][row · kw + slice]
     int lane = threadIdx.x & 31, m0 = blockIdx.x * NT * 8;
     PersistWalk W = persist_walk_of(k, n, kw, splits);
@@ -1796,7 +1803,7 @@ __device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* 
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) zero4(acc[0][nt]);
     persist_walk<DT>(
-        W, w,
+        W, w, pdl,
         [&](const Q4KTile(&T)[1], int grp, int row0) {
             if (DT == DT_Q4_K) q4k_group<1, NT, PREP>(T, A, acc, grp, m0, m);
             if (DT == DT_Q6_K) q6k_group<1, NT, PREP, false, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
@@ -1909,7 +1916,8 @@ MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 2, 2, true, )
         matmul_##SUFFIX##_mma_m1n1##TAIL##PT(const u8* w, const void* x, float* y, int k, int n, int m, int kw, \
                                           i64 x_off, i64 x_stride, int splits, int pdl) {                   \
         pdl_enter(pdl);                                                                                     \
-        matvec_mma_persist_body<DT, 1, PREP, ONE>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, splits); \
+        matvec_mma_persist_body<DT, 1, PREP, ONE>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, splits, \
+                                                  pdl);                                                     \
         pdl_leave(pdl);                                                                                     \
     }
 #define MMV_PERSIST_KERNELS(SUFFIX, DT)                  \

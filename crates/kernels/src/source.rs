@@ -177,6 +177,9 @@ pub const PDL_PLAIN: i32 = 0;
 pub const PDL_LEAD: i32 = 1;
 /// See [`PDL_PLAIN`].
 pub const PDL_SIBLING: i32 = 2;
+/// A lead that waits inside its body, after its setup and first weight loads (`pdl_late`; the
+/// persistent `_p` / `_p1` kernels only, whose walk makes that wait).
+pub const PDL_LEAD_LATE: i32 = 3;
 
 /// Most activation rows of a prepared batch that also gets int8 limbs (`LIMB_MAX_ROWS` in
 /// `matvec_mma.cu`), and so of a Q4_K product on the exact-integer `matmul_q4_k_limb_n*` kernels.
@@ -580,6 +583,7 @@ mod tests {
             ("PDL_PLAIN", PDL_PLAIN),
             ("PDL_LEAD", PDL_LEAD),
             ("PDL_SIBLING", PDL_SIBLING),
+            ("PDL_LEAD_LATE", PDL_LEAD_LATE),
         ] {
             assert!(src.contains(&format!("#define {name} {value}\n")), "{name}");
         }

@@ -60,7 +60,7 @@ impl Footprint {
     }
 }
 
-use source::{PDL_LEAD, PDL_PLAIN, PDL_SIBLING};
+use source::{PDL_LEAD, PDL_LEAD_LATE, PDL_PLAIN, PDL_SIBLING};
 
 impl CudaBackend {
     /// Launches a tensor-core product kernel whose last parameter is its programmatic-launch
@@ -68,13 +68,15 @@ impl CudaBackend {
     /// launched right after other products it does not race with (its `footprint`, asked only
     /// then, against each of theirs) starts at once as their sibling, not after them; any other
     /// product leads a new chain (waits for the kernel before it, then lets the next one
-    /// launch). Any other launch ends the chain.
+    /// launch; a `persistent` `_p` / `_p1` kernel does so inside its walk, after its first
+    /// weight loads, unless `SPECULA_PDL_LATE=0`). Any other launch ends the chain.
     pub(super) fn launch_product(
         &self,
         name: &str,
         grid: (u32, u32, u32),
         args: &mut Args,
         footprint: impl FnOnce() -> Result<Footprint>,
+        persistent: bool,
     ) -> Result<()> {
         let launch = |args: &mut Args| {
             self.launching_product.set(true);
@@ -94,7 +96,13 @@ impl CudaBackend {
         let fp = footprint()?;
         let mut chain = self.pdl_chain.take();
         let sibling = !chain.is_empty() && chain.iter().all(|c| !c.conflicts(&fp));
-        args.i32(if sibling { PDL_SIBLING } else { PDL_LEAD });
+        args.i32(if sibling {
+            PDL_SIBLING
+        } else if persistent && self.pdl_late {
+            PDL_LEAD_LATE
+        } else {
+            PDL_LEAD
+        });
         launch(args)?;
         if sibling {
             self.sibling_launches.set(self.sibling_launches.get() + 1);

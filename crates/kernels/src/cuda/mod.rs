@@ -253,6 +253,9 @@ pub struct CudaBackend {
     /// products, or gate and up, overlap each other's ramp and tail (with `pdl`; unless
     /// `SPECULA_PDL_SIBLINGS=0`, an A/B knob).
     pdl_siblings: bool,
+    /// Persistent products that lead a chain wait inside their walk, after their setup and
+    /// first weight loads (`PDL_LEAD_LATE`; with `pdl`; `SPECULA_PDL_LATE=0`, an A/B knob).
+    pdl_late: bool,
     /// The products launched since the last other launch, and what each touches
     /// (`launch_product`).
     pdl_chain: std::cell::RefCell<Vec<launch::Footprint>>,
@@ -430,6 +433,7 @@ impl CudaBackend {
             gemm_weights: None,
             pdl: major >= 9 && std::env::var("SPECULA_PDL").map_or(true, |v| v != "0"),
             pdl_siblings: std::env::var("SPECULA_PDL_SIBLINGS").map_or(true, |v| v != "0"),
+            pdl_late: std::env::var("SPECULA_PDL_LATE").map_or(true, |v| v != "0"),
             pdl_chain: std::cell::RefCell::new(Vec::new()),
             sibling_launches: std::cell::Cell::new(0),
             launching_product: std::cell::Cell::new(false),
@@ -679,6 +683,14 @@ impl CudaBackend {
     /// are dropped so the next run records its launches again.
     pub fn set_pdl_siblings(&mut self, on: bool) {
         self.pdl_siblings = on;
+        self.forget_captures();
+    }
+
+    /// Whether persistent products that lead a chain wait inside their walk, after their first
+    /// weight loads (on by default with programmatic dependent launch; `SPECULA_PDL_LATE=0`
+    /// turns it off). Captured graphs are dropped so the next run records its launches again.
+    pub fn set_pdl_late(&mut self, on: bool) {
+        self.pdl_late = on;
         self.forget_captures();
     }
 

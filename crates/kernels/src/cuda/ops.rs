@@ -127,6 +127,7 @@ impl CudaBackend {
                 (cols as u32, blocks as u32, 1),
                 &mut a,
                 footprint,
+                true,
             )?;
         } else {
             self.launch_product(
@@ -134,6 +135,7 @@ impl CudaBackend {
                 (cols as u32, tiles as u32, splits as u32),
                 &mut a,
                 footprint,
+                false,
             )?;
         }
         if !exec.fuse.unsummed.contains(&id.index()) {
@@ -319,6 +321,7 @@ impl CudaBackend {
             ),
             &mut a,
             footprint,
+            false,
         )?;
         if !exec.fuse.unsummed.contains(&id.index()) {
             self.sum_splits(dst, out, m * n, splits, 0)?;
