@@ -326,7 +326,8 @@ struct Q4KTile {
 // products 9 % slower on an H200), where Q4_K's are unaffected.
 #define SMALL_HINT(NT) ((NT) == 1 ? WEIGHT_L1 : 0)
 // The hinted loads are plain (not volatile, no memory clobber) so the compiler may schedule them
-// freely, even before any wait (pdl_enter's, or a sibling's at exit): sound only because weights are written before any launch
+// freely, even before any wait (pdl_enter's, a late lead's pdl_late, or a sibling's at exit):
+// sound only because weights are written before any launch
 // that reads them, by the host or by the repack kernels (q8_0_repack, q6_k_repack), which the
 // backend waits for when it makes a copy, and never by a kernel of a run. Generic pointers to
 // device allocations are global addresses.

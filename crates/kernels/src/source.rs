@@ -177,8 +177,8 @@ pub const PDL_PLAIN: i32 = 0;
 pub const PDL_LEAD: i32 = 1;
 /// See [`PDL_PLAIN`].
 pub const PDL_SIBLING: i32 = 2;
-/// A lead that waits inside its body, after its setup and first weight loads (`pdl_late`; the
-/// persistent `_p` / `_p1` kernels only, whose walk makes that wait).
+/// A lead that waits inside its body, after its setup and first Q4_K weight loads
+/// (`pdl_late`; the persistent `_p` / `_p1` kernels only, whose walk makes that wait).
 pub const PDL_LEAD_LATE: i32 = 3;
 
 /// Most activation rows of a prepared batch that also gets int8 limbs (`LIMB_MAX_ROWS` in

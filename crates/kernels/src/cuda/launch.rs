@@ -68,8 +68,9 @@ impl CudaBackend {
     /// launched right after other products it does not race with (its `footprint`, asked only
     /// then, against each of theirs) starts at once as their sibling, not after them; any other
     /// product leads a new chain (waits for the kernel before it, then lets the next one
-    /// launch; a `persistent` `_p` / `_p1` kernel does so inside its walk, after its first
-    /// weight loads, unless `SPECULA_PDL_LATE=0`). Any other launch ends the chain.
+    /// launch; a `persistent` `_p` / `_p1` kernel does so inside its walk, after its setup and
+    /// its first Q4_K weight loads, unless `SPECULA_PDL_LATE=0`). Any other launch ends the
+    /// chain.
     pub(super) fn launch_product(
         &self,
         name: &str,
@@ -92,6 +93,13 @@ impl CudaBackend {
             // Nothing launches, so the chain stands (launch returns before ending it).
             args.i32(PDL_PLAIN);
             return launch(args);
+        }
+        // Only the persistent kernels' walk makes a late lead's wait (pdl_late); a one-shot
+        // kernel given that mode would never wait.
+        if persistent && !(name.ends_with("_p") || name.ends_with("_p1")) {
+            return Err(backend_err(format!(
+                "{name}: only the persistent _p / _p1 kernels wait late"
+            )));
         }
         let fp = footprint()?;
         let mut chain = self.pdl_chain.take();

@@ -254,7 +254,8 @@ pub struct CudaBackend {
     /// `SPECULA_PDL_SIBLINGS=0`, an A/B knob).
     pdl_siblings: bool,
     /// Persistent products that lead a chain wait inside their walk, after their setup and
-    /// first weight loads (`PDL_LEAD_LATE`; with `pdl`; `SPECULA_PDL_LATE=0`, an A/B knob).
+    /// first Q4_K weight loads (`PDL_LEAD_LATE`; with `pdl` and `pdl_siblings`;
+    /// `SPECULA_PDL_LATE=0`, an A/B knob).
     pdl_late: bool,
     /// The products launched since the last other launch, and what each touches
     /// (`launch_product`).
@@ -686,8 +687,8 @@ impl CudaBackend {
         self.forget_captures();
     }
 
-    /// Whether persistent products that lead a chain wait inside their walk, after their first
-    /// weight loads (on by default with programmatic dependent launch; `SPECULA_PDL_LATE=0`
+    /// Whether persistent products that lead a chain wait inside their walk, after their setup
+    /// and first Q4_K weight loads (on by default where product chains are; `SPECULA_PDL_LATE=0`
     /// turns it off). Captured graphs are dropped so the next run records its launches again.
     pub fn set_pdl_late(&mut self, on: bool) {
         self.pdl_late = on;
