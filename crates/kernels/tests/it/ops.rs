@@ -951,11 +951,13 @@ fn persistent_products_equal_the_one_shot_kernels() {
 }
 
 /// Products launched back to back that touch nothing of each other's (q, k and v of one norm,
-/// gate and up, a drafter's 8-bit-activation products) start as siblings, overlapping one another, and give the same bits as launched
-/// one after another: eagerly and under graph replay, with prepared and in-place activations,
-/// for decode and verify batches, with new inputs every run (a sibling that started before its
-/// inputs were written would read the last run's). A product that reads the product before it
-/// (`d` of q's output, in place) must not start as its sibling: it would read NaN poison.
+/// gate and up, a drafter's 8-bit-activation products) start as siblings, overlapping one
+/// another, and give the same bits as launched one after another: eagerly and under graph
+/// replay, with prepared and in-place activations, for decode and verify batches, with
+/// persistent leads waiting late or on entry, with new inputs every run (a sibling or late lead
+/// that read before its inputs were written would read the last run's). A product that reads the
+/// product before it (`d` of q's output, in place) must not start as its sibling: it would read
+/// NaN poison.
 #[test]
 fn sibling_products_equal_serial_ones() {
     let Some(mut cuda) = crate::cuda() else {
@@ -1005,8 +1007,11 @@ fn sibling_products_equal_serial_ones() {
                 .collect();
             cuda.set_mma_prepare(Some(prepare));
             let mut by_mode = Vec::new();
-            for siblings in [false, true] {
+            // Serial launches, then chains whose persistent leads wait late (the default), then
+            // chains whose leads wait on entry.
+            for (siblings, late) in [(false, true), (true, true), (true, false)] {
                 cuda.set_pdl_siblings(siblings);
+                cuda.set_pdl_late(late);
                 let before = cuda.sibling_launches();
                 by_mode.push(run_on_times(&mut cuda, &graph, &c.leaves, &outs, &runs));
                 // k and v after q, up after gate, the second and third q8 products after the
@@ -1019,25 +1024,29 @@ fn sibling_products_equal_serial_ones() {
                 assert_eq!(
                     cuda.sibling_launches() - before,
                     want,
-                    "m{m} prepared {prepare} siblings {siblings}: sibling launches"
+                    "m{m} prepared {prepare} siblings {siblings} late {late}: sibling launches"
                 );
             }
-            for (run, (got, serial)) in by_mode[1].iter().zip(&by_mode[0]).enumerate() {
-                for (i, (g, w)) in got.iter().zip(serial).enumerate() {
-                    assert!(
-                        w.iter().all(|v| v.is_finite()),
-                        "m{m} prepared {prepare} output {i}: not finite"
-                    );
-                    assert!(
-                        same_bits(g, w),
-                        "m{m} prepared {prepare} run {run} output {i}: siblings differ from serial launches"
-                    );
+            for (mode, chained) in by_mode[1..].iter().enumerate() {
+                for (run, (got, serial)) in chained.iter().zip(&by_mode[0]).enumerate() {
+                    for (i, (g, w)) in got.iter().zip(serial).enumerate() {
+                        assert!(
+                            w.iter().all(|v| v.is_finite()),
+                            "m{m} prepared {prepare} output {i}: not finite"
+                        );
+                        assert!(
+                            same_bits(g, w),
+                            "m{m} prepared {prepare} chain mode {mode} run {run} output {i}: \
+                             siblings differ from serial launches"
+                        );
+                    }
                 }
             }
         }
     }
     cuda.set_mma_prepare(None);
     cuda.set_pdl_siblings(true);
+    cuda.set_pdl_late(true);
 }
 
 /// Products that read one activation input share its prepared (hi/lo f16) form: an input
