@@ -2,6 +2,7 @@
 //! launch where on).
 
 use super::*;
+use source::{PDL_LEAD, PDL_LEAD_LATE, PDL_PLAIN, PDL_SIBLING};
 
 /// Kernel parameters, each in its own 8-byte-aligned heap cell so its address is stable.
 #[derive(Default)]
@@ -59,8 +60,6 @@ impl Footprint {
             || hits(&other.writes, &self.reads)
     }
 }
-
-use source::{PDL_LEAD, PDL_LEAD_LATE, PDL_PLAIN, PDL_SIBLING};
 
 impl CudaBackend {
     /// Launches a tensor-core product kernel whose last parameter is its programmatic-launch
