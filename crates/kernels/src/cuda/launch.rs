@@ -40,7 +40,7 @@ impl Args {
 
 /// Device byte ranges a product kernel reads and writes while it runs (its weights aside: no
 /// kernel of a run writes weights), to tell whether two products may overlap.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Footprint {
     pub(super) reads: Vec<std::ops::Range<u64>>,
     pub(super) writes: Vec<std::ops::Range<u64>>,
@@ -121,7 +121,9 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Ends the chain of overlapping products: what runs next waits for all of them.
+    /// Ends the chain of overlapping products: what runs next waits for all of them. Chains form
+    /// only inside `launch_all`, which starts with this; every launch of ours ends them
+    /// (`launch_ex`), and so does a cuBLAS call (`launch_gemm`).
     pub(super) fn end_product_chain(&self) {
         self.pdl_chain.borrow_mut().clear();
     }

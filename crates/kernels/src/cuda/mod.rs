@@ -853,7 +853,6 @@ impl CudaBackend {
     /// Copies host bytes to the device, ordered on the backend's stream, and waits.
     fn htod(&self, dst: u64, bytes: &[u8]) -> Result<()> {
         self.bind()?;
-        self.end_product_chain();
         #[allow(unsafe_code)]
         // SAFETY: callers pass a destination with room for `bytes.len()` bytes; the host slice
         // outlives the copy because the stream is synchronised before returning.
@@ -867,7 +866,6 @@ impl CudaBackend {
     /// Copies device bytes to the host, ordered on the backend's stream, and waits.
     fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
         self.bind()?;
-        self.end_product_chain();
         #[allow(unsafe_code)]
         // SAFETY: callers pass a source holding at least `dst.len()` bytes; `dst` outlives the
         // copy because the stream is synchronised before returning.
@@ -881,7 +879,6 @@ impl CudaBackend {
     /// Sets `n` bytes at `ptr` to zero, ordered on the backend's stream, and waits.
     fn zero(&self, ptr: u64, n: usize) -> Result<()> {
         self.bind()?;
-        self.end_product_chain();
         #[allow(unsafe_code)]
         // SAFETY: callers pass an allocation of at least `n` bytes.
         unsafe { cu::memset_d8_async(ptr, 0, n, self.stream.cu_stream()) }

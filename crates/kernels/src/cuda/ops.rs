@@ -96,47 +96,26 @@ impl CudaBackend {
                 writes: vec![self.dst_range(exec, splits, out, m * n)?],
             })
         };
-        if limbs {
-            // The limb kernels take no PDL mode: an ordinary launch, which ends any chain.
-            let blocks = (cols as u32, tiles as u32, splits as u32);
-            if persist {
-                a.i32(splits as i32);
-                let blocks = source::persist_blocks(tiles * splits, self.sm_count);
-                self.launch(
-                    &format!("{name}_p"),
-                    (cols as u32, blocks as u32, 1),
-                    256,
-                    &mut a,
-                )?;
-            } else {
-                self.launch(&name, blocks, 256, &mut a)?;
-            }
-        } else if persist {
+        let (kernel, grid) = if persist {
             a.i32(splits as i32);
             let blocks = source::persist_blocks(tiles * splits, self.sm_count);
             // One activation row (m must be 1): the `_p1` kernels keep only its accumulators
             // (same bits).
-            let one_row = m == 1 && self.mma_one_row;
+            let one_row = !limbs && m == 1 && self.mma_one_row;
             let tail = if one_row && source::persist_one_row(w.dtype) {
                 "_p1"
             } else {
                 "_p"
             };
-            self.launch_product(
-                &format!("{name}{tail}"),
-                (cols as u32, blocks as u32, 1),
-                &mut a,
-                footprint,
-                true,
-            )?;
+            (format!("{name}{tail}"), (cols as u32, blocks as u32, 1))
         } else {
-            self.launch_product(
-                &name,
-                (cols as u32, tiles as u32, splits as u32),
-                &mut a,
-                footprint,
-                false,
-            )?;
+            (name, (cols as u32, tiles as u32, splits as u32))
+        };
+        if limbs {
+            // The limb kernels take no PDL mode: an ordinary launch, which ends any chain.
+            self.launch(&kernel, grid, 256, &mut a)?;
+        } else {
+            self.launch_product(&kernel, grid, &mut a, footprint, persist)?;
         }
         if !exec.fuse.unsummed.contains(&id.index()) {
             self.sum_splits(dst, out, m * n, splits, 0)?;
