@@ -119,6 +119,29 @@ impl Case {
         self.weight(ty, &[k, n], random_weight(rng, ty, k * n))
     }
 
+    /// Products of `x` (k wide) by random `[k, n]` weights of each `(type, n)`, in order:
+    /// `matmul`, or with `q8` `matmul_q8`.
+    fn random_products(
+        &mut self,
+        rng: &mut Rng,
+        x: NodeId,
+        k: usize,
+        weights: &[(DType, usize)],
+        q8: bool,
+    ) -> Vec<NodeId> {
+        let mut outs = Vec::new();
+        for &(ty, n) in weights {
+            let w = self.random_weight(rng, ty, k, n);
+            let y = if q8 {
+                self.g.matmul_q8(w, x)
+            } else {
+                self.g.matmul(w, x)
+            };
+            outs.push(y.unwrap());
+        }
+        outs
+    }
+
     fn weight(&mut self, ty: DType, dims: &[usize], bytes: Vec<u8>) -> NodeId {
         let id = self
             .g
@@ -975,32 +998,23 @@ fn sibling_products_equal_serial_ones() {
             let x2 = c.f32(&[k, m], rng.vec(k * m));
             let wn = c.f32(&[k], rng.vec(k));
             let h = c.g.rms_norm(x, Some(wn), 1e-6).unwrap();
-            let mut outs = Vec::new();
-            for (ty, n) in [
+            let qkv = [
                 (DType::Q4_K, 4096),
                 (DType::Q4_K, 1024),
                 (DType::Q6_K, 1024),
-            ] {
-                let w = c.random_weight(&mut rng, ty, k, n);
-                outs.push(c.g.matmul(w, h).unwrap());
-            }
-            let wd = c.random_weight(&mut rng, DType::Q4_K, 4096, 512);
-            outs.push(c.g.matmul(wd, outs[0]).unwrap());
+            ];
+            let mut outs = c.random_products(&mut rng, h, k, &qkv, false);
+            outs.extend(c.random_products(&mut rng, outs[0], 4096, &[(DType::Q4_K, 512)], false));
             let h2 = c.g.rms_norm(x2, None, 1e-6).unwrap();
-            for ty in [DType::Q4_K, DType::Q4_K] {
-                let w = c.random_weight(&mut rng, ty, k, 2048);
-                outs.push(c.g.matmul(w, h2).unwrap());
-            }
+            outs.extend(c.random_products(&mut rng, h2, k, &[(DType::Q4_K, 2048); 2], false));
             // A drafter's products on 8-bit activations (`launch_q8`), one quantization for all.
             let h3 = c.g.rms_norm(x, None, 1e-6).unwrap();
-            for (ty, n) in [
+            let drafter = [
                 (DType::Q8_0, 1024),
                 (DType::Q6_K, 1024),
                 (DType::Q8_0, 2048),
-            ] {
-                let w = c.random_weight(&mut rng, ty, k, n);
-                outs.push(c.g.matmul_q8(w, h3).unwrap());
-            }
+            ];
+            outs.extend(c.random_products(&mut rng, h3, k, &drafter, true));
             let graph = c.g.finish(&outs).unwrap();
             let runs: Vec<_> = (0..3)
                 .map(|_| vec![(x, rng.vec(k * m)), (x2, rng.vec(k * m))])
