@@ -727,19 +727,32 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float
 // The launch must give gridDim.y · PERSIST_ITERS ≥ the units (source::persist_blocks does): units
 // past that would be left unwritten.
 
+// WALK_FAST 1 (the default; an A/B knob, `SPECULA_WALK_FAST`): a walk finds its next unit
+// without dividing where it can (kw is a power of two; unsplit products have one plane); 0
+// divides as before. Same units, groups and order. H200, 31B decode 98.4 / 98.8 → 99.7 / 99.7
+// tok/s (bench/NOTES.md, twenty-second session).
+#ifndef WALK_FAST
+#define WALK_FAST 1
+#endif
+
 // Where a warp is in its walk: iteration i, group grp of weight rows row0.., or done (i < 0).
 struct PersistWalk {
     int n_groups, kw, wk, wr, warp_rows, splits, tiles_y, units, n;
     int i, grp, row0;
 
-    __device__ __forceinline__ int slice(int it) const { return (wk + 3 * it) % kw; }
+    // kw divides MMV_WARPS (8), so it is a power of two.
+    __device__ __forceinline__ int slice(int it) const {
+        return WALK_FAST ? (wk + 3 * it) & (kw - 1) : (wk + 3 * it) % kw;
+    }
     // Unit of iteration it (or -1 past the block's last), its plane z and first weight row.
     __device__ __forceinline__ int unit(int it) const {
         int u = (int)blockIdx.y + it * (int)gridDim.y;
         return it < PERSIST_ITERS && u < units ? u : -1;
     }
-    __device__ __forceinline__ int plane(int u) const { return u / tiles_y; }
-    __device__ __forceinline__ int tile_row0(int u) const { return ((u % tiles_y) * warp_rows + wr) * 16; }
+    __device__ __forceinline__ int plane(int u) const { return WALK_FAST && splits == 1 ? 0 : u / tiles_y; }
+    __device__ __forceinline__ int tile_row0(int u) const {
+        return ((WALK_FAST && splits == 1 ? u : u % tiles_y) * warp_rows + wr) * 16;
+    }
     // The first group of slice sl of plane z, or n_groups and more if the slice is empty.
     __device__ __forceinline__ int first_group(int sl, int z) const { return sl + kw * z; }
 

@@ -63,6 +63,8 @@ pub struct KnobDefine {
 /// - `SPECULA_Q6K_WIDE` → `Q6K_WIDE` (`matvec_mma.cu`): 1 (the default) loads a lane's repacked
 ///   Q6_K quant words of a half group in one 16-byte and one 8-byte load in the one-tile
 ///   kernels, 0 in four smaller ones.
+/// - `SPECULA_WALK_FAST` → `WALK_FAST` (`matvec_mma.cu`): 1 (the default) lets the persistent
+///   products' walks find their next unit without dividing where they can, 0 divides.
 pub const KNOB_DEFINES: &[KnobDefine] = &[
     KnobDefine {
         var: "SPECULA_ATT_MIN_SPLIT",
@@ -82,6 +84,11 @@ pub const KNOB_DEFINES: &[KnobDefine] = &[
     KnobDefine {
         var: "SPECULA_Q6K_WIDE",
         name: "Q6K_WIDE",
+        accepts: |n| n <= 1,
+    },
+    KnobDefine {
+        var: "SPECULA_WALK_FAST",
+        name: "WALK_FAST",
         accepts: |n| n <= 1,
     },
 ];
@@ -265,7 +272,8 @@ pub fn gemm_weight_type(ty: gguf::GgmlType) -> bool {
 pub const GEMM_WEIGHT_SCRATCH_BYTES: usize = 256 << 20;
 
 /// Warps of an `_mma_` block that split one row's 256-weight groups (the rest take further
-/// weight rows): 8, or fewer for rows of fewer than 8 groups, so no warp idles. A function of `k`
+/// weight rows): 8, or fewer for rows of fewer than 8 groups, so no warp idles; always a power
+/// of two (the persistent walks mask by it, `PersistWalk::slice`). A function of `k`
 /// only, so up to 16 rows a row's summation order never depends on the batch (prefill products
 /// use 1 instead, `mma_plan::mma_input`). Capping it at 4 made the 31B's decode 6 % slower on an
 /// H200 (bench/NOTES.md).
@@ -519,6 +527,16 @@ mod tests {
         assert_eq!(mma_tile(15, T::Q4_K), (2, 2));
         assert_eq!(mma_tile(9, T::Q8_0), (1, 2));
         assert_eq!(mma_tile(16, T::Q8_0), (1, 2));
+    }
+
+    /// The persistent walks find a warp's slice with a mask (`PersistWalk::slice`, WALK_FAST):
+    /// the k-warps of every row length are a power of two dividing a block's 8 warps.
+    #[test]
+    fn k_warps_divide_a_block() {
+        for k in (256..=65_536).step_by(256) {
+            let kw = mma_k_warps(k);
+            assert!(kw.is_power_of_two() && 8 % kw == 0, "k {k}: {kw} warps");
+        }
     }
 
     /// One block column of limb tiles covers every batch up to LIMB_MAX_ROWS, each tile one the
