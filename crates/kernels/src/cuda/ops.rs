@@ -323,6 +323,7 @@ impl CudaBackend {
             q4k_limbs: self.q4k_limbs,
             sm_count: self.sm_count,
             q8_splits: self.q8_splits,
+            kw_max: self.mma_kw_max,
         }
     }
 
