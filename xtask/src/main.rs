@@ -5,8 +5,9 @@
 //! - `fixtures`: checks that `fixtures/` holds unchanged copies of `../shared/fixtures`.
 //! - `gpu-test`: builds the GPU test binaries and `specula` in release mode into the git-ignored
 //!   `gpu-bundle/` with a `run.sh` that runs them all on the lent GPU machine (`REQUIRE_GPU=1`).
-//! - `kernels`: compiles every CUDA kernel with NVRTC for sm_80, sm_86, sm_89 and sm_90 and
-//!   prints registers, shared memory and spills (no GPU needed, only libnvrtc).
+//! - `kernels [--verbose] [--cubin-dir DIR] [--knobs]`: compiles every CUDA kernel with NVRTC
+//!   for sm_80, sm_86, sm_89 and sm_90 and prints registers, shared memory and spills (no GPU
+//!   needed, only libnvrtc); `--knobs` also compiles each A/B knob's variants for sm_90.
 //! - `gguf-to-hf GGUF --template DIR --out DIR`: a Gemma 4 target GGUF back to a transformers
 //!   folder with f32 weights (`tools/train` trains drafters against the shipped target this way).
 
@@ -148,10 +149,12 @@ fn fixtures() -> Result<()> {
 fn compile_kernels(args: &[String]) -> Result<()> {
     let mut verbose = false;
     let mut cubin_dir: Option<PathBuf> = None;
+    let mut knobs = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--verbose" => verbose = true,
+            "--knobs" => knobs = true,
             "--cubin-dir" => {
                 cubin_dir = Some(PathBuf::from(
                     it.next().context("--cubin-dir needs a value")?,
@@ -194,6 +197,33 @@ fn compile_kernels(args: &[String]) -> Result<()> {
             for l in spills {
                 println!("  {l}");
             }
+        }
+    }
+    if knobs {
+        compile_knob_variants()?;
+    }
+    Ok(())
+}
+
+/// Compiles the kernels for sm_90 once per A/B knob variant (`KnobDefine::variants`), each
+/// alone, so a knob that no longer compiles fails here rather than on the GPU machine.
+fn compile_knob_variants() -> Result<()> {
+    for knob in kernels::source::KNOB_DEFINES {
+        for &n in knob.variants {
+            let source = kernels::source::source_with(&[(knob, n)]);
+            let compiled = kernels::nvrtc::compile(&source, "sm_90", false, true)
+                .map_err(|e| anyhow::anyhow!("{}={n}: {e}", knob.var))?;
+            let spills = compiled
+                .log
+                .lines()
+                .filter(|l| {
+                    l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")
+                })
+                .count();
+            println!(
+                "{}={n} ({} {n}): sm_90 compiles, {spills} lines with spills",
+                knob.var, knob.name
+            );
         }
     }
     Ok(())

@@ -16,16 +16,24 @@ pub const ATTENTION: &str = include_str!("../cu/attention.cu");
 pub const ATTENTION_TC: &str = include_str!("../cu/attention_tc.cu");
 
 /// The whole translation unit compiled by NVRTC, with the A/B knobs' defines ([`KNOB_DEFINES`])
-/// in front.
+/// set in the environment in front.
 pub fn full_source() -> String {
+    let set: Vec<(&KnobDefine, usize)> = KNOB_DEFINES
+        .iter()
+        .filter_map(|knob| {
+            let value = std::env::var(knob.var).ok()?.parse::<usize>().ok()?;
+            (knob.accepts)(value).then_some((knob, value))
+        })
+        .collect();
+    source_with(&set)
+}
+
+/// The translation unit with `knobs` defined as the given values (no environment read), as
+/// `cargo xtask kernels --knobs` compiles each knob's [`KnobDefine::variants`].
+pub fn source_with(knobs: &[(&KnobDefine, usize)]) -> String {
     let mut parts = String::new();
-    for knob in KNOB_DEFINES {
-        let value = std::env::var(knob.var)
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok());
-        if let Some(n) = value.filter(|&n| (knob.accepts)(n)) {
-            parts.push_str(&format!("#define {} {n}\n", knob.name));
-        }
+    for (knob, n) in knobs {
+        parts.push_str(&format!("#define {} {n}\n", knob.name));
     }
     parts.push_str(
         &[
@@ -51,6 +59,9 @@ pub struct KnobDefine {
     pub name: &'static str,
     /// The values the macro takes.
     pub accepts: fn(usize) -> bool,
+    /// Values other than the kernels' default that `cargo xtask kernels --knobs` (and CI)
+    /// compiles, so an A/B run never finds its knob broken on the GPU machine.
+    pub variants: &'static [usize],
 }
 
 /// The kernels' A/B knobs ([`KnobDefine`]):
@@ -70,26 +81,31 @@ pub const KNOB_DEFINES: &[KnobDefine] = &[
         var: "SPECULA_ATT_MIN_SPLIT",
         name: "ATT_MIN_SPLIT",
         accepts: |n| n > 0,
+        variants: &[64],
     },
     KnobDefine {
         var: "SPECULA_WEIGHT_L1",
         name: "WEIGHT_L1",
         accepts: |n| n == 0 || n == 2,
+        variants: &[0],
     },
     KnobDefine {
         var: "SPECULA_Q4K_HEAD16",
         name: "Q4K_HEAD16",
         accepts: |n| n <= 1,
+        variants: &[0],
     },
     KnobDefine {
         var: "SPECULA_Q6K_WIDE",
         name: "Q6K_WIDE",
         accepts: |n| n <= 1,
+        variants: &[0],
     },
     KnobDefine {
         var: "SPECULA_WALK_FAST",
         name: "WALK_FAST",
         accepts: |n| n <= 1,
+        variants: &[0],
     },
 ];
 
@@ -527,6 +543,25 @@ mod tests {
         assert_eq!(mma_tile(15, T::Q4_K), (2, 2));
         assert_eq!(mma_tile(9, T::Q8_0), (1, 2));
         assert_eq!(mma_tile(16, T::Q8_0), (1, 2));
+    }
+
+    /// Every knob has variants to compile, each one it accepts, and `source_with` puts their
+    /// defines in front of the kernels' own.
+    #[test]
+    fn knob_variants_are_accepted_and_defined() {
+        for knob in KNOB_DEFINES {
+            assert!(!knob.variants.is_empty(), "{}: no variant", knob.var);
+            for &n in knob.variants {
+                assert!((knob.accepts)(n), "{}: variant {n} not accepted", knob.var);
+                let src = source_with(&[(knob, n)]);
+                assert!(src.starts_with(&format!("#define {} {n}\n", knob.name)));
+                assert!(
+                    src.contains(&format!("#ifndef {}", knob.name)),
+                    "{}: no default",
+                    knob.name
+                );
+            }
+        }
     }
 
     /// The persistent walks find a warp's slice with a mask (`PersistWalk::slice`, WALK_FAST):
