@@ -46,10 +46,6 @@ pub(crate) struct MmaConfig {
     pub sm_count: usize,
     /// Forced split-K blocks of the q8 products (`SPECULA_Q8_SPLITS`).
     pub q8_splits: Option<usize>,
-    /// Most warps of a block that split a row's groups, below [`source::mma_k_warps`]'s
-    /// (`SPECULA_MMA_KW=1|2|4`, tuning; a function of `k` still, so decode and verify rows
-    /// keep equal bits).
-    pub kw_max: Option<usize>,
 }
 
 impl Default for MmaConfig {
@@ -68,7 +64,6 @@ impl Default for MmaConfig {
             q4k_limbs: false,
             sm_count: 132,
             q8_splits: None,
-            kw_max: None,
         }
     }
 }
@@ -203,7 +198,7 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
     let k_warps = if m > source::MMA_MAX_ROWS && cfg.prefill_row_warps {
         1
     } else {
-        source::mma_k_warps(k).min(cfg.kw_max.unwrap_or(8))
+        source::mma_k_warps(k)
     };
     // The limb kernels take one weight tile per warp whatever `mt` (checked for both routes: a
     // limb product that does not read prepared activations runs the `_mma_` one).
@@ -288,7 +283,7 @@ pub(crate) fn q8_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<Q8Inpu
     let (mt, k_splits) = source::q8_tiling(k, n, m, cfg.sm_count);
     let mt = cfg.mt.unwrap_or(mt).clamp(1, 2);
     let k_splits = cfg.q8_splits.unwrap_or(k_splits);
-    let k_warps = source::mma_k_warps(k).min(cfg.kw_max.unwrap_or(8));
+    let k_warps = source::mma_k_warps(k);
     let fits = n.div_ceil(16 * mt * (8 / k_warps)) <= 65_535;
     let whole_blocks = match w.dtype {
         DType::Q8_0 => k % 32 == 0,

@@ -207,8 +207,6 @@ pub struct CudaBackend {
     mma_mt: Option<usize>,
     /// `SPECULA_Q8_SPLITS` (1 to 8): forces the q8 products' split-K blocks (tuning).
     q8_splits: Option<usize>,
-    /// Most k-warps of an `_mma_` block (`SPECULA_MMA_KW=1|2|4`, an A/B knob).
-    mma_kw_max: Option<usize>,
     /// Products of more than 16 activation rows (prefill) also take the `_mma_` kernels, 8·NT
     /// rows per block (`SPECULA_MMA_PREFILL=0`: the tiled `matmul_tc_` kernels, an A/B knob).
     mma_prefill: bool,
@@ -401,10 +399,6 @@ impl CudaBackend {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|mt| [1, 2].contains(mt)),
-            mma_kw_max: std::env::var("SPECULA_MMA_KW")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|kw| [1, 2, 4].contains(kw)),
             q8_splits: std::env::var("SPECULA_Q8_SPLITS")
                 .ok()
                 .and_then(|v| v.parse().ok())

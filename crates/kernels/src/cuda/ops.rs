@@ -42,6 +42,14 @@ impl CudaBackend {
         }
         let (mt, nt) = mi.tile;
         let kw = mi.k_warps;
+        // The kernels split a row's groups over kw warps of their 8, and the persistent walks
+        // find a warp's share with a mask (PersistWalk::slice).
+        if !(kw.is_power_of_two() && kw <= 8) {
+            return Err(backend_err(format!(
+                "product node {}: {kw} k-warps is not a power of two up to 8",
+                id.index()
+            )));
+        }
         let splits = source::mma_k_splits(k);
         let dst = self.split_dst(exec, splits, out)?;
         let (weights, repacked) = self.product_weights(exec, id, node, w.dtype)?;
@@ -323,7 +331,6 @@ impl CudaBackend {
             q4k_limbs: self.q4k_limbs,
             sm_count: self.sm_count,
             q8_splits: self.q8_splits,
-            kw_max: self.mma_kw_max,
         }
     }
 
