@@ -35,7 +35,7 @@ fn main() -> Result<()> {
         Some("accept") => accept::run(&args[1..]),
         Some("gguf-to-hf") => gguf_to_hf(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|fixtures|kernels [--verbose] [--cubin-dir DIR]|gpu-test|bench [--models DIR] [--out DIR]|accept [--device cpu|cuda] [--limit K]|gguf-to-hf GGUF --template DIR --out DIR|synth --model M [--quant Q] [--drafter D] --out DIR>");
+            eprintln!("usage: cargo xtask <ci|fixtures|kernels [--verbose] [--cubin-dir DIR] [--knobs]|gpu-test|bench [--models DIR] [--out DIR]|accept [--device cpu|cuda] [--limit K]|gguf-to-hf GGUF --template DIR --out DIR|synth --model M [--quant Q] [--drafter D] --out DIR>");
             std::process::exit(2);
         }
     }
