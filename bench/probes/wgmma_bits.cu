@@ -5,7 +5,10 @@
 // Not part of the runtime (the product kernels are NVRTC-compiled from crates/kernels/cu). Run on
 // the lent GPU machine (nvcc, no Rust needed):
 //
-//   nvcc -O3 -arch=sm_90a -o /tmp/wgmma_bits bench/probes/wgmma_bits.cu && /tmp/wgmma_bits
+//   nvcc -O3 -arch=sm_90a -Xptxas -v -o /tmp/wgmma_bits bench/probes/wgmma_bits.cu && /tmp/wgmma_bits
+//
+// (If ptxas reports the wgmma instructions serialised, C7510 / C7515, the wgmma rate printed
+// understates the hardware.)
 //
 // It prints, for each of two descriptor readings (which byte offset steps along k), the largest
 // error of each kernel against a float64 reference and how many outputs differ in bits between
@@ -89,11 +92,14 @@ __device__ u64 descriptor(const void* smem, u32 lbo, u32 sbo) {
 // gives `step` as the leading byte offset (reading 0) or the stride byte offset (reading 1), the
 // other 256. A wgmma per chunk accumulates into the same registers, the first from zero.
 __global__ void with_wgmma(const u16* a, const u16* b, float* d, int reading) {
-    __shared__ __align__(128) u16 bs[CHUNKS][2][8][8];  // [chunk][k half][n][k]
+    // [chunk][k half][n][k]; one chunk of zeros past the last, which reading 1 (k step 256
+    // bytes) reaches from the last chunk.
+    __shared__ __align__(128) u16 bs[CHUNKS + 1][2][8][8];
     for (int i = threadIdx.x; i < K * N; i += blockDim.x) {
         int k = i / N, n = i % N;
         bs[k / 16][(k % 16) / 8][n][k % 8] = b[k * N + n];
     }
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) (&bs[CHUNKS][0][0][0])[i] = 0;
     __syncthreads();
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
@@ -101,8 +107,10 @@ __global__ void with_wgmma(const u16* a, const u16* b, float* d, int reading) {
     const u32 step = 8 * 8 * sizeof(u16);  // 128 bytes between the two core matrices
     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     u32 f[CHUNKS][4];
+#pragma unroll
     for (int ch = 0; ch < CHUNKS; ++ch) a_frag(a, w, ch, lane, f[ch]);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
     for (int ch = 0; ch < CHUNKS; ++ch) {
         u64 desc = reading == 0 ? descriptor(&bs[ch][0][0][0], step, 256) : descriptor(&bs[ch][0][0][0], 256, step);
         int accumulate = ch > 0;
