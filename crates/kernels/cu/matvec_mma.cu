@@ -376,8 +376,9 @@ __device__ __forceinline__ uint2 ldw64(const u8* p) {
 
 // Q4K_HEAD16 1 (the default) loads a group's 16 header bytes (d, dmin, scales) in one 16-byte
 // load, 0 in four 4-byte ones (an A/B knob, `SPECULA_Q4K_HEAD16`). 144-byte groups keep them
-// 16-byte aligned wherever the weights start 16-byte aligned (the backend checks). H200, 31B decode 89.5 → 92.9
-// tok/s (bench/NOTES.md, twentieth session): ten loads a group for a lane, not sixteen.
+// 16-byte aligned wherever the weights start 16-byte aligned (the backend checks). H200, 31B
+// decode 89.5 → 92.9 tok/s (bench/NOTES.md, twentieth session): ten loads a group for a lane,
+// not sixteen.
 #ifndef Q4K_HEAD16
 #define Q4K_HEAD16 1
 #endif

@@ -200,6 +200,9 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
     } else {
         source::mma_k_warps(k)
     };
+    // The kernels split a row's groups over k_warps of a block's 8 warps, and the persistent
+    // walks find a warp's share with a mask (PersistWalk::slice; `k_warps_divide_a_block`).
+    debug_assert!(k_warps.is_power_of_two() && k_warps <= 8);
     // The limb kernels take one weight tile per warp whatever `mt` (checked for both routes: a
     // limb product that does not read prepared activations runs the `_mma_` one).
     let rows_per_block = 16 * if limbs { 1 } else { mt } * (8 / k_warps);

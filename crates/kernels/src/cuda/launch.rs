@@ -67,7 +67,7 @@ impl CudaBackend {
     /// launched right after other products it does not race with (its `footprint`, asked only
     /// then, against each of theirs) starts at once as their sibling, not after them; any other
     /// product leads a new chain (waits for the kernel before it, then lets the next one
-    /// launch; a `persistent` `_p` / `_p1` kernel does so inside its walk, after its setup and
+    /// launch; a persistent `_p` / `_p1` kernel does so inside its walk, after its setup and
     /// its first Q4_K weight loads, unless `SPECULA_PDL_LATE=0`). Any other launch ends the
     /// chain.
     pub(super) fn launch_product(
@@ -76,7 +76,6 @@ impl CudaBackend {
         grid: (u32, u32, u32),
         args: &mut Args,
         footprint: impl FnOnce() -> Result<Footprint>,
-        persistent: bool,
     ) -> Result<()> {
         let launch = |args: &mut Args| {
             self.launching_product.set(true);
@@ -94,12 +93,8 @@ impl CudaBackend {
             return launch(args);
         }
         // Only the persistent kernels' walk makes a late lead's wait (pdl_late); a one-shot
-        // kernel given that mode would never wait.
-        if persistent && !(name.ends_with("_p") || name.ends_with("_p1")) {
-            return Err(backend_err(format!(
-                "{name}: only the persistent _p / _p1 kernels wait late"
-            )));
-        }
+        // kernel given that mode would never wait, so the name decides.
+        let persistent = name.ends_with("_p") || name.ends_with("_p1");
         let fp = footprint()?;
         let mut chain = self.pdl_chain.take();
         let sibling = !chain.is_empty() && chain.iter().all(|c| !c.conflicts(&fp));

@@ -42,14 +42,6 @@ impl CudaBackend {
         }
         let (mt, nt) = mi.tile;
         let kw = mi.k_warps;
-        // The kernels split a row's groups over kw warps of their 8, and the persistent walks
-        // find a warp's share with a mask (PersistWalk::slice).
-        if !(kw.is_power_of_two() && kw <= 8) {
-            return Err(backend_err(format!(
-                "product node {}: {kw} k-warps is not a power of two up to 8",
-                id.index()
-            )));
-        }
         let splits = source::mma_k_splits(k);
         let dst = self.split_dst(exec, splits, out)?;
         let (weights, repacked) = self.product_weights(exec, id, node, w.dtype)?;
@@ -123,7 +115,7 @@ impl CudaBackend {
             // The limb kernels take no PDL mode: an ordinary launch, which ends any chain.
             self.launch(&kernel, grid, 256, &mut a)?;
         } else {
-            self.launch_product(&kernel, grid, &mut a, footprint, persist)?;
+            self.launch_product(&kernel, grid, &mut a, footprint)?;
         }
         if !exec.fuse.unsummed.contains(&id.index()) {
             self.sum_splits(dst, out, m * n, splits, 0)?;
@@ -308,7 +300,6 @@ impl CudaBackend {
             ),
             &mut a,
             footprint,
-            false,
         )?;
         if !exec.fuse.unsummed.contains(&id.index()) {
             self.sum_splits(dst, out, m * n, splits, 0)?;
