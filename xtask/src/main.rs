@@ -173,13 +173,7 @@ fn compile_kernels(args: &[String]) -> Result<()> {
     for arch in ["sm_80", "sm_86", "sm_89", "sm_90"] {
         let compiled =
             kernels::nvrtc::compile(&source, arch, false, true).map_err(anyhow::Error::msg)?;
-        let spills: Vec<&str> = compiled
-            .log
-            .lines()
-            .filter(|l| {
-                l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")
-            })
-            .collect();
+        let spills = spill_lines(&compiled.log);
         println!(
             "{arch}: {} kernels, cubin {} bytes, {} lines with spills",
             names.len(),
@@ -205,6 +199,15 @@ fn compile_kernels(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The lines of a ptxas log that report spilled bytes.
+fn spill_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")
+        })
+        .collect()
+}
+
 /// Compiles the kernels for sm_90 once per A/B knob variant (`KnobDefine::variants`), each
 /// alone, so a knob that no longer compiles fails here rather than on the GPU machine.
 fn compile_knob_variants() -> Result<()> {
@@ -213,13 +216,7 @@ fn compile_knob_variants() -> Result<()> {
             let source = kernels::source::source_with(&[(knob, n)]);
             let compiled = kernels::nvrtc::compile(&source, "sm_90", false, true)
                 .map_err(|e| anyhow::anyhow!("{}={n}: {e}", knob.var))?;
-            let spills = compiled
-                .log
-                .lines()
-                .filter(|l| {
-                    l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")
-                })
-                .count();
+            let spills = spill_lines(&compiled.log).len();
             println!(
                 "{}={n} ({} {n}): sm_90 compiles, {spills} lines with spills",
                 knob.var, knob.name
