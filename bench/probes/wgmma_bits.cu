@@ -5,7 +5,9 @@
 // Not part of the runtime (the product kernels are NVRTC-compiled from crates/kernels/cu). Run on
 // the lent GPU machine (nvcc, no Rust needed):
 //
-//   nvcc -O3 -arch=sm_90a -Xptxas -v -o /tmp/wgmma_bits bench/probes/wgmma_bits.cu && /tmp/wgmma_bits
+//   nvcc -O3 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -o /tmp/wgmma_bits bench/probes/wgmma_bits.cu && /tmp/wgmma_bits
+//
+// (`-arch=sm_90a` alone gave ptxas a compute_90 PTX on the lent machine, nvcc 13.0, and failed.)
 //
 // (If ptxas reports the wgmma instructions serialised, C7510 / C7515, the wgmma rate printed
 // understates the hardware.)
@@ -144,31 +146,64 @@ __global__ void mma_rate(float* sink, int iters) {
     sink[blockIdx.x * blockDim.x + threadIdx.x] = s;
 }
 
+// One wgmma m64n<N>k16 (A from registers, B from shared memory) into accumulators c.
+template <int N>
+__device__ __forceinline__ void wgmma_n(float* c, u32 f0, u32 f1, u64 desc);
+template <>
+__device__ __forceinline__ void wgmma_n<8>(float* c, u32 f0, u32 f1, u64 desc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0,%1,%2,%3}, {%4,%5,%4,%5}, %6, p, 1, 1, 0;\n"
+        "}\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(f0), "r"(f1), "l"(desc));
+}
+template <>
+__device__ __forceinline__ void wgmma_n<16>(float* c, u32 f0, u32 f1, u64 desc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%8,%9}, %10, p, 1, 1, "
+        "0;\n"
+        "}\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]), "+f"(c[4]), "+f"(c[5]), "+f"(c[6]), "+f"(c[7])
+        : "r"(f0), "r"(f1), "l"(desc));
+}
+template <>
+__device__ __forceinline__ void wgmma_n<32>(float* c, u32 f0, u32 f1, u64 desc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+        "{%16,%17,%16,%17}, %18, p, 1, 1, 0;\n"
+        "}\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]), "+f"(c[4]), "+f"(c[5]), "+f"(c[6]), "+f"(c[7]),
+          "+f"(c[8]), "+f"(c[9]), "+f"(c[10]), "+f"(c[11]), "+f"(c[12]), "+f"(c[13]), "+f"(c[14]), "+f"(c[15])
+        : "r"(f0), "r"(f1), "l"(desc));
+}
+
+// Throughput of wgmma m64n<N>k16: CH independent accumulator chains per warpgroup, a commit
+// group of CH products per iteration and at most two groups in flight. B: N/8 core matrices
+// along n (256 bytes apart) of two along k (128 bytes apart), all ones.
+template <int N, int CH>
 __global__ void wgmma_rate(float* sink, int iters) {
-    __shared__ __align__(128) u16 bs[2][8][8];
-    for (int i = threadIdx.x; i < 128; i += blockDim.x) (&bs[0][0][0])[i] = 0x3c00;  // 1.0
+    __shared__ __align__(128) u16 bs[N / 8][2][8][8];
+    for (int i = threadIdx.x; i < N * 16; i += blockDim.x) (&bs[0][0][0][0])[i] = 0x3c00;  // 1.0
     __syncthreads();
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
-    u64 desc = descriptor(&bs[0][0][0], 128, 256);
+    u64 desc = descriptor(&bs[0][0][0][0], 128, 256);
     u32 f0 = 0x3c003c00u + threadIdx.x, f1 = f0 ^ 1;
-    float c[4][4] = {};
+    float c[CH][N / 2] = {};
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
     for (int i = 0; i < iters; ++i) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-            asm volatile(
-                "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0,%1,%2,%3}, {%4,%5,%4,%5}, %6, p, 1, 1, 0;\n"
-                "}\n"
-                : "+f"(c[j][0]), "+f"(c[j][1]), "+f"(c[j][2]), "+f"(c[j][3])
-                : "r"(f0), "r"(f1), "l"(desc));
+        for (int j = 0; j < CH; ++j) wgmma_n<N>(c[j], f0, f1, desc);
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     float s = 0.0f;
-    for (int j = 0; j < 4; ++j) s += c[j][0] + c[j][1] + c[j][2] + c[j][3];
+    for (int j = 0; j < CH; ++j)
+        for (int e = 0; e < N / 2; ++e) s += c[j][e];
     sink[blockIdx.x * blockDim.x + threadIdx.x] = s;
 }
 
@@ -238,22 +273,33 @@ int main() {
     cudaEvent_t t0, t1;
     CHECK(cudaEventCreate(&t0));
     CHECK(cudaEventCreate(&t1));
-    for (int which = 0; which < 2; ++which) {
+    // Rates: mma.sync m16n8k16, then wgmma m64n<N>k16 for N = 8, 16, 32 with 4 and 8 chains.
+    struct Rate {
+        const char* name;
+        double macs_per_iter;  // per block
+        void (*kernel)(float*, int);
+    };
+    const Rate rates[] = {
+        {"mma.sync m16n8k16, 4 warps x 4 chains", 4.0 * 4 * 16 * 8 * 16, mma_rate},
+        {"wgmma m64n8k16, 4 chains", 4.0 * 64 * 8 * 16, wgmma_rate<8, 4>},
+        {"wgmma m64n8k16, 8 chains", 8.0 * 64 * 8 * 16, wgmma_rate<8, 8>},
+        {"wgmma m64n16k16, 4 chains", 4.0 * 64 * 16 * 16, wgmma_rate<16, 4>},
+        {"wgmma m64n16k16, 8 chains", 8.0 * 64 * 16 * 16, wgmma_rate<16, 8>},
+        {"wgmma m64n32k16, 4 chains", 4.0 * 64 * 32 * 16, wgmma_rate<32, 4>},
+    };
+    for (const Rate& r : rates) {
+        float ms = 0.0f;
         for (int rep = 0; rep < 2; ++rep) {  // the first is a warm-up
             CHECK(cudaEventRecord(t0));
-            if (which == 0)
-                mma_rate<<<blocks, 128>>>(sink, iters);
-            else
-                wgmma_rate<<<blocks, 128>>>(sink, iters);
+            r.kernel<<<blocks, 128>>>(sink, iters);
             CHECK(cudaEventRecord(t1));
             CHECK(cudaEventSynchronize(t1));
+            CHECK(cudaGetLastError());
+            CHECK(cudaEventElapsedTime(&ms, t0, t1));
         }
-        float ms;
-        CHECK(cudaEventElapsedTime(&ms, t0, t1));
-        // mma.sync: 4 warps × 4 chains × 16·8·16 MACs; wgmma: 4 chains × 64·8·16 MACs per block.
-        double macs = (double)blocks * iters * 4 * (which == 0 ? 4.0 * 16 * 8 * 16 : 64.0 * 8 * 16);
-        std::printf("%s m*n8k16 f16 -> f32: %.1f TFLOP/s (%d SMs, %d blocks of 128 threads)\n",
-                    which == 0 ? "mma.sync" : "wgmma", 2.0 * macs / (ms * 1e-3) / 1e12, sms, blocks);
+        double macs = (double)blocks * iters * r.macs_per_iter;
+        std::printf("%-40s f16 -> f32: %6.1f TFLOP/s (%d SMs, %d blocks of 128 threads)\n", r.name,
+                    2.0 * macs / (ms * 1e-3) / 1e12, sms, blocks);
     }
     return 0;
 }
