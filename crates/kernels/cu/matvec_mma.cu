@@ -274,6 +274,20 @@ struct Acts {
         }
         return split_x(make_float4(r[0], r[1], r[2], r[3]));
     }
+
+    // chunk's hi pair (h0, h1) or, with lo, its lo pair (l0, l1): one B column's share.
+    __device__ __forceinline__ uint2 chunk_half(int tok, int c, bool lo) const {
+        if (PREP) return ((const uint2*)p)[2 * ((i64)tok * (k / 4) + c) + lo];
+        XFrag f = chunk(tok, c);
+        return lo ? make_uint2(f.l0, f.l1) : make_uint2(f.h0, f.h1);
+    }
+
+    // sums' hi or lo pair, as chunk_half.
+    __device__ __forceinline__ uint2 sums_half(int tok, int grp, int t, int h, bool lo) const {
+        if (PREP) return ((const uint2*)p)[2 * ((i64)m * (k / 4) + (i64)tok * (k / 32) + grp * 8 + 2 * t + h) + lo];
+        XFrag f = sums(tok, grp, t, h);
+        return lo ? make_uint2(f.l0, f.l1) : make_uint2(f.h0, f.h1);
+    }
 };
 
 // Lane (g, t)'s activation row for each 8-row tile nt: row m0 + 8·nt + g, or row m0 past m. An
@@ -299,6 +313,16 @@ __device__ __forceinline__ void weight_groups(const u8* w, int row0, int n, int 
         b[mt][1] = w + ((i64)(rb < n ? rb : n - 1) * n_groups + grp) * group_bytes;
     }
 }
+
+// Q4K_HL 1: the Q4_K decode and verify kernels (q4k_group_rows, q4k_mins) multiply a sub-block by
+// the hi activation halves in one mma chain and by the lo halves in another, and fold each chain
+// into the f32 sums by its own FMA, hi first (the mins likewise), where 0 (the default) runs one
+// chain alternating them. A batch of one row then takes hi and lo as two columns of one mma
+// (q4k_group_one): half the mma of a decode step, the same bits as a verify row. An A/B knob,
+// `SPECULA_Q4K_HL`; the two orders round differently, so each is tested on its own.
+#ifndef Q4K_HL
+#define Q4K_HL 0
+#endif
 
 // ---- Q4_K: 144-byte groups (f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 nibble bytes).
 // Sub-block s (32 weights) lives in the low (s even) or high (s odd) nibbles of bytes
@@ -445,22 +469,55 @@ __device__ __forceinline__ void zero4(float* c) { c[0] = c[1] = c[2] = c[3] = 0.
 // tmn += a Q4_K group's mins times its activations' sub-block sums: k = (sub-block s, lane t);
 // slots (2t, 2t+1, 2t+8, 2t+9) hold s = 4h + (0, 2, 1, 3), the order split_x pairs (v.x, v.z)
 // and (v.y, v.w) in. B = the lane's sums of its 8 activations of sub-blocks 4h..4h+3.
-template <int MT, int NT, bool PREP>
+// PASS 0: the hi and lo halves alternating in one chain; 1: the hi halves only; 2: the lo only
+// (Q4K_HL's two chains).
+template <int MT, int NT, bool PREP, int PASS = 0>
 __device__ __forceinline__ void q4k_mins(const u32 (&mn)[MT][2][2], const Acts<PREP>& A, const int (&tok)[NT],
                                          int grp, float (&tmn)[MT][NT][4]) {
     int t = threadIdx.x & 3;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         XFrag p[NT];
+        uint2 q[NT];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) p[nt] = A.sums(tok[nt], grp, t, h);
+        for (int nt = 0; nt < NT; ++nt) {
+            if (PASS == 0)
+                p[nt] = A.sums(tok[nt], grp, t, h);
+            else
+                q[nt] = A.sums_half(tok[nt], grp, t, h, PASS == 2);
+        }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             u32 a[4];
             q4k_min_frag(mn[mt][0][h], mn[mt][1][h], a);
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) mma_split(tmn[mt][nt], a[0], a[1], a[2], a[3], p[nt]);
+            for (int nt = 0; nt < NT; ++nt) {
+                if (PASS == 0)
+                    mma_split(tmn[mt][nt], a[0], a[1], a[2], a[3], p[nt]);
+                else
+                    mma_16816(tmn[mt][nt], a[0], a[1], a[2], a[3], q[nt].x, q[nt].y);
+            }
         }
+    }
+}
+
+// acc −= dmin · (pass PASS of the group's mins · sub-block sums), for rows g and g + 8 (e < 2, e ≥ 2).
+template <int MT, int NT, bool PREP, int PASS>
+__device__ __forceinline__ void q4k_mins_fold(const Q4KTile (&T)[MT], const u32 (&mn)[MT][2][2], const Acts<PREP>& A,
+                                              const int (&tok)[NT], int grp, float (&acc)[MT][NT][4]) {
+    float tmn[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) zero4(tmn[mt][nt]);
+    q4k_mins<MT, NT, PREP, PASS>(mn, A, tok, grp, tmn);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        float m0_ = h2f((u16)(T[mt].dd[0] >> 16)), m1_ = h2f((u16)(T[mt].dd[1] >> 16));
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mt][nt][e] = __fmaf_rn(-(e < 2 ? m0_ : m1_), tmn[mt][nt][e], acc[mt][nt][e]);
     }
 }
 
@@ -556,9 +613,10 @@ __device__ __forceinline__ float byte_f32(u32 v, int i) {
 // the high ones (bits 4..7), one AND per two weights and nothing to subtract. Each sub-block's
 // product (its two k-halves, hi and lo activations, four mma) is its own f32 sum, exact but for
 // the mma's additions; its 6-bit scale multiplies it into the group's f32 sum of the even or of
-// the odd sub-blocks, in sub-block order, and the tail scales those by d·2^24 and d·2^20. Every
-// row of any batch takes the same operations in the same order, so a verify row equals the
-// decode step's.
+// the odd sub-blocks, in sub-block order, and the tail scales those by d·2^24 and d·2^20 (under
+// Q4K_HL the hi and lo products are two sums, each scaled in, hi first). Every row of any batch
+// takes the same operations in the same order, so a verify row equals the decode step's (a decode
+// step's `_p1` kernel under Q4K_HL: q4k_group_one).
 template <int MT, int NT, bool PREP>
 __device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Acts<PREP>& A, float (&acc)[MT][NT][4],
                                                int grp, int m0, int m) {
@@ -573,19 +631,11 @@ __device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Act
     // tok/s); with two, last (first cost the 16-row verify 1 %, and spilled in (1, 2)). Same
     // operations either way, so the same bits.
     auto mins = [&]() {
-        float tmn[MT][NT][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) zero4(tmn[mt][nt]);
-        q4k_mins<MT, NT, PREP>(mn, A, tok, grp, tmn);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-            float m0_ = h2f((u16)(T[mt].dd[0] >> 16)), m1_ = h2f((u16)(T[mt].dd[1] >> 16));
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[mt][nt][e] = __fmaf_rn(-(e < 2 ? m0_ : m1_), tmn[mt][nt][e], acc[mt][nt][e]);
+        if (Q4K_HL) {
+            q4k_mins_fold<MT, NT, PREP, 1>(T, mn, A, tok, grp, acc);
+            q4k_mins_fold<MT, NT, PREP, 2>(T, mn, A, tok, grp, acc);
+        } else {
+            q4k_mins_fold<MT, NT, PREP, 0>(T, mn, A, tok, grp, acc);
         }
     };
     if (NT == 1) mins();
@@ -622,9 +672,23 @@ __device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Act
             for (int nt = 0; nt < NT; ++nt) {
                 float c[4];
                 zero4(c);
+                if (Q4K_HL) {
+                    // The hi chain, folded in, then the lo chain into the same registers.
 #pragma unroll
-                for (int hf = 0; hf < 2; ++hf)
-                    mma_split(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], f[nt][hf]);
+                    for (int hf = 0; hf < 2; ++hf)
+                        mma_16816(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], f[nt][hf].h0, f[nt][hf].h1);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        tsc[mt][nt][s & 1][e] = __fmaf_rn(e < 2 ? s0 : s1, c[e], tsc[mt][nt][s & 1][e]);
+                    zero4(c);
+#pragma unroll
+                    for (int hf = 0; hf < 2; ++hf)
+                        mma_16816(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], f[nt][hf].l0, f[nt][hf].l1);
+                } else {
+#pragma unroll
+                    for (int hf = 0; hf < 2; ++hf)
+                        mma_split(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], f[nt][hf]);
+                }
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
                     tsc[mt][nt][s & 1][e] = __fmaf_rn(e < 2 ? s0 : s1, c[e], tsc[mt][nt][s & 1][e]);
@@ -656,6 +720,69 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PRE
         q4k_group_tiles<MT, NT, PREP>(T, A, acc, grp, m0, m);
     else
         q4k_group_rows<MT, NT, PREP>(T, A, acc, grp, m0, m);
+}
+
+// One Q4_K group of a batch of one row (m = 1) under Q4K_HL: the row's hi and lo activation halves
+// are columns 0 and 1 of one mma (lane g's B: the hi pair for even g, the lo pair for odd; the
+// columns past 1 repeat them and are never written), so a sub-block takes two mma, not four, and
+// the mins two. Lane (g, 0)'s c[0] and c[1] (c[2] and c[3]) are row g's (g + 8's) hi and lo
+// chains, folded in hi first with the same scales as q4k_group_rows folds them: the same bits as
+// a verify row. They live where the rows kernel keeps column 0 (acc e = 0 and 2).
+template <bool PREP>
+__device__ __forceinline__ void q4k_group_one(const Q4KTile (&T)[1], const Acts<PREP>& A, float (&acc)[1][1][4],
+                                              int grp) {
+    int t = threadIdx.x & 3;
+    bool lo = (threadIdx.x >> 2) & 1;
+    u32 sc[1][2][2], mn[1][2][2];
+    q4k_unpack_tiles<1>(T, sc, mn);
+    {  // the mins first, as the rows kernel with one activation tile
+        float c[4];
+        zero4(c);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            uint2 p = A.sums_half(0, grp, t, h, lo);
+            u32 a[4];
+            q4k_min_frag(mn[0][0][h], mn[0][1][h], a);
+            mma_16816(c, a[0], a[1], a[2], a[3], p.x, p.y);
+        }
+        float m0_ = h2f((u16)(T[0].dd[0] >> 16)), m1_ = h2f((u16)(T[0].dd[1] >> 16));
+        acc[0][0][0] = __fmaf_rn(-m0_, c[0], acc[0][0][0]);
+        acc[0][0][2] = __fmaf_rn(-m1_, c[2], acc[0][0][2]);
+        acc[0][0][0] = __fmaf_rn(-m0_, c[1], acc[0][0][0]);
+        acc[0][0][2] = __fmaf_rn(-m1_, c[3], acc[0][0][2]);
+    }
+    float tsc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // [even / odd sub-blocks][row g / g + 8]
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+        uint2 f[2];
+        f[0] = A.chunk_half(0, grp * 64 + 8 * s + 2 * t, lo);
+        f[1] = A.chunk_half(0, grp * 64 + 8 * s + 2 * t + 1, lo);
+        const u32 mask = (s & 1) ? 0x00F000F0u : 0x000F000Fu;
+        u32 a[2][2][2];  // [row g / g + 8][half .x/.y][pair (e, e+2) / (e+1, e+3)]
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            u32 wx = T[0].q[r][s >> 1].x, wy = T[0].q[r][s >> 1].y;
+            a[r][0][0] = wx & mask;
+            a[r][0][1] = (wx >> 8) & mask;
+            a[r][1][0] = wy & mask;
+            a[r][1][1] = (wy >> 8) & mask;
+        }
+        float s0 = byte_f32(sc[0][0][s >> 2], s & 3), s1 = byte_f32(sc[0][1][s >> 2], s & 3);
+        float c[4];
+        zero4(c);
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf)
+            mma_16816(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], f[hf].x, f[hf].y);
+        tsc[s & 1][0] = __fmaf_rn(s0, c[0], tsc[s & 1][0]);
+        tsc[s & 1][1] = __fmaf_rn(s1, c[2], tsc[s & 1][1]);
+        tsc[s & 1][0] = __fmaf_rn(s0, c[1], tsc[s & 1][0]);
+        tsc[s & 1][1] = __fmaf_rn(s1, c[3], tsc[s & 1][1]);
+    }
+    float d0 = h2f((u16)(T[0].dd[0] & 0xffff)), d1 = h2f((u16)(T[0].dd[1] & 0xffff));
+    acc[0][0][0] = __fmaf_rn(d0 * 16777216.0f, tsc[0][0], acc[0][0][0]);
+    acc[0][0][0] = __fmaf_rn(d0 * 1048576.0f, tsc[1][0], acc[0][0][0]);
+    acc[0][0][2] = __fmaf_rn(d1 * 16777216.0f, tsc[0][1], acc[0][0][2]);
+    acc[0][0][2] = __fmaf_rn(d1 * 1048576.0f, tsc[1][1], acc[0][0][2]);
 }
 
 // Weight rows g and g + 8 of each of a warp's MT 16-row tiles from row0 on, clamped to the last
@@ -1806,8 +1933,8 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
 }
 
 // One block of matmul_<type>_mma_m1n1[_x]_p / _p1 (see PersistWalk): the one-shot kernels' warps,
-// groups and order, walked persistently. ONE: a batch of one row (the `_p1` kernels of Q6_K and
-// Q8_0 weights; see q6k_group).
+// groups and order, walked persistently. ONE: a batch of one row (the `_p1` kernels; see q6k_group,
+// and q4k_group_one for Q4_K under Q4K_HL, without which Q4_K's are its `_p` kernels).
 template <int DT, int NT, bool PREP, bool ONE = false>
 __device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw,
                                         int splits, int pdl) {
@@ -1820,7 +1947,10 @@ __device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* 
     persist_walk<DT>(
         W, w, pdl,
         [&](const Q4KTile(&T)[1], int grp, int row0) {
-            if (DT == DT_Q4_K) q4k_group<1, NT, PREP>(T, A, acc, grp, m0, m);
+            if constexpr (DT == DT_Q4_K && ONE && NT == 1 && Q4K_HL)
+                q4k_group_one<PREP>(T, A, acc, grp);
+            else if (DT == DT_Q4_K)
+                q4k_group<1, NT, PREP>(T, A, acc, grp, m0, m);
             if (DT == DT_Q6_K) q6k_group<1, NT, PREP, false, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
             if (DT == DT_Q6_KR) q6k_group<1, NT, PREP, true, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
             if (DT == DT_Q8_0) q80_group<1, NT, PREP, false, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
@@ -1922,10 +2052,11 @@ MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 1, 2, true, )
 MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 2, 2, true, )
 
 // matmul_<type>_mma_m1n1[_x]_p: matmul_<type>_mma_m1n1[_x] in gridDim.y persistent blocks (grid
-// (⌈m / 8⌉, blocks, 1)) over `splits` planes; matmul_<type>_mma_m1n1[_x]_p1 (Q6_K and Q8_0
-// weights): the same for a batch of one row (m = 1: decode and draft steps), the same bits with
-// half the scale FMAs. (Q4_K's, tried, spilled 60–108 bytes at the 128-register cap whichever
-// of its FMAs it dropped; NVRTC, sm_90.)
+// (⌈m / 8⌉, blocks, 1)) over `splits` planes; matmul_<type>_mma_m1n1[_x]_p1: the same for a batch
+// of one row (m = 1: decode and draft steps), the same bits: Q6_K and Q8_0 with half the scale
+// FMAs; Q4_K with half the mma under Q4K_HL, else its `_p` kernel again. (Q4_K's with half the
+// FMAs in the alternating order, tried, spilled 40–108 bytes at the 128-register cap; NVRTC,
+// sm_90.)
 #define MMV_PERSIST_KERNEL(SUFFIX, DT, PREP, TAIL, ONE, PT)                                                 \
     extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 2)                                         \
         matmul_##SUFFIX##_mma_m1n1##TAIL##PT(const u8* w, const void* x, float* y, int k, int n, int m, int kw, \
@@ -1942,7 +2073,7 @@ MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 2, 2, true, )
     MMV_PERSIST_KERNELS(SUFFIX, DT)                      \
     MMV_PERSIST_KERNEL(SUFFIX, DT, true, , true, _p1)    \
     MMV_PERSIST_KERNEL(SUFFIX, DT, false, _x, true, _p1)
-MMV_PERSIST_KERNELS(q4_k, DT_Q4_K)
+MMV_PERSIST_ONE_KERNELS(q4_k, DT_Q4_K)
 MMV_PERSIST_ONE_KERNELS(q6_k, DT_Q6_K)
 MMV_PERSIST_ONE_KERNELS(q6_kr, DT_Q6_KR)
 MMV_PERSIST_ONE_KERNELS(q8_0r, DT_Q8_0R)

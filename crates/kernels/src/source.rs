@@ -76,6 +76,9 @@ pub struct KnobDefine {
 ///   kernels, 0 in four smaller ones.
 /// - `SPECULA_WALK_FAST` → `WALK_FAST` (`matvec_mma.cu`): 1 (the default) lets the persistent
 ///   products' walks find their next unit without dividing where they can, 0 divides.
+/// - `SPECULA_Q4K_HL` → `Q4K_HL` (`matvec_mma.cu`): 1 sums the Q4_K decode and verify
+///   kernels' hi and lo activation halves in separate chains (a decode step's `_p1` kernel then
+///   takes them as two columns of one mma), 0 (the default) in one alternating chain.
 pub const KNOB_DEFINES: &[KnobDefine] = &[
     KnobDefine {
         var: "SPECULA_ATT_MIN_SPLIT",
@@ -106,6 +109,12 @@ pub const KNOB_DEFINES: &[KnobDefine] = &[
         name: "WALK_FAST",
         accepts: |n| n <= 1,
         variants: &[0],
+    },
+    KnobDefine {
+        var: "SPECULA_Q4K_HL",
+        name: "Q4K_HL",
+        accepts: |n| n <= 1,
+        variants: &[1],
     },
 ];
 
@@ -234,10 +243,15 @@ pub const PERSIST_ITERS: usize = 6;
 pub const PERSIST_LIMB_TILES: &[usize] = &[1, 2];
 
 /// Whether persistent products of one activation row of `dtype` weights have their own `_p1`
-/// kernels (`matmul_<type>_mma_m1n1[_x]_p1`: Q6_K and Q8_0), which keep only that row's
-/// accumulators: half the scale FMAs, the same bits. Q4_K's spilled at the 128-register cap.
+/// kernels (`matmul_<type>_mma_m1n1[_x]_p1`), which give that row the same bits with less work:
+/// Q6_K and Q8_0 keep only its accumulators (half the scale FMAs); Q4_K takes its hi and lo
+/// activation halves as two columns of one mma under `Q4K_HL` (half the mma) and is its `_p`
+/// kernel again without it.
 pub fn persist_one_row(dtype: gguf::GgmlType) -> bool {
-    matches!(dtype, gguf::GgmlType::Q6_K | gguf::GgmlType::Q8_0)
+    matches!(
+        dtype,
+        gguf::GgmlType::Q4_K | gguf::GgmlType::Q6_K | gguf::GgmlType::Q8_0
+    )
 }
 
 /// Blocks of a persistent `_p` launch over `units` units on a device of `sms` multiprocessors:
