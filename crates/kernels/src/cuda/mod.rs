@@ -232,7 +232,7 @@ pub struct CudaBackend {
     /// one-shot kernels, an A/B knob).
     mma_persist: bool,
     /// Persistent products of one activation row (decode and draft steps) take the `_p1`
-    /// kernels, which keep only the accumulators row 0 is written from (same bits;
+    /// kernels, the same bits with less work (`source::persist_one_row`;
     /// `SPECULA_MMA_ONE=0`: the `_p` ones, an A/B and test knob).
     mma_one_row: bool,
     /// Attentions of at least this many queries on the wide f16 kernels run a block per two

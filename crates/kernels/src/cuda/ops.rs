@@ -99,8 +99,8 @@ impl CudaBackend {
         let (kernel, grid) = if persist {
             a.i32(splits as i32);
             let blocks = source::persist_blocks(tiles * splits, self.sm_count);
-            // One activation row (m must be 1): the `_p1` kernels keep only its accumulators
-            // (same bits).
+            // One activation row (m must be 1): the `_p1` kernels, the same bits with less work
+            // (source::persist_one_row).
             let one_row = !limbs && m == 1 && self.mma_one_row;
             let tail = if one_row && source::persist_one_row(w.dtype) {
                 "_p1"
