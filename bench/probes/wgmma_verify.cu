@@ -1,0 +1,340 @@
+// Probe: a Q4_K verify product on wgmma m64n32k16 under Q4K_HL, against the runtime's own
+// mma.sync verify kernel (matmul_q4_k_mma_m2n2, compiled here from crates/kernels/cu with
+// -DQ4K_HL=1): the same bits for every output, and the time of each.
+//
+// Not part of the runtime. Run on the lent GPU machine (nvcc, no Rust needed), from the repo root:
+//
+//   nvcc -O3 -gencode arch=compute_90a,code=sm_90a -DQ4K_HL=1 -Icrates/kernels/cu \
+//        -o /tmp/wgmma_verify bench/probes/wgmma_verify.cu && /tmp/wgmma_verify
+//
+// The wgmma kernel (q4k_wg_verify): a block is one warpgroup, four warps on 64 consecutive weight
+// rows (warp w: rows 16w..16w+15, unpacked into A fragments exactly as the rows kernel does), all
+// kw k-slices in slice order with a running sum, as the rows kernel's blocks add their warps'
+// slices (s = 0, then s += slice v). Per group the warpgroup stages the 16 activation rows' hi and
+// lo halves in shared memory as B of n32 (columns 0..15 the rows' hi halves, 16..31 their lo
+// halves), in the mma's k order, and per sub-block runs two wgmma (its two k16 halves, chained):
+// columns j hold the hi chain and j + 16 the lo chain of row j, which Q4K_HL folds in by two FMAs
+// with the sub-block scale, hi first; the mins the same way; then d·2^24 and d·2^20. The probe
+// (wgmma_bits.cu) showed a wgmma chain gives a mma.sync chain's bits. This first form waits for
+// each sub-block's wgmma before folding it (no overlap), so its time is an upper bound.
+#ifndef Q4K_HL
+#define Q4K_HL 1
+#endif
+#ifndef __CUDACC_RTC__
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+#undef INFINITY  // common.cuh defines its own (the kernels include no toolkit headers)
+#endif
+#include "common.cuh"
+#include "dequant.cuh"
+#include "matmul.cu"
+#include "matvec_mma.cu"
+
+// A shared-memory matrix descriptor: start address, leading (k) and stride (n) byte offsets, no
+// swizzle (wgmma_bits.cu checked this reading).
+__device__ __forceinline__ u64 wg_desc(const void* smem, u32 lbo, u32 sbo) {
+    u32 addr = static_cast<u32>(__cvta_generic_to_shared(smem));
+    return (u64)((addr >> 4) & 0x3FFF) | ((u64)((lbo >> 4) & 0x3FFF) << 16) | ((u64)((sbo >> 4) & 0x3FFF) << 32);
+}
+
+// c (16 floats: columns 8j + 2t, + 1 of rows g, g + 8 for j = 0..3) = A·B (+ c when acc).
+__device__ __forceinline__ void wgmma_n32(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u64 desc, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+        "{%16,%17,%18,%19}, %20, p, 1, 1, 0;\n"
+        "}\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]), "+f"(c[4]), "+f"(c[5]), "+f"(c[6]), "+f"(c[7]),
+          "+f"(c[8]), "+f"(c[9]), "+f"(c[10]), "+f"(c[11]), "+f"(c[12]), "+f"(c[13]), "+f"(c[14]), "+f"(c[15])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(acc));
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit_wait0() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+
+// Shared memory of one group's B: 18 k16 chunks (sub-block s, half hf at 2s + hf; the mins'
+// halves h at 16 + h) of 1 KB: [n group 4][k half 2][n 8][k 8] f16, so LBO 128 and SBO 256.
+#define WG_CHUNKS 18
+#define WG_CHUNK_BYTES 1024
+
+// Stages group grp's B: chunk q of row j (j < 16; rows past m repeat row 0, never written) from
+// the prepared layout. A k16 chunk's logical k 2t, 2t + 1 (k half 0) and 2t + 8, 2t + 9 (k half 1)
+// are the h0 and h1 (hi) or l0 and l1 (lo) of prepared chunk base + 2t + hf, t = 0..3, as the
+// rows kernel's lane t feeds them to its mma.
+__device__ __forceinline__ void wg_stage(u8* sm, const uint4* xs, int k, int m, int grp) {
+    for (int p = threadIdx.x; p < WG_CHUNKS * 16; p += 128) {
+        int q = p >> 4, j = p & 15, tok = j < m ? j : 0;
+        uint4 v[4];
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+            i64 idx = q < 16 ? (i64)tok * (k / 4) + grp * 64 + 8 * (q >> 1) + 2 * t + (q & 1)
+                             : (i64)m * (k / 4) + (i64)tok * (k / 32) + grp * 8 + 2 * t + (q - 16);
+            v[t] = xs[idx];
+        }
+        u8* base = sm + q * WG_CHUNK_BYTES + (j & 7) * 16;
+        int ng = j >> 3;  // hi: n group 0/1; lo: 2/3
+        *(uint4*)(base + ng * 256) = make_uint4(v[0].x, v[1].x, v[2].x, v[3].x);
+        *(uint4*)(base + ng * 256 + 128) = make_uint4(v[0].y, v[1].y, v[2].y, v[3].y);
+        *(uint4*)(base + (ng + 2) * 256) = make_uint4(v[0].z, v[1].z, v[2].z, v[3].z);
+        *(uint4*)(base + (ng + 2) * 256 + 128) = make_uint4(v[0].w, v[1].w, v[2].w, v[3].w);
+    }
+}
+
+// y = W·x for up to 16 prepared rows (m ≤ 16), one plane (no k splits), kw k-slices as the runtime
+// chooses them; grid ⌈n / 64⌉ blocks of 128 threads, WG_CHUNKS KB of dynamic shared memory.
+// PIPE: a sub-block's wgmma are issued before the previous sub-block is folded (two accumulator
+// sets), else each is waited for at once.
+template <bool PIPE>
+__global__ void __launch_bounds__(128) q4k_wg_verify(const u8* w, const uint4* xs, float* y, int k, int n, int m,
+                                                     int kw) {
+    extern __shared__ __align__(128) u8 sm[];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int row0 = blockIdx.x * 64 + warp * 16;
+    int n_groups = k / 256;
+    int rows[1][2];
+    q4k_tile_rows<1>(row0 < n ? row0 : n - 1, n, rows);
+    // [j 0..1][row g / g + 8][column 2t / 2t + 1]: a thread's 8 outputs (rows g, g + 8 of rows 0,
+    // 1 of n groups j; tokens 8j + 2t + i), as the rows kernel's acc[nt = j][e].
+    float S[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) zero4(S[j]);
+    for (int v = 0; v < kw; ++v) {
+        float acc[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) zero4(acc[j]);
+        for (int grp = v; grp < n_groups; grp += kw) {
+            asm volatile("bar.sync 1, 128;\n" ::: "memory");  // the last group's wgmma have all read
+            wg_stage(sm, xs, k, m, grp);
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+            asm volatile("bar.sync 1, 128;\n" ::: "memory");
+            Q4KTile T[1];
+            q4k_load(T[0], w, rows[0][0], rows[0][1], n_groups, grp, t);
+            u32 sc[1][2][2], mn[1][2][2];
+            q4k_unpack_tiles<1>(T, sc, mn);
+            float tsc[2][2][4];  // [even / odd sub-blocks][j][e]
+#pragma unroll
+            for (int p = 0; p < 2; ++p)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) zero4(tsc[p][j]);
+            // Sub-block s's A fragments (the rows kernel's) and its two chained wgmma into c.
+            auto issue = [&](int s, float* c) {
+                const u32 mask = (s & 1) ? 0x00F000F0u : 0x000F000Fu;
+                u32 a[2][2][2];
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    u32 wx = T[0].q[r][s >> 1].x, wy = T[0].q[r][s >> 1].y;
+                    a[r][0][0] = wx & mask;
+                    a[r][0][1] = (wx >> 8) & mask;
+                    a[r][1][0] = wy & mask;
+                    a[r][1][1] = (wy >> 8) & mask;
+                }
+                wg_fence();
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf)
+                    wgmma_n32(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
+                              wg_desc(sm + (2 * s + hf) * WG_CHUNK_BYTES, 128, 256), hf);
+                asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            };
+            // Sub-block s folded in: its hi chain (columns 8j + ..) then its lo chain (8j + 16 + ..).
+            auto fold = [&](int s, const float* c) {
+                float s0 = byte_f32(sc[0][0][s >> 2], s & 3), s1 = byte_f32(sc[0][1][s >> 2], s & 3);
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float sc_ = e < 2 ? s0 : s1;
+                        tsc[s & 1][j][e] = __fmaf_rn(sc_, c[4 * j + e], tsc[s & 1][j][e]);
+                        tsc[s & 1][j][e] = __fmaf_rn(sc_, c[4 * (j + 2) + e], tsc[s & 1][j][e]);
+                    }
+            };
+            float cc[2][16];
+            if (PIPE) issue(0, cc[0]);
+#pragma unroll
+            for (int s = 0; s < 8; ++s) {
+                if (PIPE) {
+                    if (s + 1 < 8) {
+                        issue(s + 1, cc[(s + 1) & 1]);
+                        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+                    } else {
+                        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+                    }
+                    fold(s, cc[s & 1]);
+                } else {
+                    issue(s, cc[0]);
+                    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+                    fold(s, cc[0]);
+                }
+            }
+            {  // the mins: the hi chain over both halves, folded in, then the lo chain
+                float c[16];
+                wg_fence();
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    u32 a[4];
+                    q4k_min_frag(mn[0][0][h], mn[0][1][h], a);
+                    wgmma_n32(c, a[0], a[1], a[2], a[3], wg_desc(sm + (16 + h) * WG_CHUNK_BYTES, 128, 256), h);
+                }
+                wg_commit_wait0();
+                float m0_ = h2f((u16)(T[0].dd[0] >> 16)), m1_ = h2f((u16)(T[0].dd[1] >> 16));
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[j][e] = __fmaf_rn(-(e < 2 ? m0_ : m1_), c[4 * j + e], acc[j][e]);
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        acc[j][e] = __fmaf_rn(-(e < 2 ? m0_ : m1_), c[4 * (j + 2) + e], acc[j][e]);
+            }
+            float d0 = h2f((u16)(T[0].dd[0] & 0xffff)), d1 = h2f((u16)(T[0].dd[1] & 0xffff));
+#pragma unroll
+            for (int j = 0; j < 2; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float d = e < 2 ? d0 : d1;
+                    acc[j][e] = __fmaf_rn(d * 16777216.0f, tsc[0][j][e], acc[j][e]);
+                    acc[j][e] = __fmaf_rn(d * 1048576.0f, tsc[1][j][e], acc[j][e]);
+                }
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) S[j][e] += acc[j][e];
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            int row = row0 + g + (e >= 2 ? 8 : 0), tok = 8 * j + 2 * t + (e & 1);
+            if (row0 < n && row < n && tok < m) y[(i64)tok * n + row] = S[j][e];
+        }
+}
+
+#ifndef __CUDACC_RTC__
+#define CHECK(x)                                                                                  \
+    do {                                                                                          \
+        cudaError_t e_ = (x);                                                                     \
+        if (e_ != cudaSuccess) {                                                                  \
+            std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
+            std::exit(1);                                                                         \
+        }                                                                                         \
+    } while (0)
+
+static u64 rng = 0x5eed1234;
+static u32 next_u32() {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (u32)(rng >> 32);
+}
+static float next_f() { return (float)((next_u32() >> 8) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
+// A positive f16 of 2^-14 .. 2^-8 (a Q4_K d or dmin of plausible size).
+static u16 small_f16() { return (u16)(((1 + next_u32() % 6) << 10) | (next_u32() & 0x3ff)); }
+
+int main() {
+    const int k = 5376, kw = 8;  // the 31B's hidden width (21 groups); the runtime's k-warps for it
+    const int n_groups = k / 256;
+    int dev;
+    CHECK(cudaGetDevice(&dev));
+    for (int n : {8192, 5376}) {
+        std::vector<u8> w((size_t)n * n_groups * 144);
+        for (auto& b : w) b = (u8)next_u32();
+        for (size_t gi = 0; gi < (size_t)n * n_groups; ++gi) {
+            u16 d = small_f16(), dm = small_f16();
+            std::memcpy(&w[gi * 144], &d, 2);
+            std::memcpy(&w[gi * 144 + 2], &dm, 2);
+        }
+        const int m_max = 16;
+        std::vector<float> x((size_t)m_max * k);
+        for (auto& v : x) v = next_f();
+        u8* dw;
+        float *dx, *y_ref, *y_wg;
+        uint4* xs;
+        CHECK(cudaMalloc(&dw, w.size()));
+        CHECK(cudaMalloc(&dx, x.size() * 4));
+        CHECK(cudaMalloc(&xs, (size_t)m_max * k * 4 + (size_t)m_max * k / 2 + 65536));
+        CHECK(cudaMalloc(&y_ref, (size_t)m_max * n * 4));
+        CHECK(cudaMalloc(&y_wg, (size_t)m_max * n * 4));
+        CHECK(cudaMemcpy(dw, w.data(), w.size(), cudaMemcpyHostToDevice));
+        CHECK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+        int smem = WG_CHUNKS * WG_CHUNK_BYTES;
+        CHECK(cudaFuncSetAttribute(q4k_wg_verify<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        CHECK(cudaFuncSetAttribute(q4k_wg_verify<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        cudaEvent_t t0, t1;
+        CHECK(cudaEventCreate(&t0));
+        CHECK(cudaEventCreate(&t1));
+        for (int m : {9, 12, 16}) {
+            mmv_prepare_x<<<dim3((k / 8 + 127) / 128, m), 128>>>(dx, 0, k, k, m, xs, 0);
+            CHECK(cudaGetLastError());
+            dim3 grid_ref(1, (n + 31) / 32, 1);  // (2, 2) tiles, kw warps of 8 on each 32 rows
+            auto run_ref = [&]() {
+                matmul_q4_k_mma_m2n2<<<grid_ref, 256>>>(dw, xs, y_ref, k, n, m, kw, 0, 0, PDL_PLAIN);
+            };
+            auto run_wg = [&](int pipe) {
+                if (pipe)
+                    q4k_wg_verify<true><<<(n + 63) / 64, 128, smem>>>(dw, xs, y_wg, k, n, m, kw);
+                else
+                    q4k_wg_verify<false><<<(n + 63) / 64, 128, smem>>>(dw, xs, y_wg, k, n, m, kw);
+            };
+            // Times `reps` launches of f after a warm-up round, in µs per launch.
+            auto time_us = [&](auto f) {
+                const int reps = 50;
+                float ms = 0;
+                for (int rep = 0; rep < 2; ++rep) {
+                    CHECK(cudaEventRecord(t0));
+                    for (int i = 0; i < reps; ++i) f();
+                    CHECK(cudaEventRecord(t1));
+                    CHECK(cudaEventSynchronize(t1));
+                    CHECK(cudaEventElapsedTime(&ms, t0, t1));
+                }
+                return 1e3 * ms / reps;
+            };
+            CHECK(cudaMemset(y_ref, 0xff, (size_t)m_max * n * 4));
+            run_ref();
+            CHECK(cudaGetLastError());
+            CHECK(cudaDeviceSynchronize());
+            std::vector<float> a((size_t)m * n), b((size_t)m * n);
+            CHECK(cudaMemcpy(a.data(), y_ref, a.size() * 4, cudaMemcpyDeviceToHost));
+            double bytes = (double)n * n_groups * 144;
+            double us_ref = time_us(run_ref);
+            std::printf("n %5d m %2d: mma.sync (2,2) %7.2f us (%5.0f GB/s)\n", n, m, us_ref, bytes / us_ref / 1e3);
+            for (int pipe = 0; pipe < 2; ++pipe) {
+                CHECK(cudaMemset(y_wg, 0xff, (size_t)m_max * n * 4));
+                run_wg(pipe);
+                CHECK(cudaGetLastError());
+                CHECK(cudaDeviceSynchronize());
+                CHECK(cudaMemcpy(b.data(), y_wg, b.size() * 4, cudaMemcpyDeviceToHost));
+                size_t differ = 0, first = (size_t)-1;
+                double err = 0, norm = 0;
+                for (size_t i = 0; i < a.size(); ++i) {
+                    if (std::memcmp(&a[i], &b[i], 4) != 0) {
+                        ++differ;
+                        if (first == (size_t)-1) first = i;
+                    }
+                    err += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+                    norm += (double)a[i] * a[i];
+                }
+                double us = time_us([&]() { run_wg(pipe); });
+                std::printf("             wgmma n32 %s %7.2f us (%5.0f GB/s): %zu of %zu outputs differ in bits, "
+                            "|d|/|ref| %.3g",
+                            pipe ? "pipelined" : "waiting  ", us, bytes / us / 1e3, differ, a.size(),
+                            std::sqrt(err / norm));
+                if (differ)
+                    std::printf(" (first: token %lld row %lld, %.9g against %.9g)", (long long)(first / n),
+                                (long long)(first % n), b[first], a[first]);
+                std::printf("\n");
+            }
+        }
+        CHECK(cudaFree(dw));
+        CHECK(cudaFree(dx));
+        CHECK(cudaFree(xs));
+        CHECK(cudaFree(y_ref));
+        CHECK(cudaFree(y_wg));
+    }
+    return 0;
+}
+#endif
