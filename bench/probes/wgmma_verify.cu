@@ -124,16 +124,8 @@ __global__ void __launch_bounds__(128) q4k_wg_verify(const u8* w, const uint4* x
                 for (int j = 0; j < 2; ++j) zero4(tsc[p][j]);
             // Sub-block s's A fragments (the rows kernel's) and its two chained wgmma into c.
             auto issue = [&](int s, float* c) {
-                const u32 mask = (s & 1) ? 0x00F000F0u : 0x000F000Fu;
                 u32 a[2][2][2];
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    u32 wx = T[0].q[r][s >> 1].x, wy = T[0].q[r][s >> 1].y;
-                    a[r][0][0] = wx & mask;
-                    a[r][0][1] = (wx >> 8) & mask;
-                    a[r][1][0] = wy & mask;
-                    a[r][1][1] = (wy >> 8) & mask;
-                }
+                q4k_subnormal_frags(T[0], s, a);
                 wg_fence();
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf)

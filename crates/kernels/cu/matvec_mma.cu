@@ -608,6 +608,21 @@ __device__ __forceinline__ float byte_f32(u32 v, int i) {
     return r;
 }
 
+// Sub-block s's A fragments of a tile's rows g and g + 8 as f16 subnormals (q4k_group_rows):
+// a[row g / g + 8][half .x / .y][pair (e, e + 2) / (e + 1, e + 3)], its low nibbles (s even) or
+// high ones (s odd) masked in place.
+__device__ __forceinline__ void q4k_subnormal_frags(const Q4KTile& T, int s, u32 (&a)[2][2][2]) {
+    const u32 mask = (s & 1) ? 0x00F000F0u : 0x000F000Fu;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        u32 wx = T.q[r][s >> 1].x, wy = T.q[r][s >> 1].y;
+        a[r][0][0] = wx & mask;
+        a[r][0][1] = (wx >> 8) & mask;
+        a[r][1][0] = wy & mask;
+        a[r][1][1] = (wy >> 8) & mask;
+    }
+}
+
 // One Q4_K group of a decode step or verify batch (NT ≤ 2 activation tiles). A holds the raw
 // nibbles as f16 subnormals: q·2^-24 for the low nibbles (bits 0..3 of each half), q·2^-20 for
 // the high ones (bits 4..7), one AND per two weights and nothing to subtract. Each sub-block's
@@ -655,18 +670,10 @@ __device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Act
             f[nt][0] = A.chunk(tok[nt], grp * 64 + 8 * s + 2 * t);
             f[nt][1] = A.chunk(tok[nt], grp * 64 + 8 * s + 2 * t + 1);
         }
-        const u32 mask = (s & 1) ? 0x00F000F0u : 0x000F000Fu;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-            u32 a[2][2][2];  // [row g / g + 8][half .x/.y][pair (e, e+2) / (e+1, e+3)]
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                u32 wx = T[mt].q[r][s >> 1].x, wy = T[mt].q[r][s >> 1].y;
-                a[r][0][0] = wx & mask;
-                a[r][0][1] = (wx >> 8) & mask;
-                a[r][1][0] = wy & mask;
-                a[r][1][1] = (wy >> 8) & mask;
-            }
+            u32 a[2][2][2];
+            q4k_subnormal_frags(T[mt], s, a);
             float s0 = byte_f32(sc[mt][0][s >> 2], s & 3), s1 = byte_f32(sc[mt][1][s >> 2], s & 3);
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
@@ -757,16 +764,8 @@ __device__ __forceinline__ void q4k_group_one(const Q4KTile (&T)[1], const Acts<
         uint2 f[2];
         f[0] = A.chunk_half(0, grp * 64 + 8 * s + 2 * t, lo);
         f[1] = A.chunk_half(0, grp * 64 + 8 * s + 2 * t + 1, lo);
-        const u32 mask = (s & 1) ? 0x00F000F0u : 0x000F000Fu;
-        u32 a[2][2][2];  // [row g / g + 8][half .x/.y][pair (e, e+2) / (e+1, e+3)]
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            u32 wx = T[0].q[r][s >> 1].x, wy = T[0].q[r][s >> 1].y;
-            a[r][0][0] = wx & mask;
-            a[r][0][1] = (wx >> 8) & mask;
-            a[r][1][0] = wy & mask;
-            a[r][1][1] = (wy >> 8) & mask;
-        }
+        u32 a[2][2][2];
+        q4k_subnormal_frags(T[0], s, a);
         float s0 = byte_f32(sc[0][0][s >> 2], s & 3), s1 = byte_f32(sc[0][1][s >> 2], s & 3);
         float c[4];
         zero4(c);
