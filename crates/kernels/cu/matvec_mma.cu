@@ -677,6 +677,12 @@ __device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Act
             float s0 = byte_f32(sc[mt][0][s >> 2], s & 3), s1 = byte_f32(sc[mt][1][s >> 2], s & 3);
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
+                // The sub-block's product c, scaled into the even or odd sum.
+                auto fold = [&](const float (&c)[4]) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        tsc[mt][nt][s & 1][e] = __fmaf_rn(e < 2 ? s0 : s1, c[e], tsc[mt][nt][s & 1][e]);
+                };
                 float c[4];
                 zero4(c);
                 if (Q4K_HL) {
@@ -684,9 +690,7 @@ __device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Act
 #pragma unroll
                     for (int hf = 0; hf < 2; ++hf)
                         mma_16816(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], f[nt][hf].h0, f[nt][hf].h1);
-#pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        tsc[mt][nt][s & 1][e] = __fmaf_rn(e < 2 ? s0 : s1, c[e], tsc[mt][nt][s & 1][e]);
+                    fold(c);
                     zero4(c);
 #pragma unroll
                     for (int hf = 0; hf < 2; ++hf)
@@ -696,9 +700,7 @@ __device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Act
                     for (int hf = 0; hf < 2; ++hf)
                         mma_split(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], f[nt][hf]);
                 }
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    tsc[mt][nt][s & 1][e] = __fmaf_rn(e < 2 ? s0 : s1, c[e], tsc[mt][nt][s & 1][e]);
+                fold(c);
             }
         }
     }
