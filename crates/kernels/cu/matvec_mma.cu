@@ -539,7 +539,6 @@ __device__ __forceinline__ void q4k_group_tiles(const Q4KTile (&T)[MT], const Ac
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
             zero4(c[mt][nt]);
             zero4(tmn[mt][nt]);
         }
