@@ -40,6 +40,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <vector>
 #undef INFINITY  // common.cuh defines its own (the kernels include no toolkit headers)
 #endif
@@ -769,6 +770,168 @@ __global__ void __launch_bounds__(128 * WGS, 1)
     }
 }
 
+// q4k_wg_verify8: q4k_wg_verify4's walk with its stages filled by TMA bulk copies and signalled
+// by mbarriers instead of every thread's cp.async and two warpgroup barriers a group. Stage slot
+// has a "full" barrier (one arrival with the stage's byte count; the copies complete the bytes)
+// and an "empty" one (one arrival per warp once its wgmma have read the stage). Warp 0 of a
+// warpgroup refills: lane 0 waits for the stage to be empty and announces the bytes, then lane 0
+// copies the group's 18 KB of B and lanes 0..31 the 64 rows' 144-byte weight blocks, two each.
+__device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(u64* bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u64* bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
+    asm volatile(
+        "{\n.reg .pred p;\nWAIT_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)),
+        "r"(parity)
+        : "memory");
+}
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, u32 bytes, u64* bar) {
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+            smem_u32(dst)),
+        "l"(src), "r"(bytes), "r"(smem_u32(bar))
+        : "memory");
+}
+
+template <int WGS, int NS>
+__global__ void __launch_bounds__(128 * WGS, 1)
+    q4k_wg_verify8(const u8* w, const u8* img, float* y, int k, int n, int m, int kw) {
+    extern __shared__ __align__(128) u8 sm[];
+    __shared__ __align__(8) u64 bars[WGS][NS][2];  // [warpgroup][stage][full, empty]
+    int wg = threadIdx.x >> 7, tid = threadIdx.x & 127, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    u8* stages = sm + wg * NS * WG_STAGE_BYTES;
+    float* red = (float*)sm;
+    int row_base = blockIdx.x * 64, row0 = row_base + warp * 16;
+    int n_groups = k / 256;
+    if (tid == 0)
+        for (int i = 0; i < NS; ++i) {
+            mbar_init(&bars[wg][i][0], 1);
+            mbar_init(&bars[wg][i][1], 4);
+        }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    __syncthreads();
+    // Lane l of warp 0 copies weight rows l and l + 32 of the 64 (rows past n repeat row n − 1).
+    u32 w_off[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        int r = row_base + lane + 32 * h;
+        w_off[h] = (u32)(r < n ? r : n - 1) * (u32)n_groups * 144u;
+    }
+    auto advance = [&](int& v, int& grp) {
+        grp += kw;
+        while (v < kw && grp >= n_groups) {
+            v += WGS;
+            grp = v;
+        }
+    };
+    // Warp 0: stage slot ← group grp, once the slot is empty (its use-th refill waits for the
+    // (use − 1)-th release).
+    auto refill = [&](int slot, int grp, int use) {
+        if (warp != 0) return;
+        u8* st = stages + slot * WG_STAGE_BYTES;
+        if (lane == 0) {
+            if (use > 0) mbar_wait(&bars[wg][slot][1], (use - 1) & 1);
+            mbar_expect_tx(&bars[wg][slot][0], WG_STAGE_BYTES);
+            bulk_copy(st, img + (i64)grp * (WG_CHUNKS * WG_CHUNK_BYTES), WG_CHUNKS * WG_CHUNK_BYTES, &bars[wg][slot][0]);
+        }
+        __syncwarp();
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+            bulk_copy(st + WG_CHUNKS * WG_CHUNK_BYTES + 144 * (lane + 32 * h), w + w_off[h] + 144 * grp, 144,
+                      &bars[wg][slot][0]);
+    };
+    int v = wg, grp = wg;
+    while (v < kw && grp >= n_groups) {
+        v += WGS;
+        grp = v;
+    }
+    int fv = v, fg = grp, filled = 0;  // groups handed to the copies so far
+    for (int i = 0; i < NS && fv < kw; ++i) {
+        refill(i, fg, 0);
+        advance(fv, fg);
+        ++filled;
+    }
+    constexpr int PK = (8 + WGS - 1) / WGS;
+    float acc[2][4], parked[PK][2][4];
+    int parked_v[PK];
+#pragma unroll
+    for (int i = 0; i < PK; ++i) parked_v[i] = -1;
+    int n_parked = 0;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) zero4(acc[j]);
+    int used = 0;  // groups consumed
+    while (v < kw) {
+        int slot = used % NS;
+        mbar_wait(&bars[wg][slot][0], (used / NS) & 1);
+        const u8* st = stages + slot * WG_STAGE_BYTES;
+        Q4KTile T[1];
+        q4k_load_staged(T[0], st + WG_CHUNKS * WG_CHUNK_BYTES, warp * 16 + g, warp * 16 + g + 8, t);
+        wg_group<false, true>(st, T, acc);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&bars[wg][slot][1]);
+        ++used;
+        if (fv < kw) {  // the slot just read takes the group NS ahead
+            refill(slot, fg, filled / NS);
+            advance(fv, fg);
+            ++filled;
+        }
+        int v1 = v, g1 = grp;
+        advance(v1, g1);
+        if (v1 != v) {
+#pragma unroll
+            for (int i = 0; i < PK; ++i)
+                if (i == n_parked) {
+#pragma unroll
+                    for (int j = 0; j < 2; ++j)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) parked[i][j][e] = acc[j][e];
+                    parked_v[i] = v;
+                }
+            ++n_parked;
+#pragma unroll
+            for (int j = 0; j < 2; ++j) zero4(acc[j]);
+        }
+        v = v1;
+        grp = g1;
+    }
+    __syncthreads();
+    for (int s_ = wg; s_ < kw; s_ += WGS) {
+#pragma unroll
+        for (int i = 0; i < PK; ++i)
+            if (parked_v[i] == s_) {
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) red[(s_ * 8 + 4 * j + e) * 128 + tid] = parked[i][j][e];
+            }
+        if (s_ >= n_groups)
+            for (int e = 0; e < 8; ++e) red[(s_ * 8 + e) * 128 + tid] = 0.0f;
+    }
+    __syncthreads();
+    if (wg == 0) {
+        float S_[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float s_ = 0.0f;
+                for (int u = 0; u < kw; ++u) s_ += red[(u * 8 + 4 * j + e) * 128 + tid];
+                S_[j][e] = s_;
+            }
+        wg_store(y, S_, row0, n, m);
+    }
+}
+
 // q4k_wg_verify6: split over a cluster. q4k_wg_verify4's time hardly moved with the rows (n 8,192 on
 // 128 blocks, 5,376 on 84) or with how the wgmma waits were batched, as if each SM's intake of
 // bytes bounded it: per 64 rows a block takes every group's 18 KB of B and 9 KB of weights. Here a
@@ -1052,6 +1215,18 @@ int main() {
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem4(2, 2))));
         CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 4, 2, false, 0, 0, true>,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem4(4, 2))));
+        CHECK((cudaFuncSetAttribute(q4k_wg_verify8<4, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   smem4(4, 2))));
+        CHECK((cudaFuncSetAttribute(q4k_wg_verify8<2, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   smem4(2, 4))));
+        CHECK((cudaFuncSetAttribute(q4k_wg_verify8<2, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   smem4(2, 3))));
+        CHECK((cudaFuncSetAttribute(q4k_wg_verify6<1, 4, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   smem6(1, 2))));
+        CHECK((cudaFuncSetAttribute(q4k_wg_verify6<1, 8, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   smem6(1, 2))));
+        CHECK((cudaFuncSetAttribute(q4k_wg_verify6<1, 2, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   smem6(1, 3))));
         CHECK((cudaFuncSetAttribute(q4k_wg_verify6<4, 4, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    smem6(4, 2))));
         CHECK((cudaFuncSetAttribute(q4k_wg_verify6<4, 8, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -1184,6 +1359,24 @@ int main() {
                      q4k_wg_verify4<false, 4, 2, false, 0, 0, true>
                          <<<blocks, 512, smem4(4, 2)>>>(dw, (const u8*)xs, y_wg, k, n, m, kw);
                  }},
+                {"TMA + mbarriers: 4 wg, 2 stages    ",
+                 [&]() { q4k_wg_verify8<4, 2><<<blocks, 512, smem4(4, 2)>>>(dw, img, y_wg, k, n, m, kw); }},
+                {"TMA + mbarriers: 2 wg, 4 stages    ",
+                 [&]() { q4k_wg_verify8<2, 4><<<blocks, 256, smem4(2, 4)>>>(dw, img, y_wg, k, n, m, kw); }},
+                {"TMA + mbarriers: 2 wg, 3 stages    ",
+                 [&]() { q4k_wg_verify8<2, 3><<<blocks, 256, smem4(2, 3)>>>(dw, img, y_wg, k, n, m, kw); }},
+                {"cluster: 1 wg (64 rows), 4 CTAs    ",
+                 [&]() {
+                     q4k_wg_verify6<1, 4, 2><<<(n + 63) / 64 * 4, 128, smem6(1, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                 }},
+                {"cluster: 1 wg (64 rows), 8 CTAs    ",
+                 [&]() {
+                     q4k_wg_verify6<1, 8, 2><<<(n + 63) / 64 * 8, 128, smem6(1, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                 }},
+                {"cluster: 1 wg (64 rows), 2 CTAs, 3 st",
+                 [&]() {
+                     q4k_wg_verify6<1, 2, 3><<<(n + 63) / 64 * 2, 128, smem6(1, 3)>>>(dw, img, y_wg, k, n, m, kw);
+                 }},
                 {"image prepare alone               ", [&]() { wg_prepare_b<<<n_groups, 128>>>(xs, img, k, m); }, false},
             };
             // Times `reps` launches of f after a warm-up round, in µs per launch.
@@ -1206,7 +1399,8 @@ int main() {
             std::vector<float> a((size_t)m * n), b((size_t)m * n);
             CHECK(cudaMemcpy(a.data(), y_ref, a.size() * 4, cudaMemcpyDeviceToHost));
             std::vector<double> y64((size_t)m * n);
-            for (int tok = 0; tok < m; ++tok)
+            const bool no64 = std::getenv("PROBE_NO64") != nullptr;  // skip the float64 reference
+            for (int tok = 0; tok < (no64 ? 0 : m); ++tok)
                 for (int r = 0; r < n; ++r) {
                     double acc = 0;
                     for (int i = 0; i < k; ++i) acc += wd[(size_t)r * k + i] * x[(size_t)tok * k + i];
@@ -1225,7 +1419,21 @@ int main() {
             double us_ref = time_us(run_ref);
             std::printf("n %5d m %2d: mma.sync (2,2) %7.2f us (%5.0f GB/s), against float64 %.3g\n", n, m, us_ref,
                         bytes / us_ref / 1e3, err64(a));
+            // PROBE_ONLY=a,b: only the variants whose names contain one of these (all if unset).
+            const char* only = std::getenv("PROBE_ONLY");
+            auto wanted = [&](const char* name) {
+                if (!only) return true;
+                std::string list(only), nm(name);
+                for (size_t p0 = 0; p0 <= list.size();) {
+                    size_t p1 = list.find(',', p0);
+                    if (p1 == std::string::npos) p1 = list.size();
+                    if (p1 > p0 && nm.find(list.substr(p0, p1 - p0)) != std::string::npos) return true;
+                    p0 = p1 + 1;
+                }
+                return false;
+            };
             for (const Variant& var : variants) {
+                if (!wanted(var.name)) continue;
                 if (!var.check) {
                     std::printf("             %s %7.2f us\n", var.name, time_us(var.run));
                     continue;
