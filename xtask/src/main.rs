@@ -143,7 +143,8 @@ fn fixtures() -> Result<()> {
 }
 
 /// `kernels [--verbose] [--cubin-dir DIR]`: compiles every kernel with NVRTC for each
-/// architecture and reports spills (`--verbose`: ptxas's whole log, registers per kernel);
+/// architecture (sm_90a too: wgmma needs it, and a kernel on wgmma would be compiled for it on
+/// 9.0 devices; bench/NOTES.md, twenty-fourth session) and reports spills (`--verbose`: ptxas's whole log, registers per kernel);
 /// `--cubin-dir` also writes each image as `DIR/<arch>.cubin`, for `nvdisasm` (instruction
 /// counts per kernel with no GPU).
 fn compile_kernels(args: &[String]) -> Result<()> {
@@ -170,7 +171,7 @@ fn compile_kernels(args: &[String]) -> Result<()> {
     println!("NVRTC {major}.{minor}");
     let source = kernels::source::full_source();
     let names = kernels::source::all_kernel_names();
-    for arch in ["sm_80", "sm_86", "sm_89", "sm_90"] {
+    for arch in ["sm_80", "sm_86", "sm_89", "sm_90", "sm_90a"] {
         let compiled =
             kernels::nvrtc::compile(&source, arch, false, true).map_err(anyhow::Error::msg)?;
         let spills = spill_lines(&compiled.log);
