@@ -118,6 +118,39 @@ __device__ __forceinline__ void wg_stage(u8* sm, const uint4* xs, int k, int m, 
     }
 }
 
+// A group's tail under Q4K_HL, as the rows kernel's: the mins' hi chain (both halves) folded into
+// acc by −dmin, then their lo chain; then the even and odd sub-blocks' sums by d·2^24 and d·2^20.
+// dlo: the low word of the stage's descriptor (the mins are chunks 16 and 17).
+__device__ __forceinline__ void wg_mins_tail(u32 dlo, const Q4KTile (&T)[1], const u32 (&mn)[1][2][2],
+                                             const float (&tsc)[2][2][4], float (&acc)[2][4]) {
+    float c[16];
+    wg_fence();
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        u32 a[4];
+        q4k_min_frag(mn[0][0][h], mn[0][1][h], a);
+        wgmma_n32_lh(c, a[0], a[1], a[2], a[3], dlo + 64 * (16 + h), h);
+    }
+    wg_commit_wait0();
+    float m0_ = h2f((u16)(T[0].dd[0] >> 16)), m1_ = h2f((u16)(T[0].dd[1] >> 16));
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                acc[j][e] = __fmaf_rn(-(e < 2 ? m0_ : m1_), c[4 * (j + 2 * half) + e], acc[j][e]);
+    float d0 = h2f((u16)(T[0].dd[0] & 0xffff)), d1 = h2f((u16)(T[0].dd[1] & 0xffff));
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            float d = e < 2 ? d0 : d1;
+            acc[j][e] = __fmaf_rn(d * 16777216.0f, tsc[0][j][e], acc[j][e]);
+            acc[j][e] = __fmaf_rn(d * 1048576.0f, tsc[1][j][e], acc[j][e]);
+        }
+}
+
 // y = W·x for up to 16 prepared rows (m ≤ 16), one plane (no k splits), kw k-slices as the runtime
 // chooses them; grid ⌈n / 64⌉ blocks of 128 threads, WG_CHUNKS KB of dynamic shared memory.
 // acc += group `grp`'s share of rows 16w + g, + 8 of the warpgroup's 64 (T: their weights) from
@@ -190,38 +223,7 @@ __device__ __forceinline__ void wg_group(const u8* buf, const Q4KTile (&T)[1], f
             fold(s, cc[0]);
         }
     }
-    {  // the mins: the hi chain over both halves, folded in, then the lo chain
-        float c[16];
-        wg_fence();
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            u32 a[4];
-            q4k_min_frag(mn[0][0][h], mn[0][1][h], a);
-            if (D1)
-                wgmma_n32_lh(c, a[0], a[1], a[2], a[3], dlo + 64 * (16 + h), h);
-            else
-                wgmma_n32(c, a[0], a[1], a[2], a[3], wg_desc(buf + (16 + h) * WG_CHUNK_BYTES, 128, 256), h);
-        }
-        wg_commit_wait0();
-        float m0_ = h2f((u16)(T[0].dd[0] >> 16)), m1_ = h2f((u16)(T[0].dd[1] >> 16));
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][e] = __fmaf_rn(-(e < 2 ? m0_ : m1_), c[4 * j + e], acc[j][e]);
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][e] = __fmaf_rn(-(e < 2 ? m0_ : m1_), c[4 * (j + 2) + e], acc[j][e]);
-    }
-    float d0 = h2f((u16)(T[0].dd[0] & 0xffff)), d1 = h2f((u16)(T[0].dd[1] & 0xffff));
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            float d = e < 2 ? d0 : d1;
-            acc[j][e] = __fmaf_rn(d * 16777216.0f, tsc[0][j][e], acc[j][e]);
-            acc[j][e] = __fmaf_rn(d * 1048576.0f, tsc[1][j][e], acc[j][e]);
-        }
+    wg_mins_tail((u32)desc0, T, mn, tsc, acc);
 }
 
 // wg_group with the sub-blocks' wgmma issued DEPTH at a time, each into its own accumulators, one
@@ -265,35 +267,7 @@ __device__ __forceinline__ void wg_group_batch(const u8* buf, const Q4KTile (&T)
                 }
         }
     }
-    {  // the mins, as wg_group
-        float c[16];
-        wg_fence();
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            u32 a[4];
-            q4k_min_frag(mn[0][0][h], mn[0][1][h], a);
-            wgmma_n32(c, a[0], a[1], a[2], a[3], desc0 + (u64)(64 * (16 + h)), h);
-        }
-        wg_commit_wait0();
-        float m0_ = h2f((u16)(T[0].dd[0] >> 16)), m1_ = h2f((u16)(T[0].dd[1] >> 16));
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][e] = __fmaf_rn(-(e < 2 ? m0_ : m1_), c[4 * j + e], acc[j][e]);
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][e] = __fmaf_rn(-(e < 2 ? m0_ : m1_), c[4 * (j + 2) + e], acc[j][e]);
-    }
-    float d0 = h2f((u16)(T[0].dd[0] & 0xffff)), d1 = h2f((u16)(T[0].dd[1] & 0xffff));
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            float d = e < 2 ? d0 : d1;
-            acc[j][e] = __fmaf_rn(d * 16777216.0f, tsc[0][j][e], acc[j][e]);
-            acc[j][e] = __fmaf_rn(d * 1048576.0f, tsc[1][j][e], acc[j][e]);
-        }
+    wg_mins_tail((u32)desc0, T, mn, tsc, acc);
 }
 
 // wg_group_sa: a group in a different order (so not the rows kernel's bits; checked against a
@@ -442,6 +416,32 @@ __device__ __forceinline__ void wg_stage_any(u8* buf, const uint4* xs, const u8*
     }
 }
 
+// S = the kw slices' sums added in slice order (red: [slice][8][nt]; the rows kernel's order).
+__device__ __forceinline__ void wg_sum_slices(const float* red, int kw, int nt, int tid, float (&S)[2][4]) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            float s_ = 0.0f;
+            for (int u = 0; u < kw; ++u) s_ += red[(u * 8 + 4 * j + e) * nt + tid];
+            S[j][e] = s_;
+        }
+}
+
+// The (slice, group) walk of a warpgroup or CTA: slices first, first + step, ... below kw, each's
+// groups v, v + kw, ... below n_groups, in that order; v ≥ kw once done. wg_walk_skip moves past
+// slices with no group (start from v = grp = first), wg_walk_next to the next pair.
+__device__ __forceinline__ void wg_walk_skip(int& v, int& grp, int step, int kw, int n_groups) {
+    while (v < kw && grp >= n_groups) {
+        v += step;
+        grp = v;
+    }
+}
+__device__ __forceinline__ void wg_walk_next(int& v, int& grp, int step, int kw, int n_groups) {
+    grp += kw;
+    wg_walk_skip(v, grp, step, kw, n_groups);
+}
+
 // q4k_wg_verify2: WGS warpgroups per block on the same 64 rows, warpgroup w taking slices w, w + WGS,
 // ... (as the rows kernel's warps take theirs), each slice's sums parked in shared memory and added
 // in slice order at the end; each warpgroup stages its next group by cp.async into the other of
@@ -460,23 +460,9 @@ __global__ void __launch_bounds__(128 * WGS, 1)
     int rows[1][2];
     q4k_tile_rows<1>(row0 < n ? row0 : n - 1, n, rows);
     // The warpgroup's (slice, group) walk: slices wg, wg + WGS, ..., each's groups in order.
-    auto first = [&](int& v, int& grp) {
-        v = wg;
-        grp = v;
-        while (v < kw && grp >= n_groups) {
-            v += WGS;
-            grp = v;
-        }
-    };
-    auto next = [&](int& v, int& grp) {
-        grp += kw;
-        while (v < kw && grp >= n_groups) {
-            v += WGS;
-            grp = v;
-        }
-    };
-    int v, grp;
-    first(v, grp);
+    auto next = [&](int& v_, int& g_) { wg_walk_next(v_, g_, WGS, kw, n_groups); };
+    int v = wg, grp = wg;
+    wg_walk_skip(v, grp, WGS, kw, n_groups);
     // Empty slices (a slice past the groups) park zeros.
     for (int e = 0; e < 8; ++e)
         for (int s = wg; s < kw; s += WGS)
@@ -523,17 +509,56 @@ __global__ void __launch_bounds__(128 * WGS, 1)
     __syncthreads();
     if (wg == 0) {
         float S[2][4];
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float s = 0.0f;
-                for (int u = 0; u < kw; ++u) s += red[(u * 8 + 4 * j + e) * 128 + tid];
-                S[j][e] = s;
-            }
+        wg_sum_slices(red, kw, 128, tid, S);
         wg_store(y, S, row0, n, m);
     }
 }
+
+// A warpgroup's finished slices' sums, kept in registers until every warpgroup (or CTA) is done
+// (their shared memory is the stages'): at most PK slices.
+template <int PK>
+struct WgParked {
+    float sums[PK][2][4];
+    int slice[PK];
+    int n;
+    __device__ __forceinline__ void init() {
+        n = 0;
+#pragma unroll
+        for (int i = 0; i < PK; ++i) slice[i] = -1;
+    }
+    // Keeps slice v's sums and zeroes acc for the next slice.
+    __device__ __forceinline__ void park(int v, float (&acc)[2][4]) {
+#pragma unroll
+        for (int i = 0; i < PK; ++i)
+            if (i == n) {
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) sums[i][j][e] = acc[j][e];
+                slice[i] = v;
+            }
+        ++n;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) zero4(acc[j]);
+    }
+    // store(s, e, value) for e = 0..7 of each slice s = first, first + step, ... below kw: its
+    // sums, or zeros for a slice past the groups.
+    template <class Store>
+    __device__ __forceinline__ void put(int first, int step, int kw, int n_groups, Store store) const {
+        for (int s = first; s < kw; s += step) {
+#pragma unroll
+            for (int i = 0; i < PK; ++i)
+                if (slice[i] == s) {
+#pragma unroll
+                    for (int j = 0; j < 2; ++j)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) store(s, 4 * j + e, sums[i][j][e]);
+                }
+            if (s >= n_groups)
+                for (int e = 0; e < 8; ++e) store(s, e, 0.0f);
+        }
+    }
+};
 
 // q4k_wg_verify4: as q4k_wg_verify2, but each stage of a warpgroup holds its group's B (one contiguous
 // copy from the image) and the 64 rows' weights of that group, both by 16-byte cp.async, NS stages
@@ -649,18 +674,9 @@ __global__ void __launch_bounds__(128 * WGS, 1)
     int row_base = blockIdx.x * 64, row0 = row_base + warp * 16;
     int n_groups = k / 256;
     // The warpgroup's (slice, group) walk, as in the second form.
-    auto advance = [&](int& v, int& grp) {
-        grp += kw;
-        while (v < kw && grp >= n_groups) {
-            v += WGS;
-            grp = v;
-        }
-    };
+    auto advance = [&](int& v_, int& g_) { wg_walk_next(v_, g_, WGS, kw, n_groups); };
     int v = wg, grp = wg;
-    while (v < kw && grp >= n_groups) {
-        v += WGS;
-        grp = v;
-    }
+    wg_walk_skip(v, grp, WGS, kw, n_groups);
     WgStageMap M;
     if (FAST || GATHER) M = wg_stage_map(row_base, n, n_groups, tid);
     uint4 xr[9];  // GATHER: the next refill's B
@@ -684,11 +700,9 @@ __global__ void __launch_bounds__(128 * WGS, 1)
     // A warpgroup's finished slices' sums stay in registers until every warpgroup is done (the
     // sums' shared memory is the stages'): at most PK = ⌈8 / WGS⌉ slices (kw ≤ 8).
     constexpr int PK = (8 + WGS - 1) / WGS;
-    float acc[2][4], parked[PK][2][4];
-    int n_parked = 0;
-    int parked_v[PK];
-#pragma unroll
-    for (int i = 0; i < PK; ++i) parked_v[i] = -1;
+    float acc[2][4];
+    WgParked<PK> parked;
+    parked.init();
 #pragma unroll
     for (int j = 0; j < 2; ++j) zero4(acc[j]);
     int slot = 0;
@@ -722,50 +736,18 @@ __global__ void __launch_bounds__(128 * WGS, 1)
             wg_group<PIPE, FAST || GATHER, ABL>(st, T, acc);
         int v1 = v, g1 = grp;
         advance(v1, g1);
-        if (v1 != v) {  // the slice is done: keep its sums
-#pragma unroll
-            for (int i = 0; i < PK; ++i)
-                if (i == n_parked) {
-#pragma unroll
-                    for (int j = 0; j < 2; ++j)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) parked[i][j][e] = acc[j][e];
-                    parked_v[i] = v;
-                }
-            ++n_parked;
-#pragma unroll
-            for (int j = 0; j < 2; ++j) zero4(acc[j]);
-        }
+        if (v1 != v) parked.park(v, acc);  // the slice is done: keep its sums
         v = v1;
         grp = g1;
         slot = (slot + 1) % NS;
     }
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
     __syncthreads();
-    // Empty slices park zeros; the others their sums.
-    for (int s = wg; s < kw; s += WGS) {
-#pragma unroll
-        for (int i = 0; i < PK; ++i)
-            if (parked_v[i] == s) {
-#pragma unroll
-                for (int j = 0; j < 2; ++j)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) red[(s * 8 + 4 * j + e) * 128 + tid] = parked[i][j][e];
-            }
-        if (s >= n_groups)
-            for (int e = 0; e < 8; ++e) red[(s * 8 + e) * 128 + tid] = 0.0f;
-    }
+    parked.put(wg, WGS, kw, n_groups, [&](int s_, int e, float x) { red[(s_ * 8 + e) * 128 + tid] = x; });
     __syncthreads();
     if (wg == 0) {
         float S[2][4];
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float s_ = 0.0f;
-                for (int u = 0; u < kw; ++u) s_ += red[(u * 8 + 4 * j + e) * 128 + tid];
-                S[j][e] = s_;
-            }
+        wg_sum_slices(red, kw, 128, tid, S);
         wg_store(y, S, row0, n, m);
     }
 }
@@ -827,13 +809,7 @@ __global__ void __launch_bounds__(128 * WGS, 1)
         int r = row_base + lane + 32 * h;
         w_off[h] = (u32)(r < n ? r : n - 1) * (u32)n_groups * 144u;
     }
-    auto advance = [&](int& v, int& grp) {
-        grp += kw;
-        while (v < kw && grp >= n_groups) {
-            v += WGS;
-            grp = v;
-        }
-    };
+    auto advance = [&](int& v_, int& g_) { wg_walk_next(v_, g_, WGS, kw, n_groups); };
     // Warp 0: stage slot ← group grp, once the slot is empty (its use-th refill waits for the
     // (use − 1)-th release).
     auto refill = [&](int slot, int grp, int use) {
@@ -851,10 +827,7 @@ __global__ void __launch_bounds__(128 * WGS, 1)
                       &bars[wg][slot][0]);
     };
     int v = wg, grp = wg;
-    while (v < kw && grp >= n_groups) {
-        v += WGS;
-        grp = v;
-    }
+    wg_walk_skip(v, grp, WGS, kw, n_groups);
     int fv = v, fg = grp, filled = 0;  // groups handed to the copies so far
     for (int i = 0; i < NS && fv < kw; ++i) {
         refill(i, fg, 0);
@@ -862,11 +835,9 @@ __global__ void __launch_bounds__(128 * WGS, 1)
         ++filled;
     }
     constexpr int PK = (8 + WGS - 1) / WGS;
-    float acc[2][4], parked[PK][2][4];
-    int parked_v[PK];
-#pragma unroll
-    for (int i = 0; i < PK; ++i) parked_v[i] = -1;
-    int n_parked = 0;
+    float acc[2][4];
+    WgParked<PK> parked;
+    parked.init();
 #pragma unroll
     for (int j = 0; j < 2; ++j) zero4(acc[j]);
     int used = 0;  // groups consumed
@@ -887,47 +858,16 @@ __global__ void __launch_bounds__(128 * WGS, 1)
         }
         int v1 = v, g1 = grp;
         advance(v1, g1);
-        if (v1 != v) {
-#pragma unroll
-            for (int i = 0; i < PK; ++i)
-                if (i == n_parked) {
-#pragma unroll
-                    for (int j = 0; j < 2; ++j)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) parked[i][j][e] = acc[j][e];
-                    parked_v[i] = v;
-                }
-            ++n_parked;
-#pragma unroll
-            for (int j = 0; j < 2; ++j) zero4(acc[j]);
-        }
+        if (v1 != v) parked.park(v, acc);  // the slice is done: keep its sums
         v = v1;
         grp = g1;
     }
     __syncthreads();
-    for (int s_ = wg; s_ < kw; s_ += WGS) {
-#pragma unroll
-        for (int i = 0; i < PK; ++i)
-            if (parked_v[i] == s_) {
-#pragma unroll
-                for (int j = 0; j < 2; ++j)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) red[(s_ * 8 + 4 * j + e) * 128 + tid] = parked[i][j][e];
-            }
-        if (s_ >= n_groups)
-            for (int e = 0; e < 8; ++e) red[(s_ * 8 + e) * 128 + tid] = 0.0f;
-    }
+    parked.put(wg, WGS, kw, n_groups, [&](int s_, int e, float x) { red[(s_ * 8 + e) * 128 + tid] = x; });
     __syncthreads();
     if (wg == 0) {
         float S_[2][4];
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float s_ = 0.0f;
-                for (int u = 0; u < kw; ++u) s_ += red[(u * 8 + 4 * j + e) * 128 + tid];
-                S_[j][e] = s_;
-            }
+        wg_sum_slices(red, kw, 128, tid, S_);
         wg_store(y, S_, row0, n, m);
     }
 }
@@ -988,18 +928,9 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128 * WGS, 1)
             if (tid + nt * u < 64 * WGS * 9) wg_cp16(st + w_dst[u], wg_ + w_src[u]);
     };
     // The CTA's walk: slices rank, rank + S, ..., each's groups in order.
-    auto advance = [&](int& v, int& grp) {
-        grp += kw;
-        while (v < kw && grp >= n_groups) {
-            v += S;
-            grp = v;
-        }
-    };
+    auto advance = [&](int& v_, int& g_) { wg_walk_next(v_, g_, S, kw, n_groups); };
     int v = rank, grp = rank;
-    while (v < kw && grp >= n_groups) {
-        v += S;
-        grp = v;
-    }
+    wg_walk_skip(v, grp, S, kw, n_groups);
     int fv = v, fg = grp;
     for (int i = 0; i < NS - 1; ++i) {
         if (fv < kw) {
@@ -1008,11 +939,9 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128 * WGS, 1)
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
-    float acc[2][4], parked[PK][2][4];
-    int parked_v[PK];
-#pragma unroll
-    for (int i = 0; i < PK; ++i) parked_v[i] = -1;
-    int n_parked = 0;
+    float acc[2][4];
+    WgParked<PK> parked;
+    parked.init();
 #pragma unroll
     for (int j = 0; j < 2; ++j) zero4(acc[j]);
     int slot = 0;
@@ -1032,49 +961,19 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128 * WGS, 1)
         wg_group<false, true>(st, T, acc);
         int v1 = v, g1 = grp;
         advance(v1, g1);
-        if (v1 != v) {
-#pragma unroll
-            for (int i = 0; i < PK; ++i)
-                if (i == n_parked) {
-#pragma unroll
-                    for (int j = 0; j < 2; ++j)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) parked[i][j][e] = acc[j][e];
-                    parked_v[i] = v;
-                }
-            ++n_parked;
-#pragma unroll
-            for (int j = 0; j < 2; ++j) zero4(acc[j]);
-        }
+        if (v1 != v) parked.park(v, acc);  // the slice is done: keep its sums
         v = v1;
         grp = g1;
         slot = (slot + 1) % NS;
     }
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
     wg_cluster_sync();  // CTA 0's stages are free: it has finished its walk
-    for (int s_ = rank; s_ < kw; s_ += S) {
-#pragma unroll
-        for (int i = 0; i < PK; ++i)
-            if (parked_v[i] == s_) {
-#pragma unroll
-                for (int j = 0; j < 2; ++j)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) st_cluster(&red[(s_ * 8 + 4 * j + e) * nt + tid], 0, parked[i][j][e]);
-            }
-        if (s_ >= n_groups)
-            for (int e = 0; e < 8; ++e) st_cluster(&red[(s_ * 8 + e) * nt + tid], 0, 0.0f);
-    }
+    parked.put(rank, S, kw, n_groups,
+               [&](int s_, int e, float x) { st_cluster(&red[(s_ * 8 + e) * nt + tid], 0, x); });
     wg_cluster_sync();
     if (rank == 0) {
         float S_[2][4];
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float s_ = 0.0f;
-                for (int u = 0; u < kw; ++u) s_ += red[(u * 8 + 4 * j + e) * nt + tid];
-                S_[j][e] = s_;
-            }
+        wg_sum_slices(red, kw, nt, tid, S_);
         wg_store(y, S_, row0, n, m);
     }
 }
