@@ -143,10 +143,10 @@ fn fixtures() -> Result<()> {
 }
 
 /// `kernels [--verbose] [--cubin-dir DIR]`: compiles every kernel with NVRTC for each
-/// architecture (sm_90a too: wgmma needs it, and a kernel on wgmma would be compiled for it on
-/// 9.0 devices; bench/NOTES.md, twenty-fourth session) and reports spills (`--verbose`: ptxas's whole log, registers per kernel);
+/// architecture and reports spills (`--verbose`: ptxas's whole log, registers per kernel);
 /// `--cubin-dir` also writes each image as `DIR/<arch>.cubin`, for `nvdisasm` (instruction
-/// counts per kernel with no GPU).
+/// counts per kernel with no GPU). sm_90a is among them because wgmma needs it: a wgmma kernel
+/// would be compiled for it on 9.0 devices (bench/NOTES.md, twenty-fourth session).
 fn compile_kernels(args: &[String]) -> Result<()> {
     let mut verbose = false;
     let mut cubin_dir: Option<PathBuf> = None;
