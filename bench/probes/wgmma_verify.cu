@@ -978,7 +978,8 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128 * WGS, 1)
     }
 }
 
-#ifndef __CUDACC_RTC__
+// WGV_LIB: the kernels and helpers only (wgmma_limbs.cu includes this file for them).
+#if !defined(__CUDACC_RTC__) && !defined(WGV_LIB)
 #define CHECK(x)                                                                                  \
     do {                                                                                          \
         cudaError_t e_ = (x);                                                                     \

@@ -1,0 +1,515 @@
+// Probe: a Q4_K verify product (9–16 activation rows) in the limbs' exact-integer arithmetic on
+// wgmma, against the runtime's own limb kernel (`matmul_q4_k_limb_n8`, compiled here from
+// crates/kernels/cu): the same bits for every output, and the time of each, beside the default
+// split-f16 rows kernel (`matmul_q4_k_mma_m2n2`) that a verify batch runs today.
+//
+// Not part of the runtime. Built with nvcc (bench/NOTES.md has the PyPI-wheel recipe):
+//
+//   nvcc -O3 -gencode arch=compute_90a,code=sm_90a -Icrates/kernels/cu -Ibench/probes \
+//        -o /tmp/wgmma_limbs bench/probes/wgmma_limbs.cu && /tmp/wgmma_limbs
+//
+// Why: the limbs make a decode step 8 % faster (bench/NOTES.md, twenty-fifth session) but cost a
+// verify batch 1.4–1.7× on mma.sync, where each activation row takes four int8 columns. On wgmma a
+// warpgroup's 64 weight rows meet all 16 rows × 4 limbs as one n64 B from shared memory, and the
+// 6-bit scale splits into the A operands (lo·q, hi·q ≤ 225) so a group is two exact integer
+// chains with no per-sub-block fold.
+//
+// The kernel (q4k_limb_wg): WGS warpgroups a block on 64 weight rows each (warp w: rows 16w..),
+// walking k-slices as the limb kernel's warps do (warpgroup j: slices j, j + WGS, ...), each
+// group's B staged from an image (limb_prepare_b: the limbs as K-major 8 × 16-byte core matrices
+// per sub-block, the limbs' lane sums as f16 core matrices for the mins, the 16 group scales) by
+// 16-byte cp.async into one of two buffers. Per sub-block two chained wgmma m64n64k32 u8 × s8 (lo
+// and hi scale parts); the mins one chain of two wgmma m64n64k16 f16 on the lane sums (exact);
+// then, per column, d·2^e · P − dmin·2^e · M as the limb kernel folds it. Column n = row (n / 4) ×
+// limb (n % 4): a thread's accumulators are the limb kernel's lane layout (columns 2t, 2t + 1 of
+// each n8 tile), so its limb combination (limb_columns) and slice order apply unchanged.
+#define Q4K_HL 0
+#define WGV_LIB
+#include "wgmma_verify.cu"
+
+#ifndef __CUDACC_RTC__
+#define LB_LIMB_BYTES (8 * 2048)               // 8 sub-blocks × [n group 8][k half 2][n 8][16 B]
+#define LB_SUMS_BYTES (2 * 2048)               // 2 halves × the same geometry in f16
+#define LB_BYTES (LB_LIMB_BYTES + LB_SUMS_BYTES + 128)  // + 16 group scales (padded)
+
+// d (32 s32: columns 8j + 2t, + 1 of rows g, g + 8, j = 0..7) = A·B (+ d when acc), A u8 from
+// registers (the m16n8k32 fragment layout per warp), B s8 from shared memory.
+__device__ __forceinline__ void wgmma_s8_n64(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u64 desc, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k32.s32.u8.s8 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,"
+        "%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p;\n"
+        "}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(acc));
+}
+
+// The f16 counterpart (f32 accumulators) for the mins.
+__device__ __forceinline__ void wgmma_f16_n64(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u64 desc, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,"
+        "%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(acc));
+}
+
+// Group grp's image (one block of 256 threads a group): core-matrix row q (16 bytes) of the limbs
+// (sub-block s, n group nb, k half kb, row i: column n = 8nb + i = batch row n / 4 (rows past m
+// repeat row 0) × limb n % 4; k half 0 holds lane t's elements 8t..8t+3 for t = 0..3, half 1
+// elements 8t+4..8t+7: the m16n8k32 k order the A fragments follow), then of the lane sums
+// (half h, as the limb kernel's ls.x/ls.y (h = 0) and ls.z/ls.w (h = 1) feed its two mins mma),
+// then the 16 rows' group scales.
+__global__ void limb_prepare_b(const uint4* xs, u8* img, int k, int m) {
+    int grp = blockIdx.x;
+    const u8* base = limb_base((void*)xs, k, m);
+    const u8* limbs = limb_rows((u8*)base, k, m);
+    const u16* lsums = limb_lsums((u8*)base);
+    const float* scales = limb_scales((u8*)base, k, m);
+    u8* out = img + (i64)grp * LB_BYTES;
+    for (int q = threadIdx.x; q < 1024 + 256; q += blockDim.x) {
+        int i = q & 7, kb = (q >> 3) & 1, nb = (q >> 4) & 7, n = 8 * nb + i;
+        int r = n >> 2 < m ? n >> 2 : 0, j = n & 3;
+        i64 lrow = ((i64)grp * m + r) * 4 + j;
+        u32 v[4];
+        if (q < 1024) {
+            int s = q >> 7;
+#pragma unroll
+            for (int t = 0; t < 4; ++t) v[t] = *(const u32*)(limbs + lrow * 256 + limb_word(s, t) + 4 * kb);
+            *(uint4*)(out + s * 2048 + nb * 256 + kb * 128 + i * 16) = make_uint4(v[0], v[1], v[2], v[3]);
+        } else {
+            int h = (q - 1024) >> 7;
+#pragma unroll
+            for (int t = 0; t < 4; ++t) v[t] = *(const u32*)(lsums + lrow * 32 + 8 * t + 4 * h + 2 * kb);
+            *(uint4*)(out + LB_LIMB_BYTES + h * 2048 + nb * 256 + kb * 128 + i * 16) =
+                make_uint4(v[0], v[1], v[2], v[3]);
+        }
+    }
+    if (threadIdx.x < 16)
+        ((float*)(out + LB_LIMB_BYTES + LB_SUMS_BYTES))[threadIdx.x] =
+            scales[(i64)grp * m + (threadIdx.x < m ? threadIdx.x : 0)];
+}
+
+// acc (32 floats, the thread's columns of rows g, g + 8) += group grp's share from the staged
+// image st and the weights T, in the limb kernel's arithmetic. WAIT: 0 commits the 16 integer
+// wgmma as one group (every A fragment stays live until it completes), 1 lets one sub-block's pair
+// run while the next one's A is built, 2 waits for each pair.
+template <int WAIT>
+__device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, float (&acc)[32]) {
+    int t = threadIdx.x & 3;
+    u32 sc[2][2], mn[2][2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) q4k_unpack(T.s[r], sc[r], mn[r]);
+    u32 lo[2][2], hi[2][2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            lo[r][h] = sc[r][h] & 0x0F0F0F0Fu;
+            hi[r][h] = (sc[r][h] >> 4) & 0x03030303u;
+        }
+    const float* gsc = (const float*)(st + LB_LIMB_BYTES + LB_SUMS_BYTES);
+    float d0 = h2f((u16)(T.dd[0] & 0xffff)), dm0 = h2f((u16)(T.dd[0] >> 16));
+    float d1 = h2f((u16)(T.dd[1] & 0xffff)), dm1 = h2f((u16)(T.dd[1] >> 16));
+    // The mins first: acc − dmin·2^e·M is the inner FMA of the limb kernel's fold, so folding it
+    // before the integer chains run gives the same bits and frees M's registers for them.
+    {
+        float tmn[32];
+        wg_fence();
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            u32 a[4];
+            q4k_min_frag(mn[0][h], mn[1][h], a);
+            wgmma_f16_n64(tmn, a[0], a[1], a[2], a[3], wg_desc(st + LB_LIMB_BYTES + h * 2048, 128, 256), h);
+        }
+        wg_commit_wait0();
+#pragma unroll
+        for (int jn = 0; jn < 8; ++jn) {
+            float gs = gsc[2 * jn + (t >> 1)];
+            float dms0 = __fmul_rn(dm0, gs), dms1 = __fmul_rn(dm1, gs);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[4 * jn + e] = __fmaf_rn(-(e < 2 ? dms0 : dms1), tmn[4 * jn + e], acc[4 * jn + e]);
+        }
+    }
+    int P[32], C[32];
+    wg_fence();
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+        u32 al[2][2], ah[2][2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            uint2 q = T.q[r][s >> 1];
+            u32 a0 = ((s & 1) ? q.x >> 4 : q.x) & 0x0F0F0F0Fu, a1 = ((s & 1) ? q.y >> 4 : q.y) & 0x0F0F0F0Fu;
+            u32 l = __byte_perm(lo[r][s >> 2], 0u, 0x4440u | (s & 3));
+            u32 h = __byte_perm(hi[r][s >> 2], 0u, 0x4440u | (s & 3));
+            al[r][0] = a0 * l;
+            al[r][1] = a1 * l;
+            ah[r][0] = a0 * h;
+            ah[r][1] = a1 * h;
+        }
+        u64 d = wg_desc(st + s * 2048, 128, 256);
+        wgmma_s8_n64(P, al[0][0], al[1][0], al[0][1], al[1][1], d, s);
+        wgmma_s8_n64(C, ah[0][0], ah[1][0], ah[0][1], ah[1][1], d, s);
+        if (WAIT) {
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            if (WAIT == 1)
+                asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+            else
+                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        }
+    }
+    wg_commit_wait0();
+#pragma unroll
+    for (int jn = 0; jn < 8; ++jn) {
+        float gs = gsc[2 * jn + (t >> 1)];
+        float ds0 = __fmul_rn(d0, gs), ds1 = __fmul_rn(d1, gs);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            int x = 4 * jn + e;
+            acc[x] = __fmaf_rn(e < 2 ? ds0 : ds1, (float)(P[x] + 16 * C[x]), acc[x]);
+        }
+    }
+}
+
+// y = W·x for m (9..16) rows with limbs; grid ⌈n / 64⌉ blocks of 128·WGS threads; dynamic shared
+// memory: WGS × 2 × LB_BYTES of stages, then the slices' values [slice][16 rows][64 weight rows].
+// AHEAD: the next group's weights load before this one is multiplied (double-buffered); WAIT as
+// for limb_wg_group.
+template <int WGS, bool AHEAD = false, int WAIT = 0>
+__global__ void __launch_bounds__(128 * WGS, 1)
+    q4k_limb_wg(const u8* w, const u8* img, float* y, int k, int n, int m, int kw) {
+    extern __shared__ __align__(128) u8 sm[];
+    int wg = threadIdx.x >> 7, tid = threadIdx.x & 127, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    u8* bufs = sm + wg * 2 * LB_BYTES;
+    float* red = (float*)(sm + WGS * 2 * LB_BYTES);  // [slice][16][64]
+    int row0 = blockIdx.x * 64 + warp * 16;
+    int n_groups = k / 256;
+    int rows[1][2];
+    q4k_tile_rows<1>(row0 < n ? row0 : n - 1, n, rows);
+    auto stage = [&](u8* buf, int grp) {
+        const u8* src = img + (i64)grp * LB_BYTES;
+        for (int i = tid; i < LB_BYTES / 16; i += 128) {
+            u32 d = static_cast<u32>(__cvta_generic_to_shared(buf + 16 * i));
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src + 16 * i) : "memory");
+        }
+    };
+    // Empty slices hold +0.0, as the limb kernel's idle warps add.
+    for (int s = wg; s < kw; s += WGS)
+        if (s >= n_groups)
+            for (int i = tid; i < 16 * 64; i += 128) red[s * 1024 + i] = 0.0f;
+    int v = wg, grp = wg;
+    wg_walk_skip(v, grp, WGS, kw, n_groups);
+    float acc[32];
+#pragma unroll
+    for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
+    int buf = 0;
+    Q4KTile T, TN;
+    if (v < kw) {
+        stage(bufs, grp);
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+        if (AHEAD) q4k_load(T, w, rows[0][0], rows[0][1], n_groups, grp, t);
+    }
+    while (v < kw) {
+        int v1 = v, g1 = grp;
+        wg_walk_next(v1, g1, WGS, kw, n_groups);
+        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+        if (v1 < kw) {
+            stage(bufs + (buf ^ 1) * LB_BYTES, g1);
+            if (AHEAD) q4k_load(TN, w, rows[0][0], rows[0][1], n_groups, g1, t);
+        }
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+        if (!AHEAD) q4k_load(T, w, rows[0][0], rows[0][1], n_groups, grp, t);
+        asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+        limb_wg_group<WAIT>(bufs + buf * LB_BYTES, T, acc);
+        if (AHEAD) T = TN;
+        if (v1 != v) {  // the slice is done: its limbs combined (limb_columns), parked
+#pragma unroll
+            for (int jn = 0; jn < 8; ++jn)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    float c0 = acc[4 * jn + 2 * half], c1 = acc[4 * jn + 2 * half + 1];
+                    float val = (t & 1) ? __fmaf_rn(c1, 0x1p-21f, __fmul_rn(c0, 0x1p-14f)) : __fmaf_rn(c1, 0x1p-7f, c0);
+                    float o = __shfl_xor_sync(0xffffffffu, val, 1);
+                    if (!(t & 1)) red[v * 1024 + (2 * jn + (t >> 1)) * 64 + warp * 16 + g + 8 * half] = __fadd_rn(val, o);
+                }
+#pragma unroll
+            for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
+        }
+        v = v1;
+        grp = g1;
+        buf ^= 1;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 16 * 64; i += blockDim.x) {
+        int tok = i / 64, r = i % 64, row = blockIdx.x * 64 + r;
+        float s_ = 0.0f;
+        for (int u = 0; u < kw; ++u) s_ = __fadd_rn(s_, red[u * 1024 + i]);
+        if (row < n && tok < m) y[(i64)tok * n + row] = s_;
+    }
+}
+
+// q4k_limb_wgc: one warpgroup a CTA (so up to two CTAs an SM at 255 registers) and the kw slices
+// spread over a cluster of S CTAs on the same 64 rows (CTA r: slices r, r + S, ...), so a product
+// fills the machine (84 clusters of 64 rows at n 5,376 would leave 48 SMs idle at one CTA each).
+// Each slice's combined values go straight into CTA 0's shared memory (st.shared::cluster); CTA 0
+// adds the kw slices in slice order: the limb kernel's sum, so the same bits.
+template <int S>
+__global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128, 1)
+    q4k_limb_wgc(const u8* w, const u8* img, float* y, int k, int n, int m, int kw) {
+    extern __shared__ __align__(128) u8 sm[];
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    int rank = wg_cluster_rank();
+    float* red = (float*)(sm + 2 * LB_BYTES);  // CTA 0's: [slice][16][64]
+    int tile = blockIdx.x / S, row0 = tile * 64 + warp * 16;
+    int n_groups = k / 256;
+    int rows[1][2];
+    q4k_tile_rows<1>(row0 < n ? row0 : n - 1, n, rows);
+    auto stage = [&](u8* buf, int grp) {
+        const u8* src = img + (i64)grp * LB_BYTES;
+        for (int i = tid; i < LB_BYTES / 16; i += 128) {
+            u32 d = static_cast<u32>(__cvta_generic_to_shared(buf + 16 * i));
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src + 16 * i) : "memory");
+        }
+    };
+    if (rank == 0)
+        for (int s_ = n_groups; s_ < kw; ++s_)
+            for (int i = tid; i < 16 * 64; i += 128) red[s_ * 1024 + i] = 0.0f;
+    wg_cluster_sync();  // every CTA of the cluster runs before any writes into CTA 0
+    int v = rank, grp = rank;
+    wg_walk_skip(v, grp, S, kw, n_groups);
+    float acc[32];
+#pragma unroll
+    for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
+    int buf = 0;
+    Q4KTile T, TN;
+    if (v < kw) {
+        stage(sm, grp);
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+        q4k_load(T, w, rows[0][0], rows[0][1], n_groups, grp, t);
+    }
+    while (v < kw) {
+        int v1 = v, g1 = grp;
+        wg_walk_next(v1, g1, S, kw, n_groups);
+        __syncthreads();
+        if (v1 < kw) {
+            stage(sm + (buf ^ 1) * LB_BYTES, g1);
+            q4k_load(TN, w, rows[0][0], rows[0][1], n_groups, g1, t);
+        }
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+        asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        __syncthreads();
+        limb_wg_group<0>(sm + buf * LB_BYTES, T, acc);
+        T = TN;
+        if (v1 != v) {
+#pragma unroll
+            for (int jn = 0; jn < 8; ++jn)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    float c0 = acc[4 * jn + 2 * half], c1 = acc[4 * jn + 2 * half + 1];
+                    float val = (t & 1) ? __fmaf_rn(c1, 0x1p-21f, __fmul_rn(c0, 0x1p-14f)) : __fmaf_rn(c1, 0x1p-7f, c0);
+                    float o = __shfl_xor_sync(0xffffffffu, val, 1);
+                    if (!(t & 1))
+                        st_cluster(&red[v * 1024 + (2 * jn + (t >> 1)) * 64 + warp * 16 + g + 8 * half], 0,
+                                   __fadd_rn(val, o));
+                }
+#pragma unroll
+            for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
+        }
+        v = v1;
+        grp = g1;
+        buf ^= 1;
+    }
+    wg_cluster_sync();
+    if (rank == 0)
+        for (int i = tid; i < 16 * 64; i += 128) {
+            int tok = i / 64, r = i % 64, row = tile * 64 + r;
+            float s_ = 0.0f;
+            for (int u = 0; u < kw; ++u) s_ = __fadd_rn(s_, red[u * 1024 + i]);
+            if (row < n && tok < m) y[(i64)tok * n + row] = s_;
+        }
+}
+
+#define CHECK(x)                                                                                  \
+    do {                                                                                          \
+        cudaError_t e_ = (x);                                                                     \
+        if (e_ != cudaSuccess) {                                                                  \
+            std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
+            std::exit(1);                                                                         \
+        }                                                                                         \
+    } while (0)
+
+static u64 rng = 0x11b5eed5;
+static u32 next_u32() {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (u32)(rng >> 32);
+}
+static float next_f() { return (float)((next_u32() >> 8) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
+static u16 small_f16() { return (u16)(((1 + next_u32() % 6) << 10) | (next_u32() & 0x3ff)); }
+
+int main() {
+    const int k = 5376, kw = 8, n_groups = k / 256;
+    cudaDeviceProp prop;
+    CHECK(cudaGetDeviceProperties(&prop, 0));
+    std::printf("%s\n", prop.name);
+    for (int n : {8192, 5376, 21504}) {
+        size_t bytes = (size_t)n * n_groups * 144;
+        int copies = (int)((400u << 20) / bytes) + 1;  // past L2
+        std::vector<u8> wv(bytes);
+        for (auto& b : wv) b = (u8)next_u32();
+        for (size_t gi = 0; gi < (size_t)n * n_groups; ++gi) {
+            u16 d = small_f16(), dm = small_f16();
+            std::memcpy(&wv[gi * 144], &d, 2);
+            std::memcpy(&wv[gi * 144 + 2], &dm, 2);
+        }
+        const int m_max = 16;
+        std::vector<float> x((size_t)m_max * k);
+        for (auto& v : x) v = next_f();
+        u8 *dw, *img;
+        float *dx, *y_ref, *y_new, *y_f16;
+        uint4* xs;
+        CHECK(cudaMalloc(&dw, bytes * copies));
+        for (int c = 0; c < copies; ++c) CHECK(cudaMemcpy(dw + bytes * c, wv.data(), bytes, cudaMemcpyHostToDevice));
+        CHECK(cudaMalloc(&dx, x.size() * 4));
+        CHECK(cudaMalloc(&xs, (size_t)m_max * k * 12 + 65536));
+        CHECK(cudaMalloc(&img, (size_t)n_groups * LB_BYTES));
+        CHECK(cudaMalloc(&y_ref, (size_t)m_max * n * 4));
+        CHECK(cudaMalloc(&y_new, (size_t)m_max * n * 4));
+        CHECK(cudaMalloc(&y_f16, (size_t)m_max * n * 4));
+        CHECK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+        cudaEvent_t t0, t1;
+        CHECK(cudaEventCreate(&t0));
+        CHECK(cudaEventCreate(&t1));
+        auto time_us = [&](auto f) {
+            const int reps = 60;
+            float ms = 0;
+            for (int rep = 0; rep < 2; ++rep) {
+                CHECK(cudaEventRecord(t0));
+                for (int i = 0; i < reps; ++i) f(i % copies);
+                CHECK(cudaEventRecord(t1));
+                CHECK(cudaEventSynchronize(t1));
+                CHECK(cudaEventElapsedTime(&ms, t0, t1));
+            }
+            return 1e3 * ms / reps;
+        };
+        auto smem = [](int wgs) { return wgs * 2 * LB_BYTES + 8 * 1024 * 4; };
+        CHECK(cudaFuncSetAttribute(q4k_limb_wg<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(2)));
+        CHECK(cudaFuncSetAttribute(q4k_limb_wg<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(3)));
+        CHECK(cudaFuncSetAttribute(q4k_limb_wg<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4)));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(2))));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<3, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(3))));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<4, false, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4))));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<4, false, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4))));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<3, true, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(3))));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<2, true, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(2))));
+        const int smemc = 2 * LB_BYTES + 8 * 1024 * 4;
+        CHECK(cudaFuncSetAttribute(q4k_limb_wgc<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smemc));
+        CHECK(cudaFuncSetAttribute(q4k_limb_wgc<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, smemc));
+        CHECK(cudaFuncSetAttribute(q4k_limb_wgc<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smemc));
+        for (int m : {9, 16}) {
+            mmv_prepare_x<<<dim3((k / 8 + 127) / 128, m), 128>>>(dx, 0, k, k, m, xs, 1);
+            CHECK(cudaGetLastError());
+            limb_prepare_b<<<n_groups, 256>>>(xs, img, k, m);
+            CHECK(cudaGetLastError());
+            auto run_ref = [&](int c) {
+                matmul_q4_k_limb_n8<<<dim3(1, n / 16, 1), 256>>>(dw + bytes * c, xs, y_ref, k, n, m, kw);
+            };
+            auto run_f16 = [&](int c) {
+                matmul_q4_k_mma_m2n2<<<dim3(1, (n + 31) / 32, 1), 256>>>(dw + bytes * c, xs, y_f16, k, n, m, kw, 0, 0,
+                                                                       PDL_PLAIN);
+            };
+            CHECK(cudaMemset(y_ref, 0xff, (size_t)m_max * n * 4));
+            run_ref(0);
+            CHECK(cudaGetLastError());
+            CHECK(cudaDeviceSynchronize());
+            std::vector<float> a((size_t)m * n), b((size_t)m * n);
+            CHECK(cudaMemcpy(a.data(), y_ref, a.size() * 4, cudaMemcpyDeviceToHost));
+            double us_ref = time_us(run_ref), us_f16 = time_us(run_f16);
+            std::printf("n %5d m %2d: limb mma.sync (n8 tile) %7.2f us; split-f16 mma.sync (2,2) %7.2f us\n", n, m, us_ref,
+                        us_f16);
+            auto variant = [&](const char* name, auto run) {
+                CHECK(cudaMemset(y_new, 0xff, (size_t)m_max * n * 4));
+                run(0);
+                CHECK(cudaGetLastError());
+                CHECK(cudaDeviceSynchronize());
+                CHECK(cudaMemcpy(b.data(), y_new, b.size() * 4, cudaMemcpyDeviceToHost));
+                size_t differ = 0, first = (size_t)-1;
+                double err = 0, norm = 0;
+                for (size_t i = 0; i < a.size(); ++i) {
+                    if (std::memcmp(&a[i], &b[i], 4) != 0) {
+                        ++differ;
+                        if (first == (size_t)-1) first = i;
+                    }
+                    err += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+                    norm += (double)a[i] * a[i];
+                }
+                double us = time_us(run);
+                std::printf("        %-32s %7.2f us (%.2fx limb mma.sync, %.2fx split-f16): %zu of %zu differ, |d|/|ref| %.3g",
+                            name, us, us / us_ref, us / us_f16, differ, a.size(), std::sqrt(err / norm));
+                if (differ)
+                    std::printf(" (first: token %zu row %zu, %.9g against %.9g)", first / n, first % n, b[first],
+                                a[first]);
+                std::printf("\n");
+            };
+            int blocks = (n + 63) / 64;
+            variant("wgmma limbs, 2 warpgroups", [&](int c) {
+                q4k_limb_wg<2><<<blocks, 256, smem(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("wgmma limbs, 3 warpgroups", [&](int c) {
+                q4k_limb_wg<3><<<blocks, 384, smem(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("wgmma limbs, 4 warpgroups", [&](int c) {
+                q4k_limb_wg<4><<<blocks, 512, smem(4)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("wgmma limbs, 2 wg, weights ahead", [&](int c) {
+                q4k_limb_wg<2, true><<<blocks, 256, smem(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("wgmma limbs, 3 wg, weights ahead", [&](int c) {
+                q4k_limb_wg<3, true><<<blocks, 384, smem(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("cluster of 2 CTAs x 1 wg, ahead", [&](int c) {
+                q4k_limb_wgc<2><<<blocks * 2, 128, smemc>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("cluster of 4 CTAs x 1 wg, ahead", [&](int c) {
+                q4k_limb_wgc<4><<<blocks * 4, 128, smemc>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("cluster of 8 CTAs x 1 wg, ahead", [&](int c) {
+                q4k_limb_wgc<8><<<blocks * 8, 128, smemc>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("4 wg, one pair in flight", [&](int c) {
+                q4k_limb_wg<4, false, 1><<<blocks, 512, smem(4)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("4 wg, wait each pair", [&](int c) {
+                q4k_limb_wg<4, false, 2><<<blocks, 512, smem(4)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("3 wg, ahead, one pair in flight", [&](int c) {
+                q4k_limb_wg<3, true, 1><<<blocks, 384, smem(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("2 wg, ahead, one pair in flight", [&](int c) {
+                q4k_limb_wg<2, true, 1><<<blocks, 256, smem(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            std::printf("        %-32s %7.2f us\n", "image prepare alone",
+                        time_us([&](int) { limb_prepare_b<<<n_groups, 256>>>(xs, img, k, m); }));
+        }
+        CHECK(cudaFree(dw));
+        CHECK(cudaFree(dx));
+        CHECK(cudaFree(xs));
+        CHECK(cudaFree(img));
+        CHECK(cudaFree(y_ref));
+        CHECK(cudaFree(y_new));
+        CHECK(cudaFree(y_f16));
+    }
+    return 0;
+}
+#endif
