@@ -45,31 +45,14 @@
 #define TMA_STAGE_BYTES (8 * 16 * 144)  // kw groups × 16·(8 / kw) rows × 144 bytes
 #define TMA_MAX_ITERS 16                // units a block walks at most (the launch ensures it)
 
-__device__ __forceinline__ u32 smem_addr(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(u64* bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(u64* bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
-    asm volatile(
-        "{\n.reg .pred p;\nWAIT_%=:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-        "@!p bra WAIT_%=;\n}\n" ::"r"(smem_addr(bar)),
-        "r"(parity)
-        : "memory");
-}
+#include "probe_mbar.cuh"
+
 // The box of map at (c0 u64 elements, c1 rows) into dst, completing bytes on bar.
 __device__ __forceinline__ void tma_2d(void* dst, const CUtensorMap* map, int c0, int c1, u64* bar) {
     asm volatile(
         "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
-        "[%4];\n" ::"r"(smem_addr(dst)),
-        "l"(reinterpret_cast<u64>(map)), "r"(c0), "r"(c1), "r"(smem_addr(bar))
+        "[%4];\n" ::"r"(smem_u32(dst)),
+        "l"(reinterpret_cast<u64>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
         : "memory");
 }
 
@@ -144,8 +127,8 @@ __global__ void __launch_bounds__(32 * (TMA_CONSUMERS + 1) * TEAMS, MINB)
                         mbar_expect_tx(full, ng * R * 144);
                         asm volatile(
                             "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                                smem_addr(st)),
-                            "l"(w + (i64)row0 * n_groups * 144 + (i64)g0 * R * 144), "r"(ng * R * 144), "r"(smem_addr(full))
+                                smem_u32(st)),
+                            "l"(w + (i64)row0 * n_groups * 144 + (i64)g0 * R * 144), "r"(ng * R * 144), "r"(smem_u32(full))
                             : "memory");
                         continue;
                     }
@@ -219,23 +202,9 @@ __global__ void __launch_bounds__(512) stream_read(const uint4* w, size_t n16, u
     if (x == 0x9e3779b9u) out[0] = x;
 }
 
-#define CHECK(x)                                                                                  \
-    do {                                                                                          \
-        cudaError_t e_ = (x);                                                                     \
-        if (e_ != cudaSuccess) {                                                                  \
-            std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
-            std::exit(1);                                                                         \
-        }                                                                                         \
-    } while (0)
+#include "probe_host.h"
 
-static u64 rng = 0x7a3d5eed;
-static u32 next_u32() {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (u32)(rng >> 32);
-}
-static float next_f() { return (float)((next_u32() >> 8) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
-// A positive f16 of 2^-14 .. 2^-8 (a Q4_K d or dmin of plausible size).
-static u16 small_f16() { return (u16)(((1 + next_u32() % 6) << 10) | (next_u32() & 0x3ff)); }
+static ProbeRng rng{0x7a3d5eed};
 
 typedef CUresult (*EncodeTiled)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
@@ -314,14 +283,14 @@ int main() {
         size_t bytes = (size_t)n * n_groups * 144;
         int copies = (int)((400u << 20) / bytes) + 1;  // well past L2 (50–60 MB)
         std::vector<u8> w(bytes);
-        for (auto& b : w) b = (u8)next_u32();
+        for (auto& b : w) b = (u8)rng.next_u32();
         for (size_t gi = 0; gi < (size_t)n * n_groups; ++gi) {
-            u16 d = small_f16(), dm = small_f16();
+            u16 d = rng.small_f16(), dm = rng.small_f16();
             std::memcpy(&w[gi * 144], &d, 2);
             std::memcpy(&w[gi * 144 + 2], &dm, 2);
         }
         std::vector<float> x(k);
-        for (auto& v : x) v = next_f();
+        for (auto& v : x) v = rng.next_f();
         u8* dw;
         float *dx, *y_ref, *y_new;
         uint4* xs;

@@ -208,14 +208,7 @@ __global__ void wgmma_rate(float* sink, int iters) {
 }
 
 #ifndef __CUDACC_RTC__
-#define CHECK(x)                                                                 \
-    do {                                                                         \
-        cudaError_t e = (x);                                                     \
-        if (e != cudaSuccess) {                                                  \
-            std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); \
-            std::exit(1);                                                        \
-        }                                                                        \
-    } while (0)
+#include "probe_host.h"
 
 // Values with spread exponents (2^-12 .. 2^4, both signs), so that the f32 sums' roundings show.
 static float spread(u64& s) {

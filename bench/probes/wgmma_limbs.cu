@@ -180,6 +180,25 @@ __device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, fl
     }
 }
 
+// A finished slice: each output's four limb columns combined as the limb kernel's limb_columns
+// does (lanes t and t ^ 1 hold limbs 0, 1 and 2, 3), handed to put(batch row, weight row of the
+// warp's 16, value) by the even lanes; then the sums restart from zero.
+template <class F>
+__device__ __forceinline__ void limb_slice_done(float (&acc)[32], F&& put) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int jn = 0; jn < 8; ++jn)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float c0 = acc[4 * jn + 2 * half], c1 = acc[4 * jn + 2 * half + 1];
+            float v = (t & 1) ? __fmaf_rn(c1, 0x1p-21f, __fmul_rn(c0, 0x1p-14f)) : __fmaf_rn(c1, 0x1p-7f, c0);
+            float o = __shfl_xor_sync(0xffffffffu, v, 1);
+            if (!(t & 1)) put(2 * jn + (t >> 1), g + 8 * half, __fadd_rn(v, o));
+        }
+#pragma unroll
+    for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
+}
+
 // y = W·x for m (9..16) rows with limbs; grid ⌈n / 64⌉ blocks of 128·WGS threads; dynamic shared
 // memory: WGS × 2 × LB_BYTES of stages, then the slices' values [slice][16 rows][64 weight rows].
 // AHEAD: the next group's weights load before this one is multiplied (double-buffered); WAIT as
@@ -188,7 +207,7 @@ template <int WGS, bool AHEAD = false, int WAIT = 0>
 __global__ void __launch_bounds__(128 * WGS, 1)
     q4k_limb_wg(const u8* w, const u8* img, float* y, int k, int n, int m, int kw) {
     extern __shared__ __align__(128) u8 sm[];
-    int wg = threadIdx.x >> 7, tid = threadIdx.x & 127, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    int wg = threadIdx.x >> 7, tid = threadIdx.x & 127, warp = tid >> 5, t = threadIdx.x & 3;
     u8* bufs = sm + wg * 2 * LB_BYTES;
     float* red = (float*)(sm + WGS * 2 * LB_BYTES);  // [slice][16][64]
     int row0 = blockIdx.x * 64 + warp * 16;
@@ -233,19 +252,8 @@ __global__ void __launch_bounds__(128 * WGS, 1)
         asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
         limb_wg_group<WAIT>(bufs + buf * LB_BYTES, T, acc);
         if (AHEAD) T = TN;
-        if (v1 != v) {  // the slice is done: its limbs combined (limb_columns), parked
-#pragma unroll
-            for (int jn = 0; jn < 8; ++jn)
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    float c0 = acc[4 * jn + 2 * half], c1 = acc[4 * jn + 2 * half + 1];
-                    float val = (t & 1) ? __fmaf_rn(c1, 0x1p-21f, __fmul_rn(c0, 0x1p-14f)) : __fmaf_rn(c1, 0x1p-7f, c0);
-                    float o = __shfl_xor_sync(0xffffffffu, val, 1);
-                    if (!(t & 1)) red[v * 1024 + (2 * jn + (t >> 1)) * 64 + warp * 16 + g + 8 * half] = __fadd_rn(val, o);
-                }
-#pragma unroll
-            for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
-        }
+        if (v1 != v)  // the slice is done: its limbs combined, parked
+            limb_slice_done(acc, [&](int tok, int r, float x) { red[v * 1024 + tok * 64 + warp * 16 + r] = x; });
         v = v1;
         grp = g1;
         buf ^= 1;
@@ -268,7 +276,7 @@ template <int S>
 __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128, 1)
     q4k_limb_wgc(const u8* w, const u8* img, float* y, int k, int n, int m, int kw) {
     extern __shared__ __align__(128) u8 sm[];
-    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    int tid = threadIdx.x, warp = tid >> 5, t = threadIdx.x & 3;
     int rank = wg_cluster_rank();
     float* red = (float*)(sm + 2 * LB_BYTES);  // CTA 0's: [slice][16][64]
     int tile = blockIdx.x / S, row0 = tile * 64 + warp * 16;
@@ -312,21 +320,8 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128, 1)
         __syncthreads();
         limb_wg_group<0>(sm + buf * LB_BYTES, T, acc);
         T = TN;
-        if (v1 != v) {
-#pragma unroll
-            for (int jn = 0; jn < 8; ++jn)
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    float c0 = acc[4 * jn + 2 * half], c1 = acc[4 * jn + 2 * half + 1];
-                    float val = (t & 1) ? __fmaf_rn(c1, 0x1p-21f, __fmul_rn(c0, 0x1p-14f)) : __fmaf_rn(c1, 0x1p-7f, c0);
-                    float o = __shfl_xor_sync(0xffffffffu, val, 1);
-                    if (!(t & 1))
-                        st_cluster(&red[v * 1024 + (2 * jn + (t >> 1)) * 64 + warp * 16 + g + 8 * half], 0,
-                                   __fadd_rn(val, o));
-                }
-#pragma unroll
-            for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
-        }
+        if (v1 != v)
+            limb_slice_done(acc, [&](int tok, int r, float x) { st_cluster(&red[v * 1024 + tok * 64 + warp * 16 + r], 0, x); });
         v = v1;
         grp = g1;
         buf ^= 1;
@@ -341,22 +336,9 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128, 1)
         }
 }
 
-#define CHECK(x)                                                                                  \
-    do {                                                                                          \
-        cudaError_t e_ = (x);                                                                     \
-        if (e_ != cudaSuccess) {                                                                  \
-            std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
-            std::exit(1);                                                                         \
-        }                                                                                         \
-    } while (0)
+#include "probe_host.h"
 
-static u64 rng = 0x11b5eed5;
-static u32 next_u32() {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (u32)(rng >> 32);
-}
-static float next_f() { return (float)((next_u32() >> 8) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
-static u16 small_f16() { return (u16)(((1 + next_u32() % 6) << 10) | (next_u32() & 0x3ff)); }
+static ProbeRng rng{0x11b5eed5};
 
 int main() {
     const int k = 5376, kw = 8, n_groups = k / 256;
@@ -367,15 +349,15 @@ int main() {
         size_t bytes = (size_t)n * n_groups * 144;
         int copies = (int)((400u << 20) / bytes) + 1;  // past L2
         std::vector<u8> wv(bytes);
-        for (auto& b : wv) b = (u8)next_u32();
+        for (auto& b : wv) b = (u8)rng.next_u32();
         for (size_t gi = 0; gi < (size_t)n * n_groups; ++gi) {
-            u16 d = small_f16(), dm = small_f16();
+            u16 d = rng.small_f16(), dm = rng.small_f16();
             std::memcpy(&wv[gi * 144], &d, 2);
             std::memcpy(&wv[gi * 144 + 2], &dm, 2);
         }
         const int m_max = 16;
         std::vector<float> x((size_t)m_max * k);
-        for (auto& v : x) v = next_f();
+        for (auto& v : x) v = rng.next_f();
         u8 *dw, *img;
         float *dx, *y_ref, *y_new, *y_f16;
         uint4* xs;

@@ -758,25 +758,7 @@ __global__ void __launch_bounds__(128 * WGS, 1)
 // and an "empty" one (one arrival per warp once its wgmma have read the stage). Warp 0 of a
 // warpgroup refills: lane 0 waits for the stage to be empty and announces the bytes, then lane 0
 // copies the group's 18 KB of B and lanes 0..31 the 64 rows' 144-byte weight blocks, two each.
-__device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(u64* bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(u64* bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
-    asm volatile(
-        "{\n.reg .pred p;\nWAIT_%=:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-        "@!p bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)),
-        "r"(parity)
-        : "memory");
-}
+#include "probe_mbar.cuh"
 __device__ __forceinline__ void bulk_copy(void* dst, const void* src, u32 bytes, u64* bar) {
     asm volatile(
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
@@ -980,23 +962,9 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128 * WGS, 1)
 
 // WGV_LIB: the kernels and helpers only (wgmma_limbs.cu includes this file for them).
 #if !defined(__CUDACC_RTC__) && !defined(WGV_LIB)
-#define CHECK(x)                                                                                  \
-    do {                                                                                          \
-        cudaError_t e_ = (x);                                                                     \
-        if (e_ != cudaSuccess) {                                                                  \
-            std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
-            std::exit(1);                                                                         \
-        }                                                                                         \
-    } while (0)
+#include "probe_host.h"
 
-static u64 rng = 0x5eed1234;
-static u32 next_u32() {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (u32)(rng >> 32);
-}
-static float next_f() { return (float)((next_u32() >> 8) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
-// A positive f16 of 2^-14 .. 2^-8 (a Q4_K d or dmin of plausible size).
-static u16 small_f16() { return (u16)(((1 + next_u32() % 6) << 10) | (next_u32() & 0x3ff)); }
+static ProbeRng rng{0x5eed1234};
 
 int main() {
     const int k = 5376, kw = 8;  // the 31B's hidden width (21 groups); the runtime's k-warps for it
@@ -1005,15 +973,15 @@ int main() {
     CHECK(cudaGetDevice(&dev));
     for (int n : {8192, 5376}) {
         std::vector<u8> w((size_t)n * n_groups * 144);
-        for (auto& b : w) b = (u8)next_u32();
+        for (auto& b : w) b = (u8)rng.next_u32();
         for (size_t gi = 0; gi < (size_t)n * n_groups; ++gi) {
-            u16 d = small_f16(), dm = small_f16();
+            u16 d = rng.small_f16(), dm = rng.small_f16();
             std::memcpy(&w[gi * 144], &d, 2);
             std::memcpy(&w[gi * 144 + 2], &dm, 2);
         }
         const int m_max = 16;
         std::vector<float> x((size_t)m_max * k);
-        for (auto& v : x) v = next_f();
+        for (auto& v : x) v = rng.next_f();
         // The weights dequantized (GGUF Q4_K: d, dmin, 12 packed scale bytes, 128 nibble bytes; sub-block
         // pair (2i, 2i + 1) = low and high nibbles of bytes 32i..32i + 31), for a float64 reference.
         auto f16f = [](u16 h) {
