@@ -25,3 +25,59 @@ struct ProbeRng {
     // A positive f16 of 2^-14 .. 2^-8 (a Q4_K d or dmin of plausible size), as its bits.
     unsigned short small_f16() { return (unsigned short)(((1 + next_u32() % 6) << 10) | (next_u32() & 0x3ff)); }
 };
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+// Microseconds per call of f(i) over `reps` calls, i cycling through 0..cycle−1 (weight copies
+// that together outgrow L2), after one untimed round of the same calls.
+template <class F>
+double probe_time_us(F&& f, int cycle, int reps = 60) {
+    cudaEvent_t t0, t1;
+    CHECK(cudaEventCreate(&t0));
+    CHECK(cudaEventCreate(&t1));
+    float ms = 0;
+    for (int round = 0; round < 2; ++round) {
+        CHECK(cudaEventRecord(t0));
+        for (int i = 0; i < reps; ++i) f(i % cycle);
+        CHECK(cudaEventRecord(t1));
+        CHECK(cudaEventSynchronize(t1));
+        CHECK(cudaEventElapsedTime(&ms, t0, t1));
+    }
+    CHECK(cudaEventDestroy(t0));
+    CHECK(cudaEventDestroy(t1));
+    return 1e3 * ms / reps;
+}
+
+// How an output b differs from a reference a: outputs whose bits differ, the first of them
+// (size_t(-1) if none) and ‖b − a‖ / ‖a‖.
+struct BitDiff {
+    size_t differ = 0, first = (size_t)-1;
+    double rel = 0;
+};
+inline BitDiff bit_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    BitDiff d;
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        if (std::memcmp(&a[i], &b[i], 4) != 0) {
+            ++d.differ;
+            if (d.first == (size_t)-1) d.first = i;
+        }
+        err += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        norm += (double)a[i] * a[i];
+    }
+    d.rel = std::sqrt(err / norm);
+    return d;
+}
+
+// Fills y's first `fill` floats with NaN bits (so an output a kernel leaves unwritten shows), runs
+// f once, waits, and copies y's first out.size() floats to out.
+template <class F>
+void probe_run_read(F&& f, float* y, size_t fill, std::vector<float>& out) {
+    CHECK(cudaMemset(y, 0xff, fill * 4));
+    f();
+    CHECK(cudaGetLastError());
+    CHECK(cudaDeviceSynchronize());
+    CHECK(cudaMemcpy(out.data(), y, out.size() * 4, cudaMemcpyDeviceToHost));
+}

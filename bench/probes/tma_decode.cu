@@ -312,32 +312,13 @@ int main() {
             mh[c] = weight_map(enc, dw + bytes * c, n, n_groups, 2, R, false);
             mw[c] = weight_map(enc, dw + bytes * c, n, n_groups, kw * 18, R, false);
         }
-        cudaEvent_t t0, t1;
-        CHECK(cudaEventCreate(&t0));
-        CHECK(cudaEventCreate(&t1));
-        // µs per launch over `reps` launches cycling the weight copies, after a warm-up round.
-        auto time_us = [&](auto f) {
-            const int reps = 60;
-            float ms = 0;
-            for (int rep = 0; rep < 2; ++rep) {
-                CHECK(cudaEventRecord(t0));
-                for (int i = 0; i < reps; ++i) f(i % copies);
-                CHECK(cudaEventRecord(t1));
-                CHECK(cudaEventSynchronize(t1));
-                CHECK(cudaEventElapsedTime(&ms, t0, t1));
-            }
-            return 1e3 * ms / reps;
-        };
+        auto time_us = [&](auto f) { return probe_time_us(f, copies); };
         auto run_ref = [&](int c) {
             matmul_q4_k_mma_m1n1_p1<<<dim3(1, ref_blocks, 1), 256>>>(dw + bytes * c, xs, y_ref, k, n, 1, kw, 0, 0,
                                                                    splits, PDL_PLAIN);
         };
-        CHECK(cudaMemset(y_ref, 0xff, (size_t)splits * n * 4));
-        run_ref(0);
-        CHECK(cudaGetLastError());
-        CHECK(cudaDeviceSynchronize());
         std::vector<float> a((size_t)splits * n), b((size_t)splits * n);
-        CHECK(cudaMemcpy(a.data(), y_ref, a.size() * 4, cudaMemcpyDeviceToHost));
+        probe_run_read([&] { run_ref(0); }, y_ref, a.size(), a);
         double us_ref = time_us(run_ref);
         std::printf("%s k %5d n %5d (kw %d, splits %d, %d copies of %.1f MB): runtime _p1 %7.2f us (%5.0f GB/s)\n",
                     sh.name, k, n, kw, splits, copies, bytes / 1e6, us_ref, bytes / us_ref / 1e3);
@@ -351,25 +332,16 @@ int main() {
             auto run = [&](int c) {
                 kern<<<blocks, threads, smem>>>(mq[c], mh[c], mw[c], dw + bytes * c, xs, y_new, k, n, kw, splits);
             };
-            CHECK(cudaMemset(y_new, 0xff, (size_t)splits * n * 4));
-            run(0);
-            CHECK(cudaGetLastError());
-            CHECK(cudaDeviceSynchronize());
-            CHECK(cudaMemcpy(b.data(), y_new, b.size() * 4, cudaMemcpyDeviceToHost));
-            size_t differ = 0, first = (size_t)-1;
-            for (size_t i = 0; i < a.size(); ++i)
-                if (std::memcmp(&a[i], &b[i], 4) != 0) {
-                    ++differ;
-                    if (first == (size_t)-1) first = i;
-                }
+            probe_run_read([&] { run(0); }, y_new, (size_t)splits * n, b);
+            BitDiff dd = bit_diff(a, b);
             double us = time_us(run);
             std::printf("        %-36s %7.2f us (%5.0f GB/s, %.2fx the runtime's time)", name, us, bytes / us / 1e3,
                         us / us_ref);
             if (check) {
-                std::printf(": %zu of %zu outputs differ in bits", differ, a.size());
-                if (differ)
-                    std::printf(" (first: plane %zu row %zu, %.9g against %.9g)", first / n, first % n, b[first],
-                                a[first]);
+                std::printf(": %zu of %zu outputs differ in bits", dd.differ, a.size());
+                if (dd.differ)
+                    std::printf(" (first: plane %zu row %zu, %.9g against %.9g)", dd.first / n, dd.first % n,
+                                b[dd.first], a[dd.first]);
             }
             std::printf("\n");
         };
@@ -404,11 +376,7 @@ int main() {
         variant("ring alone, 2 x 5 stages, 1 blk/SM", q4k_tma_p1<5, 1, 2, 1>, 5, 2, 1, false);
         variant("ring + smem loads, 8 st, 1 blk/SM", q4k_tma_p1<8, 2>, 8, 1, 1, false);
         variant("ring + smem loads, 2 x 5 st, 1 blk", q4k_tma_p1<5, 2, 2, 1>, 5, 2, 1, false);
-        CHECK(cudaFree(dw));
-        CHECK(cudaFree(dx));
-        CHECK(cudaFree(xs));
-        CHECK(cudaFree(y_ref));
-        CHECK(cudaFree(y_new));
+        for (void* p : {(void*)dw, (void*)dx, (void*)xs, (void*)y_ref, (void*)y_new}) CHECK(cudaFree(p));
     }
     return 0;
 }

@@ -199,21 +199,16 @@ __device__ __forceinline__ void limb_slice_done(float (&acc)[32], F&& put) {
     for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
 }
 
-// y = W·x for m (9..16) rows with limbs; grid ⌈n / 64⌉ blocks of 128·WGS threads; dynamic shared
-// memory: WGS × 2 × LB_BYTES of stages, then the slices' values [slice][16 rows][64 weight rows].
-// AHEAD: the next group's weights load before this one is multiplied (double-buffered); WAIT as
-// for limb_wg_group.
-template <int WGS, bool AHEAD = false, int WAIT = 0>
-__global__ void __launch_bounds__(128 * WGS, 1)
-    q4k_limb_wg(const u8* w, const u8* img, float* y, int k, int n, int m, int kw) {
-    extern __shared__ __align__(128) u8 sm[];
-    int wg = threadIdx.x >> 7, tid = threadIdx.x & 127, warp = tid >> 5, t = threadIdx.x & 3;
-    u8* bufs = sm + wg * 2 * LB_BYTES;
-    float* red = (float*)(sm + WGS * 2 * LB_BYTES);  // [slice][16][64]
-    int row0 = blockIdx.x * 64 + warp * 16;
-    int n_groups = k / 256;
-    int rows[1][2];
-    q4k_tile_rows<1>(row0 < n ? row0 : n - 1, n, rows);
+// One warpgroup's walk over slices first, first + step, ... (below kw), each's groups in order:
+// a group's B staged by cp.async into one of the two buffers at bufs while the previous group is
+// multiplied, the weights of rows16 (this lane's rows g, g + 8) loaded a group ahead (AHEAD) or
+// just before use, the group multiplied into the sums (limb_wg_group<WAIT>), and each finished
+// slice's combined values handed to put(slice, batch row, weight row of the warp's 16, value).
+// bar: the warpgroup's named barrier.
+template <bool AHEAD, int WAIT, class Put>
+__device__ __forceinline__ void limb_walk(const u8* w, const u8* img, u8* bufs, int first, int step, int kw,
+                                          int n_groups, const int (&rows16)[2], int bar, Put&& put) {
+    int tid = threadIdx.x & 127, t = threadIdx.x & 3;
     auto stage = [&](u8* buf, int grp) {
         const u8* src = img + (i64)grp * LB_BYTES;
         for (int i = tid; i < LB_BYTES / 16; i += 128) {
@@ -221,12 +216,8 @@ __global__ void __launch_bounds__(128 * WGS, 1)
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src + 16 * i) : "memory");
         }
     };
-    // Empty slices hold +0.0, as the limb kernel's idle warps add.
-    for (int s = wg; s < kw; s += WGS)
-        if (s >= n_groups)
-            for (int i = tid; i < 16 * 64; i += 128) red[s * 1024 + i] = 0.0f;
-    int v = wg, grp = wg;
-    wg_walk_skip(v, grp, WGS, kw, n_groups);
+    int v = first, grp = first;
+    wg_walk_skip(v, grp, step, kw, n_groups);
     float acc[32];
 #pragma unroll
     for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
@@ -235,29 +226,48 @@ __global__ void __launch_bounds__(128 * WGS, 1)
     if (v < kw) {
         stage(bufs, grp);
         asm volatile("cp.async.commit_group;\n" ::: "memory");
-        if (AHEAD) q4k_load(T, w, rows[0][0], rows[0][1], n_groups, grp, t);
+        if (AHEAD) q4k_load(T, w, rows16[0], rows16[1], n_groups, grp, t);
     }
     while (v < kw) {
         int v1 = v, g1 = grp;
-        wg_walk_next(v1, g1, WGS, kw, n_groups);
-        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+        wg_walk_next(v1, g1, step, kw, n_groups);
+        asm volatile("bar.sync %0, 128;\n" ::"r"(bar) : "memory");  // the other buffer is free
         if (v1 < kw) {
             stage(bufs + (buf ^ 1) * LB_BYTES, g1);
-            if (AHEAD) q4k_load(TN, w, rows[0][0], rows[0][1], n_groups, g1, t);
+            if (AHEAD) q4k_load(TN, w, rows16[0], rows16[1], n_groups, g1, t);
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
-        if (!AHEAD) q4k_load(T, w, rows[0][0], rows[0][1], n_groups, grp, t);
+        if (!AHEAD) q4k_load(T, w, rows16[0], rows16[1], n_groups, grp, t);
         asm volatile("cp.async.wait_group 1;\n" ::: "memory");
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+        asm volatile("bar.sync %0, 128;\n" ::"r"(bar) : "memory");
         limb_wg_group<WAIT>(bufs + buf * LB_BYTES, T, acc);
         if (AHEAD) T = TN;
-        if (v1 != v)  // the slice is done: its limbs combined, parked
-            limb_slice_done(acc, [&](int tok, int r, float x) { red[v * 1024 + tok * 64 + warp * 16 + r] = x; });
+        if (v1 != v) limb_slice_done(acc, [&](int tok, int r, float x) { put(v, tok, r, x); });
         v = v1;
         grp = g1;
         buf ^= 1;
     }
+}
+
+// y = W·x for m (9..16) rows with limbs; grid ⌈n / 64⌉ blocks of 128·WGS threads; dynamic shared
+// memory: WGS × 2 × LB_BYTES of stages, then the slices' values [slice][16 rows][64 weight rows].
+// AHEAD and WAIT as for limb_walk.
+template <int WGS, bool AHEAD = false, int WAIT = 0>
+__global__ void __launch_bounds__(128 * WGS, 1)
+    q4k_limb_wg(const u8* w, const u8* img, float* y, int k, int n, int m, int kw) {
+    extern __shared__ __align__(128) u8 sm[];
+    int wg = threadIdx.x >> 7, tid = threadIdx.x & 127, warp = tid >> 5;
+    float* red = (float*)(sm + WGS * 2 * LB_BYTES);  // [slice][16][64]
+    int n_groups = k / 256;
+    int rows[1][2];
+    q4k_tile_rows<1>(min(blockIdx.x * 64 + warp * 16, n - 1), n, rows);
+    // Empty slices hold +0.0, as the limb kernel's idle warps add.
+    for (int s = wg; s < kw; s += WGS)
+        if (s >= n_groups)
+            for (int i = tid; i < 16 * 64; i += 128) red[s * 1024 + i] = 0.0f;
+    limb_walk<AHEAD, WAIT>(w, img, sm + wg * 2 * LB_BYTES, wg, WGS, kw, n_groups, rows[0], 1 + wg,
+                           [&](int v, int tok, int r, float x) { red[v * 1024 + tok * 64 + warp * 16 + r] = x; });
     __syncthreads();
     for (int i = threadIdx.x; i < 16 * 64; i += blockDim.x) {
         int tok = i / 64, r = i % 64, row = blockIdx.x * 64 + r;
@@ -276,56 +286,20 @@ template <int S>
 __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128, 1)
     q4k_limb_wgc(const u8* w, const u8* img, float* y, int k, int n, int m, int kw) {
     extern __shared__ __align__(128) u8 sm[];
-    int tid = threadIdx.x, warp = tid >> 5, t = threadIdx.x & 3;
+    int tid = threadIdx.x, warp = tid >> 5;
     int rank = wg_cluster_rank();
     float* red = (float*)(sm + 2 * LB_BYTES);  // CTA 0's: [slice][16][64]
-    int tile = blockIdx.x / S, row0 = tile * 64 + warp * 16;
+    int tile = blockIdx.x / S;
     int n_groups = k / 256;
     int rows[1][2];
-    q4k_tile_rows<1>(row0 < n ? row0 : n - 1, n, rows);
-    auto stage = [&](u8* buf, int grp) {
-        const u8* src = img + (i64)grp * LB_BYTES;
-        for (int i = tid; i < LB_BYTES / 16; i += 128) {
-            u32 d = static_cast<u32>(__cvta_generic_to_shared(buf + 16 * i));
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src + 16 * i) : "memory");
-        }
-    };
+    q4k_tile_rows<1>(min(tile * 64 + warp * 16, n - 1), n, rows);
     if (rank == 0)
         for (int s_ = n_groups; s_ < kw; ++s_)
             for (int i = tid; i < 16 * 64; i += 128) red[s_ * 1024 + i] = 0.0f;
     wg_cluster_sync();  // every CTA of the cluster runs before any writes into CTA 0
-    int v = rank, grp = rank;
-    wg_walk_skip(v, grp, S, kw, n_groups);
-    float acc[32];
-#pragma unroll
-    for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
-    int buf = 0;
-    Q4KTile T, TN;
-    if (v < kw) {
-        stage(sm, grp);
-        asm volatile("cp.async.commit_group;\n" ::: "memory");
-        q4k_load(T, w, rows[0][0], rows[0][1], n_groups, grp, t);
-    }
-    while (v < kw) {
-        int v1 = v, g1 = grp;
-        wg_walk_next(v1, g1, S, kw, n_groups);
-        __syncthreads();
-        if (v1 < kw) {
-            stage(sm + (buf ^ 1) * LB_BYTES, g1);
-            q4k_load(TN, w, rows[0][0], rows[0][1], n_groups, g1, t);
-        }
-        asm volatile("cp.async.commit_group;\n" ::: "memory");
-        asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        __syncthreads();
-        limb_wg_group<0>(sm + buf * LB_BYTES, T, acc);
-        T = TN;
-        if (v1 != v)
-            limb_slice_done(acc, [&](int tok, int r, float x) { st_cluster(&red[v * 1024 + tok * 64 + warp * 16 + r], 0, x); });
-        v = v1;
-        grp = g1;
-        buf ^= 1;
-    }
+    limb_walk<true, 0>(w, img, sm, rank, S, kw, n_groups, rows[0], 1, [&](int v, int tok, int r, float x) {
+        st_cluster(&red[v * 1024 + tok * 64 + warp * 16 + r], 0, x);
+    });
     wg_cluster_sync();
     if (rank == 0)
         for (int i = tid; i < 16 * 64; i += 128) {
@@ -370,21 +344,7 @@ int main() {
         CHECK(cudaMalloc(&y_new, (size_t)m_max * n * 4));
         CHECK(cudaMalloc(&y_f16, (size_t)m_max * n * 4));
         CHECK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
-        cudaEvent_t t0, t1;
-        CHECK(cudaEventCreate(&t0));
-        CHECK(cudaEventCreate(&t1));
-        auto time_us = [&](auto f) {
-            const int reps = 60;
-            float ms = 0;
-            for (int rep = 0; rep < 2; ++rep) {
-                CHECK(cudaEventRecord(t0));
-                for (int i = 0; i < reps; ++i) f(i % copies);
-                CHECK(cudaEventRecord(t1));
-                CHECK(cudaEventSynchronize(t1));
-                CHECK(cudaEventElapsedTime(&ms, t0, t1));
-            }
-            return 1e3 * ms / reps;
-        };
+        auto time_us = [&](auto f) { return probe_time_us(f, copies); };
         auto smem = [](int wgs) { return wgs * 2 * LB_BYTES + 8 * 1024 * 4; };
         CHECK(cudaFuncSetAttribute(q4k_limb_wg<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(2)));
         CHECK(cudaFuncSetAttribute(q4k_limb_wg<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(3)));
@@ -411,37 +371,20 @@ int main() {
                 matmul_q4_k_mma_m2n2<<<dim3(1, (n + 31) / 32, 1), 256>>>(dw + bytes * c, xs, y_f16, k, n, m, kw, 0, 0,
                                                                        PDL_PLAIN);
             };
-            CHECK(cudaMemset(y_ref, 0xff, (size_t)m_max * n * 4));
-            run_ref(0);
-            CHECK(cudaGetLastError());
-            CHECK(cudaDeviceSynchronize());
             std::vector<float> a((size_t)m * n), b((size_t)m * n);
-            CHECK(cudaMemcpy(a.data(), y_ref, a.size() * 4, cudaMemcpyDeviceToHost));
+            probe_run_read([&] { run_ref(0); }, y_ref, (size_t)m_max * n, a);
             double us_ref = time_us(run_ref), us_f16 = time_us(run_f16);
             std::printf("n %5d m %2d: limb mma.sync (n8 tile) %7.2f us; split-f16 mma.sync (2,2) %7.2f us\n", n, m, us_ref,
                         us_f16);
             auto variant = [&](const char* name, auto run) {
-                CHECK(cudaMemset(y_new, 0xff, (size_t)m_max * n * 4));
-                run(0);
-                CHECK(cudaGetLastError());
-                CHECK(cudaDeviceSynchronize());
-                CHECK(cudaMemcpy(b.data(), y_new, b.size() * 4, cudaMemcpyDeviceToHost));
-                size_t differ = 0, first = (size_t)-1;
-                double err = 0, norm = 0;
-                for (size_t i = 0; i < a.size(); ++i) {
-                    if (std::memcmp(&a[i], &b[i], 4) != 0) {
-                        ++differ;
-                        if (first == (size_t)-1) first = i;
-                    }
-                    err += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-                    norm += (double)a[i] * a[i];
-                }
+                probe_run_read([&] { run(0); }, y_new, (size_t)m_max * n, b);
+                BitDiff dd = bit_diff(a, b);
                 double us = time_us(run);
                 std::printf("        %-32s %7.2f us (%.2fx limb mma.sync, %.2fx split-f16): %zu of %zu differ, |d|/|ref| %.3g",
-                            name, us, us / us_ref, us / us_f16, differ, a.size(), std::sqrt(err / norm));
-                if (differ)
-                    std::printf(" (first: token %zu row %zu, %.9g against %.9g)", first / n, first % n, b[first],
-                                a[first]);
+                            name, us, us / us_ref, us / us_f16, dd.differ, a.size(), dd.rel);
+                if (dd.differ)
+                    std::printf(" (first: token %zu row %zu, %.9g against %.9g)", dd.first / n, dd.first % n,
+                                b[dd.first], a[dd.first]);
                 std::printf("\n");
             };
             int blocks = (n + 63) / 64;
@@ -484,13 +427,7 @@ int main() {
             std::printf("        %-32s %7.2f us\n", "image prepare alone",
                         time_us([&](int) { limb_prepare_b<<<n_groups, 256>>>(xs, img, k, m); }));
         }
-        CHECK(cudaFree(dw));
-        CHECK(cudaFree(dx));
-        CHECK(cudaFree(xs));
-        CHECK(cudaFree(img));
-        CHECK(cudaFree(y_ref));
-        CHECK(cudaFree(y_new));
-        CHECK(cudaFree(y_f16));
+        for (void* p : {(void*)dw, (void*)dx, (void*)xs, (void*)img, (void*)y_ref, (void*)y_new, (void*)y_f16}) CHECK(cudaFree(p));
     }
     return 0;
 }

@@ -1260,12 +1260,8 @@ int main() {
                 }
                 return 1e3 * ms / reps;
             };
-            CHECK(cudaMemset(y_ref, 0xff, (size_t)m_max * n * 4));
-            run_ref();
-            CHECK(cudaGetLastError());
-            CHECK(cudaDeviceSynchronize());
             std::vector<float> a((size_t)m * n), b((size_t)m * n);
-            CHECK(cudaMemcpy(a.data(), y_ref, a.size() * 4, cudaMemcpyDeviceToHost));
+            probe_run_read([&] { run_ref(); }, y_ref, (size_t)m_max * n, a);
             std::vector<double> y64((size_t)m * n);
             const bool no64 = std::getenv("PROBE_NO64") != nullptr;  // skip the float64 reference
             for (int tok = 0; tok < (no64 ? 0 : m); ++tok)
@@ -1306,37 +1302,19 @@ int main() {
                     std::printf("             %s %7.2f us\n", var.name, time_us(var.run));
                     continue;
                 }
-                CHECK(cudaMemset(y_wg, 0xff, (size_t)m_max * n * 4));
-                var.run();
-                CHECK(cudaGetLastError());
-                CHECK(cudaDeviceSynchronize());
-                CHECK(cudaMemcpy(b.data(), y_wg, b.size() * 4, cudaMemcpyDeviceToHost));
-                size_t differ = 0, first = (size_t)-1;
-                double err = 0, norm = 0;
-                for (size_t i = 0; i < a.size(); ++i) {
-                    if (std::memcmp(&a[i], &b[i], 4) != 0) {
-                        ++differ;
-                        if (first == (size_t)-1) first = i;
-                    }
-                    err += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-                    norm += (double)a[i] * a[i];
-                }
+                probe_run_read(var.run, y_wg, (size_t)m_max * n, b);
+                BitDiff dd = bit_diff(a, b);
                 double us = time_us(var.run);
                 std::printf("             %s %7.2f us (%5.0f GB/s): %zu of %zu outputs differ in bits, |d|/|ref| %.3g",
-                            var.name, us, bytes / us / 1e3, differ, a.size(), std::sqrt(err / norm));
+                            var.name, us, bytes / us / 1e3, dd.differ, a.size(), dd.rel);
                 std::printf(", against float64 %.3g", err64(b));
-                if (differ)
-                    std::printf(" (first: token %lld row %lld, %.9g against %.9g)", (long long)(first / n),
-                                (long long)(first % n), b[first], a[first]);
+                if (dd.differ)
+                    std::printf(" (first: token %lld row %lld, %.9g against %.9g)", (long long)(dd.first / n),
+                                (long long)(dd.first % n), b[dd.first], a[dd.first]);
                 std::printf("\n");
             }
         }
-        CHECK(cudaFree(dw));
-        CHECK(cudaFree(dx));
-        CHECK(cudaFree(xs));
-        CHECK(cudaFree(img));
-        CHECK(cudaFree(y_ref));
-        CHECK(cudaFree(y_wg));
+        for (void* p : {(void*)dw, (void*)dx, (void*)xs, (void*)img, (void*)y_ref, (void*)y_wg}) CHECK(cudaFree(p));
     }
     return 0;
 }
