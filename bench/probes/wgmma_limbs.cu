@@ -99,12 +99,23 @@ __global__ void limb_prepare_b(const uint4* xs, u8* img, int k, int m) {
             scales[(i64)grp * m + (threadIdx.x < m ? threadIdx.x : 0)];
 }
 
+// A thread's 32 running sums: in registers, or (SmemAcc) in shared memory at p[128·x] (the
+// warpgroup's threads side by side, so no bank conflicts), which frees 32 registers.
+struct RegAcc {
+    float v[32];
+    __device__ __forceinline__ float& operator[](int x) { return v[x]; }
+};
+struct SmemAcc {
+    float* p;
+    __device__ __forceinline__ float& operator[](int x) { return p[128 * x]; }
+};
+
 // acc (32 floats, the thread's columns of rows g, g + 8) += group grp's share from the staged
 // image st and the weights T, in the limb kernel's arithmetic. WAIT: 0 commits the 16 integer
 // wgmma as one group (every A fragment stays live until it completes), 1 lets one sub-block's pair
 // run while the next one's A is built, 2 waits for each pair.
-template <int WAIT>
-__device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, float (&acc)[32]) {
+template <int WAIT, class Acc>
+__device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, Acc& acc) {
     int t = threadIdx.x & 3;
     u32 sc[2][2], mn[2][2];
 #pragma unroll
@@ -183,8 +194,8 @@ __device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, fl
 // A finished slice: each output's four limb columns combined as the limb kernel's limb_columns
 // does (lanes t and t ^ 1 hold limbs 0, 1 and 2, 3), handed to put(batch row, weight row of the
 // warp's 16, value) by the even lanes; then the sums restart from zero.
-template <class F>
-__device__ __forceinline__ void limb_slice_done(float (&acc)[32], F&& put) {
+template <class Acc, class F>
+__device__ __forceinline__ void limb_slice_done(Acc& acc, F&& put) {
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int jn = 0; jn < 8; ++jn)
@@ -205,9 +216,9 @@ __device__ __forceinline__ void limb_slice_done(float (&acc)[32], F&& put) {
 // just before use, the group multiplied into the sums (limb_wg_group<WAIT>), and each finished
 // slice's combined values handed to put(slice, batch row, weight row of the warp's 16, value).
 // bar: the warpgroup's named barrier.
-template <bool AHEAD, int WAIT, class Put>
+template <bool AHEAD, int WAIT, class Acc, class Put>
 __device__ __forceinline__ void limb_walk(const u8* w, const u8* img, u8* bufs, int first, int step, int kw,
-                                          int n_groups, const int (&rows16)[2], int bar, Put&& put) {
+                                          int n_groups, const int (&rows16)[2], int bar, Acc& acc, Put&& put) {
     int tid = threadIdx.x & 127, t = threadIdx.x & 3;
     auto stage = [&](u8* buf, int grp) {
         const u8* src = img + (i64)grp * LB_BYTES;
@@ -218,7 +229,6 @@ __device__ __forceinline__ void limb_walk(const u8* w, const u8* img, u8* bufs, 
     };
     int v = first, grp = first;
     wg_walk_skip(v, grp, step, kw, n_groups);
-    float acc[32];
 #pragma unroll
     for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
     int buf = 0;
@@ -252,8 +262,9 @@ __device__ __forceinline__ void limb_walk(const u8* w, const u8* img, u8* bufs, 
 
 // y = W·x for m (9..16) rows with limbs; grid ⌈n / 64⌉ blocks of 128·WGS threads; dynamic shared
 // memory: WGS × 2 × LB_BYTES of stages, then the slices' values [slice][16 rows][64 weight rows].
-// AHEAD and WAIT as for limb_walk.
-template <int WGS, bool AHEAD = false, int WAIT = 0>
+// AHEAD and WAIT as for limb_walk; ACC_SMEM: the running sums in shared memory (SmemAcc, 16 KB a
+// warpgroup after the slices' values).
+template <int WGS, bool AHEAD = false, int WAIT = 0, bool ACC_SMEM = false>
 __global__ void __launch_bounds__(128 * WGS, 1)
     q4k_limb_wg(const u8* w, const u8* img, float* y, int k, int n, int m, int kw) {
     extern __shared__ __align__(128) u8 sm[];
@@ -266,8 +277,14 @@ __global__ void __launch_bounds__(128 * WGS, 1)
     for (int s = wg; s < kw; s += WGS)
         if (s >= n_groups)
             for (int i = tid; i < 16 * 64; i += 128) red[s * 1024 + i] = 0.0f;
-    limb_walk<AHEAD, WAIT>(w, img, sm + wg * 2 * LB_BYTES, wg, WGS, kw, n_groups, rows[0], 1 + wg,
-                           [&](int v, int tok, int r, float x) { red[v * 1024 + tok * 64 + warp * 16 + r] = x; });
+    auto park = [&](int v, int tok, int r, float x) { red[v * 1024 + tok * 64 + warp * 16 + r] = x; };
+    if constexpr (ACC_SMEM) {
+        SmemAcc acc{(float*)(sm + WGS * 2 * LB_BYTES + 8 * 1024 * 4) + wg * 32 * 128 + tid};
+        limb_walk<AHEAD, WAIT>(w, img, sm + wg * 2 * LB_BYTES, wg, WGS, kw, n_groups, rows[0], 1 + wg, acc, park);
+    } else {
+        RegAcc acc;
+        limb_walk<AHEAD, WAIT>(w, img, sm + wg * 2 * LB_BYTES, wg, WGS, kw, n_groups, rows[0], 1 + wg, acc, park);
+    }
     __syncthreads();
     for (int i = threadIdx.x; i < 16 * 64; i += blockDim.x) {
         int tok = i / 64, r = i % 64, row = blockIdx.x * 64 + r;
@@ -297,7 +314,8 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128, 1)
         for (int s_ = n_groups; s_ < kw; ++s_)
             for (int i = tid; i < 16 * 64; i += 128) red[s_ * 1024 + i] = 0.0f;
     wg_cluster_sync();  // every CTA of the cluster runs before any writes into CTA 0
-    limb_walk<true, 0>(w, img, sm, rank, S, kw, n_groups, rows[0], 1, [&](int v, int tok, int r, float x) {
+    RegAcc acc;
+    limb_walk<true, 0>(w, img, sm, rank, S, kw, n_groups, rows[0], 1, acc, [&](int v, int tok, int r, float x) {
         st_cluster(&red[v * 1024 + tok * 64 + warp * 16 + r], 0, x);
     });
     wg_cluster_sync();
@@ -346,6 +364,13 @@ int main() {
         CHECK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
         auto time_us = [&](auto f) { return probe_time_us(f, copies); };
         auto smem = [](int wgs) { return wgs * 2 * LB_BYTES + 8 * 1024 * 4; };
+        auto smem_acc = [](int wgs) { return wgs * 2 * LB_BYTES + 8 * 1024 * 4 + wgs * 32 * 128 * 4; };
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<3, true, 0, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   smem_acc(3))));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<3, false, 0, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   smem_acc(3))));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<2, true, 0, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   smem_acc(2))));
         CHECK(cudaFuncSetAttribute(q4k_limb_wg<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(2)));
         CHECK(cudaFuncSetAttribute(q4k_limb_wg<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(3)));
         CHECK(cudaFuncSetAttribute(q4k_limb_wg<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4)));
@@ -402,6 +427,15 @@ int main() {
             });
             variant("wgmma limbs, 3 wg, weights ahead", [&](int c) {
                 q4k_limb_wg<3, true><<<blocks, 384, smem(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("sums in smem: 3 wg, ahead", [&](int c) {
+                q4k_limb_wg<3, true, 0, true><<<blocks, 384, smem_acc(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("sums in smem: 3 wg", [&](int c) {
+                q4k_limb_wg<3, false, 0, true><<<blocks, 384, smem_acc(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+            });
+            variant("sums in smem: 2 wg, ahead", [&](int c) {
+                q4k_limb_wg<2, true, 0, true><<<blocks, 256, smem_acc(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("cluster of 2 CTAs x 1 wg, ahead", [&](int c) {
                 q4k_limb_wgc<2><<<blocks * 2, 128, smemc>>>(dw + bytes * c, img, y_new, k, n, m, kw);
