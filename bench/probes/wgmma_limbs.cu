@@ -33,34 +33,36 @@
 #define LB_BYTES (LB_LIMB_BYTES + LB_SUMS_BYTES + 128)  // + 16 group scales (padded)
 
 // d (32 s32: columns 8j + 2t, + 1 of rows g, g + 8, j = 0..7) = A·B (+ d when acc), A u8 from
-// registers (the m16n8k32 fragment layout per warp), B s8 from shared memory.
-__device__ __forceinline__ void wgmma_s8_n64(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u64 desc, int acc) {
+// registers (the m16n8k32 fragment layout per warp), B s8 from shared memory: its descriptor as
+// the low word dlo and wgmma_verify.cu's constant high word DHI (SBO 256, no swizzle), so a
+// sub-block's is one add to the stage's.
+__device__ __forceinline__ void wgmma_s8_n64(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
     asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %37, 0;\nmov.b32 hi, %38;\nmov.b64 dd, {%36, hi};\n"
         "wgmma.mma_async.sync.aligned.m64n64k32.s32.u8.s8 "
         "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,"
-        "%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p;\n"
+        "%28,%29,%30,%31}, {%32,%33,%34,%35}, dd, p;\n"
         "}\n"
         : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
           "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
           "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
           "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(acc));
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
 }
 
 // The f16 counterpart (f32 accumulators) for the mins.
-__device__ __forceinline__ void wgmma_f16_n64(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u64 desc, int acc) {
+__device__ __forceinline__ void wgmma_f16_n64(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
     asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %37, 0;\nmov.b32 hi, %38;\nmov.b64 dd, {%36, hi};\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
         "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,"
-        "%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n"
+        "%28,%29,%30,%31}, {%32,%33,%34,%35}, dd, p, 1, 1, 0;\n"
         "}\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
           "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(acc));
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
 }
 
 // Group grp's image (one block of 256 threads a group): core-matrix row q (16 bytes) of the limbs
@@ -129,6 +131,7 @@ __device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, Ac
             hi[r][h] = (sc[r][h] >> 4) & 0x03030303u;
         }
     const float* gsc = (const float*)(st + LB_LIMB_BYTES + LB_SUMS_BYTES);
+    const u32 dlo = (u32)wg_desc(st, 128, 256);  // + 16 per 256 bytes (the address field counts 16)
     float d0 = h2f((u16)(T.dd[0] & 0xffff)), dm0 = h2f((u16)(T.dd[0] >> 16));
     float d1 = h2f((u16)(T.dd[1] & 0xffff)), dm1 = h2f((u16)(T.dd[1] >> 16));
     // The mins first: acc − dmin·2^e·M is the inner FMA of the limb kernel's fold, so folding it
@@ -140,7 +143,7 @@ __device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, Ac
         for (int h = 0; h < 2; ++h) {
             u32 a[4];
             q4k_min_frag(mn[0][h], mn[1][h], a);
-            wgmma_f16_n64(tmn, a[0], a[1], a[2], a[3], wg_desc(st + LB_LIMB_BYTES + h * 2048, 128, 256), h);
+            wgmma_f16_n64(tmn, a[0], a[1], a[2], a[3], dlo + (LB_LIMB_BYTES + h * 2048) / 16, h);
         }
         wg_commit_wait0();
 #pragma unroll
@@ -167,9 +170,8 @@ __device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, Ac
             ah[r][0] = a0 * h;
             ah[r][1] = a1 * h;
         }
-        u64 d = wg_desc(st + s * 2048, 128, 256);
-        wgmma_s8_n64(P, al[0][0], al[1][0], al[0][1], al[1][1], d, s);
-        wgmma_s8_n64(C, ah[0][0], ah[1][0], ah[0][1], ah[1][1], d, s);
+        wgmma_s8_n64(P, al[0][0], al[1][0], al[0][1], al[1][1], dlo + 128 * s, s);
+        wgmma_s8_n64(C, ah[0][0], ah[1][0], ah[0][1], ah[1][1], dlo + 128 * s, s);
         if (WAIT) {
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
             if (WAIT == 1)
