@@ -65,6 +65,75 @@ __device__ __forceinline__ void wgmma_f16_n64(float* d, u32 a0, u32 a1, u32 a2, 
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
 }
 
+// The same for N = 8, 16 and 32 columns (N / 2 accumulators a thread), for batches of 2, 4 and
+// 8 rows: wgmma_s8<N> and wgmma_f16<N>, and N = 64 as the two functions above.
+template <int N>
+__device__ __forceinline__ void wgmma_s8(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc);
+template <int N>
+__device__ __forceinline__ void wgmma_f16(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc);
+template <>
+__device__ __forceinline__ void wgmma_s8<8>(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %9, 0;\nmov.b32 hi, %10;\nmov.b64 dd, {%8, hi};\n"
+        "wgmma.mma_async.sync.aligned.m64n8k32.s32.u8.s8 {%0,%1,%2,%3}, {%4,%5,%6,%7}, dd, p;\n"
+        "}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
+}
+template <>
+__device__ __forceinline__ void wgmma_f16<8>(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %9, 0;\nmov.b32 hi, %10;\nmov.b64 dd, {%8, hi};\n"
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0,%1,%2,%3}, {%4,%5,%6,%7}, dd, p, 1, 1, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
+}
+template <>
+__device__ __forceinline__ void wgmma_s8<16>(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %13, 0;\nmov.b32 hi, %14;\nmov.b64 dd, {%12, hi};\n"
+        "wgmma.mma_async.sync.aligned.m64n16k32.s32.u8.s8 {%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, dd, p;\n"
+        "}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
+}
+template <>
+__device__ __forceinline__ void wgmma_f16<16>(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %13, 0;\nmov.b32 hi, %14;\nmov.b64 dd, {%12, hi};\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, dd, p, 1, 1, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
+}
+template <>
+__device__ __forceinline__ void wgmma_s8<32>(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %21, 0;\nmov.b32 hi, %22;\nmov.b64 dd, {%20, hi};\n"
+        "wgmma.mma_async.sync.aligned.m64n32k32.s32.u8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, dd, p;\n"
+        "}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
+}
+template <>
+__device__ __forceinline__ void wgmma_f16<32>(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %21, 0;\nmov.b32 hi, %22;\nmov.b64 dd, {%20, hi};\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, dd, p, 1, 1, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
+}
+template <>
+__device__ __forceinline__ void wgmma_s8<64>(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
+    wgmma_s8_n64(d, a0, a1, a2, a3, dlo, acc);
+}
+template <>
+__device__ __forceinline__ void wgmma_f16<64>(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
+    wgmma_f16_n64(d, a0, a1, a2, a3, dlo, acc);
+}
+
 // Group grp's image (one block of 256 threads a group): core-matrix row q (16 bytes) of the limbs
 // (sub-block s, n group nb, k half kb, row i: column n = 8nb + i = batch row n / 4 (rows past m
 // repeat row 0) × limb n % 4; k half 0 holds lane t's elements 8t..8t+3 for t = 0..3, half 1
@@ -103,8 +172,9 @@ __global__ void limb_prepare_b(const uint4* xs, u8* img, int k, int m) {
 
 // A thread's 32 running sums: in registers, or (SmemAcc) in shared memory at p[128·x] (the
 // warpgroup's threads side by side, so no bank conflicts), which frees 32 registers.
+template <int N>
 struct RegAcc {
-    float v[32];
+    float v[N / 2];
     __device__ __forceinline__ float& operator[](int x) { return v[x]; }
 };
 struct SmemAcc {
@@ -116,7 +186,7 @@ struct SmemAcc {
 // image st and the weights T, in the limb kernel's arithmetic. WAIT: 0 commits the 16 integer
 // wgmma as one group (every A fragment stays live until it completes), 1 lets one sub-block's pair
 // run while the next one's A is built, 2 waits for each pair.
-template <int WAIT, class Acc>
+template <int N, int WAIT, class Acc>
 __device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, Acc& acc) {
     int t = threadIdx.x & 3;
     u32 sc[2][2], mn[2][2];
@@ -137,24 +207,24 @@ __device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, Ac
     // The mins first: acc − dmin·2^e·M is the inner FMA of the limb kernel's fold, so folding it
     // before the integer chains run gives the same bits and frees M's registers for them.
     {
-        float tmn[32];
+        float tmn[N / 2];
         wg_fence();
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             u32 a[4];
             q4k_min_frag(mn[0][h], mn[1][h], a);
-            wgmma_f16_n64(tmn, a[0], a[1], a[2], a[3], dlo + (LB_LIMB_BYTES + h * 2048) / 16, h);
+            wgmma_f16<N>(tmn, a[0], a[1], a[2], a[3], dlo + (LB_LIMB_BYTES + h * 2048) / 16, h);
         }
         wg_commit_wait0();
 #pragma unroll
-        for (int jn = 0; jn < 8; ++jn) {
+        for (int jn = 0; jn < N / 8; ++jn) {
             float gs = gsc[2 * jn + (t >> 1)];
             float dms0 = __fmul_rn(dm0, gs), dms1 = __fmul_rn(dm1, gs);
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[4 * jn + e] = __fmaf_rn(-(e < 2 ? dms0 : dms1), tmn[4 * jn + e], acc[4 * jn + e]);
         }
     }
-    int P[32], C[32];
+    int P[N / 2], C[N / 2];
     wg_fence();
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
@@ -170,8 +240,8 @@ __device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, Ac
             ah[r][0] = a0 * h;
             ah[r][1] = a1 * h;
         }
-        wgmma_s8_n64(P, al[0][0], al[1][0], al[0][1], al[1][1], dlo + 128 * s, s);
-        wgmma_s8_n64(C, ah[0][0], ah[1][0], ah[0][1], ah[1][1], dlo + 128 * s, s);
+        wgmma_s8<N>(P, al[0][0], al[1][0], al[0][1], al[1][1], dlo + 128 * s, s);
+        wgmma_s8<N>(C, ah[0][0], ah[1][0], ah[0][1], ah[1][1], dlo + 128 * s, s);
         if (WAIT) {
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
             if (WAIT == 1)
@@ -182,7 +252,7 @@ __device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, Ac
     }
     wg_commit_wait0();
 #pragma unroll
-    for (int jn = 0; jn < 8; ++jn) {
+    for (int jn = 0; jn < N / 8; ++jn) {
         float gs = gsc[2 * jn + (t >> 1)];
         float ds0 = __fmul_rn(d0, gs), ds1 = __fmul_rn(d1, gs);
 #pragma unroll
@@ -196,11 +266,11 @@ __device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, Ac
 // A finished slice: each output's four limb columns combined as the limb kernel's limb_columns
 // does (lanes t and t ^ 1 hold limbs 0, 1 and 2, 3), handed to put(batch row, weight row of the
 // warp's 16, value) by the even lanes; then the sums restart from zero.
-template <class Acc, class F>
+template <int N, class Acc, class F>
 __device__ __forceinline__ void limb_slice_done(Acc& acc, F&& put) {
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
-    for (int jn = 0; jn < 8; ++jn)
+    for (int jn = 0; jn < N / 8; ++jn)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             float c0 = acc[4 * jn + 2 * half], c1 = acc[4 * jn + 2 * half + 1];
@@ -209,7 +279,7 @@ __device__ __forceinline__ void limb_slice_done(Acc& acc, F&& put) {
             if (!(t & 1)) put(2 * jn + (t >> 1), g + 8 * half, __fadd_rn(v, o));
         }
 #pragma unroll
-    for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
+    for (int x = 0; x < N / 2; ++x) acc[x] = 0.0f;
 }
 
 // One warpgroup's walk over slices first, first + step, ... (below kw), each's groups in order:
@@ -218,7 +288,7 @@ __device__ __forceinline__ void limb_slice_done(Acc& acc, F&& put) {
 // just before use, the group multiplied into the sums (limb_wg_group<WAIT>), and each finished
 // slice's combined values handed to put(slice, batch row, weight row of the warp's 16, value).
 // bar: the warpgroup's named barrier.
-template <bool AHEAD, int WAIT, class Acc, class Put>
+template <int N, bool AHEAD, int WAIT, class Acc, class Put>
 __device__ __forceinline__ void limb_walk(const u8* w, const u8* img, u8* bufs, int first, int step, int kw,
                                           int n_groups, const int (&rows16)[2], int bar, Acc& acc, Put&& put) {
     int tid = threadIdx.x & 127, t = threadIdx.x & 3;
@@ -232,7 +302,7 @@ __device__ __forceinline__ void limb_walk(const u8* w, const u8* img, u8* bufs, 
     int v = first, grp = first;
     wg_walk_skip(v, grp, step, kw, n_groups);
 #pragma unroll
-    for (int x = 0; x < 32; ++x) acc[x] = 0.0f;
+    for (int x = 0; x < N / 2; ++x) acc[x] = 0.0f;
     int buf = 0;
     Q4KTile T, TN;
     if (v < kw) {
@@ -253,9 +323,9 @@ __device__ __forceinline__ void limb_walk(const u8* w, const u8* img, u8* bufs, 
         asm volatile("cp.async.wait_group 1;\n" ::: "memory");
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         asm volatile("bar.sync %0, 128;\n" ::"r"(bar) : "memory");
-        limb_wg_group<WAIT>(bufs + buf * LB_BYTES, T, acc);
+        limb_wg_group<N, WAIT>(bufs + buf * LB_BYTES, T, acc);
         if (AHEAD) T = TN;
-        if (v1 != v) limb_slice_done(acc, [&](int tok, int r, float x) { put(v, tok, r, x); });
+        if (v1 != v) limb_slice_done<N>(acc, [&](int tok, int r, float x) { put(v, tok, r, x); });
         v = v1;
         grp = g1;
         buf ^= 1;
@@ -266,7 +336,7 @@ __device__ __forceinline__ void limb_walk(const u8* w, const u8* img, u8* bufs, 
 // memory: WGS × 2 × LB_BYTES of stages, then the slices' values [slice][16 rows][64 weight rows].
 // AHEAD and WAIT as for limb_walk; ACC_SMEM: the running sums in shared memory (SmemAcc, 16 KB a
 // warpgroup after the slices' values).
-template <int WGS, bool AHEAD = false, int WAIT = 0, bool ACC_SMEM = false>
+template <int WGS, bool AHEAD = false, int WAIT = 0, bool ACC_SMEM = false, int N = 64>
 __global__ void __launch_bounds__(128 * WGS, 1)
     q4k_limb_wg(const u8* w, const u8* img, float* y, int k, int n, int m, int kw) {
     extern __shared__ __align__(128) u8 sm[];
@@ -282,10 +352,10 @@ __global__ void __launch_bounds__(128 * WGS, 1)
     auto park = [&](int v, int tok, int r, float x) { red[v * 1024 + tok * 64 + warp * 16 + r] = x; };
     if constexpr (ACC_SMEM) {
         SmemAcc acc{(float*)(sm + WGS * 2 * LB_BYTES + 8 * 1024 * 4) + wg * 32 * 128 + tid};
-        limb_walk<AHEAD, WAIT>(w, img, sm + wg * 2 * LB_BYTES, wg, WGS, kw, n_groups, rows[0], 1 + wg, acc, park);
+        limb_walk<N, AHEAD, WAIT>(w, img, sm + wg * 2 * LB_BYTES, wg, WGS, kw, n_groups, rows[0], 1 + wg, acc, park);
     } else {
-        RegAcc acc;
-        limb_walk<AHEAD, WAIT>(w, img, sm + wg * 2 * LB_BYTES, wg, WGS, kw, n_groups, rows[0], 1 + wg, acc, park);
+        RegAcc<N> acc;
+        limb_walk<N, AHEAD, WAIT>(w, img, sm + wg * 2 * LB_BYTES, wg, WGS, kw, n_groups, rows[0], 1 + wg, acc, park);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < 16 * 64; i += blockDim.x) {
@@ -316,8 +386,8 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128, 1)
         for (int s_ = n_groups; s_ < kw; ++s_)
             for (int i = tid; i < 16 * 64; i += 128) red[s_ * 1024 + i] = 0.0f;
     wg_cluster_sync();  // every CTA of the cluster runs before any writes into CTA 0
-    RegAcc acc;
-    limb_walk<true, 0>(w, img, sm, rank, S, kw, n_groups, rows[0], 1, acc, [&](int v, int tok, int r, float x) {
+    RegAcc<64> acc;
+    limb_walk<64, true, 0>(w, img, sm, rank, S, kw, n_groups, rows[0], 1, acc, [&](int v, int tok, int r, float x) {
         st_cluster(&red[v * 1024 + tok * 64 + warp * 16 + r], 0, x);
     });
     wg_cluster_sync();
@@ -386,7 +456,13 @@ int main() {
         CHECK(cudaFuncSetAttribute(q4k_limb_wgc<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smemc));
         CHECK(cudaFuncSetAttribute(q4k_limb_wgc<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, smemc));
         CHECK(cudaFuncSetAttribute(q4k_limb_wgc<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smemc));
-        for (int m : {9, 16}) {
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<2, true, 0, false, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(2))));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<4, true, 0, false, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4))));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<2, true, 0, false, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(2))));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<3, true, 0, false, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(3))));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<4, true, 0, false, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4))));
+        CHECK((cudaFuncSetAttribute(q4k_limb_wg<4, false, 0, false, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4))));
+        for (int m : {2, 5, 8, 9, 16}) {
             mmv_prepare_x<<<dim3((k / 8 + 127) / 128, m), 128>>>(dx, 0, k, k, m, xs, 1);
             CHECK(cudaGetLastError());
             limb_prepare_b<<<n_groups, 256>>>(xs, img, k, m);
@@ -394,15 +470,23 @@ int main() {
             auto run_ref = [&](int c) {
                 matmul_q4_k_limb_n8<<<dim3(1, n / 16, 1), 256>>>(dw + bytes * c, xs, y_ref, k, n, m, kw);
             };
+            // The default kernel for the batch: up to 8 rows the persistent one-tile product (two
+            // blocks an SM over the 16-row units, as source::persist_blocks), else the (2, 2) tile.
+            const int sms = prop.multiProcessorCount, units = n / 16;
+            const int p_blocks = std::max(std::min(units, 2 * sms), (units + 5) / 6);
             auto run_f16 = [&](int c) {
-                matmul_q4_k_mma_m2n2<<<dim3(1, (n + 31) / 32, 1), 256>>>(dw + bytes * c, xs, y_f16, k, n, m, kw, 0, 0,
-                                                                       PDL_PLAIN);
+                if (m <= 8)
+                    matmul_q4_k_mma_m1n1_p<<<dim3(1, p_blocks, 1), 256>>>(dw + bytes * c, xs, y_f16, k, n, m, kw, 0, 0,
+                                                                        1, PDL_PLAIN);
+                else
+                    matmul_q4_k_mma_m2n2<<<dim3(1, (n + 31) / 32, 1), 256>>>(dw + bytes * c, xs, y_f16, k, n, m, kw, 0,
+                                                                           0, PDL_PLAIN);
             };
             std::vector<float> a((size_t)m * n), b((size_t)m * n);
             probe_run_read([&] { run_ref(0); }, y_ref, (size_t)m_max * n, a);
             double us_ref = time_us(run_ref), us_f16 = time_us(run_f16);
-            std::printf("n %5d m %2d: limb mma.sync (n8 tile) %7.2f us; split-f16 mma.sync (2,2) %7.2f us\n", n, m, us_ref,
-                        us_f16);
+            std::printf("n %5d m %2d: limb mma.sync (n8 tile) %7.2f us; split-f16 mma.sync (%s) %7.2f us\n", n, m, us_ref,
+                        m <= 8 ? "one tile, persistent" : "2,2", us_f16);
             auto variant = [&](const char* name, auto run) {
                 probe_run_read([&] { run(0); }, y_new, (size_t)m_max * n, b);
                 BitDiff dd = bit_diff(a, b);
@@ -415,6 +499,30 @@ int main() {
                 std::printf("\n");
             };
             int blocks = (n + 63) / 64;
+            if (m <= 2) {
+                variant("n8 (2 rows): 2 wg, ahead", [&](int c) {
+                    q4k_limb_wg<2, true, 0, false, 8><<<blocks, 256, smem(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                });
+                variant("n8 (2 rows): 4 wg, ahead", [&](int c) {
+                    q4k_limb_wg<4, true, 0, false, 8><<<blocks, 512, smem(4)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                });
+                continue;
+            }
+            if (m <= 8) {
+                variant("n32 (8 rows): 2 wg, ahead", [&](int c) {
+                    q4k_limb_wg<2, true, 0, false, 32><<<blocks, 256, smem(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                });
+                variant("n32 (8 rows): 3 wg, ahead", [&](int c) {
+                    q4k_limb_wg<3, true, 0, false, 32><<<blocks, 384, smem(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                });
+                variant("n32 (8 rows): 4 wg, ahead", [&](int c) {
+                    q4k_limb_wg<4, true, 0, false, 32><<<blocks, 512, smem(4)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                });
+                variant("n32 (8 rows): 4 wg", [&](int c) {
+                    q4k_limb_wg<4, false, 0, false, 32><<<blocks, 512, smem(4)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                });
+                continue;
+            }
             variant("wgmma limbs, 2 warpgroups", [&](int c) {
                 q4k_limb_wg<2><<<blocks, 256, smem(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
             });
