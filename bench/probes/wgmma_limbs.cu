@@ -437,31 +437,7 @@ int main() {
         auto time_us = [&](auto f) { return probe_time_us(f, copies); };
         auto smem = [](int wgs) { return wgs * 2 * LB_BYTES + 8 * 1024 * 4; };
         auto smem_acc = [](int wgs) { return wgs * 2 * LB_BYTES + 8 * 1024 * 4 + wgs * 32 * 128 * 4; };
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<3, true, 0, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem_acc(3))));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<3, false, 0, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem_acc(3))));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<2, true, 0, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem_acc(2))));
-        CHECK(cudaFuncSetAttribute(q4k_limb_wg<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(2)));
-        CHECK(cudaFuncSetAttribute(q4k_limb_wg<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(3)));
-        CHECK(cudaFuncSetAttribute(q4k_limb_wg<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4)));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(2))));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<3, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(3))));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<4, false, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4))));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<4, false, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4))));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<3, true, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(3))));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<2, true, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(2))));
         const int smemc = 2 * LB_BYTES + 8 * 1024 * 4;
-        CHECK(cudaFuncSetAttribute(q4k_limb_wgc<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smemc));
-        CHECK(cudaFuncSetAttribute(q4k_limb_wgc<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, smemc));
-        CHECK(cudaFuncSetAttribute(q4k_limb_wgc<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smemc));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<2, true, 0, false, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(2))));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<4, true, 0, false, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4))));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<2, true, 0, false, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(2))));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<3, true, 0, false, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(3))));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<4, true, 0, false, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4))));
-        CHECK((cudaFuncSetAttribute(q4k_limb_wg<4, false, 0, false, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem(4))));
         for (int m : {2, 5, 8, 9, 16}) {
             mmv_prepare_x<<<dim3((k / 8 + 127) / 128, m), 128>>>(dx, 0, k, k, m, xs, 1);
             CHECK(cudaGetLastError());
@@ -501,72 +477,85 @@ int main() {
             int blocks = (n + 63) / 64;
             if (m <= 2) {
                 variant("n8 (2 rows): 2 wg, ahead", [&](int c) {
-                    q4k_limb_wg<2, true, 0, false, 8><<<blocks, 256, smem(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                    probe_launch(q4k_limb_wg<2, true, 0, false, 8>, blocks, 256, smem(2),
+                        dw + bytes * c, img, y_new, k, n, m, kw);
                 });
                 variant("n8 (2 rows): 4 wg, ahead", [&](int c) {
-                    q4k_limb_wg<4, true, 0, false, 8><<<blocks, 512, smem(4)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                    probe_launch(q4k_limb_wg<4, true, 0, false, 8>, blocks, 512, smem(4),
+                        dw + bytes * c, img, y_new, k, n, m, kw);
                 });
                 continue;
             }
             if (m <= 8) {
                 variant("n32 (8 rows): 2 wg, ahead", [&](int c) {
-                    q4k_limb_wg<2, true, 0, false, 32><<<blocks, 256, smem(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                    probe_launch(q4k_limb_wg<2, true, 0, false, 32>, blocks, 256, smem(2),
+                        dw + bytes * c, img, y_new, k, n, m, kw);
                 });
                 variant("n32 (8 rows): 3 wg, ahead", [&](int c) {
-                    q4k_limb_wg<3, true, 0, false, 32><<<blocks, 384, smem(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                    probe_launch(q4k_limb_wg<3, true, 0, false, 32>, blocks, 384, smem(3),
+                        dw + bytes * c, img, y_new, k, n, m, kw);
                 });
                 variant("n32 (8 rows): 4 wg, ahead", [&](int c) {
-                    q4k_limb_wg<4, true, 0, false, 32><<<blocks, 512, smem(4)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                    probe_launch(q4k_limb_wg<4, true, 0, false, 32>, blocks, 512, smem(4),
+                        dw + bytes * c, img, y_new, k, n, m, kw);
                 });
                 variant("n32 (8 rows): 4 wg", [&](int c) {
-                    q4k_limb_wg<4, false, 0, false, 32><<<blocks, 512, smem(4)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                    probe_launch(q4k_limb_wg<4, false, 0, false, 32>, blocks, 512, smem(4),
+                        dw + bytes * c, img, y_new, k, n, m, kw);
                 });
                 continue;
             }
             variant("wgmma limbs, 2 warpgroups", [&](int c) {
-                q4k_limb_wg<2><<<blocks, 256, smem(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wg<2>, blocks, 256, smem(2), dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("wgmma limbs, 3 warpgroups", [&](int c) {
-                q4k_limb_wg<3><<<blocks, 384, smem(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wg<3>, blocks, 384, smem(3), dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("wgmma limbs, 4 warpgroups", [&](int c) {
-                q4k_limb_wg<4><<<blocks, 512, smem(4)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wg<4>, blocks, 512, smem(4), dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("wgmma limbs, 2 wg, weights ahead", [&](int c) {
-                q4k_limb_wg<2, true><<<blocks, 256, smem(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wg<2, true>, blocks, 256, smem(2), dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("wgmma limbs, 3 wg, weights ahead", [&](int c) {
-                q4k_limb_wg<3, true><<<blocks, 384, smem(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wg<3, true>, blocks, 384, smem(3), dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("sums in smem: 3 wg, ahead", [&](int c) {
-                q4k_limb_wg<3, true, 0, true><<<blocks, 384, smem_acc(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wg<3, true, 0, true>, blocks, 384, smem_acc(3),
+                    dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("sums in smem: 3 wg", [&](int c) {
-                q4k_limb_wg<3, false, 0, true><<<blocks, 384, smem_acc(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wg<3, false, 0, true>, blocks, 384, smem_acc(3),
+                    dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("sums in smem: 2 wg, ahead", [&](int c) {
-                q4k_limb_wg<2, true, 0, true><<<blocks, 256, smem_acc(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wg<2, true, 0, true>, blocks, 256, smem_acc(2),
+                    dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("cluster of 2 CTAs x 1 wg, ahead", [&](int c) {
-                q4k_limb_wgc<2><<<blocks * 2, 128, smemc>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wgc<2>, blocks * 2, 128, smemc, dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("cluster of 4 CTAs x 1 wg, ahead", [&](int c) {
-                q4k_limb_wgc<4><<<blocks * 4, 128, smemc>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wgc<4>, blocks * 4, 128, smemc, dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("cluster of 8 CTAs x 1 wg, ahead", [&](int c) {
-                q4k_limb_wgc<8><<<blocks * 8, 128, smemc>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wgc<8>, blocks * 8, 128, smemc, dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("4 wg, one pair in flight", [&](int c) {
-                q4k_limb_wg<4, false, 1><<<blocks, 512, smem(4)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wg<4, false, 1>, blocks, 512, smem(4),
+                    dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("4 wg, wait each pair", [&](int c) {
-                q4k_limb_wg<4, false, 2><<<blocks, 512, smem(4)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wg<4, false, 2>, blocks, 512, smem(4),
+                    dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("3 wg, ahead, one pair in flight", [&](int c) {
-                q4k_limb_wg<3, true, 1><<<blocks, 384, smem(3)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wg<3, true, 1>, blocks, 384, smem(3),
+                    dw + bytes * c, img, y_new, k, n, m, kw);
             });
             variant("2 wg, ahead, one pair in flight", [&](int c) {
-                q4k_limb_wg<2, true, 1><<<blocks, 256, smem(2)>>>(dw + bytes * c, img, y_new, k, n, m, kw);
+                probe_launch(q4k_limb_wg<2, true, 1>, blocks, 256, smem(2),
+                    dw + bytes * c, img, y_new, k, n, m, kw);
             });
             std::printf("        %-32s %7.2f us\n", "image prepare alone",
                         time_us([&](int) { limb_prepare_b<<<n_groups, 256>>>(xs, img, k, m); }));

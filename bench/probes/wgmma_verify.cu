@@ -1023,86 +1023,18 @@ int main() {
         CHECK(cudaMemcpy(dw, w.data(), w.size(), cudaMemcpyHostToDevice));
         CHECK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
         int smem = WG_CHUNKS * WG_CHUNK_BYTES;
-        CHECK(cudaFuncSetAttribute(q4k_wg_verify<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        CHECK(cudaFuncSetAttribute(q4k_wg_verify<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         // The second form's shared memory: two B buffers per warpgroup and the kw slices' sums.
         auto smem2 = [&](int wgs) { return wgs * 2 * WG_CHUNKS * WG_CHUNK_BYTES + kw * 8 * 128 * 4; };
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify2<false, false, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem2(4))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify2<false, true, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem2(2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify2<true, true, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem2(2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify2<false, false, 4, true>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem2(4))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify2<true, true, 2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem2(2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify2<false, true, 2, true>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem2(2))));
         // The fourth form's: NS stages per warpgroup (the slices' sums reuse them at the end).
         auto smem4 = [&](int wgs, int ns) {
             int a = wgs * ns * WG_STAGE_BYTES, b = kw * 8 * 128 * 4;
             return a > b ? a : b;
         };
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 4, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem4(4, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<true, 4, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem4(4, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<true, 2, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem4(2, 3))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<true, 2, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem4(2, 4))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 4, 2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem4(4, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<true, 4, 2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem4(4, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<true, 2, 4, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem4(2, 4))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 4, 2, true, 2>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem4(4, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 2, 3, true, 4>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem4(2, 3))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 2, 3, true, 8>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem4(2, 3))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 4, 2, true, 4>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem4(4, 2))));
         // The sixth form's: NS stages of B and WGS weight tiles, or CTA 0's kw slices' sums.
         auto smem6 = [&](int wgs, int ns) {
             int a = ns * (WG_CHUNKS * WG_CHUNK_BYTES + wgs * WG_W_BYTES), b = kw * 8 * 128 * wgs * 4;
             return a > b ? a : b;
         };
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 4, 2, true, -1>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem4(4, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 2, 3, true, -1>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem4(2, 3))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 4, 2, true, 0, 1>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem4(4, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 4, 2, true, 0, 2>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem4(4, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 2, 2, false, 0, 0, true>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem4(2, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify4<false, 4, 2, false, 0, 0, true>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem4(4, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify8<4, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem4(4, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify8<2, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem4(2, 4))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify8<2, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem4(2, 3))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify6<1, 4, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem6(1, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify6<1, 8, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem6(1, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify6<1, 2, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem6(1, 3))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify6<4, 4, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem6(4, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify6<4, 8, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem6(4, 2))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify6<2, 4, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem6(2, 3))));
-        CHECK((cudaFuncSetAttribute(q4k_wg_verify6<2, 2, 3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   smem6(2, 3))));
         cudaEvent_t t0, t1;
         CHECK(cudaEventCreate(&t0));
         CHECK(cudaEventCreate(&t1));
@@ -1123,127 +1055,159 @@ int main() {
             };
             const Variant variants[] = {
                 {"wgmma n32, 1 warpgroup, waiting  ",
-                 [&]() { q4k_wg_verify<false><<<blocks, 128, smem>>>(dw, xs, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify<false>, blocks, 128, smem, dw, xs, y_wg, k, n, m, kw); }},
                 {"wgmma n32, 1 warpgroup, pipelined",
-                 [&]() { q4k_wg_verify<true><<<blocks, 128, smem>>>(dw, xs, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify<true>, blocks, 128, smem, dw, xs, y_wg, k, n, m, kw); }},
                 {"wgmma n32, 4 warpgroups, staged  ",
-                 [&]() { q4k_wg_verify2<false, false, 4><<<blocks, 512, smem2(4)>>>(dw, xs, img, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify2<false, false, 4>, blocks, 512, smem2(4),
+                     dw, xs, img, y_wg, k, n, m, kw); }},
                 {"wgmma n32, 2 wg, staged, pipelined",
-                 [&]() { q4k_wg_verify2<false, true, 2><<<blocks, 256, smem2(2)>>>(dw, xs, img, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify2<false, true, 2>, blocks, 256, smem2(2),
+                     dw, xs, img, y_wg, k, n, m, kw); }},
                 {"wgmma n32, 2 wg, + weights ahead ",
-                 [&]() { q4k_wg_verify2<true, true, 2><<<blocks, 256, smem2(2)>>>(dw, xs, img, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify2<true, true, 2>, blocks, 256, smem2(2),
+                     dw, xs, img, y_wg, k, n, m, kw); }},
                 {"image: 4 wg, staged               ",
                  [&]() {
-                     q4k_wg_verify2<false, false, 4, true><<<blocks, 512, smem2(4)>>>(dw, xs, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify2<false, false, 4, true>, blocks, 512, smem2(4),
+                         dw, xs, img, y_wg, k, n, m, kw);
                  }},
                 {"image: 2 wg, staged, pipelined    ",
                  [&]() {
-                     q4k_wg_verify2<false, true, 2, true><<<blocks, 256, smem2(2)>>>(dw, xs, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify2<false, true, 2, true>, blocks, 256, smem2(2),
+                         dw, xs, img, y_wg, k, n, m, kw);
                  }},
                 {"image: 2 wg, + weights ahead      ",
                  [&]() {
-                     q4k_wg_verify2<true, true, 2, true><<<blocks, 256, smem2(2)>>>(dw, xs, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify2<true, true, 2, true>, blocks, 256, smem2(2),
+                         dw, xs, img, y_wg, k, n, m, kw);
                  }},
                 {"image prepare + 2 wg weights ahead",
                  [&]() {
                      wg_prepare_b<<<n_groups, 128>>>(xs, img, k, m);
-                     q4k_wg_verify2<true, true, 2, true><<<blocks, 256, smem2(2)>>>(dw, xs, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify2<true, true, 2, true>, blocks, 256, smem2(2),
+                         dw, xs, img, y_wg, k, n, m, kw);
                  }},
                 {"staged weights: 4 wg, 2 stages     ",
-                 [&]() { q4k_wg_verify4<false, 4, 2><<<blocks, 512, smem4(4, 2)>>>(dw, img, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify4<false, 4, 2>, blocks, 512, smem4(4, 2),
+                     dw, img, y_wg, k, n, m, kw); }},
                 {"staged weights: 4 wg, 2 st, pipe   ",
-                 [&]() { q4k_wg_verify4<true, 4, 2><<<blocks, 512, smem4(4, 2)>>>(dw, img, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify4<true, 4, 2>, blocks, 512, smem4(4, 2),
+                     dw, img, y_wg, k, n, m, kw); }},
                 {"staged weights: 2 wg, 3 st, pipe   ",
-                 [&]() { q4k_wg_verify4<true, 2, 3><<<blocks, 256, smem4(2, 3)>>>(dw, img, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify4<true, 2, 3>, blocks, 256, smem4(2, 3),
+                     dw, img, y_wg, k, n, m, kw); }},
                 {"staged weights: 2 wg, 4 st, pipe   ",
-                 [&]() { q4k_wg_verify4<true, 2, 4><<<blocks, 256, smem4(2, 4)>>>(dw, img, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify4<true, 2, 4>, blocks, 256, smem4(2, 4),
+                     dw, img, y_wg, k, n, m, kw); }},
                 {"fast stage+desc: 4 wg, 2 stages    ",
                  [&]() {
-                     q4k_wg_verify4<false, 4, 2, true><<<blocks, 512, smem4(4, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<false, 4, 2, true>, blocks, 512, smem4(4, 2),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"fast stage+desc: 4 wg, 2 st, pipe  ",
                  [&]() {
-                     q4k_wg_verify4<true, 4, 2, true><<<blocks, 512, smem4(4, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<true, 4, 2, true>, blocks, 512, smem4(4, 2),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"fast stage+desc: 2 wg, 4 st, pipe  ",
                  [&]() {
-                     q4k_wg_verify4<true, 2, 4, true><<<blocks, 256, smem4(2, 4)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<true, 2, 4, true>, blocks, 256, smem4(2, 4),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"batch 2: 4 wg, 2 stages            ",
                  [&]() {
-                     q4k_wg_verify4<false, 4, 2, true, 2><<<blocks, 512, smem4(4, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<false, 4, 2, true, 2>, blocks, 512, smem4(4, 2),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"batch 4: 4 wg, 2 stages            ",
                  [&]() {
-                     q4k_wg_verify4<false, 4, 2, true, 4><<<blocks, 512, smem4(4, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<false, 4, 2, true, 4>, blocks, 512, smem4(4, 2),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"batch 4: 2 wg, 3 stages            ",
                  [&]() {
-                     q4k_wg_verify4<false, 2, 3, true, 4><<<blocks, 256, smem4(2, 3)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<false, 2, 3, true, 4>, blocks, 256, smem4(2, 3),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"batch 8: 2 wg, 3 stages            ",
                  [&]() {
-                     q4k_wg_verify4<false, 2, 3, true, 8><<<blocks, 256, smem4(2, 3)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<false, 2, 3, true, 8>, blocks, 256, smem4(2, 3),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"cluster: 4 wg (256 rows), 4 CTAs   ",
                  [&]() {
-                     q4k_wg_verify6<4, 4, 2><<<(n + 255) / 256 * 4, 512, smem6(4, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify6<4, 4, 2>, (n + 255) / 256 * 4, 512, smem6(4, 2),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"cluster: 4 wg (256 rows), 8 CTAs   ",
                  [&]() {
-                     q4k_wg_verify6<4, 8, 2><<<(n + 255) / 256 * 8, 512, smem6(4, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify6<4, 8, 2>, (n + 255) / 256 * 8, 512, smem6(4, 2),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"cluster: 2 wg (128 rows), 4 CTAs   ",
                  [&]() {
-                     q4k_wg_verify6<2, 4, 3><<<(n + 127) / 128 * 4, 256, smem6(2, 3)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify6<2, 4, 3>, (n + 127) / 128 * 4, 256, smem6(2, 3),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"cluster: 2 wg (128 rows), 2 CTAs   ",
                  [&]() {
-                     q4k_wg_verify6<2, 2, 3><<<(n + 127) / 128 * 2, 256, smem6(2, 3)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify6<2, 2, 3>, (n + 127) / 128 * 2, 256, smem6(2, 3),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"scales in A: 4 wg, 2 stages        ",
                  [&]() {
-                     q4k_wg_verify4<false, 4, 2, true, -1><<<blocks, 512, smem4(4, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<false, 4, 2, true, -1>, blocks, 512, smem4(4, 2),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"scales in A: 2 wg, 3 stages        ",
                  [&]() {
-                     q4k_wg_verify4<false, 2, 3, true, -1><<<blocks, 256, smem4(2, 3)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<false, 2, 3, true, -1>, blocks, 256, smem4(2, 3),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"ablation, no wgmma: 4 wg           ",
                  [&]() {
-                     q4k_wg_verify4<false, 4, 2, true, 0, 1><<<blocks, 512, smem4(4, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<false, 4, 2, true, 0, 1>, blocks, 512, smem4(4, 2),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"ablation, no folds: 4 wg           ",
                  [&]() {
-                     q4k_wg_verify4<false, 4, 2, true, 0, 2><<<blocks, 512, smem4(4, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<false, 4, 2, true, 0, 2>, blocks, 512, smem4(4, 2),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"gather from xs (no image): 2 wg    ",
                  [&]() {
-                     q4k_wg_verify4<false, 2, 2, false, 0, 0, true>
-                         <<<blocks, 256, smem4(2, 2)>>>(dw, (const u8*)xs, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<false, 2, 2, false, 0, 0, true>, blocks, 256, smem4(2, 2),
+                         dw, (const u8*)xs, y_wg, k, n, m, kw);
                  }},
                 {"gather from xs (no image): 4 wg    ",
                  [&]() {
-                     q4k_wg_verify4<false, 4, 2, false, 0, 0, true>
-                         <<<blocks, 512, smem4(4, 2)>>>(dw, (const u8*)xs, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify4<false, 4, 2, false, 0, 0, true>, blocks, 512, smem4(4, 2),
+                         dw, (const u8*)xs, y_wg, k, n, m, kw);
                  }},
                 {"TMA + mbarriers: 4 wg, 2 stages    ",
-                 [&]() { q4k_wg_verify8<4, 2><<<blocks, 512, smem4(4, 2)>>>(dw, img, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify8<4, 2>, blocks, 512, smem4(4, 2),
+                     dw, img, y_wg, k, n, m, kw); }},
                 {"TMA + mbarriers: 2 wg, 4 stages    ",
-                 [&]() { q4k_wg_verify8<2, 4><<<blocks, 256, smem4(2, 4)>>>(dw, img, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify8<2, 4>, blocks, 256, smem4(2, 4),
+                     dw, img, y_wg, k, n, m, kw); }},
                 {"TMA + mbarriers: 2 wg, 3 stages    ",
-                 [&]() { q4k_wg_verify8<2, 3><<<blocks, 256, smem4(2, 3)>>>(dw, img, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify8<2, 3>, blocks, 256, smem4(2, 3),
+                     dw, img, y_wg, k, n, m, kw); }},
                 {"cluster: 1 wg (64 rows), 4 CTAs    ",
                  [&]() {
-                     q4k_wg_verify6<1, 4, 2><<<(n + 63) / 64 * 4, 128, smem6(1, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify6<1, 4, 2>, (n + 63) / 64 * 4, 128, smem6(1, 2),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"cluster: 1 wg (64 rows), 8 CTAs    ",
                  [&]() {
-                     q4k_wg_verify6<1, 8, 2><<<(n + 63) / 64 * 8, 128, smem6(1, 2)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify6<1, 8, 2>, (n + 63) / 64 * 8, 128, smem6(1, 2),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"cluster: 1 wg (64 rows), 2 CTAs, 3 st",
                  [&]() {
-                     q4k_wg_verify6<1, 2, 3><<<(n + 63) / 64 * 2, 128, smem6(1, 3)>>>(dw, img, y_wg, k, n, m, kw);
+                     probe_launch(q4k_wg_verify6<1, 2, 3>, (n + 63) / 64 * 2, 128, smem6(1, 3),
+                         dw, img, y_wg, k, n, m, kw);
                  }},
                 {"image prepare alone               ", [&]() { wg_prepare_b<<<n_groups, 128>>>(xs, img, k, m); }, false},
             };
