@@ -193,13 +193,7 @@ __device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, Ac
 #pragma unroll
     for (int r = 0; r < 2; ++r) q4k_unpack(T.s[r], sc[r], mn[r]);
     u32 lo[2][2], hi[2][2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            lo[r][h] = sc[r][h] & 0x0F0F0F0Fu;
-            hi[r][h] = (sc[r][h] >> 4) & 0x03030303u;
-        }
+    q4k_scale_parts(sc, lo, hi);
     const float* gsc = (const float*)(st + LB_LIMB_BYTES + LB_SUMS_BYTES);
     const u32 dlo = (u32)wg_desc(st, 128, 256);  // + 16 per 256 bytes (the address field counts 16)
     float d0 = h2f((u16)(T.dd[0] & 0xffff)), dm0 = h2f((u16)(T.dd[0] >> 16));
@@ -229,17 +223,7 @@ __device__ __forceinline__ void limb_wg_group(const u8* st, const Q4KTile& T, Ac
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
         u32 al[2][2], ah[2][2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            uint2 q = T.q[r][s >> 1];
-            u32 a0 = ((s & 1) ? q.x >> 4 : q.x) & 0x0F0F0F0Fu, a1 = ((s & 1) ? q.y >> 4 : q.y) & 0x0F0F0F0Fu;
-            u32 l = __byte_perm(lo[r][s >> 2], 0u, 0x4440u | (s & 3));
-            u32 h = __byte_perm(hi[r][s >> 2], 0u, 0x4440u | (s & 3));
-            al[r][0] = a0 * l;
-            al[r][1] = a1 * l;
-            ah[r][0] = a0 * h;
-            ah[r][1] = a1 * h;
-        }
+        q4k_split_frags(T, s, lo, hi, al, ah);
         wgmma_s8<N>(P, al[0][0], al[1][0], al[0][1], al[1][1], dlo + 128 * s, s);
         wgmma_s8<N>(C, ah[0][0], ah[1][0], ah[0][1], ah[1][1], dlo + 128 * s, s);
         if (WAIT) {

@@ -1029,6 +1029,44 @@ __device__ __forceinline__ LimbLane limb_lane(const void* xs, int k, int m, int 
 // Eight activation tiles keep their running sums in shared memory (see q4k_limb_group).
 #define LIMB_ACC_SMEM(NT) ((NT) >= 8)
 
+// The 6-bit scales of rows g and g + 8 (sc, packed bytes as q4k_unpack gives them) split as
+// sc = 16·hi + lo, lo ≤ 15 and hi ≤ 3, packed the same way: lo·q ≤ 225 and hi·q ≤ 45 stay bytes.
+__device__ __forceinline__ void q4k_scale_parts(const u32 (&sc)[2][2], u32 (&lo)[2][2], u32 (&hi)[2][2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            lo[r][h] = sc[r][h] & 0x0F0F0F0Fu;
+            hi[r][h] = (sc[r][h] >> 4) & 0x03030303u;
+        }
+}
+
+// Sub-block s's quants of row g (r = 0) or g + 8 (r = 1): the low (s even) or high (s odd)
+// nibbles of run s / 2, masked in place; lane t's words hold its elements 8t..8t+3 (a[0]) and
+// 8t+4..8t+7 (a[1]), the limbs' order.
+__device__ __forceinline__ void q4k_limb_quants(const Q4KTile& T, int s, int r, u32 (&a)[2]) {
+    uint2 q = T.q[r][s >> 1];
+    a[0] = ((s & 1) ? q.x >> 4 : q.x) & 0x0F0F0F0Fu;
+    a[1] = ((s & 1) ? q.y >> 4 : q.y) & 0x0F0F0F0Fu;
+}
+
+// Sub-block s's quants of rows g and g + 8 times its lo and hi scale parts: the u8 A fragments
+// [row g / g + 8][elements 8t.. / 8t+4..] of the two integer chains, one multiply per 4 quants.
+__device__ __forceinline__ void q4k_split_frags(const Q4KTile& T, int s, const u32 (&lo)[2][2], const u32 (&hi)[2][2],
+                                                u32 (&al)[2][2], u32 (&ah)[2][2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        u32 a[2];
+        q4k_limb_quants(T, s, r, a);
+        u32 l = __byte_perm(lo[r][s >> 2], 0u, 0x4440u | (s & 3));
+        u32 h = __byte_perm(hi[r][s >> 2], 0u, 0x4440u | (s & 3));
+        al[r][0] = a[0] * l;
+        al[r][1] = a[1] * l;
+        ah[r][0] = a[0] * h;
+        ah[r][1] = a[1] * h;
+    }
+}
+
 template <int NT>
 __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane& L, float (&acc)[NT][4], float4* accs,
                                                int grp) {
@@ -1040,14 +1078,6 @@ __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane&
     u32 ma[2][4];  // the mins' A fragments, halves h = 0, 1
 #pragma unroll
     for (int h = 0; h < 2; ++h) q4k_min_frag(mn[0][h], mn[1][h], ma[h]);
-    // Sub-block s's quants: the low (s even) or high (s odd) nibbles of run s / 2, masked in
-    // place; lane t's words hold its elements 8t..8t+3 (.x) and 8t+4..8t+7 (.y), the limbs'
-    // order.
-    auto quants = [&](int s, int r, u32(&a)[2]) {
-        uint2 q = T.q[r][s >> 1];
-        a[0] = ((s & 1) ? q.x >> 4 : q.x) & 0x0F0F0F0Fu;
-        a[1] = ((s & 1) ? q.y >> 4 : q.y) & 0x0F0F0F0Fu;
-    };
     // Tile nt's group sum P = Σ_s sc_s · (quants · limbs of sub-block s), exact. Up to two tiles
     // (decode, short verify batches): one mma per sub-block and tile, its result times sc_s.
     // More tiles: sc_s = 16·hi + lo splits the scale into the A operands (lo·q ≤ 225, hi·q ≤ 45,
@@ -1076,7 +1106,7 @@ __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane&
             int sv[2];
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-                quants(s, r, a[r]);
+                q4k_limb_quants(T, s, r, a[r]);
                 sv[r] = (int)__byte_perm(sc[r][s >> 2], 0u, 0x4440u | (s & 3));
             }
 #pragma unroll
@@ -1097,13 +1127,7 @@ __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane&
 #pragma unroll
             for (int e = 0; e < 4; ++e) P[nt][e] = chi[nt][e] = 0;
         u32 lo[2][2], hi[2][2];  // [row][sub-blocks 0..3 / 4..7], packed bytes
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                lo[r][h] = sc[r][h] & 0x0F0F0F0Fu;
-                hi[r][h] = (sc[r][h] >> 4) & 0x03030303u;
-            }
+        q4k_scale_parts(sc, lo, hi);
         // Sub-block s + 1's limb words load while s is multiplied.
         uint2 bn[NT];
 #pragma unroll
@@ -1117,17 +1141,7 @@ __device__ __forceinline__ void q4k_limb_group(const Q4KTile& T, const LimbLane&
                 if (s < 7) bn[nt] = *(const uint2*)(lim + nt * 2048 + limb_word(s + 1, 0));
             }
             u32 al[2][2], ah[2][2];
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                u32 a[2];
-                quants(s, r, a);
-                u32 l = __byte_perm(lo[r][s >> 2], 0u, 0x4440u | (s & 3));
-                u32 h = __byte_perm(hi[r][s >> 2], 0u, 0x4440u | (s & 3));
-                al[r][0] = a[0] * l;
-                al[r][1] = a[1] * l;
-                ah[r][0] = a[0] * h;
-                ah[r][1] = a[1] * h;
-            }
+            q4k_split_frags(T, s, lo, hi, al, ah);
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 uint2 b = bc[nt];
