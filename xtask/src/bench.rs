@@ -2,8 +2,9 @@
 //!
 //! Built here, run on the GPU machine from the carried binary (`gpu-bundle/xtask bench`). It
 //! synthesizes the real-size files it needs (`synth.rs`) unless they exist, then measures: the
-//! device's copy bandwidth (the ceiling); for the 31B Q4_K_M target decode tok/s at depths 0, 4K
-//! and 32K, t(k)/t(1) of verify batches at depth 4K, prefill tok/s at 512 and 4096 tokens, one
+//! device's copy bandwidth (the ceiling) and the read ceiling (the target's weight products as
+//! plain reads, launched as a decode step launches them); for the 31B Q4_K_M target decode tok/s
+//! at depths 0, 4K and 32K, t(k)/t(1) of verify batches at depth 4K, prefill tok/s at 512 and 4096 tokens, one
 //! MTP draft step and one DFlash block draft against a decode step; the 26B-A4B decode tok/s.
 //! Every figure is a median over repeats after warm-up. Writes
 //! `bench/results/<date>-<card>.json`, `.md` and `.svg`.
@@ -78,6 +79,73 @@ fn weight_bytes(path: &Path) -> Result<u64> {
         total += t.n_bytes();
     }
     Ok(total)
+}
+
+/// A decode step's weight products in the order and groups it launches them, for the read
+/// ceiling: per layer q, k and v as one launch (the backend runs them as siblings), the output
+/// projection, gate and up as one launch, down; then the output head (`output.weight`, else the
+/// tied `token_embd.weight`, read whole). Each launch lists its tensors' byte sizes; also returns
+/// their total.
+fn read_launches(path: &Path) -> Result<(Vec<Vec<usize>>, u64)> {
+    const ROLES: [&str; 7] = [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    ];
+    // Roles that join the launch of the role before them in the same layer.
+    let joins =
+        |role: usize, prev: usize| matches!((role, prev), (1, 0) | (2, 0) | (2, 1) | (5, 4));
+    let file = gguf::GgufFile::open(path)?;
+    let mut products: Vec<(usize, usize, usize)> = Vec::new(); // (layer, role, bytes)
+    let mut head = None;
+    let mut tied = None;
+    for t in file.tensors() {
+        let name = t.name();
+        let bytes = usize::try_from(t.n_bytes())?;
+        if name == "output.weight" {
+            head = Some(bytes);
+        } else if name == "token_embd.weight" {
+            tied = Some(bytes);
+        } else if let Some(rest) = name.strip_prefix("blk.") {
+            let Some((layer, tail)) = rest.split_once('.') else {
+                continue;
+            };
+            let Some(role) = tail
+                .strip_suffix(".weight")
+                .and_then(|r| ROLES.iter().position(|&x| x == r))
+            else {
+                continue;
+            };
+            products.push((
+                layer.parse().with_context(|| format!("tensor {name}"))?,
+                role,
+                bytes,
+            ));
+        }
+    }
+    let head = head
+        .or(tied)
+        .with_context(|| format!("{}: no output.weight or token_embd.weight", path.display()))?;
+    if products.is_empty() {
+        bail!("{}: no blk.N attention or FFN weights", path.display());
+    }
+    products.sort();
+    let mut launches: Vec<Vec<usize>> = Vec::new();
+    let mut prev: Option<(usize, usize)> = None;
+    for &(layer, role, bytes) in &products {
+        match (prev, launches.last_mut()) {
+            (Some((l, r)), Some(last)) if l == layer && joins(role, r) => last.push(bytes),
+            _ => launches.push(vec![bytes]),
+        }
+        prev = Some((layer, role));
+    }
+    launches.push(vec![head]);
+    let total = launches.iter().flatten().map(|&b| b as u64).sum();
+    Ok((launches, total))
 }
 
 fn card() -> (String, String) {
@@ -201,15 +269,34 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     r.insert("kv_dtype".into(), json!("f16"));
 
-    let copy = CudaBackend::new(0)?.copy_bandwidth(1 << 30, 20)?;
+    let target_path = file("gemma4-31b", "q4_k_m");
+    let (copy, read_secs) = {
+        let mut probe = CudaBackend::new(0)?;
+        let copy = probe.copy_bandwidth(1 << 30, 20)?;
+        let (launches, read_bytes) = read_launches(&target_path)?;
+        let secs = probe.read_pass_seconds(&launches, 9)?;
+        let gbs = read_bytes as f64 / secs / 1e9;
+        r.insert("read_ceiling_gbs".into(), json!(gbs));
+        r.insert("read_ceiling_fraction".into(), json!(gbs * 1e9 / copy));
+        r.insert("read_ceiling_tok_s".into(), json!(1.0 / secs));
+        eprintln!(
+            "read ceiling: {} launches, {:.2} GB in {:.2} ms: {gbs:.0} GB/s = {:.3} of copy",
+            launches.len(),
+            read_bytes as f64 / 1e9,
+            secs * 1e3,
+            gbs * 1e9 / copy
+        );
+        (copy, secs)
+    };
     r.insert("copy_bandwidth_gbs".into(), json!(copy / 1e9));
     eprintln!("copy bandwidth {:.0} GB/s", copy / 1e9);
 
-    let target_path = file("gemma4-31b", "q4_k_m");
     let bytes = weight_bytes(&target_path)?;
     let mut t = load(&target_path, 32768 + 64, 512)?;
     if !prefill_only && !drafters_only {
         decode_and_verify(&mut t, bytes, copy, profile.as_deref(), &mut r)?;
+        let step0 = 1.0 / r["decode_tok_s"]["0"].as_f64().unwrap_or(f64::NAN);
+        r.insert("decode_vs_read_ceiling".into(), json!(read_secs / step0));
     }
     if !skip_prefill && !drafters_only {
         let prefill = prefill_rates(&mut t)?;
@@ -425,6 +512,15 @@ fn write_results(dir: &Path, v: Value) -> Result<()> {
         "| decode bandwidth / copy (depth 0) | {:.3} |\n",
         f("decode_bw_fraction")
     );
+    if v.get("read_ceiling_gbs").is_some() {
+        md += &format!(
+            "| read ceiling: the products' bytes as plain reads, launched as a step launches them | {:.0} GB/s = {:.3} of copy ({:.1} tok/s) |\n| decode at depth 0 / read ceiling | {:.3} |\n",
+            f("read_ceiling_gbs"),
+            f("read_ceiling_fraction"),
+            f("read_ceiling_tok_s"),
+            f("decode_vs_read_ceiling")
+        );
+    }
     for (n, x) in v["prefill_tok_s"].as_object().into_iter().flatten() {
         md += &format!(
             "| prefill tok/s at {n} | {:.0} |\n",
@@ -502,7 +598,9 @@ mod tests {
             "decode_tok_s": {"0": 44.0, "4096": 28.0, "32768": 16.0},
             "verify_ratio": {"1": 1.0, "2": 1.2, "16": 5.0},
             "prefill_tok_s": {"512": 220.0, "4096": 190.0},
-            "mtp_draft_fraction": 0.07, "dflash_draft_fraction": 0.55
+            "mtp_draft_fraction": 0.07, "dflash_draft_fraction": 0.55,
+            "read_ceiling_gbs": 3500.0, "read_ceiling_fraction": 0.8333,
+            "read_ceiling_tok_s": 190.0, "decode_vs_read_ceiling": 0.51
         });
         write_results(&dir, v.clone()).unwrap();
         let file = std::fs::read_dir(&dir)
@@ -520,6 +618,14 @@ mod tests {
         let md = std::fs::read_to_string(file.with_extension("md")).unwrap();
         assert!(md.contains("| t(16)/t(1) at depth 4K | 5.00 |"), "{md}");
         assert!(
+            md.contains("| 3500 GB/s = 0.833 of copy (190.0 tok/s) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| decode at depth 0 / read ceiling | 0.510 |"),
+            "{md}"
+        );
+        assert!(
             md.contains("| 26B-A4B decode tok/s | not measured |"),
             "{md}"
         );
@@ -527,6 +633,46 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains(">5.00<") && svg.contains(">44.00<"), "{svg}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The read ceiling's launches follow a decode step's: per layer q, k, v together, the
+    /// output projection, gate and up together, down; the head last, whole.
+    #[test]
+    fn read_launches_group_products_as_a_step_launches_them() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/dense.gguf");
+        let file = gguf::GgufFile::open(&path).unwrap();
+        let size = |name: &str| {
+            file.tensors()
+                .iter()
+                .find(|t| t.name() == name)
+                .map(|t| t.n_bytes() as usize)
+        };
+        let (launches, total) = read_launches(&path).unwrap();
+        let n_layers = (0..)
+            .take_while(|l| size(&format!("blk.{l}.attn_q.weight")).is_some())
+            .count();
+        assert!(n_layers > 0);
+        assert_eq!(launches.len(), 4 * n_layers + 1, "{launches:?}");
+        for l in 0..n_layers {
+            let w = |role: &str| size(&format!("blk.{l}.{role}.weight"));
+            let qkv: Vec<usize> = ["attn_q", "attn_k", "attn_v"]
+                .iter()
+                .filter_map(|r| w(r))
+                .collect();
+            assert_eq!(launches[4 * l], qkv, "layer {l}");
+            assert_eq!(launches[4 * l + 1], vec![w("attn_output").unwrap()]);
+            assert_eq!(
+                launches[4 * l + 2],
+                vec![w("ffn_gate").unwrap(), w("ffn_up").unwrap()]
+            );
+            assert_eq!(launches[4 * l + 3], vec![w("ffn_down").unwrap()]);
+        }
+        let head = size("output.weight").or(size("token_embd.weight")).unwrap();
+        assert_eq!(launches.last().unwrap(), &vec![head]);
+        assert_eq!(
+            total,
+            launches.iter().flatten().map(|&b| b as u64).sum::<u64>()
+        );
     }
 
     /// `--render` rebuilds the table and plot of a results file without a GPU; bad flag

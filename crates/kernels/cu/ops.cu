@@ -705,3 +705,44 @@ extern "C" __global__ void moe_weights_f32(const float* probs, Layout4 lp, const
         if (scale_dt >= 0) out[t * k + j] *= load_float(scale, scale_dt, ids[t * k + j]);
     }
 }
+
+// A streaming read of up to three runs of 16-byte words, with no arithmetic: what a pass of a
+// decode step's products would take if they only read their weights (the bench's read ceiling,
+// `CudaBackend::read_pass_seconds`). Run s takes blocks [first_s, first_{s+1}) (first_0 = 0,
+// first_3 = gridDim.x) and reads its n_s words grid-stride over them, four loads in flight a
+// thread (evict-first, as weights are read once); out[block] = the XOR of the 32-bit words the
+// block read, so a test can check that every word is read once.
+extern "C" __global__ void read_runs_u128(const uint4* p0, i64 n0, const uint4* p1, i64 n1, const uint4* p2, i64 n2,
+                                          int first1, int first2, unsigned* out) {
+    pdl_entry();
+    __shared__ unsigned warp_xor[32];
+    int b = blockIdx.x;
+    const uint4* p = p0;
+    i64 n = n0;
+    int first = 0, last = first1;
+    if (b >= first2) {
+        p = p2, n = n2, first = first2, last = gridDim.x;
+    } else if (b >= first1) {
+        p = p1, n = n1, first = first1, last = first2;
+    }
+    i64 stride = (i64)(last - first) * blockDim.x;
+    i64 i = (i64)(b - first) * blockDim.x + threadIdx.x;
+    unsigned acc = 0;
+    for (; i + 3 * stride < n; i += 4 * stride) {
+        uint4 a = __ldcs(p + i), c = __ldcs(p + i + stride), d = __ldcs(p + i + 2 * stride),
+              e = __ldcs(p + i + 3 * stride);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w ^ e.x ^ e.y ^ e.z ^ e.w;
+    }
+    for (; i < n; i += stride) {
+        uint4 a = __ldcs(p + i);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+    for (int o = 16; o > 0; o >>= 1) acc ^= __shfl_xor_sync(0xffffffffu, acc, o);
+    if ((threadIdx.x & 31) == 0) warp_xor[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned x = 0;
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) x ^= warp_xor[w];
+        out[b] = x;
+    }
+}

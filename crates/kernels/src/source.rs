@@ -463,6 +463,7 @@ pub const OTHER_KERNELS: &[&str] = &[
     "matmul_q6_kr_q8x_mma_m2n2",
     "rows_to_f16",
     "gemm_rescale",
+    "read_runs_u128",
 ];
 
 /// Every kernel entry point in the module.

@@ -30,6 +30,9 @@ mod fused;
 mod gemm;
 mod launch;
 mod ops;
+mod read_ceiling;
+
+pub use read_ceiling::READ_MAX_RUNS;
 
 use exec::Exec;
 use launch::{code, grid1, repacked_suffix, weight_suffix, Args, Footprint};
