@@ -711,7 +711,8 @@ extern "C" __global__ void moe_weights_f32(const float* probs, Layout4 lp, const
 // `CudaBackend::read_pass_seconds`). Run s takes blocks [first_s, first_{s+1}) (first_0 = 0,
 // first_3 = gridDim.x) and reads its n_s words grid-stride over them, four loads in flight a
 // thread (evict-first, as weights are read once); out[block] = the XOR of the 32-bit words the
-// block read, so a test can check that every word is read once.
+// block read, so a test can check that every word is read once (out may be null: nothing
+// written, as when it stands in for a product, `CudaBackend::set_products_as_reads`).
 extern "C" __global__ void read_runs_u128(const uint4* p0, i64 n0, const uint4* p1, i64 n1, const uint4* p2, i64 n2,
                                           int first1, int first2, unsigned* out) {
     pdl_entry();
@@ -740,7 +741,7 @@ extern "C" __global__ void read_runs_u128(const uint4* p0, i64 n0, const uint4* 
     for (int o = 16; o > 0; o >>= 1) acc ^= __shfl_xor_sync(0xffffffffu, acc, o);
     if ((threadIdx.x & 31) == 0) warp_xor[threadIdx.x >> 5] = acc;
     __syncthreads();
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0 && out) {
         unsigned x = 0;
         for (int w = 0; w < (int)(blockDim.x >> 5); ++w) x ^= warp_xor[w];
         out[b] = x;

@@ -109,6 +109,18 @@ struct DevBuf {
     shape: Shape,
 }
 
+/// `SPECULA_PRODUCTS_AS_READS=1` (see `CudaBackend::set_products_as_reads`), said aloud when on
+/// since it makes every output wrong.
+fn products_as_reads_from_env() -> bool {
+    let on = std::env::var("SPECULA_PRODUCTS_AS_READS").is_ok_and(|v| v == "1");
+    if on {
+        eprintln!(
+            "SPECULA_PRODUCTS_AS_READS=1: weight products only read their weights; every output is wrong (a measurement mode)"
+        );
+    }
+    on
+}
+
 fn elem_bytes(dtype: DType) -> usize {
     match dtype {
         DType::F32 | DType::I32 => 4,
@@ -230,6 +242,10 @@ pub struct CudaBackend {
     /// Prepared Q4_K products of at most `source::LIMB_MAX_ROWS` rows take the exact-integer
     /// `matmul_q4_k_limb_n*` kernels (`SPECULA_Q4K_LIMBS=1`; off by default, see `MmaConfig`).
     q4k_limbs: bool,
+    /// A measurement mode (`SPECULA_PRODUCTS_AS_READS=1`, `set_products_as_reads`): every
+    /// weight product launches the read ceiling's kernel over its weights instead, so a step
+    /// shows what its other kernels cost beside products that only read. Outputs are wrong.
+    products_as_reads: bool,
     /// One-activation-tile products of up to 8 rows (limbs: 4) take the persistent `_p` kernels,
     /// the same arithmetic walked by two blocks per multiprocessor (`SPECULA_MMA_PERSIST=0`: the
     /// one-shot kernels, an A/B knob).
@@ -421,6 +437,7 @@ impl CudaBackend {
                 _ => None,
             },
             q4k_limbs: std::env::var("SPECULA_Q4K_LIMBS").is_ok_and(|v| v == "1"),
+            products_as_reads: products_as_reads_from_env(),
             mma_persist: std::env::var("SPECULA_MMA_PERSIST").map_or(true, |v| v != "0"),
             mma_one_row: std::env::var("SPECULA_MMA_ONE").map_or(true, |v| v != "0"),
             sm_count,
@@ -511,6 +528,16 @@ impl CudaBackend {
     /// of the f32 products; either keeps every row's bits whatever its batch.
     pub fn set_q4k_limbs(&mut self, on: bool) {
         self.q4k_limbs = on;
+    }
+
+    /// A measurement mode, off by default: with it on, every weight product (the `_mma_` and
+    /// q8 products) launches `read_runs_u128` over its weights in its place and leaves its
+    /// output unwritten, so a decode step times what its other kernels cost beside products that
+    /// only read their bytes (the bench's read ceiling, per product). Every output is wrong while
+    /// it is on. Graphs captured before are forgotten.
+    pub fn set_products_as_reads(&mut self, on: bool) {
+        self.products_as_reads = on;
+        self.forget_captures();
     }
 
     /// From how many queries attentions on the wide f16 kernels take a block per two heads of a

@@ -111,7 +111,9 @@ impl CudaBackend {
         } else {
             (name, (cols as u32, tiles as u32, splits as u32))
         };
-        if limbs {
+        if self.products_as_reads {
+            self.read_in_place_of_product(exec, id, node, weights)?;
+        } else if limbs {
             // The limb kernels take no PDL mode: an ordinary launch, which ends any chain.
             self.launch(&kernel, grid, 256, &mut a)?;
         } else {
@@ -291,16 +293,20 @@ impl CudaBackend {
                 writes: vec![self.dst_range(exec, splits, out, m * n)?],
             })
         };
-        self.launch_product(
-            &format!("matmul_{type_name}_q8x_mma_m{}n{}", qi.mt, qi.nt),
-            (
-                m.div_ceil(8 * qi.nt) as u32,
-                n.div_ceil(16 * qi.mt * (8 / kw)) as u32,
-                splits as u32,
-            ),
-            &mut a,
-            footprint,
-        )?;
+        if self.products_as_reads {
+            self.read_in_place_of_product(exec, id, node, weights)?;
+        } else {
+            self.launch_product(
+                &format!("matmul_{type_name}_q8x_mma_m{}n{}", qi.mt, qi.nt),
+                (
+                    m.div_ceil(8 * qi.nt) as u32,
+                    n.div_ceil(16 * qi.mt * (8 / kw)) as u32,
+                    splits as u32,
+                ),
+                &mut a,
+                footprint,
+            )?;
+        }
         if !exec.fuse.unsummed.contains(&id.index()) {
             self.sum_splits(dst, out, m * n, splits, 0)?;
         }

@@ -187,7 +187,8 @@ impl CudaBackend {
 
     /// One launch of `read_runs_u128` over `runs` (device address, bytes; read as
     /// ⌈bytes / 16⌉ words, so each run's allocation must hold whole words): the blocks are
-    /// shared out by bytes, at least one a run.
+    /// shared out by bytes, at least one a run; their XORs go to `out` (a word a block) unless
+    /// it is 0.
     fn launch_read(&self, runs: &[(u64, usize)], out: u64) -> Result<()> {
         let blocks = self.read_blocks(runs.len());
         let total: usize = runs.iter().map(|r| r.1).sum();
@@ -211,6 +212,29 @@ impl CudaBackend {
             READ_THREADS,
             &mut args,
         )
+    }
+
+    /// In place of weight product `node` (`set_products_as_reads`): one `read_runs_u128`
+    /// launch over the weights it would read at `weights` (its repacked copy's bytes where it
+    /// has one; whole 16-byte words only, so never past their end), writing nothing.
+    pub(super) fn read_in_place_of_product(
+        &self,
+        exec: &Exec,
+        id: NodeId,
+        node: &Node,
+        weights: u64,
+    ) -> Result<()> {
+        let bytes = match exec.q8_weights.get(&id.index()) {
+            Some(&copy) => {
+                let b = self.buf(copy)?;
+                byte_size(b.dtype, b.shape)?
+            }
+            None => {
+                let w = exec.graph.node(node.inputs[0]);
+                byte_size(w.dtype, w.shape())?
+            }
+        };
+        self.launch_read(&[(weights, bytes & !15)], 0)
     }
 
     /// Frees a raw allocation of ours (errors ignored: used on the way out of a measurement).

@@ -2626,3 +2626,36 @@ fn read_pass_reads_every_word_once() {
     assert!(cuda.read_pass_seconds(&[vec![16, 16, 16, 16]], 1).is_err());
     assert!(cuda.read_pass_seconds(&[vec![0]], 1).is_err());
 }
+
+/// The measurement mode `set_products_as_reads`: each weight product launches the read kernel
+/// in its place (and no product kernel), and turned off again the same graph's product matches
+/// the CPU's.
+#[test]
+fn products_as_reads_replace_only_the_products() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(27);
+    for ty in [DType::Q4_K, DType::Q6_K] {
+        let (k, n, m) = (512, 300, 1);
+        let mut c = Case::new();
+        let w = c.weight(ty, &[k, n], random_weight(&mut rng, ty, k * n));
+        let x = c.f32(&[k, m], rng.vec(k * m));
+        let y = c.g.matmul(w, x).unwrap();
+        let graph = c.g.finish(&[y]).unwrap();
+        let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+        cuda.set_products_as_reads(true);
+        cuda.record_launches(true);
+        run_on(&mut cuda, &graph, &c.leaves, &[y]);
+        let log = cuda.take_launches();
+        cuda.record_launches(false);
+        cuda.set_products_as_reads(false);
+        assert!(
+            log.iter().any(|n| n == "read_runs_u128") && !log.iter().any(|n| n.contains("_mma_")),
+            "{ty}: launched {log:?}"
+        );
+        let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+        let err = rel_err(&got, &want);
+        assert!(err <= 1e-5, "{ty}: relative error {err:e} after the mode");
+    }
+}
