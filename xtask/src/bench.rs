@@ -3,10 +3,10 @@
 //! Built here, run on the GPU machine from the carried binary (`gpu-bundle/xtask bench`). It
 //! synthesizes the real-size files it needs (`synth.rs`) unless they exist, then measures: the
 //! device's copy bandwidth (the ceiling) and the read ceiling (the target's weight products as
-//! plain reads, launched as a decode step launches them); for the 31B Q4_K_M target decode tok/s
-//! at depths 0, 4K and 32K, t(k)/t(1) of verify batches at depth 4K, prefill tok/s at 512 and 4096 tokens, one
-//! MTP draft step and one DFlash block draft against a decode step; the 26B-A4B decode tok/s.
-//! Every figure is a median over repeats after warm-up. Writes
+//! plain reads, launched as a decode step launches them); for the 31B Q4_K_M target decode
+//! tok/s at depths 0, 4K and 32K, t(k)/t(1) of verify batches at depth 4K, prefill tok/s at 512
+//! and 4096 tokens, one MTP draft step and one DFlash block draft against a decode step; the
+//! 26B-A4B decode tok/s. Every figure is a median over repeats after warm-up. Writes
 //! `bench/results/<date>-<card>.json`, `.md` and `.svg`.
 
 use std::collections::BTreeMap;
@@ -105,7 +105,8 @@ fn read_launches(path: &Path) -> Result<(Vec<Vec<usize>>, u64)> {
     let mut tied = None;
     for t in file.tensors() {
         let name = t.name();
-        let bytes = usize::try_from(t.n_bytes())?;
+        let bytes = usize::try_from(t.n_bytes())
+            .with_context(|| format!("{}: tensor {name}'s size", path.display()))?;
         if name == "output.weight" {
             head = Some(bytes);
         } else if name == "token_embd.weight" {
@@ -144,6 +145,13 @@ fn read_launches(path: &Path) -> Result<(Vec<Vec<usize>>, u64)> {
         prev = Some((layer, role));
     }
     launches.push(vec![head]);
+    if let Some(l) = launches.iter().find(|l| l.len() > kernels::READ_MAX_RUNS) {
+        bail!(
+            "a read launch of {} runs (at most {})",
+            l.len(),
+            kernels::READ_MAX_RUNS
+        );
+    }
     let total = launches.iter().flatten().map(|&b| b as u64).sum();
     Ok((launches, total))
 }
@@ -164,14 +172,15 @@ fn card() -> (String, String) {
 }
 
 /// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe] [--prefill-only]
-/// [--skip-prefill] [--drafters-only] [--profile mtp|dflash|decode|decode-4k|verify-16] [--render FILE.json]`
-/// (`--render`: only writes the markdown table and the plot of a results file from the GPU
-/// machine into `--out`, for runs whose files did not all come back; `--prefill-only`: the copy
-/// bandwidth and the prefill figures alone; `--skip-prefill`: all but those; `--drafters-only`:
-/// the drafter fractions alone; all three for quicker A/B runs. `--profile`: after timing, one
-/// more MTP draft step, DFlash block draft, decode step (at the drafters' context), decode step
-/// at depth 4K (`decode-4k`) or 16-token verify at 4K (`verify-16`) runs inside
-/// [`kernels::profiled`], for `ncu --profile-from-start off`).
+/// [--skip-prefill] [--drafters-only] [--profile mtp|dflash|decode|decode-4k|verify-16]
+/// [--render FILE.json]` (`--render`: only writes the markdown table and the plot of a results
+/// file from the GPU machine into `--out`, for runs whose files did not all come back;
+/// `--prefill-only`: the copy bandwidth and the prefill figures alone; `--skip-prefill`: all but
+/// those (the read ceiling comes with the decode figures); `--drafters-only`: the drafter
+/// fractions alone; all three for quicker A/B runs. `--profile`: after timing, one more MTP
+/// draft step, DFlash block draft, decode step (at the drafters' context), decode step at depth
+/// 4K (`decode-4k`) or 16-token verify at 4K (`verify-16`) runs inside [`kernels::profiled`],
+/// for `ncu --profile-from-start off`).
 pub fn run(args: &[String]) -> Result<()> {
     let mut models = PathBuf::from("/tmp/specula-synth");
     let mut out_dir = PathBuf::from("bench/results");
@@ -270,30 +279,37 @@ pub fn run(args: &[String]) -> Result<()> {
     r.insert("kv_dtype".into(), json!("f16"));
 
     let target_path = file("gemma4-31b", "q4_k_m");
+    let measures_decode = !prefill_only && !drafters_only;
     let (copy, read_secs) = {
         let mut probe = CudaBackend::new(0)?;
         let copy = probe.copy_bandwidth(1 << 30, 20)?;
-        let (launches, read_bytes) = read_launches(&target_path)?;
-        let secs = probe.read_pass_seconds(&launches, 9)?;
-        let gbs = read_bytes as f64 / secs / 1e9;
-        r.insert("read_ceiling_gbs".into(), json!(gbs));
-        r.insert("read_ceiling_fraction".into(), json!(gbs * 1e9 / copy));
-        r.insert("read_ceiling_tok_s".into(), json!(1.0 / secs));
-        eprintln!(
-            "read ceiling: {} launches, {:.2} GB in {:.2} ms: {gbs:.0} GB/s = {:.3} of copy",
-            launches.len(),
-            read_bytes as f64 / 1e9,
-            secs * 1e3,
-            gbs * 1e9 / copy
-        );
-        (copy, secs)
+        if measures_decode {
+            let (launches, read_bytes) = read_launches(&target_path)?;
+            let secs = probe
+                .read_pass_seconds(&launches, 9)
+                .context("measuring the read ceiling")?;
+            let gbs = read_bytes as f64 / secs / 1e9;
+            r.insert("read_ceiling_gbs".into(), json!(gbs));
+            r.insert("read_ceiling_fraction".into(), json!(gbs * 1e9 / copy));
+            r.insert("read_ceiling_tok_s".into(), json!(1.0 / secs));
+            eprintln!(
+                "read ceiling: {} launches, {:.2} GB in {:.2} ms: {gbs:.0} GB/s = {:.3} of copy",
+                launches.len(),
+                read_bytes as f64 / 1e9,
+                secs * 1e3,
+                gbs * 1e9 / copy
+            );
+            (copy, secs)
+        } else {
+            (copy, f64::NAN)
+        }
     };
     r.insert("copy_bandwidth_gbs".into(), json!(copy / 1e9));
     eprintln!("copy bandwidth {:.0} GB/s", copy / 1e9);
 
     let bytes = weight_bytes(&target_path)?;
     let mut t = load(&target_path, 32768 + 64, 512)?;
-    if !prefill_only && !drafters_only {
+    if measures_decode {
         decode_and_verify(&mut t, bytes, copy, profile.as_deref(), &mut r)?;
         let step0 = 1.0 / r["decode_tok_s"]["0"].as_f64().unwrap_or(f64::NAN);
         r.insert("decode_vs_read_ceiling".into(), json!(read_secs / step0));
@@ -514,10 +530,15 @@ fn write_results(dir: &Path, v: Value) -> Result<()> {
     );
     if v.get("read_ceiling_gbs").is_some() {
         md += &format!(
-            "| read ceiling: the products' bytes as plain reads, launched as a step launches them | {:.0} GB/s = {:.3} of copy ({:.1} tok/s) |\n| decode at depth 0 / read ceiling | {:.3} |\n",
+            "| read ceiling: the products' bytes as plain reads, launched as a step launches them | {:.0} GB/s = {:.3} of copy ({:.1} tok/s) |\n",
             f("read_ceiling_gbs"),
             f("read_ceiling_fraction"),
-            f("read_ceiling_tok_s"),
+            f("read_ceiling_tok_s")
+        );
+    }
+    if v.get("decode_vs_read_ceiling").is_some() {
+        md += &format!(
+            "| decode at depth 0 / read ceiling | {:.3} |\n",
             f("decode_vs_read_ceiling")
         );
     }

@@ -706,17 +706,18 @@ extern "C" __global__ void moe_weights_f32(const float* probs, Layout4 lp, const
     }
 }
 
-// A streaming read of up to three runs of 16-byte words, with no arithmetic: what a pass of a
-// decode step's products would take if they only read their weights (the bench's read ceiling,
-// `CudaBackend::read_pass_seconds`). Run s takes blocks [first_s, first_{s+1}) (first_0 = 0,
-// first_3 = gridDim.x) and reads its n_s words grid-stride over them, four loads in flight a
-// thread (evict-first, as weights are read once); out[block] = the XOR of the 32-bit words the
-// block read, so a test can check that every word is read once (out may be null: nothing
-// written, as when it stands in for a product, `CudaBackend::set_products_as_reads`).
+// A streaming read of up to three runs of 16-byte words, with no arithmetic to speak of: what a
+// pass of a decode step's products would take if they only read their weights (the bench's read
+// ceiling, `CudaBackend::read_pass_seconds`). Run s takes blocks [first_s, first_{s+1})
+// (first_0 = 0, first_3 = gridDim.x) and reads its n_s words grid-stride over them, four loads
+// in flight a thread (evict-first, as weights are read once); out[block] = the wrapping sum of
+// the 32-bit words the block read, so a test can check that every word is read exactly once
+// (out may be null: nothing written, as when it stands in for a product,
+// `CudaBackend::set_products_as_reads`).
 extern "C" __global__ void read_runs_u128(const uint4* p0, i64 n0, const uint4* p1, i64 n1, const uint4* p2, i64 n2,
                                           int first1, int first2, unsigned* out) {
     pdl_entry();
-    __shared__ unsigned warp_xor[32];
+    __shared__ unsigned warp_sum[32];
     int b = blockIdx.x;
     const uint4* p = p0;
     i64 n = n0;
@@ -732,18 +733,18 @@ extern "C" __global__ void read_runs_u128(const uint4* p0, i64 n0, const uint4* 
     for (; i + 3 * stride < n; i += 4 * stride) {
         uint4 a = __ldcs(p + i), c = __ldcs(p + i + stride), d = __ldcs(p + i + 2 * stride),
               e = __ldcs(p + i + 3 * stride);
-        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w ^ e.x ^ e.y ^ e.z ^ e.w;
+        acc += a.x + a.y + a.z + a.w + c.x + c.y + c.z + c.w + d.x + d.y + d.z + d.w + e.x + e.y + e.z + e.w;
     }
     for (; i < n; i += stride) {
         uint4 a = __ldcs(p + i);
-        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+        acc += a.x + a.y + a.z + a.w;
     }
-    for (int o = 16; o > 0; o >>= 1) acc ^= __shfl_xor_sync(0xffffffffu, acc, o);
-    if ((threadIdx.x & 31) == 0) warp_xor[threadIdx.x >> 5] = acc;
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if ((threadIdx.x & 31) == 0) warp_sum[threadIdx.x >> 5] = acc;
     __syncthreads();
     if (threadIdx.x == 0 && out) {
         unsigned x = 0;
-        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) x ^= warp_xor[w];
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) x += warp_sum[w];
         out[b] = x;
     }
 }

@@ -1,17 +1,21 @@
 //! The read ceiling: how fast the device streams byte runs laid out and launched the way a
-//! decode step launches its weight products — one kernel per launch group (siblings such as a
-//! layer's q, k and v read together), programmatic dependent launch where the backend uses it,
-//! the whole pass replayed as one CUDA graph — with no arithmetic at all. A step whose products
-//! did nothing but read their weights could go no faster, so the bench reports decode against
-//! this figure as well as against the copy bandwidth.
+//! decode step launches its weight products — one kernel after another, programmatic dependent
+//! launch where the backend uses it, the whole pass replayed as one CUDA graph — with no
+//! arithmetic at all, so the bench can report decode against it as well as against the copy
+//! bandwidth. It bounds the step from above in two ways: a launch group (a layer's q, k and v;
+//! gate and up) is one grid split by bytes, where the step runs its members as separate grids
+//! that overlap only at their tails, and the grid is the widest measured, not the products'.
+//! The same kernel stands in for every product in the measurement mode
+//! `CudaBackend::set_products_as_reads`.
 
 use super::*;
 
-/// Blocks per multiprocessor and threads per block of `read_runs_u128`: the persistent
-/// products' geometry (two blocks of 256 threads an SM), which read as fast as any other grid
-/// tried in a pass of separate launches (bench/NOTES.md, twenty-sixth session).
-const READ_BLOCKS_PER_SM: usize = 2;
-const READ_THREADS: u32 = 256;
+/// Blocks per multiprocessor of `read_runs_u128` in the read pass: with [`READ_THREADS`], the
+/// grid that read fastest in a pass of a step's launches (bench/NOTES.md, twenty-sixth session:
+/// 0.976 of copy for sibling groups, against 0.936 at the products' two 256-thread blocks an SM).
+const READ_BLOCKS_PER_SM: usize = 4;
+/// Threads per block of `read_runs_u128`.
+const READ_THREADS: u32 = 512;
 
 /// Byte runs one launch of the read pass takes at most (`read_runs_u128`'s three pointers).
 pub const READ_MAX_RUNS: usize = 3;
@@ -25,9 +29,10 @@ impl CudaBackend {
     /// the ceiling's bandwidth.
     pub fn read_pass_seconds(&mut self, launches: &[Vec<usize>], reps: usize) -> Result<f64> {
         if launches.is_empty() || reps == 0 {
-            return Err(backend_err(
-                "read pass: no launches or no repetitions to time",
-            ));
+            return Err(backend_err(format!(
+                "read pass: {} launches, {reps} repetitions; both must be at least one",
+                launches.len()
+            )));
         }
         let mut offsets = Vec::with_capacity(launches.len());
         let mut total = 0usize;
@@ -62,16 +67,17 @@ impl CudaBackend {
         timed
     }
 
-    /// The XOR of every 32-bit word (little-endian) of `runs`, computed on the device by one
-    /// launch of the read pass's kernel over copies of them: a check that the pass reads every
-    /// word once. Each run must be a non-empty multiple of 16 bytes, 1 to [`READ_MAX_RUNS`] runs.
-    pub fn read_runs_xor(&mut self, runs: &[&[u8]]) -> Result<u32> {
+    /// The wrapping sum of every 32-bit word (little-endian) of `runs`, computed on the device by
+    /// one launch of the read pass's kernel over copies of them: a check that the pass reads
+    /// every word exactly once. Each run must be a non-empty multiple of 16 bytes, 1 to
+    /// [`READ_MAX_RUNS`] runs.
+    pub fn read_runs_sum(&self, runs: &[&[u8]]) -> Result<u32> {
         if runs.is_empty()
             || runs.len() > READ_MAX_RUNS
             || runs.iter().any(|r| r.is_empty() || r.len() % 16 != 0)
         {
             return Err(backend_err(format!(
-                "read_runs_xor: 1 to {READ_MAX_RUNS} runs of a non-zero multiple of 16 bytes, not {:?} bytes",
+                "read_runs_sum: 1 to {READ_MAX_RUNS} runs of a non-zero multiple of 16 bytes, not {:?} bytes",
                 runs.iter().map(|r| r.len()).collect::<Vec<_>>()
             )));
         }
@@ -97,9 +103,9 @@ impl CudaBackend {
                 .map_err(|e| driver_err("running the read kernel", e))?;
             let mut words = vec![0u8; 4 * blocks];
             self.dtoh(&mut words, out)?;
-            Ok(words
-                .chunks_exact(4)
-                .fold(0, |x, w| x ^ u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+            Ok(words.chunks_exact(4).fold(0u32, |x, w| {
+                x.wrapping_add(u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            }))
         })();
         for p in ptrs {
             self.free_raw(p);
@@ -187,7 +193,7 @@ impl CudaBackend {
 
     /// One launch of `read_runs_u128` over `runs` (device address, bytes; read as
     /// ⌈bytes / 16⌉ words, so each run's allocation must hold whole words): the blocks are
-    /// shared out by bytes, at least one a run; their XORs go to `out` (a word a block) unless
+    /// shared out by bytes, at least one a run; their sums go to `out` (a word a block) unless
     /// it is 0.
     fn launch_read(&self, runs: &[(u64, usize)], out: u64) -> Result<()> {
         let blocks = self.read_blocks(runs.len());
@@ -237,11 +243,13 @@ impl CudaBackend {
         self.launch_read(&[(weights, bytes & !15)], 0)
     }
 
-    /// Frees a raw allocation of ours (errors ignored: used on the way out of a measurement).
+    /// Frees a raw allocation of ours once the stream is done with it (errors ignored: used on
+    /// the way out of a measurement, failed or not).
     fn free_raw(&self, ptr: u64) {
+        let _ = self.stream.synchronize();
         #[allow(unsafe_code)]
-        // SAFETY: `ptr` came from `malloc` and no other owner frees it; the stream has finished
-        // with it (every caller synchronises, or failed before launching on it).
+        // SAFETY: `ptr` came from `malloc` and no other owner frees it; the stream was just
+        // synchronised, so no queued copy or launch still uses it.
         unsafe {
             let _ = cu::free_sync(ptr);
         }

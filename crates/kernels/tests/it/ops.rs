@@ -2586,10 +2586,11 @@ fn replayed_graphs_follow_new_inputs() {
     }
 }
 
-/// The bench's read ceiling kernel reads every 32-bit word of its runs once: its per-block
-/// XORs fold to the CPU's XOR of random runs of many sizes (a run of more words than the grid's
-/// threads take in one round, runs of fewer words than one block's threads, three runs sharing
-/// a launch), and the timed pass gives a figure and refuses malformed launches.
+/// The bench's read ceiling kernel reads every 32-bit word of its runs exactly once: its
+/// per-block wrapping sums add up to the CPU's sum of random runs of many sizes (a run of more
+/// words than the grid's threads take in one round, runs of fewer words than one block's
+/// threads, three runs sharing a launch), and the timed pass gives a figure and refuses
+/// malformed launches.
 #[test]
 fn read_pass_reads_every_word_once() {
     let Some(mut cuda) = crate::cuda() else {
@@ -2610,18 +2611,18 @@ fn read_pass_reads_every_word_once() {
             .iter()
             .flat_map(|r| r.chunks_exact(4))
             .fold(0u32, |x, w| {
-                x ^ u32::from_le_bytes([w[0], w[1], w[2], w[3]])
+                x.wrapping_add(u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
             });
         let refs: Vec<&[u8]> = runs.iter().map(Vec::as_slice).collect();
-        let got = cuda.read_runs_xor(&refs).expect("read kernel");
+        let got = cuda.read_runs_sum(&refs).expect("read kernel");
         assert_eq!(got, want, "runs of {sizes:?} bytes");
     }
     let secs = cuda
         .read_pass_seconds(&[vec![1 << 20, 4096, 1 << 22], vec![8 << 20], vec![100]], 3)
         .expect("read pass");
     assert!(secs > 0.0 && secs < 1.0, "read pass took {secs} s");
-    assert!(cuda.read_runs_xor(&[&[1u8; 17]]).is_err());
-    assert!(cuda.read_runs_xor(&[]).is_err());
+    assert!(cuda.read_runs_sum(&[&[1u8; 17]]).is_err());
+    assert!(cuda.read_runs_sum(&[]).is_err());
     assert!(cuda.read_pass_seconds(&[vec![]], 1).is_err());
     assert!(cuda.read_pass_seconds(&[vec![16, 16, 16, 16]], 1).is_err());
     assert!(cuda.read_pass_seconds(&[vec![0]], 1).is_err());
