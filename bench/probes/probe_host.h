@@ -97,3 +97,27 @@ void probe_launch(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, A... a
     }
     kern<<<grid, block, smem>>>(args...);
 }
+
+// The copy bandwidth as the bench measures it: 2 × bytes / time over `reps` device-to-device
+// copies of 1 GiB (after one untimed), in GB/s.
+inline double probe_copy_gbs(int reps) {
+    size_t bytes = 1ull << 30;
+    void *src, *dst;
+    CHECK(cudaMalloc(&src, bytes));
+    CHECK(cudaMalloc(&dst, bytes));
+    CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+    cudaEvent_t t0, t1;
+    CHECK(cudaEventCreate(&t0));
+    CHECK(cudaEventCreate(&t1));
+    CHECK(cudaEventRecord(t0));
+    for (int i = 0; i < reps; ++i) CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice));
+    CHECK(cudaEventRecord(t1));
+    CHECK(cudaEventSynchronize(t1));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, t0, t1));
+    CHECK(cudaEventDestroy(t0));
+    CHECK(cudaEventDestroy(t1));
+    CHECK(cudaFree(src));
+    CHECK(cudaFree(dst));
+    return 2.0 * reps * bytes / (ms * 1e-3) / 1e9;
+}

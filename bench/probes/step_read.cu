@@ -241,27 +241,6 @@ static double time_pass(const std::vector<Launch>& launches, const unsigned char
     return ms[ms.size() / 2];
 }
 
-// The bench's copy rate: 2 × bytes / time over 20 device-to-device copies of 1 GiB.
-static double copy_gbs() {
-    size_t n = 1ull << 30;
-    void *s, *d;
-    CHECK(cudaMalloc(&s, n));
-    CHECK(cudaMalloc(&d, n));
-    CHECK(cudaMemcpy(d, s, n, cudaMemcpyDeviceToDevice));
-    cudaEvent_t a, b;
-    CHECK(cudaEventCreate(&a));
-    CHECK(cudaEventCreate(&b));
-    CHECK(cudaEventRecord(a));
-    for (int i = 0; i < 20; ++i) CHECK(cudaMemcpyAsync(d, s, n, cudaMemcpyDeviceToDevice));
-    CHECK(cudaEventRecord(b));
-    CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, a, b));
-    CHECK(cudaFree(s));
-    CHECK(cudaFree(d));
-    return 2.0 * 20 * n / (ms * 1e-3) / 1e9;
-}
-
 int main(int argc, char** argv) {
     if (argc < 2) {
         std::fprintf(stderr, "usage: %s SHAPES.tsv\n", argv[0]);
@@ -297,7 +276,7 @@ int main(int argc, char** argv) {
             CHECK(cudaMemcpy(arena + at, arena, std::min(chunk, arena_bytes - at), cudaMemcpyDeviceToDevice));
     }
     std::printf("arena filled: %s\n", fill);
-    double copy = copy_gbs();
+    double copy = probe_copy_gbs(20);
     std::printf("copy %.0f GB/s (2 x bytes / time, as the bench)\n\n", copy);
 
     Tensor whole{"arena", "arena", 0, 0, step_bytes};

@@ -250,26 +250,7 @@ int main() {
         return 1;
     }
     std::printf("%s, %d SMs, Q4K_HL %d\n", prop.name, sms, Q4K_HL);
-    // Copy bandwidth as the bench measures it (2 × bytes / time of a 1 GiB device copy).
-    {
-        size_t bytes = 1ull << 30;
-        void *a, *b;
-        CHECK(cudaMalloc(&a, bytes));
-        CHECK(cudaMalloc(&b, bytes));
-        CHECK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
-        cudaEvent_t t0, t1;
-        CHECK(cudaEventCreate(&t0));
-        CHECK(cudaEventCreate(&t1));
-        CHECK(cudaEventRecord(t0));
-        for (int i = 0; i < 10; ++i) CHECK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
-        CHECK(cudaEventRecord(t1));
-        CHECK(cudaEventSynchronize(t1));
-        float ms;
-        CHECK(cudaEventElapsedTime(&ms, t0, t1));
-        std::printf("copy bandwidth %.0f GB/s\n", 2.0 * 10 * bytes / (ms * 1e-3) / 1e9);
-        CHECK(cudaFree(a));
-        CHECK(cudaFree(b));
-    }
+    std::printf("copy bandwidth %.0f GB/s\n", probe_copy_gbs(10));
     struct Shape {
         int k, n;
         const char* name;
