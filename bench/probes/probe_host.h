@@ -121,3 +121,16 @@ inline double probe_copy_gbs(int reps) {
     CHECK(cudaFree(dst));
     return 2.0 * reps * bytes / (ms * 1e-3) / 1e9;
 }
+
+// `groups` random Q4_K groups of 144 bytes: random scale and nibble bytes, and d and dmin each a
+// positive f16 of plausible size (ProbeRng::small_f16), drawn in that order from `rng`.
+inline std::vector<unsigned char> probe_q4k_weights(ProbeRng& rng, size_t groups) {
+    std::vector<unsigned char> w(groups * 144);
+    for (auto& b : w) b = (unsigned char)rng.next_u32();
+    for (size_t gi = 0; gi < groups; ++gi) {
+        unsigned short d = rng.small_f16(), dm = rng.small_f16();
+        std::memcpy(&w[gi * 144], &d, 2);
+        std::memcpy(&w[gi * 144 + 2], &dm, 2);
+    }
+    return w;
+}

@@ -263,13 +263,7 @@ int main() {
         int k = sh.k, n = sh.n, n_groups = k / 256, kw = k_warps(k), splits = k_splits(k);
         size_t bytes = (size_t)n * n_groups * 144;
         int copies = (int)((400u << 20) / bytes) + 1;  // well past L2 (50–60 MB)
-        std::vector<u8> w(bytes);
-        for (auto& b : w) b = (u8)rng.next_u32();
-        for (size_t gi = 0; gi < (size_t)n * n_groups; ++gi) {
-            u16 d = rng.small_f16(), dm = rng.small_f16();
-            std::memcpy(&w[gi * 144], &d, 2);
-            std::memcpy(&w[gi * 144 + 2], &dm, 2);
-        }
+        std::vector<u8> w = probe_q4k_weights(rng, (size_t)n * n_groups);
         std::vector<float> x(k);
         for (auto& v : x) v = rng.next_f();
         u8* dw;

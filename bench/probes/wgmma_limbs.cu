@@ -32,107 +32,55 @@
 #define LB_SUMS_BYTES (2 * 2048)               // 2 halves × the same geometry in f16
 #define LB_BYTES (LB_LIMB_BYTES + LB_SUMS_BYTES + 128)  // + 16 group scales (padded)
 
-// d (32 s32: columns 8j + 2t, + 1 of rows g, g + 8, j = 0..7) = A·B (+ d when acc), A u8 from
-// registers (the m16n8k32 fragment layout per warp), B s8 from shared memory: its descriptor as
-// the low word dlo and wgmma_verify.cu's constant high word DHI (SBO 256, no swizzle), so a
-// sub-block's is one add to the stage's.
-__device__ __forceinline__ void wgmma_s8_n64(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %37, 0;\nmov.b32 hi, %38;\nmov.b64 dd, {%36, hi};\n"
-        "wgmma.mma_async.sync.aligned.m64n64k32.s32.u8.s8 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,"
-        "%28,%29,%30,%31}, {%32,%33,%34,%35}, dd, p;\n"
-        "}\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
-          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
-          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
-          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
-}
-
-// The f16 counterpart (f32 accumulators) for the mins.
-__device__ __forceinline__ void wgmma_f16_n64(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %37, 0;\nmov.b32 hi, %38;\nmov.b64 dd, {%36, hi};\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,"
-        "%28,%29,%30,%31}, {%32,%33,%34,%35}, dd, p, 1, 1, 0;\n"
-        "}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
-}
-
-// The same for N = 8, 16 and 32 columns (N / 2 accumulators a thread), for batches of 2, 4 and
-// 8 rows: wgmma_s8<N> and wgmma_f16<N>, and N = 64 as the two functions above.
+// wgmma_s8<N>: d (N / 2 s32 a thread: columns 8j + 2t, + 1 of rows g, g + 8) = A·B (+ d when
+// acc), A u8 from registers (the m16n8k32 fragment layout per warp), B s8 from shared memory:
+// its descriptor as the low word dlo and wgmma_verify.cu's constant high word DHI (SBO 256, no
+// swizzle), so a sub-block's is one add to the stage's. wgmma_f16<N>: the f16 counterpart (f32
+// accumulators) for the mins. N = 64 for 9–16 rows (16 rows × 4 limbs); 8, 16 and 32 for
+// batches of 2, 4 and 8 rows.
 template <int N>
 __device__ __forceinline__ void wgmma_s8(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc);
 template <int N>
 __device__ __forceinline__ void wgmma_f16(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc);
-template <>
-__device__ __forceinline__ void wgmma_s8<8>(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %9, 0;\nmov.b32 hi, %10;\nmov.b64 dd, {%8, hi};\n"
-        "wgmma.mma_async.sync.aligned.m64n8k32.s32.u8.s8 {%0,%1,%2,%3}, {%4,%5,%6,%7}, dd, p;\n"
-        "}\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
-}
-template <>
-__device__ __forceinline__ void wgmma_f16<8>(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %9, 0;\nmov.b32 hi, %10;\nmov.b64 dd, {%8, hi};\n"
-        "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0,%1,%2,%3}, {%4,%5,%6,%7}, dd, p, 1, 1, 0;\n"
-        "}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
-}
-template <>
-__device__ __forceinline__ void wgmma_s8<16>(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %13, 0;\nmov.b32 hi, %14;\nmov.b64 dd, {%12, hi};\n"
-        "wgmma.mma_async.sync.aligned.m64n16k32.s32.u8.s8 {%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, dd, p;\n"
-        "}\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
-}
-template <>
-__device__ __forceinline__ void wgmma_f16<16>(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %13, 0;\nmov.b32 hi, %14;\nmov.b64 dd, {%12, hi};\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, dd, p, 1, 1, 0;\n"
-        "}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
-}
-template <>
-__device__ __forceinline__ void wgmma_s8<32>(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %21, 0;\nmov.b32 hi, %22;\nmov.b64 dd, {%20, hi};\n"
-        "wgmma.mma_async.sync.aligned.m64n32k32.s32.u8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, dd, p;\n"
-        "}\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
-}
-template <>
-__device__ __forceinline__ void wgmma_f16<32>(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\nsetp.ne.b32 p, %21, 0;\nmov.b32 hi, %22;\nmov.b64 dd, {%20, hi};\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, dd, p, 1, 1, 0;\n"
-        "}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));
-}
-template <>
-__device__ __forceinline__ void wgmma_s8<64>(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
-    wgmma_s8_n64(d, a0, a1, a2, a3, dlo, acc);
-}
-template <>
-__device__ __forceinline__ void wgmma_f16<64>(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
-    wgmma_f16_n64(d, a0, a1, a2, a3, dlo, acc);
-}
+
+// The accumulators' operands for R = N / 2 registers (constraint c), and per R the asm text of
+// the descriptor (operands R + 4, + 6) and predicate (R + 5) set-up and of the register lists.
+#define WG_OUT4(c) "+" c(d[0]), "+" c(d[1]), "+" c(d[2]), "+" c(d[3])
+#define WG_OUT8(c) WG_OUT4(c), "+" c(d[4]), "+" c(d[5]), "+" c(d[6]), "+" c(d[7])
+#define WG_OUT16(c) \
+    WG_OUT8(c), "+" c(d[8]), "+" c(d[9]), "+" c(d[10]), "+" c(d[11]), "+" c(d[12]), "+" c(d[13]), "+" c(d[14]), "+" c(d[15])
+#define WG_OUT32(c)                                                                                                   \
+    WG_OUT16(c), "+" c(d[16]), "+" c(d[17]), "+" c(d[18]), "+" c(d[19]), "+" c(d[20]), "+" c(d[21]), "+" c(d[22]),  \
+        "+" c(d[23]), "+" c(d[24]), "+" c(d[25]), "+" c(d[26]), "+" c(d[27]), "+" c(d[28]), "+" c(d[29]),          \
+        "+" c(d[30]), "+" c(d[31])
+#define WG_SETUP4 "setp.ne.b32 p, %9, 0;\nmov.b32 hi, %10;\nmov.b64 dd, {%8, hi};\n"
+#define WG_REGS4 "{%0,%1,%2,%3}, {%4,%5,%6,%7}"
+#define WG_SETUP8 "setp.ne.b32 p, %13, 0;\nmov.b32 hi, %14;\nmov.b64 dd, {%12, hi};\n"
+#define WG_REGS8 "{%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}"
+#define WG_SETUP16 "setp.ne.b32 p, %21, 0;\nmov.b32 hi, %22;\nmov.b64 dd, {%20, hi};\n"
+#define WG_REGS16 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}"
+#define WG_SETUP32 "setp.ne.b32 p, %37, 0;\nmov.b32 hi, %38;\nmov.b64 dd, {%36, hi};\n"
+#define WG_REGS32                                                                                    \
+    "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25," \
+    "%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}"
+
+// One specialisation: FN<N> on T accumulators (constraint C), PTX shape suffix SHAPE (after
+// "m64n<N>"), trailing operands TAIL (the f16 form's scales and layout).
+#define WG_DEF(FN, T, C, N, R, SHAPE, TAIL)                                                                  \
+    template <>                                                                                              \
+    __device__ __forceinline__ void FN<N>(T * d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {         \
+        asm volatile("{\n.reg .pred p;\n.reg .b64 dd;\n.reg .b32 hi;\n" WG_SETUP##R                          \
+                     "wgmma.mma_async.sync.aligned.m64n" #N SHAPE " " WG_REGS##R ", dd, p" TAIL ";\n}\n"     \
+                     : WG_OUT##R(C)                                                                          \
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "r"(acc), "n"(DHI));                   \
+    }
+#define WG_DEF_BOTH(N, R)                                            \
+    WG_DEF(wgmma_s8, int, "r", N, R, "k32.s32.u8.s8", "")           \
+    WG_DEF(wgmma_f16, float, "f", N, R, "k16.f32.f16.f16", ", 1, 1, 0")
+WG_DEF_BOTH(8, 4)
+WG_DEF_BOTH(16, 8)
+WG_DEF_BOTH(32, 16)
+WG_DEF_BOTH(64, 32)
 
 // Group grp's image (one block of 256 threads a group): core-matrix row q (16 bytes) of the limbs
 // (sub-block s, n group nb, k half kb, row i: column n = 8nb + i = batch row n / 4 (rows past m
@@ -396,13 +344,7 @@ int main() {
     for (int n : {8192, 5376, 21504}) {
         size_t bytes = (size_t)n * n_groups * 144;
         int copies = (int)((400u << 20) / bytes) + 1;  // past L2
-        std::vector<u8> wv(bytes);
-        for (auto& b : wv) b = (u8)rng.next_u32();
-        for (size_t gi = 0; gi < (size_t)n * n_groups; ++gi) {
-            u16 d = rng.small_f16(), dm = rng.small_f16();
-            std::memcpy(&wv[gi * 144], &d, 2);
-            std::memcpy(&wv[gi * 144 + 2], &dm, 2);
-        }
+        std::vector<u8> wv = probe_q4k_weights(rng, (size_t)n * n_groups);
         const int m_max = 16;
         std::vector<float> x((size_t)m_max * k);
         for (auto& v : x) v = rng.next_f();

@@ -972,13 +972,7 @@ int main() {
     int dev;
     CHECK(cudaGetDevice(&dev));
     for (int n : {8192, 5376}) {
-        std::vector<u8> w((size_t)n * n_groups * 144);
-        for (auto& b : w) b = (u8)rng.next_u32();
-        for (size_t gi = 0; gi < (size_t)n * n_groups; ++gi) {
-            u16 d = rng.small_f16(), dm = rng.small_f16();
-            std::memcpy(&w[gi * 144], &d, 2);
-            std::memcpy(&w[gi * 144 + 2], &dm, 2);
-        }
+        std::vector<u8> w = probe_q4k_weights(rng, (size_t)n * n_groups);
         const int m_max = 16;
         std::vector<float> x((size_t)m_max * k);
         for (auto& v : x) v = rng.next_f();
