@@ -310,8 +310,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let bytes = weight_bytes(&target_path)?;
     let mut t = load(&target_path, 32768 + 64, 512)?;
     if measures_decode {
-        decode_and_verify(&mut t, bytes, copy, profile.as_deref(), &mut r)?;
-        let step0 = 1.0 / r["decode_tok_s"]["0"].as_f64().unwrap_or(f64::NAN);
+        let step0 = decode_and_verify(&mut t, bytes, copy, profile.as_deref(), &mut r)?;
         r.insert("decode_vs_read_ceiling".into(), json!(read_secs / step0));
     }
     if !skip_prefill && !drafters_only {
@@ -411,14 +410,14 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 /// Decode tok/s at depths 0, 4K and 32K, the bandwidth fraction at depth 0 and the verify
-/// ratios t(k)/t(1) at 4K, into `r`.
+/// ratios t(k)/t(1) at 4K, into `r`; returns the seconds of a decode step at depth 0.
 fn decode_and_verify(
     t: &mut Target,
     bytes: u64,
     copy: f64,
     profile: Option<&str>,
     r: &mut serde_json::Map<String, Value>,
-) -> Result<()> {
+) -> Result<f64> {
     let mut decode = BTreeMap::new();
     let mut step0 = 0.0;
     for depth in [0usize, 4096, 32768] {
@@ -475,7 +474,7 @@ fn decode_and_verify(
         eprintln!("verify k={k}: {:.2} ms, t(k)/t(1) {:.2}", s * 1e3, s / t1);
     }
     r.insert("verify_ratio".into(), json!(verify));
-    Ok(())
+    Ok(step0)
 }
 
 /// Prefill tok/s of 512- and 4,096-token prompts in 512-token chunks.
