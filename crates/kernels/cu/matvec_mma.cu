@@ -852,6 +852,9 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float
 // memory, and after one barrier each unit's rows add them in slice order, as the one-shot kernels
 // add their warps' (empty slices as +0.0): the same bits for every row.
 #define PERSIST_ITERS 6
+// The two-weight-tile walks (`_m2n2_p`, 9–16 rows) take at most this many units a block: their
+// partial sums per iteration are four times the one-tile kernels' (see matvec_mma_persist_body).
+#define PERSIST_ITERS_M2 3
 // The launch must give gridDim.y · PERSIST_ITERS ≥ the units (source::persist_blocks does): units
 // past that would be left unwritten.
 
@@ -866,6 +869,7 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float
 // Where a warp is in its walk: iteration i, group grp of weight rows row0.., or done (i < 0).
 struct PersistWalk {
     int n_groups, kw, wk, wr, warp_rows, splits, tiles_y, units, n;
+    int iters, tile_rows;  // units a block takes at most; weight rows of a warp's unit (16 · MT)
     int i, grp, row0;
 
     // kw divides MMV_WARPS (8), so it is a power of two.
@@ -875,11 +879,11 @@ struct PersistWalk {
     // Unit of iteration it (or -1 past the block's last), its plane z and first weight row.
     __device__ __forceinline__ int unit(int it) const {
         int u = (int)blockIdx.y + it * (int)gridDim.y;
-        return it < PERSIST_ITERS && u < units ? u : -1;
+        return it < iters && u < units ? u : -1;
     }
     __device__ __forceinline__ int plane(int u) const { return WALK_FAST && splits == 1 ? 0 : u / tiles_y; }
     __device__ __forceinline__ int tile_row0(int u) const {
-        return ((WALK_FAST && splits == 1 ? u : u % tiles_y) * warp_rows + wr) * 16;
+        return ((WALK_FAST && splits == 1 ? u : u % tiles_y) * warp_rows + wr) * tile_rows;
     }
     // The first group of slice sl of plane z, or n_groups and more if the slice is empty.
     __device__ __forceinline__ int first_group(int sl, int z) const { return sl + kw * z; }
@@ -906,18 +910,39 @@ struct PersistWalk {
     }
 };
 
-// Runs a warp's walk: group(T, grp, row0) per group (T: the Q4_K weights, double-buffered across
-// units for DT_Q4_K, else unused), then flush(i) after the last group of each iteration. With
-// pdl = PDL_LEAD_LATE it waits for the kernel before (pdl_late) after its setup and, for Q4_K,
-// its first weight loads; before any activation load.
-template <int DT, class G, class F>
+// Runs a warp's walk: group(T, grp, row0) per group (T: the MT Q4_K weight tiles, double-buffered
+// across units for DT_Q4_K with one tile, loaded right before their group with two; unused for
+// other types), then flush(i) after the last group of each iteration. With pdl = PDL_LEAD_LATE it
+// waits for the kernel before (pdl_late) after its setup and, for Q4_K, its first weight loads;
+// before any activation load.
+template <int DT, int MT = 1, class G, class F>
 __device__ __forceinline__ void persist_walk(PersistWalk W, const u8* w, int pdl, G&& group, F&& flush) {
     W.enter(0);
     if (W.i < 0) {
         pdl_late(pdl);
         return;
     }
-    if constexpr (DT == DT_Q4_K) {
+    if constexpr (DT == DT_Q4_K && MT > 1) {
+        // Two weight tiles and two activation tiles need the registers (as q4k_groups).
+        int t = threadIdx.x & 3;
+        Q4KTile cur[MT];
+        auto load = [&](const PersistWalk& P) {
+            int rows[MT][2];
+            q4k_tile_rows<MT>(P.row0, P.n, rows);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) q4k_load(cur[mt], w, rows[mt][0], rows[mt][1], P.n_groups, P.grp, t);
+        };
+        load(W);
+        pdl_late(pdl);
+        for (;;) {
+            int i = W.i;
+            group(cur, W.grp, W.row0);
+            W.advance();
+            if (W.i != i) flush(i);
+            if (W.i < 0) break;
+            load(W);
+        }
+    } else if constexpr (DT == DT_Q4_K) {
         int t = threadIdx.x & 3;
         auto load = [&](Q4KTile& T, const PersistWalk& P) {
             int rows[1][2];
@@ -943,7 +968,7 @@ __device__ __forceinline__ void persist_walk(PersistWalk W, const u8* w, int pdl
         }
     } else {
         pdl_late(pdl);
-        Q4KTile none[1];
+        Q4KTile none[MT];
         for (;;) {
             int i = W.i;
             group(none, W.grp, W.row0);
@@ -954,17 +979,20 @@ __device__ __forceinline__ void persist_walk(PersistWalk W, const u8* w, int pdl
     }
 }
 
-// A block's walk parameters (see PersistWalk).
+// A block's walk parameters (see PersistWalk) for warps of MT weight tiles.
+template <int MT = 1>
 __device__ __forceinline__ PersistWalk persist_walk_of(int k, int n, int kw, int splits) {
     int warp = threadIdx.x >> 5;
     PersistWalk W;
+    W.iters = MT == 1 ? PERSIST_ITERS : PERSIST_ITERS_M2;
+    W.tile_rows = 16 * MT;
     W.n_groups = k / 256;
     W.kw = kw;
     W.wk = warp % kw;
     W.wr = warp / kw;
     W.warp_rows = MMV_WARPS / kw;
     W.splits = splits;
-    W.tiles_y = (n + 16 * W.warp_rows - 1) / (16 * W.warp_rows);
+    W.tiles_y = (n + W.tile_rows * W.warp_rows - 1) / (W.tile_rows * W.warp_rows);
     W.units = W.tiles_y * splits;
     W.n = n;
     W.i = -1;
@@ -1946,51 +1974,57 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
     }
 }
 
-// One block of matmul_<type>_mma_m1n1[_x]_p / _p1 (see PersistWalk): the one-shot kernels' warps,
-// groups and order, walked persistently. ONE: a batch of one row (the `_p1` kernels; see q6k_group,
-// and q4k_group_one for Q4_K under Q4K_HL, without which Q4_K's are its `_p` kernels).
-template <int DT, int NT, bool PREP, bool ONE = false>
+// One block of matmul_<type>_mma_m1n1[_x]_p / _p1 and matmul_<type>_mma_m2n2[_x]_p (see
+// PersistWalk): the one-shot kernels' warps, groups and order, walked persistently, MT weight
+// tiles and NT activation tiles a warp. ONE: a batch of one row (the `_p1` kernels; see
+// q6k_group, and q4k_group_one for Q4_K under Q4K_HL, without which Q4_K's are its `_p` kernels).
+template <int DT, int MT, int NT, bool PREP, bool ONE = false>
 __device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw,
                                         int splits, int pdl) {
-    __shared__ float red[PERSIST_ITERS][MMV_WARPS][NT * 4][32];  // [iteration][row · kw + slice]
+    constexpr int ITERS = MT == 1 ? PERSIST_ITERS : PERSIST_ITERS_M2;
+    __shared__ float red[ITERS][MMV_WARPS][MT * NT * 4][32];  // [iteration][row · kw + slice]
     int lane = threadIdx.x & 31, m0 = blockIdx.x * NT * 8;
-    PersistWalk W = persist_walk_of(k, n, kw, splits);
-    float acc[1][NT][4];
+    PersistWalk W = persist_walk_of<MT>(k, n, kw, splits);
+    float acc[MT][NT][4];
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) zero4(acc[0][nt]);
-    persist_walk<DT>(
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) zero4(acc[mt][nt]);
+    persist_walk<DT, MT>(
         W, w, pdl,
-        [&](const Q4KTile(&T)[1], int grp, int row0) {
-            if constexpr (DT == DT_Q4_K && ONE && NT == 1 && Q4K_HL)
+        [&](const Q4KTile(&T)[MT], int grp, int row0) {
+            if constexpr (DT == DT_Q4_K && MT == 1 && ONE && NT == 1 && Q4K_HL)
                 q4k_group_one<PREP>(T, A, acc, grp);
             else if (DT == DT_Q4_K)
-                q4k_group<1, NT, PREP>(T, A, acc, grp, m0, m);
-            if (DT == DT_Q6_K) q6k_group<1, NT, PREP, false, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
-            if (DT == DT_Q6_KR) q6k_group<1, NT, PREP, true, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
-            if (DT == DT_Q8_0) q80_group<1, NT, PREP, false, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
-            if (DT == DT_Q8_0R) q80_group<1, NT, PREP, true, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
+                q4k_group<MT, NT, PREP>(T, A, acc, grp, m0, m);
+            if (DT == DT_Q6_K) q6k_group<MT, NT, PREP, false, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
+            if (DT == DT_Q6_KR) q6k_group<MT, NT, PREP, true, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
+            if (DT == DT_Q8_0) q80_group<MT, NT, PREP, false, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
+            if (DT == DT_Q8_0R) q80_group<MT, NT, PREP, true, ONE>(w, A, acc, row0, n, W.n_groups, grp, m0, m);
         },
         [&](int i) {
             float(*r)[32] = red[i][W.wr * kw + W.slice(i)];
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    r[nt * 4 + e][lane] = acc[0][nt][e];
-                    acc[0][nt][e] = 0.0f;
-                }
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        r[(mt * NT + nt) * 4 + e][lane] = acc[mt][nt][e];
+                        acc[mt][nt][e] = 0.0f;
+                    }
         });
     __syncthreads();
-    int per_unit = W.warp_rows * NT * 4 * 32;
-    for (int idx = threadIdx.x; idx < PERSIST_ITERS * per_unit; idx += blockDim.x) {
+    int per_unit = W.warp_rows * MT * NT * 4 * 32;
+    for (int idx = threadIdx.x; idx < ITERS * per_unit; idx += blockDim.x) {
         int it = idx / per_unit, u = W.unit(it);
         if (u < 0) break;
         int z = W.plane(u), j = idx % per_unit;
-        int l = j & 31, e4 = (j >> 5) % (NT * 4), r = (j >> 5) / (NT * 4);
+        int l = j & 31, e4 = (j >> 5) % (MT * NT * 4), r = (j >> 5) / (MT * NT * 4);
         float s = 0.0f;
         for (int v = 0; v < kw; ++v) s += W.first_group(v, z) < W.n_groups ? red[it][r * kw + v][e4][l] : 0.0f;
-        int e = e4 & 3, nt = e4 >> 2;
-        int row = ((u % W.tiles_y) * W.warp_rows + r) * 16 + (l >> 2) + (e >= 2 ? 8 : 0);
+        int e = e4 & 3, nt = (e4 >> 2) % NT, mt = (e4 >> 2) / NT;
+        int row = ((u % W.tiles_y) * W.warp_rows + r) * 16 * MT + mt * 16 + (l >> 2) + (e >= 2 ? 8 : 0);
         int tok = m0 + nt * 8 + 2 * (l & 3) + (e & 1);
         if (row < n && tok < m) y[(i64)z * m * n + (i64)tok * n + row] = s;
     }
@@ -2076,7 +2110,7 @@ MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 2, 2, true, )
         matmul_##SUFFIX##_mma_m1n1##TAIL##PT(const u8* w, const void* x, float* y, int k, int n, int m, int kw, \
                                           i64 x_off, i64 x_stride, int splits, int pdl) {                   \
         pdl_enter(pdl);                                                                                     \
-        matvec_mma_persist_body<DT, 1, PREP, ONE>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, splits, \
+        matvec_mma_persist_body<DT, 1, 1, PREP, ONE>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, splits, \
                                                   pdl);                                                     \
         pdl_leave(pdl);                                                                                     \
     }
@@ -2090,5 +2124,22 @@ MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 2, 2, true, )
 MMV_PERSIST_ONE_KERNELS(q4_k, DT_Q4_K)
 MMV_PERSIST_ONE_KERNELS(q6_k, DT_Q6_K)
 MMV_PERSIST_ONE_KERNELS(q6_kr, DT_Q6_KR)
+// matmul_<type>_mma_m2n2[_x]_p: matmul_<type>_mma_m2n2[_x] (9–16 rows: verify batches) walked
+// persistently, one block per SM (the default route; `SPECULA_MMA_PERSIST_M2=0`: the one-shot ones).
+#define MMV_PERSIST_M2_KERNEL(SUFFIX, DT, PREP, TAIL)                                                       \
+    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 1)                                         \
+        matmul_##SUFFIX##_mma_m2n2##TAIL##_p(const u8* w, const void* x, float* y, int k, int n, int m, int kw, \
+                                          i64 x_off, i64 x_stride, int splits, int pdl) {                   \
+        pdl_enter(pdl);                                                                                     \
+        matvec_mma_persist_body<DT, 2, 2, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, splits, \
+                                                pdl);                                                       \
+        pdl_leave(pdl);                                                                                     \
+    }
+#define MMV_PERSIST_M2_KERNELS(SUFFIX, DT)      \
+    MMV_PERSIST_M2_KERNEL(SUFFIX, DT, true, )   \
+    MMV_PERSIST_M2_KERNEL(SUFFIX, DT, false, _x)
+MMV_PERSIST_M2_KERNELS(q4_k, DT_Q4_K)
+MMV_PERSIST_M2_KERNELS(q6_k, DT_Q6_K)
+MMV_PERSIST_M2_KERNELS(q6_kr, DT_Q6_KR)
 MMV_PERSIST_ONE_KERNELS(q8_0r, DT_Q8_0R)
 MMV_PERSIST_ONE_KERNELS(q8_0, DT_Q8_0)

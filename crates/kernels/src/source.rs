@@ -254,6 +254,23 @@ pub fn persist_one_row(dtype: gguf::GgmlType) -> bool {
     )
 }
 
+/// Weight types whose 9–16-row products have persistent (2, 2) kernels
+/// (`matmul_<type>_mma_m2n2[_x]_p`, unless `SPECULA_MMA_PERSIST_M2=0`; Q6_K also repacked).
+pub fn persist_two_tiles(dtype: gguf::GgmlType) -> bool {
+    matches!(dtype, gguf::GgmlType::Q4_K | gguf::GgmlType::Q6_K)
+}
+
+/// The most units a block of a persistent (2, 2) kernel takes (`PERSIST_ITERS_M2` in
+/// `matvec_mma.cu`, which sizes its shared memory).
+pub const PERSIST_ITERS_M2: usize = 3;
+
+/// Blocks of a persistent `_m2n2_p` launch over `units` units: one per multiprocessor (the
+/// kernels' occupancy), fewer when there are fewer units, more when a block would take over
+/// [`PERSIST_ITERS_M2`].
+pub fn persist_blocks_m2(units: usize, sms: usize) -> usize {
+    units.min(sms.max(1)).max(units.div_ceil(PERSIST_ITERS_M2))
+}
+
 /// Blocks of a persistent `_p` launch over `units` units on a device of `sms` multiprocessors:
 /// two per multiprocessor (the kernels' occupancy at 128 registers), fewer when there are fewer
 /// units, more when a block would take over [`PERSIST_ITERS`].
@@ -490,6 +507,10 @@ pub fn all_kernel_names() -> Vec<String> {
         }
         names.push(format!("matmul_{suffix}_mma_m1n1_p"));
         names.push(format!("matmul_{suffix}_mma_m1n1_x_p"));
+        if persist_two_tiles(*ty) {
+            names.push(format!("matmul_{suffix}_mma_m2n2_p"));
+            names.push(format!("matmul_{suffix}_mma_m2n2_x_p"));
+        }
         if persist_one_row(*ty) {
             names.push(format!("matmul_{suffix}_mma_m1n1_p1"));
             names.push(format!("matmul_{suffix}_mma_m1n1_x_p1"));
@@ -613,13 +634,22 @@ mod tests {
     #[test]
     fn persistent_blocks_cover_every_unit() {
         assert!(MATVEC_MMA.contains(&format!("#define PERSIST_ITERS {PERSIST_ITERS}\n")));
+        assert!(MATVEC_MMA.contains(&format!("#define PERSIST_ITERS_M2 {PERSIST_ITERS_M2}\n")));
         for sms in [1, 78, 132] {
             for units in [1, 2, 263, 264, 1344, 16_384, 100_000] {
                 let b = persist_blocks(units, sms);
                 assert!(b >= 1 && b <= units, "{units} units, {sms} SMs: {b}");
                 assert!(b * PERSIST_ITERS >= units, "{units} units, {sms} SMs: {b}");
+                let b2 = persist_blocks_m2(units, sms);
+                assert!(b2 >= 1 && b2 <= units, "{units} units, {sms} SMs: {b2}");
+                assert!(
+                    b2 * PERSIST_ITERS_M2 >= units,
+                    "{units} units, {sms} SMs: {b2}"
+                );
             }
         }
+        assert_eq!(persist_blocks_m2(336, 132), 132);
+        assert_eq!(persist_blocks_m2(672, 132), 224);
         assert_eq!(persist_blocks(1344, 132), 264);
         assert_eq!(persist_blocks(16_384, 132), 2731);
     }
@@ -703,8 +733,8 @@ mod tests {
             }
             entries += 1;
         }
-        // The `_mma_` one-shot and persistent kernel macros.
-        assert_eq!(moded, 2, "kernels with a PDL mode argument");
+        // The `_mma_` one-shot, persistent and persistent (2, 2) kernel macros.
+        assert_eq!(moded, 3, "kernels with a PDL mode argument");
         // 28 definitions (most expand per weight type) behind the 160-odd entry points.
         assert!(entries >= 28, "found {entries} kernel definitions");
     }

@@ -250,6 +250,11 @@ pub struct CudaBackend {
     /// the same arithmetic walked by two blocks per multiprocessor (`SPECULA_MMA_PERSIST=0`: the
     /// one-shot kernels, an A/B knob).
     mma_persist: bool,
+    /// With `mma_persist`, Q4_K and Q6_K products of 9–16 rows on the (2, 2) tile take the
+    /// persistent `_m2n2_p` kernels (`source::persist_two_tiles`), the one-shot kernels' bits
+    /// walked by one block per multiprocessor (`SPECULA_MMA_PERSIST_M2=0`: the one-shot ones,
+    /// an A/B knob).
+    mma_persist_m2: bool,
     /// Persistent products of one activation row (decode and draft steps) take the `_p1`
     /// kernels, the same bits with less work (`source::persist_one_row`;
     /// `SPECULA_MMA_ONE=0`: the `_p` ones, an A/B and test knob).
@@ -439,6 +444,7 @@ impl CudaBackend {
             q4k_limbs: std::env::var("SPECULA_Q4K_LIMBS").is_ok_and(|v| v == "1"),
             products_as_reads: products_as_reads_from_env(),
             mma_persist: std::env::var("SPECULA_MMA_PERSIST").map_or(true, |v| v != "0"),
+            mma_persist_m2: std::env::var("SPECULA_MMA_PERSIST_M2").map_or(true, |v| v != "0"),
             mma_one_row: std::env::var("SPECULA_MMA_ONE").map_or(true, |v| v != "0"),
             sm_count,
             launch_log: std::cell::RefCell::new(None),
@@ -551,6 +557,13 @@ impl CudaBackend {
     /// the one-shot ones; both give the same bits (a tuning and test knob).
     pub fn set_mma_persist(&mut self, on: bool) {
         self.mma_persist = on;
+    }
+
+    /// Whether 9–16-row Q4_K and Q6_K products on the (2, 2) tile take the persistent
+    /// `_m2n2_p` kernels (the default, with `set_mma_persist` on) or the one-shot ones; both
+    /// give the same bits (a tuning and test knob).
+    pub fn set_mma_persist_m2(&mut self, on: bool) {
+        self.mma_persist_m2 = on;
     }
 
     /// Whether persistent products of one activation row take the `_p1` kernels (the default)

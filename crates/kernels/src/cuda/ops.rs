@@ -63,11 +63,16 @@ impl CudaBackend {
         // The persistent kernels walk (tile, plane) units in fewer blocks along y instead.
         let limbs = reads_prepared && mi.limbs;
         let nt = if limbs { source::limb_tile(m) } else { nt };
+        // 9–16 rows on the persistent (2, 2) kernels (unless SPECULA_MMA_PERSIST_M2=0).
+        let persist_m2 = !limbs
+            && self.mma_persist_m2
+            && (mt, nt) == (2, 2)
+            && source::persist_two_tiles(w.dtype);
         let persist = self.mma_persist
             && if limbs {
                 source::PERSIST_LIMB_TILES.contains(&nt)
             } else {
-                (mt, nt) == (1, 1)
+                (mt, nt) == (1, 1) || persist_m2
             };
         let (name, cols, tiles) = if limbs {
             (
@@ -98,7 +103,11 @@ impl CudaBackend {
         };
         let (kernel, grid) = if persist {
             a.i32(splits as i32);
-            let blocks = source::persist_blocks(tiles * splits, self.sm_count);
+            let blocks = if persist_m2 {
+                source::persist_blocks_m2(tiles * splits, self.sm_count)
+            } else {
+                source::persist_blocks(tiles * splits, self.sm_count)
+            };
             // One activation row (m must be 1): the `_p1` kernels, the same bits with less work
             // (source::persist_one_row).
             let one_row = !limbs && m == 1 && self.mma_one_row;

@@ -908,7 +908,8 @@ fn q6_k_q8_products_match_the_cpu() {
     }
 }
 
-/// The persistent `_p` kernels (one-tile products up to 8 rows, limbs up to 4) walk the one-shot
+/// The persistent `_p` kernels (one-tile products up to 8 rows, limbs up to 4, Q4_K and Q6_K
+/// products of 9–16 rows on the (2, 2) tile) walk the one-shot
 /// kernels' arithmetic in fewer blocks: the same bits with the knob on and off, on shapes where a
 /// block walks several units (up to `PERSIST_ITERS`), warps split 9 groups unevenly, rows split
 /// over 2 and 4 planes, 2, 4 and 8 warp rows share a block (k = 1024, 512, 256) and the last
@@ -930,8 +931,8 @@ fn persistent_products_equal_the_one_shot_kernels() {
             (256, 40_000),
         ] {
             let wbytes = random_weight(&mut rng, ty, k * n);
-            let x8 = rng.vec(k * 8);
-            for m in [1, 2, 4, 8] {
+            let x8 = rng.vec(k * 16);
+            for m in [1, 2, 4, 8, 12, 16] {
                 let mut c = Case::new();
                 let w = c.weight(ty, &[k, n], wbytes.clone());
                 let x = c.f32(&[k, m], x8[..k * m].to_vec());
@@ -953,6 +954,13 @@ fn persistent_products_equal_the_one_shot_kernels() {
                             log.iter().any(|n| n.ends_with("_p1")),
                             want_p1,
                             "{ty} k{k} n{n} m{m} prepared {prepare} persist {persist} one-row {one_row}: launched {log:?}"
+                        );
+                        let want_m2 =
+                            persist && m > 8 && ty != DType::Q8_0 && !(limbs && ty == DType::Q4_K);
+                        assert_eq!(
+                            log.iter().any(|n| n.contains("_mma_m2n2") && n.ends_with("_p")),
+                            want_m2,
+                            "{ty} k{k} n{n} m{m} prepared {prepare} persist {persist}: launched {log:?}"
                         );
                     }
                     assert!(
