@@ -922,27 +922,7 @@ __device__ __forceinline__ void persist_walk(PersistWalk W, const u8* w, int pdl
         pdl_late(pdl);
         return;
     }
-    if constexpr (DT == DT_Q4_K && MT > 1) {
-        // Two weight tiles and two activation tiles need the registers (as q4k_groups).
-        int t = threadIdx.x & 3;
-        Q4KTile cur[MT];
-        auto load = [&](const PersistWalk& P) {
-            int rows[MT][2];
-            q4k_tile_rows<MT>(P.row0, P.n, rows);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) q4k_load(cur[mt], w, rows[mt][0], rows[mt][1], P.n_groups, P.grp, t);
-        };
-        load(W);
-        pdl_late(pdl);
-        for (;;) {
-            int i = W.i;
-            group(cur, W.grp, W.row0);
-            W.advance();
-            if (W.i != i) flush(i);
-            if (W.i < 0) break;
-            load(W);
-        }
-    } else if constexpr (DT == DT_Q4_K) {
+    if constexpr (DT == DT_Q4_K && MT == 1) {
         int t = threadIdx.x & 3;
         auto load = [&](Q4KTile& T, const PersistWalk& P) {
             int rows[1][2];
@@ -967,14 +947,28 @@ __device__ __forceinline__ void persist_walk(PersistWalk W, const u8* w, int pdl
             if (W.i < 0) break;
         }
     } else {
+        // One group at a time: Q4_K with two weight tiles loads them right before their group
+        // (with two activation tiles the registers go to the activations, as in q4k_groups);
+        // the other types load inside group.
+        Q4KTile cur[MT];
+        auto load = [&](const PersistWalk& P) {
+            if constexpr (DT == DT_Q4_K) {
+                int rows[MT][2];
+                q4k_tile_rows<MT>(P.row0, P.n, rows);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+                    q4k_load(cur[mt], w, rows[mt][0], rows[mt][1], P.n_groups, P.grp, threadIdx.x & 3);
+            }
+        };
+        load(W);
         pdl_late(pdl);
-        Q4KTile none[MT];
         for (;;) {
             int i = W.i;
-            group(none, W.grp, W.row0);
+            group(cur, W.grp, W.row0);
             W.advance();
             if (W.i != i) flush(i);
             if (W.i < 0) break;
+            load(W);
         }
     }
 }
