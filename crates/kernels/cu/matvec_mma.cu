@@ -842,21 +842,23 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float
     });
 }
 
-// ---- Persistent one-tile products (the `_p` kernels: MT = 1, one activation tile). Rather than
+// ---- Persistent products (the `_p` kernels: MT = 1, one activation tile; and `_m2n2_p`, the
+// (2, 2) tile of 9–16-row batches, one block per SM, PERSIST_ITERS_M2). Rather than
 // a block per 16·(MMV_WARPS / kw) weight rows and split plane, which starts all its warps on cold
 // loads at once and ends at a barrier that the warps with one group fewer wait at (a 21-group row
 // over 8 warps: 3, 3, 3, 3, 3, 2, 2, 2), gridDim.y blocks take the units (row tile, plane)
 // blockIdx.y, + gridDim.y, ... (at most PERSIST_ITERS each), and a warp's loads run ahead across
-// units. In iteration i warp (wr, wk) takes slice (wk + 3i) % kw of its unit's groups, so over a
+// units (one-tile walks; the two-tile ones load each group right before it). In iteration i warp (wr, wk) takes slice (wk + 3i) % kw of its unit's groups, so over a
 // block's iterations every warp gets about as many groups; the slices' partial sums wait in shared
 // memory, and after one barrier each unit's rows add them in slice order, as the one-shot kernels
 // add their warps' (empty slices as +0.0): the same bits for every row.
 #define PERSIST_ITERS 6
 // The two-weight-tile walks (`_m2n2_p`, 9–16 rows) take at most this many units a block: their
-// partial sums per iteration are four times the one-tile kernels' (see matvec_mma_persist_body).
+// partial sums per iteration are four times the one-tile kernels' (see matvec_mma_persist_body),
+// and 3 iterations of them fill the 48 KiB of static shared memory exactly.
 #define PERSIST_ITERS_M2 3
-// The launch must give gridDim.y · PERSIST_ITERS ≥ the units (source::persist_blocks does): units
-// past that would be left unwritten.
+// The launch must give gridDim.y · PERSIST_ITERS (PERSIST_ITERS_M2) ≥ the units
+// (source::persist_blocks, persist_blocks_m2 do): units past that would be left unwritten.
 
 // WALK_FAST 1 (the default; an A/B knob, `SPECULA_WALK_FAST`): a walk finds its next unit
 // without dividing where it can (kw is a power of two; unsplit products have one plane); 0

@@ -247,8 +247,9 @@ pub struct CudaBackend {
     /// shows what its other kernels cost beside products that only read. Outputs are wrong.
     products_as_reads: bool,
     /// One-activation-tile products of up to 8 rows (limbs: 4) take the persistent `_p` kernels,
-    /// the same arithmetic walked by two blocks per multiprocessor (`SPECULA_MMA_PERSIST=0`: the
-    /// one-shot kernels, an A/B knob).
+    /// the same arithmetic walked by two blocks per multiprocessor, and with `mma_persist_m2`
+    /// 9–16-row ones the `_m2n2_p` kernels (`SPECULA_MMA_PERSIST=0`: the one-shot kernels for
+    /// all, an A/B knob).
     mma_persist: bool,
     /// With `mma_persist`, Q4_K and Q6_K products of 9–16 rows on the (2, 2) tile take the
     /// persistent `_m2n2_p` kernels (`source::persist_two_tiles`), the one-shot kernels' bits
@@ -553,8 +554,9 @@ impl CudaBackend {
         self.att_group = min_queries;
     }
 
-    /// Whether one-activation-tile products take the persistent `_p` kernels (the default) or
-    /// the one-shot ones; both give the same bits (a tuning and test knob).
+    /// Whether one-activation-tile products (and, with `set_mma_persist_m2`, 9–16-row ones) take
+    /// the persistent `_p` kernels (the default) or the one-shot ones; both give the same bits (a
+    /// tuning and test knob).
     pub fn set_mma_persist(&mut self, on: bool) {
         self.mma_persist = on;
     }

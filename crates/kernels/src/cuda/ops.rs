@@ -63,11 +63,16 @@ impl CudaBackend {
         // The persistent kernels walk (tile, plane) units in fewer blocks along y instead.
         let limbs = reads_prepared && mi.limbs;
         let nt = if limbs { source::limb_tile(m) } else { nt };
-        // 9–16 rows on the persistent (2, 2) kernels (unless SPECULA_MMA_PERSIST_M2=0).
+        // 9–16 rows on the persistent (2, 2) kernels (unless SPECULA_MMA_PERSIST_M2=0), not
+        // prefill chunks on that tile (SPECULA_MMA_PREFILL_TILE=2x2 measures the one-shot ones),
+        // and only where the walk's blocks fit grid y.
         let persist_m2 = !limbs
             && self.mma_persist_m2
             && (mt, nt) == (2, 2)
-            && source::persist_two_tiles(w.dtype);
+            && m <= source::MMA_MAX_ROWS
+            && source::persist_two_tiles(w.dtype)
+            && source::persist_blocks_m2(n.div_ceil(32 * (8 / kw)) * splits, self.sm_count)
+                <= 65_535;
         let persist = self.mma_persist
             && if limbs {
                 source::PERSIST_LIMB_TILES.contains(&nt)
