@@ -848,8 +848,9 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float
 // loads at once and ends at a barrier that the warps with one group fewer wait at (a 21-group row
 // over 8 warps: 3, 3, 3, 3, 3, 2, 2, 2), gridDim.y blocks take the units (row tile, plane)
 // blockIdx.y, + gridDim.y, ... (at most PERSIST_ITERS each), and a warp's loads run ahead across
-// units (one-tile walks; the two-tile ones load each group right before it). In iteration i warp (wr, wk) takes slice (wk + 3i) % kw of its unit's groups, so over a
-// block's iterations every warp gets about as many groups; the slices' partial sums wait in shared
+// units (one-tile walks; the two-tile ones load each group right before it). In iteration i warp
+// (wr, wk) takes slice (wk + 3i) % kw of its unit's groups, so over a block's iterations every
+// warp gets about as many groups; the slices' partial sums wait in shared
 // memory, and after one barrier each unit's rows add them in slice order, as the one-shot kernels
 // add their warps' (empty slices as +0.0): the same bits for every row.
 #define PERSIST_ITERS 6
@@ -859,6 +860,10 @@ __device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float
 #define PERSIST_ITERS_M2 3
 // The launch must give gridDim.y · PERSIST_ITERS (PERSIST_ITERS_M2) ≥ the units
 // (source::persist_blocks, persist_blocks_m2 do): units past that would be left unwritten.
+template <int MT>
+__host__ __device__ constexpr int persist_iters() {
+    return MT == 1 ? PERSIST_ITERS : PERSIST_ITERS_M2;
+}
 
 // WALK_FAST 1 (the default; an A/B knob, `SPECULA_WALK_FAST`): a walk finds its next unit
 // without dividing where it can (kw is a power of two; unsplit products have one plane); 0
@@ -980,7 +985,7 @@ template <int MT = 1>
 __device__ __forceinline__ PersistWalk persist_walk_of(int k, int n, int kw, int splits) {
     int warp = threadIdx.x >> 5;
     PersistWalk W;
-    W.iters = MT == 1 ? PERSIST_ITERS : PERSIST_ITERS_M2;
+    W.iters = persist_iters<MT>();
     W.tile_rows = 16 * MT;
     W.n_groups = k / 256;
     W.kw = kw;
@@ -1977,7 +1982,7 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
 template <int DT, int MT, int NT, bool PREP, bool ONE = false>
 __device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw,
                                         int splits, int pdl) {
-    constexpr int ITERS = MT == 1 ? PERSIST_ITERS : PERSIST_ITERS_M2;
+    constexpr int ITERS = persist_iters<MT>();
     __shared__ float red[ITERS][MMV_WARPS][MT * NT * 4][32];  // [iteration][row · kw + slice]
     int lane = threadIdx.x & 31, m0 = blockIdx.x * NT * 8;
     PersistWalk W = persist_walk_of<MT>(k, n, kw, splits);
@@ -2096,44 +2101,35 @@ MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 1, 2, true, )
 MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 2, 2, true, )
 
 // matmul_<type>_mma_m1n1[_x]_p: matmul_<type>_mma_m1n1[_x] in gridDim.y persistent blocks (grid
-// (⌈m / 8⌉, blocks, 1)) over `splits` planes; matmul_<type>_mma_m1n1[_x]_p1: the same for a batch
-// of one row (m = 1: decode and draft steps), the same bits: Q6_K and Q8_0 with half the scale
-// FMAs; Q4_K with half the mma under Q4K_HL, else its `_p` kernel again. (Q4_K's with half the
-// FMAs in the alternating order, tried, spilled 40–108 bytes at the 128-register cap; NVRTC,
-// sm_90.)
-#define MMV_PERSIST_KERNEL(SUFFIX, DT, PREP, TAIL, ONE, PT)                                                 \
-    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 2)                                         \
-        matmul_##SUFFIX##_mma_m1n1##TAIL##PT(const u8* w, const void* x, float* y, int k, int n, int m, int kw, \
-                                          i64 x_off, i64 x_stride, int splits, int pdl) {                   \
+// (⌈m / 8⌉, blocks, 1)) over `splits` planes, two an SM; matmul_<type>_mma_m1n1[_x]_p1: the same
+// for a batch of one row (m = 1: decode and draft steps), the same bits: Q6_K and Q8_0 with half
+// the scale FMAs; Q4_K with half the mma under Q4K_HL, else its `_p` kernel again. (Q4_K's with
+// half the FMAs in the alternating order, tried, spilled 40–108 bytes at the 128-register cap;
+// NVRTC, sm_90.) matmul_<type>_mma_m2n2[_x]_p: matmul_<type>_mma_m2n2[_x] (9–16 rows: verify
+// batches) walked the same way, one block an SM (the default route; `SPECULA_MMA_PERSIST_M2=0`:
+// the one-shot ones).
+#define MMV_PERSIST_KERNEL(SUFFIX, DT, MT, NT, MIN_BLOCKS, PREP, TAIL, ONE, PT)                             \
+    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, MIN_BLOCKS)                                \
+        matmul_##SUFFIX##_mma_m##MT##n##NT##TAIL##PT(const u8* w, const void* x, float* y, int k, int n, int m, \
+                                                     int kw, i64 x_off, i64 x_stride, int splits, int pdl) { \
         pdl_enter(pdl);                                                                                     \
-        matvec_mma_persist_body<DT, 1, 1, PREP, ONE>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, splits, \
-                                                  pdl);                                                     \
+        matvec_mma_persist_body<DT, MT, NT, PREP, ONE>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, \
+                                                       splits, pdl);                                        \
         pdl_leave(pdl);                                                                                     \
     }
-#define MMV_PERSIST_KERNELS(SUFFIX, DT)                  \
-    MMV_PERSIST_KERNEL(SUFFIX, DT, true, , false, _p)    \
-    MMV_PERSIST_KERNEL(SUFFIX, DT, false, _x, false, _p)
-#define MMV_PERSIST_ONE_KERNELS(SUFFIX, DT)              \
-    MMV_PERSIST_KERNELS(SUFFIX, DT)                      \
-    MMV_PERSIST_KERNEL(SUFFIX, DT, true, , true, _p1)    \
-    MMV_PERSIST_KERNEL(SUFFIX, DT, false, _x, true, _p1)
+#define MMV_PERSIST_KERNELS(SUFFIX, DT)                              \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, 1, 1, 2, true, , false, _p)       \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, 1, 1, 2, false, _x, false, _p)
+#define MMV_PERSIST_ONE_KERNELS(SUFFIX, DT)                          \
+    MMV_PERSIST_KERNELS(SUFFIX, DT)                                  \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, 1, 1, 2, true, , true, _p1)       \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, 1, 1, 2, false, _x, true, _p1)
+#define MMV_PERSIST_M2_KERNELS(SUFFIX, DT)                           \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, 2, 2, 1, true, , false, _p)       \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, 2, 2, 1, false, _x, false, _p)
 MMV_PERSIST_ONE_KERNELS(q4_k, DT_Q4_K)
 MMV_PERSIST_ONE_KERNELS(q6_k, DT_Q6_K)
 MMV_PERSIST_ONE_KERNELS(q6_kr, DT_Q6_KR)
-// matmul_<type>_mma_m2n2[_x]_p: matmul_<type>_mma_m2n2[_x] (9–16 rows: verify batches) walked
-// persistently, one block per SM (the default route; `SPECULA_MMA_PERSIST_M2=0`: the one-shot ones).
-#define MMV_PERSIST_M2_KERNEL(SUFFIX, DT, PREP, TAIL)                                                       \
-    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 1)                                         \
-        matmul_##SUFFIX##_mma_m2n2##TAIL##_p(const u8* w, const void* x, float* y, int k, int n, int m, int kw, \
-                                          i64 x_off, i64 x_stride, int splits, int pdl) {                   \
-        pdl_enter(pdl);                                                                                     \
-        matvec_mma_persist_body<DT, 2, 2, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, splits, \
-                                                pdl);                                                       \
-        pdl_leave(pdl);                                                                                     \
-    }
-#define MMV_PERSIST_M2_KERNELS(SUFFIX, DT)      \
-    MMV_PERSIST_M2_KERNEL(SUFFIX, DT, true, )   \
-    MMV_PERSIST_M2_KERNEL(SUFFIX, DT, false, _x)
 MMV_PERSIST_M2_KERNELS(q4_k, DT_Q4_K)
 MMV_PERSIST_M2_KERNELS(q6_k, DT_Q6_K)
 MMV_PERSIST_M2_KERNELS(q6_kr, DT_Q6_KR)

@@ -63,35 +63,36 @@ impl CudaBackend {
         // The persistent kernels walk (tile, plane) units in fewer blocks along y instead.
         let limbs = reads_prepared && mi.limbs;
         let nt = if limbs { source::limb_tile(m) } else { nt };
+        // Weight tiles along grid y: 16 rows each for the limb kernels, 16·mt for the others.
+        let tiles = n.div_ceil(16 * if limbs { 1 } else { mt } * (8 / kw));
         // 9–16 rows on the persistent (2, 2) kernels (unless SPECULA_MMA_PERSIST_M2=0), not
-        // prefill chunks on that tile (SPECULA_MMA_PREFILL_TILE=2x2 measures the one-shot ones),
-        // and only where the walk's blocks fit grid y.
+        // prefill chunks on that tile (SPECULA_MMA_PREFILL_TILE=2x2 measures the one-shot ones).
         let persist_m2 = !limbs
             && self.mma_persist_m2
             && (mt, nt) == (2, 2)
             && m <= source::MMA_MAX_ROWS
-            && source::persist_two_tiles(w.dtype)
-            && source::persist_blocks_m2(n.div_ceil(32 * (8 / kw)) * splits, self.sm_count)
-                <= 65_535;
+            && source::persist_two_tiles(w.dtype);
+        let persist_blocks = if persist_m2 {
+            source::persist_blocks_m2(tiles * splits, self.sm_count)
+        } else {
+            source::persist_blocks(tiles * splits, self.sm_count)
+        };
+        // A walk whose blocks would not fit grid y runs on the one-shot kernels.
         let persist = self.mma_persist
+            && persist_blocks <= 65_535
             && if limbs {
                 source::PERSIST_LIMB_TILES.contains(&nt)
             } else {
                 (mt, nt) == (1, 1) || persist_m2
             };
-        let (name, cols, tiles) = if limbs {
-            (
-                format!("matmul_q4_k_limb_n{nt}"),
-                m.div_ceil(2 * nt),
-                n.div_ceil(16 * (8 / kw)),
-            )
+        let (name, cols) = if limbs {
+            (format!("matmul_q4_k_limb_n{nt}"), m.div_ceil(2 * nt))
         } else {
             a.i64(mi.offset).i64(mi.stride);
             let tail = if reads_prepared { "" } else { "_x" };
             (
                 format!("matmul_{suffix}_mma_m{mt}n{nt}{tail}"),
                 m.div_ceil(8 * nt),
-                n.div_ceil(16 * mt * (8 / kw)),
             )
         };
         // What the product touches while it runs: its activations (the whole prepared scratch,
@@ -108,11 +109,6 @@ impl CudaBackend {
         };
         let (kernel, grid) = if persist {
             a.i32(splits as i32);
-            let blocks = if persist_m2 {
-                source::persist_blocks_m2(tiles * splits, self.sm_count)
-            } else {
-                source::persist_blocks(tiles * splits, self.sm_count)
-            };
             // One activation row (m must be 1): the `_p1` kernels, the same bits with less work
             // (source::persist_one_row).
             let one_row = !limbs && m == 1 && self.mma_one_row;
@@ -121,7 +117,10 @@ impl CudaBackend {
             } else {
                 "_p"
             };
-            (format!("{name}{tail}"), (cols as u32, blocks as u32, 1))
+            (
+                format!("{name}{tail}"),
+                (cols as u32, persist_blocks as u32, 1),
+            )
         } else {
             (name, (cols as u32, tiles as u32, splits as u32))
         };

@@ -909,11 +909,11 @@ fn q6_k_q8_products_match_the_cpu() {
 }
 
 /// The persistent `_p` kernels (one-tile products up to 8 rows, limbs up to 4, Q4_K and Q6_K
-/// products of 9–16 rows on the (2, 2) tile) walk the one-shot
-/// kernels' arithmetic in fewer blocks: the same bits with the knob on and off, on shapes where a
-/// block walks several units (up to `PERSIST_ITERS`, `PERSIST_ITERS_M2`), warps split 9 groups unevenly, rows split
-/// over 2 and 4 planes, 2, 4 and 8 warp rows share a block (k = 1024, 512, 256) and the last
-/// tile is partial. One-row products of Q4_K (but not on limbs), Q6_K and Q8_0 weights run the
+/// products of 9–16 rows on the (2, 2) tile) walk the one-shot kernels' arithmetic in fewer
+/// blocks: the same bits with the knob on and off, on shapes where a block walks several units
+/// (up to `PERSIST_ITERS`, `PERSIST_ITERS_M2`), warps split 9 groups unevenly, rows split over 2
+/// and 4 planes, 2, 4 and 8 warp rows share a block (k = 1024, 512, 256) and the last tile is
+/// partial. One-row products of Q4_K (but not on limbs), Q6_K and Q8_0 weights run the
 /// `_p1` kernels (recorded), with the `_p` kernels' bits; no other product does.
 #[test]
 fn persistent_products_equal_the_one_shot_kernels() {
