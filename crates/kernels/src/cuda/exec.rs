@@ -53,18 +53,28 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Captures what `launch` puts on the stream as a CUDA graph (`what` names it in errors);
+    /// the capture ends, and its graph is dropped, when a launch fails.
+    pub(super) fn capture(
+        &self,
+        what: &str,
+        launch: impl FnOnce() -> Result<()>,
+    ) -> Result<Option<CudaGraph>> {
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| driver_err(&format!("beginning the capture of {what}"), e))?;
+        let launched = launch();
+        let captured = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        launched?;
+        captured.map_err(|e| driver_err(&format!("instantiating {what}"), e))
+    }
+
     pub(super) fn run_exec(&self, exec: &mut Exec, exe: ExecId) -> Result<()> {
         self.bind()?;
         self.zero(self.err_word, 4)?;
         if self.use_graphs && exec.runs > 0 && exec.captured.is_none() {
             // Record the launch sequence once; every address it uses stays fixed while loaded.
-            self.stream
-                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                .map_err(|e| driver_err("beginning graph capture", e))?;
-            let launched = self.launch_all(exec);
-            let captured = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
-            launched?;
-            exec.captured = captured.map_err(|e| driver_err("instantiating the graph", e))?;
+            exec.captured = self.capture("the graph", || self.launch_all(exec))?;
         }
         self.replay_or_launch(exec)?;
         self.stream

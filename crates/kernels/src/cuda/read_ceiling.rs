@@ -158,21 +158,17 @@ impl CudaBackend {
         reps: usize,
     ) -> Result<f64> {
         self.bind()?;
-        self.stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| driver_err("beginning the read pass's capture", e))?;
-        let launched = launches.iter().zip(offsets).try_for_each(|(runs, at)| {
-            let runs: Vec<(u64, usize)> = at
-                .iter()
-                .zip(runs)
-                .map(|(&o, &bytes)| (arena + o as u64, bytes))
-                .collect();
-            self.launch_read(&runs, out)
-        });
-        let captured = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
-        launched?;
-        let graph = captured
-            .map_err(|e| driver_err("instantiating the read pass", e))?
+        let graph = self
+            .capture("the read pass", || {
+                launches.iter().zip(offsets).try_for_each(|(runs, at)| {
+                    let runs: Vec<(u64, usize)> = at
+                        .iter()
+                        .zip(runs)
+                        .map(|(&o, &bytes)| (arena + o as u64, bytes))
+                        .collect();
+                    self.launch_read(&runs, out)
+                })
+            })?
             .ok_or_else(|| backend_err("the read pass captured no graph"))?;
         let mut secs = Vec::with_capacity(reps);
         for rep in 0..=reps {
