@@ -35,6 +35,7 @@
 #define Q4K_HL 1
 #endif
 #ifndef __CUDACC_RTC__
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -1016,6 +1017,19 @@ int main() {
         CHECK(cudaMalloc(&y_wg, (size_t)m_max * n * 4));
         CHECK(cudaMemcpy(dw, w.data(), w.size(), cudaMemcpyHostToDevice));
         CHECK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+        // PROBE_COPIES=c (default 1): the weights in c copies that the timed launches take in
+        // turn, so that with c · size past L2 every launch reads its weights from memory, as a
+        // decode step does (1: the same copy every launch, resident in L2 at these sizes).
+        const int n_copies = std::getenv("PROBE_COPIES") ? std::max(1, std::atoi(std::getenv("PROBE_COPIES"))) : 1;
+        std::vector<u8*> copies{dw};
+        for (int c = 1; c < n_copies; ++c) {
+            u8* p;
+            CHECK(cudaMalloc(&p, w.size()));
+            CHECK(cudaMemcpy(p, dw, w.size(), cudaMemcpyDeviceToDevice));
+            copies.push_back(p);
+        }
+        size_t turn = 0;
+        auto W = [&]() { return copies[turn++ % copies.size()]; };
         int smem = WG_CHUNKS * WG_CHUNK_BYTES;
         // The second form's shared memory: two B buffers per warpgroup and the kw slices' sums.
         auto smem2 = [&](int wgs) { return wgs * 2 * WG_CHUNKS * WG_CHUNK_BYTES + kw * 8 * 128 * 4; };
@@ -1039,7 +1053,16 @@ int main() {
             CHECK(cudaGetLastError());
             dim3 grid_ref(1, (n + 31) / 32, 1);  // (2, 2) tiles, kw warps of 8 on each 32 rows
             auto run_ref = [&]() {
-                matmul_q4_k_mma_m2n2<<<grid_ref, 256>>>(dw, xs, y_ref, k, n, m, kw, 0, 0, PDL_PLAIN);
+                matmul_q4_k_mma_m2n2<<<grid_ref, 256>>>(W(), xs, y_ref, k, n, m, kw, 0, 0, PDL_PLAIN);
+            };
+            // The default verify route since the twenty-seventh session: the persistent (2, 2)
+            // kernel, one block an SM over at most PERSIST_ITERS_M2 32-row units (kw 8).
+            int sms;
+            CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+            const int units_p = (n + 31) / 32;
+            const int blocks_p = std::max(std::min(units_p, sms), (units_p + PERSIST_ITERS_M2 - 1) / PERSIST_ITERS_M2);
+            auto run_p = [&]() {
+                matmul_q4_k_mma_m2n2_p<<<dim3(1, blocks_p, 1), 256>>>(W(), xs, y_wg, k, n, m, kw, 0, 0, 1, PDL_PLAIN);
             };
             int blocks = (n + 63) / 64;
             struct Variant {
@@ -1049,159 +1072,159 @@ int main() {
             };
             const Variant variants[] = {
                 {"wgmma n32, 1 warpgroup, waiting  ",
-                 [&]() { probe_launch(q4k_wg_verify<false>, blocks, 128, smem, dw, xs, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify<false>, blocks, 128, smem, W(), xs, y_wg, k, n, m, kw); }},
                 {"wgmma n32, 1 warpgroup, pipelined",
-                 [&]() { probe_launch(q4k_wg_verify<true>, blocks, 128, smem, dw, xs, y_wg, k, n, m, kw); }},
+                 [&]() { probe_launch(q4k_wg_verify<true>, blocks, 128, smem, W(), xs, y_wg, k, n, m, kw); }},
                 {"wgmma n32, 4 warpgroups, staged  ",
                  [&]() { probe_launch(q4k_wg_verify2<false, false, 4>, blocks, 512, smem2(4),
-                     dw, xs, img, y_wg, k, n, m, kw); }},
+                     W(), xs, img, y_wg, k, n, m, kw); }},
                 {"wgmma n32, 2 wg, staged, pipelined",
                  [&]() { probe_launch(q4k_wg_verify2<false, true, 2>, blocks, 256, smem2(2),
-                     dw, xs, img, y_wg, k, n, m, kw); }},
+                     W(), xs, img, y_wg, k, n, m, kw); }},
                 {"wgmma n32, 2 wg, + weights ahead ",
                  [&]() { probe_launch(q4k_wg_verify2<true, true, 2>, blocks, 256, smem2(2),
-                     dw, xs, img, y_wg, k, n, m, kw); }},
+                     W(), xs, img, y_wg, k, n, m, kw); }},
                 {"image: 4 wg, staged               ",
                  [&]() {
                      probe_launch(q4k_wg_verify2<false, false, 4, true>, blocks, 512, smem2(4),
-                         dw, xs, img, y_wg, k, n, m, kw);
+                         W(), xs, img, y_wg, k, n, m, kw);
                  }},
                 {"image: 2 wg, staged, pipelined    ",
                  [&]() {
                      probe_launch(q4k_wg_verify2<false, true, 2, true>, blocks, 256, smem2(2),
-                         dw, xs, img, y_wg, k, n, m, kw);
+                         W(), xs, img, y_wg, k, n, m, kw);
                  }},
                 {"image: 2 wg, + weights ahead      ",
                  [&]() {
                      probe_launch(q4k_wg_verify2<true, true, 2, true>, blocks, 256, smem2(2),
-                         dw, xs, img, y_wg, k, n, m, kw);
+                         W(), xs, img, y_wg, k, n, m, kw);
                  }},
                 {"image prepare + 2 wg weights ahead",
                  [&]() {
                      wg_prepare_b<<<n_groups, 128>>>(xs, img, k, m);
                      probe_launch(q4k_wg_verify2<true, true, 2, true>, blocks, 256, smem2(2),
-                         dw, xs, img, y_wg, k, n, m, kw);
+                         W(), xs, img, y_wg, k, n, m, kw);
                  }},
                 {"staged weights: 4 wg, 2 stages     ",
                  [&]() { probe_launch(q4k_wg_verify4<false, 4, 2>, blocks, 512, smem4(4, 2),
-                     dw, img, y_wg, k, n, m, kw); }},
+                     W(), img, y_wg, k, n, m, kw); }},
                 {"staged weights: 4 wg, 2 st, pipe   ",
                  [&]() { probe_launch(q4k_wg_verify4<true, 4, 2>, blocks, 512, smem4(4, 2),
-                     dw, img, y_wg, k, n, m, kw); }},
+                     W(), img, y_wg, k, n, m, kw); }},
                 {"staged weights: 2 wg, 3 st, pipe   ",
                  [&]() { probe_launch(q4k_wg_verify4<true, 2, 3>, blocks, 256, smem4(2, 3),
-                     dw, img, y_wg, k, n, m, kw); }},
+                     W(), img, y_wg, k, n, m, kw); }},
                 {"staged weights: 2 wg, 4 st, pipe   ",
                  [&]() { probe_launch(q4k_wg_verify4<true, 2, 4>, blocks, 256, smem4(2, 4),
-                     dw, img, y_wg, k, n, m, kw); }},
+                     W(), img, y_wg, k, n, m, kw); }},
                 {"fast stage+desc: 4 wg, 2 stages    ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<false, 4, 2, true>, blocks, 512, smem4(4, 2),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"fast stage+desc: 4 wg, 2 st, pipe  ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<true, 4, 2, true>, blocks, 512, smem4(4, 2),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"fast stage+desc: 2 wg, 4 st, pipe  ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<true, 2, 4, true>, blocks, 256, smem4(2, 4),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"batch 2: 4 wg, 2 stages            ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<false, 4, 2, true, 2>, blocks, 512, smem4(4, 2),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"batch 4: 4 wg, 2 stages            ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<false, 4, 2, true, 4>, blocks, 512, smem4(4, 2),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"batch 4: 2 wg, 3 stages            ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<false, 2, 3, true, 4>, blocks, 256, smem4(2, 3),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"batch 8: 2 wg, 3 stages            ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<false, 2, 3, true, 8>, blocks, 256, smem4(2, 3),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"cluster: 4 wg (256 rows), 4 CTAs   ",
                  [&]() {
                      probe_launch(q4k_wg_verify6<4, 4, 2>, (n + 255) / 256 * 4, 512, smem6(4, 2),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"cluster: 4 wg (256 rows), 8 CTAs   ",
                  [&]() {
                      probe_launch(q4k_wg_verify6<4, 8, 2>, (n + 255) / 256 * 8, 512, smem6(4, 2),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"cluster: 2 wg (128 rows), 4 CTAs   ",
                  [&]() {
                      probe_launch(q4k_wg_verify6<2, 4, 3>, (n + 127) / 128 * 4, 256, smem6(2, 3),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"cluster: 2 wg (128 rows), 2 CTAs   ",
                  [&]() {
                      probe_launch(q4k_wg_verify6<2, 2, 3>, (n + 127) / 128 * 2, 256, smem6(2, 3),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"scales in A: 4 wg, 2 stages        ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<false, 4, 2, true, -1>, blocks, 512, smem4(4, 2),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"scales in A: 2 wg, 3 stages        ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<false, 2, 3, true, -1>, blocks, 256, smem4(2, 3),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"ablation, no wgmma: 4 wg           ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<false, 4, 2, true, 0, 1>, blocks, 512, smem4(4, 2),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"ablation, no folds: 4 wg           ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<false, 4, 2, true, 0, 2>, blocks, 512, smem4(4, 2),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"gather from xs (no image): 2 wg    ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<false, 2, 2, false, 0, 0, true>, blocks, 256, smem4(2, 2),
-                         dw, (const u8*)xs, y_wg, k, n, m, kw);
+                         W(), (const u8*)xs, y_wg, k, n, m, kw);
                  }},
                 {"gather from xs (no image): 4 wg    ",
                  [&]() {
                      probe_launch(q4k_wg_verify4<false, 4, 2, false, 0, 0, true>, blocks, 512, smem4(4, 2),
-                         dw, (const u8*)xs, y_wg, k, n, m, kw);
+                         W(), (const u8*)xs, y_wg, k, n, m, kw);
                  }},
                 {"TMA + mbarriers: 4 wg, 2 stages    ",
                  [&]() { probe_launch(q4k_wg_verify8<4, 2>, blocks, 512, smem4(4, 2),
-                     dw, img, y_wg, k, n, m, kw); }},
+                     W(), img, y_wg, k, n, m, kw); }},
                 {"TMA + mbarriers: 2 wg, 4 stages    ",
                  [&]() { probe_launch(q4k_wg_verify8<2, 4>, blocks, 256, smem4(2, 4),
-                     dw, img, y_wg, k, n, m, kw); }},
+                     W(), img, y_wg, k, n, m, kw); }},
                 {"TMA + mbarriers: 2 wg, 3 stages    ",
                  [&]() { probe_launch(q4k_wg_verify8<2, 3>, blocks, 256, smem4(2, 3),
-                     dw, img, y_wg, k, n, m, kw); }},
+                     W(), img, y_wg, k, n, m, kw); }},
                 {"cluster: 1 wg (64 rows), 4 CTAs    ",
                  [&]() {
                      probe_launch(q4k_wg_verify6<1, 4, 2>, (n + 63) / 64 * 4, 128, smem6(1, 2),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"cluster: 1 wg (64 rows), 8 CTAs    ",
                  [&]() {
                      probe_launch(q4k_wg_verify6<1, 8, 2>, (n + 63) / 64 * 8, 128, smem6(1, 2),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"cluster: 1 wg (64 rows), 2 CTAs, 3 st",
                  [&]() {
                      probe_launch(q4k_wg_verify6<1, 2, 3>, (n + 63) / 64 * 2, 128, smem6(1, 3),
-                         dw, img, y_wg, k, n, m, kw);
+                         W(), img, y_wg, k, n, m, kw);
                  }},
                 {"image prepare alone               ", [&]() { wg_prepare_b<<<n_groups, 128>>>(xs, img, k, m); }, false},
             };
@@ -1239,8 +1262,15 @@ int main() {
             };
             double bytes = (double)n * n_groups * 144;
             double us_ref = time_us(run_ref);
-            std::printf("n %5d m %2d: mma.sync (2,2) %7.2f us (%5.0f GB/s), against float64 %.3g\n", n, m, us_ref,
-                        bytes / us_ref / 1e3, err64(a));
+            std::printf("n %5d m %2d: mma.sync (2,2) %7.2f us (%5.0f GB/s), against float64 %.3g (Q4K_HL %d, %d weight copies)\n",
+                        n, m, us_ref, bytes / us_ref / 1e3, err64(a), Q4K_HL, n_copies);
+            {
+                probe_run_read([&] { run_p(); }, y_wg, (size_t)m_max * n, b);
+                BitDiff dp = bit_diff(a, b);
+                double us_p = time_us(run_p);
+                std::printf("             mma.sync (2,2) persistent (_p)     %7.2f us (%5.0f GB/s): %zu of %zu outputs differ in bits\n",
+                            us_p, bytes / us_p / 1e3, dp.differ, a.size());
+            }
             // PROBE_ONLY=a,b: only the variants whose names contain one of these (all if unset).
             const char* only = std::getenv("PROBE_ONLY");
             auto wanted = [&](const char* name) {
@@ -1272,6 +1302,7 @@ int main() {
                 std::printf("\n");
             }
         }
+        for (size_t c = 1; c < copies.size(); ++c) CHECK(cudaFree(copies[c]));
         for (void* p : {(void*)dw, (void*)dx, (void*)xs, (void*)img, (void*)y_ref, (void*)y_wg}) CHECK(cudaFree(p));
     }
     return 0;

@@ -121,6 +121,15 @@ fn products_as_reads_from_env() -> bool {
     on
 }
 
+/// `SPECULA_SMEM_CARVEOUT=p`: the shared-memory share (0..=100 %) every kernel prefers, or `None`
+/// (unset, or not a percentage: the driver's own choice per kernel).
+fn smem_carveout_knob() -> Option<i32> {
+    std::env::var("SPECULA_SMEM_CARVEOUT")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|p| (0..=100).contains(p))
+}
+
 fn elem_bytes(dtype: DType) -> usize {
     match dtype {
         DType::F32 | DType::I32 => 4,
@@ -379,6 +388,18 @@ impl CudaBackend {
                     bytes as i32,
                 )
                 .map_err(|e| driver_err(&format!("shared memory of {name}"), e))?;
+            }
+        }
+        // SPECULA_SMEM_CARVEOUT=p (0..=100; an A/B knob, unset by default): every kernel prefers
+        // p % of the unified L1 / shared memory as shared memory, so that consecutive kernels of
+        // a step ask for one split (the driver chooses per kernel otherwise).
+        if let Some(pct) = smem_carveout_knob() {
+            for (name, f) in &funcs {
+                f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                    pct,
+                )
+                .map_err(|e| driver_err(&format!("shared memory carveout of {name}"), e))?;
             }
         }
         let sm_count = ctx
