@@ -44,6 +44,12 @@ fn time(warm: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f
 fn load(path: &Path, n_ctx: usize, max_batch: usize) -> Result<Target> {
     let file = Arc::new(gguf::GgufFile::open(path)?);
     let backend = CudaBackend::new(0)?;
+    match backend.smem_carveout() {
+        Some(p) => eprintln!(
+            "every kernel prefers {p} % of the unified L1 / shared memory as shared memory"
+        ),
+        None => eprintln!("the driver chooses each kernel's shared-memory share"),
+    }
     let options = TargetOptions {
         n_ctx,
         max_batch,

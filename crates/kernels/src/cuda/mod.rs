@@ -25,6 +25,7 @@ use crate::mma_plan::{self, uniform_row_stride, MmaConfig, MmaInput, MmaPlan, Q8
 use crate::nvrtc;
 use crate::source;
 
+mod carveout;
 mod exec;
 mod fused;
 mod gemm;
@@ -121,15 +122,6 @@ fn products_as_reads_from_env() -> bool {
     on
 }
 
-/// `SPECULA_SMEM_CARVEOUT=p`: the shared-memory share (0..=100 %) every kernel prefers, or `None`
-/// (unset, or not a percentage: the driver's own choice per kernel).
-fn smem_carveout_knob() -> Option<i32> {
-    std::env::var("SPECULA_SMEM_CARVEOUT")
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-        .filter(|p| (0..=100).contains(p))
-}
-
 fn elem_bytes(dtype: DType) -> usize {
     match dtype {
         DType::F32 | DType::I32 => 4,
@@ -217,6 +209,9 @@ pub struct CudaBackend {
     tc_attention: bool,
     /// The device's opt-in shared memory per block (bytes), for the multi-query attention.
     max_smem: usize,
+    /// The shared-memory share every kernel prefers (`carveout.rs`), in per cent; `None` leaves
+    /// the driver's choice (`SPECULA_SMEM_CARVEOUT=driver`).
+    smem_carveout: Option<i32>,
     /// Most blocks of a tensor-core attention launch (0: a block per unit); eight per
     /// multiprocessor, or `SPECULA_ATT_TC_BLOCKS` (an A/B knob).
     att_tc_blocks: usize,
@@ -390,17 +385,24 @@ impl CudaBackend {
                 .map_err(|e| driver_err(&format!("shared memory of {name}"), e))?;
             }
         }
-        // SPECULA_SMEM_CARVEOUT=p (0..=100; an A/B knob, unset by default): every kernel prefers
-        // p % of the unified L1 / shared memory as shared memory, so that consecutive kernels of
-        // a step ask for one split (the driver chooses per kernel otherwise).
-        if let Some(pct) = smem_carveout_knob() {
-            for (name, f) in &funcs {
-                f.set_attribute(
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-                    pct,
-                )
-                .map_err(|e| driver_err(&format!("shared memory carveout of {name}"), e))?;
-            }
+        // One shared-memory share for every kernel (carveout.rs), unless the knob says otherwise.
+        let knob = carveout::Knob::parse(std::env::var("SPECULA_SMEM_CARVEOUT").ok().as_deref())
+            .map_err(backend_err)?;
+        let smem_per_sm = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
+            )
+            .map_err(|e| driver_err("shared memory per multiprocessor", e))?
+            .max(0) as usize;
+        let smem_reserved = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK,
+            )
+            .map_err(|e| driver_err("reserved shared memory per block", e))?
+            .max(0) as usize;
+        let smem_carveout = carveout::choose(knob, &funcs, smem_per_sm, smem_reserved)?;
+        if let Some(percent) = smem_carveout {
+            carveout::apply(&funcs, percent)?;
         }
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -435,6 +437,7 @@ impl CudaBackend {
             mq_attention: MultiQueryAttention::from_env(),
             tc_attention: major >= 8 && std::env::var("SPECULA_ATT_TC").map_or(true, |v| v != "0"),
             max_smem,
+            smem_carveout,
             q8_repack: std::env::var("SPECULA_Q8_REPACK").map_or(true, |v| v != "0"),
             q8_repacked: HashMap::new(),
             att_tc_blocks: std::env::var("SPECULA_ATT_TC_BLOCKS")
@@ -751,6 +754,14 @@ impl CudaBackend {
     pub fn set_pdl_siblings(&mut self, on: bool) {
         self.pdl_siblings = on;
         self.forget_captures();
+    }
+
+    /// The share of each multiprocessor's unified L1 / shared memory (per cent) that every
+    /// kernel prefers as shared memory, chosen at load so that the persistent products fit at
+    /// their occupancy with the rest left to L1; `None` where `SPECULA_SMEM_CARVEOUT=driver`
+    /// leaves the choice to the driver.
+    pub fn smem_carveout(&self) -> Option<i32> {
+        self.smem_carveout
     }
 
     /// Whether persistent products that lead a chain wait inside their walk, after their setup

@@ -2669,3 +2669,34 @@ fn products_as_reads_replace_only_the_products() {
         assert!(err <= 1e-5, "{ty}: relative error {err:e} after the mode");
     }
 }
+
+/// The shared-memory share every kernel prefers (`CudaBackend::smem_carveout`) holds the
+/// persistent products at their occupancy — two one-row blocks of 24 KiB of partial sums
+/// (`PERSIST_ITERS` iterations × 8 warps × 4 accumulators × 32 lanes × 4 bytes) or one (2, 2)
+/// block of 48 KiB, each with the device's reserved shared memory a block — and leaves most of
+/// the unified memory to L1.
+#[test]
+fn the_carveout_holds_the_persistent_products() {
+    use cudarc::driver::{sys::CUdevice_attribute as A, CudaContext};
+    let Some(cuda) = crate::cuda() else {
+        return;
+    };
+    let ctx = CudaContext::new(0).expect("opening the device");
+    let (major, _) = ctx.compute_capability().expect("compute capability");
+    let Some(percent) = cuda.smem_carveout() else {
+        panic!("no carveout chosen (is SPECULA_SMEM_CARVEOUT=driver set?)");
+    };
+    if major < 8 {
+        return;
+    }
+    let attr = |a| ctx.attribute(a).expect("device attribute") as usize;
+    let per_sm = attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR);
+    let reserved = attr(A::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK);
+    let one_row = kernels::source::PERSIST_ITERS * 8 * 4 * 32 * 4;
+    let need = (2 * (one_row + reserved)).max(2 * one_row + reserved);
+    let share = percent as usize * per_sm / 100;
+    assert!(
+        share >= need && percent < 50,
+        "{percent} % of {per_sm} bytes = {share}, for products needing {need}"
+    );
+}

@@ -1,0 +1,165 @@
+//! The shared-memory share of the unified L1 / shared memory (the carveout) that every kernel of
+//! the module prefers.
+//!
+//! Left to itself the driver picks a split per kernel, and consecutive kernels of a step that
+//! ask for different splits cannot share a multiprocessor while it switches. One preference for
+//! every kernel, the smallest that still holds the persistent products at their occupancy (the
+//! kernels that fill every multiprocessor for most of a step), keeps the split fixed and leaves
+//! the rest to L1, which the products' activations live in. On an H200 that is the 64 KiB
+//! configuration, and decode ran 2.5 % faster than with the driver's choices (bench/NOTES.md,
+//! twenty-eighth session). A kernel that needs more than the preference still gets it (the
+//! preference is a hint), at the cost of a switch.
+//!
+//! `SPECULA_SMEM_CARVEOUT=p` (0..=100) sets the preference instead, and `=driver` leaves the
+//! driver's choice (A/B knobs).
+
+use std::collections::HashMap;
+
+use cudarc::driver::{sys, CudaFunction};
+
+use super::{driver_err, Result};
+
+/// Threads per block of the `_mma_` product kernels (their launches in `ops.rs`).
+const PRODUCT_THREADS: u32 = 256;
+
+/// What `SPECULA_SMEM_CARVEOUT` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Knob {
+    /// Unset: the share computed from the persistent products (`choose`).
+    Products,
+    /// `=driver`: no preference; the driver picks per kernel.
+    Driver,
+    /// `=p`: this percentage for every kernel.
+    Percent(i32),
+}
+
+impl Knob {
+    /// Parses the variable's value (`None`: unset). Anything else than `driver` or a percentage
+    /// is refused with a message naming the variable.
+    pub(crate) fn parse(value: Option<&str>) -> std::result::Result<Knob, String> {
+        match value.map(str::trim) {
+            None | Some("") => Ok(Knob::Products),
+            Some("driver") => Ok(Knob::Driver),
+            Some(v) => match v.parse::<i32>() {
+                Ok(p) if (0..=100).contains(&p) => Ok(Knob::Percent(p)),
+                _ => Err(format!(
+                    "SPECULA_SMEM_CARVEOUT={v}: expected a percentage 0..=100 or `driver`"
+                )),
+            },
+        }
+    }
+}
+
+/// Whether `name` is a persistent product kernel (`matmul_<type>_mma_..._p` or `_p1`, and the
+/// limb kernels' `_p`): the kernels sized to fill every multiprocessor.
+pub(crate) fn persistent_product(name: &str) -> bool {
+    name.starts_with("matmul_")
+        && (name.contains("_mma_") || name.contains("_limb_"))
+        && (name.ends_with("_p") || name.ends_with("_p1"))
+}
+
+/// The smallest whole percentage of `per_sm` bytes that holds `need` bytes (at most 100).
+pub(crate) fn percent_for(need: usize, per_sm: usize) -> i32 {
+    if per_sm == 0 {
+        return 100;
+    }
+    (need * 100).div_ceil(per_sm).min(100) as i32
+}
+
+/// The preference to set on every kernel (`None`: leave the driver's choice): the knob's, or the
+/// share of the device's `per_sm` bytes of shared memory per multiprocessor that the persistent
+/// products need at the occupancy they reach when shared memory does not bound them (their
+/// static shared memory plus `reserved` bytes a block, times their blocks per multiprocessor).
+pub(super) fn choose(
+    knob: Knob,
+    funcs: &HashMap<String, CudaFunction>,
+    per_sm: usize,
+    reserved: usize,
+) -> Result<Option<i32>> {
+    match knob {
+        Knob::Driver => return Ok(None),
+        Knob::Percent(p) => return Ok(Some(p)),
+        Knob::Products => {}
+    }
+    let mut need = 0usize;
+    for (name, f) in funcs.iter().filter(|(n, _)| persistent_product(n)) {
+        let smem = f
+            .shared_size_bytes()
+            .map_err(|e| driver_err(&format!("shared memory of {name}"), e))?
+            .max(0) as usize;
+        let blocks =
+            f.occupancy_max_active_blocks_per_multiprocessor(PRODUCT_THREADS, 0, None)
+                .map_err(|e| driver_err(&format!("occupancy of {name}"), e))? as usize;
+        need = need.max(blocks * (smem + reserved));
+    }
+    Ok(Some(percent_for(need, per_sm)))
+}
+
+/// Sets `percent` as every kernel's preferred carveout.
+pub(super) fn apply(funcs: &HashMap<String, CudaFunction>, percent: i32) -> Result<()> {
+    for (name, f) in funcs {
+        f.set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+            percent,
+        )
+        .map_err(|e| driver_err(&format!("shared memory carveout of {name}"), e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_knob_parses_percentages_and_driver_and_refuses_the_rest() {
+        assert_eq!(Knob::parse(None), Ok(Knob::Products));
+        assert_eq!(Knob::parse(Some("")), Ok(Knob::Products));
+        assert_eq!(Knob::parse(Some("driver")), Ok(Knob::Driver));
+        assert_eq!(Knob::parse(Some("0")), Ok(Knob::Percent(0)));
+        assert_eq!(Knob::parse(Some(" 25 ")), Ok(Knob::Percent(25)));
+        assert_eq!(Knob::parse(Some("100")), Ok(Knob::Percent(100)));
+        for bad in ["101", "-1", "25%", "half"] {
+            let e = Knob::parse(Some(bad)).unwrap_err();
+            assert!(
+                e.contains("SPECULA_SMEM_CARVEOUT") && e.contains(bad),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn percentages_round_up_and_stop_at_100() {
+        // An H200: 228 KiB a multiprocessor; two one-row product blocks of 24 KiB + 1 KiB.
+        let per_sm = 228 * 1024;
+        assert_eq!(percent_for(2 * (24 * 1024 + 1024), per_sm), 22);
+        assert_eq!(percent_for(0, per_sm), 0);
+        assert_eq!(percent_for(per_sm, per_sm), 100);
+        assert_eq!(percent_for(per_sm + 1, per_sm), 100);
+        assert_eq!(percent_for(1, per_sm), 1);
+        assert_eq!(percent_for(5, 0), 100);
+    }
+
+    #[test]
+    fn only_persistent_products_count() {
+        for name in [
+            "matmul_q4_k_mma_m1n1_p1",
+            "matmul_q6_kr_mma_m1n1_x_p1",
+            "matmul_q4_k_mma_m2n2_p",
+            "matmul_q8_0_mma_m1n1_p",
+            "matmul_q4_k_limb_n1_p",
+        ] {
+            assert!(persistent_product(name), "{name}");
+        }
+        for name in [
+            "matmul_q4_k_mma_m2n2",
+            "matmul_q4_k_mma_m1n1_x",
+            "matmul_q4_k_limb_n8",
+            "rms_norm_cluster_f32",
+            "mmv_prepare_x",
+            "attention_tc_d256",
+        ] {
+            assert!(!persistent_product(name), "{name}");
+        }
+    }
+}
