@@ -2671,10 +2671,10 @@ fn products_as_reads_replace_only_the_products() {
 }
 
 /// The shared-memory share every kernel prefers (`CudaBackend::smem_carveout`) holds the
-/// persistent products at their occupancy — two one-row blocks of 24 KiB of partial sums
-/// (`PERSIST_ITERS` iterations × 8 warps × 4 accumulators × 32 lanes × 4 bytes) or one (2, 2)
-/// block of 48 KiB, each with the device's reserved shared memory a block — and leaves most of
-/// the unified memory to L1.
+/// persistent products at their occupancy — two blocks of 24 KiB of partial sums for batches of
+/// up to 8 rows (`PERSIST_ITERS` iterations × 8 warps × 4 accumulators × 32 lanes × 4 bytes) or
+/// one (2, 2) block of 48 KiB, each with the device's reserved shared memory a block — and
+/// leaves most of the unified memory to L1.
 #[test]
 fn the_carveout_holds_the_persistent_products() {
     use cudarc::driver::{sys::CUdevice_attribute as A, CudaContext};
