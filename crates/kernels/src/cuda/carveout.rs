@@ -1,23 +1,32 @@
-//! The shared-memory share of the unified L1 / shared memory (the carveout) that every kernel of
-//! the module prefers.
+//! The shared-memory share of the unified L1 / shared memory (the carveout) that the kernels of
+//! a step prefer.
 //!
-//! Left to itself the driver picks a split per kernel, and consecutive kernels of a step that
-//! ask for different splits cannot share a multiprocessor while it switches. One preference for
-//! every kernel, the smallest that still holds the persistent products at their occupancy (the
-//! kernels that fill every multiprocessor for most of a step), keeps the split fixed and leaves
-//! the rest to L1, which the products' activations live in. On an H200 that is the 64 KiB
-//! configuration, and decode ran 2.5 % faster than with the driver's choices (bench/NOTES.md,
-//! twenty-eighth session). A kernel that needs more than the preference still gets it (the
-//! preference is a hint), at the cost of a switch.
+//! Left to itself the driver picks a split per kernel, and a kernel that fits the split a
+//! multiprocessor already has may keep it, so a decode step ran in whatever split the kernels
+//! before it (a prefill chunk's, a test's) had left. One preference for every launch of a step
+//! graph (decode steps, verify batches and drafts: at most [`STEP_ROWS`] activation rows), the
+//! smallest that still holds the persistent products at their occupancy (the kernels that fill
+//! every multiprocessor for most of a step), keeps the split fixed and leaves the rest to L1,
+//! which the products' activations live in. On an H200 that is the 64 KiB configuration, and
+//! decode ran 2–2.5 % faster than with the driver's choices (bench/NOTES.md, twenty-eighth
+//! session). Larger batches (prefill chunks, whose multi-query attention and GEMM need more
+//! shared memory) launch without a preference, as before. A kernel that needs more than the
+//! preference still gets it (it is a hint), at the cost of a switch.
 //!
-//! `SPECULA_SMEM_CARVEOUT=p` (0..=100) sets the preference instead, and `=driver` leaves the
-//! driver's choice (A/B knobs).
+//! `SPECULA_SMEM_CARVEOUT=p` (0..=100) sets the steps' preference instead, and `=driver` leaves
+//! the driver's choice there too (A/B knobs).
 
 use std::collections::HashMap;
 
-use cudarc::driver::{sys, CudaFunction};
+use cudarc::driver::CudaFunction;
+use graph::{Graph, Op};
 
 use super::{driver_err, Result};
+
+/// Graphs whose products take at most this many activation rows are steps (decode, verify,
+/// drafts) and launch with the preference (`attention_plan`'s multi-query kernel, with its
+/// larger shared memory, takes only batches of more rows).
+pub(crate) const STEP_ROWS: usize = crate::attention_plan::MQ_MIN_QUERIES;
 
 /// Threads per block of the `_mma_` product kernels (their launches in `ops.rs`).
 const PRODUCT_THREADS: u32 = 256;
@@ -95,16 +104,13 @@ pub(super) fn choose(
     Ok(Some(percent_for(need, per_sm)))
 }
 
-/// Sets `percent` as every kernel's preferred carveout.
-pub(super) fn apply(funcs: &HashMap<String, CudaFunction>, percent: i32) -> Result<()> {
-    for (name, f) in funcs {
-        f.set_attribute(
-            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-            percent,
-        )
-        .map_err(|e| driver_err(&format!("shared memory carveout of {name}"), e))?;
-    }
-    Ok(())
+/// Whether `graph` is a step: every weight product in it (`MatMul`, `MatMulQ8`, `MatMulId`)
+/// writes at most [`STEP_ROWS`] rows (tokens, or a token's expert slots).
+pub(crate) fn is_step(graph: &Graph) -> bool {
+    graph.nodes().iter().all(|node| match node.op {
+        Op::MatMul | Op::MatMulQ8 | Op::MatMulId => node.shape().n_rows() <= STEP_ROWS,
+        _ => true,
+    })
 }
 
 #[cfg(test)]
@@ -138,6 +144,47 @@ mod tests {
         assert_eq!(percent_for(per_sm + 1, per_sm), 100);
         assert_eq!(percent_for(1, per_sm), 1);
         assert_eq!(percent_for(5, 0), 100);
+    }
+
+    /// A graph of one product of `m` rows of `k`-wide activations, and (`moe`) an expert product
+    /// of 8 slots a token over `m` tokens.
+    fn products(m: usize, moe: bool) -> Graph {
+        use graph::{DType, GraphBuilder, Shape};
+        let k = 256;
+        let mut g = GraphBuilder::new();
+        let w = g
+            .weight("w", DType::Q4_K, Shape::new(&[k, 64]).unwrap())
+            .unwrap();
+        let x = g
+            .input("x", DType::F32, Shape::new(&[k, m]).unwrap())
+            .unwrap();
+        let mut out = vec![g.matmul(w, x).unwrap()];
+        if moe {
+            let we = g
+                .weight("we", DType::Q4_K, Shape::new(&[k, 64, 32]).unwrap())
+                .unwrap();
+            let xe = g
+                .input("xe", DType::F32, Shape::new(&[k, 1, m]).unwrap())
+                .unwrap();
+            let ids = g
+                .input("ids", DType::I32, Shape::new(&[8, m]).unwrap())
+                .unwrap();
+            out.push(g.matmul_id(we, xe, ids).unwrap());
+        }
+        g.finish(&out).unwrap()
+    }
+
+    #[test]
+    fn steps_are_graphs_of_at_most_16_rows() {
+        for m in [1, 5, 16] {
+            assert!(is_step(&products(m, false)), "{m} rows");
+        }
+        for m in [17, 512] {
+            assert!(!is_step(&products(m, false)), "{m} rows");
+        }
+        // Eight expert slots a token: two tokens are a step, three are not.
+        assert!(is_step(&products(2, true)));
+        assert!(!is_step(&products(3, true)));
     }
 
     #[test]

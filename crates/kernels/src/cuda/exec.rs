@@ -31,6 +31,9 @@ pub(super) struct Exec {
     /// Post-norm tails launched as one kernel, and the nodes folded into them
     /// (`fuse_plan::plan`).
     pub(super) fuse: FusePlan,
+    /// The shared-memory share its launches prefer: the backend's for a step graph
+    /// (`carveout::is_step`), else none.
+    pub(super) carveout: Option<i32>,
 }
 
 impl CudaBackend {
@@ -47,10 +50,15 @@ impl CudaBackend {
 
     pub(super) fn launch_all(&self, exec: &Exec) -> Result<()> {
         self.end_product_chain();
-        for (i, node) in exec.graph.nodes().iter().enumerate() {
-            self.run_node(exec, NodeId::from_index(i), node)?;
-        }
-        Ok(())
+        self.launch_carveout.set(exec.carveout);
+        let launched = exec
+            .graph
+            .nodes()
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, node)| self.run_node(exec, NodeId::from_index(i), node));
+        self.launch_carveout.set(None);
+        launched
     }
 
     /// Captures what `launch` puts on the stream as a CUDA graph (`what` names it in errors);

@@ -206,8 +206,19 @@ impl CudaBackend {
                 programmaticStreamSerializationAllowed: 1,
             },
         };
-        let mut attrs = [pdl; 2];
+        let mut attrs = [pdl; 3];
         let mut n_attrs = usize::from(self.pdl);
+        // A step graph's launches prefer one shared-memory share (carveout.rs).
+        if let Some(percent) = self.launch_carveout.get() {
+            attrs[n_attrs] = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue {
+                    sharedMemCarveout: percent as u32,
+                },
+            };
+            n_attrs += 1;
+        }
         if cluster > 1 {
             attrs[n_attrs] = sys::CUlaunchAttribute {
                 id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,

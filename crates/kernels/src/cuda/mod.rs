@@ -209,9 +209,11 @@ pub struct CudaBackend {
     tc_attention: bool,
     /// The device's opt-in shared memory per block (bytes), for the multi-query attention.
     max_smem: usize,
-    /// The shared-memory share every kernel prefers (`carveout.rs`), in per cent; `None` leaves
-    /// the driver's choice (`SPECULA_SMEM_CARVEOUT=driver`).
+    /// The shared-memory share the launches of step graphs prefer (`carveout.rs`), in per cent;
+    /// `None` leaves the driver's choice (`SPECULA_SMEM_CARVEOUT=driver`).
     smem_carveout: Option<i32>,
+    /// The preference of the graph being launched (`launch_all`), which `launch_ex` passes on.
+    launch_carveout: std::cell::Cell<Option<i32>>,
     /// Most blocks of a tensor-core attention launch (0: a block per unit); eight per
     /// multiprocessor, or `SPECULA_ATT_TC_BLOCKS` (an A/B knob).
     att_tc_blocks: usize,
@@ -385,7 +387,7 @@ impl CudaBackend {
                 .map_err(|e| driver_err(&format!("shared memory of {name}"), e))?;
             }
         }
-        // One shared-memory share for every kernel (carveout.rs), unless the knob says otherwise.
+        // The shared-memory share the launches of step graphs prefer (carveout.rs).
         let knob = carveout::Knob::parse(std::env::var("SPECULA_SMEM_CARVEOUT").ok().as_deref())
             .map_err(backend_err)?;
         let smem_per_sm = ctx
@@ -401,9 +403,6 @@ impl CudaBackend {
             .map_err(|e| driver_err("reserved shared memory per block", e))?
             .max(0) as usize;
         let smem_carveout = carveout::choose(knob, &funcs, smem_per_sm, smem_reserved)?;
-        if let Some(percent) = smem_carveout {
-            carveout::apply(&funcs, percent)?;
-        }
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| driver_err("multiprocessor count", e))?
@@ -438,6 +437,7 @@ impl CudaBackend {
             tc_attention: major >= 8 && std::env::var("SPECULA_ATT_TC").map_or(true, |v| v != "0"),
             max_smem,
             smem_carveout,
+            launch_carveout: std::cell::Cell::new(None),
             q8_repack: std::env::var("SPECULA_Q8_REPACK").map_or(true, |v| v != "0"),
             q8_repacked: HashMap::new(),
             att_tc_blocks: std::env::var("SPECULA_ATT_TC_BLOCKS")
@@ -756,10 +756,10 @@ impl CudaBackend {
         self.forget_captures();
     }
 
-    /// The share of each multiprocessor's unified L1 / shared memory (per cent) that every
-    /// kernel prefers as shared memory, chosen at load so that the persistent products fit at
-    /// their occupancy with the rest left to L1; `None` where `SPECULA_SMEM_CARVEOUT=driver`
-    /// leaves the choice to the driver.
+    /// The share of each multiprocessor's unified L1 / shared memory (per cent) that the
+    /// launches of step graphs (decode steps, verify batches, drafts) prefer as shared memory,
+    /// chosen at load so that the persistent products fit at their occupancy with the rest left
+    /// to L1; `None` where `SPECULA_SMEM_CARVEOUT=driver` leaves the choice to the driver.
     pub fn smem_carveout(&self) -> Option<i32> {
         self.smem_carveout
     }
@@ -1236,6 +1236,11 @@ impl Backend for CudaBackend {
             q8_weights,
             mma,
             fuse,
+            carveout: if carveout::is_step(graph) {
+                self.smem_carveout
+            } else {
+                None
+            },
         }));
         Ok(ExecId(self.execs.len() - 1))
     }
