@@ -46,9 +46,9 @@ fn load(path: &Path, n_ctx: usize, max_batch: usize) -> Result<Target> {
     let backend = CudaBackend::new(0)?;
     match backend.smem_carveout() {
         Some(p) => eprintln!(
-            "every kernel prefers {p} % of the unified L1 / shared memory as shared memory"
+            "step graphs' launches prefer {p} % of the unified L1 / shared memory as shared memory"
         ),
-        None => eprintln!("the driver chooses each kernel's shared-memory share"),
+        None => eprintln!("the driver chooses every kernel's shared-memory share"),
     }
     let options = TargetOptions {
         n_ctx,
