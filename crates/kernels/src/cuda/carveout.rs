@@ -1,15 +1,13 @@
 //! The shared-memory share of the unified L1 / shared memory (the carveout) that the kernels of
 //! a step prefer.
 //!
-//! Left to itself the driver picks a split per kernel, and a kernel that fits the split a
-//! multiprocessor already has may keep it, so a decode step ran in whatever split the kernels
-//! before it (a prefill chunk's, a test's) had left. One preference for every launch of a step
-//! graph (decode steps, verify batches and drafts: at most [`STEP_ROWS`] activation rows), the
-//! smallest that still holds the persistent products at their occupancy (the kernels that fill
-//! every multiprocessor for most of a step), keeps the split fixed and leaves the rest to L1,
-//! which the products' activations live in. On an H200 that is the 64 KiB configuration, and
-//! decode ran 2–2.5 % faster than with the driver's choices (bench/NOTES.md, twenty-eighth
-//! session). Larger batches (prefill chunks, whose multi-query attention and GEMM need more
+//! Left to itself the driver picks a split per kernel. One preference for every launch of a
+//! step graph (decode steps, verify batches and drafts: at most [`STEP_ROWS`] activation rows),
+//! the smallest that still holds the persistent products at their occupancy (the kernels that
+//! fill every multiprocessor for most of a step), keeps the split fixed and leaves the rest to
+//! L1, which the products' activations live in. On an H200 that is the 64 KiB configuration
+//! (192 KiB of L1), and decode ran 2–2.5 % faster than with the driver's choices; the 100 KiB
+//! one ran 5 % slower than 64 KiB (bench/NOTES.md, twenty-eighth session). Larger batches (prefill chunks, whose multi-query attention and GEMM need more
 //! shared memory) launch without a preference, as before. A kernel that needs more than the
 //! preference still gets it (it is a hint), at the cost of a switch.
 //!
