@@ -6,10 +6,11 @@
 //! the smallest that still holds the persistent products at their occupancy (the kernels that
 //! fill every multiprocessor for most of a step), keeps the split fixed and leaves the rest to
 //! L1, which the products' activations live in. On an H200 that is the 64 KiB configuration
-//! (192 KiB of L1), and decode ran 2–2.5 % faster than with the driver's choices; the 100 KiB
-//! one ran 5 % slower than 64 KiB (bench/NOTES.md, twenty-eighth session). Larger batches (prefill chunks, whose multi-query attention and GEMM need more
-//! shared memory) launch without a preference, as before. A kernel that needs more than the
-//! preference still gets it (it is a hint), at the cost of a switch.
+//! (192 KiB of L1), and decode ran 2.6 % faster than with the driver's choices in one run; the
+//! 100 KiB one ran 5 % slower than 64 KiB (bench/NOTES.md, twenty-eighth session). Larger
+//! batches (prefill chunks, whose multi-query attention and GEMM need more shared memory) launch
+//! without a preference, as before. A kernel that needs more than the preference still gets it
+//! (it is a hint), at the cost of a switch.
 //!
 //! `SPECULA_SMEM_CARVEOUT=p` (0..=100) sets the steps' preference instead, and `=driver` leaves
 //! the driver's choice there too (A/B knobs).
@@ -36,7 +37,7 @@ pub(crate) enum Knob {
     Products,
     /// `=driver`: no preference; the driver picks per kernel.
     Driver,
-    /// `=p`: this percentage for every kernel.
+    /// `=p`: this percentage for the steps' launches.
     Percent(i32),
 }
 
@@ -73,7 +74,7 @@ pub(crate) fn percent_for(need: usize, per_sm: usize) -> i32 {
     (need * 100).div_ceil(per_sm).min(100) as i32
 }
 
-/// The preference to set on every kernel (`None`: leave the driver's choice): the knob's, or the
+/// The preference of the steps' launches (`None`: leave the driver's choice): the knob's, or the
 /// share of the device's `per_sm` bytes of shared memory per multiprocessor that the persistent
 /// products need at the occupancy they reach when shared memory does not bound them (their
 /// static shared memory plus `reserved` bytes a block, times their blocks per multiprocessor).
