@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use cudarc::driver::CudaFunction;
+use cudarc::driver::{sys, CudaContext, CudaFunction};
 use graph::{Graph, Op};
 
 use super::{driver_err, Result};
@@ -75,20 +75,31 @@ pub(crate) fn percent_for(need: usize, per_sm: usize) -> i32 {
 }
 
 /// The preference of the steps' launches (`None`: leave the driver's choice): the knob's, or the
-/// share of the device's `per_sm` bytes of shared memory per multiprocessor that the persistent
-/// products need at the occupancy they reach when shared memory does not bound them (their
-/// static shared memory plus `reserved` bytes a block, times their blocks per multiprocessor).
+/// share of the device's shared memory per multiprocessor that the persistent products need at
+/// the occupancy they reach when shared memory does not bound them (their static shared memory
+/// plus the device's reserved bytes a block, times their blocks per multiprocessor).
 pub(super) fn choose(
     knob: Knob,
+    ctx: &CudaContext,
     funcs: &HashMap<String, CudaFunction>,
-    per_sm: usize,
-    reserved: usize,
 ) -> Result<Option<i32>> {
     match knob {
         Knob::Driver => return Ok(None),
         Knob::Percent(p) => return Ok(Some(p)),
         Knob::Products => {}
     }
+    let attribute = |a, what: &str| -> Result<usize> {
+        let v = ctx.attribute(a).map_err(|e| driver_err(what, e))?;
+        Ok(v.max(0) as usize)
+    };
+    let per_sm = attribute(
+        sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
+        "shared memory per multiprocessor",
+    )?;
+    let reserved = attribute(
+        sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK,
+        "reserved shared memory per block",
+    )?;
     let mut need = 0usize;
     for (name, f) in funcs.iter().filter(|(n, _)| persistent_product(n)) {
         let smem = f

@@ -390,19 +390,7 @@ impl CudaBackend {
         // The shared-memory share the launches of step graphs prefer (carveout.rs).
         let knob = carveout::Knob::parse(std::env::var("SPECULA_SMEM_CARVEOUT").ok().as_deref())
             .map_err(backend_err)?;
-        let smem_per_sm = ctx
-            .attribute(
-                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
-            )
-            .map_err(|e| driver_err("shared memory per multiprocessor", e))?
-            .max(0) as usize;
-        let smem_reserved = ctx
-            .attribute(
-                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK,
-            )
-            .map_err(|e| driver_err("reserved shared memory per block", e))?
-            .max(0) as usize;
-        let smem_carveout = carveout::choose(knob, &funcs, smem_per_sm, smem_reserved)?;
+        let smem_carveout = carveout::choose(knob, &ctx, &funcs)?;
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| driver_err("multiprocessor count", e))?
