@@ -1232,6 +1232,104 @@ fn small_products_reuse_a_large_products_preparation() {
     cuda.set_q4k_limbs(false);
 }
 
+/// A GLU and an attention whose whole outputs a preparing product reads write its prepared
+/// activations themselves (`glu_prepare_f32`; the split merge, or with one split a preparation
+/// right after the attention kernel), with the same bits as the product's own preparing launch
+/// and within 1e-5 of the CPU; with the Q4_K limb kernels the GLU writes the limbs too, and an
+/// attention read by a limb product leaves its preparation to the product. Which kernels ran is
+/// checked, so the fused launches cannot silently fall back.
+#[test]
+fn producers_write_their_products_prepared_activations() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    cuda.set_mma_prepare(Some(true));
+    let (k, n_ff, d, nh, nkv) = (512, 1024, 256, 4, 2);
+    let mut one_split_seen = false;
+    let mut splits_seen = false;
+    for (m, cap, limbs) in [
+        (1, 4096, false),
+        (5, 64, false),
+        (12, 4096, false),
+        (1, 4096, true),
+        (5, 64, true),
+    ] {
+        let mut rng = Rng(23 + m as u64 + cap as u64);
+        cuda.set_q4k_limbs(limbs);
+        let mut c = Case::new();
+        let x = c.f32(&[k, m], rng.vec(k * m));
+        let gw = c.random_weight(&mut rng, DType::Q4_K, k, n_ff);
+        let uw = c.random_weight(&mut rng, DType::Q4_K, k, n_ff);
+        let dw = c.random_weight(&mut rng, DType::Q4_K, n_ff, 96);
+        let gate = c.g.matmul(gw, x).unwrap();
+        let up = c.g.matmul(uw, x).unwrap();
+        let act = c.g.glu(GluOp::GeGlu, gate, up).unwrap();
+        let down = c.g.matmul(dw, act).unwrap();
+        let n_kv = cap * 3 / 4;
+        let q = c.f32(&[d, nh, m], rng.vec(d * nh * m));
+        let kc = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
+        let vc = c.state(DType::F16, &[d, nkv, cap], rng.vec(d * nkv * cap));
+        let pos = c.i32(&[m], ((n_kv - m) as i32..n_kv as i32).collect());
+        let nk = c.i32(&[1], vec![n_kv as i32]);
+        let params = AttnParams {
+            scale: 0.0625,
+            mask: AttnMask::Causal,
+            kv_layout: KvLayout::Linear,
+        };
+        let a = c.g.attention(q, kc, vc, pos, nk, None, params).unwrap();
+        let a = c.g.reshape(a, Shape::new(&[d * nh, m]).unwrap()).unwrap();
+        let ow = c.random_weight(&mut rng, DType::Q4_K, d * nh, 64);
+        let o = c.g.matmul(ow, a).unwrap();
+        let outs = [down, o];
+        let graph = c.g.finish(&outs).unwrap();
+        let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &outs);
+        let mut by_mode = Vec::new();
+        for fused in [true, false] {
+            cuda.set_producers_prepare(fused);
+            cuda.record_launches(true);
+            by_mode.push(run_on(&mut cuda, &graph, &c.leaves, &outs));
+            let log = cuda.take_launches();
+            cuda.record_launches(false);
+            let count = |name: &str| log.iter().filter(|l| *l == name).count();
+            let merged = count("attention_combine_f32") == 1;
+            let name = format!("m{m} cap {cap} limbs {limbs} fused {fused}");
+            if fused {
+                one_split_seen |= !merged;
+                splits_seen |= merged;
+            }
+            assert_eq!(
+                count("glu_prepare_f32"),
+                usize::from(fused),
+                "{name}: {log:?}"
+            );
+            assert_eq!(count("glu_f32"), usize::from(!fused), "{name}: {log:?}");
+            // x for gate and up; the GLU's output unless the GLU prepared it; the attention's
+            // unless the merge prepared it (a one-split attention's preparation follows it).
+            let attention_prepares = fused && !limbs && merged;
+            let want_prepares = 1 + usize::from(!fused) + usize::from(!attention_prepares);
+            assert_eq!(count("mmv_prepare_x"), want_prepares, "{name}: {log:?}");
+        }
+        cuda.set_producers_prepare(true);
+        for (i, ((f, u), w)) in by_mode[0].iter().zip(&by_mode[1]).zip(&want).enumerate() {
+            let err = rel_err(f, w);
+            assert!(
+                err <= 1e-5,
+                "m{m} cap {cap} limbs {limbs} output {i}: {err:e}"
+            );
+            assert!(
+                same_bits(f, u),
+                "m{m} cap {cap} limbs {limbs} output {i}: fused and unfused bits differ"
+            );
+            eprintln!(
+                "producers prepare m{m} cap {cap} limbs {limbs} output {i}: rel err {err:.2e}"
+            );
+        }
+    }
+    assert!(one_split_seen && splits_seen, "both attention forms ran");
+    cuda.set_q4k_limbs(false);
+    cuda.set_mma_prepare(None);
+}
+
 /// Products of rows split over several blocks (k = 8192: 2, k = 16384: 4) one after another in
 /// one graph, run three times (the later runs replay the captured CUDA graph): the partial-sum
 /// scratch they share must serve each product and each run afresh.
