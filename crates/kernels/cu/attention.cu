@@ -181,15 +181,9 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
 // per-query, multi-query and tensor-core kernels, exact zeros (the tensor-core kernel writes them
 // for a row with no position in the split, whatever its accumulators hold), so it adds exactly
 // nothing. Sums run in split order, the same for every query.
-//
-// With `xs` (d_v a multiple of 8 and of the block's 128 threads' share, so every lane of a warp
-// holds an output) the kernel also writes the merged rows in `mmv_prepare_x`'s layout for the
-// product that reads them (rows of n_head·d_v, one per query): the first lane of each 8 gathers
-// its neighbours' outputs and prepares them as the preparing launch would have from memory, so
-// the bits are the same and that launch goes.
 extern "C" __global__ void attention_combine_f32(const float* partial, float* out, int d_v, int n_head, int n_split,
                                                  const int* q_pos, const int* n_kv_ptr, int cap, int mask_kind,
-                                                 int window, int ring, uint4* xs) {
+                                                 int window, int ring) {
     pdl_entry();
     __shared__ float fw[ATT_COMBINE_MAX_SPLITS], lw[ATT_COMBINE_MAX_SPLITS];
     int h = blockIdx.x, t = blockIdx.y;
@@ -205,36 +199,24 @@ extern "C" __global__ void attention_combine_f32(const float* partial, float* ou
     float mx = -INFINITY;
     for (int s = threadIdx.x; s < used; s += blockDim.x) mx = fmaxf(mx, p[s * stride]);
     mx = block_max(mx);
-    float r = 0.0f;
-    if (mx != -INFINITY) {
-        for (int s = threadIdx.x; s < used; s += blockDim.x) {
-            float m = p[s * stride];
-            fw[s] = m == -INFINITY ? 0.0f : expf(m - mx);
-            lw[s] = p[s * stride + 1];
-        }
-        __syncthreads();
-        if (i < d_v) {
-            float num = 0.0f, den = 0.0f;
+    if (mx == -INFINITY) {
+        if (i < d_v) o[i] = 0.0f;
+        return;
+    }
+    for (int s = threadIdx.x; s < used; s += blockDim.x) {
+        float m = p[s * stride];
+        fw[s] = m == -INFINITY ? 0.0f : expf(m - mx);
+        lw[s] = p[s * stride + 1];
+    }
+    __syncthreads();
+    if (i >= d_v) return;
+    float num = 0.0f, den = 0.0f;
 #pragma unroll 8
-            for (int s = 0; s < used; ++s) {
-                num += p[s * stride + 2 + i] * fw[s];
-                den += lw[s] * fw[s];
-            }
-            r = den > 0.0f ? num / den : 0.0f;
-        }
+    for (int s = 0; s < used; ++s) {
+        num += p[s * stride + 2 + i] * fw[s];
+        den += lw[s] * fw[s];
     }
-    if (i < d_v) o[i] = r;
-    if (xs == nullptr) return;
-    // Lanes 8j..8j+7 hold outputs i..i+7 (i a multiple of 8): lane 8j prepares them.
-    int lane = threadIdx.x & 31, base = lane & ~7;
-    float v[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = __shfl_sync(0xffffffffu, r, base + j);
-    if (lane == base && i < d_v) {
-        int k = n_head * d_v;
-        prepare_chunk8(xs, k, gridDim.y, t, (h * d_v + i) / 8, make_float4(v[0], v[1], v[2], v[3]),
-                       make_float4(v[4], v[5], v[6], v[7]));
-    }
+    o[i] = den > 0.0f ? num / den : 0.0f;
 }
 
 // attention_f32 for f16 K/V rows of d = d_v = 32·E (256 or 512) with 16-byte-aligned rows: lane l

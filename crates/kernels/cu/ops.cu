@@ -55,30 +55,6 @@ extern "C" __global__ void glu_f32(const float* g, Layout4 lg, const float* u, L
     out[i] = glu1(g[layout_index(lg, i)], u[layout_index(lu, i)], op);
 }
 
-// glu_f32 for m dense rows of k outputs (k a multiple of 256; both inputs' rows k apart from
-// 16-byte-aligned offsets) whose only product reads them prepared: besides the f32 rows, each
-// thread writes its 8 outputs in `mmv_prepare_x`'s layout (and with `limbs` the limbs), so the
-// product needs no preparing launch of its own. The same geometry as `mmv_prepare_x` (grid
-// (⌈k / 8·blockDim.x⌉, m), a warp per 256-element group), the same arithmetic per element as
-// glu_f32 and the same preparation of the same floats, so every bit equals the two launches'.
-extern "C" __global__ void glu_prepare_f32(const float* g, i64 g_off, const float* u, i64 u_off, float* out, int k,
-                                           int m, int op, uint4* xs, int limbs) {
-    pdl_entry();
-    int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= k / 8) return;
-    i64 e = (i64)r * k + 8 * c;
-    const float4* pg = (const float4*)(g + g_off + e);
-    const float4* pu = (const float4*)(u + u_off + e);
-    float4 a0 = pg[0], a1 = pg[1], b0 = pu[0], b1 = pu[1];
-    float4 v0 = make_float4(glu1(a0.x, b0.x, op), glu1(a0.y, b0.y, op), glu1(a0.z, b0.z, op), glu1(a0.w, b0.w, op));
-    float4 v1 = make_float4(glu1(a1.x, b1.x, op), glu1(a1.y, b1.y, op), glu1(a1.z, b1.z, op), glu1(a1.w, b1.w, op));
-    float4* o = (float4*)(out + e);
-    o[0] = v0;
-    o[1] = v1;
-    prepare_chunk8(xs, k, m, r, c, v0, v1);
-    if (limbs) prepare_limbs8(xs, k, m, r, c, v0, v1);
-}
-
 extern "C" __global__ void copy_f32(const float* x, Layout4 lx, float* out, i64 n) {
     pdl_entry();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;

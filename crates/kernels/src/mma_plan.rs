@@ -1,7 +1,6 @@
 //! Which matrix products the tensor-core `_mma_` kernels take, and, per loaded graph, who
-//! prepares their activations: `mmv_prepare_x` before a product, the kernel that produced them
-//! (an RMSNorm, a GLU, or an attention's split merge), or nobody because the previous product of
-//! the same input already did (q, then k and v).
+//! prepares their activations: `mmv_prepare_x` before a product, the RMSNorm kernel that produced
+//! them, or nobody because the previous product of the same input already did (q, then k and v).
 //! Pure functions of the graph and the backend's settings, so the plan is tested without a GPU.
 
 use std::collections::{HashMap, HashSet};
@@ -33,10 +32,6 @@ pub(crate) struct MmaConfig {
     pub verify_tile: Option<(usize, usize)>,
     /// Forces every product to prepare (`Some(true)`) or to split in place (`Some(false)`).
     pub force_prepare: Option<bool>,
-    /// A GLU or an attention whose whole output a preparing product reads writes the prepared
-    /// form itself, as RMSNorms always do (`SPECULA_PRODUCER_PREPARE=0`: the product's own
-    /// `mmv_prepare_x` launch, an A/B knob; the bits are the same).
-    pub producers_prepare: bool,
     /// Products of at least [`source::GEMM_MIN_ROWS`] rows take the GEMM route (cuBLAS loaded,
     /// `SPECULA_GEMM` not 0) instead of the `_mma_` or `matmul_tc_` kernels.
     pub gemm: bool,
@@ -64,7 +59,6 @@ impl Default for MmaConfig {
             prefill_tile: None,
             verify_tile: None,
             force_prepare: None,
-            producers_prepare: true,
             gemm: true,
             gemm_weight_bytes: source::GEMM_WEIGHT_SCRATCH_BYTES,
             q4k_limbs: false,
@@ -335,55 +329,15 @@ pub(crate) fn uniform_row_stride(l: &Layout) -> Option<i64> {
     (ok1 && ok2).then_some(base as i64)
 }
 
-/// A kernel that can write a product's prepared activations as it produces them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Producer {
-    /// `rms_norm*` (every norm kernel takes a prepared-output pointer).
-    Norm,
-    /// `glu_prepare_f32`: both inputs dense f32 rows from 16-byte-aligned offsets.
-    Glu,
-    /// The attention's split merge (`attention_combine_f32`), or with one split a preparation
-    /// launched right after the attention kernel: output dims a multiple of 8, no limbs (their
-    /// preparation takes a warp per 256-element group; a merge block's warp holds 32 outputs).
-    Attention,
-}
-
-/// The node whose whole, dense output a product reads, if its kernel can write the prepared form
-/// itself: an RMSNorm, a GLU, or an attention (through reshapes that keep its storage).
-fn preparing_producer(cfg: &MmaConfig, graph: &Graph, mi: &MmaInput) -> Option<(usize, Producer)> {
+/// The RMSNorm node whose whole, dense output a product reads (the norm kernel can then write the
+/// prepared form itself).
+fn fusable_norm(graph: &Graph, mi: &MmaInput) -> Option<usize> {
     let x = graph.node(mi.x);
     let whole = mi.offset == 0
         && mi.stride == mi.k as i64
         && x.shape().ne(0) == mi.k
         && x.shape().n_rows() == mi.m;
-    if !whole {
-        return None;
-    }
-    let dense4 = |id: NodeId| {
-        let n = graph.node(id);
-        n.dtype == DType::F32 && n.layout.is_contiguous() && n.layout.offset.is_multiple_of(4)
-    };
-    // Reshapes alias their input's storage: the product reads the producer's rows.
-    let mut id = mi.x;
-    while matches!(graph.node(id).op, Op::Reshape) && graph.node(id).layout.offset == 0 {
-        id = graph.node(id).inputs[0];
-    }
-    let node = graph.node(id);
-    let found = match node.op {
-        Op::RmsNorm { .. } if id == mi.x => Some(Producer::Norm),
-        Op::Glu(_) if id == mi.x && node.inputs.iter().all(|&i| dense4(i)) => Some(Producer::Glu),
-        Op::Attention(_) if !mi.limbs && dense4(id) => {
-            let d_v = node.shape().ne(0);
-            let heads_tokens = node.shape().ne(1) * node.shape().ne(2);
-            (d_v.is_multiple_of(8)
-                && d_v * node.shape().ne(1) == mi.k
-                && heads_tokens * d_v == mi.k * mi.m)
-                .then_some(Producer::Attention)
-        }
-        _ => None,
-    };
-    let fused = cfg.producers_prepare || found == Some(Producer::Norm);
-    found.filter(|_| fused).map(|p| (id.index(), p))
+    (matches!(x.op, Op::RmsNorm { .. }) && whole).then_some(mi.x.index())
 }
 
 /// The `_mma_` plan of one loaded graph (node indices).
@@ -397,11 +351,6 @@ pub(crate) struct MmaPlan {
     pub ready: HashSet<usize>,
     /// RMSNorm nodes that also write their output in the prepared layout.
     pub norms: HashSet<usize>,
-    /// GLU nodes that also write their output in the prepared layout (`glu_prepare_f32`).
-    pub glus: HashSet<usize>,
-    /// Attention nodes whose output is also written in the prepared layout (by the split merge,
-    /// or by a preparation launched right after a one-split attention kernel).
-    pub attentions: HashSet<usize>,
     /// The preparing nodes (norms of `norms`, or preparing products) whose prepared layout
     /// also holds the limbs, because a product with [`MmaInput::limbs`] reads it.
     pub limb_writers: HashSet<usize>,
@@ -501,13 +450,9 @@ pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
             p.reads.insert(i);
             writer = Some(i);
             last_q8 = None;
-            if let Some((j, producer)) = preparing_producer(cfg, graph, &mi) {
+            if let Some(j) = fusable_norm(graph, &mi) {
                 if last_reader.is_none_or(|r| r < j) {
-                    match producer {
-                        Producer::Norm => p.norms.insert(j),
-                        Producer::Glu => p.glus.insert(j),
-                        Producer::Attention => p.attentions.insert(j),
-                    };
+                    p.norms.insert(j);
                     p.ready.insert(i);
                     writer = Some(j);
                 }
@@ -528,7 +473,7 @@ pub(crate) fn plan(cfg: &MmaConfig, graph: &Graph) -> MmaPlan {
 mod tests {
     use super::*;
     use crate::test_graph::{input, state, weight};
-    use graph::{AttnMask, AttnParams, GluOp, GraphBuilder, KvLayout, Shape};
+    use graph::GraphBuilder;
 
     fn cfg(force_prepare: Option<bool>) -> MmaConfig {
         MmaConfig {
@@ -574,98 +519,6 @@ mod tests {
         // Forced in place: nothing prepares, nothing reads the scratch.
         let p = plan(&cfg(Some(false)), &graph);
         assert!(p.reads.is_empty() && p.norms.is_empty() && p.scratch_bytes == 0);
-    }
-
-    /// A GLU and an attention (through its reshape) prepare the activations of the product that
-    /// reads their whole output; not with the knob off, not for an attention read by a limb
-    /// product, not for a GLU of a strided view, and not for a product that reads part of it.
-    #[test]
-    fn glus_and_attentions_prepare_their_products() {
-        let build = |limbs_o: bool, strided: bool, partial: bool| {
-            let mut g = GraphBuilder::new();
-            let x = input(&mut g, "x", DType::F32, &[512, 2]);
-            let gu = input(&mut g, "gu", DType::F32, &[2048, 2]);
-            let (gate, up) = if strided {
-                let s = Shape::new(&[1024, 2]).unwrap();
-                (
-                    g.view(gu, s, [1, 2048, 4096, 4096], 0).unwrap(),
-                    g.view(gu, s, [1, 2048, 4096, 4096], 1024).unwrap(),
-                )
-            } else {
-                let wg = weight(&mut g, "wg", DType::Q4_K, &[512, 1024]);
-                let wu = weight(&mut g, "wu", DType::Q4_K, &[512, 1024]);
-                (g.matmul(wg, x).unwrap(), g.matmul(wu, x).unwrap())
-            };
-            let act = g.glu(GluOp::GeGlu, gate, up).unwrap();
-            let wd = weight(&mut g, "wd", DType::Q4_K, &[1024, 64]);
-            let down = g.matmul(wd, act).unwrap();
-            let q = input(&mut g, "q", DType::F32, &[256, 4, 2]);
-            let kc = state(&mut g, "k", DType::F16, &[256, 2, 64]);
-            let vc = state(&mut g, "v", DType::F16, &[256, 2, 64]);
-            let pos = input(&mut g, "pos", DType::I32, &[2]);
-            let n = input(&mut g, "n", DType::I32, &[1]);
-            let params = AttnParams {
-                scale: 0.0625,
-                mask: AttnMask::Causal,
-                kv_layout: KvLayout::Linear,
-            };
-            let a = g.attention(q, kc, vc, pos, n, None, params).unwrap();
-            let a = g.reshape(a, Shape::new(&[1024, 2]).unwrap()).unwrap();
-            let a = if partial {
-                let s = Shape::new(&[512, 2]).unwrap();
-                g.view(a, s, [1, 1024, 2048, 2048], 0).unwrap()
-            } else {
-                a
-            };
-            let wo_type = if limbs_o { DType::Q4_K } else { DType::Q6_K };
-            let wo = weight(&mut g, "wo", wo_type, &[a_width(partial), 64]);
-            let o = g.matmul(wo, a).unwrap();
-            (g.finish(&[down, o]).unwrap(), act, down, o)
-        };
-        fn a_width(partial: bool) -> usize {
-            if partial {
-                512
-            } else {
-                1024
-            }
-        }
-        let attention = |graph: &Graph| {
-            graph
-                .nodes()
-                .iter()
-                .position(|n| matches!(n.op, Op::Attention(_)))
-                .unwrap()
-        };
-        let on = cfg(Some(true));
-        let limbs = MmaConfig {
-            q4k_limbs: true,
-            ..on
-        };
-        let off = MmaConfig {
-            producers_prepare: false,
-            ..on
-        };
-        let (graph, act, down, o) = build(false, false, false);
-        let p = plan(&on, &graph);
-        assert_eq!(p.glus, HashSet::from([act.index()]));
-        assert_eq!(p.attentions, HashSet::from([attention(&graph)]));
-        assert!(p.ready.contains(&down.index()) && p.ready.contains(&o.index()));
-        assert!(p.limb_writers.is_empty());
-        let p = plan(&off, &graph);
-        assert!(p.glus.is_empty() && p.attentions.is_empty());
-        assert!(!p.ready.contains(&down.index()) && !p.ready.contains(&o.index()));
-        // A Q4_K `o` with limbs: the GLU writes limbs for `down`; the attention leaves `o` alone.
-        let (graph, act, _, o) = build(true, false, false);
-        let p = plan(&limbs, &graph);
-        assert_eq!(p.glus, HashSet::from([act.index()]));
-        assert!(p.limb_writers.contains(&act.index()) && p.limb_writers.contains(&o.index()));
-        assert!(p.attentions.is_empty() && !p.ready.contains(&o.index()));
-        // A GLU of strided views, and an `o` of half the attention's width.
-        let (graph, _, down, o) = build(false, true, true);
-        let p = plan(&on, &graph);
-        assert!(p.glus.is_empty() && p.attentions.is_empty());
-        assert!(p.reads.contains(&down.index()) && !p.ready.contains(&down.index()));
-        assert!(p.reads.contains(&o.index()) && !p.ready.contains(&o.index()));
     }
 
     /// A product of another input between a norm and its reader: the norm must not prepare (the

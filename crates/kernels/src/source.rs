@@ -428,7 +428,6 @@ pub const OTHER_KERNELS: &[&str] = &[
     "binary_f32",
     "unary_f32",
     "glu_f32",
-    "glu_prepare_f32",
     "copy_f32",
     "concat_f32",
     "rms_norm_f32",

@@ -245,10 +245,6 @@ pub struct CudaBackend {
     /// place (`Some(false)`) instead of `source::mma_prepares` (tests and A/B runs;
     /// `SPECULA_MMA_PREPARE=0|1`).
     mma_prepare: Option<bool>,
-    /// GLUs and attentions write the prepared activations of the product that reads their
-    /// whole output (`MmaConfig::producers_prepare`; `SPECULA_PRODUCER_PREPARE=0`: the product
-    /// prepares them in a launch of its own, an A/B knob).
-    producers_prepare: bool,
     /// Prepared Q4_K products of at most `source::LIMB_MAX_ROWS` rows take the exact-integer
     /// `matmul_q4_k_limb_n*` kernels (`SPECULA_Q4K_LIMBS=1`; off by default, see `MmaConfig`).
     q4k_limbs: bool,
@@ -458,7 +454,6 @@ impl CudaBackend {
                 Ok("1") => Some(true),
                 _ => None,
             },
-            producers_prepare: std::env::var("SPECULA_PRODUCER_PREPARE").map_or(true, |v| v != "0"),
             q4k_limbs: std::env::var("SPECULA_Q4K_LIMBS").is_ok_and(|v| v == "1"),
             products_as_reads: products_as_reads_from_env(),
             mma_persist: std::env::var("SPECULA_MMA_PERSIST").map_or(true, |v| v != "0"),
@@ -530,13 +525,6 @@ impl CudaBackend {
     /// size rule. The results are the same bits either way (tested).
     pub fn set_mma_prepare(&mut self, mode: Option<bool>) {
         self.mma_prepare = mode;
-    }
-
-    /// Whether GLUs and attentions in graphs loaded from now on write the prepared activations
-    /// of the product that reads their output (on by default; off, the product prepares them
-    /// itself). The results are the same bits either way (tested).
-    pub fn set_producers_prepare(&mut self, on: bool) {
-        self.producers_prepare = on;
     }
 
     /// Whether products in graphs loaded from now on may take the tensor-core `_mma_` kernels

@@ -336,7 +336,6 @@ impl CudaBackend {
             prefill_tile: self.mma_prefill_tile,
             verify_tile: self.mma_verify_tile,
             force_prepare: self.mma_prepare,
-            producers_prepare: self.producers_prepare,
             gemm: self.gemm_route && self.cublas.is_some(),
             gemm_weight_bytes: self.gemm_weight_bytes,
             q4k_limbs: self.q4k_limbs,
@@ -348,15 +347,6 @@ impl CudaBackend {
     /// Base address of `node`'s storage and its layout.
     pub(super) fn base(&self, exec: &Exec, node: NodeId) -> Result<u64> {
         Ok(self.buf(exec.node_buffer[node.index()])?.ptr)
-    }
-
-    /// Address of the prepared-activation scratch, which a producer the `_mma_` plan names
-    /// writes (the plan sizes it whenever a product reads it).
-    fn mma_scratch_ptr(&self, exec: &Exec) -> Result<u64> {
-        match exec.mma_scratch {
-            Some(b) => Ok(self.buf(b)?.ptr),
-            None => Err(backend_err("no scratch for prepared activations")),
-        }
     }
 
     /// Address of a dense 1-D int array node's first element.
@@ -572,29 +562,6 @@ impl CudaBackend {
                     .f32(p);
                 self.launch("unary_f32", grid1(n_out, 256), 256, &mut a)
             }
-            Op::Glu(op) if exec.mma.glus.contains(&id.index()) => {
-                // The down product's activations prepared in the same launch (mma_plan: both
-                // inputs dense from 16-byte-aligned offsets, rows of whole 256-element groups).
-                let (k, m) = (node.shape().ne(0), node.shape().n_rows());
-                let xs = self.mma_scratch_ptr(exec)?;
-                let mut a = Args::default();
-                a.ptr(self.base(exec, node.inputs[0])?)
-                    .i64(inp(0).layout.offset as i64)
-                    .ptr(self.base(exec, node.inputs[1])?)
-                    .i64(inp(1).layout.offset as i64);
-                a.ptr(out)
-                    .i32(k as i32)
-                    .i32(m as i32)
-                    .i32(if *op == GluOp::GeGlu { 0 } else { 1 })
-                    .ptr(xs)
-                    .i32(i32::from(exec.mma.limb_writers.contains(&id.index())));
-                self.launch(
-                    "glu_prepare_f32",
-                    ((k / 8).div_ceil(256) as u32, m as u32, 1),
-                    256,
-                    &mut a,
-                )
-            }
             Op::Glu(op) => {
                 let dense4 = |l: &Layout| l.is_contiguous() && l.offset.is_multiple_of(4);
                 let vec4 =
@@ -716,13 +683,6 @@ impl CudaBackend {
                     Some(&(b, n)) => (n, self.buf(b)?.ptr),
                     None => (1, 0),
                 };
-                // Where the product after this attention reads its activations prepared, the
-                // split merge writes them, or one preparing launch follows a one-split kernel.
-                let prepared = if exec.mma.attentions.contains(&id.index()) {
-                    self.mma_scratch_ptr(exec)?
-                } else {
-                    0
-                };
                 a.i32(n_split as i32).ptr(scratch);
                 let route = self.attention_route(g, node);
                 // Two heads of one K/V group per block where the group's heads pair up and the
@@ -763,29 +723,12 @@ impl CudaBackend {
                         .i32(k.shape().ne(2) as i32)
                         .i32(kind)
                         .i32(window)
-                        .i32(i32::from(p.kv_layout == KvLayout::Ring))
-                        .ptr(prepared);
+                        .i32(i32::from(p.kv_layout == KvLayout::Ring));
                     self.launch(
                         "attention_combine_f32",
                         (n_head as u32, n_tok as u32, d_v.div_ceil(128) as u32),
                         128,
                         &mut c,
-                    )?;
-                } else if prepared != 0 {
-                    let k_row = (d_v * n_head) as i64;
-                    let mut p = Args::default();
-                    p.ptr(out)
-                        .i64(0)
-                        .i64(k_row)
-                        .i32(k_row as i32)
-                        .i32(n_tok as i32)
-                        .ptr(prepared)
-                        .i32(0);
-                    self.launch(
-                        "mmv_prepare_x",
-                        ((d_v * n_head / 8).div_ceil(256) as u32, n_tok as u32, 1),
-                        256,
-                        &mut p,
                     )?;
                 }
                 Ok(())
