@@ -981,11 +981,11 @@ __device__ __forceinline__ void persist_walk(PersistWalk W, const u8* w, int pdl
 }
 
 // A block's walk parameters (see PersistWalk) for warps of MT weight tiles.
-template <int MT = 1, int ITERS = persist_iters<MT>()>
+template <int MT = 1>
 __device__ __forceinline__ PersistWalk persist_walk_of(int k, int n, int kw, int splits) {
     int warp = threadIdx.x >> 5;
     PersistWalk W;
-    W.iters = ITERS;
+    W.iters = persist_iters<MT>();
     W.tile_rows = 16 * MT;
     W.n_groups = k / 256;
     W.kw = kw;
@@ -1975,22 +1975,6 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
     }
 }
 
-// P1_Q6_BLOCKS 2 (the default) or 3 (an A/B knob, `SPECULA_P1_Q6_BLOCKS`): blocks an SM of the
-// repacked Q6_K one-row kernels (`matmul_q6_kr_mma_m1n1[_x]_p1`, the decode step's Q6_K products
-// and head). At 3 they get 80 registers and take at most P1_Q6_ITERS_3 units a block, so their
-// partials (16 KiB) leave three blocks within the 64 KiB shared-memory split; the same groups,
-// slices and order, so the same bits (`source::persist_one_row_q6_blocks` on the host).
-#ifndef P1_Q6_BLOCKS
-#define P1_Q6_BLOCKS 2
-#endif
-#define P1_Q6_ITERS_3 4
-#define P1_BLOCKS(DT) ((DT) == DT_Q6_KR ? P1_Q6_BLOCKS : 2)
-// The most units a block of a persistent kernel takes (its partials' shared memory).
-template <int DT, int MT, bool ONE>
-__host__ __device__ constexpr int persist_iters_of() {
-    return DT == DT_Q6_KR && MT == 1 && ONE && P1_Q6_BLOCKS == 3 ? P1_Q6_ITERS_3 : persist_iters<MT>();
-}
-
 // One block of matmul_<type>_mma_m1n1[_x]_p / _p1 and matmul_<type>_mma_m2n2[_x]_p (see
 // PersistWalk): the one-shot kernels' warps, groups and order, walked persistently, MT weight
 // tiles and NT activation tiles a warp. ONE: a batch of one row (the `_p1` kernels; see
@@ -1998,10 +1982,10 @@ __host__ __device__ constexpr int persist_iters_of() {
 template <int DT, int MT, int NT, bool PREP, bool ONE = false>
 __device__ void matvec_mma_persist_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw,
                                         int splits, int pdl) {
-    constexpr int ITERS = persist_iters_of<DT, MT, ONE>();
+    constexpr int ITERS = persist_iters<MT>();
     __shared__ float red[ITERS][MMV_WARPS][MT * NT * 4][32];  // [iteration][row · kw + slice]
     int lane = threadIdx.x & 31, m0 = blockIdx.x * NT * 8;
-    PersistWalk W = persist_walk_of<MT, ITERS>(k, n, kw, splits);
+    PersistWalk W = persist_walk_of<MT>(k, n, kw, splits);
     float acc[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -2138,8 +2122,8 @@ MMV_KERNEL(q6_kr_q8x, DT_Q6R, 2, 2, 2, true, )
     MMV_PERSIST_KERNEL(SUFFIX, DT, 1, 1, 2, false, _x, false, _p)
 #define MMV_PERSIST_ONE_KERNELS(SUFFIX, DT)                          \
     MMV_PERSIST_KERNELS(SUFFIX, DT)                                  \
-    MMV_PERSIST_KERNEL(SUFFIX, DT, 1, 1, P1_BLOCKS(DT), true, , true, _p1) \
-    MMV_PERSIST_KERNEL(SUFFIX, DT, 1, 1, P1_BLOCKS(DT), false, _x, true, _p1)
+    MMV_PERSIST_KERNEL(SUFFIX, DT, 1, 1, 2, true, , true, _p1)       \
+    MMV_PERSIST_KERNEL(SUFFIX, DT, 1, 1, 2, false, _x, true, _p1)
 #define MMV_PERSIST_M2_KERNELS(SUFFIX, DT)                           \
     MMV_PERSIST_KERNEL(SUFFIX, DT, 2, 2, 1, true, , false, _p)       \
     MMV_PERSIST_KERNEL(SUFFIX, DT, 2, 2, 1, false, _x, false, _p)

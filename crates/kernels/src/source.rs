@@ -76,8 +76,6 @@ pub struct KnobDefine {
 ///   kernels, 0 in four smaller ones.
 /// - `SPECULA_WALK_FAST` → `WALK_FAST` (`matvec_mma.cu`): 1 (the default) lets the persistent
 ///   products' walks find their next unit without dividing where they can, 0 divides.
-/// - `SPECULA_P1_Q6_BLOCKS` → `P1_Q6_BLOCKS` (`matvec_mma.cu`): blocks an SM of the repacked
-///   Q6_K one-row kernels, 2 (the default) or 3 ([`persist_one_row_q6_blocks`]).
 /// - `SPECULA_Q4K_HL` → `Q4K_HL` (`matvec_mma.cu`): 1 sums the Q4_K decode and verify
 ///   kernels' hi and lo activation halves in separate chains (a decode step's `_p1` kernel then
 ///   takes them as two columns of one mma), 0 (the default) in one alternating chain.
@@ -111,12 +109,6 @@ pub const KNOB_DEFINES: &[KnobDefine] = &[
         name: "WALK_FAST",
         accepts: |n| n <= 1,
         variants: &[0],
-    },
-    KnobDefine {
-        var: "SPECULA_P1_Q6_BLOCKS",
-        name: "P1_Q6_BLOCKS",
-        accepts: |n| n == 2 || n == 3,
-        variants: &[3],
     },
     KnobDefine {
         var: "SPECULA_Q4K_HL",
@@ -277,24 +269,6 @@ pub const PERSIST_ITERS_M2: usize = 3;
 /// [`PERSIST_ITERS_M2`].
 pub fn persist_blocks_m2(units: usize, sms: usize) -> usize {
     units.min(sms.max(1)).max(units.div_ceil(PERSIST_ITERS_M2))
-}
-
-/// Blocks an SM of the repacked Q6_K one-row kernels (`matmul_q6_kr_mma_m1n1[_x]_p1`): the
-/// `P1_Q6_BLOCKS` the kernels were compiled with (`SPECULA_P1_Q6_BLOCKS`, 2 or 3; an A/B knob),
-/// and the most units a block of them then takes (`P1_Q6_ITERS_3` in `matvec_mma.cu` at 3).
-pub fn persist_one_row_q6_blocks() -> (usize, usize) {
-    match std::env::var("SPECULA_P1_Q6_BLOCKS").as_deref() {
-        Ok("3") => (3, 4),
-        _ => (2, PERSIST_ITERS),
-    }
-}
-
-/// Blocks of a persistent launch over `units` units, `per_sm` a multiprocessor, each taking at
-/// most `iters` of them: fewer when there are fewer units, more when a block would take more.
-pub fn persist_blocks_with(units: usize, sms: usize, per_sm: usize, iters: usize) -> usize {
-    units
-        .min(per_sm * sms.max(1))
-        .max(units.div_ceil(iters.max(1)))
 }
 
 /// Blocks of a persistent `_p` launch over `units` units on a device of `sms` multiprocessors:
@@ -661,19 +635,11 @@ mod tests {
     fn persistent_blocks_cover_every_unit() {
         assert!(MATVEC_MMA.contains(&format!("#define PERSIST_ITERS {PERSIST_ITERS}\n")));
         assert!(MATVEC_MMA.contains(&format!("#define PERSIST_ITERS_M2 {PERSIST_ITERS_M2}\n")));
-        // The repacked Q6_K one-row kernels' bound at three blocks an SM.
-        assert!(MATVEC_MMA.contains("#define P1_Q6_ITERS_3 4\n"));
         for sms in [1, 78, 132] {
             for units in [1, 2, 263, 264, 1344, 16_384, 100_000] {
                 let b = persist_blocks(units, sms);
                 assert!(b >= 1 && b <= units, "{units} units, {sms} SMs: {b}");
                 assert!(b * PERSIST_ITERS >= units, "{units} units, {sms} SMs: {b}");
-                assert_eq!(b, persist_blocks_with(units, sms, 2, PERSIST_ITERS));
-                let b3 = persist_blocks_with(units, sms, 3, 4);
-                assert!(
-                    b3 >= 1 && b3 <= units && b3 * 4 >= units,
-                    "{units}, {sms}: {b3}"
-                );
                 let b2 = persist_blocks_m2(units, sms);
                 assert!(b2 >= 1 && b2 <= units, "{units} units, {sms} SMs: {b2}");
                 assert!(

@@ -224,9 +224,6 @@ pub struct CudaBackend {
     /// Those copies, by the index of the weight buffer they copy (made when a graph that needs
     /// one loads, shared by later graphs, freed with the weight buffer).
     q8_repacked: HashMap<usize, BufferId>,
-    /// Blocks an SM and units a block of the repacked Q6_K one-row kernels
-    /// (`source::persist_one_row_q6_blocks`, as the module was compiled).
-    p1_q6_blocks: (usize, usize),
     /// `SPECULA_MMA_MT` (1 or 2): forces the `_mma_` kernels' weight tiles per warp (tuning).
     mma_mt: Option<usize>,
     /// `SPECULA_Q8_SPLITS` (1 to 8): forces the q8 products' split-K blocks (tuning).
@@ -431,7 +428,6 @@ impl CudaBackend {
             launch_carveout: std::cell::Cell::new(None),
             q8_repack: std::env::var("SPECULA_Q8_REPACK").map_or(true, |v| v != "0"),
             q8_repacked: HashMap::new(),
-            p1_q6_blocks: source::persist_one_row_q6_blocks(),
             att_tc_blocks: std::env::var("SPECULA_ATT_TC_BLOCKS")
                 .ok()
                 .and_then(|v| v.parse().ok())

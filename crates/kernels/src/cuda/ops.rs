@@ -72,14 +72,8 @@ impl CudaBackend {
             && (mt, nt) == (2, 2)
             && m <= source::MMA_MAX_ROWS
             && source::persist_two_tiles(w.dtype);
-        // One activation row (m must be 1): the `_p1` kernels, the same bits with less work
-        // (source::persist_one_row); the repacked Q6_K ones at P1_Q6_BLOCKS blocks an SM.
-        let one_row = !limbs && m == 1 && self.mma_one_row && source::persist_one_row(w.dtype);
         let persist_blocks = if persist_m2 {
             source::persist_blocks_m2(tiles * splits, self.sm_count)
-        } else if one_row && repacked && w.dtype == DType::Q6_K {
-            let (per_sm, iters) = self.p1_q6_blocks;
-            source::persist_blocks_with(tiles * splits, self.sm_count, per_sm, iters)
         } else {
             source::persist_blocks(tiles * splits, self.sm_count)
         };
@@ -115,7 +109,14 @@ impl CudaBackend {
         };
         let (kernel, grid) = if persist {
             a.i32(splits as i32);
-            let tail = if one_row { "_p1" } else { "_p" };
+            // One activation row (m must be 1): the `_p1` kernels, the same bits with less work
+            // (source::persist_one_row).
+            let one_row = !limbs && m == 1 && self.mma_one_row;
+            let tail = if one_row && source::persist_one_row(w.dtype) {
+                "_p1"
+            } else {
+                "_p"
+            };
             (
                 format!("{name}{tail}"),
                 (cols as u32, persist_blocks as u32, 1),
