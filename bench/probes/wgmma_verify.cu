@@ -1301,6 +1301,29 @@ int main() {
                                 (long long)(dd.first % n), b[dd.first], a[dd.first]);
                 std::printf("\n");
             }
+            // PROBE_SWITCH=1: what alternating the fast form (216 KiB of shared memory a block, so
+            // the SM's largest split) with the persistent (2, 2) kernel costs when that one prefers
+            // the split a runtime step takes (22 %: 64 KiB, the rest L1) or the largest (100 %):
+            // each alone, then pairs of one launch each, against the sum of the two alone.
+            if (std::getenv("PROBE_SWITCH")) {
+                auto fast = [&]() {
+                    probe_launch(q4k_wg_verify4<false, 4, 2, true>, blocks, 512, smem4(4, 2), W(), img, y_wg, k, n,
+                                 m, kw);
+                };
+                double us_fast = time_us(fast);
+                for (int share : {22, 100}) {
+                    CHECK(cudaFuncSetAttribute((const void*)matmul_q4_k_mma_m2n2_p,
+                                               cudaFuncAttributePreferredSharedMemoryCarveout, share));
+                    double us_p = time_us(run_p);
+                    double us_pp = time_us([&]() { run_p(); run_p(); });
+                    double us_pair = time_us([&]() { fast(); run_p(); });
+                    std::printf("             split switch, _p prefers %3d %%: fast form %7.2f us, _p %7.2f us, _p + _p %7.2f us, "
+                                "fast + _p %7.2f us (sum alone %7.2f: %+.2f us a pair)\n",
+                                share, us_fast, us_p, us_pp, us_pair, us_fast + us_p, us_pair - us_fast - us_p);
+                }
+                CHECK(cudaFuncSetAttribute((const void*)matmul_q4_k_mma_m2n2_p,
+                                           cudaFuncAttributePreferredSharedMemoryCarveout, -1));
+            }
         }
         for (size_t c = 1; c < copies.size(); ++c) CHECK(cudaFree(copies[c]));
         for (void* p : {(void*)dw, (void*)dx, (void*)xs, (void*)img, (void*)y_ref, (void*)y_wg}) CHECK(cudaFree(p));
