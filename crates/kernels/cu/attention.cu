@@ -66,29 +66,44 @@ __device__ __forceinline__ int visible_range(i64 qp, int n_kv, int split, int n_
 }
 
 // The visible positions lo..hi of query t for this block's split (split-K: each block takes its
-// share). Returns false when the block has nothing to do: n_kv is impossible (the output zeroed
-// and the error reported) or the split is past the query's used splits (see visible_range).
+// share) and the query's used splits. Returns false when the block has nothing to do: n_kv is
+// impossible (the output zeroed and the error reported) or the split is past the query's used
+// splits (see visible_range).
 __device__ __forceinline__ bool attention_range(const int* q_pos, const int* n_kv_ptr, int t, int split,
                                                 int n_split, int cap, int mask_kind, int window, int ring,
-                                                float* o, int d_v, int* err, i64& lo, i64& hi) {
+                                                float* o, int d_v, int* err, i64& lo, i64& hi, int& used) {
     int n_kv = *n_kv_ptr;
     if (n_kv < 0 || (!ring && n_kv > cap)) {
         if (threadIdx.x == 0) report(err, ERR_N_KV);
         for (int i = threadIdx.x; i < d_v; i += blockDim.x) o[i] = 0.0f;
         return false;
     }
-    return split < visible_range(q_pos[t], n_kv, split, n_split, cap, mask_kind, window, ring, lo, hi);
+    used = visible_range(q_pos[t], n_kv, split, n_split, cap, mask_kind, window, ring, lo, hi);
+    return split < used;
 }
 
+// ATT_ONE_DIRECT 1 (the default; an A/B knob, `SPECULA_ATT_ONE_DIRECT`): a query that uses one
+// split (see visible_range) gets its output row from that split's block, as with n_split 1, and
+// attention_combine_f32 leaves it alone: it would only have divided the one partial by its sum,
+// a kernel's round trips later (a decode step's 60 combines at short range). The choice depends
+// on the query's visible range only, so a verify row still gets the decode step's bits. 0: only
+// launches of one split write rows; the combine merges every query of the others.
+#ifndef ATT_ONE_DIRECT
+#define ATT_ONE_DIRECT 1
+#endif
+// Whether a block writes its query's output row rather than a partial (see ATT_ONE_DIRECT).
+__device__ __forceinline__ bool att_direct(int used, int n_split) { return ATT_ONE_DIRECT ? used <= 1 : n_split <= 1; }
+
 // Merges the warps' running softmaxes (max wm, sum wl, unnormalised output wacc, in shared
-// memory after a barrier) into the output row o, or with splits stores the block's (max, sum,
-// unnormalised output) for attention_combine_f32.
+// memory after a barrier) into the output row o, or for a query of more than one used split
+// stores the block's (max, sum, unnormalised output) for attention_combine_f32.
 __device__ __forceinline__ void attention_merge_warps(const float* wm, const float* wl,
                                                       const float (*wacc)[ATT_MAX_D], float* o, float* partial,
-                                                      int t, int h, int n_head, int split, int n_split, int d_v) {
+                                                      int t, int h, int n_head, int split, int n_split, int used,
+                                                      int d_v) {
     float mx = -INFINITY;
     for (int w = 0; w < ATT_WARPS; ++w) mx = fmaxf(mx, wm[w]);
-    float* part = n_split > 1 ? partial + (((i64)t * n_head + h) * n_split + split) * (d_v + 2) : 0;
+    float* part = att_direct(used, n_split) ? 0 : partial + (((i64)t * n_head + h) * n_split + split) * (d_v + 2);
     if (part && threadIdx.x == 0) {
         float den = 0.0f;
         for (int w = 0; w < ATT_WARPS; ++w) den += wm[w] == -INFINITY ? 0.0f : wl[w] * expf(wm[w] - mx);
@@ -130,7 +145,9 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
     __syncthreads();
     float* o = out + ((i64)t * n_head + h) * d_v;
     i64 lo, hi;
-    if (!attention_range(q_pos, n_kv_ptr, t, split, n_split, cap, mask_kind, window, ring, o, d_v, err, lo, hi))
+    int used = 1;
+    if (!attention_range(q_pos, n_kv_ptr, t, split, n_split, cap, mask_kind, window, ring, o, d_v, err, lo, hi,
+                         used))
         return;
 
     float m = -INFINITY, l = 0.0f;
@@ -166,7 +183,7 @@ extern "C" __global__ void attention_f32(const float* q, Layout4 lq, const void*
         if (i < d_v) wacc[warp][i] = acc[j];
     }
     __syncthreads();
-    attention_merge_warps(wm, wl, wacc, o, partial, t, h, n_head, split, n_split, d_v);
+    attention_merge_warps(wm, wl, wacc, o, partial, t, h, n_head, split, n_split, used, d_v);
 }
 
 // Most splits attention_combine_f32 takes (the host's split knob stops at 256).
@@ -192,6 +209,7 @@ extern "C" __global__ void attention_combine_f32(const float* partial, float* ou
     if (n_kv < 0 || (!ring && n_kv > cap)) return;  // the attention kernel zeroed it and reported
     i64 lo, hi;
     int used = visible_range(q_pos[t], n_kv, 0, n_split, cap, mask_kind, window, ring, lo, hi);
+    if (ATT_ONE_DIRECT && used <= 1) return;  // its one split's block wrote the row (att_direct)
     used = min(used, ATT_COMBINE_MAX_SPLITS);  // a guard for the shared arrays: the host never plans more
     const i64 stride = d_v + 2;
     const float* p = partial + ((i64)t * n_head + h) * n_split * stride;
@@ -257,10 +275,11 @@ __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k
     }
     i64 lo, hi;
     bool live = true;
+    int used = 1;
 #pragma unroll
     for (int r = 0; r < RQ; ++r)
         live = attention_range(q_pos, n_kv_ptr, t, split, n_split, cap, mask_kind, window, ring,
-                               out + ((i64)t * n_head + h0 + r) * d_v, d_v, err, lo, hi);
+                               out + ((i64)t * n_head + h0 + r) * d_v, d_v, err, lo, hi, used);
     if (!live) return;
     float m[RQ], l[RQ], acc[RQ][E];
 #pragma unroll
@@ -329,7 +348,7 @@ __device__ void attention_f16_wide_body(const float* q, Layout4 lq, const u16* k
 #pragma unroll
     for (int r = 0; r < RQ; ++r)
         attention_merge_warps(wm[r], wl[r], wacc[r], out + ((i64)t * n_head + h0 + r) * d_v, partial, t, h0 + r,
-                              n_head, split, n_split, d_v);
+                              n_head, split, n_split, used, d_v);
 }
 
 // attention_f16_e<E> (a block per head) and attention_f16_e<E>_g2 (a block per two heads of one
@@ -390,16 +409,18 @@ __device__ void attention_mq_body(const float* q, Layout4 lq, const u16* k, Layo
     }
     // Visible range of each of this warp's two queries, and the block's union.
     i64 rlo[2], rhi[2], blo = 0x7fffffffffffffffLL, bhi = -1;
+    int rused[2] = {1, 1};
     for (int r = 0; r < MQ_ROWS; ++r) {
         int t = t0 + r;
         i64 lo = 1, hi = 0;
-        if (t < n_tok) visible_range(q_pos[t], n_kv, split, n_split, cap, mask_kind, window, ring, lo, hi);
+        int used = 1;
+        if (t < n_tok) used = visible_range(q_pos[t], n_kv, split, n_split, cap, mask_kind, window, ring, lo, hi);
         if (hi >= lo) {
             blo = imin(blo, lo);
             bhi = imax(bhi, hi);
         }
-        if (r == 2 * warp) rlo[0] = lo, rhi[0] = hi;
-        if (r == 2 * warp + 1) rlo[1] = lo, rhi[1] = hi;
+        if (r == 2 * warp) rlo[0] = lo, rhi[0] = hi, rused[0] = used;
+        if (r == 2 * warp + 1) rlo[1] = lo, rhi[1] = hi, rused[1] = used;
     }
     for (int i = threadIdx.x; i < MQ_ROWS * D; i += MQ_THREADS) {
         int t = t0 + i / D;
@@ -490,7 +511,7 @@ __device__ void attention_mq_body(const float* q, Layout4 lq, const u16* k, Layo
         int t = t0 + 2 * warp + j;
         if (t >= n_tok) continue;
         bool empty = m[j] == -INFINITY;
-        if (n_split > 1) {
+        if (!att_direct(rused[j], n_split)) {
             float* part = partial + (((i64)t * n_head + h) * n_split + split) * (D + 2);
             if (lane == 0) {
                 part[0] = m[j];
@@ -500,7 +521,7 @@ __device__ void attention_mq_body(const float* q, Layout4 lq, const u16* k, Layo
             for (int c = 0; c < C; ++c)
 #pragma unroll
                 for (int e = 0; e < 8; ++e) part[2 + c * 256 + lane * 8 + e] = empty ? 0.0f : acc[j][c][e];
-        } else {
+        } else if (split == 0) {  // one used split (see attention_range): the output row itself
             float* o = out + ((i64)t * n_head + h) * D;
             float inv = !empty && l[j] > 0.0f ? 1.0f / l[j] : 0.0f;
 #pragma unroll

@@ -132,7 +132,7 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
     for (int split = blockIdx.y / n_rt; split < n_split; split += slots) {
         // The visible ranges of this lane's rows 2c and 2c + 1 in this split, and the unit's union
         // (the same in every warp).
-        int rlo[2], rhi[2];
+        int rlo[2], rhi[2], rused[2];
         bool rwrite[2];
         int blo = 0x7fffffff, bhi = -1;
 #pragma unroll
@@ -141,6 +141,7 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
             int used = 0;
             if (rq[u] < n_tok) used = visible_range(qp[u], n_kv, split, n_split, cap, mask_kind, window, ring, lo, hi);
             rwrite[u] = split < used;
+            rused[u] = used;
             rlo[u] = (int)lo;
             rhi[u] = (int)hi;
             if (hi >= lo) {
@@ -345,7 +346,7 @@ __device__ void attention_tc_body(const float* q, Layout4 lq, const u16* k, Layo
             bool empty = m[u] == -INFINITY;
             float* dst;
             float inv = 1.0f;
-            if (n_split == 1) {
+            if (att_direct(rused[u], n_split)) {  // the output row (attention.cu, ATT_ONE_DIRECT)
                 dst = out + ((i64)rq[u] * n_head + hd) * D;
                 inv = !empty && l[u] > 0.0f ? __fmul_rn(__frcp_rn(l[u]), 1.0f / P_SCALE) : 0.0f;
             } else {

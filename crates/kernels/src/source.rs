@@ -116,6 +116,12 @@ pub const KNOB_DEFINES: &[KnobDefine] = &[
         accepts: |n| n <= 1,
         variants: &[1],
     },
+    KnobDefine {
+        var: "SPECULA_ATT_ONE_DIRECT",
+        name: "ATT_ONE_DIRECT",
+        accepts: |n| n <= 1,
+        variants: &[0],
+    },
 ];
 
 /// Weight types with matmul / matmul_id / get_rows kernels, by kernel suffix.

@@ -79,18 +79,23 @@ impl CudaBackend {
 
     pub(super) fn run_exec(&self, exec: &mut Exec, exe: ExecId) -> Result<()> {
         self.bind()?;
-        self.zero(self.err_word, 4)?;
+        // Queued, as the step's inputs are: one wait per run, after it (the error word's copy).
+        if self.queue_writes {
+            self.zero_queued(self.err_word, 4)?;
+        } else {
+            self.zero(self.err_word, 4)?;
+        }
         if self.use_graphs && exec.runs > 0 && exec.captured.is_none() {
             // Record the launch sequence once; every address it uses stays fixed while loaded.
             exec.captured = self.capture("the graph", || self.launch_all(exec))?;
         }
         self.replay_or_launch(exec)?;
-        self.stream
-            .synchronize()
-            .map_err(|e| driver_err("running the graph", e))?;
-        exec.runs += 1;
+        if !self.queue_writes {
+            self.sync("running the graph")?;
+        }
         let mut word = [0u8; 4];
-        self.dtoh(&mut word, self.err_word)?;
+        self.dtoh_after(&mut word, self.err_word, "running the graph")?;
+        exec.runs += 1;
         let reason = match i32::from_le_bytes(word) {
             0 => return Ok(()),
             1 => "a row id is outside the table",

@@ -214,6 +214,13 @@ pub struct CudaBackend {
     smem_carveout: Option<i32>,
     /// The preference of the graph being launched (`launch_all`), which `launch_ex` passes on.
     launch_carveout: std::cell::Cell<Option<i32>>,
+    /// `write` and a run's error-word reset are queued on the stream, and a run waits once, for
+    /// its error word (`SPECULA_QUEUED_WRITES=0`: each waits for the device, as before; an A/B
+    /// knob).
+    queue_writes: bool,
+    /// Host copies of the bytes `write` queued on the stream without waiting, kept until the
+    /// stream's next synchronisation (`htod_queued`); then dropped.
+    queued_writes: std::cell::RefCell<Vec<Vec<u8>>>,
     /// Most blocks of a tensor-core attention launch (0: a block per unit); eight per
     /// multiprocessor, or `SPECULA_ATT_TC_BLOCKS` (an A/B knob).
     att_tc_blocks: usize,
@@ -426,6 +433,8 @@ impl CudaBackend {
             max_smem,
             smem_carveout,
             launch_carveout: std::cell::Cell::new(None),
+            queue_writes: std::env::var("SPECULA_QUEUED_WRITES").map_or(true, |v| v != "0"),
+            queued_writes: std::cell::RefCell::new(Vec::new()),
             q8_repack: std::env::var("SPECULA_Q8_REPACK").map_or(true, |v| v != "0"),
             q8_repacked: HashMap::new(),
             att_tc_blocks: std::env::var("SPECULA_ATT_TC_BLOCKS")
@@ -702,6 +711,16 @@ impl CudaBackend {
         self.forget_captures();
     }
 
+    /// Whether `write` and a run's error-word reset are queued on the stream without waiting
+    /// (the default) or each waits for the device (`SPECULA_QUEUED_WRITES=0`; an A/B and test
+    /// knob). Either way every write lands before the next launch or copy of the stream.
+    pub fn set_queued_writes(&mut self, on: bool) {
+        if !on && self.sync("finishing queued writes").is_err() {
+            return;
+        }
+        self.queue_writes = on;
+    }
+
     /// Whether batches of up to 16 queries over f16 K/V rows of 256/512 run on the tensor-core
     /// attention (on by default from sm_80, where alone it can be; `SPECULA_ATT_TC=0` turns it
     /// off); takes effect at the next run of every graph (captured graphs are captured again).
@@ -915,6 +934,14 @@ impl CudaBackend {
         Ok(2.0 * (bytes * reps) as f64 / secs)
     }
 
+    /// Waits for the backend's stream; every copy queued before has then finished, so the host
+    /// bytes kept for them (`queued_writes`) go. `what` names the work in an error.
+    fn sync(&self, what: &str) -> Result<()> {
+        self.stream.synchronize().map_err(|e| driver_err(what, e))?;
+        self.queued_writes.borrow_mut().clear();
+        Ok(())
+    }
+
     /// Copies host bytes to the device, ordered on the backend's stream, and waits.
     fn htod(&self, dst: u64, bytes: &[u8]) -> Result<()> {
         self.bind()?;
@@ -923,33 +950,54 @@ impl CudaBackend {
         // outlives the copy because the stream is synchronised before returning.
         unsafe { cu::memcpy_htod_async(dst, bytes, self.stream.cu_stream()) }
             .map_err(|e| driver_err("copying to the device", e))?;
-        self.stream
-            .synchronize()
-            .map_err(|e| driver_err("copying to the device", e))
+        self.sync("copying to the device")
+    }
+
+    /// Queues a copy of `bytes` to the device on the backend's stream and returns without
+    /// waiting: the copy runs before every later launch and copy of the stream, and the bytes
+    /// stay in `queued_writes` until the stream's next synchronisation. A step's inputs are
+    /// written this way (a wait per input was a device round trip each, with the device idle).
+    /// A failed transfer is reported by the next synchronisation.
+    fn htod_queued(&self, dst: u64, bytes: Vec<u8>) -> Result<()> {
+        self.bind()?;
+        #[allow(unsafe_code)]
+        // SAFETY: callers pass a destination with room for `bytes.len()` bytes. The heap block
+        // of `bytes` does not move when the Vec moves into `queued_writes`, which keeps it until
+        // a synchronisation of this stream (`sync`, or Drop's) has seen the copy finish.
+        unsafe { cu::memcpy_htod_async(dst, &bytes, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("copying to the device", e))?;
+        self.queued_writes.borrow_mut().push(bytes);
+        Ok(())
     }
 
     /// Copies device bytes to the host, ordered on the backend's stream, and waits.
     fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.dtoh_after(dst, src, "copying from the device")
+    }
+
+    /// `dtoh`, whose wait also covers the work queued before it: `what` names that in an error.
+    fn dtoh_after(&self, dst: &mut [u8], src: u64, what: &str) -> Result<()> {
         self.bind()?;
         #[allow(unsafe_code)]
         // SAFETY: callers pass a source holding at least `dst.len()` bytes; `dst` outlives the
         // copy because the stream is synchronised before returning.
         unsafe { cu::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
             .map_err(|e| driver_err("copying from the device", e))?;
-        self.stream
-            .synchronize()
-            .map_err(|e| driver_err("copying from the device", e))
+        self.sync(what)
     }
 
     /// Sets `n` bytes at `ptr` to zero, ordered on the backend's stream, and waits.
     fn zero(&self, ptr: u64, n: usize) -> Result<()> {
+        self.zero_queued(ptr, n)?;
+        self.sync("zeroing")
+    }
+
+    /// Queues the zeroing of `n` bytes at `ptr` on the backend's stream without waiting.
+    fn zero_queued(&self, ptr: u64, n: usize) -> Result<()> {
         self.bind()?;
         #[allow(unsafe_code)]
         // SAFETY: callers pass an allocation of at least `n` bytes.
         unsafe { cu::memset_d8_async(ptr, 0, n, self.stream.cu_stream()) }
-            .map_err(|e| driver_err("zeroing", e))?;
-        self.stream
-            .synchronize()
             .map_err(|e| driver_err("zeroing", e))
     }
 
@@ -1001,7 +1049,9 @@ impl Drop for CudaBackend {
     fn drop(&mut self) {
         // Captured graphs go first: they reference the buffers freed below.
         self.execs.clear();
-        if self.bind().is_err() {
+        if self.bind().is_err() || self.sync("finishing").is_err() {
+            // A queued copy may still read its host bytes: leak them rather than free them.
+            std::mem::forget(std::mem::take(self.queued_writes.get_mut()));
             return;
         }
         self.cublas = None;
@@ -1070,7 +1120,11 @@ impl Backend for CudaBackend {
         };
         let at = b.ptr + (offset * elem_bytes(b.dtype)) as u64;
         // The range [offset, offset + len) was checked against the buffer's size above.
-        self.htod(at, &bytes)
+        if self.queue_writes {
+            self.htod_queued(at, bytes)
+        } else {
+            self.htod(at, &bytes)
+        }
     }
 
     fn read(&self, buffer: BufferId) -> Result<TensorData> {

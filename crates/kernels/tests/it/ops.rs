@@ -2153,8 +2153,10 @@ fn attention_is_batch_invariant() {
     // step of the tensor-core kernel while the batch's union of that split spans two. In the
     // seventh, 3 heads per K/V group: the tensor-core kernel's units mix queries. In the last,
     // long ranges take one split per 512 positions past 32 splits: on tensor cores the batch's
-    // queries use 33 or 34 of the 64 planned; the per-query kernels plan and use 32.
-    let cases: [MqCase; 8] = [
+    // queries use 33 or 34 of the 64 planned; the per-query kernels plan and use 32. In the
+    // ninth, the first 12 queries see at most 16 positions, so they use one split and their
+    // split's block writes their output rows (no combine), while the last 4 use two.
+    let cases: [MqCase; 9] = [
         (
             256,
             4,
@@ -2232,6 +2234,16 @@ fn attention_is_batch_invariant() {
             20480,
             16906,
             (16890..16906).collect(),
+            AttnMask::Causal,
+            KvLayout::Linear,
+        ),
+        (
+            256,
+            4,
+            2,
+            4096,
+            20,
+            (4..20).collect(),
             AttnMask::Causal,
             KvLayout::Linear,
         ),
@@ -2593,6 +2605,46 @@ fn replayed_graphs_follow_new_inputs() {
             "{rows} rows: no graph was captured"
         );
     }
+}
+
+/// A step's inputs written without waiting for the device (the default) reach the run that
+/// follows in order, as with a wait per write: of two writes to one buffer the later wins, a
+/// write at an offset lands there, and every run (eager, capturing, replayed) sees the inputs
+/// written just before it, never an earlier run's.
+#[test]
+fn queued_writes_reach_the_next_run() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let n = 70_000;
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", DType::F32, Shape::new(&[n]).unwrap()).unwrap();
+    let y = g.scale(x, 2.0).unwrap();
+    let graph = g.finish(&[y]).unwrap();
+    let mut rng = Rng(31);
+    for queued in [true, false] {
+        cuda.set_queued_writes(queued);
+        let exe = cuda.load(&graph, &Bindings::new()).unwrap();
+        let xb = cuda.buffer_of(exe, x).unwrap();
+        for run in 0..6 {
+            let first = rng.vec(n);
+            let mut last = rng.vec(n);
+            cuda.write(xb, 0, HostData::F32(&first)).unwrap();
+            cuda.write(xb, 0, HostData::F32(&last)).unwrap();
+            let tail = rng.vec(1000);
+            cuda.write(xb, n - 1000, HostData::F32(&tail)).unwrap();
+            last[n - 1000..].copy_from_slice(&tail);
+            cuda.run(exe).unwrap();
+            let got = cuda.read_node(exe, &graph, y).unwrap().into_f32().unwrap();
+            let want: Vec<f32> = last.iter().map(|v| v * 2.0).collect();
+            assert!(
+                same_bits(&got, &want),
+                "queued {queued}, run {run}: the run did not see the last writes"
+            );
+        }
+        cuda.unload(exe).unwrap();
+    }
+    cuda.set_queued_writes(true);
 }
 
 /// The bench's read ceiling kernel reads every 32-bit word of its runs exactly once: its
