@@ -178,15 +178,16 @@ fn card() -> (String, String) {
 }
 
 /// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe] [--prefill-only]
-/// [--skip-prefill] [--drafters-only] [--profile mtp|dflash|decode|decode-4k|verify-16]
-/// [--render FILE.json]` (`--render`: only writes the markdown table and the plot of a results
-/// file from the GPU machine into `--out`, for runs whose files did not all come back;
-/// `--prefill-only`: the copy bandwidth and the prefill figures alone; `--skip-prefill`: all but
-/// those (the read ceiling comes with the decode figures); `--drafters-only`: the drafter
-/// fractions alone; all three for quicker A/B runs. `--profile`: after timing, one more MTP
-/// draft step, DFlash block draft, decode step (at the drafters' context), decode step at depth
-/// 4K (`decode-4k`) or 16-token verify at 4K (`verify-16`) runs inside [`kernels::profiled`],
-/// for `ncu --profile-from-start off`).
+/// [--skip-prefill] [--drafters-only] [--moe-only]
+/// [--profile mtp|dflash|decode|decode-4k|verify-16|moe] [--render FILE.json]` (`--render`:
+/// only writes the markdown table and the plot of a results file from the GPU machine into
+/// `--out`, for runs whose files did not all come back; `--prefill-only`: the copy bandwidth
+/// and the prefill figures alone; `--skip-prefill`: all but those (the read ceiling comes with
+/// the decode figures); `--drafters-only`: the drafter fractions alone; `--moe-only`: the copy
+/// bandwidth and the 26B-A4B decode alone; all four for quicker A/B runs. `--profile`: after
+/// timing, one more MTP draft step, DFlash block draft, decode step (at the drafters' context),
+/// decode step at depth 4K (`decode-4k`), 16-token verify at 4K (`verify-16`) or 26B-A4B decode
+/// step (`moe`) runs inside [`kernels::profiled`], for `ncu --profile-from-start off`).
 pub fn run(args: &[String]) -> Result<()> {
     let mut models = PathBuf::from("/tmp/specula-synth");
     let mut out_dir = PathBuf::from("bench/results");
@@ -195,6 +196,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut prefill_only = false;
     let mut skip_prefill = false;
     let mut drafters_only = false;
+    let mut moe_only = false;
     let mut profile: Option<String> = None;
     let mut render: Option<PathBuf> = None;
     let mut out_given = false;
@@ -214,12 +216,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 drafters_only = true;
                 moe = false;
             }
+            "--moe-only" => moe_only = true,
             "--render" => render = Some(PathBuf::from(value()?)),
             "--profile" => {
                 let what = value()?;
-                if !["mtp", "dflash", "decode", "decode-4k", "verify-16"].contains(&what.as_str()) {
+                if !["mtp", "dflash", "decode", "decode-4k", "verify-16", "moe"]
+                    .contains(&what.as_str())
+                {
                     bail!(
-                        "--profile takes mtp, dflash, decode, decode-4k or verify-16, not {what}"
+                        "--profile takes mtp, dflash, decode, decode-4k, verify-16 or moe, not {what}"
                     );
                 }
                 profile = Some(what.clone());
@@ -241,25 +246,36 @@ pub fn run(args: &[String]) -> Result<()> {
     if prefill_only && (skip_prefill || drafters_only) {
         bail!("--prefill-only and --skip-prefill or --drafters-only leave nothing to measure");
     }
+    if moe_only && (prefill_only || skip_prefill || drafters_only || !moe) {
+        bail!("--moe-only measures the 26B-A4B decode alone: it takes no other selection");
+    }
+    if profile.as_deref() == Some("moe") && !moe {
+        bail!("--profile moe profiles the 26B-A4B decode, which this selection skips");
+    }
     let target_profile = matches!(profile.as_deref(), Some("decode-4k" | "verify-16"));
     if target_profile && (prefill_only || drafters_only) {
         bail!("--profile decode-4k and verify-16 profile the decode and verify figures, which --prefill-only and --drafters-only skip");
     }
-    if (prefill_only || skip_prefill || drafters_only) && !out_given {
-        bail!("a partial run (--prefill-only, --skip-prefill, --drafters-only) needs --out, so it does not replace the full record in bench/results");
+    if (prefill_only || skip_prefill || drafters_only || moe_only) && !out_given {
+        bail!("a partial run (--prefill-only, --skip-prefill, --drafters-only, --moe-only) needs --out, so it does not replace the full record in bench/results");
     }
     if !kernels::cuda_available() {
         bail!("no CUDA device: `cargo xtask bench` runs on the GPU machine");
     }
     std::fs::create_dir_all(&models)?;
     let file = |name: &str, q: &str| models.join(format!("{name}.{q}.gguf"));
-    for (name, q) in [
-        ("gemma4-31b", "q4_k_m"),
-        ("gemma4-31b-assistant", "q8_0"),
-        ("gemma4-31b-dflash", "q8_0"),
-    ]
-    .into_iter()
-    .chain(moe.then_some(("gemma4-26b-a4b", "q4_k_m")))
+    let dense: &[(&str, &str)] = if moe_only {
+        &[]
+    } else {
+        &[
+            ("gemma4-31b", "q4_k_m"),
+            ("gemma4-31b-assistant", "q8_0"),
+            ("gemma4-31b-dflash", "q8_0"),
+        ]
+    };
+    for &(name, q) in dense
+        .iter()
+        .chain(moe.then_some(&("gemma4-26b-a4b", "q4_k_m")))
     {
         let path = file(name, q);
         if !path.exists() {
@@ -284,6 +300,17 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     r.insert("kv_dtype".into(), json!("f16"));
 
+    if moe_only {
+        let copy = CudaBackend::new(0)?.copy_bandwidth(1 << 30, 20)?;
+        r.insert("copy_bandwidth_gbs".into(), json!(copy / 1e9));
+        eprintln!("copy bandwidth {:.0} GB/s", copy / 1e9);
+        moe_decode(
+            &file("gemma4-26b-a4b", "q4_k_m"),
+            profile.as_deref(),
+            &mut r,
+        )?;
+        return write_results(&out_dir, Value::Object(r));
+    }
     let target_path = file("gemma4-31b", "q4_k_m");
     let measures_decode = !prefill_only && !drafters_only;
     let (copy, read_secs) = {
@@ -402,17 +429,39 @@ pub fn run(args: &[String]) -> Result<()> {
     drop(t);
 
     if moe {
-        let mut m = load(&file("gemma4-26b-a4b", "q4_k_m"), 4096, 16)?;
-        let s = decode_step(&mut m, 0)?;
-        eprintln!(
-            "26B-A4B decode at depth 0: {:.2} ms ({:.1} tok/s)",
-            s * 1e3,
-            1.0 / s
-        );
-        r.insert("moe_decode_tok_s".into(), json!(1.0 / s));
+        moe_decode(
+            &file("gemma4-26b-a4b", "q4_k_m"),
+            profile.as_deref(),
+            &mut r,
+        )?;
     }
 
     write_results(&out_dir, Value::Object(r))
+}
+
+/// The 26B-A4B decode at depth 0 into `r` (`moe_decode_tok_s`); with `--profile moe`, one more
+/// step inside [`kernels::profiled`].
+fn moe_decode(
+    path: &Path,
+    profile: Option<&str>,
+    r: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
+    let mut m = load(path, 4096, 16)?;
+    let s = decode_step(&mut m, 0)?;
+    eprintln!(
+        "26B-A4B decode at depth 0: {:.2} ms ({:.1} tok/s)",
+        s * 1e3,
+        1.0 / s
+    );
+    r.insert("moe_decode_tok_s".into(), json!(1.0 / s));
+    if profile == Some("moe") {
+        kernels::profiled(0, || -> Result<()> {
+            m.forward_argmax(&[1000], LogitRows::Last)?;
+            m.truncate(0)?;
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 /// Decode tok/s at depths 0, 4K and 32K, the bandwidth fraction at depth 0 and the verify
@@ -744,6 +793,15 @@ mod tests {
             ),
             (&["--drafters-only"][..], "needs --out"),
             (&["--profile", "everything"][..], "--profile takes"),
+            (
+                &["--moe-only", "--skip-prefill", "--out", "x"][..],
+                "no other selection",
+            ),
+            (&["--moe-only"][..], "needs --out"),
+            (
+                &["--skip-moe", "--profile", "moe", "--out", "x"][..],
+                "which this selection skips",
+            ),
             (
                 &["--drafters-only", "--profile", "verify-16", "--out", "x"][..],
                 "which --prefill-only and --drafters-only skip",

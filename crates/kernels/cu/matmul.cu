@@ -40,7 +40,12 @@ __device__ void matmul_body(const u8* w, const float* x, float* y, int k, int n,
     }
 }
 
-// Expert-indexed product: block (x, pair) computes MM_WARPS output rows of slot pair = j + t * n_used.
+// Expert-indexed product: block (x, pair) computes MM_WARPS output rows of slot pair = j + t * n_used,
+// a warp per row as matmul_body (lane l takes element l of every 32-element chunk, so a warp's
+// weight and activation reads are coalesced). (A lane per chunk, dequantizing all 32 of it,
+// read each lane's bytes apart and left lanes idle on short rows: the 26B-A4B's 704-wide
+// expert downs ran at 232 GB/s under ncu.) The tensor-core matmul_id_tc_* kernels take the
+// shapes they can (matvec_mma.cu).
 template <int DT>
 __device__ void matmul_id_body(const u8* w, const float* x, const int* ids, float* y, int k, int n,
                                int n_expert, int n_used, int x_slots, i64 x_off, i64 x_row_stride,
@@ -58,13 +63,11 @@ __device__ void matmul_id_body(const u8* w, const float* x, const int* ids, floa
     int xr_index = x_slots == 1 ? t : pair;
     const float* xr = x + x_off + (i64)xr_index * x_row_stride;
     const u8* wr = w + ((i64)e * n + row) * row_bytes(DT, k);
+    const float* xb = xr + lane;
     float acc = 0.0f;
-    for (int c = lane; c < k / 32; c += 32) {
-        float v[32];
-        dq32<DT>(wr, c, v);
-#pragma unroll
-        for (int j = 0; j < 32; ++j) acc += v[j] * xr[c * 32 + j];
-    }
+    int n_chunks = k / 32;
+#pragma unroll 4
+    for (int c = 0; c < n_chunks; ++c) acc += dq1<DT>(wr, c, lane) * xb[c * 32];
     acc = warp_sum(acc);
     if (lane == 0) y[(i64)pair * n + row] = acc;
 }

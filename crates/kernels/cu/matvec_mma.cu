@@ -1923,7 +1923,8 @@ extern "C" __global__ void matmul_q6_k_q8x_warp(const u8* w, const void* xs, flo
 // rows (a 1024-wide drafter layer has 4 groups) keep every warp busy without changing any row's
 // arithmetic across batch sizes; prefill products take kw = 1 (each warp its own rows).
 template <int DT, int MT, int NT, bool PREP>
-__device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw) {
+__device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw, int plane,
+                                int planes) {
     __shared__ float red[MMV_WARPS][MT * NT * 4][32];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int warp_rows = MMV_WARPS / kw, wr = warp / kw, wk = warp % kw;
@@ -1932,11 +1933,11 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
     // from L2.
     int row0 = (blockIdx.y * warp_rows + wr) * MT * 16, m0 = blockIdx.x * NT * 8;
     int n_groups = k / 256;
-    // Long rows also split their groups over gridDim.z blocks (warp j of block z takes groups
-    // j + kw·z, then every kw·gridDim.z-th), each writing its partial sums to plane z of y for
-    // `mmv_sum_splits`; the split count depends only on k.
-    int first = wk + kw * (int)blockIdx.z, stride = kw * (int)gridDim.z;
-    y += (i64)blockIdx.z * m * n;
+    // Long rows also split their groups over `planes` blocks (warp j of the block of plane z
+    // takes groups j + kw·z, then every kw·planes-th), each writing its partial sums to plane z
+    // of y for `mmv_sum_splits`; the split count depends only on k.
+    int first = wk + kw * plane, stride = kw * planes;
+    y += (i64)plane * m * n;
     float acc[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -2052,7 +2053,8 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
         matmul_##SUFFIX##_mma_m##MT##n##NT##TAIL(const u8* w, const void* x, float* y, int k, int n, int m, \
                                                  int kw, i64 x_off, i64 x_stride, int pdl) {              \
         pdl_enter(pdl);                                                                                   \
-        matvec_mma_body<DT, MT, NT, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw);      \
+        matvec_mma_body<DT, MT, NT, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, blockIdx.z, \
+                                          gridDim.z);                                                     \
         pdl_leave(pdl);                                                                                   \
     }
 // Two blocks per SM (at most 128 registers) where that costs at most a few spilled bytes; the
@@ -2135,3 +2137,32 @@ MMV_PERSIST_M2_KERNELS(q6_k, DT_Q6_K)
 MMV_PERSIST_M2_KERNELS(q6_kr, DT_Q6_KR)
 MMV_PERSIST_ONE_KERNELS(q8_0r, DT_Q8_0R)
 MMV_PERSIST_ONE_KERNELS(q8_0, DT_Q8_0)
+
+// matmul_id_tc_<type>: expert-indexed products (MoE routing, graph op MatMulId) on the
+// one-shot m1n1 `_x` kernel: block (·, y, pair) multiplies activation row x_slots == 1 ? pair /
+// n_used : pair (f32, x_stride apart from x_off, 16-byte aligned: the host checks) by weight
+// tile y of expert ids[pair] (of n_expert, each n rows of k) into y[pair·n ..]. Grid (1,
+// ⌈n / (16·MMV_WARPS / kw)⌉, pairs), one plane. A pair's output is the one-row product of its
+// expert and row, whatever the other pairs of the launch: a verify row gets the decode step's
+// bits. An id outside the experts is reported (ERR_EXPERT_ID) and its block writes nothing.
+// (The scalar matmul_id kernels, a warp per output row, took 142 µs per 8 experts' gate and up
+// products in the 26B-A4B's decode step under ncu: 126 GB/s.)
+#define MMV_ID_KERNEL(SUFFIX, DT)                                                                               \
+    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 2)                                            \
+        matmul_id_tc_##SUFFIX(const u8* w, const float* x, const int* ids, float* y, int k, int n,         \
+                                   int n_expert, int n_used, int x_slots, i64 x_off, i64 x_stride, int kw,       \
+                                   int* err) {                                                                  \
+        pdl_entry();                                                                                            \
+        int pair = blockIdx.z, e = ids[pair];                                                                   \
+        if (e < 0 || e >= n_expert) {                                                                           \
+            if (threadIdx.x == 0) report(err, ERR_EXPERT_ID);                                                   \
+            return;                                                                                             \
+        }                                                                                                       \
+        i64 row = x_slots == 1 ? pair / n_used : pair;                                                          \
+        matvec_mma_body<DT, 1, 1, false>(w + (i64)e * n * row_bytes(DT, k),                                     \
+                                         Acts<false>{x, x_off + row * x_stride, x_stride, k, 1}, y + (i64)pair * n, \
+                                         k, n, 1, kw, 0, 1);                                                    \
+    }
+MMV_ID_KERNEL(q4_k, DT_Q4_K)
+MMV_ID_KERNEL(q6_k, DT_Q6_K)
+MMV_ID_KERNEL(q8_0, DT_Q8_0)

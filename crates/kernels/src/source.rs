@@ -228,6 +228,9 @@ pub const LIMB_MAX_ROWS: usize = 16;
 /// 2·[`limb_tile`]`(m)` − m ≤ 7 rows of 4 limbs × 256 bytes past the last group.
 pub const LIMB_PAD_BYTES: usize = 16384;
 
+/// Rows (a warp each) per block of `top_k_f32` (`TOP_K_WARPS` in ops.cu).
+pub const TOP_K_WARPS: usize = 4;
+
 /// Activation tiles (two rows of four limbs each) of the `matmul_q4_k_limb_n*` kernels.
 pub const LIMB_TILES: &[usize] = &[1, 2, 4, 8];
 
@@ -503,6 +506,10 @@ pub fn all_kernel_names() -> Vec<String> {
             names.push(format!("matmul_{suffix}_r{rows}"));
         }
     }
+    // Expert-indexed products on tensor cores, weights as stored.
+    for (_, suffix) in MMA_SUFFIXES {
+        names.push(format!("matmul_id_tc_{suffix}"));
+    }
     for (ty, suffix) in MMA_SUFFIXES.iter().chain(MMA_REPACKED) {
         for &(mt, nt) in [(1, 1), (1, 2), (2, 1), (2, 2)]
             .iter()
@@ -633,6 +640,12 @@ mod tests {
         // Rows read past a batch: the tiles' 2·NT less m, 4 limb rows of 256 bytes each.
         let past = (1..=LIMB_MAX_ROWS).map(|m| 2 * limb_tile(m) - m).max();
         assert!(past.is_some_and(|p| p * 4 * 256 <= LIMB_PAD_BYTES));
+    }
+
+    /// The host sizes `top_k_f32`'s blocks by the rows the kernel gives each.
+    #[test]
+    fn top_k_rows_per_block_are_the_kernels() {
+        assert!(OPS.contains(&format!("#define TOP_K_WARPS {TOP_K_WARPS}\n")));
     }
 
     /// A persistent launch gives every unit a block iteration and no block more than the

@@ -214,6 +214,10 @@ pub struct CudaBackend {
     smem_carveout: Option<i32>,
     /// The preference of the graph being launched (`launch_all`), which `launch_ex` passes on.
     launch_carveout: std::cell::Cell<Option<i32>>,
+    /// Expert-indexed products of Q4_K, Q6_K and Q8_0 experts take the tensor-core
+    /// `matmul_id_tc_<type>` kernels where their shapes allow (`SPECULA_MMA_ID=0`: the scalar
+    /// `matmul_id_<type>` kernels; an A/B and test knob).
+    mma_id: bool,
     /// `write` and a run's error-word reset are queued on the stream, and a run waits once, for
     /// its error word (`SPECULA_QUEUED_WRITES=0`: each waits for the device, as before; an A/B
     /// knob).
@@ -433,6 +437,7 @@ impl CudaBackend {
             max_smem,
             smem_carveout,
             launch_carveout: std::cell::Cell::new(None),
+            mma_id: std::env::var("SPECULA_MMA_ID").map_or(true, |v| v != "0"),
             queue_writes: std::env::var("SPECULA_QUEUED_WRITES").map_or(true, |v| v != "0"),
             queued_writes: std::cell::RefCell::new(Vec::new()),
             q8_repack: std::env::var("SPECULA_Q8_REPACK").map_or(true, |v| v != "0"),
@@ -708,6 +713,14 @@ impl CudaBackend {
     /// split-K counts stay those chosen at load, which any route computes correctly.
     pub fn set_multi_query_attention(&mut self, mode: MultiQueryAttention) {
         self.mq_attention = mode;
+        self.forget_captures();
+    }
+
+    /// Whether expert-indexed products of Q4_K, Q6_K and Q8_0 experts take the tensor-core
+    /// `matmul_id_tc_<type>` kernels where their shapes allow (the default) or the scalar
+    /// `matmul_id_<type>` ones (`SPECULA_MMA_ID=0`); takes effect at the next run of every graph.
+    pub fn set_mma_id(&mut self, on: bool) {
+        self.mma_id = on;
         self.forget_captures();
     }
 

@@ -507,8 +507,26 @@ impl CudaBackend {
                 let (k, stride) = product_rows(w, x)?;
                 let (n, n_expert) = (w.shape().ne(1), w.shape().ne(2));
                 let (n_used, t) = (ids.shape().ne(0), ids.shape().ne(1));
+                let weights = self.base(exec, node.inputs[0])?;
+                // Q4_K, Q6_K and Q8_0 experts of whole 256-weight groups with 16-byte-aligned
+                // activation rows take the one-row tensor-core kernel per (token, slot) pair,
+                // `matmul_id_tc_<type>` (unless SPECULA_MMA_ID=0); the rest the scalar
+                // `matmul_id_<type>`. The choice depends on the types and shapes only.
+                let aligned = match w.dtype {
+                    DType::Q4_K => weights % 16 == 0,
+                    DType::Q8_0 => weights % 4 == 0,
+                    _ => true,
+                };
+                let tensor_cores = self.mma_matvec
+                    && self.mma_id
+                    && matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0)
+                    && k % 256 == 0
+                    && x.layout.offset % 4 == 0
+                    && stride % 4 == 0
+                    && aligned
+                    && n_used * t <= 65_535;
                 let mut a = Args::default();
-                a.ptr(self.base(exec, node.inputs[0])?)
+                a.ptr(weights)
                     .ptr(self.base(exec, node.inputs[1])?)
                     .ptr(self.addr(exec, node.inputs[2])?)
                     .ptr(out);
@@ -517,7 +535,20 @@ impl CudaBackend {
                     .i32(n_expert as i32)
                     .i32(n_used as i32)
                     .i32(x.shape().ne(1) as i32);
-                a.i64(x.layout.offset as i64).i64(stride).ptr(self.err_word);
+                a.i64(x.layout.offset as i64).i64(stride);
+                if tensor_cores {
+                    // As the one-shot `_mma_` kernels: kw warps of a block split a row's groups,
+                    // the block's other warps take further 16-row tiles.
+                    let kw = source::mma_k_warps(k);
+                    a.i32(kw as i32).ptr(self.err_word);
+                    return self.launch(
+                        &format!("matmul_id_tc_{}", weight_suffix(w.dtype)?),
+                        (1, n.div_ceil(16 * (8 / kw)) as u32, (n_used * t) as u32),
+                        256,
+                        &mut a,
+                    );
+                }
+                a.ptr(self.err_word);
                 self.launch(
                     &format!("matmul_id_{}", weight_suffix(w.dtype)?),
                     (n.div_ceil(4) as u32, (n_used * t) as u32, 1),
@@ -794,7 +825,14 @@ impl CudaBackend {
                     .i32(x.shape().ne(0) as i32)
                     .i32(*k as i32)
                     .i64(rows as i64);
-                self.launch("top_k_f32", grid1(rows, 64), 64, &mut a)
+                // A warp per row, source::TOP_K_WARPS rows a block.
+                let per_block = source::TOP_K_WARPS;
+                self.launch(
+                    "top_k_f32",
+                    grid1(rows, per_block),
+                    32 * per_block as u32,
+                    &mut a,
+                )
             }
             Op::MoeWeights { renormalize } => {
                 let (probs, ids) = (inp(0), inp(1));

@@ -1328,6 +1328,89 @@ fn matmul_strided_rows_and_matmul_id() {
             check(&format!("matmul_id {ty} x_slots {x_slots}"), c, &[y], 1e-5);
         }
     }
+    // Rows of 22 blocks (the 26B-A4B's expert downs, Q8_0 or Q5_0): the scalar kernel.
+    for ty in [DType::Q8_0, DType::Q5_0] {
+        let (k, n, e, used, t) = (704, 20, 5, 3, 2);
+        let mut c = Case::new();
+        let w = c.weight(ty, &[k, n, e], random_weight(&mut rng, ty, k * n * e));
+        let x = c.f32(&[k, used, t], rng.vec(k * used * t));
+        let ids = c.i32(&[used, t], vec![4, 0, 2, 1, 3, 4]);
+        let y = c.g.matmul_id(w, x, ids).unwrap();
+        check(&format!("matmul_id {ty} k {k}"), c, &[y], 1e-5);
+    }
+}
+
+/// Expert products of Q4_K, Q6_K and Q8_0 experts of whole 256-weight groups take the
+/// tensor-core `matmul_id_tc_*` kernels (the scalar `matmul_id_*` with `set_mma_id(false)`):
+/// within 1e-5 of the CPU for rows of 11 groups (a block's 8 warps take 2 or 1 each) and 40
+/// outputs (a partial 16-row tile), shared and per-slot activation rows, and each (token, slot)
+/// pair's outputs are the bits of that pair launched alone (a verify row gets the decode step's).
+#[test]
+fn expert_products_on_tensor_cores() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(33);
+    let (k, n, e, used) = (2816, 40, 6, 3);
+    for ty in [DType::Q4_K, DType::Q6_K, DType::Q8_0] {
+        let wb = random_weight(&mut rng, ty, k * n * e);
+        for x_slots in [1, used] {
+            let t = 4;
+            let xv = rng.vec(k * x_slots * t);
+            let idv: Vec<i32> = (0..used * t).map(|i| ((i * 5 + 1) % e) as i32).collect();
+            // The product of tokens `toks` (of the t above) as a graph.
+            let build = |toks: &[usize]| {
+                let mut c = Case::new();
+                let w = c.weight(ty, &[k, n, e], wb.clone());
+                let mut xs = Vec::new();
+                let mut ids = Vec::new();
+                for &tk in toks {
+                    xs.extend_from_slice(&xv[tk * k * x_slots..(tk + 1) * k * x_slots]);
+                    ids.extend_from_slice(&idv[tk * used..(tk + 1) * used]);
+                }
+                let x = c.f32(&[k, x_slots, toks.len()], xs);
+                let ids = c.i32(&[used, toks.len()], ids);
+                let y = c.g.matmul_id(w, x, ids).unwrap();
+                let graph = c.g.finish(&[y]).unwrap();
+                (graph, c.leaves, y)
+            };
+            let name = format!("matmul_id {ty} k{k} n{n} x_slots {x_slots}");
+            let all: Vec<usize> = (0..t).collect();
+            let (graph, leaves, y) = build(&all);
+            cuda.record_launches(true);
+            let got = run_on(&mut cuda, &graph, &leaves, &[y]).remove(0);
+            let log = cuda.take_launches();
+            cuda.record_launches(false);
+            let suffix = match ty {
+                DType::Q4_K => "q4_k",
+                DType::Q6_K => "q6_k",
+                _ => "q8_0",
+            };
+            let tc = format!("matmul_id_tc_{suffix}");
+            assert!(log.contains(&tc), "{name}: launched {log:?}, not {tc}");
+            let want = run_on(&mut CpuBackend::new(), &graph, &leaves, &[y]).remove(0);
+            let err = rel_err(&got, &want);
+            assert!(err <= 1e-5, "{name}: rel err {err:e} against the CPU");
+            cuda.set_mma_id(false);
+            let scalar = run_on(&mut cuda, &graph, &leaves, &[y]).remove(0);
+            cuda.set_mma_id(true);
+            let err_s = rel_err(&got, &scalar);
+            assert!(
+                err_s <= 1e-5,
+                "{name}: rel err {err_s:e} against the scalar kernel"
+            );
+            for tk in 0..t {
+                let (g1, l1, y1) = build(&[tk]);
+                let alone = run_on(&mut cuda, &g1, &l1, &[y1]).remove(0);
+                let row = n * used;
+                assert!(
+                    same_bits(&alone, &got[tk * row..(tk + 1) * row]),
+                    "{name}: token {tk} alone differs from its rows in the batch"
+                );
+            }
+            eprintln!("{name}: rel err {err:.2e} (CPU), {err_s:.2e} (scalar kernel)");
+        }
+    }
 }
 
 #[test]
@@ -1757,6 +1840,46 @@ fn selection_moe_and_write_rows() {
         let slots = c.i32(&[2], vec![5, 2]);
         let wr = c.g.write_rows(st, src, slots).unwrap();
         check(&format!("write_rows {ty}"), c, &[wr], 1e-7);
+    }
+}
+
+/// `top_k` picks the CPU's indices in the CPU's order (f32::total_cmp descending, ties by lower
+/// index) for rows of 1 to 300 elements and k from 1 to the whole row: repeated values, −0 and
+/// +0, ±∞ and NaNs of either sign among random ones, several rows a launch.
+#[test]
+fn top_k_matches_the_cpu() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(32);
+    for (n, k, rows) in [
+        (1, 1, 3),
+        (8, 3, 5),
+        (37, 8, 9),
+        (128, 8, 6),
+        (128, 128, 2),
+        (300, 20, 7),
+    ] {
+        let mut x = rng.vec(n * rows);
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = match i % 11 {
+                0 => 0.5,
+                1 => -0.0,
+                2 => 0.0,
+                3 if i % 3 == 0 => f32::NAN,
+                4 if i % 5 == 0 => -f32::NAN,
+                5 if i % 7 == 0 => f32::INFINITY,
+                6 if i % 7 == 0 => f32::NEG_INFINITY,
+                _ => *v,
+            };
+        }
+        let mut c = Case::new();
+        let xi = c.f32(&[n, rows], x);
+        let top = c.g.top_k(xi, k).unwrap();
+        let graph = c.g.finish(&[top]).unwrap();
+        let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[top]);
+        let got = run_on(&mut cuda, &graph, &c.leaves, &[top]);
+        assert_eq!(got, want, "top_k of {rows} rows of {n}, k {k}");
     }
 }
 
