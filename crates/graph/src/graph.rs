@@ -776,6 +776,21 @@ impl GraphBuilder {
         Ok(self.push(Op::MoeWeights { renormalize }, inputs, DType::F32, is))
     }
 
+    /// The experts' weighted sum of `x` [h, k, t] by `w` [k, t] (see [`Op::MoeSum`]).
+    pub fn moe_sum(&mut self, x: NodeId, w: NodeId) -> Result<NodeId> {
+        self.expect_f32("moe_sum", 0, x)?;
+        self.expect_f32("moe_sum", 1, w)?;
+        let (xs, ws) = (self.get(x)?.shape(), self.get(w)?.shape());
+        if xs.rank() > 3 || ws.rank() > 2 || xs.ne(1) != ws.ne(0) || xs.ne(2) != ws.ne(1) {
+            return Err(shape_err(
+                "moe_sum",
+                format!("x {xs} [h, k, t] and w {ws} [k, t] do not fit"),
+            ));
+        }
+        let shape = Shape::new(&[xs.ne(0), xs.ne(2)])?;
+        Ok(self.push(Op::MoeSum, vec![x, w], DType::F32, shape))
+    }
+
     /// Finishes the graph with the nodes the caller will read.
     pub fn finish(self, outputs: &[NodeId]) -> Result<Graph> {
         for &o in outputs {

@@ -163,6 +163,10 @@ pub enum Op {
         /// Whether to renormalise the chosen probabilities.
         renormalize: bool,
     },
+    /// The experts' weighted sum: `[x F32 [h, k, t], w F32 [k, t]]` → F32 `[h, t]`,
+    /// `y[i, t] = x[i, 0, t]·w[0, t] + x[i, 1, t]·w[1, t] + …`, each product and each sum rounded
+    /// in that order (as a multiply followed by a chain of adds would round them).
+    MoeSum,
 }
 
 impl Op {
@@ -197,6 +201,7 @@ impl Op {
             Op::Argmax => "argmax",
             Op::TopK(_) => "top_k",
             Op::MoeWeights { .. } => "moe_weights",
+            Op::MoeSum => "moe_sum",
         }
     }
 

@@ -731,6 +731,23 @@ extern "C" __global__ void moe_weights_f32(const float* probs, Layout4 lp, const
     }
 }
 
+// The experts' weighted sum (graph op MoeSum): out[i, t] = x[i, 0, t]·w[0, t] + x[i, 1, t]·w[1, t]
+// + …, each product and sum rounded in that order, as the multiply and chain of adds it replaces
+// (eight launches a MoE layer) rounded them. x [h, k, t], w [k, t], out dense [h, t]; a thread
+// per output.
+extern "C" __global__ void moe_sum_f32(const float* x, Layout4 lx, const float* w, Layout4 lw, float* out, int h,
+                                       int k, int n_tok) {
+    pdl_entry();
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)h * n_tok) return;
+    int i = (int)(idx % h), t = (int)(idx / h);
+    const float* xr = x + lx.off + i * lx.s0 + t * lx.s2;
+    const float* wr = w + lw.off + t * lw.s1;
+    float s = __fmul_rn(xr[0], wr[0]);
+    for (int j = 1; j < k; ++j) s = __fadd_rn(s, __fmul_rn(xr[j * lx.s1], wr[j * lw.s0]));
+    out[idx] = s;
+}
+
 // A streaming read of up to three runs of 16-byte words, with no arithmetic to speak of: what a
 // pass of a decode step's products would take if they only read their weights (the bench's read
 // ceiling, `CudaBackend::read_pass_seconds`). Run s takes blocks [first_s, first_{s+1})

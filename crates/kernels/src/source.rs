@@ -490,6 +490,7 @@ pub const OTHER_KERNELS: &[&str] = &[
     "rows_to_f16",
     "gemm_rescale",
     "read_runs_u128",
+    "moe_sum_f32",
 ];
 
 /// Every kernel entry point in the module.

@@ -252,6 +252,7 @@ fn run_node(
         Op::MoeWeights { renormalize } => {
             select::moe_weights(*renormalize, &args[0], &args[1], args.get(2), out).map_err(runtime)
         }
+        Op::MoeSum => select::moe_sum(&args[0], &args[1], out).map_err(runtime),
         Op::Input | Op::Weight | Op::State | Op::View | Op::Reshape | Op::Permute(_) => Ok(()),
     }
 }

@@ -93,6 +93,25 @@ pub(crate) fn moe_weights(
     Ok(())
 }
 
+/// [`Op::MoeSum`]: out[i, t] = Σ_j x[i, j, t]·w[j, t], multiplied then added in j order.
+pub(crate) fn moe_sum(x: &Arg<'_>, w: &Arg<'_>, out: &mut Data) -> Res<()> {
+    let (xl, wl) = (x.layout(), w.layout());
+    let (h, k, n_tok) = (xl.shape.ne(0), xl.shape.ne(1), xl.shape.ne(2));
+    let xs = x.f32().map_err(|e| e.to_string())?;
+    let ws = w.f32().map_err(|e| e.to_string())?;
+    let out = out.as_f32_mut().map_err(|e| e.to_string())?;
+    for t in 0..n_tok {
+        for i in 0..h {
+            let mut s = xs[xl.index([i, 0, t, 0])] * ws[wl.index([0, t, 0, 0])];
+            for j in 1..k {
+                s += xs[xl.index([i, j, t, 0])] * ws[wl.index([j, t, 0, 0])];
+            }
+            out[i + t * h] = s;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn write_rows(src: &Arg<'_>, slots: &Arg<'_>, node: &Node, dst: &mut Data) -> Res<()> {
     let sl = src.layout();
     let row = sl.shape.ne(0);

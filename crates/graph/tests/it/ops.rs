@@ -710,6 +710,59 @@ fn argmax_and_top_k_take_the_first_of_ties() {
     assert_eq!(outs[1].clone().into_i32().unwrap(), [1, 3, 4, 1, 3, 2]);
 }
 
+/// The experts' weighted sum has the bits of the multiply and chain of adds it stands for, for
+/// dense inputs and for a strided view of the weights; its shape checks name the op.
+#[test]
+fn moe_sum_is_a_multiply_then_adds_in_slot_order() {
+    let (hd, k, t) = (7, 5, 3);
+    let mut rng = Rng::new(41);
+    let xs = rng.vec(hd * k * t);
+    let ws = rng.vec(2 * k * t);
+    let mut h = Harness::new();
+    let x = h.input_f32("x", &[hd, k, t], xs);
+    let w_all = h.input_f32("w", &[2 * k, t], ws);
+    // Every other weight of a 2k-wide row: a strided view.
+    let w =
+        h.g.view(
+            w_all,
+            Shape::new(&[k, t]).unwrap(),
+            [2, 2 * k, 2 * k * t, 2 * k * t],
+            1,
+        )
+        .unwrap();
+    let fused = h.g.moe_sum(x, w).unwrap();
+    let wc = h.g.contiguous(w).unwrap();
+    let w3 = h.g.reshape(wc, Shape::new(&[1, k, t]).unwrap()).unwrap();
+    let m = h.g.mul(x, w3).unwrap();
+    let strides = [1, hd * k, hd * k * t, hd * k * t];
+    let mut sum =
+        h.g.view(m, Shape::new(&[hd, t]).unwrap(), strides, 0)
+            .unwrap();
+    for j in 1..k {
+        let part =
+            h.g.view(m, Shape::new(&[hd, t]).unwrap(), strides, j * hd)
+                .unwrap();
+        sum = h.g.add(sum, part).unwrap();
+    }
+    let summed = h.g.contiguous(sum).unwrap();
+    let bad = h.input_f32("bad", &[k + 1, t], vec![0.0; (k + 1) * t]);
+    let err = h.g.moe_sum(x, bad).unwrap_err().to_string();
+    assert!(
+        err.contains("moe_sum") && err.contains("do not fit"),
+        "{err}"
+    );
+    let (outs, _) = h.run(&[fused, summed]).unwrap();
+    let (a, b) = (
+        outs[0].clone().into_f32().unwrap(),
+        outs[1].clone().into_f32().unwrap(),
+    );
+    assert_eq!(a.len(), hd * t);
+    assert!(
+        a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+        "{a:?} != {b:?}"
+    );
+}
+
 /// NaNs never win an argmax, even at index 0; a row with no other value gives 0.
 #[test]
 fn argmax_skips_nans() {

@@ -834,6 +834,20 @@ impl CudaBackend {
                     &mut a,
                 )
             }
+            Op::MoeSum => {
+                let (x, w) = (inp(0), inp(1));
+                let (h, k, t) = (x.shape().ne(0), x.shape().ne(1), x.shape().ne(2));
+                let mut a = Args::default();
+                a.ptr(self.base(exec, node.inputs[0])?)
+                    .layout(&x.layout)
+                    .ptr(self.base(exec, node.inputs[1])?)
+                    .layout(&w.layout)
+                    .ptr(out)
+                    .i32(h as i32)
+                    .i32(k as i32)
+                    .i32(t as i32);
+                self.launch("moe_sum_f32", grid1(h * t, 256), 256, &mut a)
+            }
             Op::MoeWeights { renormalize } => {
                 let (probs, ids) = (inp(0), inp(1));
                 let mut a = Args::default();

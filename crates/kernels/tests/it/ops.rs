@@ -1833,6 +1833,13 @@ fn selection_moe_and_write_rows() {
     let scale = c.weight(DType::F32, &[8], random_weight(&mut rng, DType::F32, 8));
     let w = c.g.moe_weights(probs, top, Some(scale), true).unwrap();
     check("argmax, top_k, moe_weights", c, &[am, top, w], 1e-6);
+    // The experts' weighted sum: the CPU's bits (a product, then adds in slot order).
+    let mut c = Case::new();
+    let (hd, k, t) = (2816, 8, 3);
+    let x = c.f32(&[hd, k, t], rng.vec(hd * k * t));
+    let wts = c.f32(&[k, t], rng.vec(k * t));
+    let s = c.g.moe_sum(x, wts).unwrap();
+    check("moe_sum", c, &[s], 0.0);
     for ty in [DType::F32, DType::F16] {
         let mut c = Case::new();
         let st = c.state(ty, &[16, 6], rng.vec(96));

@@ -166,15 +166,8 @@ impl Ctx<'_> {
         };
         let down = self.w(&b("ffn_down_exps.weight"))?;
         let out = self.g.matmul_id(down, act, ids)?; // [h, k, t]
-        let w3 = self.reshape(weights, &[1, k, t])?;
-        let out = self.g.mul(out, w3)?;
-        let strides = [1, h * k, h * k * t, h * k * t];
-        let mut sum = self.g.view(out, Shape::new(&[h, t])?, strides, 0)?;
-        for j in 1..k {
-            let part = self.g.view(out, Shape::new(&[h, t])?, strides, j * h)?;
-            sum = self.g.add(sum, part)?;
-        }
-        Ok(sum)
+                                                     // Σ_j out[·, j, t]·weights[j, t], multiplied then added in slot order.
+        Ok(self.g.moe_sum(out, weights)?)
     }
 }
 
