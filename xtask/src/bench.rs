@@ -6,7 +6,8 @@
 //! plain reads, launched as a decode step launches them); for the 31B Q4_K_M target decode
 //! tok/s at depths 0, 4K and 32K, t(k)/t(1) of verify batches at depth 4K, prefill tok/s at 512
 //! and 4096 tokens, one MTP draft step and one DFlash block draft against a decode step; the
-//! 26B-A4B decode tok/s. Every figure is a median over repeats after warm-up. Writes
+//! 26B-A4B decode tok/s and its share of copy (the bytes of its dense tensors and routed experts'
+//! slices a step reads). Every figure is a median over repeats after warm-up. Writes
 //! `bench/results/<date>-<card>.json`, `.md` and `.svg`.
 
 use std::collections::BTreeMap;
@@ -83,6 +84,35 @@ fn weight_bytes(path: &Path) -> Result<u64> {
     let mut total = 0;
     for t in file.tensors() {
         total += t.n_bytes();
+    }
+    Ok(total)
+}
+
+/// Bytes one MoE decode step reads from weights: every tensor once, but of each experts' stack
+/// (`*_exps.weight`, one slice per expert along its last dimension) only the slices of the
+/// `{arch}.expert_used_count` experts a token is routed to.
+fn moe_active_bytes(path: &Path) -> Result<u64> {
+    let file = gguf::GgufFile::open(path)?;
+    let arch = file.architecture()?.to_string();
+    let n_expert: u64 = file.get_as::<u32>(&format!("{arch}.expert_count"))?.into();
+    let n_used: u64 = file
+        .get_as::<u32>(&format!("{arch}.expert_used_count"))?
+        .into();
+    let mut total = 0;
+    for t in file.tensors() {
+        if !t.name().ends_with("_exps.weight") {
+            total += t.n_bytes();
+            continue;
+        }
+        if t.shape().last() != Some(&n_expert) || t.n_bytes() % n_expert != 0 {
+            bail!(
+                "{}: {} has shape {:?}, not one slice per expert of {n_expert}",
+                path.display(),
+                t.name(),
+                t.shape()
+            );
+        }
+        total += t.n_bytes() / n_expert * n_used;
     }
     Ok(total)
 }
@@ -306,6 +336,7 @@ pub fn run(args: &[String]) -> Result<()> {
         eprintln!("copy bandwidth {:.0} GB/s", copy / 1e9);
         moe_decode(
             &file("gemma4-26b-a4b", "q4_k_m"),
+            copy,
             profile.as_deref(),
             &mut r,
         )?;
@@ -431,6 +462,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if moe {
         moe_decode(
             &file("gemma4-26b-a4b", "q4_k_m"),
+            copy,
             profile.as_deref(),
             &mut r,
         )?;
@@ -439,13 +471,16 @@ pub fn run(args: &[String]) -> Result<()> {
     write_results(&out_dir, Value::Object(r))
 }
 
-/// The 26B-A4B decode at depth 0 into `r` (`moe_decode_tok_s`); with `--profile moe`, one more
-/// step inside [`kernels::profiled`].
+/// The 26B-A4B decode at depth 0 into `r` (`moe_decode_tok_s`, and `moe_decode_bw_fraction`:
+/// the weight bytes a step reads, [`moe_active_bytes`], per second over the copy bandwidth
+/// `copy` in bytes/s); with `--profile moe`, one more step inside [`kernels::profiled`].
 fn moe_decode(
     path: &Path,
+    copy: f64,
     profile: Option<&str>,
     r: &mut serde_json::Map<String, Value>,
 ) -> Result<()> {
+    let bytes = moe_active_bytes(path)?;
     let mut m = load(path, 4096, 16)?;
     let s = decode_step(&mut m, 0)?;
     eprintln!(
@@ -454,6 +489,13 @@ fn moe_decode(
         1.0 / s
     );
     r.insert("moe_decode_tok_s".into(), json!(1.0 / s));
+    let fraction = bytes as f64 / s / copy;
+    eprintln!(
+        "26B-A4B decode depth 0: {:.2} GB a step, {:.0} GB/s = {fraction:.3} of copy",
+        bytes as f64 / 1e9,
+        bytes as f64 / s / 1e9
+    );
+    r.insert("moe_decode_bw_fraction".into(), json!(fraction));
     if profile == Some("moe") {
         kernels::profiled(0, || -> Result<()> {
             m.forward_argmax(&[1000], LogitRows::Last)?;
@@ -611,6 +653,9 @@ fn write_results(dir: &Path, v: Value) -> Result<()> {
             .as_f64()
             .map_or_else(|| "not measured".to_string(), |x| format!("{x:.1}"))
     );
+    if let Some(x) = v["moe_decode_bw_fraction"].as_f64() {
+        md += &format!("| 26B-A4B decode bandwidth / copy | {x:.3} |\n");
+    }
     std::fs::write(stem.with_extension("md"), md)?;
     std::fs::write(stem.with_extension("svg"), svg(&v))?;
     eprintln!("wrote {}.{{json,md,svg}}", stem.display());
@@ -664,6 +709,25 @@ fn svg(v: &Value) -> String {
 mod tests {
     use super::*;
 
+    /// A MoE step reads every tensor but of the experts' stacks only the routed experts'
+    /// slices: the tiny MoE fixture (4 experts, 2 used) against its tensors counted by hand.
+    #[test]
+    fn moe_steps_read_only_their_experts_slices() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/moe.gguf");
+        let file = gguf::GgufFile::open(&path).unwrap();
+        let (mut dense, mut experts) = (0u64, 0u64);
+        for t in file.tensors() {
+            if t.name().contains("_exps.weight") {
+                experts += t.n_bytes();
+            } else {
+                dense += t.n_bytes();
+            }
+        }
+        assert!(experts > 0 && dense > 0);
+        assert_eq!(moe_active_bytes(&path).unwrap(), dense + experts / 2);
+        assert_eq!(weight_bytes(&path).unwrap(), dense + experts);
+    }
+
     #[test]
     fn results_are_written_as_json_markdown_and_svg() {
         let dir = std::env::temp_dir().join(format!("specula-bench-test-{}", std::process::id()));
@@ -692,6 +756,7 @@ mod tests {
             .ends_with("-Test-Card.json"));
         let md = std::fs::read_to_string(file.with_extension("md")).unwrap();
         assert!(md.contains("| t(16)/t(1) at depth 4K | 5.00 |"), "{md}");
+
         assert!(
             md.contains("| 3500 GB/s = 0.833 of copy (190.0 tok/s) |"),
             "{md}"
@@ -702,6 +767,24 @@ mod tests {
         );
         assert!(
             md.contains("| 26B-A4B decode tok/s | not measured |"),
+            "{md}"
+        );
+        assert!(!md.contains("26B-A4B decode bandwidth"), "{md}");
+        // With the MoE figures, their two rows.
+        let moe_dir = dir.join("moe");
+        let mut with_moe = v.clone();
+        with_moe["moe_decode_tok_s"] = json!(203.0);
+        with_moe["moe_decode_bw_fraction"] = json!(0.128);
+        write_results(&moe_dir, with_moe).unwrap();
+        let md_file = std::fs::read_dir(&moe_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "md"))
+            .unwrap();
+        let md = std::fs::read_to_string(md_file).unwrap();
+        assert!(md.contains("| 26B-A4B decode tok/s | 203.0 |"), "{md}");
+        assert!(
+            md.contains("| 26B-A4B decode bandwidth / copy | 0.128 |"),
             "{md}"
         );
         let svg = std::fs::read_to_string(file.with_extension("svg")).unwrap();
