@@ -181,8 +181,6 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
     let (k, n) = (w.shape().ne(0), w.shape().ne(1));
     let stride = uniform_row_stride(&x.layout)?;
     let m = x.shape().n_rows();
-    let aligned = x.layout.offset % 4 == 0 && stride % 4 == 0;
-    let typed = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0);
     let fits = m <= source::MMA_MAX_ROWS || cfg.prefill;
     let (mt, nt) = if m > source::MMA_MAX_ROWS {
         cfg.prefill_tile
@@ -207,7 +205,7 @@ pub(crate) fn mma_input(cfg: &MmaConfig, g: &Graph, node: &Node) -> Option<MmaIn
     // limb product that does not read prepared activations runs the `_mma_` one).
     let rows_per_block = 16 * if limbs { 1 } else { mt } * (8 / k_warps);
     let grid_ok = n.div_ceil(rows_per_block) <= 65_535;
-    (typed && k % 256 == 0 && aligned && fits && grid_ok).then_some(MmaInput {
+    (source::mma_rows(w.dtype, k, x.layout.offset, stride) && fits && grid_ok).then_some(MmaInput {
         x: node.inputs[1],
         offset: x.layout.offset as i64,
         stride,

@@ -171,6 +171,16 @@ pub const MMA_SUFFIXES: &[(gguf::GgmlType, &str)] = &[
     (gguf::GgmlType::Q8_0, "q8_0"),
 ];
 
+/// Whether products of rows of `k` weights of `dtype`, over activation rows that start at element
+/// `offset` and lie `stride` elements apart, fit the `_mma_` kernels (and the fast vector
+/// kernels): Q4_K, Q6_K or Q8_0 rows of whole 256-weight groups, 16-byte-aligned activations.
+pub fn mma_rows(dtype: gguf::GgmlType, k: usize, offset: usize, stride: i64) -> bool {
+    MMA_SUFFIXES.iter().any(|(t, _)| *t == dtype)
+        && k.is_multiple_of(256)
+        && offset.is_multiple_of(4)
+        && stride % 4 == 0
+}
+
 /// Weight types whose `_mma_` and q8 products read a copy of the weights repacked at load, with
 /// the kernel suffix (`matmul_<suffix>_mma_*`, `matmul_<suffix>_q8x_mma_*`): Q6_K in
 /// `q6_k_repack`'s layout (224-byte groups whose lane words load in 16-, 8- and 4-byte words and

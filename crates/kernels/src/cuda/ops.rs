@@ -459,10 +459,7 @@ impl CudaBackend {
                     .unwrap_or(self.max_row_tile);
                 // Q4_K, Q6_K and Q8_0 rows of whole 256-weight groups with 16-byte-aligned
                 // activations take the fast kernels.
-                let fast = matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0)
-                    && k % 256 == 0
-                    && x.layout.offset % 4 == 0
-                    && stride % 4 == 0;
+                let fast = source::mma_rows(w.dtype, k, x.layout.offset, stride);
                 if m > source::TENSOR_CORE_MIN_ROWS && self.tensor_cores {
                     return self.launch(
                         &format!("matmul_tc_{}", weight_suffix(w.dtype)?),
@@ -517,13 +514,13 @@ impl CudaBackend {
                     DType::Q8_0 => weights % 4 == 0,
                     _ => true,
                 };
+                let kw = source::mma_k_warps(k);
+                let tiles = n.div_ceil(16 * (8 / kw));
                 let tensor_cores = self.mma_matvec
                     && self.mma_id
-                    && matches!(w.dtype, DType::Q4_K | DType::Q6_K | DType::Q8_0)
-                    && k % 256 == 0
-                    && x.layout.offset % 4 == 0
-                    && stride % 4 == 0
+                    && source::mma_rows(w.dtype, k, x.layout.offset, stride)
                     && aligned
+                    && tiles <= 65_535
                     && n_used * t <= 65_535;
                 let mut a = Args::default();
                 a.ptr(weights)
@@ -539,11 +536,10 @@ impl CudaBackend {
                 if tensor_cores {
                     // As the one-shot `_mma_` kernels: kw warps of a block split a row's groups,
                     // the block's other warps take further 16-row tiles.
-                    let kw = source::mma_k_warps(k);
                     a.i32(kw as i32).ptr(self.err_word);
                     return self.launch(
                         &format!("matmul_id_tc_{}", weight_suffix(w.dtype)?),
-                        (1, n.div_ceil(16 * (8 / kw)) as u32, (n_used * t) as u32),
+                        (1, tiles as u32, (n_used * t) as u32),
                         256,
                         &mut a,
                     );
