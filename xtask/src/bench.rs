@@ -330,20 +330,8 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     r.insert("kv_dtype".into(), json!("f16"));
 
-    if moe_only {
-        let copy = CudaBackend::new(0)?.copy_bandwidth(1 << 30, 20)?;
-        r.insert("copy_bandwidth_gbs".into(), json!(copy / 1e9));
-        eprintln!("copy bandwidth {:.0} GB/s", copy / 1e9);
-        moe_decode(
-            &file("gemma4-26b-a4b", "q4_k_m"),
-            copy,
-            profile.as_deref(),
-            &mut r,
-        )?;
-        return write_results(&out_dir, Value::Object(r));
-    }
     let target_path = file("gemma4-31b", "q4_k_m");
-    let measures_decode = !prefill_only && !drafters_only;
+    let measures_decode = !prefill_only && !drafters_only && !moe_only;
     let (copy, read_secs) = {
         let mut probe = CudaBackend::new(0)?;
         let copy = probe.copy_bandwidth(1 << 30, 20)?;
@@ -370,6 +358,15 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     r.insert("copy_bandwidth_gbs".into(), json!(copy / 1e9));
     eprintln!("copy bandwidth {:.0} GB/s", copy / 1e9);
+    if moe_only {
+        moe_decode(
+            &file("gemma4-26b-a4b", "q4_k_m"),
+            copy,
+            profile.as_deref(),
+            &mut r,
+        )?;
+        return write_results(&out_dir, Value::Object(r));
+    }
 
     let bytes = weight_bytes(&target_path)?;
     let mut t = load(&target_path, 32768 + 64, 512)?;
@@ -728,6 +725,15 @@ mod tests {
         assert_eq!(weight_bytes(&path).unwrap(), dense + experts);
     }
 
+    /// The file with extension `ext` that `write_results` wrote into `dir`.
+    fn written(dir: &Path, ext: &str) -> PathBuf {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == ext))
+            .unwrap()
+    }
+
     #[test]
     fn results_are_written_as_json_markdown_and_svg() {
         let dir = std::env::temp_dir().join(format!("specula-bench-test-{}", std::process::id()));
@@ -742,11 +748,7 @@ mod tests {
             "read_ceiling_tok_s": 190.0, "decode_vs_read_ceiling": 0.51
         });
         write_results(&dir, v.clone()).unwrap();
-        let file = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "json"))
-            .unwrap();
+        let file = written(&dir, "json");
         let back: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         assert_eq!(back, v);
         assert!(file
@@ -756,7 +758,6 @@ mod tests {
             .ends_with("-Test-Card.json"));
         let md = std::fs::read_to_string(file.with_extension("md")).unwrap();
         assert!(md.contains("| t(16)/t(1) at depth 4K | 5.00 |"), "{md}");
-
         assert!(
             md.contains("| 3500 GB/s = 0.833 of copy (190.0 tok/s) |"),
             "{md}"
@@ -776,12 +777,7 @@ mod tests {
         with_moe["moe_decode_tok_s"] = json!(203.0);
         with_moe["moe_decode_bw_fraction"] = json!(0.128);
         write_results(&moe_dir, with_moe).unwrap();
-        let md_file = std::fs::read_dir(&moe_dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "md"))
-            .unwrap();
-        let md = std::fs::read_to_string(md_file).unwrap();
+        let md = std::fs::read_to_string(written(&moe_dir, "md")).unwrap();
         assert!(md.contains("| 26B-A4B decode tok/s | 203.0 |"), "{md}");
         assert!(
             md.contains("| 26B-A4B decode bandwidth / copy | 0.128 |"),
@@ -855,12 +851,7 @@ mod tests {
             out.to_str().unwrap(),
         ]))
         .unwrap();
-        let md = std::fs::read_dir(&out)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "md"))
-            .unwrap();
-        let md = std::fs::read_to_string(md).unwrap();
+        let md = std::fs::read_to_string(written(&out, "md")).unwrap();
         assert!(md.contains("| MTP draft / decode step | 0.040 |"), "{md}");
         let bad = dir.join("bad.json");
         std::fs::write(&bad, "not json").unwrap();
