@@ -7,6 +7,72 @@
 #define MM_ROWS 16
 #define MM_WARPS 4
 
+// Four bytes from a 2-byte-aligned address (Q6_K and Q8_0 blocks have odd multiples of 2 bytes).
+__device__ __forceinline__ u32 load_u32_2(const u8* p) {
+    return (u32)(*(const u16*)p) | ((u32)(*(const u16*)(p + 2)) << 16);
+}
+
+// Four consecutive weights e..e+3 (e a multiple of 4) of 32-element chunk c of a Q8_0 or Q5_0
+// row that starts at an even address (34- and 22-byte blocks keep every word 2-byte aligned).
+template <int DT>
+__device__ __forceinline__ void dq4(const u8* row, int c, int e, float (&v)[4]) {
+    if (DT == DT_Q8_0) {
+        const u8* b = row + c * 34;
+        float d = ldh(b);
+        u32 q = load_u32_2(b + 2 + e);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[i] = d * (float)(signed char)((q >> (8 * i)) & 0xff);
+    } else {
+        const u8* b = row + c * 22;
+        float d = ldh(b);
+        u32 qh = load_u32_2(b + 2) >> e;
+        u32 q = load_u32_2(b + 6 + (e & 15));
+        int shift = e < 16 ? 0 : 4;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            int x = (int)((q >> (8 * i + shift)) & 0xF) | (int)(((qh >> i) & 1) << 4);
+            v[i] = d * (float)(x - 16);
+        }
+    }
+}
+
+// Q8_0 and Q5_0 rows (at even addresses) in matmul and matmul_id, four chunks a pass: lane l
+// takes weights 4(l % 8)..+3 of chunk 4p + l / 8, one word of quants instead of a byte for each
+// weight (the 26B-A4B's 704-wide expert downs: 22 chunks, 6 passes; its 2,112-wide FFN downs).
+// A lane's partials run over its chunks in order and do not depend on R, so a row has its bits
+// in any batch. x0: the first activation row, `stride` elements apart.
+template <int DT, int R>
+__device__ __forceinline__ void quad_sums(const u8* wr, const float* x0, i64 stride, int rows, int n_chunks,
+                                          int lane, float (&acc)[R]) {
+    int q = lane >> 3, e = (lane & 7) * 4;
+    bool vec = ((size_t)x0 & 15) == 0 && (stride & 3) == 0;
+#pragma unroll(R <= 2 ? 4 : 1)
+    for (int c = q; c < n_chunks; c += 4) {
+        float v[4];
+        dq4<DT>(wr, c, e, v);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            if (r < rows) {
+                const float* xp = x0 + (i64)r * stride + c * 32 + e;
+                float4 a = vec ? *(const float4*)xp : make_float4(xp[0], xp[1], xp[2], xp[3]);
+                acc[r] += v[0] * a.x;
+                acc[r] += v[1] * a.y;
+                acc[r] += v[2] * a.z;
+                acc[r] += v[3] * a.w;
+            }
+        }
+    }
+}
+
+// MM_BATCH (an A/B knob, `SPECULA_MM_BATCH`; 4 restores the loop before it): chunks whose
+// weights a lane loads before it uses the first of them, in the one- and two-row kernels and
+// matmul_id. A lane's sum still runs over the chunks in order, so the bits are the same for any
+// batch. (With `#pragma unroll 4` the compiler issued four chunks' loads and then waited: the
+// 26B-A4B's 88-chunk router rows took 22 round trips to memory, 16.8 µs under ncu.)
+#ifndef MM_BATCH
+#define MM_BATCH 8
+#endif
+
 template <int DT, int R>
 __device__ void matmul_body(const u8* w, const float* x, float* y, int k, int n, int m,
                             i64 x_off, i64 x_row_stride) {
@@ -14,6 +80,7 @@ __device__ void matmul_body(const u8* w, const float* x, float* y, int k, int n,
     // and each activation row's 32 floats as one coalesced access. R (the activation rows of
     // this block, a compile-time bound) keeps the accumulators in registers with no work for
     // absent rows.
+    constexpr int U = R <= 2 ? MM_BATCH : 4;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int row = blockIdx.x * MM_WARPS + warp;
     int m0 = blockIdx.y * R;
@@ -25,12 +92,22 @@ __device__ void matmul_body(const u8* w, const float* x, float* y, int k, int n,
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     int n_chunks = k / 32;
-#pragma unroll 4
-    for (int c = 0; c < n_chunks; ++c) {
-        float v = dq1<DT>(wr, c, lane);
+    if ((DT == DT_Q8_0 || DT == DT_Q5_0) && ((size_t)w & 1) == 0) {
+        quad_sums<DT, R>(wr, xb - lane, x_row_stride, rows, n_chunks, lane, acc);
+        n_chunks = 0;
+    }
+    for (int c0 = 0; c0 < n_chunks; c0 += U) {
+        float v[U];
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            if (r < rows) acc[r] += v * xb[(i64)r * x_row_stride + c * 32];
+        for (int u = 0; u < U; ++u) v[u] = c0 + u < n_chunks ? dq1<DT>(wr, c0 + u, lane) : 0.0f;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (c0 + u < n_chunks) {
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    if (r < rows) acc[r] += v[u] * xb[(i64)r * x_row_stride + (c0 + u) * 32];
+                }
+            }
         }
     }
 #pragma unroll
@@ -63,11 +140,25 @@ __device__ void matmul_id_body(const u8* w, const float* x, const int* ids, floa
     int xr_index = x_slots == 1 ? t : pair;
     const float* xr = x + x_off + (i64)xr_index * x_row_stride;
     const u8* wr = w + ((i64)e * n + row) * row_bytes(DT, k);
+    if ((DT == DT_Q8_0 || DT == DT_Q5_0) && ((size_t)wr & 1) == 0) {
+        float acc[1] = {0.0f};
+        quad_sums<DT, 1>(wr, xr, 0, 1, k / 32, lane, acc);
+        acc[0] = warp_sum(acc[0]);
+        if (lane == 0) y[(i64)pair * n + row] = acc[0];
+        return;
+    }
     const float* xb = xr + lane;
     float acc = 0.0f;
     int n_chunks = k / 32;
-#pragma unroll 4
-    for (int c = 0; c < n_chunks; ++c) acc += dq1<DT>(wr, c, lane) * xb[c * 32];
+    for (int c0 = 0; c0 < n_chunks; c0 += MM_BATCH) {
+        float v[MM_BATCH];
+#pragma unroll
+        for (int u = 0; u < MM_BATCH; ++u)
+            v[u] = c0 + u < n_chunks ? dq1<DT>(wr, c0 + u, lane) : 0.0f;
+#pragma unroll
+        for (int u = 0; u < MM_BATCH; ++u)
+            if (c0 + u < n_chunks) acc += v[u] * xb[(c0 + u) * 32];
+    }
     acc = warp_sum(acc);
     if (lane == 0) y[(i64)pair * n + row] = acc;
 }
@@ -156,10 +247,6 @@ __device__ __forceinline__ int scale_byte(u32 s0, u32 s1, u32 s2, int i) {
     return (int)((w >> (8 * (i & 3))) & 0xff);
 }
 
-// Four bytes from a 2-byte-aligned address (Q6_K and Q8_0 blocks have odd multiples of 2 bytes).
-__device__ __forceinline__ u32 load_u32_2(const u8* p) {
-    return (u32)(*(const u16*)p) | ((u32)(*(const u16*)(p + 2)) << 16);
-}
 
 // Q4_K super-block (144 bytes): lane l decodes sub-block l / 4's scale and min and 8 nibbles
 // (one 8-byte load): weights 8l..8l+7.

@@ -708,26 +708,41 @@ extern "C" __global__ void __launch_bounds__(TOP_K_WARPS * 32)
     }
 }
 
-// One thread per token.
+// The routing weights of each token's chosen experts: a warp per token (MOE_WEIGHTS_WARPS a
+// block, mirrored in source.rs), lane j taking slot j (and j + 32, … for more than 32 slots).
+// The sum runs over the slots in order (every lane adds the same shuffled values, so every lane
+// has it), then each lane divides and scales its own: the rounding of one thread per token that
+// read, summed and rewrote its slots one after another, without its chain of dependent global
+// reads and writes (8 µs a 26B-A4B layer under ncu).
+#define MOE_WEIGHTS_WARPS 4
 extern "C" __global__ void moe_weights_f32(const float* probs, Layout4 lp, const int* ids, const void* scale, int scale_dt,
                                            float* out, int n_expert, int k, int n_tok, int renormalize, int* err) {
     pdl_entry();
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    int lane = threadIdx.x & 31;
+    int t = blockIdx.x * MOE_WEIGHTS_WARPS + (threadIdx.x >> 5);
     if (t >= n_tok) return;
     const float* pr = probs + row_index(lp, t);
-    float sum = 0.0f;
-    for (int j = 0; j < k; ++j) {
+    bool bad = false;
+    for (int j = lane; j < k; j += 32) {
         int e = ids[t * k + j];
-        if (e < 0 || e >= n_expert) {
-            report(err, ERR_EXPERT_ID);
-            return;
-        }
-        out[t * k + j] = pr[e];
-        sum += pr[e];
+        bad |= e < 0 || e >= n_expert;
     }
-    for (int j = 0; j < k; ++j) {
-        if (renormalize && sum > 0.0f) out[t * k + j] /= sum;
-        if (scale_dt >= 0) out[t * k + j] *= load_float(scale, scale_dt, ids[t * k + j]);
+    if (__any_sync(0xffffffffu, bad)) {
+        if (lane == 0) report(err, ERR_EXPERT_ID);
+        return;
+    }
+    float sum = 0.0f;
+    for (int j0 = 0; j0 < k; j0 += 32) {
+        float p = j0 + lane < k ? pr[ids[t * k + j0 + lane]] : 0.0f;
+        int used = k - j0 < 32 ? k - j0 : 32;
+        for (int j = 0; j < used; ++j) sum += __shfl_sync(0xffffffffu, p, j);
+    }
+    for (int j = lane; j < k; j += 32) {
+        int e = ids[t * k + j];
+        float v = pr[e];
+        if (renormalize && sum > 0.0f) v /= sum;
+        if (scale_dt >= 0) v *= load_float(scale, scale_dt, e);
+        out[t * k + j] = v;
     }
 }
 

@@ -79,6 +79,11 @@ pub struct KnobDefine {
 /// - `SPECULA_Q4K_HL` → `Q4K_HL` (`matvec_mma.cu`): 1 sums the Q4_K decode and verify
 ///   kernels' hi and lo activation halves in separate chains (a decode step's `_p1` kernel then
 ///   takes them as two columns of one mma), 0 (the default) in one alternating chain.
+/// - `SPECULA_ATT_ONE_DIRECT` → `ATT_ONE_DIRECT` (`attention.cu`): 1 (the default) lets a query
+///   that uses one split write its output row itself, 0 leaves it to the combine.
+/// - `SPECULA_MM_BATCH` → `MM_BATCH` (`matmul.cu`): chunks whose weights a lane of the scalar
+///   one- and two-row products and of `matmul_id` loads before using them, 1 to 32 (16 the
+///   default; 4 the loop before it). The same bits for any value.
 pub const KNOB_DEFINES: &[KnobDefine] = &[
     KnobDefine {
         var: "SPECULA_ATT_MIN_SPLIT",
@@ -121,6 +126,12 @@ pub const KNOB_DEFINES: &[KnobDefine] = &[
         name: "ATT_ONE_DIRECT",
         accepts: |n| n <= 1,
         variants: &[0],
+    },
+    KnobDefine {
+        var: "SPECULA_MM_BATCH",
+        name: "MM_BATCH",
+        accepts: |n| (1..=32).contains(&n),
+        variants: &[4],
     },
 ];
 
@@ -240,6 +251,9 @@ pub const LIMB_PAD_BYTES: usize = 16384;
 
 /// Rows (a warp each) per block of `top_k_f32` (`TOP_K_WARPS` in ops.cu).
 pub const TOP_K_WARPS: usize = 4;
+
+/// Tokens (a warp each) per block of `moe_weights_f32` (`MOE_WEIGHTS_WARPS` in ops.cu).
+pub const MOE_WEIGHTS_WARPS: usize = 4;
 
 /// Activation tiles (two rows of four limbs each) of the `matmul_q4_k_limb_n*` kernels.
 pub const LIMB_TILES: &[usize] = &[1, 2, 4, 8];
@@ -653,10 +667,12 @@ mod tests {
         assert!(past.is_some_and(|p| p * 4 * 256 <= LIMB_PAD_BYTES));
     }
 
-    /// The host sizes `top_k_f32`'s blocks by the rows the kernel gives each.
+    /// The host sizes `top_k_f32`'s and `moe_weights_f32`'s blocks by the rows the kernels
+    /// give each.
     #[test]
-    fn top_k_rows_per_block_are_the_kernels() {
+    fn warps_per_block_are_the_kernels() {
         assert!(OPS.contains(&format!("#define TOP_K_WARPS {TOP_K_WARPS}\n")));
+        assert!(OPS.contains(&format!("#define MOE_WEIGHTS_WARPS {MOE_WEIGHTS_WARPS}\n")));
     }
 
     /// A persistent launch gives every unit a block iteration and no block more than the

@@ -861,7 +861,14 @@ impl CudaBackend {
                     .i32(t as i32)
                     .i32(i32::from(*renormalize))
                     .ptr(self.err_word);
-                self.launch("moe_weights_f32", grid1(t, 64), 64, &mut a)
+                // A warp per token, source::MOE_WEIGHTS_WARPS tokens a block.
+                let per_block = source::MOE_WEIGHTS_WARPS;
+                self.launch(
+                    "moe_weights_f32",
+                    grid1(t, per_block),
+                    (32 * per_block) as u32,
+                    &mut a,
+                )
             }
         }
     }

@@ -372,6 +372,42 @@ fn matmul_and_get_rows_every_weight_type() {
     }
 }
 
+/// The scalar vector kernels (`matmul_<type>_r<R>`: rows the `_mma_` kernels do not take, such
+/// as the 26B-A4B's 2,112-wide Q8_0 and Q5_0 FFN downs) give a row the same bits in a batch of
+/// 1, 2, 3, 5, 9 or 16 rows (the R = 1, 2, 4, 8 and 16 kernels), within 1e-5 of the CPU: Q8_0 and
+/// Q5_0 take four chunks a pass, the rest a chunk a pass; f32 and Q4_0 as controls.
+#[test]
+fn scalar_products_are_batch_invariant() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(41);
+    for ty in [DType::Q8_0, DType::Q5_0, DType::F32, DType::Q4_0] {
+        let (k, n) = (2112, 44);
+        let wbytes = random_weight(&mut rng, ty, k * n);
+        let x16 = rng.vec(k * 16);
+        let mut first: Option<Vec<f32>> = None;
+        for m in [16, 1, 2, 3, 5, 9] {
+            let mut c = Case::new();
+            let w = c.weight(ty, &[k, n], wbytes.clone());
+            let x = c.f32(&[k, m], x16[..k * m].to_vec());
+            let y = c.g.matmul(w, x).unwrap();
+            let graph = c.g.finish(&[y]).unwrap();
+            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+            let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+            let err = rel_err(&got, &want);
+            assert!(err <= 1e-5, "{ty} k{k} m{m}: relative error {err:e}");
+            match &first {
+                None => first = Some(got),
+                Some(f) => assert!(
+                    same_bits(&got, &f[..n * m]),
+                    "{ty} k{k}: {m} rows differ from the same rows in a batch of 16"
+                ),
+            }
+        }
+    }
+}
+
 /// The GEMM route (cuBLAS, at least `GEMM_MIN_ROWS` activation rows, quantized or f16 weights):
 /// both operands are rounded to f16 once (unit roundoff u = 2^-11 each) and accumulated in f32,
 /// so a dot product of random-sign terms is off by about u·√(2/3) ≈ 4e-4 of its size; the bound
@@ -1328,7 +1364,10 @@ fn matmul_strided_rows_and_matmul_id() {
             check(&format!("matmul_id {ty} x_slots {x_slots}"), c, &[y], 1e-5);
         }
     }
-    // Rows of 22 blocks (the 26B-A4B's expert downs, Q8_0 or Q5_0): the scalar kernel.
+    // Rows of 22 blocks (the 26B-A4B's expert downs, Q8_0 or Q5_0): the scalar kernel, which
+    // takes these types four chunks a pass (a lane a word of quants). Also rows of 3 chunks
+    // (lanes without a chunk) over activations one element off 16-byte alignment, one row a
+    // token for all its slots.
     for ty in [DType::Q8_0, DType::Q5_0] {
         let (k, n, e, used, t) = (704, 20, 5, 3, 2);
         let mut c = Case::new();
@@ -1337,6 +1376,16 @@ fn matmul_strided_rows_and_matmul_id() {
         let ids = c.i32(&[used, t], vec![4, 0, 2, 1, 3, 4]);
         let y = c.g.matmul_id(w, x, ids).unwrap();
         check(&format!("matmul_id {ty} k {k}"), c, &[y], 1e-5);
+        let (k, n, e, used, t) = (96, 7, 4, 2, 3);
+        let mut c = Case::new();
+        let w = c.weight(ty, &[k, n, e], random_weight(&mut rng, ty, k * n * e));
+        let x = c.f32(&[k * t + 1], rng.vec(k * t + 1));
+        let v =
+            c.g.view(x, Shape::new(&[k, 1, t]).unwrap(), [1, k, k, k * t], 1)
+                .unwrap();
+        let ids = c.i32(&[used, t], vec![3, 0, 1, 1, 2, 3]);
+        let y = c.g.matmul_id(w, v, ids).unwrap();
+        check(&format!("matmul_id {ty} k {k} unaligned"), c, &[y], 1e-5);
     }
 }
 
@@ -1833,6 +1882,23 @@ fn selection_moe_and_write_rows() {
     let scale = c.weight(DType::F32, &[8], random_weight(&mut rng, DType::F32, 8));
     let w = c.g.moe_weights(probs, top, Some(scale), true).unwrap();
     check("argmax, top_k, moe_weights", c, &[am, top, w], 1e-6);
+    // More slots than a warp's lanes (a warp per token takes slots j, j + 32, …), with the
+    // sum and scale, and as a plain gather (exact).
+    for (scaled, tol) in [(true, 1e-6), (false, 0.0)] {
+        let mut c = Case::new();
+        let (n_expert, k, t) = (64, 40, 5);
+        let probs = c.f32(&[n_expert, t], rng.vec(n_expert * t));
+        let top = c.g.top_k(probs, k).unwrap();
+        let scale = scaled.then(|| {
+            c.weight(
+                DType::F32,
+                &[n_expert],
+                random_weight(&mut rng, DType::F32, n_expert),
+            )
+        });
+        let w = c.g.moe_weights(probs, top, scale, scaled).unwrap();
+        check(&format!("moe_weights of {k} slots"), c, &[top, w], tol);
+    }
     // The experts' weighted sum: the CPU's bits (a product, then adds in slot order).
     let mut c = Case::new();
     let (hd, k, t) = (2816, 8, 3);

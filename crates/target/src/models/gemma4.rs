@@ -137,9 +137,10 @@ impl Ctx<'_> {
         let (h, k, i) = (self.cfg.n_embd, moe.n_expert_used, moe.n_ff_expert);
         let b = |s: &str| format!("blk.{l}.{s}");
         // Router: RMS_noscale(r) · router.scale · H^-½ → softmax → top-k → renormalise → per-expert scale.
-        let rn = self.g.rms_norm(r, None, self.cfg.eps)?;
+        // The router scale as the norm's weight: the norm rounds v·inv then ·w, as a Mul after
+        // it did, in one launch fewer.
         let rs = self.w(&b("ffn_gate_inp.scale"))?;
-        let rn = self.g.mul(rn, rs)?;
+        let rn = self.g.rms_norm(r, Some(rs), self.cfg.eps)?;
         let rn = self.g.scale(rn, 1.0 / (h as f32).sqrt())?;
         let router = self.w(&b("ffn_gate_inp.weight"))?;
         let logits = self.g.matmul(router, rn)?;
