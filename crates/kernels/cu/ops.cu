@@ -547,17 +547,22 @@ extern "C" __global__ void rope_f32(const float* x, Layout4 lx, const int* pos, 
     out[(i64)r * n_dims + i] = rope_at(xr, i, n_rot, theta, ff, pos[r / n_heads]);
 }
 
-extern "C" __global__ void softmax_f32(const float* x, Layout4 lx, float* out, int n) {
-    pdl_entry();
-    i64 r = blockIdx.x;
-    const float* xr = x + row_index(lx, r);
+// One row's softmax by a block (its bits depend on the block size: the host launches
+// source::SOFTMAX_THREADS for softmax_f32 and moe_route_f32 alike).
+__device__ __forceinline__ void softmax_row(const float* xr, float* o, int n) {
     float m = -INFINITY;
     for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, xr[i]);
     m = block_max(m);
     float s = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += expf(xr[i] - m);
     s = block_sum(s);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) out[r * n + i] = expf(xr[i] - m) / s;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = expf(xr[i] - m) / s;
+}
+
+extern "C" __global__ void softmax_f32(const float* x, Layout4 lx, float* out, int n) {
+    pdl_entry();
+    i64 r = blockIdx.x;
+    softmax_row(x + row_index(lx, r), out + r * n, n);
 }
 
 // dst rows of `row` elements (f32 or f16); src rows dense in dim 0.
@@ -675,20 +680,8 @@ __device__ __forceinline__ int total_order_key(float v) {
 // Whether (ka, ia) comes before (kb, ib) in top_k's order: larger key first, then lower index.
 __device__ __forceinline__ bool top_k_before(int ka, int ia, int kb, int ib) { return ka > kb || (ka == kb && ia < ib); }
 
-// The k largest of each row of n, in order (as the CPU's top_k: f32::total_cmp descending, ties
-// by lower index; MoE routing). A warp per row (TOP_K_WARPS rows a block): pass j takes the
-// first element in that order after pass j − 1's pick, each lane over its elements i ≡ lane
-// (mod 32), then a butterfly over the lanes; the order is total over (value, index), so every
-// lane ends with the same pick. (One thread per row, rescanning its picks from global memory for
-// every element, took 197 µs a launch in the 26B-A4B's decode step under ncu.)
-#define TOP_K_WARPS 4
-extern "C" __global__ void __launch_bounds__(TOP_K_WARPS * 32)
-    top_k_f32(const float* x, Layout4 lx, int* out, int n, int k, i64 n_rows) {
-    pdl_entry();
-    int lane = threadIdx.x & 31;
-    i64 r = (i64)blockIdx.x * TOP_K_WARPS + (threadIdx.x >> 5);
-    if (r >= n_rows) return;
-    const float* xr = x + row_index(lx, r);
+// One row's top k by a warp (top_k_f32, moe_route_f32): lane 0 writes them to picks[0..k].
+__device__ __forceinline__ void top_k_row(const float* xr, int* picks, int n, int k, int lane) {
     int pk = 0, pi = -1;  // the previous pick (none before pass 0)
     for (int j = 0; j < k; ++j) {
         int bk = 0, bi = 0x7fffffff;  // none yet
@@ -702,29 +695,40 @@ extern "C" __global__ void __launch_bounds__(TOP_K_WARPS * 32)
             int ok = __shfl_xor_sync(0xffffffffu, bk, o), oi = __shfl_xor_sync(0xffffffffu, bi, o);
             if (oi != 0x7fffffff && (bi == 0x7fffffff || top_k_before(ok, oi, bk, bi))) bk = ok, bi = oi;
         }
-        if (lane == 0) out[r * k + j] = bi;
+        if (lane == 0) picks[j] = bi;
         pk = bk;
         pi = bi;
     }
 }
 
-// The routing weights of each token's chosen experts: a warp per token (MOE_WEIGHTS_WARPS a
-// block, mirrored in source.rs), lane j taking slot j (and j + 32, … for more than 32 slots).
-// The sum runs over the slots in order (every lane adds the same shuffled values, so every lane
-// has it), then each lane divides and scales its own: the rounding of one thread per token that
-// read, summed and rewrote its slots one after another, without its chain of dependent global
-// reads and writes (8 µs a 26B-A4B layer under ncu).
-#define MOE_WEIGHTS_WARPS 4
-extern "C" __global__ void moe_weights_f32(const float* probs, Layout4 lp, const int* ids, const void* scale, int scale_dt,
-                                           float* out, int n_expert, int k, int n_tok, int renormalize, int* err) {
+// The k largest of each row of n, in order (as the CPU's top_k: f32::total_cmp descending, ties
+// by lower index; MoE routing). A warp per row (TOP_K_WARPS rows a block): pass j takes the
+// first element in that order after pass j − 1's pick, each lane over its elements i ≡ lane
+// (mod 32), then a butterfly over the lanes; the order is total over (value, index), so every
+// lane ends with the same pick. (One thread per row, rescanning its picks from global memory for
+// every element, took 197 µs a launch in the 26B-A4B's decode step under ncu.)
+#define TOP_K_WARPS 4
+extern "C" __global__ void __launch_bounds__(TOP_K_WARPS * 32)
+    top_k_f32(const float* x, Layout4 lx, int* out, int n, int k, i64 n_rows) {
     pdl_entry();
     int lane = threadIdx.x & 31;
-    int t = blockIdx.x * MOE_WEIGHTS_WARPS + (threadIdx.x >> 5);
-    if (t >= n_tok) return;
-    const float* pr = probs + row_index(lp, t);
+    i64 r = (i64)blockIdx.x * TOP_K_WARPS + (threadIdx.x >> 5);
+    if (r >= n_rows) return;
+    top_k_row(x + row_index(lx, r), out + r * k, n, k, lane);
+}
+
+// The routing weights of one token's chosen experts by a warp (moe_weights_f32, moe_route_f32):
+// lane j takes slot j (and j + 32, … for more than 32 slots). The sum runs over the slots in
+// order (every lane adds the same shuffled values, so every lane has it), then each lane divides
+// and scales its own: the rounding of one thread per token that read, summed and rewrote its
+// slots one after another, without its chain of dependent global reads and writes (8 µs a
+// 26B-A4B layer under ncu). pr: the token's probabilities; ids, o: its k slots.
+__device__ __forceinline__ void moe_weights_row(const float* pr, const int* ids, const void* scale, int scale_dt,
+                                                float* o, int n_expert, int k, int renormalize, int* err,
+                                                int lane) {
     bool bad = false;
     for (int j = lane; j < k; j += 32) {
-        int e = ids[t * k + j];
+        int e = ids[j];
         bad |= e < 0 || e >= n_expert;
     }
     if (__any_sync(0xffffffffu, bad)) {
@@ -733,17 +737,46 @@ extern "C" __global__ void moe_weights_f32(const float* probs, Layout4 lp, const
     }
     float sum = 0.0f;
     for (int j0 = 0; j0 < k; j0 += 32) {
-        float p = j0 + lane < k ? pr[ids[t * k + j0 + lane]] : 0.0f;
+        float p = j0 + lane < k ? pr[ids[j0 + lane]] : 0.0f;
         int used = k - j0 < 32 ? k - j0 : 32;
         for (int j = 0; j < used; ++j) sum += __shfl_sync(0xffffffffu, p, j);
     }
     for (int j = lane; j < k; j += 32) {
-        int e = ids[t * k + j];
+        int e = ids[j];
         float v = pr[e];
         if (renormalize && sum > 0.0f) v /= sum;
         if (scale_dt >= 0) v *= load_float(scale, scale_dt, e);
-        out[t * k + j] = v;
+        o[j] = v;
     }
+}
+
+// A warp per token, MOE_WEIGHTS_WARPS a block (mirrored in source.rs).
+#define MOE_WEIGHTS_WARPS 4
+extern "C" __global__ void moe_weights_f32(const float* probs, Layout4 lp, const int* ids, const void* scale, int scale_dt,
+                                           float* out, int n_expert, int k, int n_tok, int renormalize, int* err) {
+    pdl_entry();
+    int t = blockIdx.x * MOE_WEIGHTS_WARPS + (threadIdx.x >> 5);
+    if (t >= n_tok) return;
+    moe_weights_row(probs + row_index(lp, t), ids + t * k, scale, scale_dt, out + t * k, n_expert, k, renormalize,
+                    err, threadIdx.x & 31);
+}
+
+// A token's MoE routing in one launch, a block per token (the fuse plan's Fused::Route: Softmax,
+// TopK and MoeWeights of the router's logits): softmax_f32's block arithmetic with its block
+// size (the same bits), the probabilities written as softmax_f32 writes them, then warp 0 runs
+// top_k_f32's and moe_weights_f32's row functions on them. Two launches fewer a MoE layer.
+extern "C" __global__ void moe_route_f32(const float* x, Layout4 lx, float* probs, int n, int* ids, int k,
+                                         const void* scale, int scale_dt, float* out, int renormalize, int* err) {
+    pdl_entry();
+    i64 t = blockIdx.x;
+    float* pr = probs + t * n;
+    softmax_row(x + row_index(lx, t), pr, n);
+    __syncthreads();  // the block's probability writes are visible to warp 0
+    if (threadIdx.x >= 32) return;
+    int lane = threadIdx.x;
+    top_k_row(pr, ids + t * k, n, k, lane);
+    __syncwarp();  // lane 0's picks are visible to the warp
+    moe_weights_row(pr, ids + t * k, scale, scale_dt, out + t * k, n, k, renormalize, err, lane);
 }
 
 // The experts' weighted sum (graph op MoeSum): out[i, t] = x[i, 0, t]·w[0, t] + x[i, 1, t]·w[1, t]

@@ -2,7 +2,8 @@
 //! scale after it (`x = (residual + rms_norm(o) · w) · s` in Gemma 4) and the norm of `x` that
 //! follows; a head's q or k norm, its RoPE and its cache write; each run as one `rms_norm_f32`
 //! launch; and a split product's plane sum with the residual Add after it, one `mmv_sum_splits`
-//! launch; the other nodes are skipped. A pure function of the graph, so
+//! launch; a MoE router's softmax, top-k and routing weights, one `moe_route_f32` launch; the
+//! other nodes are skipped. A pure function of the graph, so
 //! the plan is tested without a GPU; the fused kernel does the separate ops' arithmetic in their
 //! order, so results are the same bits.
 
@@ -57,6 +58,14 @@ pub(crate) enum Fused {
         residual: NodeId,
         /// The product's split planes.
         planes: usize,
+    },
+    /// A MoeWeights node (the key) whose probabilities are a Softmax read by nothing but it and
+    /// the TopK of its picks: one `moe_route_f32` launch writes all three (both skipped).
+    Route {
+        /// The Softmax node.
+        softmax: NodeId,
+        /// The TopK node.
+        top_k: NodeId,
     },
 }
 
@@ -256,8 +265,54 @@ pub(crate) fn plan(
         p.fused.insert(at, Fused::Tail(tail));
     }
     fold_cache_writes(graph, &readers, keep, &mut p);
+    fold_routes(graph, &readers, &mut p);
     group_head_norms(graph, &mut p);
     p
+}
+
+/// Finds `MoeWeights(probs, TopK(probs), scale?)` with `probs = Softmax(logits)` read by those
+/// two alone ([`Fused::Route`]): the Softmax, the TopK and the MoeWeights launch one after another
+/// (only leaves between), and nothing before the MoeWeights reads the picks, so one launch there
+/// computes all three, and no buffer it writes can hold a value still to be read in between.
+fn fold_routes(graph: &Graph, readers: &[usize], p: &mut FusePlan) {
+    let nodes = graph.nodes();
+    let launches = |k: usize| !matches!(nodes[k].op, Op::Input | Op::Weight | Op::State);
+    for (i, node) in nodes.iter().enumerate() {
+        if !matches!(node.op, Op::MoeWeights { .. }) {
+            continue;
+        }
+        let (probs, picks) = (node.inputs[0].index(), node.inputs[1].index());
+        let (sm, tk) = (&nodes[probs], &nodes[picks]);
+        let between: Vec<usize> = (probs + 1..i).filter(|&k| launches(k)).collect();
+        let picks_unread_before = nodes[..i]
+            .iter()
+            .all(|n| n.inputs.iter().all(|x| x.index() != picks));
+        let fits = matches!(sm.op, Op::Softmax)
+            && matches!(tk.op, Op::TopK(_))
+            && tk.inputs[0].index() == probs
+            && readers[probs] == 2
+            && between == [picks]
+            && picks_unread_before
+            && sm.dtype == DType::F32
+            && sm.layout.offset == 0
+            && tk.layout.offset == 0
+            && sm.shape().n_rows() == tk.shape().n_rows()
+            && !p.skip.contains(&probs)
+            && !p.skip.contains(&picks)
+            && !p.fused.contains_key(&probs)
+            && !p.fused.contains_key(&picks);
+        if fits {
+            p.skip.insert(probs);
+            p.skip.insert(picks);
+            p.fused.insert(
+                i,
+                Fused::Route {
+                    softmax: NodeId::from_index(probs),
+                    top_k: NodeId::from_index(picks),
+                },
+            );
+        }
+    }
 }
 
 /// Groups consecutive head-norm launches (a layer's q norm + RoPE, k norm + RoPE + cache write,
@@ -287,7 +342,7 @@ fn group_head_norms(graph: &Graph, p: &mut FusePlan) {
         let (mut own, write, norm) = match p.fused.get(&k)? {
             Fused::Rope { norm, write } => (vec![k, norm.index()], *write, norm.index()),
             Fused::NormWrite { write } => (vec![k], Some(*write), k),
-            Fused::Tail(_) | Fused::SumAdd { .. } => return None,
+            Fused::Tail(_) | Fused::SumAdd { .. } | Fused::Route { .. } => return None,
         };
         if graph.node(nodes[norm].inputs[0]).shape().ne(0) >= 2048 {
             return None;
@@ -420,6 +475,44 @@ mod tests {
     use super::*;
     use crate::test_graph::{input, state, weight};
     use graph::{GraphBuilder, Shape};
+
+    /// A MoE router's softmax, top-k and weights fold into one launch at the weights; not where
+    /// the probabilities have a third reader, or something launches between the three.
+    #[test]
+    fn a_router_softmax_top_k_and_weights_fold_into_one_launch() {
+        let route = |third_reader: bool, between: bool| {
+            let mut g = GraphBuilder::new();
+            let logits = input(&mut g, "logits", DType::F32, &[16, 3]);
+            let probs = g.softmax(logits).unwrap();
+            let ids = g.top_k(probs, 4).unwrap();
+            if between {
+                g.scale(logits, 2.0).unwrap();
+            }
+            // Created between the TopK and the weights, as the model graph does.
+            let scale = weight(&mut g, "scale", DType::F32, &[16]);
+            let w = g.moe_weights(probs, ids, Some(scale), true).unwrap();
+            let mut outs = vec![w, ids];
+            if third_reader {
+                outs.push(probs);
+            }
+            let graph = g.finish(&outs).unwrap();
+            let p = plan(&graph, &HashSet::new(), &HashMap::new());
+            (p, probs, ids, w)
+        };
+        let (p, probs, ids, w) = route(false, false);
+        assert_eq!(p.skip, HashSet::from([probs.index(), ids.index()]));
+        assert_eq!(
+            p.fused.get(&w.index()),
+            Some(&Fused::Route {
+                softmax: probs,
+                top_k: ids
+            })
+        );
+        for (third, between) in [(true, false), (false, true)] {
+            let (p, ..) = route(third, between);
+            assert!(p.fused.is_empty() && p.skip.is_empty(), "{third} {between}");
+        }
+    }
 
     /// Gemma 4's layer tail: post-norm, residual add, layer scale → one launch at the Mul.
     #[test]

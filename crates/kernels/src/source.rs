@@ -255,6 +255,10 @@ pub const TOP_K_WARPS: usize = 4;
 /// Tokens (a warp each) per block of `moe_weights_f32` (`MOE_WEIGHTS_WARPS` in ops.cu).
 pub const MOE_WEIGHTS_WARPS: usize = 4;
 
+/// Threads of the block that takes a row of `softmax_f32`, and of `moe_route_f32`, which must
+/// round as it does (the block's reductions sum in an order set by its size).
+pub const SOFTMAX_THREADS: u32 = 256;
+
 /// Activation tiles (two rows of four limbs each) of the `matmul_q4_k_limb_n*` kernels.
 pub const LIMB_TILES: &[usize] = &[1, 2, 4, 8];
 
@@ -474,6 +478,7 @@ pub const OTHER_KERNELS: &[&str] = &[
     "argmax_pick_f32",
     "top_k_f32",
     "moe_weights_f32",
+    "moe_route_f32",
     "attention_f32",
     "attention_f16_e8",
     "attention_f16_e16",

@@ -1,5 +1,6 @@
 //! Launches of the fused RMSNorm kernel (`fuse_plan`): plain norms, post-norm tails with
-//! their residual, scale, split sums and next norm, head norms with RoPE and cache writes.
+//! their residual, scale, split sums and next norm, head norms with RoPE and cache writes; and of
+//! the fused MoE routing.
 
 use super::*;
 
@@ -308,6 +309,46 @@ impl CudaBackend {
             (x.shape().n_rows() as u32, 1, 1),
             threads,
             a,
+        )
+    }
+
+    /// The MoE routing of `Fused::Route`, launched at the MoeWeights node `node` (writing `out`):
+    /// one `moe_route_f32` block per token writes the Softmax node's probabilities, the TopK
+    /// node's picks and the routing weights.
+    pub(super) fn launch_route(
+        &self,
+        exec: &Exec,
+        node: &Node,
+        out: u64,
+        softmax: NodeId,
+        top_k: NodeId,
+    ) -> Result<()> {
+        let g = &exec.graph;
+        let sm = g.node(softmax);
+        let logits = g.node(sm.inputs[0]);
+        let Op::TopK(k) = g.node(top_k).op else {
+            return Err(backend_err("a fused route's picks are not a TopK node"));
+        };
+        let mut a = Args::default();
+        a.ptr(self.base(exec, sm.inputs[0])?)
+            .layout(&logits.layout)
+            .ptr(self.base(exec, softmax)?)
+            .i32(sm.shape().ne(0) as i32)
+            .ptr(self.base(exec, top_k)?)
+            .i32(k as i32);
+        match node.inputs.get(2) {
+            Some(&s) => a.ptr(self.base(exec, s)?).i32(code(g.node(s).dtype)),
+            None => a.ptr(0).i32(-1),
+        };
+        let Op::MoeWeights { renormalize } = node.op else {
+            return Err(backend_err("a fused route is keyed by a MoeWeights node"));
+        };
+        a.ptr(out).i32(i32::from(renormalize)).ptr(self.err_word);
+        self.launch(
+            "moe_route_f32",
+            (sm.shape().n_rows() as u32, 1, 1),
+            source::SOFTMAX_THREADS,
+            &mut a,
         )
     }
 }

@@ -384,6 +384,9 @@ impl CudaBackend {
                 let (norm, mut a) = self.head_norm_args(exec, id, out)?;
                 return self.launch_norm_args(exec, norm, &mut a);
             }
+            Some(&Fused::Route { softmax, top_k }) => {
+                return self.launch_route(exec, node, out, softmax, top_k);
+            }
             None => {}
         }
         let unsupported = |why: String| {
@@ -664,7 +667,7 @@ impl CudaBackend {
                 self.launch(
                     "softmax_f32",
                     (x.shape().n_rows() as u32, 1, 1),
-                    256,
+                    source::SOFTMAX_THREADS,
                     &mut a,
                 )
             }

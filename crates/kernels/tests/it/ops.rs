@@ -1916,6 +1916,50 @@ fn selection_moe_and_write_rows() {
     }
 }
 
+/// A MoE router's softmax, top-k and routing weights as one `moe_route_f32` launch (the fuse
+/// plan's route): the same bits as the three kernels for probabilities, picks and weights, with and
+/// without the per-expert scale and the renormalisation, over logits read through a strided view
+/// (the softmax's layout), 128 experts and 8 slots (the 26B-A4B's) and 40 of 64 (past a warp).
+#[test]
+fn fused_routing_equals_the_separate_kernels() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(43);
+    for (n, k, t, scaled) in [(128, 8, 1, true), (128, 8, 5, false), (64, 40, 3, true)] {
+        let mut c = Case::new();
+        let x = c.f32(&[n, 2 * t], rng.vec(2 * n * t));
+        let logits =
+            c.g.view(
+                x,
+                Shape::new(&[n, t]).unwrap(),
+                [1, 2 * n, 2 * n * t, 2 * n * t],
+                n,
+            )
+            .unwrap();
+        let probs = c.g.softmax(logits).unwrap();
+        let ids = c.g.top_k(probs, k).unwrap();
+        let scale =
+            scaled.then(|| c.weight(DType::F32, &[n], random_weight(&mut rng, DType::F32, n)));
+        let w = c.g.moe_weights(probs, ids, scale, scaled).unwrap();
+        let outs = [w, ids];
+        let graph = c.g.finish(&outs).unwrap();
+        let name = format!("route n{n} k{k} t{t} scaled {scaled}");
+        cuda.record_launches(true);
+        fused_matches_separate(&mut cuda, &name, &graph, &c.leaves, &outs, 1e-6, false);
+        let log = cuda.take_launches();
+        cuda.record_launches(false);
+        for kernel in [
+            "moe_route_f32",
+            "softmax_f32",
+            "top_k_f32",
+            "moe_weights_f32",
+        ] {
+            assert!(log.iter().any(|l| l == kernel), "{name}: {kernel} ran");
+        }
+    }
+}
+
 /// `top_k` picks the CPU's indices in the CPU's order (f32::total_cmp descending, ties by lower
 /// index) for rows of 1 to 300 elements and k from 1 to the whole row: repeated values, −0 and
 /// +0, ±∞ and NaNs of either sign among random ones, several rows a launch.
