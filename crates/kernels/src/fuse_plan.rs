@@ -98,6 +98,17 @@ pub fn planned_folds(graph: &Graph) -> usize {
     p.skip.len() + p.unsummed.len()
 }
 
+/// The MoE routings ([`Fused::Route`]) the CUDA backend would launch as one kernel each in
+/// `graph` with its default settings; as [`planned_folds`], for CI checks of a model's graph.
+pub fn planned_routes(graph: &Graph) -> usize {
+    let cfg = crate::mma_plan::MmaConfig::default();
+    let p = plan_for(graph, &crate::mma_plan::plan(&cfg, graph));
+    p.fused
+        .values()
+        .filter(|f| matches!(f, Fused::Route { .. }))
+        .count()
+}
+
 /// [`plan`] for a graph whose `_mma_` products are planned by `mma`: its preparing norms are
 /// kept, its split products may leave their planes to a tail.
 pub(crate) fn plan_for(graph: &Graph, mma: &MmaPlan) -> FusePlan {

@@ -27,7 +27,7 @@ pub use attention_plan::MultiQueryAttention;
 mod cuda;
 pub mod doctor;
 mod fuse_plan;
-pub use fuse_plan::planned_folds;
+pub use fuse_plan::{planned_folds, planned_routes};
 mod mma_plan;
 pub mod nvrtc;
 pub mod source;

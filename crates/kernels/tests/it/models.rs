@@ -409,3 +409,33 @@ fn fusions_find_their_patterns_in_the_gemma4_step_graph() {
         assert_eq!(folds, expected, "{n_tokens} token(s)");
     }
 }
+
+/// Every MoE layer of the Gemma 4 MoE step graph launches its router's softmax, top-k and
+/// weights as one kernel (`Fused::Route`; a pure function of the graph, checked on any machine).
+#[test]
+fn every_moe_layer_routes_in_one_launch() {
+    let file = Arc::new(gguf::GgufFile::open(crate::fixture("moe.gguf")).unwrap());
+    let config = target::Gemma4Config::from_gguf(&file).unwrap();
+    assert!(config.moe.is_some(), "moe.gguf is a MoE model");
+    let mut cpu = graph::CpuBackend::new();
+    let plan = target::weights::MemoryPlanInput {
+        n_ctx: 64,
+        max_batch: 4,
+        kv_dtype: graph::DType::F16,
+    };
+    let weights =
+        target::weights::Weights::load(&file, &config, &plan, &mut cpu, &mut |_, _| {}).unwrap();
+    let cache = target::KvCache::new(&config, &mut cpu, 64, 4, graph::DType::F16).unwrap();
+    for n_tokens in [1, 4] {
+        let spec = target::StepSpec {
+            n_tokens,
+            logits: LogitRows::Last,
+            capture_layers: Vec::new(),
+            capture_embedding: false,
+            argmax: true,
+        };
+        let step = target::models::gemma4::build_step(&config, &weights, &cache, &spec).unwrap();
+        let routes = kernels::planned_routes(&step.graph);
+        assert_eq!(routes, config.n_layer, "{n_tokens} token(s)");
+    }
+}
