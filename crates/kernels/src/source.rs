@@ -82,8 +82,9 @@ pub struct KnobDefine {
 /// - `SPECULA_ATT_ONE_DIRECT` → `ATT_ONE_DIRECT` (`attention.cu`): 1 (the default) lets a query
 ///   that uses one split write its output row itself, 0 leaves it to the combine.
 /// - `SPECULA_MM_BATCH` → `MM_BATCH` (`matmul.cu`): chunks whose weights a lane of the scalar
-///   one- and two-row products and of `matmul_id` loads before using them, 1 to 32 (16 the
-///   default; 4 the loop before it). The same bits for any value.
+///   one- and two-row products and of `matmul_id` loads before using them (not Q8_0 and Q5_0
+///   rows, which take four chunks a pass), 1 to 32 (8 the default; 4 the loop before it). The
+///   same bits for any value.
 pub const KNOB_DEFINES: &[KnobDefine] = &[
     KnobDefine {
         var: "SPECULA_ATT_MIN_SPLIT",
