@@ -371,12 +371,10 @@ fn dflash_speculative_decoding_on_cuda_matches_the_cpu() {
     );
 }
 
-/// The fusions still find their patterns in the real Gemma 4 step graph (checked on any machine:
-/// the plan is a pure function of the graph), so a change to the model graph that breaks one
-/// fails here rather than only slowing the GPU.
-#[test]
-fn fusions_find_their_patterns_in_the_gemma4_step_graph() {
-    let file = Arc::new(gguf::GgufFile::open(crate::fixture("dense.gguf")).unwrap());
+/// A fixture's config, the layers that own a K/V cache, and its step graphs of 1 and 4 tokens
+/// (built on the CPU backend: the fuse plan is a pure function of the graph).
+fn step_graphs(fixture: &str) -> (target::Gemma4Config, usize, Vec<(usize, graph::Graph)>) {
+    let file = Arc::new(gguf::GgufFile::open(crate::fixture(fixture)).unwrap());
     let config = target::Gemma4Config::from_gguf(&file).unwrap();
     let mut cpu = graph::CpuBackend::new();
     let plan = target::weights::MemoryPlanInput {
@@ -387,19 +385,35 @@ fn fusions_find_their_patterns_in_the_gemma4_step_graph() {
     let weights =
         target::weights::Weights::load(&file, &config, &plan, &mut cpu, &mut |_, _| {}).unwrap();
     let cache = target::KvCache::new(&config, &mut cpu, 64, 4, graph::DType::F16).unwrap();
-    for n_tokens in [1, 4] {
-        let spec = target::StepSpec {
-            n_tokens,
-            logits: LogitRows::Last,
-            capture_layers: Vec::new(),
-            capture_embedding: false,
-            argmax: true,
-        };
-        let step = target::models::gemma4::build_step(&config, &weights, &cache, &spec).unwrap();
-        let folds = kernels::planned_folds(&step.graph);
-        let kv_layers = (0..config.n_layer)
-            .filter(|&l| cache.layer(l).is_some())
-            .count();
+    let kv_layers = (0..config.n_layer)
+        .filter(|&l| cache.layer(l).is_some())
+        .count();
+    let graphs = [1, 4]
+        .into_iter()
+        .map(|n_tokens| {
+            let spec = target::StepSpec {
+                n_tokens,
+                logits: LogitRows::Last,
+                capture_layers: Vec::new(),
+                capture_embedding: false,
+                argmax: true,
+            };
+            let step =
+                target::models::gemma4::build_step(&config, &weights, &cache, &spec).unwrap();
+            (n_tokens, step.graph)
+        })
+        .collect();
+    (config, kv_layers, graphs)
+}
+
+/// The fusions still find their patterns in the real Gemma 4 step graph (checked on any machine:
+/// the plan is a pure function of the graph), so a change to the model graph that breaks one
+/// fails here rather than only slowing the GPU.
+#[test]
+fn fusions_find_their_patterns_in_the_gemma4_step_graph() {
+    let (config, kv_layers, graphs) = step_graphs("dense.gguf");
+    for (n_tokens, graph) in graphs {
+        let folds = kernels::planned_folds(&graph);
         // Per layer: the q norm, both post-norms, the FFN norm, the next layer's attention norm
         // (the output norm after the last), the FFN tail's add (into the layer scale); per layer
         // owning a cache: the k norm, the two cache writes, and the k and v head-norm launches
@@ -414,28 +428,10 @@ fn fusions_find_their_patterns_in_the_gemma4_step_graph() {
 /// weights as one kernel (`Fused::Route`; a pure function of the graph, checked on any machine).
 #[test]
 fn every_moe_layer_routes_in_one_launch() {
-    let file = Arc::new(gguf::GgufFile::open(crate::fixture("moe.gguf")).unwrap());
-    let config = target::Gemma4Config::from_gguf(&file).unwrap();
+    let (config, _, graphs) = step_graphs("moe.gguf");
     assert!(config.moe.is_some(), "moe.gguf is a MoE model");
-    let mut cpu = graph::CpuBackend::new();
-    let plan = target::weights::MemoryPlanInput {
-        n_ctx: 64,
-        max_batch: 4,
-        kv_dtype: graph::DType::F16,
-    };
-    let weights =
-        target::weights::Weights::load(&file, &config, &plan, &mut cpu, &mut |_, _| {}).unwrap();
-    let cache = target::KvCache::new(&config, &mut cpu, 64, 4, graph::DType::F16).unwrap();
-    for n_tokens in [1, 4] {
-        let spec = target::StepSpec {
-            n_tokens,
-            logits: LogitRows::Last,
-            capture_layers: Vec::new(),
-            capture_embedding: false,
-            argmax: true,
-        };
-        let step = target::models::gemma4::build_step(&config, &weights, &cache, &spec).unwrap();
-        let routes = kernels::planned_routes(&step.graph);
+    for (n_tokens, graph) in graphs {
+        let routes = kernels::planned_routes(&graph);
         assert_eq!(routes, config.n_layer, "{n_tokens} token(s)");
     }
 }
