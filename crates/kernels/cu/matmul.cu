@@ -247,7 +247,6 @@ __device__ __forceinline__ int scale_byte(u32 s0, u32 s1, u32 s2, int i) {
     return (int)((w >> (8 * (i & 3))) & 0xff);
 }
 
-
 // Q4_K super-block (144 bytes): lane l decodes sub-block l / 4's scale and min and 8 nibbles
 // (one 8-byte load): weights 8l..8l+7.
 struct Q4KFast {
