@@ -358,13 +358,9 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     r.insert("copy_bandwidth_gbs".into(), json!(copy / 1e9));
     eprintln!("copy bandwidth {:.0} GB/s", copy / 1e9);
+    let moe_path = file("gemma4-26b-a4b", "q4_k_m");
     if moe_only {
-        moe_decode(
-            &file("gemma4-26b-a4b", "q4_k_m"),
-            copy,
-            profile.as_deref(),
-            &mut r,
-        )?;
+        moe_decode(&moe_path, copy, profile.as_deref(), &mut r)?;
         return write_results(&out_dir, Value::Object(r));
     }
 
@@ -457,12 +453,7 @@ pub fn run(args: &[String]) -> Result<()> {
     drop(t);
 
     if moe {
-        moe_decode(
-            &file("gemma4-26b-a4b", "q4_k_m"),
-            copy,
-            profile.as_deref(),
-            &mut r,
-        )?;
+        moe_decode(&moe_path, copy, profile.as_deref(), &mut r)?;
     }
 
     write_results(&out_dir, Value::Object(r))

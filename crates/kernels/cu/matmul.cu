@@ -64,6 +64,13 @@ __device__ __forceinline__ void quad_sums(const u8* wr, const float* x0, i64 str
     }
 }
 
+// Whether rows of type DT from w take quad_sums: Q8_0 and Q5_0 weights at an even address (their
+// rows are whole blocks of 34 and 22 bytes, so every row of such a tensor starts at one too).
+template <int DT>
+__device__ __forceinline__ bool quad_rows(const u8* w) {
+    return (DT == DT_Q8_0 || DT == DT_Q5_0) && ((size_t)w & 1) == 0;
+}
+
 // MM_BATCH (an A/B knob, `SPECULA_MM_BATCH`; 4 restores the loop before it): chunks whose
 // weights a lane loads before it uses the first of them, in the one- and two-row kernels and
 // matmul_id. A lane's sum still runs over the chunks in order, so the bits are the same for any
@@ -92,7 +99,7 @@ __device__ void matmul_body(const u8* w, const float* x, float* y, int k, int n,
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     int n_chunks = k / 32;
-    if ((DT == DT_Q8_0 || DT == DT_Q5_0) && ((size_t)w & 1) == 0) {
+    if (quad_rows<DT>(w)) {
         quad_sums<DT, R>(wr, xb - lane, x_row_stride, rows, n_chunks, lane, acc);
         n_chunks = 0;
     }
@@ -140,7 +147,7 @@ __device__ void matmul_id_body(const u8* w, const float* x, const int* ids, floa
     int xr_index = x_slots == 1 ? t : pair;
     const float* xr = x + x_off + (i64)xr_index * x_row_stride;
     const u8* wr = w + ((i64)e * n + row) * row_bytes(DT, k);
-    if ((DT == DT_Q8_0 || DT == DT_Q5_0) && ((size_t)wr & 1) == 0) {
+    if (quad_rows<DT>(w)) {
         float acc[1] = {0.0f};
         quad_sums<DT, 1>(wr, xr, 0, 1, k / 32, lane, acc);
         acc[0] = warp_sum(acc[0]);

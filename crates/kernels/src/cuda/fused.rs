@@ -326,8 +326,10 @@ impl CudaBackend {
         let g = &exec.graph;
         let sm = g.node(softmax);
         let logits = g.node(sm.inputs[0]);
-        let Op::TopK(k) = g.node(top_k).op else {
-            return Err(backend_err("a fused route's picks are not a TopK node"));
+        let (Op::TopK(k), Op::MoeWeights { renormalize }) = (&g.node(top_k).op, &node.op) else {
+            return Err(backend_err(
+                "a fused route is a TopK's picks and the MoeWeights node that keys it",
+            ));
         };
         let mut a = Args::default();
         a.ptr(self.base(exec, sm.inputs[0])?)
@@ -335,15 +337,12 @@ impl CudaBackend {
             .ptr(self.base(exec, softmax)?)
             .i32(sm.shape().ne(0) as i32)
             .ptr(self.base(exec, top_k)?)
-            .i32(k as i32);
+            .i32(*k as i32);
         match node.inputs.get(2) {
             Some(&s) => a.ptr(self.base(exec, s)?).i32(code(g.node(s).dtype)),
             None => a.ptr(0).i32(-1),
         };
-        let Op::MoeWeights { renormalize } = node.op else {
-            return Err(backend_err("a fused route is keyed by a MoeWeights node"));
-        };
-        a.ptr(out).i32(i32::from(renormalize)).ptr(self.err_word);
+        a.ptr(out).i32(i32::from(*renormalize)).ptr(self.err_word);
         self.launch(
             "moe_route_f32",
             (sm.shape().n_rows() as u32, 1, 1),
