@@ -45,5 +45,5 @@ pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use graph::{Graph, GraphBuilder, Node, NodeId};
 pub use op::{AttnMask, AttnParams, BinaryOp, DType, GluOp, KvLayout, Op, RopeParams, UnaryOp};
-pub use plan::{MemoryPlan, Slot, Storage};
+pub use plan::{Hold, MemoryPlan, Slot, Storage};
 pub use shape::{Layout, Shape, MAX_DIMS};

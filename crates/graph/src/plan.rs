@@ -30,6 +30,17 @@ pub enum Storage {
     Alias(NodeId),
 }
 
+/// Nodes whose launches may run out of graph order, for example on two streams at once: every
+/// value any of them reads or writes keeps its slot until node `until` has run, so no node
+/// between them takes a slot one of them still uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// Indices (in [`Graph::nodes`]) of the nodes whose inputs and outputs are held.
+    pub nodes: Vec<usize>,
+    /// Index of the node after which the held slots may be reused.
+    pub until: usize,
+}
+
 /// The memory plan of a graph.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryPlan {
@@ -43,6 +54,12 @@ impl MemoryPlan {
     /// Plans `graph`: a value's slot is released after its last reader (outputs are never
     /// released), and a released slot of the same dtype is reused, best fit first.
     pub fn new(graph: &Graph) -> MemoryPlan {
+        MemoryPlan::with_holds(graph, &[])
+    }
+
+    /// [`MemoryPlan::new`], with each of `holds` keeping the values its nodes read or write
+    /// until its `until` node at least.
+    pub fn with_holds(graph: &Graph, holds: &[Hold]) -> MemoryPlan {
         let nodes = graph.nodes();
         // Last reader of each root's storage (usize::MAX for outputs).
         let mut last_use = vec![0usize; nodes.len()];
@@ -51,6 +68,17 @@ impl MemoryPlan {
             for input in &node.inputs {
                 let root = nodes[input.index()].root.index();
                 last_use[root] = last_use[root].max(i);
+            }
+        }
+        for hold in holds {
+            for &i in &hold.nodes {
+                let Some(node) = nodes.get(i) else { continue };
+                let until = hold.until.min(nodes.len() - 1);
+                for root in std::iter::once(node.root.index())
+                    .chain(node.inputs.iter().map(|x| nodes[x.index()].root.index()))
+                {
+                    last_use[root] = last_use[root].max(until);
+                }
             }
         }
         for out in graph.outputs() {

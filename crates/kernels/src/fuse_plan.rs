@@ -87,6 +87,55 @@ pub(crate) struct FusePlan {
     pub groups: HashMap<usize, Vec<usize>>,
 }
 
+impl FusePlan {
+    /// For every node of `graph`, the index of the node whose launch computes it: its own, or
+    /// for a skipped node the fused launch (or head-norm group) that folds it in. `None` when a
+    /// skipped node is folded by nothing this knows of.
+    pub(crate) fn launchers(&self, graph: &Graph) -> Option<Vec<usize>> {
+        let nodes = graph.nodes();
+        let mut at: Vec<usize> = (0..nodes.len()).collect();
+        for (&key, fused) in &self.fused {
+            let mut covered = Vec::new();
+            match *fused {
+                Fused::Tail(t) => {
+                    covered.push(t.norm.index());
+                    covered.extend(t.next.map(|n| n.index()));
+                    // With a scale the Add before the keyed Mul is folded too.
+                    if t.scale.is_some() {
+                        covered.extend(
+                            nodes[key]
+                                .inputs
+                                .iter()
+                                .map(|x| x.index())
+                                .filter(|x| self.skip.contains(x) && *x != t.norm.index()),
+                        );
+                    }
+                }
+                Fused::Rope { norm, write } => {
+                    covered.push(norm.index());
+                    covered.extend(write.map(|w| w.index()));
+                }
+                Fused::NormWrite { write } => covered.push(write.index()),
+                Fused::SumAdd { .. } => {}
+                Fused::Route { softmax, top_k } => {
+                    covered.extend([softmax.index(), top_k.index()]);
+                }
+            }
+            for c in covered {
+                at[c] = key;
+            }
+        }
+        for (&head, members) in &self.groups {
+            for a in at.iter_mut() {
+                if members.contains(a) {
+                    *a = head;
+                }
+            }
+        }
+        self.skip.iter().all(|&s| at[s] != s).then_some(at)
+    }
+}
+
 /// Launches the CUDA backend would fold away in `graph` with its default settings (mma products
 /// on, the GEMM route available, `SPECULA_FUSE` not 0): skipped nodes plus split sums done by the
 /// norm or Add reading them. A pure function, so CI checks without a GPU that a model's step

@@ -24,6 +24,8 @@
 
 mod attention_plan;
 pub use attention_plan::MultiQueryAttention;
+mod branch_plan;
+pub use branch_plan::planned_branches;
 mod cuda;
 pub mod doctor;
 mod fuse_plan;

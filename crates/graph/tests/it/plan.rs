@@ -70,3 +70,45 @@ fn reuse_gives_the_same_values() {
     let out = h.run_f32(y);
     assert_close("chain with reuse", &out, &reference, 1e-5);
 }
+
+/// A hold keeps every value its nodes touch in its slot until its `until` node: a chain that
+/// would reuse two slots takes a new one for each value in the held range.
+#[test]
+fn a_hold_keeps_slots_until_its_node() {
+    let mut g = GraphBuilder::new();
+    let x = g
+        .input("x", DType::F32, Shape::new(&[64]).unwrap())
+        .unwrap();
+    let mut chain = vec![x];
+    for _ in 0..8 {
+        let y = g.scale(*chain.last().unwrap(), 1.5).unwrap();
+        chain.push(y);
+    }
+    let graph = g.finish(&[*chain.last().unwrap()]).unwrap();
+    let slot = |plan: &MemoryPlan, i: usize| match plan.storage[chain[i].index()] {
+        Storage::Slot(s) => s,
+        ref other => panic!("node {i}: {other:?}"),
+    };
+    let free = MemoryPlan::new(&graph);
+    assert_eq!(
+        slot(&free, 1),
+        slot(&free, 3),
+        "without a hold the chain reuses"
+    );
+    // Hold the values of chain nodes 2..=5 until node 6.
+    let held = MemoryPlan::with_holds(
+        &graph,
+        &[graph::Hold {
+            nodes: (2..=5).map(|i| chain[i].index()).collect(),
+            until: chain[6].index(),
+        }],
+    );
+    // Node 1 is read by node 2 (held), so its slot stays taken through node 6 as well.
+    let taken: Vec<usize> = (1..=6).map(|i| slot(&held, i)).collect();
+    let mut distinct = taken.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), taken.len(), "held slots reused: {taken:?}");
+    // After the hold, slots are reused again.
+    assert!(taken.contains(&slot(&held, 8)), "no reuse after the hold");
+}

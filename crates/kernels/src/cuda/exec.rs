@@ -31,6 +31,8 @@ pub(super) struct Exec {
     /// Post-norm tails launched as one kernel, and the nodes folded into them
     /// (`fuse_plan::plan`).
     pub(super) fuse: FusePlan,
+    /// The branches that run on the side stream (`branch_plan::plan`; none unless a step).
+    pub(super) branch: crate::branch_plan::BranchPlan,
     /// The shared-memory share its launches prefer: the backend's for a step graph
     /// (`carveout::is_step`), else none.
     pub(super) carveout: Option<i32>,
@@ -48,15 +50,34 @@ impl CudaBackend {
         }
     }
 
+    /// Launches every node in graph order on the main stream, but a branch's side nodes: those
+    /// go on the side stream at the branch's fork, and the main stream waits for them at its
+    /// join (and at the end, whatever happened).
     pub(super) fn launch_all(&self, exec: &Exec) -> Result<()> {
         self.end_product_chain();
         self.launch_carveout.set(exec.carveout);
-        let launched = exec
-            .graph
-            .nodes()
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, node)| self.run_node(exec, NodeId::from_index(i), node));
+        let mut branches = exec.branch.branches.iter().peekable();
+        let mut join_at = None;
+        let mut launch = || -> Result<()> {
+            for (i, node) in exec.graph.nodes().iter().enumerate() {
+                if join_at == Some(i) {
+                    join_at = None;
+                    self.join_side()?;
+                }
+                if let Some(b) = branches.next_if(|b| b.fork_at == i) {
+                    join_at = Some(b.join_at);
+                    self.launch_side(exec, b)?;
+                }
+                if !exec.branch.side.contains(&i) {
+                    self.run_node(exec, NodeId::from_index(i), node)?;
+                }
+            }
+            Ok(())
+        };
+        let mut launched = launch();
+        if join_at.is_some() {
+            launched = launched.and(self.join_side());
+        }
         self.launch_carveout.set(None);
         launched
     }

@@ -207,7 +207,7 @@ impl CudaBackend {
             },
         };
         let mut attrs = [pdl; 3];
-        let mut n_attrs = usize::from(self.pdl);
+        let mut n_attrs = usize::from(self.pdl && !self.pdl_off_next.replace(false));
         // A step graph's launches prefer one shared-memory share (carveout.rs).
         if let Some(percent) = self.launch_carveout.get() {
             attrs[n_attrs] = sys::CUlaunchAttribute {
@@ -241,7 +241,7 @@ impl CudaBackend {
             blockDimY: 1,
             blockDimZ: 1,
             sharedMemBytes: smem,
-            hStream: self.stream.cu_stream(),
+            hStream: self.launch_stream().cu_stream(),
             attrs: attrs.as_mut_ptr(),
             numAttrs: n_attrs as u32,
         };

@@ -20,11 +20,13 @@ use graph::{
 use crate::attention_plan::{
     self, attention_splits, AttentionConfig, AttentionKernel, AttentionShape, MultiQueryAttention,
 };
+use crate::branch_plan;
 use crate::fuse_plan::{self, FusePlan, Fused};
 use crate::mma_plan::{self, uniform_row_stride, MmaConfig, MmaInput, MmaPlan, Q8Input};
 use crate::nvrtc;
 use crate::source;
 
+mod branch;
 mod carveout;
 mod exec;
 mod fused;
@@ -328,6 +330,16 @@ pub struct CudaBackend {
     /// Graphs are loaded with the launches `fuse_plan` folds together (`SPECULA_FUSE=0`
     /// launches every node on its own, an A/B knob).
     fusion: bool,
+    /// Step graphs run their side branches (`branch_plan`: a MoE layer's experts) on the side
+    /// stream (`SPECULA_BRANCHES=0` keeps one stream, an A/B knob).
+    branches: bool,
+    /// The launch after a fork or join keeps programmatic serialization (`SPECULA_BRANCH_PDL=1`,
+    /// an A/B knob; off by default, see `after_stream_wait`).
+    branch_pdl: bool,
+    /// The next kernel launches without programmatic serialization (set after an event wait).
+    pdl_off_next: std::cell::Cell<bool>,
+    /// The side stream and its events.
+    side: branch::Side,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
     name: String,
@@ -410,6 +422,7 @@ impl CudaBackend {
         let stream = ctx
             .new_stream()
             .map_err(|e| driver_err("creating a stream", e))?;
+        let side = branch::Side::new(&ctx)?;
         ctx.bind_to_thread()
             .map_err(|e| driver_err("binding the context", e))?;
         let gemm_route = std::env::var("SPECULA_GEMM").map_or(true, |v| v != "0");
@@ -481,6 +494,10 @@ impl CudaBackend {
                 _ => Some(4),
             },
             fusion: std::env::var("SPECULA_FUSE").map_or(true, |v| v != "0"),
+            branches: std::env::var("SPECULA_BRANCHES").map_or(true, |v| v != "0"),
+            branch_pdl: std::env::var("SPECULA_BRANCH_PDL").is_ok_and(|v| v == "1"),
+            pdl_off_next: std::cell::Cell::new(false),
+            side,
             cublas,
             gemm_route,
             gemm_weight_bytes: source::GEMM_WEIGHT_SCRATCH_BYTES,
@@ -1062,7 +1079,8 @@ impl Drop for CudaBackend {
     fn drop(&mut self) {
         // Captured graphs go first: they reference the buffers freed below.
         self.execs.clear();
-        if self.bind().is_err() || self.sync("finishing").is_err() {
+        let side_done = self.side.stream.synchronize().is_ok();
+        if !side_done || self.bind().is_err() || self.sync("finishing").is_err() {
             // A queued copy may still read its host bytes: leak them rather than free them.
             std::mem::forget(std::mem::take(self.queued_writes.get_mut()));
             return;
@@ -1181,8 +1199,20 @@ impl Backend for CudaBackend {
     }
 
     fn load(&mut self, graph: &Graph, bindings: &Bindings) -> Result<ExecId> {
+        let mma = mma_plan::plan(&self.mma_config(), graph);
+        let fuse = if self.fusion {
+            fuse_plan::plan_for(graph, &mma)
+        } else {
+            FusePlan::default()
+        };
+        let branch = if self.branches && carveout::is_step(graph) {
+            branch_plan::plan(graph, &mma, &fuse)
+        } else {
+            branch_plan::BranchPlan::default()
+        };
+        let holds = branch.holds(graph, &fuse);
         let (node_buffer, mut owned) =
-            MemoryPlan::new(graph).allocate(graph, bindings, self, |cuda, b| {
+            MemoryPlan::with_holds(graph, &holds).allocate(graph, bindings, self, |cuda, b| {
                 let buf = cuda.buf(b)?;
                 Ok((buf.dtype, buf.shape))
             })?;
@@ -1229,7 +1259,6 @@ impl Backend for CudaBackend {
                 node_scratch.insert(i, (b, n_split));
             }
         }
-        let mma = mma_plan::plan(&self.mma_config(), graph);
         // The repacked weights of the int8 tensor-core q8 products and of the `_mma_` Q6_K and
         // Q8_0 products (source::MMA_REPACKED).
         let mut q8_weights = HashMap::new();
@@ -1249,11 +1278,6 @@ impl Backend for CudaBackend {
                 }
             }
         }
-        let fuse = if self.fusion {
-            fuse_plan::plan_for(graph, &mma)
-        } else {
-            FusePlan::default()
-        };
         let mma_scratch = if mma.scratch_bytes > 0 {
             let b = self.alloc(DType::F32, Shape::new(&[mma.scratch_bytes / 4])?)?;
             owned.push(b);
@@ -1291,6 +1315,7 @@ impl Backend for CudaBackend {
             q8_weights,
             mma,
             fuse,
+            branch,
             carveout: if carveout::is_step(graph) {
                 self.smem_carveout
             } else {

@@ -435,3 +435,19 @@ fn every_moe_layer_routes_in_one_launch() {
         assert_eq!(routes, config.n_layer, "{n_tokens} token(s)");
     }
 }
+
+/// Every MoE layer of the Gemma 4 MoE step graph runs its routed experts as a side branch
+/// beside the dense MLP (`branch_plan`; a pure function of the graph, checked on any machine),
+/// and the dense model has no branch.
+#[test]
+fn every_moe_layer_runs_its_experts_beside_the_dense_mlp() {
+    let (config, _, graphs) = step_graphs("moe.gguf");
+    for (n_tokens, graph) in graphs {
+        let branches = kernels::planned_branches(&graph);
+        assert_eq!(branches, config.n_layer, "{n_tokens} token(s)");
+    }
+    let (_, _, graphs) = step_graphs("dense.gguf");
+    for (n_tokens, graph) in graphs {
+        assert_eq!(kernels::planned_branches(&graph), 0, "{n_tokens} token(s)");
+    }
+}
