@@ -2993,6 +2993,94 @@ fn the_carveout_holds_the_persistent_products() {
     );
 }
 
+/// Expert downs and their weighted sum as one `matmul_id_sum` launch (`Fused::ExpertSum`): the
+/// same bits as `matmul_id` then `moe_sum_f32`, within 1e-5 of the CPU; the 26B-A4B's 704-wide
+/// Q5_0 and Q8_0 rows (four chunks a pass), Q4_0 and f32 rows (a lane per element), slots past
+/// the block's 8 warps, and activations shared by a token's slots.
+#[test]
+fn expert_downs_summed_in_one_launch_equal_the_two_kernels() {
+    // The plan is checked everywhere; the GPU runs only where there is one.
+    let mut cuda = crate::cuda();
+    let mut rng = Rng(53);
+    let (h, n_exp) = (512, 48);
+    for (ty, k, used, t, shared) in [
+        (DType::Q5_0, 704, 8, 1, false),
+        (DType::Q8_0, 704, 8, 3, false),
+        (DType::Q4_0, 704, 12, 2, false),
+        (DType::F32, 320, 40, 2, false),
+        (DType::Q8_0, 704, 8, 2, true),
+    ] {
+        let mut c = Case::new();
+        let slots = if shared { 1 } else { used };
+        let act = c.f32(&[k, slots, t], rng.vec(k * slots * t));
+        let ids: Vec<i32> = (0..used * t)
+            .map(|_| (rng.next() % n_exp as u64) as i32)
+            .collect();
+        let ids = c.i32(&[used, t], ids);
+        let wts = c.f32(&[used, t], rng.vec(used * t));
+        let w = c.weight(
+            ty,
+            &[k, h, n_exp],
+            random_weight(&mut rng, ty, k * h * n_exp),
+        );
+        let y = c.g.matmul_id(w, act, ids).unwrap();
+        let s = c.g.moe_sum(y, wts).unwrap();
+        let outs = [s];
+        let graph = c.g.finish(&outs).unwrap();
+        assert_eq!(kernels::planned_fusions(&graph).get("expert_sum"), Some(&1));
+        let Some(cuda) = cuda.as_mut() else {
+            continue;
+        };
+        let name = format!("expert sum {ty} k{k} slots {used} t{t} shared {shared}");
+        cuda.record_launches(true);
+        fused_matches_separate(cuda, &name, &graph, &c.leaves, &outs, 1e-5, false);
+        let log = cuda.take_launches();
+        cuda.record_launches(false);
+        for kernel in ["matmul_id_sum_", "moe_sum_f32"] {
+            assert!(
+                log.iter().any(|l| l.starts_with(kernel)),
+                "{name}: {kernel} ran"
+            );
+        }
+    }
+}
+
+/// A norm and the Scale after it (a MoE router's `rms_norm(r) · H^-½`) as one norm launch
+/// (`Fused::NormScale`): the same bits as the two kernels, on the clustered, one-block and
+/// element-by-element paths, and within 1e-6 of the CPU.
+#[test]
+fn a_scaled_norm_equals_the_norm_and_the_scale() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(52);
+    for (n, rows) in [(2816, 1), (2816, 3), (512, 2), (300, 2)] {
+        let mut c = Case::new();
+        let x = c.f32(&[n, rows], rng.vec(n * rows));
+        let w = c.weight(DType::F32, &[n], random_weight(&mut rng, DType::F32, n));
+        let normed = c.g.rms_norm(x, Some(w), 1e-6).unwrap();
+        let scaled = c.g.scale(normed, 1.0 / (n as f32).sqrt()).unwrap();
+        let outs = [scaled];
+        let graph = c.g.finish(&outs).unwrap();
+        let clusters = n >= 2048 && rows <= kernels::source::RN_CLUSTER_MAX_ROWS;
+        let name = format!("scaled norm {n} x {rows}");
+        cuda.record_launches(true);
+        fused_matches_separate(&mut cuda, &name, &graph, &c.leaves, &outs, 1e-6, clusters);
+        let log = cuda.take_launches();
+        cuda.record_launches(false);
+        assert!(
+            log.iter().any(|l| l == "unary_f32"),
+            "{name}: the separate Scale ran"
+        );
+        let norms = log.iter().filter(|l| l.starts_with("rms_norm")).count();
+        let scales = log.iter().filter(|l| *l == "unary_f32").count();
+        assert!(
+            norms > scales,
+            "{name}: fused runs launched no Scale ({log:?})"
+        );
+    }
+}
+
 /// A MoE FFN step (a norm's tail, the dense MLP on Q4_K tensor-core products, the routed experts
 /// on Q8_0 and Q5_0 `matmul_id`, their post-norms and sum): its experts run on the side stream
 /// beside the dense MLP (`branch_plan`), eagerly and replayed from a captured graph, with the
