@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use graph::{BinaryOp, DType, Graph, Node, NodeId, Op, UnaryOp};
+use graph::{BinaryOp, DType, Graph, Hold, Node, NodeId, Op, UnaryOp};
 
 use crate::mma_plan::{uniform_row_stride, MmaPlan};
 
@@ -103,6 +103,31 @@ pub(crate) struct FusePlan {
 }
 
 impl FusePlan {
+    /// What the memory plan must keep beyond graph order, for the fused launches whose blocks
+    /// read other blocks' inputs while they write: an expert sum ([`Fused::ExpertSum`]) reads
+    /// every slot's activations from every block, and a routing ([`Fused::Route`]) writes its
+    /// picks and weights at offsets of other tokens' logits rows. The folded first node's
+    /// inputs keep their slots until the launch has run (else its outputs could take the slot of
+    /// an input that dies at that node). The norm launches need none: a block reads its whole
+    /// row before it writes it, and no other block touches that row.
+    pub(crate) fn holds(&self) -> Vec<Hold> {
+        let mut holds: Vec<Hold> = self
+            .fused
+            .iter()
+            .filter_map(|(&key, f)| match *f {
+                Fused::ExpertSum { product } => Some((product, key)),
+                Fused::Route { softmax, .. } => Some((softmax, key)),
+                _ => None,
+            })
+            .map(|(first, key)| Hold {
+                nodes: vec![first.index()],
+                until: key,
+            })
+            .collect();
+        holds.sort_by_key(|h| h.until);
+        holds
+    }
+
     /// For every node of `graph`, the index of the node whose launch computes it: its own, or
     /// for a skipped node the fused launch (or head-norm group) that folds it in. `None` when a
     /// skipped node is folded by nothing this knows of.
@@ -743,6 +768,8 @@ mod tests {
             let ty = if kind == 1 { DType::Q8_0 } else { DType::Q5_0 };
             let mut g = GraphBuilder::new();
             let act = input(&mut g, "act", DType::F32, &[k, used, t]);
+            // Computed activations that die at the product (their slot is free after it).
+            let act = g.scale(act, 0.5).unwrap();
             let ids = input(&mut g, "ids", DType::I32, &[used, t]);
             let wts = input(&mut g, "wts", DType::F32, &[used, t]);
             let w = weight(&mut g, "down", ty, &[k, h, n_exp]);
@@ -753,14 +780,26 @@ mod tests {
             let s = g.moe_sum(y, wts).unwrap();
             let outs = if kind == 2 { vec![s, y] } else { vec![s] };
             let graph = g.finish(&outs).unwrap();
-            (plan(&graph, &HashSet::new(), &HashMap::new()), y, s)
+            let p = plan(&graph, &HashSet::new(), &HashMap::new());
+            (p, graph, act, y, s)
         };
-        let (p, y, s) = case(0);
+        let (p, graph, act, y, s) = case(0);
         assert_eq!(p.skip, HashSet::from([y.index()]));
         assert_eq!(
             p.fused.get(&s.index()),
             Some(&Fused::ExpertSum { product: y })
         );
+        // The sum's output does not take the activations' slot, which graph order alone frees
+        // after the product.
+        let slot = |m: &graph::MemoryPlan, n: NodeId| m.storage[n.index()].clone();
+        let free = graph::MemoryPlan::new(&graph);
+        assert_eq!(
+            slot(&free, s),
+            slot(&free, act),
+            "graph order reuses the slot"
+        );
+        let held = graph::MemoryPlan::with_holds(&graph, &p.holds());
+        assert_ne!(slot(&held, s), slot(&held, act));
         for kind in 1..=3 {
             let (p, ..) = case(kind);
             assert!(p.fused.is_empty() && p.skip.is_empty(), "case {kind}");

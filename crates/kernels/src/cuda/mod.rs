@@ -1210,7 +1210,8 @@ impl Backend for CudaBackend {
         } else {
             branch_plan::BranchPlan::default()
         };
-        let holds = branch.holds(graph, &fuse);
+        let mut holds = fuse.holds();
+        holds.extend(branch.holds(graph, &fuse));
         let (node_buffer, mut owned) =
             MemoryPlan::with_holds(graph, &holds).allocate(graph, bindings, self, |cuda, b| {
                 let buf = cuda.buf(b)?;

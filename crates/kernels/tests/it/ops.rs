@@ -2996,7 +2996,8 @@ fn the_carveout_holds_the_persistent_products() {
 /// Expert downs and their weighted sum as one `matmul_id_sum` launch (`Fused::ExpertSum`): the
 /// same bits as `matmul_id` then `moe_sum_f32`, within 1e-5 of the CPU; the 26B-A4B's 704-wide
 /// Q5_0 and Q8_0 rows (four chunks a pass), Q4_0 and f32 rows (a lane per element), slots past
-/// the block's 8 warps, and activations shared by a token's slots.
+/// the block's 8 warps, and activations shared by a token's slots; the activations computed and
+/// dying at the product, so that only the fuse plan's hold keeps the sum's output off their slot.
 #[test]
 fn expert_downs_summed_in_one_launch_equal_the_two_kernels() {
     // The plan is checked everywhere; the GPU runs only where there is one.
@@ -3013,6 +3014,8 @@ fn expert_downs_summed_in_one_launch_equal_the_two_kernels() {
         let mut c = Case::new();
         let slots = if shared { 1 } else { used };
         let act = c.f32(&[k, slots, t], rng.vec(k * slots * t));
+        // Computed activations that die at the product, as in a model graph (exact: · 0.5).
+        let act = c.g.scale(act, 0.5).unwrap();
         let ids: Vec<i32> = (0..used * t)
             .map(|_| (rng.next() % n_exp as u64) as i32)
             .collect();
