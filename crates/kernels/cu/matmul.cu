@@ -124,31 +124,6 @@ __device__ void matmul_body(const u8* w, const float* x, float* y, int k, int n,
     }
 }
 
-// One expert row's product with one activation row xr (k wide) by a warp, summed over the warp
-// (every lane returns it): four chunks a pass for quad_rows, else lane l takes element l of every
-// chunk. `w` is the tensor (quad_rows tests its address).
-template <int DT>
-__device__ __forceinline__ float id_row_dot(const u8* w, const u8* wr, const float* xr, int k, int lane) {
-    if (quad_rows<DT>(w)) {
-        float acc[1] = {0.0f};
-        quad_sums<DT, 1>(wr, xr, 0, 1, k / 32, lane, acc);
-        return warp_sum(acc[0]);
-    }
-    const float* xb = xr + lane;
-    float acc = 0.0f;
-    int n_chunks = k / 32;
-    for (int c0 = 0; c0 < n_chunks; c0 += MM_BATCH) {
-        float v[MM_BATCH];
-#pragma unroll
-        for (int u = 0; u < MM_BATCH; ++u)
-            v[u] = c0 + u < n_chunks ? dq1<DT>(wr, c0 + u, lane) : 0.0f;
-#pragma unroll
-        for (int u = 0; u < MM_BATCH; ++u)
-            if (c0 + u < n_chunks) acc += v[u] * xb[(c0 + u) * 32];
-    }
-    return warp_sum(acc);
-}
-
 // Expert-indexed product: block (x, pair) computes MM_WARPS output rows of slot pair = j + t * n_used,
 // a warp per row as matmul_body (lane l takes element l of every 32-element chunk, so a warp's
 // weight and activation reads are coalesced). (A lane per chunk, dequantizing all 32 of it,
@@ -172,51 +147,27 @@ __device__ void matmul_id_body(const u8* w, const float* x, const int* ids, floa
     int xr_index = x_slots == 1 ? t : pair;
     const float* xr = x + x_off + (i64)xr_index * x_row_stride;
     const u8* wr = w + ((i64)e * n + row) * row_bytes(DT, k);
-    float acc = id_row_dot<DT>(w, wr, xr, k, lane);
-    if (lane == 0) y[(i64)pair * n + row] = acc;
-}
-
-// Most slots an expert-indexed product's rows are summed over in matmul_id_sum (ID_SUM_MAX_SLOTS
-// in source.rs).
-#define ID_SUM_MAX_SLOTS 64
-
-// An expert-indexed product and the experts' weighted sum after it (graph ops MatMulId and
-// MoeSum, the fuse plan's ExpertSum) in one launch: block (row, t) of 256 threads; warp w takes
-// slots w, w + 8, ... of token t, each slot's product as matmul_id_body computes it, and then
-// thread 0 adds dot_j · wts_j in slot order as moe_sum_f32 does, so the bits are the two
-// kernels'. The products are never stored. wts: the routing weights [n_used, t] (layout lw).
-template <int DT>
-__device__ void matmul_id_sum_body(const u8* w, const float* x, const int* ids, const float* wts, Layout4 lw,
-                                   float* out, int k, int n, int n_expert, int n_used, int x_slots, i64 x_off,
-                                   i64 x_row_stride, int* err) {
-    __shared__ float dots[ID_SUM_MAX_SLOTS];
-    __shared__ int bad;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row = blockIdx.x, t = blockIdx.y;
-    if (threadIdx.x == 0) bad = 0;
-    __syncthreads();
-    for (int j = warp; j < n_used; j += blockDim.x >> 5) {
-        int pair = t * n_used + j;
-        int e = ids[pair];
-        if (e < 0 || e >= n_expert) {
-            if (lane == 0) {
-                report(err, ERR_EXPERT_ID);
-                bad = 1;
-            }
-            continue;
-        }
-        int xr_index = x_slots == 1 ? t : pair;
-        const float* xr = x + x_off + (i64)xr_index * x_row_stride;
-        const u8* wr = w + ((i64)e * n + row) * row_bytes(DT, k);
-        float acc = id_row_dot<DT>(w, wr, xr, k, lane);
-        if (lane == 0) dots[j] = acc;
+    if (quad_rows<DT>(w)) {
+        float acc[1] = {0.0f};
+        quad_sums<DT, 1>(wr, xr, 0, 1, k / 32, lane, acc);
+        acc[0] = warp_sum(acc[0]);
+        if (lane == 0) y[(i64)pair * n + row] = acc[0];
+        return;
     }
-    __syncthreads();
-    if (threadIdx.x != 0 || bad) return;
-    const float* wt = wts + lw.off + t * lw.s1;
-    float s = __fmul_rn(dots[0], wt[0]);
-    for (int j = 1; j < n_used; ++j) s = __fadd_rn(s, __fmul_rn(dots[j], wt[j * lw.s0]));
-    out[(i64)t * n + row] = s;
+    const float* xb = xr + lane;
+    float acc = 0.0f;
+    int n_chunks = k / 32;
+    for (int c0 = 0; c0 < n_chunks; c0 += MM_BATCH) {
+        float v[MM_BATCH];
+#pragma unroll
+        for (int u = 0; u < MM_BATCH; ++u)
+            v[u] = c0 + u < n_chunks ? dq1<DT>(wr, c0 + u, lane) : 0.0f;
+#pragma unroll
+        for (int u = 0; u < MM_BATCH; ++u)
+            if (c0 + u < n_chunks) acc += v[u] * xb[(c0 + u) * 32];
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[(i64)pair * n + row] = acc;
 }
 
 // Row gather: one thread per 32-element chunk of an output row.
@@ -270,14 +221,6 @@ __device__ void get_rows_body(const u8* table, const int* ids, float* y, int k, 
                                                   int* err) {                                        \
         pdl_entry();                                                                                 \
         matmul_id_body<DT>(w, x, ids, y, k, n, n_expert, n_used, x_slots, x_off, x_row_stride, err); \
-    }                                                                                                \
-    extern "C" __global__ void matmul_id_sum_##SUFFIX(const u8* w, const float* x, const int* ids,   \
-                                                      const float* wts, Layout4 lw, float* out, int k,  \
-                                                      int n, int n_expert, int n_used, int x_slots,     \
-                                                      i64 x_off, i64 x_row_stride, int* err) {          \
-        pdl_entry();                                                                                 \
-        matmul_id_sum_body<DT>(w, x, ids, wts, lw, out, k, n, n_expert, n_used, x_slots, x_off,      \
-                               x_row_stride, err);                                                   \
     }                                                                                                \
     extern "C" __global__ void get_rows_##SUFFIX(const u8* table, const int* ids, float* y, int k,   \
                                                  int n_rows, int n_ids, int* err) {                  \

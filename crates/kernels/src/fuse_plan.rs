@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use graph::{BinaryOp, DType, Graph, Hold, Node, NodeId, Op, UnaryOp};
+use graph::{BinaryOp, DType, Graph, Hold, Node, NodeId, Op};
 
 use crate::mma_plan::{uniform_row_stride, MmaPlan};
 
@@ -33,7 +33,7 @@ pub(crate) struct NormTail {
 
 /// A fused launch (`rms_norm_f32`, or `mmv_sum_splits` for [`Fused::SumAdd`]), run at the node it
 /// is keyed by.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Fused {
     /// A post-norm tail: `(residual + norm) · scale`.
     Tail(NormTail),
@@ -67,21 +67,6 @@ pub(crate) enum Fused {
         /// The TopK node.
         top_k: NodeId,
     },
-    /// A MoeSum node (the key) of an expert-indexed product (skipped) run right before it, read by
-    /// nothing else and on the scalar `matmul_id` kernels by its shape: one `matmul_id_sum` launch
-    /// computes the slots' products and their weighted sum.
-    ExpertSum {
-        /// The MatMulId node.
-        product: NodeId,
-    },
-    /// A Scale node (the key) of an RMSNorm (skipped) run right before it and read by nothing
-    /// else: the norm's launch multiplies its rows by the scale (a MoE router's `H^-½`).
-    NormScale {
-        /// The RMSNorm node.
-        norm: NodeId,
-        /// The scale.
-        scale: f32,
-    },
 }
 
 /// Longest rows the fused norm + RoPE holds (`RN_ROPE_MAX` in ops.cu).
@@ -104,24 +89,22 @@ pub(crate) struct FusePlan {
 
 impl FusePlan {
     /// What the memory plan must keep beyond graph order, for the fused launches whose blocks
-    /// read other blocks' inputs while they write: an expert sum ([`Fused::ExpertSum`]) reads
-    /// every slot's activations from every block, and a routing ([`Fused::Route`]) writes its
-    /// picks and weights at offsets of other tokens' logits rows. The folded first node's
-    /// inputs keep their slots until the launch has run (else its outputs could take the slot of
-    /// an input that dies at that node). The norm launches need none: a block reads its whole
-    /// row before it writes it, and no other block touches that row.
+    /// write where other blocks' inputs may be: a routing ([`Fused::Route`]) reads each token's
+    /// logits row in its own block but writes the routing weights, `k` a token, at offsets that
+    /// fall in other tokens' rows of a buffer the size of the logits. The Softmax's input keeps
+    /// its slot until the launch has run (else the weights could take the slot of logits that
+    /// die at the Softmax). The norm launches need none: a block reads its whole row before it
+    /// writes it, and no other block touches that row.
     pub(crate) fn holds(&self) -> Vec<Hold> {
         let mut holds: Vec<Hold> = self
             .fused
             .iter()
             .filter_map(|(&key, f)| match *f {
-                Fused::ExpertSum { product } => Some((product, key)),
-                Fused::Route { softmax, .. } => Some((softmax, key)),
+                Fused::Route { softmax, .. } => Some(Hold {
+                    nodes: vec![softmax.index()],
+                    until: key,
+                }),
                 _ => None,
-            })
-            .map(|(first, key)| Hold {
-                nodes: vec![first.index()],
-                until: key,
             })
             .collect();
         holds.sort_by_key(|h| h.until);
@@ -160,8 +143,6 @@ impl FusePlan {
                 Fused::Route { softmax, top_k } => {
                     covered.extend([softmax.index(), top_k.index()]);
                 }
-                Fused::NormScale { norm, .. } => covered.push(norm.index()),
-                Fused::ExpertSum { product } => covered.push(product.index()),
             }
             for c in covered {
                 at[c] = key;
@@ -189,32 +170,15 @@ pub fn planned_folds(graph: &Graph) -> usize {
     p.skip.len() + p.unsummed.len()
 }
 
-/// How many fused launches of each kind (`"tail"`, `"rope"`, `"norm_write"`, `"sum_add"`,
-/// `"route"`, `"expert_sum"`, `"norm_scale"`) the CUDA backend would launch in `graph` with its
-/// default settings; as [`planned_folds`], for CI checks of a model's graph.
-pub fn planned_fusions(graph: &Graph) -> HashMap<&'static str, usize> {
+/// The MoE routings ([`Fused::Route`]) the CUDA backend would launch as one kernel each in
+/// `graph` with its default settings; as [`planned_folds`], for CI checks of a model's graph.
+pub fn planned_routes(graph: &Graph) -> usize {
     let cfg = crate::mma_plan::MmaConfig::default();
     let p = plan_for(graph, &crate::mma_plan::plan(&cfg, graph));
-    let mut counts = HashMap::new();
-    for f in p.fused.values() {
-        *counts.entry(f.kind()).or_insert(0) += 1;
-    }
-    counts
-}
-
-impl Fused {
-    /// The kind's name ([`planned_fusions`]).
-    fn kind(&self) -> &'static str {
-        match self {
-            Fused::Tail(_) => "tail",
-            Fused::Rope { .. } => "rope",
-            Fused::NormWrite { .. } => "norm_write",
-            Fused::SumAdd { .. } => "sum_add",
-            Fused::Route { .. } => "route",
-            Fused::ExpertSum { .. } => "expert_sum",
-            Fused::NormScale { .. } => "norm_scale",
-        }
-    }
+    p.fused
+        .values()
+        .filter(|f| matches!(f, Fused::Route { .. }))
+        .count()
 }
 
 /// [`plan`] for a graph whose `_mma_` products are planned by `mma`: its preparing norms are
@@ -385,8 +349,6 @@ pub(crate) fn plan(
     }
     fold_cache_writes(graph, &readers, keep, &mut p);
     fold_routes(graph, &readers, &mut p);
-    fold_norm_scales(graph, &readers, keep, &mut p);
-    fold_expert_sums(graph, &readers, &mut p);
     group_head_norms(graph, &mut p);
     p
 }
@@ -436,84 +398,6 @@ fn fold_routes(graph: &Graph, readers: &[usize], p: &mut FusePlan) {
     }
 }
 
-/// Finds `MoeSum(MatMulId(w, x, ids), weights)` with the product run right before the sum (only
-/// leaves between) and read by nothing else ([`Fused::ExpertSum`]), where the product takes the
-/// scalar `matmul_id` kernels whatever the settings (its shape is not one the tensor-core
-/// kernels take, `source::mma_rows`) and has at most `source::ID_SUM_MAX_SLOTS` slots a token.
-fn fold_expert_sums(graph: &Graph, readers: &[usize], p: &mut FusePlan) {
-    let nodes = graph.nodes();
-    let launches = |k: &usize| !matches!(nodes[*k].op, Op::Input | Op::Weight | Op::State);
-    for (i, node) in nodes.iter().enumerate() {
-        if !matches!(node.op, Op::MoeSum) {
-            continue;
-        }
-        let j = node.inputs[0].index();
-        let product = &nodes[j];
-        if !matches!(product.op, Op::MatMulId) {
-            continue;
-        }
-        let (w, x) = (graph.node(product.inputs[0]), graph.node(product.inputs[1]));
-        let k = w.shape().ne(0);
-        let scalar = uniform_row_stride(&x.layout)
-            .is_some_and(|stride| !crate::source::mma_rows(w.dtype, k, x.layout.offset, stride));
-        let slots = graph.node(product.inputs[2]).shape().ne(0);
-        let fits = scalar
-            && slots <= crate::source::ID_SUM_MAX_SLOTS
-            && (0..i).rev().find(launches) == Some(j)
-            && readers[j] == 1
-            && !p.skip.contains(&j)
-            && !p.fused.contains_key(&j)
-            && !p.skip.contains(&i)
-            && !p.fused.contains_key(&i);
-        if fits {
-            p.skip.insert(j);
-            p.fused.insert(
-                i,
-                Fused::ExpertSum {
-                    product: NodeId::from_index(j),
-                },
-            );
-        }
-    }
-}
-
-/// Finds `Scale(RmsNorm(x), s)` with the norm run right before the Scale (only leaves between),
-/// read by nothing else, not an output and not writing prepared activations (`keep`: those
-/// would be of the unscaled rows) ([`Fused::NormScale`]): the norm's launch multiplies each
-/// normed element by s, as the Scale's kernel does (one f32 multiply), so the bits are the same.
-fn fold_norm_scales(graph: &Graph, readers: &[usize], keep: &HashSet<usize>, p: &mut FusePlan) {
-    let nodes = graph.nodes();
-    let launches = |k: &usize| !matches!(nodes[*k].op, Op::Input | Op::Weight | Op::State);
-    for (i, node) in nodes.iter().enumerate() {
-        let Op::Unary(UnaryOp::Scale(scale)) = node.op else {
-            continue;
-        };
-        let j = node.inputs[0].index();
-        let norm = &nodes[j];
-        let fits = matches!(norm.op, Op::RmsNorm { .. })
-            && (0..i).rev().find(launches) == Some(j)
-            && readers[j] == 1
-            && !keep.contains(&j)
-            && !p.skip.contains(&j)
-            && !p.fused.contains_key(&j)
-            && !p.skip.contains(&i)
-            && !p.fused.contains_key(&i)
-            && dense(graph.node(norm.inputs[0]))
-            && dense(node)
-            && node.shape() == norm.shape();
-        if fits {
-            p.skip.insert(j);
-            p.fused.insert(
-                i,
-                Fused::NormScale {
-                    norm: NodeId::from_index(j),
-                    scale,
-                },
-            );
-        }
-    }
-}
-
 /// Groups consecutive head-norm launches (a layer's q norm + RoPE, k norm + RoPE + cache write,
 /// v norm + cache write, once its products run first) of batches up to
 /// `source::RN_JOBS_MAX_TOKENS` tokens into one launch at the first, up to `source::RN_MAX_JOBS`:
@@ -541,11 +425,7 @@ fn group_head_norms(graph: &Graph, p: &mut FusePlan) {
         let (mut own, write, norm) = match p.fused.get(&k)? {
             Fused::Rope { norm, write } => (vec![k, norm.index()], *write, norm.index()),
             Fused::NormWrite { write } => (vec![k], Some(*write), k),
-            Fused::Tail(_)
-            | Fused::SumAdd { .. }
-            | Fused::Route { .. }
-            | Fused::NormScale { .. }
-            | Fused::ExpertSum { .. } => return None,
+            Fused::Tail(_) | Fused::SumAdd { .. } | Fused::Route { .. } => return None,
         };
         if graph.node(nodes[norm].inputs[0]).shape().ne(0) >= 2048 {
             return None;
@@ -717,93 +597,28 @@ mod tests {
         }
     }
 
-    /// A MoE router's `rms_norm(r) · H^-½`: the norm and the Scale as one launch at the Scale;
-    /// not where the norm has another reader, writes prepared activations or is not the launch
-    /// right before the Scale.
+    /// The routing weights never take the slot of computed logits that die at the Softmax: the
+    /// fused launch writes them while other tokens' blocks may still read their logits.
     #[test]
-    fn a_norm_and_the_scale_after_it_fold_into_one_launch() {
-        // `kind`: 0 plain, 1 a second reader of the norm, 2 the norm prepares activations,
-        // 3 a launch between the norm and the Scale.
-        let case = |kind: u8| {
-            let mut g = GraphBuilder::new();
-            let r = input(&mut g, "r", DType::F32, &[64, 2]);
-            let w = weight(&mut g, "w", DType::F32, &[64]);
-            let n = g.rms_norm(r, Some(w), 1e-6).unwrap();
-            if kind == 3 {
-                g.scale(r, 2.0).unwrap();
-            }
-            let s = g.scale(n, 0.125).unwrap();
-            let outs = if kind == 1 { vec![s, n] } else { vec![s] };
-            let graph = g.finish(&outs).unwrap();
-            let keep = if kind == 2 {
-                HashSet::from([n.index()])
-            } else {
-                HashSet::new()
-            };
-            (plan(&graph, &keep, &HashMap::new()), n, s)
-        };
-        let (p, n, s) = case(0);
-        assert_eq!(p.skip, HashSet::from([n.index()]));
-        assert_eq!(
-            p.fused.get(&s.index()),
-            Some(&Fused::NormScale {
-                norm: n,
-                scale: 0.125
-            })
-        );
-        for kind in 1..=3 {
-            let (p, ..) = case(kind);
-            assert!(p.fused.is_empty() && p.skip.is_empty(), "case {kind}");
-        }
-    }
-
-    /// A MoE layer's expert downs and their weighted sum as one launch at the MoeSum, where the
-    /// scalar kernels take the downs by their shape; not for a tensor-core shape (Q8_0 rows of
-    /// 256), a product with a second reader, or a launch in between.
-    #[test]
-    fn expert_downs_and_their_sum_fold_into_one_launch() {
-        // `kind`: 0 plain (Q5_0 rows of 704), 1 Q8_0 rows of 256, 2 a second reader, 3 between.
-        let case = |kind: u8| {
-            let (h, k, n_exp, used, t) = (64, if kind == 1 { 256 } else { 704 }, 4, 2, 3);
-            let ty = if kind == 1 { DType::Q8_0 } else { DType::Q5_0 };
-            let mut g = GraphBuilder::new();
-            let act = input(&mut g, "act", DType::F32, &[k, used, t]);
-            // Computed activations that die at the product (their slot is free after it).
-            let act = g.scale(act, 0.5).unwrap();
-            let ids = input(&mut g, "ids", DType::I32, &[used, t]);
-            let wts = input(&mut g, "wts", DType::F32, &[used, t]);
-            let w = weight(&mut g, "down", ty, &[k, h, n_exp]);
-            let y = g.matmul_id(w, act, ids).unwrap();
-            if kind == 3 {
-                g.scale(wts, 2.0).unwrap();
-            }
-            let s = g.moe_sum(y, wts).unwrap();
-            let outs = if kind == 2 { vec![s, y] } else { vec![s] };
-            let graph = g.finish(&outs).unwrap();
-            let p = plan(&graph, &HashSet::new(), &HashMap::new());
-            (p, graph, act, y, s)
-        };
-        let (p, graph, act, y, s) = case(0);
-        assert_eq!(p.skip, HashSet::from([y.index()]));
-        assert_eq!(
-            p.fused.get(&s.index()),
-            Some(&Fused::ExpertSum { product: y })
-        );
-        // The sum's output does not take the activations' slot, which graph order alone frees
-        // after the product.
+    fn a_fused_routing_holds_its_logits_until_it_runs() {
+        let mut g = GraphBuilder::new();
+        let x = input(&mut g, "x", DType::F32, &[16, 8]);
+        let logits = g.scale(x, 0.5).unwrap();
+        let probs = g.softmax(logits).unwrap();
+        let ids = g.top_k(probs, 4).unwrap();
+        let w = g.moe_weights(probs, ids, None, true).unwrap();
+        let graph = g.finish(&[w, ids]).unwrap();
+        let p = plan(&graph, &HashSet::new(), &HashMap::new());
+        assert!(matches!(p.fused.get(&w.index()), Some(Fused::Route { .. })));
         let slot = |m: &graph::MemoryPlan, n: NodeId| m.storage[n.index()].clone();
         let free = graph::MemoryPlan::new(&graph);
         assert_eq!(
-            slot(&free, s),
-            slot(&free, act),
+            slot(&free, w),
+            slot(&free, logits),
             "graph order reuses the slot"
         );
         let held = graph::MemoryPlan::with_holds(&graph, &p.holds());
-        assert_ne!(slot(&held, s), slot(&held, act));
-        for kind in 1..=3 {
-            let (p, ..) = case(kind);
-            assert!(p.fused.is_empty() && p.skip.is_empty(), "case {kind}");
-        }
+        assert_ne!(slot(&held, w), slot(&held, logits));
     }
 
     /// Gemma 4's layer tail: post-norm, residual add, layer scale → one launch at the Mul.

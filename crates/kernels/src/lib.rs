@@ -29,7 +29,7 @@ pub use branch_plan::planned_branches;
 mod cuda;
 pub mod doctor;
 mod fuse_plan;
-pub use fuse_plan::{planned_folds, planned_fusions};
+pub use fuse_plan::{planned_folds, planned_routes};
 mod mma_plan;
 pub mod nvrtc;
 pub mod source;

@@ -256,10 +256,6 @@ pub const TOP_K_WARPS: usize = 4;
 /// Tokens (a warp each) per block of `moe_weights_f32` (`MOE_WEIGHTS_WARPS` in ops.cu).
 pub const MOE_WEIGHTS_WARPS: usize = 4;
 
-/// Most slots per token whose expert rows `matmul_id_sum_<type>` sums in one block
-/// (`ID_SUM_MAX_SLOTS` in matmul.cu); more stay a `matmul_id` and a `moe_sum_f32`.
-pub const ID_SUM_MAX_SLOTS: usize = 64;
-
 /// Threads of the block that takes a row of `softmax_f32`, and of `moe_route_f32`, which must
 /// round as it does (the block's reductions sum in an order set by its size).
 pub const SOFTMAX_THREADS: u32 = 256;
@@ -531,7 +527,7 @@ pub const OTHER_KERNELS: &[&str] = &[
 pub fn all_kernel_names() -> Vec<String> {
     let mut names: Vec<String> = OTHER_KERNELS.iter().map(|s| s.to_string()).collect();
     for (ty, suffix) in WEIGHT_SUFFIXES {
-        for family in ["matmul_id", "matmul_id_sum", "get_rows", "matmul_tc"] {
+        for family in ["matmul_id", "get_rows", "matmul_tc"] {
             names.push(format!("{family}_{suffix}"));
         }
         if gemm_weight_type(*ty) {
@@ -683,7 +679,6 @@ mod tests {
     fn warps_per_block_are_the_kernels() {
         assert!(OPS.contains(&format!("#define TOP_K_WARPS {TOP_K_WARPS}\n")));
         assert!(OPS.contains(&format!("#define MOE_WEIGHTS_WARPS {MOE_WEIGHTS_WARPS}\n")));
-        assert!(MATMUL.contains(&format!("#define ID_SUM_MAX_SLOTS {ID_SUM_MAX_SLOTS}\n")));
     }
 
     /// A persistent launch gives every unit a block iteration and no block more than the

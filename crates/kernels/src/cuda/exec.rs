@@ -31,9 +31,6 @@ pub(super) struct Exec {
     /// Post-norm tails launched as one kernel, and the nodes folded into them
     /// (`fuse_plan::plan`).
     pub(super) fuse: FusePlan,
-    /// The device address of each `Fused::NormScale` launch's scale (one f32 each, in a buffer
-    /// of `owned`), by its key.
-    pub(super) norm_scales: HashMap<usize, u64>,
     /// The branches that run on the side stream (`branch_plan::plan`; none unless a step).
     pub(super) branch: crate::branch_plan::BranchPlan,
     /// The shared-memory share its launches prefer: the backend's for a step graph

@@ -1,13 +1,12 @@
-//! Launches of the fused RMSNorm kernel (`fuse_plan`): plain norms, norms times a constant,
-//! post-norm tails with their residual, scale, split sums and next norm, head norms with RoPE and
-//! cache writes; and of the fused MoE routing and expert sums.
+//! Launches of the fused RMSNorm kernel (`fuse_plan`): plain norms, post-norm tails with
+//! their residual, scale, split sums and next norm, head norms with RoPE and cache writes; and of
+//! the fused MoE routing.
 
 use super::*;
 
 impl CudaBackend {
     /// Launches RMSNorm node `norm` writing `out` (and the prepared layout at `xs` if not 0), or,
-    /// with `tail`, the fused post-norm tail: `(residual + norm) · scale` into `out`; without
-    /// one, `scale` (the address of an f32) multiplies the normed rows (`Fused::NormScale`).
+    /// with `tail`, the fused post-norm tail: `(residual + norm) · scale` into `out`.
     pub(super) fn launch_norm(
         &self,
         exec: &Exec,
@@ -15,9 +14,8 @@ impl CudaBackend {
         out: u64,
         xs: u64,
         tail: Option<fuse_plan::NormTail>,
-        scale: Option<u64>,
     ) -> Result<()> {
-        let mut a = self.norm_args(exec, norm, out, xs, tail, scale)?;
+        let mut a = self.norm_args(exec, norm, out, xs, tail)?;
         a.ptr(0).ptr(0).i32(0).i32(0).f32(0.0);
         self.cache_write_args(exec, None, &mut a)?;
         // The prepared layout is the output's, or the next norm's for a tail that does it.
@@ -156,7 +154,7 @@ impl CudaBackend {
             Some(&f) => self.addr(exec, f)?,
             None => 0,
         };
-        let mut a = self.norm_args(exec, norm, out, 0, None, None)?;
+        let mut a = self.norm_args(exec, norm, out, 0, None)?;
         a.ptr(self.addr(exec, node.inputs[1])?)
             .ptr(ff)
             .i32(d[1] as i32)
@@ -170,7 +168,7 @@ impl CudaBackend {
     /// The complete `rms_norm_f32` arguments of RMSNorm node `norm` (rows of heads) writing its
     /// rows into a cache for the WriteRows node `write` (`Fused::NormWrite`).
     fn norm_write_args(&self, exec: &Exec, norm: NodeId, out: u64, write: NodeId) -> Result<Args> {
-        let mut a = self.norm_args(exec, norm, out, 0, None, None)?;
+        let mut a = self.norm_args(exec, norm, out, 0, None)?;
         let heads = exec.graph.node(norm).shape().ne(1);
         a.ptr(0).ptr(0).i32(heads as i32).i32(0).f32(0.0);
         self.cache_write_args(exec, Some(write), &mut a)?;
@@ -221,7 +219,7 @@ impl CudaBackend {
 
     /// The arguments of `rms_norm_f32` up to its RoPE ones: RMSNorm node `norm` writing `out`,
     /// the prepared layout at `xs` (0 for none) and the fused tail, if any (with the split planes
-    /// of its input), or else the f32 at `scale` as the rows' multiplier, if any.
+    /// of its input).
     pub(super) fn norm_args(
         &self,
         exec: &Exec,
@@ -229,7 +227,6 @@ impl CudaBackend {
         out: u64,
         xs: u64,
         tail: Option<fuse_plan::NormTail>,
-        scale: Option<u64>,
     ) -> Result<Args> {
         let g = &exec.graph;
         let node = g.node(norm);
@@ -248,13 +245,8 @@ impl CudaBackend {
                     None => a.ptr(0).i32(-1),
                 };
             }
-            // Without a tail, an f32 scale (`Fused::NormScale`) multiplies the normed rows.
             None => {
-                a.ptr(0);
-                match scale {
-                    Some(s) => a.ptr(s).i32(code(DType::F32)),
-                    None => a.ptr(0).i32(-1),
-                };
+                a.ptr(0).ptr(0).i32(-1);
             }
         }
         a.i32(planes as i32).i64(x.shape().n_elems() as i64);
@@ -296,57 +288,6 @@ impl CudaBackend {
             None => a.ptr(0).i32(-1),
         };
         Ok(eps)
-    }
-
-    /// Launches MoeSum `node` with the expert-indexed `product` it sums as one
-    /// `matmul_id_sum_<type>` launch (`Fused::ExpertSum`): a block per output row and token.
-    pub(super) fn launch_expert_sum(
-        &self,
-        exec: &Exec,
-        node: &Node,
-        product: NodeId,
-        out: u64,
-    ) -> Result<()> {
-        let g = &exec.graph;
-        let p = g.node(product);
-        let (w, x, ids) = (
-            g.node(p.inputs[0]),
-            g.node(p.inputs[1]),
-            g.node(p.inputs[2]),
-        );
-        let wts = g.node(node.inputs[1]);
-        let k = w.shape().ne(0);
-        let (n, n_expert) = (w.shape().ne(1), w.shape().ne(2));
-        let (n_used, t) = (ids.shape().ne(0), ids.shape().ne(1));
-        let stride = uniform_row_stride(&x.layout).filter(|_| k.is_multiple_of(32));
-        let Some(stride) = stride.filter(|_| n_used <= source::ID_SUM_MAX_SLOTS && t <= 65_535)
-        else {
-            return Err(backend_err(format!(
-                "moe_sum (node '{}'): its product cannot be summed in one launch",
-                p.name.as_deref().unwrap_or("matmul_id")
-            )));
-        };
-        let mut a = Args::default();
-        a.ptr(self.base(exec, p.inputs[0])?)
-            .ptr(self.base(exec, p.inputs[1])?)
-            .ptr(self.addr(exec, p.inputs[2])?)
-            .ptr(self.base(exec, node.inputs[1])?)
-            .layout(&wts.layout)
-            .ptr(out)
-            .i32(k as i32)
-            .i32(n as i32)
-            .i32(n_expert as i32)
-            .i32(n_used as i32)
-            .i32(x.shape().ne(1) as i32)
-            .i64(x.layout.offset as i64)
-            .i64(stride)
-            .ptr(self.err_word);
-        self.launch(
-            &format!("matmul_id_sum_{}", weight_suffix(w.dtype)?),
-            (n as u32, t as u32, 1),
-            256,
-            &mut a,
-        )
     }
 
     /// The split-K partial-sum scratch of the `_mma_` products.

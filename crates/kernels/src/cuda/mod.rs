@@ -1302,27 +1302,6 @@ impl Backend for CudaBackend {
             Ok(Some(b))
         };
         let gemm_acts = f16_scratch(mma.gemm_act_elems)?;
-        // The fused norms' scales, one f32 each, in key order.
-        let mut scaled: Vec<(usize, f32)> = fuse
-            .fused
-            .iter()
-            .filter_map(|(&k, f)| match *f {
-                Fused::NormScale { scale, .. } => Some((k, scale)),
-                _ => None,
-            })
-            .collect();
-        scaled.sort_by_key(|&(k, _)| k);
-        let mut norm_scales = HashMap::new();
-        if !scaled.is_empty() {
-            let values: Vec<f32> = scaled.iter().map(|&(_, v)| v).collect();
-            let b = self.alloc(DType::F32, Shape::new(&[values.len()])?)?;
-            owned.push(b);
-            self.write(b, 0, HostData::F32(&values))?;
-            let base = self.buf(b)?.ptr;
-            for (n, &(k, _)) in scaled.iter().enumerate() {
-                norm_scales.insert(k, base + 4 * n as u64);
-            }
-        }
         self.reserve_gemm_weights(mma.gemm_weight_elems)?;
         self.execs.push(Some(Exec {
             graph: graph.clone(),
@@ -1337,7 +1316,6 @@ impl Backend for CudaBackend {
             q8_weights,
             mma,
             fuse,
-            norm_scales,
             branch,
             carveout: if carveout::is_step(graph) {
                 self.smem_carveout

@@ -373,7 +373,7 @@ impl CudaBackend {
                     (Some(n2), Some(b)) if exec.mma.norms.contains(&n2.index()) => self.buf(b)?.ptr,
                     _ => 0,
                 };
-                return self.launch_norm(exec, t.norm, out, xs, Some(*t), None);
+                return self.launch_norm(exec, t.norm, out, xs, Some(*t));
             }
             Some(&Fused::SumAdd { residual, planes }) => {
                 let partials = self.partials_ptr(exec)?;
@@ -386,17 +386,6 @@ impl CudaBackend {
             }
             Some(&Fused::Route { softmax, top_k }) => {
                 return self.launch_route(exec, node, out, softmax, top_k);
-            }
-            Some(&Fused::ExpertSum { product }) => {
-                return self.launch_expert_sum(exec, node, product, out);
-            }
-            Some(&Fused::NormScale { norm, .. }) => {
-                let scale = exec
-                    .norm_scales
-                    .get(&id.index())
-                    .copied()
-                    .ok_or_else(|| backend_err("a fused norm's scale is not on the device"))?;
-                return self.launch_norm(exec, norm, out, 0, None, Some(scale));
             }
             None => {}
         }
@@ -646,7 +635,7 @@ impl CudaBackend {
                     Some(b) if exec.mma.norms.contains(&id.index()) => self.buf(b)?.ptr,
                     _ => 0,
                 };
-                self.launch_norm(exec, id, out, xs, None, None)
+                self.launch_norm(exec, id, out, xs, None)
             }
             Op::Rope(p) => {
                 let x = inp(0);
