@@ -72,8 +72,9 @@ impl BranchPlan {
     }
 }
 
-/// The side branches the CUDA backend would run on a second stream in a step graph with its
-/// default settings; a pure function, for CI checks of a model's graph.
+/// The side branches the CUDA backend would run on a second stream in `graph` with its default
+/// settings (mma products on, the GEMM route available); a pure function, for CI checks of a
+/// model's graph.
 pub fn planned_branches(graph: &Graph) -> usize {
     let cfg = crate::mma_plan::MmaConfig::default();
     let mma = crate::mma_plan::plan(&cfg, graph);
@@ -82,9 +83,13 @@ pub fn planned_branches(graph: &Graph) -> usize {
 }
 
 /// Plans the side branches of `graph`, whose products and fusions are planned by `mma` and
-/// `fuse`.
+/// `fuse`: none unless it is a step graph (`carveout::is_step`: decode steps and drafts, whose
+/// launches are short enough for the overlap to matter).
 pub(crate) fn plan(graph: &Graph, mma: &MmaPlan, fuse: &FusePlan) -> BranchPlan {
     let mut p = BranchPlan::default();
+    if !crate::cuda::is_step(graph) {
+        return p;
+    }
     let Some(launcher) = fuse.launchers(graph) else {
         return p;
     };
@@ -131,8 +136,11 @@ pub(crate) fn plan(graph: &Graph, mma: &MmaPlan, fuse: &FusePlan) -> BranchPlan 
                 _ => false,
             }
     };
-    // A launch that writes storage of another node (an in-place write, a cache row).
-    let writes_elsewhere = |k: usize| launches(k) && nodes[k].root.index() != k;
+    // A launch that writes storage of another node (an in-place write, a cache row), itself or
+    // through a node it folds (a norm's cache write).
+    let writes_elsewhere = |k: usize| {
+        launches(k) && (0..n).any(|i| launcher[i] == k && !viewing(i) && nodes[i].root.index() != i)
+    };
     let mut taken_until = 0;
     for ms in (0..n).filter(|&i| matches!(nodes[i].op, Op::MoeSum)) {
         // Ancestors of the MoeSum, then the largest set of them read only inside the set.
@@ -312,6 +320,8 @@ mod tests {
         let (graph, _, _) = moe_ffn(true);
         let (mma, fuse) = plans(&graph);
         let p = plan(&graph, &mma, &fuse);
+        // The expert products and their sum still fork, after the routing.
+        assert_eq!(p.branches.len(), 1, "{p:?}");
         let nodes = graph.nodes();
         // The routing weights (read by the dense branch) and what feeds them stay on the
         // main stream; whatever forks reads them from there.

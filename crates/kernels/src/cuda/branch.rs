@@ -80,6 +80,8 @@ impl CudaBackend {
         self.stream
             .wait(&self.side.join)
             .map_err(|e| driver_err("joining the side stream", e))?;
+        // The next product waits for the side too: it must lead a chain, not join one.
+        self.end_product_chain();
         self.after_stream_wait();
         Ok(())
     }

@@ -61,8 +61,9 @@ impl CudaBackend {
         let mut launch = || -> Result<()> {
             for (i, node) in exec.graph.nodes().iter().enumerate() {
                 if join_at == Some(i) {
-                    join_at = None;
+                    // Cleared once joined, so a failed join is tried again at the end.
                     self.join_side()?;
+                    join_at = None;
                 }
                 if let Some(b) = branches.next_if(|b| b.fork_at == i) {
                     join_at = Some(b.join_at);

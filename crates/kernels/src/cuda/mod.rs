@@ -35,6 +35,7 @@ mod launch;
 mod ops;
 mod read_ceiling;
 
+pub(crate) use carveout::is_step;
 pub use read_ceiling::READ_MAX_RUNS;
 
 use exec::Exec;
@@ -1205,7 +1206,7 @@ impl Backend for CudaBackend {
         } else {
             FusePlan::default()
         };
-        let branch = if self.branches && carveout::is_step(graph) {
+        let branch = if self.branches {
             branch_plan::plan(graph, &mma, &fuse)
         } else {
             branch_plan::BranchPlan::default()

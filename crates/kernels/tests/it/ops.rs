@@ -2993,52 +2993,37 @@ fn the_carveout_holds_the_persistent_products() {
     );
 }
 
-/// A MoE FFN step (a norm's tail, the dense MLP on Q4_K tensor-core products, the routed experts
-/// on Q8_0 and Q5_0 `matmul_id`, their post-norms and sum): its experts run on the side stream
-/// beside the dense MLP (`branch_plan`), eagerly and replayed from a captured graph, with the
-/// same bits as on one stream, and match the CPU.
-#[test]
-fn moe_experts_on_the_side_stream_equal_one_stream() {
-    let mut rng = Rng(51);
-    let (h, f, n_exp, k, i, t) = (1024, 2048, 16, 4, 256, 2);
-    let mut c = Case::new();
-    let x = c.f32(&[h, t], rng.vec(h * t));
+/// One MoE FFN of a step (`h`-wide rows of `t` tokens) on `x`: a norm's tail, the dense MLP on
+/// Q4_K tensor-core products, the routed experts on Q8_0 and Q5_0 `matmul_id`, their post-norms
+/// and sum, added to the residual.
+fn moe_ffn_layer(c: &mut Case, rng: &mut Rng, x: NodeId, h: usize, t: usize) -> NodeId {
+    let (f, n_exp, k, i) = (2048, 16, 4, 256);
     let norm_w =
         |c: &mut Case, rng: &mut Rng| c.weight(DType::F32, &[h], random_weight(rng, DType::F32, h));
-    let w0 = norm_w(&mut c, &mut rng);
+    let w0 = norm_w(c, rng);
     let r = c.g.rms_norm(x, Some(w0), 1e-6).unwrap();
     let r = c.g.add(x, r).unwrap();
     // The dense MLP.
-    let w1 = norm_w(&mut c, &mut rng);
+    let w1 = norm_w(c, rng);
     let m_in = c.g.rms_norm(r, Some(w1), 1e-6).unwrap();
-    let gu = c.random_products(
-        &mut rng,
-        m_in,
-        h,
-        &[(DType::Q4_K, f), (DType::Q4_K, f)],
-        false,
-    );
+    let gu = c.random_products(rng, m_in, h, &[(DType::Q4_K, f), (DType::Q4_K, f)], false);
     let act = c.g.glu(GluOp::GeGlu, gu[0], gu[1]).unwrap();
     // Random weights make the GLU's outputs ~1e5, past the f16 range the tensor-core products'
     // activations must stay in (matvec_mma.cu): scaled back as a trained model's are.
     let act = c.g.scale(act, 1.0 / 1024.0).unwrap();
-    let down = c.random_products(&mut rng, act, f, &[(DType::Q4_K, h)], false)[0];
-    let w2 = norm_w(&mut c, &mut rng);
+    let down = c.random_products(rng, act, f, &[(DType::Q4_K, h)], false)[0];
+    let w2 = norm_w(c, rng);
     let m = c.g.rms_norm(down, Some(w2), 1e-6).unwrap();
     // The routed experts.
-    let w3 = norm_w(&mut c, &mut rng);
+    let w3 = norm_w(c, rng);
     let rn = c.g.rms_norm(r, Some(w3), 1e-6).unwrap();
     let rn = c.g.scale(rn, 1.0 / (h as f32).sqrt()).unwrap();
-    let logits = c.random_products(&mut rng, rn, h, &[(DType::F32, n_exp)], false)[0];
+    let logits = c.random_products(rng, rn, h, &[(DType::F32, n_exp)], false)[0];
     let probs = c.g.softmax(logits).unwrap();
     let ids = c.g.top_k(probs, k).unwrap();
-    let es = c.weight(
-        DType::F32,
-        &[n_exp],
-        random_weight(&mut rng, DType::F32, n_exp),
-    );
+    let es = c.weight(DType::F32, &[n_exp], random_weight(rng, DType::F32, n_exp));
     let weights = c.g.moe_weights(probs, ids, Some(es), true).unwrap();
-    let w4 = norm_w(&mut c, &mut rng);
+    let w4 = norm_w(c, rng);
     let xin = c.g.rms_norm(r, Some(w4), 1e-6).unwrap();
     let xin = c.g.reshape(xin, Shape::new(&[h, 1, t]).unwrap()).unwrap();
     let mut exps = Vec::new();
@@ -3047,62 +3032,84 @@ fn moe_experts_on_the_side_stream_equal_one_stream() {
         (DType::Q8_0, h, i),
         (DType::Q5_0, i, h),
     ] {
-        exps.push(c.weight(
-            ty,
-            &[kk, n, n_exp],
-            random_weight(&mut rng, ty, kk * n * n_exp),
-        ));
+        exps.push(c.weight(ty, &[kk, n, n_exp], random_weight(rng, ty, kk * n * n_exp)));
     }
     let eg = c.g.matmul_id(exps[0], xin, ids).unwrap();
     let eu = c.g.matmul_id(exps[1], xin, ids).unwrap();
     let ea = c.g.glu(GluOp::GeGlu, eg, eu).unwrap();
     let eo = c.g.matmul_id(exps[2], ea, ids).unwrap();
     let e = c.g.moe_sum(eo, weights).unwrap();
-    let w5 = norm_w(&mut c, &mut rng);
+    let w5 = norm_w(c, rng);
     let e = c.g.rms_norm(e, Some(w5), 1e-6).unwrap();
     let sum = c.g.add(m, e).unwrap();
-    let w6 = norm_w(&mut c, &mut rng);
+    let w6 = norm_w(c, rng);
     let sum = c.g.rms_norm(sum, Some(w6), 1e-6).unwrap();
-    let out = c.g.add(r, sum).unwrap();
+    c.g.add(r, sum).unwrap()
+}
+
+/// Two MoE FFN layers of a step: each layer's experts run on the side stream beside its dense
+/// MLP (`branch_plan`), eagerly and replayed from a captured graph, with the same bits as on one
+/// stream, and match the CPU. Every run gets other inputs, so a replay that read a side value
+/// before the side wrote it would show the previous run's.
+#[test]
+fn moe_experts_on_the_side_stream_equal_one_stream() {
+    let mut rng = Rng(51);
+    let (h, t) = (1024, 2);
+    let mut c = Case::new();
+    let x = c.f32(&[h, t], rng.vec(h * t));
+    let l1 = moe_ffn_layer(&mut c, &mut rng, x, h, t);
+    let out = moe_ffn_layer(&mut c, &mut rng, l1, h, t);
     // (The picks are no output: an output stays on the main stream, and with it the routing.)
     let outs = [out];
     let graph = c.g.finish(&outs).unwrap();
     // The plan is checked everywhere; the GPU runs only where there is one.
-    assert_eq!(kernels::planned_branches(&graph), 1, "the experts fork");
+    assert_eq!(
+        kernels::planned_branches(&graph),
+        2,
+        "each layer's experts fork"
+    );
     let Some(mut cuda) = crate::cuda() else {
         return;
     };
-    let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &outs);
+    // An eager run, then a captured graph replayed twice, each on new inputs.
+    let runs: Vec<Vec<(NodeId, Vec<f32>)>> = (0..3)
+        .map(|n| {
+            if n == 0 {
+                vec![]
+            } else {
+                vec![(x, rng.vec(h * t))]
+            }
+        })
+        .collect();
+    let want = run_on_times(&mut CpuBackend::new(), &graph, &c.leaves, &outs, &runs);
     cuda.set_branches(false);
     let before = cuda.side_branches_launched();
-    let one = run_on(&mut cuda, &graph, &c.leaves, &outs);
+    let one = run_on_times(&mut cuda, &graph, &c.leaves, &outs, &runs);
     assert_eq!(
         cuda.side_branches_launched(),
         before,
         "no branch with branches off"
     );
     cuda.set_branches(true);
-    // An eager run, then a captured graph replayed twice.
-    let runs = run_on_times(
-        &mut cuda,
-        &graph,
-        &c.leaves,
-        &outs,
-        &[vec![], vec![], vec![]],
+    let two = run_on_times(&mut cuda, &graph, &c.leaves, &outs, &runs);
+    assert_eq!(
+        cuda.side_branches_launched(),
+        before + 4,
+        "the eager run and the capture fork each layer"
     );
-    assert!(
-        cuda.side_branches_launched() >= before + 2,
-        "the eager run and the capture fork"
-    );
-    for (n, two) in runs.iter().enumerate() {
-        for (o, (a, b)) in two.iter().zip(&one).enumerate() {
-            assert!(
-                same_bits(a, b),
-                "run {n} output {o}: two streams and one differ"
-            );
-        }
+    for (n, ((a, b), w)) in two.iter().zip(&one).zip(&want).enumerate() {
+        assert!(
+            !same_bits(&a[0], &one[(n + 1) % 3][0]),
+            "run {n}: inputs differ"
+        );
+        assert!(
+            same_bits(&a[0], &b[0]),
+            "run {n}: two streams and one differ"
+        );
+        let err = rel_err(&b[0], &w[0]);
+        eprintln!(
+            "moe ffn run {n} on two streams: same bits as one; rel err against the CPU {err:.2e}"
+        );
+        assert!(err <= 1e-5, "run {n}: rel err {err:e}");
     }
-    let err = rel_err(&one[0], &want[0]);
-    eprintln!("moe ffn on two streams: same bits as one; rel err against the CPU {err:.2e}");
-    assert!(err <= 1e-5, "rel err {err:e}");
 }
