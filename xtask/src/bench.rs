@@ -461,7 +461,9 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// The 26B-A4B decode at depth 0 into `r` (`moe_decode_tok_s`, and `moe_decode_bw_fraction`:
 /// the weight bytes a step reads, [`moe_active_bytes`], per second over the copy bandwidth
-/// `copy` in bytes/s); with `--profile moe`, one more step inside [`kernels::profiled`].
+/// `copy` in bytes/s) and its verify batches of 4, 8 and 16 tokens at depth 0
+/// (`moe_verify_ratio`: t(k) over the decode step); with `--profile moe`, one more step inside
+/// [`kernels::profiled`].
 fn moe_decode(
     path: &Path,
     copy: f64,
@@ -484,6 +486,23 @@ fn moe_decode(
         bytes as f64 / s / 1e9
     );
     r.insert("moe_decode_bw_fraction".into(), json!(fraction));
+    // Verify batches at depth 0, as a 26B-A4B target's speculative decoding runs them.
+    let mut verify = BTreeMap::new();
+    for k in [4usize, 8, 16] {
+        let tokens: Vec<u32> = (0..k as u32).map(|i| 1000 + i).collect();
+        let v = time(2, 9, || {
+            m.forward_argmax(&tokens, LogitRows::All)?;
+            m.truncate(0)?;
+            Ok(())
+        })?;
+        eprintln!(
+            "26B-A4B verify k={k}: {:.2} ms, t(k)/t(1) {:.2}",
+            v * 1e3,
+            v / s
+        );
+        verify.insert(k.to_string(), v / s);
+    }
+    r.insert("moe_verify_ratio".into(), json!(verify));
     if profile == Some("moe") {
         kernels::profiled(0, || -> Result<()> {
             m.forward_argmax(&[1000], LogitRows::Last)?;
@@ -643,6 +662,16 @@ fn write_results(dir: &Path, v: Value) -> Result<()> {
     );
     if let Some(x) = v["moe_decode_bw_fraction"].as_f64() {
         md += &format!("| 26B-A4B decode bandwidth / copy | {x:.3} |\n");
+    }
+    let mut moe_verify: Vec<(usize, f64)> = v["moe_verify_ratio"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, x)| Some((k.parse().ok()?, x.as_f64()?)))
+        .collect();
+    moe_verify.sort_by_key(|&(k, _)| k);
+    for (k, x) in moe_verify {
+        md += &format!("| 26B-A4B verify t({k}) / decode step at depth 0 | {x:.2} |\n");
     }
     std::fs::write(stem.with_extension("md"), md)?;
     std::fs::write(stem.with_extension("svg"), svg(&v))?;
@@ -830,7 +859,7 @@ mod tests {
         let v = json!({
             "card": "Render Card", "driver": "1.0", "commit": "abc", "model": "m",
             "decode_tok_s": {"0": 70.0}, "verify_ratio": {"1": 1.0, "16": 2.0},
-            "mtp_draft_fraction": 0.04
+            "mtp_draft_fraction": 0.04, "moe_verify_ratio": {"16": 2.5, "4": 1.25}
         });
         std::fs::write(&input, v.to_string()).unwrap();
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -844,6 +873,10 @@ mod tests {
         .unwrap();
         let md = std::fs::read_to_string(written(&out, "md")).unwrap();
         assert!(md.contains("| MTP draft / decode step | 0.040 |"), "{md}");
+        // The 26B-A4B's verify ratios in batch order.
+        let v4 = md.find("| 26B-A4B verify t(4) / decode step at depth 0 | 1.25 |");
+        let v16 = md.find("| 26B-A4B verify t(16) / decode step at depth 0 | 2.50 |");
+        assert!(v4.is_some() && v4 < v16, "{md}");
         let bad = dir.join("bad.json");
         std::fs::write(&bad, "not json").unwrap();
         let err = run(&args(&["--render", bad.to_str().unwrap()])).unwrap_err();

@@ -1,4 +1,5 @@
-//! Branches of a step graph that run on a second CUDA stream while the main stream runs on.
+//! Branches of a decode step or verify batch that run on a second CUDA stream while the main
+//! stream runs on.
 //!
 //! A Gemma 4 MoE layer's FFN has two branches that meet only at their sum: the dense MLP
 //! (its norm, gate and up, GLU, down and post-norm) and the routed experts (the router's norm,
@@ -82,12 +83,27 @@ pub fn planned_branches(graph: &Graph) -> usize {
     plan(graph, &mma, &fuse).branches.len()
 }
 
+/// Most tokens of a graph whose branches run on the side stream: decode steps, drafts and
+/// verify batches (up to 16 tokens), whose launches are short enough for the overlap to matter.
+/// Prefill chunks keep one stream.
+pub(crate) const MAX_TOKENS: usize = 16;
+
+/// Whether `graph` takes at most [`MAX_TOKENS`] tokens: every product has at most that many
+/// activation rows, and every expert-indexed product at most that many tokens (its rows are a
+/// token's slots).
+fn few_tokens(graph: &Graph) -> bool {
+    graph.nodes().iter().all(|node| match node.op {
+        Op::MatMul | Op::MatMulQ8 => node.shape().n_rows() <= MAX_TOKENS,
+        Op::MatMulId => graph.node(node.inputs[2]).shape().ne(1) <= MAX_TOKENS,
+        _ => true,
+    })
+}
+
 /// Plans the side branches of `graph`, whose products and fusions are planned by `mma` and
-/// `fuse`: none unless it is a step graph (`carveout::is_step`: decode steps and drafts, whose
-/// launches are short enough for the overlap to matter).
+/// `fuse`: none unless it takes at most [`MAX_TOKENS`] tokens.
 pub(crate) fn plan(graph: &Graph, mma: &MmaPlan, fuse: &FusePlan) -> BranchPlan {
     let mut p = BranchPlan::default();
-    if !crate::cuda::is_step(graph) {
+    if !few_tokens(graph) {
         return p;
     }
     let Some(launcher) = fuse.launchers(graph) else {
@@ -214,11 +230,11 @@ mod tests {
 
     /// A MoE FFN of the Gemma 4 shape (f32 weights, one token): the dense MLP and the routed
     /// experts from one residual, summed. Returns the graph, the residual and the MoeSum.
-    fn moe_ffn(dense_reads_router: bool) -> (Graph, NodeId, NodeId) {
+    fn moe_ffn(dense_reads_router: bool, t: usize) -> (Graph, NodeId, NodeId) {
         let (h, f, e, k, i) = (64, 96, 4, 2, 32);
         let mut g = GraphBuilder::new();
         let s = |d: &[usize]| Shape::new(d).unwrap();
-        let x = g.input("x", DType::F32, s(&[h, 1])).unwrap();
+        let x = g.input("x", DType::F32, s(&[h, t])).unwrap();
         let nw = g.weight("norm", DType::F32, s(&[h])).unwrap();
         let r = g.rms_norm(x, Some(nw), 1e-6).unwrap();
         let r = g.add(x, r).unwrap();
@@ -245,7 +261,7 @@ mod tests {
         let weights = g.moe_weights(probs, ids, None, true).unwrap();
         let xw = g.weight("pre2", DType::F32, s(&[h])).unwrap();
         let xin = g.rms_norm(r, Some(xw), 1e-6).unwrap();
-        let xin = g.reshape(xin, s(&[h, 1, 1])).unwrap();
+        let xin = g.reshape(xin, s(&[h, 1, t])).unwrap();
         let gu = g.weight("gate_exps", DType::F32, s(&[h, i, e])).unwrap();
         let uu = g.weight("up_exps", DType::F32, s(&[h, i, e])).unwrap();
         let du = g.weight("down_exps", DType::F32, s(&[i, h, e])).unwrap();
@@ -276,7 +292,7 @@ mod tests {
 
     #[test]
     fn the_experts_of_a_moe_ffn_fork_after_the_residual_and_join_at_the_sum() {
-        let (graph, r, ms) = moe_ffn(false);
+        let (graph, r, ms) = moe_ffn(false, 1);
         let (mma, fuse) = plans(&graph);
         let p = plan(&graph, &mma, &fuse);
         assert_eq!(p.branches.len(), 1, "{p:?}");
@@ -315,9 +331,24 @@ mod tests {
         assert!(holds[0].nodes.contains(&dense_gate) && holds[0].nodes.contains(&ms.index()));
     }
 
+    /// Verify batches up to 16 tokens fork (their expert products have more rows: a token's
+    /// slots each); prefill chunks of more keep one stream.
+    #[test]
+    fn batches_up_to_16_tokens_fork_and_longer_ones_do_not() {
+        for (t, forks) in [(2, 1), (16, 1), (17, 0)] {
+            let (graph, _, _) = moe_ffn(false, t);
+            let (mma, fuse) = plans(&graph);
+            assert_eq!(
+                plan(&graph, &mma, &fuse).branches.len(),
+                forks,
+                "{t} tokens"
+            );
+        }
+    }
+
     #[test]
     fn a_side_value_read_by_the_dense_branch_keeps_it_out_of_the_side() {
-        let (graph, _, _) = moe_ffn(true);
+        let (graph, _, _) = moe_ffn(true, 1);
         let (mma, fuse) = plans(&graph);
         let p = plan(&graph, &mma, &fuse);
         // The expert products and their sum still fork, after the routing.

@@ -1,6 +1,6 @@
-//! The side stream that a step graph's branches run on (`branch_plan`), and the fork and join
-//! between it and the main stream. Both are captured into the step's CUDA graph, where the
-//! events become edges.
+//! The side stream that the branches of a decode step or verify batch run on (`branch_plan`),
+//! and the fork and join between it and the main stream. Both are captured into the graph's
+//! CUDA graph, where the events become edges.
 
 use std::cell::Cell;
 
@@ -100,9 +100,9 @@ impl CudaBackend {
         self.side.launched.get()
     }
 
-    /// Whether step graphs loaded from now on run their MoE experts on the side stream (on by
-    /// default; `SPECULA_BRANCHES=0` turns it off, an A/B knob). Graphs already loaded keep
-    /// their plan.
+    /// Whether graphs of up to 16 tokens loaded from now on run their MoE experts on the side
+    /// stream (on by default; `SPECULA_BRANCHES=0` turns it off, an A/B knob). Graphs already
+    /// loaded keep their plan.
     pub fn set_branches(&mut self, on: bool) {
         self.branches = on;
     }

@@ -31,7 +31,7 @@ pub(super) struct Exec {
     /// Post-norm tails launched as one kernel, and the nodes folded into them
     /// (`fuse_plan::plan`).
     pub(super) fuse: FusePlan,
-    /// The branches that run on the side stream (`branch_plan::plan`; none unless a step).
+    /// The branches that run on the side stream (`branch_plan::plan`; none past 16 tokens).
     pub(super) branch: crate::branch_plan::BranchPlan,
     /// The shared-memory share its launches prefer: the backend's for a step graph
     /// (`carveout::is_step`), else none.

@@ -35,7 +35,6 @@ mod launch;
 mod ops;
 mod read_ceiling;
 
-pub(crate) use carveout::is_step;
 pub use read_ceiling::READ_MAX_RUNS;
 
 use exec::Exec;
@@ -331,8 +330,8 @@ pub struct CudaBackend {
     /// Graphs are loaded with the launches `fuse_plan` folds together (`SPECULA_FUSE=0`
     /// launches every node on its own, an A/B knob).
     fusion: bool,
-    /// Step graphs run their side branches (`branch_plan`: a MoE layer's experts) on the side
-    /// stream (`SPECULA_BRANCHES=0` keeps one stream, an A/B knob).
+    /// Graphs of up to 16 tokens run their side branches (`branch_plan`: a MoE layer's experts)
+    /// on the side stream (`SPECULA_BRANCHES=0` keeps one stream, an A/B knob).
     branches: bool,
     /// The launch after a fork or join keeps programmatic serialization (`SPECULA_BRANCH_PDL=1`,
     /// an A/B knob; off by default, see `after_stream_wait`).
@@ -367,7 +366,8 @@ impl CudaBackend {
         let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the context", e))?;
         #[allow(unsafe_code)]
         // SAFETY: called right after creating the context, before any allocation (cudarc#555);
-        // this backend uses one stream and raw allocations, so no cross-stream tracking is needed.
+        // this backend uses raw allocations and orders its two streams itself (events at a
+        // branch's fork and join), so no cross-stream tracking is needed.
         unsafe {
             ctx.disable_event_tracking()
         };

@@ -3047,14 +3047,15 @@ fn moe_ffn_layer(c: &mut Case, rng: &mut Rng, x: NodeId, h: usize, t: usize) -> 
     c.g.add(r, sum).unwrap()
 }
 
-/// Two MoE FFN layers of a step: each layer's experts run on the side stream beside its dense
-/// MLP (`branch_plan`), eagerly and replayed from a captured graph, with the same bits as on one
+/// Two MoE FFN layers of a five-token verify batch: each layer's experts run on the side stream
+/// beside its dense MLP (`branch_plan`), eagerly and replayed from a captured graph, with the same bits as on one
 /// stream, and match the CPU. Every run gets other inputs, so a replay that read a side value
 /// before the side wrote it would show the previous run's.
 #[test]
 fn moe_experts_on_the_side_stream_equal_one_stream() {
     let mut rng = Rng(51);
-    let (h, t) = (1024, 2);
+    // Five tokens: a verify batch whose expert products have 20 rows.
+    let (h, t) = (1024, 5);
     let mut c = Case::new();
     let x = c.f32(&[h, t], rng.vec(h * t));
     let l1 = moe_ffn_layer(&mut c, &mut rng, x, h, t);
