@@ -77,6 +77,23 @@ fn decode_step(t: &mut Target, depth: usize) -> Result<f64> {
     })
 }
 
+/// The tokens of a k-token verify batch.
+fn verify_tokens(k: usize) -> Vec<u32> {
+    (0..k as u32).map(|i| 1000 + i).collect()
+}
+
+/// Seconds of one verify batch of `tokens` (logits for every row) at context depth `depth`:
+/// median of 9 after 2 warm-up runs, the cache cut back to `depth` after each.
+fn verify_batch(t: &mut Target, tokens: &[u32], depth: usize) -> Result<f64> {
+    t.truncate(0)?;
+    t.assume_positions_for_bench(depth)?;
+    time(2, 9, || {
+        t.forward_argmax(tokens, LogitRows::All)?;
+        t.truncate(depth)?;
+        Ok(())
+    })
+}
+
 /// Bytes one decode step reads from weights: every tensor once (the tied output head reads the
 /// whole `token_embd`; its one-row embedding gather is not counted again).
 fn weight_bytes(path: &Path) -> Result<u64> {
@@ -489,12 +506,7 @@ fn moe_decode(
     // Verify batches at depth 0, as a 26B-A4B target's speculative decoding runs them.
     let mut verify = BTreeMap::new();
     for k in [4usize, 8, 16] {
-        let tokens: Vec<u32> = (0..k as u32).map(|i| 1000 + i).collect();
-        let v = time(2, 9, || {
-            m.forward_argmax(&tokens, LogitRows::All)?;
-            m.truncate(0)?;
-            Ok(())
-        })?;
+        let v = verify_batch(&mut m, &verify_tokens(k), 0)?;
         eprintln!(
             "26B-A4B verify k={k}: {:.2} ms, t(k)/t(1) {:.2}",
             v * 1e3,
@@ -556,14 +568,8 @@ fn decode_and_verify(
     let mut verify = BTreeMap::new();
     let mut t1 = 0.0;
     for k in 1..=16usize {
-        t.truncate(0)?;
-        t.assume_positions_for_bench(4096)?;
-        let tokens: Vec<u32> = (0..k as u32).map(|i| 1000 + i).collect();
-        let s = time(2, 9, || {
-            t.forward_argmax(&tokens, LogitRows::All)?;
-            t.truncate(4096)?;
-            Ok(())
-        })?;
+        let tokens = verify_tokens(k);
+        let s = verify_batch(t, &tokens, 4096)?;
         if k == 1 {
             t1 = s;
         }
