@@ -669,14 +669,7 @@ fn write_results(dir: &Path, v: Value) -> Result<()> {
     if let Some(x) = v["moe_decode_bw_fraction"].as_f64() {
         md += &format!("| 26B-A4B decode bandwidth / copy | {x:.3} |\n");
     }
-    let mut moe_verify: Vec<(usize, f64)> = v["moe_verify_ratio"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, x)| Some((k.parse().ok()?, x.as_f64()?)))
-        .collect();
-    moe_verify.sort_by_key(|&(k, _)| k);
-    for (k, x) in moe_verify {
+    for (k, x) in series(&v, "moe_verify_ratio") {
         md += &format!("| 26B-A4B verify t({k}) / decode step at depth 0 | {x:.2} |\n");
     }
     std::fs::write(stem.with_extension("md"), md)?;
@@ -685,18 +678,21 @@ fn write_results(dir: &Path, v: Value) -> Result<()> {
     Ok(())
 }
 
+/// The numeric entries of the object `v[key]` (`{"4": 1.8, "16": 5.1}`) as (key, value) pairs in
+/// key order; none where it is absent.
+fn series(v: &Value, key: &str) -> Vec<(f64, f64)> {
+    let mut s: Vec<(f64, f64)> = v[key]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, x)| Some((k.parse().ok()?, x.as_f64()?)))
+        .collect();
+    s.sort_by(|a, b| a.0.total_cmp(&b.0));
+    s
+}
+
 /// Two small line plots: t(k)/t(1) against k, decode tok/s against depth.
 fn svg(v: &Value) -> String {
-    let series = |key: &str| -> Vec<(f64, f64)> {
-        let mut s: Vec<(f64, f64)> = v[key]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, x)| Some((k.parse().ok()?, x.as_f64()?)))
-            .collect();
-        s.sort_by(|a, b| a.0.total_cmp(&b.0));
-        s
-    };
     let plot = |x0: f64, title: &str, pts: &[(f64, f64)], xlabel: &str| -> String {
         let (w, h) = (360.0, 220.0);
         let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max);
@@ -723,8 +719,8 @@ fn svg(v: &Value) -> String {
     };
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"760\" height=\"230\" font-family=\"sans-serif\">{}{}</svg>\n",
-        plot(0.0, "verify t(k)/t(1), depth 4K", &series("verify_ratio"), "k"),
-        plot(390.0, "decode tok/s vs context depth", &series("decode_tok_s"), "depth")
+        plot(0.0, "verify t(k)/t(1), depth 4K", &series(v, "verify_ratio"), "k"),
+        plot(390.0, "decode tok/s vs context depth", &series(v, "decode_tok_s"), "depth")
     )
 }
 
