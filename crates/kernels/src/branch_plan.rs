@@ -49,37 +49,16 @@ pub(crate) struct BranchPlan {
     pub branches: Vec<Branch>,
     /// Every side node of every branch.
     pub side: HashSet<usize>,
-}
-
-impl BranchPlan {
-    /// The memory plan's holds: every node of a branch's region (and what the region's
+    /// The memory plan's holds, one a branch: every node of its region (and what the region's
     /// launches fold) keeps what it reads and writes until the region's end.
-    pub(crate) fn holds(&self, graph: &Graph, fuse: &FusePlan) -> Vec<Hold> {
-        let Some(launcher) = fuse.launchers(graph) else {
-            return Vec::new();
-        };
-        self.branches
-            .iter()
-            .map(|b| Hold {
-                nodes: (0..graph.nodes().len())
-                    .filter(|&i| {
-                        (b.fork_at..=b.end).contains(&i)
-                            || (b.fork_at..=b.end).contains(&launcher[i])
-                    })
-                    .collect(),
-                until: b.end,
-            })
-            .collect()
-    }
+    pub holds: Vec<Hold>,
 }
 
 /// The side branches the CUDA backend would run on a second stream in `graph` with its default
 /// settings (mma products on, the GEMM route available); a pure function, for CI checks of a
 /// model's graph.
 pub fn planned_branches(graph: &Graph) -> usize {
-    let cfg = crate::mma_plan::MmaConfig::default();
-    let mma = crate::mma_plan::plan(&cfg, graph);
-    let fuse = crate::fuse_plan::plan_for(graph, &mma);
+    let (mma, fuse) = crate::fuse_plan::default_plans(graph);
     plan(graph, &mma, &fuse).branches.len()
 }
 
@@ -152,11 +131,12 @@ pub(crate) fn plan(graph: &Graph, mma: &MmaPlan, fuse: &FusePlan) -> BranchPlan 
                 _ => false,
             }
     };
-    // A launch that writes storage of another node (an in-place write, a cache row), itself or
-    // through a node it folds (a norm's cache write).
-    let writes_elsewhere = |k: usize| {
-        launches(k) && (0..n).any(|i| launcher[i] == k && !viewing(i) && nodes[i].root.index() != i)
-    };
+    // The launches that write storage of another node (an in-place write, a cache row), by
+    // their own node or one they fold (a norm's cache write).
+    let mut writes_elsewhere = vec![false; n];
+    for i in (0..n).filter(|&i| !leaf(i) && !viewing(i) && nodes[i].root.index() != i) {
+        writes_elsewhere[launcher[i]] = true;
+    }
     let mut taken_until = 0;
     for ms in (0..n).filter(|&i| matches!(nodes[i].op, Op::MoeSum)) {
         // Ancestors of the MoeSum, then the largest set of them read only inside the set.
@@ -181,7 +161,7 @@ pub(crate) fn plan(graph: &Graph, mma: &MmaPlan, fuse: &FusePlan) -> BranchPlan 
         if side_launches.len() < 2
             || side_launches
                 .iter()
-                .any(|&k| shares_scratch(k) || writes_elsewhere(k))
+                .any(|&k| shares_scratch(k) || writes_elsewhere[k])
         {
             continue;
         }
@@ -207,11 +187,17 @@ pub(crate) fn plan(graph: &Graph, mma: &MmaPlan, fuse: &FusePlan) -> BranchPlan 
             && fork_at <= first
             && join_at > fork_at
             && !beside.is_empty()
-            && beside.iter().all(|&k| !writes_elsewhere(k));
+            && beside.iter().all(|&k| !writes_elsewhere[k]);
         if !fits {
             continue;
         }
         taken_until = end + 1;
+        p.holds.push(Hold {
+            nodes: (0..n)
+                .filter(|&i| (fork_at..=end).contains(&i) || (fork_at..=end).contains(&launcher[i]))
+                .collect(),
+            until: end,
+        });
         p.side.extend(side.iter().copied());
         p.branches.push(Branch {
             fork_at,
@@ -283,17 +269,10 @@ mod tests {
         (g.finish(&[out]).unwrap(), r, ms)
     }
 
-    fn plans(graph: &Graph) -> (MmaPlan, FusePlan) {
-        let cfg = crate::mma_plan::MmaConfig::default();
-        let mma = crate::mma_plan::plan(&cfg, graph);
-        let fuse = crate::fuse_plan::plan_for(graph, &mma);
-        (mma, fuse)
-    }
-
     #[test]
     fn the_experts_of_a_moe_ffn_fork_after_the_residual_and_join_at_the_sum() {
         let (graph, r, ms) = moe_ffn(false, 1);
-        let (mma, fuse) = plans(&graph);
+        let (mma, fuse) = crate::fuse_plan::default_plans(&graph);
         let p = plan(&graph, &mma, &fuse);
         assert_eq!(p.branches.len(), 1, "{p:?}");
         let b = &p.branches[0];
@@ -325,7 +304,7 @@ mod tests {
             .collect();
         assert_eq!(b.join_at, *readers.iter().min().unwrap());
         // The memory plan holds the region's values until its end.
-        let holds = p.holds(&graph, &fuse);
+        let holds = &p.holds;
         assert_eq!(holds.len(), 1);
         assert_eq!(holds[0].until, b.end);
         assert!(holds[0].nodes.contains(&dense_gate) && holds[0].nodes.contains(&ms.index()));
@@ -337,7 +316,7 @@ mod tests {
     fn batches_up_to_16_tokens_fork_and_longer_ones_do_not() {
         for (t, forks) in [(2, 1), (16, 1), (17, 0)] {
             let (graph, _, _) = moe_ffn(false, t);
-            let (mma, fuse) = plans(&graph);
+            let (mma, fuse) = crate::fuse_plan::default_plans(&graph);
             assert_eq!(
                 plan(&graph, &mma, &fuse).branches.len(),
                 forks,
@@ -349,7 +328,7 @@ mod tests {
     #[test]
     fn a_side_value_read_by_the_dense_branch_keeps_it_out_of_the_side() {
         let (graph, _, _) = moe_ffn(true, 1);
-        let (mma, fuse) = plans(&graph);
+        let (mma, fuse) = crate::fuse_plan::default_plans(&graph);
         let p = plan(&graph, &mma, &fuse);
         // The expert products and their sum still fork, after the routing.
         assert_eq!(p.branches.len(), 1, "{p:?}");

@@ -96,8 +96,7 @@ impl FusePlan {
     /// die at the Softmax). The norm launches need none: a block reads its whole row before it
     /// writes it, and no other block touches that row.
     pub(crate) fn holds(&self) -> Vec<Hold> {
-        let mut holds: Vec<Hold> = self
-            .fused
+        self.fused
             .iter()
             .filter_map(|(&key, f)| match *f {
                 Fused::Route { softmax, .. } => Some(Hold {
@@ -106,9 +105,7 @@ impl FusePlan {
                 }),
                 _ => None,
             })
-            .collect();
-        holds.sort_by_key(|h| h.until);
-        holds
+            .collect()
     }
 
     /// For every node of `graph`, the index of the node whose launch computes it: its own, or
@@ -165,16 +162,22 @@ impl FusePlan {
 /// graph keeps its fusions. (Without libcublas, graphs of 64 rows or more fold differently: their
 /// products stay on the `_mma_` kernels.)
 pub fn planned_folds(graph: &Graph) -> usize {
-    let cfg = crate::mma_plan::MmaConfig::default();
-    let p = plan_for(graph, &crate::mma_plan::plan(&cfg, graph));
+    let (_, p) = default_plans(graph);
     p.skip.len() + p.unsummed.len()
+}
+
+/// The mma and fuse plans the CUDA backend would make for `graph` with its default settings (the
+/// `planned_*` checks).
+pub(crate) fn default_plans(graph: &Graph) -> (MmaPlan, FusePlan) {
+    let mma = crate::mma_plan::plan(&crate::mma_plan::MmaConfig::default(), graph);
+    let fuse = plan_for(graph, &mma);
+    (mma, fuse)
 }
 
 /// The MoE routings ([`Fused::Route`]) the CUDA backend would launch as one kernel each in
 /// `graph` with its default settings; as [`planned_folds`], for CI checks of a model's graph.
 pub fn planned_routes(graph: &Graph) -> usize {
-    let cfg = crate::mma_plan::MmaConfig::default();
-    let p = plan_for(graph, &crate::mma_plan::plan(&cfg, graph));
+    let (_, p) = default_plans(graph);
     p.fused
         .values()
         .filter(|f| matches!(f, Fused::Route { .. }))

@@ -1212,7 +1212,7 @@ impl Backend for CudaBackend {
             branch_plan::BranchPlan::default()
         };
         let mut holds = fuse.holds();
-        holds.extend(branch.holds(graph, &fuse));
+        holds.extend(branch.holds.iter().cloned());
         let (node_buffer, mut owned) =
             MemoryPlan::with_holds(graph, &holds).allocate(graph, bindings, self, |cuda, b| {
                 let buf = cuda.buf(b)?;
