@@ -226,15 +226,16 @@ fn card() -> (String, String) {
 
 /// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe] [--prefill-only]
 /// [--skip-prefill] [--drafters-only] [--moe-only]
-/// [--profile mtp|dflash|decode|decode-4k|verify-16|moe] [--render FILE.json]` (`--render`:
+/// [--profile mtp|dflash|decode|decode-4k|verify-16|moe|moe-verify-16] [--render FILE.json]` (`--render`:
 /// only writes the markdown table and the plot of a results file from the GPU machine into
 /// `--out`, for runs whose files did not all come back; `--prefill-only`: the copy bandwidth
 /// and the prefill figures alone; `--skip-prefill`: all but those (the read ceiling comes with
 /// the decode figures); `--drafters-only`: the drafter fractions alone; `--moe-only`: the copy
 /// bandwidth and the 26B-A4B decode alone; all four for quicker A/B runs. `--profile`: after
 /// timing, one more MTP draft step, DFlash block draft, decode step (at the drafters' context),
-/// decode step at depth 4K (`decode-4k`), 16-token verify at 4K (`verify-16`) or 26B-A4B decode
-/// step (`moe`) runs inside [`kernels::profiled`], for `ncu --profile-from-start off`).
+/// decode step at depth 4K (`decode-4k`), 16-token verify at 4K (`verify-16`), 26B-A4B decode
+/// step (`moe`) or 26B-A4B 16-token verify at depth 0 (`moe-verify-16`) runs inside
+/// [`kernels::profiled`], for `ncu --profile-from-start off`).
 pub fn run(args: &[String]) -> Result<()> {
     let mut models = PathBuf::from("/tmp/specula-synth");
     let mut out_dir = PathBuf::from("bench/results");
@@ -267,11 +268,19 @@ pub fn run(args: &[String]) -> Result<()> {
             "--render" => render = Some(PathBuf::from(value()?)),
             "--profile" => {
                 let what = value()?;
-                if !["mtp", "dflash", "decode", "decode-4k", "verify-16", "moe"]
-                    .contains(&what.as_str())
+                if ![
+                    "mtp",
+                    "dflash",
+                    "decode",
+                    "decode-4k",
+                    "verify-16",
+                    "moe",
+                    "moe-verify-16",
+                ]
+                .contains(&what.as_str())
                 {
                     bail!(
-                        "--profile takes mtp, dflash, decode, decode-4k, verify-16 or moe, not {what}"
+                        "--profile takes mtp, dflash, decode, decode-4k, verify-16, moe or moe-verify-16, not {what}"
                     );
                 }
                 profile = Some(what.clone());
@@ -296,8 +305,8 @@ pub fn run(args: &[String]) -> Result<()> {
     if moe_only && (prefill_only || skip_prefill || drafters_only || !moe) {
         bail!("--moe-only measures the 26B-A4B decode alone: it takes no other selection");
     }
-    if profile.as_deref() == Some("moe") && !moe {
-        bail!("--profile moe profiles the 26B-A4B decode, which this selection skips");
+    if matches!(profile.as_deref(), Some("moe" | "moe-verify-16")) && !moe {
+        bail!("--profile moe and moe-verify-16 profile the 26B-A4B, which this selection skips");
     }
     let target_profile = matches!(profile.as_deref(), Some("decode-4k" | "verify-16"));
     if target_profile && (prefill_only || drafters_only) {
@@ -479,8 +488,8 @@ pub fn run(args: &[String]) -> Result<()> {
 /// The 26B-A4B decode at depth 0 into `r` (`moe_decode_tok_s`, and `moe_decode_bw_fraction`:
 /// the weight bytes a step reads, [`moe_active_bytes`], per second over the copy bandwidth
 /// `copy` in bytes/s) and its verify batches of 4, 8 and 16 tokens at depth 0
-/// (`moe_verify_ratio`: t(k) over the decode step); with `--profile moe`, one more step inside
-/// [`kernels::profiled`].
+/// (`moe_verify_ratio`: t(k) over the decode step); with `--profile moe` (`moe-verify-16`), one
+/// more step (16-token verify batch) inside [`kernels::profiled`].
 fn moe_decode(
     path: &Path,
     copy: f64,
@@ -515,9 +524,14 @@ fn moe_decode(
         verify.insert(k.to_string(), v / s);
     }
     r.insert("moe_verify_ratio".into(), json!(verify));
-    if profile == Some("moe") {
+    let profiled_batch = match profile {
+        Some("moe") => Some((verify_tokens(1), LogitRows::Last)),
+        Some("moe-verify-16") => Some((verify_tokens(16), LogitRows::All)),
+        _ => None,
+    };
+    if let Some((tokens, rows)) = profiled_batch {
         kernels::profiled(0, || -> Result<()> {
-            m.forward_argmax(&[1000], LogitRows::Last)?;
+            m.forward_argmax(&tokens, rows)?;
             m.truncate(0)?;
             Ok(())
         })?;

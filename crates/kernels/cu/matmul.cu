@@ -124,6 +124,35 @@ __device__ void matmul_body(const u8* w, const float* x, float* y, int k, int n,
     }
 }
 
+// MOE_GROUP_MAX: the most (token, slot) pairs an expert-grouped product (matmul_id_g,
+// matmul_id_tcg) takes in one launch; the host checks.
+#define MOE_GROUP_MAX 256
+
+// The pairs among the launch's first `pairs` whose expert id is e, in pair order, into list;
+// returns their count. Every thread of the block calls it; list is complete when it returns.
+// A block leads its expert's group when its own pair is list[0].
+__device__ int expert_group(const int* ids, int pairs, int e, int* list) {
+    __shared__ int counts[32];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    int base = 0;
+    for (int i0 = 0; i0 < pairs; i0 += blockDim.x) {
+        int i = i0 + threadIdx.x;
+        bool hit = i < pairs && ids[i] == e;
+        unsigned b = __ballot_sync(0xffffffffu, hit);
+        if (lane == 0) counts[warp] = __popc(b);
+        __syncthreads();
+        int before = base, sum = 0;
+        for (int v = 0; v < warps; ++v) {
+            before += v < warp ? counts[v] : 0;
+            sum += counts[v];
+        }
+        if (hit) list[before + __popc(b & ((1u << lane) - 1))] = i;
+        base += sum;
+        __syncthreads();
+    }
+    return base;
+}
+
 // Expert-indexed product: block (x, pair) computes MM_WARPS output rows of slot pair = j + t * n_used,
 // a warp per row as matmul_body (lane l takes element l of every 32-element chunk, so a warp's
 // weight and activation reads are coalesced). (A lane per chunk, dequantizing all 32 of it,
@@ -168,6 +197,131 @@ __device__ void matmul_id_body(const u8* w, const float* x, const int* ids, floa
     }
     acc = warp_sum(acc);
     if (lane == 0) y[(i64)pair * n + row] = acc;
+}
+
+// quad_sums of W weight rows wr[i] over R activation rows at addresses xs[r] (the expert-grouped
+// downs): each (weight row, activation row) takes the same operations in the same order as
+// quad_sums gives that pair alone, so the same bits; an activation load serves W weight rows.
+template <int DT, int W, int R>
+__device__ __forceinline__ void quad_sums_gathered(const u8* const (&wr)[W], const float* const (&xs)[R], bool vec,
+                                                   int rows, int n_chunks, int lane, float (&acc)[W][R]) {
+    int q = lane >> 3, e = (lane & 7) * 4;
+    for (int c = q; c < n_chunks; c += 4) {
+        float v[W][4];
+#pragma unroll
+        for (int i = 0; i < W; ++i) dq4<DT>(wr[i], c, e, v[i]);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            if (r < rows) {
+                const float* xp = xs[r] + c * 32 + e;
+                float4 a = vec ? *(const float4*)xp : make_float4(xp[0], xp[1], xp[2], xp[3]);
+#pragma unroll
+                for (int i = 0; i < W; ++i) {
+                    acc[i][r] += v[i][0] * a.x;
+                    acc[i][r] += v[i][1] * a.y;
+                    acc[i][r] += v[i][2] * a.z;
+                    acc[i][r] += v[i][3] * a.w;
+                }
+            }
+        }
+    }
+}
+
+// Output rows a warp of the W-row quad kernels (matmul_<type>_quad, matmul_id_g) takes
+// (source::QUAD_WARP_ROWS): a block of MM_WARPS warps covers MM_WARPS · QUAD_WARP_ROWS of them.
+#define QUAD_WARP_ROWS 4
+
+// A warp's output rows row0..row0 + QUAD_WARP_ROWS − 1 (those below n; wr their weight rows, rows
+// past n repeating the last) of `count` activation rows, eight a pass: activation row j at
+// x_of(j), its outputs to row out_of(j) of y. Each output has quad_sums' bits for its pair alone.
+template <int DT, class XOf, class OutOf>
+__device__ __forceinline__ void quad_rows_passes(const u8* const (&wr)[QUAD_WARP_ROWS], int row0, int n, int k,
+                                                 int count, bool vec, XOf x_of, OutOf out_of, float* y, int lane) {
+    for (int j0 = 0; j0 < count; j0 += 8) {
+        int rows = count - j0 < 8 ? count - j0 : 8;
+        const float* xs[8];
+        float acc[QUAD_WARP_ROWS][8];
+#pragma unroll
+        for (int r = 0; r < 8; ++r) {
+            xs[r] = x_of(j0 + (r < rows ? r : 0));
+#pragma unroll
+            for (int i = 0; i < QUAD_WARP_ROWS; ++i) acc[i][r] = 0.0f;
+        }
+        quad_sums_gathered<DT, QUAD_WARP_ROWS, 8>(wr, xs, vec, rows, k / 32, lane, acc);
+#pragma unroll
+        for (int i = 0; i < QUAD_WARP_ROWS; ++i)
+#pragma unroll
+            for (int r = 0; r < 8; ++r) {
+                if (r < rows) {
+                    float s = warp_sum(acc[i][r]);
+                    if (lane == 0 && row0 + i < n) y[(i64)out_of(j0 + r) * n + row0 + i] = s;
+                }
+            }
+    }
+}
+
+// The weight rows row0.. of a quad kernel's warp, rows past n repeating the last.
+template <int DT>
+__device__ __forceinline__ void quad_weight_rows(const u8* w, int row0, int n, int k,
+                                                 const u8* (&wr)[QUAD_WARP_ROWS]) {
+#pragma unroll
+    for (int i = 0; i < QUAD_WARP_ROWS; ++i) wr[i] = w + (i64)(row0 + i < n ? row0 + i : n - 1) * row_bytes(DT, k);
+}
+
+// matmul_<type>_quad (Q8_0 and Q5_0 rows at even addresses, batches of 2–16 rows: the host
+// checks): grid (⌈n / (MM_WARPS · QUAD_WARP_ROWS)⌉, ⌈m / 8⌉), a warp QUAD_WARP_ROWS output rows
+// of activation rows 8·y.. (at most eight), so an activation load serves QUAD_WARP_ROWS weight
+// rows. (The warp-per-row matmul_<type>_r8 reads every activation row once per output row: the
+// 26B-A4B's 2,112-wide FFN downs took 77 µs a launch for 16 rows under ncu, against 11 for one.)
+// Every row has matmul_<type>_r1's bits.
+template <int DT>
+__device__ void matmul_quad_body(const u8* w, const float* x, float* y, int k, int n, int m, i64 x_off,
+                                 i64 x_row_stride) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row0 = (blockIdx.x * MM_WARPS + warp) * QUAD_WARP_ROWS, m0 = blockIdx.y * 8;
+    if (row0 >= n) return;
+    const u8* wr[QUAD_WARP_ROWS];
+    quad_weight_rows<DT>(w, row0, n, k, wr);
+    const float* xb = x + x_off;
+    bool vec = ((size_t)xb & 15) == 0 && (x_row_stride & 3) == 0;
+    int count = m - m0 < 8 ? m - m0 : 8;
+    quad_rows_passes<DT>(
+        wr, row0, n, k, count, vec, [&](int j) { return xb + (i64)(m0 + j) * x_row_stride; },
+        [&](int j) { return m0 + j; }, y, lane);
+}
+
+// matmul_id_g_<type> (Q8_0 and Q5_0 rows at even addresses: the host checks): matmul_id_<type>
+// with the launch's (token, slot) pairs grouped by expert, for batches of a few tokens (verify).
+// Grid (⌈n / (MM_WARPS · QUAD_WARP_ROWS)⌉, pairs): block (x, p) exits unless p is the first pair
+// of its expert, whose block takes every pair of that expert (quad_rows_passes), so each picked
+// expert's rows are read and dequantized once a launch, not once a pair. Every pair's output has
+// the bits matmul_id gives it alone.
+template <int DT>
+__device__ void matmul_id_group_body(const u8* w, const float* x, const int* ids, float* y, int k, int n,
+                                     int n_expert, int n_used, int x_slots, i64 x_off, i64 x_row_stride,
+                                     int* err) {
+    __shared__ int pairs[MOE_GROUP_MAX];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row0 = (blockIdx.x * MM_WARPS + warp) * QUAD_WARP_ROWS;
+    int p = blockIdx.y, e = ids[p];
+    if (e < 0 || e >= n_expert) {
+        if (threadIdx.x == 0) report(err, ERR_EXPERT_ID);
+        return;
+    }
+    const u8* we = w + (i64)e * n * row_bytes(DT, k);
+    int count = expert_group(ids, gridDim.y, e, pairs);
+    if (pairs[0] != p || row0 >= n) return;
+    const u8* wr[QUAD_WARP_ROWS];
+    quad_weight_rows<DT>(we, row0, n, k, wr);
+    const float* xb = x + x_off;
+    bool vec = ((size_t)xb & 15) == 0 && (x_row_stride & 3) == 0;
+    quad_rows_passes<DT>(
+        wr, row0, n, k, count, vec,
+        [&](int j) {
+            int q = pairs[j];
+            return xb + (i64)(x_slots == 1 ? q / n_used : q) * x_row_stride;
+        },
+        [&](int j) { return pairs[j]; }, y, lane);
 }
 
 // Row gather: one thread per 32-element chunk of an output row.
@@ -241,6 +395,26 @@ WEIGHT_KERNELS(q3_k, DT_Q3_K)
 WEIGHT_KERNELS(q4_k, DT_Q4_K)
 WEIGHT_KERNELS(q5_k, DT_Q5_K)
 WEIGHT_KERNELS(q6_k, DT_Q6_K)
+
+#define MATMUL_ID_GROUP_KERNEL(SUFFIX, DT)                                                            \
+    extern "C" __global__ void matmul_id_g_##SUFFIX(const u8* w, const float* x, const int* ids,       \
+                                                    float* y, int k, int n, int n_expert, int n_used,  \
+                                                    int x_slots, i64 x_off, i64 x_row_stride,          \
+                                                    int* err) {                                        \
+        pdl_entry();                                                                                   \
+        matmul_id_group_body<DT>(w, x, ids, y, k, n, n_expert, n_used, x_slots, x_off, x_row_stride, err); \
+    }
+MATMUL_ID_GROUP_KERNEL(q8_0, DT_Q8_0)
+MATMUL_ID_GROUP_KERNEL(q5_0, DT_Q5_0)
+
+#define MATMUL_QUAD_KERNEL(SUFFIX, DT)                                                                \
+    extern "C" __global__ void matmul_##SUFFIX##_quad(const u8* w, const float* x, float* y, int k,   \
+                                                      int n, int m, i64 x_off, i64 x_row_stride) {    \
+        pdl_entry();                                                                                   \
+        matmul_quad_body<DT>(w, x, y, k, n, m, x_off, x_row_stride);                                   \
+    }
+MATMUL_QUAD_KERNEL(q8_0, DT_Q8_0)
+MATMUL_QUAD_KERNEL(q5_0, DT_Q5_0)
 
 // Fast paths for Q4_K, Q6_K and Q8_0 (rows of a multiple of 256, activations 16-byte aligned).
 // A warp walks its rows 256 weights (one group) per iteration; each lane decodes 8 weights of

@@ -249,17 +249,27 @@ __device__ __forceinline__ u32 high_nibbles_h2(u32 v) { return and_or<0x00F000F0
 
 // A product's activations: prepared by `mmv_prepare_x` (PREP), or the f32 rows themselves
 // (x_off, x_stride), split here by every warp that reads them, which for a small product costs
-// less than the extra launch. Both give the same fragments and sums bit for bit.
-template <bool PREP>
+// less than the extra launch. Both give the same fragments and sums bit for bit. GATHER (f32
+// rows only): batch row tok is activation row xrows[tok] and writes output row outs[tok] (the
+// expert-grouped products, matmul_id_tcg); the arithmetic is the same.
+template <bool PREP, bool GATHER = false>
 struct Acts {
+    static_assert(!(PREP && GATHER), "gathered rows are f32 rows");
     const void* p;
     i64 off, stride;
     int k, m;
+    const int* xrows = nullptr;
+    const int* outs = nullptr;
+
+    // The activation row of batch row tok.
+    __device__ __forceinline__ i64 row(int tok) const { return GATHER ? (i64)xrows[tok] : (i64)tok; }
+    // The output row of batch row tok.
+    __device__ __forceinline__ i64 out(int tok) const { return GATHER ? (i64)outs[tok] : (i64)tok; }
 
     // Elements 4c..4c+3 of row tok as B fragments.
     __device__ __forceinline__ XFrag chunk(int tok, int c) const {
         if (PREP) return load_xf((const uint4*)p + (i64)tok * (k / 4) + c);
-        return split_x(*(const float4*)((const float*)p + off + (i64)tok * stride + 4 * c));
+        return split_x(*(const float4*)((const float*)p + off + row(tok) * stride + 4 * c));
     }
 
     // Lane t's sums of its 8 activations of Q4_K sub-blocks 4h..4h+3 of group grp, split as B
@@ -269,7 +279,7 @@ struct Acts {
         float r[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const float* q = (const float*)p + off + (i64)tok * stride + grp * 256 + 32 * (4 * h + j) + 8 * t;
+            const float* q = (const float*)p + off + row(tok) * stride + grp * 256 + 32 * (4 * h + j) + 8 * t;
             r[j] = sum8(*(const float4*)q, *(const float4*)(q + 4));
         }
         return split_x(make_float4(r[0], r[1], r[2], r[3]));
@@ -471,8 +481,8 @@ __device__ __forceinline__ void zero4(float* c) { c[0] = c[1] = c[2] = c[3] = 0.
 // and (v.y, v.w) in. B = the lane's sums of its 8 activations of sub-blocks 4h..4h+3.
 // PASS 0: the hi and lo halves alternating in one chain; 1: the hi halves only; 2: the lo only
 // (Q4K_HL's two chains).
-template <int MT, int NT, bool PREP, int PASS = 0>
-__device__ __forceinline__ void q4k_mins(const u32 (&mn)[MT][2][2], const Acts<PREP>& A, const int (&tok)[NT],
+template <int MT, int NT, bool PREP, int PASS = 0, bool G = false>
+__device__ __forceinline__ void q4k_mins(const u32 (&mn)[MT][2][2], const Acts<PREP, G>& A, const int (&tok)[NT],
                                          int grp, float (&tmn)[MT][NT][4]) {
     int t = threadIdx.x & 3;
 #pragma unroll
@@ -502,8 +512,8 @@ __device__ __forceinline__ void q4k_mins(const u32 (&mn)[MT][2][2], const Acts<P
 }
 
 // acc −= dmin · (pass PASS of the group's mins · sub-block sums), for rows g and g + 8 (e < 2, e ≥ 2).
-template <int MT, int NT, bool PREP, int PASS>
-__device__ __forceinline__ void q4k_mins_fold(const Q4KTile (&T)[MT], const u32 (&mn)[MT][2][2], const Acts<PREP>& A,
+template <int MT, int NT, bool PREP, int PASS, bool G>
+__device__ __forceinline__ void q4k_mins_fold(const Q4KTile (&T)[MT], const u32 (&mn)[MT][2][2], const Acts<PREP, G>& A,
                                               const int (&tok)[NT], int grp, float (&acc)[MT][NT][4]) {
     float tmn[MT][NT][4];
 #pragma unroll
@@ -526,8 +536,8 @@ __device__ __forceinline__ void q4k_mins_fold(const Q4KTile (&T)[MT], const u32 
 // −offset·scale per two weights), one accumulator chain per tile across the sub-blocks (prefill
 // tiles have independent mma in plenty), then d and dmin in f32. Another order than
 // q4k_group_rows: no row of more than 16 is compared with a decode row.
-template <int MT, int NT, bool PREP>
-__device__ __forceinline__ void q4k_group_tiles(const Q4KTile (&T)[MT], const Acts<PREP>& A, float (&acc)[MT][NT][4],
+template <int MT, int NT, bool PREP, bool G>
+__device__ __forceinline__ void q4k_group_tiles(const Q4KTile (&T)[MT], const Acts<PREP, G>& A, float (&acc)[MT][NT][4],
                                                 int grp, int m0, int m) {
     int t = threadIdx.x & 3;
     int tok[NT];
@@ -631,8 +641,8 @@ __device__ __forceinline__ void q4k_subnormal_frags(const Q4KTile& T, int s, u32
 // Q4K_HL the hi and lo products are two sums, each scaled in, hi first). Every row of any batch
 // takes the same operations in the same order, so a verify row equals the decode step's (a decode
 // step's `_p1` kernel under Q4K_HL: q4k_group_one).
-template <int MT, int NT, bool PREP>
-__device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Acts<PREP>& A, float (&acc)[MT][NT][4],
+template <int MT, int NT, bool PREP, bool G>
+__device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Acts<PREP, G>& A, float (&acc)[MT][NT][4],
                                                int grp, int m0, int m) {
     int t = threadIdx.x & 3;
     int tok[NT];
@@ -721,8 +731,8 @@ __device__ __forceinline__ void q4k_group_rows(const Q4KTile (&T)[MT], const Act
 
 // One Q4_K group: the rows kernel up to two activation tiles (decode steps, verify batches), the
 // sc·q kernel for prefill tiles.
-template <int MT, int NT, bool PREP>
-__device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PREP>& A, float (&acc)[MT][NT][4],
+template <int MT, int NT, bool PREP, bool G>
+__device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PREP, G>& A, float (&acc)[MT][NT][4],
                                           int grp, int m0, int m) {
     if (NT >= 4)
         q4k_group_tiles<MT, NT, PREP>(T, A, acc, grp, m0, m);
@@ -736,8 +746,8 @@ __device__ __forceinline__ void q4k_group(const Q4KTile (&T)[MT], const Acts<PRE
 // the mins two. Lane (g, 0)'s c[0] and c[1] (c[2] and c[3]) are row g's (g + 8's) hi and lo
 // chains, folded in hi first with the same scales as q4k_group_rows folds them: the same bits as
 // a verify row. They live where the rows kernel keeps column 0 (acc e = 0 and 2).
-template <bool PREP>
-__device__ __forceinline__ void q4k_group_one(const Q4KTile (&T)[1], const Acts<PREP>& A, float (&acc)[1][1][4],
+template <bool PREP, bool G>
+__device__ __forceinline__ void q4k_group_one(const Q4KTile (&T)[1], const Acts<PREP, G>& A, float (&acc)[1][1][4],
                                               int grp) {
     int t = threadIdx.x & 3;
     bool lo = (threadIdx.x >> 2) & 1;
@@ -832,8 +842,8 @@ __device__ __forceinline__ void q4k_groups(const u8* w, const int (&rows)[MT][2]
 
 // A warp's share of a Q4_K product: double-buffered weights with one activation tile; two
 // need the registers for their activations, so the next group loads after.
-template <int MT, int NT, bool PREP>
-__device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
+template <int MT, int NT, bool PREP, bool G>
+__device__ __forceinline__ void q4k_rows(const u8* w, const Acts<PREP, G>& A, float (&acc)[MT][NT][4], int row0,
                                          int n, int n_groups, int first, int stride, int m0, int m) {
     int rows[MT][2];
     q4k_tile_rows<MT>(row0, n, rows);
@@ -1455,8 +1465,8 @@ __device__ __forceinline__ void q6k_words(const u8* const (&b)[MT][2], const boo
 // words of (h, lb) one 8-byte and one 4-byte load; the scales one 16-byte load; same values, same
 // bits. ONE (a batch of one row, NT = 1): only the even-e accumulators (column 2t) are updated;
 // odd e feed column 2t + 1 ≥ 1, never written when m = 1.
-template <int MT, int NT, bool PREP, bool R = false, bool ONE = false>
-__device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
+template <int MT, int NT, bool PREP, bool R = false, bool ONE = false, bool G = false>
+__device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP, G>& A, float (&acc)[MT][NT][4], int row0,
                                           int n, int n_groups, int grp, int m0, int m) {
     int t = threadIdx.x & 3;
     const u8* b[MT][2];
@@ -1558,8 +1568,8 @@ __device__ __forceinline__ void q80_block(const u8* const (&b)[MT][2], int blk, 
 // 8t+4..8t+7 of each block (one mma each); A = q (exact); d multiplies the block's f32 sum. With
 // R the groups are in q8_0_repack's layout (same values, same bits). ONE: a batch of one row (see
 // q6k_group).
-template <int MT, int NT, bool PREP, bool R = false, bool ONE = false>
-__device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP>& A, float (&acc)[MT][NT][4], int row0,
+template <int MT, int NT, bool PREP, bool R = false, bool ONE = false, bool G = false>
+__device__ __forceinline__ void q80_group(const u8* w, const Acts<PREP, G>& A, float (&acc)[MT][NT][4], int row0,
                                           int n, int n_groups, int grp, int m0, int m) {
     int t = threadIdx.x & 3;
     const u8* b[MT][2];
@@ -1922,8 +1932,8 @@ extern "C" __global__ void matmul_q6_k_q8x_warp(const u8* w, const void* xs, flo
 // sums are added in a fixed order; up to 16 rows kw (1, 2, 4 or 8) depends only on k, so short
 // rows (a 1024-wide drafter layer has 4 groups) keep every warp busy without changing any row's
 // arithmetic across batch sizes; prefill products take kw = 1 (each warp its own rows).
-template <int DT, int MT, int NT, bool PREP>
-__device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k, int n, int m, int kw, int plane,
+template <int DT, int MT, int NT, bool PREP, bool G = false>
+__device__ void matvec_mma_body(const u8* w, const Acts<PREP, G> A, float* y, int k, int n, int m, int kw, int plane,
                                 int planes) {
     __shared__ float red[MMV_WARPS][MT * NT * 4][32];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1972,7 +1982,7 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP> A, float* y, int k
         int e = i & 3, nt = (i >> 2) % NT, mt = (i >> 2) / NT;
         int row = (blockIdx.y * warp_rows + r) * MT * 16 + mt * 16 + (l >> 2) + (e >= 2 ? 8 : 0);
         int tok = m0 + nt * 8 + 2 * (l & 3) + (e & 1);
-        if (row < n && tok < m) y[(i64)tok * n + row] = s;
+        if (row < n && tok < m) y[A.out(tok) * n + row] = s;
     }
 }
 
@@ -2166,3 +2176,44 @@ MMV_PERSIST_ONE_KERNELS(q8_0, DT_Q8_0)
 MMV_ID_KERNEL(q4_k, DT_Q4_K)
 MMV_ID_KERNEL(q6_k, DT_Q6_K)
 MMV_ID_KERNEL(q8_0, DT_Q8_0)
+
+// matmul_id_tcg_<type>: matmul_id_tc_<type> with the launch's (token, slot) pairs grouped by
+// expert (at most MOE_GROUP_MAX pairs; batches of a few tokens: verify). Same grid; block (·, y,
+// p) exits unless p is the first pair of its expert, whose block multiplies weight tile y of the
+// expert by the activation rows of every pair of that expert, eight a pass as the columns of one
+// mma tile (matvec_mma_body through gathered Acts), so each picked expert's tile is read once a
+// launch, not once a pair. A column's arithmetic does not depend on the others: every pair's
+// output has the bits matmul_id_tc gives it alone (a verify row has the decode step's).
+template <int DT>
+__device__ void matmul_id_tcg_body(const u8* w, const float* x, const int* ids, float* y, int k, int n,
+                                   int n_expert, int n_used, int x_slots, i64 x_off, i64 x_stride, int kw,
+                                   int* err) {
+    __shared__ int outs[MOE_GROUP_MAX], xrows[MOE_GROUP_MAX];
+    int p = blockIdx.z, e = ids[p];
+    if (e < 0 || e >= n_expert) {
+        if (threadIdx.x == 0) report(err, ERR_EXPERT_ID);
+        return;
+    }
+    const u8* we = w + (i64)e * n * row_bytes(DT, k);
+    int count = expert_group(ids, gridDim.z, e, outs);
+    if (outs[0] != p) return;
+    for (int j = threadIdx.x; j < count; j += blockDim.x) xrows[j] = x_slots == 1 ? outs[j] / n_used : outs[j];
+    __syncthreads();
+    for (int j0 = 0; j0 < count; j0 += 8) {
+        int rows = count - j0 < 8 ? count - j0 : 8;
+        if (j0 > 0) __syncthreads();  // the last pass's partial sums are read
+        matvec_mma_body<DT, 1, 1, false>(we, Acts<false, true>{x, x_off, x_stride, k, rows, xrows + j0, outs + j0}, y,
+                                         k, n, rows, kw, 0, 1);
+    }
+}
+#define MMV_ID_GROUP_KERNEL(SUFFIX, DT)                                                                        \
+    extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 2)                                            \
+        matmul_id_tcg_##SUFFIX(const u8* w, const float* x, const int* ids, float* y, int k, int n,        \
+                                    int n_expert, int n_used, int x_slots, i64 x_off, i64 x_stride, int kw,      \
+                                    int* err) {                                                                 \
+        pdl_entry();                                                                                            \
+        matmul_id_tcg_body<DT>(w, x, ids, y, k, n, n_expert, n_used, x_slots, x_off, x_stride, kw, err);        \
+    }
+MMV_ID_GROUP_KERNEL(q4_k, DT_Q4_K)
+MMV_ID_GROUP_KERNEL(q6_k, DT_Q6_K)
+MMV_ID_GROUP_KERNEL(q8_0, DT_Q8_0)

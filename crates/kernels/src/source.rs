@@ -272,6 +272,35 @@ pub fn limb_tile(m: usize) -> usize {
     nt.min(LIMB_MAX_ROWS / 2)
 }
 
+/// The most (token, slot) pairs an expert-grouped product (`matmul_id_tcg_<type>`,
+/// `matmul_id_g_<type>`) takes in one launch (`MOE_GROUP_MAX` in `matmul.cu`, which sizes the
+/// kernels' pair lists); at most one pair a thread of their blocks.
+pub const MOE_GROUP_MAX_PAIRS: usize = 256;
+
+/// Output rows a warp of the Q8_0 and Q5_0 many-row scalar products (`matmul_<type>_quad`,
+/// `matmul_id_g_<type>`) takes (`QUAD_WARP_ROWS` in `matmul.cu`); their blocks have four warps.
+pub const QUAD_WARP_ROWS: usize = 4;
+
+/// The activation-row tile of a warp-per-row scalar product (`matmul_<type>_r<tile>`) of `n`
+/// output rows and `m` activation rows: the smallest tile of [`MATMUL_ROW_TILES`] that holds `m`,
+/// at most `cap`, halved while the launch's blocks (four output rows each, a tile of activation
+/// rows) would not fill two blocks a multiprocessor. Each warp reads every activation row of its
+/// tile, so a small product (the 26B-A4B's 128-row router) in large tiles runs in a few blocks
+/// that each walk many rows: 165 µs a launch for 16 tokens in tiles of 8, under ncu, against 11
+/// for one token. A row's bits do not depend on the tile.
+pub fn scalar_row_tile(n: usize, m: usize, cap: usize, sms: usize) -> usize {
+    let mut tile = MATMUL_ROW_TILES
+        .iter()
+        .copied()
+        .filter(|&t| t <= cap)
+        .find(|&t| t >= m)
+        .unwrap_or(cap);
+    while tile > 1 && n.div_ceil(4) * m.div_ceil(tile) < 2 * sms {
+        tile /= 2;
+    }
+    tile
+}
+
 /// Units (a row tile of a split plane) one block of the persistent `_p` kernels walks at most
 /// (`PERSIST_ITERS` in `matvec_mma.cu`, which sizes their shared memory).
 pub const PERSIST_ITERS: usize = 6;
@@ -537,9 +566,16 @@ pub fn all_kernel_names() -> Vec<String> {
             names.push(format!("matmul_{suffix}_r{rows}"));
         }
     }
-    // Expert-indexed products on tensor cores, weights as stored.
+    // Expert-indexed products on tensor cores, weights as stored, one row a pair or grouped by
+    // expert.
     for (_, suffix) in MMA_SUFFIXES {
         names.push(format!("matmul_id_tc_{suffix}"));
+        names.push(format!("matmul_id_tcg_{suffix}"));
+    }
+    // Many-row and expert-grouped scalar products of the types `quad_sums` takes.
+    for suffix in ["q8_0", "q5_0"] {
+        names.push(format!("matmul_{suffix}_quad"));
+        names.push(format!("matmul_id_g_{suffix}"));
     }
     for (ty, suffix) in MMA_SUFFIXES.iter().chain(MMA_REPACKED) {
         for &(mt, nt) in [(1, 1), (1, 2), (2, 1), (2, 2)]
@@ -679,6 +715,31 @@ mod tests {
     fn warps_per_block_are_the_kernels() {
         assert!(OPS.contains(&format!("#define TOP_K_WARPS {TOP_K_WARPS}\n")));
         assert!(OPS.contains(&format!("#define MOE_WEIGHTS_WARPS {MOE_WEIGHTS_WARPS}\n")));
+    }
+
+    /// Small products of many rows take small tiles, so their launch fills the card; decode
+    /// steps and large products keep the tile that holds their rows.
+    #[test]
+    fn scalar_tiles_fill_the_card() {
+        // The 26B-A4B's router (128 rows) on an H200: one token, a 16-token verify.
+        assert_eq!(scalar_row_tile(128, 1, 8, 132), 1);
+        assert_eq!(scalar_row_tile(128, 16, 8, 132), 1);
+        // Its FFN downs (2,816 rows): tiles of 8 give 1,408 blocks.
+        assert_eq!(scalar_row_tile(2816, 16, 8, 132), 8);
+        assert_eq!(scalar_row_tile(2816, 5, 8, 132), 8);
+        assert_eq!(scalar_row_tile(2816, 3, 16, 132), 4);
+        // 1,024 rows and 9 tokens: tiles of 16 would be 256 blocks, 8 give 512.
+        assert_eq!(scalar_row_tile(1024, 9, 16, 132), 8);
+        // The cap still holds.
+        assert_eq!(scalar_row_tile(4096, 16, 2, 132), 2);
+    }
+
+    /// The host's bound on an expert-grouped launch's pairs is the kernels' list size, and the
+    /// quad kernels' grids cover the rows their warps take.
+    #[test]
+    fn expert_group_bound_is_the_kernels() {
+        assert!(MATMUL.contains(&format!("#define MOE_GROUP_MAX {MOE_GROUP_MAX_PAIRS}\n")));
+        assert!(MATMUL.contains(&format!("#define QUAD_WARP_ROWS {QUAD_WARP_ROWS}\n")));
     }
 
     /// A persistent launch gives every unit a block iteration and no block more than the

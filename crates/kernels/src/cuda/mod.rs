@@ -220,6 +220,11 @@ pub struct CudaBackend {
     /// `matmul_id_tc_<type>` kernels where their shapes allow (`SPECULA_MMA_ID=0`: the scalar
     /// `matmul_id_<type>` kernels; an A/B and test knob).
     mma_id: bool,
+    /// Expert-indexed products of batches of 2 to [`MOE_GROUP_MAX_PAIRS`] (token, slot) pairs
+    /// group the pairs by expert (`matmul_id_tcg_<type>`, `matmul_id_g_<type>`), so a picked
+    /// expert's weights are read once a launch (`SPECULA_MOE_GROUP=0`: a pair a block row, as a
+    /// decode step; an A/B and test knob). The same bits either way.
+    moe_group: bool,
     /// `write` and a run's error-word reset are queued on the stream, and a run waits once, for
     /// its error word (`SPECULA_QUEUED_WRITES=0`: each waits for the device, as before; an A/B
     /// knob).
@@ -452,6 +457,7 @@ impl CudaBackend {
             smem_carveout,
             launch_carveout: std::cell::Cell::new(None),
             mma_id: std::env::var("SPECULA_MMA_ID").map_or(true, |v| v != "0"),
+            moe_group: std::env::var("SPECULA_MOE_GROUP").map_or(true, |v| v != "0"),
             queue_writes: std::env::var("SPECULA_QUEUED_WRITES").map_or(true, |v| v != "0"),
             queued_writes: std::cell::RefCell::new(Vec::new()),
             q8_repack: std::env::var("SPECULA_Q8_REPACK").map_or(true, |v| v != "0"),
@@ -739,6 +745,14 @@ impl CudaBackend {
     /// `matmul_id_<type>` ones (`SPECULA_MMA_ID=0`); takes effect at the next run of every graph.
     pub fn set_mma_id(&mut self, on: bool) {
         self.mma_id = on;
+        self.forget_captures();
+    }
+
+    /// Whether expert-indexed products of several tokens group their (token, slot) pairs by
+    /// expert (the default) or take a pair a block row (`SPECULA_MOE_GROUP=0`); takes effect at
+    /// the next run of every graph.
+    pub fn set_moe_group(&mut self, on: bool) {
+        self.moe_group = on;
         self.forget_captures();
     }
 

@@ -454,19 +454,42 @@ impl CudaBackend {
                     .i32(m as i32)
                     .i64(x.layout.offset as i64)
                     .i64(stride);
-                let tile = source::MATMUL_ROW_TILES
-                    .iter()
-                    .copied()
-                    .filter(|&t| t <= self.max_row_tile)
-                    .find(|&t| t >= m)
-                    .unwrap_or(self.max_row_tile);
                 // Q4_K, Q6_K and Q8_0 rows of whole 256-weight groups with 16-byte-aligned
                 // activations take the fast kernels.
                 let fast = source::mma_rows(w.dtype, k, x.layout.offset, stride);
+                let tile = if fast {
+                    source::MATMUL_ROW_TILES
+                        .iter()
+                        .copied()
+                        .filter(|&t| t <= self.max_row_tile)
+                        .find(|&t| t >= m)
+                        .unwrap_or(self.max_row_tile)
+                } else {
+                    source::scalar_row_tile(n, m, self.max_row_tile, self.sm_count)
+                };
                 if m > source::TENSOR_CORE_MIN_ROWS && self.tensor_cores {
                     return self.launch(
                         &format!("matmul_tc_{}", weight_suffix(w.dtype)?),
                         (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1),
+                        128,
+                        &mut a,
+                    );
+                }
+                // Other Q8_0 and Q5_0 rows at even addresses (the 26B-A4B's 2,112-wide FFN
+                // downs), in batches of 2 to 16 rows, take the quad kernel: a warp four output
+                // rows, eight activation rows a block.
+                let quad = !fast
+                    && matches!(w.dtype, DType::Q8_0 | DType::Q5_0)
+                    && self.base(exec, node.inputs[0])? % 2 == 0
+                    && (2..=16).contains(&m);
+                if quad {
+                    return self.launch(
+                        &format!("matmul_{}_quad", weight_suffix(w.dtype)?),
+                        (
+                            n.div_ceil(4 * source::QUAD_WARP_ROWS) as u32,
+                            m.div_ceil(8) as u32,
+                            1,
+                        ),
                         128,
                         &mut a,
                     );
@@ -511,7 +534,12 @@ impl CudaBackend {
                 // Q4_K, Q6_K and Q8_0 experts of whole 256-weight groups with 16-byte-aligned
                 // activation rows take the one-row tensor-core kernel per (token, slot) pair,
                 // `matmul_id_tc_<type>` (unless SPECULA_MMA_ID=0); the rest the scalar
-                // `matmul_id_<type>`. The choice depends on the types and shapes only.
+                // `matmul_id_<type>`. A batch of several tokens (a verify batch) groups its
+                // pairs by expert where a grouped kernel exists (`matmul_id_tcg_<type>`, and
+                // `matmul_id_g_<type>` for Q8_0 and Q5_0 rows at even addresses), so a picked
+                // expert's weights are read once, not once a pair; unless SPECULA_MOE_GROUP=0.
+                // The choice depends on the types and shapes only, and every choice gives a
+                // pair's output the same bits.
                 let aligned = match w.dtype {
                     DType::Q4_K => weights % 16 == 0,
                     DType::Q8_0 => weights % 4 == 0,
@@ -519,12 +547,14 @@ impl CudaBackend {
                 };
                 let kw = source::mma_k_warps(k);
                 let tiles = n.div_ceil(16 * (8 / kw));
+                let pairs = n_used * t;
                 let tensor_cores = self.mma_matvec
                     && self.mma_id
                     && source::mma_rows(w.dtype, k, x.layout.offset, stride)
                     && aligned
                     && tiles <= 65_535
-                    && n_used * t <= 65_535;
+                    && pairs <= 65_535;
+                let grouped = self.moe_group && t >= 2 && pairs <= source::MOE_GROUP_MAX_PAIRS;
                 let mut a = Args::default();
                 a.ptr(weights)
                     .ptr(self.base(exec, node.inputs[1])?)
@@ -536,21 +566,34 @@ impl CudaBackend {
                     .i32(n_used as i32)
                     .i32(x.shape().ne(1) as i32);
                 a.i64(x.layout.offset as i64).i64(stride);
+                let suffix = weight_suffix(w.dtype)?;
                 if tensor_cores {
                     // As the one-shot `_mma_` kernels: kw warps of a block split a row's groups,
                     // the block's other warps take further 16-row tiles.
                     a.i32(kw as i32).ptr(self.err_word);
+                    let family = if grouped {
+                        "matmul_id_tcg"
+                    } else {
+                        "matmul_id_tc"
+                    };
                     return self.launch(
-                        &format!("matmul_id_tc_{}", weight_suffix(w.dtype)?),
-                        (1, tiles as u32, (n_used * t) as u32),
+                        &format!("{family}_{suffix}"),
+                        (1, tiles as u32, pairs as u32),
                         256,
                         &mut a,
                     );
                 }
+                // The grouped scalar kernel takes the rows `quad_sums` takes.
+                let quad_rows = matches!(w.dtype, DType::Q8_0 | DType::Q5_0) && weights % 2 == 0;
+                let (family, block_rows) = if grouped && quad_rows {
+                    ("matmul_id_g", 4 * source::QUAD_WARP_ROWS)
+                } else {
+                    ("matmul_id", 4)
+                };
                 a.ptr(self.err_word);
                 self.launch(
-                    &format!("matmul_id_{}", weight_suffix(w.dtype)?),
-                    (n.div_ceil(4) as u32, (n_used * t) as u32, 1),
+                    &format!("{family}_{suffix}"),
+                    (n.div_ceil(block_rows) as u32, pairs as u32, 1),
                     128,
                     &mut a,
                 )

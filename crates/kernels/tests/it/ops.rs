@@ -374,8 +374,9 @@ fn matmul_and_get_rows_every_weight_type() {
 
 /// The scalar vector kernels (`matmul_<type>_r<R>`: rows the `_mma_` kernels do not take, such
 /// as the 26B-A4B's 2,112-wide Q8_0 and Q5_0 FFN downs) give a row the same bits in a batch of
-/// 1, 2, 3, 5, 9 or 16 rows (the R = 1, 2, 4, 8 and 16 kernels), within 1e-5 of the CPU: Q8_0 and
-/// Q5_0 take four chunks a pass, the rest a chunk a pass; f32 and Q4_0 as controls.
+/// 1, 2, 3, 5, 9 or 16 rows, within 1e-5 of the CPU: Q8_0 and Q5_0 take four chunks a pass (two
+/// rows and more in `matmul_<type>_quad`, four output rows a warp, the launch checked), the rest
+/// a chunk a pass (the `_r<tile>` kernels, tiles by `scalar_row_tile`); f32 and Q4_0 as controls.
 #[test]
 fn scalar_products_are_batch_invariant() {
     let Some(mut cuda) = crate::cuda() else {
@@ -394,7 +395,17 @@ fn scalar_products_are_batch_invariant() {
             let y = c.g.matmul(w, x).unwrap();
             let graph = c.g.finish(&[y]).unwrap();
             let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+            cuda.record_launches(true);
             let got = run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0);
+            let log = cuda.take_launches();
+            cuda.record_launches(false);
+            if matches!(ty, DType::Q8_0 | DType::Q5_0) && m >= 2 {
+                let quad = format!("matmul_{}_quad", ty.to_string().to_lowercase());
+                assert!(
+                    log.contains(&quad),
+                    "{ty} k{k} m{m}: launched {log:?}, not {quad}"
+                );
+            }
             let err = rel_err(&got, &want);
             assert!(err <= 1e-5, "{ty} k{k} m{m}: relative error {err:e}");
             match &first {
@@ -1393,7 +1404,8 @@ fn matmul_strided_rows_and_matmul_id() {
 /// tensor-core `matmul_id_tc_*` kernels (the scalar `matmul_id_*` with `set_mma_id(false)`):
 /// within 1e-5 of the CPU for rows of 11 groups (a block's 8 warps take 2 or 1 each) and 40
 /// outputs (a partial 16-row tile), shared and per-slot activation rows, and each (token, slot)
-/// pair's outputs are the bits of that pair launched alone (a verify row gets the decode step's).
+/// pair's outputs are the bits of that pair launched alone (a verify row gets the decode step's;
+/// the batch's pairs grouped by expert, `matmul_id_tcg_*`, the single token's not).
 #[test]
 fn expert_products_on_tensor_cores() {
     let Some(mut cuda) = crate::cuda() else {
@@ -1435,7 +1447,8 @@ fn expert_products_on_tensor_cores() {
                 DType::Q6_K => "q6_k",
                 _ => "q8_0",
             };
-            let tc = format!("matmul_id_tc_{suffix}");
+            // A batch of four tokens groups its pairs by expert.
+            let tc = format!("matmul_id_tcg_{suffix}");
             assert!(log.contains(&tc), "{name}: launched {log:?}, not {tc}");
             let want = run_on(&mut CpuBackend::new(), &graph, &leaves, &[y]).remove(0);
             let err = rel_err(&got, &want);
@@ -1458,6 +1471,99 @@ fn expert_products_on_tensor_cores() {
                 );
             }
             eprintln!("{name}: rel err {err:.2e} (CPU), {err_s:.2e} (scalar kernel)");
+        }
+    }
+}
+
+/// Expert products of several tokens group their (token, slot) pairs by expert: the tensor-core
+/// `matmul_id_tcg_*` kernels (Q4_K, Q6_K, Q8_0 rows of whole groups) and the scalar
+/// `matmul_id_g_*` (the 26B-A4B's 704-wide Q8_0 and Q5_0 downs). A group of 12 pairs (two passes
+/// of eight), groups of 6, 4 and 1, shared and per-slot activation rows, a last block and warp
+/// with fewer rows (45 outputs of 704-wide rows): every output has the bits
+/// of the pair-a-row kernels (`set_moe_group(false)`), within 1e-5 of the CPU; an expert id past
+/// the experts is still reported.
+#[test]
+fn expert_grouped_products_equal_a_pair_a_row() {
+    let Some(mut cuda) = crate::cuda() else {
+        return;
+    };
+    let mut rng = Rng(34);
+    let (e, used, t) = (9, 3, 12);
+    // Token tk picks expert 0 (all 12 tokens), 1 + tk % 2 (6 each) and 3 + tk % 3 (4 each),
+    // in an order that varies by token; token 11's last slot picks expert 8 alone.
+    let idv: Vec<i32> = (0..t)
+        .flat_map(|tk| {
+            let last = if tk == t - 1 { 8 } else { 3 + tk % 3 };
+            let picks = [0, 1 + tk % 2, last];
+            (0..used).map(move |j| picks[(j + tk) % used] as i32)
+        })
+        .collect();
+    let cases = [
+        (
+            DType::Q4_K,
+            2816,
+            40,
+            "matmul_id_tcg_q4_k",
+            "matmul_id_tc_q4_k",
+        ),
+        (
+            DType::Q6_K,
+            2816,
+            40,
+            "matmul_id_tcg_q6_k",
+            "matmul_id_tc_q6_k",
+        ),
+        (
+            DType::Q8_0,
+            2816,
+            40,
+            "matmul_id_tcg_q8_0",
+            "matmul_id_tc_q8_0",
+        ),
+        (DType::Q8_0, 704, 45, "matmul_id_g_q8_0", "matmul_id_q8_0"),
+        (DType::Q5_0, 704, 45, "matmul_id_g_q5_0", "matmul_id_q5_0"),
+    ];
+    for (ty, k, n, grouped, pair_rows) in cases {
+        let wb = random_weight(&mut rng, ty, k * n * e);
+        for x_slots in [1, used] {
+            let xv = rng.vec(k * x_slots * t);
+            let mut c = Case::new();
+            let w = c.weight(ty, &[k, n, e], wb.clone());
+            let x = c.f32(&[k, x_slots, t], xv);
+            let ids = c.i32(&[used, t], idv.clone());
+            let y = c.g.matmul_id(w, x, ids).unwrap();
+            let graph = c.g.finish(&[y]).unwrap();
+            let name = format!("matmul_id {ty} k{k} n{n} x_slots {x_slots}");
+            let mut outputs = Vec::new();
+            for (group, kernel) in [(true, grouped), (false, pair_rows)] {
+                cuda.set_moe_group(group);
+                cuda.record_launches(true);
+                outputs.push(run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0));
+                let log = cuda.take_launches();
+                cuda.record_launches(false);
+                assert!(
+                    log.iter().any(|l| l == kernel),
+                    "{name}: launched {log:?}, not {kernel}"
+                );
+            }
+            cuda.set_moe_group(true);
+            assert!(
+                same_bits(&outputs[0], &outputs[1]),
+                "{name}: grouped by expert differs from a pair a row"
+            );
+            let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
+            let err = rel_err(&outputs[0], &want);
+            assert!(err <= 1e-5, "{name}: rel err {err:e} against the CPU");
+            eprintln!("{name}: grouped = a pair a row, rel err {err:.2e} (CPU)");
+            // An expert id past the experts is reported by the grouped kernel too.
+            let bindings = bind_leaves(&mut cuda, &graph, &c.leaves);
+            let exe = cuda.load(&graph, &bindings).unwrap();
+            let mut bad = idv.clone();
+            bad[5] = e as i32;
+            cuda.write(cuda.buffer_of(exe, ids).unwrap(), 0, HostData::I32(&bad))
+                .unwrap();
+            let err = cuda.run(exe).unwrap_err();
+            assert!(err.to_string().contains("expert"), "{name}: {err}");
         }
     }
 }
