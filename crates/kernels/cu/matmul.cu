@@ -227,6 +227,19 @@ __device__ __forceinline__ void quad_sums_gathered(const u8* const (&wr)[W], con
     }
 }
 
+// The group of pair p's expert (e = ids[p]) into list, in pair order (expert_group). Returns its
+// count when this block leads the group (p is its first pair), else 0, and 0 with the error
+// reported when e is outside the experts. Every thread of the block calls it.
+__device__ int lead_expert_group(const int* ids, int pairs, int p, int n_expert, int* err, int* list, int& e) {
+    e = ids[p];
+    if (e < 0 || e >= n_expert) {
+        if (threadIdx.x == 0) report(err, ERR_EXPERT_ID);
+        return 0;
+    }
+    int count = expert_group(ids, pairs, e, list);
+    return list[0] == p ? count : 0;
+}
+
 // Output rows a warp of the W-row quad kernels (matmul_<type>_quad, matmul_id_g) takes
 // (source::QUAD_WARP_ROWS): a block of MM_WARPS warps covers MM_WARPS · QUAD_WARP_ROWS of them.
 #define QUAD_WARP_ROWS 4

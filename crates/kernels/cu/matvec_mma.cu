@@ -1934,14 +1934,14 @@ extern "C" __global__ void matmul_q6_k_q8x_warp(const u8* w, const void* xs, flo
 // arithmetic across batch sizes; prefill products take kw = 1 (each warp its own rows).
 template <int DT, int MT, int NT, bool PREP, bool G = false>
 __device__ void matvec_mma_body(const u8* w, const Acts<PREP, G> A, float* y, int k, int n, int m, int kw, int plane,
-                                int planes) {
+                                int planes, int tile_y) {
     __shared__ float red[MMV_WARPS][MT * NT * 4][32];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int warp_rows = MMV_WARPS / kw, wr = warp / kw, wk = warp % kw;
     // Activation tiles along x, weight tiles along y: the blocks of one weight tile run back to
     // back, so a many-row product (a prefill chunk) reads each weight once from DRAM and again
     // from L2.
-    int row0 = (blockIdx.y * warp_rows + wr) * MT * 16, m0 = blockIdx.x * NT * 8;
+    int row0 = (tile_y * warp_rows + wr) * MT * 16, m0 = blockIdx.x * NT * 8;
     int n_groups = k / 256;
     // Long rows also split their groups over `planes` blocks (warp j of the block of plane z
     // takes groups j + kw·z, then every kw·planes-th), each writing its partial sums to plane z
@@ -1980,7 +1980,7 @@ __device__ void matvec_mma_body(const u8* w, const Acts<PREP, G> A, float* y, in
         float s = 0.0f;
         for (int v = 0; v < kw; ++v) s += red[r * kw + v][i][l];
         int e = i & 3, nt = (i >> 2) % NT, mt = (i >> 2) / NT;
-        int row = (blockIdx.y * warp_rows + r) * MT * 16 + mt * 16 + (l >> 2) + (e >= 2 ? 8 : 0);
+        int row = (tile_y * warp_rows + r) * MT * 16 + mt * 16 + (l >> 2) + (e >= 2 ? 8 : 0);
         int tok = m0 + nt * 8 + 2 * (l & 3) + (e & 1);
         if (row < n && tok < m) y[A.out(tok) * n + row] = s;
     }
@@ -2064,7 +2064,7 @@ extern "C" __global__ void mmv_sum_splits(const float* part, float* y, int n_out
                                                  int kw, i64 x_off, i64 x_stride, int pdl) {              \
         pdl_enter(pdl);                                                                                   \
         matvec_mma_body<DT, MT, NT, PREP>(w, Acts<PREP>{x, x_off, x_stride, k, m}, y, k, n, m, kw, blockIdx.z, \
-                                          gridDim.z);                                                     \
+                                          gridDim.z, blockIdx.y);                                         \
         pdl_leave(pdl);                                                                                   \
     }
 // Two blocks per SM (at most 128 registers) where that costs at most a few spilled bytes; the
@@ -2171,48 +2171,49 @@ MMV_PERSIST_ONE_KERNELS(q8_0, DT_Q8_0)
         i64 row = x_slots == 1 ? pair / n_used : pair;                                                          \
         matvec_mma_body<DT, 1, 1, false>(w + (i64)e * n * row_bytes(DT, k),                                     \
                                          Acts<false>{x, x_off + row * x_stride, x_stride, k, 1}, y + (i64)pair * n, \
-                                         k, n, 1, kw, 0, 1);                                                    \
+                                         k, n, 1, kw, 0, 1, blockIdx.y);                                        \
     }
 MMV_ID_KERNEL(q4_k, DT_Q4_K)
 MMV_ID_KERNEL(q6_k, DT_Q6_K)
 MMV_ID_KERNEL(q8_0, DT_Q8_0)
 
 // matmul_id_tcg_<type>: matmul_id_tc_<type> with the launch's (token, slot) pairs grouped by
-// expert (at most MOE_GROUP_MAX pairs; batches of a few tokens: verify). Same grid; block (·, y,
-// p) exits unless p is the first pair of its expert, whose block multiplies weight tile y of the
-// expert by the activation rows of every pair of that expert, eight a pass as the columns of one
-// mma tile (matvec_mma_body through gathered Acts), so each picked expert's tile is read once a
-// launch, not once a pair. A column's arithmetic does not depend on the others: every pair's
-// output has the bits matmul_id_tc gives it alone (a verify row has the decode step's).
+// expert (at most MOE_GROUP_MAX pairs; batches of a few tokens: verify). Grid (1, ⌈tiles /
+// tiles_per_block⌉, pairs): block (·, y, p) exits unless p is the first pair of its expert, whose
+// block multiplies weight tiles y·tiles_per_block.. of the expert in turn by the activation rows
+// of every pair of that expert, eight a pass as the columns of one mma tile (matvec_mma_body
+// through gathered Acts), so each picked expert's tile is read once a launch, not once a pair, and
+// a group's search serves several tiles. A column's arithmetic does not depend on the others:
+// every pair's output has the bits matmul_id_tc gives it alone (a verify row has the decode step's).
 template <int DT>
 __device__ void matmul_id_tcg_body(const u8* w, const float* x, const int* ids, float* y, int k, int n,
                                    int n_expert, int n_used, int x_slots, i64 x_off, i64 x_stride, int kw,
-                                   int* err) {
+                                   int tiles_per_block, int* err) {
     __shared__ int outs[MOE_GROUP_MAX], xrows[MOE_GROUP_MAX];
-    int p = blockIdx.z, e = ids[p];
-    if (e < 0 || e >= n_expert) {
-        if (threadIdx.x == 0) report(err, ERR_EXPERT_ID);
-        return;
-    }
-    const u8* we = w + (i64)e * n * row_bytes(DT, k);
-    int count = expert_group(ids, gridDim.z, e, outs);
-    if (outs[0] != p) return;
+    int e, count = lead_expert_group(ids, gridDim.z, blockIdx.z, n_expert, err, outs, e);
+    if (count == 0) return;
     for (int j = threadIdx.x; j < count; j += blockDim.x) xrows[j] = x_slots == 1 ? outs[j] / n_used : outs[j];
     __syncthreads();
-    for (int j0 = 0; j0 < count; j0 += 8) {
-        int rows = count - j0 < 8 ? count - j0 : 8;
-        if (j0 > 0) __syncthreads();  // the last pass's partial sums are read
-        matvec_mma_body<DT, 1, 1, false>(we, Acts<false, true>{x, x_off, x_stride, k, rows, xrows + j0, outs + j0}, y,
-                                         k, n, rows, kw, 0, 1);
-    }
+    const u8* we = w + (i64)e * n * row_bytes(DT, k);
+    int block_rows = 16 * (MMV_WARPS / kw), tiles = (n + block_rows - 1) / block_rows;
+    int t0 = blockIdx.y * tiles_per_block, t1 = t0 + tiles_per_block < tiles ? t0 + tiles_per_block : tiles;
+#pragma unroll 1
+    for (int ty = t0; ty < t1; ++ty)
+        for (int j0 = 0; j0 < count; j0 += 8) {
+            int rows = count - j0 < 8 ? count - j0 : 8;
+            if (ty > t0 || j0 > 0) __syncthreads();  // the last pass's partial sums are read
+            matvec_mma_body<DT, 1, 1, false>(we, Acts<false, true>{x, x_off, x_stride, k, rows, xrows + j0, outs + j0},
+                                             y, k, n, rows, kw, 0, 1, ty);
+        }
 }
 #define MMV_ID_GROUP_KERNEL(SUFFIX, DT)                                                                        \
     extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32, 2)                                            \
         matmul_id_tcg_##SUFFIX(const u8* w, const float* x, const int* ids, float* y, int k, int n,        \
                                     int n_expert, int n_used, int x_slots, i64 x_off, i64 x_stride, int kw,      \
-                                    int* err) {                                                                 \
+                                    int tiles_per_block, int* err) {                                            \
         pdl_entry();                                                                                            \
-        matmul_id_tcg_body<DT>(w, x, ids, y, k, n, n_expert, n_used, x_slots, x_off, x_stride, kw, err);        \
+        matmul_id_tcg_body<DT>(w, x, ids, y, k, n, n_expert, n_used, x_slots, x_off, x_stride, kw,              \
+                               tiles_per_block, err);                                                           \
     }
 MMV_ID_GROUP_KERNEL(q4_k, DT_Q4_K)
 MMV_ID_GROUP_KERNEL(q6_k, DT_Q6_K)

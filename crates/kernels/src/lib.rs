@@ -36,7 +36,7 @@ pub mod source;
 #[cfg(test)]
 mod test_graph;
 
-pub use cuda::{cuda_available, profiled, CudaBackend, READ_MAX_RUNS};
+pub use cuda::{cuda_available, profiled, CudaBackend, MOE_TILES_DEFAULT, READ_MAX_RUNS};
 
 /// Whether GPU tests must fail instead of skipping when CUDA is absent (`REQUIRE_GPU=1`).
 pub fn gpu_required() -> bool {

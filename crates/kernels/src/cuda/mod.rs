@@ -178,6 +178,9 @@ fn max_row_tile_from_env() -> usize {
         .unwrap_or(8)
 }
 
+/// Weight tiles a block of an expert-grouped tensor-core product takes by default.
+pub const MOE_TILES_DEFAULT: usize = 4;
+
 /// Whether the tensor-core matrix-vector kernels run Q4_K/Q6_K/Q8_0 products (up to 16 activation
 /// rows, and prefill chunks while `mma_prefill` is on; `SPECULA_MMA=0` turns them off, leaving
 /// the f32 vector and tiled kernels: an A/B knob for `cargo xtask bench`).
@@ -225,6 +228,10 @@ pub struct CudaBackend {
     /// expert's weights are read once a launch (`SPECULA_MOE_GROUP=0`: a pair a block row, as a
     /// decode step; an A/B and test knob). The same bits either way.
     moe_group: bool,
+    /// Weight tiles a block of an expert-grouped tensor-core product (`matmul_id_tcg_<type>`)
+    /// takes in turn, so a group's search serves several (`SPECULA_MOE_TILES`, 1 to 16, default
+    /// [`MOE_TILES_DEFAULT`]). The same bits for any value.
+    moe_tiles: usize,
     /// `write` and a run's error-word reset are queued on the stream, and a run waits once, for
     /// its error word (`SPECULA_QUEUED_WRITES=0`: each waits for the device, as before; an A/B
     /// knob).
@@ -458,6 +465,11 @@ impl CudaBackend {
             launch_carveout: std::cell::Cell::new(None),
             mma_id: std::env::var("SPECULA_MMA_ID").map_or(true, |v| v != "0"),
             moe_group: std::env::var("SPECULA_MOE_GROUP").map_or(true, |v| v != "0"),
+            moe_tiles: std::env::var("SPECULA_MOE_TILES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|t| (1..=16).contains(t))
+                .unwrap_or(MOE_TILES_DEFAULT),
             queue_writes: std::env::var("SPECULA_QUEUED_WRITES").map_or(true, |v| v != "0"),
             queued_writes: std::cell::RefCell::new(Vec::new()),
             q8_repack: std::env::var("SPECULA_Q8_REPACK").map_or(true, |v| v != "0"),
@@ -753,6 +765,13 @@ impl CudaBackend {
     /// the next run of every graph.
     pub fn set_moe_group(&mut self, on: bool) {
         self.moe_group = on;
+        self.forget_captures();
+    }
+
+    /// Weight tiles a block of an expert-grouped tensor-core product takes in turn (at least 1);
+    /// takes effect at the next run of every graph.
+    pub fn set_moe_tiles(&mut self, tiles: usize) {
+        self.moe_tiles = tiles.max(1);
         self.forget_captures();
     }
 

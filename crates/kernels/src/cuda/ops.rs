@@ -569,15 +569,21 @@ impl CudaBackend {
                 let suffix = weight_suffix(w.dtype)?;
                 if tensor_cores {
                     // As the one-shot `_mma_` kernels: kw warps of a block split a row's groups,
-                    // the block's other warps take further 16-row tiles.
-                    a.i32(kw as i32).ptr(self.err_word);
-                    let family = if grouped {
-                        "matmul_id_tcg"
-                    } else {
-                        "matmul_id_tc"
-                    };
+                    // the block's other warps take further 16-row tiles; a grouped block takes
+                    // `moe_tiles` of its expert's tiles in turn.
+                    a.i32(kw as i32);
+                    if grouped {
+                        a.i32(self.moe_tiles as i32).ptr(self.err_word);
+                        return self.launch(
+                            &format!("matmul_id_tcg_{suffix}"),
+                            (1, tiles.div_ceil(self.moe_tiles) as u32, pairs as u32),
+                            256,
+                            &mut a,
+                        );
+                    }
+                    a.ptr(self.err_word);
                     return self.launch(
-                        &format!("{family}_{suffix}"),
+                        &format!("matmul_id_tc_{suffix}"),
                         (1, tiles as u32, pairs as u32),
                         256,
                         &mut a,

@@ -1479,7 +1479,8 @@ fn expert_products_on_tensor_cores() {
 /// `matmul_id_tcg_*` kernels (Q4_K, Q6_K, Q8_0 rows of whole groups) and the scalar
 /// `matmul_id_g_*` (the 26B-A4B's 704-wide Q8_0 and Q5_0 downs). A group of 12 pairs (two passes
 /// of eight), groups of 6, 4 and 1, shared and per-slot activation rows, a last block and warp
-/// with fewer rows (45 outputs of 704-wide rows): every output has the bits
+/// with fewer rows (45 outputs of 704-wide rows), 1, 2 and 4 weight tiles a grouped tensor-core
+/// block: every output has the bits
 /// of the pair-a-row kernels (`set_moe_group(false)`), within 1e-5 of the CPU; an expert id past
 /// the experts is still reported.
 #[test]
@@ -1535,8 +1536,16 @@ fn expert_grouped_products_equal_a_pair_a_row() {
             let graph = c.g.finish(&[y]).unwrap();
             let name = format!("matmul_id {ty} k{k} n{n} x_slots {x_slots}");
             let mut outputs = Vec::new();
-            for (group, kernel) in [(true, grouped), (false, pair_rows)] {
+            // Grouped with 1, 2 and 4 weight tiles a block (n = 40: three tiles of 16 rows), then
+            // a pair a row.
+            for (group, tiles, kernel) in [
+                (true, 1, grouped),
+                (true, 2, grouped),
+                (true, 4, grouped),
+                (false, 1, pair_rows),
+            ] {
                 cuda.set_moe_group(group);
+                cuda.set_moe_tiles(tiles);
                 cuda.record_launches(true);
                 outputs.push(run_on(&mut cuda, &graph, &c.leaves, &[y]).remove(0));
                 let log = cuda.take_launches();
@@ -1547,10 +1556,14 @@ fn expert_grouped_products_equal_a_pair_a_row() {
                 );
             }
             cuda.set_moe_group(true);
-            assert!(
-                same_bits(&outputs[0], &outputs[1]),
-                "{name}: grouped by expert differs from a pair a row"
-            );
+            cuda.set_moe_tiles(kernels::MOE_TILES_DEFAULT);
+            for (i, out) in outputs[..3].iter().enumerate() {
+                assert!(
+                    same_bits(out, &outputs[3]),
+                    "{name}: grouped by expert ({} tiles a block) differs from a pair a row",
+                    [1, 2, 4][i]
+                );
+            }
             let want = run_on(&mut CpuBackend::new(), &graph, &c.leaves, &[y]).remove(0);
             let err = rel_err(&outputs[0], &want);
             assert!(err <= 1e-5, "{name}: rel err {err:e} against the CPU");
