@@ -485,9 +485,13 @@ pub fn run(args: &[String]) -> Result<()> {
     write_results(&out_dir, Value::Object(r))
 }
 
+/// The 26B-A4B verify batches the bench times: 2 to 8 tokens are what an MTP drafter's drafts
+/// verify, 16 a DFlash block.
+const MOE_VERIFY_TOKENS: [usize; 6] = [2, 3, 4, 6, 8, 16];
+
 /// The 26B-A4B decode at depth 0 into `r` (`moe_decode_tok_s`, and `moe_decode_bw_fraction`:
 /// the weight bytes a step reads, [`moe_active_bytes`], per second over the copy bandwidth
-/// `copy` in bytes/s) and its verify batches of 4, 8 and 16 tokens at depth 0
+/// `copy` in bytes/s) and its verify batches of [`MOE_VERIFY_TOKENS`] tokens at depth 0
 /// (`moe_verify_ratio`: t(k) over the decode step); with `--profile moe` (`moe-verify-16`), one
 /// more step (16-token verify batch) inside [`kernels::profiled`].
 fn moe_decode(
@@ -514,7 +518,7 @@ fn moe_decode(
     r.insert("moe_decode_bw_fraction".into(), json!(fraction));
     // Verify batches at depth 0, as a 26B-A4B target's speculative decoding runs them.
     let mut verify = BTreeMap::new();
-    for k in [4usize, 8, 16] {
+    for k in MOE_VERIFY_TOKENS {
         let v = verify_batch(&mut m, &verify_tokens(k), 0)?;
         eprintln!(
             "26B-A4B verify k={k}: {:.2} ms, t(k)/t(1) {:.2}",
