@@ -768,10 +768,10 @@ impl CudaBackend {
         self.forget_captures();
     }
 
-    /// Weight tiles a block of an expert-grouped tensor-core product takes in turn (at least 1);
-    /// takes effect at the next run of every graph.
+    /// Weight tiles a block of an expert-grouped tensor-core product takes in turn (clamped to
+    /// 1..=16, as `SPECULA_MOE_TILES`); takes effect at the next run of every graph.
     pub fn set_moe_tiles(&mut self, tiles: usize) {
-        self.moe_tiles = tiles.max(1);
+        self.moe_tiles = tiles.clamp(1, 16);
         self.forget_captures();
     }
 
