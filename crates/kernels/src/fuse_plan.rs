@@ -174,7 +174,7 @@ pub(crate) fn default_plans(graph: &Graph) -> (MmaPlan, FusePlan) {
     (mma, fuse)
 }
 
-/// The MoE routings ([`Fused::Route`]) the CUDA backend would launch as one kernel each in
+/// The MoE routings (`Fused::Route`) the CUDA backend would launch as one kernel each in
 /// `graph` with its default settings; as [`planned_folds`], for CI checks of a model's graph.
 pub fn planned_routes(graph: &Graph) -> usize {
     let (_, p) = default_plans(graph);

@@ -225,7 +225,7 @@ impl Target {
         Ok(())
     }
 
-    /// The rows of `node` ([width][rows], dense) that `rows` asks logits for: only the last
+    /// The rows of `node` (`[width][rows]`, dense) that `rows` asks logits for: only the last
     /// one for [`LogitRows::Last`] (a prefill chunk's caller needs no more, and 512 hidden rows
     /// of a large model are 11 MB to copy), else all.
     fn read_rows(&self, spec: &StepSpec, node: NodeId, rows: LogitRows) -> Result<Vec<f32>> {

@@ -93,7 +93,7 @@ pub(crate) fn moe_weights(
     Ok(())
 }
 
-/// [`Op::MoeSum`]: out[i, t] = Σ_j x[i, j, t]·w[j, t], multiplied then added in j order.
+/// [`crate::Op::MoeSum`]: out[i, t] = Σ_j x[i, j, t]·w[j, t], multiplied then added in j order.
 pub(crate) fn moe_sum(x: &Arg<'_>, w: &Arg<'_>, out: &mut Data) -> Res<()> {
     let (xl, wl) = (x.layout(), w.layout());
     let (h, k, n_tok) = (xl.shape.ne(0), xl.shape.ne(1), xl.shape.ne(2));

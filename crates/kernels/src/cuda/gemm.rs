@@ -81,7 +81,7 @@ impl Cublas {
         Ok(c)
     }
 
-    /// y[j·n + i] = Σ_l w[i][l] · x[j][l] for i < rows, j < m: `w` is `rows` f16 rows of k,
+    /// `y[j·n + i] = Σ_l w[i][l] · x[j][l]` for i < rows, j < m: `w` is `rows` f16 rows of k,
     /// `x` m f16 rows of k, `y` f32 rows n apart (cuBLAS's column-major rows × m output with
     /// leading dimension n: Wᵀ·X with both operands' rows as its columns).
     ///

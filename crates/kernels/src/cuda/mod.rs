@@ -223,7 +223,7 @@ pub struct CudaBackend {
     /// `matmul_id_tc_<type>` kernels where their shapes allow (`SPECULA_MMA_ID=0`: the scalar
     /// `matmul_id_<type>` kernels; an A/B and test knob).
     mma_id: bool,
-    /// Expert-indexed products of batches of 2 to [`MOE_GROUP_MAX_PAIRS`] (token, slot) pairs
+    /// Expert-indexed products of batches of 2 to [`source::MOE_GROUP_MAX_PAIRS`] (token, slot) pairs
     /// group the pairs by expert (`matmul_id_tcg_<type>`, `matmul_id_g_<type>`), so a picked
     /// expert's weights are read once a launch (`SPECULA_MOE_GROUP=0`: a pair a block row, as a
     /// decode step; an A/B and test knob). The same bits either way.
