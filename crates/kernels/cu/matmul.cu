@@ -131,7 +131,7 @@ __device__ void matmul_body(const u8* w, const float* x, float* y, int k, int n,
 // The pairs among the launch's first `pairs` whose expert id is e, in pair order, into list;
 // returns their count. Every thread of the block calls it; list is complete when it returns.
 // A block leads its expert's group when its own pair is list[0].
-__device__ int expert_group(const int* ids, int pairs, int e, int* list) {
+__device__ __forceinline__ int expert_group(const int* ids, int pairs, int e, int* list) {
     __shared__ int counts[32];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     int base = 0;
@@ -151,6 +151,12 @@ __device__ int expert_group(const int* ids, int pairs, int e, int* list) {
         __syncthreads();
     }
     return base;
+}
+
+// The activation row of (token, slot) pair `pair` of an expert-indexed product: its token's row
+// where a token's slots share one (x_slots == 1), else its own.
+__device__ __forceinline__ int pair_x_row(int pair, int n_used, int x_slots) {
+    return x_slots == 1 ? pair / n_used : pair;
 }
 
 // Expert-indexed product: block (x, pair) computes MM_WARPS output rows of slot pair = j + t * n_used,
@@ -230,7 +236,8 @@ __device__ __forceinline__ void quad_sums_gathered(const u8* const (&wr)[W], con
 // The group of pair p's expert (e = ids[p]) into list, in pair order (expert_group). Returns its
 // count when this block leads the group (p is its first pair), else 0, and 0 with the error
 // reported when e is outside the experts. Every thread of the block calls it.
-__device__ int lead_expert_group(const int* ids, int pairs, int p, int n_expert, int* err, int* list, int& e) {
+__device__ __forceinline__ int lead_expert_group(const int* ids, int pairs, int p, int n_expert, int* err, int* list,
+                                                 int& e) {
     e = ids[p];
     if (e < 0 || e >= n_expert) {
         if (threadIdx.x == 0) report(err, ERR_EXPERT_ID);
@@ -316,6 +323,8 @@ __device__ void matmul_id_group_body(const u8* w, const float* x, const int* ids
     __shared__ int pairs[MOE_GROUP_MAX];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int row0 = (blockIdx.x * MM_WARPS + warp) * QUAD_WARP_ROWS;
+    // The search of lead_expert_group, written out: through the helper this kernel took 96
+    // registers for Q5_0, not 80 (local nvcc; bench/results/session34-h200/compiler-figures.txt).
     int p = blockIdx.y, e = ids[p];
     if (e < 0 || e >= n_expert) {
         if (threadIdx.x == 0) report(err, ERR_EXPERT_ID);
@@ -331,8 +340,7 @@ __device__ void matmul_id_group_body(const u8* w, const float* x, const int* ids
     quad_rows_passes<DT>(
         wr, row0, n, k, count, vec,
         [&](int j) {
-            int q = pairs[j];
-            return xb + (i64)(x_slots == 1 ? q / n_used : q) * x_row_stride;
+            return xb + (i64)pair_x_row(pairs[j], n_used, x_slots) * x_row_stride;
         },
         [&](int j) { return pairs[j]; }, y, lane);
 }

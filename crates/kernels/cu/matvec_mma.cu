@@ -2168,7 +2168,7 @@ MMV_PERSIST_ONE_KERNELS(q8_0, DT_Q8_0)
             if (threadIdx.x == 0) report(err, ERR_EXPERT_ID);                                                   \
             return;                                                                                             \
         }                                                                                                       \
-        i64 row = x_slots == 1 ? pair / n_used : pair;                                                          \
+        i64 row = pair_x_row(pair, n_used, x_slots);                                                            \
         matvec_mma_body<DT, 1, 1, false>(w + (i64)e * n * row_bytes(DT, k),                                     \
                                          Acts<false>{x, x_off + row * x_stride, x_stride, k, 1}, y + (i64)pair * n, \
                                          k, n, 1, kw, 0, 1, blockIdx.y);                                        \
@@ -2192,7 +2192,7 @@ __device__ void matmul_id_tcg_body(const u8* w, const float* x, const int* ids, 
     __shared__ int outs[MOE_GROUP_MAX], xrows[MOE_GROUP_MAX];
     int e, count = lead_expert_group(ids, gridDim.z, blockIdx.z, n_expert, err, outs, e);
     if (count == 0) return;
-    for (int j = threadIdx.x; j < count; j += blockDim.x) xrows[j] = x_slots == 1 ? outs[j] / n_used : outs[j];
+    for (int j = threadIdx.x; j < count; j += blockDim.x) xrows[j] = pair_x_row(outs[j], n_used, x_slots);
     __syncthreads();
     const u8* we = w + (i64)e * n * row_bytes(DT, k);
     int block_rows = 16 * (MMV_WARPS / kw), tiles = (n + block_rows - 1) / block_rows;
