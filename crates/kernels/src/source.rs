@@ -281,20 +281,25 @@ pub const MOE_GROUP_MAX_PAIRS: usize = 256;
 /// `matmul_id_g_<type>`) takes (`QUAD_WARP_ROWS` in `matmul.cu`); their blocks have four warps.
 pub const QUAD_WARP_ROWS: usize = 4;
 
+/// The activation-row tile of a vector product of `m` activation rows: the smallest tile of
+/// [`MATMUL_ROW_TILES`] that holds `m`, at most `cap`.
+pub fn row_tile(m: usize, cap: usize) -> usize {
+    MATMUL_ROW_TILES
+        .iter()
+        .copied()
+        .filter(|&t| t <= cap)
+        .find(|&t| t >= m)
+        .unwrap_or(cap)
+}
+
 /// The activation-row tile of a warp-per-row scalar product (`matmul_<type>_r<tile>`) of `n`
-/// output rows and `m` activation rows: the smallest tile of [`MATMUL_ROW_TILES`] that holds `m`,
-/// at most `cap`, halved while the launch's blocks (four output rows each, a tile of activation
+/// output rows and `m` activation rows: [`row_tile`], halved while the launch's blocks (four output rows each, a tile of activation
 /// rows) would not fill two blocks a multiprocessor. Each warp reads every activation row of its
 /// tile, so a small product (the 26B-A4B's 128-row router) in large tiles runs in a few blocks
 /// that each walk many rows: 165 µs a launch for 16 tokens in tiles of 8, under ncu, against 11
 /// for one token. A row's bits do not depend on the tile.
 pub fn scalar_row_tile(n: usize, m: usize, cap: usize, sms: usize) -> usize {
-    let mut tile = MATMUL_ROW_TILES
-        .iter()
-        .copied()
-        .filter(|&t| t <= cap)
-        .find(|&t| t >= m)
-        .unwrap_or(cap);
+    let mut tile = row_tile(m, cap);
     while tile > 1 && n.div_ceil(4) * m.div_ceil(tile) < 2 * sms {
         tile /= 2;
     }

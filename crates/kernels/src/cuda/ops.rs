@@ -458,12 +458,7 @@ impl CudaBackend {
                 // activations take the fast kernels.
                 let fast = source::mma_rows(w.dtype, k, x.layout.offset, stride);
                 let tile = if fast {
-                    source::MATMUL_ROW_TILES
-                        .iter()
-                        .copied()
-                        .filter(|&t| t <= self.max_row_tile)
-                        .find(|&t| t >= m)
-                        .unwrap_or(self.max_row_tile)
+                    source::row_tile(m, self.max_row_tile)
                 } else {
                     source::scalar_row_tile(n, m, self.max_row_tile, self.sm_count)
                 };
