@@ -224,6 +224,17 @@ fn card() -> (String, String) {
     }
 }
 
+/// What `--profile` takes (see [`run`]).
+const PROFILES: [&str; 7] = [
+    "mtp",
+    "dflash",
+    "decode",
+    "decode-4k",
+    "verify-16",
+    "moe",
+    "moe-verify-16",
+];
+
 /// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe] [--prefill-only]
 /// [--skip-prefill] [--drafters-only] [--moe-only]
 /// [--profile mtp|dflash|decode|decode-4k|verify-16|moe|moe-verify-16] [--render FILE.json]` (`--render`:
@@ -268,20 +279,8 @@ pub fn run(args: &[String]) -> Result<()> {
             "--render" => render = Some(PathBuf::from(value()?)),
             "--profile" => {
                 let what = value()?;
-                if ![
-                    "mtp",
-                    "dflash",
-                    "decode",
-                    "decode-4k",
-                    "verify-16",
-                    "moe",
-                    "moe-verify-16",
-                ]
-                .contains(&what.as_str())
-                {
-                    bail!(
-                        "--profile takes mtp, dflash, decode, decode-4k, verify-16, moe or moe-verify-16, not {what}"
-                    );
+                if !PROFILES.contains(&what.as_str()) {
+                    bail!("--profile takes {}, not {what}", PROFILES.join(", "));
                 }
                 profile = Some(what.clone());
             }
