@@ -225,19 +225,20 @@ fn card() -> (String, String) {
 }
 
 /// What `--profile` takes (see [`run`]).
-const PROFILES: [&str; 7] = [
+const PROFILES: [&str; 8] = [
     "mtp",
     "dflash",
     "decode",
     "decode-4k",
     "verify-16",
     "moe",
+    "moe-verify-4",
     "moe-verify-16",
 ];
 
 /// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe] [--prefill-only]
 /// [--skip-prefill] [--drafters-only] [--moe-only]
-/// [--profile mtp|dflash|decode|decode-4k|verify-16|moe|moe-verify-16] [--render FILE.json]` (`--render`:
+/// [--profile mtp|dflash|decode|decode-4k|verify-16|moe|moe-verify-4|moe-verify-16] [--render FILE.json]` (`--render`:
 /// only writes the markdown table and the plot of a results file from the GPU machine into
 /// `--out`, for runs whose files did not all come back; `--prefill-only`: the copy bandwidth
 /// and the prefill figures alone; `--skip-prefill`: all but those (the read ceiling comes with
@@ -245,7 +246,7 @@ const PROFILES: [&str; 7] = [
 /// bandwidth and the 26B-A4B decode alone; all four for quicker A/B runs. `--profile`: after
 /// timing, one more MTP draft step, DFlash block draft, decode step (at the drafters' context),
 /// decode step at depth 4K (`decode-4k`), 16-token verify at 4K (`verify-16`), 26B-A4B decode
-/// step (`moe`) or 26B-A4B 16-token verify at depth 0 (`moe-verify-16`) runs inside
+/// step (`moe`) or 26B-A4B 4- or 16-token verify at depth 0 (`moe-verify-4`, `moe-verify-16`) runs inside
 /// [`kernels::profiled`], for `ncu --profile-from-start off`).
 pub fn run(args: &[String]) -> Result<()> {
     let mut models = PathBuf::from("/tmp/specula-synth");
@@ -304,8 +305,12 @@ pub fn run(args: &[String]) -> Result<()> {
     if moe_only && (prefill_only || skip_prefill || drafters_only || !moe) {
         bail!("--moe-only measures the 26B-A4B decode alone: it takes no other selection");
     }
-    if matches!(profile.as_deref(), Some("moe" | "moe-verify-16")) && !moe {
-        bail!("--profile moe and moe-verify-16 profile the 26B-A4B, which this selection skips");
+    if matches!(
+        profile.as_deref(),
+        Some("moe" | "moe-verify-4" | "moe-verify-16")
+    ) && !moe
+    {
+        bail!("--profile moe, moe-verify-4 and moe-verify-16 profile the 26B-A4B, which this selection skips");
     }
     let target_profile = matches!(profile.as_deref(), Some("decode-4k" | "verify-16"));
     if target_profile && (prefill_only || drafters_only) {
@@ -491,8 +496,8 @@ const MOE_VERIFY_TOKENS: [usize; 6] = [2, 3, 4, 6, 8, 16];
 /// The 26B-A4B decode at depth 0 into `r` (`moe_decode_tok_s`, and `moe_decode_bw_fraction`:
 /// the weight bytes a step reads, [`moe_active_bytes`], per second over the copy bandwidth
 /// `copy` in bytes/s) and its verify batches of [`MOE_VERIFY_TOKENS`] tokens at depth 0
-/// (`moe_verify_ratio`: t(k) over the decode step); with `--profile moe` (`moe-verify-16`), one
-/// more step (16-token verify batch) inside [`kernels::profiled`].
+/// (`moe_verify_ratio`: t(k) over the decode step); with `--profile moe` (`moe-verify-4`,
+/// `moe-verify-16`), one more step (a 4- or 16-token verify batch) inside [`kernels::profiled`].
 fn moe_decode(
     path: &Path,
     copy: f64,
@@ -529,6 +534,7 @@ fn moe_decode(
     r.insert("moe_verify_ratio".into(), json!(verify));
     let profiled_batch = match profile {
         Some("moe") => Some((verify_tokens(1), LogitRows::Last)),
+        Some("moe-verify-4") => Some((verify_tokens(4), LogitRows::All)),
         Some("moe-verify-16") => Some((verify_tokens(16), LogitRows::All)),
         _ => None,
     };
