@@ -765,6 +765,30 @@ extern "C" __global__ void moe_weights_f32(const float* probs, Layout4 lp, const
 // TopK and MoeWeights of the router's logits): softmax_f32's block arithmetic with its block
 // size (the same bits), the probabilities written as softmax_f32 writes them, then warp 0 runs
 // top_k_f32's and moe_weights_f32's row functions on them. Two launches fewer a MoE layer.
+// MOE_SPREAD_IDS 1 (SPECULA_MOE_SPREAD_IDS; a measurement mode, every MoE output wrong):
+// moe_route_f32 replaces a token's k picks by k distinct pseudo-random experts of n, seeded by
+// its row and its top probability's bits, so they differ by token and layer. A trained router
+// spreads a verify batch's tokens over many experts; a random-weight model's picked a median of
+// 15 distinct experts a layer for 16 tokens (128 picks) in the bench (bench/NOTES.md, thirty-fifth
+// session), which flatters the expert-grouped products. Lane 0 runs it.
+#ifndef MOE_SPREAD_IDS
+#define MOE_SPREAD_IDS 0
+#endif
+__device__ void spread_ids(int* ids, int k, int n, unsigned seed) {
+    if (k > n) return;
+    for (int j = 0; j < k; ++j) {
+        int e;
+        bool taken;
+        do {
+            seed = seed * 1664525u + 1013904223u;
+            e = (int)((seed >> 8) % (unsigned)n);
+            taken = false;
+            for (int i = 0; i < j; ++i) taken |= ids[i] == e;
+        } while (taken);
+        ids[j] = e;
+    }
+}
+
 extern "C" __global__ void moe_route_f32(const float* x, Layout4 lx, float* probs, int n, int* ids, int k,
                                          const void* scale, int scale_dt, float* out, int renormalize, int* err) {
     pdl_entry();
@@ -776,6 +800,10 @@ extern "C" __global__ void moe_route_f32(const float* x, Layout4 lx, float* prob
     int lane = threadIdx.x;
     top_k_row(pr, ids + t * k, n, k, lane);
     __syncwarp();  // lane 0's picks are visible to the warp
+    if (MOE_SPREAD_IDS) {
+        if (lane == 0) spread_ids(ids + t * k, k, n, __float_as_uint(pr[ids[t * k]]) ^ ((unsigned)t * 0x9E3779B9u));
+        __syncwarp();
+    }
     moe_weights_row(pr, ids + t * k, scale, scale_dt, out + t * k, n, k, renormalize, err, lane);
 }
 

@@ -85,6 +85,9 @@ pub struct KnobDefine {
 ///   one- and two-row products and of `matmul_id` loads before using them (not Q8_0 and Q5_0
 ///   rows, which take four chunks a pass), 1 to 32 (8 the default; 4 the loop before it). The
 ///   same bits for any value.
+/// - `SPECULA_MOE_SPREAD_IDS` → `MOE_SPREAD_IDS` (`ops.cu`): 1 replaces the router's picks in
+///   `moe_route_f32` by distinct pseudo-random experts, to time a MoE verify batch as a trained
+///   router would spread it (a measurement mode: every MoE output is wrong); 0 the default.
 pub const KNOB_DEFINES: &[KnobDefine] = &[
     KnobDefine {
         var: "SPECULA_ATT_MIN_SPLIT",
@@ -133,6 +136,12 @@ pub const KNOB_DEFINES: &[KnobDefine] = &[
         name: "MM_BATCH",
         accepts: |n| (1..=32).contains(&n),
         variants: &[4],
+    },
+    KnobDefine {
+        var: "SPECULA_MOE_SPREAD_IDS",
+        name: "MOE_SPREAD_IDS",
+        accepts: |n| n <= 1,
+        variants: &[1],
     },
 ];
 

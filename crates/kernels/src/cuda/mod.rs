@@ -124,6 +124,16 @@ fn products_as_reads_from_env() -> bool {
     on
 }
 
+/// Says aloud that `SPECULA_MOE_SPREAD_IDS=1` (a kernel define, `source::KNOB_DEFINES`) makes
+/// every MoE output wrong.
+fn warn_of_spread_ids() {
+    if std::env::var("SPECULA_MOE_SPREAD_IDS").is_ok_and(|v| v == "1") {
+        eprintln!(
+            "SPECULA_MOE_SPREAD_IDS=1: MoE routers pick pseudo-random experts; every MoE output is wrong (a measurement mode)"
+        );
+    }
+}
+
 fn elem_bytes(dtype: DType) -> usize {
     match dtype {
         DType::F32 | DType::I32 => 4,
@@ -376,6 +386,7 @@ impl CudaBackend {
                 "no CUDA driver, libnvrtc or device found (run `specula doctor`)",
             ));
         }
+        warn_of_spread_ids();
         let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the context", e))?;
         #[allow(unsafe_code)]
         // SAFETY: called right after creating the context, before any allocation (cudarc#555);
