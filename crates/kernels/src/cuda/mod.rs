@@ -189,7 +189,7 @@ fn max_row_tile_from_env() -> usize {
 }
 
 /// Weight tiles a block of an expert-grouped tensor-core product takes by default: 2, which ran
-/// 2–3 % faster than 4 for verify batches of 2–8 tokens and the same at 16 (bench/NOTES.md).
+/// about 2 % faster than 4 for verify batches of 2–8 tokens and the same at 16 (bench/NOTES.md).
 pub const MOE_TILES_DEFAULT: usize = 2;
 
 /// Whether the tensor-core matrix-vector kernels run Q4_K/Q6_K/Q8_0 products (up to 16 activation
