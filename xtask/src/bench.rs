@@ -7,7 +7,9 @@
 //! tok/s at depths 0, 4K and 32K, t(k)/t(1) of verify batches at depth 4K, prefill tok/s at 512
 //! and 4096 tokens, one MTP draft step and one DFlash block draft against a decode step; the
 //! 26B-A4B decode tok/s and its share of copy (the bytes of its dense tensors and routed experts'
-//! slices a step reads). Every figure is a median over repeats after warm-up. Writes
+//! slices a step reads), and its verify batches over its decode step, as the synthetic router
+//! picks experts and with the picks spread over them. Every figure is a median over repeats
+//! after warm-up. Writes
 //! `bench/results/<date>-<card>.json`, `.md` and `.svg`.
 
 use std::collections::BTreeMap;
@@ -43,8 +45,18 @@ fn time(warm: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f
 }
 
 fn load(path: &Path, n_ctx: usize, max_batch: usize) -> Result<Target> {
+    load_with(path, n_ctx, max_batch, &[])
+}
+
+/// As [`load`], on a backend compiled with the kernel knobs `knobs` (`CudaBackend::with_knobs`).
+fn load_with(
+    path: &Path,
+    n_ctx: usize,
+    max_batch: usize,
+    knobs: &[(&str, usize)],
+) -> Result<Target> {
     let file = Arc::new(gguf::GgufFile::open(path)?);
-    let backend = CudaBackend::new(0)?;
+    let backend = CudaBackend::with_knobs(0, knobs)?;
     match backend.smem_carveout() {
         Some(p) => eprintln!(
             "step graphs' launches prefer {p} % of the unified L1 / shared memory as shared memory"
@@ -497,7 +509,9 @@ const MOE_VERIFY_TOKENS: [usize; 6] = [2, 3, 4, 6, 8, 16];
 /// the weight bytes a step reads, [`moe_active_bytes`], per second over the copy bandwidth
 /// `copy` in bytes/s) and its verify batches of [`MOE_VERIFY_TOKENS`] tokens at depth 0
 /// (`moe_verify_ratio`: t(k) over the decode step); with `--profile moe` (`moe-verify-4`,
-/// `moe-verify-16`), one more step (a 4- or 16-token verify batch) inside [`kernels::profiled`].
+/// `moe-verify-16`), one more step (a 4- or 16-token verify batch) inside [`kernels::profiled`];
+/// then the same ratios with the router's picks spread ([`moe_spread_verify`],
+/// `moe_verify_ratio_spread`).
 fn moe_decode(
     path: &Path,
     copy: f64,
@@ -545,7 +559,41 @@ fn moe_decode(
             Ok(())
         })?;
     }
+    drop(m);
+    // A second reading, not a replacement: a failure here is reported and leaves the rest.
+    match moe_spread_verify(path) {
+        Ok(spread) => {
+            r.insert("moe_verify_ratio_spread".into(), json!(spread));
+        }
+        Err(e) => eprintln!("26B-A4B spread picks: not measured: {e:#}"),
+    }
     Ok(())
+}
+
+/// The 26B-A4B's verify batches of [`MOE_VERIFY_TOKENS`] tokens at depth 0 over its decode step,
+/// both with the router's picks spread over the experts (`SPECULA_MOE_SPREAD_IDS=1`, whose outputs
+/// are wrong): the synthetic model's random router sends a batch to few experts (a median of 15
+/// a layer for 16 tokens), which flatters the expert-grouped products; a trained router spreads
+/// a batch further (bench/NOTES.md, thirty-fifth session).
+fn moe_spread_verify(path: &Path) -> Result<BTreeMap<String, f64>> {
+    let mut m = load_with(path, 4096, 16, &[("SPECULA_MOE_SPREAD_IDS", 1)])?;
+    let s = decode_step(&mut m, 0)?;
+    eprintln!(
+        "26B-A4B spread picks: decode at depth 0: {:.2} ms ({:.1} tok/s)",
+        s * 1e3,
+        1.0 / s
+    );
+    let mut verify = BTreeMap::new();
+    for k in MOE_VERIFY_TOKENS {
+        let v = verify_batch(&mut m, &verify_tokens(k), 0)?;
+        eprintln!(
+            "26B-A4B spread picks: verify k={k}: {:.2} ms, t(k)/t(1) {:.2}",
+            v * 1e3,
+            v / s
+        );
+        verify.insert(k.to_string(), v / s);
+    }
+    Ok(verify)
 }
 
 /// Decode tok/s at depths 0, 4K and 32K, the bandwidth fraction at depth 0 and the verify
@@ -694,6 +742,11 @@ fn write_results(dir: &Path, v: Value) -> Result<()> {
     }
     for (k, x) in series(&v, "moe_verify_ratio") {
         md += &format!("| 26B-A4B verify t({k}) / decode step at depth 0 | {x:.2} |\n");
+    }
+    for (k, x) in series(&v, "moe_verify_ratio_spread") {
+        md += &format!(
+            "| 26B-A4B verify t({k}) / decode step, picks spread over the experts (SPECULA_MOE_SPREAD_IDS) | {x:.2} |\n"
+        );
     }
     std::fs::write(stem.with_extension("md"), md)?;
     std::fs::write(stem.with_extension("svg"), svg(&v))?;
@@ -884,7 +937,8 @@ mod tests {
         let v = json!({
             "card": "Render Card", "driver": "1.0", "commit": "abc", "model": "m",
             "decode_tok_s": {"0": 70.0}, "verify_ratio": {"1": 1.0, "16": 2.0},
-            "mtp_draft_fraction": 0.04, "moe_verify_ratio": {"16": 2.5, "4": 1.25}
+            "mtp_draft_fraction": 0.04, "moe_verify_ratio": {"16": 2.5, "4": 1.25},
+            "moe_verify_ratio_spread": {"4": 1.75}
         });
         std::fs::write(&input, v.to_string()).unwrap();
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -902,6 +956,8 @@ mod tests {
         let v4 = md.find("| 26B-A4B verify t(4) / decode step at depth 0 | 1.25 |");
         let v16 = md.find("| 26B-A4B verify t(16) / decode step at depth 0 | 2.50 |");
         assert!(v4.is_some() && v4 < v16, "{md}");
+        let spread = md.find("| 26B-A4B verify t(4) / decode step, picks spread over the experts (SPECULA_MOE_SPREAD_IDS) | 1.75 |");
+        assert!(spread.is_some() && v16 < spread, "{md}");
         let bad = dir.join("bad.json");
         std::fs::write(&bad, "not json").unwrap();
         let err = run(&args(&["--render", bad.to_str().unwrap()])).unwrap_err();

@@ -18,14 +18,37 @@ pub const ATTENTION_TC: &str = include_str!("../cu/attention_tc.cu");
 /// The whole translation unit compiled by NVRTC, with the A/B knobs' defines ([`KNOB_DEFINES`])
 /// set in the environment in front.
 pub fn full_source() -> String {
+    full_source_with(&[])
+}
+
+/// The translation unit as [`full_source`] builds it, with `overrides` set in place of the
+/// environment's value of the same knob (a second backend compiled with other knobs: the bench's
+/// spread-pick MoE run).
+pub fn full_source_with(overrides: &[(&KnobDefine, usize)]) -> String {
     let set: Vec<(&KnobDefine, usize)> = KNOB_DEFINES
         .iter()
         .filter_map(|knob| {
+            if let Some(&(_, value)) = overrides.iter().find(|(o, _)| o.var == knob.var) {
+                return Some((knob, value));
+            }
             let value = std::env::var(knob.var).ok()?.parse::<usize>().ok()?;
             (knob.accepts)(value).then_some((knob, value))
         })
         .collect();
     source_with(&set)
+}
+
+/// The knob of environment variable `var` set to `value`, checked: an unknown variable or a
+/// value the knob does not accept is an error naming both.
+pub fn knob_override(var: &str, value: usize) -> Result<(&'static KnobDefine, usize), String> {
+    let knob = KNOB_DEFINES
+        .iter()
+        .find(|k| k.var == var)
+        .ok_or_else(|| format!("{var} is not a kernel knob (source::KNOB_DEFINES)"))?;
+    if !(knob.accepts)(value) {
+        return Err(format!("{var} does not take {value}"));
+    }
+    Ok((knob, value))
 }
 
 /// The translation unit with `knobs` defined as the given values (no environment read), as
@@ -52,6 +75,7 @@ pub fn source_with(knobs: &[(&KnobDefine, usize)]) -> String {
 
 /// An A/B knob of the kernels: `var=n` in the environment defines macro `name` as `n` where
 /// `accepts(n)`; unset or other values leave the kernels' default.
+#[derive(Debug)]
 pub struct KnobDefine {
     /// The environment variable.
     pub var: &'static str,
@@ -692,6 +716,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An override replaces the environment's value of its knob and is put in front like any
+    /// knob's define; an unknown variable or refused value is an error naming it.
+    #[test]
+    fn knob_overrides_are_checked_and_defined() {
+        let spread = knob_override("SPECULA_MOE_SPREAD_IDS", 1).unwrap();
+        let src = full_source_with(&[spread]);
+        // The defines in front of the kernels (then their own `#ifndef` defaults).
+        let front: Vec<&str> = src
+            .lines()
+            .take_while(|l| l.starts_with("#define "))
+            .collect();
+        let spread_lines: Vec<&&str> = front
+            .iter()
+            .filter(|l| l.starts_with("#define MOE_SPREAD_IDS "))
+            .collect();
+        assert_eq!(spread_lines, [&"#define MOE_SPREAD_IDS 1"], "{front:?}");
+        let err = knob_override("SPECULA_NO_SUCH_KNOB", 1).unwrap_err();
+        assert!(err.contains("SPECULA_NO_SUCH_KNOB"), "{err}");
+        let err = knob_override("SPECULA_MOE_SPREAD_IDS", 2).unwrap_err();
+        assert!(err.contains("does not take 2"), "{err}");
     }
 
     /// The persistent walks find a warp's slice with a mask (`PersistWalk::slice`, WALK_FAST):

@@ -124,10 +124,17 @@ fn products_as_reads_from_env() -> bool {
     on
 }
 
-/// Says aloud that `SPECULA_MOE_SPREAD_IDS=1` (a kernel define, `source::KNOB_DEFINES`) makes
-/// every MoE output wrong.
-fn warn_of_spread_ids() {
-    if std::env::var("SPECULA_MOE_SPREAD_IDS").is_ok_and(|v| v == "1") {
+/// Says aloud that `SPECULA_MOE_SPREAD_IDS=1` (a kernel define, `source::KNOB_DEFINES`; from the
+/// environment or `overrides`) makes every MoE output wrong.
+fn warn_of_spread_ids(overrides: &[(&source::KnobDefine, usize)]) {
+    let spread = match overrides
+        .iter()
+        .find(|(k, _)| k.var == "SPECULA_MOE_SPREAD_IDS")
+    {
+        Some(&(_, value)) => value == 1,
+        None => std::env::var("SPECULA_MOE_SPREAD_IDS").is_ok_and(|v| v == "1"),
+    };
+    if spread {
         eprintln!(
             "SPECULA_MOE_SPREAD_IDS=1: MoE routers pick pseudo-random experts; every MoE output is wrong (a measurement mode)"
         );
@@ -381,12 +388,24 @@ impl CudaBackend {
     /// Opens device `ordinal`, compiles (or loads from the cache) the kernels for its exact
     /// architecture, and loads every entry point.
     pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        Self::with_knobs(ordinal, &[])
+    }
+
+    /// As [`CudaBackend::new`], with the kernel knobs `knobs` (a `source::KNOB_DEFINES`
+    /// variable and a value it accepts) in place of the environment's: the bench's spread-pick
+    /// MoE run (`SPECULA_MOE_SPREAD_IDS`). An unknown knob or refused value is an error.
+    pub fn with_knobs(ordinal: usize, knobs: &[(&str, usize)]) -> Result<CudaBackend> {
+        let overrides = knobs
+            .iter()
+            .map(|&(var, value)| source::knob_override(var, value))
+            .collect::<std::result::Result<Vec<_>, String>>()
+            .map_err(backend_err)?;
         if !cuda_available() {
             return Err(backend_err(
                 "no CUDA driver, libnvrtc or device found (run `specula doctor`)",
             ));
         }
-        warn_of_spread_ids();
+        warn_of_spread_ids(&overrides);
         let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the context", e))?;
         #[allow(unsafe_code)]
         // SAFETY: called right after creating the context, before any allocation (cudarc#555);
@@ -405,8 +424,8 @@ impl CudaBackend {
         unsafe { sys::cuDriverGetVersion(&mut driver) }
             .result()
             .map_err(|e| driver_err("driver version", e))?;
-        let cubin =
-            nvrtc::cubin_cached(&source::full_source(), arch, driver).map_err(backend_err)?;
+        let cubin = nvrtc::cubin_cached(&source::full_source_with(&overrides), arch, driver)
+            .map_err(backend_err)?;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
             .map_err(|e| driver_err("loading the kernel module", e))?;
