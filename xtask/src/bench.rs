@@ -249,13 +249,14 @@ const PROFILES: [&str; 8] = [
 ];
 
 /// `xtask bench [--models DIR] [--out DIR] [--commit SHA] [--skip-moe] [--prefill-only]
-/// [--skip-prefill] [--drafters-only] [--moe-only]
+/// [--skip-prefill] [--drafters-only] [--moe-only] [--no-spread]
 /// [--profile mtp|dflash|decode|decode-4k|verify-16|moe|moe-verify-4|moe-verify-16] [--render FILE.json]` (`--render`:
 /// only writes the markdown table and the plot of a results file from the GPU machine into
 /// `--out`, for runs whose files did not all come back; `--prefill-only`: the copy bandwidth
 /// and the prefill figures alone; `--skip-prefill`: all but those (the read ceiling comes with
 /// the decode figures); `--drafters-only`: the drafter fractions alone; `--moe-only`: the copy
-/// bandwidth and the 26B-A4B decode alone; all four for quicker A/B runs. `--profile`: after
+/// bandwidth and the 26B-A4B decode alone; all four for quicker A/B runs; `--no-spread`: not the
+/// 26B-A4B's second reading with spread picks (`moe_verify_ratio_spread`). `--profile`: after
 /// timing, one more MTP draft step, DFlash block draft, decode step (at the drafters' context),
 /// decode step at depth 4K (`decode-4k`), 16-token verify at 4K (`verify-16`), 26B-A4B decode
 /// step (`moe`) or 26B-A4B 4- or 16-token verify at depth 0 (`moe-verify-4`, `moe-verify-16`) runs inside
@@ -269,6 +270,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut skip_prefill = false;
     let mut drafters_only = false;
     let mut moe_only = false;
+    let mut spread = true;
     let mut profile: Option<String> = None;
     let mut render: Option<PathBuf> = None;
     let mut out_given = false;
@@ -289,6 +291,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 moe = false;
             }
             "--moe-only" => moe_only = true,
+            "--no-spread" => spread = false,
             "--render" => render = Some(PathBuf::from(value()?)),
             "--profile" => {
                 let what = value()?;
@@ -402,7 +405,7 @@ pub fn run(args: &[String]) -> Result<()> {
     eprintln!("copy bandwidth {:.0} GB/s", copy / 1e9);
     let moe_path = file("gemma4-26b-a4b", "q4_k_m");
     if moe_only {
-        moe_decode(&moe_path, copy, profile.as_deref(), &mut r)?;
+        moe_decode(&moe_path, copy, profile.as_deref(), spread, &mut r)?;
         return write_results(&out_dir, Value::Object(r));
     }
 
@@ -495,7 +498,7 @@ pub fn run(args: &[String]) -> Result<()> {
     drop(t);
 
     if moe {
-        moe_decode(&moe_path, copy, profile.as_deref(), &mut r)?;
+        moe_decode(&moe_path, copy, profile.as_deref(), spread, &mut r)?;
     }
 
     write_results(&out_dir, Value::Object(r))
@@ -510,12 +513,13 @@ const MOE_VERIFY_TOKENS: [usize; 6] = [2, 3, 4, 6, 8, 16];
 /// `copy` in bytes/s) and its verify batches of [`MOE_VERIFY_TOKENS`] tokens at depth 0
 /// (`moe_verify_ratio`: t(k) over the decode step); with `--profile moe` (`moe-verify-4`,
 /// `moe-verify-16`), one more step (a 4- or 16-token verify batch) inside [`kernels::profiled`];
-/// then the same ratios with the router's picks spread ([`moe_spread_verify`],
+/// then, with `spread`, the same ratios with the router's picks spread ([`moe_spread_verify`],
 /// `moe_verify_ratio_spread`).
 fn moe_decode(
     path: &Path,
     copy: f64,
     profile: Option<&str>,
+    spread: bool,
     r: &mut serde_json::Map<String, Value>,
 ) -> Result<()> {
     let bytes = moe_active_bytes(path)?;
@@ -560,6 +564,9 @@ fn moe_decode(
         })?;
     }
     drop(m);
+    if !spread {
+        return Ok(());
+    }
     // A second reading, not a replacement: a failure here is reported and leaves the rest.
     match moe_spread_verify(path) {
         Ok(spread) => {
