@@ -539,16 +539,7 @@ fn moe_decode(
     );
     r.insert("moe_decode_bw_fraction".into(), json!(fraction));
     // Verify batches at depth 0, as a 26B-A4B target's speculative decoding runs them.
-    let mut verify = BTreeMap::new();
-    for k in MOE_VERIFY_TOKENS {
-        let v = verify_batch(&mut m, &verify_tokens(k), 0)?;
-        eprintln!(
-            "26B-A4B verify k={k}: {:.2} ms, t(k)/t(1) {:.2}",
-            v * 1e3,
-            v / s
-        );
-        verify.insert(k.to_string(), v / s);
-    }
+    let verify = moe_verify_ratios(&mut m, s, "26B-A4B")?;
     r.insert("moe_verify_ratio".into(), json!(verify));
     let profiled_batch = match profile {
         Some("moe") => Some((verify_tokens(1), LogitRows::Last)),
@@ -590,15 +581,21 @@ fn moe_spread_verify(path: &Path) -> Result<BTreeMap<String, f64>> {
         s * 1e3,
         1.0 / s
     );
+    moe_verify_ratios(&mut m, s, "26B-A4B spread picks:")
+}
+
+/// The 26B-A4B's verify batches of [`MOE_VERIFY_TOKENS`] tokens at depth 0 over its decode step
+/// of `step` seconds, each logged after `label` ("26B-A4B verify k=4: …").
+fn moe_verify_ratios(m: &mut Target, step: f64, label: &str) -> Result<BTreeMap<String, f64>> {
     let mut verify = BTreeMap::new();
     for k in MOE_VERIFY_TOKENS {
-        let v = verify_batch(&mut m, &verify_tokens(k), 0)?;
+        let v = verify_batch(m, &verify_tokens(k), 0)?;
         eprintln!(
-            "26B-A4B spread picks: verify k={k}: {:.2} ms, t(k)/t(1) {:.2}",
+            "{label} verify k={k}: {:.2} ms, t(k)/t(1) {:.2}",
             v * 1e3,
-            v / s
+            v / step
         );
-        verify.insert(k.to_string(), v / s);
+        verify.insert(k.to_string(), v / step);
     }
     Ok(verify)
 }
