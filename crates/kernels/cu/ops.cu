@@ -761,10 +761,6 @@ extern "C" __global__ void moe_weights_f32(const float* probs, Layout4 lp, const
                     err, threadIdx.x & 31);
 }
 
-// A token's MoE routing in one launch, a block per token (the fuse plan's Fused::Route: Softmax,
-// TopK and MoeWeights of the router's logits): softmax_f32's block arithmetic with its block
-// size (the same bits), the probabilities written as softmax_f32 writes them, then warp 0 runs
-// top_k_f32's and moe_weights_f32's row functions on them. Two launches fewer a MoE layer.
 // MOE_SPREAD_IDS 1 (SPECULA_MOE_SPREAD_IDS; a measurement mode, every MoE output wrong):
 // moe_route_f32 replaces a token's k picks by k distinct pseudo-random experts of n, seeded by
 // its row and its top probability's bits, so they differ by token and layer. A trained router
@@ -789,6 +785,10 @@ __device__ void spread_ids(int* ids, int k, int n, unsigned seed) {
     }
 }
 
+// A token's MoE routing in one launch, a block per token (the fuse plan's Fused::Route: Softmax,
+// TopK and MoeWeights of the router's logits): softmax_f32's block arithmetic with its block
+// size (the same bits), the probabilities written as softmax_f32 writes them, then warp 0 runs
+// top_k_f32's and moe_weights_f32's row functions on them. Two launches fewer a MoE layer.
 extern "C" __global__ void moe_route_f32(const float* x, Layout4 lx, float* probs, int n, int* ids, int k,
                                          const void* scale, int scale_dt, float* out, int renormalize, int* err) {
     pdl_entry();

@@ -18,14 +18,16 @@ pub const ATTENTION_TC: &str = include_str!("../cu/attention_tc.cu");
 /// The whole translation unit compiled by NVRTC, with the A/B knobs' defines ([`KNOB_DEFINES`])
 /// set in the environment in front.
 pub fn full_source() -> String {
-    full_source_with(&[])
+    source_with(&knob_settings(&[]))
 }
 
-/// The translation unit as [`full_source`] builds it, with `overrides` set in place of the
+/// The knobs set in the environment to values they accept, with `overrides` in place of the
 /// environment's value of the same knob (a second backend compiled with other knobs: the bench's
-/// spread-pick MoE run).
-pub fn full_source_with(overrides: &[(&KnobDefine, usize)]) -> String {
-    let set: Vec<(&KnobDefine, usize)> = KNOB_DEFINES
+/// spread-pick MoE run); [`source_with`] puts them in front of the kernels.
+pub fn knob_settings(
+    overrides: &[(&'static KnobDefine, usize)],
+) -> Vec<(&'static KnobDefine, usize)> {
+    KNOB_DEFINES
         .iter()
         .filter_map(|knob| {
             if let Some(&(_, value)) = overrides.iter().find(|(o, _)| o.var == knob.var) {
@@ -34,8 +36,7 @@ pub fn full_source_with(overrides: &[(&KnobDefine, usize)]) -> String {
             let value = std::env::var(knob.var).ok()?.parse::<usize>().ok()?;
             (knob.accepts)(value).then_some((knob, value))
         })
-        .collect();
-    source_with(&set)
+        .collect()
 }
 
 /// The knob of environment variable `var` set to `value`, checked: an unknown variable or a
@@ -723,7 +724,7 @@ mod tests {
     #[test]
     fn knob_overrides_are_checked_and_defined() {
         let spread = knob_override("SPECULA_MOE_SPREAD_IDS", 1).unwrap();
-        let src = full_source_with(&[spread]);
+        let src = source_with(&knob_settings(&[spread]));
         // The defines in front of the kernels (then their own `#ifndef` defaults).
         let front: Vec<&str> = src
             .lines()

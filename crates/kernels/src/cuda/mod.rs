@@ -124,17 +124,13 @@ fn products_as_reads_from_env() -> bool {
     on
 }
 
-/// Says aloud that `SPECULA_MOE_SPREAD_IDS=1` (a kernel define, `source::KNOB_DEFINES`; from the
-/// environment or `overrides`) makes every MoE output wrong.
-fn warn_of_spread_ids(overrides: &[(&source::KnobDefine, usize)]) {
-    let spread = match overrides
+/// Says aloud that `SPECULA_MOE_SPREAD_IDS=1` (a kernel define among the backend's `knobs`,
+/// `source::knob_settings`) makes every MoE output wrong.
+fn warn_of_spread_ids(knobs: &[(&source::KnobDefine, usize)]) {
+    if knobs
         .iter()
-        .find(|(k, _)| k.var == "SPECULA_MOE_SPREAD_IDS")
+        .any(|&(k, value)| k.var == "SPECULA_MOE_SPREAD_IDS" && value == 1)
     {
-        Some(&(_, value)) => value == 1,
-        None => std::env::var("SPECULA_MOE_SPREAD_IDS").is_ok_and(|v| v == "1"),
-    };
-    if spread {
         eprintln!(
             "SPECULA_MOE_SPREAD_IDS=1: MoE routers pick pseudo-random experts; every MoE output is wrong (a measurement mode)"
         );
@@ -405,7 +401,8 @@ impl CudaBackend {
                 "no CUDA driver, libnvrtc or device found (run `specula doctor`)",
             ));
         }
-        warn_of_spread_ids(&overrides);
+        let knob_settings = source::knob_settings(&overrides);
+        warn_of_spread_ids(&knob_settings);
         let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the context", e))?;
         #[allow(unsafe_code)]
         // SAFETY: called right after creating the context, before any allocation (cudarc#555);
@@ -424,7 +421,7 @@ impl CudaBackend {
         unsafe { sys::cuDriverGetVersion(&mut driver) }
             .result()
             .map_err(|e| driver_err("driver version", e))?;
-        let cubin = nvrtc::cubin_cached(&source::full_source_with(&overrides), arch, driver)
+        let cubin = nvrtc::cubin_cached(&source::source_with(&knob_settings), arch, driver)
             .map_err(backend_err)?;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))

@@ -1480,9 +1480,8 @@ fn expert_products_on_tensor_cores() {
 /// `matmul_id_g_*` (the 26B-A4B's 704-wide Q8_0 and Q5_0 downs). A group of 12 pairs (two passes
 /// of eight), groups of 6, 4 and 1, shared and per-slot activation rows, a last block and warp
 /// with fewer rows (45 outputs of 704-wide rows), 1, 2 and 4 weight tiles a grouped tensor-core
-/// block: every output has the bits
-/// of the pair-a-row kernels (`set_moe_group(false)`), within 1e-5 of the CPU; an expert id past
-/// the experts is still reported.
+/// block: every output has the bits of the pair-a-row kernels (`set_moe_group(false)`), within
+/// 1e-5 of the CPU; an expert id past the experts is still reported.
 #[test]
 fn expert_grouped_products_equal_a_pair_a_row() {
     let Some(mut cuda) = crate::cuda() else {
