@@ -569,8 +569,8 @@ fn moe_decode(
 }
 
 /// The 26B-A4B's verify batches of [`MOE_VERIFY_TOKENS`] tokens at depth 0 over its decode step,
-/// both with the router's picks spread over the experts (`SPECULA_MOE_SPREAD_IDS=1`, whose outputs
-/// are wrong): the synthetic model's random router sends a batch to few experts (a median of 15
+/// the batches and the step alike with the router's picks spread over the experts
+/// (`SPECULA_MOE_SPREAD_IDS=1`, whose outputs are wrong): the synthetic model's random router sends a batch to few experts (a median of 15
 /// a layer for 16 tokens), which flatters the expert-grouped products; a trained router spreads
 /// a batch further (bench/NOTES.md, thirty-fifth session).
 fn moe_spread_verify(path: &Path) -> Result<BTreeMap<String, f64>> {

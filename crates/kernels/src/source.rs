@@ -87,6 +87,23 @@ pub struct KnobDefine {
     /// Values other than the kernels' default that `cargo xtask kernels --knobs` (and CI)
     /// compiles, so an A/B run never finds its knob broken on the GPU machine.
     pub variants: &'static [usize],
+    /// For a measurement mode, the value that makes outputs wrong and what a backend compiled
+    /// with it says at start ([`measurement_warnings`]); `None` for knobs that keep outputs right.
+    pub wrong_outputs: Option<(usize, &'static str)>,
+}
+
+/// What the measurement modes among `knobs` say at start: one line for each knob set to the
+/// value that makes outputs wrong ([`KnobDefine::wrong_outputs`]).
+pub fn measurement_warnings(knobs: &[(&KnobDefine, usize)]) -> Vec<String> {
+    knobs
+        .iter()
+        .filter_map(|&(knob, value)| match knob.wrong_outputs {
+            Some((wrong, what)) if wrong == value => {
+                Some(format!("{}={value}: {what} (a measurement mode)", knob.var))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The kernels' A/B knobs ([`KnobDefine`]):
@@ -119,54 +136,66 @@ pub const KNOB_DEFINES: &[KnobDefine] = &[
         name: "ATT_MIN_SPLIT",
         accepts: |n| n > 0,
         variants: &[64],
+        wrong_outputs: None,
     },
     KnobDefine {
         var: "SPECULA_WEIGHT_L1",
         name: "WEIGHT_L1",
         accepts: |n| n == 0 || n == 2,
         variants: &[0],
+        wrong_outputs: None,
     },
     KnobDefine {
         var: "SPECULA_Q4K_HEAD16",
         name: "Q4K_HEAD16",
         accepts: |n| n <= 1,
         variants: &[0],
+        wrong_outputs: None,
     },
     KnobDefine {
         var: "SPECULA_Q6K_WIDE",
         name: "Q6K_WIDE",
         accepts: |n| n <= 1,
         variants: &[0],
+        wrong_outputs: None,
     },
     KnobDefine {
         var: "SPECULA_WALK_FAST",
         name: "WALK_FAST",
         accepts: |n| n <= 1,
         variants: &[0],
+        wrong_outputs: None,
     },
     KnobDefine {
         var: "SPECULA_Q4K_HL",
         name: "Q4K_HL",
         accepts: |n| n <= 1,
         variants: &[1],
+        wrong_outputs: None,
     },
     KnobDefine {
         var: "SPECULA_ATT_ONE_DIRECT",
         name: "ATT_ONE_DIRECT",
         accepts: |n| n <= 1,
         variants: &[0],
+        wrong_outputs: None,
     },
     KnobDefine {
         var: "SPECULA_MM_BATCH",
         name: "MM_BATCH",
         accepts: |n| (1..=32).contains(&n),
         variants: &[4],
+        wrong_outputs: None,
     },
     KnobDefine {
         var: "SPECULA_MOE_SPREAD_IDS",
         name: "MOE_SPREAD_IDS",
         accepts: |n| n <= 1,
         variants: &[1],
+        wrong_outputs: Some((
+            1,
+            "MoE routers pick pseudo-random experts; every MoE output is wrong",
+        )),
     },
 ];
 
@@ -720,7 +749,8 @@ mod tests {
     }
 
     /// An override replaces the environment's value of its knob and is put in front like any
-    /// knob's define; an unknown variable or refused value is an error naming it.
+    /// knob's define, and a measurement mode set to its wrong-output value says so; an unknown
+    /// variable or refused value is an error naming it.
     #[test]
     fn knob_overrides_are_checked_and_defined() {
         let spread = knob_override("SPECULA_MOE_SPREAD_IDS", 1).unwrap();
@@ -735,6 +765,14 @@ mod tests {
             .filter(|l| l.starts_with("#define MOE_SPREAD_IDS "))
             .collect();
         assert_eq!(spread_lines, [&"#define MOE_SPREAD_IDS 1"], "{front:?}");
+        // A measurement mode says so; a knob that keeps outputs right, or the mode off, does not.
+        assert_eq!(
+            measurement_warnings(&knob_settings(&[spread])),
+            ["SPECULA_MOE_SPREAD_IDS=1: MoE routers pick pseudo-random experts; every MoE output is wrong (a measurement mode)"]
+        );
+        let off = knob_override("SPECULA_MOE_SPREAD_IDS", 0).unwrap();
+        let batch = knob_override("SPECULA_MM_BATCH", 4).unwrap();
+        assert!(measurement_warnings(&[off, batch]).is_empty());
         let err = knob_override("SPECULA_NO_SUCH_KNOB", 1).unwrap_err();
         assert!(err.contains("SPECULA_NO_SUCH_KNOB"), "{err}");
         let err = knob_override("SPECULA_MOE_SPREAD_IDS", 2).unwrap_err();

@@ -124,19 +124,6 @@ fn products_as_reads_from_env() -> bool {
     on
 }
 
-/// Says aloud that `SPECULA_MOE_SPREAD_IDS=1` (a kernel define among the backend's `knobs`,
-/// `source::knob_settings`) makes every MoE output wrong.
-fn warn_of_spread_ids(knobs: &[(&source::KnobDefine, usize)]) {
-    if knobs
-        .iter()
-        .any(|&(k, value)| k.var == "SPECULA_MOE_SPREAD_IDS" && value == 1)
-    {
-        eprintln!(
-            "SPECULA_MOE_SPREAD_IDS=1: MoE routers pick pseudo-random experts; every MoE output is wrong (a measurement mode)"
-        );
-    }
-}
-
 fn elem_bytes(dtype: DType) -> usize {
     match dtype {
         DType::F32 | DType::I32 => 4,
@@ -402,7 +389,9 @@ impl CudaBackend {
             ));
         }
         let knob_settings = source::knob_settings(&overrides);
-        warn_of_spread_ids(&knob_settings);
+        for warning in source::measurement_warnings(&knob_settings) {
+            eprintln!("{warning}");
+        }
         let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the context", e))?;
         #[allow(unsafe_code)]
         // SAFETY: called right after creating the context, before any allocation (cudarc#555);
