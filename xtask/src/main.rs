@@ -6,8 +6,9 @@
 //! - `gpu-test`: builds the GPU test binaries and `specula` in release mode into the git-ignored
 //!   `gpu-bundle/` with a `run.sh` that runs them all on the lent GPU machine (`REQUIRE_GPU=1`).
 //! - `kernels [--verbose] [--cubin-dir DIR] [--knobs]`: compiles every CUDA kernel with NVRTC
-//!   for sm_80, sm_86, sm_89 and sm_90 and prints registers, shared memory and spills (no GPU
-//!   needed, only libnvrtc); `--knobs` also compiles each A/B knob's variants for sm_90.
+//!   for sm_80, sm_86, sm_89, sm_90 and sm_90a and prints registers, shared memory and spills
+//!   (no GPU needed, only libnvrtc); `--knobs` also compiles each A/B knob's variants for sm_90a
+//!   (a 9.0 device's build).
 //! - `gguf-to-hf GGUF --template DIR --out DIR`: a Gemma 4 target GGUF back to a transformers
 //!   folder with f32 weights (`tools/train` trains drafters against the shipped target this way).
 
@@ -209,17 +210,19 @@ fn spill_lines(log: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Compiles the kernels for sm_90 once per A/B knob variant (`KnobDefine::variants`), each
-/// alone, so a knob that no longer compiles fails here rather than on the GPU machine.
+/// Compiles the kernels for sm_90a (what a 9.0 device builds; it compiles every sm_90 kernel
+/// and the wgmma ones, which `Q4K_HL` 1 turns on) once per A/B knob variant
+/// (`KnobDefine::variants`), each alone, so a knob that no longer compiles fails here rather
+/// than on the GPU machine.
 fn compile_knob_variants() -> Result<()> {
     for knob in kernels::source::KNOB_DEFINES {
         for &n in knob.variants {
             let source = kernels::source::source_with(&[(knob, n)]);
-            let compiled = kernels::nvrtc::compile(&source, "sm_90", false, true)
+            let compiled = kernels::nvrtc::compile(&source, "sm_90a", false, true)
                 .map_err(|e| anyhow::anyhow!("{}={n}: {e}", knob.var))?;
             let spills = spill_lines(&compiled.log).len();
             println!(
-                "{}={n} ({} {n}): sm_90 compiles, {spills} lines with spills",
+                "{}={n} ({} {n}): sm_90a compiles, {spills} lines with spills",
                 knob.var, knob.name
             );
         }

@@ -8,6 +8,8 @@ pub const DEQUANT: &str = include_str!("../cu/dequant.cuh");
 pub const MATMUL: &str = include_str!("../cu/matmul.cu");
 /// Tensor-core products of Q4_K, Q6_K and Q8_0 weights with any number of activation rows.
 pub const MATVEC_MMA: &str = include_str!("../cu/matvec_mma.cu");
+/// Q4_K verify products of 9–16 rows on wgmma (sm_90a).
+pub const WGMMA_VERIFY: &str = include_str!("../cu/wgmma_verify.cu");
 /// Element-wise ops, norms, RoPE, softmax, row writes, selections.
 pub const OPS: &str = include_str!("../cu/ops.cu");
 /// Attention.
@@ -65,6 +67,7 @@ pub fn source_with(knobs: &[(&KnobDefine, usize)]) -> String {
             DEQUANT,
             MATMUL,
             MATVEC_MMA,
+            WGMMA_VERIFY,
             OPS,
             ATTENTION,
             ATTENTION_TC,
@@ -618,6 +621,8 @@ pub const OTHER_KERNELS: &[&str] = &[
     "gemm_rescale",
     "read_runs_u128",
     "moe_sum_f32",
+    "q4k_wg_image",
+    "matmul_q4_k_mma_wg",
 ];
 
 /// Every kernel entry point in the module.
@@ -945,8 +950,8 @@ mod tests {
             }
             entries += 1;
         }
-        // The `_mma_` one-shot and persistent kernel macros.
-        assert_eq!(moded, 2, "kernels with a PDL mode argument");
+        // The `_mma_` one-shot and persistent kernel macros, and the wgmma verify kernel.
+        assert_eq!(moded, 3, "kernels with a PDL mode argument");
         // 28 definitions (most expand per weight type) behind the 160-odd entry points.
         assert!(entries >= 28, "found {entries} kernel definitions");
     }

@@ -15,7 +15,7 @@ pub(super) struct Side {
     fork: CudaEvent,
     join: CudaEvent,
     /// Set while a branch's launches are issued: `launch_stream` is the side stream.
-    active: Cell<bool>,
+    pub(super) active: Cell<bool>,
     /// Branches launched so far (eager runs and captures; tests read it).
     pub(super) launched: Cell<usize>,
 }

@@ -17,6 +17,9 @@ pub(super) struct Exec {
     pub(super) node_scratch: HashMap<usize, (BufferId, usize)>,
     /// Prepared activations of the `_mma_` products (`mmv_prepare_x`), sized for the largest.
     pub(super) mma_scratch: Option<BufferId>,
+    /// The B image of the wgmma verify products' current input and its bytes, sized for the
+    /// largest (`wgmma.rs`); none where no product can take that route.
+    pub(super) wg_image: Option<(BufferId, usize)>,
     /// Partial sums of `_mma_` products split over blocks along k, sized for the largest.
     pub(super) mma_partials: Option<BufferId>,
     /// f16 activations of the GEMM route's current product and their row scales, sized for the
@@ -55,6 +58,8 @@ impl CudaBackend {
     /// join (and at the end, whatever happened).
     pub(super) fn launch_all(&self, exec: &Exec) -> Result<()> {
         self.end_product_chain();
+        // Every run computes its inputs anew, so their images too.
+        self.wg_image_of.set(None);
         self.launch_carveout.set(exec.carveout);
         let mut branches = exec.branch.branches.iter().peekable();
         let mut join_at = None;

@@ -77,9 +77,23 @@ impl CudaBackend {
         args: &mut Args,
         footprint: impl FnOnce() -> Result<Footprint>,
     ) -> Result<()> {
+        self.launch_product_shaped(name, grid, 256, 0, args, footprint)
+    }
+
+    /// [`Self::launch_product`] with blocks of `block` threads and `smem` bytes of dynamic
+    /// shared memory (the wgmma verify kernel's 512 and 216 KiB).
+    pub(super) fn launch_product_shaped(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &mut Args,
+        footprint: impl FnOnce() -> Result<Footprint>,
+    ) -> Result<()> {
         let launch = |args: &mut Args| {
             self.launching_product.set(true);
-            let launched = self.launch(name, grid, 256, args);
+            let launched = self.launch_smem(name, grid, block, smem, args);
             self.launching_product.set(false);
             launched
         };

@@ -34,6 +34,7 @@ mod gemm;
 mod launch;
 mod ops;
 mod read_ceiling;
+mod wgmma;
 
 pub use read_ceiling::READ_MAX_RUNS;
 
@@ -292,6 +293,14 @@ pub struct CudaBackend {
     /// kernels, the same bits with less work (`source::persist_one_row`;
     /// `SPECULA_MMA_ONE=0`: the `_p` ones, an A/B and test knob).
     mma_one_row: bool,
+    /// The device and the module can run the wgmma verify products (`wgmma.rs`): an sm_90a
+    /// build and 216 KiB of shared memory a block.
+    wgmma_supported: bool,
+    /// Prepared Q4_K products of 9–16 rows take the wgmma kernel where supported (the default
+    /// there; `SPECULA_WGMMA_VERIFY=0` keeps the rows kernels, an A/B and test knob).
+    wgmma_verify: bool,
+    /// The input whose B image the image buffer holds in this launch sequence (`wgmma.rs`).
+    wg_image_of: std::cell::Cell<Option<wgmma::ImageKey>>,
     /// Attentions of at least this many queries on the wide f16 kernels run a block per two
     /// heads of one K/V group (the `_g2` kernels, same bits) where the group has an even number
     /// of heads; None: a block per head always. `SPECULA_ATT_GROUP=n` sets it, 0 for None (A/B
@@ -403,7 +412,17 @@ impl CudaBackend {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| driver_err("compute capability", e))?;
-        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+        // 9.0 devices build for sm_90a, whose wgmma the 9–16-row Q4_K products use
+        // (wgmma_verify.cu); every other kernel compiles to the same code as for sm_90.
+        let arch: &'static str = Box::leak(
+            if (major, minor) == (9, 0) {
+                "sm_90a".to_string()
+            } else {
+                format!("sm_{major}{minor}")
+            }
+            .into_boxed_str(),
+        );
+
         let mut driver = 0;
         #[allow(unsafe_code)]
         // SAFETY: the driver library is loaded (checked by cuda_available); valid out-pointer.
@@ -440,6 +459,8 @@ impl CudaBackend {
                 .map_err(|e| driver_err(&format!("shared memory of {name}"), e))?;
             }
         }
+        // The wgmma verify products take 216 KiB of dynamic shared memory (wgmma.rs).
+        let wgmma_supported = arch == "sm_90a" && wgmma::allow_shared_memory(&funcs, max_smem)?;
         // The shared-memory share the launches of step graphs prefer (carveout.rs).
         let knob = carveout::Knob::parse(std::env::var("SPECULA_SMEM_CARVEOUT").ok().as_deref())
             .map_err(backend_err)?;
@@ -522,6 +543,10 @@ impl CudaBackend {
             mma_persist: std::env::var("SPECULA_MMA_PERSIST").map_or(true, |v| v != "0"),
             mma_persist_m2: std::env::var("SPECULA_MMA_PERSIST_M2").map_or(true, |v| v != "0"),
             mma_one_row: std::env::var("SPECULA_MMA_ONE").map_or(true, |v| v != "0"),
+            wgmma_supported,
+            wgmma_verify: wgmma_supported
+                && std::env::var("SPECULA_WGMMA_VERIFY").map_or(true, |v| v != "0"),
+            wg_image_of: std::cell::Cell::new(None),
             sm_count,
             launch_log: std::cell::RefCell::new(None),
             att_group: match std::env::var("SPECULA_ATT_GROUP").map(|v| v.parse::<usize>()) {
@@ -638,6 +663,18 @@ impl CudaBackend {
     /// tuning and test knob).
     pub fn set_mma_persist(&mut self, on: bool) {
         self.mma_persist = on;
+    }
+
+    /// Whether prepared Q4_K products of 9–16 rows take the wgmma verify kernel where the device
+    /// supports it (`wgmma_verify_supported`; the default there) or the rows kernels; both give
+    /// the same bits (a tuning and test knob). Affects graphs loaded from now on.
+    pub fn set_wgmma_verify(&mut self, on: bool) {
+        self.wgmma_verify = on && self.wgmma_supported;
+    }
+
+    /// Whether this backend can run the wgmma verify products: an sm_90a device (9.0).
+    pub fn wgmma_verify_supported(&self) -> bool {
+        self.wgmma_supported
     }
 
     /// Whether 9–16-row Q4_K and Q6_K products on the (2, 2) tile take the persistent
@@ -1337,6 +1374,14 @@ impl Backend for CudaBackend {
         } else {
             None
         };
+        let wg_image = match self.wg_image_bytes(graph, &mma) {
+            0 => None,
+            bytes => {
+                let b = self.alloc(DType::F32, Shape::new(&[bytes / 4])?)?;
+                owned.push(b);
+                Some((b, bytes))
+            }
+        };
         let mma_partials = if mma.partial_elems > 0 {
             let b = self.alloc(DType::F32, Shape::new(&[mma.partial_elems])?)?;
             owned.push(b);
@@ -1362,6 +1407,7 @@ impl Backend for CudaBackend {
             captured: None,
             node_scratch,
             mma_scratch,
+            wg_image,
             mma_partials,
             gemm_acts,
             q8_weights,

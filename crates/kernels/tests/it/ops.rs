@@ -969,6 +969,8 @@ fn persistent_products_equal_the_one_shot_kernels() {
     };
     let mut rng = Rng(23);
     cuda.set_mma_persist_m2(true);
+    // The rows kernels themselves (the wgmma route has its own tests against them).
+    cuda.set_wgmma_verify(false);
     for ty in [DType::Q4_K, DType::Q6_K, DType::Q8_0] {
         for (k, n) in [
             (2304, 32_000),
@@ -3230,5 +3232,150 @@ fn moe_experts_on_the_side_stream_equal_one_stream() {
             "moe ffn run {n} on two streams: same bits as one; rel err against the CPU {err:.2e}"
         );
         assert!(err <= 1e-5, "run {n}: rel err {err:e}");
+    }
+}
+
+/// The backends the wgmma verify kernel runs on: the default one and one built with
+/// `SPECULA_Q4K_HL=1` (the other summation order), on an sm_90a device; none (the tests skip)
+/// elsewhere.
+fn wgmma_backends() -> Vec<(&'static str, kernels::CudaBackend)> {
+    let Some(cuda) = crate::cuda() else {
+        return Vec::new();
+    };
+    if !cuda.wgmma_verify_supported() {
+        eprintln!("skipped: the wgmma verify kernel needs an sm_90a (9.0) device");
+        return Vec::new();
+    }
+    let hl = kernels::CudaBackend::with_knobs(0, &[("SPECULA_Q4K_HL", 1)])
+        .expect("creating the Q4K_HL backend");
+    assert!(hl.wgmma_verify_supported());
+    vec![("default order", cuda), ("Q4K_HL", hl)]
+}
+
+/// On an sm_90a device, prepared Q4_K products of 9–16 rows take `matmul_q4_k_mma_wg` after
+/// `q4k_wg_image` (recorded) and give the (2, 2) rows kernels' bits, within 1e-5 of the CPU, in
+/// both summation orders (`Q4K_HL` 0 and 1): one plane and 2 and 4 split planes (k 8,192,
+/// 16,384), 8, 4, 2 and 1 slices (k 512 and 256 leave warpgroups without one), 9 groups over 8
+/// slices, partial last blocks of 64 rows; eagerly and under graph replay with new inputs each
+/// run. Products of 1–8 rows and in-place ones keep the rows kernels.
+#[test]
+fn wgmma_verify_products_equal_the_rows_kernels() {
+    for (order, mut cuda) in wgmma_backends() {
+        let mut rng = Rng(71);
+        for (k, n) in [
+            (5376, 1100),
+            (8192, 1000),
+            (16_384, 300),
+            (2304, 777),
+            (1024, 130),
+            (512, 200),
+            (256, 64),
+        ] {
+            let wbytes = random_weight(&mut rng, DType::Q4_K, k * n);
+            for m in [1, 8, 9, 12, 16] {
+                let mut c = Case::new();
+                let w = c.weight(DType::Q4_K, &[k, n], wbytes.clone());
+                let x = c.f32(&[k, m], rng.vec(k * m));
+                let y = c.g.matmul(w, x).unwrap();
+                let graph = c.g.finish(&[y]).unwrap();
+                let runs: Vec<_> = (0..2).map(|_| vec![(x, rng.vec(k * m))]).collect();
+                let want = run_on_times(&mut CpuBackend::new(), &graph, &c.leaves, &[y], &runs);
+                for prepare in [true, false] {
+                    cuda.set_mma_prepare(Some(prepare));
+                    let mut by_route = Vec::new();
+                    for wgmma in [true, false] {
+                        cuda.set_wgmma_verify(wgmma);
+                        cuda.record_launches(true);
+                        by_route.push(run_on_times(&mut cuda, &graph, &c.leaves, &[y], &runs));
+                        let log = cuda.take_launches();
+                        cuda.record_launches(false);
+                        let name =
+                            format!("{order} k{k} n{n} m{m} prepared {prepare} wgmma {wgmma}");
+                        let count = |name: &str| log.iter().filter(|l| *l == name).count();
+                        let takes = wgmma && prepare && m > 8;
+                        assert_eq!(
+                            count("matmul_q4_k_mma_wg") > 0,
+                            takes,
+                            "{name}: launched {log:?}"
+                        );
+                        assert_eq!(
+                            count("q4k_wg_image"),
+                            count("matmul_q4_k_mma_wg"),
+                            "{name}: one image a product here: {log:?}"
+                        );
+                    }
+                    for run in 0..runs.len() {
+                        let (got, rows) = (&by_route[0][run][0], &by_route[1][run][0]);
+                        let name = format!("{order} k{k} n{n} m{m} prepared {prepare} run {run}");
+                        assert!(
+                            same_bits(got, rows),
+                            "{name}: the wgmma kernel's bits differ from the rows kernels'"
+                        );
+                        let err = rel_err(got, &want[run][0]);
+                        assert!(err <= 1e-5, "{name}: rel err {err:e} against the CPU");
+                    }
+                }
+            }
+        }
+        cuda.set_mma_prepare(None);
+    }
+}
+
+/// The wgmma verify products of one prepared input share its image (q and k of one norm, gate
+/// and up of another: two images, four wgmma launches a launch sequence), a Q6_K product of the
+/// same input keeps its rows kernel, and the products start as siblings with the bits of serial
+/// launches and of the rows kernels: 9 and 16 rows, both summation orders, three runs with new
+/// inputs (eager, capture, replay).
+#[test]
+fn wgmma_verify_products_share_an_image() {
+    for (order, mut cuda) in wgmma_backends() {
+        let k = 2048;
+        for m in [9, 16] {
+            let mut rng = Rng(83 + m as u64);
+            let mut c = Case::new();
+            let x = c.f32(&[k, m], rng.vec(k * m));
+            let x2 = c.f32(&[k, m], rng.vec(k * m));
+            let h = c.g.rms_norm(x, None, 1e-6).unwrap();
+            let qkv = [
+                (DType::Q4_K, 4096),
+                (DType::Q4_K, 1024),
+                (DType::Q6_K, 1024),
+            ];
+            let mut outs = c.random_products(&mut rng, h, k, &qkv, false);
+            let h2 = c.g.rms_norm(x2, None, 1e-6).unwrap();
+            outs.extend(c.random_products(&mut rng, h2, k, &[(DType::Q4_K, 2048); 2], false));
+            let graph = c.g.finish(&outs).unwrap();
+            let runs: Vec<_> = (0..3)
+                .map(|_| vec![(x, rng.vec(k * m)), (x2, rng.vec(k * m))])
+                .collect();
+            cuda.set_mma_prepare(Some(true));
+            let mut by_mode = Vec::new();
+            for (wgmma, siblings) in [(true, true), (true, false), (false, true)] {
+                cuda.set_wgmma_verify(wgmma);
+                cuda.set_pdl_siblings(siblings);
+                cuda.record_launches(true);
+                by_mode.push(run_on_times(&mut cuda, &graph, &c.leaves, &outs, &runs));
+                let log = cuda.take_launches();
+                cuda.record_launches(false);
+                let images = log.iter().filter(|l| *l == "q4k_wg_image").count();
+                let products = log.iter().filter(|l| *l == "matmul_q4_k_mma_wg").count();
+                let name = format!("{order} m{m} wgmma {wgmma} siblings {siblings}");
+                assert_eq!(products, 2 * images, "{name}: {log:?}");
+                assert_eq!(products > 0, wgmma, "{name}: {log:?}");
+            }
+            for (mode, other) in by_mode[1..].iter().enumerate() {
+                for run in 0..runs.len() {
+                    for (o, (a, b)) in by_mode[0][run].iter().zip(&other[run]).enumerate() {
+                        assert!(
+                            same_bits(a, b),
+                            "{order} m{m} run {run} output {o}: the wgmma route with siblings differs from mode {}",
+                            mode + 1
+                        );
+                    }
+                }
+            }
+        }
+        cuda.set_mma_prepare(None);
+        cuda.set_pdl_siblings(true);
     }
 }
