@@ -49,6 +49,10 @@
 #include "dequant.cuh"
 #include "matmul.cu"
 #include "matvec_mma.cu"
+// The runtime's wgmma verify kernel (thirty-seventh session), whose staging helpers the forms
+// below share: wg_fence, wg_cp16, WgStageMap, wg_stage_map, wg_stage (the image and weight copies
+// of a stage), q4k_load_staged, and the WG_* sizes.
+#include "../../crates/kernels/cu/wgmma_verify.cu"  // not this file, which has the same name
 
 // A shared-memory matrix descriptor: start address, leading (k) and stride (n) byte offsets, no
 // swizzle (wgmma_bits.cu checked this reading).
@@ -85,7 +89,6 @@ __device__ __forceinline__ void wgmma_n32_lh(float* c, u32 a0, u32 a1, u32 a2, u
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "n"(DHI), "r"(acc));
 }
 
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit_wait0() {
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -93,8 +96,7 @@ __device__ __forceinline__ void wg_commit_wait0() {
 
 // Shared memory of one group's B: 18 k16 chunks (sub-block s, half hf at 2s + hf; the mins'
 // halves h at 16 + h) of 1 KB: [n group 4][k half 2][n 8][k 8] f16, so LBO 128 and SBO 256.
-#define WG_CHUNKS 18
-#define WG_CHUNK_BYTES 1024
+// WG_CHUNKS (18) and WG_CHUNK_BYTES (1 KiB) come from wgmma_verify.cu.
 
 // Stages group grp's B: chunk q of row j (j < 16; rows past m repeat row 0, never written) from
 // the prepared layout. A k16 chunk's logical k 2t, 2t + 1 (k half 0) and 2t + 8, 2t + 9 (k half 1)
@@ -518,7 +520,7 @@ __global__ void __launch_bounds__(128 * WGS, 1)
 // A warpgroup's finished slices' sums, kept in registers until every warpgroup (or CTA) is done
 // (their shared memory is the stages'): at most PK slices.
 template <int PK>
-struct WgParked {
+struct WgParkedN {
     float sums[PK][2][4];
     int slice[PK];
     int n;
@@ -565,13 +567,9 @@ struct WgParked {
 // copy from the image) and the 64 rows' weights of that group, both by 16-byte cp.async, NS stages
 // ahead, so neither the B gather nor the weights' DRAM latency sits on a group's chain; a thread's
 // weight tile is read from shared memory as q4k_load reads it from global memory.
-#define WG_W_BYTES (64 * 144)
-#define WG_STAGE_BYTES (WG_CHUNKS * WG_CHUNK_BYTES + WG_W_BYTES)
+// WG_W_BYTES (64 rows' 144 bytes) and WG_STAGE_BYTES (a group's B and those) come from
+// wgmma_verify.cu.
 
-__device__ __forceinline__ void wg_cp16(u8* dst, const u8* src) {
-    u32 d = static_cast<u32>(__cvta_generic_to_shared(dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
-}
 
 // Stage st ← group grp: its B image, then the weights of rows row_base..row_base + 63 (rows past
 // n repeat row n − 1, as q4k_tile_rows clamps them), 144 bytes a row.
@@ -586,37 +584,8 @@ __device__ __forceinline__ void wg_stage4(u8* st, const u8* img, const u8* w, in
     }
 }
 
-// wg_stage4 with the thread's copies worked out once (FAST): B at fixed offsets 16·tid + 2 KB·u;
-// the weights' five (row, 16-byte column) pairs tid + 128u < 576 as source offsets from the
-// group's first byte and their places in the stage.
-struct WgStageMap {
-    u32 w_src[5];
-    u32 w_dst[5];
-};
-
-__device__ __forceinline__ WgStageMap wg_stage_map(int row_base, int n, int n_groups, int tid) {
-    WgStageMap M;
-#pragma unroll
-    for (int u = 0; u < 5; ++u) {
-        int i = tid + 128 * u, r = i / 9, c = i - 9 * r, row = row_base + r < n ? row_base + r : n - 1;
-        M.w_src[u] = (u32)row * (u32)n_groups * 144u + 16u * c;
-        M.w_dst[u] = WG_CHUNKS * WG_CHUNK_BYTES + 144 * r + 16 * c;
-    }
-    return M;
-}
-
-__device__ __forceinline__ void wg_stage_fast(u8* st, const u8* img, const u8* w, const WgStageMap& M, int grp,
-                                              int tid) {
-    const u8* src = img + (i64)grp * (WG_CHUNKS * WG_CHUNK_BYTES) + 16 * tid;
-    u8* dst = st + 16 * tid;
-#pragma unroll
-    for (int u = 0; u < WG_CHUNKS * WG_CHUNK_BYTES / 2048; ++u) wg_cp16(dst + 2048 * u, src + 2048 * u);
-    const u8* wg_ = w + 144 * grp;
-#pragma unroll
-    for (int u = 0; u < 5; ++u)
-        if (u < 4 || tid < 64) wg_cp16(st + M.w_dst[u], wg_ + M.w_src[u]);
-}
-
+// FAST: wg_stage4 with the thread's copies worked out once, as the runtime's wg_stage_map and
+// wg_stage (wgmma_verify.cu) do it.
 // GATHER: a warpgroup gathers a group's B itself from the prepared activations (no image): a
 // thread's nine 16-byte items (q, j, t) — lanes over 8 rows × 4 t, so the shared-memory stores
 // hit 32 banks — loaded into registers one group ahead and stored (4-byte STS) when the stage
@@ -647,23 +616,10 @@ __device__ __forceinline__ void wg_stage_weights(u8* st, const u8* w, const WgSt
     const u8* wg_ = w + 144 * grp;
 #pragma unroll
     for (int u = 0; u < 5; ++u)
-        if (u < 4 || tid < 64) wg_cp16(st + M.w_dst[u], wg_ + M.w_src[u]);
+        if (u < 4 || tid < 64) wg_cp16(st + M.dst[u], wg_ + M.src[u]);
 }
 
-// q4k_load from a stage: rows lr_g and lr_g8 of the stage's 64.
-__device__ __forceinline__ void q4k_load_staged(Q4KTile& T, const u8* ws, int lr_g, int lr_g8, int t) {
-    const u8* b[2] = {ws + 144 * lr_g, ws + 144 * lr_g8};
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        uint4 h = *(const uint4*)b[r];
-        T.dd[r] = h.x;
-        T.s[r][0] = h.y;
-        T.s[r][1] = h.z;
-        T.s[r][2] = h.w;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) T.q[r][j] = *(const uint2*)(b[r] + 16 + 32 * j + 8 * t);
-    }
-}
+// q4k_load_staged (rows of a stage as q4k_load reads them) comes from wgmma_verify.cu.
 
 template <bool PIPE, int WGS, int NS, bool FAST = false, int DEPTH = 0, int ABL = 0, bool GATHER = false>
 __global__ void __launch_bounds__(128 * WGS, 1)
@@ -690,7 +646,7 @@ __global__ void __launch_bounds__(128 * WGS, 1)
                 wg_gather_store(stages + i * WG_STAGE_BYTES, xr, tid);
                 wg_stage_weights(stages + i * WG_STAGE_BYTES, w, M, fg, tid);
             } else if (FAST)
-                wg_stage_fast(stages + i * WG_STAGE_BYTES, img, w, M, fg, tid);
+                wg_stage(stages + i * WG_STAGE_BYTES, img, w, M, fg, tid);
             else
                 wg_stage4(stages + i * WG_STAGE_BYTES, img, w, row_base, n, n_groups, fg, tid);
             advance(fv, fg);
@@ -702,7 +658,7 @@ __global__ void __launch_bounds__(128 * WGS, 1)
     // sums' shared memory is the stages'): at most PK = ⌈8 / WGS⌉ slices (kw ≤ 8).
     constexpr int PK = (8 + WGS - 1) / WGS;
     float acc[2][4];
-    WgParked<PK> parked;
+    WgParkedN<PK> parked;
     parked.init();
 #pragma unroll
     for (int j = 0; j < 2; ++j) zero4(acc[j]);
@@ -716,7 +672,7 @@ __global__ void __launch_bounds__(128 * WGS, 1)
                 wg_gather_store(stages + refill * WG_STAGE_BYTES, xr, tid);
                 wg_stage_weights(stages + refill * WG_STAGE_BYTES, w, M, fg, tid);
             } else if (FAST)
-                wg_stage_fast(stages + refill * WG_STAGE_BYTES, img, w, M, fg, tid);
+                wg_stage(stages + refill * WG_STAGE_BYTES, img, w, M, fg, tid);
             else
                 wg_stage4(stages + refill * WG_STAGE_BYTES, img, w, row_base, n, n_groups, fg, tid);
             advance(fv, fg);
@@ -819,7 +775,7 @@ __global__ void __launch_bounds__(128 * WGS, 1)
     }
     constexpr int PK = (8 + WGS - 1) / WGS;
     float acc[2][4];
-    WgParked<PK> parked;
+    WgParkedN<PK> parked;
     parked.init();
 #pragma unroll
     for (int j = 0; j < 2; ++j) zero4(acc[j]);
@@ -923,7 +879,7 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(128 * WGS, 1)
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
     float acc[2][4];
-    WgParked<PK> parked;
+    WgParkedN<PK> parked;
     parked.init();
 #pragma unroll
     for (int j = 0; j < 2; ++j) zero4(acc[j]);

@@ -22,8 +22,9 @@
 // memory. (A 2–8-row form on m64n16k16 was slower than the rows kernels: thirty-seventh session.)
 //
 // Working code only for sm_90a; elsewhere the entry points trap and the host never launches
-// them (cuda/wgmma.rs).
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// them (cuda/wgmma.rs). (nvcc's host pass, which compiles no device code, sees it too, so that
+// bench/probes/wgmma_verify.cu can share the helpers.)
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
 #define WG_VERIFY 1
 #else
 #define WG_VERIFY 0
