@@ -31,7 +31,7 @@
 #endif
 
 // One group's B: 18 k16 chunks (sub-block s, k half hf at 2s + hf; the mins' halves h at 16 + h)
-// of 1 KiB each: [n group 4][k half 2][n 8][k 8] f16 (8 × 8 core matrices, K-major; hi in n groups
+// of 1 KiB each: [n group 4][k octet 2][n 8][k 8] f16 (8 × 8 core matrices, K-major; hi in n groups
 // 0–1, lo in 2–3), so the descriptors' leading byte offset is 128 and their stride byte offset 256.
 #define WG_CHUNKS 18
 #define WG_CHUNK_BYTES 1024
@@ -263,7 +263,7 @@ struct WgParked {
 
 // Every group's B of an m-row prepared input (m ≤ 16) in its shared-memory layout: block grp
 // (128 threads) writes group grp's 18 KiB at img + grp·WG_B_BYTES. A k16 chunk's logical k 2t,
-// 2t + 1 (k half 0) and 2t + 8, 2t + 9 (k half 1) are the h0 and h1 (hi) or l0 and l1 (lo) words
+// 2t + 1 (k octet 0) and 2t + 8, 2t + 9 (k octet 1) are the h0 and h1 (hi) or l0 and l1 (lo) words
 // of prepared chunk 8s + 2t + hf (the mins: the sums' chunk), as the rows kernel's lane t feeds
 // them to its mma; columns past m repeat row 0 and are never stored.
 extern "C" __global__ void __launch_bounds__(128) q4k_wg_image(const uint4* xs, u8* img, int k, int m) {

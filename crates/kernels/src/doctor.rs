@@ -111,7 +111,7 @@ pub fn checks() -> Vec<Check> {
     let mut archs: Vec<String> = devices
         .iter()
         .filter(|d| d.1 >= 8)
-        .map(|d| format!("sm_{}{}", d.1, d.2))
+        .map(|d| nvrtc::arch_for(d.1, d.2))
         .collect();
     archs.dedup();
     for arch in archs {

@@ -40,6 +40,17 @@ pub struct Compiled {
     pub log: String,
 }
 
+/// The architecture the module is built for on a device of compute capability `major.minor`:
+/// `sm_90a` on 9.0 devices (the wgmma verify kernel needs it; every other kernel compiles to the
+/// same code as for sm_90), else `sm_<major><minor>`.
+pub fn arch_for(major: i32, minor: i32) -> String {
+    if (major, minor) == (9, 0) {
+        "sm_90a".to_string()
+    } else {
+        format!("sm_{major}{minor}")
+    }
+}
+
 /// Compiles `source` for `arch` (`"sm_90"`): a cubin, or PTX if `ptx` is set.
 pub fn compile(source: &str, arch: &str, ptx: bool, verbose: bool) -> Result<Compiled, String> {
     if !nvrtc_available() {
@@ -147,4 +158,16 @@ pub fn cubin_cached(source: &str, arch: &str, driver: i32) -> Result<Vec<u8>, St
         }
     }
     Ok(compiled.image)
+}
+
+#[cfg(test)]
+mod tests {
+    /// 9.0 devices build for sm_90a (wgmma); others for their own architecture.
+    #[test]
+    fn nine_zero_devices_build_for_sm_90a() {
+        assert_eq!(super::arch_for(9, 0), "sm_90a");
+        assert_eq!(super::arch_for(8, 9), "sm_89");
+        assert_eq!(super::arch_for(8, 0), "sm_80");
+        assert_eq!(super::arch_for(10, 0), "sm_100");
+    }
 }

@@ -121,9 +121,10 @@ pub fn measurement_warnings(knobs: &[(&KnobDefine, usize)]) -> Vec<String> {
 ///   kernels, 0 in four smaller ones.
 /// - `SPECULA_WALK_FAST` → `WALK_FAST` (`matvec_mma.cu`): 1 (the default) lets the persistent
 ///   products' walks find their next unit without dividing where they can, 0 divides.
-/// - `SPECULA_Q4K_HL` → `Q4K_HL` (`matvec_mma.cu`): 1 sums the Q4_K decode and verify
-///   kernels' hi and lo activation halves in separate chains (a decode step's `_p1` kernel then
-///   takes them as two columns of one mma), 0 (the default) in one alternating chain.
+/// - `SPECULA_Q4K_HL` → `Q4K_HL` (`matvec_mma.cu`, `wgmma_verify.cu`): 1 sums the Q4_K decode
+///   and verify kernels' hi and lo activation halves in separate chains (a decode step's `_p1`
+///   kernel then takes them as two columns of one mma, the wgmma verify kernel as the two
+///   halves of one m64n32k16), 0 (the default) in one alternating chain.
 /// - `SPECULA_ATT_ONE_DIRECT` → `ATT_ONE_DIRECT` (`attention.cu`): 1 (the default) lets a query
 ///   that uses one split write its output row itself, 0 leaves it to the combine.
 /// - `SPECULA_MM_BATCH` → `MM_BATCH` (`matmul.cu`): chunks whose weights a lane of the scalar

@@ -412,16 +412,7 @@ impl CudaBackend {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| driver_err("compute capability", e))?;
-        // 9.0 devices build for sm_90a, whose wgmma the 9–16-row Q4_K products use
-        // (wgmma_verify.cu); every other kernel compiles to the same code as for sm_90.
-        let arch: &'static str = Box::leak(
-            if (major, minor) == (9, 0) {
-                "sm_90a".to_string()
-            } else {
-                format!("sm_{major}{minor}")
-            }
-            .into_boxed_str(),
-        );
+        let arch: &'static str = Box::leak(nvrtc::arch_for(major, minor).into_boxed_str());
 
         let mut driver = 0;
         #[allow(unsafe_code)]
@@ -667,7 +658,9 @@ impl CudaBackend {
 
     /// Whether prepared Q4_K products of 9–16 rows take the wgmma verify kernel where the device
     /// supports it (`wgmma_verify_supported`; the default there) or the rows kernels; both give
-    /// the same bits (a tuning and test knob). Affects graphs loaded from now on.
+    /// the same bits (a tuning and test knob). Off takes effect at the next launch sequence of
+    /// any loaded graph; on only for graphs loaded from then on (the others have no image
+    /// buffer).
     pub fn set_wgmma_verify(&mut self, on: bool) {
         self.wgmma_verify = on && self.wgmma_supported;
     }

@@ -39,6 +39,9 @@ impl CudaBackend {
                 256,
                 &mut p,
             )?;
+            // The input may have changed since its image was written (a WriteRows into its
+            // storage ends the plan's sharing, so the product re-prepares): write it anew.
+            self.wg_image_of.set(None);
         }
         let (mt, nt) = mi.tile;
         let kw = mi.k_warps;

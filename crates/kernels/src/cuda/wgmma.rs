@@ -1,11 +1,14 @@
 //! Q4_K verify products of 9–16 rows on Hopper's warpgroup mma (`wgmma_verify.cu`): which
 //! products take them, the image of their activations, and their launch.
 //!
-//! On an sm_90a device a prepared Q4_K product of 9–16 rows runs `matmul_q4_k_mma_wg` instead of
-//! the (2, 2) rows kernels, with the same bits under either `Q4K_HL` order. Its B operand is an
-//! image of the batch's prepared activations in the kernel's shared-memory layout
-//! (`q4k_wg_image`, 18 KiB a 256-weight group), written once per input in a launch sequence: q
-//! and k (and a Q4_K v) of one norm share one image, gate and up another.
+//! On an sm_90a device a Q4_K product of 9–16 rows large enough to prepare its own activations
+//! (`MmaInput::prepared`, `source::mma_prepares`) runs `matmul_q4_k_mma_wg` instead of the (2, 2)
+//! rows kernels, with the same bits under either `Q4K_HL` order: in the 31B the attention's q and
+//! output, gate, up and the Q4_K FFN downs. Smaller products that reuse another's preparation (k
+//! and v after q) keep the rows kernels: at one 64-row block an SM their grids would fill half a
+//! card or less (not measured on wgmma yet). Its B operand is an image of the batch's prepared
+//! activations in the kernel's shared-memory layout (`q4k_wg_image`, 18 KiB a 256-weight group),
+//! written once per input in a launch sequence (gate and up share one).
 
 use super::*;
 
@@ -33,7 +36,8 @@ fn image_bytes(k: usize) -> usize {
 }
 
 /// Whether a product of `dtype` weights with activations `mi` could take the wgmma kernel in a
-/// graph (the image buffer is sized for these): prepared Q4_K inputs of 9–16 rows, not on limbs.
+/// graph (the image buffer is sized for these): Q4_K products of 9–16 rows that prepare their
+/// activations by the size rule (or the `set_mma_prepare` override), not on limbs.
 /// (An m64n16k16 form for 2–8 rows was slower than the rows kernels: bench/NOTES.md,
 /// thirty-seventh session.)
 fn candidate(dtype: DType, mi: &MmaInput) -> bool {
@@ -162,6 +166,27 @@ mod tests {
         assert_eq!(SMEM_BYTES, 216 * 1024);
         const { assert!(SMEM_BYTES <= 227 * 1024) };
         assert_eq!(image_bytes(21_504), 84 * 18 * 1024);
+    }
+
+    /// The sizes here are the kernel's (`wgmma_verify.cu`'s defines and launch bounds).
+    #[test]
+    fn the_sizes_match_the_kernel() {
+        for define in [
+            "#define WG_CHUNKS 18\n",
+            "#define WG_CHUNK_BYTES 1024\n",
+            "#define WG_W_BYTES (64 * 144)\n",
+            "#define WG_GROUPS 4\n",
+            "#define WG_STAGES 2\n",
+            "__launch_bounds__(128 * WG_GROUPS, 1)\n    matmul_q4_k_mma_wg(",
+            "int row_base = blockIdx.x * 64,",
+            "q4k_wg_image(const uint4* xs, u8* img, int k, int m)",
+        ] {
+            assert!(source::WGMMA_VERIFY.contains(define), "{define}");
+        }
+        assert_eq!(BLOCK, 128 * 4);
+        assert_eq!(BLOCK_ROWS, 64);
+        assert_eq!(IMAGE_GROUP_BYTES, 18 * 1024);
+        assert_eq!(SMEM_BYTES, 4 * 2 * (18 * 1024 + 64 * 144));
     }
 
     /// Only prepared Q4_K inputs of 9–16 rows off limbs are candidates.

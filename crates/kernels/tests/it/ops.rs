@@ -3321,11 +3321,11 @@ fn wgmma_verify_products_equal_the_rows_kernels() {
     }
 }
 
-/// The wgmma verify products of one prepared input share its image (q and k of one norm, gate
-/// and up of another: two images, four wgmma launches a launch sequence), a Q6_K product of the
-/// same input keeps its rows kernel, and the products start as siblings with the bits of serial
-/// launches and of the rows kernels: 9 and 16 rows, both summation orders, three runs with new
-/// inputs (eager, capture, replay).
+/// The wgmma verify products of one prepared input share its image (with every product made to
+/// prepare: q and k of one norm, gate and up of another — two images, four wgmma launches a
+/// launch sequence), a Q6_K product of the same input keeps its rows kernel, and the outputs are
+/// the same bits with sibling chains on and off and on the rows kernels: 9 and 16 rows, both
+/// summation orders, three runs with new inputs (eager, capture, replay).
 #[test]
 fn wgmma_verify_products_share_an_image() {
     for (order, mut cuda) in wgmma_backends() {
