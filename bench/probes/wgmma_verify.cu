@@ -73,21 +73,8 @@ __device__ __forceinline__ void wgmma_n32(float* c, u32 a0, u32 a1, u32 a2, u32 
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(acc));
 }
 
-// wgmma_n32 with the descriptor as its two words: the address field (bits 0..13) is in the low
-// word and a chunk's offset never carries out of it (shared memory < 256 KB), so a chunk's
-// descriptor is one 32-bit add to the stage's low word, the high word shared.
-// The high word of every descriptor here (SBO 256 bytes, no swizzle): a constant.
-#define DHI (256 >> 4)
-__device__ __forceinline__ void wgmma_n32_lh(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\n.reg .b64 d;\n.reg .b32 hi;\nsetp.ne.b32 p, %22, 0;\nmov.b32 hi, %21;\nmov.b64 d, {%20, hi};\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
-        "{%16,%17,%18,%19}, d, p, 1, 1, 0;\n"
-        "}\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]), "+f"(c[4]), "+f"(c[5]), "+f"(c[6]), "+f"(c[7]),
-          "+f"(c[8]), "+f"(c[9]), "+f"(c[10]), "+f"(c[11]), "+f"(c[12]), "+f"(c[13]), "+f"(c[14]), "+f"(c[15])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "n"(DHI), "r"(acc));
-}
+// wgmma_n32 with the descriptor as its two words (the address field in the low word, the
+// constant high word WG_DESC_HI = SBO 256 >> 4) is the runtime's wgmma_f16<4> (wgmma_verify.cu).
 
 __device__ __forceinline__ void wg_commit_wait0() {
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -98,27 +85,9 @@ __device__ __forceinline__ void wg_commit_wait0() {
 // halves h at 16 + h) of 1 KB: [n group 4][k half 2][n 8][k 8] f16, so LBO 128 and SBO 256.
 // WG_CHUNKS (18) and WG_CHUNK_BYTES (1 KiB) come from wgmma_verify.cu.
 
-// Stages group grp's B: chunk q of row j (j < 16; rows past m repeat row 0, never written) from
-// the prepared layout. A k16 chunk's logical k 2t, 2t + 1 (k half 0) and 2t + 8, 2t + 9 (k half 1)
-// are the h0 and h1 (hi) or l0 and l1 (lo) of prepared chunk base + 2t + hf, t = 0..3, as the
-// rows kernel's lane t feeds them to its mma.
+// Stages group grp's B into shared memory: the runtime's wg_image_group (wgmma_verify.cu).
 __device__ __forceinline__ void wg_stage(u8* sm, const uint4* xs, int k, int m, int grp) {
-    for (int p = threadIdx.x; p < WG_CHUNKS * 16; p += 128) {
-        int q = p >> 4, j = p & 15, tok = j < m ? j : 0;
-        uint4 v[4];
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-            i64 idx = q < 16 ? (i64)tok * (k / 4) + grp * 64 + 8 * (q >> 1) + 2 * t + (q & 1)
-                             : (i64)m * (k / 4) + (i64)tok * (k / 32) + grp * 8 + 2 * t + (q - 16);
-            v[t] = xs[idx];
-        }
-        u8* base = sm + q * WG_CHUNK_BYTES + (j & 7) * 16;
-        int ng = j >> 3;  // hi: n group 0/1; lo: 2/3
-        *(uint4*)(base + ng * 256) = make_uint4(v[0].x, v[1].x, v[2].x, v[3].x);
-        *(uint4*)(base + ng * 256 + 128) = make_uint4(v[0].y, v[1].y, v[2].y, v[3].y);
-        *(uint4*)(base + (ng + 2) * 256) = make_uint4(v[0].z, v[1].z, v[2].z, v[3].z);
-        *(uint4*)(base + (ng + 2) * 256 + 128) = make_uint4(v[0].w, v[1].w, v[2].w, v[3].w);
-    }
+    wg_image_group(sm, xs, k, m, grp);
 }
 
 // A group's tail under Q4K_HL, as the rows kernel's: the mins' hi chain (both halves) folded into
@@ -132,7 +101,7 @@ __device__ __forceinline__ void wg_mins_tail(u32 dlo, const Q4KTile (&T)[1], con
     for (int h = 0; h < 2; ++h) {
         u32 a[4];
         q4k_min_frag(mn[0][0][h], mn[0][1][h], a);
-        wgmma_n32_lh(c, a[0], a[1], a[2], a[3], dlo + 64 * (16 + h), h);
+        wgmma_f16<4>(c, a[0], a[1], a[2], a[3], dlo + 64 * (16 + h), h);
     }
     wg_commit_wait0();
     float m0_ = h2f((u16)(T[0].dd[0] >> 16)), m1_ = h2f((u16)(T[0].dd[1] >> 16));
@@ -170,7 +139,7 @@ __device__ __forceinline__ void wg_group(const u8* buf, const Q4KTile (&T)[1], f
     u32 sc[1][2][2], mn[1][2][2];
     q4k_unpack_tiles<1>(T, sc, mn);
     const u64 desc0 = wg_desc(buf, 128, 256);
-    const u32 dlo = (u32)desc0;  // its high word is DHI
+    const u32 dlo = (u32)desc0;  // its high word is WG_DESC_HI
     float tsc[2][2][4];  // [even / odd sub-blocks][j][e]
 #pragma unroll
     for (int p = 0; p < 2; ++p)
@@ -189,7 +158,7 @@ __device__ __forceinline__ void wg_group(const u8* buf, const Q4KTile (&T)[1], f
                     for (int i = 0; i < 16; ++i) c[i] = 0.0f;
                 c[hf] = __uint_as_float(a[0][hf][0] ^ a[1][hf][0] ^ a[0][hf][1] ^ a[1][hf][1]);
             } else if (D1)
-                wgmma_n32_lh(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], dlo + 64 * (2 * s + hf), hf);
+                wgmma_f16<4>(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], dlo + 64 * (2 * s + hf), hf);
             else
                 wgmma_n32(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
                           wg_desc(buf + (2 * s + hf) * WG_CHUNK_BYTES, 128, 256), hf);
@@ -300,13 +269,13 @@ __device__ __forceinline__ void wg_group_sa(const u8* buf, const Q4KTile (&T)[1]
         }
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf)
-            wgmma_n32_lh(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], dlo + 64 * (2 * s + hf), s | hf);
+            wgmma_f16<4>(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], dlo + 64 * (2 * s + hf), s | hf);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         u32 a[4];
         q4k_min_frag(mn[0][0][h], mn[0][1][h], a);
-        wgmma_n32_lh(cm, a[0], a[1], a[2], a[3], dlo + 64 * (16 + h), h);
+        wgmma_f16<4>(cm, a[0], a[1], a[2], a[3], dlo + 64 * (16 + h), h);
     }
     wg_commit_wait0();
     float m0_ = h2f((u16)(T[0].dd[0] >> 16)), m1_ = h2f((u16)(T[0].dd[1] >> 16));

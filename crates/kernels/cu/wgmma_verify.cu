@@ -261,16 +261,14 @@ struct WgParked {
 };
 #endif
 
-// Every group's B of an m-row prepared input (m ≤ 16) in its shared-memory layout: block grp
-// (128 threads) writes group grp's 18 KiB at img + grp·WG_B_BYTES. A k16 chunk's logical k 2t,
-// 2t + 1 (k octet 0) and 2t + 8, 2t + 9 (k octet 1) are the h0 and h1 (hi) or l0 and l1 (lo) words
-// of prepared chunk 8s + 2t + hf (the mins: the sums' chunk), as the rows kernel's lane t feeds
-// them to its mma; columns past m repeat row 0 and are never stored.
-extern "C" __global__ void __launch_bounds__(128) q4k_wg_image(const uint4* xs, u8* img, int k, int m) {
-    pdl_entry();
+// Group grp's B of an m-row prepared input (m ≤ 16) in its shared-memory layout at out (shared or
+// global memory), written by the block's 128 threads: chunk q of row j from the prepared layout.
+// A k16 chunk's logical k 2t, 2t + 1 (k octet 0) and 2t + 8, 2t + 9 (k octet 1) are the h0 and
+// h1 (hi) or l0 and l1 (lo) words of prepared chunk 8s + 2t + hf (the mins: the sums' chunk), as
+// the rows kernel's lane t feeds them to its mma; columns past m repeat row 0 and are never
+// stored.
+__device__ __forceinline__ void wg_image_group(u8* out, const uint4* xs, int k, int m, int grp) {
 #if WG_VERIFY
-    int grp = blockIdx.x;
-    u8* out = img + (i64)grp * WG_B_BYTES;
     for (int p = threadIdx.x; p < WG_CHUNKS * 16; p += 128) {
         int q = p >> 4, j = p & 15, tok = j < m ? j : 0;
         uint4 v[4];
@@ -290,6 +288,13 @@ extern "C" __global__ void __launch_bounds__(128) q4k_wg_image(const uint4* xs, 
 #else
     __trap();
 #endif
+}
+
+// Every group's B of an m-row prepared input (m ≤ 16): block grp (128 threads) writes group grp's
+// 18 KiB at img + grp·WG_B_BYTES (wg_image_group).
+extern "C" __global__ void __launch_bounds__(128) q4k_wg_image(const uint4* xs, u8* img, int k, int m) {
+    pdl_entry();
+    wg_image_group(img + (i64)blockIdx.x * WG_B_BYTES, xs, k, m, blockIdx.x);
 }
 
 // matmul_q4_k_mma_wg's body: y (plane z = blockIdx.z of `splits`, m·n each) = W·x for m ≤ 16
