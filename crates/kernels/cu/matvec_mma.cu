@@ -416,26 +416,34 @@ __device__ __forceinline__ uint2 ldw64(const u8* p) {
 #ifndef Q4K_HEAD16
 #define Q4K_HEAD16 1
 #endif
-__device__ __forceinline__ void q4k_load(Q4KTile& T, const u8* w, int row_g, int row_g8, int n_groups,
-                                         int grp, int t) {
-    const u8* b[2] = {w + ((i64)row_g * n_groups + grp) * 144, w + ((i64)row_g8 * n_groups + grp) * 144};
+// Lane t's share of the groups at b[0] (row g) and b[1] (row g + 8): from global memory with the
+// WEIGHT_L1 hint, or (HINT 0, plain loads) from a copy staged in shared memory (the wgmma verify
+// kernel's, wgmma_verify.cu).
+template <int HINT = WEIGHT_L1>
+__device__ __forceinline__ void q4k_load_rows(Q4KTile& T, const u8* const (&b)[2], int t) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (Q4K_HEAD16) {
-            uint4 h = ldw128(b[r]);
+            uint4 h = ldw128<HINT>(b[r]);
             T.dd[r] = h.x;
             T.s[r][0] = h.y;
             T.s[r][1] = h.z;
             T.s[r][2] = h.w;
         } else {
-            T.dd[r] = ldw32(b[r]);
-            T.s[r][0] = ldw32(b[r] + 4);
-            T.s[r][1] = ldw32(b[r] + 8);
-            T.s[r][2] = ldw32(b[r] + 12);
+            T.dd[r] = ldw32<HINT>(b[r]);
+            T.s[r][0] = ldw32<HINT>(b[r] + 4);
+            T.s[r][1] = ldw32<HINT>(b[r] + 8);
+            T.s[r][2] = ldw32<HINT>(b[r] + 12);
         }
 #pragma unroll
-        for (int j = 0; j < 4; ++j) T.q[r][j] = ldw64(b[r] + 16 + 32 * j + 8 * t);
+        for (int j = 0; j < 4; ++j) T.q[r][j] = ldw64<HINT>(b[r] + 16 + 32 * j + 8 * t);
     }
+}
+
+__device__ __forceinline__ void q4k_load(Q4KTile& T, const u8* w, int row_g, int row_g8, int n_groups,
+                                         int grp, int t) {
+    const u8* b[2] = {w + ((i64)row_g * n_groups + grp) * 144, w + ((i64)row_g8 * n_groups + grp) * 144};
+    q4k_load_rows(T, b, t);
 }
 
 // The eight 6-bit scales (sc[0] bytes 0..3 = sub-blocks 0..3, sc[1] = 4..7) and mins (mn[]) of

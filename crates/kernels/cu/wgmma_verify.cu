@@ -209,19 +209,10 @@ __device__ __forceinline__ void wg_stage(u8* st, const u8* img, const u8* w, con
         if (u < 4 || tid < 64) wg_cp16(st + M.dst[u], wg_ + M.src[u]);
 }
 
-// Rows lr_g and lr_g8 of a stage's 64 as q4k_load reads them from global memory.
+// Rows lr_g and lr_g8 of a stage's 64, read as q4k_load reads them from global memory.
 __device__ __forceinline__ void q4k_load_staged(Q4KTile& T, const u8* ws, int lr_g, int lr_g8, int t) {
     const u8* b[2] = {ws + 144 * lr_g, ws + 144 * lr_g8};
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        uint4 h = *(const uint4*)b[r];
-        T.dd[r] = h.x;
-        T.s[r][0] = h.y;
-        T.s[r][1] = h.z;
-        T.s[r][2] = h.w;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) T.q[r][j] = *(const uint2*)(b[r] + 16 + 32 * j + 8 * t);
-    }
+    q4k_load_rows<0>(T, b, t);
 }
 
 // A warpgroup's (slice, group) walk: slices v = first, first + WG_GROUPS, ... below kw, each's
