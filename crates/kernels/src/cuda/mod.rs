@@ -299,8 +299,9 @@ pub struct CudaBackend {
     /// Prepared Q4_K products of 9–16 rows take the wgmma kernel where supported (the default
     /// there; `SPECULA_WGMMA_VERIFY=0` keeps the rows kernels, an A/B and test knob).
     wgmma_verify: bool,
-    /// The input whose B image the image buffer holds in this launch sequence (`wgmma.rs`).
-    wg_image_of: std::cell::Cell<Option<wgmma::ImageKey>>,
+    /// The input whose B image the image buffer holds in this launch sequence (`wgmma.rs`;
+    /// compared by `MmaInput::same_input`).
+    wg_image_of: std::cell::Cell<Option<MmaInput>>,
     /// Attentions of at least this many queries on the wide f16 kernels run a block per two
     /// heads of one K/V group (the `_g2` kernels, same bits) where the group has an even number
     /// of heads; None: a block per head always. `SPECULA_ATT_GROUP=n` sets it, 0 for None (A/B
@@ -413,7 +414,6 @@ impl CudaBackend {
             .compute_capability()
             .map_err(|e| driver_err("compute capability", e))?;
         let arch: &'static str = Box::leak(nvrtc::arch_for(major, minor).into_boxed_str());
-
         let mut driver = 0;
         #[allow(unsafe_code)]
         // SAFETY: the driver library is loaded (checked by cuda_available); valid out-pointer.

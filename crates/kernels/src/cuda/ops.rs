@@ -53,25 +53,6 @@ impl CudaBackend {
         } else {
             weight_suffix(w.dtype)?
         };
-        // What the product touches while it runs: its activations (the whole prepared scratch,
-        // or the input's buffer) and its output (the shared partials when split).
-        let footprint = || -> Result<Footprint> {
-            Ok(Footprint {
-                reads: vec![if reads_prepared {
-                    self.buf_range(exec.mma_scratch)?
-                } else {
-                    self.buf_range(Some(exec.node_buffer[node.inputs[1].index()]))?
-                }],
-                writes: vec![self.dst_range(exec, splits, out, m * n)?],
-            })
-        };
-        if self.takes_wgmma(exec, id, w.dtype, repacked, n) {
-            self.launch_wgmma(exec, mi, weights, xs, dst, n, splits, footprint)?;
-            if !exec.fuse.unsummed.contains(&id.index()) {
-                self.sum_splits(dst, out, m * n, splits, 0)?;
-            }
-            return Ok(());
-        }
         let mut a = Args::default();
         a.ptr(weights)
             .ptr(xs)
@@ -117,6 +98,18 @@ impl CudaBackend {
                 m.div_ceil(8 * nt),
             )
         };
+        // What the product touches while it runs: its activations (the whole prepared scratch,
+        // or the input's buffer) and its output (the shared partials when split).
+        let footprint = || -> Result<Footprint> {
+            Ok(Footprint {
+                reads: vec![if reads_prepared {
+                    self.buf_range(exec.mma_scratch)?
+                } else {
+                    self.buf_range(Some(exec.node_buffer[node.inputs[1].index()]))?
+                }],
+                writes: vec![self.dst_range(exec, splits, out, m * n)?],
+            })
+        };
         let (kernel, grid) = if persist {
             a.i32(splits as i32);
             // One activation row (m must be 1): the `_p1` kernels, the same bits with less work
@@ -136,6 +129,8 @@ impl CudaBackend {
         };
         if self.products_as_reads {
             self.read_in_place_of_product(exec, id, node, weights)?;
+        } else if self.takes_wgmma(exec, mi, w.dtype, repacked, reads_prepared, n) {
+            self.launch_wgmma(exec, mi, weights, xs, dst, n, splits, footprint)?;
         } else if limbs {
             // The limb kernels take no PDL mode: an ordinary launch, which ends any chain.
             self.launch(&kernel, grid, 256, &mut a)?;

@@ -26,10 +26,6 @@ const BLOCK: u32 = 512;
 /// Weight rows of a block (a warpgroup's 64).
 const BLOCK_ROWS: usize = 64;
 
-/// Which activation rows an image holds: the input node, its first element and row stride, k
-/// and m (`MmaInput::same_input`'s fields).
-pub(super) type ImageKey = (usize, i64, i64, usize, usize);
-
 /// Bytes of the B image of a k-wide input.
 fn image_bytes(k: usize) -> usize {
     k / 256 * IMAGE_GROUP_BYTES
@@ -82,26 +78,24 @@ impl CudaBackend {
             .unwrap_or(0)
     }
 
-    /// Whether product `id` takes the wgmma kernel: a candidate whose activations are prepared
-    /// in the scratch, whose weights are read as stored (the kernel's 32-bit offsets cover
-    /// them), on the main stream, outside the products-as-reads mode, with an image buffer that
-    /// holds its input.
+    /// Whether a product of `dtype` weights (`repacked`: read from their repacked copy) with
+    /// activations `mi` (`reads_prepared`: prepared in the scratch) takes the wgmma kernel: a
+    /// candidate whose weights are read as stored (the kernel's 32-bit offsets cover them), on
+    /// the main stream, with an image buffer that holds its input. (The products-as-reads mode
+    /// is decided before, by the caller.)
     pub(super) fn takes_wgmma(
         &self,
         exec: &Exec,
-        id: NodeId,
+        mi: &MmaInput,
         dtype: DType,
         repacked: bool,
+        reads_prepared: bool,
         n: usize,
     ) -> bool {
-        let Some(mi) = exec.mma.products.get(&id.index()) else {
-            return false;
-        };
         self.wgmma_verify
-            && candidate(dtype, mi)
-            && exec.mma.reads.contains(&id.index())
+            && reads_prepared
             && !repacked
-            && !self.products_as_reads
+            && candidate(dtype, mi)
             && !self.side.active.get()
             && (n as u64) * (mi.k as u64 / 256) * 144 <= u64::from(u32::MAX)
             && exec
@@ -129,12 +123,15 @@ impl CudaBackend {
             .ok_or_else(|| backend_err("a wgmma verify product without its image buffer"))?;
         let img = self.buf(image)?.ptr;
         let (k, m) = (mi.k, mi.m);
-        let key = (mi.x.index(), mi.offset, mi.stride, k, m);
-        if self.wg_image_of.get() != Some(key) {
+        if !self
+            .wg_image_of
+            .get()
+            .is_some_and(|held| held.same_input(mi))
+        {
             let mut a = Args::default();
             a.ptr(xs).ptr(img).i32(k as i32).i32(m as i32);
             self.launch(IMAGE_KERNEL, ((k / 256) as u32, 1, 1), 128, &mut a)?;
-            self.wg_image_of.set(Some(key));
+            self.wg_image_of.set(Some(*mi));
         }
         let image_range = self.buf_range(Some(image))?;
         let mut a = Args::default();
