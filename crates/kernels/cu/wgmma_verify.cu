@@ -21,6 +21,12 @@
 // and twenty-eighth sessions): 0.84× the persistent (2, 2) kernel's time with the weights from
 // memory. (A 2–8-row form on m64n16k16 was slower than the rows kernels: thirty-seventh session.)
 //
+// Q6_K weights in q6_k_repack's layout take the same walk (matmul_q6_kr_mma_wg): a sub-block is
+// one k16 chunk, so a group's B is 16 chunks (`q6k_wg_image`) and a stage holds only that; each
+// warp loads its two rows' group from global memory as q6k_group does, before the stage's wait,
+// and multiplies sub-block sb as the rows kernel (matmul_q6_kr_mma_m2n2[_p]) does: hi then lo
+// chained from zero, folded by d·scale in q6k_group's sub-block order.
+//
 // Working code only for sm_90a; elsewhere the entry points trap and the host never launches
 // them (cuda/wgmma.rs). (nvcc's host pass, which compiles no device code, sees it too, so that
 // bench/probes/wgmma_verify.cu can share the helpers.)
@@ -42,6 +48,10 @@
 // Warpgroups a block and stages a warpgroup: 4 × 2 × 27 KiB = 216 KiB of dynamic shared memory.
 #define WG_GROUPS 4
 #define WG_STAGES 2
+// The Q6_K form: a group's B is 16 k16 chunks (one a sub-block) and a stage only that:
+// 4 × 2 × 16 KiB = 128 KiB of dynamic shared memory.
+#define WG6_CHUNKS 16
+#define WG6_B_BYTES (WG6_CHUNKS * WG_CHUNK_BYTES)
 
 #if WG_VERIFY
 // The high word of every descriptor here (stride byte offset 256 >> 4, no swizzle); the low word
@@ -215,6 +225,79 @@ __device__ __forceinline__ void q4k_load_staged(Q4KTile& T, const u8* ws, int lr
     q4k_load_rows<0>(T, b, t);
 }
 
+// A warp's Q6_K group of rows g and g + 8 (q6_k_repack's layout) in registers, loaded as
+// q6k_group loads them (q6k_scales; q6k_words, a half's six words a row in one 16-byte and one
+// 8-byte load): ql[half][0][row][lb][run parity], qh[half][0][row][lb].
+struct Q6Regs {
+    float dd[1][2];
+    u32 scales[1][2][4];
+    u32 ql[2][1][2][2][2];
+    u32 qh[2][1][2][2];
+};
+
+__device__ __forceinline__ void q6k_load_group(Q6Regs& R, const u8* w, int row0, int n, int n_groups, int grp,
+                                               int t) {
+    const u8* b[1][2];
+    weight_groups<1>(w, row0, n, n_groups, grp, 224, b);
+    bool al[1][2];
+    q6k_scales<1, 0, true>(b, al, R.dd, R.scales);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) q6k_words<1, 2, 0, true, true>(b, al, h, 0, t, R.ql[h], R.qh[h]);
+}
+
+// acc += a Q6_K group's share of rows 16w + g, + 8 (weights R) with the B staged at b, in
+// q6k_group's order: sub-block sb = 8h + 2p + lb for h, lb, p, its hi chunk then its lo chunk
+// (512 bytes on) chained from zero and folded by d·scale. The four sub-blocks of an (h, lb) are
+// issued together into their own sums and folded in order after one wait.
+__device__ __forceinline__ void wg6_group(const u8* b, const Q6Regs& R, float (&acc)[2][4]) {
+    const u32 dlo = wg_desc_lo(b);
+    const u32 offset = 0x64206420u;  // f16x2 (1056, 1056): 1024 + 32, as q6k_group
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int lb = 0; lb < 2; ++lb) {
+            u32 a[4][2][2];  // [p][row][pair]
+#pragma unroll
+            for (int p = 0; p < 4; ++p)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    u32 lo = R.ql[h][0][r][lb][p & 1] >> (4 * (p >> 1));
+                    u32 hi = R.qh[h][0][r][lb] >> (2 * p);
+                    u32 q0 = (lo & 0x000F000Fu) | ((hi << 4) & 0x00300030u) | 0x64006400u;
+                    u32 q1 = ((lo >> 8) & 0x000F000Fu) | ((hi >> 4) & 0x00300030u) | 0x64006400u;
+                    a[p][r][0] = hsub2(q0, offset);
+                    a[p][r][1] = hsub2(q1, offset);
+                }
+            float c[4][8];
+            wg_fence();
+#pragma unroll
+            for (int p = 0; p < 4; ++p) {
+                u32 d = dlo + 64 * (8 * h + 2 * p + lb);
+                wgmma_f16<2>(c[p], a[p][0][0], a[p][1][0], a[p][0][1], a[p][1][1], d, 0);       // hi
+                wgmma_f16<2>(c[p], a[p][0][0], a[p][1][0], a[p][0][1], a[p][1][1], d + 32, 1);  // lo
+            }
+            wg_commit();
+            wg_wait0();
+#pragma unroll
+            for (int p = 0; p < 4; ++p) {
+                int sb = 8 * h + 2 * p + lb;
+                float s0 = R.dd[0][0] * (float)(signed char)(R.scales[0][0][sb >> 2] >> (8 * (sb & 3)));
+                float s1 = R.dd[0][1] * (float)(signed char)(R.scales[0][1][sb >> 2] >> (8 * (sb & 3)));
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[j][e] = __fmaf_rn(e < 2 ? s0 : s1, c[p][4 * j + e], acc[j][e]);
+            }
+        }
+}
+
+// Stage st ← group grp's Q6_K B from the image (8 copies a thread).
+__device__ __forceinline__ void wg6_stage(u8* st, const u8* img, int grp, int tid) {
+    const u8* src = img + (i64)grp * WG6_B_BYTES + 16 * tid;
+#pragma unroll
+    for (int u = 0; u < WG6_B_BYTES / 2048; ++u) wg_cp16(st + 16 * tid + 2048 * u, src + 2048 * u);
+}
+
 // A warpgroup's (slice, group) walk: slices v = first, first + WG_GROUPS, ... below kw, each's
 // groups v + base, then every `step`-th below n_groups; v ≥ kw once done.
 struct WgWalk {
@@ -257,16 +340,18 @@ struct WgParked {
 // A k16 chunk's logical k 2t, 2t + 1 (k octet 0) and 2t + 8, 2t + 9 (k octet 1) are the h0 and
 // h1 (hi) or l0 and l1 (lo) words of prepared chunk 8s + 2t + hf (the mins: the sums' chunk), as
 // the rows kernel's lane t feeds them to its mma; columns past m repeat row 0 and are never
-// stored.
+// stored. Q6: the Q6_K form's 16 chunks, chunk sb from prepared chunk 4sb + t (q6k_group's).
+template <bool Q6 = false>
 __device__ __forceinline__ void wg_image_group(u8* out, const uint4* xs, int k, int m, int grp) {
 #if WG_VERIFY
-    for (int p = threadIdx.x; p < WG_CHUNKS * 16; p += 128) {
+    for (int p = threadIdx.x; p < (Q6 ? WG6_CHUNKS : WG_CHUNKS) * 16; p += 128) {
         int q = p >> 4, j = p & 15, tok = j < m ? j : 0;
         uint4 v[4];
 #pragma unroll
         for (int t = 0; t < 4; ++t) {
-            i64 idx = q < 16 ? (i64)tok * (k / 4) + grp * 64 + 8 * (q >> 1) + 2 * t + (q & 1)
-                             : (i64)m * (k / 4) + (i64)tok * (k / 32) + grp * 8 + 2 * t + (q - 16);
+            i64 idx = Q6       ? (i64)tok * (k / 4) + grp * 64 + 4 * q + t
+                      : q < 16 ? (i64)tok * (k / 4) + grp * 64 + 8 * (q >> 1) + 2 * t + (q & 1)
+                               : (i64)m * (k / 4) + (i64)tok * (k / 32) + grp * 8 + 2 * t + (q - 16);
             v[t] = xs[idx];
         }
         u8* base = out + q * WG_CHUNK_BYTES + (j & 7) * 16;
@@ -288,17 +373,25 @@ extern "C" __global__ void __launch_bounds__(128) q4k_wg_image(const uint4* xs, 
     wg_image_group(img + (i64)blockIdx.x * WG_B_BYTES, xs, k, m, blockIdx.x);
 }
 
-// matmul_q4_k_mma_wg's body: y (plane z = blockIdx.z of `splits`, m·n each) = W·x for m ≤ 16
-// prepared rows whose B image q4k_wg_image wrote; kw = mma_k_warps(k) slices. Grid (⌈n / 64⌉, 1,
-// splits), WG_GROUPS warpgroups of 128 threads, WG_GROUPS · WG_STAGES · WG_STAGE_BYTES of dynamic
-// shared memory.
-__device__ __forceinline__ void q4k_wg_body(const u8* w, const u8* img, float* y, int k, int n, int m, int kw,
+// The Q6_K form's image: block grp writes group grp's 16 KiB at img + grp·WG6_B_BYTES.
+extern "C" __global__ void __launch_bounds__(128) q6k_wg_image(const uint4* xs, u8* img, int k, int m) {
+    pdl_entry();
+    wg_image_group<true>(img + (i64)blockIdx.x * WG6_B_BYTES, xs, k, m, blockIdx.x);
+}
+
+// matmul_q4_k_mma_wg's body (Q6: matmul_q6_kr_mma_wg's): y (plane z = blockIdx.z of `splits`,
+// m·n each) = W·x for m ≤ 16 prepared rows whose B image q4k_wg_image (q6k_wg_image) wrote; kw =
+// mma_k_warps(k) slices. Grid (⌈n / 64⌉, 1, splits), WG_GROUPS warpgroups of 128 threads,
+// WG_GROUPS · WG_STAGES · WG_STAGE_BYTES (WG6_B_BYTES) of dynamic shared memory.
+template <bool Q6>
+__device__ __forceinline__ void wg_body(const u8* w, const u8* img, float* y, int k, int n, int m, int kw,
                                             int splits) {
 #if WG_VERIFY
     extern __shared__ __align__(128) u8 sm[];
     int wg = threadIdx.x >> 7, tid = threadIdx.x & 127, warp = tid >> 5, lane = tid & 31, g = lane >> 2,
         t = lane & 3;
-    u8* stages = sm + wg * WG_STAGES * WG_STAGE_BYTES;
+    constexpr int STAGE_BYTES = Q6 ? WG6_B_BYTES : WG_STAGE_BYTES;
+    u8* stages = sm + wg * WG_STAGES * STAGE_BYTES;
     float* red = (float*)sm;  // [slice][8][tid], over the stages once every warpgroup is done
     int row_base = blockIdx.x * 64, row0 = row_base + warp * 16, z = blockIdx.z;
     int n_groups = k / 256;
@@ -310,7 +403,10 @@ __device__ __forceinline__ void q4k_wg_body(const u8* w, const u8* img, float* y
     WgWalk fill = walk;
     for (int i = 0; i < WG_STAGES - 1; ++i) {
         if (fill.v < kw) {
-            wg_stage(stages + i * WG_STAGE_BYTES, img, w, M, fill.grp, tid);
+            if (Q6)
+                wg6_stage(stages + i * STAGE_BYTES, img, fill.grp, tid);
+            else
+                wg_stage(stages + i * STAGE_BYTES, img, w, M, fill.grp, tid);
             fill.next();
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -322,11 +418,17 @@ __device__ __forceinline__ void q4k_wg_body(const u8* w, const u8* img, float* y
     parked.n = 0;
     int slot = 0;
     while (walk.v < kw) {
+        // Q6_K: the warp's weights of this group from global memory, in flight over the waits.
+        Q6Regs R;
+        if (Q6) q6k_load_group(R, w, row0, n, n_groups, walk.grp, t);
         // Every thread of the warpgroup is done with the stage about to be refilled.
         asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
         int refill = (slot + WG_STAGES - 1) % WG_STAGES;
         if (fill.v < kw) {
-            wg_stage(stages + refill * WG_STAGE_BYTES, img, w, M, fill.grp, tid);
+            if (Q6)
+                wg6_stage(stages + refill * STAGE_BYTES, img, fill.grp, tid);
+            else
+                wg_stage(stages + refill * STAGE_BYTES, img, w, M, fill.grp, tid);
             fill.next();
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -334,10 +436,14 @@ __device__ __forceinline__ void q4k_wg_body(const u8* w, const u8* img, float* y
         // The copies (generic proxy) become visible to the wgmma reads (async proxy).
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-        const u8* st = stages + slot * WG_STAGE_BYTES;
-        Q4KTile T;
-        q4k_load_staged(T, st + WG_B_BYTES, warp * 16 + g, warp * 16 + g + 8, t);
-        wg_group(st, T, acc);
+        const u8* st = stages + slot * STAGE_BYTES;
+        if (Q6) {
+            wg6_group(st, R, acc);
+        } else {
+            Q4KTile T;
+            q4k_load_staged(T, st + WG_B_BYTES, warp * 16 + g, warp * 16 + g + 8, t);
+            wg_group(st, T, acc);
+        }
         WgWalk after = walk;
         after.next();
         if (after.v != walk.v) parked.park(acc);  // the slice is done: keep its sums
@@ -382,6 +488,15 @@ __device__ __forceinline__ void q4k_wg_body(const u8* w, const u8* img, float* y
 extern "C" __global__ void __launch_bounds__(128 * WG_GROUPS, 1)
     matmul_q4_k_mma_wg(const u8* w, const u8* img, float* y, int k, int n, int m, int kw, int splits, int pdl) {
     pdl_enter(pdl);
-    q4k_wg_body(w, img, y, k, n, m, kw, splits);
+    wg_body<false>(w, img, y, k, n, m, kw, splits);
+    pdl_leave(pdl);
+}
+
+// The Q6_K form: weights in q6_k_repack's layout, B from q6k_wg_image, WG_GROUPS · WG_STAGES ·
+// WG6_B_BYTES of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(128 * WG_GROUPS, 1)
+    matmul_q6_kr_mma_wg(const u8* w, const u8* img, float* y, int k, int n, int m, int kw, int splits, int pdl) {
+    pdl_enter(pdl);
+    wg_body<true>(w, img, y, k, n, m, kw, splits);
     pdl_leave(pdl);
 }

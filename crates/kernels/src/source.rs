@@ -624,6 +624,8 @@ pub const OTHER_KERNELS: &[&str] = &[
     "moe_sum_f32",
     "q4k_wg_image",
     "matmul_q4_k_mma_wg",
+    "q6k_wg_image",
+    "matmul_q6_kr_mma_wg",
 ];
 
 /// Every kernel entry point in the module.

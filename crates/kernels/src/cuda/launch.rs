@@ -81,7 +81,7 @@ impl CudaBackend {
     }
 
     /// [`Self::launch_product`] with blocks of `block` threads and `smem` bytes of dynamic
-    /// shared memory (the wgmma verify kernel's 512 and 216 KiB).
+    /// shared memory (the wgmma verify kernels' 512 and up to 216 KiB).
     pub(super) fn launch_product_shaped(
         &self,
         name: &str,

@@ -294,14 +294,15 @@ pub struct CudaBackend {
     /// `SPECULA_MMA_ONE=0`: the `_p` ones, an A/B and test knob).
     mma_one_row: bool,
     /// The device and the module can run the wgmma verify products (`wgmma.rs`): an sm_90a
-    /// build and 216 KiB of shared memory a block.
+    /// build and the kernels' shared memory a block (up to 216 KiB).
     wgmma_supported: bool,
-    /// Prepared Q4_K products of 9–16 rows take the wgmma kernel where supported (the default
-    /// there; `SPECULA_WGMMA_VERIFY=0` keeps the rows kernels, an A/B and test knob).
+    /// Prepared Q4_K and repacked Q6_K products of 9–16 rows take the wgmma kernels where
+    /// supported (the default there; `SPECULA_WGMMA_VERIFY=0` keeps the rows kernels, an A/B and
+    /// test knob).
     wgmma_verify: bool,
-    /// The input whose B image the image buffer holds in this launch sequence (`wgmma.rs`;
-    /// compared by `MmaInput::same_input`).
-    wg_image_of: std::cell::Cell<Option<MmaInput>>,
+    /// The input whose B image the image buffer holds in this launch sequence and the weight
+    /// type whose layout the image has (`wgmma.rs`; compared by `MmaInput::same_input`).
+    wg_image_of: std::cell::Cell<Option<(MmaInput, DType)>>,
     /// Attentions of at least this many queries on the wide f16 kernels run a block per two
     /// heads of one K/V group (the `_g2` kernels, same bits) where the group has an even number
     /// of heads; None: a block per head always. `SPECULA_ATT_GROUP=n` sets it, 0 for None (A/B
@@ -450,7 +451,7 @@ impl CudaBackend {
                 .map_err(|e| driver_err(&format!("shared memory of {name}"), e))?;
             }
         }
-        // The wgmma verify products take 216 KiB of dynamic shared memory (wgmma.rs).
+        // The wgmma verify products take up to 216 KiB of dynamic shared memory (wgmma.rs).
         let wgmma_supported = arch == "sm_90a" && wgmma::allow_shared_memory(&funcs, max_smem)?;
         // The shared-memory share the launches of step graphs prefer (carveout.rs).
         let knob = carveout::Knob::parse(std::env::var("SPECULA_SMEM_CARVEOUT").ok().as_deref())
@@ -656,7 +657,7 @@ impl CudaBackend {
         self.mma_persist = on;
     }
 
-    /// Whether prepared Q4_K products of 9–16 rows take the wgmma verify kernel where the device
+    /// Whether prepared Q4_K and Q6_K products of 9–16 rows take the wgmma verify kernels where the device
     /// supports it (`wgmma_verify_supported`; the default there) or the rows kernels; both give
     /// the same bits (a tuning and test knob). Off takes effect at the next launch sequence of
     /// any loaded graph; on only for graphs loaded from then on (the others have no image

@@ -3253,66 +3253,71 @@ fn wgmma_backends() -> Vec<(&'static str, kernels::CudaBackend)> {
 }
 
 /// On an sm_90a device, prepared Q4_K products of 9–16 rows take `matmul_q4_k_mma_wg` after
-/// `q4k_wg_image` (recorded) and give the (2, 2) rows kernels' bits, within 1e-5 of the CPU, in
-/// both summation orders (`Q4K_HL` 0 and 1): one plane and 2 and 4 split planes (k 8,192,
-/// 16,384), 8, 4, 2 and 1 slices (k 512 and 256 leave warpgroups without one), 9 groups over 8
-/// slices, partial last blocks of 64 rows; eagerly and under graph replay with new inputs each
-/// run. Products of 1–8 rows and in-place ones keep the rows kernels.
+/// `q4k_wg_image`, and Q6_K ones (repacked) `matmul_q6_kr_mma_wg` after `q6k_wg_image`
+/// (recorded), and give the (2, 2) rows kernels' bits, within 1e-5 of the CPU, in both Q4_K
+/// summation orders (`Q4K_HL` 0 and 1): one plane and 2 and 4 split planes (k 8,192, 16,384),
+/// 8, 4, 2 and 1 slices (k 512 and 256 leave warpgroups without one), 9 groups over 8 slices,
+/// partial last blocks of 64 rows; eagerly and under graph replay with new inputs each run.
+/// Products of 1–8 rows and in-place ones keep the rows kernels.
 #[test]
 fn wgmma_verify_products_equal_the_rows_kernels() {
     for (order, mut cuda) in wgmma_backends() {
         let mut rng = Rng(71);
-        for (k, n) in [
-            (5376, 1100),
-            (8192, 1000),
-            (16_384, 300),
-            (2304, 777),
-            (1024, 130),
-            (512, 200),
-            (256, 64),
+        for (dtype, kernel, image) in [
+            (DType::Q4_K, "matmul_q4_k_mma_wg", "q4k_wg_image"),
+            (DType::Q6_K, "matmul_q6_kr_mma_wg", "q6k_wg_image"),
         ] {
-            let wbytes = random_weight(&mut rng, DType::Q4_K, k * n);
-            for m in [1, 8, 9, 12, 16] {
-                let mut c = Case::new();
-                let w = c.weight(DType::Q4_K, &[k, n], wbytes.clone());
-                let x = c.f32(&[k, m], rng.vec(k * m));
-                let y = c.g.matmul(w, x).unwrap();
-                let graph = c.g.finish(&[y]).unwrap();
-                let runs: Vec<_> = (0..2).map(|_| vec![(x, rng.vec(k * m))]).collect();
-                let want = run_on_times(&mut CpuBackend::new(), &graph, &c.leaves, &[y], &runs);
-                for prepare in [true, false] {
-                    cuda.set_mma_prepare(Some(prepare));
-                    let mut by_route = Vec::new();
-                    for wgmma in [true, false] {
-                        cuda.set_wgmma_verify(wgmma);
-                        cuda.record_launches(true);
-                        by_route.push(run_on_times(&mut cuda, &graph, &c.leaves, &[y], &runs));
-                        let log = cuda.take_launches();
-                        cuda.record_launches(false);
-                        let name =
-                            format!("{order} k{k} n{n} m{m} prepared {prepare} wgmma {wgmma}");
-                        let count = |name: &str| log.iter().filter(|l| *l == name).count();
-                        let takes = wgmma && prepare && m > 8;
-                        assert_eq!(
-                            count("matmul_q4_k_mma_wg") > 0,
-                            takes,
-                            "{name}: launched {log:?}"
-                        );
-                        assert_eq!(
-                            count("q4k_wg_image"),
-                            count("matmul_q4_k_mma_wg"),
-                            "{name}: one image a product here: {log:?}"
-                        );
-                    }
-                    for run in 0..runs.len() {
-                        let (got, rows) = (&by_route[0][run][0], &by_route[1][run][0]);
-                        let name = format!("{order} k{k} n{n} m{m} prepared {prepare} run {run}");
-                        assert!(
-                            same_bits(got, rows),
-                            "{name}: the wgmma kernel's bits differ from the rows kernels'"
-                        );
-                        let err = rel_err(got, &want[run][0]);
-                        assert!(err <= 1e-5, "{name}: rel err {err:e} against the CPU");
+            for (k, n) in [
+                (5376, 1100),
+                (8192, 1000),
+                (16_384, 300),
+                (2304, 777),
+                (1024, 130),
+                (512, 200),
+                (256, 64),
+            ] {
+                let wbytes = random_weight(&mut rng, dtype, k * n);
+                for m in [1, 8, 9, 12, 16] {
+                    let mut c = Case::new();
+                    let w = c.weight(dtype, &[k, n], wbytes.clone());
+                    let x = c.f32(&[k, m], rng.vec(k * m));
+                    let y = c.g.matmul(w, x).unwrap();
+                    let graph = c.g.finish(&[y]).unwrap();
+                    let runs: Vec<_> = (0..2).map(|_| vec![(x, rng.vec(k * m))]).collect();
+                    let want = run_on_times(&mut CpuBackend::new(), &graph, &c.leaves, &[y], &runs);
+                    for prepare in [true, false] {
+                        cuda.set_mma_prepare(Some(prepare));
+                        let mut by_route = Vec::new();
+                        for wgmma in [true, false] {
+                            cuda.set_wgmma_verify(wgmma);
+                            cuda.record_launches(true);
+                            by_route.push(run_on_times(&mut cuda, &graph, &c.leaves, &[y], &runs));
+                            let log = cuda.take_launches();
+                            cuda.record_launches(false);
+                            let name = format!(
+                                "{order} {dtype} k{k} n{n} m{m} prepared {prepare} wgmma {wgmma}"
+                            );
+                            let count = |name: &str| log.iter().filter(|l| *l == name).count();
+                            let takes = wgmma && prepare && m > 8;
+                            assert_eq!(count(kernel) > 0, takes, "{name}: launched {log:?}");
+                            assert_eq!(
+                                count(image),
+                                count(kernel),
+                                "{name}: one image a product here: {log:?}"
+                            );
+                        }
+                        for run in 0..runs.len() {
+                            let (got, rows) = (&by_route[0][run][0], &by_route[1][run][0]);
+                            let name = format!(
+                                "{order} {dtype} k{k} n{n} m{m} prepared {prepare} run {run}"
+                            );
+                            assert!(
+                                same_bits(got, rows),
+                                "{name}: the wgmma kernel's bits differ from the rows kernels'"
+                            );
+                            let err = rel_err(got, &want[run][0]);
+                            assert!(err <= 1e-5, "{name}: rel err {err:e} against the CPU");
+                        }
                     }
                 }
             }
@@ -3322,10 +3327,11 @@ fn wgmma_verify_products_equal_the_rows_kernels() {
 }
 
 /// The wgmma verify products of one prepared input share its image (with every product made to
-/// prepare: q and k of one norm, gate and up of another — two images, four wgmma launches a
-/// launch sequence), a Q6_K product of the same input keeps its rows kernel, and the outputs are
-/// the same bits with sibling chains on and off and on the rows kernels: 9 and 16 rows, both
-/// summation orders, three runs with new inputs (eager, capture, replay).
+/// prepare: q and k of one norm, gate and up of another — two Q4_K images, four Q4_K wgmma
+/// launches a launch sequence), a Q6_K product of the same input writes its own image in its
+/// layout (over the Q4_K one), and the outputs are the same bits with sibling chains on and off
+/// and on the rows kernels: 9 and 16 rows, both summation orders, three runs with new inputs
+/// (eager, capture, replay).
 #[test]
 fn wgmma_verify_products_share_an_image() {
     for (order, mut cuda) in wgmma_backends() {
@@ -3357,11 +3363,15 @@ fn wgmma_verify_products_share_an_image() {
                 by_mode.push(run_on_times(&mut cuda, &graph, &c.leaves, &outs, &runs));
                 let log = cuda.take_launches();
                 cuda.record_launches(false);
-                let images = log.iter().filter(|l| *l == "q4k_wg_image").count();
-                let products = log.iter().filter(|l| *l == "matmul_q4_k_mma_wg").count();
+                let count = |name: &str| log.iter().filter(|l| *l == name).count();
+                let images = count("q4k_wg_image");
+                let products = count("matmul_q4_k_mma_wg");
                 let name = format!("{order} m{m} wgmma {wgmma} siblings {siblings}");
                 assert_eq!(products, 2 * images, "{name}: {log:?}");
                 assert_eq!(products > 0, wgmma, "{name}: {log:?}");
+                let q6 = count("matmul_q6_kr_mma_wg");
+                assert_eq!(q6, count("q6k_wg_image"), "{name}: {log:?}");
+                assert_eq!(q6 > 0, wgmma, "{name}: {log:?}");
             }
             for (mode, other) in by_mode[1..].iter().enumerate() {
                 for run in 0..runs.len() {
