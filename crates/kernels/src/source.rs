@@ -953,8 +953,8 @@ mod tests {
             }
             entries += 1;
         }
-        // The `_mma_` one-shot and persistent kernel macros, and the wgmma verify kernel.
-        assert_eq!(moded, 3, "kernels with a PDL mode argument");
+        // The `_mma_` one-shot and persistent kernel macros, and the two wgmma verify kernels.
+        assert_eq!(moded, 4, "kernels with a PDL mode argument");
         // 28 definitions (most expand per weight type) behind the 160-odd entry points.
         assert!(entries >= 28, "found {entries} kernel definitions");
     }
