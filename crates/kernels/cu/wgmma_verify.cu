@@ -48,6 +48,12 @@
 // Warpgroups a block and stages a warpgroup: 4 × 2 × 27 KiB = 216 KiB of dynamic shared memory.
 #define WG_GROUPS 4
 #define WG_STAGES 2
+// 1 (the default): the warpgroup index is read through a shuffle from lane 0, so the compiler
+// keeps the stage addresses and the wgmma descriptors in uniform registers; 0 computes it per
+// thread (an R2UR before each wgmma; `SPECULA_WG_UNIFORM`, an A/B knob).
+#ifndef WG_UNIFORM
+#define WG_UNIFORM 1
+#endif
 // The Q6_K form: a group's B is 16 k16 chunks (one a sub-block) and a stage only that:
 // 4 × 2 × 16 KiB = 128 KiB of dynamic shared memory.
 #define WG6_CHUNKS 16
@@ -388,8 +394,10 @@ __device__ __forceinline__ void wg_body(const u8* w, const u8* img, float* y, in
                                             int splits) {
 #if WG_VERIFY
     extern __shared__ __align__(128) u8 sm[];
-    int wg = threadIdx.x >> 7, tid = threadIdx.x & 127, warp = tid >> 5, lane = tid & 31, g = lane >> 2,
-        t = lane & 3;
+    // The warpgroup index as lane 0 gives it: warp-uniform to the compiler, so the stages'
+    // addresses and the wgmma descriptors stay in uniform registers (no R2UR before each wgmma).
+    int wg = WG_UNIFORM ? __shfl_sync(0xffffffffu, (int)(threadIdx.x >> 7), 0) : (int)(threadIdx.x >> 7),
+        tid = threadIdx.x & 127, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     constexpr int STAGE_BYTES = Q6 ? WG6_B_BYTES : WG_STAGE_BYTES;
     u8* stages = sm + wg * WG_STAGES * STAGE_BYTES;
     float* red = (float*)sm;  // [slice][8][tid], over the stages once every warpgroup is done

@@ -125,6 +125,8 @@ pub fn measurement_warnings(knobs: &[(&KnobDefine, usize)]) -> Vec<String> {
 ///   and verify kernels' hi and lo activation halves in separate chains (a decode step's `_p1`
 ///   kernel then takes them as two columns of one mma, the wgmma verify kernel as the two
 ///   halves of one m64n32k16), 0 (the default) in one alternating chain.
+/// - `SPECULA_WG_UNIFORM` → `WG_UNIFORM` (`wgmma_verify.cu`): 1 (the default) keeps the wgmma
+///   verify kernels' descriptors in uniform registers, 0 builds them per thread.
 /// - `SPECULA_ATT_ONE_DIRECT` → `ATT_ONE_DIRECT` (`attention.cu`): 1 (the default) lets a query
 ///   that uses one split write its output row itself, 0 leaves it to the combine.
 /// - `SPECULA_MM_BATCH` → `MM_BATCH` (`matmul.cu`): chunks whose weights a lane of the scalar
@@ -175,6 +177,13 @@ pub const KNOB_DEFINES: &[KnobDefine] = &[
         name: "Q4K_HL",
         accepts: |n| n <= 1,
         variants: &[1],
+        wrong_outputs: None,
+    },
+    KnobDefine {
+        var: "SPECULA_WG_UNIFORM",
+        name: "WG_UNIFORM",
+        accepts: |n| n <= 1,
+        variants: &[0],
         wrong_outputs: None,
     },
     KnobDefine {
