@@ -391,7 +391,7 @@ extern "C" __global__ void __launch_bounds__(128) q6k_wg_image(const uint4* xs, 
 // WG_GROUPS · WG_STAGES · WG_STAGE_BYTES (WG6_B_BYTES) of dynamic shared memory.
 template <bool Q6>
 __device__ __forceinline__ void wg_body(const u8* w, const u8* img, float* y, int k, int n, int m, int kw,
-                                            int splits) {
+                                        int splits) {
 #if WG_VERIFY
     extern __shared__ __align__(128) u8 sm[];
     // The warpgroup index as lane 0 gives it: warp-uniform to the compiler, so the stages'

@@ -41,7 +41,7 @@ pub struct Compiled {
 }
 
 /// The architecture the module is built for on a device of compute capability `major.minor`:
-/// `sm_90a` on 9.0 devices (the wgmma verify kernel needs it; every other kernel compiles to the
+/// `sm_90a` on 9.0 devices (the wgmma verify kernels need it; every other kernel compiles to the
 /// same code as for sm_90), else `sm_<major><minor>`.
 pub fn arch_for(major: i32, minor: i32) -> String {
     if (major, minor) == (9, 0) {

@@ -8,7 +8,7 @@ pub const DEQUANT: &str = include_str!("../cu/dequant.cuh");
 pub const MATMUL: &str = include_str!("../cu/matmul.cu");
 /// Tensor-core products of Q4_K, Q6_K and Q8_0 weights with any number of activation rows.
 pub const MATVEC_MMA: &str = include_str!("../cu/matvec_mma.cu");
-/// Q4_K verify products of 9–16 rows on wgmma (sm_90a).
+/// Q4_K and repacked Q6_K verify products of 9–16 rows on wgmma (sm_90a).
 pub const WGMMA_VERIFY: &str = include_str!("../cu/wgmma_verify.cu");
 /// Element-wise ops, norms, RoPE, softmax, row writes, selections.
 pub const OPS: &str = include_str!("../cu/ops.cu");

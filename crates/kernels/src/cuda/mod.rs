@@ -657,9 +657,9 @@ impl CudaBackend {
         self.mma_persist = on;
     }
 
-    /// Whether prepared Q4_K and Q6_K products of 9–16 rows take the wgmma verify kernels where the device
-    /// supports it (`wgmma_verify_supported`; the default there) or the rows kernels; both give
-    /// the same bits (a tuning and test knob). Off takes effect at the next launch sequence of
+    /// Whether prepared Q4_K and repacked Q6_K products of 9–16 rows take the wgmma verify
+    /// kernels where the device supports it (`wgmma_verify_supported`; the default there) or the
+    /// rows kernels; both give the same bits (a tuning and test knob). Off takes effect at the next launch sequence of
     /// any loaded graph; on only for graphs loaded from then on (the others have no image
     /// buffer).
     pub fn set_wgmma_verify(&mut self, on: bool) {
@@ -1368,7 +1368,7 @@ impl Backend for CudaBackend {
         } else {
             None
         };
-        let wg_image = match self.wg_image_bytes(graph, &mma) {
+        let wg_image = match self.wg_image_bytes(graph, &mma, &q8_weights) {
             0 => None,
             bytes => {
                 let b = self.alloc(DType::F32, Shape::new(&[bytes / 4])?)?;

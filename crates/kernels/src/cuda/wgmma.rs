@@ -108,8 +108,14 @@ pub(super) fn allow_shared_memory(
 
 impl CudaBackend {
     /// The image buffer a loaded graph needs (bytes), or 0: the largest image of its candidate
-    /// products when the route is on.
-    pub(super) fn wg_image_bytes(&self, graph: &Graph, mma: &MmaPlan) -> usize {
+    /// products when the route is on (a form that reads repacked weights only for products with
+    /// a repacked copy in `repacked`, by node index).
+    pub(super) fn wg_image_bytes<V>(
+        &self,
+        graph: &Graph,
+        mma: &MmaPlan,
+        repacked: &HashMap<usize, V>,
+    ) -> usize {
         if !self.wgmma_verify {
             return 0;
         }
@@ -117,7 +123,9 @@ impl CudaBackend {
             .iter()
             .filter_map(|(&i, mi)| {
                 let w = graph.node(graph.nodes()[i].inputs[0]);
-                candidate(w.dtype, mi).map(|f| f.image_bytes(mi.k))
+                candidate(w.dtype, mi)
+                    .filter(|f| !f.repacked || repacked.contains_key(&i))
+                    .map(|f| f.image_bytes(mi.k))
             })
             .max()
             .unwrap_or(0)

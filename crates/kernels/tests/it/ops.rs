@@ -1044,9 +1044,12 @@ fn sibling_products_equal_serial_ones() {
     let Some(mut cuda) = crate::cuda() else {
         return;
     };
-    // Siblings are `_mma_` products; the limb kernels end chains.
+    // Siblings are `_mma_` products; the limb kernels end chains. The wgmma route and repacked
+    // copies as by default, whatever the environment says (they decide who leads below).
     cuda.set_mma_matvec(true);
     cuda.set_q4k_limbs(false);
+    cuda.set_q8_repack(true);
+    cuda.set_wgmma_verify(true);
     let k = 2048;
     for m in [1, 3, 8, 16] {
         for prepare in [true, false] {
@@ -3238,20 +3241,23 @@ fn moe_experts_on_the_side_stream_equal_one_stream() {
     }
 }
 
-/// The backends the wgmma verify kernel runs on: the default one and one built with
-/// `SPECULA_Q4K_HL=1` (the other summation order), on an sm_90a device; none (the tests skip)
+/// The backends the wgmma verify kernels run on: the default one and one built with
+/// `SPECULA_Q4K_HL=1` (the other summation order), both with repacked copies on (the Q6_K form
+/// reads them) whatever the environment says, on an sm_90a device; none (the tests skip)
 /// elsewhere.
 fn wgmma_backends() -> Vec<(&'static str, kernels::CudaBackend)> {
-    let Some(cuda) = crate::cuda() else {
+    let Some(mut cuda) = crate::cuda() else {
         return Vec::new();
     };
     if !cuda.wgmma_verify_supported() {
-        eprintln!("skipped: the wgmma verify kernel needs an sm_90a (9.0) device");
+        eprintln!("skipped: the wgmma verify kernels need an sm_90a (9.0) device");
         return Vec::new();
     }
-    let hl = kernels::CudaBackend::with_knobs(0, &[("SPECULA_Q4K_HL", 1)])
+    let mut hl = kernels::CudaBackend::with_knobs(0, &[("SPECULA_Q4K_HL", 1)])
         .expect("creating the Q4K_HL backend");
     assert!(hl.wgmma_verify_supported());
+    cuda.set_q8_repack(true);
+    hl.set_q8_repack(true);
     vec![("default order", cuda), ("Q4K_HL", hl)]
 }
 
