@@ -1463,6 +1463,24 @@ __device__ __forceinline__ void q6k_words(const u8* const (&b)[MT][2], const boo
 #define Q6K_WIDE 1
 #endif
 
+// Row r's A fragment pair (a[0]: weights 4t, 4t + 2; a[1]: 4t + 1, 4t + 3 of its run) of Q6_K run
+// p from lane t's low-nibble word of the run's parity (ql) and its high-bit-pair word (qh), as
+// f16x2 of q − 32 (exact).
+__device__ __forceinline__ void q6k_frag(u32 ql, u32 qh, int p, u32 (&a)[2]) {
+    const u32 offset = 0x64206420u;  // f16x2 (1056, 1056): 1024 + 32
+    u32 lo = ql >> (4 * (p >> 1));
+    u32 hi = qh >> (2 * p);
+    u32 q0 = (lo & 0x000F000Fu) | ((hi << 4) & 0x00300030u) | 0x64006400u;
+    u32 q1 = ((lo >> 8) & 0x000F000Fu) | ((hi >> 4) & 0x00300030u) | 0x64006400u;
+    a[0] = hsub2(q0, offset);
+    a[1] = hsub2(q1, offset);
+}
+
+// Sub-block sb's multiplier of a Q6_K group row: d times its int8 scale (scales: four a word).
+__device__ __forceinline__ float q6k_scale(float d, const u32 (&scales)[4], int sb) {
+    return d * (float)(signed char)(scales[sb >> 2] >> (8 * (sb & 3)));
+}
+
 // ---- Q6_K: 210-byte groups (ql[128], qh[64], int8 scales[16], f16 d). Weight i of half h
 // (128 each), run p (32 each, i = 128h + 32p + l): low 4 bits from ql[64h + 32(p & 1) + l]
 // (nibble p / 2), high 2 bits from qh[32h + l] (bits 2p, 2p + 1); sub-block (16 weights) i / 16.
@@ -1485,7 +1503,6 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP, G>& A, f
     float dd[MT][2];
     u32 scales[MT][2][4];
     q6k_scales<MT, SMALL_HINT(NT), R>(b, al, dd, scales);
-    const u32 offset = 0x64206420u;  // f16x2 (1056, 1056): 1024 + 32
     // Repacked with one activation tile, a half's words of both lb come in two loads (a 16- and
     // an 8-byte one: H200, see bench/NOTES.md, twentieth session); otherwise each lb's three
     // words load when it is reached (fewer live registers: the two-tile kernels spilled more).
@@ -1510,16 +1527,9 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP, G>& A, f
                 for (int mt = 0; mt < MT; ++mt) {
                     u32 a[2][2];
 #pragma unroll
-                    for (int r = 0; r < 2; ++r) {
-                        u32 lo = ql[mt][r][j][p & 1] >> (4 * (p >> 1));
-                        u32 hi = qh[mt][r][j] >> (2 * p);
-                        u32 q0 = (lo & 0x000F000Fu) | ((hi << 4) & 0x00300030u) | 0x64006400u;
-                        u32 q1 = ((lo >> 8) & 0x000F000Fu) | ((hi >> 4) & 0x00300030u) | 0x64006400u;
-                        a[r][0] = hsub2(q0, offset);
-                        a[r][1] = hsub2(q1, offset);
-                    }
-                    float s0 = dd[mt][0] * (float)(signed char)(scales[mt][0][sb >> 2] >> (8 * (sb & 3)));
-                    float s1 = dd[mt][1] * (float)(signed char)(scales[mt][1][sb >> 2] >> (8 * (sb & 3)));
+                    for (int r = 0; r < 2; ++r) q6k_frag(ql[mt][r][j][p & 1], qh[mt][r][j], p, a[r]);
+                    float s0 = q6k_scale(dd[mt][0], scales[mt][0], sb);
+                    float s1 = q6k_scale(dd[mt][1], scales[mt][1], sb);
 #pragma unroll
                     for (int nt = 0; nt < NT; ++nt) {
                         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};

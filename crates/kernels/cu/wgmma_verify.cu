@@ -214,11 +214,18 @@ __device__ __forceinline__ WgStageMap wg_stage_map(int row_base, int n, int n_gr
     return M;
 }
 
+// Stage st ← group grp's B (B_BYTES a group: WG_B_BYTES, or the Q6_K form's WG6_B_BYTES) from the
+// image, B_BYTES / 2048 copies a thread.
+template <int B_BYTES>
+__device__ __forceinline__ void wg_stage_b(u8* st, const u8* img, int grp, int tid) {
+    const u8* src = img + (i64)grp * B_BYTES + 16 * tid;
+#pragma unroll
+    for (int u = 0; u < B_BYTES / 2048; ++u) wg_cp16(st + 16 * tid + 2048 * u, src + 2048 * u);
+}
+
 // Stage st ← group grp: its B from the image (9 copies a thread), then the 64 rows' weights.
 __device__ __forceinline__ void wg_stage(u8* st, const u8* img, const u8* w, const WgStageMap& M, int grp, int tid) {
-    const u8* src = img + (i64)grp * WG_B_BYTES + 16 * tid;
-#pragma unroll
-    for (int u = 0; u < WG_B_BYTES / 2048; ++u) wg_cp16(st + 16 * tid + 2048 * u, src + 2048 * u);
+    wg_stage_b<WG_B_BYTES>(st, img, grp, tid);
     const u8* wg_ = w + 144 * grp;
 #pragma unroll
     for (int u = 0; u < 5; ++u)
@@ -257,7 +264,6 @@ __device__ __forceinline__ void q6k_load_group(Q6Regs& R, const u8* w, int row0,
 // issued together into their own sums and folded in order after one wait.
 __device__ __forceinline__ void wg6_group(const u8* b, const Q6Regs& R, float (&acc)[2][4]) {
     const u32 dlo = wg_desc_lo(b);
-    const u32 offset = 0x64206420u;  // f16x2 (1056, 1056): 1024 + 32, as q6k_group
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
@@ -266,14 +272,7 @@ __device__ __forceinline__ void wg6_group(const u8* b, const Q6Regs& R, float (&
 #pragma unroll
             for (int p = 0; p < 4; ++p)
 #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    u32 lo = R.ql[h][0][r][lb][p & 1] >> (4 * (p >> 1));
-                    u32 hi = R.qh[h][0][r][lb] >> (2 * p);
-                    u32 q0 = (lo & 0x000F000Fu) | ((hi << 4) & 0x00300030u) | 0x64006400u;
-                    u32 q1 = ((lo >> 8) & 0x000F000Fu) | ((hi >> 4) & 0x00300030u) | 0x64006400u;
-                    a[p][r][0] = hsub2(q0, offset);
-                    a[p][r][1] = hsub2(q1, offset);
-                }
+                for (int r = 0; r < 2; ++r) q6k_frag(R.ql[h][0][r][lb][p & 1], R.qh[h][0][r][lb], p, a[p][r]);
             float c[4][8];
             wg_fence();
 #pragma unroll
@@ -287,21 +286,14 @@ __device__ __forceinline__ void wg6_group(const u8* b, const Q6Regs& R, float (&
 #pragma unroll
             for (int p = 0; p < 4; ++p) {
                 int sb = 8 * h + 2 * p + lb;
-                float s0 = R.dd[0][0] * (float)(signed char)(R.scales[0][0][sb >> 2] >> (8 * (sb & 3)));
-                float s1 = R.dd[0][1] * (float)(signed char)(R.scales[0][1][sb >> 2] >> (8 * (sb & 3)));
+                float s0 = q6k_scale(R.dd[0][0], R.scales[0][0], sb);
+                float s1 = q6k_scale(R.dd[0][1], R.scales[0][1], sb);
 #pragma unroll
                 for (int j = 0; j < 2; ++j)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) acc[j][e] = __fmaf_rn(e < 2 ? s0 : s1, c[p][4 * j + e], acc[j][e]);
             }
         }
-}
-
-// Stage st ← group grp's Q6_K B from the image (8 copies a thread).
-__device__ __forceinline__ void wg6_stage(u8* st, const u8* img, int grp, int tid) {
-    const u8* src = img + (i64)grp * WG6_B_BYTES + 16 * tid;
-#pragma unroll
-    for (int u = 0; u < WG6_B_BYTES / 2048; ++u) wg_cp16(st + 16 * tid + 2048 * u, src + 2048 * u);
 }
 
 // A warpgroup's (slice, group) walk: slices v = first, first + WG_GROUPS, ... below kw, each's
@@ -412,7 +404,7 @@ __device__ __forceinline__ void wg_body(const u8* w, const u8* img, float* y, in
     for (int i = 0; i < WG_STAGES - 1; ++i) {
         if (fill.v < kw) {
             if (Q6)
-                wg6_stage(stages + i * STAGE_BYTES, img, fill.grp, tid);
+                wg_stage_b<WG6_B_BYTES>(stages + i * STAGE_BYTES, img, fill.grp, tid);
             else
                 wg_stage(stages + i * STAGE_BYTES, img, w, M, fill.grp, tid);
             fill.next();
@@ -434,7 +426,7 @@ __device__ __forceinline__ void wg_body(const u8* w, const u8* img, float* y, in
         int refill = (slot + WG_STAGES - 1) % WG_STAGES;
         if (fill.v < kw) {
             if (Q6)
-                wg6_stage(stages + refill * STAGE_BYTES, img, fill.grp, tid);
+                wg_stage_b<WG6_B_BYTES>(stages + refill * STAGE_BYTES, img, fill.grp, tid);
             else
                 wg_stage(stages + refill * STAGE_BYTES, img, w, M, fill.grp, tid);
             fill.next();

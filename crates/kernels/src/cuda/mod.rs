@@ -659,9 +659,9 @@ impl CudaBackend {
 
     /// Whether prepared Q4_K and repacked Q6_K products of 9–16 rows take the wgmma verify
     /// kernels where the device supports it (`wgmma_verify_supported`; the default there) or the
-    /// rows kernels; both give the same bits (a tuning and test knob). Off takes effect at the next launch sequence of
-    /// any loaded graph; on only for graphs loaded from then on (the others have no image
-    /// buffer).
+    /// rows kernels; both give the same bits (a tuning and test knob). Off takes effect at the
+    /// next launch sequence of any loaded graph; on only for graphs loaded from then on (the
+    /// others have no image buffer).
     pub fn set_wgmma_verify(&mut self, on: bool) {
         self.wgmma_verify = on && self.wgmma_supported;
     }

@@ -129,8 +129,8 @@ impl CudaBackend {
         };
         if self.products_as_reads {
             self.read_in_place_of_product(exec, id, node, weights)?;
-        } else if self.takes_wgmma(exec, mi, w.dtype, repacked, reads_prepared, n) {
-            self.launch_wgmma(exec, mi, w.dtype, weights, xs, dst, n, splits, footprint)?;
+        } else if let Some(f) = self.wgmma_form(exec, mi, w.dtype, repacked, reads_prepared, n) {
+            self.launch_wgmma(exec, mi, f, weights, xs, dst, n, splits, footprint)?;
         } else if limbs {
             // The limb kernels take no PDL mode: an ordinary launch, which ends any chain.
             self.launch(&kernel, grid, 256, &mut a)?;

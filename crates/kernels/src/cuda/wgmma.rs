@@ -16,7 +16,7 @@
 use super::*;
 
 /// One weight type's wgmma verify kernel.
-struct Form {
+pub(super) struct Form {
     /// The weight type.
     dtype: DType,
     /// Whether the kernel reads the repacked copy (`source::MMA_REPACKED`) or the weights as
@@ -131,12 +131,12 @@ impl CudaBackend {
             .unwrap_or(0)
     }
 
-    /// Whether a product of `dtype` weights (`repacked`: read from their repacked copy) with
-    /// activations `mi` (`reads_prepared`: prepared in the scratch) takes a wgmma kernel: a
+    /// The wgmma kernel a product of `dtype` weights (`repacked`: read from their repacked copy)
+    /// with activations `mi` (`reads_prepared`: prepared in the scratch) takes, if any: a
     /// candidate whose weights are read in the kernel's layout (Q4_K as stored, where its 32-bit
     /// offsets cover them; Q6_K repacked), on the main stream, with an image buffer that holds
     /// its input. (The products-as-reads mode is decided before, by the caller.)
-    pub(super) fn takes_wgmma(
+    pub(super) fn wgmma_form(
         &self,
         exec: &Exec,
         mi: &MmaInput,
@@ -144,29 +144,28 @@ impl CudaBackend {
         repacked: bool,
         reads_prepared: bool,
         n: usize,
-    ) -> bool {
-        let Some(f) = candidate(dtype, mi) else {
-            return false;
-        };
-        self.wgmma_verify
+    ) -> Option<&'static Form> {
+        let f = candidate(dtype, mi)?;
+        let takes = self.wgmma_verify
             && reads_prepared
             && repacked == f.repacked
             && !self.side.active.get()
             && (f.repacked || (n as u64) * (mi.k as u64 / 256) * 144 <= u64::from(u32::MAX))
             && exec
                 .wg_image
-                .is_some_and(|(_, bytes)| f.image_bytes(mi.k) <= bytes)
+                .is_some_and(|(_, bytes)| f.image_bytes(mi.k) <= bytes);
+        takes.then_some(f)
     }
 
-    /// Launches product `mi` of `dtype` weights (prepared activations at `xs`, weights at
-    /// `weights`, output or split planes at `dst`) on its wgmma kernel, writing its input's B
+    /// Launches product `mi` (prepared activations at `xs`, weights at `weights`, output or split
+    /// planes at `dst`) on wgmma kernel `f` (from [`Self::wgmma_form`]), writing its input's B
     /// image first unless the image already holds it in that layout. The caller sums the planes.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn launch_wgmma(
         &self,
         exec: &Exec,
         mi: &MmaInput,
-        dtype: DType,
+        f: &Form,
         weights: u64,
         xs: u64,
         dst: u64,
@@ -177,19 +176,17 @@ impl CudaBackend {
         let (image, _) = exec
             .wg_image
             .ok_or_else(|| backend_err("a wgmma verify product without its image buffer"))?;
-        let f = form(dtype)
-            .ok_or_else(|| backend_err(format!("no wgmma verify kernel for {dtype} weights")))?;
         let img = self.buf(image)?.ptr;
         let (k, m) = (mi.k, mi.m);
         if !self
             .wg_image_of
             .get()
-            .is_some_and(|(held, layout)| layout == dtype && held.same_input(mi))
+            .is_some_and(|(held, layout)| layout == f.dtype && held.same_input(mi))
         {
             let mut a = Args::default();
             a.ptr(xs).ptr(img).i32(k as i32).i32(m as i32);
             self.launch(f.image_kernel, ((k / 256) as u32, 1, 1), 128, &mut a)?;
-            self.wg_image_of.set(Some((*mi, dtype)));
+            self.wg_image_of.set(Some((*mi, f.dtype)));
         }
         let image_range = self.buf_range(Some(image))?;
         let mut a = Args::default();
