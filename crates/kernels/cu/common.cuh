@@ -65,9 +65,9 @@ __device__ __forceinline__ void pdl_entry() {
 //   sibling reads them without one, relying, as any kernel that reads the output of a grid two
 //   launches back does, on a finished grid's writes being in global memory.)
 // - PDL_LEAD_LATE: a lead whose wait (and then launch trigger) the kernel body makes itself, once
-//   it has set up and, for Q4_K, asked for its first weights (pdl_late in persist_walk; only the
-//   persistent kernels take this mode): weights are never written by a kernel of a run, so only
-//   activations and outputs must come after the wait.
+//   it has set up and, for Q4_K, asked for its first weights (pdl_late in persist_walk and in the
+//   wgmma verify kernels' wg_body; only those take this mode): weights are never written by a
+//   kernel of a run, so only activations and outputs must come after the wait.
 #define PDL_PLAIN 0
 #define PDL_LEAD 1
 #define PDL_SIBLING 2

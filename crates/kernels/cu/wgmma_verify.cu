@@ -223,13 +223,18 @@ __device__ __forceinline__ void wg_stage_b(u8* st, const u8* img, int grp, int t
     for (int u = 0; u < B_BYTES / 2048; ++u) wg_cp16(st + 16 * tid + 2048 * u, src + 2048 * u);
 }
 
-// Stage st ← group grp: its B from the image (9 copies a thread), then the 64 rows' weights.
-__device__ __forceinline__ void wg_stage(u8* st, const u8* img, const u8* w, const WgStageMap& M, int grp, int tid) {
-    wg_stage_b<WG_B_BYTES>(st, img, grp, tid);
+// Stage st ← group grp's 64 rows' weights (five copies a thread, the fifth below thread 64).
+__device__ __forceinline__ void wg_stage_w(u8* st, const u8* w, const WgStageMap& M, int grp, int tid) {
     const u8* wg_ = w + 144 * grp;
 #pragma unroll
     for (int u = 0; u < 5; ++u)
         if (u < 4 || tid < 64) wg_cp16(st + M.dst[u], wg_ + M.src[u]);
+}
+
+// Stage st ← group grp: its B from the image (9 copies a thread), then the 64 rows' weights.
+__device__ __forceinline__ void wg_stage(u8* st, const u8* img, const u8* w, const WgStageMap& M, int grp, int tid) {
+    wg_stage_b<WG_B_BYTES>(st, img, grp, tid);
+    wg_stage_w(st, w, M, grp, tid);
 }
 
 // Rows lr_g and lr_g8 of a stage's 64, read as q4k_load reads them from global memory.
@@ -380,10 +385,11 @@ extern "C" __global__ void __launch_bounds__(128) q6k_wg_image(const uint4* xs, 
 // matmul_q4_k_mma_wg's body (Q6: matmul_q6_kr_mma_wg's): y (plane z = blockIdx.z of `splits`,
 // m·n each) = W·x for m ≤ 16 prepared rows whose B image q4k_wg_image (q6k_wg_image) wrote; kw =
 // mma_k_warps(k) slices. Grid (⌈n / 64⌉, 1, splits), WG_GROUPS warpgroups of 128 threads,
-// WG_GROUPS · WG_STAGES · WG_STAGE_BYTES (WG6_B_BYTES) of dynamic shared memory.
+// WG_GROUPS · WG_STAGES · WG_STAGE_BYTES (WG6_B_BYTES) of dynamic shared memory. As a late lead
+// (pdl PDL_LEAD_LATE) it waits for the kernel before it once its first weights are asked for.
 template <bool Q6>
 __device__ __forceinline__ void wg_body(const u8* w, const u8* img, float* y, int k, int n, int m, int kw,
-                                        int splits) {
+                                        int splits, int pdl) {
 #if WG_VERIFY
     extern __shared__ __align__(128) u8 sm[];
     // The warpgroup index as lane 0 gives it: warp-uniform to the compiler, so the stages'
@@ -399,18 +405,18 @@ __device__ __forceinline__ void wg_body(const u8* w, const u8* img, float* y, in
     WgWalk walk{wg, wg + kw * z, kw, kw * z, kw * splits, n_groups};
     walk.skip();
     WgStageMap M = wg_stage_map(row_base, n, n_groups, tid);
-    // Stages 0..WG_STAGES − 2 filled ahead (each its own cp.async group, empty past the end).
+    // Stage 0 filled ahead (its own cp.async group, empty past the end): a Q4_K stage's weights
+    // asked for before a late lead's wait (pdl_late: weights are never written in a run), its B,
+    // which the image kernel before writes, after it.
+    static_assert(WG_STAGES == 2, "one stage filled ahead");
     WgWalk fill = walk;
-    for (int i = 0; i < WG_STAGES - 1; ++i) {
-        if (fill.v < kw) {
-            if (Q6)
-                wg_stage_b<WG6_B_BYTES>(stages + i * STAGE_BYTES, img, fill.grp, tid);
-            else
-                wg_stage(stages + i * STAGE_BYTES, img, w, M, fill.grp, tid);
-            fill.next();
-        }
-        asm volatile("cp.async.commit_group;\n" ::: "memory");
+    if (!Q6 && fill.v < kw) wg_stage_w(stages, w, M, fill.grp, tid);
+    pdl_late(pdl);
+    if (fill.v < kw) {
+        wg_stage_b<Q6 ? WG6_B_BYTES : WG_B_BYTES>(stages, img, fill.grp, tid);
+        fill.next();
     }
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
     float acc[2][4];
 #pragma unroll
     for (int j = 0; j < 2; ++j) zero4(acc[j]);
@@ -488,7 +494,7 @@ __device__ __forceinline__ void wg_body(const u8* w, const u8* img, float* y, in
 extern "C" __global__ void __launch_bounds__(128 * WG_GROUPS, 1)
     matmul_q4_k_mma_wg(const u8* w, const u8* img, float* y, int k, int n, int m, int kw, int splits, int pdl) {
     pdl_enter(pdl);
-    wg_body<false>(w, img, y, k, n, m, kw, splits);
+    wg_body<false>(w, img, y, k, n, m, kw, splits, pdl);
     pdl_leave(pdl);
 }
 
@@ -497,6 +503,6 @@ extern "C" __global__ void __launch_bounds__(128 * WG_GROUPS, 1)
 extern "C" __global__ void __launch_bounds__(128 * WG_GROUPS, 1)
     matmul_q6_kr_mma_wg(const u8* w, const u8* img, float* y, int k, int n, int m, int kw, int splits, int pdl) {
     pdl_enter(pdl);
-    wg_body<true>(w, img, y, k, n, m, kw, splits);
+    wg_body<true>(w, img, y, k, n, m, kw, splits, pdl);
     pdl_leave(pdl);
 }

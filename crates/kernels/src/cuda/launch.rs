@@ -67,9 +67,9 @@ impl CudaBackend {
     /// launched right after other products it does not race with (its `footprint`, asked only
     /// then, against each of theirs) starts at once as their sibling, not after them; any other
     /// product leads a new chain (waits for the kernel before it, then lets the next one
-    /// launch; a persistent `_p` / `_p1` kernel does so inside its walk, after its setup and
-    /// its first Q4_K weight loads, unless `SPECULA_PDL_LATE=0`). Any other launch ends the
-    /// chain.
+    /// launch; a persistent `_p` / `_p1` kernel and a wgmma verify kernel do so inside their
+    /// body, after their setup and their first Q4_K weight loads, unless `SPECULA_PDL_LATE=0`,
+    /// or for the wgmma kernels `SPECULA_WG_LATE=0`). Any other launch ends the chain.
     pub(super) fn launch_product(
         &self,
         name: &str,
@@ -106,15 +106,17 @@ impl CudaBackend {
             args.i32(PDL_PLAIN);
             return launch(args);
         }
-        // Only the persistent kernels' walk makes a late lead's wait (pdl_late); a one-shot
-        // kernel given that mode would never wait, so the name decides.
-        let persistent = name.ends_with("_p") || name.ends_with("_p1");
+        // Only the persistent kernels' walk and the wgmma verify kernels make a late lead's wait
+        // (pdl_late); a one-shot kernel given that mode would never wait, so the name decides.
+        let late = name.ends_with("_p")
+            || name.ends_with("_p1")
+            || (self.wg_late && name.ends_with("_mma_wg"));
         let fp = footprint()?;
         let mut chain = self.pdl_chain.take();
         let sibling = !chain.is_empty() && chain.iter().all(|c| !c.conflicts(&fp));
         args.i32(if sibling {
             PDL_SIBLING
-        } else if persistent && self.pdl_late {
+        } else if late && self.pdl_late {
             PDL_LEAD_LATE
         } else {
             PDL_LEAD

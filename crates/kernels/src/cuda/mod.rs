@@ -303,6 +303,10 @@ pub struct CudaBackend {
     /// The input whose B image the image buffer holds in this launch sequence and the weight
     /// type whose layout the image has (`wgmma.rs`; compared by `MmaInput::same_input`).
     wg_image_of: std::cell::Cell<Option<(MmaInput, DType)>>,
+    /// wgmma verify products that lead a chain do so late (`PDL_LEAD_LATE`: a Q4_K product asks
+    /// for its first weights before it waits for the kernel before it; the default, with
+    /// `pdl_late`), else as plain leads (`SPECULA_WG_LATE=0`, an A/B knob).
+    wg_late: bool,
     /// Attentions of at least this many queries on the wide f16 kernels run a block per two
     /// heads of one K/V group (the `_g2` kernels, same bits) where the group has an even number
     /// of heads; None: a block per head always. `SPECULA_ATT_GROUP=n` sets it, 0 for None (A/B
@@ -539,6 +543,7 @@ impl CudaBackend {
             wgmma_verify: wgmma_supported
                 && std::env::var("SPECULA_WGMMA_VERIFY").map_or(true, |v| v != "0"),
             wg_image_of: std::cell::Cell::new(None),
+            wg_late: std::env::var("SPECULA_WG_LATE").map_or(true, |v| v != "0"),
             sm_count,
             launch_log: std::cell::RefCell::new(None),
             att_group: match std::env::var("SPECULA_ATT_GROUP").map(|v| v.parse::<usize>()) {
