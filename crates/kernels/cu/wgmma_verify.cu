@@ -386,7 +386,8 @@ extern "C" __global__ void __launch_bounds__(128) q6k_wg_image(const uint4* xs, 
 // m·n each) = W·x for m ≤ 16 prepared rows whose B image q4k_wg_image (q6k_wg_image) wrote; kw =
 // mma_k_warps(k) slices. Grid (⌈n / 64⌉, 1, splits), WG_GROUPS warpgroups of 128 threads,
 // WG_GROUPS · WG_STAGES · WG_STAGE_BYTES (WG6_B_BYTES) of dynamic shared memory. As a late lead
-// (pdl PDL_LEAD_LATE) it waits for the kernel before it once its first weights are asked for.
+// (pdl PDL_LEAD_LATE) it waits for the kernel before it after its setup and, for Q4_K, once its
+// first weights are asked for (the Q6_K form loads its weights in the loop, after the wait).
 template <bool Q6>
 __device__ __forceinline__ void wg_body(const u8* w, const u8* img, float* y, int k, int n, int m, int kw,
                                         int splits, int pdl) {

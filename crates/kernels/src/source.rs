@@ -314,7 +314,8 @@ pub const PDL_LEAD: i32 = 1;
 /// See [`PDL_PLAIN`].
 pub const PDL_SIBLING: i32 = 2;
 /// A lead that waits inside its body, after its setup and first Q4_K weight loads
-/// (`pdl_late`; the persistent `_p` / `_p1` kernels only, whose walk makes that wait).
+/// (`pdl_late`; only the persistent `_p` / `_p1` kernels, whose walk makes that wait, and the
+/// wgmma verify kernels, whose `wg_body` makes it).
 pub const PDL_LEAD_LATE: i32 = 3;
 
 /// Most activation rows of a prepared batch that also gets int8 limbs (`LIMB_MAX_ROWS` in
@@ -902,7 +903,7 @@ mod tests {
     /// products take their mode as their last argument instead: their body is exactly
     /// `pdl_enter(pdl)`, one call and `pdl_leave(pdl)` (a sibling's wait at exit, which the
     /// backend's product chains rely on, so nothing may return before it), and the modes match
-    /// the host's [`PDL_PLAIN`], [`PDL_LEAD`] and [`PDL_SIBLING`].
+    /// the host's [`PDL_PLAIN`], [`PDL_LEAD`], [`PDL_SIBLING`] and [`PDL_LEAD_LATE`].
     #[test]
     fn every_kernel_orders_itself_after_its_predecessor() {
         let src = full_source();

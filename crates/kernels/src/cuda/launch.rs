@@ -77,17 +77,23 @@ impl CudaBackend {
         args: &mut Args,
         footprint: impl FnOnce() -> Result<Footprint>,
     ) -> Result<()> {
-        self.launch_product_shaped(name, grid, 256, 0, args, footprint)
+        // Only the persistent kernels' walk makes a late lead's wait (pdl_late); a one-shot
+        // kernel given that mode would never wait, so the name decides.
+        let late = name.ends_with("_p") || name.ends_with("_p1");
+        self.launch_product_shaped(name, grid, 256, 0, late, args, footprint)
     }
 
     /// [`Self::launch_product`] with blocks of `block` threads and `smem` bytes of dynamic
-    /// shared memory (the wgmma verify kernels' 512 and up to 216 KiB).
+    /// shared memory (the wgmma verify kernels' 512 and up to 216 KiB); `late`: the kernel makes
+    /// a late lead's wait itself (`pdl_late`), so it may lead late (with `pdl_late` on).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn launch_product_shaped(
         &self,
         name: &str,
         grid: (u32, u32, u32),
         block: u32,
         smem: u32,
+        late: bool,
         args: &mut Args,
         footprint: impl FnOnce() -> Result<Footprint>,
     ) -> Result<()> {
@@ -106,11 +112,6 @@ impl CudaBackend {
             args.i32(PDL_PLAIN);
             return launch(args);
         }
-        // Only the persistent kernels' walk and the wgmma verify kernels make a late lead's wait
-        // (pdl_late); a one-shot kernel given that mode would never wait, so the name decides.
-        let late = name.ends_with("_p")
-            || name.ends_with("_p1")
-            || (self.wg_late && name.ends_with("_mma_wg"));
         let fp = footprint()?;
         let mut chain = self.pdl_chain.take();
         let sibling = !chain.is_empty() && chain.iter().all(|c| !c.conflicts(&fp));

@@ -325,9 +325,9 @@ pub struct CudaBackend {
     /// products, or gate and up, overlap each other's ramp and tail (with `pdl`; unless
     /// `SPECULA_PDL_SIBLINGS=0`, an A/B knob).
     pdl_siblings: bool,
-    /// Persistent products that lead a chain wait inside their walk, after their setup and
-    /// first Q4_K weight loads (`PDL_LEAD_LATE`; with `pdl` and `pdl_siblings`;
-    /// `SPECULA_PDL_LATE=0`, an A/B knob).
+    /// Persistent products (and, with `wg_late`, wgmma verify products) that lead a chain wait
+    /// inside their body, after their setup and first Q4_K weight loads (`PDL_LEAD_LATE`; with
+    /// `pdl` and `pdl_siblings`; `SPECULA_PDL_LATE=0`, an A/B knob).
     pdl_late: bool,
     /// The products launched since the last other launch, and what each touches
     /// (`launch_product`).
@@ -888,11 +888,21 @@ impl CudaBackend {
         self.smem_carveout
     }
 
-    /// Whether persistent products that lead a chain wait inside their walk, after their setup
-    /// and first Q4_K weight loads (on by default where product chains are; `SPECULA_PDL_LATE=0`
-    /// turns it off). Captured graphs are dropped so the next run records its launches again.
+    /// Whether persistent products (and, with [`Self::set_wgmma_late`], wgmma verify products)
+    /// that lead a chain wait inside their body, after their setup and first Q4_K weight loads
+    /// (on by default where product chains are; `SPECULA_PDL_LATE=0` turns it off). Captured
+    /// graphs are dropped so the next run records its launches again.
     pub fn set_pdl_late(&mut self, on: bool) {
         self.pdl_late = on;
+        self.forget_captures();
+    }
+
+    /// Whether wgmma verify products that lead a chain do so late, as the persistent ones do
+    /// under [`Self::set_pdl_late`] (which must be on too): a Q4_K product asks for its first
+    /// weights before it waits for the kernel before it (on by default; `SPECULA_WG_LATE=0`
+    /// turns it off; the same bits either way). Captured graphs are dropped.
+    pub fn set_wgmma_late(&mut self, on: bool) {
+        self.wg_late = on;
         self.forget_captures();
     }
 

@@ -199,11 +199,21 @@ impl CudaBackend {
             .i32(mi.k_warps as i32)
             .i32(splits as i32);
         let grid = (n.div_ceil(BLOCK_ROWS) as u32, 1, splits as u32);
-        self.launch_product_shaped(f.kernel, grid, BLOCK, f.smem_bytes as u32, &mut a, || {
-            let mut fp = footprint()?;
-            fp.reads.push(image_range);
-            Ok(fp)
-        })
+        // The kernels make a late lead's wait themselves (wg_body's pdl_late).
+        let late = self.wg_late;
+        self.launch_product_shaped(
+            f.kernel,
+            grid,
+            BLOCK,
+            f.smem_bytes as u32,
+            late,
+            &mut a,
+            || {
+                let mut fp = footprint()?;
+                fp.reads.push(image_range);
+                Ok(fp)
+            },
+        )
     }
 }
 

@@ -3339,8 +3339,9 @@ fn wgmma_verify_products_equal_the_rows_kernels() {
 /// prepare: q and k of one norm, gate and up of another — two Q4_K images, four Q4_K wgmma
 /// launches a launch sequence), a Q6_K product of the same input writes its own image in its
 /// layout (over the Q4_K one), and the outputs are the same bits with sibling chains on and off
-/// and on the rows kernels: 9 and 16 rows, both summation orders, three runs with new inputs
-/// (eager, capture, replay).
+/// and on the rows kernels, and with the wgmma products leading their chains late (the default)
+/// or not: 9 and 16 rows, both summation orders, three runs with new inputs (eager, capture,
+/// replay).
 #[test]
 fn wgmma_verify_products_share_an_image() {
     for (order, mut cuda) in wgmma_backends() {
@@ -3365,9 +3366,15 @@ fn wgmma_verify_products_share_an_image() {
                 .collect();
             cuda.set_mma_prepare(Some(true));
             let mut by_mode = Vec::new();
-            for (wgmma, siblings) in [(true, true), (true, false), (false, true)] {
+            for (wgmma, siblings, late) in [
+                (true, true, true),
+                (true, false, true),
+                (false, true, true),
+                (true, true, false),
+            ] {
                 cuda.set_wgmma_verify(wgmma);
                 cuda.set_pdl_siblings(siblings);
+                cuda.set_wgmma_late(late);
                 cuda.record_launches(true);
                 by_mode.push(run_on_times(&mut cuda, &graph, &c.leaves, &outs, &runs));
                 let log = cuda.take_launches();
@@ -3375,7 +3382,7 @@ fn wgmma_verify_products_share_an_image() {
                 let count = |name: &str| log.iter().filter(|l| *l == name).count();
                 let images = count("q4k_wg_image");
                 let products = count("matmul_q4_k_mma_wg");
-                let name = format!("{order} m{m} wgmma {wgmma} siblings {siblings}");
+                let name = format!("{order} m{m} wgmma {wgmma} siblings {siblings} late {late}");
                 assert_eq!(products, 2 * images, "{name}: {log:?}");
                 assert_eq!(products > 0, wgmma, "{name}: {log:?}");
                 let q6 = count("matmul_q6_kr_mma_wg");
@@ -3387,7 +3394,7 @@ fn wgmma_verify_products_share_an_image() {
                     for (o, (a, b)) in by_mode[0][run].iter().zip(&other[run]).enumerate() {
                         assert!(
                             same_bits(a, b),
-                            "{order} m{m} run {run} output {o}: the wgmma route with siblings differs from mode {}",
+                            "{order} m{m} run {run} output {o}: the wgmma route with siblings and late leads differs from mode {}",
                             mode + 1
                         );
                     }
@@ -3396,5 +3403,6 @@ fn wgmma_verify_products_share_an_image() {
         }
         cuda.set_mma_prepare(None);
         cuda.set_pdl_siblings(true);
+        cuda.set_wgmma_late(true);
     }
 }
