@@ -11,6 +11,11 @@
 // * `siblings`: the layer's q, k and v as one launch and gate and up as one (the runtime runs
 //   these as siblings);
 //
+// * `chain` (after the launch table): the same launches' reads as one persistent kernel whose
+//   resident blocks walk them in order and hand each on through a counter in global memory, as a
+//   persistent step kernel would (waiting before reading, after reading, or after staging 32 KiB
+//   a block);
+//
 // each with a persistent grid (1, 2 or 4 blocks of 512 threads an SM, or 2 of 256 as the runtime's
 // `_p` products; grid-stride) and a one-shot grid (a block per 64 KB), and with programmatic dependent launch off, as the runtime's plain kernels use it (wait,
 // then read) and with every read before the wait (the most any overlap of products could give). Bandwidth is reported as a fraction of the device-to-device copy rate measured as the
@@ -84,6 +89,88 @@ __global__ void __launch_bounds__(512) read_segs(Segs g, unsigned* sink) {
         acc ^= a.x ^ a.y ^ a.z ^ a.w;
     }
     if (PDL == PDL_READ_FIRST) asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (acc == 0x9e3779b9u) sink[blockIdx.x] = acc;
+}
+
+// ---- The persistent chain: the same launches' reads as one kernel whose blocks (all resident at
+// once) walk the launches in order and hand each on through a counter in global memory, as a
+// persistent step kernel would hand a product's output to the next product.
+
+// One launch of the chain: up to three segments, every block reading its grid-stride share of
+// each.
+struct ChainLink {
+    Seg s[3];
+    int count;
+};
+
+// How a block of the chain waits for the link before: before reading (a product that needs its
+// input first), after reading all of its share (the most overlap a read can have), or after
+// issuing its first PREFETCH words a thread (a product that stages its first weights before the
+// wait, as the runtime's `PDL_LEAD_LATE` products do).
+enum ChainWait { CHAIN_WAIT_FIRST = 0, CHAIN_READ_FIRST = 1, CHAIN_PREFETCH = 2 };
+#define CHAIN_PREFETCH_WORDS 4  // 16-byte words a thread stages before the wait: 32 KiB a 512-thread block
+
+__device__ __forceinline__ void chain_wait(const unsigned* done, int link, unsigned blocks) {
+    if (link > 0 && threadIdx.x == 0) {
+        unsigned v;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(done + link - 1) : "memory");
+        } while (v < blocks);
+    }
+    __syncthreads();
+}
+
+// Reads words [i, n) of p with stride `stride`, four in flight, into acc.
+__device__ __forceinline__ void chain_read(const uint4* p, size_t i, size_t n, size_t stride, unsigned& acc) {
+    for (; i + 3 * stride < n; i += 4 * stride) {
+        uint4 a = __ldcs(p + i), b = __ldcs(p + i + stride), c = __ldcs(p + i + 2 * stride),
+              d = __ldcs(p + i + 3 * stride);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n; i += stride) {
+        uint4 a = __ldcs(p + i);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+}
+
+template <int WAIT>
+__global__ void __launch_bounds__(512) read_chain(const ChainLink* links, int n_links, unsigned* done,
+                                                  unsigned* sink) {
+    const unsigned blocks = gridDim.x;
+    const size_t stride = (size_t)blocks * blockDim.x, first = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned acc = 0;
+    for (int l = 0; l < n_links; ++l) {
+        const ChainLink L = links[l];
+        if (WAIT == CHAIN_WAIT_FIRST) chain_wait(done, l, blocks);
+        if (WAIT == CHAIN_PREFETCH) {
+            // The first segment's first words of this thread, loaded before the wait.
+            const uint4* p = L.s[0].p;
+            size_t n = L.s[0].n16, i = first;
+            uint4 w[CHAIN_PREFETCH_WORDS];
+#pragma unroll
+            for (int k = 0; k < CHAIN_PREFETCH_WORDS; ++k)
+                w[k] = i + k * stride < n ? __ldcs(p + i + k * stride) : make_uint4(0, 0, 0, 0);
+            chain_wait(done, l, blocks);
+#pragma unroll
+            for (int k = 0; k < CHAIN_PREFETCH_WORDS; ++k) acc ^= w[k].x ^ w[k].y ^ w[k].z ^ w[k].w;
+            chain_read(p, i + CHAIN_PREFETCH_WORDS * stride, n, stride, acc);
+            // Constant indices only (a variable one puts L on the stack; see read_segs).
+#pragma unroll
+            for (int s = 1; s < 3; ++s)
+                if (s < L.count) chain_read(L.s[s].p, first, L.s[s].n16, stride, acc);
+        } else {
+#pragma unroll
+            for (int s = 0; s < 3; ++s)
+                if (s < L.count) chain_read(L.s[s].p, first, L.s[s].n16, stride, acc);
+        }
+        if (WAIT == CHAIN_READ_FIRST) chain_wait(done, l, blocks);
+        // This block's share is read: count it (a product would have written its output first).
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            __threadfence();
+            atomicAdd(done + l, 1u);
+        }
+    }
     if (acc == 0x9e3779b9u) sink[blockIdx.x] = acc;
 }
 
@@ -241,6 +328,72 @@ static double time_pass(const std::vector<Launch>& launches, const unsigned char
     return ms[ms.size() / 2];
 }
 
+// Milliseconds per replay of the chain (the counters' reset and the one launch, captured as a
+// graph), median of 7 after 2 warm-ups; 0 where `per_sm` blocks of `threads` cannot all be
+// resident (the chain would deadlock).
+static double time_chain(const std::vector<Launch>& launches, const unsigned char* arena, int per_sm, int threads,
+                         int wait, int sms, unsigned* sink) {
+    const void* fn = wait == CHAIN_WAIT_FIRST ? (const void*)read_chain<CHAIN_WAIT_FIRST>
+                     : wait == CHAIN_READ_FIRST ? (const void*)read_chain<CHAIN_READ_FIRST>
+                                                : (const void*)read_chain<CHAIN_PREFETCH>;
+    int resident = 0;
+    CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, fn, threads, 0));
+    if (resident < per_sm) return 0.0;
+    std::vector<ChainLink> host;
+    for (auto& l : launches) {
+        ChainLink c{};
+        c.count = (int)l.size();
+        for (int s = 0; s < c.count; ++s) c.s[s] = {(const uint4*)(arena + l[s]->off), l[s]->bytes / 16};
+        host.push_back(c);
+    }
+    ChainLink* links;
+    unsigned* done;
+    CHECK(cudaMalloc(&links, host.size() * sizeof(ChainLink)));
+    CHECK(cudaMalloc(&done, host.size() * sizeof(unsigned)));
+    CHECK(cudaMemcpy(links, host.data(), host.size() * sizeof(ChainLink), cudaMemcpyHostToDevice));
+    cudaStream_t st;
+    CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    int n = (int)host.size();
+    void* args[] = {&links, &n, &done, &sink};
+    CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+    CHECK(cudaMemsetAsync(done, 0, host.size() * sizeof(unsigned), st));
+    CHECK(cudaLaunchKernel(fn, dim3(sms * per_sm), dim3(threads), args, 0, st));
+    CHECK(cudaStreamEndCapture(st, &graph));
+    CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    cudaEvent_t a, b;
+    CHECK(cudaEventCreate(&a));
+    CHECK(cudaEventCreate(&b));
+    std::vector<float> ms;
+    for (int r = 0; r < 9; ++r) {
+        CHECK(cudaEventRecord(a, st));
+        CHECK(cudaGraphLaunch(exec, st));
+        CHECK(cudaEventRecord(b, st));
+        CHECK(cudaEventSynchronize(b));
+        float m = 0;
+        CHECK(cudaEventElapsedTime(&m, a, b));
+        if (r >= 2) ms.push_back(m);
+    }
+    std::sort(ms.begin(), ms.end());
+    // Every link was counted by every block (a wrong count would have hung the replay instead).
+    std::vector<unsigned> counted(host.size());
+    CHECK(cudaMemcpy(counted.data(), done, host.size() * sizeof(unsigned), cudaMemcpyDeviceToHost));
+    for (unsigned c : counted)
+        if (c != (unsigned)(sms * per_sm)) {
+            std::fprintf(stderr, "chain: a link counted %u blocks of %d\n", c, sms * per_sm);
+            std::exit(1);
+        }
+    CHECK(cudaGraphExecDestroy(exec));
+    CHECK(cudaGraphDestroy(graph));
+    CHECK(cudaEventDestroy(a));
+    CHECK(cudaEventDestroy(b));
+    CHECK(cudaStreamDestroy(st));
+    CHECK(cudaFree(links));
+    CHECK(cudaFree(done));
+    return ms[ms.size() / 2];
+}
+
 int main(int argc, char** argv) {
     if (argc < 2) {
         std::fprintf(stderr, "usage: %s SHAPES.tsv\n", argv[0]);
@@ -301,6 +454,21 @@ int main(int argc, char** argv) {
                 std::printf("| %s | %zu | %s | %s | %.3f | %.0f | %.3f | %.1f |\n", m.name, m.l->size(), grid,
                             pdl_names[pdl], ms, gbs, gbs / copy, 1e3 / ms);
             }
+
+    // The same launches as one persistent kernel handing each on through a counter.
+    std::printf("\n| chain of | links | grid | wait | ms | GB/s | / copy | tok/s ceiling |\n|---|---:|---|---|---:|---:|---:|---:|\n");
+    const char* wait_names[] = {"wait, then read", "read, then wait", "32 KiB a block, then wait"};
+    for (auto& m : modes) {
+        if (m.l->size() < 2) continue;
+        for (int wait = 0; wait < 3; ++wait)
+            for (auto [per_sm, threads] : {std::pair{1, 512}, {2, 256}, {2, 512}, {4, 512}}) {
+                double ms = time_chain(*m.l, arena, per_sm, threads, wait, sms, sink);
+                if (ms == 0.0) continue;
+                double gbs = step_bytes / (ms * 1e-3) / 1e9;
+                std::printf("| %s | %zu | SMs x %d, %d threads | %s | %.3f | %.0f | %.3f | %.1f |\n", m.name,
+                            m.l->size(), per_sm, threads, wait_names[wait], ms, gbs, gbs / copy, 1e3 / ms);
+            }
+    }
 
     // Each role's tensors alone, one launch each, over all layers (so no tensor is read from L2).
     std::printf("\n| role | tensors | MB each | µs each (one launch a tensor, SMs x 1 of 512 threads, no PDL) | / copy |\n|---|---:|---:|---:|---:|\n");
