@@ -58,6 +58,19 @@ struct Segs {
 // its weights before the kernel before it has finished; the wait at the end keeps the chain).
 enum Pdl { PDL_OFF = 0, PDL_WAIT_FIRST = 1, PDL_READ_FIRST = 2 };
 
+// XORs words i, i + stride, ... below n of p into acc, four loads in flight (streaming: `__ldcs`).
+__device__ __forceinline__ void stream_read(const uint4* p, size_t i, size_t n, size_t stride, unsigned& acc) {
+    for (; i + 3 * stride < n; i += 4 * stride) {
+        uint4 a = __ldcs(p + i), b = __ldcs(p + i + stride), c = __ldcs(p + i + 2 * stride),
+              d = __ldcs(p + i + 3 * stride);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n; i += stride) {
+        uint4 a = __ldcs(p + i);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+}
+
 // Streams each segment with 16-byte non-coherent loads, four in flight per thread, XORs what it
 // read and stores it only if it equals a value the fill does not produce, so the loads stay.
 template <int PDL>
@@ -77,17 +90,8 @@ __global__ void __launch_bounds__(512) read_segs(Segs g, unsigned* sink) {
     }
     size_t blocks = (size_t)(last - first);
     size_t stride = blocks * blockDim.x;
-    size_t i = (size_t)(b - first) * blockDim.x + threadIdx.x;
     unsigned acc = 0;
-    for (; i + 3 * stride < n; i += 4 * stride) {
-        uint4 a = __ldcs(p + i), b = __ldcs(p + i + stride), c = __ldcs(p + i + 2 * stride),
-              d = __ldcs(p + i + 3 * stride);
-        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
-    }
-    for (; i < n; i += stride) {
-        uint4 a = __ldcs(p + i);
-        acc ^= a.x ^ a.y ^ a.z ^ a.w;
-    }
+    stream_read(p, (size_t)(b - first) * blockDim.x + threadIdx.x, n, stride, acc);
     if (PDL == PDL_READ_FIRST) asm volatile("griddepcontrol.wait;" ::: "memory");
     if (acc == 0x9e3779b9u) sink[blockIdx.x] = acc;
 }
@@ -120,19 +124,6 @@ __device__ __forceinline__ void chain_wait(const unsigned* done, int link, unsig
     __syncthreads();
 }
 
-// Reads words [i, n) of p with stride `stride`, four in flight, into acc.
-__device__ __forceinline__ void chain_read(const uint4* p, size_t i, size_t n, size_t stride, unsigned& acc) {
-    for (; i + 3 * stride < n; i += 4 * stride) {
-        uint4 a = __ldcs(p + i), b = __ldcs(p + i + stride), c = __ldcs(p + i + 2 * stride),
-              d = __ldcs(p + i + 3 * stride);
-        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
-    }
-    for (; i < n; i += stride) {
-        uint4 a = __ldcs(p + i);
-        acc ^= a.x ^ a.y ^ a.z ^ a.w;
-    }
-}
-
 template <int WAIT>
 __global__ void __launch_bounds__(512) read_chain(const ChainLink* links, int n_links, unsigned* done,
                                                   unsigned* sink) {
@@ -153,15 +144,15 @@ __global__ void __launch_bounds__(512) read_chain(const ChainLink* links, int n_
             chain_wait(done, l, blocks);
 #pragma unroll
             for (int k = 0; k < CHAIN_PREFETCH_WORDS; ++k) acc ^= w[k].x ^ w[k].y ^ w[k].z ^ w[k].w;
-            chain_read(p, i + CHAIN_PREFETCH_WORDS * stride, n, stride, acc);
+            stream_read(p, i + CHAIN_PREFETCH_WORDS * stride, n, stride, acc);
             // Constant indices only (a variable one puts L on the stack; see read_segs).
 #pragma unroll
             for (int s = 1; s < 3; ++s)
-                if (s < L.count) chain_read(L.s[s].p, first, L.s[s].n16, stride, acc);
+                if (s < L.count) stream_read(L.s[s].p, first, L.s[s].n16, stride, acc);
         } else {
 #pragma unroll
             for (int s = 0; s < 3; ++s)
-                if (s < L.count) chain_read(L.s[s].p, first, L.s[s].n16, stride, acc);
+                if (s < L.count) stream_read(L.s[s].p, first, L.s[s].n16, stride, acc);
         }
         if (WAIT == CHAIN_READ_FIRST) chain_wait(done, l, blocks);
         // This block's share is read: count it (a product would have written its output first).
@@ -295,15 +286,16 @@ static void launch(const Launch& l, const unsigned char* arena, int per_sm, int 
         CHECK(cudaLaunchKernelEx(&cfg, read_segs<PDL_READ_FIRST>, g, sink));
 }
 
-// Milliseconds per replay of a graph holding `launches`, median of 7 after 2 warm-ups.
-static double time_pass(const std::vector<Launch>& launches, const unsigned char* arena, int per_sm,
-                        int threads, int pdl, int sms, unsigned* sink) {
+// Milliseconds per replay of what `capture` issues on the stream it is given, captured as a CUDA
+// graph: the median of 7 replays after 2 warm-ups.
+template <class F>
+static double captured_ms(F capture) {
     cudaStream_t st;
     CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-    for (auto& l : launches) launch(l, arena, per_sm, threads, pdl, sms, sink, st);
+    capture(st);
     CHECK(cudaStreamEndCapture(st, &graph));
     CHECK(cudaGraphInstantiate(&exec, graph, 0));
     cudaEvent_t a, b;
@@ -328,8 +320,16 @@ static double time_pass(const std::vector<Launch>& launches, const unsigned char
     return ms[ms.size() / 2];
 }
 
-// Milliseconds per replay of the chain (the counters' reset and the one launch, captured as a
-// graph), median of 7 after 2 warm-ups; 0 where `per_sm` blocks of `threads` cannot all be
+// Milliseconds per replay of a graph holding `launches` (captured_ms).
+static double time_pass(const std::vector<Launch>& launches, const unsigned char* arena, int per_sm,
+                        int threads, int pdl, int sms, unsigned* sink) {
+    return captured_ms([&](cudaStream_t st) {
+        for (auto& l : launches) launch(l, arena, per_sm, threads, pdl, sms, sink, st);
+    });
+}
+
+// Milliseconds per replay of the chain (the counters' reset and the one launch; captured_ms); 0
+// where `per_sm` blocks of `threads` cannot all be
 // resident (the chain would deadlock).
 static double time_chain(const std::vector<Launch>& launches, const unsigned char* arena, int per_sm, int threads,
                          int wait, int sms, unsigned* sink) {
@@ -351,31 +351,12 @@ static double time_chain(const std::vector<Launch>& launches, const unsigned cha
     CHECK(cudaMalloc(&links, host.size() * sizeof(ChainLink)));
     CHECK(cudaMalloc(&done, host.size() * sizeof(unsigned)));
     CHECK(cudaMemcpy(links, host.data(), host.size() * sizeof(ChainLink), cudaMemcpyHostToDevice));
-    cudaStream_t st;
-    CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
     int n = (int)host.size();
     void* args[] = {&links, &n, &done, &sink};
-    CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-    CHECK(cudaMemsetAsync(done, 0, host.size() * sizeof(unsigned), st));
-    CHECK(cudaLaunchKernel(fn, dim3(sms * per_sm), dim3(threads), args, 0, st));
-    CHECK(cudaStreamEndCapture(st, &graph));
-    CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    cudaEvent_t a, b;
-    CHECK(cudaEventCreate(&a));
-    CHECK(cudaEventCreate(&b));
-    std::vector<float> ms;
-    for (int r = 0; r < 9; ++r) {
-        CHECK(cudaEventRecord(a, st));
-        CHECK(cudaGraphLaunch(exec, st));
-        CHECK(cudaEventRecord(b, st));
-        CHECK(cudaEventSynchronize(b));
-        float m = 0;
-        CHECK(cudaEventElapsedTime(&m, a, b));
-        if (r >= 2) ms.push_back(m);
-    }
-    std::sort(ms.begin(), ms.end());
+    double ms = captured_ms([&](cudaStream_t st) {
+        CHECK(cudaMemsetAsync(done, 0, host.size() * sizeof(unsigned), st));
+        CHECK(cudaLaunchKernel(fn, dim3(sms * per_sm), dim3(threads), args, 0, st));
+    });
     // Every link was counted by every block (a wrong count would have hung the replay instead).
     std::vector<unsigned> counted(host.size());
     CHECK(cudaMemcpy(counted.data(), done, host.size() * sizeof(unsigned), cudaMemcpyDeviceToHost));
@@ -384,14 +365,9 @@ static double time_chain(const std::vector<Launch>& launches, const unsigned cha
             std::fprintf(stderr, "chain: a link counted %u blocks of %d\n", c, sms * per_sm);
             std::exit(1);
         }
-    CHECK(cudaGraphExecDestroy(exec));
-    CHECK(cudaGraphDestroy(graph));
-    CHECK(cudaEventDestroy(a));
-    CHECK(cudaEventDestroy(b));
-    CHECK(cudaStreamDestroy(st));
     CHECK(cudaFree(links));
     CHECK(cudaFree(done));
-    return ms[ms.size() / 2];
+    return ms;
 }
 
 int main(int argc, char** argv) {
