@@ -109,7 +109,7 @@ struct ChainLink {
 
 // How a block of the chain waits for the link before: before reading (a product that needs its
 // input first), after reading all of its share (the most overlap a read can have), or after
-// issuing its first PREFETCH words a thread (a product that stages its first weights before the
+// issuing its first CHAIN_PREFETCH_WORDS words a thread (a product that stages its first weights before the
 // wait, as the runtime's `PDL_LEAD_LATE` products do).
 enum ChainWait { CHAIN_WAIT_FIRST = 0, CHAIN_READ_FIRST = 1, CHAIN_PREFETCH = 2 };
 #define CHAIN_PREFETCH_WORDS 4  // 16-byte words a thread stages before the wait: 32 KiB a 512-thread block
@@ -133,27 +133,24 @@ __global__ void __launch_bounds__(512) read_chain(const ChainLink* links, int n_
     for (int l = 0; l < n_links; ++l) {
         const ChainLink L = links[l];
         if (WAIT == CHAIN_WAIT_FIRST) chain_wait(done, l, blocks);
+        // CHAIN_PREFETCH: the first segment's first words of this thread, loaded before the wait;
+        // its reading then starts past them.
+        size_t skip = 0;
         if (WAIT == CHAIN_PREFETCH) {
-            // The first segment's first words of this thread, loaded before the wait.
-            const uint4* p = L.s[0].p;
-            size_t n = L.s[0].n16, i = first;
             uint4 w[CHAIN_PREFETCH_WORDS];
 #pragma unroll
             for (int k = 0; k < CHAIN_PREFETCH_WORDS; ++k)
-                w[k] = i + k * stride < n ? __ldcs(p + i + k * stride) : make_uint4(0, 0, 0, 0);
+                w[k] = first + k * stride < L.s[0].n16 ? __ldcs(L.s[0].p + first + k * stride)
+                                                       : make_uint4(0, 0, 0, 0);
             chain_wait(done, l, blocks);
 #pragma unroll
             for (int k = 0; k < CHAIN_PREFETCH_WORDS; ++k) acc ^= w[k].x ^ w[k].y ^ w[k].z ^ w[k].w;
-            stream_read(p, i + CHAIN_PREFETCH_WORDS * stride, n, stride, acc);
-            // Constant indices only (a variable one puts L on the stack; see read_segs).
-#pragma unroll
-            for (int s = 1; s < 3; ++s)
-                if (s < L.count) stream_read(L.s[s].p, first, L.s[s].n16, stride, acc);
-        } else {
-#pragma unroll
-            for (int s = 0; s < 3; ++s)
-                if (s < L.count) stream_read(L.s[s].p, first, L.s[s].n16, stride, acc);
+            skip = CHAIN_PREFETCH_WORDS * stride;
         }
+        // Constant indices only (a variable one puts L on the stack; see read_segs).
+#pragma unroll
+        for (int s = 0; s < 3; ++s)
+            if (s < L.count) stream_read(L.s[s].p, first + (s == 0 ? skip : 0), L.s[s].n16, stride, acc);
         if (WAIT == CHAIN_READ_FIRST) chain_wait(done, l, blocks);
         // This block's share is read: count it (a product would have written its output first).
         __syncthreads();
