@@ -1400,7 +1400,8 @@ __device__ __forceinline__ void q6k_scales(const u8* const (&b)[MT][2], bool (&a
 // Lane t's quant words of weights l = 16·lb + 4t..+3 of half h of Q6_K groups b, for lb = lb0 ..
 // lb0 + NLB − 1 (slot j = lb − lb0): ql[..][j][par] holds the low nibbles of runs par and par + 2,
 // qh[..][j] the high bit pairs of all four runs. With R (q6_k_repack's layout: a lane's three
-// words of (h, lb) at 48t + 24h + 12lb, `al` unused) they come in 8- and 4-byte loads: both
+// words of (h, lb) at 48t + 24h + 12lb, `al` unused; under Q6K_FIELDS ql[..][j][0], ql[..][j][1]
+// and qh[..][j] are its words w0, w1, w2, see q6_k_repack) they come in 8- and 4-byte loads: both
 // pairs' six words in three 8-byte loads (WIDE: one 16-byte and one 8-byte load, fewer
 // instructions, more aligned registers), one pair's in one 8-byte and one 4-byte load.
 template <int MT, int NLB, int HINT, bool R = false, bool WIDE = false>
@@ -1462,6 +1463,13 @@ __device__ __forceinline__ void q6k_words(const u8* const (&b)[MT][2], const boo
 #ifndef Q6K_WIDE
 #define Q6K_WIDE 1
 #endif
+// Q6K_FIELDS 1 (the default): q6_k_repack stores each lane's levels as 6-bit fields where the f16
+// A fragments want them (q6k_frag_r: one mask a register for three runs of four); 0: the stored
+// low-nibble and high-bit words, rearranged only (q6k_frag: five or six instructions a register).
+// An A/B knob, `SPECULA_Q6K_FIELDS`; the same values either way, so the same bits.
+#ifndef Q6K_FIELDS
+#define Q6K_FIELDS 1
+#endif
 
 // Row r's A fragment pair (a[0]: weights 4t, 4t + 2; a[1]: 4t + 1, 4t + 3 of its run) of Q6_K run
 // p from lane t's low-nibble word of the run's parity (ql) and its high-bit-pair word (qh), as
@@ -1474,6 +1482,20 @@ __device__ __forceinline__ void q6k_frag(u32 ql, u32 qh, int p, u32 (&a)[2]) {
     u32 q1 = ((lo >> 8) & 0x000F000Fu) | ((hi >> 4) & 0x00300030u) | 0x64006400u;
     a[0] = hsub2(q0, offset);
     a[1] = hsub2(q1, offset);
+}
+
+// q6k_frag for q6_k_repack's words w0, w1, w2 of a lane's (h, lb) (see there): the same f16x2 of
+// q − 32, a mask and the exponent magic per register for runs 0..2, two for run 3.
+__device__ __forceinline__ void q6k_frag_r(u32 w0, u32 w1, u32 w2, int p, u32 (&a)[2]) {
+    const u32 offset = 0x64206420u;  // f16x2 (1056, 1056): 1024 + 32
+    if (p < 3) {
+        u32 w = p == 0 ? w0 : p == 1 ? w1 : w2;
+        a[0] = hsub2(and_or<0x003F003Fu, 0x64006400u>(w), offset);
+        a[1] = hsub2(and_or<0x003F003Fu, 0x64006400u>(w >> 6), offset);
+    } else {
+        a[0] = hsub2(and_or<0x000F000Fu, 0x64006400u>(w0 >> 12) | ((w2 >> 8) & 0x00300030u), offset);
+        a[1] = hsub2(and_or<0x000F000Fu, 0x64006400u>(w1 >> 12) | ((w2 >> 10) & 0x00300030u), offset);
+    }
 }
 
 // Sub-block sb's multiplier of a Q6_K group row: d times its int8 scale (scales: four a word).
@@ -1527,7 +1549,12 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP, G>& A, f
                 for (int mt = 0; mt < MT; ++mt) {
                     u32 a[2][2];
 #pragma unroll
-                    for (int r = 0; r < 2; ++r) q6k_frag(ql[mt][r][j][p & 1], qh[mt][r][j], p, a[r]);
+                    for (int r = 0; r < 2; ++r) {
+                        if (R && Q6K_FIELDS)
+                            q6k_frag_r(ql[mt][r][j][0], ql[mt][r][j][1], qh[mt][r][j], p, a[r]);
+                        else
+                            q6k_frag(ql[mt][r][j][p & 1], qh[mt][r][j], p, a[r]);
+                    }
                     float s0 = q6k_scale(dd[mt][0], scales[mt][0], sb);
                     float s1 = q6k_scale(dd[mt][1], scales[mt][1], sb);
 #pragma unroll
@@ -1803,12 +1830,16 @@ extern "C" __global__ void matmul_q8_0_q8x_warp(const u8* w, const void* xs, flo
 #define DT_Q6R 115  // the same with the weights in q6_k_repack's layout
 #define DT_Q6_KR 116  // the split-f16 `_mma_` Q6_K kernels with the weights in q6_k_repack's layout
 
-// Q6_K groups rearranged for the q8 and `_mma_` products: 224 bytes (16-byte aligned) each, the
-// quant words lane t of a warp reads for half h at 48t + 24h (six 4-byte words: for lb = 0, 1 the
-// low nibbles of runs 0/2 at ql[64h + 16lb + 4t] and of runs 1/3 at ql[64h + 32 + 16lb + 4t],
-// then the high bit pairs at qh[32h + 16lb + 4t]; see q6k_words), so a lane's 48 bytes are
+// Q6_K groups rearranged for the q8 and `_mma_` products: 224 bytes (16-byte aligned) each. Lane
+// t of a warp reads the 16 weights l = 16lb + 4t + e (e = 0..3) of runs p = 0..3 of half h, as
+// three 4-byte words w0, w1, w2 at 48t + 24h + 12lb (see q6k_words), so a lane's 48 bytes are
 // contiguous and 16-byte aligned; then the 16 int8 scales at 192, d at 208 and 14 bytes of zeros.
-// A thread per group.
+// The words hold the 6-bit levels q(p, e) where the f16 A fragments want them (q6k_frag_r): for
+// runs p = 0, 1, 2 word p holds q(p, 0) at bits 0..5, q(p, 1) at 6..11, q(p, 2) at 16..21 and
+// q(p, 3) at 22..27, so a fragment register (e = 0, 2 or e = 1, 3) is one mask of the word or of
+// it shifted by 6; run 3 fills the 24 bits left: its low nibbles of e = 0, 2 at bits 12..15 and
+// 28..31 of w0, of e = 1, 3 there in w1, and its high bit pairs at bits 12..15 and 28..31 of w2
+// (e = 0, 1 and e = 2, 3). A thread per group.
 extern "C" __global__ void q6_k_repack(const u8* src, u8* dst, i64 n_groups) {
     pdl_entry();
     i64 gi = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -1818,12 +1849,27 @@ extern "C" __global__ void q6_k_repack(const u8* src, u8* dst, i64 n_groups) {
     for (int h = 0; h < 2; ++h)
         for (int t = 0; t < 4; ++t)
             for (int lb = 0; lb < 2; ++lb) {
-                u8* o = d + 48 * t + 24 * h + 12 * lb;
+                u32 q[4][4], w[3] = {0, 0, 0};  // q[p][e]: the level of weight l of run p
                 for (int e = 0; e < 4; ++e) {
-                    o[e] = s[64 * h + 16 * lb + 4 * t + e];
-                    o[4 + e] = s[64 * h + 32 + 16 * lb + 4 * t + e];
-                    o[8 + e] = s[128 + 32 * h + 16 * lb + 4 * t + e];
+                    int l = 16 * lb + 4 * t + e;
+                    u32 lo02 = s[64 * h + l], lo13 = s[64 * h + 32 + l], hi = s[128 + 32 * h + l];
+                    u32 lo[4] = {lo02 & 15u, lo13 & 15u, lo02 >> 4, lo13 >> 4};
+                    for (int p = 0; p < 4; ++p) q[p][e] = lo[p] | ((hi >> (2 * p)) & 3u) << 4;
                 }
+                for (int p = 0; p < 3; ++p)
+                    w[p] = q[p][0] | q[p][1] << 6 | q[p][2] << 16 | q[p][3] << 22;
+                w[0] |= (q[3][0] & 15u) << 12 | (q[3][2] & 15u) << 28;
+                w[1] |= (q[3][1] & 15u) << 12 | (q[3][3] & 15u) << 28;
+                w[2] |= (q[3][0] >> 4) << 12 | (q[3][1] >> 4) << 14 | (q[3][2] >> 4) << 28 | (q[3][3] >> 4) << 30;
+                u8* o = d + 48 * t + 24 * h + 12 * lb;
+                for (int j = 0; j < 3; ++j)
+                    for (int b = 0; b < 4; ++b) o[4 * j + b] = (u8)(w[j] >> (8 * b));
+                if (!Q6K_FIELDS)  // the stored words, rearranged only
+                    for (int e = 0; e < 4; ++e) {
+                        o[e] = s[64 * h + 16 * lb + 4 * t + e];
+                        o[4 + e] = s[64 * h + 32 + 16 * lb + 4 * t + e];
+                        o[8 + e] = s[128 + 32 * h + 16 * lb + 4 * t + e];
+                    }
             }
     for (int e = 0; e < 18; ++e) d[192 + e] = s[192 + e];
     for (int e = 210; e < 224; ++e) d[e] = 0;
@@ -1841,6 +1887,20 @@ __device__ __forceinline__ void imma_16816_ss(int (&c)[4], u32 a0, u32 a1, u32 b
 // per byte cannot carry (q ≤ 63), and flipping bit 7 then gives q − 32 modulo 256.
 __device__ __forceinline__ u32 q6_levels(u32 lo, u32 hi) {
     u32 q = (lo & 0x0F0F0F0Fu) | (hi & 0x30303030u);
+    return (q + 0x60606060u) ^ 0x80808080u;
+}
+
+// q6_levels for q6_k_repack's words w0, w1, w2 of a lane's (h, lb) (see there): run p's four
+// levels, weight e in byte e.
+__device__ __forceinline__ u32 q6_levels_r(u32 w0, u32 w1, u32 w2, int p) {
+    u32 q;
+    if (p < 3) {
+        u32 w = p == 0 ? w0 : p == 1 ? w1 : w2;
+        q = (w & 0x003F003Fu) | ((w << 2) & 0x3F003F00u);
+    } else {
+        q = ((w0 >> 12) & 0x000F000Fu) | ((w1 >> 4) & 0x0F000F00u) | ((w2 >> 8) & 0x00300030u) |
+            ((w2 >> 2) & 0x30003000u);
+    }
     return (q + 0x60606060u) ^ 0x80808080u;
 }
 
@@ -1888,9 +1948,13 @@ __device__ __forceinline__ void q6kx_group(const u8* w, const void* xs, int k, i
                 for (int r = 0; r < 2; ++r) {
 #pragma unroll
                     for (int lb = 0; lb < 2; ++lb) {
-                        u32 lo = ql[mt][r][lb][p & 1] >> (4 * (p >> 1));
-                        u32 hi = p < 3 ? qh[mt][r][lb] << (4 - 2 * p) : qh[mt][r][lb] >> 2;
-                        a[r][lb] = q6_levels(lo, hi);
+                        if (R && Q6K_FIELDS) {
+                            a[r][lb] = q6_levels_r(ql[mt][r][lb][0], ql[mt][r][lb][1], qh[mt][r][lb], p);
+                        } else {
+                            u32 lo = ql[mt][r][lb][p & 1] >> (4 * (p >> 1));
+                            u32 hi = p < 3 ? qh[mt][r][lb] << (4 - 2 * p) : qh[mt][r][lb] >> 2;
+                            a[r][lb] = q6_levels(lo, hi);
+                        }
                         sc[r][lb] = (int)(signed char)(scales[mt][r][sb >> 2] >> (8 * ((sb + lb) & 3)));
                     }
                 }

@@ -277,7 +277,12 @@ __device__ __forceinline__ void wg6_group(const u8* b, const Q6Regs& R, float (&
 #pragma unroll
             for (int p = 0; p < 4; ++p)
 #pragma unroll
-                for (int r = 0; r < 2; ++r) q6k_frag(R.ql[h][0][r][lb][p & 1], R.qh[h][0][r][lb], p, a[p][r]);
+                for (int r = 0; r < 2; ++r) {
+                    if (Q6K_FIELDS)
+                        q6k_frag_r(R.ql[h][0][r][lb][0], R.ql[h][0][r][lb][1], R.qh[h][0][r][lb], p, a[p][r]);
+                    else
+                        q6k_frag(R.ql[h][0][r][lb][p & 1], R.qh[h][0][r][lb], p, a[p][r]);
+                }
             float c[4][8];
             wg_fence();
 #pragma unroll

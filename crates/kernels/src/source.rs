@@ -119,6 +119,9 @@ pub fn measurement_warnings(knobs: &[(&KnobDefine, usize)]) -> Vec<String> {
 /// - `SPECULA_Q6K_WIDE` → `Q6K_WIDE` (`matvec_mma.cu`): 1 (the default) loads a lane's repacked
 ///   Q6_K quant words of a half group in one 16-byte and one 8-byte load in the one-tile
 ///   kernels, 0 in four smaller ones.
+/// - `SPECULA_Q6K_FIELDS` → `Q6K_FIELDS` (`matvec_mma.cu`, `wgmma_verify.cu`): 1 (the default)
+///   repacks Q6_K levels as 6-bit fields where the f16 A fragments want them, 0 rearranges the
+///   stored low-nibble and high-bit words only. The same bits either way.
 /// - `SPECULA_WALK_FAST` → `WALK_FAST` (`matvec_mma.cu`): 1 (the default) lets the persistent
 ///   products' walks find their next unit without dividing where they can, 0 divides.
 /// - `SPECULA_Q4K_HL` → `Q4K_HL` (`matvec_mma.cu`, `wgmma_verify.cu`): 1 sums the Q4_K decode
@@ -161,6 +164,13 @@ pub const KNOB_DEFINES: &[KnobDefine] = &[
     KnobDefine {
         var: "SPECULA_Q6K_WIDE",
         name: "Q6K_WIDE",
+        accepts: |n| n <= 1,
+        variants: &[0],
+        wrong_outputs: None,
+    },
+    KnobDefine {
+        var: "SPECULA_Q6K_FIELDS",
+        name: "Q6K_FIELDS",
         accepts: |n| n <= 1,
         variants: &[0],
         wrong_outputs: None,
