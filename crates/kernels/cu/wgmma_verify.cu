@@ -60,45 +60,43 @@
 #define WG6_B_BYTES (WG6_CHUNKS * WG_CHUNK_BYTES)
 
 #if WG_VERIFY
-// The high word of every descriptor here (stride byte offset 256 >> 4, no swizzle); the low word
-// holds the start address >> 4 and the leading byte offset (128 >> 4) << 16. A chunk's
-// descriptor is the stage's low word plus its offset >> 4 (the address never carries out: shared
-// memory is below 256 KiB).
-#define WG_DESC_HI (256 >> 4)
-
-__device__ __forceinline__ u32 wg_desc_lo(const void* smem) {
+// A stage's wgmma descriptor: the start address >> 4 and the leading byte offset (128 >> 4) << 16
+// in the low word, the stride byte offset 256 >> 4 (no swizzle) in the high one. A chunk's
+// descriptor is the stage's plus its offset >> 4 (the address never carries out: shared memory
+// is below 256 KiB), as 64-bit values: ptxas then forms each one with a single 64-bit uniform add
+// into the wgmma's register pair, where a low word paired with the constant high word took two
+// moves and an add (H200: bench/NOTES.md, forty-first session).
+__device__ __forceinline__ u64 wg_desc(const void* smem) {
     u32 addr = static_cast<u32>(__cvta_generic_to_shared(smem));
-    return ((addr >> 4) & 0x3FFF) | ((128 >> 4) << 16);
+    return (u64)(256 >> 4) << 32 | ((addr >> 4) & 0x3FFF) | ((128 >> 4) << 16);
 }
 
 // c (4·NG floats: columns 8j + 2t, 8j + 2t + 1 of rows g, g + 8 for j < NG) = A·B of n = 8·NG
 // (n32 or n16), plus c when acc.
 template <int NG>
-__device__ __forceinline__ void wgmma_f16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc);
+__device__ __forceinline__ void wgmma_f16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u64 desc, int acc);
 
 template <>
-__device__ __forceinline__ void wgmma_f16<4>(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
+__device__ __forceinline__ void wgmma_f16<4>(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u64 desc, int acc) {
     asm volatile(
-        "{\n.reg .pred p;\n.reg .b64 d;\n.reg .b32 hi;\nsetp.ne.b32 p, %22, 0;\nmov.b32 hi, %21;\n"
-        "mov.b64 d, {%20, hi};\n"
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, d, p, 1, 1, 0;\n"
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, p, 1, 1, 0;\n"
         "}\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]), "+f"(c[4]), "+f"(c[5]), "+f"(c[6]), "+f"(c[7]),
           "+f"(c[8]), "+f"(c[9]), "+f"(c[10]), "+f"(c[11]), "+f"(c[12]), "+f"(c[13]), "+f"(c[14]), "+f"(c[15])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "n"(WG_DESC_HI), "r"(acc));
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(acc));
 }
 
 template <>
-__device__ __forceinline__ void wgmma_f16<2>(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc) {
+__device__ __forceinline__ void wgmma_f16<2>(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u64 desc, int acc) {
     asm volatile(
-        "{\n.reg .pred p;\n.reg .b64 d;\n.reg .b32 hi;\nsetp.ne.b32 p, %14, 0;\nmov.b32 hi, %13;\n"
-        "mov.b64 d, {%12, hi};\n"
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, d, p, 1, 1, 0;\n"
+        "{%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, %12, p, 1, 1, 0;\n"
         "}\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]), "+f"(c[4]), "+f"(c[5]), "+f"(c[6]), "+f"(c[7])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(dlo), "n"(WG_DESC_HI), "r"(acc));
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(acc));
 }
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -112,12 +110,12 @@ __device__ __forceinline__ void wg_cp16(u8* dst, const u8* src) {
 
 // A sub-block's hi and lo products c (16 floats: hi at columns 8j + 2t + (e & 1), lo 16 on, of
 // rows g, g + 8; under Q4K_HL two separate chains, else hi and lo alternating in one chain whose
-// sums are c[0..7], columns 0..15) from the chunks at descriptor dlo (its k half 0) and
-// dlo + 64 (k half 1), A fragments a[row g / g + 8][k half][pair]. Issued, not waited for.
-__device__ __forceinline__ void wg_subblock(float (&c)[16], const u32 (&a)[2][2][2], u32 dlo) {
+// sums are c[0..7], columns 0..15) from the chunks at descriptor desc (its k half 0) and
+// desc + 64 (k half 1), A fragments a[row g / g + 8][k half][pair]. Issued, not waited for.
+__device__ __forceinline__ void wg_subblock(float (&c)[16], const u32 (&a)[2][2][2], u64 desc) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-        u32 d = dlo + 64 * hf;
+        u64 d = desc + 64 * hf;
         if (Q4K_HL) {
             wgmma_f16<4>(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], d, hf);
         } else {
@@ -135,7 +133,7 @@ __device__ __forceinline__ void wg_group(const u8* b, const Q4KTile& T, float (&
     Q4KTile Ts[1] = {T};
     u32 sc[1][2][2], mn[1][2][2];
     q4k_unpack_tiles<1>(Ts, sc, mn);
-    const u32 dlo = wg_desc_lo(b);
+    const u64 desc = wg_desc(b);
     float tsc[2][2][4];  // [even / odd sub-blocks][j][e]
 #pragma unroll
     for (int p = 0; p < 2; ++p)
@@ -147,7 +145,7 @@ __device__ __forceinline__ void wg_group(const u8* b, const Q4KTile& T, float (&
         u32 a[2][2][2];
         q4k_subnormal_frags(T, s, a);
         wg_fence();
-        wg_subblock(c, a, dlo + 64 * 2 * s);
+        wg_subblock(c, a, desc + 64 * 2 * s);
         wg_commit();
         wg_wait0();
         float s0 = byte_f32(sc[0][0][s >> 2], s & 3), s1 = byte_f32(sc[0][1][s >> 2], s & 3);
@@ -172,7 +170,7 @@ __device__ __forceinline__ void wg_group(const u8* b, const Q4KTile& T, float (&
         am[1][h][1] = a[3];
     }
     wg_fence();
-    wg_subblock(c, am, dlo + 64 * 16);
+    wg_subblock(c, am, desc + 64 * 16);
     wg_commit();
     wg_wait0();
     float m0 = h2f((u16)(T.dd[0] >> 16)), m1 = h2f((u16)(T.dd[1] >> 16));
@@ -268,7 +266,7 @@ __device__ __forceinline__ void q6k_load_group(Q6Regs& R, const u8* w, int row0,
 // (512 bytes on) chained from zero and folded by d·scale. The four sub-blocks of an (h, lb) are
 // issued together into their own sums and folded in order after one wait.
 __device__ __forceinline__ void wg6_group(const u8* b, const Q6Regs& R, float (&acc)[2][4]) {
-    const u32 dlo = wg_desc_lo(b);
+    const u64 desc = wg_desc(b);
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
@@ -287,7 +285,7 @@ __device__ __forceinline__ void wg6_group(const u8* b, const Q6Regs& R, float (&
             wg_fence();
 #pragma unroll
             for (int p = 0; p < 4; ++p) {
-                u32 d = dlo + 64 * (8 * h + 2 * p + lb);
+                u64 d = desc + 64 * (8 * h + 2 * p + lb);
                 wgmma_f16<2>(c[p], a[p][0][0], a[p][1][0], a[p][0][1], a[p][1][1], d, 0);       // hi
                 wgmma_f16<2>(c[p], a[p][0][0], a[p][1][0], a[p][0][1], a[p][1][1], d + 32, 1);  // lo
             }
