@@ -34,10 +34,12 @@
 
 // wgmma_s8<N>: d (N / 2 s32 a thread: columns 8j + 2t, + 1 of rows g, g + 8) = A·B (+ d when
 // acc), A u8 from registers (the m16n8k32 fragment layout per warp), B s8 from shared memory:
-// its descriptor as the low word dlo and wgmma_verify.cu's constant high word DHI (SBO 256, no
-// swizzle), so a sub-block's is one add to the stage's. wgmma_f16<N>: the f16 counterpart (f32
-// accumulators) for the mins. N = 64 for 9–16 rows (16 rows × 4 limbs); 8, 16 and 32 for
-// batches of 2, 4 and 8 rows.
+// its descriptor as the low word dlo and the constant high word DHI (SBO 256, no swizzle), so a
+// sub-block's is one add to the stage's. wgmma_f16<N>: the f16 counterpart (f32 accumulators)
+// for the mins. N = 64 for 9–16 rows (16 rows × 4 limbs); 8, 16 and 32 for batches of 2, 4 and
+// 8 rows. (The runtime's wgmma wrappers take whole 64-bit descriptors since the forty-first
+// session; these keep the two words they were measured with.)
+#define DHI (256 >> 4)
 template <int N>
 __device__ __forceinline__ void wgmma_s8(int* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 dlo, int acc);
 template <int N>

@@ -73,8 +73,8 @@ __device__ __forceinline__ void wgmma_n32(float* c, u32 a0, u32 a1, u32 a2, u32 
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(acc));
 }
 
-// wgmma_n32 with the descriptor as its two words (the address field in the low word, the
-// constant high word WG_DESC_HI = SBO 256 >> 4) is the runtime's wgmma_f16<4> (wgmma_verify.cu).
+// wgmma_n32 is the runtime's wgmma_f16<4> (wgmma_verify.cu), which the forms below also call with
+// this file's descriptors (LBO 128, SBO 256: the runtime's wg_desc).
 
 __device__ __forceinline__ void wg_commit_wait0() {
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -92,8 +92,8 @@ __device__ __forceinline__ void wg_stage(u8* sm, const uint4* xs, int k, int m, 
 
 // A group's tail under Q4K_HL, as the rows kernel's: the mins' hi chain (both halves) folded into
 // acc by −dmin, then their lo chain; then the even and odd sub-blocks' sums by d·2^24 and d·2^20.
-// dlo: the low word of the stage's descriptor (the mins are chunks 16 and 17).
-__device__ __forceinline__ void wg_mins_tail(u32 dlo, const Q4KTile (&T)[1], const u32 (&mn)[1][2][2],
+// desc: the stage's descriptor (the mins are chunks 16 and 17).
+__device__ __forceinline__ void wg_mins_tail(u64 desc, const Q4KTile (&T)[1], const u32 (&mn)[1][2][2],
                                              const float (&tsc)[2][2][4], float (&acc)[2][4]) {
     float c[16];
     wg_fence();
@@ -101,7 +101,7 @@ __device__ __forceinline__ void wg_mins_tail(u32 dlo, const Q4KTile (&T)[1], con
     for (int h = 0; h < 2; ++h) {
         u32 a[4];
         q4k_min_frag(mn[0][0][h], mn[0][1][h], a);
-        wgmma_f16<4>(c, a[0], a[1], a[2], a[3], dlo + 64 * (16 + h), h);
+        wgmma_f16<4>(c, a[0], a[1], a[2], a[3], desc + 64 * (16 + h), h);
     }
     wg_commit_wait0();
     float m0_ = h2f((u16)(T[0].dd[0] >> 16)), m1_ = h2f((u16)(T[0].dd[1] >> 16));
@@ -139,7 +139,6 @@ __device__ __forceinline__ void wg_group(const u8* buf, const Q4KTile (&T)[1], f
     u32 sc[1][2][2], mn[1][2][2];
     q4k_unpack_tiles<1>(T, sc, mn);
     const u64 desc0 = wg_desc(buf, 128, 256);
-    const u32 dlo = (u32)desc0;  // its high word is WG_DESC_HI
     float tsc[2][2][4];  // [even / odd sub-blocks][j][e]
 #pragma unroll
     for (int p = 0; p < 2; ++p)
@@ -158,7 +157,7 @@ __device__ __forceinline__ void wg_group(const u8* buf, const Q4KTile (&T)[1], f
                     for (int i = 0; i < 16; ++i) c[i] = 0.0f;
                 c[hf] = __uint_as_float(a[0][hf][0] ^ a[1][hf][0] ^ a[0][hf][1] ^ a[1][hf][1]);
             } else if (D1)
-                wgmma_f16<4>(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], dlo + 64 * (2 * s + hf), hf);
+                wgmma_f16<4>(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], desc0 + 64 * (2 * s + hf), hf);
             else
                 wgmma_n32(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1],
                           wg_desc(buf + (2 * s + hf) * WG_CHUNK_BYTES, 128, 256), hf);
@@ -195,7 +194,7 @@ __device__ __forceinline__ void wg_group(const u8* buf, const Q4KTile (&T)[1], f
             fold(s, cc[0]);
         }
     }
-    wg_mins_tail((u32)desc0, T, mn, tsc, acc);
+    wg_mins_tail(desc0, T, mn, tsc, acc);
 }
 
 // wg_group with the sub-blocks' wgmma issued DEPTH at a time, each into its own accumulators, one
@@ -239,7 +238,7 @@ __device__ __forceinline__ void wg_group_batch(const u8* buf, const Q4KTile (&T)
                 }
         }
     }
-    wg_mins_tail((u32)desc0, T, mn, tsc, acc);
+    wg_mins_tail(desc0, T, mn, tsc, acc);
 }
 
 // wg_group_sa: a group in a different order (so not the rows kernel's bits; checked against a
@@ -252,7 +251,7 @@ __device__ __forceinline__ void wg_group_batch(const u8* buf, const Q4KTile (&T)
 __device__ __forceinline__ void wg_group_sa(const u8* buf, const Q4KTile (&T)[1], float (&acc)[2][4]) {
     u32 sc[1][2][2], mn[1][2][2];
     q4k_unpack_tiles<1>(T, sc, mn);
-    const u32 dlo = (u32)wg_desc(buf, 128, 256);
+    const u64 desc = wg_desc(buf, 128, 256);
     float c[16], cm[16];
     wg_fence();
 #pragma unroll
@@ -269,13 +268,13 @@ __device__ __forceinline__ void wg_group_sa(const u8* buf, const Q4KTile (&T)[1]
         }
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf)
-            wgmma_f16<4>(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], dlo + 64 * (2 * s + hf), s | hf);
+            wgmma_f16<4>(c, a[0][hf][0], a[1][hf][0], a[0][hf][1], a[1][hf][1], desc + 64 * (2 * s + hf), s | hf);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         u32 a[4];
         q4k_min_frag(mn[0][0][h], mn[0][1][h], a);
-        wgmma_f16<4>(cm, a[0], a[1], a[2], a[3], dlo + 64 * (16 + h), h);
+        wgmma_f16<4>(cm, a[0], a[1], a[2], a[3], desc + 64 * (16 + h), h);
     }
     wg_commit_wait0();
     float m0_ = h2f((u16)(T[0].dd[0] >> 16)), m1_ = h2f((u16)(T[0].dd[1] >> 16));

@@ -1533,7 +1533,7 @@ __device__ __forceinline__ void q6k_group(const u8* w, const Acts<PREP, G>& A, f
     for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int lb0 = 0; lb0 < 2; lb0 += NLB) {
-            u32 ql[MT][2][NLB][2], qh[MT][2][NLB];  // [tile][row][lb − lb0][run parity p & 1]
+            u32 ql[MT][2][NLB][2], qh[MT][2][NLB];  // [tile][row][lb − lb0][run parity p & 1, or w0 / w1]
             q6k_words<MT, NLB, SMALL_HINT(NT), R, true>(b, al, h, lb0, t, ql, qh);
 #pragma unroll
             for (int j = 0; j < NLB; ++j)
@@ -1834,12 +1834,15 @@ extern "C" __global__ void matmul_q8_0_q8x_warp(const u8* w, const void* xs, flo
 // t of a warp reads the 16 weights l = 16lb + 4t + e (e = 0..3) of runs p = 0..3 of half h, as
 // three 4-byte words w0, w1, w2 at 48t + 24h + 12lb (see q6k_words), so a lane's 48 bytes are
 // contiguous and 16-byte aligned; then the 16 int8 scales at 192, d at 208 and 14 bytes of zeros.
-// The words hold the 6-bit levels q(p, e) where the f16 A fragments want them (q6k_frag_r): for
-// runs p = 0, 1, 2 word p holds q(p, 0) at bits 0..5, q(p, 1) at 6..11, q(p, 2) at 16..21 and
-// q(p, 3) at 22..27, so a fragment register (e = 0, 2 or e = 1, 3) is one mask of the word or of
-// it shifted by 6; run 3 fills the 24 bits left: its low nibbles of e = 0, 2 at bits 12..15 and
-// 28..31 of w0, of e = 1, 3 there in w1, and its high bit pairs at bits 12..15 and 28..31 of w2
-// (e = 0, 1 and e = 2, 3). A thread per group.
+// Under Q6K_FIELDS (the default) the words hold the 6-bit levels q(p, e) where the f16 A
+// fragments want them (q6k_frag_r, q6_levels_r): for runs p = 0, 1, 2 word p holds q(p, 0) at
+// bits 0..5, q(p, 1) at 6..11, q(p, 2) at 16..21 and q(p, 3) at 22..27, so a fragment register
+// (e = 0, 2 or e = 1, 3) is one mask of the word or of it shifted by 6; run 3 fills the 24 bits
+// left: its low nibbles of e = 0, 2 at bits 12..15 and 28..31 of w0, of e = 1, 3 there in w1,
+// and its high bit pairs at bits 12..15 and 28..31 of w2 (e = 0, 1 and e = 2, 3). With
+// Q6K_FIELDS 0 they are the stored words, rearranged only: the low nibbles of runs 0 / 2 at
+// ql[64h + 16lb + 4t], of runs 1 / 3 at ql[64h + 32 + 16lb + 4t], the high bit pairs at
+// qh[32h + 16lb + 4t] (q6k_frag, q6_levels). A thread per group.
 extern "C" __global__ void q6_k_repack(const u8* src, u8* dst, i64 n_groups) {
     pdl_entry();
     i64 gi = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -1927,7 +1930,7 @@ __device__ __forceinline__ void q6kx_group(const u8* w, const void* xs, int k, i
     q6k_scales<MT, SMALL_HINT(NT), R>(b, al, dd, scales);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-        u32 ql[MT][2][2][2], qh[MT][2][2];  // [tile][row][lb][run parity]
+        u32 ql[MT][2][2][2], qh[MT][2][2];  // [tile][row][lb][run parity, or w0 / w1 repacked]
         q6k_words<MT, 2, SMALL_HINT(NT), R>(b, al, h, 0, t, ql, qh);
 #pragma unroll
         for (int p = 0; p < 4; ++p) {

@@ -243,7 +243,8 @@ __device__ __forceinline__ void q4k_load_staged(Q4KTile& T, const u8* ws, int lr
 
 // A warp's Q6_K group of rows g and g + 8 (q6_k_repack's layout) in registers, loaded as
 // q6k_group loads them (q6k_scales; q6k_words, a half's six words a row in one 16-byte and one
-// 8-byte load): ql[half][0][row][lb][run parity], qh[half][0][row][lb].
+// 8-byte load): ql[half][0][row][lb][run parity, or w0 / w1 under Q6K_FIELDS],
+// qh[half][0][row][lb].
 struct Q6Regs {
     float dd[1][2];
     u32 scales[1][2][4];
