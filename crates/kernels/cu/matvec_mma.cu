@@ -1852,6 +1852,15 @@ extern "C" __global__ void q6_k_repack(const u8* src, u8* dst, i64 n_groups) {
     for (int h = 0; h < 2; ++h)
         for (int t = 0; t < 4; ++t)
             for (int lb = 0; lb < 2; ++lb) {
+                u8* o = d + 48 * t + 24 * h + 12 * lb;
+                if (!Q6K_FIELDS) {  // the stored words, rearranged only
+                    for (int e = 0; e < 4; ++e) {
+                        o[e] = s[64 * h + 16 * lb + 4 * t + e];
+                        o[4 + e] = s[64 * h + 32 + 16 * lb + 4 * t + e];
+                        o[8 + e] = s[128 + 32 * h + 16 * lb + 4 * t + e];
+                    }
+                    continue;
+                }
                 u32 q[4][4], w[3] = {0, 0, 0};  // q[p][e]: the level of weight l of run p
                 for (int e = 0; e < 4; ++e) {
                     int l = 16 * lb + 4 * t + e;
@@ -1864,15 +1873,8 @@ extern "C" __global__ void q6_k_repack(const u8* src, u8* dst, i64 n_groups) {
                 w[0] |= (q[3][0] & 15u) << 12 | (q[3][2] & 15u) << 28;
                 w[1] |= (q[3][1] & 15u) << 12 | (q[3][3] & 15u) << 28;
                 w[2] |= (q[3][0] >> 4) << 12 | (q[3][1] >> 4) << 14 | (q[3][2] >> 4) << 28 | (q[3][3] >> 4) << 30;
-                u8* o = d + 48 * t + 24 * h + 12 * lb;
                 for (int j = 0; j < 3; ++j)
                     for (int b = 0; b < 4; ++b) o[4 * j + b] = (u8)(w[j] >> (8 * b));
-                if (!Q6K_FIELDS)  // the stored words, rearranged only
-                    for (int e = 0; e < 4; ++e) {
-                        o[e] = s[64 * h + 16 * lb + 4 * t + e];
-                        o[4 + e] = s[64 * h + 32 + 16 * lb + 4 * t + e];
-                        o[8 + e] = s[128 + 32 * h + 16 * lb + 4 * t + e];
-                    }
             }
     for (int e = 0; e < 18; ++e) d[192 + e] = s[192 + e];
     for (int e = 210; e < 224; ++e) d[e] = 0;
